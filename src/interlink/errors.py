@@ -1,0 +1,121 @@
+"""Every error interlink raises on purpose, under one base class.
+
+::
+
+    InterlinkError
+    ├── RejectedError              a policy refused to run the call at all
+    │   ├── CircuitOpenError       the breaker is open (or forced open)
+    │   ├── BulkheadFull           no free slot and no room (or time) in the queue
+    │   ├── RateLimited            no token within the allowed wait
+    │   └── BudgetExhausted        the retry budget refused one more attempt
+    └── DeadlineExceeded           the call's time ran out (also a ``TimeoutError``)
+
+Rejections share a base class so a fallback can catch "the call never ran" in one clause.
+Messages name the policy and the numbers behind the decision; the numbers are also attributes,
+so code never has to parse text. Messages are built lazily in ``__str__``: a rejection is a hot
+path when a downstream is down, and formatting a string nobody reads is wasted work.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BudgetExhausted",
+    "BulkheadFull",
+    "CircuitOpenError",
+    "DeadlineExceeded",
+    "InterlinkError",
+    "RateLimited",
+    "RejectedError",
+]
+
+
+class InterlinkError(Exception):
+    """Base class of every error interlink raises on purpose."""
+
+
+class RejectedError(InterlinkError):
+    """A policy refused the call before it ran; nothing reached the downstream."""
+
+
+class CircuitOpenError(RejectedError):
+    """The breaker ``name`` rejects calls for ``remaining`` more seconds."""
+
+    def __init__(self, name: str, remaining: float | None, state: str = "open") -> None:
+        super().__init__(name, remaining, state)
+        self.name = name
+        self.remaining = remaining
+        self.state = state
+
+    def __str__(self) -> str:
+        if self.remaining is None:
+            return f"circuit breaker '{self.name}' is {self.state}: calls are rejected"
+        return (
+            f"circuit breaker '{self.name}' is {self.state}: calls are rejected "
+            f"for another {self.remaining:.3f}s"
+        )
+
+
+class BulkheadFull(RejectedError):
+    """All ``max_concurrent`` slots are busy and the queue of ``max_queue`` is full or timed out."""
+
+    def __init__(self, name: str, max_concurrent: int, max_queue: int) -> None:
+        super().__init__(name, max_concurrent, max_queue)
+        self.name = name
+        self.max_concurrent = max_concurrent
+        self.max_queue = max_queue
+
+    def __str__(self) -> str:
+        return (
+            f"bulkhead '{self.name}' is full: {self.max_concurrent} calls running "
+            f"and {self.max_queue} queued"
+        )
+
+
+class RateLimited(RejectedError):
+    """No token was available; one is expected after ``retry_after`` seconds."""
+
+    def __init__(self, name: str, rate: float, burst: int, retry_after: float) -> None:
+        super().__init__(name, rate, burst, retry_after)
+        self.name = name
+        self.rate = rate
+        self.burst = burst
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return (
+            f"rate limiter '{self.name}' is out of tokens ({self.rate:g}/s, burst {self.burst}): "
+            f"next token in {self.retry_after:.3f}s"
+        )
+
+
+class BudgetExhausted(RejectedError):
+    """The shared retry budget had no token left for another attempt.
+
+    Raised ``from`` the error of the last attempt, which stays reachable as ``__cause__``.
+    """
+
+    def __init__(self, name: str, ratio: float, min_per_second: float) -> None:
+        super().__init__(name, ratio, min_per_second)
+        self.name = name
+        self.ratio = ratio
+        self.min_per_second = min_per_second
+
+    def __str__(self) -> str:
+        return (
+            f"retry budget '{self.name}' is exhausted (ratio {self.ratio:g}, "
+            f"floor {self.min_per_second:g}/s): not retrying"
+        )
+
+
+class DeadlineExceeded(InterlinkError, TimeoutError):
+    """The call ran out of time: ``budget`` seconds were allowed (None when unknown)."""
+
+    def __init__(self, what: str, budget: float | None = None) -> None:
+        super().__init__(what, budget)
+        self.what = what
+        self.budget = budget
+
+    def __str__(self) -> str:
+        if self.budget is None:
+            return f"deadline exceeded: {self.what}"
+        return f"deadline exceeded: {self.what} (budget {self.budget:.3f}s)"

@@ -1,0 +1,1 @@
+"""Pure resilience policies and the thin sync/async drivers that run them."""

@@ -1,0 +1,44 @@
+"""Argument checks shared by every policy's constructor.
+
+Each check raises ``ValueError`` naming the parameter, the rule and the value, e.g.
+``'failure_rate_threshold' must be in (0, 1]: 1.5``; tests compare the text.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["at_least", "fraction", "non_negative", "positive", "positive_int"]
+
+
+def fraction(name: str, value: float) -> float:
+    """``value`` must be a number in (0, 1]."""
+    if not isinstance(value, int | float) or not (0.0 < value <= 1.0):
+        raise ValueError(f"'{name}' must be in (0, 1]: {value!r}")
+    return float(value)
+
+
+def positive(name: str, value: float) -> float:
+    """``value`` must be a finite number > 0."""
+    if not isinstance(value, int | float) or not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"'{name}' must be a finite number > 0: {value!r}")
+    return float(value)
+
+
+def non_negative(name: str, value: float) -> float:
+    """``value`` must be a finite number >= 0."""
+    if not isinstance(value, int | float) or not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"'{name}' must be a finite number >= 0: {value!r}")
+    return float(value)
+
+
+def at_least(name: str, value: int, minimum: int) -> int:
+    """``value`` must be an int >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"'{name}' must be an integer >= {minimum}: {value!r}")
+    return value
+
+
+def positive_int(name: str, value: int) -> int:
+    """``value`` must be an int >= 1."""
+    return at_least(name, value, 1)
