@@ -38,13 +38,28 @@ class RejectedError(InterlinkError):
 
 
 class CircuitOpenError(RejectedError):
-    """The breaker ``name`` rejects calls for ``remaining`` more seconds."""
+    """The breaker ``name`` rejects calls for ``remaining`` more seconds.
 
-    def __init__(self, name: str, remaining: float | None, state: str = "open") -> None:
-        super().__init__(name, remaining, state)
-        self.name = name
-        self.remaining = remaining
-        self.state = state
+    Built as ``CircuitOpenError(name, remaining, state)``. No Python ``__init__``: while a
+    downstream is down this is raised on every call, and a Python-level constructor would
+    double the cost of a rejection. The fields are read from ``args``.
+    """
+
+    @property
+    def name(self) -> str:
+        """The breaker's name."""
+        return str(self.args[0])
+
+    @property
+    def remaining(self) -> float | None:
+        """Seconds until the breaker lets a trial call through; None when unknown."""
+        left: float | None = self.args[1] if len(self.args) > 1 else None
+        return left
+
+    @property
+    def state(self) -> str:
+        """The state that rejected the call: ``open``, ``half_open`` or ``forced_open``."""
+        return str(self.args[2]) if len(self.args) > 2 else "open"
 
     def __str__(self) -> str:
         if self.remaining is None:

@@ -1,0 +1,662 @@
+"""The circuit breaker: stop calling a downstream that is failing, and find out when it is back.
+
+::
+
+    CLOSED --(failure or slow-call rate >= threshold, with >= minimum_calls in the window)--> OPEN
+    OPEN --(cooldown elapsed; checked when the next call arrives)--> HALF_OPEN
+    HALF_OPEN --(all half_open_calls trials succeed)--> CLOSED (fresh window)
+    HALF_OPEN --(any trial fails)--> OPEN (new cooldown)
+    force_open() -> FORCED_OPEN, disable() -> DISABLED, reset() -> CLOSED
+
+One state machine (``acquire``/``try_acquire`` -> permit, then ``on_success``/``on_error``/
+``on_failure``/``release``) serves every front door: ``call``, ``acall``, the decorator, and the
+pipelines and transports that inline it. A permit is the state word at admission, so an outcome
+that arrives after the breaker moved on (a slow call admitted while CLOSED finishing in
+HALF_OPEN) is recognised and cannot be mistaken for a trial.
+
+Why the closed path looks the way it does: it is the path every successful call takes, so it
+takes no lock and reads no clock. Successes bump a lock-free counter (``itertools.count`` is
+atomic under the GIL) and are booked into the time window each time the clock is read: on every
+failure, and every ``clock_every``-th success while calls are frequent (every success when they
+are not). Successes between two readings are booked at the earlier reading, so at high rates a
+success may be dated up to ``clock_every - 1`` calls early; failures are always dated exactly.
+``clock_every=1`` reads the clock on every call and books every outcome exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Literal, ParamSpec, TypeVar, overload
+
+from interlink.clock import Clock
+from interlink.errors import CircuitOpenError
+from interlink.resilience import _validate as v
+from interlink.resilience._window import CountWindow, TimeWindow
+from interlink.resilience.events import CallRejected, Emitter, Listener, StateChanged
+
+__all__ = ["BreakerMetrics", "CircuitBreaker", "State"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+DEFAULT_FAILURE_RATE_THRESHOLD = 0.5
+DEFAULT_WINDOW = 30.0
+DEFAULT_MINIMUM_CALLS = 10
+DEFAULT_COOLDOWN = 60.0
+DEFAULT_HALF_OPEN_CALLS = 1
+DEFAULT_BUCKETS = 10
+DEFAULT_CLOCK_EVERY = 64
+
+
+class State(Enum):
+    """Where a breaker stands; the value is what events and metrics report."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+    FORCED_OPEN = "forced_open"
+    DISABLED = "disabled"
+
+
+# The state word ``_g``: bits 0-2 the state, bit 3 "guarded" (this breaker needs the clock on
+# every call: slow-call detection, a count window or clock_every=1), bits 4+ a generation that
+# changes on every transition. The closed fast path is taken when ``_g & 15 == 0``.
+_CLOSED, _OPEN, _HALF_OPEN, _FORCED_OPEN, _DISABLED = 0, 1, 2, 3, 4
+_STATE_BITS = 7
+_GUARDED = 8
+_FAST_MASK = 15
+_GEN = 16
+_STATES = (State.CLOSED, State.OPEN, State.HALF_OPEN, State.FORCED_OPEN, State.DISABLED)
+
+
+def _count_value(counter: itertools.count[int]) -> int:
+    # itertools.count has no public read; its repr is stable ("count(41)") on every CPython.
+    return int(repr(counter)[6:-1])
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerMetrics:
+    """A snapshot: the window's figures, then lifetime totals since construction."""
+
+    state: State
+    calls: int
+    failures: int
+    slow_calls: int
+    failure_rate: float
+    slow_call_rate: float
+    successes_total: int
+    failures_total: int
+    rejected_total: int
+
+
+class CircuitBreaker:
+    """Reject calls to a failing downstream at once, then probe it with a few trial calls.
+
+    Parameters are Resilience4j's, in seconds. ``record_exceptions`` count as failures,
+    ``ignore_exceptions`` count as nothing; any other exception counts as a success (the callee
+    answered; the answer was just an error the caller asked for). ``BaseException``s that are not
+    ``Exception`` (cancellation, interrupts) are never recorded.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_admitted",
+        "_booked",
+        "_buckets",
+        "_clock",
+        "_clock_every",
+        "_cooldown",
+        "_count_rejected",
+        "_events",
+        "_failures_total",
+        "_g",
+        "_guarded_successes",
+        "_half_open_calls",
+        "_ignore",
+        "_last_tick",
+        "_lock",
+        "_mask",
+        "_min_calls",
+        "_open_until",
+        "_record",
+        "_rejected",
+        "_slow_duration",
+        "_slow_threshold",
+        "_succ",
+        "_succ_counter",
+        "_threshold",
+        "_trials_ok",
+        "_win",
+        "_window",
+        "_window_type",
+        "name",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        failure_rate_threshold: float = DEFAULT_FAILURE_RATE_THRESHOLD,
+        window: float = DEFAULT_WINDOW,
+        minimum_calls: int = DEFAULT_MINIMUM_CALLS,
+        cooldown: float = DEFAULT_COOLDOWN,
+        half_open_calls: int = DEFAULT_HALF_OPEN_CALLS,
+        slow_call_duration: float | None = None,
+        slow_call_rate_threshold: float = 1.0,
+        record_exceptions: tuple[type[BaseException], ...] = (Exception,),
+        ignore_exceptions: tuple[type[BaseException], ...] = (),
+        window_type: Literal["time", "count"] = "time",
+        buckets: int = DEFAULT_BUCKETS,
+        clock_every: int = DEFAULT_CLOCK_EVERY,
+        clock: Clock = time.monotonic,
+        listeners: Iterable[Listener] = (),
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"'name' must be a non-empty string: {name!r}")
+        self.name = name
+        self._threshold = v.fraction("failure_rate_threshold", failure_rate_threshold)
+        self._slow_threshold = v.fraction("slow_call_rate_threshold", slow_call_rate_threshold)
+        self._min_calls = v.positive_int("minimum_calls", minimum_calls)
+        self._cooldown = v.non_negative("cooldown", cooldown)
+        self._half_open_calls = v.positive_int("half_open_calls", half_open_calls)
+        self._slow_duration = (
+            None
+            if slow_call_duration is None
+            else v.positive("slow_call_duration", slow_call_duration)
+        )
+        if window_type not in ("time", "count"):
+            raise ValueError(f"'window_type' must be 'time' or 'count': {window_type!r}")
+        self._window_type = window_type
+        if window_type == "time":
+            self._window = v.positive("window", window)
+        else:
+            if isinstance(window, float) and not window.is_integer():
+                raise ValueError(f"'window' must be a whole number of calls: {window!r}")
+            self._window = float(v.positive_int("window", int(window)))
+        self._buckets = v.positive_int("buckets", buckets)
+        if clock_every < 1 or clock_every & (clock_every - 1):
+            raise ValueError(f"'clock_every' must be a power of two >= 1: {clock_every!r}")
+        self._clock_every = clock_every
+        self._record = _exception_types("record_exceptions", record_exceptions)
+        self._ignore = _exception_types("ignore_exceptions", ignore_exceptions)
+        self._clock = clock
+        self._events = Emitter(listeners)
+        self._lock = threading.Lock()
+        counter = itertools.count()
+        self._succ_counter = counter
+        self._succ = counter.__next__
+        self._rejected = itertools.count()
+        self._count_rejected = self._rejected.__next__
+        self._booked = 0
+        self._guarded_successes = 0
+        self._failures_total = 0
+        self._mask = 0
+        self._last_tick = 0.0
+        self._win: TimeWindow | CountWindow | None = None
+        self._open_until = 0.0
+        self._admitted = 0
+        self._trials_ok = 0
+        guarded = self._slow_duration is not None or window_type == "count" or clock_every == 1
+        self._g = _GEN | (_GUARDED if guarded else 0) | _CLOSED
+
+    # ------------------------------------------------------------------ state and inspection
+
+    @property
+    def state(self) -> State:
+        """The current state; an OPEN breaker whose cooldown is over reports HALF_OPEN."""
+        g = self._g
+        if g & _STATE_BITS == _OPEN and self._clock() >= self._open_until:
+            self._to_half_open(g)
+            g = self._g
+        return _STATES[g & _STATE_BITS]
+
+    @property
+    def metrics(self) -> BreakerMetrics:
+        """Window figures and lifetime totals, with pending successes booked first."""
+        with self._lock:
+            if self._g & _STATE_BITS == _CLOSED:
+                self._tick(self._clock(), success=False)
+            win = self._win
+            calls = win.calls if win else 0
+            failures = win.failures if win else 0
+            slow = win.slow if win else 0
+            failures_total = self._failures_total
+            successes_total = _count_value(self._succ_counter) + self._guarded_successes
+        return BreakerMetrics(
+            state=self.state,
+            calls=calls,
+            failures=failures,
+            slow_calls=slow,
+            failure_rate=failures / calls if calls else 0.0,
+            slow_call_rate=slow / calls if calls else 0.0,
+            successes_total=successes_total,
+            failures_total=failures_total,
+            rejected_total=_count_value(self._rejected),
+        )
+
+    def describe(self) -> dict[str, object]:
+        """The settings, for ``Pipeline.describe()`` and logs."""
+        return {
+            "policy": "breaker",
+            "name": self.name,
+            "failure_rate_threshold": self._threshold,
+            "window": self._window,
+            "window_type": self._window_type,
+            "minimum_calls": self._min_calls,
+            "cooldown": self._cooldown,
+            "half_open_calls": self._half_open_calls,
+            "slow_call_duration": self._slow_duration,
+            "slow_call_rate_threshold": self._slow_threshold,
+        }
+
+    def add_listener(self, listener: Listener) -> None:
+        """Receive StateChanged and CallRejected events."""
+        self._events.add(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop receiving events."""
+        self._events.remove(listener)
+
+    def force_open(self) -> None:
+        """Reject every call until ``reset()`` (an operator's kill switch)."""
+        self._force(_FORCED_OPEN)
+
+    def disable(self) -> None:
+        """Let every call through and record nothing until ``reset()``."""
+        self._force(_DISABLED)
+
+    def reset(self) -> None:
+        """Back to CLOSED with an empty window."""
+        self._force(_CLOSED)
+
+    # ------------------------------------------------------------------ the state machine
+
+    def try_acquire(self) -> int:
+        """A permit (a truthy int) when the call may go ahead, 0 when rejected; never raises.
+
+        Pass the permit to exactly one of ``on_success``, ``on_error``, ``on_failure`` or
+        ``release``.
+        """
+        g = self._g
+        code = g & _STATE_BITS
+        if code in (_CLOSED, _DISABLED):
+            return g
+        return self._acquire_slow(g, code, raise_on_reject=False)
+
+    def acquire(self) -> int:
+        """Like ``try_acquire`` but raises ``CircuitOpenError`` instead of returning 0."""
+        g = self._g
+        code = g & _STATE_BITS
+        if code in (_CLOSED, _DISABLED):
+            return g
+        return self._acquire_slow(g, code, raise_on_reject=True)
+
+    def on_success(self, permit: int, duration: float | None = None) -> None:
+        """The call admitted with ``permit`` succeeded, taking ``duration`` seconds if known."""
+        code = permit & _STATE_BITS
+        if code == _CLOSED:
+            if not permit & _GUARDED:
+                n = self._succ()
+                if not (n & self._mask):
+                    self._tick_success(n + 1)
+                return
+            self._record_guarded(permit, failed=False, duration=duration)
+        elif code == _HALF_OPEN:
+            slow = self._is_slow(duration)
+            self._trial_done(permit, ok=not slow)
+
+    def on_failure(self, permit: int, duration: float | None = None) -> None:
+        """The call admitted with ``permit`` failed (an outcome judged a failure, e.g. a 503)."""
+        code = permit & _STATE_BITS
+        if code == _CLOSED:
+            self._record_guarded(permit, failed=True, duration=duration)
+        elif code == _HALF_OPEN:
+            self._trial_done(permit, ok=False)
+
+    def on_error(self, permit: int, exc: BaseException, duration: float | None = None) -> None:
+        """The call raised ``exc``: classify it, then record a failure, a success or nothing."""
+        if not isinstance(exc, Exception) or isinstance(exc, self._ignore):
+            self.release(permit)
+        elif isinstance(exc, self._record):
+            self.on_failure(permit, duration)
+        else:
+            self.on_success(permit, duration)
+
+    def release(self, permit: int) -> None:
+        """The admitted call ended without an outcome to record (cancelled, ignored error)."""
+        if permit & _STATE_BITS == _HALF_OPEN:
+            with self._lock:
+                if self._g == permit and self._admitted > 0:
+                    self._admitted -= 1
+
+    def records(self, exc: BaseException) -> bool:
+        """Would ``exc`` count as a failure?"""
+        return (
+            isinstance(exc, Exception)
+            and not isinstance(exc, self._ignore)
+            and isinstance(exc, self._record)
+        )
+
+    # ------------------------------------------------------------------ front doors
+
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(*args, **kwargs)`` through the breaker."""
+        g = self._g
+        if g & _FAST_MASK:
+            if g & _STATE_BITS == _OPEN and (now := self._clock()) < self._open_until:
+                self._count_rejected()
+                if self._events:
+                    self._emit_rejected(now)
+                raise CircuitOpenError(self.name, self._open_until - now, "open")
+            return self._call_guarded(fn, args, kwargs)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self.on_error(g, exc)
+            raise
+        n = self._succ()
+        if not (n & self._mask):
+            self._tick_success(n + 1)
+        return result
+
+    async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Await ``fn(*args, **kwargs)`` through the breaker."""
+        g = self._g
+        if g & _FAST_MASK:
+            if g & _STATE_BITS == _OPEN and (now := self._clock()) < self._open_until:
+                self._count_rejected()
+                if self._events:
+                    self._emit_rejected(now)
+                raise CircuitOpenError(self.name, self._open_until - now, "open")
+            return await self._acall_guarded(fn, args, kwargs)
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            self.on_error(g, exc)
+            raise
+        n = self._succ()
+        if not (n & self._mask):
+            self._tick_success(n + 1)
+        return result
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        """Decorate a ``def`` or an ``async def``."""
+        # The wrappers repeat the closed fast path of call/acall rather than calling them: one
+        # Python frame is a third of the whole overhead budget.
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                g = self._g
+                if g & _FAST_MASK:
+                    if g & _STATE_BITS == _OPEN and (now := self._clock()) < self._open_until:
+                        self._count_rejected()
+                        if self._events:
+                            self._emit_rejected(now)
+                        raise CircuitOpenError(self.name, self._open_until - now, "open")
+                    return await self._acall_guarded(fn, args, kwargs)
+                try:
+                    result = await fn(*args, **kwargs)
+                except BaseException as exc:
+                    self.on_error(g, exc)
+                    raise
+                n = self._succ()
+                if not (n & self._mask):
+                    self._tick_success(n + 1)
+                return result
+
+            return async_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            g = self._g
+            if g & _FAST_MASK:
+                if g & _STATE_BITS == _OPEN and (now := self._clock()) < self._open_until:
+                    self._count_rejected()
+                    if self._events:
+                        self._emit_rejected(now)
+                    raise CircuitOpenError(self.name, self._open_until - now, "open")
+                return self._call_guarded(fn, args, kwargs)
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                self.on_error(g, exc)
+                raise
+            n = self._succ()
+            if not (n & self._mask):
+                self._tick_success(n + 1)
+            return result
+
+        return wrapper
+
+    def _call_guarded(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+        permit = self.acquire()
+        clock = self._clock
+        start = clock()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self.on_error(permit, exc, clock() - start)
+            raise
+        self.on_success(permit, clock() - start)
+        return result
+
+    async def _acall_guarded(self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
+        permit = self.acquire()
+        clock = self._clock
+        start = clock()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            self.on_error(permit, exc, clock() - start)
+            raise
+        self.on_success(permit, clock() - start)
+        return result
+
+    # ------------------------------------------------------------------ internals
+
+    def _is_slow(self, duration: float | None) -> bool:
+        limit = self._slow_duration
+        return limit is not None and duration is not None and duration >= limit
+
+    def _acquire_slow(self, g: int, code: int, *, raise_on_reject: bool) -> int:
+        now = self._clock()
+        if code == _OPEN:
+            if now < self._open_until:
+                return self._reject(now, State.OPEN, self._open_until - now, raise_on_reject)
+            self._to_half_open(g)
+            g = self._g
+            code = g & _STATE_BITS
+            if code in (_CLOSED, _DISABLED):
+                return g
+        if code == _HALF_OPEN:
+            with self._lock:
+                if self._g == g and self._admitted < self._half_open_calls:
+                    self._admitted += 1
+                    return g
+            return self._reject(now, State.HALF_OPEN, None, raise_on_reject)
+        if code == _OPEN:  # re-opened by a failed trial while we looked
+            return self._reject(now, State.OPEN, self._open_until - now, raise_on_reject)
+        return self._reject(now, _STATES[code], None, raise_on_reject)
+
+    def _reject(self, now: float, state: State, left: float | None, raise_: bool) -> int:
+        next(self._rejected)
+        if self._events:
+            self._events.emit(
+                CallRejected(
+                    kind="breaker", name=self.name, at=now, state=state.value, remaining=left
+                )
+            )
+        if raise_:
+            raise CircuitOpenError(self.name, left, state.value)
+        return 0
+
+    def _new_window(self) -> TimeWindow | CountWindow:
+        if self._window_type == "count":
+            return CountWindow(int(self._window))
+        return TimeWindow(self._window, self._buckets)
+
+    def _tick(
+        self, now: float, *, success: bool, value: int | None = None
+    ) -> TimeWindow | CountWindow:
+        """Book the fast path's successes and move the window to ``now``; under the lock.
+
+        ``value`` is the success counter as the caller saw it (saves reading it back).
+        """
+        win = self._win
+        if win is None:
+            win = self._win = self._new_window()
+            win.advance(now)
+        if value is None:
+            value = _count_value(self._succ_counter)
+        pending = value - self._booked
+        if pending < 0:  # a later reading already booked these
+            pending = 0
+        else:
+            self._booked = value
+        if success and pending == 1:
+            win.advance(now)  # a lone success: it happened now
+            win.add(1, 0, 0)
+        else:
+            if pending:
+                win.add(pending, 0, 0)  # booked at the previous reading
+            win.advance(now)
+        if isinstance(win, TimeWindow):
+            gap = now - self._last_tick
+            calls = pending if pending else 1
+            # fast: clock_every calls at this pace span at most a quarter of a bucket
+            fast = calls * win.width >= 4 * self._clock_every * gap
+            self._mask = self._clock_every - 1 if fast else 0
+        self._last_tick = now
+        return win
+
+    def _tick_success(self, value: int) -> None:
+        with self._lock:
+            if self._g & _FAST_MASK == _CLOSED:
+                self._tick(self._clock(), success=True, value=value)
+
+    def _emit_rejected(self, now: float) -> None:
+        self._events.emit(
+            CallRejected(
+                kind="breaker",
+                name=self.name,
+                at=now,
+                state="open",
+                remaining=self._open_until - now,
+            )
+        )
+
+    def _record_guarded(self, permit: int, *, failed: bool, duration: float | None) -> None:
+        event = None
+        with self._lock:
+            now = self._clock()
+            if failed:
+                self._failures_total += 1
+            elif permit & _GUARDED:
+                self._guarded_successes += 1
+            if self._g != permit:  # the breaker moved on while this call ran
+                return
+            win = self._tick(now, success=False)
+            slow = 1 if self._is_slow(duration) else 0
+            if failed or permit & _GUARDED:
+                win.add(1, 1 if failed else 0, slow)
+            if failed or slow:
+                event = self._evaluate(win, now)
+        if event is not None:
+            self._events.emit(event)
+
+    def _evaluate(self, win: TimeWindow | CountWindow, now: float) -> StateChanged | None:
+        calls = win.calls
+        needed = self._min_calls
+        if isinstance(win, CountWindow):
+            needed = min(needed, int(self._window))
+        if calls < needed:
+            return None
+        if win.failures >= self._threshold * calls or (
+            self._slow_duration is not None and win.slow >= self._slow_threshold * calls
+        ):
+            return self._transition(_OPEN, now)
+        return None
+
+    def _trial_done(self, permit: int, *, ok: bool) -> None:
+        event = None
+        with self._lock:
+            if ok:
+                self._guarded_successes += 1
+            else:
+                self._failures_total += 1
+            if self._g != permit:
+                return
+            now = self._clock()
+            if not ok:
+                event = self._transition(_OPEN, now)
+            else:
+                self._trials_ok += 1
+                if self._trials_ok >= self._half_open_calls:
+                    event = self._transition(_CLOSED, now)
+        if event is not None and self._events:
+            self._events.emit(event)
+
+    def _to_half_open(self, g: int) -> None:
+        event = None
+        with self._lock:
+            if self._g == g:
+                event = self._transition(_HALF_OPEN, self._clock())
+        if event is not None and self._events:
+            self._events.emit(event)
+
+    def _force(self, code: int) -> None:
+        with self._lock:
+            event = self._transition(code, self._clock())
+        if event is not None and self._events:
+            self._events.emit(event)
+
+    def _transition(self, code: int, now: float) -> StateChanged | None:
+        """Move to ``code``; under the lock. Returns the event to emit once the lock is free."""
+        old = self._g
+        flags = old & _GUARDED
+        self._g = ((old >> 4) + 1) * _GEN | flags | code
+        if code == _OPEN:
+            self._open_until = now + self._cooldown
+        elif code == _HALF_OPEN:
+            self._admitted = 0
+            self._trials_ok = 0
+        elif code == _CLOSED:
+            if self._win is not None:
+                self._win.reset()
+            self._booked = _count_value(self._succ_counter)
+            self._mask = 0
+            self._last_tick = now
+        if not self._events:
+            return None
+        return StateChanged(
+            kind="breaker",
+            name=self.name,
+            at=now,
+            old=_STATES[old & _STATE_BITS].value,
+            new=_STATES[code].value,
+        )
+
+    def __repr__(self) -> str:
+        return f"CircuitBreaker({self.name!r}, state={_STATES[self._g & _STATE_BITS].value})"
+
+
+def _exception_types(name: str, types: object) -> tuple[type[BaseException], ...]:
+    if isinstance(types, type):
+        types = (types,)
+    if not isinstance(types, tuple) or not all(
+        isinstance(t, type) and issubclass(t, BaseException) for t in types
+    ):
+        raise ValueError(f"'{name}' must be a tuple of exception types: {types!r}")
+    return types

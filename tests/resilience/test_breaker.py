@@ -1,0 +1,504 @@
+"""The circuit breaker's transitions, window, front doors and errors, on a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from interlink.errors import CircuitOpenError, InterlinkError, RejectedError
+from interlink.resilience.breaker import CircuitBreaker, State
+from interlink.resilience.events import CallRejected, PolicyEvent, StateChanged
+from interlink.testing import FakeClock
+
+
+class Boom(Exception):
+    """A downstream failure."""
+
+
+def ok() -> str:
+    return "ok"
+
+
+def fail() -> str:
+    raise Boom("down")
+
+
+def run(breaker: CircuitBreaker, outcomes: str) -> None:
+    """Drive one call per character: ``s`` success, ``f`` failure."""
+    for c in outcomes:
+        if c == "s":
+            breaker.call(ok)
+        else:
+            with pytest.raises(Boom):
+                breaker.call(fail)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(1000.0)
+
+
+@pytest.fixture
+def breaker(clock: FakeClock) -> CircuitBreaker:
+    return CircuitBreaker("menu", clock=clock)
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    """The defaults are Resilience4j's classic settings, pinned."""
+    d = CircuitBreaker("x").describe()
+    assert d["failure_rate_threshold"] == 0.5
+    assert d["window"] == 30.0
+    assert d["minimum_calls"] == 10
+    assert d["cooldown"] == 60.0
+    assert d["half_open_calls"] == 1
+    assert d["slow_call_duration"] is None
+    assert d["slow_call_rate_threshold"] == 1.0
+
+
+def test_half_failures_in_window_open(breaker: CircuitBreaker) -> None:
+    """50 % failures over 10 calls in the window opens the breaker."""
+    run(breaker, "sfsfsfsfs")
+    assert breaker.state is State.CLOSED
+    run(breaker, "f")
+    assert breaker.state is State.OPEN
+
+
+def test_below_minimum_calls_never_opens(breaker: CircuitBreaker) -> None:
+    """Nine failures are fewer than minimum_calls=10: still closed."""
+    run(breaker, "f" * 9)
+    assert breaker.state is State.CLOSED
+
+
+def test_below_threshold_stays_closed(breaker: CircuitBreaker) -> None:
+    """40 % failures stay under a 50 % threshold."""
+    run(breaker, "ssffssffss" * 3)
+    assert breaker.state is State.CLOSED
+
+
+def test_open_rejects_without_calling(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    """While open the function is not called and the error names breaker and seconds left."""
+    run(breaker, "f" * 10)
+    calls = []
+    clock.advance(15)
+    with pytest.raises(CircuitOpenError) as info:
+        breaker.call(lambda: calls.append(1))
+    assert calls == []
+    assert info.value.name == "menu"
+    assert info.value.remaining == pytest.approx(45.0)
+    assert str(info.value) == (
+        "circuit breaker 'menu' is open: calls are rejected for another 45.000s"
+    )
+    assert isinstance(info.value, RejectedError)
+    assert isinstance(info.value, InterlinkError)
+
+
+def test_rejected_for_the_whole_cooldown(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    """Rejected until 60 s have passed, then one trial is let through."""
+    run(breaker, "f" * 10)
+    clock.advance(59.999)
+    with pytest.raises(CircuitOpenError):
+        breaker.call(ok)
+    clock.advance(0.001)
+    assert breaker.state is State.HALF_OPEN
+    assert breaker.call(ok) == "ok"
+    assert breaker.state is State.CLOSED
+
+
+def test_trial_failure_reopens_with_new_cooldown(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    """A failed trial opens the breaker again for a full cooldown."""
+    run(breaker, "f" * 10)
+    clock.advance(60)
+    run(breaker, "f")
+    assert breaker.state is State.OPEN
+    clock.advance(59)
+    with pytest.raises(CircuitOpenError) as info:
+        breaker.call(ok)
+    assert info.value.remaining == pytest.approx(1.0)
+
+
+def test_half_open_admits_only_the_trial_calls(clock: FakeClock) -> None:
+    """With half_open_calls=2 a third concurrent call is rejected; two successes close."""
+    breaker = CircuitBreaker("b", half_open_calls=2, minimum_calls=1, clock=clock)
+    run(breaker, "f")
+    clock.advance(60)
+    p1, p2 = breaker.try_acquire(), breaker.try_acquire()
+    assert p1
+    assert p2
+    assert breaker.try_acquire() == 0
+    with pytest.raises(CircuitOpenError) as info:
+        breaker.acquire()
+    assert info.value.state == "half_open"
+    assert info.value.remaining is None
+    breaker.on_success(p1)
+    assert breaker.state is State.HALF_OPEN
+    breaker.on_success(p2)
+    assert breaker.state is State.CLOSED
+
+
+def test_closed_again_starts_with_fresh_window(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    """After recovery the old failures are forgotten."""
+    run(breaker, "f" * 10)
+    clock.advance(60)
+    run(breaker, "s")
+    assert breaker.metrics.calls == 0
+    run(breaker, "f" * 9)
+    assert breaker.state is State.CLOSED
+
+
+def test_old_failures_slide_out_of_the_window(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    """Failures older than the window no longer count."""
+    run(breaker, "f" * 9)
+    clock.advance(31)
+    run(breaker, "f")
+    assert breaker.state is State.CLOSED
+    assert breaker.metrics.failures == 1
+
+
+def test_successes_before_a_quiet_spell_slide_out(
+    breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    """Successes booked at one instant leave the window with it, even unsampled ones."""
+    run(breaker, "s" * 50)
+    clock.advance(31)
+    run(breaker, "f" * 10)
+    assert breaker.state is State.OPEN
+
+
+def test_recent_successes_keep_it_closed(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    """Successes inside the window dilute the failure rate."""
+    run(breaker, "s" * 11)
+    clock.advance(10)
+    run(breaker, "f" * 10)
+    assert breaker.state is State.CLOSED
+
+
+def test_slow_calls_open_the_breaker(clock: FakeClock) -> None:
+    """Calls slower than slow_call_duration count toward the slow-call rate."""
+    breaker = CircuitBreaker(
+        "slow",
+        slow_call_duration=1.0,
+        slow_call_rate_threshold=0.5,
+        minimum_calls=4,
+        clock=clock,
+    )
+
+    def slow() -> str:
+        clock.advance(2.0)
+        return "late"
+
+    for _ in range(3):
+        breaker.call(slow)
+    assert breaker.state is State.CLOSED
+    breaker.call(slow)
+    assert breaker.state is State.OPEN
+    assert breaker.metrics.slow_calls == 4  # the window that opened it is kept for inspection
+
+
+def test_count_window_uses_last_n_calls(clock: FakeClock) -> None:
+    """A count window of 4 opens on 2 failures among the last 4 calls."""
+    breaker = CircuitBreaker("c", window_type="count", window=4, minimum_calls=4, clock=clock)
+    run(breaker, "ssssssfs")
+    assert breaker.state is State.CLOSED
+    run(breaker, "f")
+    assert breaker.state is State.OPEN
+
+
+def test_ignored_and_unrecorded_exceptions(clock: FakeClock) -> None:
+    """Ignored errors count as nothing; unrecorded ones count as successes."""
+
+    class NotFound(Exception):
+        pass
+
+    class Invalid(Exception):
+        pass
+
+    breaker = CircuitBreaker(
+        "i",
+        minimum_calls=2,
+        record_exceptions=(Boom,),
+        ignore_exceptions=(NotFound,),
+        clock=clock,
+    )
+
+    def raise_(exc: Exception) -> None:
+        raise exc
+
+    for exc in (NotFound(), NotFound(), Invalid()):
+        with pytest.raises(type(exc)):
+            breaker.call(raise_, exc)
+    run(breaker, "f")
+    m = breaker.metrics
+    assert (m.calls, m.failures) == (2, 1)
+    assert breaker.state is State.OPEN
+
+
+def test_cancellation_is_not_a_failure(clock: FakeClock) -> None:
+    """CancelledError (a BaseException) does not count as a failure."""
+    breaker = CircuitBreaker("c", minimum_calls=1, clock=clock)
+
+    async def cancelled() -> None:
+        raise asyncio.CancelledError
+
+    for _ in range(5):
+        with pytest.raises(asyncio.CancelledError):
+            asyncio.run(breaker.acall(cancelled))
+    assert breaker.state is State.CLOSED
+    assert breaker.metrics.failures_total == 0
+
+
+def test_force_open_disable_reset(breaker: CircuitBreaker) -> None:
+    """The operator switches: forced open rejects, disabled records nothing, reset closes."""
+    breaker.force_open()
+    assert breaker.state is State.FORCED_OPEN
+    with pytest.raises(CircuitOpenError) as info:
+        breaker.call(ok)
+    assert info.value.state == "forced_open"
+    breaker.disable()
+    run(breaker, "f" * 20)
+    assert breaker.state is State.DISABLED
+    assert breaker.metrics.calls == 0
+    breaker.reset()
+    assert breaker.state is State.CLOSED
+    assert breaker.call(ok) == "ok"
+
+
+def test_listeners_see_transitions_and_rejections(
+    breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    """StateChanged and CallRejected reach listeners, with clock readings."""
+    seen: list[PolicyEvent] = []
+    breaker.add_listener(seen.append)
+    run(breaker, "f" * 10)
+    with pytest.raises(CircuitOpenError):
+        breaker.call(ok)
+    clock.advance(60)
+    run(breaker, "s")
+    changes = [(e.old, e.new) for e in seen if isinstance(e, StateChanged)]
+    assert changes == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+    rejected = [e for e in seen if isinstance(e, CallRejected)]
+    assert len(rejected) == 1
+    assert rejected[0].remaining == pytest.approx(60.0)
+    assert rejected[0].at == pytest.approx(1000.0)
+
+
+def test_failing_listener_does_not_break_calls(breaker: CircuitBreaker) -> None:
+    """A listener that raises is logged, the call's outcome stands."""
+
+    def bad(event: PolicyEvent) -> None:
+        raise RuntimeError("listener bug")
+
+    breaker.add_listener(bad)
+    run(breaker, "f" * 10)
+    assert breaker.state is State.OPEN
+
+
+def test_metrics_count_everything(breaker: CircuitBreaker) -> None:
+    """Lifetime totals are exact: successes, failures and rejections."""
+    run(breaker, "s" * 100 + "f" * 100)
+    for _ in range(7):
+        with pytest.raises(CircuitOpenError):
+            breaker.call(ok)
+    m = breaker.metrics
+    assert (m.successes_total, m.failures_total, m.rejected_total) == (100, 100, 7)
+    assert m.state is State.OPEN
+
+
+def test_try_acquire_never_raises(breaker: CircuitBreaker) -> None:
+    """The exception-free check returns 0 when open and a permit otherwise."""
+    permit = breaker.try_acquire()
+    assert permit
+    breaker.on_success(permit)
+    run(breaker, "f" * 9)
+    assert breaker.state is State.OPEN
+    assert breaker.try_acquire() == 0
+
+
+def test_stale_permit_is_not_a_trial(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    """A call admitted while closed that fails during HALF_OPEN does not reopen it."""
+    early = breaker.acquire()
+    run(breaker, "f" * 10)
+    clock.advance(60)
+    trial = breaker.acquire()
+    breaker.on_failure(early)
+    assert breaker.state is State.HALF_OPEN
+    breaker.on_success(trial)
+    assert breaker.state is State.CLOSED
+
+
+def test_decorator_on_def_and_async_def(clock: FakeClock) -> None:
+    """@breaker keeps name and docstring and guards both kinds of function."""
+    breaker = CircuitBreaker("d", minimum_calls=1, clock=clock)
+
+    @breaker
+    def sync_fn(x: int) -> int:
+        """Doubles."""
+        return 2 * x
+
+    @breaker
+    async def async_fn(x: int) -> int:
+        """Triples."""
+        return 3 * x
+
+    assert sync_fn(2) == 4
+    assert asyncio.run(async_fn(2)) == 6
+    assert sync_fn.__name__ == "sync_fn"
+    assert async_fn.__doc__ == "Triples."
+    breaker.force_open()
+    with pytest.raises(CircuitOpenError):
+        sync_fn(1)
+    with pytest.raises(CircuitOpenError):
+        asyncio.run(async_fn(1))
+
+
+def test_decorated_methods_get_self(clock: FakeClock) -> None:
+    """Decorating a method passes the instance through."""
+    breaker = CircuitBreaker("m", clock=clock)
+
+    class Client:
+        factor = 5
+
+        @breaker
+        def get(self, x: int) -> int:
+            return self.factor * x
+
+    assert Client().get(2) == 10
+
+
+def test_async_open_rejects(clock: FakeClock) -> None:
+    """acall rejects while open without awaiting the function."""
+    breaker = CircuitBreaker("a", minimum_calls=1, clock=clock)
+
+    async def boom() -> None:
+        raise Boom
+
+    async def main() -> None:
+        with pytest.raises(Boom):
+            await breaker.acall(boom)
+        with pytest.raises(CircuitOpenError):
+            await breaker.acall(boom)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"failure_rate_threshold": 1.5}, "'failure_rate_threshold' must be in (0, 1]: 1.5"),
+        ({"failure_rate_threshold": 0}, "'failure_rate_threshold' must be in (0, 1]: 0"),
+        ({"slow_call_rate_threshold": -1}, "'slow_call_rate_threshold' must be in (0, 1]: -1"),
+        ({"window": -3}, "'window' must be a finite number > 0: -3"),
+        ({"cooldown": -1.0}, "'cooldown' must be a finite number >= 0: -1.0"),
+        ({"minimum_calls": 0}, "'minimum_calls' must be an integer >= 1: 0"),
+        ({"half_open_calls": 0}, "'half_open_calls' must be an integer >= 1: 0"),
+        ({"slow_call_duration": 0}, "'slow_call_duration' must be a finite number > 0: 0"),
+        ({"window_type": "sliding"}, "'window_type' must be 'time' or 'count': 'sliding'"),
+        ({"clock_every": 3}, "'clock_every' must be a power of two >= 1: 3"),
+        ({"record_exceptions": (int,)}, "'record_exceptions' must be a tuple of exception types"),
+    ],
+)
+def test_bad_configuration_names_the_parameter(kwargs: dict[str, object], message: str) -> None:
+    """Each bad setting raises ValueError naming the parameter and the value."""
+    with pytest.raises(ValueError) as info:
+        CircuitBreaker("x", **kwargs)  # type: ignore[arg-type]
+    assert str(info.value).startswith(message)
+
+
+def test_empty_name_is_refused() -> None:
+    """A breaker needs a name to be told apart in errors and metrics."""
+    with pytest.raises(ValueError, match="'name' must be a non-empty string: ''"):
+        CircuitBreaker("")
+
+
+def test_threads_half_open_never_admits_more_than_allowed(clock: FakeClock) -> None:
+    """16 threads racing for trial permits: exactly half_open_calls get one."""
+    breaker = CircuitBreaker("t", half_open_calls=3, minimum_calls=1, clock=clock)
+    run(breaker, "f")
+    clock.advance(60)
+    permits: list[int] = []
+    barrier = threading.Barrier(16)
+
+    def grab() -> None:
+        barrier.wait()
+        for _ in range(100):
+            p = breaker.try_acquire()
+            if p:
+                permits.append(p)
+
+    threads = [threading.Thread(target=grab) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(permits) == 3
+
+
+def test_threads_keep_counters_exact() -> None:
+    """8 threads x 5,000 calls: every success and failure is counted once."""
+    breaker = CircuitBreaker("t", failure_rate_threshold=1.0, minimum_calls=10**9)
+
+    def work(i: int) -> None:
+        for j in range(5000):
+            if (i + j) % 10 == 0:
+                with pytest.raises(Boom):
+                    breaker.call(fail)
+            else:
+                breaker.call(ok)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    m = breaker.metrics
+    assert m.successes_total == 36000
+    assert m.failures_total == 4000
+    assert m.calls == 40000
+    assert m.failures == 4000
+
+
+def test_tasks_half_open_admits_one_trial(clock: FakeClock) -> None:
+    """100 concurrent tasks in HALF_OPEN: one runs, 99 are rejected, then it closes."""
+    breaker = CircuitBreaker("a", minimum_calls=1, clock=clock)
+    run(breaker, "f")
+    clock.advance(60)
+    ran = 0
+
+    async def trial() -> None:
+        nonlocal ran
+        ran += 1
+        await asyncio.sleep(0.001)
+
+    async def main() -> list[BaseException | None]:
+        return await asyncio.gather(
+            *(breaker.acall(trial) for _ in range(100)), return_exceptions=True
+        )
+
+    results = asyncio.run(main())
+    assert ran == 1
+    assert sum(isinstance(r, CircuitOpenError) for r in results) == 99
+    assert breaker.state is State.CLOSED
+
+
+def test_breaker_does_not_hold_a_lock_during_the_call() -> None:
+    """Eight threads sleeping 20 ms inside the breaker overlap instead of queueing."""
+    import time
+
+    breaker = CircuitBreaker("p")
+
+    def nap() -> None:
+        time.sleep(0.02)
+
+    def work() -> None:
+        for _ in range(3):
+            breaker.call(nap)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    assert elapsed < 0.3  # serialised it would take 8 * 3 * 20 ms = 480 ms
