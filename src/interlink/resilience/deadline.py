@@ -1,24 +1,31 @@
 """Deadline budgets that ride in the context and can only shrink along a call chain.
 
-A deadline is an absolute reading of the clock that was used to set it, kept in a
-``contextvars.ContextVar`` so that it follows the request through ``await`` and into tasks
-without being passed as an argument. ``with deadline(2.0):`` nested inside a deadline with 0.5 s
-left keeps 0.5 s: an inner layer may be stricter than its caller, never more generous. Transports
-read ``remaining()`` to set their own timeouts and to tell the next hop how long it has.
+A deadline is an absolute reading of the clock that set it, kept in a ``contextvars.ContextVar``
+so that it follows the request through ``await`` and into tasks without being passed as an
+argument. ``with deadline(2.0):`` inside a deadline with 0.5 s left keeps 0.5 s: an inner layer
+may be stricter than its caller, never more generous. Transports read ``remaining()`` to set
+their own timeouts and to tell the next hop how long it has.
+
+The context holds a plain ``(at, clock)`` tuple rather than an object: pipelines set a deadline
+on every call, and a tuple is the cheapest thing to build.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 
 from interlink.clock import Clock
 from interlink.resilience._validate import non_negative
 
 __all__ = ["Deadline", "current_deadline", "deadline", "expired", "remaining"]
+
+_Pair = tuple[float, Clock]
+
+# The one piece of module state the core has: a ContextVar is per task and per thread by
+# design, so it carries the request's deadline without being a global anybody shares.
+_CURRENT: ContextVar[_Pair | None] = ContextVar("interlink_deadline", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,59 +46,69 @@ class Deadline:
         return self.clock() >= self.at
 
 
-# The one piece of module state the core has: a ContextVar is per-task/per-thread by design,
-# so it carries the request's deadline without being a global anybody shares.
-_CURRENT: ContextVar[Deadline | None] = ContextVar("interlink_deadline", default=None)
-
-
 def current_deadline() -> Deadline | None:
     """The deadline in force in this context, or None."""
-    return _CURRENT.get()
+    pair = _CURRENT.get()
+    return None if pair is None else Deadline(pair[0], pair[1])
 
 
 def remaining() -> float | None:
     """Seconds left before the current deadline (never negative); None outside any deadline."""
-    d = _CURRENT.get()
-    return None if d is None else d.remaining()
+    pair = _CURRENT.get()
+    if pair is None:
+        return None
+    left = pair[0] - pair[1]()
+    return left if left > 0.0 else 0.0
 
 
 def expired() -> bool:
     """True when a deadline is in force and has passed."""
-    d = _CURRENT.get()
-    return d is not None and d.expired
+    pair = _CURRENT.get()
+    return pair is not None and pair[1]() >= pair[0]
+
+
+def shrink_to(seconds: float, clock: Clock) -> Token[_Pair | None]:
+    """Install a deadline ``seconds`` from now unless the current one is sooner; returns the
+    token for ``_CURRENT.reset``. The building block of ``deadline`` and ``Timeout``."""
+    at = clock() + seconds
+    parent = _CURRENT.get()
+    if parent is not None:
+        if parent[1] is clock:
+            if parent[0] <= at:
+                return _CURRENT.set(parent)
+        elif parent[0] - parent[1]() <= seconds:  # another clock: compare what is left
+            return _CURRENT.set(parent)
+    return _CURRENT.set((at, clock))
+
+
+def reset(token: Token[_Pair | None]) -> None:
+    """Restore the deadline that was in force before ``shrink_to``."""
+    _CURRENT.reset(token)
 
 
 class deadline:  # noqa: N801 - used like a function: ``with deadline(2):``
     """Set a deadline ``seconds`` from now for the block; nested deadlines only shrink.
 
-    Works as ``with`` and ``async with``. ``seconds=None`` keeps the current deadline, which
-    lets a caller pass an optional budget straight through. Not reentrant: one instance, one
-    block at a time.
+    Works as ``with`` and ``async with``; the block gets the ``Deadline`` in force (None when
+    ``seconds`` is None and there was none). ``seconds=None`` keeps the current deadline, so a
+    caller can pass an optional budget straight through. One instance, one block at a time.
     """
 
-    __slots__ = ("_clock", "_seconds", "_token", "deadline")
+    __slots__ = ("_clock", "_seconds", "_token")
 
     def __init__(self, seconds: float | None, *, clock: Clock = time.monotonic) -> None:
         self._seconds = None if seconds is None else non_negative("seconds", seconds)
         self._clock = clock
-        self._token: object | None = None
-        self.deadline: Deadline | None = None
+        self._token: Token[_Pair | None] | None = None
 
     def _enter(self) -> Deadline | None:
-        parent = _CURRENT.get()
-        if self._seconds is None:
-            self.deadline = parent
-            return parent
-        mine = Deadline(self._clock() + self._seconds, self._clock)
-        if parent is not None and parent.at <= mine.at and parent.clock is mine.clock:
-            mine = parent
-        self.deadline = mine
-        self._token = _CURRENT.set(mine)
-        return mine
+        if self._seconds is not None:
+            self._token = shrink_to(self._seconds, self._clock)
+        return current_deadline()
 
     def _exit(self) -> None:
         if self._token is not None:
-            _CURRENT.reset(self._token)  # type: ignore[arg-type]
+            _CURRENT.reset(self._token)
             self._token = None
 
     def __enter__(self) -> Deadline | None:
@@ -107,14 +124,22 @@ class deadline:  # noqa: N801 - used like a function: ``with deadline(2):``
         self._exit()
 
 
-@contextmanager
-def deadline_at(at: Deadline) -> Iterator[Deadline]:
-    """Install an already computed deadline (e.g. one read from an incoming request header),
-    shrinking it to the current one if that is sooner."""
-    parent = _CURRENT.get()
-    use = parent if parent is not None and parent.at <= at.at and parent.clock is at.clock else at
-    token = _CURRENT.set(use)
-    try:
-        yield use
-    finally:
-        _CURRENT.reset(token)
+class deadline_at:  # noqa: N801 - a context manager used like a function
+    """Install an absolute deadline (e.g. one read from an incoming request header), shrunk
+    to the current one if that is sooner."""
+
+    __slots__ = ("_at", "_token")
+
+    def __init__(self, at: Deadline) -> None:
+        self._at = at
+        self._token: Token[_Pair | None] | None = None
+
+    def __enter__(self) -> Deadline | None:
+        left = self._at.at - self._at.clock()
+        self._token = shrink_to(max(left, 0.0), self._at.clock)
+        return current_deadline()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _CURRENT.reset(self._token)
+            self._token = None
