@@ -1,5 +1,62 @@
-"""interlink: resilient service-to-service communication."""
+"""interlink: resilient service-to-service communication.
+
+The resilience core is re-exported here: ``from interlink import CircuitBreaker, Retry``.
+Transports, brokers and apps live in their own subpackages and import their optional
+dependencies only when used, so ``import interlink`` pulls in the standard library alone.
+"""
 
 from interlink._version import __version__
+from interlink.errors import (
+    BudgetExhausted,
+    BulkheadFull,
+    CircuitOpenError,
+    DeadlineExceeded,
+    InterlinkError,
+    RateLimited,
+    RejectedError,
+)
+from interlink.resilience import (
+    BreakerMetrics,
+    Bulkhead,
+    CircuitBreaker,
+    Deadline,
+    Fallback,
+    Hedge,
+    Pipeline,
+    RateLimiter,
+    Retry,
+    RetryBudget,
+    State,
+    Timeout,
+    current_deadline,
+    deadline,
+    expired,
+    remaining,
+)
 
-__all__ = ["__version__"]
+__all__ = [
+    "BreakerMetrics",
+    "BudgetExhausted",
+    "Bulkhead",
+    "BulkheadFull",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "Deadline",
+    "DeadlineExceeded",
+    "Fallback",
+    "Hedge",
+    "InterlinkError",
+    "Pipeline",
+    "RateLimited",
+    "RateLimiter",
+    "RejectedError",
+    "Retry",
+    "RetryBudget",
+    "State",
+    "Timeout",
+    "__version__",
+    "current_deadline",
+    "deadline",
+    "expired",
+    "remaining",
+]

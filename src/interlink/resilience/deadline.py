@@ -86,7 +86,7 @@ def reset(token: Token[_Pair | None]) -> None:
     _CURRENT.reset(token)
 
 
-class deadline:  # noqa: N801 - used like a function: ``with deadline(2):``
+class deadline:  # lower case: used like a function, ``with deadline(2):``
     """Set a deadline ``seconds`` from now for the block; nested deadlines only shrink.
 
     Works as ``with`` and ``async with``; the block gets the ``Deadline`` in force (None when
@@ -124,7 +124,7 @@ class deadline:  # noqa: N801 - used like a function: ``with deadline(2):``
         self._exit()
 
 
-class deadline_at:  # noqa: N801 - a context manager used like a function
+class deadline_at:  # lower case: a context manager used like a function
     """Install an absolute deadline (e.g. one read from an incoming request header), shrunk
     to the current one if that is sooner."""
 
