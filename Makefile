@@ -31,9 +31,11 @@ demo: $(VENV)/.installed
 services:
 	bash scripts/ensure-services.sh
 
+LINTED := src tests $(wildcard benchmarks examples)
+
 lint: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check src tests benchmarks examples
-	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 
 types: $(VENV)/.installed-test
 	$(VENV)/bin/mypy
