@@ -76,12 +76,11 @@ def test_queue_timeout_must_not_be_negative() -> None:
         Bulkhead(1, max_queue=1, queue_timeout=-1)
 
 
-def test_queue_without_wait_is_refused() -> None:
-    """max_queue > 0 with queue_timeout 0 would never queue anybody: a config error."""
-    with pytest.raises(
-        ValueError, match=r"^'queue_timeout' must be > 0 or None when 'max_queue' > 0: 0.0$"
-    ):
-        Bulkhead(1, max_queue=3)
+def test_queue_with_default_timeout_waits_without_own_limit() -> None:
+    """Bulkhead(n, max_queue=k) queues callers until a slot or their deadline, like Polly."""
+    b = Bulkhead(1, max_queue=3)
+    assert b.queue_timeout is None
+    assert b.describe()["max_queue"] == 3
 
 
 def test_wait_without_queue_is_refused() -> None:

@@ -5,11 +5,11 @@ Free slots are tokens in a ``collections.deque``: entering is ``pop()`` and leav
 ``append()``, both atomic under the GIL, so a call that finds a free slot takes no lock at all.
 The lock is only taken to queue (no slot free) and by ``leave()`` when somebody is queued.
 
-Queue rules: at most ``max_queue`` callers wait, each for at most ``queue_timeout`` seconds
-(``None``: no limit of its own), further capped by the ``timeout`` given to ``enter``/``aenter``
-and by the current deadline (``interlink.resilience.deadline``). ``queue_timeout=0`` means "never
-wait", so it is refused together with ``max_queue > 0``, and a ``queue_timeout`` without a queue
-is refused too: both are configurations that silently do nothing.
+Queue rules: at most ``max_queue`` callers wait, each for at most ``queue_timeout`` seconds,
+further capped by the ``timeout`` given to ``enter``/``aenter`` and by the current deadline
+(``interlink.resilience.deadline``). With a queue, ``queue_timeout`` 0 (the default) or ``None``
+means no limit of its own: a queued caller waits for a slot or for its deadline, like Polly's
+bulkhead queue. A ``queue_timeout`` without a queue is refused: nobody would ever wait.
 
 A freed slot is handed straight to the longest-waiting caller. Only a caller that arrives in the
 instant between ``leave()`` returning the token and the hand-over can take it first; that short
@@ -130,9 +130,7 @@ class Bulkhead:
         if queue_timeout is not None:
             queue_timeout = non_negative("queue_timeout", queue_timeout)
         if self.max_queue and queue_timeout == 0.0:
-            raise ValueError(
-                f"'queue_timeout' must be > 0 or None when 'max_queue' > 0: {queue_timeout!r}"
-            )
+            queue_timeout = None  # a queue whose callers may not wait is no queue: see above
         if not self.max_queue and queue_timeout != 0.0:
             raise ValueError(
                 f"'queue_timeout' must be 0 when 'max_queue' is 0 (nobody waits): {queue_timeout!r}"
