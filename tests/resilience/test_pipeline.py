@@ -284,3 +284,55 @@ def test_generated_source_only_has_present_steps() -> None:
     assert "next_delay" in src
     assert "breaker" not in src
     assert "cv_set" not in src
+
+
+def test_hung_call_cut_by_timeout_counts_as_breaker_failure() -> None:
+    """A call the timeout cancels is a failure for the breaker (a hang is not a cancellation)."""
+    breaker = CircuitBreaker("hang", minimum_calls=2)
+    p = Pipeline(timeout=Timeout(0.02), breaker=breaker)
+
+    async def hang() -> None:
+        await asyncio.sleep(10)
+
+    async def main() -> None:
+        for _ in range(2):
+            with pytest.raises(DeadlineExceeded):
+                await p.acall(hang)
+
+    asyncio.run(main())
+    assert breaker.state is State.OPEN
+    assert breaker.metrics.failures_total == 2
+
+
+def test_caller_cancellation_is_not_a_breaker_failure() -> None:
+    """A caller that goes away (cancelled, no deadline passed) records nothing."""
+    breaker = CircuitBreaker("gone", minimum_calls=1)
+    p = Pipeline(timeout=Timeout(5.0), breaker=breaker)
+
+    async def main() -> None:
+        task = asyncio.create_task(p.acall(asyncio.sleep, 10))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert breaker.state is State.CLOSED
+    assert breaker.metrics.failures_total == 0
+
+
+def test_watchdog_timeout_does_not_swallow_outer_cancellation() -> None:
+    """Cancelling a task inside a pipeline timeout propagates CancelledError, not a timeout."""
+    p = Pipeline(timeout=Timeout(0.05))
+
+    async def main() -> str:
+        task = asyncio.create_task(p.acall(asyncio.sleep, 10))
+        await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "finished"
+
+    assert asyncio.run(main()) == "cancelled"

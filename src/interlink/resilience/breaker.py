@@ -25,6 +25,7 @@ success may be dated up to ``clock_every - 1`` calls early; failures are always 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import itertools
@@ -39,9 +40,10 @@ from interlink.clock import Clock
 from interlink.errors import CircuitOpenError
 from interlink.resilience import _validate as v
 from interlink.resilience._window import CountWindow, TimeWindow
-from interlink.resilience.events import CallRejected, Emitter, Listener, StateChanged
+from interlink.resilience.deadline import expired
+from interlink.resilience.events import CallRejected, Emitter, Listener, PolicyEvent, StateChanged
 
-__all__ = ["BreakerMetrics", "CircuitBreaker", "State"]
+__all__ = ["DEFAULT_OPTIONS", "BreakerMetrics", "BreakerOptions", "CircuitBreaker", "State"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -96,6 +98,102 @@ class BreakerMetrics:
     rejected_total: int
 
 
+def _exception_types(name: str, types: object) -> tuple[type[BaseException], ...]:
+    if isinstance(types, type):
+        types = (types,)
+    if not isinstance(types, tuple) or not all(
+        isinstance(t, type) and issubclass(t, BaseException) for t in types
+    ):
+        raise ValueError(f"'{name}' must be a tuple of exception types: {types!r}")
+    return types
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerOptions:
+    """A breaker's settings, validated once; share one object among many breakers and derive
+    variants with ``dataclasses.replace``. See ``CircuitBreaker`` for what each one means."""
+
+    failure_rate_threshold: float = DEFAULT_FAILURE_RATE_THRESHOLD
+    window: float = DEFAULT_WINDOW
+    minimum_calls: int = DEFAULT_MINIMUM_CALLS
+    cooldown: float = DEFAULT_COOLDOWN
+    half_open_calls: int = DEFAULT_HALF_OPEN_CALLS
+    slow_call_duration: float | None = None
+    slow_call_rate_threshold: float = 1.0
+    record_exceptions: tuple[type[BaseException], ...] = (Exception,)
+    ignore_exceptions: tuple[type[BaseException], ...] = ()
+    window_type: Literal["time", "count"] = "time"
+    buckets: int = DEFAULT_BUCKETS
+    clock_every: int = DEFAULT_CLOCK_EVERY
+
+    def __post_init__(self) -> None:
+        v.fraction("failure_rate_threshold", self.failure_rate_threshold)
+        v.fraction("slow_call_rate_threshold", self.slow_call_rate_threshold)
+        v.positive_int("minimum_calls", self.minimum_calls)
+        v.non_negative("cooldown", self.cooldown)
+        v.positive_int("half_open_calls", self.half_open_calls)
+        if self.slow_call_duration is not None:
+            v.positive("slow_call_duration", self.slow_call_duration)
+        if self.window_type not in ("time", "count"):
+            raise ValueError(f"'window_type' must be 'time' or 'count': {self.window_type!r}")
+        if self.window_type == "time":
+            v.positive("window", self.window)
+        else:
+            if isinstance(self.window, float) and not self.window.is_integer():
+                raise ValueError(f"'window' must be a whole number of calls: {self.window!r}")
+            v.positive_int("window", int(self.window))
+        v.positive_int("buckets", self.buckets)
+        every = self.clock_every
+        if (
+            isinstance(every, bool)
+            or not isinstance(every, int)
+            or every < 1
+            or every & (every - 1)
+        ):
+            raise ValueError(f"'clock_every' must be a power of two >= 1: {every!r}")
+        object.__setattr__(
+            self, "record_exceptions", _exception_types("record_exceptions", self.record_exceptions)
+        )
+        object.__setattr__(
+            self, "ignore_exceptions", _exception_types("ignore_exceptions", self.ignore_exceptions)
+        )
+
+    @property
+    def guarded(self) -> bool:
+        """Does every call need the clock (slow-call timing, count window, exact booking)?"""
+        return (
+            self.slow_call_duration is not None
+            or self.window_type == "count"
+            or self.clock_every == 1
+        )
+
+
+DEFAULT_OPTIONS = BreakerOptions()
+
+
+class _Live:
+    """A breaker's bookkeeping, made on first use (under the breaker's lock)."""
+
+    __slots__ = (
+        "admitted",
+        "booked",
+        "failures_total",
+        "guarded_successes",
+        "last_tick",
+        "trials_ok",
+        "win",
+    )
+
+    def __init__(self) -> None:
+        self.win: TimeWindow | CountWindow | None = None
+        self.booked = 0
+        self.guarded_successes = 0
+        self.failures_total = 0
+        self.last_tick = 0.0
+        self.admitted = 0
+        self.trials_ok = 0
+
+
 class CircuitBreaker:
     """Reject calls to a failing downstream at once, then probe it with a few trial calls.
 
@@ -107,35 +205,16 @@ class CircuitBreaker:
 
     __slots__ = (
         "__weakref__",
-        "_admitted",
-        "_booked",
-        "_buckets",
         "_clock",
-        "_clock_every",
-        "_cooldown",
-        "_count_rejected",
         "_events",
-        "_failures_total",
         "_g",
-        "_guarded_successes",
-        "_half_open_calls",
-        "_ignore",
-        "_last_tick",
+        "_live",
         "_lock",
         "_mask",
-        "_min_calls",
         "_open_until",
-        "_record",
+        "_opts",
         "_rejected",
-        "_slow_duration",
-        "_slow_threshold",
-        "_succ",
         "_succ_counter",
-        "_threshold",
-        "_trials_ok",
-        "_win",
-        "_window",
-        "_window_type",
         "name",
     )
 
@@ -161,50 +240,61 @@ class CircuitBreaker:
         if not isinstance(name, str) or not name:
             raise ValueError(f"'name' must be a non-empty string: {name!r}")
         self.name = name
-        self._threshold = v.fraction("failure_rate_threshold", failure_rate_threshold)
-        self._slow_threshold = v.fraction("slow_call_rate_threshold", slow_call_rate_threshold)
-        self._min_calls = v.positive_int("minimum_calls", minimum_calls)
-        self._cooldown = v.non_negative("cooldown", cooldown)
-        self._half_open_calls = v.positive_int("half_open_calls", half_open_calls)
-        self._slow_duration = (
-            None
-            if slow_call_duration is None
-            else v.positive("slow_call_duration", slow_call_duration)
+        opts = BreakerOptions(
+            failure_rate_threshold=failure_rate_threshold,
+            window=window,
+            minimum_calls=minimum_calls,
+            cooldown=cooldown,
+            half_open_calls=half_open_calls,
+            slow_call_duration=slow_call_duration,
+            slow_call_rate_threshold=slow_call_rate_threshold,
+            record_exceptions=record_exceptions,
+            ignore_exceptions=ignore_exceptions,
+            window_type=window_type,
+            buckets=buckets,
+            clock_every=clock_every,
         )
-        if window_type not in ("time", "count"):
-            raise ValueError(f"'window_type' must be 'time' or 'count': {window_type!r}")
-        self._window_type = window_type
-        if window_type == "time":
-            self._window = v.positive("window", window)
-        else:
-            if isinstance(window, float) and not window.is_integer():
-                raise ValueError(f"'window' must be a whole number of calls: {window!r}")
-            self._window = float(v.positive_int("window", int(window)))
-        self._buckets = v.positive_int("buckets", buckets)
-        if clock_every < 1 or clock_every & (clock_every - 1):
-            raise ValueError(f"'clock_every' must be a power of two >= 1: {clock_every!r}")
-        self._clock_every = clock_every
-        self._record = _exception_types("record_exceptions", record_exceptions)
-        self._ignore = _exception_types("ignore_exceptions", ignore_exceptions)
+        # Breakers with the default settings share one options object: a service with a
+        # breaker per downstream keeps hundreds of them, mostly idle.
+        self._opts = DEFAULT_OPTIONS if opts == DEFAULT_OPTIONS else opts
         self._clock = clock
-        self._events = Emitter(listeners)
+        self._events: Emitter | tuple[()] = Emitter(listeners) if listeners else ()
         self._lock = threading.Lock()
-        counter = itertools.count()
-        self._succ_counter = counter
-        self._succ = counter.__next__
-        self._rejected = itertools.count()
-        self._count_rejected = self._rejected.__next__
-        self._booked = 0
-        self._guarded_successes = 0
-        self._failures_total = 0
+        self._succ_counter = itertools.count()
+        # made on the first transition to a rejecting state: an idle breaker never needs it
+        self._rejected: itertools.count[int] | None = None
         self._mask = 0
-        self._last_tick = 0.0
-        self._win: TimeWindow | CountWindow | None = None
         self._open_until = 0.0
-        self._admitted = 0
-        self._trials_ok = 0
-        guarded = self._slow_duration is not None or window_type == "count" or clock_every == 1
-        self._g = _GEN | (_GUARDED if guarded else 0) | _CLOSED
+        self._live: _Live | None = None
+        self._g = _GEN | (_GUARDED if opts.guarded else 0) | _CLOSED
+
+    @classmethod
+    def from_options(
+        cls,
+        name: str,
+        options: BreakerOptions,
+        *,
+        clock: Clock = time.monotonic,
+        listeners: Iterable[Listener] = (),
+    ) -> CircuitBreaker:
+        """A breaker sharing an options object (derive variants with ``dataclasses.replace``)."""
+        breaker = cls(name, clock=clock, listeners=listeners)
+        breaker._opts = options
+        breaker._g = _GEN | (_GUARDED if options.guarded else 0) | _CLOSED
+        return breaker
+
+    @property
+    def options(self) -> BreakerOptions:
+        """The settings, as one frozen object."""
+        return self._opts
+
+    @property
+    def _st(self) -> _Live:
+        # under the lock only: the bookkeeping an idle breaker does not need to carry
+        live = self._live
+        if live is None:
+            live = self._live = _Live()
+        return live
 
     # ------------------------------------------------------------------ state and inspection
 
@@ -223,12 +313,12 @@ class CircuitBreaker:
         with self._lock:
             if self._g & _STATE_BITS == _CLOSED:
                 self._tick(self._clock(), success=False)
-            win = self._win
+            win = self._st.win
             calls = win.calls if win else 0
             failures = win.failures if win else 0
             slow = win.slow if win else 0
-            failures_total = self._failures_total
-            successes_total = _count_value(self._succ_counter) + self._guarded_successes
+            failures_total = self._st.failures_total
+            successes_total = _count_value(self._succ_counter) + self._st.guarded_successes
         return BreakerMetrics(
             state=self.state,
             calls=calls,
@@ -238,7 +328,7 @@ class CircuitBreaker:
             slow_call_rate=slow / calls if calls else 0.0,
             successes_total=successes_total,
             failures_total=failures_total,
-            rejected_total=_count_value(self._rejected),
+            rejected_total=0 if self._rejected is None else _count_value(self._rejected),
         )
 
     def describe(self) -> dict[str, object]:
@@ -246,23 +336,27 @@ class CircuitBreaker:
         return {
             "policy": "breaker",
             "name": self.name,
-            "failure_rate_threshold": self._threshold,
-            "window": self._window,
-            "window_type": self._window_type,
-            "minimum_calls": self._min_calls,
-            "cooldown": self._cooldown,
-            "half_open_calls": self._half_open_calls,
-            "slow_call_duration": self._slow_duration,
-            "slow_call_rate_threshold": self._slow_threshold,
+            "failure_rate_threshold": self._opts.failure_rate_threshold,
+            "window": self._opts.window,
+            "window_type": self._opts.window_type,
+            "minimum_calls": self._opts.minimum_calls,
+            "cooldown": self._opts.cooldown,
+            "half_open_calls": self._opts.half_open_calls,
+            "slow_call_duration": self._opts.slow_call_duration,
+            "slow_call_rate_threshold": self._opts.slow_call_rate_threshold,
         }
 
     def add_listener(self, listener: Listener) -> None:
         """Receive StateChanged and CallRejected events."""
-        self._events.add(listener)
+        events = self._events
+        if not isinstance(events, Emitter):
+            events = self._events = Emitter()
+        events.add(listener)
 
     def remove_listener(self, listener: Listener) -> None:
         """Stop receiving events."""
-        self._events.remove(listener)
+        if isinstance(self._events, Emitter):
+            self._events.remove(listener)
 
     def force_open(self) -> None:
         """Reject every call until ``reset()`` (an operator's kill switch)."""
@@ -303,7 +397,7 @@ class CircuitBreaker:
         code = permit & _STATE_BITS
         if code == _CLOSED:
             if not permit & _GUARDED:
-                n = self._succ()
+                n = next(self._succ_counter)
                 if not (n & self._mask):
                     self._tick_success(n + 1)
                 return
@@ -321,10 +415,19 @@ class CircuitBreaker:
             self._trial_done(permit, ok=False)
 
     def on_error(self, permit: int, exc: BaseException, duration: float | None = None) -> None:
-        """The call raised ``exc``: classify it, then record a failure, a success or nothing."""
-        if not isinstance(exc, Exception) or isinstance(exc, self._ignore):
+        """The call raised ``exc``: classify it, then record a failure, a success or nothing.
+
+        A cancellation counts as nothing (the caller went away), except when the current
+        deadline has passed: then a timeout cancelled a call that hung, which is a failure.
+        """
+        if not isinstance(exc, Exception):
+            if isinstance(exc, asyncio.CancelledError) and expired():
+                self.on_failure(permit, duration)
+            else:
+                self.release(permit)
+        elif isinstance(exc, self._opts.ignore_exceptions):
             self.release(permit)
-        elif isinstance(exc, self._record):
+        elif isinstance(exc, self._opts.record_exceptions):
             self.on_failure(permit, duration)
         else:
             self.on_success(permit, duration)
@@ -333,15 +436,15 @@ class CircuitBreaker:
         """The admitted call ended without an outcome to record (cancelled, ignored error)."""
         if permit & _STATE_BITS == _HALF_OPEN:
             with self._lock:
-                if self._g == permit and self._admitted > 0:
-                    self._admitted -= 1
+                if self._g == permit and self._st.admitted > 0:
+                    self._st.admitted -= 1
 
     def records(self, exc: BaseException) -> bool:
         """Would ``exc`` count as a failure?"""
         return (
             isinstance(exc, Exception)
-            and not isinstance(exc, self._ignore)
-            and isinstance(exc, self._record)
+            and not isinstance(exc, self._opts.ignore_exceptions)
+            and isinstance(exc, self._opts.record_exceptions)
         )
 
     # ------------------------------------------------------------------ front doors
@@ -351,7 +454,7 @@ class CircuitBreaker:
         g = self._g
         if g & _FAST_MASK:
             if g & _STATE_BITS == _OPEN and (now := self._clock()) < self._open_until:
-                self._count_rejected()
+                next(self._rejected)  # type: ignore[arg-type]
                 if self._events:
                     self._emit_rejected(now)
                 raise CircuitOpenError(self.name, self._open_until - now, "open")
@@ -361,7 +464,7 @@ class CircuitBreaker:
         except BaseException as exc:
             self.on_error(g, exc)
             raise
-        n = self._succ()
+        n = next(self._succ_counter)
         if not (n & self._mask):
             self._tick_success(n + 1)
         return result
@@ -371,7 +474,7 @@ class CircuitBreaker:
         g = self._g
         if g & _FAST_MASK:
             if g & _STATE_BITS == _OPEN and (now := self._clock()) < self._open_until:
-                self._count_rejected()
+                next(self._rejected)  # type: ignore[arg-type]
                 if self._events:
                     self._emit_rejected(now)
                 raise CircuitOpenError(self.name, self._open_until - now, "open")
@@ -381,7 +484,7 @@ class CircuitBreaker:
         except BaseException as exc:
             self.on_error(g, exc)
             raise
-        n = self._succ()
+        n = next(self._succ_counter)
         if not (n & self._mask):
             self._tick_success(n + 1)
         return result
@@ -393,25 +496,28 @@ class CircuitBreaker:
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
         """Decorate a ``def`` or an ``async def``."""
         # The wrappers repeat the closed fast path of call/acall rather than calling them: one
-        # Python frame is a third of the whole overhead budget.
+        # Python frame is a third of the whole overhead budget. For the same reason what never
+        # changes (the clock, the name) is read once, here.
+        clock = self._clock
+        name = self.name
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                 g = self._g
                 if g & _FAST_MASK:
-                    if g & _STATE_BITS == _OPEN and (now := self._clock()) < self._open_until:
-                        self._count_rejected()
+                    if g & _STATE_BITS == _OPEN and (now := clock()) < self._open_until:
+                        next(self._rejected)  # type: ignore[arg-type]
                         if self._events:
                             self._emit_rejected(now)
-                        raise CircuitOpenError(self.name, self._open_until - now, "open")
+                        raise CircuitOpenError(name, self._open_until - now, "open")
                     return await self._acall_guarded(fn, args, kwargs)
                 try:
                     result = await fn(*args, **kwargs)
                 except BaseException as exc:
                     self.on_error(g, exc)
                     raise
-                n = self._succ()
+                n = next(self._succ_counter)
                 if not (n & self._mask):
                     self._tick_success(n + 1)
                 return result
@@ -422,18 +528,18 @@ class CircuitBreaker:
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
             g = self._g
             if g & _FAST_MASK:
-                if g & _STATE_BITS == _OPEN and (now := self._clock()) < self._open_until:
-                    self._count_rejected()
+                if g & _STATE_BITS == _OPEN and (now := clock()) < self._open_until:
+                    next(self._rejected)  # type: ignore[arg-type]
                     if self._events:
                         self._emit_rejected(now)
-                    raise CircuitOpenError(self.name, self._open_until - now, "open")
+                    raise CircuitOpenError(name, self._open_until - now, "open")
                 return self._call_guarded(fn, args, kwargs)
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
                 self.on_error(g, exc)
                 raise
-            n = self._succ()
+            n = next(self._succ_counter)
             if not (n & self._mask):
                 self._tick_success(n + 1)
             return result
@@ -467,7 +573,7 @@ class CircuitBreaker:
     # ------------------------------------------------------------------ internals
 
     def _is_slow(self, duration: float | None) -> bool:
-        limit = self._slow_duration
+        limit = self._opts.slow_call_duration
         return limit is not None and duration is not None and duration >= limit
 
     def _acquire_slow(self, g: int, code: int, *, raise_on_reject: bool) -> int:
@@ -482,8 +588,8 @@ class CircuitBreaker:
                 return g
         if code == _HALF_OPEN:
             with self._lock:
-                if self._g == g and self._admitted < self._half_open_calls:
-                    self._admitted += 1
+                if self._g == g and self._st.admitted < self._opts.half_open_calls:
+                    self._st.admitted += 1
                     return g
             return self._reject(now, State.HALF_OPEN, None, raise_on_reject)
         if code == _OPEN:  # re-opened by a failed trial while we looked
@@ -491,9 +597,9 @@ class CircuitBreaker:
         return self._reject(now, _STATES[code], None, raise_on_reject)
 
     def _reject(self, now: float, state: State, left: float | None, raise_: bool) -> int:
-        next(self._rejected)
+        next(self._rejected)  # type: ignore[arg-type]
         if self._events:
-            self._events.emit(
+            self._emit(
                 CallRejected(
                     kind="breaker", name=self.name, at=now, state=state.value, remaining=left
                 )
@@ -503,9 +609,9 @@ class CircuitBreaker:
         return 0
 
     def _new_window(self) -> TimeWindow | CountWindow:
-        if self._window_type == "count":
-            return CountWindow(int(self._window))
-        return TimeWindow(self._window, self._buckets)
+        if self._opts.window_type == "count":
+            return CountWindow(int(self._opts.window))
+        return TimeWindow(self._opts.window, self._opts.buckets)
 
     def _tick(
         self, now: float, *, success: bool, value: int | None = None
@@ -514,17 +620,17 @@ class CircuitBreaker:
 
         ``value`` is the success counter as the caller saw it (saves reading it back).
         """
-        win = self._win
+        win = self._st.win
         if win is None:
-            win = self._win = self._new_window()
+            win = self._st.win = self._new_window()
             win.advance(now)
         if value is None:
             value = _count_value(self._succ_counter)
-        pending = value - self._booked
+        pending = value - self._st.booked
         if pending < 0:  # a later reading already booked these
             pending = 0
         else:
-            self._booked = value
+            self._st.booked = value
         if success and pending == 1:
             win.advance(now)  # a lone success: it happened now
             win.add(1, 0, 0)
@@ -533,12 +639,12 @@ class CircuitBreaker:
                 win.add(pending, 0, 0)  # booked at the previous reading
             win.advance(now)
         if isinstance(win, TimeWindow):
-            gap = now - self._last_tick
+            gap = now - self._st.last_tick
             calls = pending if pending else 1
             # fast: clock_every calls at this pace span at most a quarter of a bucket
-            fast = calls * win.width >= 4 * self._clock_every * gap
-            self._mask = self._clock_every - 1 if fast else 0
-        self._last_tick = now
+            fast = calls * win.width >= 4 * self._opts.clock_every * gap
+            self._mask = self._opts.clock_every - 1 if fast else 0
+        self._st.last_tick = now
         return win
 
     def _tick_success(self, value: int) -> None:
@@ -546,8 +652,13 @@ class CircuitBreaker:
             if self._g & _FAST_MASK == _CLOSED:
                 self._tick(self._clock(), success=True, value=value)
 
+    def _emit(self, event: PolicyEvent) -> None:
+        events = self._events
+        if isinstance(events, Emitter):
+            events.emit(event)
+
     def _emit_rejected(self, now: float) -> None:
-        self._events.emit(
+        self._emit(
             CallRejected(
                 kind="breaker",
                 name=self.name,
@@ -562,9 +673,9 @@ class CircuitBreaker:
         with self._lock:
             now = self._clock()
             if failed:
-                self._failures_total += 1
+                self._st.failures_total += 1
             elif permit & _GUARDED:
-                self._guarded_successes += 1
+                self._st.guarded_successes += 1
             if self._g != permit:  # the breaker moved on while this call ran
                 return
             win = self._tick(now, success=False)
@@ -574,17 +685,18 @@ class CircuitBreaker:
             if failed or slow:
                 event = self._evaluate(win, now)
         if event is not None:
-            self._events.emit(event)
+            self._emit(event)
 
     def _evaluate(self, win: TimeWindow | CountWindow, now: float) -> StateChanged | None:
         calls = win.calls
-        needed = self._min_calls
+        needed = self._opts.minimum_calls
         if isinstance(win, CountWindow):
-            needed = min(needed, int(self._window))
+            needed = min(needed, int(self._opts.window))
         if calls < needed:
             return None
-        if win.failures >= self._threshold * calls or (
-            self._slow_duration is not None and win.slow >= self._slow_threshold * calls
+        if win.failures >= self._opts.failure_rate_threshold * calls or (
+            self._opts.slow_call_duration is not None
+            and win.slow >= self._opts.slow_call_rate_threshold * calls
         ):
             return self._transition(_OPEN, now)
         return None
@@ -593,20 +705,20 @@ class CircuitBreaker:
         event = None
         with self._lock:
             if ok:
-                self._guarded_successes += 1
+                self._st.guarded_successes += 1
             else:
-                self._failures_total += 1
+                self._st.failures_total += 1
             if self._g != permit:
                 return
             now = self._clock()
             if not ok:
                 event = self._transition(_OPEN, now)
             else:
-                self._trials_ok += 1
-                if self._trials_ok >= self._half_open_calls:
+                self._st.trials_ok += 1
+                if self._st.trials_ok >= self._opts.half_open_calls:
                     event = self._transition(_CLOSED, now)
         if event is not None and self._events:
-            self._events.emit(event)
+            self._emit(event)
 
     def _to_half_open(self, g: int) -> None:
         event = None
@@ -614,30 +726,32 @@ class CircuitBreaker:
             if self._g == g:
                 event = self._transition(_HALF_OPEN, self._clock())
         if event is not None and self._events:
-            self._events.emit(event)
+            self._emit(event)
 
     def _force(self, code: int) -> None:
         with self._lock:
             event = self._transition(code, self._clock())
         if event is not None and self._events:
-            self._events.emit(event)
+            self._emit(event)
 
     def _transition(self, code: int, now: float) -> StateChanged | None:
         """Move to ``code``; under the lock. Returns the event to emit once the lock is free."""
         old = self._g
         flags = old & _GUARDED
         self._g = ((old >> 4) + 1) * _GEN | flags | code
+        if code in (_OPEN, _HALF_OPEN, _FORCED_OPEN) and self._rejected is None:
+            self._rejected = itertools.count()
         if code == _OPEN:
-            self._open_until = now + self._cooldown
+            self._open_until = now + self._opts.cooldown
         elif code == _HALF_OPEN:
-            self._admitted = 0
-            self._trials_ok = 0
+            self._st.admitted = 0
+            self._st.trials_ok = 0
         elif code == _CLOSED:
-            if self._win is not None:
-                self._win.reset()
-            self._booked = _count_value(self._succ_counter)
+            if self._st.win is not None:
+                self._st.win.reset()
+            self._st.booked = _count_value(self._succ_counter)
             self._mask = 0
-            self._last_tick = now
+            self._st.last_tick = now
         if not self._events:
             return None
         return StateChanged(
@@ -650,13 +764,3 @@ class CircuitBreaker:
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, state={_STATES[self._g & _STATE_BITS].value})"
-
-
-def _exception_types(name: str, types: object) -> tuple[type[BaseException], ...]:
-    if isinstance(types, type):
-        types = (types,)
-    if not isinstance(types, tuple) or not all(
-        isinstance(t, type) and issubclass(t, BaseException) for t in types
-    ):
-        raise ValueError(f"'{name}' must be a tuple of exception types: {types!r}")
-    return types

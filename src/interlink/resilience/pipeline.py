@@ -22,17 +22,14 @@ user-facing call should not pay for the composition.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ParamSpec, TypeVar, overload
 
-from interlink.errors import DeadlineExceeded
-from interlink.resilience._pipeline_sync import build_sync_call
+from interlink.resilience._pipeline_code import build_call
 from interlink.resilience.breaker import CircuitBreaker
 from interlink.resilience.bulkhead import Bulkhead
-from interlink.resilience.deadline import _CURRENT, remaining, shrink_to
 from interlink.resilience.fallback import Fallback
 from interlink.resilience.hedge import Hedge
 from interlink.resilience.ratelimit import RateLimiter
@@ -72,6 +69,7 @@ class Pipeline:
         "_rate_limiter",
         "_retry",
         "_timeout",
+        "acall",
         "call",
         "name",
     )
@@ -123,7 +121,11 @@ class Pipeline:
         #: attribute holding a function generated for exactly these policies (see
         #: ``_pipeline_sync``), so calling it costs one Python frame.
         self.call: Callable[..., Any] = (
-            self._no_sync if self._hedge is not None else self._build_sync(None)
+            self._no_sync if self._hedge is not None else self._build(None, is_async=False)
+        )
+        #: ``await pipeline.acall(fn, *args, **kwargs)``: the async twin of ``call``.
+        self.acall: Callable[..., Awaitable[Any]] = (
+            self._acall_hedged if self._hedge is not None else self._build(None, is_async=True)
         )
 
     # ------------------------------------------------------------------ inspection
@@ -139,9 +141,10 @@ class Pipeline:
 
     # ------------------------------------------------------------------ sync
 
-    def _build_sync(self, fn: Callable[..., Any] | None) -> Callable[..., Any]:
-        return build_sync_call(
+    def _build(self, fn: Callable[..., Any] | None, *, is_async: bool) -> Callable[..., Any]:
+        return build_call(
             name=self.name,
+            is_async=is_async,
             fallback=self._fallback,
             timeout=self._timeout,
             retry=self._retry,
@@ -156,40 +159,24 @@ class Pipeline:
 
     # ------------------------------------------------------------------ async
 
-    async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """Await ``fn(*args, **kwargs)`` through every policy."""
+    async def _acall_hedged(
+        self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any
+    ) -> T:
+        """``acall`` of a pipeline with a hedge: attempts run as tasks, so nothing is inlined."""
         fallback = self._fallback
-        if fallback is None:
-            return await self._async(fn, args, kwargs)
-        try:
-            result = await self._async(fn, args, kwargs)
-        except BaseException as exc:
-            return await fallback.arecover(exc)  # type: ignore[no-any-return]
-        fallback.remember(result)
-        return result
-
-    async def _async(self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
         timeout = self._timeout
-        if timeout is None:
-            return await self._attempts(fn, args, kwargs)
-        token = shrink_to(timeout.seconds, timeout._clock)
         try:
-            left = remaining()
-            if left is not None and left <= 0.0:
-                raise DeadlineExceeded(
-                    f"'{timeout.name}' had no time left to start", timeout.seconds
-                )
-            try:
-                async with asyncio.timeout(left):
-                    return await self._attempts(fn, args, kwargs)
-            except TimeoutError as exc:
-                if isinstance(exc, DeadlineExceeded):
-                    raise
-                raise DeadlineExceeded(
-                    f"'{timeout.name}' ran out of time", timeout.seconds
-                ) from exc
-        finally:
-            _CURRENT.reset(token)
+            if timeout is not None:
+                result = await timeout.acall(self._attempts, fn, args, kwargs)
+            else:
+                result = await self._attempts(fn, args, kwargs)
+        except BaseException as exc:
+            if fallback is None:
+                raise
+            return await fallback.arecover(exc)  # type: ignore[no-any-return]
+        if fallback is not None:
+            fallback.remember(result)
+        return result
 
     async def _attempts(self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
         retry = self._retry
@@ -242,7 +229,7 @@ class Pipeline:
                 bulkhead.leave()
         if breaker is not None:
             if start < 0:
-                n = breaker._succ()
+                n = next(breaker._succ_counter)
                 if not (n & breaker._mask):
                     breaker._tick_success(n + 1)
             else:
@@ -258,17 +245,19 @@ class Pipeline:
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
         """Decorate a ``def`` or an ``async def``."""
         if inspect.iscoroutinefunction(fn):
+            if self._hedge is None:
+                return functools.wraps(fn)(self._build(fn, is_async=True))
 
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                return await self.acall(fn, *args, **kwargs)
+                return await self._acall_hedged(fn, *args, **kwargs)
 
             return async_wrapper
 
         if self._hedge is not None:
             raise TypeError(f"pipeline '{self.name}' has a hedge: it can only wrap an async def")
         # a function generated for this fn: no extra frame between the caller and the policies
-        return functools.wraps(fn)(self._build_sync(fn))
+        return functools.wraps(fn)(self._build(fn, is_async=False))
 
     def __repr__(self) -> str:
         kinds = ", ".join(k for k in ORDER if getattr(self, f"_{k}") is not None)

@@ -33,6 +33,7 @@ from typing import Any, Literal, ParamSpec, TypeVar, overload
 from interlink.clock import Clock
 from interlink.errors import DeadlineExceeded
 from interlink.resilience import _validate as v
+from interlink.resilience._watchdog import Watchdog
 from interlink.resilience.deadline import _CURRENT, remaining, shrink_to
 
 __all__ = ["Timeout"]
@@ -44,7 +45,7 @@ T = TypeVar("T")
 class Timeout:
     """Give a call ``seconds`` at most (less if the caller's deadline is sooner)."""
 
-    __slots__ = ("_clock", "_executor", "_lock", "_seconds", "_strategy", "name")
+    __slots__ = ("_clock", "_executor", "_lock", "_seconds", "_strategy", "_watchdog", "name")
 
     def __init__(
         self,
@@ -62,6 +63,15 @@ class Timeout:
         self.name = name
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._watchdog: Watchdog | None = None
+
+    def watchdog(self) -> Watchdog:
+        """The deadline watchdog of the running event loop (one per loop, made on first use)."""
+        loop = asyncio.get_running_loop()
+        wd = self._watchdog
+        if wd is None or wd._loop is not loop:
+            wd = self._watchdog = Watchdog(loop)
+        return wd
 
     @property
     def seconds(self) -> float:
@@ -101,15 +111,30 @@ class Timeout:
         token = shrink_to(self._seconds, self._clock)
         try:
             left = remaining()
-            if left is not None and left <= 0.0:
+            if left is None or left <= 0.0:
                 raise DeadlineExceeded(f"'{self.name}' had no time left to start", self._seconds)
-            try:
+            task = asyncio.current_task()
+            if task is None:  # not inside a task (e.g. a bare coroutine driven by hand)
                 async with asyncio.timeout(left):
                     return await fn(*args, **kwargs)
-            except TimeoutError as exc:
-                if isinstance(exc, DeadlineExceeded):
-                    raise
-                raise DeadlineExceeded(f"'{self.name}' ran out of time", self._seconds) from exc
+            wd = self.watchdog()
+            ticket = wd.arm(left, task)
+            try:
+                result = await fn(*args, **kwargs)
+            except asyncio.CancelledError:
+                if wd.disarm(ticket):
+                    task.uncancel()
+                    raise DeadlineExceeded(
+                        f"'{self.name}' ran out of time", self._seconds
+                    ) from None
+                raise
+            except BaseException:
+                if wd.disarm(ticket):
+                    task.uncancel()
+                raise
+            if wd.disarm(ticket):
+                task.uncancel()
+            return result
         finally:
             _CURRENT.reset(token)
 

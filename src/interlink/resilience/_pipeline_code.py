@@ -1,4 +1,4 @@
-"""Build a pipeline's sync ``call`` as one specialised function.
+"""Build a pipeline's ``call`` and ``acall`` as one specialised function each.
 
 A pipeline of timeout + retry + breaker + bulkhead must cost a successful call no more than a
 peer library's breaker alone. Run through generic code, the checks for absent policies and the
@@ -11,6 +11,7 @@ few hot-path attributes they expose to the pipeline; nothing here decides anythi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,7 @@ from interlink.resilience.ratelimit import RateLimiter
 from interlink.resilience.retry import Retry
 from interlink.resilience.timeout import Timeout
 
-__all__ = ["build_sync_call"]
+__all__ = ["build_call"]
 
 
 class _Source:
@@ -62,9 +63,10 @@ def _parent_deadline(timeout: Timeout) -> Callable[[_Pair, float], Any]:
     return enter
 
 
-def build_sync_call(  # noqa: PLR0915 - one flat template reads best
+def build_call(  # noqa: PLR0915 - one flat template reads best
     *,
     name: str,
+    is_async: bool,
     fallback: Fallback | None,
     timeout: Timeout | None,
     retry: Retry | None,
@@ -73,15 +75,19 @@ def build_sync_call(  # noqa: PLR0915 - one flat template reads best
     bulkhead: Bulkhead | None,
     fn: Callable[..., Any] | None = None,
 ) -> Callable[..., Any]:
-    """Return ``call(fn, /, *args, **kwargs)`` running the given policies in pipeline order;
-    with ``fn`` given, ``call(*args, **kwargs)`` for that function (what ``@pipeline`` uses)."""
-    ns: dict[str, Any] = {"RejectedError": RejectedError, "fn": fn}
+    """Return ``call(fn, /, *args, **kwargs)`` (a coroutine function when ``is_async``) running
+    the given policies in pipeline order; with ``fn`` given, ``call(*args, **kwargs)`` for that
+    function (what ``@pipeline`` uses). Hedging pipelines use the hand-written async driver."""
+    aw = "await " if is_async else ""
+    ns: dict[str, Any] = {"RejectedError": RejectedError, "fn": fn, "asyncio": asyncio}
     src = _Source()
-    src.indent(
-        "def call(*args, **kwargs):" if fn is not None else "def call(fn, /, *args, **kwargs):"
-    )
+    params = "*args, **kwargs" if fn is not None else "fn, /, *args, **kwargs"
+    src.indent(f"{'async def' if is_async else 'def'} call({params}):")
     if fallback is not None:
-        ns.update(recover=fallback.recover, remember=fallback.remember)
+        ns.update(
+            recover=fallback.arecover if is_async else fallback.recover,
+            remember=fallback.remember,
+        )
         src.indent("try:")
     if timeout is not None:
         ns.update(
@@ -91,27 +97,45 @@ def build_sync_call(  # noqa: PLR0915 - one flat template reads best
             cv_set=_CURRENT.set,
             cv_reset=_CURRENT.reset,
             enter_parent=_parent_deadline(timeout),
+            timeout=timeout,
+            DeadlineExceeded=DeadlineExceeded,
+            get_running_loop=asyncio.get_running_loop,
+            # asyncio.current_task() looks the loop up again; the pipeline already has it
+            current_tasks=getattr(asyncio.tasks, "_current_tasks"),  # noqa: B009 - private
         )
         src.add(
             "now = tclock()",
             "parent = cv_get()",
             "if parent is None or (parent[1] is tclock and parent[0] > now + secs):",
             "    token = cv_set((now + secs, tclock))",
+            "    left = secs",
             "else:",
             "    token = enter_parent(parent, now)",
+            "    left = parent[0] - parent[1]()",
         )
         src.indent("try:")
+        if is_async:
+            # the task is cancelled at the deadline by a shared watchdog (see _watchdog.py)
+            src.add(
+                "loop = get_running_loop()",
+                "task = current_tasks.get(loop)",
+                "wd = timeout._watchdog",
+                "if wd is None or wd._loop is not loop:",
+                "    wd = timeout.watchdog()",
+                "ticket = wd.arm(left, task)",
+            )
+            src.indent("try:")
     budget = None if retry is None else retry.budget
     if budget is not None:
         ns["deposit"] = budget.deposit
         src.add("deposit()")
     if retry is not None:
-        ns.update(next_delay=retry.next_delay, rsleep=retry.sleep)
+        ns.update(next_delay=retry.next_delay, rsleep=retry.asleep if is_async else retry.sleep)
         src.add("attempt = 0", "delay = 0.0")
         src.indent("while True:")
         src.indent("try:")
     if breaker is not None:
-        ns.update(breaker=breaker, bclock=breaker._clock, succ=breaker._succ)
+        ns.update(breaker=breaker, bclock=breaker._clock, successes=breaker._succ_counter)
         src.add(
             "permit = breaker._g",
             "start = -1.0",
@@ -122,13 +146,20 @@ def build_sync_call(  # noqa: PLR0915 - one flat template reads best
     if rate_limiter is not None or bulkhead is not None:
         src.indent("try:")
         if rate_limiter is not None:
-            ns.update(limit=rate_limiter.acquire, limiter=rate_limiter)
-            src.add("limit(limiter.timeout)")
+            ns["limiter"] = rate_limiter
+            if is_async:
+                src.add(
+                    "if not limiter.try_acquire():",
+                    "    await limiter.aacquire(limiter.timeout)",
+                )
+            else:
+                src.add("limiter.acquire(limiter.timeout)")
         if bulkhead is not None:
             ns.update(bulkhead=bulkhead, pop=bulkhead._free.pop, push=bulkhead._free.append)
-            src.add("try:", "    pop()", "except IndexError:", "    bulkhead.enter()")
+            enter = "await bulkhead.aenter()" if is_async else "bulkhead.enter()"
+            src.add("try:", "    pop()", "except IndexError:", f"    {enter}")
         src.dedent()
-        src.add("except RejectedError:")
+        src.add("except BaseException:")
         src.add("    breaker.release(permit)" if breaker is not None else "    pass")
         src.add("    raise")
     if breaker is not None:
@@ -136,14 +167,14 @@ def build_sync_call(  # noqa: PLR0915 - one flat template reads best
     if bulkhead is not None:
         src.add(
             "try:",
-            "    result = fn(*args, **kwargs)",
+            f"    result = {aw}fn(*args, **kwargs)",
             "finally:",
             "    push(None)",
             "    if bulkhead._waiters:",
             "        bulkhead._wake()",
         )
     else:
-        src.add("result = fn(*args, **kwargs)")
+        src.add(f"result = {aw}fn(*args, **kwargs)")
     if breaker is not None:
         src.dedent()
         src.add(
@@ -151,7 +182,7 @@ def build_sync_call(  # noqa: PLR0915 - one flat template reads best
             "    breaker.on_error(permit, exc, None if start < 0 else bclock() - start)",
             "    raise",
             "if start < 0:",
-            "    n = succ()",
+            "    n = next(successes)",
             "    if not (n & breaker._mask):",
             "        breaker._tick_success(n + 1)",
             "else:",
@@ -162,21 +193,39 @@ def build_sync_call(  # noqa: PLR0915 - one flat template reads best
         src.add(
             "except BaseException as exc:",
             "    delay = next_delay(attempt, exc, delay)",
-            "    rsleep(delay)",
+            f"    {aw}rsleep(delay)",
             "    attempt += 1",
             "    continue",
             "break",
         )
         src.dedent()
     if timeout is not None:
+        if is_async:
+            src.dedent()
+            src.add(
+                "except asyncio.CancelledError:",
+                "    if wd.disarm(ticket):",
+                "        task.uncancel()",
+                "        raise DeadlineExceeded(",
+                "            f\"'{timeout.name}' ran out of time\", secs",
+                "        ) from None",
+                "    raise",
+                "except BaseException:",
+                "    if wd.disarm(ticket):",
+                "        task.uncancel()",
+                "    raise",
+                "if wd.disarm(ticket):",
+                "    task.uncancel()",
+            )
         src.dedent()
         src.add("finally:", "    cv_reset(token)")
     if fallback is not None:
         src.dedent()
-        src.add("except BaseException as exc:", "    return recover(exc)", "remember(result)")
+        src.add("except BaseException as exc:", f"    return {aw}recover(exc)", "remember(result)")
     src.add("return result")
-    code = compile("\n".join(src.lines), f"<interlink pipeline {name!r}>", "exec")
+    text = "\n".join(src.lines)
+    code = compile(text, f"<interlink pipeline {name!r}>", "exec")
     exec(code, ns)
     call: Callable[..., Any] = ns["call"]
-    call.__interlink_source__ = "\n".join(src.lines)  # type: ignore[attr-defined]
+    call.__interlink_source__ = text  # type: ignore[attr-defined]
     return call
