@@ -502,3 +502,53 @@ def test_breaker_does_not_hold_a_lock_during_the_call() -> None:
         t.join()
     elapsed = time.perf_counter() - start
     assert elapsed < 0.3  # serialised it would take 8 * 3 * 20 ms = 480 ms
+
+
+def test_default_breakers_share_one_options_object() -> None:
+    """Breakers built with the defaults share DEFAULT_OPTIONS; others get their own."""
+    from interlink.resilience.breaker import DEFAULT_OPTIONS, BreakerOptions
+
+    assert CircuitBreaker("a").options is DEFAULT_OPTIONS
+    assert CircuitBreaker("b").options is CircuitBreaker("c").options
+    custom = CircuitBreaker("d", cooldown=5)
+    assert custom.options is not DEFAULT_OPTIONS
+    assert custom.options == BreakerOptions(cooldown=5)
+
+
+def test_from_options_shares_and_behaves(clock: FakeClock) -> None:
+    """from_options uses the given object as is, guarded settings included."""
+    import dataclasses
+
+    from interlink.resilience.breaker import BreakerOptions
+
+    opts = BreakerOptions(minimum_calls=2, cooldown=1.0)
+    a = CircuitBreaker.from_options("a", opts, clock=clock)
+    b = CircuitBreaker.from_options(
+        "b", dataclasses.replace(opts, window_type="count"), clock=clock
+    )
+    assert a.options is opts
+    run(a, "ff")
+    assert a.state is State.OPEN
+    run(b, "ff")
+    assert b.state is State.OPEN
+    with pytest.raises(ValueError, match="'cooldown' must be a finite number >= 0: -2"):
+        dataclasses.replace(opts, cooldown=-2)
+
+
+def test_idle_breaker_is_small() -> None:
+    """An idle breaker with default settings keeps under 300 bytes (tracemalloc)."""
+    import gc
+    import tracemalloc
+
+    keep: list[CircuitBreaker | None] = [None] * 2000
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(len(keep)):
+            keep[i] = CircuitBreaker("idle")
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert (after - before) / len(keep) <= 300
