@@ -34,6 +34,8 @@ PURE = (
     "interlink.resilience",
     "interlink.resilience.*",
     "interlink.discovery.outlier",
+    "interlink.discovery.balancer",
+    "interlink.discovery.instance",
     "interlink.messaging.envelope",
     "interlink.saga.state",
 )

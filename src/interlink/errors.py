@@ -8,7 +8,8 @@
     │   ├── BulkheadFull           no free slot and no room (or time) in the queue
     │   ├── RateLimited            no token within the allowed wait
     │   └── BudgetExhausted        the retry budget refused one more attempt
-    └── DeadlineExceeded           the call's time ran out (also a ``TimeoutError``)
+    ├── DeadlineExceeded           the call's time ran out (also a ``TimeoutError``)
+    └── NoInstancesError           service discovery knows no healthy instance of a service
 
 Rejections share a base class so a fallback can catch "the call never ran" in one clause.
 Messages name the policy and the numbers behind the decision; the numbers are also attributes,
@@ -24,6 +25,7 @@ __all__ = [
     "CircuitOpenError",
     "DeadlineExceeded",
     "InterlinkError",
+    "NoInstancesError",
     "RateLimited",
     "RejectedError",
 ]
@@ -134,3 +136,31 @@ class DeadlineExceeded(InterlinkError, TimeoutError):
         if self.budget is None:
             return f"deadline exceeded: {self.what}"
         return f"deadline exceeded: {self.what} (budget {self.budget:.3f}s)"
+
+
+class NoInstancesError(InterlinkError):
+    """The resolver has no instance of ``service`` to offer; ``reason`` says why.
+
+    ``reason`` is ``"unresolved"`` (the service was never fetched: call ``await
+    resolver.apick(service)`` or ``await resolver.prefetch(service)`` first), ``"empty"`` (the
+    registry lists no instance) or ``"ejected"`` (every instance is ejected or failing its health
+    checks) or ``"unreachable"`` (the first look-up failed; the backend's error is the
+    ``__cause__``). Like a rejection, nothing reached any downstream.
+    """
+
+    def __init__(self, service: str, reason: str = "empty") -> None:
+        super().__init__(service, reason)
+        self.service = service
+        self.reason = reason
+
+    def __str__(self) -> str:
+        if self.reason == "unresolved":
+            return (
+                f"no instances of service '{self.service}': it was never resolved "
+                "(await resolver.apick() or resolver.prefetch() first)"
+            )
+        if self.reason == "unreachable":
+            return f"no instances of service '{self.service}': the registry could not be reached"
+        if self.reason == "ejected":
+            return f"no healthy instances of service '{self.service}': all are ejected or failing"
+        return f"no instances of service '{self.service}' are registered"

@@ -141,6 +141,8 @@ def demo(
 #   from interlink.cli import dlq
 #   app.add_typer(dlq.app, name="dlq")
 
+app.add_typer(importlib.import_module("interlink.cli.discovery").app, name="discovery")
+
 
 def main() -> None:
     """Entry point of the ``interlink`` console script."""

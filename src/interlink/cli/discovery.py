@@ -1,0 +1,109 @@
+"""``interlink discovery``: look at what a registry lists, once or as it changes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from interlink.discovery import ServiceInstance
+
+app = typer.Typer(
+    help="Service discovery: list and watch the instances a registry knows.",
+    no_args_is_help=True,
+)
+
+RegistryOption = Annotated[
+    str,
+    typer.Option(
+        "--registry",
+        "-r",
+        envvar="INTERLINK_REGISTRY",
+        help="Registry URL: sqlite:///path, redis://, nats://, etcd://, dns://, static:?svc=h:p.",
+    ),
+]
+
+
+def _table(title: str, instances: list[ServiceInstance]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("service", "instance", "address", "protocol", "zone", "metadata"):
+        table.add_column(column)
+    for i in sorted(instances, key=lambda x: (x.service, x.instance_id)):
+        meta = ", ".join(f"{k}={v}" for k, v in sorted(i.metadata.items()))
+        table.add_row(i.service, i.instance_id, i.address, i.protocol, i.zone or "", meta)
+    return table
+
+
+def _fail(message: str) -> typer.Exit:
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
+    return typer.Exit(1)
+
+
+@app.command("list")
+def list_(
+    service: Annotated[
+        str | None, typer.Argument(help="The service to show (default: every service).")
+    ] = None,
+    registry: RegistryOption = "sqlite:///./.interlink/registry.db",
+) -> None:
+    """Show the live instances of SERVICE (or of every service) in a table."""
+    from interlink.discovery import from_url
+
+    async def run() -> list[ServiceInstance]:
+        reg = from_url(registry)
+        try:
+            if service is not None:
+                return await reg.lookup(service)
+            names = getattr(reg, "services", None)
+            if names is None:
+                raise ValueError(f"{registry} cannot list its services: name one")
+            found: list[ServiceInstance] = []
+            for name in await names():
+                found += await reg.lookup(name)
+            return found
+        finally:
+            await reg.aclose()
+
+    try:
+        found = asyncio.run(run())
+    except (ValueError, ImportError, ConnectionError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    title = f"{service or 'all services'}: {len(found)} instance(s)"
+    Console(highlight=False).print(_table(title, found))
+
+
+@app.command()
+def watch(
+    service: Annotated[str, typer.Argument(help="The service to follow.")],
+    registry: RegistryOption = "sqlite:///./.interlink/registry.db",
+    count: Annotated[
+        int, typer.Option("--count", "-n", help="Stop after this many snapshots (0: never).")
+    ] = 0,
+) -> None:
+    """Print SERVICE's instances now and again after every change (Ctrl-C stops)."""
+    from interlink.discovery import from_url
+
+    console = Console(highlight=False)
+
+    async def run() -> None:
+        reg = from_url(registry)
+        seen = 0
+        try:
+            async for snap in reg.watch(service):
+                console.print(_table(f"{service}: {len(snap)} instance(s)", list(snap)))
+                seen += 1
+                if count and seen >= count:
+                    return
+        finally:
+            await reg.aclose()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        return
+    except (ValueError, ImportError, ConnectionError, OSError) as exc:
+        raise _fail(str(exc)) from exc

@@ -1,0 +1,1 @@
+"""Registry backends, one module each, imported by ``interlink.discovery.from_url`` on demand."""

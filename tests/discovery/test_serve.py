@@ -1,0 +1,151 @@
+"""Self-registration: register on start; on shutdown deregister, then drain, then exit."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from _discovery_support import free_port, unique, until
+
+from interlink.discovery import ServiceInstance
+from interlink.discovery.backends.memory import MemoryRegistry
+from interlink.discovery.serve import RegisteredASGI, Registration, serve_grpc
+
+pytestmark = pytest.mark.anyio
+
+
+class App:
+    """An ASGI app with lifespan support whose requests wait for ``release``."""
+
+    def __init__(self, log: list[str], lifespan: bool = True) -> None:
+        self.log = log
+        self.lifespan = lifespan
+        self.release = asyncio.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            if not self.lifespan:
+                raise RuntimeError("no lifespan here")
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    self.log.append("app shutdown")
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        await self.release.wait()
+        self.log.append("request done")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def drive_lifespan(app: Any, inbox: asyncio.Queue[dict[str, Any]], outbox: list[str]) -> None:
+    async def send(message: dict[str, Any]) -> None:
+        outbox.append(message["type"])
+
+    await app({"type": "lifespan"}, inbox.get, send)
+
+
+async def noop_send(message: dict[str, Any]) -> None:
+    return None
+
+
+async def noop_receive() -> dict[str, Any]:
+    return {"type": "http.request"}
+
+
+async def lifecycle(lifespan: bool) -> None:
+    registry = MemoryRegistry()
+    svc = unique()
+    instance = ServiceInstance(svc, "a", "127.0.0.1", 8000)
+    log: list[str] = []
+    inner = App(log, lifespan=lifespan)
+    app = RegisteredASGI(inner, registry, instance, propagation_delay=0.05, drain_timeout=5)
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    sent: list[str] = []
+    runner = asyncio.get_running_loop().create_task(drive_lifespan(app, inbox, sent))
+    await inbox.put({"type": "lifespan.startup"})
+    await until(lambda: sent == ["lifespan.startup.complete"])
+    assert await registry.lookup(svc) == [instance]
+
+    request = asyncio.get_running_loop().create_task(app({"type": "http"}, noop_receive, noop_send))
+    await until(lambda: app.in_flight == 1)
+    await inbox.put({"type": "lifespan.shutdown"})
+    await until(lambda: app.registration.lease is not None and app.registration.lease.closed)
+    assert await registry.lookup(svc) == []  # deregistered while the request is in flight
+    await asyncio.sleep(0.1)
+    assert "lifespan.shutdown.complete" not in sent  # still draining
+    log.append("released")
+    inner.release.set()
+    await request
+    await runner
+    assert sent[-1] == "lifespan.shutdown.complete"
+    expected = ["released", "request done"] + (["app shutdown"] if lifespan else [])
+    assert log == expected
+
+
+async def test_asgi_middleware_registers_then_deregisters_before_draining() -> None:
+    """Startup registers; shutdown deregisters first, waits for in-flight, then the app stops."""
+    await lifecycle(lifespan=True)
+
+
+async def test_asgi_middleware_runs_the_lifespan_for_apps_without_one() -> None:
+    """An app that does not speak lifespan still gets registered and drained."""
+    await lifecycle(lifespan=False)
+
+
+async def test_registration_drain_gives_up_after_the_timeout() -> None:
+    """A request that never finishes does not hold shutdown beyond drain_timeout."""
+    registration = Registration(
+        MemoryRegistry(),
+        ServiceInstance(unique(), "a", "h", 1),
+        propagation_delay=0,
+        drain_timeout=0.05,
+        in_flight=lambda: 1,
+    )
+    async with registration:
+        pass
+    assert registration.lease is not None
+    assert registration.lease.closed
+
+
+async def test_grpc_server_deregisters_then_drains_then_stops() -> None:
+    """serve_grpc: on stop the instance leaves the registry while an RPC finishes, then exits."""
+    import grpc.aio
+
+    import grpc
+
+    started = asyncio.Event()
+
+    async def slow(request: bytes, context: Any) -> bytes:
+        started.set()
+        await asyncio.sleep(0.3)
+        return b"done"
+
+    handler = grpc.method_handlers_generic_handler(
+        "test.Slow", {"Call": grpc.unary_unary_rpc_method_handler(slow)}
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    registry = MemoryRegistry()
+    svc = unique()
+    instance = ServiceInstance(svc, "g", "127.0.0.1", port, protocol="grpc")
+    stop = asyncio.Event()
+    serving = asyncio.get_running_loop().create_task(
+        serve_grpc(
+            server, registry, instance, stop=stop, propagation_delay=0.05, handle_signals=False
+        )
+    )
+    await until(lambda: bool(registry._store.entries.get(svc)))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary("/test.Slow/Call")(b"")
+        await started.wait()
+        stop.set()
+        await until(lambda: not registry._store.entries.get(svc))
+        assert not serving.done()  # deregistered, still draining the call
+        assert await call == b"done"
+    await serving
