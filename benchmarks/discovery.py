@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import _harness as h
+
 from interlink import Retry
 from interlink.discovery import OutlierOptions, Resolver, ServiceInstance
 from interlink.discovery.backends.memory import MemoryRegistry

@@ -34,6 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h  # a script folder, not a package
+
 from interlink.resilience.breaker import CircuitBreaker
 from interlink.resilience.retry import Retry
 

@@ -82,9 +82,8 @@ def test_health_check_options_are_validated() -> None:
 
 async def test_grpc_health_protocol() -> None:
     """The standard grpc.health.v1 Check: SERVING is healthy, NOT_SERVING and absent are not."""
-    import grpc.aio
-
     import grpc
+    import grpc.aio
 
     status = {"": b"\x08\x01", "down": b"\x08\x02"}
 

@@ -113,9 +113,8 @@ async def test_registration_drain_gives_up_after_the_timeout() -> None:
 
 async def test_grpc_server_deregisters_then_drains_then_stops() -> None:
     """serve_grpc: on stop the instance leaves the registry while an RPC finishes, then exits."""
-    import grpc.aio
-
     import grpc
+    import grpc.aio
 
     started = asyncio.Event()
 
