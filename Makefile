@@ -50,3 +50,8 @@ bench: $(VENV)/.installed-bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# Regenerate the example gRPC code checked in under examples/proto (grpcio-tools is in the test extra).
+.PHONY: proto
+proto: $(VENV)/.installed-test
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. examples/proto/food.proto

@@ -9,6 +9,8 @@
     │   ├── RateLimited            no token within the allowed wait
     │   └── BudgetExhausted        the retry budget refused one more attempt
     ├── DeadlineExceeded           the call's time ran out (also a ``TimeoutError``)
+    ├── TransportError             the request was not delivered or not answered (refused, reset)
+    ├── HTTPStatusError            ``response.raise_for_status()`` on a 4xx/5xx answer
     └── NoInstancesError           service discovery knows no healthy instance of a service
 
 Rejections share a base class so a fallback can catch "the call never ran" in one clause.
@@ -24,10 +26,12 @@ __all__ = [
     "BulkheadFull",
     "CircuitOpenError",
     "DeadlineExceeded",
+    "HTTPStatusError",
     "InterlinkError",
     "NoInstancesError",
     "RateLimited",
     "RejectedError",
+    "TransportError",
 ]
 
 
@@ -164,3 +168,37 @@ class NoInstancesError(InterlinkError):
         if self.reason == "ejected":
             return f"no healthy instances of service '{self.service}': all are ejected or failing"
         return f"no instances of service '{self.service}' are registered"
+
+
+class TransportError(InterlinkError):
+    """A call to ``target`` failed below the protocol: ``kind`` is ``"connect"`` (no connection
+    could be made: refused, unreachable; the request was not sent) or ``"transport"`` (the
+    connection broke or the answer was malformed; the request may have been processed).
+
+    Raised ``from`` the engine's own error (aiohttp, httpx), which stays the ``__cause__``.
+    """
+
+    def __init__(self, target: str, kind: str = "transport", detail: str = "") -> None:
+        super().__init__(target, kind, detail)
+        self.target = target
+        self.kind = kind
+        self.detail = detail
+
+    def __str__(self) -> str:
+        what = "could not connect to" if self.kind == "connect" else "transport error calling"
+        return f"{what} {self.target}" + (f": {self.detail}" if self.detail else "")
+
+
+class HTTPStatusError(InterlinkError):
+    """An HTTP answer with an error status, raised by ``response.raise_for_status()`` (and
+    handed to fallbacks when a failure status was the last outcome); ``response`` is the answer.
+    """
+
+    def __init__(self, response: object, status: int, url: str = "") -> None:
+        super().__init__(status, url)
+        self.response = response
+        self.status = status
+        self.url = url
+
+    def __str__(self) -> str:
+        return f"HTTP {self.status} from {self.url}" if self.url else f"HTTP {self.status}"

@@ -141,6 +141,11 @@ def demo(
 #   from interlink.cli import dlq
 #   app.add_typer(dlq.app, name="dlq")
 
+from interlink.cli import messaging as _messaging  # noqa: E402
+
+app.add_typer(_messaging.dlq_app, name="dlq")
+app.command("topics")(_messaging.topics)
+app.command("asyncapi")(_messaging.asyncapi)
 app.add_typer(importlib.import_module("interlink.cli.discovery").app, name="discovery")
 
 

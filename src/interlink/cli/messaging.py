@@ -1,0 +1,209 @@
+"""``interlink dlq ...``, ``interlink topics`` and ``interlink asyncapi``: operate a broker.
+
+The broker is named by URL (``--broker``, or ``INTERLINK_BROKER``), the same URL services use.
+Broker clients are imported inside the commands, so ``interlink --help`` needs none of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from interlink.messaging import Broker, DeadLetter
+
+__all__ = ["asyncapi", "dlq_app", "topics"]
+
+T = TypeVar("T")
+
+dlq_app = typer.Typer(
+    help="Inspect, replay and purge a topic's dead-letter queue.", no_args_is_help=True
+)
+
+BrokerUrl = Annotated[
+    str,
+    typer.Option(
+        "--broker",
+        "-b",
+        envvar="INTERLINK_BROKER",
+        help="Broker URL: memory://, sqlite:///path, nats://, amqp://, redis://.",
+    ),
+]
+Topic = Annotated[str, typer.Argument(help="The topic (not the .dlq name).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _out() -> Console:
+    return Console(highlight=False)
+
+
+def _fail(message: str) -> typer.Exit:
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
+    return typer.Exit(1)
+
+
+def _with_broker(url: str, action: Callable[[Broker], Awaitable[T]]) -> T:
+    from interlink.messaging import Broker, MessagingError
+
+    async def run() -> T:
+        broker = Broker.from_url(url)
+        try:
+            return await action(broker)
+        finally:
+            await broker.stop()
+
+    try:
+        return asyncio.run(run())
+    except (ValueError, ImportError, OSError, MessagingError) as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+
+
+def _letter(letter: DeadLetter, *, payload: bool) -> dict[str, Any]:
+    from interlink.messaging.envelope import decode_or_poison
+
+    env = decode_or_poison(letter.data, letter.id)
+    row: dict[str, Any] = {
+        "id": letter.id,
+        "topic": letter.topic,
+        "group": letter.group,
+        "attempts": letter.attempts,
+        "error_type": letter.error_type,
+        "reason": letter.reason,
+        "published_at": _when(letter.published_at),
+        "dead_at": _when(letter.dead_at),
+        "type": env.type or None,
+        "key": env.key,
+        "correlation_id": env.correlation_id,
+        "size": len(letter.data),
+    }
+    if payload:
+        row["headers"] = dict(env.headers)
+        row["decode_error"] = env.error
+        try:
+            row["payload"] = env.payload.decode()
+        except UnicodeDecodeError:
+            row["payload_hex"] = env.payload.hex()
+    return row
+
+
+@dlq_app.command("list")
+def dlq_list(
+    topic: Topic,
+    broker: BrokerUrl,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="At most this many.")] = 50,
+    as_json: AsJson = False,
+) -> None:
+    """List the dead letters of TOPIC, oldest first."""
+    letters = _with_broker(broker, lambda b: b.dlq_list(topic, limit))
+    rows = [_letter(letter, payload=False) for letter in letters]
+    if as_json:
+        _out().print_json(json.dumps(rows))
+        return
+    if not rows:
+        _out().print(f"no dead letters in {topic}.dlq")
+        return
+    table = Table(title=f"{topic}.dlq")
+    for column in ("id", "group", "attempts", "error_type", "reason", "dead_at"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            *(str(row[c]) for c in ("id", "group", "attempts", "error_type")),
+            str(row["reason"])[:80],
+            row["dead_at"],
+        )
+    _out().print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(
+    topic: Topic, message_id: Annotated[str, typer.Argument(help="Message id.")], broker: BrokerUrl
+) -> None:
+    """Show one dead letter of TOPIC in full: the facts, the headers and the payload."""
+    letters = _with_broker(broker, lambda b: b.dlq_list(topic, 100_000))
+    found = [letter for letter in letters if letter.id == message_id]
+    if not found:
+        raise _fail(f"no dead letter {message_id!r} in {topic}.dlq")
+    _out().print_json(json.dumps(_letter(found[0], payload=True)))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    topic: Topic,
+    broker: BrokerUrl,
+    ids: Annotated[
+        list[str] | None,
+        typer.Option("--id", help="Replay only this message id (repeatable); default: all."),
+    ] = None,
+) -> None:
+    """Re-publish dead letters to TOPIC with their ids (safe to run twice)."""
+    count = _with_broker(broker, lambda b: b.dlq_replay(topic, ids or None))
+    _out().print(f"replayed {count} message(s) to {topic}")
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    topic: Topic,
+    broker: BrokerUrl,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete every dead letter of TOPIC."""
+    if not yes:
+        typer.confirm(f"Delete every dead letter of {topic}?", abort=True)
+    count = _with_broker(broker, lambda b: b.dlq_purge(topic))
+    _out().print(f"purged {count} dead letter(s) from {topic}.dlq")
+
+
+def topics(broker: BrokerUrl, as_json: AsJson = False) -> None:
+    """List the topics a broker knows, dead-letter queues included."""
+    names = _with_broker(broker, lambda b: b.topics())
+    if as_json:
+        _out().print_json(json.dumps(names))
+        return
+    for name in names:
+        _out().print(name, markup=False)
+
+
+def asyncapi(
+    target: Annotated[str, typer.Argument(help="MODULE:BROKER, e.g. myapp.events:broker.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file, not stdout.")
+    ] = None,
+) -> None:
+    """Print the AsyncAPI 3 document of a broker's publishers and subscribers."""
+    from interlink.messaging import Broker
+    from interlink.messaging.asyncapi import asyncapi as document_of
+
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise _fail(f"expected MODULE:BROKER, got {target!r}")
+    sys.path.insert(0, "")  # the current directory, as `python -m` would
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise _fail(f"cannot import {module_name!r}: {exc}") from exc
+    finally:
+        sys.path.remove("")
+    broker = getattr(module, attribute, None)
+    if not isinstance(broker, Broker):
+        raise _fail(f"{target!r} is not an interlink Broker")
+    text = json.dumps(document_of(broker), indent=2)
+    if output is None:
+        sys.stdout.write(text + "\n")
+    else:
+        output.write_text(text + "\n", encoding="utf-8")

@@ -1,0 +1,63 @@
+"""What rides in gRPC metadata: the correlation id and W3C trace context (the deadline rides in
+gRPC's own ``grpc-timeout``).
+
+Metadata keys are lower case on the wire, so the names are the HTTP header names as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from interlink.context import CORRELATION_HEADER, correlation_id
+from interlink.resilience.deadline import remaining
+from interlink.tracing import TRACE_HEADERS, inject
+from interlink.tracing.spans import context_of
+
+__all__ = ["attempt_timeout", "incoming", "outgoing"]
+
+Pairs = tuple[tuple[str, str | bytes], ...]
+
+_READ = frozenset((CORRELATION_HEADER, *TRACE_HEADERS))
+
+
+def outgoing(metadata: Iterable[Any] | None, span: Any = None) -> Any:
+    """``metadata`` plus the current correlation id and trace context (with ``span`` as the
+    parent when given); returned as it is when there is nothing to add. A key the caller set
+    already is left alone: an explicit value wins over the ambient one."""
+    cid = correlation_id()
+    carrier: dict[str, str] = {}
+    inject(carrier, None if span is None else context_of(span))
+    if cid is None and not carrier:
+        return metadata
+    pairs = list(metadata) if metadata else []
+    present = {key for key, _ in pairs} if pairs else ()
+    if cid is not None and CORRELATION_HEADER not in present:
+        pairs.append((CORRELATION_HEADER, cid))
+    for key, value in carrier.items():
+        if key not in present:
+            pairs.append((key, value))
+    return tuple(pairs)
+
+
+def incoming(metadata: Iterable[Any] | None) -> dict[str, str]:
+    """The keys interlink reads (correlation id, trace context) from invocation metadata."""
+    found: dict[str, str] = {}
+    if metadata:
+        for key, value in metadata:
+            if key in _READ and isinstance(value, str):
+                found[key] = value
+    return found
+
+
+def attempt_timeout(
+    per_attempt: float | None, caller: float | None = None
+) -> tuple[float | None, bool]:
+    """The gRPC timeout for one attempt: the soonest of the current deadline, the caller's
+    ``timeout=`` and ``per_attempt``; and whether ``per_attempt`` was the one that bound."""
+    left = remaining()
+    if caller is not None and (left is None or caller < left):
+        left = caller
+    if per_attempt is not None and (left is None or per_attempt < left):
+        return per_attempt, True
+    return left, False

@@ -1,0 +1,1 @@
+"""Broker backends, one module each, chosen by URL scheme (see ``interlink.messaging.backend``)."""

@@ -1,0 +1,279 @@
+"""The SQL of the SQLite broker: synchronous, run only by the backend's worker thread.
+
+Tables (one file, shared by every process on the machine that opens it):
+
+- ``il_messages``: every published frame once, ``seq`` from AUTOINCREMENT (never reused, so
+  cursors stay valid after old rows are deleted).
+- ``il_groups``: one row per (topic, group) with its ``cursor``, the last ``seq`` moved into
+  its queue. Fan-out is lazy: a lease first copies the next new messages into the group's
+  queue, so publishing writes one row however many groups there are.
+- ``il_queue``: the group's unfinished messages. ``visible_at`` is when the row may be leased
+  (now for new rows, lease expiry for leased ones, retry time for nacked ones) and
+  ``attempt`` counts leases; every ack / nack / dead-letter names the attempt it answers, so
+  a consumer whose lease expired cannot touch the newer delivery.
+- ``il_dlq``: dead letters with the original bytes and the facts.
+
+Per key, only the oldest queued row of a key may be leased (strict FIFO per key within a
+group, across retries and competing consumers).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from interlink.messaging.envelope import DeadLetter, decode_or_poison
+
+__all__ = ["Store"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS il_messages(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, id TEXT NOT NULL, key TEXT,
+    data BLOB NOT NULL, published REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS il_messages_topic ON il_messages(topic, seq);
+CREATE TABLE IF NOT EXISTS il_groups(
+    gid INTEGER PRIMARY KEY, topic TEXT NOT NULL, grp TEXT NOT NULL, cursor INTEGER NOT NULL,
+    UNIQUE (topic, grp));
+CREATE TABLE IF NOT EXISTS il_queue(
+    gid INTEGER NOT NULL, seq INTEGER NOT NULL, key TEXT, visible_at REAL NOT NULL,
+    attempt INTEGER NOT NULL, PRIMARY KEY (gid, seq)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS il_queue_key ON il_queue(gid, key, seq) WHERE key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS il_dlq(
+    n INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, id TEXT NOT NULL, grp TEXT,
+    data BLOB NOT NULL, reason TEXT NOT NULL, error_type TEXT, attempts INTEGER NOT NULL,
+    published REAL, dead_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS il_dlq_topic ON il_dlq(topic, n);
+"""
+
+_LEASABLE = """
+SELECT q.seq, q.attempt + 1, m.id, m.data FROM il_queue q JOIN il_messages m ON m.seq = q.seq
+WHERE q.gid = ?1 AND q.visible_at <= ?2
+  AND (q.key IS NULL
+       OR q.seq = (SELECT MIN(p.seq) FROM il_queue p WHERE p.gid = ?1 AND p.key = q.key))
+ORDER BY q.seq LIMIT ?3
+"""
+
+Row = tuple[int, int, str, bytes]  # seq, attempt, message id, data
+
+
+class Store:
+    """The broker's operations on one connection. Writers call ``write()`` first, which opens
+    the (IMMEDIATE) transaction the worker commits after its batch."""
+
+    def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
+        db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.execute("PRAGMA busy_timeout=30000")
+        self.db = db
+        db.executescript(f"BEGIN IMMEDIATE;{SCHEMA}COMMIT;")
+        self._writes = 0
+        self._idle: dict[int, tuple[int, int, float]] = {}  # gid -> (data_version, writes, next)
+
+    def write(self) -> None:
+        """Open the batch's write transaction, once."""
+        if not self.db.in_transaction:
+            self.db.execute("BEGIN IMMEDIATE")
+            self._writes += 1
+
+    def commit(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- publishing ---------------------------------------------------------------------
+
+    def publish(self, topic: str, rows: Sequence[tuple[str, str | None, bytes]]) -> None:
+        """Insert (id, key, data) rows."""
+        self.write()
+        now = time.time()
+        self.db.executemany(
+            "INSERT INTO il_messages(topic, id, key, data, published) VALUES (?, ?, ?, ?, ?)",
+            [(topic, mid, key, data, now) for mid, key, data in rows],
+        )
+
+    # -- groups and leases --------------------------------------------------------------
+
+    def ensure_group(self, topic: str, group: str) -> int:
+        """The group's id; a new group starts after the newest message, unless it is the
+        topic's first group (then it takes everything published so far)."""
+        row = self.db.execute(
+            "SELECT gid FROM il_groups WHERE topic = ? AND grp = ?", (topic, group)
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
+        self.write()
+        self.db.execute(
+            "INSERT OR IGNORE INTO il_groups(topic, grp, cursor) VALUES (?1, ?2, "
+            "CASE WHEN EXISTS (SELECT 1 FROM il_groups WHERE topic = ?1) "
+            "THEN (SELECT COALESCE(MAX(seq), 0) FROM il_messages) ELSE 0 END)",
+            (topic, group),
+        )
+        row = self.db.execute(
+            "SELECT gid FROM il_groups WHERE topic = ? AND grp = ?", (topic, group)
+        ).fetchone()
+        return int(row[0])
+
+    def lease(
+        self, gid: int, topic: str, limit: int, visibility: float
+    ) -> tuple[list[Row], float | None]:
+        """Lease up to ``limit`` rows; with none, also say when one may become visible."""
+        now = time.time()
+        db = self.db
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        idle = self._idle.get(gid)
+        if idle is not None and idle[0] == version and idle[1] == self._writes and now < idle[2]:
+            return [], idle[2]  # nothing changed since the last empty look
+        self.write()
+        cursor = db.execute("SELECT cursor FROM il_groups WHERE gid = ?", (gid,)).fetchone()[0]
+        fresh = db.execute(
+            "SELECT seq, key FROM il_messages WHERE topic = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (topic, cursor, max(limit, 64)),
+        ).fetchall()
+        if fresh:
+            db.executemany(
+                "INSERT OR IGNORE INTO il_queue(gid, seq, key, visible_at, attempt) "
+                "VALUES (?, ?, ?, 0, 0)",
+                [(gid, seq, key) for seq, key in fresh],
+            )
+            db.execute("UPDATE il_groups SET cursor = ? WHERE gid = ?", (fresh[-1][0], gid))
+        rows: list[Row] = db.execute(_LEASABLE, (gid, now, limit)).fetchall()
+        if rows:
+            self._idle.pop(gid, None)
+            db.executemany(
+                "UPDATE il_queue SET visible_at = ?, attempt = ? WHERE gid = ? AND seq = ?",
+                [(now + visibility, attempt, gid, seq) for seq, attempt, _, _ in rows],
+            )
+            return rows, None
+        nxt = db.execute("SELECT MIN(visible_at) FROM il_queue WHERE gid = ?", (gid,)).fetchone()[0]
+        next_at = float("inf") if nxt is None else float(nxt)
+        # Our own commit of this (empty) lease moves no data_version; the next look compares.
+        self._idle[gid] = (version, self._writes, next_at)
+        return [], None if nxt is None else next_at
+
+    def settle(self, ops: Iterable[tuple[int, int, int, float | None]]) -> None:
+        """Acks (visible_at None) and nacks: (gid, seq, attempt, visible_at)."""
+        self.write()
+        acks, nacks = [], []
+        for gid, seq, attempt, visible_at in ops:
+            if visible_at is None:
+                acks.append((gid, seq, attempt))
+            else:
+                nacks.append((visible_at, gid, seq, attempt))
+        if acks:
+            self.db.executemany(
+                "DELETE FROM il_queue WHERE gid = ? AND seq = ? AND attempt = ?", acks
+            )
+        if nacks:
+            self.db.executemany(
+                "UPDATE il_queue SET visible_at = ? WHERE gid = ? AND seq = ? AND attempt = ?",
+                nacks,
+            )
+
+    def release(self, rows: Iterable[tuple[int, int, int]]) -> None:
+        """Give back leased rows nobody handled, without counting the lease as an attempt."""
+        self.write()
+        self.db.executemany(
+            "UPDATE il_queue SET visible_at = 0, attempt = attempt - 1 "
+            "WHERE gid = ? AND seq = ? AND attempt = ?",
+            list(rows),
+        )
+
+    def extend(self, rows: Iterable[tuple[int, int, int]], visibility: float) -> None:
+        """Push the lease expiry of rows still being handled."""
+        until = time.time() + visibility
+        batch = [(until, gid, seq, attempt) for gid, seq, attempt in rows]
+        if batch:
+            self.write()
+            self.db.executemany(
+                "UPDATE il_queue SET visible_at = ? WHERE gid = ? AND seq = ? AND attempt = ?",
+                batch,
+            )
+
+    def collect(self, topics: Iterable[str]) -> None:
+        """Delete messages every group of their topic is done with."""
+        self.write()
+        for topic in topics:
+            self.db.execute(
+                "DELETE FROM il_messages WHERE topic = ?1 "
+                "AND seq <= (SELECT MIN(cursor) FROM il_groups WHERE topic = ?1) "
+                "AND seq < COALESCE((SELECT MIN(q.seq) FROM il_queue q JOIN il_groups g "
+                "ON g.gid = q.gid WHERE g.topic = ?1), 9223372036854775807)",
+                (topic,),
+            )
+
+    # -- dead letters -------------------------------------------------------------------
+
+    def dead_letter(
+        self,
+        row: tuple[int, int, int],
+        group: str,
+        reason: str,
+        error_type: str | None,
+        published: float | None,
+    ) -> None:
+        """Move the (gid, seq, attempt) row to the DLQ, if this delivery still owns it."""
+        self.write()
+        gid, seq, attempt = row
+        cur = self.db.execute(
+            "DELETE FROM il_queue WHERE gid = ? AND seq = ? AND attempt = ?", (gid, seq, attempt)
+        )
+        if cur.rowcount:
+            self.db.execute(
+                "INSERT INTO il_dlq(topic, id, grp, data, reason, error_type, attempts, "
+                "published, dead_at) SELECT topic, id, ?, data, ?, ?, ?, COALESCE(?, published), ? "
+                "FROM il_messages WHERE seq = ?",
+                (group, reason, error_type, attempt, published, time.time(), seq),
+            )
+
+    def dlq_list(self, topic: str, limit: int) -> list[DeadLetter]:
+        rows = self.db.execute(
+            "SELECT id, data, reason, error_type, attempts, grp, published, dead_at FROM il_dlq "
+            "WHERE topic = ? ORDER BY n LIMIT ?",
+            (topic, limit),
+        ).fetchall()
+        return [
+            DeadLetter(
+                id=r[0],
+                topic=topic,
+                data=r[1],
+                reason=r[2],
+                error_type=r[3],
+                attempts=r[4],
+                group=r[5],
+                published_at=r[6],
+                dead_at=r[7],
+            )
+            for r in rows
+        ]
+
+    def dlq_replay(self, topic: str, ids: Sequence[str] | None) -> int:
+        """Back to the topic, same bytes and id, and out of the DLQ, in one transaction."""
+        self.write()
+        rows: list[Any] = self.db.execute(
+            "SELECT n, id, data FROM il_dlq WHERE topic = ? ORDER BY n", (topic,)
+        ).fetchall()
+        if ids is not None:
+            wanted = set(ids)
+            rows = [r for r in rows if r[1] in wanted]
+        self.publish(topic, [(mid, decode_or_poison(data, mid).key, data) for _, mid, data in rows])
+        self.db.executemany("DELETE FROM il_dlq WHERE n = ?", [(r[0],) for r in rows])
+        return len(rows)
+
+    def dlq_purge(self, topic: str) -> int:
+        self.write()
+        return self.db.execute("DELETE FROM il_dlq WHERE topic = ?", (topic,)).rowcount
+
+    def topics(self) -> list[str]:
+        names = {r[0] for r in self.db.execute("SELECT DISTINCT topic FROM il_messages")}
+        names.update(r[0] for r in self.db.execute("SELECT DISTINCT topic FROM il_groups"))
+        names.update(f"{r[0]}.dlq" for r in self.db.execute("SELECT DISTINCT topic FROM il_dlq"))
+        return sorted(names)

@@ -1,0 +1,384 @@
+"""The user-facing broker: publish messages, register handlers, run the consumers.
+
+``Broker.from_url(url)`` picks the backend by scheme (``memory://``, ``sqlite:///path``,
+``nats://``, ``amqp://``, ``redis://``); everything above the backend is the same code for all
+of them, so a handler tested on ``memory://`` behaves the same on NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from interlink.clock import Clock
+from interlink.context import correlation_id
+from interlink.messaging import _trace
+from interlink.messaging._codec import GROUP, check_topic, decoder_for, payload_of
+from interlink.messaging.backend import Backend, backend_from_url
+from interlink.messaging.consumer import Consumer, Subscription
+from interlink.messaging.envelope import DeadLetter, Envelope, OutgoingMessage, encode
+from interlink.messaging.idempotency import IdempotencyStore, store_from_url
+from interlink.resilience._validate import at_least, non_negative, positive_int
+from interlink.resilience.retry import Retry
+from interlink.tracing.spans import Spans
+
+__all__ = ["DEFAULT_GRACE", "DEFAULT_MAX_DELIVERIES", "Broker", "Publisher", "PublisherSpec"]
+
+#: Seconds running handlers get to finish when the broker stops.
+DEFAULT_GRACE = 10.0
+#: Deliveries of a failing message before it goes to the DLQ.
+DEFAULT_MAX_DELIVERIES = 5
+#: Deliveries a consumer fetches ahead of its handlers, at least.
+DEFAULT_PREFETCH = 32
+
+M = TypeVar("M")
+H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherSpec:
+    """A declared publisher (for the AsyncAPI document)."""
+
+    topic: str
+    message_type: Any
+    description: str | None = None
+
+
+class Publisher(Generic[M]):
+    """Publishes one message type to one topic, and declares it for the AsyncAPI document."""
+
+    __slots__ = ("_broker", "spec")
+
+    def __init__(self, broker: Broker, spec: PublisherSpec) -> None:
+        self._broker = broker
+        self.spec = spec
+
+    async def publish(
+        self,
+        message: M,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        message_id: str | None = None,
+    ) -> str:
+        """``Broker.publish`` to this publisher's topic."""
+        return await self._broker.publish(
+            self.spec.topic, message, key=key, headers=headers, message_id=message_id
+        )
+
+    async def publish_many(
+        self, messages: Iterable[M], *, key: str | Callable[[M], str | None] | None = None
+    ) -> list[str]:
+        """``Broker.publish_many`` to this publisher's topic."""
+        return await self._broker.publish_many(self.spec.topic, messages, key=key)
+
+
+class Broker:
+    """Publish and consume messages through one backend.
+
+    Publishing connects on first use. ``start()`` (or ``async with broker``) connects, creates
+    every subscriber's group, and starts the consumers; ``stop()`` drains them gracefully and
+    closes the connection; ``run()`` does both around waiting for SIGINT/SIGTERM.
+    ``idempotency`` is the store ``idempotent=True`` subscribers use (a URL or a store); by
+    default the backend's own database (memory, SQLite, Redis) where it has one.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        url: str | None = None,
+        grace: float = DEFAULT_GRACE,
+        idempotency: str | IdempotencyStore | None = None,
+        title: str = "interlink",
+        version: str = "1.0.0",
+        clock: Clock = time.time,
+        tracer_provider: object | None = None,
+    ) -> None:
+        self._backend = backend
+        self._url = url
+        self._grace = non_negative("grace", grace)
+        self._idempotency = idempotency
+        self._stores: dict[str, IdempotencyStore] = {}
+        self._subscriptions: list[Subscription] = []
+        self._publishers: list[PublisherSpec] = []
+        self._consumers: list[Consumer] = []
+        self._connected = False
+        self._lock: asyncio.Lock | None = None
+        self._clock = clock
+        self._spans = Spans(tracer_provider, name="interlink.messaging")
+        self.title = title
+        self.version = version
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Broker:
+        """A broker on the backend ``url`` names (imported on demand); options as ``Broker``."""
+        return cls(backend_from_url(url), url=url, **options)
+
+    @property
+    def backend(self) -> Backend:
+        """The backend, for what the broker does not wrap."""
+        return self._backend
+
+    @property
+    def url(self) -> str | None:
+        """The URL the broker was made from, if any."""
+        return self._url
+
+    @property
+    def subscriptions(self) -> tuple[Subscription, ...]:
+        """Registered subscribers, in registration order."""
+        return tuple(self._subscriptions)
+
+    @property
+    def publishers(self) -> tuple[PublisherSpec, ...]:
+        """Declared publishers, in declaration order."""
+        return tuple(self._publishers)
+
+    # -- connection ---------------------------------------------------------------------
+
+    async def connect(self) -> Backend:
+        """Connect the backend (once) and return it."""
+        if not self._connected:
+            if self._lock is None:
+                self._lock = asyncio.Lock()
+            async with self._lock:
+                if not self._connected:
+                    await self._backend.connect()
+                    self._connected = True
+        return self._backend
+
+    async def start(self) -> None:
+        """Connect, create every subscriber's group, start consuming."""
+        await self.connect()
+        if self._consumers:
+            return
+        self._consumers = [Consumer(self._backend, sub, self._spans) for sub in self._subscriptions]
+        for consumer in self._consumers:
+            await consumer.start()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop consuming (running handlers get ``grace`` seconds, the broker's by default),
+        then close the connection. Publishing afterwards reconnects."""
+        consumers, self._consumers = self._consumers, []
+        wait = self._grace if grace is None else non_negative("grace", grace)
+        await asyncio.gather(*(c.stop(wait) for c in consumers))
+        stores = list(self._stores.values())
+        for store in stores:
+            await store.aclose()
+        if self._connected:
+            self._connected = False
+            await self._backend.aclose()
+
+    async def __aenter__(self) -> Broker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def run(self, *, signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM)) -> None:
+        """Consume until one of ``signals`` arrives, then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        stopped = asyncio.Event()
+        installed = []
+        for sig in signals:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stopped.set)
+                installed.append(sig)
+        try:
+            await self.start()
+            await stopped.wait()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    # -- publishing ---------------------------------------------------------------------
+
+    def _envelope(
+        self,
+        message: Any,
+        key: str | None,
+        headers: dict[str, str],
+        *,
+        message_id: str | None,
+        cid: str | None,
+        now: float,
+    ) -> Envelope:
+        payload, type_name = payload_of(message)
+        return Envelope(
+            id=message_id or uuid.uuid4().hex,
+            type=type_name,
+            payload=payload,
+            key=key,
+            time=now,
+            correlation_id=cid,
+            headers=headers,
+        )
+
+    async def publish(
+        self,
+        topic: str,
+        message: Any,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        message_id: str | None = None,
+    ) -> str:
+        """Publish ``message`` (a pydantic model or bytes) and wait for the broker to confirm
+        it durable. Returns its id; pass ``message_id`` to re-publish under the same id (an
+        outbox relay after a crash), so idempotent consumers see one message."""
+        backend = self._backend if self._connected else await self.connect()
+        hdrs = dict(headers) if headers else {}
+        with _trace.publish_span(self._spans, topic, hdrs):
+            env = self._envelope(
+                message, key, hdrs, message_id=message_id, cid=correlation_id(), now=self._clock()
+            )
+            await backend.publish(
+                check_topic(topic), encode(env), key=key, headers=hdrs, message_id=env.id
+            )
+        return env.id
+
+    async def publish_many(
+        self,
+        topic: str,
+        messages: Iterable[Any],
+        *,
+        key: str | Callable[[Any], str | None] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """Publish many messages in one windowed batch and wait until all are confirmed.
+        ``key`` is one key for all or a function of the message. Returns their ids."""
+        backend = self._backend if self._connected else await self.connect()
+        hdrs = dict(headers) if headers else {}
+        cid, now = correlation_id(), self._clock()
+        keyof, fixed = (key, None) if callable(key) else (None, key)
+        items = []
+        with _trace.publish_span(self._spans, topic, hdrs):
+            for message in messages:
+                k = keyof(message) if keyof is not None else fixed
+                env = self._envelope(message, k, hdrs, message_id=None, cid=cid, now=now)
+                items.append(OutgoingMessage(encode(env), env.key, hdrs, env.id))
+            if items:
+                await backend.publish_batch(check_topic(topic), items)
+        return [item.message_id for item in items]
+
+    def publisher(
+        self, topic: str, message_type: type[M], *, description: str | None = None
+    ) -> Publisher[M]:
+        """Declare that this service publishes ``message_type`` to ``topic``."""
+        spec = PublisherSpec(check_topic(topic), message_type, description)
+        self._publishers.append(spec)
+        return Publisher(self, spec)
+
+    # -- subscribing --------------------------------------------------------------------
+
+    def _store(self, idempotent: bool | str | IdempotencyStore) -> IdempotencyStore | None:
+        if idempotent is False:
+            return None
+        if idempotent is True:
+            idempotent = self._idempotency or self._default_store_url()
+        if not isinstance(idempotent, str):
+            return idempotent
+        store = self._stores.get(idempotent)
+        if store is None:
+            store = self._stores[idempotent] = store_from_url(idempotent)
+        return store
+
+    def _default_store_url(self) -> str:
+        scheme = getattr(self._backend, "scheme", "")
+        if scheme == "memory":
+            return "memory://"
+        if scheme in {"sqlite", "redis"} and self._url:
+            return self._url
+        raise ValueError(
+            f"'idempotent' must be a store URL for the {scheme or 'given'} backend "
+            "(or pass Broker(idempotency=...)): True has no default store"
+        )
+
+    def subscriber(
+        self,
+        topic: str,
+        *,
+        group: str = "default",
+        retry: Retry | None = None,
+        max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+        concurrency: int = 1,
+        prefetch: int | None = None,
+        idempotent: bool | str | IdempotencyStore = False,
+        description: str | None = None,
+    ) -> Callable[[H], H]:
+        """Register ``async def handler(message)`` for ``topic`` in consumer ``group``.
+
+        Success acks. An exception retries after ``retry``'s backoff (default: exponential
+        from 1 s, equal jitter, up to 5 min) until ``max_deliveries`` or the policy gives
+        up, then dead-letters to ``<topic>.dlq``; an undecodable or invalid message is
+        dead-lettered at once. ``concurrency`` handlers run at once (messages with the same
+        key one after another); ``idempotent`` skips messages the group already processed.
+        """
+        check_topic(topic)
+        if not isinstance(group, str) or not GROUP.match(group):
+            raise ValueError(f"'group' must be 1-100 characters of [A-Za-z0-9_-]: {group!r}")
+        at_least("max_deliveries", max_deliveries, 1)
+        positive_int("concurrency", concurrency)
+        if prefetch is not None:
+            positive_int("prefetch", prefetch)
+        if retry is None:
+            retry = Retry(
+                attempts=max_deliveries - 1,
+                base=1.0,
+                max_delay=300.0,
+                jitter="equal",
+                name=f"{topic}/{group}",
+            )
+        store = self._store(idempotent)
+
+        def register(handler: H) -> H:
+            fn: Any = handler  # (iscoroutinefunction would narrow H away)
+            if not inspect.iscoroutinefunction(fn):
+                raise ValueError(f"'handler' must be an async def: {handler!r}")
+            decode, message_type = decoder_for(handler)
+            self._subscriptions.append(
+                Subscription(
+                    topic=topic,
+                    group=group,
+                    handler=handler,
+                    decode=decode,
+                    message_type=message_type,
+                    retry=retry,
+                    max_deliveries=max_deliveries,
+                    concurrency=concurrency,
+                    prefetch=prefetch or max(DEFAULT_PREFETCH, 2 * concurrency),
+                    idempotency=store,
+                    description=description or inspect.getdoc(handler),
+                )
+            )
+            return handler
+
+        return register
+
+    # -- the dead-letter queue and topics -----------------------------------------------
+
+    async def dlq_list(self, topic: str, limit: int = 100) -> list[DeadLetter]:
+        """Up to ``limit`` dead letters of ``topic``, oldest first."""
+        return await (await self.connect()).dlq_list(topic, limit)
+
+    async def dlq_replay(self, topic: str, ids: Iterable[str] | None = None) -> int:
+        """Re-publish dead letters (these ids, or all) to ``topic`` with their ids."""
+        return await (await self.connect()).dlq_replay(topic, None if ids is None else list(ids))
+
+    async def dlq_purge(self, topic: str) -> int:
+        """Drop every dead letter of ``topic``."""
+        return await (await self.connect()).dlq_purge(topic)
+
+    async def topics(self) -> list[str]:
+        """The topics the backend knows, DLQs included."""
+        return await (await self.connect()).topics()

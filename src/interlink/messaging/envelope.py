@@ -1,0 +1,302 @@
+"""The message envelope, its wire format, and what to do with a delivery (pure core).
+
+Every message on every backend is one self-describing frame, so a backend only moves bytes and
+any interlink process can read any message, whatever broker carried it::
+
+    b"ilm1" | header length (4 bytes, big endian) | header (JSON) | payload (the user's bytes)
+
+The header is a small JSON object (id, type, key, time, attempt, correlation id, headers); the
+payload stays raw bytes, so a 1 KiB message is never base64-encoded or copied through a JSON
+parser. Bytes that are not such a frame still decode, to an ``Envelope`` whose ``error`` says
+why: the consumer dead-letters it at once instead of crashing on it (a poison message).
+
+The delivery decisions (ack, retry after a delay, dead-letter) live here too, next to the data
+they decide about, and ask the core ``Retry`` policy for the backoff: one formula in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, Literal
+
+from interlink.resilience.retry import Retry
+
+__all__ = [
+    "ACK",
+    "MAGIC",
+    "DeadLetter",
+    "Decision",
+    "Envelope",
+    "EnvelopeError",
+    "OutgoingMessage",
+    "decide_failure",
+    "decide_poison",
+    "decode",
+    "decode_dead_letter",
+    "decode_or_poison",
+    "encode",
+    "encode_dead_letter",
+    "error_type_of",
+    "with_attempt",
+]
+
+#: The first bytes of every interlink message frame (and ``b"ild1"`` for a dead letter).
+MAGIC: Final = b"ilm1"
+_DLQ_MAGIC: Final = b"ild1"
+_PREFIX: Final = 8  # magic + 4-byte header length
+_EMPTY: Mapping[str, str] = {}
+
+
+class EnvelopeError(ValueError):
+    """Bytes that are not an interlink message frame (or a frame with a malformed header)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Envelope:
+    """One message as the consumer sees it: the payload plus what travels with it.
+
+    ``headers`` holds the user's headers and the trace context (``traceparent``,
+    ``tracestate``, ``baggage``). ``attempt`` is 1 when published; backends that count
+    deliveries themselves report the count on the ``Delivery``, which is authoritative.
+    ``error`` is set only for bytes that could not be decoded: then ``payload`` is those bytes.
+    """
+
+    id: str
+    type: str
+    payload: bytes
+    key: str | None = None
+    time: float = 0.0
+    attempt: int = 1
+    correlation_id: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """One message of a ``publish_batch``: the frame plus what a backend may want natively
+    (the key for ordering or partitioning, the id for broker-side deduplication, headers)."""
+
+    data: bytes
+    key: str | None
+    headers: Mapping[str, str]
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetter:
+    """A message that was given up on, as stored in ``<topic>.dlq``.
+
+    ``data`` is the original frame, byte for byte, so a replay re-publishes exactly what was
+    published (same id). ``id`` is the message id (the envelope's, or the backend's own for
+    bytes that never decoded); ``dlq_replay`` and the CLI select dead letters by it.
+    """
+
+    id: str
+    topic: str
+    data: bytes
+    reason: str
+    error_type: str | None
+    attempts: int
+    group: str | None = None
+    published_at: float | None = None
+    dead_at: float = 0.0
+
+
+# -- the message frame ---------------------------------------------------------------------
+
+
+def encode(envelope: Envelope) -> bytes:
+    """The frame for ``envelope`` (``error`` is not encoded: a poison message is re-sent raw)."""
+    header: dict[str, Any] = {"id": envelope.id, "type": envelope.type, "time": envelope.time}
+    if envelope.key is not None:
+        header["key"] = envelope.key
+    if envelope.attempt != 1:
+        header["attempt"] = envelope.attempt
+    if envelope.correlation_id is not None:
+        header["cid"] = envelope.correlation_id
+    if envelope.headers:
+        header["headers"] = dict(envelope.headers)
+    head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    return b"".join((MAGIC, len(head).to_bytes(4, "big"), head, envelope.payload))
+
+
+def _header(data: bytes, magic: bytes) -> tuple[dict[str, Any], int]:
+    if data[:4] != magic:
+        raise EnvelopeError(f"not an interlink frame (starts with {bytes(data[:8])!r})")
+    if len(data) < _PREFIX:
+        raise EnvelopeError(f"truncated frame: {len(data)} bytes")
+    end = _PREFIX + int.from_bytes(data[4:_PREFIX], "big")
+    if end > len(data):
+        raise EnvelopeError(f"truncated frame: header ends at {end} of {len(data)} bytes")
+    try:
+        header = json.loads(data[_PREFIX:end])
+    except ValueError as exc:
+        raise EnvelopeError(f"malformed header: {exc}") from None
+    if not isinstance(header, dict):
+        raise EnvelopeError("malformed header: not a JSON object")
+    return header, end
+
+
+def _str(header: Mapping[str, Any], name: str, default: str | None = None) -> str | None:
+    value = header.get(name, default)
+    if value is not None and not isinstance(value, str):
+        raise EnvelopeError(f"malformed header: {name!r} must be a string: {value!r}")
+    return value
+
+
+def decode(data: bytes) -> Envelope:
+    """The envelope in ``data``; raises ``EnvelopeError`` when it is not a valid frame."""
+    header, end = _header(data, MAGIC)
+    mid = _str(header, "id")
+    if not mid:
+        raise EnvelopeError("malformed header: no 'id'")
+    time = header.get("time", 0.0)
+    attempt = header.get("attempt", 1)
+    headers = header.get("headers", _EMPTY)
+    if not isinstance(time, int | float) or isinstance(time, bool):
+        raise EnvelopeError(f"malformed header: 'time' must be a number: {time!r}")
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+        raise EnvelopeError(f"malformed header: 'attempt' must be an integer >= 1: {attempt!r}")
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise EnvelopeError("malformed header: 'headers' must map strings to strings")
+    type_name = _str(header, "type")
+    return Envelope(
+        id=mid,
+        type="bytes" if type_name is None else type_name,
+        payload=bytes(data[end:]),
+        key=_str(header, "key"),
+        time=float(time),
+        attempt=attempt,
+        correlation_id=_str(header, "cid"),
+        headers=headers,
+    )
+
+
+def decode_or_poison(data: bytes, fallback_id: str = "") -> Envelope:
+    """Like ``decode``, but never raises: bytes that do not decode come back as an envelope
+    with ``error`` set, ``payload`` the raw bytes and ``id`` the backend's ``fallback_id``.
+
+    Backends build every ``Delivery.envelope`` with this, so a poison message reaches the
+    consumer (which dead-letters it) instead of breaking the backend's fetch loop.
+    """
+    try:
+        return decode(data)
+    except EnvelopeError as exc:
+        return Envelope(id=fallback_id, type="", payload=bytes(data), error=str(exc))
+
+
+def with_attempt(data: bytes, attempt: int) -> bytes:
+    """``data`` re-framed with ``attempt`` (for backends that redeliver by re-publishing);
+    bytes that do not decode are returned unchanged."""
+    try:
+        envelope = decode(data)
+    except EnvelopeError:
+        return data
+    return encode(replace(envelope, attempt=attempt))
+
+
+# -- dead letters --------------------------------------------------------------------------
+
+
+def encode_dead_letter(letter: DeadLetter) -> bytes:
+    """A self-describing record for backends that keep ``<topic>.dlq`` as an ordinary
+    stream or queue: the facts in a JSON header, the original frame untouched after it."""
+    header = {
+        "id": letter.id,
+        "topic": letter.topic,
+        "reason": letter.reason,
+        "error_type": letter.error_type,
+        "attempts": letter.attempts,
+        "group": letter.group,
+        "published_at": letter.published_at,
+        "dead_at": letter.dead_at,
+    }
+    head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    return b"".join((_DLQ_MAGIC, len(head).to_bytes(4, "big"), head, letter.data))
+
+
+def decode_dead_letter(data: bytes) -> DeadLetter:
+    """The record written by ``encode_dead_letter``; raises ``EnvelopeError`` otherwise."""
+    header, end = _header(data, _DLQ_MAGIC)
+    try:
+        return DeadLetter(
+            id=str(header["id"]),
+            topic=str(header["topic"]),
+            data=bytes(data[end:]),
+            reason=str(header.get("reason", "")),
+            error_type=header.get("error_type"),
+            attempts=int(header.get("attempts", 0)),
+            group=header.get("group"),
+            published_at=header.get("published_at"),
+            dead_at=float(header.get("dead_at", 0.0)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EnvelopeError(f"malformed dead letter: {exc!r}") from None
+
+
+# -- delivery decisions --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the consumer does with a delivery: ``ack``, ``retry`` after ``delay`` seconds,
+    or ``dead_letter`` with ``reason`` and ``error_type``."""
+
+    action: Literal["ack", "retry", "dead_letter"]
+    delay: float = 0.0
+    reason: str = ""
+    error_type: str | None = None
+
+
+#: The decision for a handled (or already processed) message.
+ACK: Final = Decision("ack")
+
+
+def error_type_of(exc: BaseException) -> str:
+    """``module.QualName`` of the error, as stored in a dead letter."""
+    cls = type(exc)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    return text if text else type(exc).__name__
+
+
+def decide_poison(error: str, error_type: str) -> Decision:
+    """A message that cannot be decoded or validated: to the DLQ at once, no retries
+    (it would fail the same way every time, and block what is behind it)."""
+    return Decision("dead_letter", reason=error, error_type=error_type)
+
+
+def decide_failure(
+    exc: BaseException, *, attempt: int, max_deliveries: int, retry: Retry
+) -> Decision:
+    """The handler failed delivery number ``attempt`` (1 for the first) with ``exc``.
+
+    Dead-letter once ``max_deliveries`` is reached or ``retry`` gives up (the error is not
+    retryable, its attempts or budget are spent); otherwise retry after the delay ``retry``
+    schedules for retry number ``attempt - 1``. The previous delay is not known across
+    deliveries (each may run in another process), so decorrelated jitter draws from its
+    first range every time; the other jitters depend on the attempt number only.
+    """
+    if attempt >= max_deliveries:
+        return Decision(
+            "dead_letter",
+            reason=f"{_reason(exc)} (after {attempt} deliveries)",
+            error_type=error_type_of(exc),
+        )
+    try:
+        delay = retry.next_delay(attempt - 1, exc, 0.0)
+    except Exception as given_up:  # Retry gives up by raising (exc itself, or BudgetExhausted)
+        cause = given_up
+        return Decision(
+            "dead_letter",
+            reason=f"{_reason(cause)} (not retried after {attempt} deliveries)",
+            error_type=error_type_of(exc),
+        )
+    return Decision("retry", delay=delay)

@@ -1,0 +1,97 @@
+"""Inject and extract W3C trace context and baggage, with no SDK required.
+
+The OpenTelemetry API alone propagates: an incoming ``traceparent`` extracted by a server and
+injected into its outgoing calls passes the trace through a service that records nothing, so a
+trace stays whole across services that do not all run an SDK. The checks that make the common
+case free: the API is imported once (``functools.cache``), and an empty current context (no span,
+no baggage: the API's state whenever nothing was extracted or started) is skipped before the
+propagator is asked.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["TRACE_HEADERS", "api", "extract", "inject", "use_context"]
+
+#: The headers (lower case) the default OpenTelemetry propagators read and write.
+TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
+
+
+@dataclass(frozen=True, slots=True)
+class _Api:
+    get_current: Any
+    attach: Any
+    detach: Any
+    inject: Any
+    extract: Any
+    trace: Any
+    #: the API keeps the configured provider in ``trace._TRACER_PROVIDER`` (None until an SDK is
+    #: set); reading it skips ``get_tracer_provider()``'s environment look-up on every call
+    direct: bool
+
+
+@functools.cache
+def api() -> _Api | None:
+    """The OpenTelemetry API entry points, or None when ``opentelemetry-api`` is missing."""
+    try:
+        from opentelemetry import context, propagate, trace
+    except ImportError:
+        return None
+    direct = hasattr(trace, "_TRACER_PROVIDER") and "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ
+    return _Api(
+        get_current=context.get_current,
+        attach=context.attach,
+        detach=context.detach,
+        inject=propagate.inject,
+        extract=propagate.extract,
+        trace=trace,
+        direct=direct,
+    )
+
+
+def inject(carrier: MutableMapping[str, str], context: object | None = None) -> None:
+    """Write the trace context of ``context`` (default: the current one) into ``carrier``.
+
+    Writes nothing when the context holds no span and no baggage, or without the API.
+    """
+    otel = api()
+    if otel is None:
+        return
+    ctx = otel.get_current() if context is None else context
+    if ctx:  # an OpenTelemetry Context is a dict: empty means nothing to propagate
+        otel.inject(carrier, context=ctx)
+
+
+def extract(carrier: Mapping[str, str]) -> object | None:
+    """The context carried by ``carrier`` (lower-case keys), or None when it carries none.
+
+    Returns an OpenTelemetry ``Context`` holding the remote span and baggage; pass it to
+    ``use_context`` or as the parent of a span.
+    """
+    if not any(name in carrier for name in TRACE_HEADERS):
+        return None
+    otel = api()
+    if otel is None:
+        return None
+    ctx: object = otel.extract(carrier)
+    return ctx or None
+
+
+@contextmanager
+def use_context(context: object | None) -> Iterator[None]:
+    """Make ``context`` (from ``extract``) current for the block; None changes nothing."""
+    otel = api()
+    if context is None or otel is None:
+        yield
+        return
+    token = otel.attach(context)
+    try:
+        yield
+    finally:
+        otel.detach(token)

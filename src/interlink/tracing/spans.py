@@ -1,0 +1,138 @@
+"""Server and client spans, opened only when an OpenTelemetry SDK records them.
+
+A ``Spans`` object belongs to one component (a middleware, a client, an interceptor). It finds
+its tracer on each use, cheaply: the global tracer provider is read and compared by identity
+with the one seen last, so an SDK configured after the component was built is picked up, and
+while the provider is the API's placeholder (``ProxyTracerProvider``: no SDK) or a no-op, every
+method does nothing and allocates nothing. An explicit ``tracer_provider`` (what tests pass, to
+keep spans out of the process-wide provider) is always used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from interlink.tracing.propagation import _Api, api, use_context
+
+__all__ = ["Spans"]
+
+_Attrs = Mapping[str, str | int | float | bool]
+
+
+class Spans:
+    """Open server spans (with the caller's context as parent) and client spans."""
+
+    __slots__ = ("_explicit", "_name", "_seen")
+
+    def __init__(self, tracer_provider: object | None = None, *, name: str = "interlink") -> None:
+        self._explicit = tracer_provider
+        self._name = name
+        # (provider, tracer or None) replaced as one tuple, so threads never pair them wrongly
+        self._seen: tuple[object, Any] = (None, None)
+
+    def tracer(self) -> Any | None:
+        """The tracer to record with, or None when nothing would record (no API or no SDK)."""
+        otel = api()
+        if otel is None:
+            return None
+        provider = self._explicit
+        if provider is None:
+            if otel.direct:
+                provider = otel.trace._TRACER_PROVIDER
+                if provider is None:  # no SDK configured: the common, free case
+                    return None
+            else:
+                provider = otel.trace.get_tracer_provider()
+        seen = self._seen
+        if seen[0] is provider:
+            return seen[1]
+        tracer = None
+        if not isinstance(provider, otel.trace.ProxyTracerProvider | otel.trace.NoOpTracerProvider):
+            tracer = provider.get_tracer(self._name)  # type: ignore[union-attr]
+        self._seen = (provider, tracer)
+        return tracer
+
+    @property
+    def enabled(self) -> bool:
+        """True when spans are being recorded."""
+        return self.tracer() is not None
+
+    @contextmanager
+    def server(
+        self, name: str, *, parent: object | None = None, attributes: _Attrs | None = None
+    ) -> Iterator[Any | None]:
+        """A SERVER span for the block, child of ``parent`` (from ``extract``), made current.
+
+        Yields the span, or None when not recording; either way ``parent`` is current inside
+        the block, so outgoing calls carry the trace on even without an SDK.
+        """
+        tracer = self.tracer()
+        if tracer is None:
+            with use_context(parent):
+                yield None
+            return
+        otel = _api()
+        span = tracer.start_span(
+            name, context=parent, kind=otel.trace.SpanKind.SERVER, attributes=attributes
+        )
+        token = otel.attach(otel.trace.set_span_in_context(span, parent))
+        try:
+            yield span
+        except BaseException as exc:
+            fail(span, exc)
+            raise
+        finally:
+            otel.detach(token)
+            span.end()
+
+    def start_client(self, name: str, attributes: _Attrs | None = None) -> Any | None:
+        """Start a CLIENT span under the current context; None when not recording.
+
+        Not made current: pass ``context_of(span)`` to ``inject`` and call ``span.end()``.
+        """
+        tracer = self.tracer()
+        if tracer is None:
+            return None
+        otel = _api()
+        return tracer.start_span(name, kind=otel.trace.SpanKind.CLIENT, attributes=attributes)
+
+    @contextmanager
+    def client(self, name: str, *, attributes: _Attrs | None = None) -> Iterator[Any | None]:
+        """A CLIENT span for the block (None when not recording); errors mark it failed."""
+        span = self.start_client(name, attributes)
+        if span is None:
+            yield None
+            return
+        try:
+            yield span
+        except BaseException as exc:
+            fail(span, exc)
+            raise
+        finally:
+            span.end()
+
+
+def _api() -> _Api:
+    # only reached once a tracer or a span exists, which the API made
+    otel = api()
+    if otel is None:  # pragma: no cover - a span exists, so the API does
+        raise RuntimeError("opentelemetry-api is not installed")
+    return otel
+
+
+def context_of(span: Any) -> object:
+    """The current context with ``span`` as the active span (what ``inject`` takes)."""
+    otel = _api()
+    return otel.trace.set_span_in_context(span)
+
+
+def fail(span: Any, error: BaseException | str) -> None:
+    """Mark ``span`` failed with ``error`` (an exception is also recorded as an event)."""
+    otel = _api()
+    if isinstance(error, BaseException):
+        span.record_exception(error)
+        span.set_status(otel.trace.Status(otel.trace.StatusCode.ERROR, type(error).__name__))
+    else:
+        span.set_status(otel.trace.Status(otel.trace.StatusCode.ERROR, error))

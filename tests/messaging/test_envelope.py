@@ -1,0 +1,197 @@
+"""The envelope's wire format and the delivery decisions (pure: no broker, no time)."""
+
+from __future__ import annotations
+
+from random import Random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from interlink import Retry, RetryBudget
+from interlink.errors import BudgetExhausted
+from interlink.messaging.envelope import (
+    ACK,
+    MAGIC,
+    DeadLetter,
+    Decision,
+    Envelope,
+    EnvelopeError,
+    decide_failure,
+    decide_poison,
+    decode,
+    decode_dead_letter,
+    decode_or_poison,
+    encode,
+    encode_dead_letter,
+    error_type_of,
+    with_attempt,
+)
+
+texts = st.text(max_size=30)
+envelopes = st.builds(
+    Envelope,
+    id=st.text(min_size=1, max_size=40),
+    type=texts,
+    payload=st.binary(max_size=300),
+    key=st.none() | texts,
+    time=st.floats(min_value=0, max_value=4e9),
+    attempt=st.integers(min_value=1, max_value=1000),
+    correlation_id=st.none() | texts,
+    headers=st.dictionaries(texts, texts, max_size=4),
+)
+
+
+@given(envelopes)
+def test_encode_decode_roundtrip(envelope: Envelope) -> None:
+    """Every envelope survives the wire unchanged, payload bytes included."""
+    assert decode(encode(envelope)) == envelope
+
+
+@given(st.binary(max_size=200))
+def test_decode_or_poison_never_raises(data: bytes) -> None:
+    """Arbitrary bytes decode to a poison envelope carrying them, never to an exception."""
+    envelope = decode_or_poison(data, "fallback")
+    if envelope.error is not None:
+        assert envelope.payload == data
+        assert envelope.id == "fallback"
+
+
+def test_frame_starts_with_magic_and_keeps_payload_raw() -> None:
+    """The payload follows the header byte for byte (no base64, no JSON escaping)."""
+    frame = encode(Envelope(id="a", type="bytes", payload=b"\x00\xff" * 10))
+    assert frame.startswith(MAGIC)
+    assert frame.endswith(b"\x00\xff" * 10)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"hello", "not an interlink frame"),
+        (MAGIC + b"\x00\x00", "truncated frame"),
+        (MAGIC + (50).to_bytes(4, "big") + b"{}", "truncated frame: header ends at 58"),
+        (MAGIC + (3).to_bytes(4, "big") + b"{x}", "malformed header"),
+        (MAGIC + (2).to_bytes(4, "big") + b"[]", "not a JSON object"),
+        (MAGIC + (2).to_bytes(4, "big") + b"{}", "no 'id'"),
+    ],
+)
+def test_bad_frames_are_rejected_with_a_reason(data: bytes, message: str) -> None:
+    """Malformed bytes raise EnvelopeError saying what is wrong."""
+    with pytest.raises(EnvelopeError, match=message):
+        decode(data)
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (b'{"id":"a","time":"x"}', "'time' must be a number"),
+        (b'{"id":"a","attempt":0}', "'attempt' must be an integer >= 1: 0"),
+        (b'{"id":"a","headers":{"k":1}}', "'headers' must map strings to strings"),
+        (b'{"id":"a","key":5}', "'key' must be a string: 5"),
+    ],
+)
+def test_bad_header_fields_are_rejected(header: bytes, message: str) -> None:
+    """Header fields of the wrong type are refused, naming the field."""
+    with pytest.raises(EnvelopeError, match=message):
+        decode(MAGIC + len(header).to_bytes(4, "big") + header)
+
+
+def test_with_attempt_rewrites_only_the_attempt() -> None:
+    """Backends that redeliver by re-publishing bump the attempt, nothing else."""
+    original = Envelope(id="a", type="T", payload=b"p", key="k", time=5.0)
+    assert decode(with_attempt(encode(original), 3)) == Envelope(
+        id="a", type="T", payload=b"p", key="k", time=5.0, attempt=3
+    )
+    assert with_attempt(b"junk", 3) == b"junk"
+
+
+def test_dead_letter_record_roundtrip() -> None:
+    """A dead letter kept in an ordinary stream decodes to the same facts and bytes."""
+    letter = DeadLetter(
+        id="m1",
+        topic="orders",
+        data=b"\x00original",
+        reason="boom",
+        error_type="ValueError",
+        attempts=5,
+        group="payments",
+        published_at=1.5,
+        dead_at=2.5,
+    )
+    assert decode_dead_letter(encode_dead_letter(letter)) == letter
+    with pytest.raises(EnvelopeError, match="not an interlink frame"):
+        decode_dead_letter(encode(Envelope(id="a", type="", payload=b"")))
+
+
+def test_error_type_names_module_and_class() -> None:
+    """Built-in errors by name, others with their module."""
+    assert error_type_of(ValueError()) == "ValueError"
+    assert error_type_of(BudgetExhausted("b", 0.1, 1.0)) == "interlink.errors.BudgetExhausted"
+
+
+def test_failure_is_retried_with_the_retry_schedule() -> None:
+    """Delivery n failing asks Retry for retry number n-1's delay."""
+    retry = Retry(attempts=5, base=0.5, multiplier=2.0, max_delay=100, jitter="none")
+    delays = [
+        decide_failure(RuntimeError("x"), attempt=n, max_deliveries=10, retry=retry)
+        for n in (1, 2, 3)
+    ]
+    assert delays == [Decision("retry", 0.5), Decision("retry", 1.0), Decision("retry", 2.0)]
+
+
+def test_jitter_comes_from_the_policy_rng() -> None:
+    """The delay is jittered by the Retry policy's own randomness."""
+    retry = Retry(attempts=5, base=1.0, jitter="full", rng=Random(1))
+    expected = 1.0 * Random(1).random()
+    decision = decide_failure(RuntimeError(), attempt=1, max_deliveries=5, retry=retry)
+    assert decision.delay == pytest.approx(expected)
+
+
+def test_max_deliveries_dead_letters() -> None:
+    """The last allowed delivery failing goes to the DLQ with the error's type and text."""
+    retry = Retry(attempts=10, base=0.1)
+    decision = decide_failure(ValueError("declined"), attempt=3, max_deliveries=3, retry=retry)
+    assert decision.action == "dead_letter"
+    assert decision.error_type == "ValueError"
+    assert decision.reason == "declined (after 3 deliveries)"
+
+
+def test_retry_giving_up_dead_letters() -> None:
+    """When Retry runs out of attempts first, the message is dead-lettered."""
+    retry = Retry(attempts=1, base=0.1)
+    decision = decide_failure(RuntimeError("x"), attempt=2, max_deliveries=10, retry=retry)
+    assert decision == Decision(
+        "dead_letter", reason="x (not retried after 2 deliveries)", error_type="RuntimeError"
+    )
+
+
+def test_not_retryable_error_dead_letters_at_once() -> None:
+    """An error outside retry_on is not retried."""
+    retry = Retry(attempts=5, retry_on=ConnectionError)
+    decision = decide_failure(KeyError("k"), attempt=1, max_deliveries=5, retry=retry)
+    assert decision.action == "dead_letter"
+    assert decision.error_type == "KeyError"
+
+
+def test_exhausted_budget_dead_letters_naming_the_budget() -> None:
+    """A retry budget that refuses sends the message to the DLQ, saying so."""
+    budget = RetryBudget(ratio=0.1, min_per_second=0.0)
+    retry = Retry(attempts=5, budget=budget)
+    decision = decide_failure(RuntimeError("x"), attempt=1, max_deliveries=5, retry=retry)
+    assert decision.action == "dead_letter"
+    assert "retry budget" in decision.reason
+    assert decision.error_type == "RuntimeError"
+
+
+def test_retry_after_hint_is_honoured() -> None:
+    """An error carrying retry_after (a 429 from downstream) sets the delay."""
+    error = RuntimeError("slow down")
+    error.retry_after = 7.0  # type: ignore[attr-defined]
+    decision = decide_failure(error, attempt=1, max_deliveries=5, retry=Retry(attempts=3))
+    assert decision == Decision("retry", 7.0)
+
+
+def test_poison_and_ack_decisions() -> None:
+    """Poison goes to the DLQ with its reason; ACK is the plain acknowledgement."""
+    assert decide_poison("bad", "E") == Decision("dead_letter", reason="bad", error_type="E")
+    assert Decision("ack") == ACK

@@ -1,0 +1,179 @@
+"""The contract suite on the embedded SQLite broker, plus its own durability and fault tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from interlink.messaging import BackendUnavailable, Broker
+
+from .contract import BackendContract, Order, check_key_order_survives_retries, until
+
+
+class TestSqliteContract(BackendContract):
+    """Every contract test against ``sqlite:///<tmp>/broker.db``."""
+
+    @pytest.fixture(autouse=True)
+    def _directory(self, tmp_path: Path) -> None:
+        self.directory = tmp_path
+
+    def make_backend_url(self) -> str:
+        return f"sqlite:///{self.directory}/broker.db"
+
+
+def _url(directory: Path, **query: object) -> str:
+    options = "&".join(f"{k}={v}" for k, v in query.items())
+    return f"sqlite:///{directory}/broker.db" + (f"?{options}" if options else "")
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 15))
+
+
+def test_messages_survive_closing_the_broker(tmp_path: Path) -> None:
+    """Published and closed, a message is still there for a consumer started later."""
+
+    async def body() -> list[int]:
+        publisher = Broker.from_url(_url(tmp_path))
+        await publisher.publish_many("t", [Order(order_id=i) for i in range(5)])
+        await publisher.stop()
+        got: list[int] = []
+        consumer = Broker.from_url(_url(tmp_path))
+
+        @consumer.subscriber("t", group="late")
+        async def handle(message: Order) -> None:
+            got.append(message.order_id)
+
+        async with consumer:
+            await until(lambda: len(got) == 5)
+        return got
+
+    assert run(body()) == [0, 1, 2, 3, 4]
+
+
+def test_a_new_group_on_a_used_topic_starts_at_the_end(tmp_path: Path) -> None:
+    """The first group gets the backlog; a group added later gets only newer messages."""
+
+    async def body() -> dict[str, list[int]]:
+        broker = Broker.from_url(_url(tmp_path))
+        await broker.publish("t", Order(order_id=1))
+        got: dict[str, list[int]] = {"first": [], "second": []}
+
+        @broker.subscriber("t", group="first")
+        async def first(message: Order) -> None:
+            got["first"].append(message.order_id)
+
+        async with broker:
+            await until(lambda: got["first"] == [1])
+        late = Broker.from_url(_url(tmp_path))
+
+        @late.subscriber("t", group="second")
+        async def second(message: Order) -> None:
+            got["second"].append(message.order_id)
+
+        async with late:
+            await late.publish("t", Order(order_id=2))
+            await until(lambda: got["second"] == [2])
+        return got
+
+    assert run(body()) == {"first": [1], "second": [2]}
+
+
+def test_key_order_survives_retries(tmp_path: Path) -> None:
+    """A retried message holds back its key's later messages (strict FIFO per key)."""
+    run(check_key_order_survives_retries(Broker.from_url(_url(tmp_path))))
+
+
+def test_live_consumer_keeps_its_lease(tmp_path: Path) -> None:
+    """A handler running longer than the visibility timeout is not handed to another
+    consumer: the lease is extended while the consumer lives."""
+    url = _url(tmp_path, visibility=0.3)
+    calls: list[str] = []
+
+    def consumer(name: str) -> Broker:
+        broker = Broker.from_url(url)
+
+        @broker.subscriber("t", group="g")
+        async def handle(message: bytes) -> None:
+            calls.append(name)
+            await asyncio.sleep(1.0)
+
+        return broker
+
+    async def body() -> None:
+        async with consumer("a") as a, consumer("b"):
+            await a.publish("t", b"slow")
+            await until(lambda: len(calls) == 1)
+            await asyncio.sleep(1.2)
+
+    run(body())
+    assert len(calls) == 1
+
+
+def test_messages_every_group_finished_are_deleted(tmp_path: Path) -> None:
+    """Acked by every group, a message's row is collected; the file does not grow forever."""
+    url = _url(tmp_path, visibility=0.3)
+    got: list[bytes] = []
+
+    async def body() -> None:
+        broker = Broker.from_url(url)
+
+        @broker.subscriber("t", group="g")
+        async def handle(message: bytes) -> None:
+            got.append(message)
+
+        async with broker:
+            await broker.publish_many("t", [b"x"] * 20)
+            await until(lambda: len(got) == 20)
+            await until(lambda: _rows(tmp_path, "il_messages") == 0)
+        assert _rows(tmp_path, "il_queue") == 0
+
+    run(body())
+
+
+def _rows(directory: Path, table: str) -> int:
+    with contextlib.closing(sqlite3.connect(directory / "broker.db")) as db:
+        return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def test_wal_and_synchronous_mode_are_set(tmp_path: Path) -> None:
+    """The file is in WAL mode; the durability mode comes from the URL."""
+
+    async def body() -> None:
+        broker = Broker.from_url(_url(tmp_path, synchronous="full"))
+        await broker.publish("t", b"x")
+        await broker.stop()
+
+    run(body())
+    with contextlib.closing(sqlite3.connect(tmp_path / "broker.db")) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite:///x.db?visibility=0", "'visibility' must be a finite number > 0: 0.0"),
+        ("sqlite:///x.db?poll=-1", "'poll' must be a finite number > 0: -1.0"),
+        ("sqlite:///x.db?synchronous=fast", "'synchronous' must be one of OFF, NORMAL"),
+        ("sqlite://", "'url' must name a file"),
+    ],
+)
+def test_bad_urls_are_refused(url: str, message: str) -> None:
+    """Options in the URL are checked when the broker is made."""
+    with pytest.raises(ValueError, match=message):
+        Broker.from_url(url)
+
+
+def test_unwritable_path_is_unavailable(tmp_path: Path) -> None:
+    """A file that cannot be opened fails at connect with BackendUnavailable."""
+
+    async def body() -> None:
+        await Broker.from_url(f"sqlite:///{tmp_path}/missing/dir/broker.db").connect()
+
+    with pytest.raises(BackendUnavailable, match="unable to open database file"):
+        run(body())
