@@ -147,6 +147,7 @@ app.add_typer(_messaging.dlq_app, name="dlq")
 app.command("topics")(_messaging.topics)
 app.command("asyncapi")(_messaging.asyncapi)
 app.add_typer(importlib.import_module("interlink.cli.discovery").app, name="discovery")
+app.add_typer(importlib.import_module("interlink.cli.saga").app, name="saga")
 
 
 def main() -> None:

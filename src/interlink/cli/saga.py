@@ -1,0 +1,263 @@
+"""``interlink saga list|show|resume``: look at durable sagas and resume parked ones by hand.
+
+The store is named by URL (``--store``, or ``INTERLINK_SAGA_STORE``), the same URL the
+orchestrators use: ``sqlite:///sagas.db`` or ``postgresql://user@host/db``. Store drivers are
+imported inside the commands, so ``interlink --help`` needs none of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from interlink.saga import SagaRow, SagaState, SagaStore
+
+__all__ = ["app"]
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="Inspect durable sagas, and resume the ones parked in NEEDS_ATTENTION.",
+    no_args_is_help=True,
+)
+
+StoreUrl = Annotated[
+    str,
+    typer.Option(
+        "--store",
+        "-s",
+        envvar="INTERLINK_SAGA_STORE",
+        help="Saga store URL: sqlite:///path.db or postgresql://user@host/db.",
+    ),
+]
+TableName = Annotated[
+    str, typer.Option("--table", help="The store's table (as given to the orchestrator).")
+]
+SagaId = Annotated[str, typer.Argument(help="The saga's id.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+_STATUS_STYLE = {
+    "RUNNING": "cyan",
+    "COMPENSATING": "yellow",
+    "COMPLETED": "green",
+    "COMPENSATED": "blue",
+    "NEEDS_ATTENTION": "bold red",
+    "SUCCEEDED": "green",
+    "FAILED": "red",
+    "PENDING": "dim",
+}
+
+
+def _out() -> Console:
+    return Console(highlight=False)
+
+
+def _fail(message: str) -> typer.Exit:
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", markup=True)
+    return typer.Exit(1)
+
+
+def _with_store(url: str, table: str, action: Callable[[SagaStore], Awaitable[T]]) -> T:
+    from interlink.saga import SagaError, store_from_url
+
+    async def run() -> T:
+        store = store_from_url(url, table=table)
+        await store.open()
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except (SagaError, ValueError, ImportError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+
+
+def _styled(status: str) -> str:
+    style = _STATUS_STYLE.get(status)
+    return f"[{style}]{status}[/]" if style else status
+
+
+def _current_step(state: SagaState) -> str:
+    backwards = state.status.value == "COMPENSATING"
+    for step in reversed(state.steps) if backwards else state.steps:
+        if step.status.value in ("RUNNING", "COMPENSATING", "FAILED"):
+            return step.name
+    return "-"
+
+
+@app.command("list")
+def list_sagas(
+    store: StoreUrl,
+    status: Annotated[
+        list[str] | None,
+        typer.Option("--status", help="Only sagas in this status (repeatable)."),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many.")] = 50,
+    table: TableName = "interlink_sagas",
+    as_json: AsJson = False,
+) -> None:
+    """List sagas, most recently updated first, with their status and current step."""
+    from interlink.saga import CorruptSagaState
+    from interlink.saga.codec import state_from_json
+
+    wanted = {s.upper() for s in status} if status else None
+    rows: list[SagaRow] = _with_store(store, table, lambda s: s.list(statuses=wanted, limit=limit))
+    items: list[dict[str, Any]] = []
+    for row in rows:
+        try:
+            current = _current_step(state_from_json(row.saga_id, row.state, row.version))
+        except CorruptSagaState:
+            current = "?"
+        items.append(
+            {
+                "id": row.saga_id,
+                "saga": row.name,
+                "status": row.status,
+                "step": current,
+                "owner": row.owner,
+                "updated_at": _when(row.updated_at),
+                "error": row.error,
+            }
+        )
+    if as_json:
+        _out().print_json(json.dumps(items))
+        return
+    out = Table(title=f"sagas ({len(items)})")
+    for column in ("id", "saga", "status", "step", "owner", "updated", "error"):
+        out.add_column(column, overflow="fold")
+    for item in items:
+        out.add_row(
+            item["id"],
+            item["saga"],
+            _styled(item["status"]),
+            item["step"],
+            item["owner"] or "-",
+            item["updated_at"],
+            item["error"] or "",
+        )
+    _out().print(out)
+
+
+def _steps_table(state: SagaState) -> Table:
+    out = Table(title="steps")
+    for column in (
+        "#",
+        "step",
+        "state",
+        "attempts",
+        "compensations",
+        "last error",
+        "started",
+        "finished",
+        "compensated",
+        "next attempt",
+    ):
+        out.add_column(column, overflow="fold")
+    for index, step in enumerate(state.steps, 1):
+        status = step.status.value + (" (in flight)" if step.in_flight else "")
+        out.add_row(
+            str(index),
+            step.name,
+            _styled(status),
+            str(step.attempts),
+            str(step.compensations),
+            step.error or "",
+            _when(step.started_at),
+            _when(step.finished_at),
+            _when(step.compensated_at),
+            _when(step.next_at),
+        )
+    return out
+
+
+def _state_json(state: SagaState, row: SagaRow) -> dict[str, Any]:
+    return {
+        "id": state.saga_id,
+        "saga": state.name,
+        "status": state.status.value,
+        "error": state.error,
+        "owner": row.owner,
+        "lease_until": row.lease_until or None,
+        "created_at": state.created_at,
+        "updated_at": state.updated_at,
+        "deadline_at": state.deadline_at,
+        "data": state.data,
+        "steps": [
+            {
+                "step": s.name,
+                "state": s.status.value,
+                "in_flight": s.in_flight,
+                "attempts": s.attempts,
+                "compensations": s.compensations,
+                "error": s.error,
+                "result": s.result,
+                "started_at": s.started_at,
+                "finished_at": s.finished_at,
+                "compensated_at": s.compensated_at,
+                "next_at": s.next_at,
+            }
+            for s in state.steps
+        ],
+    }
+
+
+@app.command("show")
+def show(
+    saga_id: SagaId, store: StoreUrl, table: TableName = "interlink_sagas", as_json: AsJson = False
+) -> None:
+    """Show one saga: status, error, and each step's state, attempts, errors and times."""
+    from interlink.saga import CorruptSagaState, SagaNotFound
+    from interlink.saga.codec import state_from_json
+
+    row = _with_store(store, table, lambda s: s.get(saga_id))
+    if row is None:
+        raise _fail(str(SagaNotFound(saga_id)))
+    try:
+        state = state_from_json(row.saga_id, row.state, row.version)
+    except CorruptSagaState as exc:
+        out = _out()
+        out.print(f"saga [bold]{row.saga_id}[/] ({row.name}): {_styled(row.status)}")
+        out.print(f"error: {row.error or '-'}", markup=False)
+        out.print(f"stored state (first 500 characters): {row.state[:500]}", markup=False)
+        raise _fail(f"{exc}; fix or delete the row, then resume it") from exc
+    if as_json:
+        _out().print_json(json.dumps(_state_json(state, row)))
+        return
+    out = _out()
+    out.print(f"saga [bold]{state.saga_id}[/] ({state.name}): {_styled(state.status.value)}")
+    if state.error:
+        out.print(f"error: {state.error}", markup=False)
+    out.print(
+        f"created {_when(state.created_at)}, updated {_when(state.updated_at)}, "
+        f"deadline {_when(state.deadline_at)}, owner {row.owner or '-'}",
+        markup=False,
+    )
+    out.print(_steps_table(state))
+
+
+@app.command("resume")
+def resume(saga_id: SagaId, store: StoreUrl, table: TableName = "interlink_sagas") -> None:
+    """Resume a parked saga (or cut a backoff short): an orchestrator picks it up next."""
+    from interlink.saga import resume_saga
+
+    state = _with_store(store, table, lambda s: resume_saga(s, saga_id))
+    _out().print(
+        f"saga [bold]{state.saga_id}[/] resumed: {_styled(state.status.value)}; "
+        "the next orchestrator that polls the store drives it on"
+    )

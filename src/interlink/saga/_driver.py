@@ -1,0 +1,219 @@
+"""Driving one claimed saga to its next resting point (finished, parked, or a long backoff).
+
+The loop: ``decide`` -> persist the new state with a write fenced by owner and version ->
+carry out the command -> turn its outcome into an event -> ``decide`` again. The state is on
+disk before the action it announces starts, so after a crash the next owner knows which attempt
+may have half happened and runs it again under the same idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from interlink.clock import Clock
+from interlink.outbox.publisher import Sink
+from interlink.saga._runner import ReplyBox, run_attempt
+from interlink.saga.codec import state_from_json, state_to_json
+from interlink.saga.definition import SagaDefinition, StepContext
+from interlink.saga.errors import InvalidReply, OwnershipLost, SagaError
+from interlink.saga.state import (
+    ActionFailed,
+    ActionSucceeded,
+    CompensationFailed,
+    CompensationSucceeded,
+    Event,
+    Park,
+    RunAction,
+    RunCompensation,
+    SagaState,
+    SagaStatus,
+    Sleep,
+    Stop,
+    Wake,
+    decide,
+)
+from interlink.saga.stores import SagaRow, SagaStore
+
+__all__ = ["Driver", "Started", "error_text"]
+
+log = logging.getLogger("interlink.saga")
+
+_ERROR_CHARS = 500
+
+
+def error_text(exc: BaseException) -> str:
+    """``Type: message``, cut to a size that fits a row and a terminal."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 3] + "..."
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A saga ``Orchestrator.start`` persisted with its first attempt already in flight."""
+
+    state: SagaState
+    command: RunAction
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Driver:
+    """What driving needs, shared by every saga an orchestrator runs."""
+
+    store: SagaStore
+    owner: str
+    definitions: Mapping[str, SagaDefinition]
+    publisher: Sink | None
+    replies: ReplyBox
+    clock: Clock
+    hold: float  # backoffs up to this long are waited out while holding the saga
+
+    async def drive(self, row: SagaRow, started: Started | None = None) -> None:
+        """Drive the saga of ``row`` (claimed by ``owner``) until it needs nothing now.
+        ``started``: the first decision, already persisted by ``Orchestrator.start``."""
+        try:
+            await self._drive(row, started)
+        except OwnershipLost:
+            log.warning("saga %s: lost ownership; another orchestrator has it", row.saga_id)
+        except Exception as exc:
+            # Most likely the store is unreachable: leave the saga to its lease, which runs
+            # out and lets whoever can reach the store take it over.
+            log.warning("saga %s: stopped driving: %s", row.saga_id, error_text(exc))
+
+    async def _load(self, row: SagaRow) -> tuple[SagaState, Any, Event] | None:
+        sid = row.saga_id
+        try:
+            state = state_from_json(sid, row.state, row.version)
+            if state.name != row.name or state.saga_id != sid:
+                raise SagaError(f"stored state of saga {sid!r} belongs to another saga")
+        except SagaError as exc:
+            log.error("saga %s parked: %s", sid, exc)
+            await self.store.park(sid, error=str(exc), owner=self.owner, now=self.clock())
+            return None
+        definition = self.definitions[row.name]
+        try:
+            return state, definition.validate(state.data), Wake(self.clock())
+        except Exception as exc:
+            model = getattr(definition.data_model, "__name__", repr(definition.data_model))
+            error = f"data no longer validates as {model}: {error_text(exc)}"
+            return state, state.data, Park(self.clock(), error)
+
+    async def _drive(self, row: SagaRow, started: Started | None) -> None:
+        sid = row.saga_id
+        definition = self.definitions[row.name]
+        if started is not None:
+            state, data, first = started.state, started.data, started.command
+            event = await self._attempt(definition, state, first, data)
+        else:
+            loaded = await self._load(row)
+            if loaded is None:
+                return
+            state, data, event = loaded
+        while True:
+            try:
+                decision = decide(state, event, definition.shape)
+            except ValueError as exc:  # a state the machine cannot continue from
+                error = f"cannot continue from the stored state: {exc}"
+                log.error("saga %s parked: %s", sid, error)
+                await self.store.park(sid, error=error, owner=self.owner, now=self.clock())
+                return
+            command, changed = decision.command, decision.state is not state
+            now = self.clock()
+            let_go_at: float | None = None
+            if isinstance(command, Stop):
+                if command.status is SagaStatus.NEEDS_ATTENTION:
+                    log.error("saga %s needs attention: %s", sid, decision.state.error)
+                let_go_at = now
+            elif isinstance(command, Sleep) and command.until - now > self.hold:
+                # A long backoff: let go, so the slot is free and anyone may resume it.
+                let_go_at = command.until
+                if decision.state.status is SagaStatus.RUNNING and decision.state.deadline_at:
+                    let_go_at = min(let_go_at, decision.state.deadline_at)
+            if let_go_at is not None:  # one write: the new state and the release together
+                if changed:
+                    await self._persist(state, decision.state, release_at=let_go_at)
+                else:
+                    await self.store.release(sid, owner=self.owner, wake_at=let_go_at)
+                return
+            if changed:
+                state = await self._persist(state, decision.state)
+            if isinstance(command, Sleep):
+                await asyncio.sleep(max(command.until - now, 0.0))
+                event = Wake(self.clock())
+                continue
+            assert not isinstance(command, Stop)
+            event = await self._attempt(definition, state, command, data)
+
+    async def _persist(
+        self, old: SagaState, new: SagaState, *, release_at: float | None = None
+    ) -> SagaState:
+        saved = await self.store.save(
+            old.saga_id,
+            owner=self.owner,
+            version=old.version,
+            state=state_to_json(new),
+            status=new.status.value,
+            wake_at=self.clock() if release_at is None else release_at,
+            updated_at=new.updated_at,
+            error=new.error,
+            release=release_at is not None,
+        )
+        if not saved:
+            raise OwnershipLost(old.saga_id)
+        return replace(new, version=old.version + 1)
+
+    async def _attempt(
+        self,
+        definition: SagaDefinition,
+        state: SagaState,
+        command: RunAction | RunCompensation,
+        data: Any,
+    ) -> Event:
+        compensating = isinstance(command, RunCompensation)
+        step = definition.steps[command.index]
+        progress = state.steps[command.index]
+        ctx = StepContext(
+            saga_id=state.saga_id,
+            saga=state.name,
+            step=step.name,
+            attempt=command.attempt,
+            idempotency_key=command.idempotency_key,
+            data=data,
+            results=state.results,
+            compensating=compensating,
+        )
+        seconds = step.timeout
+        if not compensating and state.deadline_at is not None:
+            left = max(state.deadline_at - self.clock(), 0.001)
+            seconds = left if seconds is None else min(seconds, left)
+        try:
+            result = await run_attempt(
+                step,
+                ctx,
+                seconds=seconds,
+                publisher=self.publisher,
+                store=self.store,
+                replies=self.replies,
+            )
+        except InvalidReply as exc:
+            return Park(self.clock(), str(exc))
+        except Exception as exc:
+            retry = step.compensation_retry if compensating else step.retry
+            try:
+                # The core Retry decides: a delay, or (by raising) give up.
+                retry_in: float | None = retry.next_delay(
+                    progress.failures, exc, progress.last_delay
+                )
+            except Exception:
+                retry_in = None
+            at, error = self.clock(), error_text(exc)
+            if compensating:
+                return CompensationFailed(command.index, at, error, retry_in)
+            return ActionFailed(command.index, at, error, retry_in)
+        if compensating:
+            return CompensationSucceeded(command.index, self.clock())
+        return ActionSucceeded(command.index, self.clock(), result)

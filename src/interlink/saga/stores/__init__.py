@@ -1,0 +1,156 @@
+"""Where saga states live: one row per saga, written before every next action.
+
+A row holds the state machine's state as JSON (``interlink.saga.state.state_to_json``) plus the
+columns the orchestrators coordinate with: ``status`` (for queries), ``version`` (every write
+checks and bumps it), ``owner`` and ``lease_until`` (who drives the saga, until when), and
+``wake_at`` (not before: a retry backoff). Every write an orchestrator makes while driving a
+saga is *fenced*: it names the owner and the version it read, and changes nothing if either
+moved. So an orchestrator that lost its lease can never overwrite the new owner's progress,
+and it learns so before it runs the next action.
+
+Backends by URL: ``sqlite:///path.db`` (embedded default, several processes on one machine)
+and ``postgresql://...`` (asyncpg; ``FOR UPDATE SKIP LOCKED`` claims).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+__all__ = ["SagaRow", "SagaStore", "store_from_url"]
+
+
+@dataclass(frozen=True, slots=True)
+class SagaRow:
+    """One stored saga, as read: the state JSON is parsed by the caller (it may be corrupt)."""
+
+    saga_id: str
+    name: str
+    status: str
+    state: str
+    version: int
+    owner: str | None
+    lease_until: float
+    wake_at: float
+    created_at: float
+    updated_at: float
+    error: str | None
+
+
+class SagaStore(Protocol):
+    """What the orchestrator, the CLI and the tests need from a saga store."""
+
+    async def open(self) -> None:
+        """Connect and create the tables if missing; idempotent."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; idempotent."""
+        ...
+
+    async def drop(self) -> None:
+        """Delete the tables (tests, teardown)."""
+        ...
+
+    async def create(
+        self, row: SagaRow, *, owner: str | None, lease_until: float
+    ) -> SagaRow | None:
+        """Insert a new saga; returns None when one with that id exists already (start is
+        idempotent per id: the caller reads the existing one)."""
+        ...
+
+    async def save(
+        self,
+        saga_id: str,
+        *,
+        owner: str,
+        version: int,
+        state: str,
+        status: str,
+        wake_at: float,
+        updated_at: float,
+        error: str | None,
+        release: bool = False,
+    ) -> bool:
+        """Fenced write: only if ``owner`` still owns the row at ``version``; bumps the version.
+        With ``release``, gives up ownership in the same write."""
+        ...
+
+    async def release(self, saga_id: str, *, owner: str, wake_at: float) -> bool:
+        """Give up ownership (fenced by owner); ``wake_at`` says when it is due again."""
+        ...
+
+    async def claim(
+        self,
+        *,
+        owner: str,
+        names: Collection[str],
+        now: float,
+        lease_until: float,
+        limit: int,
+        own: bool = False,
+    ) -> list[SagaRow]:
+        """Take up to ``limit`` active sagas of these definitions that are due and free (no
+        owner, or an expired lease); with ``own``, the active sagas ``owner`` already holds,
+        due or not, lease or not: what an orchestrator resumes when it starts."""
+        ...
+
+    async def renew(self, *, owner: str, ids: Sequence[str], lease_until: float) -> set[str]:
+        """Extend ``owner``'s lease on ``ids``; returns those it still owns."""
+        ...
+
+    async def get(self, saga_id: str) -> SagaRow | None:
+        """The row, or None."""
+        ...
+
+    async def list(self, *, statuses: Collection[str] | None, limit: int) -> list[SagaRow]:
+        """The most recently updated rows, optionally only those with these statuses."""
+        ...
+
+    async def park(self, saga_id: str, *, error: str, owner: str | None, now: float) -> bool:
+        """Mark a row NEEDS_ATTENTION without touching its state (which may be unreadable);
+        fenced by ``owner`` when given, else only if nobody holds a live lease."""
+        ...
+
+    async def put_unowned(
+        self,
+        saga_id: str,
+        *,
+        version: int,
+        state: str,
+        status: str,
+        wake_at: float,
+        now: float,
+        error: str | None,
+    ) -> bool:
+        """Write a row nobody holds a live lease on (a resume by hand), fenced by version."""
+        ...
+
+    async def put_reply(self, saga_id: str, step: str, attempt: int, body: str) -> None:
+        """Keep the reply to a step's command (the last one wins)."""
+        ...
+
+    async def get_reply(self, saga_id: str, step: str) -> tuple[int, str] | None:
+        """The reply kept for a step: (attempt it answered, body)."""
+        ...
+
+    async def clear_reply(self, saga_id: str, step: str) -> None:
+        """Forget the reply kept for a step."""
+        ...
+
+
+def store_from_url(url: str, *, table: str = "interlink_sagas") -> SagaStore:
+    """The store for ``sqlite:///path.db`` or ``postgresql://user@host/db`` (not opened yet)."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "sqlite":
+        module = importlib.import_module("interlink.saga.stores.sqlite")
+        sqlite_store: SagaStore = module.SqliteSagaStore(url, table=table)
+        return sqlite_store
+    if scheme in ("postgresql", "postgres"):
+        module = importlib.import_module("interlink.saga.stores.postgres")
+        pg_store: SagaStore = module.PostgresSagaStore(url, table=table)
+        return pg_store
+    raise ValueError(f"'url' must start with sqlite:/// or postgresql://: {scheme}://...")

@@ -1,0 +1,299 @@
+"""The PostgreSQL saga store (asyncpg): same rows as the SQLite one, claims with
+``FOR UPDATE SKIP LOCKED`` so concurrent orchestrators take disjoint sets without waiting."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from interlink._sqlite_thread import identifier
+from interlink.saga.state import ACTIVE, SagaStatus
+from interlink.saga.stores import SagaRow
+
+__all__ = ["PostgresSagaStore"]
+
+_COLUMNS = (
+    "id, name, status, state, version, owner, lease_until, wake_at, created_at, updated_at, error"
+)
+_ACTIVE = sorted(s.value for s in ACTIVE)
+
+
+def _import_asyncpg() -> Any:
+    try:
+        import asyncpg  # type: ignore[import-untyped]
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise ImportError(
+            "interlink.saga's PostgreSQL store needs asyncpg: pip install 'interlink[postgres]'"
+        ) from exc
+    return asyncpg
+
+
+def _row(r: Any) -> SagaRow:
+    return SagaRow(
+        saga_id=r[0],
+        name=r[1],
+        status=r[2],
+        state=r[3],
+        version=r[4],
+        owner=r[5],
+        lease_until=r[6],
+        wake_at=r[7],
+        created_at=r[8],
+        updated_at=r[9],
+        error=r[10],
+    )
+
+
+class PostgresSagaStore:
+    """Saga rows in table ``table`` of the database at ``url``, through an asyncpg pool."""
+
+    def __init__(self, url: str, *, table: str = "interlink_sagas", pool_size: int = 10) -> None:
+        self._url = url
+        self._t = identifier("table", table)
+        self._pool_size = pool_size
+        self._pool: Any = None
+
+    async def open(self) -> None:
+        """Connect and create the tables if missing."""
+        if self._pool is not None:
+            return
+        asyncpg = _import_asyncpg()
+        self._pool = await asyncpg.create_pool(self._url, min_size=1, max_size=self._pool_size)
+        t = self._t
+        async with self._pool.acquire() as conn, conn.transaction():
+            # Serialise concurrent first opens: CREATE ... IF NOT EXISTS can still race.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", t)
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {t} (id TEXT PRIMARY KEY, name TEXT NOT NULL, "
+                "status TEXT NOT NULL, state TEXT NOT NULL, version BIGINT NOT NULL, "
+                "owner TEXT, lease_until DOUBLE PRECISION NOT NULL DEFAULT 0, "
+                "wake_at DOUBLE PRECISION NOT NULL, created_at DOUBLE PRECISION NOT NULL, "
+                "updated_at DOUBLE PRECISION NOT NULL, error TEXT)"
+            )
+            active = ", ".join(f"'{s}'" for s in _ACTIVE)
+            await conn.execute(
+                f"CREATE INDEX IF NOT EXISTS {t}_due ON {t} (wake_at) WHERE status IN ({active})"
+            )
+            await conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_owner ON {t} (owner)")
+            await conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_updated ON {t} (updated_at)")
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {t}_replies (saga_id TEXT NOT NULL, "
+                "step TEXT NOT NULL, attempt INTEGER NOT NULL, body TEXT NOT NULL, "
+                "PRIMARY KEY (saga_id, step))"
+            )
+
+    async def close(self) -> None:
+        """Close the pool."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def drop(self) -> None:
+        """Delete both tables."""
+        await self._execute(f"DROP TABLE IF EXISTS {self._t}, {self._t}_replies")
+
+    def _ready(self) -> Any:
+        if self._pool is None:
+            raise RuntimeError("the saga store is not open: await store.open() first")
+        return self._pool
+
+    async def _execute(self, sql: str, *args: Any) -> int:
+        status: str = await self._ready().execute(sql, *args)
+        tail = status.rpartition(" ")[2]
+        return int(tail) if tail.isdigit() else 0
+
+    async def create(
+        self, row: SagaRow, *, owner: str | None, lease_until: float
+    ) -> SagaRow | None:
+        """Insert unless the id exists."""
+        found = await self._ready().fetchrow(
+            f"INSERT INTO {self._t} ({_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) "
+            f"ON CONFLICT (id) DO NOTHING RETURNING {_COLUMNS}",
+            row.saga_id,
+            row.name,
+            row.status,
+            row.state,
+            row.version,
+            owner,
+            lease_until,
+            row.wake_at,
+            row.created_at,
+            row.updated_at,
+            row.error,
+        )
+        return None if found is None else _row(found)
+
+    async def save(
+        self,
+        saga_id: str,
+        *,
+        owner: str,
+        version: int,
+        state: str,
+        status: str,
+        wake_at: float,
+        updated_at: float,
+        error: str | None,
+        release: bool = False,
+    ) -> bool:
+        """Fenced by owner and version."""
+        let_go = "owner=NULL, lease_until=0, " if release else ""
+        n = await self._execute(
+            f"UPDATE {self._t} SET state=$1, status=$2, wake_at=$3, updated_at=$4, error=$5, "
+            f"{let_go}version=version+1 WHERE id=$6 AND owner=$7 AND version=$8",
+            state,
+            status,
+            wake_at,
+            updated_at,
+            error,
+            saga_id,
+            owner,
+            version,
+        )
+        return n == 1
+
+    async def release(self, saga_id: str, *, owner: str, wake_at: float) -> bool:
+        """Fenced by owner."""
+        n = await self._execute(
+            f"UPDATE {self._t} SET owner=NULL, lease_until=0, wake_at=$1 WHERE id=$2 AND owner=$3",
+            wake_at,
+            saga_id,
+            owner,
+        )
+        return n == 1
+
+    async def claim(
+        self,
+        *,
+        owner: str,
+        names: Collection[str],
+        now: float,
+        lease_until: float,
+        limit: int,
+        own: bool = False,
+    ) -> list[SagaRow]:
+        """``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)``."""
+        t = self._t
+        if own:
+            where = "owner=$3 AND status = ANY($4::text[]) AND name = ANY($5::text[])"
+            args: tuple[Any, ...] = (owner, _ACTIVE, sorted(names))
+        else:
+            where = (
+                "status = ANY($3::text[]) AND name = ANY($4::text[]) AND wake_at <= $5 "
+                "AND (owner IS NULL OR lease_until < $5)"
+            )
+            args = (_ACTIVE, sorted(names), now)
+        n = len(args) + 3
+        rows = await self._ready().fetch(
+            f"UPDATE {t} SET owner=$1, lease_until=$2 WHERE id IN (SELECT id FROM {t} "
+            f"WHERE {where} ORDER BY wake_at LIMIT ${n} FOR UPDATE SKIP LOCKED) "
+            f"RETURNING {_COLUMNS}",
+            owner,
+            lease_until,
+            *args,
+            limit,
+        )
+        return [_row(r) for r in rows]
+
+    async def renew(self, *, owner: str, ids: Sequence[str], lease_until: float) -> set[str]:
+        """Extend the lease on the rows ``owner`` still holds."""
+        if not ids:
+            return set()
+        rows = await self._ready().fetch(
+            f"UPDATE {self._t} SET lease_until=$1 WHERE owner=$2 AND id = ANY($3::text[]) "
+            "RETURNING id",
+            lease_until,
+            owner,
+            list(ids),
+        )
+        return {r[0] for r in rows}
+
+    async def get(self, saga_id: str) -> SagaRow | None:
+        """One row."""
+        found = await self._ready().fetchrow(
+            f"SELECT {_COLUMNS} FROM {self._t} WHERE id=$1", saga_id
+        )
+        return None if found is None else _row(found)
+
+    async def list(self, *, statuses: Collection[str] | None, limit: int) -> list[SagaRow]:
+        """Most recently updated first."""
+        if statuses:
+            rows = await self._ready().fetch(
+                f"SELECT {_COLUMNS} FROM {self._t} WHERE status = ANY($1::text[]) "
+                "ORDER BY updated_at DESC LIMIT $2",
+                sorted(statuses),
+                limit,
+            )
+        else:
+            rows = await self._ready().fetch(
+                f"SELECT {_COLUMNS} FROM {self._t} ORDER BY updated_at DESC LIMIT $1", limit
+            )
+        return [_row(r) for r in rows]
+
+    async def park(self, saga_id: str, *, error: str, owner: str | None, now: float) -> bool:
+        """NEEDS_ATTENTION, state untouched."""
+        base = (
+            f"UPDATE {self._t} SET status=$1, error=$2, owner=NULL, lease_until=0, "
+            "updated_at=$3, version=version+1 WHERE id=$4"
+        )
+        status = SagaStatus.NEEDS_ATTENTION.value
+        if owner is not None:
+            n = await self._execute(base + " AND owner=$5", status, error, now, saga_id, owner)
+        else:
+            n = await self._execute(
+                base + " AND (owner IS NULL OR lease_until < $3)", status, error, now, saga_id
+            )
+        return n == 1
+
+    async def put_unowned(
+        self,
+        saga_id: str,
+        *,
+        version: int,
+        state: str,
+        status: str,
+        wake_at: float,
+        now: float,
+        error: str | None,
+    ) -> bool:
+        """Fenced by version and by nobody holding a live lease."""
+        n = await self._execute(
+            f"UPDATE {self._t} SET state=$1, status=$2, wake_at=$3, updated_at=$4, error=$5, "
+            "owner=NULL, lease_until=0, version=version+1 "
+            "WHERE id=$6 AND version=$7 AND (owner IS NULL OR lease_until < $4)",
+            state,
+            status,
+            wake_at,
+            now,
+            error,
+            saga_id,
+            version,
+        )
+        return n == 1
+
+    async def put_reply(self, saga_id: str, step: str, attempt: int, body: str) -> None:
+        """Upsert."""
+        await self._execute(
+            f"INSERT INTO {self._t}_replies (saga_id, step, attempt, body) VALUES ($1,$2,$3,$4) "
+            "ON CONFLICT (saga_id, step) "
+            "DO UPDATE SET attempt=EXCLUDED.attempt, body=EXCLUDED.body",
+            saga_id,
+            step,
+            attempt,
+            body,
+        )
+
+    async def get_reply(self, saga_id: str, step: str) -> tuple[int, str] | None:
+        """(attempt, body) or None."""
+        found = await self._ready().fetchrow(
+            f"SELECT attempt, body FROM {self._t}_replies WHERE saga_id=$1 AND step=$2",
+            saga_id,
+            step,
+        )
+        return None if found is None else (found[0], found[1])
+
+    async def clear_reply(self, saga_id: str, step: str) -> None:
+        """Delete."""
+        await self._execute(
+            f"DELETE FROM {self._t}_replies WHERE saga_id=$1 AND step=$2", saga_id, step
+        )

@@ -1,0 +1,295 @@
+"""The embedded saga store: one SQLite file (WAL), shared by the processes of one machine.
+
+SQLite has no row locks, so claims are plain leases: a claim is one ``UPDATE ... RETURNING``
+inside ``BEGIN IMMEDIATE``, which holds the database's single write lock, so two orchestrators
+can never take the same row. See ``interlink._sqlite_thread`` for the durability mode.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from interlink._sqlite_thread import SqliteThread, identifier, sqlite_path, write_tx
+from interlink.saga.state import ACTIVE, SagaStatus
+from interlink.saga.stores import SagaRow
+
+__all__ = ["SqliteSagaStore"]
+
+_COLUMNS = (
+    "id, name, status, state, version, owner, lease_until, wake_at, created_at, updated_at, error"
+)
+_ACTIVE = tuple(sorted(s.value for s in ACTIVE))
+
+
+def _row(r: Any) -> SagaRow:
+    state = r[3]
+    return SagaRow(
+        saga_id=str(r[0]),
+        name=str(r[1]),
+        status=str(r[2]),
+        state=state if isinstance(state, str) else bytes(state).decode("utf-8", "replace"),
+        version=int(r[4]),
+        owner=None if r[5] is None else str(r[5]),
+        lease_until=float(r[6]),
+        wake_at=float(r[7]),
+        created_at=float(r[8]),
+        updated_at=float(r[9]),
+        error=None if r[10] is None else str(r[10]),
+    )
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class SqliteSagaStore:
+    """Saga rows in table ``table`` of the SQLite file named by ``url``."""
+
+    def __init__(self, url: str, *, table: str = "interlink_sagas", synchronous: str = "NORMAL"):
+        self._t = identifier("table", table)
+        self._db = SqliteThread(sqlite_path(url), synchronous=synchronous)
+
+    async def open(self) -> None:
+        """Create the tables if missing."""
+        t = self._t
+
+        def setup(conn: sqlite3.Connection) -> None:
+            with write_tx(conn):
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {t} (id TEXT PRIMARY KEY, name TEXT NOT NULL, "
+                    "status TEXT NOT NULL, state TEXT NOT NULL, version INTEGER NOT NULL, "
+                    "owner TEXT, lease_until REAL NOT NULL DEFAULT 0, wake_at REAL NOT NULL, "
+                    "created_at REAL NOT NULL, updated_at REAL NOT NULL, error TEXT)"
+                )
+                conn.execute(
+                    f"CREATE INDEX IF NOT EXISTS {t}_due ON {t} (wake_at) "
+                    f"WHERE status IN {_ACTIVE!r}"
+                )
+                conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_owner ON {t} (owner)")
+                conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_updated ON {t} (updated_at)")
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {t}_replies (saga_id TEXT NOT NULL, "
+                    "step TEXT NOT NULL, attempt INTEGER NOT NULL, body TEXT NOT NULL, "
+                    "PRIMARY KEY (saga_id, step))"
+                )
+
+        await self._db.run(setup)
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self._db.close()
+
+    async def drop(self) -> None:
+        """Delete both tables."""
+        t = self._t
+
+        def drop(conn: sqlite3.Connection) -> None:
+            with write_tx(conn):
+                conn.execute(f"DROP TABLE IF EXISTS {t}")
+                conn.execute(f"DROP TABLE IF EXISTS {t}_replies")
+
+        await self._db.run(drop)
+
+    async def create(
+        self, row: SagaRow, *, owner: str | None, lease_until: float
+    ) -> SagaRow | None:
+        """Insert unless the id exists."""
+        t = self._t
+
+        def create(conn: sqlite3.Connection) -> SagaRow | None:
+            with write_tx(conn):
+                cur = conn.execute(
+                    f"INSERT INTO {t} ({_COLUMNS}) VALUES ({_marks(11)}) "
+                    f"ON CONFLICT (id) DO NOTHING RETURNING {_COLUMNS}",
+                    (
+                        row.saga_id,
+                        row.name,
+                        row.status,
+                        row.state,
+                        row.version,
+                        owner,
+                        lease_until,
+                        row.wake_at,
+                        row.created_at,
+                        row.updated_at,
+                        row.error,
+                    ),
+                )
+                found = cur.fetchone()
+            return None if found is None else _row(found)
+
+        return await self._db.run(create)
+
+    async def save(
+        self,
+        saga_id: str,
+        *,
+        owner: str,
+        version: int,
+        state: str,
+        status: str,
+        wake_at: float,
+        updated_at: float,
+        error: str | None,
+        release: bool = False,
+    ) -> bool:
+        """Fenced by owner and version."""
+        let_go = "owner=NULL, lease_until=0, " if release else ""
+        sql = (
+            f"UPDATE {self._t} SET state=?, status=?, wake_at=?, updated_at=?, error=?, "
+            f"{let_go}version=version+1 WHERE id=? AND owner=? AND version=?"
+        )
+        args = (state, status, wake_at, updated_at, error, saga_id, owner, version)
+        return await self._db.run(lambda c: _write(c, sql, args) == 1)
+
+    async def release(self, saga_id: str, *, owner: str, wake_at: float) -> bool:
+        """Fenced by owner."""
+        sql = f"UPDATE {self._t} SET owner=NULL, lease_until=0, wake_at=? WHERE id=? AND owner=?"
+        return await self._db.run(lambda c: _write(c, sql, (wake_at, saga_id, owner)) == 1)
+
+    async def claim(
+        self,
+        *,
+        owner: str,
+        names: Collection[str],
+        now: float,
+        lease_until: float,
+        limit: int,
+        own: bool = False,
+    ) -> list[SagaRow]:
+        """Take due, free rows (or, with ``own``, the rows ``owner`` holds)."""
+        t = self._t
+        names = sorted(names)
+        if not names:
+            return []
+        if own:
+            where = (
+                f"owner=? AND status IN ({_marks(len(_ACTIVE))}) AND name IN ({_marks(len(names))})"
+            )
+            args: tuple[object, ...] = (owner, *_ACTIVE, *names)
+        else:
+            where = (
+                f"status IN ({_marks(len(_ACTIVE))}) AND name IN ({_marks(len(names))}) "
+                "AND wake_at <= ? AND (owner IS NULL OR lease_until < ?)"
+            )
+            args = (*_ACTIVE, *names, now, now)
+        sql = (
+            f"UPDATE {t} SET owner=?, lease_until=? WHERE id IN "
+            f"(SELECT id FROM {t} WHERE {where} ORDER BY wake_at LIMIT ?) RETURNING {_COLUMNS}"
+        )
+
+        def claim(conn: sqlite3.Connection) -> list[SagaRow]:
+            with write_tx(conn):
+                rows = conn.execute(sql, (owner, lease_until, *args, limit)).fetchall()
+            return [_row(r) for r in rows]
+
+        return await self._db.run(claim)
+
+    async def renew(self, *, owner: str, ids: Sequence[str], lease_until: float) -> set[str]:
+        """Extend the lease on the rows ``owner`` still holds."""
+        if not ids:
+            return set()
+        t = self._t
+
+        def renew(conn: sqlite3.Connection) -> set[str]:
+            kept: set[str] = set()
+            with write_tx(conn):
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start : start + 500]
+                    rows = conn.execute(
+                        f"UPDATE {t} SET lease_until=? WHERE owner=? AND id IN "
+                        f"({_marks(len(chunk))}) RETURNING id",
+                        (lease_until, owner, *chunk),
+                    ).fetchall()
+                    kept.update(str(r[0]) for r in rows)
+            return kept
+
+        return await self._db.run(renew)
+
+    async def get(self, saga_id: str) -> SagaRow | None:
+        """One row."""
+        sql = f"SELECT {_COLUMNS} FROM {self._t} WHERE id=?"
+
+        def get(conn: sqlite3.Connection) -> SagaRow | None:
+            found = conn.execute(sql, (saga_id,)).fetchone()
+            return None if found is None else _row(found)
+
+        return await self._db.run(get)
+
+    async def list(self, *, statuses: Collection[str] | None, limit: int) -> list[SagaRow]:
+        """Most recently updated first."""
+        t = self._t
+        if statuses:
+            wanted = sorted(statuses)
+            sql = (
+                f"SELECT {_COLUMNS} FROM {t} WHERE status IN ({_marks(len(wanted))}) "
+                "ORDER BY updated_at DESC LIMIT ?"
+            )
+            args: tuple[object, ...] = (*wanted, limit)
+        else:
+            sql = f"SELECT {_COLUMNS} FROM {t} ORDER BY updated_at DESC LIMIT ?"
+            args = (limit,)
+        return await self._db.run(lambda c: [_row(r) for r in c.execute(sql, args).fetchall()])
+
+    async def park(self, saga_id: str, *, error: str, owner: str | None, now: float) -> bool:
+        """NEEDS_ATTENTION, state untouched."""
+        base = (
+            f"UPDATE {self._t} SET status=?, error=?, owner=NULL, lease_until=0, updated_at=?, "
+            "version=version+1 WHERE id=?"
+        )
+        args: tuple[object, ...] = (SagaStatus.NEEDS_ATTENTION.value, error, now, saga_id)
+        if owner is not None:
+            sql, args = base + " AND owner=?", (*args, owner)
+        else:
+            sql, args = base + " AND (owner IS NULL OR lease_until < ?)", (*args, now)
+        return await self._db.run(lambda c: _write(c, sql, args) == 1)
+
+    async def put_unowned(
+        self,
+        saga_id: str,
+        *,
+        version: int,
+        state: str,
+        status: str,
+        wake_at: float,
+        now: float,
+        error: str | None,
+    ) -> bool:
+        """Fenced by version and by nobody holding a live lease."""
+        sql = (
+            f"UPDATE {self._t} SET state=?, status=?, wake_at=?, updated_at=?, error=?, "
+            "owner=NULL, lease_until=0, version=version+1 "
+            "WHERE id=? AND version=? AND (owner IS NULL OR lease_until < ?)"
+        )
+        args = (state, status, wake_at, now, error, saga_id, version, now)
+        return await self._db.run(lambda c: _write(c, sql, args) == 1)
+
+    async def put_reply(self, saga_id: str, step: str, attempt: int, body: str) -> None:
+        """Upsert."""
+        sql = (
+            f"INSERT INTO {self._t}_replies (saga_id, step, attempt, body) VALUES (?,?,?,?) "
+            "ON CONFLICT (saga_id, step) DO UPDATE SET attempt=excluded.attempt, body=excluded.body"
+        )
+        await self._db.run(lambda c: _write(c, sql, (saga_id, step, attempt, body)))
+
+    async def get_reply(self, saga_id: str, step: str) -> tuple[int, str] | None:
+        """(attempt, body) or None."""
+        sql = f"SELECT attempt, body FROM {self._t}_replies WHERE saga_id=? AND step=?"
+
+        def get(conn: sqlite3.Connection) -> tuple[int, str] | None:
+            found = conn.execute(sql, (saga_id, step)).fetchone()
+            return None if found is None else (int(found[0]), str(found[1]))
+
+        return await self._db.run(get)
+
+    async def clear_reply(self, saga_id: str, step: str) -> None:
+        """Delete."""
+        sql = f"DELETE FROM {self._t}_replies WHERE saga_id=? AND step=?"
+        await self._db.run(lambda c: _write(c, sql, (saga_id, step)))
+
+
+def _write(conn: sqlite3.Connection, sql: str, args: Sequence[object]) -> int:
+    with write_tx(conn):
+        return conn.execute(sql, args).rowcount
