@@ -12,10 +12,14 @@ few hot-path attributes they expose to the pipeline; nothing here decides anythi
 from __future__ import annotations
 
 import asyncio
+import math
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from interlink.errors import DeadlineExceeded, RejectedError
+from interlink.resilience._watchdog import PER_SECOND
 from interlink.resilience.breaker import CircuitBreaker
 from interlink.resilience.bulkhead import Bulkhead
 from interlink.resilience.deadline import _CURRENT, _Pair, expired, shrink_to
@@ -99,7 +103,10 @@ def build_call(  # noqa: PLR0915 - one flat template reads best
             enter_parent=_parent_deadline(timeout),
             timeout=timeout,
             DeadlineExceeded=DeadlineExceeded,
-            get_running_loop=asyncio.get_running_loop,
+            get_ident=threading.get_ident,
+            watchdogs=timeout._watchdogs,
+            ceil=math.ceil,
+            per_second=PER_SECOND,
             # asyncio.current_task() looks the loop up again; the pipeline already has it
             current_tasks=getattr(asyncio.tasks, "_current_tasks"),  # noqa: B009 - private
         )
@@ -117,12 +124,18 @@ def build_call(  # noqa: PLR0915 - one flat template reads best
         if is_async:
             # the task is cancelled at the deadline by a shared watchdog (see _watchdog.py)
             src.add(
-                "loop = get_running_loop()",
-                "task = current_tasks.get(loop)",
-                "wd = timeout._watchdog",
-                "if wd is None or wd._loop is not loop:",
+                "tid = get_ident()",
+                "wd = watchdogs.get(tid)",
+                "if wd is None or getattr(wd._loop, '_thread_id', None) != tid:",
                 "    wd = timeout.watchdog()",
-                "ticket = wd.arm(left, task)",
+                "task = current_tasks.get(wd._loop)",
+                # the loop's clock is time.monotonic too (checked by the watchdog): reuse `now`
+                "slot = int((now + left) * per_second) + 1"
+                if timeout._clock is time.monotonic
+                else "slot = ceil((wd.time() + left) * per_second)",
+                "bucket = wd.buckets.get(slot) or wd.new_bucket(slot)",
+                "seq = next(wd.seq)",
+                "bucket[seq] = task",
             )
             src.indent("try:")
     budget = None if retry is None else retry.budget
@@ -204,17 +217,17 @@ def build_call(  # noqa: PLR0915 - one flat template reads best
             src.dedent()
             src.add(
                 "except asyncio.CancelledError:",
-                "    if wd.disarm(ticket):",
+                "    if bucket.pop(seq, None) is None and wd.fired(seq):",
                 "        task.uncancel()",
                 "        raise DeadlineExceeded(",
                 "            f\"'{timeout.name}' ran out of time\", secs",
                 "        ) from None",
                 "    raise",
                 "except BaseException:",
-                "    if wd.disarm(ticket):",
+                "    if bucket.pop(seq, None) is None and wd.fired(seq):",
                 "        task.uncancel()",
                 "    raise",
-                "if wd.disarm(ticket):",
+                "if bucket.pop(seq, None) is None and wd.fired(seq):",
                 "    task.uncancel()",
             )
         src.dedent()

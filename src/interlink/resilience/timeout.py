@@ -33,7 +33,7 @@ from typing import Any, Literal, ParamSpec, TypeVar, overload
 from interlink.clock import Clock
 from interlink.errors import DeadlineExceeded
 from interlink.resilience import _validate as v
-from interlink.resilience._watchdog import Watchdog
+from interlink.resilience._watchdog import Watchdog, watchdog_for
 from interlink.resilience.deadline import _CURRENT, remaining, shrink_to
 
 __all__ = ["Timeout"]
@@ -45,7 +45,7 @@ T = TypeVar("T")
 class Timeout:
     """Give a call ``seconds`` at most (less if the caller's deadline is sooner)."""
 
-    __slots__ = ("_clock", "_executor", "_lock", "_seconds", "_strategy", "_watchdog", "name")
+    __slots__ = ("_clock", "_executor", "_lock", "_seconds", "_strategy", "_watchdogs", "name")
 
     def __init__(
         self,
@@ -63,15 +63,11 @@ class Timeout:
         self.name = name
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
-        self._watchdog: Watchdog | None = None
+        self._watchdogs: dict[int, Watchdog] = {}
 
     def watchdog(self) -> Watchdog:
-        """The deadline watchdog of the running event loop (one per loop, made on first use)."""
-        loop = asyncio.get_running_loop()
-        wd = self._watchdog
-        if wd is None or wd._loop is not loop:
-            wd = self._watchdog = Watchdog(loop)
-        return wd
+        """The deadline watchdog of the event loop running in this thread."""
+        return watchdog_for(self._watchdogs)
 
     @property
     def seconds(self) -> float:
