@@ -87,7 +87,8 @@ class BulkheadFull(RejectedError):
 
     def __str__(self) -> str:
         return (
-            f"bulkhead '{self.name}' is full: {self.max_concurrent} calls running "
+            f"bulkhead '{self.name}' is full: {self.max_concurrent} "
+            f"call{'' if self.max_concurrent == 1 else 's'} running "
             f"and {self.max_queue} queued"
         )
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import random
 import threading
+import time
 
 import pytest
 
@@ -63,6 +67,19 @@ def test_half_failures_in_window_open(breaker: CircuitBreaker) -> None:
     assert breaker.state is State.CLOSED
     run(breaker, "f")
     assert breaker.state is State.OPEN
+
+
+def test_half_failures_spread_over_the_window_open(
+    breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    """Five failures among ten calls spread over 27 s of the 30 s window open the breaker."""
+    for c in "sfsfsfsfs":
+        run(breaker, c)
+        clock.advance(3.0)
+    assert breaker.state is State.CLOSED
+    run(breaker, "f")
+    assert breaker.state is State.OPEN
+    assert breaker.metrics.calls == 10
 
 
 def test_below_minimum_calls_never_opens(breaker: CircuitBreaker) -> None:
@@ -327,6 +344,21 @@ def test_stale_permit_is_not_a_trial(breaker: CircuitBreaker, clock: FakeClock) 
     assert breaker.state is State.CLOSED
 
 
+def test_trial_of_an_earlier_episode_is_not_a_trial_now(clock: FakeClock) -> None:
+    """A trial still running when its episode ended (reopened) cannot close the next one."""
+    breaker = CircuitBreaker("e", half_open_calls=2, minimum_calls=1, clock=clock)
+    run(breaker, "f")
+    clock.advance(60)
+    old_trial = breaker.acquire()
+    breaker.on_failure(breaker.acquire())  # the episode ends: OPEN again
+    clock.advance(60)
+    new_trial = breaker.acquire()
+    breaker.on_success(old_trial)  # late news from the first episode
+    breaker.on_success(new_trial)
+    assert breaker.state is State.HALF_OPEN  # one of two trials of this episode so far
+    assert breaker.try_acquire()  # and the second trial slot is still free
+
+
 def test_decorator_on_def_and_async_def(clock: FakeClock) -> None:
     """@breaker keeps name and docstring and guards both kinds of function."""
     breaker = CircuitBreaker("d", minimum_calls=1, clock=clock)
@@ -483,8 +515,6 @@ def test_tasks_half_open_admits_one_trial(clock: FakeClock) -> None:
 
 def test_breaker_does_not_hold_a_lock_during_the_call() -> None:
     """Eight threads sleeping 20 ms inside the breaker overlap instead of queueing."""
-    import time
-
     breaker = CircuitBreaker("p")
 
     def nap() -> None:
@@ -552,3 +582,205 @@ def test_idle_breaker_is_small() -> None:
     finally:
         tracemalloc.stop()
     assert (after - before) / len(keep) <= 300
+
+
+# -- concurrency stress: many open / half-open cycles ----------------------------------------
+
+
+def _half_open_episodes(breaker: CircuitBreaker) -> list[int]:
+    """Subscribe a counter of transitions into HALF_OPEN; returns the one-element tally."""
+    episodes = [0]
+
+    def count(event: PolicyEvent) -> None:
+        if isinstance(event, StateChanged) and event.new == "half_open":
+            episodes[0] += 1
+
+    breaker.add_listener(count)
+    return episodes
+
+
+def test_threads_never_get_more_trial_permits_than_allowed_over_many_cycles() -> None:
+    """8 threads through repeated OPEN -> HALF_OPEN cycles: no episode hands out more than
+    half_open_calls trial permits, never more run at once, and every counter is exact."""
+    clock = FakeClock(0.0)
+    breaker = CircuitBreaker("t", half_open_calls=2, minimum_calls=4, cooldown=1.0, clock=clock)
+    episodes = _half_open_episodes(breaker)
+    lock = threading.Lock()
+    trials: collections.Counter[int] = collections.Counter()  # permit (= episode) -> trials
+    running: collections.Counter[int] = collections.Counter()
+    peak = 0
+    tally = {"ok": 0, "failed": 0, "rejected": 0}
+    barrier = threading.Barrier(8)
+
+    def work(seed: int) -> None:
+        nonlocal peak
+        rng = random.Random(seed)
+        barrier.wait()
+        for _ in range(2000):
+            if rng.random() < 0.02:
+                clock.advance(0.5)
+            permit = breaker.try_acquire()
+            if not permit:
+                with lock:
+                    tally["rejected"] += 1
+                continue
+            # A permit is the breaker's state word at admission (white box: bits 0-2 hold
+            # the state, 2 is HALF_OPEN), so it names the episode the trial belongs to.
+            trial = permit & 7 == 2
+            if trial:
+                with lock:
+                    trials[permit] += 1
+                    running[permit] += 1
+                    peak = max(peak, running[permit])
+            time.sleep(0)  # let other threads race for permits while this call "runs"
+            failed = rng.random() < 0.5
+            if trial:
+                with lock:
+                    running[permit] -= 1
+            if failed:
+                breaker.on_failure(permit)
+            else:
+                breaker.on_success(permit)
+            with lock:
+                tally["failed" if failed else "ok"] += 1
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert episodes[0] >= 5  # the stress really went round the cycle
+    assert max(trials.values()) <= 2
+    assert peak <= 2
+    m = breaker.metrics
+    assert (m.successes_total, m.failures_total, m.rejected_total) == (
+        tally["ok"],
+        tally["failed"],
+        tally["rejected"],
+    )
+
+
+def test_threads_through_call_keep_every_counter_exact() -> None:
+    """8 threads x 1,500 calls (60 % failing) through call() while the breaker cycles: each call
+    is exactly one of success, failure or rejection, and the metrics agree with the callers'."""
+    clock = FakeClock(0.0)
+    breaker = CircuitBreaker("c", minimum_calls=5, cooldown=1.0, half_open_calls=3, clock=clock)
+    episodes = _half_open_episodes(breaker)
+    tallies = [[0, 0, 0] for _ in range(8)]  # ok, failed, rejected per thread
+
+    def work(i: int) -> None:
+        rng = random.Random(i)
+        for _ in range(1500):
+            if rng.random() < 0.01:
+                clock.advance(0.5)
+            try:
+                breaker.call(fail if rng.random() < 0.6 else ok)
+                tallies[i][0] += 1
+            except Boom:
+                tallies[i][1] += 1
+            except CircuitOpenError:
+                tallies[i][2] += 1
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ok_n, failed_n, rejected_n = (sum(t[k] for t in tallies) for k in range(3))
+    assert episodes[0] >= 3
+    m = breaker.metrics
+    assert (m.successes_total, m.failures_total, m.rejected_total) == (ok_n, failed_n, rejected_n)
+    assert ok_n + failed_n + rejected_n == 8 * 1500
+
+
+def test_tasks_never_run_more_trials_than_allowed_over_many_cycles() -> None:
+    """200 tasks through acall() over repeated cycles: no HALF_OPEN episode admits or runs more
+    than half_open_calls trial calls, and success, failure and rejection counts are exact."""
+    clock = FakeClock(0.0)
+    breaker = CircuitBreaker("a", half_open_calls=3, minimum_calls=5, cooldown=1.0, clock=clock)
+    episodes = _half_open_episodes(breaker)
+    rng = random.Random(3)
+    trials: collections.Counter[int] = collections.Counter()  # episode -> trials admitted
+    running: collections.Counter[int] = collections.Counter()
+    peak = 0
+    tally = {"ok": 0, "failed": 0, "rejected": 0}
+
+    async def downstream(failing: bool) -> str:
+        nonlocal peak
+        # Nothing runs between admission and here, so the state now is the admitting state.
+        # A trial of an earlier episode may still run: it was admitted by that episode.
+        episode = episodes[0] if breaker.state is State.HALF_OPEN else 0
+        if episode:
+            trials[episode] += 1
+            running[episode] += 1
+            peak = max(peak, running[episode])
+        try:
+            for _ in range(rng.randrange(1, 4)):
+                await asyncio.sleep(0)
+            if failing:
+                raise Boom
+            return "ok"
+        finally:
+            running[episode] -= 1
+
+    async def caller() -> None:
+        for _ in range(25):
+            if rng.random() < 0.02:
+                clock.advance(0.5)
+            try:
+                await breaker.acall(downstream, rng.random() < 0.5)
+                tally["ok"] += 1
+            except Boom:
+                tally["failed"] += 1
+            except CircuitOpenError:
+                tally["rejected"] += 1
+                await asyncio.sleep(0)
+
+    async def main() -> None:
+        await asyncio.gather(*(caller() for _ in range(200)))
+
+    asyncio.run(main())
+    assert episodes[0] >= 5
+    assert max(trials.values()) <= 3
+    assert 1 <= peak <= 3
+    m = breaker.metrics
+    assert (m.successes_total, m.failures_total, m.rejected_total) == (
+        tally["ok"],
+        tally["failed"],
+        tally["rejected"],
+    )
+
+
+@pytest.mark.parametrize("window_type", ["time", "count"])
+def test_window_memory_is_bounded_whatever_the_traffic(window_type: str) -> None:
+    """20,000 calls (10 % failing) sliding through many buckets add no memory after warm-up."""
+    import gc
+    import tracemalloc
+
+    clock = FakeClock(0.0)
+    breaker = CircuitBreaker(
+        "m",
+        window=30 if window_type == "count" else 30.0,
+        window_type=window_type,  # type: ignore[arg-type]
+        minimum_calls=10**9,
+        clock=clock,
+    )
+
+    def traffic(n: int) -> None:
+        for i in range(n):
+            clock.advance(0.01)
+            with contextlib.suppress(Boom):
+                breaker.call(fail if i % 10 == 0 else ok)
+
+    traffic(5000)  # the window and its buckets exist from here on
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        traffic(20_000)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 1024
+    assert breaker.metrics.failures_total == 2500

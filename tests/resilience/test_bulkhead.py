@@ -243,7 +243,7 @@ def test_queue_full_rejects_at_once() -> None:
     waiter = threading.Thread(target=b.call, args=(lambda: None,))
     waiter.start()
     wait_until(lambda: b.queued == 1)
-    with pytest.raises(BulkheadFull, match=r"^bulkhead 'q' is full: 1 calls running and 1 queued$"):
+    with pytest.raises(BulkheadFull, match=r"^bulkhead 'q' is full: 1 call running and 1 queued$"):
         b.enter()
     release.set()
     holder.join(2)
@@ -257,7 +257,7 @@ def test_queue_timeout_raises_bulkhead_full() -> None:
     b.enter()
     started = time.monotonic()
     with pytest.raises(
-        BulkheadFull, match=r"^bulkhead 'slow' is full: 1 calls running and 1 queued"
+        BulkheadFull, match=r"^bulkhead 'slow' is full: 1 call running and 1 queued"
     ):
         b.enter()
     assert time.monotonic() - started >= 0.008

@@ -336,3 +336,23 @@ def test_watchdog_timeout_does_not_swallow_outer_cancellation() -> None:
         return "finished"
 
     assert asyncio.run(main()) == "cancelled"
+
+
+def test_sync_thread_timeout_stops_waiting_in_a_pipeline() -> None:
+    """A Timeout(strategy="thread") in a pipeline bounds what call() waits, retries included,
+    and the fallback still answers in the caller's thread."""
+    import time
+
+    def hang() -> str:
+        time.sleep(0.3)
+        return "late"
+
+    timeout = Timeout(0.05, strategy="thread")
+    p = Pipeline(Fallback(value="cached"), timeout, Retry(2))
+    start = time.perf_counter()
+    assert p.call(hang) == "cached"
+    assert time.perf_counter() - start < 0.25
+    with pytest.raises(DeadlineExceeded):
+        Pipeline(timeout).call(hang)
+    assert Pipeline(timeout, Retry(1)).call(lambda: remaining() is not None) is True
+    timeout.close()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import math
 from random import Random
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from interlink.errors import BudgetExhausted, CircuitOpenError, RateLimited, RejectedError
@@ -358,6 +359,37 @@ def test_deadline_stops_retries_with_the_last_error() -> None:
     assert info.value is flaky.raised[-1]
 
 
+def test_deadline_stops_async_retries_early() -> None:
+    """acall gives up like call does: the last error, before a wait that would pass the deadline."""
+    clock = FakeClock()
+    flaky = Flaky()
+    r = retry(clock, attempts=10, base=0.4)
+
+    async def main() -> None:
+        async with deadline(1.0, clock=clock):
+            await r.acall(flaky.acall)
+
+    with pytest.raises(Boom) as info:
+        asyncio.run(main())
+    assert clock.sleeps == [0.4]
+    assert flaky.calls == 2
+    assert info.value is flaky.raised[-1]
+
+
+def test_nested_deadline_shortens_the_retries_of_an_outer_one() -> None:
+    """An inner, stricter deadline stops the retries sooner; leaving it restores the outer one."""
+    clock = FakeClock()
+    r = retry(clock, attempts=10, base=0.1)
+    with deadline(10.0, clock=clock):
+        with deadline(0.35, clock=clock), pytest.raises(Boom):
+            r.call(Flaky())
+        assert clock.sleeps == [0.1, 0.2]  # the next 0.4 s would pass 0.35 s
+        clock.sleeps.clear()
+        with pytest.raises(Boom):
+            retry(clock, attempts=3, base=0.1).call(Flaky())
+        assert clock.sleeps == [0.1, 0.2, 0.4]  # the outer 10 s leaves room for every retry
+
+
 def test_delay_equal_to_the_time_left_gives_up() -> None:
     """A wait that would end exactly at the deadline is not taken."""
     clock = FakeClock()
@@ -429,6 +461,77 @@ def test_retry_storm_is_capped_by_the_shared_budget() -> None:
     assert flaky.calls <= 1000 * 1.2 + 10 * 10
     assert flaky.calls >= 1000 * 1.2 + 10 * 10 - 2  # the budget is spent, not hoarded
     assert exhausted > 0
+
+
+def test_retry_storm_bound_holds_for_concurrent_tasks() -> None:
+    """1,000 concurrent always-failing acalls sharing one budget stay under the same bound."""
+    clock = FakeClock()
+    budget = RetryBudget(ratio=0.2, min_per_second=10, ttl=10, clock=clock)
+
+    async def yield_only(seconds: float) -> None:
+        await asyncio.sleep(0)  # interleave the tasks; the clock stays inside one ttl
+
+    r = Retry(3, budget=budget, clock=clock, asleep=yield_only, rng=Random(0))
+    flaky = Flaky()
+
+    async def main() -> list[BaseException | str]:
+        return await asyncio.gather(
+            *(r.acall(flaky.acall) for _ in range(1000)), return_exceptions=True
+        )
+
+    outcomes = asyncio.run(main())
+    assert all(isinstance(o, Boom | BudgetExhausted) for o in outcomes)
+    assert 1000 < flaky.calls <= 1000 * 1.2 + 10 * 10
+
+
+def test_retry_storm_bound_holds_for_threads() -> None:
+    """8 threads x 125 always-failing calls sharing one budget stay under the same bound."""
+    import threading
+
+    clock = FakeClock()
+    budget = RetryBudget(ratio=0.2, min_per_second=10, ttl=10, clock=clock)
+    r = Retry(3, budget=budget, clock=clock, sleep=lambda s: None, rng=Random(0))
+    calls = [0] * 8
+
+    def work(i: int) -> None:
+        def attempt() -> None:
+            calls[i] += 1
+            raise Boom
+
+        for _ in range(125):
+            with contextlib.suppress(Boom, BudgetExhausted):
+                r.call(attempt)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 1000 < sum(calls) <= 1000 * 1.2 + 10 * 10
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    ratio=st.sampled_from([0.0, 0.1, 0.2, 0.5, 1.0]),
+    floor=st.sampled_from([0.0, 1.0, 10.0]),
+    ttl=st.sampled_from([1.0, 10.0, 60.0]),
+    requests=st.integers(1, 400),
+    attempts=st.integers(0, 5),
+)
+def test_retry_storm_bound_for_any_budget(
+    ratio: float, floor: float, ttl: float, requests: int, attempts: int
+) -> None:
+    """Within one ttl, attempts <= requests x (1 + ratio) + min_per_second x ttl, whatever
+    the settings (and never more than requests x (1 + attempts))."""
+    clock = FakeClock()
+    budget = RetryBudget(ratio=ratio, min_per_second=floor, ttl=ttl, clock=clock)
+    r = Retry(attempts, budget=budget, clock=clock, sleep=lambda s: None, rng=Random(0))
+    flaky = Flaky()
+    for _ in range(requests):
+        with contextlib.suppress(Boom, BudgetExhausted):
+            r.call(flaky)
+    assert flaky.calls <= requests * (1 + ratio) + floor * ttl + 1e-9
+    assert flaky.calls <= requests * (1 + attempts)
 
 
 # -- drivers --------------------------------------------------------------------------------

@@ -146,3 +146,32 @@ def test_deadline_refuses_negative_seconds() -> None:
     """deadline(-1) is a configuration error, not an expired deadline."""
     with pytest.raises(ValueError, match="'seconds' must be a finite number >= 0: -1"):
         deadline(-1)
+
+
+def test_every_way_of_running_out_emits_timeout_expired() -> None:
+    """Refused at the start, cut off in a thread, cancelled in a task, cut off in a pipeline:
+    each reaches listeners as TimeoutExpired with the budget."""
+    from interlink.resilience.events import PolicyEvent, TimeoutExpired
+    from interlink.resilience.pipeline import Pipeline
+
+    seen: list[PolicyEvent] = []
+    clock = FakeClock()
+    with deadline(0.1, clock=clock):
+        clock.advance(0.2)
+        with pytest.raises(DeadlineExceeded):
+            Timeout(1.0, clock=clock, name="late", listeners=[seen.append]).call(int)
+    threaded = Timeout(0.02, strategy="thread", name="thread", listeners=[seen.append])
+    with pytest.raises(DeadlineExceeded):
+        threaded.call(time.sleep, 0.2)
+    threaded.close()
+    with pytest.raises(DeadlineExceeded):
+        asyncio.run(Timeout(0.02, name="task", listeners=[seen.append]).acall(asyncio.sleep, 5))
+    piped = Pipeline(Timeout(0.02, name="piped", listeners=[seen.append]))
+    with pytest.raises(DeadlineExceeded):
+        asyncio.run(piped.acall(asyncio.sleep, 5))
+    assert [(e.name, e.started) for e in seen if isinstance(e, TimeoutExpired)] == [
+        ("late", False),
+        ("thread", True),
+        ("task", True),
+        ("piped", True),
+    ]

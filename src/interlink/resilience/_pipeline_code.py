@@ -54,14 +54,12 @@ def _parent_deadline(timeout: Timeout) -> Callable[[_Pair, float], Any]:
     def enter(parent: _Pair, now: float) -> Any:
         if parent[1] is timeout._clock:
             if parent[0] <= now:
-                raise DeadlineExceeded(
-                    f"'{timeout.name}' had no time left to start", timeout.seconds
-                )
+                raise timeout.expired_error(started=False)
             return _CURRENT.set(parent)  # the caller's sooner deadline stays in force
         token = shrink_to(timeout.seconds, timeout._clock)
         if expired():
             _CURRENT.reset(token)
-            raise DeadlineExceeded(f"'{timeout.name}' had no time left to start", timeout.seconds)
+            raise timeout.expired_error(started=False)
         return token
 
     return enter
@@ -219,9 +217,7 @@ def build_call(  # noqa: PLR0915 - one flat template reads best
                 "except asyncio.CancelledError:",
                 "    if bucket.pop(seq, None) is None and wd.fired(seq):",
                 "        task.uncancel()",
-                "        raise DeadlineExceeded(",
-                "            f\"'{timeout.name}' ran out of time\", secs",
-                "        ) from None",
+                "        raise timeout.expired_error(started=True) from None",
                 "    raise",
                 "except BaseException:",
                 "    if bucket.pop(seq, None) is None and wd.fired(seq):",

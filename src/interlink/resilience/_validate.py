@@ -1,7 +1,9 @@
 """Argument checks shared by every policy's constructor.
 
 Each check raises ``ValueError`` naming the parameter, the rule and the value, e.g.
-``'failure_rate_threshold' must be in (0, 1]: 1.5``; tests compare the text.
+``'failure_rate_threshold' must be in (0, 1]: 1.5``; tests compare the text. ``True`` and
+``False`` are refused wherever a number is expected: Python counts them as ints, but a threshold
+of ``True`` is a mistake, not a 100 % setting.
 """
 
 from __future__ import annotations
@@ -11,23 +13,27 @@ import math
 __all__ = ["at_least", "fraction", "non_negative", "positive", "positive_int"]
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def fraction(name: str, value: float) -> float:
     """``value`` must be a number in (0, 1]."""
-    if not isinstance(value, int | float) or not (0.0 < value <= 1.0):
+    if not _number(value) or not (0.0 < value <= 1.0):
         raise ValueError(f"'{name}' must be in (0, 1]: {value!r}")
     return float(value)
 
 
 def positive(name: str, value: float) -> float:
     """``value`` must be a finite number > 0."""
-    if not isinstance(value, int | float) or not (value > 0 and math.isfinite(value)):
+    if not _number(value) or not (value > 0 and math.isfinite(value)):
         raise ValueError(f"'{name}' must be a finite number > 0: {value!r}")
     return float(value)
 
 
 def non_negative(name: str, value: float) -> float:
     """``value`` must be a finite number >= 0."""
-    if not isinstance(value, int | float) or not (value >= 0 and math.isfinite(value)):
+    if not _number(value) or not (value >= 0 and math.isfinite(value)):
         raise ValueError(f"'{name}' must be a finite number >= 0: {value!r}")
     return float(value)
 

@@ -178,6 +178,14 @@ class Bulkhead:
             f"queued={self.queued}/{self.max_queue})"
         )
 
+    def add_listener(self, listener: Listener) -> None:
+        """Receive this policy's events (``BulkheadRejected``) from now on."""
+        self._events.add(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop receiving events; a listener that was never added is ignored."""
+        self._events.remove(listener)
+
     # -- primitives --------------------------------------------------------------------------
 
     def try_enter(self) -> bool:

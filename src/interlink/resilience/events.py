@@ -23,6 +23,7 @@ __all__ = [
     "RetryGaveUp",
     "RetryScheduled",
     "StateChanged",
+    "TimeoutExpired",
 ]
 
 _log = logging.getLogger("interlink.events")
@@ -101,6 +102,15 @@ class FallbackUsed(PolicyEvent):
 
     source: str
     error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimeoutExpired(PolicyEvent):
+    """A timeout of ``seconds`` ended a call: cut off while running, or (``started`` False)
+    refused because the deadline in force had already passed."""
+
+    seconds: float
+    started: bool
 
 
 class Listener(Protocol):

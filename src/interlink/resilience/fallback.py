@@ -148,6 +148,14 @@ class Fallback:
     def __repr__(self) -> str:
         return f"Fallback({self.name!r}, sources={self.describe()['sources']})"
 
+    def add_listener(self, listener: Listener) -> None:
+        """Receive this policy's events (``FallbackUsed``) from now on."""
+        self._events.add(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop receiving events; a listener that was never added is ignored."""
+        self._events.remove(listener)
+
     # -- primitives --------------------------------------------------------------------------
 
     def handles(self, error: BaseException) -> bool:

@@ -191,6 +191,14 @@ class Hedge:
         """The recent successful latencies behind an adaptive delay (None when not adaptive)."""
         return self._latency
 
+    def add_listener(self, listener: Listener) -> None:
+        """Receive this policy's events (``HedgeLaunched``) from now on."""
+        self._events.add(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop receiving events; a listener that was never added is ignored."""
+        self._events.remove(listener)
+
     def current_delay(self) -> float:
         """Seconds the next call waits before its first hedge.
 

@@ -142,17 +142,25 @@ class Pipeline:
     # ------------------------------------------------------------------ sync
 
     def _build(self, fn: Callable[..., Any] | None, *, is_async: bool) -> Callable[..., Any]:
-        return build_call(
+        timeout = self._timeout
+        threaded = not is_async and timeout is not None and timeout.strategy == "thread"
+        inner = build_call(
             name=self.name,
             is_async=is_async,
-            fallback=self._fallback,
-            timeout=self._timeout,
+            fallback=None if threaded else self._fallback,
+            timeout=None if threaded else timeout,
             retry=self._retry,
             breaker=self._breaker,
             rate_limiter=self._rate_limiter,
             bulkhead=self._bulkhead,
             fn=fn,
         )
+        if not threaded:
+            return inner
+        # strategy="thread": the whole attempt loop runs in the timeout's worker thread, so the
+        # caller stops waiting at the deadline; the fallback stays outside, in the caller.
+        assert timeout is not None
+        return _threaded(timeout, self._fallback, inner, fn)
 
     def _no_sync(self, *args: object, **kwargs: object) -> Any:
         raise TypeError(f"pipeline '{self.name}' has a hedge: hedging needs acall()")
@@ -262,6 +270,28 @@ class Pipeline:
     def __repr__(self) -> str:
         kinds = ", ".join(k for k in ORDER if getattr(self, f"_{k}") is not None)
         return f"Pipeline({self.name!r}: {kinds})"
+
+
+def _threaded(
+    timeout: Timeout,
+    fallback: Fallback | None,
+    inner: Callable[..., Any],
+    fn: Callable[..., Any] | None,
+) -> Callable[..., Any]:
+    """``call`` for a sync pipeline whose timeout runs calls in a worker thread."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            result = timeout.call(inner, *args, **kwargs)
+        except BaseException as exc:
+            if fallback is None:
+                raise
+            return fallback.recover(exc)
+        if fallback is not None:
+            fallback.remember(result)
+        return result
+
+    return call
 
 
 def pipeline_of(policies: Iterable[object], *, name: str = "pipeline") -> Pipeline:

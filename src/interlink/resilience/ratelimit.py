@@ -113,6 +113,14 @@ class RateLimiter:
     def __repr__(self) -> str:
         return f"RateLimiter({self.name!r}, rate={self.rate:g}/s, burst={self.burst})"
 
+    def add_listener(self, listener: Listener) -> None:
+        """Receive this policy's events (``RateLimitRejected``) from now on."""
+        self._events.add(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop receiving events; a listener that was never added is ignored."""
+        self._events.remove(listener)
+
     # -- primitives --------------------------------------------------------------------------
 
     def try_acquire(self, tokens: int = 1) -> bool:

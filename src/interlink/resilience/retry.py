@@ -177,6 +177,14 @@ class Retry:
         """The awaitable sleep this policy waits with (for drivers that inline the loop)."""
         return self._asleep
 
+    def add_listener(self, listener: Listener) -> None:
+        """Receive this policy's events (``RetryScheduled``, ``RetryGaveUp``) from now on."""
+        self._events.add(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop receiving events; a listener that was never added is ignored."""
+        self._events.remove(listener)
+
     # -- the decision ---------------------------------------------------------------------
 
     def begin(self) -> None:

@@ -27,7 +27,7 @@ import functools
 import inspect
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from interlink.clock import Clock
@@ -35,6 +35,7 @@ from interlink.errors import DeadlineExceeded
 from interlink.resilience import _validate as v
 from interlink.resilience._watchdog import Watchdog, watchdog_for
 from interlink.resilience.deadline import _CURRENT, remaining, shrink_to
+from interlink.resilience.events import Emitter, Listener, TimeoutExpired
 
 __all__ = ["Timeout"]
 
@@ -45,7 +46,16 @@ T = TypeVar("T")
 class Timeout:
     """Give a call ``seconds`` at most (less if the caller's deadline is sooner)."""
 
-    __slots__ = ("_clock", "_executor", "_lock", "_seconds", "_strategy", "_watchdogs", "name")
+    __slots__ = (
+        "_clock",
+        "_events",
+        "_executor",
+        "_lock",
+        "_seconds",
+        "_strategy",
+        "_watchdogs",
+        "name",
+    )
 
     def __init__(
         self,
@@ -54,6 +64,7 @@ class Timeout:
         strategy: Literal["cooperative", "thread"] = "cooperative",
         name: str = "timeout",
         clock: Clock = time.monotonic,
+        listeners: Iterable[Listener] = (),
     ) -> None:
         self._seconds = v.positive("seconds", seconds)
         if strategy not in ("cooperative", "thread"):
@@ -64,6 +75,31 @@ class Timeout:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._watchdogs: dict[int, Watchdog] = {}
+        self._events = Emitter(listeners)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Receive a ``TimeoutExpired`` for every call this timeout ends."""
+        self._events.add(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop receiving events; a listener that was never added is ignored."""
+        self._events.remove(listener)
+
+    def expired_error(self, *, started: bool) -> DeadlineExceeded:
+        """The error for a call this timeout ended, after telling the listeners (also used by
+        the pipeline's generated drivers)."""
+        if self._events:
+            self._events.emit(
+                TimeoutExpired(
+                    kind="timeout",
+                    name=self.name,
+                    at=self._clock(),
+                    seconds=self._seconds,
+                    started=started,
+                )
+            )
+        what = "ran out of time" if started else "had no time left to start"
+        return DeadlineExceeded(f"'{self.name}' {what}", self._seconds)
 
     def watchdog(self) -> Watchdog:
         """The deadline watchdog of the event loop running in this thread."""
@@ -95,7 +131,7 @@ class Timeout:
         try:
             pair = _CURRENT.get()
             if pair is not None and pair[1]() >= pair[0]:
-                raise DeadlineExceeded(f"'{self.name}' had no time left to start", self._seconds)
+                raise self.expired_error(started=False)
             if self._strategy == "thread":
                 return self._in_thread(fn, args, kwargs)
             return fn(*args, **kwargs)
@@ -108,11 +144,10 @@ class Timeout:
         try:
             left = remaining()
             if left is None or left <= 0.0:
-                raise DeadlineExceeded(f"'{self.name}' had no time left to start", self._seconds)
+                raise self.expired_error(started=False)
             task = asyncio.current_task()
-            if task is None:  # not inside a task (e.g. a bare coroutine driven by hand)
-                async with asyncio.timeout(left):
-                    return await fn(*args, **kwargs)
+            if task is None:  # a coroutine driven by hand, outside any task: nothing to cancel
+                return await fn(*args, **kwargs)
             wd = self.watchdog()
             ticket = wd.arm(left, task)
             try:
@@ -120,9 +155,7 @@ class Timeout:
             except asyncio.CancelledError:
                 if wd.disarm(ticket):
                     task.uncancel()
-                    raise DeadlineExceeded(
-                        f"'{self.name}' ran out of time", self._seconds
-                    ) from None
+                    raise self.expired_error(started=True) from None
                 raise
             except BaseException:
                 if wd.disarm(ticket):
@@ -169,7 +202,7 @@ class Timeout:
             return future.result(timeout=left)
         except concurrent.futures.TimeoutError as exc:
             future.cancel()
-            raise DeadlineExceeded(f"'{self.name}' ran out of time", self._seconds) from exc
+            raise self.expired_error(started=True) from exc
 
     def close(self) -> None:
         """Release the worker threads of ``strategy="thread"`` (abandoned calls finish first)."""
