@@ -4,6 +4,7 @@ trace id are the same at C as at A, and an expired request is refused at B witho
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +13,7 @@ import httpx
 import pytest
 from http_support import send_json, serve
 from opentelemetry import baggage, context, trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -92,11 +93,28 @@ def test_deadline_correlation_id_and_trace_travel_the_chain(chain: Chain) -> Non
     assert a["trace_id"] == b["trace_id"] == c["trace_id"]
 
 
+def _spans_started_since(
+    exporter: InMemorySpanExporter, start_ns: int, count: int, within: float = 2.0
+) -> list[ReadableSpan]:
+    """The finished spans started at or after ``start_ns``, as soon as there are ``count``
+    (or ``within`` seconds have passed). A server's span ends after it has sent its response,
+    so the caller can have the answer before that server's span (or the one of a server
+    further down) is finished; and a previous test's outer span can finish after ours began."""
+    deadline = time.monotonic() + within
+    while True:
+        spans = [s for s in exporter.get_finished_spans() if (s.start_time or 0) >= start_ns]
+        if len(spans) >= count or time.monotonic() >= deadline:
+            return spans
+        time.sleep(0.002)
+
+
 def test_spans_form_one_trace_server_client_server(chain: Chain) -> None:
     """Each hop records a SERVER span, each call a CLIENT span, parented across processes."""
     chain.exporter.clear()
-    httpx.get(chain.url_a, headers={"x-request-timeout-ms": "2000"})
-    spans = chain.exporter.get_finished_spans()
+    start_ns = time.time_ns()  # the SDK's span clock
+    r = httpx.get(chain.url_a, headers={"x-request-timeout-ms": "2000"})
+    assert r.status_code == 200
+    spans = _spans_started_since(chain.exporter, start_ns, 5)
     kinds = sorted(s.kind.name for s in spans)
     assert kinds == ["CLIENT", "CLIENT", "SERVER", "SERVER", "SERVER"]
     assert len({s.context.trace_id for s in spans}) == 1
