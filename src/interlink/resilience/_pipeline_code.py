@@ -22,7 +22,7 @@ from interlink.errors import DeadlineExceeded, RejectedError
 from interlink.resilience._watchdog import PER_SECOND
 from interlink.resilience.breaker import CircuitBreaker
 from interlink.resilience.bulkhead import Bulkhead
-from interlink.resilience.deadline import _CURRENT, _Pair, expired, shrink_to
+from interlink.resilience.deadline import _CURRENT, _Pair, expired, remaining, shrink_to
 from interlink.resilience.fallback import Fallback
 from interlink.resilience.ratelimit import RateLimiter
 from interlink.resilience.retry import Retry
@@ -99,6 +99,7 @@ def build_call(  # noqa: PLR0915 - one flat template reads best
             cv_set=_CURRENT.set,
             cv_reset=_CURRENT.reset,
             enter_parent=_parent_deadline(timeout),
+            remaining=remaining,
             timeout=timeout,
             DeadlineExceeded=DeadlineExceeded,
             get_ident=threading.get_ident,
@@ -110,13 +111,14 @@ def build_call(  # noqa: PLR0915 - one flat template reads best
         )
         src.add(
             "now = tclock()",
+            "at = now + secs",
             "parent = cv_get()",
-            "if parent is None or (parent[1] is tclock and parent[0] > now + secs):",
-            "    token = cv_set((now + secs, tclock))",
-            "    left = secs",
+            "if parent is None or (parent[1] is tclock and parent[0] > at):",
+            "    token = cv_set((at, tclock))",
+            *(["    left = secs"] if is_async else []),
             "else:",
             "    token = enter_parent(parent, now)",
-            "    left = parent[0] - parent[1]()",
+            *(["    left = remaining()"] if is_async else []),
         )
         src.indent("try:")
         if is_async:
@@ -140,11 +142,90 @@ def build_call(  # noqa: PLR0915 - one flat template reads best
     if budget is not None:
         ns["deposit"] = budget.deposit
         src.add("deposit()")
+    if retry is None:
+        _attempt(
+            src,
+            ns,
+            is_async=is_async,
+            breaker=breaker,
+            rate_limiter=rate_limiter,
+            bulkhead=bulkhead,
+        )
+    else:
+        # the first attempt runs straight through; only a failure enters the retry loop,
+        # generated as its own function below
+        src.indent("try:")
+        _attempt(
+            src,
+            ns,
+            is_async=is_async,
+            breaker=breaker,
+            rate_limiter=rate_limiter,
+            bulkhead=bulkhead,
+        )
+        src.dedent()
+        src.add("except BaseException as exc:", f"    result = {aw}again(fn, args, kwargs, exc)")
+    if timeout is not None:
+        if is_async:
+            src.dedent()
+            src.add(
+                "except asyncio.CancelledError:",
+                "    if bucket.pop(seq, None) is None and wd.fired(seq):",
+                "        task.uncancel()",
+                "        raise timeout.expired_error(started=True) from None",
+                "    raise",
+                "except BaseException:",
+                "    if bucket.pop(seq, None) is None and wd.fired(seq):",
+                "        task.uncancel()",
+                "    raise",
+                "if bucket.pop(seq, None) is None and wd.fired(seq):",
+                "    task.uncancel()",
+            )
+        src.dedent()
+        src.add("finally:", "    cv_reset(token)")
+    if fallback is not None:
+        src.dedent()
+        src.add("except BaseException as exc:", f"    return {aw}recover(exc)", "remember(result)")
+    src.add("return result")
     if retry is not None:
         ns.update(next_delay=retry.next_delay, rsleep=retry.asleep if is_async else retry.sleep)
+        src.dedent(src.depth)
+        src.indent(f"{'async def' if is_async else 'def'} again(fn, args, kwargs, exc):")
         src.add("attempt = 0", "delay = 0.0")
         src.indent("while True:")
+        src.add("delay = next_delay(attempt, exc, delay)", f"{aw}rsleep(delay)", "attempt += 1")
         src.indent("try:")
+        _attempt(
+            src,
+            ns,
+            is_async=is_async,
+            breaker=breaker,
+            rate_limiter=rate_limiter,
+            bulkhead=bulkhead,
+        )
+        src.dedent()
+        src.add(
+            "except BaseException as failed:", "    exc = failed", "    continue", "return result"
+        )
+    text = "\n".join(src.lines)
+    code = compile(text, f"<interlink pipeline {name!r}>", "exec")
+    exec(code, ns)
+    call: Callable[..., Any] = ns["call"]
+    call.__interlink_source__ = text  # type: ignore[attr-defined]
+    return call
+
+
+def _attempt(
+    src: _Source,
+    ns: dict[str, Any],
+    *,
+    is_async: bool,
+    breaker: CircuitBreaker | None,
+    rate_limiter: RateLimiter | None,
+    bulkhead: Bulkhead | None,
+) -> None:
+    """One attempt through breaker, rate limiter and bulkhead; leaves the answer in ``result``."""
+    aw = "await " if is_async else ""
     if breaker is not None:
         ns.update(breaker=breaker, bclock=breaker._clock, successes=breaker._succ_counter)
         src.add(
@@ -199,42 +280,3 @@ def build_call(  # noqa: PLR0915 - one flat template reads best
             "else:",
             "    breaker.on_success(permit, bclock() - start)",
         )
-    if retry is not None:
-        src.dedent()
-        src.add(
-            "except BaseException as exc:",
-            "    delay = next_delay(attempt, exc, delay)",
-            f"    {aw}rsleep(delay)",
-            "    attempt += 1",
-            "    continue",
-            "break",
-        )
-        src.dedent()
-    if timeout is not None:
-        if is_async:
-            src.dedent()
-            src.add(
-                "except asyncio.CancelledError:",
-                "    if bucket.pop(seq, None) is None and wd.fired(seq):",
-                "        task.uncancel()",
-                "        raise timeout.expired_error(started=True) from None",
-                "    raise",
-                "except BaseException:",
-                "    if bucket.pop(seq, None) is None and wd.fired(seq):",
-                "        task.uncancel()",
-                "    raise",
-                "if bucket.pop(seq, None) is None and wd.fired(seq):",
-                "    task.uncancel()",
-            )
-        src.dedent()
-        src.add("finally:", "    cv_reset(token)")
-    if fallback is not None:
-        src.dedent()
-        src.add("except BaseException as exc:", f"    return {aw}recover(exc)", "remember(result)")
-    src.add("return result")
-    text = "\n".join(src.lines)
-    code = compile(text, f"<interlink pipeline {name!r}>", "exec")
-    exec(code, ns)
-    call: Callable[..., Any] = ns["call"]
-    call.__interlink_source__ = text  # type: ignore[attr-defined]
-    return call
