@@ -159,6 +159,42 @@ def rabbit_server() -> PrivateServer | None:
     return PrivateServer("rabbit", [str(binary)], port, data, env, start_timeout=20)
 
 
+async def drop_topic(url: str, topic: str, groups: tuple[str, ...]) -> None:
+    """Delete what a scenario created for ``topic`` on a shared server (streams, keys or
+    queues, and the topic's entry in the RabbitMQ registry)."""
+    if url.startswith("nats"):
+        import nats
+
+        nc = await nats.connect(url.split("?", 1)[0])
+        js = nc.jetstream()
+        for name in (f"interlink:{topic}", f"interlink:{topic}:dlq"):
+            with contextlib.suppress(Exception):
+                await js.delete_stream(name)
+        await nc.close()
+    elif url.startswith("redis"):
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(url.split("?", 1)[0])
+        keys = [k async for k in client.scan_iter(match=f"interlink:{topic}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+    else:
+        import aio_pika
+
+        conn = await aio_pika.connect(url.split("?", 1)[0])
+        channel = await conn.channel()
+        for name in (*(f"{topic}:{g}" for g in groups), f"{topic}:#backlog", f"{topic}.dlq"):
+            with contextlib.suppress(Exception):
+                await channel.queue_delete(name, if_unused=False, if_empty=False)
+        registry = await channel.declare_queue("interlink.topics", durable=True)
+        while (message := await registry.get(no_ack=False, fail=False)) is not None:
+            if message.body.decode() in (topic, f"{topic}.dlq"):
+                await message.ack()
+        await channel.close()  # the other registry entries go back
+        await conn.close()
+
+
 # ------------------------------------------------------------------------------ scenarios
 
 
@@ -228,15 +264,18 @@ async def slow_consumer_publishing(url: str, *, total: int = 400) -> tuple[float
         await asyncio.sleep(0.02)
         handled += 1
 
-    async with broker:
-        began = time.monotonic()
-        for i in range(total // 4):
-            await broker.publish(topic, b"serial %d" % i)
-        for _ in range(3):
-            await broker.publish_many(topic, [b"batch"] * (total // 4))
-        took = time.monotonic() - began
-        seen = handled
-        await broker.stop(grace=0.1)
+    try:
+        async with broker:
+            began = time.monotonic()
+            for i in range(total // 4):
+                await broker.publish(topic, b"serial %d" % i)
+            for _ in range(3):
+                await broker.publish_many(topic, [b"batch"] * (total // 4))
+            took = time.monotonic() - began
+            seen = handled
+            await broker.stop(grace=0.1)
+    finally:
+        await drop_topic(url, topic, ("g",))
     return took, seen
 
 
@@ -321,6 +360,7 @@ def kill_consumer_mid_batch(url: str, tmp: Path, *, total: int = 120) -> KillRes
             db.execute("DELETE FROM il_fault_effects WHERE run = %s", (topic,))
             with contextlib.suppress(psycopg.Error):
                 db.execute("DELETE FROM interlink_processed WHERE grp = %s", (topic,))
+        asyncio.run(drop_topic(url, topic, (topic,)))
     return KillResult(published, _lines(log), done, before)
 
 

@@ -1,0 +1,242 @@
+"""The consuming side of the RabbitMQ backend: deliveries, coalesced acks, retry delay steps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+
+from interlink.messaging.envelope import DeadLetter, decode_or_poison, encode_dead_letter
+
+if TYPE_CHECKING:
+    from interlink.messaging.backends.rabbitmq import RabbitBackend
+
+__all__ = ["ATTEMPT", "PERSISTENT", "AckBatcher", "RabbitDelivery", "Signal", "delay_step"]
+
+log = logging.getLogger("interlink.messaging.rabbitmq")
+
+#: Header of a re-published retry: deliveries before this copy.
+ATTEMPT = "x-interlink-attempt"
+PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
+_STEPS = (1.0, 1.2, 1.5, 1.8, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0)
+_MAX_DELAY_MS = 7 * 24 * 3600 * 1000
+# An ack waiting behind an unfinished earlier delivery is sent on its own after this long.
+_STRAGGLER = 0.05
+
+
+def delay_step(delay: float) -> int:
+    """The delay queue for ``delay`` seconds, in ms: the next step of 1, 1.2, 1.5, 1.8, 2,
+    2.5, 3, 3.5, 4, 5, 6, 7, 8 x 10^k ms at or above it (at most 25% longer than asked)."""
+    ms = min(max(1, math.ceil(delay * 1000)), _MAX_DELAY_MS)
+    scale = 1
+    while scale * 10 <= ms:  # exact powers of ten, where log10 may round 1000 down
+        scale *= 10
+    return next(v for v in (round(s * scale) for s in _STEPS) if v >= ms)
+
+
+class Signal:
+    """Wakes the subscription's iterator when the consumer callback buffered a message."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        future = self._future
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def wait(self) -> None:
+        self._future = asyncio.get_running_loop().create_future()
+        try:
+            await self._future
+        finally:
+            self._future = None
+
+
+class _Lane:
+    """One AMQP channel's deliveries in tag order, and which of them are settled."""
+
+    __slots__ = ("acked", "order", "settled", "since")
+
+    def __init__(self) -> None:
+        self.order: deque[int] = deque()
+        self.acked: set[int] = set()  # to ack, waiting for the tags before them
+        self.settled: set[int] = set()  # nacked or acked on their own: skip over them
+        self.since = 0.0
+
+
+class AckBatcher:
+    """Turns the acks of one subscription into one ``basic.ack(multiple=True)`` per moment.
+
+    Delivery tags grow in delivery order on a channel; once every delivery up to tag T is
+    settled, a single multiple-ack for T acknowledges them all. An ack stuck behind a slow
+    earlier delivery is sent on its own after a few ms, so nothing waits on a slow handler.
+    """
+
+    def __init__(self) -> None:
+        self._lanes: dict[Any, _Lane] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    def delivered(self, message: AbstractIncomingMessage) -> None:
+        lane = self._lanes.get(message.channel)
+        if lane is None:
+            lane = self._lanes[message.channel] = _Lane()
+        lane.order.append(message.delivery_tag or 0)
+
+    def settled(self, message: AbstractIncomingMessage) -> None:
+        """Nacked (or rejected) on its own: the batch skips it."""
+        lane = self._lanes.get(message.channel)
+        if lane is not None:
+            lane.settled.add(message.delivery_tag or 0)
+
+    def ack(self, message: AbstractIncomingMessage) -> None:
+        lane = self._lanes.get(message.channel)
+        if lane is None:
+            return
+        if not lane.acked:
+            lane.since = time.monotonic()
+        lane.acked.add(message.delivery_tag or 0)
+        if self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(0)  # the acks of this moment, together
+        try:
+            await self.flush(force=False)
+        finally:
+            self._flusher = None
+            if any(lane.acked for lane in self._lanes.values()):
+                self._flusher = asyncio.ensure_future(self._later())
+
+    async def _later(self) -> None:
+        await asyncio.sleep(_STRAGGLER)
+        self._flusher = None
+        await self.flush(force=False)
+        if any(lane.acked for lane in self._lanes.values()) and self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._later())
+
+    async def flush(self, *, force: bool) -> None:
+        """Send what can be sent; with ``force`` (or for stragglers) every ack on its own."""
+        now = time.monotonic()
+        for channel, lane in list(self._lanes.items()):
+            if channel.is_closed:  # from before a reconnect: the broker requeued them all
+                del self._lanes[channel]
+                continue
+            highest = 0
+            order, acked, settled = lane.order, lane.acked, lane.settled
+            while order and (order[0] in acked or order[0] in settled):
+                tag = order.popleft()
+                if tag in acked:
+                    acked.discard(tag)
+                    highest = tag
+                else:
+                    settled.discard(tag)
+            with contextlib.suppress(Exception):  # unacked, they are redelivered: at least once
+                if highest:
+                    await channel.basic_ack(highest, multiple=True, wait=False)
+                if acked and (force or now - lane.since >= _STRAGGLER):
+                    for tag in sorted(acked):
+                        await channel.basic_ack(tag, wait=False)
+                    settled.update(acked)
+                    acked.clear()
+            if not order:
+                del self._lanes[channel]
+
+
+class RabbitDelivery:
+    __slots__ = (
+        "_acks",
+        "_backend",
+        "_done",
+        "_group",
+        "_message",
+        "_topic",
+        "attempt",
+        "envelope",
+        "raw",
+    )
+
+    def __init__(
+        self,
+        backend: RabbitBackend,
+        acks: AckBatcher,
+        topic: str,
+        group: str,
+        message: AbstractIncomingMessage,
+    ) -> None:
+        self._backend = backend
+        self._acks = acks
+        self._topic = topic
+        self._group = group
+        self._message = message
+        self._done = False
+        headers = message.headers
+        prior = headers.get(ATTEMPT, 0) if headers else 0
+        returned = headers.get("x-delivery-count") if headers else None
+        if not isinstance(returned, int):  # a classic queue only says "redelivered"
+            returned = 1 if message.redelivered else 0
+        self.attempt = (prior if isinstance(prior, int) else 0) + returned + 1
+        self.raw = message.body
+        self.envelope = decode_or_poison(
+            message.body, message.message_id or f"amqp:{message.delivery_tag}"
+        )
+
+    async def ack(self) -> None:
+        if not self._done:
+            self._done = True
+            self._acks.ack(self._message)
+
+    async def nack(self, delay: float) -> None:
+        if self._done:
+            return
+        self._done = True
+        message = self._message
+        if delay <= 0:
+            self._acks.settled(message)
+            await message.nack(requeue=True)  # the queue counts the redelivery
+            return
+        backend = self._backend
+        exchange = await backend.delay_exchange(delay)
+        copy = aio_pika.Message(
+            self.raw,
+            delivery_mode=PERSISTENT,
+            message_id=message.message_id,
+            headers={ATTEMPT: self.attempt},
+        )
+        await backend.confirm(
+            exchange, copy, backend.queue_name(self._topic, self._group), self._topic
+        )
+        self._acks.ack(message)
+
+    async def dead_letter(self, reason: str, error_type: str | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        env = self.envelope
+        letter = DeadLetter(
+            id=env.id,
+            topic=self._topic,
+            data=self.raw,
+            reason=reason,
+            error_type=error_type,
+            attempts=self.attempt,
+            group=self._group,
+            published_at=env.time if env.error is None else None,
+            dead_at=time.time(),
+        )
+        backend = self._backend
+        dlq = await backend.ensure_dlq(self._topic)
+        record = aio_pika.Message(
+            encode_dead_letter(letter), delivery_mode=PERSISTENT, message_id=letter.id
+        )
+        await backend.confirm(backend.default_exchange, record, dlq, self._topic)
+        self._acks.ack(self._message)

@@ -1,0 +1,409 @@
+"""The moving parts of the Redis Streams backend: one subscription's reads, claims, batched
+acks and delayed retries, and the Lua scripts that make a retry or a replay one atomic step."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from interlink.messaging.backend import Delivery
+from interlink.messaging.backends._options import reconnect_delay
+from interlink.messaging.envelope import DeadLetter, decode_or_poison, encode_dead_letter
+
+if TYPE_CHECKING:
+    from interlink.messaging.backends.redis import RedisBackend
+
+__all__ = [
+    "LOST",
+    "NACK",
+    "PROMOTE",
+    "REPLAY",
+    "Entry",
+    "RedisDelivery",
+    "Subscription",
+    "shielded",
+]
+
+log = logging.getLogger("interlink.messaging.redis")
+
+T = TypeVar("T")
+
+#: (0 for the topic's stream or 1 for the group's retry stream, entry id, fields, deliveries)
+Entry = tuple[int, bytes, Mapping[bytes, bytes], int]
+
+
+async def shielded(call: Awaitable[T]) -> T:
+    """Await a redis-py call so that cancelling the caller always works: a cancellation that
+    lands inside a command can be swallowed by redis-py (redis/redis-py#2028, #2551), which
+    would leave a stopping consumer hanging. The command runs as its own task; a cancelled
+    caller stops waiting for it (and cancels it, best effort)."""
+    task = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.cancel()
+        task.add_done_callback(_retrieve)
+        raise
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark the outcome of an abandoned call as seen (asyncio logs unseen errors)."""
+    if not task.cancelled():
+        task.exception()
+
+
+LOST = (RedisConnectionError, RedisTimeoutError, OSError)
+
+# nack: park the message in the delay set (scored by the server's clock) and ack the original,
+# in one step. KEYS: delay set, source stream. ARGV: group, entry id, delay ms, member, 1 to
+# also delete the entry (retry streams belong to one group: nobody else needs it).
+NACK = """
+local t = redis.call('TIME')
+local due = t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], due, ARGV[4])
+redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+if ARGV[5] == '1' then redis.call('XDEL', KEYS[2], ARGV[2]) end
+return due
+"""
+
+# Move due members of the delay set to the retry stream. KEYS: delay set, retry stream.
+# ARGV: how many at most. Returns {moved, ms until the next one is due or -1}.
+PROMOTE = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, m in ipairs(due) do
+  local a = string.find(m, '|', 1, true)
+  local b = string.find(m, '|', a + 1, true)
+  redis.call('XADD', KEYS[2], '*', 'd', string.sub(m, b + 1), 'a', string.sub(m, 1, a - 1))
+  redis.call('ZREM', KEYS[1], m)
+end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if nxt[2] then return {#due, tonumber(nxt[2]) - now} end
+return {#due, -1}
+"""
+
+# Replay one dead letter: re-publish it only if this call removed it from the DLQ, so two
+# replays running at once publish it once. KEYS: DLQ stream, topic stream. ARGV: DLQ entry
+# id, data, maxlen (0: none).
+REPLAY = """
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+if ARGV[3] == '0' then
+  redis.call('XADD', KEYS[2], '*', 'd', ARGV[2])
+else
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[2])
+end
+return 1
+"""
+
+
+class RedisDelivery:
+    __slots__ = ("_done", "_id", "_source", "_sub", "attempt", "envelope", "raw")
+
+    def __init__(
+        self,
+        sub: Subscription,
+        source: int,
+        entry_id: bytes,
+        fields: Mapping[bytes, bytes],
+        times: int,
+    ) -> None:
+        self._sub = sub
+        self._source = source  # 0: the topic's stream, 1: the group's retry stream
+        self._id = entry_id
+        self._done = False
+        raw = fields.get(b"d", b"")
+        self.attempt = int(fields.get(b"a", 0)) + times
+        self.raw = raw
+        self.envelope = decode_or_poison(raw, entry_id.decode())
+
+    async def ack(self) -> None:
+        if not self._done:
+            self._done = True
+            self._sub.ack(self._source, self._id)
+
+    async def nack(self, delay: float) -> None:
+        if not self._done:
+            self._done = True
+            await self._sub.retry(self._source, self._id, self.raw, self.attempt, delay)
+
+    async def dead_letter(self, reason: str, error_type: str | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        env = self.envelope
+        sub = self._sub
+        letter = DeadLetter(
+            id=env.id,
+            topic=sub.topic,
+            data=self.raw,
+            reason=reason,
+            error_type=error_type,
+            attempts=self.attempt,
+            group=sub.group,
+            published_at=env.time if env.error is None else None,
+            dead_at=time.time(),
+        )
+        await sub.dead(self._source, self._id, encode_dead_letter(letter))
+
+
+class Subscription:
+    """One ``subscribe()``: its consumer name, batched acks, delayed retries and claims."""
+
+    def __init__(self, backend: RedisBackend, topic: str, group: str) -> None:
+        self.stopped = False
+        self.backend = backend
+        self.redis = backend.client
+        self.topic = topic
+        self.group = group
+        prefix = backend.prefix
+        self.streams = (f"{prefix}:{topic}", f"{prefix}:{topic}#retry:{group}")
+        self.delays = f"{prefix}:{topic}#delay:{group}"
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.acks: tuple[list[bytes], list[bytes]] = ([], [])
+        self.flusher: asyncio.Task[None] | None = None
+        self.wake = asyncio.Event()
+        self.next_due: float | None = None
+        self.promoter: asyncio.Task[None] | None = None
+        self.cursors = [b"0-0", b"0-0"]
+        self.read_ids: dict[Any, Any] = {self.streams[0]: ">", self.streams[1]: ">"}
+        self.keys = {self.streams[0].encode(): 0, self.streams[1].encode(): 1}
+
+    # -- settling -----------------------------------------------------------------------
+
+    def ack(self, source: int, entry_id: bytes) -> None:
+        self.acks[source].append(entry_id)
+        if self.flusher is None:
+            self.flusher = asyncio.create_task(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(0)  # gather the acks of this moment into one XACK
+        try:
+            await self.flush()
+        finally:
+            self.flusher = None
+            if self.acks[0] or self.acks[1]:  # acked while the last XACK was on its way
+                self.flusher = asyncio.create_task(self._flush_soon())
+
+    async def flush(self) -> None:
+        failures = 0
+        # Retry a lost connection for as long as the ack still matters: once the visibility
+        # timeout has passed, the message is redelivered anyway.
+        give_up = time.monotonic() + self.backend.visibility_timeout / 2
+        while self.acks[0] or self.acks[1]:
+            main, retry = self.acks
+            self.acks = ([], [])
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    if main:
+                        pipe.xack(self.streams[0], self.group, *main)
+                    if retry:
+                        pipe.xack(self.streams[1], self.group, *retry)
+                        pipe.xdel(self.streams[1], *retry)
+                    await pipe.execute()
+            except LOST as exc:
+                failures += 1
+                self.acks[0].extend(main)
+                self.acks[1].extend(retry)
+                if time.monotonic() >= give_up:
+                    # Unacked, they come back after the visibility timeout: at least once.
+                    log.warning(
+                        "redis: could not ack %d deliveries: %r", len(main) + len(retry), exc
+                    )
+                    self.acks = ([], [])
+                    return
+                await asyncio.sleep(reconnect_delay(failures, exc))
+
+    async def retry(
+        self, source: int, entry_id: bytes, raw: bytes, attempt: int, delay: float
+    ) -> None:
+        """Back later with ``attempt + 1``: now into the retry stream, or via the delay set."""
+        stream = self.streams[source]
+        if delay <= 0:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xadd(self.streams[1], {b"d": raw, b"a": attempt})
+                pipe.xack(stream, self.group, entry_id)
+                if source:
+                    pipe.xdel(stream, entry_id)
+                await pipe.execute()
+            return
+        member = b"%d|%d%s|" % (attempt, source, entry_id) + raw
+        await self.backend.scripts.nack(
+            keys=[self.delays, stream],
+            args=[self.group, entry_id, int(delay * 1000), member, source],
+        )
+        due = time.monotonic() + delay
+        if self.next_due is None or due < self.next_due:
+            self.next_due = due
+            self.wake.set()
+
+    async def dead(self, source: int, entry_id: bytes, record: bytes) -> None:
+        stream = self.streams[source]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(f"{self.backend.prefix}:{self.topic}.dlq", {b"d": record})
+            pipe.xack(stream, self.group, entry_id)
+            if source:
+                pipe.xdel(stream, entry_id)
+            await pipe.execute()
+
+    # -- delayed retries ----------------------------------------------------------------
+
+    async def promote_forever(self) -> None:
+        """Move due retries into the retry stream (which wakes the blocked read): at the
+        next due time this process knows of, and every ``poll`` seconds for the others'."""
+        failures = 0
+        poll = self.backend.poll
+        while not self.stopped:
+            self.wake.clear()
+            wait = poll
+            if self.next_due is not None:
+                wait = min(wait, max(0.0, self.next_due - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self.wake.wait()
+            if self.next_due is not None and self.next_due > time.monotonic():
+                continue  # woken for an earlier due time: recompute the wait
+            try:
+                moved, next_ms = 500, -1
+                while moved == 500 and not self.stopped:
+                    moved, next_ms = await shielded(
+                        self.backend.scripts.promote(
+                            keys=[self.delays, self.streams[1]], args=[500]
+                        )
+                    )
+                failures = 0
+                self.next_due = None if next_ms < 0 else time.monotonic() + next_ms / 1000
+            except LOST as exc:
+                failures += 1
+                await asyncio.sleep(reconnect_delay(failures, exc))
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def claim(self, count: int) -> list[Entry]:
+        """Take over deliveries idle past the visibility timeout (their consumer died)."""
+        idle = int(self.backend.visibility_timeout * 1000)
+        found: list[Entry] = []
+        for source, stream in enumerate(self.streams):
+            reply = await shielded(
+                self.redis.xautoclaim(
+                    stream, self.group, self.consumer, idle, self.cursors[source], count=count
+                )
+            )
+            self.cursors[source] = reply[0]
+            entries = [(eid, fields) for eid, fields in reply[1] if fields]
+            gone = reply[2] if len(reply) > 2 else []
+            if gone:  # trimmed away while pending: nothing left to deliver
+                await shielded(self.redis.xack(stream, self.group, *gone))
+            if not entries:
+                continue
+            pending = await shielded(
+                self.redis.xpending_range(
+                    stream,
+                    self.group,
+                    min=entries[0][0],
+                    max=entries[-1][0],
+                    count=len(entries) * 2,
+                    consumername=self.consumer,
+                )
+            )
+            times = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+            found.extend((source, eid, fields, times.get(eid, 2)) for eid, fields in entries)
+        return found
+
+    async def release(self, rest: Sequence[Entry]) -> None:
+        """Hand back fetched deliveries nobody took (same attempt count) and flush acks."""
+        if rest:
+            with contextlib.suppress(RedisError, OSError):
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    for source, eid, fields, times in rest:
+                        prior = int(fields.get(b"a", 0)) + times - 1
+                        pipe.xadd(self.streams[1], {b"d": fields.get(b"d", b""), b"a": prior})
+                        pipe.xack(self.streams[source], self.group, eid)
+                        if source:
+                            pipe.xdel(self.streams[source], eid)
+                    await pipe.execute()
+        with contextlib.suppress(RedisError, OSError):
+            await self.flush()
+
+    async def read(self, count: int, block_ms: int) -> list[Entry]:
+        """New deliveries of both streams. Shielded; if the caller is cancelled while the
+        read is under way, whatever it still returns is released at once."""
+        task = asyncio.ensure_future(
+            self.redis.xreadgroup(self.group, self.consumer, self.read_ids, count, block_ms)
+        )
+        try:
+            reply: Any = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.cancel()
+            task.add_done_callback(self._release_late)
+            raise
+        found: list[Entry] = []
+        keys = self.keys
+        for key, entries in reply or ():
+            source = keys[key]
+            found.extend((source, eid, fields, 1) for eid, fields in entries)
+        return found
+
+    def _release_late(self, task: asyncio.Future[Any]) -> None:
+        if task.cancelled() or task.exception() is not None or not task.result():
+            return
+        keys = self.keys
+        rest = [
+            (keys[key], eid, fields, 1) for key, entries in task.result() for eid, fields in entries
+        ]
+        self.backend.track(asyncio.ensure_future(self.release(rest)))
+
+    async def deliveries(self, prefetch: int) -> AsyncIterator[Delivery]:
+        """The subscription's iterator: claimed, retried and new deliveries."""
+        backend = self.backend
+        await shielded(backend.ensure_group(self.topic, self.group))
+        self.promoter = asyncio.create_task(self.promote_forever())
+        buffer: deque[Entry] = deque()
+        claim_every = max(backend.visibility_timeout / 2, 0.05)
+        next_claim = time.monotonic() + claim_every
+        block = int(min(backend.block, claim_every) * 1000)
+        failures = 0
+        try:
+            while True:
+                try:
+                    if time.monotonic() >= next_claim:
+                        next_claim = time.monotonic() + claim_every
+                        buffer.extend(await self.claim(prefetch))
+                    if not buffer:
+                        buffer.extend(await self.read(prefetch, block))
+                    failures = 0
+                except LOST as exc:
+                    failures += 1
+                    await asyncio.sleep(reconnect_delay(failures, exc))
+                    continue
+                except ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    # The stream or group vanished (a server restarted without persistence).
+                    backend.forget_group(self.topic, self.group)
+                    await shielded(backend.ensure_group(self.topic, self.group))
+                    continue
+                while buffer:
+                    source, eid, fields, times = buffer.popleft()
+                    yield RedisDelivery(self, source, eid, fields, times)
+        finally:
+            # The subscription stays known to the backend: handlers still running ack
+            # through it, and the backend's aclose() flushes those acks.
+            self.stopped = True
+            promoter = self.promoter
+            if promoter is not None:
+                promoter.cancel()
+                await asyncio.wait({promoter}, timeout=1.0)
+            await self.release(list(buffer))

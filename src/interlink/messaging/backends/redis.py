@@ -1,0 +1,272 @@
+"""Redis Streams backend: ``redis://[:password@]host:6379/0`` (``rediss://`` for TLS).
+
+Layout (``prefix`` defaults to ``interlink``):
+
+- ``<prefix>:<topic>`` — the topic's stream; each group is a consumer group on it. The topic's
+  first group starts at the beginning of the stream, a later group at its end;
+- ``<prefix>:<topic>#retry:<group>`` — the group's retry stream: messages coming back after a
+  retry delay (or released at shutdown), read in the same ``XREADGROUP`` as the topic;
+- ``<prefix>:<topic>#delay:<group>`` — a sorted set of messages waiting for their retry delay,
+  scored by due time (the server's clock); each consumer moves due ones into the retry stream
+  with one Lua script, so a delay survives any consumer's crash;
+- ``<prefix>:<topic>.dlq`` — the dead letters (``encode_dead_letter`` records).
+
+Every delivery stays in the group's pending list until acked, so a consumer that dies loses
+nothing: another consumer of the group claims its deliveries with ``XAUTOCLAIM`` once they have
+been idle for ``visibility_timeout`` seconds (a handler running longer than that may be
+delivered twice). ``nack`` and ``dead_letter`` are one atomic step each (a script or
+``MULTI``): the copy is written and the original acked together. Acks are batched: one
+``XACK`` per stream for all acks of the moment, sent in the background.
+
+Durability is the server's: a publish is confirmed when Redis has applied the ``XADD``; with
+``appendonly yes`` and ``appendfsync always`` that is on disk, with ``everysec`` up to a second
+of confirmed messages can be lost in a crash, without persistence all of them.
+
+URL options: ``visibility_timeout`` (s, 30), ``maxlen`` (approximate ``MAXLEN ~`` trimming of
+topic streams; default none: a trimmed message is gone even for a group that did not read
+it), ``prefix`` (``interlink``), ``block`` (s, 2: longest blocking read), ``socket_timeout``
+(s, 10), ``poll`` (s, 1: how often another consumer's due retries are looked for).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+try:
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError, ResponseError
+except ImportError as exc:  # pragma: no cover - exercised by the no-extras install test
+    raise ImportError(
+        "interlink.messaging's redis:// backend needs redis: pip install 'interlink[redis]'"
+    ) from exc
+
+from interlink.messaging.backend import BackendUnavailable, Delivery, PublishError, redact
+from interlink.messaging.backends._options import UrlOptions, close_at_loop_end, stop_keeper
+from interlink.messaging.backends._redis_streams import (
+    NACK,
+    PROMOTE,
+    REPLAY,
+    Subscription,
+)
+from interlink.messaging.envelope import (
+    DeadLetter,
+    EnvelopeError,
+    OutgoingMessage,
+    decode_dead_letter,
+)
+
+__all__ = ["RedisBackend"]
+
+log = logging.getLogger("interlink.messaging.redis")
+
+
+class RedisBackend:
+    """Messages in Redis Streams with consumer groups (see the module docstring)."""
+
+    scheme: ClassVar[str] = "redis"
+
+    def __init__(self, url: str) -> None:
+        opts = UrlOptions(url, "redis")
+        self._url = url
+        self.visibility_timeout = opts.number("visibility_timeout", 30.0, minimum=0.001)
+        self.maxlen = opts.integer("maxlen", None, minimum=1)
+        self.prefix = opts.text("prefix", "interlink")
+        self.block = opts.number("block", 2.0, minimum=0.001)
+        self.socket_timeout = opts.number("socket_timeout", 10.0, minimum=0.001)
+        self.poll = opts.number("poll", 1.0, minimum=0.001)
+        opts.done()
+        self._base = opts.base
+        self._client: aioredis.Redis | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self._groups: set[tuple[str, str]] = set()
+        self._subs: set[Subscription] = set()
+        self.scripts: Any = None  # the Lua scripts, registered on connect
+        self._late: set[asyncio.Future[None]] = set()
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The connection pool's client."""
+        if self._client is None:
+            raise BackendUnavailable(redact(self._url), "not connected")
+        return self._client
+
+    async def connect(self) -> None:
+        """Create the pool and check the server answers."""
+        if self._client is not None:
+            return
+        client = aioredis.Redis.from_url(
+            self._base,
+            socket_timeout=max(self.socket_timeout, self.block + 1.0),
+            socket_connect_timeout=self.socket_timeout,
+        )
+        try:
+            await client.ping()
+        except (RedisError, OSError) as exc:
+            await client.aclose()
+            raise BackendUnavailable(redact(self._url), f"cannot connect: {exc!r}") from exc
+        self.scripts = SimpleNamespace(
+            nack=client.register_script(NACK),
+            promote=client.register_script(PROMOTE),
+            replay=client.register_script(REPLAY),
+        )
+        self._client = client
+        self._keeper = close_at_loop_end(self.aclose)
+
+    async def aclose(self) -> None:
+        """Flush batched acks, forget our idle consumer names, close the pool."""
+        client, subs = self._client, list(self._subs)
+        if client is None:
+            return
+        keeper, self._keeper = self._keeper, None
+        stop_keeper(keeper)
+        if self._late:
+            await asyncio.wait(set(self._late), timeout=2.0)
+        for sub in subs:  # every subscription of this connection, stopped ones included
+            flusher = sub.flusher
+            if flusher is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await flusher
+            with contextlib.suppress(RedisError, OSError):
+                await sub.flush()
+        self._client = None
+        self._subs.clear()
+        self._groups.clear()
+        with contextlib.suppress(RedisError, OSError):
+            await client.aclose()
+
+    def _key(self, topic: str) -> str:
+        return f"{self.prefix}:{topic}"
+
+    # -- publishing ---------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        data: bytes,
+        *,
+        key: str | None,
+        headers: Mapping[str, str],
+        message_id: str,
+    ) -> None:
+        """``XADD``: confirmed when the server applied it (durable as its persistence)."""
+        client = self._client or await self._connected()
+        try:
+            await client.xadd(self._key(topic), {b"d": data}, maxlen=self.maxlen)
+        except (RedisError, OSError) as exc:
+            raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
+
+    async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:
+        """All ``XADD``s in one pipeline: one round trip for the batch."""
+        client = self._client or await self._connected()
+        stream, maxlen = self._key(topic), self.maxlen
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for item in items:
+                    pipe.xadd(stream, {b"d": item.data}, maxlen=maxlen)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
+
+    async def _connected(self) -> aioredis.Redis:
+        await self.connect()
+        return self.client
+
+    # -- consuming ----------------------------------------------------------------------
+
+    async def ensure_group(self, topic: str, group: str) -> None:
+        """Create the group on the topic's stream and on its own retry stream."""
+        if (topic, group) in self._groups:
+            return
+        client = self._client or await self._connected()
+        stream = self._key(topic)
+        try:
+            first = not await client.xinfo_groups(stream)
+        except ResponseError:  # no such stream yet
+            first = True
+        for key, start in ((stream, "0" if first else "$"), (f"{stream}#retry:{group}", "0")):
+            try:
+                await client.xgroup_create(key, group, id=start, mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._groups.add((topic, group))
+
+    def subscribe(self, topic: str, group: str, *, prefetch: int) -> AsyncIterator[Delivery]:
+        """Deliveries for ``group``: new ones, retries and claimed ones, ``prefetch`` a read."""
+        sub = Subscription(self, topic, group)
+        self._subs.add(sub)
+        return sub.deliveries(max(1, prefetch))
+
+    def forget_group(self, topic: str, group: str) -> None:
+        """The group is gone on the server (a restart without persistence): create it anew."""
+        self._groups.discard((topic, group))
+
+    def track(self, task: asyncio.Future[None]) -> None:
+        """Keep a background release alive until it is done (``aclose`` waits for it)."""
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
+
+    # -- the DLQ and topics -------------------------------------------------------------
+
+    async def _letters(self, topic: str, limit: int | None) -> list[tuple[bytes, DeadLetter]]:
+        client = self._client or await self._connected()
+        key = self._key(f"{topic}.dlq")
+        found: list[tuple[bytes, DeadLetter]] = []
+        start: bytes | str = "-"
+        while limit is None or len(found) < limit:
+            page: Any = await client.xrange(key, min=start, max="+", count=500)
+            for eid, fields in page:
+                try:
+                    found.append((eid, decode_dead_letter(fields.get(b"d", b""))))
+                except EnvelopeError:
+                    log.warning("redis: %s holds a record that is not a dead letter", key)
+            if len(page) < 500:
+                break
+            start = b"(" + page[-1][0]
+        return found if limit is None else found[:limit]
+
+    async def dlq_list(self, topic: str, limit: int) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters."""
+        return [letter for _, letter in await self._letters(topic, limit)]
+
+    async def dlq_replay(self, topic: str, ids: Sequence[str] | None) -> int:
+        """Re-publish each chosen letter and delete it from the DLQ, in one script."""
+        await self.connect()
+        wanted = None if ids is None else set(ids)
+        dlq = self._key(f"{topic}.dlq")
+        count = 0
+        for eid, letter in await self._letters(topic, None):
+            if wanted is not None and letter.id not in wanted:
+                continue
+            count += int(
+                await self.scripts.replay(
+                    keys=[dlq, self._key(topic)], args=[eid, letter.data, self.maxlen or 0]
+                )
+            )
+        return count
+
+    async def dlq_purge(self, topic: str) -> int:
+        """Delete the DLQ stream; returns how many it held."""
+        client = self._client or await self._connected()
+        key = self._key(f"{topic}.dlq")
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.xlen(key)
+            pipe.delete(key)
+            count, _ = await pipe.execute()
+        return int(count)
+
+    async def topics(self) -> list[str]:
+        """Every stream under the prefix that is a topic or a DLQ (not a group's retry stream)."""
+        client = self._client or await self._connected()
+        start = len(self.prefix) + 1
+        names = set()
+        async for key in client.scan_iter(match=f"{self.prefix}:*", count=1000, _type="stream"):
+            name = key.decode()[start:]
+            if "#" not in name:
+                names.add(name)
+        return sorted(names)
