@@ -36,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as h  # a script folder, not a package
 
 from interlink.resilience.breaker import CircuitBreaker
+from interlink.resilience.bulkhead import Bulkhead
+from interlink.resilience.pipeline import Pipeline
 from interlink.resilience.retry import Retry
 
 OPEN_FOR = 1e6  # seconds a tripped breaker stays OPEN: far longer than the run
@@ -254,6 +256,14 @@ def closed_async(s: h.Settings, pipe: Any | None) -> list[h.Row]:
         deco = _decorates(pipe, af)
         if deco is not None:
             cs.append(h.Contender("interlink @pipeline", deco, "interlink"))
+        # for reading the row above: what the async timeout (cancellation at the deadline)
+        # costs, next to the same pipeline without it
+        untimed = Pipeline(retry=Retry(3), breaker=CircuitBreaker("bench"), bulkhead=Bulkhead(100))
+        cs.append(
+            h.Contender(
+                "interlink Pipeline without timeout, acall", untimed.acall, "interlink", arg=af
+            )
+        )
     cs += [h.Contender(name, w) for name, w in asyncio.run(build())]
     h.time_group_async(cs, s)
     return h.overhead_rows("breaker closed, async", cs)
