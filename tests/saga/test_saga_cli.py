@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from saga_helpers import Recorder, run
+from saga_helpers import PG_URL, Recorder, run, unique_table
 from typer.testing import CliRunner
 
 from interlink import Retry
@@ -16,7 +17,7 @@ from interlink.saga import Orchestrator, SagaDefinition, SagaStatus, Step, store
 FAST = Retry(attempts=0)
 
 
-def populate(path: Path) -> dict[str, str]:
+def populate(url: str, table: str) -> dict[str, str]:
     """One completed saga, one parked (broken compensation), one corrupt row."""
     rec = Recorder()
     rec.fail["pay"] = -1
@@ -37,7 +38,7 @@ def populate(path: Path) -> dict[str, str]:
     ok = SagaDefinition("ok", [Step("only", rec.action("only"))])
 
     async def main() -> dict[str, str]:
-        store = store_from_url(f"sqlite:///{path}")
+        store = store_from_url(url, table=table)
         await store.open()
         try:
             async with Orchestrator(store, [definition, ok], poll_interval=0.05) as orch:
@@ -65,14 +66,35 @@ def populate(path: Path) -> dict[str, str]:
     return run(main())
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> str:
-    populate(tmp_path / "sagas.db")
-    return f"sqlite:///{tmp_path / 'sagas.db'}"
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A populated store on each backend, as the ``--store``/``--table`` arguments."""
+    table = unique_table()
+    url = f"sqlite:///{tmp_path / 'sagas.db'}" if request.param == "sqlite" else PG_URL
+    populate(url, table)
+    yield f"{url} {table}"
+    if request.param == "postgres":
+
+        async def drop() -> None:
+            pg = store_from_url(url, table=table)
+            await pg.open()
+            await pg.drop()
+            await pg.close()
+
+        run(drop())
 
 
-def invoke(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "250", "NO_COLOR": "1"})
+def invoke(*args: str, columns: int = 250) -> tuple[int, str]:
+    """Run the CLI; a ``store`` argument expands to ``--store URL --table NAME``."""
+    argv: list[str] = []
+    for arg in args:
+        if arg.startswith(("sqlite:", "postgresql:")):
+            url, table = arg.split(" ")
+            argv += [url, "--table", table]
+        else:
+            argv.append(arg)
+    env = {"COLUMNS": str(columns), "NO_COLOR": "1"}
+    result = CliRunner().invoke(app, argv, env=env)
     return result.exit_code, result.output
 
 
@@ -142,3 +164,61 @@ def test_resume_refuses_a_finished_saga(store: str) -> None:
     code, out = invoke("saga", "resume", "done-1", "--store", store)
     assert code == 1
     assert "is COMPLETED; there is nothing to resume" in out
+
+
+def test_show_parked_saga_says_where_it_stopped_and_how_to_resume(store: str) -> None:
+    """A parked saga names the phase it was parked in and the command that resumes it."""
+    code, out = invoke("saga", "show", "parked-1", "--store", store)
+    assert code == 0
+    assert "NEEDS_ATTENTION (parked while COMPENSATING)" in out
+    assert "interlink saga resume parked-1 --store" in out
+
+
+def test_tables_fit_a_narrow_terminal_without_splitting_names(store: str) -> None:
+    """At 100 columns, ids, statuses and step names stay whole; the error wraps instead."""
+    code, out = invoke("saga", "list", "--store", store, columns=100)
+    assert code == 0
+    assert max(len(line) for line in out.splitlines()) <= 100
+    assert "│ parked-1 " in out
+    assert " NEEDS_ATTENTION " in out
+    code, out = invoke("saga", "show", "parked-1", "--store", store, columns=100)
+    assert code == 0
+    assert max(len(line) for line in out.splitlines()) <= 100
+    assert " COMPENSATING " in out
+    assert "│ create " in out
+    assert "started " in out
+
+
+def test_unknown_status_filter_is_refused(store: str) -> None:
+    """--status with a value no saga can have fails and lists the valid ones."""
+    code, out = invoke("saga", "list", "--store", store, "--status", "parked")
+    assert code == 1
+    assert "'--status' must be one of RUNNING, COMPENSATING" in out
+    assert "PARKED" in out
+
+
+def test_resume_by_hand_then_an_orchestrator_finishes_the_saga(store: str) -> None:
+    """After `saga resume`, an orchestrator with the cause fixed drives the saga to its end."""
+    url, table = store.split(" ")
+    code, _ = invoke("saga", "resume", "parked-1", "--store", store)
+    assert code == 0
+    rec = Recorder()  # the compensations work now
+    definition = SagaDefinition(
+        "order",
+        [
+            Step("create", rec.action("create"), rec.compensation("create")),
+            Step("pay", rec.action("pay"), rec.compensation("pay"), retry=FAST),
+        ],
+    )
+
+    async def main() -> None:
+        saga_store = store_from_url(url, table=table)
+        try:
+            async with Orchestrator(saga_store, [definition], poll_interval=0.05) as orch:
+                state = await orch.wait("parked-1")
+                assert state.status is SagaStatus.COMPENSATED
+        finally:
+            await saga_store.close()
+
+    run(main())
+    assert rec.phases() == [("compensation", "pay"), ("compensation", "create")]

@@ -134,9 +134,12 @@ async def run_chaos(store_url: str, count: int, tmp_path: Path, seed: int) -> No
             chaos_kills = workers.kills
         finally:
             workers.stop_all()
-        assert chaos_kills >= 3, "the sagas finished before the chaos began: make it bigger"
+        assert chaos_kills >= 3, f"seed {seed}: the sagas finished before the chaos began"
         rows = await store.list(statuses=None, limit=100_000)
-        check(str(services), wanted, {r.saga_id: r.status for r in rows}, workers.killed_at)
+        try:
+            check(str(services), wanted, {r.saga_id: r.status for r in rows}, workers.killed_at)
+        except AssertionError as exc:  # the seed is random: say which one to replay
+            raise AssertionError(f"seed {seed}: {exc}") from None
     finally:
         await store.drop()
         await store.close()

@@ -20,6 +20,7 @@ from interlink.saga import (
     Step,
     StepContext,
     StepStatus,
+    load_saga,
     resume_saga,
 )
 
@@ -467,3 +468,80 @@ def test_closing_hands_sagas_over_at_once(store_url: str) -> None:
 
     run(main())
     assert attempts == [("h-1:work", 1), ("h-1:work", 2)]
+
+
+def test_state_is_on_disk_before_each_action_runs(store_url: str) -> None:
+    """Inside every action and compensation, the stored row already shows that attempt in
+    flight: a crash from here on re-runs it, it can never be skipped."""
+    seen: list[tuple[str, bool, StepStatus, bool, int]] = []
+
+    async def main() -> None:
+        async with opened(store_url, unique_table()) as store:
+
+            def step(name: str, fail: bool = False) -> Any:
+                async def run_step(ctx: StepContext) -> None:
+                    stored = (await load_saga(store, ctx.saga_id)).step(ctx.step)
+                    seen.append(
+                        (name, ctx.compensating, stored.status, stored.in_flight, stored.attempts)
+                    )
+                    if fail and not ctx.compensating:
+                        raise RuntimeError("declined")
+
+                return run_step
+
+            definition = SagaDefinition(
+                "durable",
+                [
+                    Step("create", step("create"), step("create")),
+                    Step("pay", step("pay", fail=True), step("pay"), retry=Retry(attempts=0)),
+                ],
+            )
+            async with orchestrator(store, definition) as orch:
+                state = await orch.wait(await orch.start("durable", {}))
+                assert state.status is SagaStatus.COMPENSATED
+
+    run(main())
+    assert seen == [
+        ("create", False, StepStatus.RUNNING, True, 1),
+        ("pay", False, StepStatus.RUNNING, True, 1),
+        ("pay", True, StepStatus.COMPENSATING, True, 1),
+        ("create", True, StepStatus.COMPENSATING, True, 1),
+    ]
+
+
+def test_status_column_that_disagrees_with_the_state_is_rewritten(store_url: str) -> None:
+    """A finished saga whose row was set back to RUNNING by hand is written back as finished
+    once, instead of being claimed and released at every poll."""
+    rec = Recorder()
+
+    async def main() -> None:
+        async with opened(store_url, unique_table()) as store:
+            async with orchestrator(store, three_steps(rec)) as orch:
+                sid = await orch.start("order", {}, saga_id="done")
+                assert (await orch.wait(sid)).status is SagaStatus.COMPLETED
+            row = await store.get(sid)
+            assert row is not None
+            assert await store.put_unowned(
+                sid,
+                version=row.version,
+                state=row.state,
+                status="RUNNING",
+                wake_at=0.0,
+                now=time.time(),
+                error=None,
+            )
+            async with orchestrator(store, three_steps(rec)):
+                for _ in range(100):
+                    row = await store.get(sid)
+                    assert row is not None
+                    if row.status == "COMPLETED":
+                        break
+                    await asyncio.sleep(0.02)
+                version = row.version
+                await asyncio.sleep(0.2)  # several polls: nothing claims it any more
+                row = await store.get(sid)
+                assert row is not None
+                assert (row.status, row.version) == ("COMPLETED", version)
+
+    run(main())
+    assert [c[1] for c in rec.calls] == ["create", "pay", "notify"]

@@ -200,3 +200,60 @@ def test_send_steps_need_a_publisher() -> None:
     """An orchestrator for a saga with commands but no publisher is refused at once."""
     with pytest.raises(ValueError, match=r"'publisher' is needed: steps \['authorize_payment'\]"):
         Orchestrator("sqlite:///unused.db", [order_saga([])])
+
+
+def test_saga_deadline_cuts_a_reply_wait_short(store_url: str) -> None:
+    """A Send waiting for a reply stops at the saga's deadline, not at its own longer timeout;
+    the saga compensates."""
+    events: list[str] = []
+
+    async def create(ctx: StepContext) -> None:
+        events.append("confirmed")
+
+    async def cancel(ctx: StepContext) -> None:
+        events.append("cancelled")
+
+    definition = SagaDefinition(
+        "order",
+        [
+            Step("create_order", create, cancel),
+            Step(
+                "authorize_payment",
+                Send("payments.authorize", reply_topic="payments.replies", timeout=30.0),
+                retry=ONCE,
+                compensate_on_failure=False,
+            ),
+        ],
+        timeout=0.3,
+    )
+
+    async def main() -> None:
+        broker = Broker.from_url("memory://")
+        payment_service(broker, lambda env: None, [])  # never answers
+        async with opened(store_url, unique_table()) as store:
+            orch = Orchestrator(store, [definition], publisher=broker, poll_interval=0.05)
+            async with broker, orch:
+                state = await orch.wait(await orch.start("order", {}), max_wait=5)
+                assert state.status is SagaStatus.COMPENSATED
+                error = state.step("authorize_payment").error
+                assert error is not None
+                assert error.startswith("TimeoutError: no reply to 'authorize_payment' within 0.")
+
+    run(main())
+    assert events == ["confirmed", "cancelled"]
+
+
+def test_late_reply_to_an_earlier_attempt_does_not_replace_the_current_one(
+    store_url: str,
+) -> None:
+    """The store keeps the reply of the latest attempt, whatever order replies arrive in."""
+
+    async def main() -> None:
+        async with opened(store_url, unique_table()) as store:
+            await store.put_reply("s-1", "pay", 2, '{"ok": true}')
+            await store.put_reply("s-1", "pay", 1, '{"ok": false, "error": "late"}')
+            assert await store.get_reply("s-1", "pay") == (2, '{"ok": true}')
+            await store.put_reply("s-1", "pay", 3, '{"ok": false}')
+            assert await store.get_reply("s-1", "pay") == (3, '{"ok": false}')
+
+    run(main())

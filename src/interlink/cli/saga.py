@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -82,10 +83,24 @@ def _with_store(url: str, table: str, action: Callable[[SagaStore], Awaitable[T]
         raise _fail(str(exc)) from exc
 
 
-def _when(seconds: float | None) -> str:
+def _when(seconds: float | None, day: float | None = None) -> str:
+    """UTC time to the millisecond; only the time of day when it falls on ``day``'s date (the
+    saga's creation, printed in full above the table), so step tables fit a terminal."""
     if seconds is None:
         return "-"
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+    at = datetime.fromtimestamp(seconds, UTC)
+    if day is not None and at.date() == datetime.fromtimestamp(day, UTC).date():
+        return at.strftime("%H:%M:%S.") + f"{at.microsecond // 1000:03d}"
+    return at.strftime("%Y-%m-%d %H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+
+
+def _ago(seconds: float, now: float) -> str:
+    """How long ago, in the largest whole unit: what an operator scanning a list wants."""
+    age = max(now - seconds, 0.0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if age >= size:
+            return f"{int(age // size)}{unit} ago"
+    return f"{int(age)}s ago"
 
 
 def _styled(status: str) -> str:
@@ -94,7 +109,8 @@ def _styled(status: str) -> str:
 
 
 def _current_step(state: SagaState) -> str:
-    backwards = state.status.value == "COMPENSATING"
+    where = state.parked_from if state.status.value == "NEEDS_ATTENTION" else state.status
+    backwards = where is not None and where.value == "COMPENSATING"
     for step in reversed(state.steps) if backwards else state.steps:
         if step.status.value in ("RUNNING", "COMPENSATING", "FAILED"):
             return step.name
@@ -113,64 +129,81 @@ def list_sagas(
     as_json: AsJson = False,
 ) -> None:
     """List sagas, most recently updated first, with their status and current step."""
-    from interlink.saga import CorruptSagaState
+    from interlink.saga import CorruptSagaState, SagaStatus
     from interlink.saga.codec import state_from_json
 
     wanted = {s.upper() for s in status} if status else None
+    known = [s.value for s in SagaStatus]
+    unknown = sorted((wanted or set()) - set(known))
+    if unknown:
+        raise _fail(f"'--status' must be one of {', '.join(known)}: {', '.join(unknown)}")
     rows: list[SagaRow] = _with_store(store, table, lambda s: s.list(statuses=wanted, limit=limit))
-    items: list[dict[str, Any]] = []
+    current: dict[str, str] = {}
     for row in rows:
         try:
-            current = _current_step(state_from_json(row.saga_id, row.state, row.version))
+            current[row.saga_id] = _current_step(
+                state_from_json(row.saga_id, row.state, row.version)
+            )
         except CorruptSagaState:
-            current = "?"
-        items.append(
+            current[row.saga_id] = "?"
+    if as_json:
+        items = [
             {
                 "id": row.saga_id,
                 "saga": row.name,
                 "status": row.status,
-                "step": current,
+                "step": current[row.saga_id],
                 "owner": row.owner,
-                "updated_at": _when(row.updated_at),
+                "updated_at": datetime.fromtimestamp(row.updated_at, UTC).isoformat(
+                    timespec="milliseconds"
+                ),
                 "error": row.error,
             }
-        )
-    if as_json:
+            for row in rows
+        ]
         _out().print_json(json.dumps(items))
         return
-    out = Table(title=f"sagas ({len(items)})")
-    for column in ("id", "saga", "status", "step", "owner", "updated", "error"):
-        out.add_column(column, overflow="fold")
-    for item in items:
+    out = Table(title=f"sagas ({len(rows)})")
+    for column in ("id", "saga", "status", "step", "owner", "updated"):
+        # ids are copied into `show`/`resume`: never split one; statuses stay whole
+        out.add_column(column, no_wrap=column in ("id", "status", "updated"), overflow="fold")
+    out.add_column("error", overflow="fold", ratio=1)
+    now = time.time()
+    for row in rows:
         out.add_row(
-            item["id"],
-            item["saga"],
-            _styled(item["status"]),
-            item["step"],
-            item["owner"] or "-",
-            item["updated_at"],
-            item["error"] or "",
+            row.saga_id,
+            row.name,
+            _styled(row.status),
+            current[row.saga_id],
+            row.owner or "-",
+            _ago(row.updated_at, now),
+            row.error or "",
         )
     _out().print(out)
 
 
 def _steps_table(state: SagaState) -> Table:
     out = Table(title="steps")
-    for column in (
-        "#",
-        "step",
-        "state",
-        "attempts",
-        "compensations",
-        "last error",
-        "started",
-        "finished",
-        "compensated",
-        "next attempt",
-    ):
-        out.add_column(column, overflow="fold")
+    out.add_column("#", no_wrap=True, justify="right", min_width=1)
+    out.add_column("step", no_wrap=True)
+    out.add_column("state", no_wrap=True)
+    out.add_column("attempts", no_wrap=True, justify="right")
+    out.add_column("undos", no_wrap=True, justify="right")
+    out.add_column("last error", overflow="fold", ratio=1)
+    out.add_column("times (UTC)", no_wrap=True)
+    day = state.created_at
     for index, step in enumerate(state.steps, 1):
         status = step.status.value + (" (in flight)" if step.in_flight else "")
+        times = [
+            f"{label} {_when(at, day)}"
+            for label, at in (
+                ("started", step.started_at),
+                ("finished", step.finished_at),
+                ("undone", step.compensated_at),
+                ("next try", step.next_at),
+            )
+            if at is not None
+        ]
         out.add_row(
             str(index),
             step.name,
@@ -178,10 +211,7 @@ def _steps_table(state: SagaState) -> Table:
             str(step.attempts),
             str(step.compensations),
             step.error or "",
-            _when(step.started_at),
-            _when(step.finished_at),
-            _when(step.compensated_at),
-            _when(step.next_at),
+            "\n".join(times) or "-",
         )
     return out
 
@@ -240,15 +270,29 @@ def show(
         _out().print_json(json.dumps(_state_json(state, row)))
         return
     out = _out()
-    out.print(f"saga [bold]{state.saga_id}[/] ({state.name}): {_styled(state.status.value)}")
+    parked = ""
+    if state.status.value == "NEEDS_ATTENTION" and state.parked_from is not None:
+        parked = f" (parked while {state.parked_from.value})"
+    out.print(
+        f"saga [bold]{state.saga_id}[/] ({state.name}): {_styled(state.status.value)}{parked}"
+    )
     if state.error:
         out.print(f"error: {state.error}", markup=False)
+    day = state.created_at
+    owner = "-"
+    if row.owner:
+        owner = f"{row.owner} (lease until {_when(row.lease_until, day)})"
     out.print(
-        f"created {_when(state.created_at)}, updated {_when(state.updated_at)}, "
-        f"deadline {_when(state.deadline_at)}, owner {row.owner or '-'}",
+        f"created {_when(state.created_at)}, updated {_when(state.updated_at, day)}, "
+        f"deadline {_when(state.deadline_at, day)}, owner {owner}",
         markup=False,
     )
     out.print(_steps_table(state))
+    if state.status.value == "NEEDS_ATTENTION":
+        out.print(
+            f"fix the cause, then: interlink saga resume {state.saga_id} --store <URL>",
+            markup=False,
+        )
 
 
 @app.command("resume")

@@ -14,9 +14,13 @@ transaction leaves no event behind, and a committed one cannot lose its event, w
 happens to the process afterwards. The relay (``interlink.outbox.relay``) publishes the rows.
 
 ``add`` takes the caller's open connection and never commits: sqlite3, psycopg 3
-(``Connection``), or a SQLAlchemy ``Session``/``Connection`` (its DBAPI connection is used,
-inside the session's transaction). ``aadd`` is the ``await`` form for asyncpg, psycopg's
-``AsyncConnection`` and SQLAlchemy's ``AsyncSession``/``AsyncConnection``.
+(``Connection``), or a SQLAlchemy ``Session``/``Connection`` (the row is written through it,
+so it joins the session's transaction). ``aadd`` is the ``await`` form for asyncpg, aiosqlite,
+psycopg's ``AsyncConnection`` and SQLAlchemy's ``AsyncSession``/``AsyncConnection``.
+
+A connection in autocommit mode with no transaction open is refused (``ValueError``): the row
+would commit on its own, apart from the state change it announces, which is the one thing an
+outbox must never allow.
 """
 
 from __future__ import annotations
@@ -44,18 +48,21 @@ DEFAULT_PARTITIONS = 16
 
 
 def _driver(tx: Any) -> str:
-    module = type(tx).__module__.partition(".")[0]
-    if module in ("sqlite3", "_sqlite3"):
+    module = type(tx).__module__
+    top = module.partition(".")[0]
+    if top in ("sqlite3", "_sqlite3"):
         return "sqlite"
-    if module == "psycopg":
+    if top == "aiosqlite":
+        return "aiosqlite"
+    if top == "psycopg":
         return "psycopg-async" if inspect.iscoroutinefunction(tx.execute) else "psycopg"
-    if module == "asyncpg":
+    if top == "asyncpg":
         return "asyncpg"
-    if module == "sqlalchemy":
-        return "sqlalchemy"
+    if top == "sqlalchemy":
+        return "sqlalchemy-async" if module.startswith("sqlalchemy.ext.asyncio") else "sqlalchemy"
     raise TypeError(
-        "'tx' must be a sqlite3, psycopg or asyncpg connection, or a SQLAlchemy session or "
-        f"connection: {type(tx).__module__}.{type(tx).__qualname__}"
+        "'tx' must be a sqlite3, aiosqlite, psycopg or asyncpg connection, or a SQLAlchemy "
+        f"session or connection: {type(tx).__module__}.{type(tx).__qualname__}"
     )
 
 
@@ -63,6 +70,49 @@ def _dbapi_of(tx: Any) -> Any:
     """The DBAPI connection under a SQLAlchemy ``Session`` or ``Connection`` (same transaction)."""
     connection = tx.connection() if callable(getattr(tx, "connection", None)) else tx
     return connection.connection.driver_connection
+
+
+def _autocommitting(driver: str, tx: Any) -> bool:
+    """Whether a statement on ``tx`` would commit by itself (no transaction open, none implied)."""
+    if driver in ("sqlite", "aiosqlite"):
+        # isolation_level "" / "DEFERRED" ...: sqlite3 opens a transaction before the INSERT
+        # (unless Python 3.12's autocommit=True overrides it).
+        manual = tx.isolation_level is None or getattr(tx, "autocommit", None) is True
+        return manual and not tx.in_transaction
+    if driver in ("psycopg", "psycopg-async"):
+        return bool(tx.autocommit) and tx.info.transaction_status.name == "IDLE"
+    if driver == "asyncpg":
+        return not tx.is_in_transaction()
+    return False  # SQLAlchemy begins its transaction itself
+
+
+def _check_transaction(driver: str, tx: Any) -> None:
+    if _autocommitting(driver, tx):
+        raise ValueError(
+            f"'tx' has no open transaction ({driver} in autocommit mode): the event would "
+            "commit on its own, not with the state change; add it inside the transaction "
+            "(`with conn:`, `conn.transaction()`, `BEGIN`)"
+        )
+
+
+_BLOCKING = frozenset({"sqlite", "psycopg", "sqlalchemy"})
+_COLUMNS = ("id", "topic", "key", "part", "type", "headers", "payload", "correlation_id")
+
+
+def _sa_statement(tx: Any, table: str, row: tuple[Any, ...]) -> tuple[Any, dict[str, Any]]:
+    """The INSERT as a SQLAlchemy ``text`` for ``tx``'s dialect, with its parameters: executed
+    through SQLAlchemy, so the session begins its transaction first if it has not yet."""
+    from sqlalchemy import text
+
+    dialect = getattr(tx, "dialect", None) or tx.get_bind().dialect
+    params = dict(zip(_COLUMNS, row, strict=True))
+    if dialect.name == "sqlite":
+        params["created_at"] = time.time()
+    elif dialect.name != "postgresql":
+        raise TypeError(f"'tx' must be on SQLite or PostgreSQL: {dialect.name}")
+    names = ", ".join(params)
+    marks = ", ".join(f":{name}" for name in params)
+    return text(f"INSERT INTO {table} ({names}) VALUES ({marks})"), params
 
 
 class Outbox:
@@ -121,15 +171,16 @@ class Outbox:
         returns the message id consumers will see. ``message``: a pydantic model, bytes, str
         or a JSON-able value, encoded as ``Broker.publish`` would."""
         driver = _driver(tx)
-        if driver == "sqlalchemy":
-            tx, driver = _dbapi_of(tx), _driver(_dbapi_of(tx))
-        mid, row = self._row(topic, message, key, headers)
-        if driver == "sqlite":
-            tx.execute(sqlite_sql.insert_sql(self._table), (*row, time.time()))
-        elif driver == "psycopg":
-            tx.execute(pg_sql.insert_sql(self._table, "%s"), row)
-        else:
+        if driver not in _BLOCKING:
             raise TypeError(f"'tx' is an async connection ({driver}): use `await outbox.aadd(...)`")
+        _check_transaction(driver, tx)
+        mid, row = self._row(topic, message, key, headers)
+        if driver == "sqlalchemy":
+            tx.execute(*_sa_statement(tx, self._table, row))
+        elif driver == "sqlite":
+            tx.execute(sqlite_sql.insert_sql(self._table), (*row, time.time()))
+        else:
+            tx.execute(pg_sql.insert_sql(self._table, "%s"), row)
         return mid
 
     async def aadd(
@@ -141,24 +192,26 @@ class Outbox:
         key: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> str:
-        """``add`` for asyncpg, psycopg ``AsyncConnection`` and SQLAlchemy's async session."""
+        """``add`` for asyncpg, aiosqlite, psycopg ``AsyncConnection`` and SQLAlchemy's
+        ``AsyncSession``/``AsyncConnection``."""
         driver = _driver(tx)
-        if driver == "sqlalchemy":
-            connection = await tx.connection() if hasattr(tx, "sync_session") else tx
-            raw = await connection.get_raw_connection()
-            tx = raw.driver_connection
-            driver = _driver(tx)
+        if driver in _BLOCKING:
+            raise TypeError(f"'tx' is a blocking connection ({driver}): use `outbox.add(...)`")
+        _check_transaction(driver, tx)
         mid, row = self._row(topic, message, key, headers)
-        if driver == "asyncpg":
+        if driver == "sqlalchemy-async":
+            await tx.execute(*_sa_statement(tx, self._table, row))
+        elif driver == "asyncpg":
             await tx.execute(pg_sql.insert_sql(self._table, "$"), *row)
         elif driver == "psycopg-async":
             await tx.execute(pg_sql.insert_sql(self._table, "%s"), row)
         else:
-            raise TypeError(f"'tx' is a blocking connection ({driver}): use `outbox.add(...)`")
+            await tx.execute(sqlite_sql.insert_sql(self._table), (*row, time.time()))
         return mid
 
     def create_tables(self, conn: Any) -> None:
-        """Create the outbox tables on a sqlite3 or psycopg connection if missing (commits)."""
+        """Create the outbox tables on a sqlite3 or psycopg connection, or a SQLAlchemy
+        ``Session``/``Connection``, if missing. Commits: call it at startup, not mid-transaction."""
         driver = _driver(conn)
         if driver == "sqlalchemy":
             conn, driver = _dbapi_of(conn), _driver(_dbapi_of(conn))
@@ -175,8 +228,14 @@ class Outbox:
             raise TypeError(f"'conn' is an async connection ({driver}): use acreate_tables")
 
     async def acreate_tables(self, conn: Any) -> None:
-        """Create the outbox tables on an asyncpg or psycopg async connection if missing."""
+        """Create the outbox tables on an asyncpg, aiosqlite or psycopg async connection, or a
+        SQLAlchemy ``AsyncSession``/``AsyncConnection``, if missing (commits, like
+        ``create_tables``)."""
         driver = _driver(conn)
+        if driver == "sqlalchemy-async":
+            connection = await conn.connection() if hasattr(conn, "sync_session") else conn
+            conn = (await connection.get_raw_connection()).driver_connection
+            driver = _driver(conn)
         if driver == "asyncpg":
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._table)
@@ -187,6 +246,10 @@ class Outbox:
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._table,))
                 for sql in pg_sql.ddl(self._table, self._partitions):
                     await conn.execute(sql)
+        elif driver == "aiosqlite":
+            for sql in sqlite_sql.ddl(self._table, self._partitions):
+                await conn.execute(sql)
+            await conn.commit()
         else:
             raise TypeError(f"'conn' is a blocking connection ({driver}): use create_tables")
 

@@ -105,6 +105,7 @@ class Driver:
     async def _drive(self, row: SagaRow, started: Started | None) -> None:
         sid = row.saga_id
         definition = self.definitions[row.name]
+        stored_status = row.status  # the status column, which claims and queries go by
         if started is not None:
             state, data, first = started.state, started.data, started.command
             event = await self._attempt(definition, state, first, data)
@@ -121,7 +122,10 @@ class Driver:
                 log.error("saga %s parked: %s", sid, error)
                 await self.store.park(sid, error=error, owner=self.owner, now=self.clock())
                 return
-            command, changed = decision.command, decision.state is not state
+            command = decision.command
+            # A status column that disagrees with the state (a row edited by hand) is rewritten
+            # too, or a finished saga would be claimed again and again.
+            changed = decision.state is not state or decision.state.status.value != stored_status
             now = self.clock()
             let_go_at: float | None = None
             if isinstance(command, Stop):
@@ -141,6 +145,7 @@ class Driver:
                 return
             if changed:
                 state = await self._persist(state, decision.state)
+                stored_status = state.status.value
             if isinstance(command, Sleep):
                 await asyncio.sleep(max(command.until - now, 0.0))
                 event = Wake(self.clock())

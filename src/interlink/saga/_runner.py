@@ -79,7 +79,7 @@ class ReplyBox:
                         return body
                 left = end - loop.time()
                 if left <= 0:
-                    raise TimeoutError(f"no reply to {slot!r} within {seconds:g} s")
+                    raise TimeoutError(f"no reply to {slot!r} within {seconds:.3g} s")
                 # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(left, _POLL)):
@@ -110,6 +110,8 @@ async def _call(fn: Callable[[StepContext], Any], ctx: StepContext) -> Any:
 async def _send(
     send: Send,
     ctx: StepContext,
+    *,
+    seconds: float | None,
     publisher: Sink | None,
     store: SagaStore,
     replies: ReplyBox,
@@ -143,7 +145,8 @@ async def _send(
         created_at=time.time(),
     )
     await publisher.send(send.topic, [command])
-    reply = await replies.wait(ctx.saga_id, slot, ctx.attempt, send.timeout)
+    wait = send.timeout if seconds is None else min(send.timeout, seconds)
+    reply = await replies.wait(ctx.saga_id, slot, ctx.attempt, wait)
     if not reply["ok"]:
         raise StepFailed(slot, str(reply.get("error") or "refused"))
     result = reply.get("result")
@@ -168,12 +171,15 @@ async def run_attempt(
     replies: ReplyBox,
 ) -> Any:
     """Run the action (or, with ``ctx.compensating``, the compensation) of ``step`` once, within
-    ``seconds``; return its result, JSON-checked. Raises whatever the attempt raised."""
+    ``seconds`` (a ``Send`` waits for its reply up to the shorter of that and its own
+    ``timeout``); return its result, JSON-checked. Raises whatever the attempt raised."""
     target = step.compensation if ctx.compensating else step.action
     if target is None:  # the state machine never asks for a missing compensation
         raise SagaError(f"step {step.name!r} has no compensation")
     if isinstance(target, Send):
-        return await _send(target, ctx, publisher, store, replies)
+        return await _send(
+            target, ctx, seconds=seconds, publisher=publisher, store=store, replies=replies
+        )
     fn: Callable[[StepContext], Any] = target
     run: Callable[[], Awaitable[Any]]
     if step.policy is not None:

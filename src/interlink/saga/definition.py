@@ -100,7 +100,7 @@ class Send:
     The command carries the headers ``saga-id``, ``saga-step``, ``saga-attempt``,
     ``idempotency-key`` and ``reply-to``; the service that handles it publishes its reply to
     ``reply_topic`` with the same ``saga-*`` headers and a JSON body ``{"ok": true, ...}`` or
-    ``{"ok": false, "error": "..."}`` (``interlink.saga.reply`` builds one). ``reply_model``
+    ``{"ok": false, "error": "..."}`` (``interlink.saga.reply_body`` builds one). ``reply_model``
     (a pydantic model or any callable) validates an ``ok`` reply; one that does not validate
     parks the saga. ``message`` builds the command body from the context (default: the saga's
     data); ``key`` orders it (default: the saga id).
@@ -128,8 +128,9 @@ class Step:
 
     ``retry`` decides whether and when a failed action runs again before the saga gives up and
     compensates; ``compensation_retry`` does the same for the undo, and when it gives up the
-    saga is parked in NEEDS_ATTENTION. ``timeout`` bounds one attempt (for a ``Send``, its own
-    ``timeout`` applies); ``policy`` wraps every local call of this step.
+    saga is parked in NEEDS_ATTENTION. ``timeout`` bounds one attempt (a ``Send`` waits for
+    the shorter of it and its own ``timeout``); no action is waited for past the saga's deadline.
+    ``policy`` wraps every local call of this step.
     """
 
     name: str

@@ -130,7 +130,8 @@ class SagaStore(Protocol):
         ...
 
     async def put_reply(self, saga_id: str, step: str, attempt: int, body: str) -> None:
-        """Keep the reply to a step's command (the last one wins)."""
+        """Keep the reply to a step's command: the latest attempt's wins (a late answer to an
+        earlier attempt never replaces the current attempt's)."""
         ...
 
     async def get_reply(self, saga_id: str, step: str) -> tuple[int, str] | None:

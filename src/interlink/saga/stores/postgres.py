@@ -272,11 +272,13 @@ class PostgresSagaStore:
         return n == 1
 
     async def put_reply(self, saga_id: str, step: str, attempt: int, body: str) -> None:
-        """Upsert."""
+        """Upsert, unless a reply to a later attempt is kept already."""
+        t = self._t
         await self._execute(
-            f"INSERT INTO {self._t}_replies (saga_id, step, attempt, body) VALUES ($1,$2,$3,$4) "
+            f"INSERT INTO {t}_replies (saga_id, step, attempt, body) VALUES ($1,$2,$3,$4) "
             "ON CONFLICT (saga_id, step) "
-            "DO UPDATE SET attempt=EXCLUDED.attempt, body=EXCLUDED.body",
+            "DO UPDATE SET attempt=EXCLUDED.attempt, body=EXCLUDED.body "
+            f"WHERE EXCLUDED.attempt >= {t}_replies.attempt",
             saga_id,
             step,
             attempt,

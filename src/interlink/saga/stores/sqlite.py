@@ -267,10 +267,12 @@ class SqliteSagaStore:
         return await self._db.run(lambda c: _write(c, sql, args) == 1)
 
     async def put_reply(self, saga_id: str, step: str, attempt: int, body: str) -> None:
-        """Upsert."""
+        """Upsert, unless a reply to a later attempt is kept already."""
+        t = self._t
         sql = (
-            f"INSERT INTO {self._t}_replies (saga_id, step, attempt, body) VALUES (?,?,?,?) "
-            "ON CONFLICT (saga_id, step) DO UPDATE SET attempt=excluded.attempt, body=excluded.body"
+            f"INSERT INTO {t}_replies (saga_id, step, attempt, body) VALUES (?,?,?,?) "
+            "ON CONFLICT (saga_id, step) DO UPDATE SET attempt=excluded.attempt, "
+            f"body=excluded.body WHERE excluded.attempt >= {t}_replies.attempt"
         )
         await self._db.run(lambda c: _write(c, sql, (saga_id, step, attempt, body)))
 
