@@ -14,6 +14,8 @@ from pathlib import Path
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 NATS_URL = "nats://127.0.0.1:4222"
+ROOT = Path(__file__).resolve().parents[2]
+ENSURE_ETCD = ROOT / "scripts" / "ensure-etcd.sh"
 
 
 @dataclass
@@ -101,3 +103,32 @@ class DnsServer:
     port: int
     zone: Zone
     server: object
+
+
+def etcd_argv(binary: str, port: int, peer: int, data: Path) -> list[str]:
+    """The command line of a one-member etcd on loopback, with ensure-etcd.sh's fast raft
+    timings (10 ms heartbeat, 100 ms election)."""
+    client, peer_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{peer}"
+    return [
+        binary,
+        "--name",
+        "interlink-test",
+        "--data-dir",
+        str(data),
+        "--listen-client-urls",
+        client,
+        "--advertise-client-urls",
+        client,
+        "--listen-peer-urls",
+        peer_url,
+        "--initial-advertise-peer-urls",
+        peer_url,
+        "--initial-cluster",
+        f"interlink-test={peer_url}",
+        "--heartbeat-interval",
+        "10",
+        "--election-timeout",
+        "100",
+        "--log-level",
+        "error",
+    ]

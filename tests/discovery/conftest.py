@@ -4,7 +4,9 @@ server, and private Redis/NATS instances for the tests that kill and restart the
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -12,9 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _discovery_support import DnsServer, Etcd, Private, Zone, free_port
-
-ROOT = Path(__file__).resolve().parents[2]
+from _discovery_support import ENSURE_ETCD, DnsServer, Etcd, Private, Zone, etcd_argv, free_port
 
 
 @pytest.fixture
@@ -29,25 +29,39 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="session")
 def etcd() -> Iterator[Etcd]:
     """A private etcd on a free loopback port, installed from Debian's packages if missing."""
-    done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "ensure-etcd.sh"), "--start"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    try:
+        # The script bounds every apt step itself (well under 300 s even offline).
+        done = subprocess.run(
+            ["bash", str(ENSURE_ETCD), "--start"],
+            capture_output=True,
+            text=True,
+            timeout=330,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"scripts/ensure-etcd.sh --start took over {exc.timeout}s: {exc.stderr!r}")
     if done.returncode != 0:
         pytest.fail(f"could not start etcd: {done.stderr}")
     pid, url, data = done.stdout.split()
     server = Etcd(int(pid), url, Path(data))
     yield server
     with contextlib.suppress(ProcessLookupError):
-        subprocess.run(["kill", "-9", str(server.pid)], check=False)
+        os.kill(server.pid, signal.SIGKILL)
     for _ in range(100):
-        if not Path(f"/proc/{server.pid}").exists():
+        if not alive(server.pid):
             break
         time.sleep(0.02)
     shutil.rmtree(server.data, ignore_errors=True)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs: not gone and not a zombie (the script that started etcd has exited,
+    so whoever inherited it may reap it late)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 # -------------------------------------------------------------------- private redis and nats
@@ -59,6 +73,21 @@ def private_redis() -> Iterator[Private]:
     port = free_port()
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
     server = Private([*argv, "--appendonly", "no"], port)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def private_etcd(tmp_path: Path) -> Iterator[Private]:
+    """A throwaway etcd (installed by scripts/ensure-etcd.sh if missing) storing in
+    ``tmp_path / "etcd"``; delete that directory between stop() and start() to bring it back
+    without its data."""
+    binary = subprocess.run(
+        ["bash", str(ENSURE_ETCD)], capture_output=True, text=True, timeout=330, check=True
+    ).stdout.strip()
+    port = free_port()
+    server = Private(etcd_argv(binary, port, free_port(), tmp_path / "etcd"), port)
     server.start()
     yield server
     server.stop()
@@ -78,11 +107,12 @@ def private_nats(tmp_path: Path) -> Iterator[Private]:
 # ---------------------------------------------------------------------------------- dns
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def dns_server() -> Iterator[DnsServer]:
-    """A UDP DNS server on a free loopback port, in a thread."""
-    from dnslib import QTYPE, RR, SRV, A, DNSLabel
-    from dnslib.server import BaseResolver, DNSServer
+    """A UDP DNS server on a free loopback port, in a thread; one per module (stopping one takes
+    half a second), so tests use names of their own."""
+    from dnslib import QTYPE, RR, SRV, A, DNSLabel  # type: ignore[import-untyped]
+    from dnslib.server import BaseResolver, DNSServer  # type: ignore[import-untyped]
 
     zone = Zone()
 

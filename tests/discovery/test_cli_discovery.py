@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from _discovery_support import free_port
 from typer.testing import CliRunner
 
 from interlink.cli.main import app
@@ -61,3 +62,12 @@ def test_bad_registry_url_is_a_clean_error() -> None:
     result = CliRunner().invoke(app, ["discovery", "list", "x", "-r", "consul://h"])
     assert result.exit_code == 1
     assert "unknown registry scheme 'consul'" in result.output
+
+
+def test_unreachable_registry_is_a_clean_error() -> None:
+    """A registry nobody answers for exits 1 naming it and the client's error, no traceback."""
+    port = free_port()
+    result = CliRunner().invoke(app, ["discovery", "list", "x", "-r", f"redis://127.0.0.1:{port}"])
+    assert result.exit_code == 1
+    assert f"registry redis://127.0.0.1:{port} failed: ConnectionError" in result.output
+    assert "Traceback" not in result.output

@@ -79,7 +79,7 @@ def test_mode_a_needs_a_port() -> None:
 
 async def test_truncated_answer_retries_over_tcp() -> None:
     """A truncated UDP answer is asked again over TCP."""
-    from dnslib import QTYPE, RR, A, DNSRecord
+    from dnslib import QTYPE, RR, A, DNSRecord  # type: ignore[import-untyped]
 
     async def serve_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         size = int.from_bytes(await reader.readexactly(2), "big")

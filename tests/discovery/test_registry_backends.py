@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _discovery_support import NATS_URL, REDIS_URL, Etcd, unique, until
+from _discovery_support import NATS_URL, REDIS_URL, Etcd, free_port, unique, until
 
-from interlink.discovery import Registry, ServiceInstance, from_url
+from interlink.discovery import NoInstancesError, Registry, Resolver, ServiceInstance, from_url
 from interlink.discovery.registry import BaseRegistry
 
 pytestmark = pytest.mark.anyio
@@ -154,6 +157,83 @@ class TestSqlite(RegistryContract):
         assert await b.lookup(svc) == [inst(svc, 1)]
         await a.aclose()
         await b.aclose()
+
+
+# A server process registering one instance, heartbeating until it is killed.
+_SERVER = """
+import asyncio, sys
+from interlink.discovery import ServiceInstance, from_url
+
+async def main():
+    url, service, iid, port = sys.argv[1:]
+    registry = from_url(url)
+    await registry.register(ServiceInstance(service, iid, "127.0.0.1", int(port)), ttl=0.5)
+    print("registered", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+Spawn = Callable[[str, str, str], "subprocess.Popen[str]"]
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    """Start registering server processes; every one is killed at the end."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(url: str, service: str, iid: str) -> subprocess.Popen[str]:
+        argv = [sys.executable, "-c", _SERVER, url, service, iid, str(free_port())]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+async def test_sqlite_is_shared_by_processes(tmp_path: Path, spawn: Spawn) -> None:
+    """Two server processes register in one file; a client process watches them come, and sees
+    the one killed with SIGKILL leave once its TTL runs out."""
+    url, svc = f"sqlite:///{tmp_path}/registry.db", unique()
+    async with Resolver.from_url(url, registry_options={"poll_interval": 0.02}) as resolver:
+        await resolver.prefetch(svc)
+        first, second = spawn(url, svc, "p1"), spawn(url, svc, "p2")
+        for proc in (first, second):
+            assert proc.stdout is not None
+            assert await asyncio.to_thread(proc.stdout.readline) == "registered\n"
+        await until(lambda: {i.instance_id for i in resolver.instances(svc)} == {"p1", "p2"})
+        await asyncio.sleep(1.0)  # two TTLs: both stay listed by their heartbeats
+        assert {i.instance_id for i in resolver.instances(svc)} == {"p1", "p2"}
+        first.kill()
+        took = await until(lambda: {i.instance_id for i in resolver.instances(svc)} == {"p2"})
+        assert took < 0.5 + 0.2
+
+
+@pytest.mark.parametrize("scheme", ["redis", "nats", "etcd"])
+async def test_an_unreachable_server_is_an_error_not_a_hang(scheme: str) -> None:
+    """With nothing listening, lookup and register fail within seconds, and a resolver with
+    nothing cached raises NoInstancesError 'unreachable' from the backend's error."""
+    url = f"{scheme}://127.0.0.1:{free_port()}" + ("/0" if scheme == "redis" else "")
+    registry = from_url(url)
+    started = time.monotonic()
+    with pytest.raises(Exception) as info:  # each client library has its own error types
+        await asyncio.wait_for(registry.lookup("orders"), 5.0)
+    assert not isinstance(info.value, TimeoutError)
+    with pytest.raises(Exception) as info:
+        await asyncio.wait_for(registry.register(inst("orders", 1)), 5.0)
+    assert not isinstance(info.value, TimeoutError)
+    assert time.monotonic() - started < 5.0
+    await registry.aclose()
+    async with Resolver.from_url(url) as resolver:
+        with pytest.raises(NoInstancesError, match="could not be reached") as failed:
+            await asyncio.wait_for(resolver.prefetch("orders"), 5.0)
+        assert failed.value.__cause__ is not None
 
 
 class TestRedis(RegistryContract):

@@ -1,12 +1,16 @@
 """Registry restarts: clients keep serving the last list, servers re-register by themselves.
 
 Each test kills its own private server (never the shared one) with SIGKILL and starts it again
-on the same port.
+on the same port: Redis without persistence (it comes back empty), NATS with its storage, etcd
+with its data directory deleted (every lease is gone, so renewals must grant new ones).
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from _discovery_support import Private, unique, until
@@ -16,7 +20,9 @@ from interlink.discovery import Resolver, ServiceInstance, from_url
 pytestmark = pytest.mark.anyio
 
 
-async def restart_scenario(url: str, server: Private) -> None:
+async def restart_scenario(
+    url: str, server: Private, between: Callable[[], object] = lambda: None
+) -> None:
     svc = unique()
     instance = ServiceInstance(svc, "a", "127.0.0.1", 9001)
     server_side = from_url(url)
@@ -36,6 +42,7 @@ async def restart_scenario(url: str, server: Private) -> None:
         await until(lambda: svc in resolver.stats().stale)
         assert resolver.pick(svc).instance == instance  # stale-while-error
         await until(lambda: lease.failures >= 2)  # heartbeats fail while it is down
+        between()
         server.start()
         await until(lambda: svc not in resolver.stats().stale, within=5.0)
         renewed = lease.renewals
@@ -62,3 +69,12 @@ async def test_redis_restart(private_redis: Private) -> None:
 async def test_nats_restart(private_nats: Private) -> None:
     """NATS killed and restarted: cache kept throughout, heartbeats resume."""
     await restart_scenario(f"nats://127.0.0.1:{private_nats.port}", private_nats)
+
+
+async def test_etcd_restart_without_its_data(private_etcd: Private, tmp_path: Path) -> None:
+    """etcd killed and restarted empty: cache kept throughout, the lease re-granted."""
+    await restart_scenario(
+        f"etcd://127.0.0.1:{private_etcd.port}",
+        private_etcd,
+        between=lambda: shutil.rmtree(tmp_path / "etcd"),
+    )

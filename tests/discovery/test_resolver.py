@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from random import Random
 
 import pytest
 from _discovery_support import unique, until
@@ -292,4 +293,65 @@ async def test_concurrent_first_picks_share_one_lookup() -> None:
         picks = await asyncio.gather(*(resolver.apick(svc) for _ in range(10)))
         assert {p.instance for p in picks} == {inst(svc, 1)}
     assert calls == 1
+    await registry.aclose()
+
+
+async def test_ejection_never_takes_more_than_the_allowed_share() -> None:
+    """With every instance failing, at most max_ejection_percent of them are ejected at once."""
+    registry = MemoryRegistry()
+    svc = unique()
+    for n in (1, 2, 3, 4):
+        await registry.register(inst(svc, n), ttl=60)
+    options = OutlierOptions(consecutive_failures=1, max_ejection_percent=0.5)
+    async with Resolver(registry, balancer="round_robin", outlier=options) as resolver:
+        await resolver.prefetch(svc)
+        for _ in range(40):
+            resolver.pick(svc).done(False)
+        ejected = [e for e in resolver.endpoints(svc) if e.outlier.ejected]
+        assert len(ejected) == 2
+        assert resolver.stats().ejections == 2
+    await registry.aclose()
+
+
+async def test_repeat_ejections_of_one_instance_last_longer() -> None:
+    """An instance that fails again right after returning is ejected for twice as long."""
+    clock = FakeClock()
+    registry = MemoryRegistry()
+    svc = unique()
+    for n in (1, 2, 3):
+        await registry.register(inst(svc, n), ttl=60)
+    options = OutlierOptions(consecutive_failures=1, base_ejection_time=5.0)
+    async with Resolver(registry, outlier=options, clock=clock, rng=Random(7)) as resolver:
+        await resolver.prefetch(svc)
+        (second,) = [e for e in resolver.endpoints(svc) if e.instance.instance_id == "i2"]
+        periods = []
+        for _ in range(2):
+            while second.outlier.ejected_until is None:
+                picked = resolver.pick(svc)
+                picked.done(picked.instance.instance_id != "i2")
+            ejected_until = second.outlier.ejected_until
+            assert ejected_until is not None
+            periods.append(ejected_until - clock())
+            clock.advance(periods[-1])
+            resolver.pick(svc).done(True)  # the pick reviews ejections: i2 returns
+        assert periods == [5.0, 10.0]
+        assert resolver.stats().returns == 2
+    await registry.aclose()
+
+
+async def test_an_empty_list_after_recovery_is_believed_once_instances_were_listed() -> None:
+    """The post-outage grace ends when the registry lists instances again: deregistering the
+    last instance afterwards empties the cache at once."""
+    registry = MemoryRegistry()
+    svc = unique()
+    await registry.register(inst(svc, 1), ttl=60)
+    async with Resolver(registry, retry_delay=0.01, recover_grace=60.0) as resolver:
+        await resolver.prefetch(svc)
+        registry.available = False
+        registry._store.notify(svc)
+        await until(lambda: svc in resolver.stats().stale)
+        registry.available = True
+        await until(lambda: not resolver.stats().stale)  # came back with its data
+        await registry.deregister(inst(svc, 1))
+        await until(lambda: resolver.instances(svc) == (), within=1.0)
     await registry.aclose()

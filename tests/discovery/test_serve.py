@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 from _discovery_support import free_port, unique, until
 
-from interlink.discovery import ServiceInstance
+from interlink.discovery import ServiceInstance, from_url
 from interlink.discovery.backends.memory import MemoryRegistry
 from interlink.discovery.serve import RegisteredASGI, Registration, serve_grpc
 
@@ -23,7 +26,7 @@ class App:
         self.lifespan = lifespan
         self.release = asyncio.Event()
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             if not self.lifespan:
                 raise RuntimeError("no lifespan here")
@@ -48,7 +51,7 @@ async def drive_lifespan(app: Any, inbox: asyncio.Queue[dict[str, Any]], outbox:
     await app({"type": "lifespan"}, inbox.get, send)
 
 
-async def noop_send(message: dict[str, Any]) -> None:
+async def noop_send(message: Any) -> None:
     return None
 
 
@@ -141,10 +144,90 @@ async def test_grpc_server_deregisters_then_drains_then_stops() -> None:
     )
     await until(lambda: bool(registry._store.entries.get(svc)))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.unary_unary("/test.Slow/Call")(b"")
+        method: Any = channel.unary_unary("/test.Slow/Call")  # untyped: raw bytes in and out
+        call = method(b"")
         await started.wait()
         stop.set()
         await until(lambda: not registry._store.entries.get(svc))
         assert not serving.done()  # deregistered, still draining the call
         assert await call == b"done"
     await serving
+
+
+# A uvicorn server run by serve_asgi, whose /slow request takes a second.
+_UVICORN_SERVER = """
+import asyncio, sys
+from interlink.discovery import ServiceInstance
+from interlink.discovery.serve import serve_asgi
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await asyncio.sleep(1.0 if scope["path"] == "/slow" else 0.0)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+url, port = sys.argv[1], int(sys.argv[2])
+instance = ServiceInstance("web", "w1", "127.0.0.1", port)
+asyncio.run(
+    serve_asgi(
+        app, url, instance, host="127.0.0.1", propagation_delay=0.3, drain_timeout=5,
+        log_level="error",
+    )
+)
+"""
+
+
+async def test_serve_asgi_deregisters_on_sigterm_then_drains_then_exits(tmp_path: Path) -> None:
+    """Under uvicorn, SIGTERM deregisters at once while the server still accepts; the request
+    in flight completes; then the process exits cleanly."""
+    import httpx
+
+    url, port = f"sqlite:///{tmp_path}/registry.db", free_port()
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _UVICORN_SERVER, url, str(port)
+    )
+    registry = from_url(url)
+    try:
+        await until(lambda: _listening(port), within=10.0)
+        await until_async(lambda: registry.lookup("web"), within=5.0)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            slow = asyncio.ensure_future(client.get("/slow"))
+            await asyncio.sleep(0.2)
+            server.send_signal(signal.SIGTERM)
+            await until_async(lambda: _empty(registry.lookup("web")), within=0.5)
+            assert not slow.done()  # deregistered while the slow request is still in flight
+            fresh = await client.get("/fast")  # during propagation_delay: still accepting
+            assert (fresh.status_code, fresh.text) == (200, "/fast")
+            answer = await slow
+            assert (answer.status_code, answer.text) == (200, "/slow")  # drained, not dropped
+        assert await asyncio.wait_for(server.wait(), 5.0) == 0
+    finally:
+        if server.returncode is None:
+            server.kill()
+            await server.wait()
+        await registry.aclose()
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def _empty(found: Any) -> bool:
+    return not await found
+
+
+async def until_async(condition: Any, within: float) -> None:
+    """Poll an async ``condition`` until it is truthy."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not await condition():
+        if loop.time() - start > within:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(0.01)

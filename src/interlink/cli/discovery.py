@@ -38,6 +38,14 @@ def _table(title: str, instances: list[ServiceInstance]) -> Table:
     return table
 
 
+def _describe(exc: Exception, registry: str) -> str:
+    """A one-line message: bad input as is; anything else (each client library raises its own
+    connection errors) as the registry that failed and why."""
+    if isinstance(exc, ValueError | ImportError):
+        return str(exc)
+    return f"registry {registry} failed: {type(exc).__name__}: {exc}"
+
+
 def _fail(message: str) -> typer.Exit:
     Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
     return typer.Exit(1)
@@ -70,8 +78,8 @@ def list_(
 
     try:
         found = asyncio.run(run())
-    except (ValueError, ImportError, ConnectionError, OSError) as exc:
-        raise _fail(str(exc)) from exc
+    except Exception as exc:
+        raise _fail(_describe(exc, registry)) from exc
     title = f"{service or 'all services'}: {len(found)} instance(s)"
     Console(highlight=False).print(_table(title, found))
 
@@ -105,5 +113,5 @@ def watch(
         asyncio.run(run())
     except KeyboardInterrupt:
         return
-    except (ValueError, ImportError, ConnectionError, OSError) as exc:
-        raise _fail(str(exc)) from exc
+    except Exception as exc:
+        raise _fail(_describe(exc, registry)) from exc

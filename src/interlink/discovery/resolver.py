@@ -9,7 +9,8 @@ call down; it can only make the cache old, and an old list beats an empty one:
   a warning and counts it in ``stats().errors``; the watch is retried with backoff;
 - right after such an outage, an *empty* snapshot is held back for ``recover_grace`` seconds
   (a registry restarted without its data is empty until the instances' next heartbeat), so a
-  transient outage never turns into an empty instance list.
+  transient outage never turns into an empty instance list. Once the registry lists instances
+  again the grace ends: a later empty list is believed at once.
 
 The first call for a service has nothing cached: ``pick`` raises ``NoInstancesError`` with
 reason ``"unresolved"``; ``await apick(service)`` (or ``await prefetch(service)`` once, e.g.
@@ -59,7 +60,9 @@ class ResolverStats:
     updates: int
     """Snapshots applied."""
     ejections: int
+    """Instances taken out of rotation by passive outlier ejection."""
     returns: int
+    """Ejected instances put back into rotation after their ejection time."""
 
 
 class _Service:
@@ -353,6 +356,10 @@ class Resolver:
             )
             state.held = asyncio.get_running_loop().call_later(left, self._apply, state, snap)
             return
+        if snap:
+            # The registry lists instances again, so it has its data back: from now on an
+            # empty list is a real one (the last instance deregistered), not a restart's.
+            state.recovered_at = None
         self._apply(state, snap)
 
     def _apply(self, state: _Service, snap: Snapshot) -> None:

@@ -4,6 +4,7 @@ the pipeline's outcome into what the caller gets. Both clients share it; only th
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json as _json
 from collections.abc import Mapping
@@ -151,6 +152,24 @@ def prepare(  # noqa: PLR0917 - internal, called by the two clients only
     else:
         body = content
     return Call(method.upper(), service, origin, path, merged or None, body)
+
+
+def origin_of(instance: Instance) -> str:
+    """``protocol://host:port`` of a picked instance, an IPv6 host in brackets."""
+    host = f"[{instance.host}]" if ":" in instance.host else instance.host
+    return f"{instance.protocol}://{host}:{instance.port}"
+
+
+def instance_ok(exc: BaseException) -> bool:
+    """Whether an attempt that raised ``exc`` still speaks for its instance (``done(True)``):
+    cancelled (by the caller, or a hedge that answered first), or answered 429/408 (shedding
+    load). Passive ejection counts only connection errors, timeouts and 5xx, like Envoy's
+    consecutive_5xx; the breaker and retry still see every ``AttemptFailed``."""
+    if isinstance(exc, asyncio.CancelledError):
+        return True
+    if not isinstance(exc, AttemptFailed) or exc.kind != "status":
+        return False
+    return getattr(exc.response, "status", 500) < 500
 
 
 def response_of(exc: BaseException) -> Response | None:

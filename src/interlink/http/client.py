@@ -37,6 +37,8 @@ from interlink.http._request import (
     Resolver,
     cache_key,
     fallback_answer,
+    instance_ok,
+    origin_of,
     outcome,
     prepare,
 )
@@ -248,8 +250,7 @@ class AsyncClient(_AsyncVerbs):
         origin = call.origin or service.url
         if origin is None:
             picked = await self._pick(call.service)
-            instance = picked.instance
-            origin = f"{instance.protocol}://{instance.host}:{instance.port}"
+            origin = origin_of(picked.instance)
         url = origin + call.path
         ok = False
         span = None
@@ -307,6 +308,7 @@ class AsyncClient(_AsyncVerbs):
             ok = True
             return response
         except BaseException as exc:
+            ok = instance_ok(exc)
             if span is not None:
                 fail(span, exc if not isinstance(exc, AttemptFailed) else str(exc))
             raise

@@ -28,6 +28,8 @@ from interlink.http._request import (
     Resolver,
     cache_key,
     fallback_answer,
+    instance_ok,
+    origin_of,
     outcome,
     prepare,
 )
@@ -213,8 +215,7 @@ class Client(_Verbs):
                     f"client.service({call.service!r}, url='http://host:port')"
                 )
             picked = self._resolver.pick(call.service)
-            instance = picked.instance
-            origin = f"{instance.protocol}://{instance.host}:{instance.port}"
+            origin = origin_of(picked.instance)
         url = origin + call.path
         ok = False
         span = None
@@ -257,6 +258,7 @@ class Client(_Verbs):
             ok = True
             return response
         except BaseException as exc:
+            ok = instance_ok(exc)
             if span is not None:
                 fail(span, exc if not isinstance(exc, AttemptFailed) else str(exc))
             raise

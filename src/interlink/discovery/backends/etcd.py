@@ -198,15 +198,19 @@ class EtcdRegistry(BaseRegistry):
             return snapshot_of(entries.values()), None
 
         async def wait(seconds: float) -> None:
-            with contextlib.suppress(TimeoutError):
+            try:
                 item = await asyncio.wait_for(lines.get(), seconds)
-                while True:
-                    if isinstance(item, BaseException):
-                        raise item
-                    apply(item)
-                    if lines.empty():
-                        return
-                    item = lines.get_nowait()
+            except TimeoutError:
+                return
+            # Only the wait may time out quietly: an error of the reader (whatever its type)
+            # ends this watch, or the stream would be dead while the cache looks fresh.
+            while True:
+                if isinstance(item, BaseException):
+                    raise item
+                apply(item)
+                if lines.empty():
+                    return
+                item = lines.get_nowait()
 
         try:
             async for snap in snapshots(fetch, wait, interval=self.interval):

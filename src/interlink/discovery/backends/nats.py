@@ -7,7 +7,8 @@ garbage-collects keys an hour after their last renewal), so expiry is decided by
 against the wall clock: the registry's machines need NTP-synchronised clocks, as with any
 TTL'd registry read by several machines. Watchers wake on every put and delete and at the next
 expiry. While the client is disconnected, lookups and watches raise, so the resolver keeps its
-last snapshot instead of letting entries expire for want of heartbeats.
+last snapshot instead of letting entries expire for want of heartbeats. A server that cannot be
+reached at all on first use is an error within about ``2 x connect_timeout``, not a hang.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class NatsRegistry(BaseRegistry):
         self._connect_timeout = connect_timeout
         self._clock = clock
         self._nc: Any = None
+        self._js: Any = None
         self._kv: Any = None
         self._lock = asyncio.Lock()
 
@@ -76,17 +78,22 @@ class NatsRegistry(BaseRegistry):
         async with self._lock:
             if self._kv is None:
                 if self._nc is None:
-                    self._nc = await nats.connect(
+                    # nats-py retries a failed *first* connect forever when reconnects are
+                    # unlimited, which would hang a lookup on a registry that is down. Connect
+                    # with one retry (an error the resolver can act on), then reconnect forever.
+                    nc = await nats.connect(
                         self.url,
                         connect_timeout=self._connect_timeout,
                         allow_reconnect=True,
-                        max_reconnect_attempts=-1,
+                        max_reconnect_attempts=1,
                         reconnect_time_wait=0.2,
                         error_cb=_quiet,
                         disconnected_cb=_noop,
                         reconnected_cb=_noop,
                     )
-                js = self._nc.jetstream(timeout=2.0)
+                    nc.options["max_reconnect_attempts"] = -1  # read on every reconnect
+                    self._nc = nc
+                js = self._js = self._nc.jetstream(timeout=2.0)
                 try:
                     self._kv = await js.key_value(self.bucket)
                 except nats.js.errors.BucketNotFoundError:
@@ -152,19 +159,34 @@ class NatsRegistry(BaseRegistry):
             entries[entry.key] = found
 
     async def _initial(self, service: str) -> tuple[Any, dict[str, tuple[ServiceInstance, float]]]:
+        """A watcher of ``service``'s keys and their current values, read to the last one."""
         kv = await self._bucket()
         watcher = await kv.watch(f"{_enc(service)}.*")
         entries: dict[str, tuple[ServiceInstance, float]] = {}
         try:
-            while True:
-                entry = await watcher.updates(timeout=2.0)
-                if entry is None:
-                    break
+            entry = await watcher.updates(timeout=2.0)
+            if entry is None and await self._listed(service):
+                # nats-py's "no keys" marker can come first although there are keys: when the
+                # server has pushed them before nats-py asks how many are pending (a race seen
+                # under load). The stream says there are keys, so wait for them.
+                with contextlib.suppress(nats.errors.TimeoutError):
+                    entry = await watcher.updates(timeout=2.0)
+            while entry is not None:
                 self._apply(entries, entry)
+                if entry.delta == 0:
+                    break  # the last initial value (a "done" marker may follow; wait skips it)
+                entry = await watcher.updates(timeout=2.0)
         except BaseException:
             await _stop(watcher)
             raise
         return watcher, entries
+
+    async def _listed(self, service: str) -> bool:
+        """Whether the bucket's stream holds any key of ``service`` (values or deletions)."""
+        await self._bucket()
+        subjects = f"$KV.{self.bucket}.{_enc(service)}.*"
+        info = await self._js.stream_info(f"KV_{self.bucket}", subjects_filter=subjects)
+        return bool(info.state.subjects)
 
     async def lookup(self, service: str) -> list[ServiceInstance]:
         """The unexpired instances of ``service`` (one short-lived watcher reads them all)."""
@@ -217,6 +239,7 @@ class NatsRegistry(BaseRegistry):
             with contextlib.suppress(Exception):
                 await self._nc.close()
             self._nc = None
+            self._js = None
             self._kv = None
 
 
