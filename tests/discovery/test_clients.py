@@ -135,7 +135,6 @@ async def test_http_client_waits_for_nothing_once_resolved(http_port: int) -> No
 
 # Found by the discovery audit; the fix is in the clients (src/interlink/http, grpc/resolved.py),
 # proposed to the lead. Strict: once fixed these pass, and the marker must go.
-CLIENT_FIX = pytest.mark.xfail(strict=True, reason="needs the proposed http/grpc client patch")
 
 
 def ipv6_port() -> int:
@@ -178,7 +177,6 @@ async def test_http_client_reaches_an_ipv6_instance() -> None:
         await runner.cleanup()
 
 
-@CLIENT_FIX
 async def test_grpc_channel_reaches_an_ipv6_instance() -> None:
     """An instance registered at ::1 is dialled at [::1]:port."""
     import grpc

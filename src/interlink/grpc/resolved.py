@@ -25,6 +25,7 @@ no ``call.trailing_metadata()``; use ``aio_channel`` where the call object is ne
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any, Protocol
 
@@ -72,7 +73,10 @@ class Resolver(Protocol):
 
 
 def _ok(exc: BaseException) -> bool:
-    """The instance answered (a caller error is still an answer)."""
+    """The instance answered (a caller error is still an answer), or the attempt was cancelled
+    (by the caller or a hedge that answered first), which says nothing against the instance."""
+    if isinstance(exc, asyncio.CancelledError):
+        return True
     return isinstance(exc, grpc.aio.AioRpcError) and exc.code() not in BREAKER_FAILURE_CODES
 
 
@@ -151,7 +155,8 @@ class ResolvedChannel:
         return self.resolver.pick(self.name)
 
     def _callable(self, picked: Picked, kind: str, method: str, ser: Any, de: Any) -> Any:
-        address = f"{picked.instance.host}:{picked.instance.port}"
+        host, port = picked.instance.host, picked.instance.port
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 bracketed
         found = self._callables.get((address, method))
         if found is None:
             channel = self._channels.get(address)
