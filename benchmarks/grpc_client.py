@@ -4,6 +4,9 @@ Contenders, against the same loopback server in the same run, all with ``service
 policies (10 s timeout, 2 retries with a shared budget, a breaker) where interlink is involved:
 
 - a bare ``grpc.aio`` channel (the baseline);
+- the same bare channel with ``timeout=`` the default ``Service.timeout`` on every call (for
+  information: interlink always sets a gRPC deadline, the bare baseline does not; this row says
+  what the deadline itself costs);
 - a ``grpc.aio`` channel with one no-op interceptor (for information: what grpc.aio's
   interceptor machinery itself costs, whatever the interceptor does);
 - ``interlink.grpc.aio_channel`` (the interceptors), outside any request, and inside one (a
@@ -124,6 +127,7 @@ async def make_contenders(address: str) -> list[Contender]:
     from examples.proto import food_pb2, food_pb2_grpc
 
     from interlink.grpc import aio_channel, direct_channel, service
+    from interlink.grpc.policy import DEFAULT_TIMEOUT
 
     class NoOp(grpc.aio.UnaryUnaryClientInterceptor):
         async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
@@ -136,6 +140,9 @@ async def make_contenders(address: str) -> list[Contender]:
 
     async def bare_call() -> object:
         return await bare(request)
+
+    async def bare_deadline_call() -> object:
+        return await bare(request, timeout=DEFAULT_TIMEOUT)
 
     channel = aio_channel(address, service("menu"))
     wrapped = food_pb2_grpc.MenuServiceStub(channel).GetMenu
@@ -157,8 +164,10 @@ async def make_contenders(address: str) -> list[Contender]:
 
     noop_name = "no-op grpc.aio interceptor (grpc's own cost)"
     in_request = "interlink aio_channel, in a request (x-request-id sent)"
+    deadline_name = f"bare grpc.aio channel, timeout={DEFAULT_TIMEOUT:g} s (the deadline's cost)"
     return [
         Contender("bare grpc.aio channel", "bare", bare_call, bare_channel.close),
+        Contender(deadline_name, "info", bare_deadline_call, _nothing),
         Contender(noop_name, "info", noop_call, noop_channel.close),
         Contender("interlink aio_channel (interceptors)", "interlink", interlink_call, _nothing),
         Contender(in_request, "interlink", interlink_call, channel.close, in_request=True),

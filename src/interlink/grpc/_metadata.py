@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from interlink.context import CORRELATION_HEADER, correlation_id
+from interlink.context import _CORRELATION, CORRELATION_HEADER
 from interlink.resilience.deadline import remaining
 from interlink.tracing import TRACE_HEADERS, inject
+from interlink.tracing.propagation import api
 from interlink.tracing.spans import context_of
 
 __all__ = ["attempt_timeout", "incoming", "outgoing"]
@@ -25,9 +26,21 @@ def outgoing(metadata: Iterable[Any] | None, span: Any = None) -> Any:
     """``metadata`` plus the current correlation id and trace context (with ``span`` as the
     parent when given); returned as it is when there is nothing to add. A key the caller set
     already is left alone: an explicit value wins over the ambient one."""
-    cid = correlation_id()
+    cid = _CORRELATION.get()  # correlation_id(), without its call
+    # the current trace context, read here so that the common case (no request, no trace: an
+    # empty context) returns before building anything
+    otel = api()
+    context = None
+    if otel is not None:
+        context = otel.get_current() if span is None else context_of(span)
+    if not context:
+        if cid is None:
+            return metadata
+        if not metadata:  # a request's calls: just the id
+            return ((CORRELATION_HEADER, cid),)
     carrier: dict[str, str] = {}
-    inject(carrier, None if span is None else context_of(span))
+    if context:
+        inject(carrier, context)
     if cid is None and not carrier:
         return metadata
     pairs = list(metadata) if metadata else []

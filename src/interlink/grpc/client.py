@@ -10,6 +10,11 @@
                     non-OK status -> StatusError (classified: interlink.grpc.status)
       <- the successful call (its metadata intact), the fallback's answer, or grpc's own error
 
+In the common case (no span to record, the breaker CLOSED, only retry, breaker and fallback in the
+pipeline) the interceptor does not wait for the call: it starts the first attempt and returns a
+call object the caller awaits directly, and only a failure enters the pipeline (``_unary``).
+``direct_channel`` (``_direct``) runs the same code without grpc.aio's interceptor machinery.
+
 Unary-unary calls get the whole pipeline. Streaming calls only get propagation (metadata and the
 shrunken deadline): a stream that fails half way cannot be replayed transparently, and its
 duration says nothing about the callee's health, so neither retry nor breaker applies.
@@ -27,14 +32,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import grpc
 import grpc.aio
 
-from interlink.errors import BudgetExhausted
 from interlink.resilience.deadline import reset, shrink_to
-from interlink.tracing import Spans
 from interlink.tracing.spans import fail
 
+from ._base import Base, unwrap
 from ._metadata import attempt_timeout, outgoing
+from ._unary import AioUnaryInterceptor
 from .policy import Service
-from .status import StatusError, classify
+from .status import classify
 
 __all__ = [
     "AioUnaryInterceptor",
@@ -45,105 +50,7 @@ __all__ = [
 ]
 
 
-def _span_name(method: str | bytes) -> str:
-    name = method.decode("ascii", "replace") if isinstance(method, bytes) else method
-    return name[1:] if name.startswith("/") else name
-
-
-def _unwrap(exc: BaseException) -> tuple[BaseException, BaseException | None]:
-    """What the caller sees, and its cause: grpc's own error for a status, also when the retry
-    budget stopped the retries (the budget's refusal becomes the cause); else ``exc`` itself."""
-    if isinstance(exc, StatusError):
-        return exc.error, None
-    if isinstance(exc, BudgetExhausted) and isinstance(exc.__cause__, StatusError):
-        return exc.__cause__.error, exc
-    return exc, exc.__cause__
-
-
-class _Base:
-    __slots__ = ("_methods", "_service", "_spans")
-
-    def __init__(self, service: Service, *, tracer_provider: object | None = None) -> None:
-        if not isinstance(service, Service):
-            raise ValueError(f"'service' must be an interlink.grpc.Service: {service!r}")
-        self._service = service
-        self._spans = Spans(tracer_provider, name="interlink.grpc")
-        # method -> (idempotent?, span name): worked out once per method, not per call
-        self._methods: dict[str | bytes, tuple[bool, str]] = {}
-
-    @property
-    def service(self) -> Service:
-        """The downstream service whose pipeline the calls run through."""
-        return self._service
-
-    def _method(self, method: str | bytes) -> tuple[bool, str]:
-        known = self._methods.get(method)
-        if known is None:
-            known = (self._service.is_idempotent(method), _span_name(method))
-            self._methods[method] = known
-        return known
-
-
-class AioUnaryInterceptor(_Base, grpc.aio.UnaryUnaryClientInterceptor):
-    """Runs each unary-unary call of a ``grpc.aio`` channel through ``service.pipeline``."""
-
-    __slots__ = ()
-
-    async def intercept_unary_unary(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        """Propagate, then call through the pipeline; see the module docstring."""
-        d = client_call_details
-        method = d.method
-        idempotent, name = self._method(method)
-        per_attempt = self._service.attempt_timeout
-        credentials, wait_for_ready = d.credentials, d.wait_for_ready
-        span = self._spans.start_client(name)
-        metadata = outgoing(d.metadata, span)
-
-        async def attempt() -> Any:
-            timeout, bound = attempt_timeout(per_attempt)
-            details = grpc.aio.ClientCallDetails(
-                method, timeout, metadata, credentials, wait_for_ready
-            )
-            try:
-                call = await continuation(details, request)
-                await call
-            except grpc.aio.AioRpcError as err:
-                raise classify(
-                    err,
-                    err.code(),
-                    err.trailing_metadata(),
-                    idempotent=idempotent,
-                    attempt_timeout_hit=bound,
-                ) from None
-            return call
-
-        svc = self._service
-        limit = svc.call_timeout(d.timeout)
-        # the deadline of the whole call: shrink_to/reset rather than ``with deadline(...)``,
-        # which would also build a Deadline object per call for nobody
-        token = None if limit is None else shrink_to(limit, svc.clock)
-        try:
-            return await svc.pipeline.acall(attempt)
-        except Exception as exc:
-            error, cause = _unwrap(exc)
-            if span is not None:
-                fail(span, error)
-            if error is exc:
-                raise
-            raise error from cause
-        finally:
-            if token is not None:
-                reset(token)
-            if span is not None:
-                span.end()
-
-
-class _Propagating(_Base):
+class _Propagating(Base):
     """Propagation only, for streaming calls (no retry, no breaker)."""
 
     __slots__ = ()
@@ -280,7 +187,7 @@ class _Answer(grpc.Call, _Future):
 
 
 class ClientInterceptor(
-    _Base,
+    Base,
     grpc.UnaryUnaryClientInterceptor,
     grpc.UnaryStreamClientInterceptor,
     grpc.StreamUnaryClientInterceptor,
@@ -328,7 +235,7 @@ class ClientInterceptor(
         try:
             result = svc.pipeline.call(attempt)
         except Exception as exc:
-            error, cause = _unwrap(exc)
+            error, cause = unwrap(exc)
             if span is not None:
                 fail(span, error)
             if error is exc:

@@ -1,5 +1,4 @@
-"""``service://name`` targets: each attempt goes to an instance a resolver picks; and the same
-channel-like object for one fixed address (``direct_channel``), without grpc's interceptors.
+"""``service://name`` targets: each attempt goes to an instance a resolver picks.
 
 A ``grpc.aio`` channel talks to one target, and an interceptor cannot move a call to another
 channel, so a resolved target is served by ``ResolvedChannel``, which stubs accept like a channel:
@@ -14,13 +13,6 @@ to ``picked.instance`` yourself).
 
 ``interlink.discovery.Resolver`` fits the ``Resolver`` protocol below; so does any object with
 ``pick(service) -> Picked``.
-
-``direct_channel("host:port", svc)`` is a ``ResolvedChannel`` whose resolver always answers that
-address. It runs the same pipeline as ``aio_channel`` but calls the interlink code directly
-instead of through ``grpc.aio``'s interceptor machinery (a task and an intercepted-call object
-per call, about 10 % of a loopback call's client CPU): the fastest way to make resilient calls.
-The price: a call is an awaitable of the response, not a ``grpc.aio`` call object, so there is
-no ``call.trailing_metadata()``; use ``aio_channel`` where the call object is needed.
 """
 
 from __future__ import annotations
@@ -32,8 +24,9 @@ from typing import Any, Protocol
 import grpc
 import grpc.aio
 
+from ._call import _Call
 from ._metadata import attempt_timeout, outgoing
-from .client import AioUnaryInterceptor
+from ._unary import AioUnaryInterceptor
 from .policy import Service
 from .policy import service as default_service
 from .status import BREAKER_FAILURE_CODES
@@ -43,7 +36,6 @@ __all__ = [
     "Picked",
     "ResolvedChannel",
     "Resolver",
-    "direct_channel",
     "resolved_channel",
 ]
 
@@ -207,7 +199,7 @@ class ResolvedChannel:
                 method, timeout, metadata, credentials, wait_for_ready
             )
             result = await self._unary.intercept_unary_unary(continuation, details, request)
-            return await result if isinstance(result, _PickedCall) else result
+            return await result if isinstance(result, _Call | _PickedCall) else result
 
         return invoke
 
@@ -294,47 +286,6 @@ def resolved_channel(
         name,
         resolver,
         service if service is not None else default_service(name),
-        channel_factory=channel_factory,
-        tracer_provider=tracer_provider,
-    )
-
-
-class _Fixed:
-    """A resolver of one address: every pick is the same instance, and outcomes are dropped."""
-
-    __slots__ = ("host", "port")
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host = host
-        self.port = port
-
-    @property
-    def instance(self) -> _Fixed:
-        return self
-
-    def done(self, ok: bool) -> None:
-        return None
-
-    def pick(self, service: str) -> _Fixed:
-        return self
-
-
-def direct_channel(
-    target: str,
-    service: Service,
-    *,
-    channel_factory: Callable[[str], grpc.aio.Channel] = grpc.aio.insecure_channel,
-    tracer_provider: object | None = None,
-) -> ResolvedChannel:
-    """A channel-like object for one ``host:port`` that runs ``service``'s pipeline without
-    grpc.aio's interceptor machinery; see the module docstring for what it leaves out."""
-    host, sep, port = target.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"'target' must be 'host:port': {target!r}")
-    return ResolvedChannel(
-        service.name,
-        _Fixed(host, int(port)),
-        service,
         channel_factory=channel_factory,
         tracer_provider=tracer_provider,
     )

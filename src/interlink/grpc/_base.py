@@ -1,0 +1,49 @@
+"""What every client interceptor shares: the service, the per-method facts, the span source, and
+how an error that left the pipeline is shown to the caller."""
+
+from __future__ import annotations
+
+from interlink.errors import BudgetExhausted
+from interlink.tracing import Spans
+
+from .policy import Service
+from .status import StatusError
+
+
+def span_name(method: str | bytes) -> str:
+    name = method.decode("ascii", "replace") if isinstance(method, bytes) else method
+    return name[1:] if name.startswith("/") else name
+
+
+def unwrap(exc: BaseException) -> tuple[BaseException, BaseException | None]:
+    """What the caller sees, and its cause: grpc's own error for a status, also when the retry
+    budget stopped the retries (the budget's refusal becomes the cause); else ``exc`` itself."""
+    if isinstance(exc, StatusError):
+        return exc.error, None
+    if isinstance(exc, BudgetExhausted) and isinstance(exc.__cause__, StatusError):
+        return exc.__cause__.error, exc
+    return exc, exc.__cause__
+
+
+class Base:
+    __slots__ = ("_methods", "_service", "_spans")
+
+    def __init__(self, service: Service, *, tracer_provider: object | None = None) -> None:
+        if not isinstance(service, Service):
+            raise ValueError(f"'service' must be an interlink.grpc.Service: {service!r}")
+        self._service = service
+        self._spans = Spans(tracer_provider, name="interlink.grpc")
+        # method -> (idempotent?, span name): worked out once per method, not per call
+        self._methods: dict[str | bytes, tuple[bool, str]] = {}
+
+    @property
+    def service(self) -> Service:
+        """The downstream service whose pipeline the calls run through."""
+        return self._service
+
+    def _method(self, method: str | bytes) -> tuple[bool, str]:
+        known = self._methods.get(method)
+        if known is None:
+            known = (self._service.is_idempotent(method), span_name(method))
+            self._methods[method] = known
+        return known

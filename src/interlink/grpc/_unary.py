@@ -1,0 +1,258 @@
+"""The ``grpc.aio`` unary-unary interceptor, and the call object its fast path returns.
+
+grpc.aio runs every intercepted call in a task of its own and lets the caller await the call the
+interceptors return once that task is done. An interceptor that awaits the call inside its task,
+to see the outcome, makes the task wake up once more when the answer arrives before the caller
+can: one more turn of the event loop on every call. So when a call needs nothing in between
+(no span to record, the breaker CLOSED, and only retry, breaker and fallback in the pipeline),
+the interceptor makes the first attempt itself and returns at once: a ``_Call`` wrapping grpc's
+call, which the caller then awaits directly. The outcome is read where the caller awaits it:
+
+- an answer is booked as the pipeline books it: the call's deposit in the retry budget, a
+  success for the breaker, the fallback's memory;
+- a failure hands the call to the pipeline, in the caller's task, under the call's deadline:
+  its first attempt replays that failure (the breaker, the retry schedule and budget, the
+  fallback and their events see what they would have seen), the retries are real attempts.
+
+Every other call (a span to record, the breaker not CLOSED, a bulkhead, rate limiter, hedge,
+timeout or a slow-call breaker in the pipeline) runs through the pipeline inside the
+interceptor's task, awaiting each attempt there.
+
+A ``_Call`` nobody awaits (nor asks for its status or metadata, nor gives a done callback) books
+nothing and, after a failure, retries nothing; grpc cancels such a call when it is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from interlink.resilience.breaker import _FAST_MASK, CircuitBreaker
+from interlink.resilience.deadline import remaining, reset, shrink_to
+from interlink.resilience.fallback import Fallback
+from interlink.resilience.retry import Retry
+from interlink.tracing.spans import fail
+
+from ._base import Base, unwrap
+from ._call import _Call, _Continuation, _Job
+from ._metadata import attempt_timeout, outgoing
+from .policy import Service
+from .status import classify
+
+__all__ = ["AioUnaryInterceptor"]
+
+_AioRpcError = grpc.aio.AioRpcError
+_Details = grpc.aio.ClientCallDetails
+#: ``tuple.__new__``, typed loosely: builds grpc's namedtuple ClientCallDetails without the
+#: Python-level ``__new__`` of namedtuple
+_new_tuple: Callable[..., Any] = tuple.__new__
+
+
+class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
+    """Runs each unary-unary call of a ``grpc.aio`` channel through ``service.pipeline``."""
+
+    __slots__ = ("_breaker", "_deposit", "_fast_ok", "_remember")
+
+    def __init__(self, service: Service, *, tracer_provider: object | None = None) -> None:
+        super().__init__(service, tracer_provider=tracer_provider)
+        breaker = retry = fallback = None
+        fast = True
+        for policy in service.pipeline.policies:
+            if isinstance(policy, CircuitBreaker):
+                breaker = policy
+                if policy.options.guarded:  # a slow-call breaker times every call
+                    fast = False
+            elif isinstance(policy, Retry):
+                retry = policy
+            elif isinstance(policy, Fallback):
+                fallback = policy
+            else:  # a bulkhead, rate limiter, hedge or timeout acts while the call runs
+                fast = False
+        budget = None if retry is None else retry.budget
+        #: whether calls may take the fast path (see the module docstring)
+        self._fast_ok = fast
+        self._breaker = breaker
+        self._deposit = None if budget is None else budget.deposit
+        self._remember = None if fallback is None else fallback.remember
+
+    async def intercept_unary_unary(
+        self,
+        continuation: _Continuation,
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        """Propagate, then call through the pipeline; see the module docstring."""
+        job = self._fast_job(continuation, client_call_details, request)
+        if job is None:
+            return await self._through_pipeline(continuation, client_call_details, request)
+        try:
+            call = await continuation(job[3], request)
+        except Exception as exc:  # not even started: the pipeline decides
+            return await _Call(None, job).recover(exc)
+        return _Call(call, job)
+
+    def _fast_job(
+        self, continuation: _Continuation, d: grpc.aio.ClientCallDetails, request: Any
+    ) -> _Job | None:
+        """What a call on the fast path needs (``job[3]``: the first attempt's details), or
+        None when the call must run through the pipeline."""
+        if not self._fast_ok:
+            return None
+        breaker = self._breaker
+        permit = 0
+        if breaker is not None:
+            # the breaker's own fast path, as the pipeline takes it: CLOSED and not timing calls
+            # is the one state in which the permit is the breaker's generation, taken for free
+            permit = breaker._g
+            if permit & _FAST_MASK:
+                return None
+        if self._spans.tracer() is not None:
+            return None
+        known = self._methods.get(d.method)
+        if known is None:
+            known = self._method(d.method)
+        svc = self._service
+        # svc.call_timeout() and attempt_timeout(), inlined: the call's deadline is the sooner of
+        # the caller's timeout= and the service's; the attempt's, the soonest of that, the
+        # deadline in force and the per-attempt timeout
+        limit = d.timeout
+        if limit is None or (svc.timeout is not None and svc.timeout < limit):
+            limit = svc.timeout
+        timeout = remaining()
+        if limit is not None and (timeout is None or limit < timeout):
+            timeout = limit
+        per_attempt = svc.attempt_timeout
+        bound = per_attempt is not None and (timeout is None or per_attempt < timeout)
+        if bound:
+            timeout = per_attempt
+        details = _new_tuple(
+            _Details,
+            (d.method, timeout, outgoing(d.metadata), d.credentials, d.wait_for_ready),
+        )
+        return (
+            self,
+            permit,
+            continuation,
+            details,
+            request,
+            known[0],
+            bound,
+            svc.clock(),
+            limit,
+        )
+
+    async def _through_pipeline(
+        self,
+        continuation: _Continuation,
+        d: grpc.aio.ClientCallDetails,
+        request: Any,
+        holder: _Call | None = None,
+    ) -> Any:
+        """The call through the pipeline, each attempt awaited here (``holder._call``: the
+        attempt in flight); returns the successful call or the fallback's answer."""
+        idempotent, name = self._method(d.method)
+        span = self._spans.start_client(name)
+        metadata = outgoing(d.metadata, span)
+        svc = self._service
+        limit = svc.call_timeout(d.timeout)
+        per_attempt = svc.attempt_timeout
+        method, credentials, wait_for_ready = d.method, d.credentials, d.wait_for_ready
+
+        async def attempt() -> Any:
+            timeout, bound = attempt_timeout(per_attempt)
+            details = _Details(method, timeout, metadata, credentials, wait_for_ready)
+            try:
+                call = await continuation(details, request)
+                if holder is not None:
+                    holder._call = call
+                await call
+            except _AioRpcError as err:
+                raise classify(
+                    err,
+                    err.code(),
+                    err.trailing_metadata(),
+                    idempotent=idempotent,
+                    attempt_timeout_hit=bound,
+                ) from None
+            return call
+
+        # the deadline of the whole call: shrink_to/reset rather than ``with deadline(...)``,
+        # which would also build a Deadline object per call for nobody
+        token = None if limit is None else shrink_to(limit, svc.clock)
+        try:
+            return await svc.pipeline.acall(attempt)
+        except Exception as exc:
+            error, cause = unwrap(exc)
+            if span is not None:
+                fail(span, error)
+            if error is exc:
+                raise
+            raise error from cause
+        finally:
+            if token is not None:
+                reset(token)
+            if span is not None:
+                span.end()
+
+    async def _replay(self, c: _Call, job: _Job, first: BaseException) -> Any:
+        """The rest of a call whose first attempt failed with ``first``: the pipeline, its first
+        attempt replaying ``first``, under what is left of the call's deadline."""
+        _, _, continuation, details, request, idempotent, bound, start, limit = job
+        if isinstance(first, _AioRpcError):
+            first = classify(
+                first,
+                first.code(),
+                first.trailing_metadata(),
+                idempotent=idempotent,
+                attempt_timeout_hit=bound,
+            )
+        replay = [first]
+        svc = self._service
+        per_attempt = svc.attempt_timeout
+
+        async def attempt() -> Any:
+            if replay:
+                raise replay.pop()
+            timeout, hit = attempt_timeout(per_attempt)
+            retry = _new_tuple(
+                _Details,
+                (
+                    details.method,
+                    timeout,
+                    details.metadata,
+                    details.credentials,
+                    details.wait_for_ready,
+                ),
+            )
+            call = c._call = await continuation(retry, request)
+            try:
+                await call
+            except _AioRpcError as err:
+                raise classify(
+                    err,
+                    err.code(),
+                    err.trailing_metadata(),
+                    idempotent=idempotent,
+                    attempt_timeout_hit=hit,
+                ) from None
+            return call
+
+        clock = svc.clock
+        token = None if limit is None else shrink_to(limit - (clock() - start), clock)
+        try:
+            result = await svc.pipeline.acall(attempt)
+        except Exception as exc:
+            error, cause = unwrap(exc)
+            if error is exc:
+                raise
+            raise error from cause
+        finally:
+            if token is not None:
+                reset(token)
+        if result is not None and result is c._call:
+            return await result  # the answer of the attempt that succeeded
+        c._call = None  # the fallback answered: there is no call to show
+        return result
