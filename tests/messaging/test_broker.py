@@ -232,8 +232,9 @@ def test_current_message_outside_a_handler_raises() -> None:
         current_message()
 
 
-def test_message_without_correlation_id_gets_a_fresh_one() -> None:
-    """A handler always runs with a correlation id, new when the message had none."""
+def test_message_without_correlation_id_runs_under_its_message_id() -> None:
+    """A handler always runs with a correlation id: the message id when the message had none
+    (a malformed id gets a fresh one)."""
     broker = memory()
     seen: list[str | None] = []
 
@@ -241,14 +242,18 @@ def test_message_without_correlation_id_gets_a_fresh_one() -> None:
     async def handle(message: bytes) -> None:
         seen.append(correlation_id())
 
-    async def body() -> None:
+    async def body() -> str:
         async with broker:
-            await broker.publish("t", b"x")
-            await until(lambda: len(seen) == 1)
+            mid = await broker.publish("t", b"x")
+            await broker.publish("t", b"y", message_id="not a valid correlation id")
+            await until(lambda: len(seen) == 2)
+        return mid
 
-    run(body())
-    assert seen[0] is not None
-    assert valid_correlation_id(seen[0])
+    mid = run(body())
+    assert seen[0] == mid
+    assert seen[1] is not None
+    assert seen[1] != "not a valid correlation id"
+    assert valid_correlation_id(seen[1])
 
 
 def test_trace_context_flows_to_the_handler() -> None:

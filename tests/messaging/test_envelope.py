@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from random import Random
 
 import pytest
@@ -25,6 +26,9 @@ from interlink.messaging.envelope import (
     encode,
     encode_dead_letter,
     error_type_of,
+    frame,
+    frame_parts,
+    header_tail,
     with_attempt,
 )
 
@@ -46,6 +50,62 @@ envelopes = st.builds(
 def test_encode_decode_roundtrip(envelope: Envelope) -> None:
     """Every envelope survives the wire unchanged, payload bytes included."""
     assert decode(encode(envelope)) == envelope
+
+
+def _reference_frame(envelope: Envelope) -> bytes:
+    """The frame as ``json.dumps`` writes its header (what the hand-written header matches)."""
+    header: dict[str, object] = {"id": envelope.id, "type": envelope.type, "time": envelope.time}
+    if envelope.key is not None:
+        header["key"] = envelope.key
+    if envelope.attempt != 1:
+        header["attempt"] = envelope.attempt
+    if envelope.correlation_id is not None:
+        header["cid"] = envelope.correlation_id
+    if envelope.headers:
+        header["headers"] = dict(envelope.headers)
+    head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    return MAGIC + len(head).to_bytes(4, "big") + head + envelope.payload
+
+
+@given(envelopes)
+def test_encode_writes_the_header_json_dumps_would(envelope: Envelope) -> None:
+    """The header written field by field is byte for byte the JSON encoder's."""
+    assert encode(envelope) == _reference_frame(envelope)
+
+
+@given(st.text(alphabet="0123456789abcdef", min_size=32, max_size=32), envelopes)
+def test_frame_parts_around_a_plain_id_make_the_frame(mid: str, envelope: Envelope) -> None:
+    """start + id + end + payload, the batch path, is the frame of that id."""
+    tail = header_tail(
+        type=envelope.type,
+        time=envelope.time,
+        key=envelope.key,
+        attempt=envelope.attempt,
+        correlation_id=envelope.correlation_id,
+        headers=envelope.headers,
+    )
+    start, end = frame_parts(tail, len(mid))
+    built = start + mid.encode() + end + envelope.payload
+    assert built == frame(mid, envelope.payload, tail)
+    assert decode(built).id == mid
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b' {"id":"a","time":1} ',  # whitespace around the object
+        '{"id":"\u00e9","type":"T"}'.encode("utf-16"),  # what json.loads detects as UTF-16
+        b'{"id":"a","type":null,"time":2}',  # an int time, a null type
+    ],
+)
+def test_headers_json_loads_accepts_still_decode(head: bytes) -> None:
+    """Headers outside the fast path (odd whitespace, encodings, types) decode as before."""
+    envelope = decode(MAGIC + len(head).to_bytes(4, "big") + head + b"p")
+    expected = json.loads(head)
+    assert envelope.id == expected["id"]
+    assert envelope.type == (expected.get("type") or "bytes")
+    assert envelope.time == float(expected.get("time", 0.0))
+    assert envelope.payload == b"p"
 
 
 @given(st.binary(max_size=200))

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 
+import nats
 import pytest
 from tests.messaging.contract import BackendContract
+
+from interlink.messaging import Broker, PublishError
 
 URL = "nats://127.0.0.1:4222"
 PREFIX = "interlink:t-"  # the streams the contract's topics ("t-<hex>") live in
 
 
 async def _streams() -> set[str]:
-    import nats
-
     nc = await nats.connect(URL)
     try:
         js = nc.jetstream()
@@ -27,8 +29,6 @@ async def _streams() -> set[str]:
 
 
 async def _delete(names: set[str]) -> None:
-    import nats
-
     nc = await nats.connect(URL)
     try:
         js = nc.jetstream()
@@ -51,3 +51,82 @@ class TestNatsBackend(BackendContract):
 
     def make_backend_url(self) -> str:
         return URL
+
+
+def _topic() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def test_a_deleted_stream_is_recreated_by_the_next_publish() -> None:
+    """A publish whose stream vanished (the server answers "no responders") creates the
+    stream again and is confirmed, one at a time and in a batch."""
+    topic = _topic()
+
+    async def body() -> int:
+        broker = Broker.from_url(URL)
+        try:
+            await broker.publish(topic, b"first")
+            await _delete({f"interlink:{topic}"})
+            await broker.publish(topic, b"second")
+            await _delete({f"interlink:{topic}"})
+            await broker.publish_many(topic, [b"third", b"fourth"])
+            nc = await nats.connect(URL)
+            try:
+                info = await nc.jetstream().stream_info(f"interlink:{topic}")
+                return int(info.state.messages)
+            finally:
+                await nc.close()
+        finally:
+            await broker.stop()
+
+    assert asyncio.run(body()) == 2
+
+
+def test_a_refused_publish_raises_with_the_servers_reason() -> None:
+    """A PubAck carrying an error (here: bigger than the stream allows) is a PublishError
+    naming the server's reason, for the message and for every message of a batch."""
+    topic = _topic()
+
+    async def body() -> list[str]:
+        nc = await nats.connect(URL)
+        js = nc.jetstream()
+        await js.add_stream(name=f"interlink:{topic}", subjects=[topic], max_msg_size=64)
+        await nc.close()
+        broker = Broker.from_url(URL)
+        errors = []
+        try:
+            with pytest.raises(PublishError) as one:
+                await broker.publish(topic, b"x" * 1024)
+            errors.append(str(one.value))
+            with pytest.raises(PublishError) as many:
+                await broker.publish_many(topic, [b"y" * 1024] * 3)
+            errors.append(str(many.value))
+        finally:
+            await broker.stop()
+        return errors
+
+    one, many = asyncio.run(body())
+    assert "maximum" in one.lower()
+    assert "3 of 3 not confirmed" in many
+
+
+def test_publishing_an_id_again_is_confirmed_and_stored_once() -> None:
+    """The message id is the Nats-Msg-Id: a publish repeated with it is confirmed (the
+    server says duplicate) and not stored twice."""
+    topic = _topic()
+
+    async def body() -> int:
+        broker = Broker.from_url(URL)
+        try:
+            mid = await broker.publish(topic, b"once")
+            await broker.publish(topic, b"once", message_id=mid)
+            nc = await nats.connect(URL)
+            try:
+                info = await nc.jetstream().stream_info(f"interlink:{topic}")
+                return int(info.state.messages)
+            finally:
+                await nc.close()
+        finally:
+            await broker.stop()
+
+    assert asyncio.run(body()) == 1

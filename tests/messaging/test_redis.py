@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 
 import pytest
-from tests.messaging.contract import BackendContract
+from tests.messaging.contract import BackendContract, Order, until
+
+from interlink.messaging import Broker
+from interlink.messaging.backends._redis_scripts import parse_batch
+from interlink.messaging.idempotency import RedisStore
 
 URL = "redis://127.0.0.1:6379/0"
 PATTERN = "interlink:t-*"  # the keys the contract's topics ("t-<hex>") live in
@@ -46,3 +51,80 @@ class TestRedisBackend(BackendContract):
 
     def make_backend_url(self) -> str:
         return URL
+
+
+def test_idempotent_store_gets_the_url_without_backend_options() -> None:
+    """`idempotent=True` on a Redis broker whose URL carries backend options (which redis-py
+    does not know) uses the same server for the store, and it works."""
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+    broker = Broker.from_url(f"{URL}?visibility_timeout=1&block=0.5")
+    seen: list[int] = []
+
+    @broker.subscriber(topic, group="g", idempotent=True)
+    async def handle(message: Order) -> None:
+        seen.append(message.order_id)
+
+    store = broker.subscriptions[0].idempotency
+    assert isinstance(store, RedisStore)
+    assert store._url == URL
+
+    async def body() -> None:
+        async with broker:
+            mid = await broker.publish(topic, Order(order_id=1))
+            await broker.publish(topic, Order(order_id=1), message_id=mid)  # a redelivery
+            await broker.publish(topic, Order(order_id=2))
+            await until(lambda: len(seen) == 2)
+            await asyncio.sleep(0.2)
+
+    asyncio.run(body())
+    assert seen == [1, 2]
+
+
+def test_packed_read_pairs_each_entry_with_its_data() -> None:
+    """READ's reply (one string of ids and attempts, then one data per entry) comes apart
+    into the entries a plain XREADGROUP would give."""
+    reply = [b"0 1-0 0 1 7-1 2", b"first", b""]
+    assert parse_batch(reply) == [
+        (0, b"1-0", {b"d": b"first", b"a": b"0"}, 1),
+        (1, b"7-1", {b"d": b"", b"a": b"2"}, 1),
+    ]
+    assert parse_batch([]) == []
+
+
+def test_a_backlog_is_read_packed_with_attempts_from_the_retry_stream() -> None:
+    """With more waiting than a read takes, reads go through the READ script: every message
+    arrives once, in order, and a retry stream entry keeps its attempt count."""
+    from interlink.messaging.backends.redis import RedisBackend
+    from interlink.messaging.envelope import Envelope, encode
+
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+
+    async def body() -> tuple[list[int], list[tuple[str, int]]]:
+        broker = Broker.from_url(URL)
+        await broker.connect()
+        backend = broker.backend
+        assert isinstance(backend, RedisBackend)
+        await backend.ensure_group(topic, "g")
+        await broker.publish_many(topic, [Order(order_id=i) for i in range(100)])
+        retried = encode(Envelope(id="r1", type="Order", payload=b'{"order_id":-1}'))
+        await backend.client.xadd(f"interlink:{topic}#retry:g", {b"d": retried, b"a": 2})
+        order: list[int] = []
+        attempts: list[tuple[str, int]] = []
+        deliveries = backend.subscribe(topic, "g", prefetch=16)
+        try:
+            async for delivery in deliveries:
+                order.append(Order.model_validate_json(delivery.envelope.payload).order_id)
+                attempts.append((delivery.envelope.id, delivery.attempt))
+                await delivery.ack()
+                if len(order) == 101:
+                    break
+        finally:
+            await deliveries.aclose()  # type: ignore[attr-defined]
+            await broker.stop()
+        return order, attempts
+
+    order, attempts = asyncio.run(asyncio.wait_for(body(), 10))
+    assert sorted(order) == [-1, *range(100)]
+    assert [n for n in order if n >= 0] == list(range(100))
+    assert ("r1", 3) in attempts
+    assert all(attempt == 1 for mid, attempt in attempts if mid != "r1")

@@ -177,3 +177,27 @@ def test_unwritable_path_is_unavailable(tmp_path: Path) -> None:
 
     with pytest.raises(BackendUnavailable, match="unable to open database file"):
         run(body())
+
+
+def test_an_empty_lease_does_not_hide_a_settle_later_in_its_batch(tmp_path: Path) -> None:
+    """The store remembers an empty lease to skip the next query; a nack written after it in
+    the same transaction must still make the next lease look again."""
+    import time
+
+    from interlink.messaging.backends._sqlite_store import Store
+
+    store = Store(str(tmp_path / "broker.db"))
+    try:
+        gid = store.ensure_group("t", "g")
+        store.publish("t", [("m1", None, b"frame")])
+        store.commit()
+        [(seq, attempt, _, _)], _ = store.lease(gid, "t", 10, visibility=30.0)
+        store.commit()
+        # one worker batch: a lease that finds nothing, then the nack of the leased row
+        assert store.lease(gid, "t", 10, visibility=30.0)[0] == []
+        store.settle([(gid, seq, attempt, time.time() - 1)])
+        store.commit()
+        rows, _ = store.lease(gid, "t", 10, visibility=30.0)
+        assert [(row[0], row[1]) for row in rows] == [(seq, attempt + 1)]
+    finally:
+        store.close()

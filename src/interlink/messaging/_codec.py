@@ -1,16 +1,17 @@
-"""Turning messages into payloads and payloads into handler arguments; name checks."""
+"""Turning messages into payloads and frames, payloads into handler arguments; name checks."""
 
 from __future__ import annotations
 
 import inspect
 import re
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from interlink.messaging.envelope import Envelope
+from interlink.messaging._ids import ID_LENGTH, new_id_text
+from interlink.messaging.envelope import Envelope, OutgoingMessage, frame_parts, header_tail
 
-__all__ = ["GROUP", "check_topic", "decoder_for", "payload_of"]
+__all__ = ["GROUP", "batch_of", "check_topic", "decoder_for", "payload_of"]
 
 # NATS subjects, RabbitMQ queues and Redis keys all accept these; ".dlq" is reserved.
 _TOPIC = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
@@ -45,6 +46,42 @@ def payload_of(message: Any) -> tuple[bytes, str]:
             "publishing objects needs pydantic: pip install 'interlink[messaging]'"
         ) from exc
     return to_json(message), cls.__name__
+
+
+def batch_of(
+    messages: Sequence[Any],
+    key: str | Callable[[Any], str | None] | None,
+    *,
+    time: float,
+    correlation_id: str | None,
+    headers: Mapping[str, str],
+) -> list[OutgoingMessage]:
+    """The frames of a batch, with fresh ids. Its messages share their header but for the id
+    (and the type and key, where they differ): one header per type and key, then four byte
+    strings joined per message."""
+    keyof, fixed = (key, None) if callable(key) else (None, key)
+    text = new_id_text(len(messages))
+    raw = text.encode()
+    parts: dict[tuple[str, str | None], tuple[bytes, bytes]] = {}
+    items = []
+    at = 0
+    for message in messages:
+        if type(message) is bytes:
+            payload, type_name = message, "bytes"
+        else:
+            payload, type_name = payload_of(message)
+        k = keyof(message) if keyof is not None else fixed
+        pair = parts.get((type_name, k))
+        if pair is None:
+            tail = header_tail(
+                type=type_name, time=time, key=k, correlation_id=correlation_id, headers=headers
+            )
+            pair = parts[type_name, k] = frame_parts(tail, ID_LENGTH)
+        end = at + ID_LENGTH
+        data = b"".join((pair[0], raw[at:end], pair[1], payload))
+        items.append(OutgoingMessage(data, k, headers, text[at:end]))
+        at = end
+    return items
 
 
 def decoder_for(handler: Callable[..., Any]) -> tuple[Callable[[Envelope], Any], Any]:

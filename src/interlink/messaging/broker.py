@@ -12,21 +12,23 @@ import contextlib
 import inspect
 import signal
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
 
 from interlink.clock import Clock
 from interlink.context import correlation_id
 from interlink.messaging import _trace
-from interlink.messaging._codec import GROUP, check_topic, decoder_for, payload_of
+from interlink.messaging._codec import GROUP, batch_of, check_topic, decoder_for, payload_of
+from interlink.messaging._ids import new_id
 from interlink.messaging.backend import Backend, backend_from_url
 from interlink.messaging.consumer import Consumer, Subscription
-from interlink.messaging.envelope import DeadLetter, Envelope, OutgoingMessage, encode
+from interlink.messaging.envelope import DeadLetter, frame, header_tail
 from interlink.messaging.idempotency import IdempotencyStore, store_from_url
 from interlink.resilience._validate import at_least, non_negative, positive_int
 from interlink.resilience.retry import Retry
+from interlink.tracing.propagation import inject
 from interlink.tracing.spans import Spans
 
 __all__ = ["DEFAULT_GRACE", "DEFAULT_MAX_DELIVERIES", "Broker", "Publisher", "PublisherSpec"]
@@ -37,6 +39,7 @@ DEFAULT_GRACE = 10.0
 DEFAULT_MAX_DELIVERIES = 5
 #: Deliveries a consumer fetches ahead of its handlers, at least.
 DEFAULT_PREFETCH = 32
+_TOPIC_CACHE = 1024  # topic names remembered as valid, per broker
 
 M = TypeVar("M")
 H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
@@ -111,6 +114,7 @@ class Broker:
         self._publishers: list[PublisherSpec] = []
         self._consumers: list[Consumer] = []
         self._connected = False
+        self._topics: set[str] = set()
         self._lock: asyncio.Lock | None = None
         self._clock = clock
         self._spans = Spans(tracer_provider, name="interlink.messaging")
@@ -203,26 +207,14 @@ class Broker:
 
     # -- publishing ---------------------------------------------------------------------
 
-    def _envelope(
-        self,
-        message: Any,
-        key: str | None,
-        headers: dict[str, str],
-        *,
-        message_id: str | None,
-        cid: str | None,
-        now: float,
-    ) -> Envelope:
-        payload, type_name = payload_of(message)
-        return Envelope(
-            id=message_id or uuid.uuid4().hex,
-            type=type_name,
-            payload=payload,
-            key=key,
-            time=now,
-            correlation_id=cid,
-            headers=headers,
-        )
+    def _topic(self, topic: str) -> str:
+        # check_topic's regex once per topic, not once per publish
+        if type(topic) is str and topic in self._topics:
+            return topic
+        check_topic(topic)
+        if len(self._topics) < _TOPIC_CACHE:
+            self._topics.add(topic)
+        return topic
 
     async def publish(
         self,
@@ -238,14 +230,27 @@ class Broker:
         outbox relay after a crash), so idempotent consumers see one message."""
         backend = self._backend if self._connected else await self.connect()
         hdrs = dict(headers) if headers else {}
+        mid = message_id or new_id()
+        if self._spans.tracer() is None:  # no SDK: no span, only the context to carry on
+            inject(hdrs)
+            data = self._frame(message, key, hdrs, mid)
+            await backend.publish(self._topic(topic), data, key=key, headers=hdrs, message_id=mid)
+            return mid
         with _trace.publish_span(self._spans, topic, hdrs):
-            env = self._envelope(
-                message, key, hdrs, message_id=message_id, cid=correlation_id(), now=self._clock()
-            )
-            await backend.publish(
-                check_topic(topic), encode(env), key=key, headers=hdrs, message_id=env.id
-            )
-        return env.id
+            data = self._frame(message, key, hdrs, mid)
+            await backend.publish(self._topic(topic), data, key=key, headers=hdrs, message_id=mid)
+        return mid
+
+    def _frame(self, message: Any, key: str | None, hdrs: dict[str, str], mid: str) -> bytes:
+        if type(message) is bytes:
+            payload, type_name = message, "bytes"
+        else:
+            payload, type_name = payload_of(message)
+        cid = correlation_id()
+        tail = header_tail(
+            type=type_name, time=self._clock(), key=key, correlation_id=cid, headers=hdrs
+        )
+        return frame(mid, payload, tail)
 
     async def publish_many(
         self,
@@ -259,16 +264,27 @@ class Broker:
         ``key`` is one key for all or a function of the message. Returns their ids."""
         backend = self._backend if self._connected else await self.connect()
         hdrs = dict(headers) if headers else {}
-        cid, now = correlation_id(), self._clock()
-        keyof, fixed = (key, None) if callable(key) else (None, key)
-        items = []
+        if self._spans.tracer() is None:
+            inject(hdrs)
+            return await self._publish_many(backend, topic, messages, key, hdrs)
         with _trace.publish_span(self._spans, topic, hdrs):
-            for message in messages:
-                k = keyof(message) if keyof is not None else fixed
-                env = self._envelope(message, k, hdrs, message_id=None, cid=cid, now=now)
-                items.append(OutgoingMessage(encode(env), env.key, hdrs, env.id))
-            if items:
-                await backend.publish_batch(check_topic(topic), items)
+            return await self._publish_many(backend, topic, messages, key, hdrs)
+
+    async def _publish_many(
+        self,
+        backend: Backend,
+        topic: str,
+        messages: Iterable[Any],
+        key: str | Callable[[Any], str | None] | None,
+        hdrs: dict[str, str],
+    ) -> list[str]:
+        batch = messages if isinstance(messages, list | tuple) else list(messages)
+        if not batch:
+            return []
+        items = batch_of(
+            batch, key, time=self._clock(), correlation_id=correlation_id(), headers=hdrs
+        )
+        await backend.publish_batch(self._topic(topic), items)
         return [item.message_id for item in items]
 
     def publisher(
@@ -297,8 +313,11 @@ class Broker:
         scheme = getattr(self._backend, "scheme", "")
         if scheme == "memory":
             return "memory://"
-        if scheme in {"sqlite", "redis"} and self._url:
+        if scheme == "sqlite" and self._url:
             return self._url
+        if scheme == "redis" and self._url:
+            # the broker's options (?visibility_timeout=...) mean nothing to the store's client
+            return urlsplit(self._url)._replace(query="", fragment="").geturl()
         raise ValueError(
             f"'idempotent' must be a store URL for the {scheme or 'given'} backend "
             "(or pass Broker(idempotency=...)): True has no default store"

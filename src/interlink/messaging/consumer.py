@@ -1,11 +1,18 @@
 """The consumer loop: fetch, decode, guard, handle, then ack / retry later / dead-letter.
 
-One ``Consumer`` per subscription. It pulls deliveries from the backend with at most
-``concurrency`` held at once (backpressure: a slow handler slows the fetching, never grows a
-queue), runs handlers as tasks, keeps messages of one key in order (a per-key lane: the next
-message of a key starts when the previous one is finished), and carries out the decision
-``envelope.decide_*`` made. Stopping is graceful: no more fetching, queued deliveries go back
-at once, running handlers get ``grace`` seconds, then are cancelled and their messages go back.
+One ``Consumer`` per subscription. At most ``concurrency`` deliveries are held at once
+(backpressure: a slow handler slows the fetching, never grows a queue), messages of one key
+run one after another (a per-key lane: the next message of a key starts when the previous one
+is finished), and the decision ``envelope.decide_*`` made is carried out. Stopping is
+graceful: no more fetching, queued deliveries go back at once, running handlers get ``grace``
+seconds, then are cancelled and their messages go back.
+
+How it runs (``_runner.py``): up to ``concurrency`` long-lived runner tasks, not a task per
+message. One runner at a time fetches; it then handles what it fetched itself, and only when
+that handler actually waits (I/O) does another runner take over the fetching. Fast handlers
+thus cost no task, no wake-up and no semaphore; slow ones overlap up to ``concurrency``. Each
+delivery still runs in a context of its own (a copy, as a task would have), so the current
+message, the correlation id and the trace context of one message never leak into the next.
 """
 
 from __future__ import annotations
@@ -15,11 +22,12 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextvars import ContextVar
+from contextvars import ContextVar, copy_context
 from dataclasses import dataclass
 from typing import Any
 
-from interlink.context import use_correlation_id, valid_correlation_id
+from interlink.context import _CORRELATION, new_correlation_id, valid_correlation_id
+from interlink.messaging._runner import drive
 from interlink.messaging._trace import consume_span
 from interlink.messaging.backend import Backend, Delivery
 from interlink.messaging.envelope import (
@@ -39,6 +47,9 @@ __all__ = ["Consumer", "MessageInfo", "Subscription", "current_message"]
 log = logging.getLogger("interlink.messaging")
 
 _ENVELOPE_ERROR = "interlink.messaging.envelope.EnvelopeError"
+_GO_BACK = Decision("retry", delay=0.0)
+#: Seconds a runner may handle messages that never wait before it lets other tasks run.
+_TURN = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +62,10 @@ class MessageInfo:
     attempt: int
 
 
-_CURRENT: ContextVar[MessageInfo | None] = ContextVar("interlink_current_message", default=None)
+# (topic, group, envelope, attempt), made into a MessageInfo only when asked for
+_CURRENT: ContextVar[tuple[str, str, Envelope, int] | None] = ContextVar(
+    "interlink_current_message", default=None
+)
 
 
 def current_message() -> MessageInfo:
@@ -59,7 +73,7 @@ def current_message() -> MessageInfo:
     info = _CURRENT.get()
     if info is None:
         raise LookupError("current_message() is only available inside a message handler")
-    return info
+    return MessageInfo(*info)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,12 +102,16 @@ class Consumer:
         self._backend = backend
         self._spans = spans if spans is not None else Spans(name="interlink.messaging")
         self._sub = subscription
-        self._slots = asyncio.Semaphore(subscription.concurrency)
+        self._limit = subscription.concurrency
+        self._held = 0  # deliveries fetched and not yet settled (queued in lanes included)
         self._lanes: dict[str, deque[Delivery]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._fetcher: asyncio.Task[None] | None = None
+        self._runners: set[asyncio.Task[None]] = set()
+        self._idle: deque[asyncio.Future[None]] = deque()  # runners waiting for work
+        self._fetching: asyncio.Task[Any] | None = None  # the runner inside anext(), if any
         self._iterator: AsyncIterator[Delivery] | None = None
+        self._backoff = 0.05
         self._stopping = False
+        self._ended = False
 
     @property
     def subscription(self) -> Subscription:
@@ -107,18 +125,18 @@ class Consumer:
             await ensure(self._sub.topic, self._sub.group)
         if self._sub.idempotency is not None:
             await self._sub.idempotency.open()
-        self._stopping = False
-        name = f"interlink-consumer {self._sub.topic}/{self._sub.group}"
-        self._fetcher = asyncio.create_task(self._fetch(), name=name)
+        self._stopping = self._ended = False
+        self._spawn()
 
     async def stop(self, grace: float) -> None:
         """Stop fetching; give running handlers ``grace`` seconds; hand everything else back."""
         self._stopping = True
-        fetcher, self._fetcher = self._fetcher, None
-        if fetcher is not None:
-            fetcher.cancel()
+        fetching, self._fetching = self._fetching, None
+        if fetching is not None:  # waiting in anext() (or in a resubscribe backoff)
+            fetching.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await fetcher
+                await asyncio.wait({fetching})
+        self._wake_all()
         iterator, self._iterator = self._iterator, None
         closer = getattr(iterator, "aclose", None)
         if closer is not None:
@@ -128,80 +146,146 @@ class Consumer:
         for lane in self._lanes.values():
             lane.clear()
         for delivery in queued:
-            await self._settle(delivery, Decision("retry", delay=0.0))
-            self._slots.release()
-        if self._tasks:
-            _, late = await asyncio.wait(set(self._tasks), timeout=grace)
+            await self._settle(delivery, _GO_BACK)
+            self._held -= 1
+        if self._runners:
+            _, late = await asyncio.wait(set(self._runners), timeout=grace)
             for task in late:
                 task.cancel()
             if late:
                 await asyncio.wait(late)
 
-    # -- fetching -----------------------------------------------------------------------
+    # -- runners ------------------------------------------------------------------------
 
-    async def _fetch(self) -> None:
-        sub = self._sub
-        backoff = 0.05
-        while not self._stopping:
-            iterator = self._backend.subscribe(sub.topic, sub.group, prefetch=sub.prefetch)
-            self._iterator = iterator
-            try:
-                while True:
-                    await self._slots.acquire()
-                    try:
-                        delivery = await anext(iterator)
-                    except BaseException:
-                        self._slots.release()
+    def _spawn(self) -> None:
+        name = f"interlink-consumer {self._sub.topic}/{self._sub.group}"
+        task = asyncio.get_running_loop().create_task(self._run(), name=name)
+        self._runners.add(task)
+        task.add_done_callback(self._runners.discard)
+
+    def _wake_all(self) -> None:
+        while self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _waiting(self) -> None:
+        """A handler of this consumer waits for I/O: if nobody is fetching and there is room,
+        another runner fetches meanwhile (an idle one, or a new one up to ``concurrency``)."""
+        if self._fetching is not None or self._held >= self._limit or self._stopping:
+            return
+        while self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        if len(self._runners) < self._limit:
+            self._spawn()
+
+    async def _run(self) -> None:
+        me = asyncio.current_task()
+        clock = asyncio.get_running_loop().time
+        turn_ends = clock() + _TURN
+        while True:
+            delivery = await self._take(me)
+            if delivery is None:
+                return
+            while delivery is not None:  # the delivery, then what its key's lane queued
+                try:
+                    await drive(self._process(delivery), copy_context(), self._waiting)
+                except asyncio.CancelledError:
+                    if self._stopping or (me is not None and me.cancelling()):
                         raise
-                    self._dispatch(delivery)
-                    backoff = 0.05
-            except StopAsyncIteration:
-                return
-            except Exception:
-                log.exception(
-                    "consumer of %s/%s lost its subscription; resubscribing in %.2fs",
-                    sub.topic,
-                    sub.group,
-                    backoff,
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                    # the handler's own cancellation: its message went back, keep going
+                except Exception:  # a bug of ours, not the handler's: the lease brings it back
+                    log.exception(
+                        "consumer of %s/%s failed on %s",
+                        self._sub.topic,
+                        self._sub.group,
+                        delivery.envelope.id,
+                    )
+                self._held -= 1
+                delivery = self._next_in_lane(delivery)
+            if clock() >= turn_ends:  # handlers that never wait would starve the loop
+                await asyncio.sleep(0)
+                turn_ends = clock() + _TURN
 
-    def _dispatch(self, delivery: Delivery) -> None:
+    def _next_in_lane(self, delivery: Delivery) -> Delivery | None:
         key = delivery.envelope.key
-        if key is not None:
-            lane = self._lanes.get(key)
-            if lane is not None:
-                lane.append(delivery)
-                return
-            self._lanes[key] = deque()
-        self._spawn(delivery)
+        if key is None:
+            return None
+        lane = self._lanes.get(key)
+        if lane and not self._stopping:
+            return lane.popleft()
+        if lane is not None and not lane:
+            del self._lanes[key]
+        return None
 
-    def _spawn(self, delivery: Delivery) -> None:
-        task = asyncio.create_task(self._process(delivery))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    # -- one delivery -------------------------------------------------------------------
-
-    async def _process(self, delivery: Delivery) -> None:
-        try:
-            try:
-                decision = await self._handle(delivery)
-            except asyncio.CancelledError:
-                # Past the grace period: the message goes back for another consumer.
-                await self._settle(delivery, Decision("retry", delay=0.0))
-                raise
-            await self._settle(delivery, decision)
-        finally:
-            self._slots.release()
+    async def _take(self, me: asyncio.Task[Any] | None) -> Delivery | None:
+        """The next delivery for this runner to handle; None when the consumer stops."""
+        while not (self._stopping or self._ended):
+            if self._fetching is not None or self._held >= self._limit:
+                waiter = asyncio.get_running_loop().create_future()
+                self._idle.append(waiter)
+                await waiter
+                continue
+            delivery = await self._fetch(me)
+            if delivery is None:
+                break
             key = delivery.envelope.key
             if key is not None:
                 lane = self._lanes.get(key)
-                if lane and not self._stopping:
-                    self._spawn(lane.popleft())
-                elif lane is not None and not lane:
-                    del self._lanes[key]
+                if lane is not None:  # its key is busy: it waits its turn there
+                    lane.append(delivery)
+                    continue
+                self._lanes[key] = deque()
+            return delivery
+        return None
+
+    async def _fetch(self, me: asyncio.Task[Any] | None) -> Delivery | None:
+        sub = self._sub
+        self._fetching = me
+        try:
+            while not self._stopping:
+                try:
+                    if self._iterator is None:
+                        self._iterator = self._backend.subscribe(
+                            sub.topic, sub.group, prefetch=sub.prefetch
+                        )
+                    delivery = await anext(self._iterator)
+                except StopAsyncIteration:
+                    self._ended = True
+                    self._wake_all()
+                    return None
+                except Exception:
+                    self._iterator = None
+                    log.exception(
+                        "consumer of %s/%s lost its subscription; resubscribing in %.2fs",
+                        sub.topic,
+                        sub.group,
+                        self._backoff,
+                    )
+                    await asyncio.sleep(self._backoff)
+                    self._backoff = min(self._backoff * 2, 5.0)
+                    continue
+                self._backoff = 0.05
+                self._held += 1
+                return delivery
+            return None
+        finally:
+            if self._fetching is me:
+                self._fetching = None
+
+    # -- one delivery (runs in a context of its own) ------------------------------------
+
+    async def _process(self, delivery: Delivery) -> None:
+        try:
+            decision = await self._handle(delivery)
+        except asyncio.CancelledError:
+            # Past the grace period: the message goes back for another consumer.
+            await self._settle(delivery, _GO_BACK)
+            raise
+        await self._settle(delivery, decision)
 
     async def _handle(self, delivery: Delivery) -> Decision:
         sub = self._sub
@@ -215,24 +299,15 @@ class Consumer:
         attempt = delivery.attempt
         if attempt <= 1:
             sub.retry.begin()
-        cid = envelope.correlation_id
-        if cid is not None and not valid_correlation_id(cid):
-            cid = None  # a malformed id is replaced, as the HTTP middleware does
-        _CURRENT.set(MessageInfo(sub.topic, sub.group, envelope, attempt))  # task-local
+        # This coroutine runs in a context of its own: set, never reset.
+        _CURRENT.set((sub.topic, sub.group, envelope, attempt))
+        _CORRELATION.set(_correlation_of(envelope))
         try:
-            with (
-                use_correlation_id(cid),
-                consume_span(self._spans, sub.topic, sub.group, envelope.headers),
-            ):
-                store = sub.idempotency
-                if store is None:
-                    await sub.handler(message)
-                else:
-                    async with store.guard(sub.group, envelope.id) as fresh:
-                        if fresh:
-                            await sub.handler(message)
-                        else:
-                            log.debug("skipped %s on %s: already processed", envelope.id, sub.topic)
+            if envelope.headers or self._spans.tracer() is not None:
+                with consume_span(self._spans, sub.topic, sub.group, envelope.headers):
+                    await self._call(sub, envelope, message)
+            else:  # no trace context to continue and no span to record
+                await self._call(sub, envelope, message)
         except InProgress as busy:
             return Decision("retry", delay=max(busy.retry_after, 0.01))
         except Exception as exc:
@@ -250,6 +325,18 @@ class Consumer:
                 )
             return decision
         return ACK
+
+    @staticmethod
+    async def _call(sub: Subscription, envelope: Envelope, message: Any) -> None:
+        store = sub.idempotency
+        if store is None:
+            await sub.handler(message)
+            return
+        async with store.guard(sub.group, envelope.id) as fresh:
+            if fresh:
+                await sub.handler(message)
+            else:
+                log.debug("skipped %s on %s: already processed", envelope.id, sub.topic)
 
     async def _settle(self, delivery: Delivery, decision: Decision) -> None:
         try:
@@ -272,3 +359,15 @@ class Consumer:
             log.exception(
                 "could not %s %s on %s", decision.action, delivery.envelope.id, self._sub.topic
             )
+
+
+def _correlation_of(envelope: Envelope) -> str:
+    """The publisher's correlation id; else the message id, which names this message's work
+    as well as any id would and stays the same across its redeliveries; else a new one (a
+    malformed id is replaced, as the HTTP middleware does)."""
+    cid = envelope.correlation_id
+    if cid is not None and valid_correlation_id(cid):
+        return cid
+    if valid_correlation_id(envelope.id):
+        return envelope.id
+    return new_correlation_id()

@@ -17,8 +17,10 @@ they decide about, and ask the core ``Retry`` policy for the backoff: one formul
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from json.encoder import encode_basestring
+from math import isfinite
 from typing import Any, Final, Literal
 
 from interlink.resilience.retry import Retry
@@ -39,6 +41,9 @@ __all__ = [
     "encode",
     "encode_dead_letter",
     "error_type_of",
+    "frame",
+    "frame_parts",
+    "header_tail",
     "with_attempt",
 ]
 
@@ -46,7 +51,11 @@ __all__ = [
 MAGIC: Final = b"ilm1"
 _DLQ_MAGIC: Final = b"ild1"
 _PREFIX: Final = 8  # magic + 4-byte header length
+_PREFIX_BYTES: Final = MAGIC
+_ID_OPEN: Final = b'{"id":"'
 _EMPTY: Mapping[str, str] = {}
+_jstr: Callable[[str], str] = encode_basestring  # JSON string literal, non-ASCII kept
+_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 class EnvelopeError(ValueError):
@@ -74,7 +83,39 @@ class Envelope:
     error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+_FIELDS = ("id", "type", "payload", "key", "time", "attempt", "correlation_id", "headers", "error")
+_new = object.__new__
+_S_ID, _S_TYPE, _S_PAYLOAD, _S_KEY, _S_TIME, _S_ATTEMPT, _S_CID, _S_HEADERS, _S_ERROR = (
+    Envelope.__dict__[name].__set__ for name in _FIELDS
+)
+
+
+def _envelope(  # noqa: PLR0917 - private, the decoder's hot path
+    mid: str,
+    type_name: str,
+    payload: bytes,
+    key: str | None,
+    time: float,
+    attempt: int,
+    cid: str | None,
+    headers: Mapping[str, str],
+) -> Envelope:
+    # A frozen dataclass's __init__ sets each field through object.__setattr__; the slots'
+    # own setters do the same in a third of the time, on the consumer's hot path.
+    env: Envelope = _new(Envelope)
+    _S_ID(env, mid)
+    _S_TYPE(env, type_name)
+    _S_PAYLOAD(env, payload)
+    _S_KEY(env, key)
+    _S_TIME(env, time)
+    _S_ATTEMPT(env, attempt)
+    _S_CID(env, cid)
+    _S_HEADERS(env, headers)
+    _S_ERROR(env, None)
+    return env
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class OutgoingMessage:
     """One message of a ``publish_batch``: the frame plus what a backend may want natively
     (the key for ordering or partitioning, the id for broker-side deduplication, headers)."""
@@ -83,6 +124,21 @@ class OutgoingMessage:
     key: str | None
     headers: Mapping[str, str]
     message_id: str
+
+    def __init__(
+        self, data: bytes, key: str | None, headers: Mapping[str, str], message_id: str
+    ) -> None:
+        # what the generated __init__ does, through the slots' setters: one per message of a
+        # batch, on the publisher's hot path
+        _O_DATA(self, data)
+        _O_KEY(self, key)
+        _O_HEADERS(self, headers)
+        _O_ID(self, message_id)
+
+
+_O_DATA, _O_KEY, _O_HEADERS, _O_ID = (
+    OutgoingMessage.__dict__[name].__set__ for name in ("data", "key", "headers", "message_id")
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,21 +162,78 @@ class DeadLetter:
 
 
 # -- the message frame ---------------------------------------------------------------------
+# The header is written by hand, field by field, in the order and form of
+# ``json.dumps(header, separators=(",", ":"), ensure_ascii=False)`` (a test pins the equality):
+# a publish then costs a few string joins, not a trip through the JSON encoder, and a batch
+# shares one ``header_tail`` between all its messages.
+
+
+def _json(value: Any) -> str:
+    kind = type(value)
+    if kind is str:
+        return _jstr(value)
+    if kind is float and isfinite(value):
+        return float.__repr__(value)
+    if kind is int:
+        return int.__repr__(value)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def header_tail(
+    *,
+    type: str,
+    time: float,
+    key: str | None = None,
+    attempt: int = 1,
+    correlation_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> bytes:
+    """The frame header after the id (``,"type":...}``): what ``frame`` puts behind each id.
+
+    Messages of one batch share everything but the id and the payload, so a batch builds this
+    once and each message costs one ``frame`` call.
+    """
+    if key is None and attempt == 1 and correlation_id is None and not headers:
+        return f',"type":{_jstr(type)},"time":{_json(time)}}}'.encode()  # the usual header
+    parts = [',"type":', _jstr(type), ',"time":', _json(time)]
+    if key is not None:
+        parts += ',"key":', _jstr(key)
+    if attempt != 1:
+        parts += ',"attempt":', _json(attempt)
+    if correlation_id is not None:
+        parts += ',"cid":', _jstr(correlation_id)
+    if headers:
+        parts += ',"headers":', _json(dict(headers))
+    parts.append("}")
+    return "".join(parts).encode()
+
+
+def frame(message_id: str, payload: bytes, tail: bytes) -> bytes:
+    """The frame of message ``message_id`` with ``payload`` and the rest of the header
+    ``tail`` (from ``header_tail``)."""
+    head = b'{"id":' + _jstr(message_id).encode() + tail
+    return b"".join((MAGIC, len(head).to_bytes(4, "big"), head, payload))
+
+
+def frame_parts(tail: bytes, id_length: int) -> tuple[bytes, bytes]:
+    """``(start, end)`` such that ``start + id + end + payload`` is the frame, for ids of
+    ``id_length`` ASCII characters that need no JSON escaping (the ids a broker makes): a
+    batch then joins four byte strings per message."""
+    start = _PREFIX_BYTES + (len(_ID_OPEN) + id_length + 1 + len(tail)).to_bytes(4, "big")
+    return start + _ID_OPEN, b'"' + tail
 
 
 def encode(envelope: Envelope) -> bytes:
     """The frame for ``envelope`` (``error`` is not encoded: a poison message is re-sent raw)."""
-    header: dict[str, Any] = {"id": envelope.id, "type": envelope.type, "time": envelope.time}
-    if envelope.key is not None:
-        header["key"] = envelope.key
-    if envelope.attempt != 1:
-        header["attempt"] = envelope.attempt
-    if envelope.correlation_id is not None:
-        header["cid"] = envelope.correlation_id
-    if envelope.headers:
-        header["headers"] = dict(envelope.headers)
-    head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    return b"".join((MAGIC, len(head).to_bytes(4, "big"), head, envelope.payload))
+    tail = header_tail(
+        type=envelope.type,
+        time=envelope.time,
+        key=envelope.key,
+        attempt=envelope.attempt,
+        correlation_id=envelope.correlation_id,
+        headers=envelope.headers,
+    )
+    return frame(envelope.id, envelope.payload, tail)
 
 
 def _header(data: bytes, magic: bytes) -> tuple[dict[str, Any], int]:
@@ -131,12 +244,25 @@ def _header(data: bytes, magic: bytes) -> tuple[dict[str, Any], int]:
     end = _PREFIX + int.from_bytes(data[4:_PREFIX], "big")
     if end > len(data):
         raise EnvelopeError(f"truncated frame: header ends at {end} of {len(data)} bytes")
-    try:
-        header = json.loads(data[_PREFIX:end])
-    except ValueError as exc:
-        raise EnvelopeError(f"malformed header: {exc}") from None
-    if not isinstance(header, dict):
-        raise EnvelopeError("malformed header: not a JSON object")
+    raw = data[_PREFIX:end]
+    header: Any = None
+    if type(raw) is bytes:
+        # What ``json.loads`` ends up doing for a UTF-8 object with nothing around it, minus
+        # its encoding detection and whitespace handling; anything else takes that path.
+        try:
+            text = raw.decode()
+            header, stop = _scan(text, 0)
+            if stop != len(text):
+                header = None
+        except (StopIteration, ValueError):
+            header = None
+    if type(header) is not dict:
+        try:
+            header = json.loads(raw)
+        except ValueError as exc:
+            raise EnvelopeError(f"malformed header: {exc}") from None
+        if not isinstance(header, dict):
+            raise EnvelopeError("malformed header: not a JSON object")
     return header, end
 
 
@@ -150,6 +276,29 @@ def _str(header: Mapping[str, Any], name: str, default: str | None = None) -> st
 def decode(data: bytes) -> Envelope:
     """The envelope in ``data``; raises ``EnvelopeError`` when it is not a valid frame."""
     header, end = _header(data, MAGIC)
+    get = header.get
+    mid, type_name, key, cid = get("id"), get("type"), get("key"), get("cid")
+    time, attempt, headers = get("time", 0.0), get("attempt", 1), get("headers", _EMPTY)
+    if not (  # the frames interlink writes; anything else is checked field by field
+        type(mid) is str
+        and mid
+        and type(type_name) is str
+        and (key is None or type(key) is str)
+        and (cid is None or type(cid) is str)
+        and type(time) is float
+        and type(attempt) is int
+        and attempt >= 1
+        and (headers is _EMPTY or (type(headers) is dict and _all_str(headers)))
+    ):
+        return _checked(header, data, end)
+    return _envelope(mid, type_name, bytes(data[end:]), key, time, attempt, cid, headers)
+
+
+def _all_str(headers: dict[str, Any]) -> bool:
+    return all(type(value) is str for value in headers.values())
+
+
+def _checked(header: dict[str, Any], data: bytes, end: int) -> Envelope:
     mid = _str(header, "id")
     if not mid:
         raise EnvelopeError("malformed header: no 'id'")

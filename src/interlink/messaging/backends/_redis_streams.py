@@ -20,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from interlink.messaging.backend import Delivery
 from interlink.messaging.backends._options import reconnect_delay
+from interlink.messaging.backends._redis_scripts import Entry, parse_batch
 from interlink.messaging.envelope import DeadLetter, decode_or_poison, encode_dead_letter
 
 if TYPE_CHECKING:
@@ -27,9 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LOST",
-    "NACK",
-    "PROMOTE",
-    "REPLAY",
     "Entry",
     "RedisDelivery",
     "Subscription",
@@ -39,9 +37,6 @@ __all__ = [
 log = logging.getLogger("interlink.messaging.redis")
 
 T = TypeVar("T")
-
-#: (0 for the topic's stream or 1 for the group's retry stream, entry id, fields, deliveries)
-Entry = tuple[int, bytes, Mapping[bytes, bytes], int]
 
 
 async def shielded(call: Awaitable[T]) -> T:
@@ -65,48 +60,6 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 
 
 LOST = (RedisConnectionError, RedisTimeoutError, OSError)
-
-# nack: park the message in the delay set (scored by the server's clock) and ack the original,
-# in one step. KEYS: delay set, source stream. ARGV: group, entry id, delay ms, member, 1 to
-# also delete the entry (retry streams belong to one group: nobody else needs it).
-NACK = """
-local t = redis.call('TIME')
-local due = t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[3])
-redis.call('ZADD', KEYS[1], due, ARGV[4])
-redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
-if ARGV[5] == '1' then redis.call('XDEL', KEYS[2], ARGV[2]) end
-return due
-"""
-
-# Move due members of the delay set to the retry stream. KEYS: delay set, retry stream.
-# ARGV: how many at most. Returns {moved, ms until the next one is due or -1}.
-PROMOTE = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-for _, m in ipairs(due) do
-  local a = string.find(m, '|', 1, true)
-  local b = string.find(m, '|', a + 1, true)
-  redis.call('XADD', KEYS[2], '*', 'd', string.sub(m, b + 1), 'a', string.sub(m, 1, a - 1))
-  redis.call('ZREM', KEYS[1], m)
-end
-local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if nxt[2] then return {#due, tonumber(nxt[2]) - now} end
-return {#due, -1}
-"""
-
-# Replay one dead letter: re-publish it only if this call removed it from the DLQ, so two
-# replays running at once publish it once. KEYS: DLQ stream, topic stream. ARGV: DLQ entry
-# id, data, maxlen (0: none).
-REPLAY = """
-if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-if ARGV[3] == '0' then
-  redis.call('XADD', KEYS[2], '*', 'd', ARGV[2])
-else
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[2])
-end
-return 1
-"""
 
 
 class RedisDelivery:
@@ -180,6 +133,7 @@ class Subscription:
         self.cursors = [b"0-0", b"0-0"]
         self.read_ids: dict[Any, Any] = {self.streams[0]: ">", self.streams[1]: ">"}
         self.keys = {self.streams[0].encode(): 0, self.streams[1].encode(): 1}
+        self.backlog = True  # read with the READ script (until a read comes back short)
 
     # -- settling -----------------------------------------------------------------------
 
@@ -338,32 +292,43 @@ class Subscription:
             await self.flush()
 
     async def read(self, count: int, block_ms: int) -> list[Entry]:
-        """New deliveries of both streams. Shielded; if the caller is cancelled while the
-        read is under way, whatever it still returns is released at once."""
-        task = asyncio.ensure_future(
-            self.redis.xreadgroup(self.group, self.consumer, self.read_ids, count, block_ms)
-        )
+        """New deliveries of both streams. While a backlog lasts (the last read was full)
+        they come packed by the ``READ`` script; else from a blocking ``XREADGROUP``.
+        Shielded; if the caller is cancelled while the read is under way, whatever it still
+        returns is released at once."""
+        packed = self.backlog
+        if packed:
+            call: Awaitable[Any] = self.backend.scripts.read(
+                keys=self.streams, args=[self.group, self.consumer, count]
+            )
+        else:
+            call = self.redis.xreadgroup(self.group, self.consumer, self.read_ids, count, block_ms)
+        task = asyncio.ensure_future(call)
         try:
             reply: Any = await asyncio.shield(task)
         except asyncio.CancelledError:
             task.cancel()
-            task.add_done_callback(self._release_late)
+            task.add_done_callback(self._release_packed if packed else self._release_late)
             raise
-        found: list[Entry] = []
-        keys = self.keys
-        for key, entries in reply or ():
-            source = keys[key]
-            found.extend((source, eid, fields, 1) for eid, fields in entries)
+        found = parse_batch(reply) if packed else self._entries(reply)
+        self.backlog = len(found) >= count
         return found
+
+    def _entries(self, reply: Any) -> list[Entry]:
+        keys = self.keys
+        return [
+            (keys[key], eid, fields, 1) for key, entries in reply or () for eid, fields in entries
+        ]
+
+    def _release_packed(self, task: asyncio.Future[Any]) -> None:
+        if task.cancelled() or task.exception() is not None or not task.result():
+            return
+        self.backend.track(asyncio.ensure_future(self.release(parse_batch(task.result()))))
 
     def _release_late(self, task: asyncio.Future[Any]) -> None:
         if task.cancelled() or task.exception() is not None or not task.result():
             return
-        keys = self.keys
-        rest = [
-            (keys[key], eid, fields, 1) for key, entries in task.result() for eid, fields in entries
-        ]
-        self.backend.track(asyncio.ensure_future(self.release(rest)))
+        self.backend.track(asyncio.ensure_future(self.release(self._entries(task.result()))))
 
     async def deliveries(self, prefetch: int) -> AsyncIterator[Delivery]:
         """The subscription's iterator: claimed, retried and new deliveries."""

@@ -73,10 +73,11 @@ class Store:
         self._idle: dict[int, tuple[int, int, float]] = {}  # gid -> (data_version, writes, next)
 
     def write(self) -> None:
-        """Open the batch's write transaction, once."""
+        """Open the batch's write transaction, once; count every write (an empty lease's
+        cached answer must not outlive a settle later in the same batch)."""
+        self._writes += 1
         if not self.db.in_transaction:
             self.db.execute("BEGIN IMMEDIATE")
-            self._writes += 1
 
     def commit(self) -> None:
         if self.db.in_transaction:

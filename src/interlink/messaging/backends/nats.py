@@ -12,7 +12,9 @@ Layout on the server:
 
 Publishing awaits the PubAck (the message is stored in the stream) and sets ``Nats-Msg-Id`` to
 the message id, so a publish retried after a timeout is deduplicated by the server within the
-stream's ``duplicate_window``. A batch sends every message at once and then gathers the acks.
+stream's ``duplicate_window``. A batch sends every message at once and then gathers the acks
+(``_nats_publish``: on one reply inbox of the backend's own, without nats-py's per-message
+overhead).
 Retries are ``NAK`` with a delay: the message stays in the stream and the server redelivers it
 to any consumer of the group; ``Delivery.attempt`` is the server's delivery count.
 
@@ -49,7 +51,8 @@ except ImportError as exc:  # pragma: no cover - exercised by the no-extras inst
     ) from exc
 
 from interlink.messaging.backend import BackendUnavailable, Delivery, PublishError, redact
-from interlink.messaging.backends._nats_pull import API, MSG_ID, SEND_ERRORS, Signal, pull
+from interlink.messaging.backends._nats_publish import PubAcks
+from interlink.messaging.backends._nats_pull import API, SEND_ERRORS, Signal, pull
 from interlink.messaging.backends._options import UrlOptions, close_at_loop_end, stop_keeper
 from interlink.messaging.envelope import (
     DeadLetter,
@@ -93,6 +96,7 @@ class NatsBackend:
         self._nc: Client | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._js: Any = None
+        self._acks: PubAcks | None = None
         self._lock = asyncio.Lock()
         self._streams: dict[str, str] = {}
         self._consumers: set[tuple[str, str]] = set()
@@ -131,12 +135,16 @@ class NatsBackend:
                     await nc.close()
                 raise BackendUnavailable(redact(self._url), f"cannot connect: {exc!r}") from exc
             self._js = nc.jetstream(timeout=self.timeout)
+            acks = PubAcks(nc)
+            await acks.start()
+            self._acks = acks
             self._nc = nc
             self._keeper = close_at_loop_end(self.aclose)
 
     async def aclose(self) -> None:
         """Flush what is buffered (acks included) and close the connection."""
         nc, self._nc = self._nc, None
+        self._acks = None
         keeper, self._keeper = self._keeper, None
         stop_keeper(keeper)
         self._streams.clear()
@@ -152,6 +160,12 @@ class NatsBackend:
     def nc(self) -> Client | None:
         """The client, while connected."""
         return self._nc
+
+    def _acks_or_raise(self) -> PubAcks:
+        acks = self._acks
+        if acks is None:
+            raise BackendUnavailable(redact(self._url), "not connected")
+        return acks
 
     def _nc_or_raise(self) -> Client:
         nc = self._nc
@@ -250,19 +264,17 @@ class NatsBackend:
     async def _publish_one(self, topic: str, data: bytes, message_id: str) -> None:
         stream = await self._ensure_stream(topic)
         for last in (False, True):
-            try:
-                await self._js.publish(
-                    topic, data, timeout=self.timeout, headers={MSG_ID: message_id}
-                )
+            failed = await self._acks_or_raise().send(topic, [(data, message_id)], self.timeout)
+            if not failed:
                 return
-            except nats.js.errors.NoStreamResponseError as exc:
-                # The stream vanished (deleted, or a memory-storage server restarted).
-                if last:
-                    raise PublishError(topic, "no stream answered") from exc
-                self._streams.pop(topic, None)
-                stream = await self._ensure_stream(topic)
-            except SEND_ERRORS as exc:
-                raise PublishError(topic, f"{type(exc).__name__}: {exc} (stream {stream})") from exc
+            error = failed[0][1]
+            if not isinstance(error, nats.js.errors.NoStreamResponseError):
+                raise PublishError(topic, f"{type(error).__name__}: {error} (stream {stream})")
+            # The stream vanished (deleted, or a memory-storage server restarted).
+            if last:
+                raise PublishError(topic, "no stream answered") from error
+            self._streams.pop(topic, None)
+            stream = await self._ensure_stream(topic)
 
     async def publish(
         self,
@@ -295,29 +307,9 @@ class NatsBackend:
     async def _window(
         self, topic: str, items: Sequence[OutgoingMessage]
     ) -> tuple[list[OutgoingMessage], BaseException | None]:
-        js = self._js
-        futures: list[asyncio.Future[Any]] = []
-        error: BaseException | None = None
-        sent = 0
-        try:
-            for item in items:
-                futures.append(
-                    await js.publish_async(topic, item.data, headers={MSG_ID: item.message_id})
-                )
-                sent += 1
-        except SEND_ERRORS as exc:
-            error = exc
-        if futures:
-            _, pending = await asyncio.wait(futures, timeout=self.timeout)
-            for future in pending:
-                future.cancel()
-        failed = list(items[sent:])
-        for item, future in zip(items, futures, strict=False):
-            problem = future.exception() if not future.cancelled() else TimeoutError("no PubAck")
-            if problem is not None:
-                failed.append(item)
-                error = error or problem
-        return failed, error
+        pairs = [(item.data, item.message_id) for item in items]
+        failed = await self._acks_or_raise().send(topic, pairs, self.timeout)
+        return [items[index] for index, _ in failed], failed[0][1] if failed else None
 
     # -- consuming ----------------------------------------------------------------------
 

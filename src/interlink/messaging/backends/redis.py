@@ -16,7 +16,9 @@ nothing: another consumer of the group claims its deliveries with ``XAUTOCLAIM``
 been idle for ``visibility_timeout`` seconds (a handler running longer than that may be
 delivered twice). ``nack`` and ``dead_letter`` are one atomic step each (a script or
 ``MULTI``): the copy is written and the original acked together. Acks are batched: one
-``XACK`` per stream for all acks of the moment, sent in the background.
+``XACK`` per stream for all acks of the moment, sent in the background. A batch is published
+by a Lua script (one command per 256 messages), and a backlog is read by one (``XREADGROUP``
+with a flat reply): see ``_redis_scripts`` for why.
 
 Durability is the server's: a publish is confirmed when Redis has applied the ``XADD``; with
 ``appendonly yes`` and ``appendfsync always`` that is on disk, with ``everysec`` up to a second
@@ -47,12 +49,8 @@ except ImportError as exc:  # pragma: no cover - exercised by the no-extras inst
 
 from interlink.messaging.backend import BackendUnavailable, Delivery, PublishError, redact
 from interlink.messaging.backends._options import UrlOptions, close_at_loop_end, stop_keeper
-from interlink.messaging.backends._redis_streams import (
-    NACK,
-    PROMOTE,
-    REPLAY,
-    Subscription,
-)
+from interlink.messaging.backends._redis_scripts import APPEND, NACK, PROMOTE, READ, REPLAY
+from interlink.messaging.backends._redis_streams import Subscription
 from interlink.messaging.envelope import (
     DeadLetter,
     EnvelopeError,
@@ -63,6 +61,8 @@ from interlink.messaging.envelope import (
 __all__ = ["RedisBackend"]
 
 log = logging.getLogger("interlink.messaging.redis")
+
+_CHUNK = 256  # messages per APPEND script call
 
 
 class RedisBackend:
@@ -110,8 +110,10 @@ class RedisBackend:
             await client.aclose()
             raise BackendUnavailable(redact(self._url), f"cannot connect: {exc!r}") from exc
         self.scripts = SimpleNamespace(
+            append=client.register_script(APPEND),
             nack=client.register_script(NACK),
             promote=client.register_script(PROMOTE),
+            read=client.register_script(READ),
             replay=client.register_script(REPLAY),
         )
         self._client = client
@@ -161,14 +163,17 @@ class RedisBackend:
             raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
 
     async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:
-        """All ``XADD``s in one pipeline: one round trip for the batch."""
-        client = self._client or await self._connected()
-        stream, maxlen = self._key(topic), self.maxlen
+        """The ``APPEND`` script, one command per ``_CHUNK`` messages (in order, for the
+        order per key): a script blocks the server while it runs, so a chunk stays around a
+        millisecond of its time."""
+        if self._client is None:
+            await self.connect()
+        keys, maxlen = [self._key(topic)], self.maxlen or 0
+        script = self.scripts.append
         try:
-            async with client.pipeline(transaction=False) as pipe:
-                for item in items:
-                    pipe.xadd(stream, {b"d": item.data}, maxlen=maxlen)
-                await pipe.execute()
+            for start in range(0, len(items), _CHUNK):
+                chunk = items[start : start + _CHUNK]
+                await script(keys=keys, args=[maxlen, *(item.data for item in chunk)])
         except (RedisError, OSError) as exc:
             raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
 

@@ -1,0 +1,97 @@
+"""Publishing to JetStream with every PubAck awaited, without nats-py's per-message overhead.
+
+``js.publish_async`` gives each message a semaphore acquire, random reply-token bytes, a
+done-callback and, when the PubAck arrives, a JSON parse into a ``PubAck`` dataclass: most of
+a windowed publish's time in a pure-Python client. ``PubAcks`` keeps what matters (one reply
+subject per message under one wildcard subscription, a future per message, a timeout) and
+reads a reply only as far as needed: an acknowledgement unless it holds an error or is the
+server's "no responders" status. Same messages on the wire, same server work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from interlink.messaging.backends._nats_pull import MSG_ID, SEND_ERRORS
+
+__all__ = ["PubAcks"]
+
+_NO_RESPONDERS = "503"
+
+
+class PubAcks:
+    """The PubAcks of one connection's publishes."""
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._prefix = nc.new_inbox() + "."
+        self._futures: dict[str, asyncio.Future[None]] = {}
+        self._tokens = itertools.count()
+
+    async def start(self) -> None:
+        """Subscribe to the replies (the client re-subscribes by itself after a reconnect)."""
+        await self._nc.subscribe(self._prefix + "*", cb=self._reply)
+
+    async def _reply(self, msg: Msg) -> None:
+        future = self._futures.pop(msg.subject[len(self._prefix) :], None)
+        if future is None or future.done():
+            return
+        data = msg.data
+        if b'"error"' in data:
+            try:
+                error = json.loads(data).get("error")
+                if error is not None:
+                    nats.js.errors.APIError.from_error(error)  # raises the matching error
+            except Exception as exc:  # (nats-py's own publish_async lets this escape)
+                future.set_exception(exc)
+                return
+        elif not data and msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+            future.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        future.set_result(None)
+
+    async def send(
+        self, subject: str, items: Sequence[tuple[bytes, str]], within: float
+    ) -> list[tuple[int, BaseException]]:
+        """Publish each ``(data, message id)`` and wait up to ``within`` s for the PubAcks;
+        returns ``(index, error)`` of every message not confirmed. A message that could not
+        even be sent (and all after it) fails with the sending error."""
+        loop = asyncio.get_running_loop()
+        futures = self._futures
+        prefix, publish, tokens = self._prefix, self._nc.publish, self._tokens
+        sent: list[tuple[str, asyncio.Future[None]]] = []
+        failed: list[tuple[int, BaseException]] = []
+        try:
+            for data, message_id in items:
+                token = str(next(tokens))
+                future = futures[token] = loop.create_future()
+                sent.append((token, future))
+                await publish(subject, data, reply=prefix + token, headers={MSG_ID: message_id})
+        except SEND_ERRORS as exc:  # not sent: this one and the rest
+            token, _ = sent.pop()
+            futures.pop(token, None)
+            failed = [(i, exc) for i in range(len(sent), len(items))]
+        if sent:
+            await asyncio.wait([future for _, future in sent], timeout=within)
+        for index, (token, future) in enumerate(sent):
+            problem: Any = None
+            if not future.done():
+                future.cancel()
+                futures.pop(token, None)
+                problem = TimeoutError("no PubAck")
+            elif not future.cancelled():
+                problem = future.exception()
+            else:
+                problem = TimeoutError("no PubAck")
+            if problem is not None:
+                failed.append((index, problem))
+        failed.sort(key=lambda pair: pair[0])
+        return failed
