@@ -19,10 +19,16 @@ from collections.abc import Callable
 from typing import Any
 
 from interlink.errors import DeadlineExceeded, RejectedError
-from interlink.resilience._watchdog import PER_SECOND
+from interlink.resilience._watchdog import PER_SECOND, enter_task_deadline
 from interlink.resilience.breaker import CircuitBreaker
 from interlink.resilience.bulkhead import Bulkhead
-from interlink.resilience.deadline import _CURRENT, _Pair, expired, remaining, shrink_to
+from interlink.resilience.deadline import (
+    _CURRENT,
+    _Pair,
+    expired,
+    remaining,
+    shrink_to,
+)
 from interlink.resilience.fallback import Fallback
 from interlink.resilience.ratelimit import RateLimiter
 from interlink.resilience.retry import Retry
@@ -65,6 +71,12 @@ def _parent_deadline(timeout: Timeout) -> Callable[[_Pair, float], Any]:
     return enter
 
 
+def _just_before(at: float) -> float:
+    """The float just below ``at``: a call enforcing its inherited deadline marks itself in
+    progress by holding ``AT`` below ``BASE``."""
+    return math.nextafter(at, -math.inf)
+
+
 def build_call(  # noqa: PLR0915 - one flat template reads best
     *,
     name: str,
@@ -76,22 +88,78 @@ def build_call(  # noqa: PLR0915 - one flat template reads best
     rate_limiter: RateLimiter | None,
     bulkhead: Bulkhead | None,
     fn: Callable[..., Any] | None = None,
+    task_deadline: bool = True,
 ) -> Callable[..., Any]:
     """Return ``call(fn, /, *args, **kwargs)`` (a coroutine function when ``is_async``) running
     the given policies in pipeline order; with ``fn`` given, ``call(*args, **kwargs)`` for that
-    function (what ``@pipeline`` uses). Hedging pipelines use the hand-written async driver."""
+    function (what ``@pipeline`` uses). Hedging pipelines use the hand-written async driver.
+
+    An async timeout on the monotonic clock keeps its deadline in the task's ``TaskDeadline``
+    (see ``_watchdog.py``); where that cannot serve, the call takes the per-call path, generated
+    as well (``task_deadline=False``)."""
     aw = "await " if is_async else ""
     ns: dict[str, Any] = {"RejectedError": RejectedError, "fn": fn, "asyncio": asyncio}
     src = _Source()
     params = "*args, **kwargs" if fn is not None else "fn, /, *args, **kwargs"
+    frames = task_deadline and is_async and timeout is not None and timeout._clock is time.monotonic
     src.indent(f"{'async def' if is_async else 'def'} call({params}):")
+    if frames:
+        assert timeout is not None  # for mypy: implied by frames
+        ns.update(
+            slow=build_call(
+                name=name,
+                is_async=True,
+                fallback=fallback,
+                timeout=timeout,
+                retry=retry,
+                breaker=breaker,
+                rate_limiter=rate_limiter,
+                bulkhead=bulkhead,
+                fn=fn,
+                task_deadline=False,
+            ),
+            cv_get=_CURRENT.get,
+            get_ident=threading.get_ident,
+            watchdogs=timeout._watchdogs,
+            enter_frame=enter_task_deadline,
+            current_task_of=getattr(asyncio.tasks, "_current_tasks").get,  # noqa: B009 - private
+        )
+        slow_call = "slow(*args, **kwargs)" if fn is not None else "slow(fn, *args, **kwargs)"
+        # slots: AT, CLOCK, TASK, FLOOR, FIRED, THREAD, LOOP, SLOT, WATCHDOG, BASE (deadline.py)
+        src.add(
+            "frame = cv_get()",
+            "if not (frame.__class__ is list and frame[2] is current_task_of(frame[6])"
+            " and frame[5] == get_ident()):",
+            "    frame = enter_frame(watchdogs, frame)",
+            "    if frame is None:",
+            f"        return await {slow_call}",
+        )
     if fallback is not None:
         ns.update(
             recover=fallback.arecover if is_async else fallback.recover,
             remember=fallback.remember,
         )
         src.indent("try:")
-    if timeout is not None:
+    if frames:
+        assert timeout is not None  # for mypy: implied by frames
+        ns.update(tclock=timeout._clock, secs=timeout.seconds, timeout=timeout, before=_just_before)
+        src.add(
+            "now = tclock()",
+            "at = now + secs",
+            "prev = frame[0]",
+            "if prev > at:",
+            "    frame[0] = at",
+            "    if frame[3] > at:",
+            "        frame[8].arm_frame(frame, at)",
+            "elif prev <= now:",
+            "    raise timeout.expired_error(started=False)",
+            "elif prev == frame[9]:",  # the inherited deadline is sooner: enforce it for this call
+            "    frame[0] = at = before(prev)",
+            "    if frame[3] > at:",
+            "        frame[8].arm_frame(frame, at)",
+        )
+        src.indent("try:")
+    elif timeout is not None:
         ns.update(
             tclock=timeout._clock,
             secs=timeout.seconds,
@@ -165,7 +233,35 @@ def build_call(  # noqa: PLR0915 - one flat template reads best
         )
         src.dedent()
         src.add("except BaseException as exc:", f"    result = {aw}again(fn, args, kwargs, exc)")
-    if timeout is not None:
+    if frames:
+        src.dedent()
+        src.add(
+            "except asyncio.CancelledError:",
+            "    if frame[4]:",
+            "        frame[4] = False",
+            "        frame[0] = prev",
+            "        frame[2].uncancel()",
+            "        if prev < frame[9] and frame[3] > prev:",
+            "            frame[8].arm_frame(frame, prev)",
+            "        raise timeout.expired_error(started=True) from None",
+            "    raise",
+            "except BaseException:",
+            "    if frame[4]:",
+            "        frame[4] = False",
+            "        frame[0] = prev",
+            "        frame[2].uncancel()",
+            "        if prev < frame[9] and frame[3] > prev:",
+            "            frame[8].arm_frame(frame, prev)",
+            "    raise",
+            "finally:",
+            "    frame[0] = prev",
+            "if frame[4]:",
+            "    frame[4] = False",
+            "    frame[2].uncancel()",
+            "    if prev < frame[9] and frame[3] > prev:",
+            "        frame[8].arm_frame(frame, prev)",
+        )
+    elif timeout is not None:
         if is_async:
             src.dedent()
             src.add(

@@ -10,8 +10,16 @@ Cancellation follows ``asyncio.timeout``'s rules: the task is cancelled, the gua
 *its own* cancellation into ``DeadlineExceeded`` and calls ``task.uncancel()``, and a
 cancellation from anywhere else propagates untouched.
 
-The generated pipeline (``_pipeline_code``) inlines ``arm``/``disarm``; keep the attribute
-names in step with it.
+Async pipelines on the monotonic clock go one step further and register the *task*, not the
+call. Each task gets one ``TaskDeadline`` (a small list) that its pipeline calls rewrite in place:
+entering a call writes the deadline into slot ``AT`` and leaving restores it, and the timer is
+re-armed lazily. A task's frame sits in a bucket whose timer fires no later than the deadline in
+force; when it fires, the frame's *current* deadline decides: passed, cancel the task; later,
+re-arm for it; no call in progress, forget the frame. A tight loop of successful calls therefore
+arms one timer per ``seconds`` instead of one entry per call, and pays two item writes per call.
+
+The generated pipeline (``_pipeline_code``) inlines ``arm``/``disarm`` and the task-deadline
+fast path; keep the attribute and slot names in step with it.
 """
 
 from __future__ import annotations
@@ -22,23 +30,51 @@ import math
 import threading
 import time
 
-__all__ = ["RESOLUTION", "Watchdog", "watchdog_for"]
+from interlink.resilience.deadline import (
+    _CURRENT,
+    _INF,
+    AT,
+    BASE,
+    FIRED,
+    FLOOR,
+    SLOT,
+    TASK,
+    THREAD,
+    TaskDeadline,
+)
+
+__all__ = ["RESOLUTION", "Watchdog", "enter_task_deadline", "watchdog_for"]
 
 #: Seconds per shared timer slice: the most a deadline fires late.
 RESOLUTION = 0.005
 PER_SECOND = 1 / RESOLUTION
+#: Frames armed between two sweeps at least (see ``Watchdog.sweep``).
+SWEEP_MIN = 256
 
 
 class Watchdog:
     """One per event loop."""
 
-    __slots__ = ("_loop", "buckets", "expired", "seq", "thread_id", "time")
+    __slots__ = (
+        "_loop",
+        "armed",
+        "buckets",
+        "expired",
+        "frames",
+        "seq",
+        "sweep_after",
+        "thread_id",
+        "time",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.thread_id = threading.get_ident()
         self.buckets: dict[int, dict[int, asyncio.Task[object]]] = {}
         self.expired: set[int] = set()
+        self.frames: dict[int, list[TaskDeadline]] = {}
+        self.armed = 0
+        self.sweep_after = SWEEP_MIN
         self.seq = itertools.count(1)
         # BaseEventLoop.time() is time.monotonic() behind a Python method call: skip the call
         self.time = time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
@@ -93,6 +129,106 @@ class Watchdog:
                 self.expired.add(seq)
                 task.cancel()
         bucket.clear()  # a disarm that finds its entry gone knows the deadline fired
+
+    def arm_frame(self, frame: TaskDeadline, at: float) -> None:
+        """Make sure a timer fires for ``frame`` by ``at`` (plus at most ``RESOLUTION``)."""
+        slot = int(at * PER_SECOND) + 1
+        bucket = self.frames.get(slot)
+        if bucket is None:
+            bucket = self.frames[slot] = []
+            self._loop.call_at(slot * RESOLUTION, self._fire_frames, slot)
+        bucket.append(frame)
+        frame[SLOT] = slot
+        # the earliest deadline this timer still meets: an earlier one must arm its own
+        frame[FLOOR] = (slot - 1) * RESOLUTION
+        self.armed += 1
+        if self.armed > self.sweep_after:
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Let go of the frames no call is using.
+
+        A frame stays in its bucket until the timer fires, ``seconds`` later, although most
+        tasks (one per request) finish long before; the frame refers to its task, so without a
+        sweep a busy server would hold every task of the last ``seconds``. Sweeping whenever
+        the armed count doubles keeps that to what is in flight, at an amortised constant cost
+        per arming. A swept frame forgets its task: should the task call again, it installs a
+        new frame.
+        """
+        kept = 0
+        for slot, bucket in self.frames.items():
+            keep = []
+            for frame in bucket:
+                if frame[SLOT] != slot:
+                    continue
+                if frame[AT] < frame[BASE] and not frame[TASK].done():
+                    keep.append(frame)
+                    continue
+                _release(frame)
+            bucket[:] = keep
+            kept += len(keep)
+        self.armed = 0
+        self.sweep_after = max(SWEEP_MIN, 2 * kept)
+
+    def _fire_frames(self, slot: int) -> None:
+        bucket = self.frames.pop(slot, None)
+        if not bucket:
+            return
+        now = time.monotonic()
+        for frame in bucket:
+            if frame[SLOT] != slot:  # re-armed for an earlier deadline since: that timer has it
+                continue
+            frame[SLOT] = 0
+            frame[FLOOR] = _INF
+            at = frame[AT]
+            if at >= frame[BASE]:  # no pipeline call in progress
+                continue
+            task = frame[TASK]
+            if task.done():
+                _release(frame)
+            elif at <= now:
+                frame[FIRED] = True
+                task.cancel()
+            else:
+                self.arm_frame(frame, at)
+
+
+def _release(frame: TaskDeadline) -> None:
+    """Unarm ``frame`` and drop its task; the fast path's thread check then fails for good."""
+    frame[SLOT] = 0
+    frame[FLOOR] = _INF
+    frame[TASK] = None
+    frame[THREAD] = 0
+
+
+def enter_task_deadline(watchdogs: dict[int, Watchdog], parent: object) -> TaskDeadline | None:
+    """Install a ``TaskDeadline`` for the running task, inheriting ``parent`` (the context's
+    deadline), and return it; None where the frame cannot serve (no task, a loop or a parent
+    deadline on another clock): the caller takes the per-call path then.
+
+    The frame stays in the task's context after the call: later calls in the task find it and
+    take the fast path. That changes nothing a reader sees (an idle frame reads as ``parent``),
+    and a ``with deadline():`` block around the call still restores its own value on exit.
+    """
+    wd = watchdog_for(watchdogs)
+    if wd.time is not time.monotonic:
+        return None
+    task = _current_tasks.get(wd._loop)
+    if task is None:
+        return None
+    if parent is None:
+        base = _INF
+    elif parent[1] is time.monotonic:  # type: ignore[index]
+        base = parent[0]  # type: ignore[index]
+    else:
+        return None
+    frame = [base, time.monotonic, task, _INF, False, wd.thread_id, wd._loop, 0, wd, base]
+    _CURRENT.set(frame)
+    return frame
+
+
+# private, but asyncio.current_task() would look the running loop up again
+_current_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[object]] = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
 
 
 def watchdog_for(cache: dict[int, Watchdog]) -> Watchdog:

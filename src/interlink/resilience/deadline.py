@@ -6,15 +6,21 @@ argument. ``with deadline(2.0):`` inside a deadline with 0.5 s left keeps 0.5 s:
 may be stricter than its caller, never more generous. Transports read ``remaining()`` to set
 their own timeouts and to tell the next hop how long it has.
 
-The context holds a plain ``(at, clock)`` tuple rather than an object: pipelines set a deadline
-on every call, and a tuple is the cheapest thing to build.
+The context holds a plain ``(at, clock)`` tuple rather than an object: setting a deadline on every
+call must be cheap, and a tuple is the cheapest thing to build. Inside an asyncio task, async
+pipelines go further and keep one mutable ``TaskDeadline`` per task in the context, rewriting
+its first slot per call instead of setting the variable at all (see ``_watchdog.py``). Both
+index alike, ``[0]`` the deadline and ``[1]`` its clock, so readers need not tell them apart;
+a task deadline with nothing in force holds ``math.inf``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
+from typing import Any
 
 from interlink.clock import Clock
 from interlink.resilience._validate import non_negative
@@ -22,10 +28,22 @@ from interlink.resilience._validate import non_negative
 __all__ = ["Deadline", "current_deadline", "deadline", "expired", "remaining"]
 
 _Pair = tuple[float, Clock]
+_INF = math.inf
+
+
+#: The deadline of one asyncio task, rewritten in place by the async pipelines it runs. A plain
+#: list, not a class: the interpreter's fast paths for reading and writing list items apply only
+#: to ``list`` itself, and the context holds nothing else that is a list. ``AT`` is the deadline
+#: in force (what ``remaining()`` reads), ``BASE`` the one the task inherited (never enforced by
+#: cancelling, as ``deadline()`` never cancels); a pipeline call in progress holds ``AT`` below
+#: ``BASE``.
+TaskDeadline = list[Any]
+
+AT, CLOCK, TASK, FLOOR, FIRED, THREAD, LOOP, SLOT, WATCHDOG, BASE = range(10)
 
 # The one piece of module state the core has: a ContextVar is per task and per thread by
 # design, so it carries the request's deadline without being a global anybody shares.
-_CURRENT: ContextVar[_Pair | None] = ContextVar("interlink_deadline", default=None)
+_CURRENT: ContextVar[_Pair | TaskDeadline | None] = ContextVar("interlink_deadline", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +67,13 @@ class Deadline:
 def current_deadline() -> Deadline | None:
     """The deadline in force in this context, or None."""
     pair = _CURRENT.get()
-    return None if pair is None else Deadline(pair[0], pair[1])
+    return None if pair is None or pair[0] == _INF else Deadline(pair[0], pair[1])
 
 
 def remaining() -> float | None:
     """Seconds left before the current deadline (never negative); None outside any deadline."""
     pair = _CURRENT.get()
-    if pair is None:
+    if pair is None or pair[0] == _INF:
         return None
     left = pair[0] - pair[1]()
     return left if left > 0.0 else 0.0
@@ -67,7 +85,7 @@ def expired() -> bool:
     return pair is not None and pair[1]() >= pair[0]
 
 
-def shrink_to(seconds: float, clock: Clock) -> Token[_Pair | None]:
+def shrink_to(seconds: float, clock: Clock) -> Token[_Pair | TaskDeadline | None]:
     """Install a deadline ``seconds`` from now unless the current one is sooner; returns the
     token for ``_CURRENT.reset``. The building block of ``deadline`` and ``Timeout``."""
     at = clock() + seconds
@@ -81,7 +99,7 @@ def shrink_to(seconds: float, clock: Clock) -> Token[_Pair | None]:
     return _CURRENT.set((at, clock))
 
 
-def reset(token: Token[_Pair | None]) -> None:
+def reset(token: Token[_Pair | TaskDeadline | None]) -> None:
     """Restore the deadline that was in force before ``shrink_to``."""
     _CURRENT.reset(token)
 
@@ -99,7 +117,7 @@ class deadline:  # lower case: used like a function, ``with deadline(2):``
     def __init__(self, seconds: float | None, *, clock: Clock = time.monotonic) -> None:
         self._seconds = None if seconds is None else non_negative("seconds", seconds)
         self._clock = clock
-        self._token: Token[_Pair | None] | None = None
+        self._token: Token[_Pair | TaskDeadline | None] | None = None
 
     def _enter(self) -> Deadline | None:
         if self._seconds is not None:
@@ -132,7 +150,7 @@ class deadline_at:  # lower case: a context manager used like a function
 
     def __init__(self, at: Deadline) -> None:
         self._at = at
-        self._token: Token[_Pair | None] | None = None
+        self._token: Token[_Pair | TaskDeadline | None] | None = None
 
     def __enter__(self) -> Deadline | None:
         left = self._at.at - self._at.clock()
