@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -10,7 +11,10 @@ import pytest
 from tests.messaging.contract import BackendContract, Order, until
 
 from interlink.messaging import Broker
+from interlink.messaging.backend import PublishError
 from interlink.messaging.backends._redis_scripts import parse_batch
+from interlink.messaging.backends.redis import RedisBackend
+from interlink.messaging.envelope import decode
 from interlink.messaging.idempotency import RedisStore
 
 URL = "redis://127.0.0.1:6379/0"
@@ -128,3 +132,123 @@ def test_a_backlog_is_read_packed_with_attempts_from_the_retry_stream() -> None:
     assert [n for n in order if n >= 0] == list(range(100))
     assert ("r1", 3) in attempts
     assert all(attempt == 1 for mid, attempt in attempts if mid != "r1")
+
+
+def _lane_backend(broker: Broker) -> RedisBackend:
+    backend = broker.backend
+    assert isinstance(backend, RedisBackend)
+    return backend
+
+
+def test_serial_publishes_go_through_the_lane_and_keep_their_order() -> None:
+    """One publish at a time rides the lane connection (the pool's connections stay idle);
+    each is an ordinary stream entry with field ``d``, in publish order, trimmed by
+    ``maxlen``."""
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+
+    async def body() -> tuple[list[bytes], int, bool]:
+        broker = Broker.from_url(f"{URL}?maxlen=10")
+        await broker.connect()
+        backend = _lane_backend(broker)
+        for i in range(300):
+            await broker.publish(topic, b"%d" % i)
+        entries = await backend.client.xrange(f"interlink:{topic}")
+        lane = backend._lane
+        assert lane is not None
+        used = lane.conn.is_connected
+        await broker.stop()
+        return [decode(fields[b"d"]).payload for _, fields in entries], len(entries), used
+
+    payloads, count, used = asyncio.run(asyncio.wait_for(body(), 10))
+    assert used
+    assert count < 300  # MAXLEN ~ 10 trims whole nodes, never below 10
+    assert payloads == [b"%d" % i for i in range(300 - count, 300)]
+
+
+def test_overlapping_publishes_share_lane_and_pool() -> None:
+    """Publishes in flight at once: one on the lane, the others through the pool; all land."""
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+
+    async def body() -> tuple[set[str], set[str]]:
+        broker = Broker.from_url(URL)
+        await broker.connect()
+        ids = await asyncio.gather(*(broker.publish(topic, b"%d" % i) for i in range(50)))
+        entries = await _lane_backend(broker).client.xrange(f"interlink:{topic}")
+        await broker.stop()
+        return set(ids), {decode(fields[b"d"]).id for _, fields in entries}
+
+    published, stored = asyncio.run(asyncio.wait_for(body(), 10))
+    assert len(published) == 50
+    assert stored == published
+
+
+def test_a_broken_lane_falls_back_to_the_pool_and_reconnects() -> None:
+    """The server drops the lane's connection: that publish still succeeds (through the
+    pool), and the next one connects the lane again."""
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+
+    async def body() -> int:
+        broker = Broker.from_url(URL)
+        await broker.connect()
+        backend = _lane_backend(broker)
+        await broker.publish(topic, b"first")
+        lane = backend._lane
+        assert lane is not None
+        await lane.conn.send_command("CLIENT", "ID")
+        lane_id = await lane.conn.read_response()
+        await backend.client.execute_command("CLIENT", "KILL", "ID", lane_id)
+        await broker.publish(topic, b"after the kill")
+        await broker.publish(topic, b"on a new lane")
+        connected = lane.conn.is_connected
+        count = int(await backend.client.xlen(f"interlink:{topic}"))
+        await broker.stop()
+        assert connected
+        return count
+
+    assert asyncio.run(asyncio.wait_for(body(), 10)) == 3
+
+
+def test_a_refused_publish_on_the_lane_is_a_publish_error() -> None:
+    """An error reply (the key holds another type) fails the publish at once, and the lane
+    stays usable."""
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+
+    async def body() -> None:
+        broker = Broker.from_url(URL)
+        await broker.connect()
+        backend = _lane_backend(broker)
+        await broker.publish(f"{topic}-ok", b"warm")
+        await backend.client.set(f"interlink:{topic}", b"not a stream")
+        with pytest.raises(PublishError, match="WRONGTYPE"):
+            await broker.publish(topic, b"refused")
+        await broker.publish(f"{topic}-ok", b"still fine")
+        assert await backend.client.xlen(f"interlink:{topic}-ok") == 2
+        await broker.stop()
+
+    asyncio.run(asyncio.wait_for(body(), 10))
+
+
+def test_a_lane_publish_times_out_after_socket_timeout_then_recovers() -> None:
+    """A server that does not answer within ``socket_timeout`` fails the publish (no second
+    wait through the pool); the lane connects again for the next one."""
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+
+    async def body() -> float:
+        broker = Broker.from_url(f"{URL}?socket_timeout=0.2")
+        await broker.connect()
+        backend = _lane_backend(broker)
+        await broker.publish(topic, b"warm")
+        await backend.client.execute_command("CLIENT", "PAUSE", 600, "WRITE")
+        began = time.monotonic()
+        try:
+            with pytest.raises(PublishError, match="TimeoutError"):
+                await broker.publish(topic, b"paused")
+        finally:
+            took = time.monotonic() - began
+            await asyncio.sleep(0.5)
+        await broker.publish(topic, b"after")
+        await broker.stop()
+        return took
+
+    took = asyncio.run(asyncio.wait_for(body(), 10))
+    assert 0.15 < took < 0.5

@@ -20,6 +20,15 @@ delivered twice). ``nack`` and ``dead_letter`` are one atomic step each (a scrip
 by a Lua script (one command per 256 messages), and a backlog is read by one (``XREADGROUP``
 with a flat reply): see ``_redis_scripts`` for why.
 
+A publish that finds nobody else publishing goes out on a connection of its own (the
+publishing lane, ``_Lane``): the command head packed once per topic, written and its reply read
+straight through the connection, bounded by one ``asyncio.timeout``. Through the pool,
+``Redis.xadd`` costs the client about as much CPU as the round trip takes on a local server
+(pool checkout and return under a lock, the retry wrapper, packing every argument, a task per
+socket write to time it), and a serial publisher waits for all of it on every message.
+Publishes that overlap take the pool, as does one whose lane connection broke (sent once more
+there: the same frame, so the same message id).
+
 Durability is the server's: a publish is confirmed when Redis has applied the ``XADD``; with
 ``appendonly yes`` and ``appendfsync always`` that is on disk, with ``everysec`` up to a second
 of confirmed messages can be lost in a crash, without persistence all of them.
@@ -63,6 +72,60 @@ __all__ = ["RedisBackend"]
 log = logging.getLogger("interlink.messaging.redis")
 
 _CHUNK = 256  # messages per APPEND script call
+_HEADS = 1024  # packed XADD heads remembered, one per topic
+
+
+def _bulk(arg: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(arg), arg)
+
+
+class _Lane:
+    """One connection for publishes that come one at a time (see the module docstring).
+
+    Not safe to share: the backend lends it to one publish at a time (``busy``). A failure
+    leaves the connection closed by redis-py (it disconnects on any error or cancellation in
+    the middle of a command, so no reply is ever read by the wrong command); the next use
+    connects again.
+    """
+
+    __slots__ = ("busy", "conn", "heads", "maxlen", "prefix", "timeout")
+
+    def __init__(
+        self, client: aioredis.Redis, prefix: str, maxlen: int | None, timeout: float
+    ) -> None:
+        pool = client.connection_pool
+        # The pool's settings without its socket timeout: redis-py would wrap every write in
+        # a task of its own to time it; one asyncio.timeout around the command bounds it all.
+        self.conn: Any = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+        self.busy = False
+        self.heads: dict[str, bytes] = {}
+        self.prefix = prefix
+        self.maxlen = maxlen
+        self.timeout = timeout
+
+    def _head(self, topic: str) -> bytes:
+        """``XADD <key> [MAXLEN ~ n] * d`` packed, up to the data's length."""
+        args = [b"XADD", f"{self.prefix}:{topic}".encode()]
+        if self.maxlen is not None:
+            args += [b"MAXLEN", b"~", b"%d" % self.maxlen]
+        args += [b"*", b"d"]
+        head = b"*%d\r\n" % (len(args) + 1) + b"".join(map(_bulk, args)) + b"$"
+        if len(self.heads) < _HEADS:
+            self.heads[topic] = head
+        return head
+
+    async def xadd(self, topic: str, data: bytes) -> None:
+        head = self.heads.get(topic) or self._head(topic)
+        conn = self.conn
+        async with asyncio.timeout(self.timeout):
+            await conn.send_packed_command(
+                b"".join((head, b"%d\r\n" % len(data), data, b"\r\n")), check_health=False
+            )
+            await conn.read_response()
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self.conn.disconnect()
 
 
 class RedisBackend:
@@ -82,6 +145,7 @@ class RedisBackend:
         opts.done()
         self._base = opts.base
         self._client: aioredis.Redis | None = None
+        self._lane: _Lane | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._groups: set[tuple[str, str]] = set()
         self._subs: set[Subscription] = set()
@@ -117,6 +181,7 @@ class RedisBackend:
             replay=client.register_script(REPLAY),
         )
         self._client = client
+        self._lane = _Lane(client, self.prefix, self.maxlen, self.socket_timeout)
         self._keeper = close_at_loop_end(self.aclose)
 
     async def aclose(self) -> None:
@@ -135,9 +200,11 @@ class RedisBackend:
                     await flusher
             with contextlib.suppress(RedisError, OSError):
                 await sub.flush()
-        self._client = None
+        lane, self._client, self._lane = self._lane, None, None
         self._subs.clear()
         self._groups.clear()
+        if lane is not None:
+            await lane.aclose()
         with contextlib.suppress(RedisError, OSError):
             await client.aclose()
 
@@ -156,6 +223,18 @@ class RedisBackend:
         message_id: str,
     ) -> None:
         """``XADD``: confirmed when the server applied it (durable as its persistence)."""
+        lane = self._lane
+        if lane is not None and not lane.busy:
+            lane.busy = True
+            try:
+                await lane.xadd(topic, data)
+                return
+            except (ResponseError, TimeoutError) as exc:  # refused, or no answer in time
+                raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
+            except (RedisError, OSError):
+                pass  # the connection broke (now closed): once more through the pool
+            finally:
+                lane.busy = False
         client = self._client or await self._connected()
         try:
             await client.xadd(self._key(topic), {b"d": data}, maxlen=self.maxlen)
