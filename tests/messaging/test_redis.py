@@ -85,9 +85,9 @@ def test_idempotent_store_gets_the_url_without_backend_options() -> None:
 
 
 def test_packed_read_pairs_each_entry_with_its_data() -> None:
-    """READ's reply (one string of ids and attempts, then one data per entry) comes apart
-    into the entries a plain XREADGROUP would give."""
-    reply = [b"0 1-0 0 1 7-1 2", b"first", b""]
+    """READ's reply (one string of ids, attempts and lengths, then all the data in one) comes
+    apart into the entries a plain XREADGROUP would give."""
+    reply = [b"0 1-0 0 5 1 7-1 2 0", b"first"]
     assert parse_batch(reply) == [
         (0, b"1-0", {b"d": b"first", b"a": b"0"}, 1),
         (1, b"7-1", {b"d": b"", b"a": b"2"}, 1),
