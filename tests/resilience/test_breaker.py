@@ -612,11 +612,17 @@ def test_threads_never_get_more_trial_permits_than_allowed_over_many_cycles() ->
     tally = {"ok": 0, "failed": 0, "rejected": 0}
     barrier = threading.Barrier(8)
 
+    give_up = time.monotonic() + 20.0
+
     def work(seed: int) -> None:
         nonlocal peak
         rng = random.Random(seed)
         barrier.wait()
-        for _ in range(2000):
+        n = 0
+        # 2,000 calls each, and on until the breaker has cycled (how fast it does depends on
+        # how the threads happen to interleave)
+        while n < 2000 or (episodes[0] < 5 and time.monotonic() < give_up):
+            n += 1
             if rng.random() < 0.02:
                 clock.advance(0.5)
             permit = breaker.try_acquire()
@@ -668,9 +674,13 @@ def test_threads_through_call_keep_every_counter_exact() -> None:
     episodes = _half_open_episodes(breaker)
     tallies = [[0, 0, 0] for _ in range(8)]  # ok, failed, rejected per thread
 
+    give_up = time.monotonic() + 20.0
+
     def work(i: int) -> None:
         rng = random.Random(i)
-        for _ in range(1500):
+        n = 0
+        while n < 1500 or (episodes[0] < 3 and time.monotonic() < give_up):  # see above
+            n += 1
             if rng.random() < 0.01:
                 clock.advance(0.5)
             try:
@@ -690,7 +700,7 @@ def test_threads_through_call_keep_every_counter_exact() -> None:
     assert episodes[0] >= 3
     m = breaker.metrics
     assert (m.successes_total, m.failures_total, m.rejected_total) == (ok_n, failed_n, rejected_n)
-    assert ok_n + failed_n + rejected_n == 8 * 1500
+    assert ok_n + failed_n + rejected_n >= 8 * 1500
 
 
 def test_tasks_never_run_more_trials_than_allowed_over_many_cycles() -> None:
