@@ -18,6 +18,7 @@ from interlink.messaging.envelope import (
     Decision,
     Envelope,
     EnvelopeError,
+    _decode_json,  # the general path
     decide_failure,
     decide_poison,
     decode,
@@ -106,6 +107,62 @@ def test_headers_json_loads_accepts_still_decode(head: bytes) -> None:
     assert envelope.type == (expected.get("type") or "bytes")
     assert envelope.time == float(expected.get("time", 0.0))
     assert envelope.payload == b"p"
+
+
+plain_texts = st.text(alphabet=st.characters(codec="ascii", exclude_characters='"\\'), max_size=12)
+
+
+@given(
+    st.builds(
+        Envelope,
+        id=st.text(min_size=1, max_size=40) | st.text(alphabet="0123456789abcdef", min_size=32),
+        type=texts | plain_texts,
+        payload=st.binary(max_size=50),
+        key=st.none() | texts | plain_texts,
+        time=st.floats(min_value=0, max_value=4e9) | st.sampled_from([0.0, 1e-7, 1e21]),
+        attempt=st.integers(min_value=1, max_value=1000),
+        correlation_id=st.none() | texts | plain_texts,
+        headers=st.just({}) | st.dictionaries(texts, texts, max_size=2),
+    )
+)
+def test_the_plain_header_match_decodes_as_the_json_path(envelope: Envelope) -> None:
+    """The one-match reading of the usual header gives what the JSON scanner gives."""
+    data = encode(envelope)
+    assert decode(data) == _decode_json(data) == envelope
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b'{"id":"a","type":"T","time":5}',  # an int time
+        b'{"id":"a","type":"T","time":1e5,"attempt":1}',  # an exponent, attempt 1 written
+        b'{"id":"a","type":"","time":0,"key":"","cid":""}',  # empty strings
+        b'{"id":"a","type":"T","time":1.5,"cid":"c","key":"k"}',  # fields out of order
+        b'{"id":"a","type":"T","time":-1.5}',  # a negative time
+        b'{"id":"\xc3\xa9","type":"T","time":1.0}',  # UTF-8 in a string
+    ],
+)
+def test_headers_near_the_plain_form_decode_as_the_json_path(head: bytes) -> None:
+    """Headers the match reads, and neighbours it leaves to the JSON path, agree."""
+    data = MAGIC + len(head).to_bytes(4, "big") + head + b"p"
+    assert decode(data) == _decode_json(data)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b'{"id":"\xff","type":"T","time":1.0}',  # not UTF-8
+        b'{"id":"a\x01","type":"T","time":1.0}',  # a control character in a string
+        b'{"id":"","type":"T","time":1.0}',  # an empty id
+    ],
+)
+def test_headers_the_json_path_refuses_are_still_refused(head: bytes) -> None:
+    """What the JSON path rejects, decode rejects (the match does not let it through)."""
+    data = MAGIC + len(head).to_bytes(4, "big") + head
+    with pytest.raises(EnvelopeError):
+        _decode_json(data)
+    with pytest.raises(EnvelopeError):
+        decode(data)
 
 
 @given(st.binary(max_size=200))
