@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from interlink.errors import DeadlineExceeded, RejectedError
-from interlink.resilience._watchdog import PER_SECOND, enter_task_deadline
+from interlink.resilience._watchdog import PER_SECOND, enter_task_deadline, settle_fired
 from interlink.resilience.breaker import CircuitBreaker
 from interlink.resilience.bulkhead import Bulkhead
 from interlink.resilience.deadline import (
@@ -234,32 +234,22 @@ def build_call(  # noqa: PLR0915 - one flat template reads best
         src.dedent()
         src.add("except BaseException as exc:", f"    result = {aw}again(fn, args, kwargs, exc)")
     if frames:
+        ns["settle"] = settle_fired
         src.dedent()
         src.add(
             "except asyncio.CancelledError:",
             "    if frame[4]:",
-            "        frame[4] = False",
-            "        frame[0] = prev",
-            "        frame[2].uncancel()",
-            "        if prev < frame[9] and frame[3] > prev:",
-            "            frame[8].arm_frame(frame, prev)",
+            "        settle(frame, prev)",
             "        raise timeout.expired_error(started=True) from None",
             "    raise",
             "except BaseException:",
             "    if frame[4]:",
-            "        frame[4] = False",
-            "        frame[0] = prev",
-            "        frame[2].uncancel()",
-            "        if prev < frame[9] and frame[3] > prev:",
-            "            frame[8].arm_frame(frame, prev)",
+            "        settle(frame, prev)",
             "    raise",
             "finally:",
             "    frame[0] = prev",
             "if frame[4]:",
-            "    frame[4] = False",
-            "    frame[2].uncancel()",
-            "    if prev < frame[9] and frame[3] > prev:",
-            "        frame[8].arm_frame(frame, prev)",
+            "    settle(frame, prev)",
         )
     elif timeout is not None:
         if is_async:

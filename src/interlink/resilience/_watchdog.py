@@ -40,10 +40,11 @@ from interlink.resilience.deadline import (
     SLOT,
     TASK,
     THREAD,
+    WATCHDOG,
     TaskDeadline,
 )
 
-__all__ = ["RESOLUTION", "Watchdog", "enter_task_deadline", "watchdog_for"]
+__all__ = ["RESOLUTION", "Watchdog", "enter_task_deadline", "settle_fired", "watchdog_for"]
 
 #: Seconds per shared timer slice: the most a deadline fires late.
 RESOLUTION = 0.005
@@ -191,6 +192,17 @@ class Watchdog:
                 task.cancel()
             else:
                 self.arm_frame(frame, at)
+
+
+def settle_fired(frame: TaskDeadline, prev: float) -> None:
+    """The deadline cancelled the task and the call it cut is over (``prev``: the ``AT`` from
+    before that call): take the cancellation back, and keep an enclosing call's deadline armed
+    (the timer that fired had it)."""
+    frame[FIRED] = False
+    frame[AT] = prev
+    frame[TASK].uncancel()
+    if prev < frame[BASE] and frame[FLOOR] > prev:
+        frame[WATCHDOG].arm_frame(frame, prev)
 
 
 def _release(frame: TaskDeadline) -> None:
