@@ -85,9 +85,9 @@ def test_idempotent_store_gets_the_url_without_backend_options() -> None:
 
 
 def test_packed_read_pairs_each_entry_with_its_data() -> None:
-    """READ's reply (one string of ids, attempts and lengths, then all the data in one) comes
-    apart into the entries a plain XREADGROUP would give."""
-    reply = [b"0 1-0 0 5 1 7-1 2 0", b"first"]
+    """READ's reply (one string of ids and attempts, then all the data in one MessagePack
+    array) comes apart into the entries a plain XREADGROUP would give."""
+    reply = [b"0 1-0 0 1 7-1 2", b"\x92\xa5first\xa0"]  # MessagePack ["first", ""]
     assert parse_batch(reply) == [
         (0, b"1-0", {b"d": b"first", b"a": b"0"}, 1),
         (1, b"7-1", {b"d": b"", b"a": b"2"}, 1),
@@ -252,3 +252,25 @@ def test_a_lane_publish_times_out_after_socket_timeout_then_recovers() -> None:
 
     took = asyncio.run(asyncio.wait_for(body(), 10))
     assert 0.15 < took < 0.5
+
+
+def test_the_server_msgpack_of_any_length_is_read_back() -> None:
+    """Every string header ``cmsgpack.pack`` writes (fixstr, str 8/16/32) and every array
+    header size come apart into the strings the server packed."""
+    import redis.asyncio as aioredis
+
+    from interlink.messaging.backends._redis_scripts import _strings
+
+    pack = "local t = {} for i, s in ipairs(ARGV) do t[i] = s end return cmsgpack.pack(t)"
+
+    async def body() -> None:
+        client = aioredis.Redis.from_url(URL)
+        try:
+            for sizes in ([], [0, 5, 31, 32, 255, 256, 65535, 65536], [1] * 15, [7] * 70000):
+                strings = [bytes([65 + i % 26]) * size for i, size in enumerate(sizes)]
+                packed = await client.eval(pack, 0, *strings)
+                assert _strings(packed) == strings
+        finally:
+            await client.aclose()
+
+    asyncio.run(asyncio.wait_for(body(), 30))
