@@ -274,3 +274,41 @@ def test_the_server_msgpack_of_any_length_is_read_back() -> None:
             await client.aclose()
 
     asyncio.run(asyncio.wait_for(body(), 30))
+
+
+def test_closing_mid_backlog_gives_back_the_batch_read_ahead() -> None:
+    """While a backlog lasts the next batch is read ahead; closing the subscription then hands
+    back the batch it holds and the one under way, so another consumer of the group gets
+    every message at once (not after the visibility timeout), none twice."""
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+
+    async def body() -> tuple[list[int], list[int], int]:
+        broker = Broker.from_url(URL)  # visibility timeout 30 s: nothing comes back by it
+        await broker.connect()
+        backend = _lane_backend(broker)
+        await backend.ensure_group(topic, "g")
+        await broker.publish_many(topic, [b"%d" % i for i in range(1000)])
+        first: list[int] = []
+        deliveries = backend.subscribe(topic, "g", prefetch=64)
+        async for delivery in deliveries:
+            first.append(int(delivery.envelope.payload))
+            await delivery.ack()
+            if len(first) == 40:  # inside the second batch: the third is being read
+                break
+        await deliveries.aclose()  # type: ignore[attr-defined]
+        rest: list[int] = []
+        deliveries = backend.subscribe(topic, "g", prefetch=64)
+        async for delivery in deliveries:
+            rest.append(int(delivery.envelope.payload))
+            await delivery.ack()
+            if len(first) + len(rest) >= 1000:
+                break
+        await deliveries.aclose()  # type: ignore[attr-defined]
+        pending = await backend.client.xpending(f"interlink:{topic}", "g")
+        await broker.stop()
+        return first, rest, int(pending["pending"])
+
+    first, rest, pending = asyncio.run(asyncio.wait_for(body(), 10))
+    assert first == list(range(40))
+    assert sorted(first + rest) == list(range(1000))
+    assert pending == 0

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from interlink.messaging.backend import Delivery
@@ -31,12 +31,15 @@ __all__ = [
     "Entry",
     "RedisDelivery",
     "Subscription",
+    "own_connection",
     "shielded",
 ]
 
 log = logging.getLogger("interlink.messaging.redis")
 
 T = TypeVar("T")
+#: A read under way: its task, whether it is a packed ``READ``, how many it asked for.
+Read = tuple["asyncio.Future[Any]", bool, int]
 
 
 async def shielded(call: Awaitable[T]) -> T:
@@ -60,6 +63,14 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 
 
 LOST = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def own_connection(client: Any) -> Any:
+    """A connection (not yet connected) with the pool's settings but its socket timeout: with
+    one, redis-py wraps every write in a task of its own to time it (and the write waits for
+    that task's first step); its user bounds each command with one ``asyncio.timeout``."""
+    pool = client.connection_pool
+    return pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
 
 
 class RedisDelivery:
@@ -134,6 +145,8 @@ class Subscription:
         self.read_ids: dict[Any, Any] = {self.streams[0]: ">", self.streams[1]: ">"}
         self.keys = {self.streams[0].encode(): 0, self.streams[1].encode(): 1}
         self.backlog = True  # read with the READ script (until a read comes back short)
+        self.ahead: Read | None = None  # the next batch's read, started while a backlog lasts
+        self.conn: Any = None  # the packed reads' own connection (see ``packed_read``)
 
     # -- settling -----------------------------------------------------------------------
 
@@ -296,23 +309,82 @@ class Subscription:
         they come packed by the ``READ`` script; else from a blocking ``XREADGROUP``.
         Shielded; if the caller is cancelled while the read is under way, whatever it still
         returns is released at once."""
+        return await self.received(self.start_read(count, block_ms))
+
+    async def next_batch(self, prefetch: int, block_ms: int) -> list[Entry]:
+        """The read started ahead, or a new one; then, while a backlog lasts, the next one is
+        started (see ``deliveries``)."""
+        half = prefetch // 2
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None:
+            found = await self.received(ahead)
+        else:
+            found = await self.read(half if self.backlog and half else prefetch, block_ms)
+        if self.backlog and half:
+            self.ahead = self.start_read(half, block_ms)
+            await asyncio.sleep(0)  # its first step: the command goes out now
+        return found
+
+    def start_read(self, count: int, block_ms: int) -> Read:
+        """Start a ``read`` and return without waiting for it (``received`` waits)."""
         packed = self.backlog
         if packed:
-            call: Awaitable[Any] = self.backend.scripts.read(
-                keys=self.streams, args=[self.group, self.consumer, count]
-            )
+            call: Awaitable[Any] = self.packed_read(count)
         else:
             call = self.redis.xreadgroup(self.group, self.consumer, self.read_ids, count, block_ms)
-        task = asyncio.ensure_future(call)
+        return asyncio.ensure_future(call), packed, count
+
+    async def packed_read(self, count: int) -> Any:
+        """``READ`` on the subscription's own connection, which nothing else uses: its command
+        is on the wire in the first step of the task reading ahead (through the pool, that
+        took another task and two turns of the event loop), and the pool's checkout, retry
+        wrapper and write timer are not paid per batch."""
+        scripts = self.backend.scripts
+        conn = self.conn
+        if conn is None:
+            conn = self.conn = own_connection(self.redis)
+        command = conn.pack_command(
+            "EVALSHA", scripts.read.sha, 2, *self.streams, self.group, self.consumer, count
+        )
+        try:
+            async with asyncio.timeout(self.backend.socket_timeout):
+                await conn.send_packed_command(command, check_health=False)
+                return await conn.read_response()
+        except NoScriptError:  # the server lost its scripts (a restart): the pool loads it
+            return await scripts.read(keys=self.streams, args=[self.group, self.consumer, count])
+        except TimeoutError as exc:  # as the pool's socket timeout would
+            raise RedisTimeoutError(f"READ took over {self.backend.socket_timeout}s") from exc
+
+    async def disconnect(self) -> None:
+        """Close the packed reads' connection (it connects again if used again)."""
+        conn = self.conn
+        if conn is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await conn.disconnect()
+
+    async def received(self, read: Read) -> list[Entry]:
+        """The entries of a started read (see ``read``)."""
+        task, packed, count = read
         try:
             reply: Any = await asyncio.shield(task)
         except asyncio.CancelledError:
-            task.cancel()
-            task.add_done_callback(self._release_packed if packed else self._release_late)
+            if packed:  # no BLOCK: it ends soon, and what it read goes back at once
+                self.abandon(read)
+            else:
+                task.cancel()
+                task.add_done_callback(self._release_late)
             raise
         found = parse_batch(reply) if packed else self._entries(reply)
         self.backlog = len(found) >= count
         return found
+
+    def abandon(self, read: Read) -> None:
+        """Release what a started read returns, once it has (a ``READ`` is not cut off in the
+        middle: its entries would wait out the visibility timeout in this consumer's pending
+        list instead of going back at once)."""
+        task, packed, _ = read
+        self.backend.track(task)
+        task.add_done_callback(self._release_packed if packed else self._release_late)
 
     def _entries(self, reply: Any) -> list[Entry]:
         keys = self.keys
@@ -331,7 +403,13 @@ class Subscription:
         self.backend.track(asyncio.ensure_future(self.release(self._entries(task.result()))))
 
     async def deliveries(self, prefetch: int) -> AsyncIterator[Delivery]:
-        """The subscription's iterator: claimed, retried and new deliveries."""
+        """The subscription's iterator: claimed, retried and new deliveries.
+
+        While a backlog lasts, the next batch is read while this one is handed out: the
+        server's time for a ``READ`` (as long as the client's for handing its batch out)
+        overlaps the handling instead of adding to it. Each of the two then takes half of
+        ``prefetch``, so no more than ``prefetch`` are fetched ahead.
+        """
         backend = self.backend
         await shielded(backend.ensure_group(self.topic, self.group))
         self.promoter = asyncio.create_task(self.promote_forever())
@@ -347,7 +425,7 @@ class Subscription:
                         next_claim = time.monotonic() + claim_every
                         buffer.extend(await self.claim(prefetch))
                     if not buffer:
-                        buffer.extend(await self.read(prefetch, block))
+                        buffer.extend(await self.next_batch(prefetch, block))
                     failures = 0
                 except LOST as exc:
                     failures += 1
@@ -367,6 +445,9 @@ class Subscription:
             # The subscription stays known to the backend: handlers still running ack
             # through it, and the backend's aclose() flushes those acks.
             self.stopped = True
+            ahead, self.ahead = self.ahead, None
+            if ahead is not None:
+                self.abandon(ahead)
             promoter = self.promoter
             if promoter is not None:
                 promoter.cancel()

@@ -59,7 +59,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the no-extras inst
 from interlink.messaging.backend import BackendUnavailable, Delivery, PublishError, redact
 from interlink.messaging.backends._options import UrlOptions, close_at_loop_end, stop_keeper
 from interlink.messaging.backends._redis_scripts import APPEND, NACK, PROMOTE, READ, REPLAY
-from interlink.messaging.backends._redis_streams import Subscription
+from interlink.messaging.backends._redis_streams import Subscription, own_connection
 from interlink.messaging.envelope import (
     DeadLetter,
     EnvelopeError,
@@ -93,10 +93,7 @@ class _Lane:
     def __init__(
         self, client: aioredis.Redis, prefix: str, maxlen: int | None, timeout: float
     ) -> None:
-        pool = client.connection_pool
-        # The pool's settings without its socket timeout: redis-py would wrap every write in
-        # a task of its own to time it; one asyncio.timeout around the command bounds it all.
-        self.conn: Any = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+        self.conn: Any = own_connection(client)
         self.busy = False
         self.heads: dict[str, bytes] = {}
         self.prefix = prefix
@@ -150,7 +147,7 @@ class RedisBackend:
         self._groups: set[tuple[str, str]] = set()
         self._subs: set[Subscription] = set()
         self.scripts: Any = None  # the Lua scripts, registered on connect
-        self._late: set[asyncio.Future[None]] = set()
+        self._late: set[asyncio.Future[Any]] = set()
 
     @property
     def client(self) -> aioredis.Redis:
@@ -191,8 +188,10 @@ class RedisBackend:
             return
         keeper, self._keeper = self._keeper, None
         stop_keeper(keeper)
-        if self._late:
-            await asyncio.wait(set(self._late), timeout=2.0)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 2.0
+        while self._late and loop.time() < until:  # a read done may start its release
+            await asyncio.wait(set(self._late), timeout=until - loop.time())
         for sub in subs:  # every subscription of this connection, stopped ones included
             flusher = sub.flusher
             if flusher is not None:
@@ -200,6 +199,7 @@ class RedisBackend:
                     await flusher
             with contextlib.suppress(RedisError, OSError):
                 await sub.flush()
+            await sub.disconnect()
         lane, self._client, self._lane = self._lane, None, None
         self._subs.clear()
         self._groups.clear()
@@ -290,8 +290,9 @@ class RedisBackend:
         """The group is gone on the server (a restart without persistence): create it anew."""
         self._groups.discard((topic, group))
 
-    def track(self, task: asyncio.Future[None]) -> None:
-        """Keep a background release alive until it is done (``aclose`` waits for it)."""
+    def track(self, task: asyncio.Future[Any]) -> None:
+        """Keep a background release (or a read whose entries it will release) alive until it
+        is done: ``aclose`` waits for it."""
         self._late.add(task)
         task.add_done_callback(self._late.discard)
 
