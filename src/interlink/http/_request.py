@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 from interlink.context import correlation_id
 from interlink.errors import BudgetExhausted, DeadlineExceeded, HTTPStatusError, TransportError
 from interlink.http._response import Response
-from interlink.http.classify import AttemptFailed, may_resend
+from interlink.http.classify import IDEMPOTENCY_HEADER, IDEMPOTENT_METHODS, AttemptFailed
 
 __all__ = [
     "Call",
@@ -24,6 +24,8 @@ __all__ = [
     "Resolver",
     "outcome",
     "prepare",
+    "prepare_parsed",
+    "service_path",
     "split_target",
 ]
 
@@ -118,7 +120,10 @@ class Call:
         self.path = path
         self.headers = headers
         self.body = body
-        self.resend = may_resend(method, headers)
+        # may_resend, inlined: a Call is built on every request
+        self.resend = method in IDEMPOTENT_METHODS or (
+            headers is not None and IDEMPOTENCY_HEADER in headers
+        )
         self.correlation = correlation_id()
 
 
@@ -134,8 +139,33 @@ def prepare(  # noqa: PLR0917 - internal, called by the two clients only
 ) -> Call:
     """Parse and normalise a request: upper-case method, lower-case header names, body bytes."""
     service, origin, path = split_target(url, base_url)
+    return prepare_parsed(
+        method.upper(), service, origin, path, default_headers, params, headers, content, json
+    )
+
+
+def service_path(path: str) -> str:
+    """The path of ``service://name`` joined with ``path``, as ``split_target`` would give it;
+    for service clients, which know their service and need not build and parse a URL."""
+    return path if path.startswith("/") else "/" + path
+
+
+def prepare_parsed(  # noqa: PLR0917 - internal, called by the two clients only
+    method: str,
+    service: str,
+    origin: str | None,
+    path: str,
+    default_headers: Mapping[str, str] | None,
+    params: Params | None,
+    headers: Mapping[str, str] | None,
+    content: bytes | str | None,
+    json: Any,
+) -> Call:
+    """``prepare`` for a target already split (``method`` already upper case)."""
     if params:
         path += ("&" if "?" in path else "?") + urlencode(params, doseq=True)
+    if not (default_headers or headers) and json is None and content is None:
+        return Call(method, service, origin, path, None, None)  # the common GET
     merged: dict[str, str] = {}
     if default_headers:
         merged.update((k.lower(), v) for k, v in default_headers.items())
@@ -151,7 +181,7 @@ def prepare(  # noqa: PLR0917 - internal, called by the two clients only
         body = content.encode()
     else:
         body = content
-    return Call(method.upper(), service, origin, path, merged or None, body)
+    return Call(method, service, origin, path, merged or None, body)
 
 
 def origin_of(instance: Instance) -> str:

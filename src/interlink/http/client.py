@@ -25,33 +25,37 @@ import time
 from collections.abc import Coroutine, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Unpack
+from typing import TYPE_CHECKING, Any
 
 from interlink.clock import Clock
-from interlink.errors import NoInstancesError
+from interlink.errors import DeadlineExceeded, NoInstancesError
 from interlink.http._config import ServicePolicies, load_config
 from interlink.http._request import (
     Call,
     Picked,
-    RequestOptions,
     Resolver,
     cache_key,
     fallback_answer,
     instance_ok,
     origin_of,
     outcome,
-    prepare,
+    prepare_parsed,
+    service_path,
+    split_target,
 )
 from interlink.http._response import Response
 from interlink.http._service import Service, Services
 from interlink.http.classify import AttemptFailed, status_failure
-from interlink.http.propagation import attempt_ms, outgoing_headers
-from interlink.resilience.deadline import deadline, expired
+from interlink.http.propagation import CORRELATION_HEADER, DEADLINE_HEADER
+from interlink.resilience.deadline import deadline, expired, remaining
 from interlink.resilience.events import Listener
+from interlink.tracing.propagation import api
 from interlink.tracing.spans import Spans, context_of, fail
 
 try:
     import aiohttp
+    from multidict import CIMultiDict, istr
+    from yarl import URL
 except ImportError as exc:  # pragma: no cover - exercised by the no-extras install test
     raise ImportError("interlink.http needs aiohttp: pip install 'interlink[http]'") from exc
 
@@ -63,6 +67,10 @@ __all__ = ["AsyncClient", "AsyncServiceClient"]
 DEFAULT_MAX_CONNECTIONS = 100
 DEFAULT_KEEPALIVE = 15.0
 _TIMEOUT_CACHE = 256
+_TARGET_CACHE = 4096
+# header names as multidict keys of their own type, which it need not fold on every insert
+_CORRELATION_KEY = istr(CORRELATION_HEADER)
+_DEADLINE_KEY = istr(DEADLINE_HEADER)
 
 
 def _deadline_cancelled() -> bool:
@@ -76,41 +84,142 @@ def _deadline_cancelled() -> bool:
 
 
 class _AsyncVerbs:
-    """get/post/... as thin calls of ``request``: plain functions returning its coroutine, so
-    that a verb costs no extra coroutine frame."""
+    """get/post/... and ``request`` as plain functions returning ``_send``'s coroutine, with
+    the options spelt out: a verb then costs no coroutine frame of its own and no dict of
+    keyword arguments, on every request."""
 
-    def request(
-        self, method: str, url: str, **options: Unpack[RequestOptions]
+    __slots__ = ()
+
+    def _send(  # noqa: PLR0917 - internal, positional for speed
+        self,
+        method: str,
+        url: str,
+        params: Params | None,
+        headers: Mapping[str, str] | None,
+        content: bytes | str | None,
+        json: Any,
+        timeout: float | None,
+        fallback: Any,
     ) -> Coroutine[Any, Any, Response]:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def get(self, url: str, **options: Unpack[RequestOptions]) -> Coroutine[Any, Any, Response]:
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Params | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+        fallback: Any = None,
+    ) -> Coroutine[Any, Any, Response]:
+        """Send a request through the target service's policies.
+
+        ``timeout`` shrinks the deadline for this call (never extends the caller's).
+        ``fallback``: a ``Response``, or a callable (sync or async) given the error, answering
+        when the call fails (a failure answer, an error or a rejection).
+        """
+        return self._send(method.upper(), url, params, headers, content, json, timeout, fallback)
+
+    def get(
+        self,
+        url: str,
+        *,
+        params: Params | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+        fallback: Any = None,
+    ) -> Coroutine[Any, Any, Response]:
         """GET ``url`` (idempotent: retried on failure)."""
-        return self.request("GET", url, **options)
+        return self._send("GET", url, params, headers, content, json, timeout, fallback)
 
-    def head(self, url: str, **options: Unpack[RequestOptions]) -> Coroutine[Any, Any, Response]:
+    def head(
+        self,
+        url: str,
+        *,
+        params: Params | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+        fallback: Any = None,
+    ) -> Coroutine[Any, Any, Response]:
         """HEAD ``url`` (idempotent)."""
-        return self.request("HEAD", url, **options)
+        return self._send("HEAD", url, params, headers, content, json, timeout, fallback)
 
-    def options(self, url: str, **options: Unpack[RequestOptions]) -> Coroutine[Any, Any, Response]:
+    def options(
+        self,
+        url: str,
+        *,
+        params: Params | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+        fallback: Any = None,
+    ) -> Coroutine[Any, Any, Response]:
         """OPTIONS ``url`` (idempotent)."""
-        return self.request("OPTIONS", url, **options)
+        return self._send("OPTIONS", url, params, headers, content, json, timeout, fallback)
 
-    def put(self, url: str, **options: Unpack[RequestOptions]) -> Coroutine[Any, Any, Response]:
+    def put(
+        self,
+        url: str,
+        *,
+        params: Params | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+        fallback: Any = None,
+    ) -> Coroutine[Any, Any, Response]:
         """PUT ``url`` (idempotent)."""
-        return self.request("PUT", url, **options)
+        return self._send("PUT", url, params, headers, content, json, timeout, fallback)
 
-    def delete(self, url: str, **options: Unpack[RequestOptions]) -> Coroutine[Any, Any, Response]:
+    def delete(
+        self,
+        url: str,
+        *,
+        params: Params | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+        fallback: Any = None,
+    ) -> Coroutine[Any, Any, Response]:
         """DELETE ``url`` (idempotent)."""
-        return self.request("DELETE", url, **options)
+        return self._send("DELETE", url, params, headers, content, json, timeout, fallback)
 
-    def post(self, url: str, **options: Unpack[RequestOptions]) -> Coroutine[Any, Any, Response]:
+    def post(
+        self,
+        url: str,
+        *,
+        params: Params | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+        fallback: Any = None,
+    ) -> Coroutine[Any, Any, Response]:
         """POST ``url``: retried only with an ``Idempotency-Key`` header."""
-        return self.request("POST", url, **options)
+        return self._send("POST", url, params, headers, content, json, timeout, fallback)
 
-    def patch(self, url: str, **options: Unpack[RequestOptions]) -> Coroutine[Any, Any, Response]:
+    def patch(
+        self,
+        url: str,
+        *,
+        params: Params | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+        fallback: Any = None,
+    ) -> Coroutine[Any, Any, Response]:
         """PATCH ``url``: retried only with an ``Idempotency-Key`` header."""
-        return self.request("PATCH", url, **options)
+        return self._send("PATCH", url, params, headers, content, json, timeout, fallback)
 
 
 class AsyncClient(_AsyncVerbs):
@@ -167,6 +276,9 @@ class AsyncClient(_AsyncVerbs):
         # one timeout object per whole-millisecond budget: a call's first attempt nearly always
         # has the same budget (its service's timeout, less a fraction of a millisecond)
         self._timeouts: dict[int, aiohttp.ClientTimeout] = {}
+        # (origin, path) -> (URL text, URL parsed once); services call the same few URLs
+        self._targets: dict[tuple[str, str], tuple[str, URL | str]] = {}
+        self._otel = api()
 
     # -- configuration --------------------------------------------------------------------
 
@@ -189,26 +301,42 @@ class AsyncClient(_AsyncVerbs):
 
     # -- calls ----------------------------------------------------------------------------
 
-    async def request(
+    def _send(  # noqa: PLR0917 - internal, positional for speed
         self,
         method: str,
         url: str,
-        *,
-        params: Params | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | str | None = None,
-        json: Any = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - shrinks the deadline, see docstring
-        fallback: Any = None,
-    ) -> Response:
-        """Send a request through the target service's policies.
+        params: Params | None,
+        headers: Mapping[str, str] | None,
+        content: bytes | str | None,
+        json: Any,
+        timeout: float | None,
+        fallback: Any,
+    ) -> Coroutine[Any, Any, Response]:
+        return self._call(None, method, url, params, headers, content, json, timeout, fallback)
 
-        ``timeout`` shrinks the deadline for this call (never extends the caller's).
-        ``fallback``: a ``Response``, or a callable (sync or async) given the error, answering
-        when the call fails (a failure answer, an error or a rejection).
-        """
-        call = prepare(method, url, self.base_url, self._headers, params, headers, content, json)
-        service = self._services.get(call.service)
+    async def _call(  # noqa: PLR0917 - internal, positional for speed
+        self,
+        service: Service | None,
+        method: str,
+        url: str,
+        params: Params | None,
+        headers: Mapping[str, str] | None,
+        content: bytes | str | None,
+        json: Any,
+        timeout: float | None,  # noqa: ASYNC109 - shrinks the deadline, see request()
+        fallback: Any,
+    ) -> Response:
+        """A whole call; ``service`` is given by a service client, whose ``url`` is then a
+        path of that service. Parsing happens here, not in ``_send``, so that a bad target is
+        raised where the call is awaited, as from any coroutine."""
+        if service is None:
+            name, origin, path = split_target(url, self.base_url)
+            service = self._services.get(name)
+        else:
+            origin, path = None, service_path(url)
+        call = prepare_parsed(
+            method, service.name, origin, path, self._headers, params, headers, content, json
+        )
         pipeline = service.pipeline if call.resend else service.unsafe_pipeline
         try:
             if timeout is None:
@@ -244,44 +372,89 @@ class AsyncClient(_AsyncVerbs):
             error.__suppress_context__ = True
         raise error
 
-    async def _attempt(self, service: Service, call: Call) -> Response:
+    async def _attempt(self, service: Service, call: Call) -> Response:  # noqa: PLR0915 - flat hot path
         """One attempt: pick, send, read, classify. Raises ``AttemptFailed`` on a failure."""
         picked: Picked | None = None
         origin = call.origin or service.url
         if origin is None:
             picked = await self._pick(call.service)
             origin = origin_of(picked.instance)
-        url = origin + call.path
+        target = self._targets.get((origin, call.path)) or self._target_of(origin, call.path)
+        url = target[0]
         ok = False
         span = None
         try:
-            ms = attempt_ms(service.policies.attempt_timeout, url)
+            # attempt_ms(), inlined: the attempt's time, sent to the callee and used below
+            left = remaining()
+            cap = service.policies.attempt_timeout
+            if left is None or (cap is not None and cap < left):
+                left = cap
+            ms = None
+            # propagation.outgoing_headers(), inlined, into the multidict aiohttp would
+            # otherwise build from a dict
+            correlation = call.correlation
+            headers: CIMultiDict[str]
+            if call.headers is None:
+                headers = CIMultiDict()
+            else:
+                headers = CIMultiDict(call.headers)
+                if CORRELATION_HEADER in headers:
+                    correlation = None  # the caller's own header wins
+            if correlation is not None:
+                headers[_CORRELATION_KEY] = correlation
+            if left is not None:
+                ms = int(left * 1000.0)
+                if ms < 1:  # the callee would be told 0 ms and refuse: not sent
+                    raise DeadlineExceeded(f"no time left to call {url}", 0.0)
+                headers[_DEADLINE_KEY] = str(ms)
             if self._spans.tracer() is not None:
                 span = self._spans.start_client(
                     call.method, {"http.request.method": call.method, "url.full": url}
                 )
-            headers = outgoing_headers(
-                call.headers, call.correlation, ms, None if span is None else context_of(span)
-            )
-            # Arm aiohttp's own timer only when nothing else ends the attempt in time: the
-            # service's Timeout policy already cancels the call at the deadline (with a timer
-            # shared by many calls), and a second timer per request costs more CPU than the rest
-            # of interlink's work together. Its cancellation is turned into this attempt's
-            # timeout below, so the breaker and the retry see it all the same.
-            timeout = self._no_timeout
-            if ms is not None and not (service.enforces_deadline and ms < service.attempt_ms_floor):
-                timeout = self._timeouts.get(ms) or self._timeout_of(ms)
+            otel = self._otel
+            if otel is not None:  # tracing.inject(), inlined: usually an empty context
+                trace_context = otel.get_current() if span is None else context_of(span)
+                if trace_context:
+                    otel.inject(headers, context=trace_context)
             session = self._session or self._open()
             try:
-                async with session.request(
-                    call.method,
-                    url,
-                    headers=headers,
-                    data=call.body,
-                    timeout=timeout,
-                    allow_redirects=self._redirects,
-                ) as raw:
+                # Arm aiohttp's own timer only when nothing else ends the attempt in time: the
+                # service's Timeout policy already cancels the call at the deadline (with a
+                # timer shared by many calls), and a second timer per request costs more CPU
+                # than the rest of interlink's work together. Its cancellation is turned into
+                # this attempt's timeout below, so the breaker and the retry see it all the
+                # same. The session's default is no timeout; options at their session default
+                # are not passed.
+                if ms is not None and not (
+                    service.enforces_deadline and ms < service.attempt_ms_floor
+                ):
+                    timer = True
+                    raw = await session.request(
+                        call.method,
+                        target[1],
+                        headers=headers,
+                        data=call.body,
+                        timeout=self._timeouts.get(ms) or self._timeout_of(ms),
+                        allow_redirects=self._redirects,
+                    )
+                else:
+                    timer = False
+                    raw = await session.request(
+                        call.method,
+                        target[1],
+                        headers=headers,
+                        data=call.body,
+                        allow_redirects=self._redirects,
+                    )
+                # awaited, not ``async with``: read() releases the connection at the end of the
+                # body, and two coroutine frames per request are saved
+                try:
                     content = await raw.read()
+                except BaseException:
+                    raw.close()
+                    raise
+                if not raw.closed:
+                    raw.release()
             except TimeoutError as exc:  # before ClientError: aiohttp's timeouts are both
                 raise AttemptFailed("timeout", url, retryable=call.resend) from exc
             except aiohttp.ClientConnectorError as exc:
@@ -289,7 +462,7 @@ class AsyncClient(_AsyncVerbs):
             except aiohttp.ClientError as exc:
                 raise AttemptFailed("transport", url, retryable=call.resend) from exc
             except asyncio.CancelledError as exc:
-                if timeout is self._no_timeout and _deadline_cancelled():
+                if not timer and _deadline_cancelled():
                     raise AttemptFailed("timeout", url, retryable=call.resend) from exc
                 raise
             status = raw.status
@@ -317,6 +490,22 @@ class AsyncClient(_AsyncVerbs):
                 span.end()
             if picked is not None:
                 picked.done(ok)
+
+    def _target_of(self, origin: str, path: str) -> tuple[str, URL | str]:
+        """The URL of ``origin`` + ``path``, as text and parsed once: aiohttp would parse
+        (or at least hash and look up) the text again on every request. Text yarl refuses
+        stays text, for aiohttp to refuse with its own error."""
+        targets = self._targets
+        if len(targets) >= _TARGET_CACHE:
+            targets.clear()
+        url = origin + path
+        parsed: URL | str
+        try:
+            parsed = URL(url)
+        except ValueError:
+            parsed = url
+        target = targets[origin, path] = (url, parsed)
+        return target
 
     def _timeout_of(self, ms: int) -> aiohttp.ClientTimeout:
         if len(self._timeouts) >= _TIMEOUT_CACHE:
@@ -379,20 +568,31 @@ class AsyncServiceClient(_AsyncVerbs):
     ``service`` holds the live policies (``.breaker``, ``.budget``, ``.pipeline``...).
     """
 
-    __slots__ = ("_client", "_prefix", "service")
+    __slots__ = ("_client", "service")
 
     def __init__(self, client: AsyncClient, service: Service) -> None:
         self._client = client
         self.service = service
-        self._prefix = f"service://{service.name}"
 
     @property
     def name(self) -> str:
         """The service's name."""
         return self.service.name
 
-    async def request(self, method: str, url: str, **options: Unpack[RequestOptions]) -> Response:
-        """``client.request(method, "service://name" + url, ...)``."""
-        if "://" not in url:
-            url = self._prefix + ("" if url.startswith("/") else "/") + url
-        return await self._client.request(method, url, **options)
+    def _send(  # noqa: PLR0917 - internal, positional for speed
+        self,
+        method: str,
+        url: str,
+        params: Params | None,
+        headers: Mapping[str, str] | None,
+        content: bytes | str | None,
+        json: Any,
+        timeout: float | None,
+        fallback: Any,
+    ) -> Coroutine[Any, Any, Response]:
+        # a path of this service, as ``service://name`` + url would give it; a full URL is the
+        # client's to parse
+        service = None if "://" in url else self.service
+        return self._client._call(
+            service, method, url, params, headers, content, json, timeout, fallback
+        )
