@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from interlink.context import _CORRELATION, new_correlation_id, valid_correlation_id
+from interlink.messaging._ids import ID_LENGTH
 from interlink.messaging._runner import drive
 from interlink.messaging._trace import consume_span
 from interlink.messaging.backend import Backend, Delivery
@@ -285,7 +286,13 @@ class Consumer:
             # Past the grace period: the message goes back for another consumer.
             await self._settle(delivery, _GO_BACK)
             raise
-        await self._settle(delivery, decision)
+        if decision is not ACK:
+            await self._settle(delivery, decision)
+            return
+        try:  # the usual outcome, without _settle's dispatch
+            await delivery.ack()
+        except Exception:
+            log.exception("could not ack %s on %s", delivery.envelope.id, self._sub.topic)
 
     async def _handle(self, delivery: Delivery) -> Decision:
         sub = self._sub
@@ -306,7 +313,9 @@ class Consumer:
             if envelope.headers or self._spans.tracer() is not None:
                 with consume_span(self._spans, sub.topic, sub.group, envelope.headers):
                     await self._call(sub, envelope, message)
-            else:  # no trace context to continue and no span to record
+            elif sub.idempotency is None:  # no context to continue, no span, no store
+                await sub.handler(message)
+            else:
                 await self._call(sub, envelope, message)
         except InProgress as busy:
             return Decision("retry", delay=max(busy.retry_after, 0.01))
@@ -368,6 +377,7 @@ def _correlation_of(envelope: Envelope) -> str:
     cid = envelope.correlation_id
     if cid is not None and valid_correlation_id(cid):
         return cid
-    if valid_correlation_id(envelope.id):
-        return envelope.id
+    mid = envelope.id
+    if (len(mid) == ID_LENGTH and mid.isalnum() and mid.isascii()) or valid_correlation_id(mid):
+        return mid  # interlink's own ids pass the first test, cheaper than the regex
     return new_correlation_id()
