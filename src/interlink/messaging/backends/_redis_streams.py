@@ -147,6 +147,7 @@ class Subscription:
         self.backlog = True  # read with the READ script (until a read comes back short)
         self.ahead: Read | None = None  # the next batch's read, started while a backlog lasts
         self.conn: Any = None  # the packed reads' own connection (see ``packed_read``)
+        self.reading: asyncio.Future[Any] | None = None  # the last packed read on it
 
     # -- settling -----------------------------------------------------------------------
 
@@ -332,7 +333,10 @@ class Subscription:
             call: Awaitable[Any] = self.packed_read(count)
         else:
             call = self.redis.xreadgroup(self.group, self.consumer, self.read_ids, count, block_ms)
-        return asyncio.ensure_future(call), packed, count
+        task = asyncio.ensure_future(call)
+        if packed:
+            self.reading = task
+        return task, packed, count
 
     async def packed_read(self, count: int) -> Any:
         """``READ`` on the subscription's own connection, which nothing else uses: its command
@@ -453,3 +457,6 @@ class Subscription:
                 promoter.cancel()
                 await asyncio.wait({promoter}, timeout=1.0)
             await self.release(list(buffer))
+            reading = self.reading
+            if reading is None or reading.done():  # else the backend's aclose() closes it
+                await self.disconnect()
