@@ -89,6 +89,79 @@ def test_without_a_correlation_id_the_server_assigns_one(faults: tuple[FaultApp,
     assert len(r.headers["x-request-id"]) == 32
 
 
+def test_callers_own_headers_win_over_the_context_but_not_over_the_deadline(
+    faults: tuple[FaultApp, str],
+) -> None:
+    """A caller's own ``X-Request-Id`` (any case) is sent, once, instead of the context's; a
+    caller's own deadline header is replaced by the time the attempt really has."""
+    app, base = faults
+
+    async def go() -> dict[str, Any]:
+        async with client(base) as c:
+            with use_correlation_id("from-context"), deadline(0.5):
+                await c.get("/ok", headers={"X-Request-Id": "mine", "X-Request-Timeout-Ms": "9"})
+                return dict(app.last_headers)
+
+    seen = run(go)
+    assert seen["x-request-id"] == "mine"
+    assert 9 < int(seen["x-request-timeout-ms"]) <= 500
+
+
+def test_service_client_paths_join_like_urls(faults: tuple[FaultApp, str]) -> None:
+    """A service client's path joins ``service://name`` as a URL would: with or without the
+    leading slash, with a query in the path or in ``params``, a fragment left unsent."""
+    _, base = faults
+
+    async def go() -> list[dict[str, str]]:
+        async with AsyncClient(policies=FAST) as c:
+            menu = c.service("menu", url=base + "/")
+            return [
+                (await menu.get(path, params=params)).json()["query"]
+                for path, params in (
+                    ("ok", None),
+                    ("ok?a=1", None),
+                    ("/ok?a=1", {"b": "2"}),
+                    ("ok?c=3#top", None),
+                )
+            ]
+
+    assert run(go) == [{}, {"a": "1"}, {"a": "1", "b": "2"}, {"c": "3"}]
+
+
+def test_every_answer_gives_its_connection_back(faults: tuple[FaultApp, str]) -> None:
+    """Answers are read in full and their connection returned, failures and HEAD included:
+    with one connection, a run of mixed calls does not wait for a free one."""
+    _, base = faults
+
+    async def go() -> list[int]:
+        policies = ServicePolicies(
+            retries=1, retry_base=0.001, retry_max_delay=0.001, breaker=False
+        )
+        async with client(base, policies, max_connections=1) as c:
+            statuses = []
+            for _ in range(3):
+                for path in ("/ok", "/status/404", "/status/503", "/ok"):
+                    statuses.append((await c.get(path)).status)
+                statuses.append((await c.head("/ok")).status)
+            return statuses
+
+    async def bounded() -> list[int]:
+        return await asyncio.wait_for(go(), 10)
+
+    assert run(bounded) == [200, 404, 503, 200, 200] * 3
+
+
+def test_an_unparsable_url_is_a_transport_error() -> None:
+    """A URL the URL parser refuses fails the call like any transport error, unsent."""
+
+    async def go() -> None:
+        async with AsyncClient(policies=ServicePolicies(retries=0)) as c:
+            with pytest.raises(TransportError, match="transport"):
+                await c.get("http://[::1/x")
+
+    run(go)
+
+
 def test_json_body_is_sent_with_its_content_type(faults: tuple[FaultApp, str]) -> None:
     """``json=`` serialises the body and sets ``content-type: application/json``."""
     _app, base = faults
