@@ -25,7 +25,6 @@ __all__ = [
     "outcome",
     "prepare",
     "prepare_parsed",
-    "service_path",
     "split_target",
 ]
 
@@ -142,12 +141,6 @@ def prepare(  # noqa: PLR0917 - internal, called by the two clients only
     return prepare_parsed(
         method.upper(), service, origin, path, default_headers, params, headers, content, json
     )
-
-
-def service_path(path: str) -> str:
-    """The path of ``service://name`` joined with ``path``, as ``split_target`` would give it;
-    for service clients, which know their service and need not build and parse a URL."""
-    return path if path.startswith("/") else "/" + path
 
 
 def prepare_parsed(  # noqa: PLR0917 - internal, called by the two clients only

@@ -40,7 +40,6 @@ from interlink.http._request import (
     origin_of,
     outcome,
     prepare_parsed,
-    service_path,
     split_target,
 )
 from interlink.http._response import Response
@@ -332,11 +331,14 @@ class AsyncClient(_AsyncVerbs):
         if service is None:
             name, origin, path = split_target(url, self.base_url)
             service = self._services.get(name)
-        else:
-            origin, path = None, service_path(url)
-        call = prepare_parsed(
-            method, service.name, origin, path, self._headers, params, headers, content, json
-        )
+        else:  # a path of the service: what splitting "service://name" + url would give
+            origin, path = None, url if url.startswith("/") else "/" + url
+        if params or headers or content is not None or json is not None or self._headers:
+            call = prepare_parsed(
+                method, service.name, origin, path, self._headers, params, headers, content, json
+            )
+        else:  # the common call, with nothing to merge or encode
+            call = Call(method, service.name, origin, path, None, None)
         pipeline = service.pipeline if call.resend else service.unsafe_pipeline
         try:
             if timeout is None:
