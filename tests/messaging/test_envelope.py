@@ -30,6 +30,7 @@ from interlink.messaging.envelope import (
     frame,
     frame_parts,
     header_tail,
+    plain_frame,
     with_attempt,
 )
 
@@ -89,6 +90,22 @@ def test_frame_parts_around_a_plain_id_make_the_frame(mid: str, envelope: Envelo
     built = start + mid.encode() + end + envelope.payload
     assert built == frame(mid, envelope.payload, tail)
     assert decode(built).id == mid
+
+
+@given(
+    st.text(min_size=1, max_size=40),
+    texts,
+    st.floats(min_value=0, max_value=4e9) | st.integers(0, 2**40) | st.just(float("nan")),
+    st.binary(max_size=50),
+)
+def test_plain_frame_is_the_frame_of_the_usual_header(
+    mid: str, type_name: str, time: float, payload: bytes
+) -> None:
+    """The one-step frame of a publish without key, correlation id or headers is the frame
+    ``header_tail`` and ``frame`` build."""
+    assert plain_frame(mid, type_name, time, payload) == frame(
+        mid, payload, header_tail(type=type_name, time=time)
+    )
 
 
 @pytest.mark.parametrize(

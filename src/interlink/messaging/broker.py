@@ -18,13 +18,13 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from interlink.clock import Clock
-from interlink.context import correlation_id
+from interlink.context import _CORRELATION, correlation_id
 from interlink.messaging import _trace
 from interlink.messaging._codec import GROUP, batch_of, check_topic, decoder_for, payload_of
 from interlink.messaging._ids import new_id
 from interlink.messaging.backend import Backend, backend_from_url
 from interlink.messaging.consumer import Consumer, Subscription
-from interlink.messaging.envelope import DeadLetter, frame, header_tail
+from interlink.messaging.envelope import DeadLetter, frame, header_tail, plain_frame
 from interlink.messaging.idempotency import IdempotencyStore, store_from_url
 from interlink.resilience._validate import at_least, non_negative, positive_int
 from interlink.resilience.retry import Retry
@@ -229,16 +229,18 @@ class Broker:
         it durable. Returns its id; pass ``message_id`` to re-publish under the same id (an
         outbox relay after a crash), so idempotent consumers see one message."""
         backend = self._backend if self._connected else await self.connect()
+        if type(topic) is not str or topic not in self._topics:
+            self._topic(topic)
         hdrs = dict(headers) if headers else {}
         mid = message_id or new_id()
         if self._spans.tracer() is None:  # no SDK: no span, only the context to carry on
             inject(hdrs)
             data = self._frame(message, key, hdrs, mid)
-            await backend.publish(self._topic(topic), data, key=key, headers=hdrs, message_id=mid)
+            await backend.publish(topic, data, key=key, headers=hdrs, message_id=mid)
             return mid
         with _trace.publish_span(self._spans, topic, hdrs):
             data = self._frame(message, key, hdrs, mid)
-            await backend.publish(self._topic(topic), data, key=key, headers=hdrs, message_id=mid)
+            await backend.publish(topic, data, key=key, headers=hdrs, message_id=mid)
         return mid
 
     def _frame(self, message: Any, key: str | None, hdrs: dict[str, str], mid: str) -> bytes:
@@ -246,7 +248,9 @@ class Broker:
             payload, type_name = message, "bytes"
         else:
             payload, type_name = payload_of(message)
-        cid = correlation_id()
+        cid = _CORRELATION.get()
+        if key is None and cid is None and not hdrs:
+            return plain_frame(mid, type_name, self._clock(), payload)
         tail = header_tail(
             type=type_name, time=self._clock(), key=key, correlation_id=cid, headers=hdrs
         )

@@ -45,6 +45,7 @@ __all__ = [
     "frame",
     "frame_parts",
     "header_tail",
+    "plain_frame",
     "with_attempt",
 ]
 
@@ -213,6 +214,14 @@ def frame(message_id: str, payload: bytes, tail: bytes) -> bytes:
     """The frame of message ``message_id`` with ``payload`` and the rest of the header
     ``tail`` (from ``header_tail``)."""
     head = b'{"id":' + _jstr(message_id).encode() + tail
+    return b"".join((MAGIC, len(head).to_bytes(4, "big"), head, payload))
+
+
+def plain_frame(message_id: str, type_name: str, time: float, payload: bytes) -> bytes:
+    """``frame(message_id, payload, header_tail(type=type_name, time=time))`` in one step: a
+    message without key, attempt, correlation id or headers, as most are published."""
+    stamp = float.__repr__(time) if type(time) is float and isfinite(time) else _json(time)
+    head = f'{{"id":{_jstr(message_id)},"type":{_jstr(type_name)},"time":{stamp}}}'.encode()
     return b"".join((MAGIC, len(head).to_bytes(4, "big"), head, payload))
 
 
