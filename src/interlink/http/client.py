@@ -425,8 +425,7 @@ class AsyncClient(_AsyncVerbs):
                 # timer shared by many calls), and a second timer per request costs more CPU
                 # than the rest of interlink's work together. Its cancellation is turned into
                 # this attempt's timeout below, so the breaker and the retry see it all the
-                # same. The session's default is no timeout; options at their session default
-                # are not passed.
+                # same. No timer is the session's default, so it is passed only to arm one.
                 if ms is not None and not (
                     service.enforces_deadline and ms < service.attempt_ms_floor
                 ):
