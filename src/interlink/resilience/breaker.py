@@ -26,7 +26,6 @@ success may be dated up to ``clock_every - 1`` calls early; failures are always 
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import itertools
 import threading
@@ -39,6 +38,7 @@ from typing import Any, Literal, ParamSpec, TypeVar, overload
 from interlink.clock import Clock
 from interlink.errors import CircuitOpenError
 from interlink.resilience import _validate as v
+from interlink.resilience._breaker_code import decorate
 from interlink.resilience._window import CountWindow, TimeWindow
 from interlink.resilience.deadline import expired
 from interlink.resilience.events import CallRejected, Emitter, Listener, PolicyEvent, StateChanged
@@ -495,56 +495,14 @@ class CircuitBreaker:
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
         """Decorate a ``def`` or an ``async def``."""
-        # The wrappers repeat the closed fast path of call/acall rather than calling them: one
-        # Python frame is a third of the whole overhead budget. For the same reason what never
-        # changes (the clock, the name) is read once, here.
-        clock = self._clock
-        name = self.name
-        if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                g = self._g
-                if g & _FAST_MASK:
-                    if g & _STATE_BITS == _OPEN and (now := clock()) < self._open_until:
-                        next(self._rejected)  # type: ignore[arg-type]
-                        if self._events:
-                            self._emit_rejected(now)
-                        raise CircuitOpenError(name, self._open_until - now, "open")
-                    return await self._acall_guarded(fn, args, kwargs)
-                try:
-                    result = await fn(*args, **kwargs)
-                except BaseException as exc:
-                    self.on_error(g, exc)
-                    raise
-                n = next(self._succ_counter)
-                if not (n & self._mask):
-                    self._tick_success(n + 1)
-                return result
-
-            return async_wrapper
-
-        @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            g = self._g
-            if g & _FAST_MASK:
-                if g & _STATE_BITS == _OPEN and (now := clock()) < self._open_until:
-                    next(self._rejected)  # type: ignore[arg-type]
-                    if self._events:
-                        self._emit_rejected(now)
-                    raise CircuitOpenError(name, self._open_until - now, "open")
-                return self._call_guarded(fn, args, kwargs)
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:
-                self.on_error(g, exc)
-                raise
-            n = next(self._succ_counter)
-            if not (n & self._mask):
-                self._tick_success(n + 1)
-            return result
-
-        return wrapper
+        return decorate(
+            self,
+            fn,
+            is_async=inspect.iscoroutinefunction(fn),
+            fast_mask=_FAST_MASK,
+            state_bits=_STATE_BITS,
+            open_=_OPEN,
+        )
 
     def _call_guarded(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
         permit = self.acquire()
