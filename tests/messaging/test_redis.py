@@ -312,3 +312,41 @@ def test_closing_mid_backlog_gives_back_the_batch_read_ahead() -> None:
     assert first == list(range(40))
     assert sorted(first + rest) == list(range(1000))
     assert pending == 0
+
+
+def test_a_fetch_cancelled_as_it_reads_ahead_gives_back_what_it_read() -> None:
+    """A consumer stopping just as a batch came in and the next read went out: both go back
+    at once, not after the visibility timeout."""
+    from interlink.messaging.backends._redis_streams import Subscription
+
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+
+    async def body() -> tuple[int, int]:
+        broker = Broker.from_url(URL)
+        await broker.connect()
+        backend = _lane_backend(broker)
+        await backend.ensure_group(topic, "g")
+        await broker.publish_many(topic, [b"%d" % i for i in range(200)])
+        sub = Subscription(backend, topic, "g")
+        backend._subs.add(sub)
+        fetch = asyncio.ensure_future(sub.next_batch(64, 100))
+        for _ in range(100_000):  # until the batch is in and the next read just started
+            if sub.ahead is not None:
+                break
+            await asyncio.sleep(0)
+        fetch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await fetch
+        ahead, sub.ahead = sub.ahead, None
+        assert ahead is not None
+        sub.abandon(ahead)
+        for _ in range(200):  # both releases land in the group's retry stream
+            retried = int(await backend.client.xlen(f"interlink:{topic}#retry:g"))
+            if retried == 64:
+                break
+            await asyncio.sleep(0.01)
+        pending = await backend.client.xpending(f"interlink:{topic}", "g")
+        await broker.stop()
+        return retried, int(pending["pending"])
+
+    assert asyncio.run(asyncio.wait_for(body(), 10)) == (64, 0)

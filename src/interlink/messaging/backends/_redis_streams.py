@@ -66,9 +66,9 @@ LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 def own_connection(client: Any) -> Any:
-    """A connection (not yet connected) with the pool's settings but its socket timeout: with
-    one, redis-py wraps every write in a task of its own to time it (and the write waits for
-    that task's first step); its user bounds each command with one ``asyncio.timeout``."""
+    """A connection (not yet connected) with the pool's settings except the socket timeout:
+    with one, redis-py wraps every write in a task of its own to time it (and the write waits
+    for that task's first step); its user bounds each command with one ``asyncio.timeout``."""
     pool = client.connection_pool
     return pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
 
@@ -323,7 +323,11 @@ class Subscription:
             found = await self.read(half if self.backlog and half else prefetch, block_ms)
         if self.backlog and half:
             self.ahead = self.start_read(half, block_ms)
-            await asyncio.sleep(0)  # its first step: the command goes out now
+            try:
+                await asyncio.sleep(0)  # its first step: the command goes out now
+            except asyncio.CancelledError:  # what this read took must not wait out its lease
+                self.backend.track(asyncio.ensure_future(self.release(found)))
+                raise
         return found
 
     def start_read(self, count: int, block_ms: int) -> Read:
