@@ -49,7 +49,10 @@ AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 REDIS = "redis://127.0.0.1:6379/0"
 HEADERS = ("benchmark", "contender", "msgs/s", "ratio to raw", "target", "")
 BYTES = b"x" * 1024
-CONCURRENCY, PREFETCH, BATCH = 16, 256, 100  # interlink consumers; raw fetch / prefetch size
+# interlink's consumers read up to PREFETCH messages ahead; the raw clients and FastStream fetch
+# (or are prefetched) BATCH at a time: the same number, so no contender reads in bigger batches
+CONCURRENCY, PREFETCH = 16, 256
+BATCH = PREFETCH
 TIME_LIMIT = 1.0  # seconds a measurement may run (slow contenders do fewer messages)
 BARE = "(interlink backend alone)"
 
