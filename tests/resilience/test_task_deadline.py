@@ -177,3 +177,73 @@ def test_tasks_with_frames_are_freed() -> None:
     tracemalloc.stop()
     grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
     assert grown < 1_000_000  # holding all 5,000 tasks would be over 5 MB
+
+
+def test_sync_calls_share_one_record_per_thread() -> None:
+    """Sync pipelines install the thread's record once and nest their deadlines in it."""
+    outer = Pipeline(timeout=Timeout(0.5))
+    inner = Pipeline(timeout=Timeout(5.0))
+
+    def nested() -> float | None:
+        return inner.call(remaining)
+
+    assert outer.call(remaining) == pytest.approx(0.5, abs=0.05)
+    frame = _CURRENT.get()
+    assert isinstance(frame, list)
+    assert outer.call(nested) == pytest.approx(0.5, abs=0.05)
+    assert _CURRENT.get() is frame
+    assert remaining() is None
+    with deadline(0.2):
+        assert inner.call(remaining) == pytest.approx(0.2, abs=0.05)
+        assert remaining() == pytest.approx(0.2, abs=0.05)
+    assert remaining() is None
+
+
+def test_sync_call_under_a_passed_deadline_is_refused() -> None:
+    """An inherited deadline that has passed refuses the call before it runs."""
+    calls: list[int] = []
+    p = Pipeline(timeout=Timeout(5.0))
+    p.call(calls.append, 0)
+    with deadline(0.0), pytest.raises(DeadlineExceeded):
+        p.call(calls.append, 1)
+    assert calls == [0]
+
+
+def test_threads_never_see_each_others_deadlines() -> None:
+    """Eight threads, each with its own timeout, read only their own deadline."""
+    import threading
+
+    seen: list[bool] = []
+
+    def work(i: int) -> None:
+        p = Pipeline(timeout=Timeout(i + 1.0))
+        ok = True
+        for _ in range(2000):
+            left = p.call(remaining)
+            ok = ok and left is not None and i + 0.5 < left <= i + 1.0
+        ok = ok and remaining() is None
+        seen.append(ok)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [True] * 8
+
+
+def test_sync_call_inside_an_async_call() -> None:
+    """A sync pipeline called from inside an async one sees the sooner deadline, and leaves
+    the task's record as it found it."""
+    outer = Pipeline(timeout=Timeout(0.3))
+    inner = Pipeline(timeout=Timeout(5.0))
+
+    async def body() -> float | None:
+        return inner.call(remaining)
+
+    async def main() -> None:
+        assert await outer.acall(body) == pytest.approx(0.3, abs=0.05)
+        assert remaining() is None
+        await asyncio.sleep(0.35)  # the async call's timer, if still armed, finds nothing to cut
+
+    asyncio.run(main())

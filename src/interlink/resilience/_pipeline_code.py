@@ -25,6 +25,7 @@ from interlink.resilience.bulkhead import Bulkhead
 from interlink.resilience.deadline import (
     _CURRENT,
     _Pair,
+    enter_thread_deadline,
     expired,
     remaining,
     shrink_to,
@@ -101,9 +102,38 @@ def build_call(  # noqa: PLR0915 - one flat template reads best
     ns: dict[str, Any] = {"RejectedError": RejectedError, "fn": fn, "asyncio": asyncio}
     src = _Source()
     params = "*args, **kwargs" if fn is not None else "fn, /, *args, **kwargs"
-    frames = task_deadline and is_async and timeout is not None and timeout._clock is time.monotonic
+    frames = task_deadline and timeout is not None and timeout._clock is time.monotonic
     src.indent(f"{'async def' if is_async else 'def'} call({params}):")
-    if frames:
+    if frames and not is_async:
+        assert timeout is not None  # for mypy: implied by frames
+        # sync: the thread's deadline record, written and restored around the call (a sync call
+        # cannot yield, so whatever else runs on this thread sees the writes nest)
+        ns.update(
+            slow=build_call(
+                name=name,
+                is_async=False,
+                fallback=fallback,
+                timeout=timeout,
+                retry=retry,
+                breaker=breaker,
+                rate_limiter=rate_limiter,
+                bulkhead=bulkhead,
+                fn=fn,
+                task_deadline=False,
+            ),
+            cv_get=_CURRENT.get,
+            get_ident=threading.get_ident,
+            enter_frame=enter_thread_deadline,
+        )
+        slow_call = "slow(*args, **kwargs)" if fn is not None else "slow(fn, *args, **kwargs)"
+        src.add(
+            "frame = cv_get()",
+            "if not (frame.__class__ is list and frame[5] == get_ident()):",
+            "    frame = enter_frame(frame)",
+            "    if frame is None:",
+            f"        return {slow_call}",
+        )
+    elif frames:
         assert timeout is not None  # for mypy: implied by frames
         ns.update(
             slow=build_call(
@@ -140,7 +170,20 @@ def build_call(  # noqa: PLR0915 - one flat template reads best
             remember=fallback.remember,
         )
         src.indent("try:")
-    if frames:
+    if frames and not is_async:
+        assert timeout is not None  # for mypy: implied by frames
+        ns.update(tclock=timeout._clock, secs=timeout.seconds, timeout=timeout)
+        src.add(
+            "now = tclock()",
+            "at = now + secs",
+            "prev = frame[0]",
+            "if prev > at:",
+            "    frame[0] = at",
+            "elif prev <= now:",
+            "    raise timeout.expired_error(started=False)",
+        )
+        src.indent("try:")
+    elif frames:
         assert timeout is not None  # for mypy: implied by frames
         ns.update(tclock=timeout._clock, secs=timeout.seconds, timeout=timeout, before=_just_before)
         src.add(
@@ -233,7 +276,10 @@ def build_call(  # noqa: PLR0915 - one flat template reads best
         )
         src.dedent()
         src.add("except BaseException as exc:", f"    result = {aw}again(fn, args, kwargs, exc)")
-    if frames:
+    if frames and not is_async:
+        src.dedent()
+        src.add("finally:", "    frame[0] = prev")
+    elif frames:
         ns["settle"] = settle_fired
         src.dedent()
         src.add(

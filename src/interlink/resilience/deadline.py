@@ -17,6 +17,7 @@ a task deadline with nothing in force holds ``math.inf``.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
@@ -25,7 +26,14 @@ from typing import Any
 from interlink.clock import Clock
 from interlink.resilience._validate import non_negative
 
-__all__ = ["Deadline", "current_deadline", "deadline", "expired", "remaining"]
+__all__ = [
+    "Deadline",
+    "current_deadline",
+    "deadline",
+    "enter_thread_deadline",
+    "expired",
+    "remaining",
+]
 
 _Pair = tuple[float, Clock]
 _INF = math.inf
@@ -40,6 +48,27 @@ _INF = math.inf
 TaskDeadline = list[Any]
 
 AT, CLOCK, TASK, FLOOR, FIRED, THREAD, LOOP, SLOT, WATCHDOG, BASE = range(10)
+
+
+def enter_thread_deadline(parent: object) -> TaskDeadline | None:
+    """Install a deadline record for sync pipelines on this thread, inheriting ``parent``; None
+    when ``parent`` is on another clock (the caller takes the per-call path then).
+
+    Sync calls only save and restore ``AT`` around themselves, so any code on this thread may
+    share the record: a sync call cannot yield, and what runs inside it nests. ``TASK`` is
+    False, which no async pipeline takes for a task of its own. Like the async records, it
+    stays in the context after the call, reading as ``parent`` while idle.
+    """
+    if parent is None:
+        base = _INF
+    elif parent[1] is time.monotonic:  # type: ignore[index]
+        base = parent[0]  # type: ignore[index]
+    else:
+        return None
+    frame = [base, time.monotonic, False, _INF, False, threading.get_ident(), None, 0, None, base]
+    _CURRENT.set(frame)
+    return frame
+
 
 # The one piece of module state the core has: a ContextVar is per task and per thread by
 # design, so it carries the request's deadline without being a global anybody shares.
