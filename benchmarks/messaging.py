@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -747,18 +748,54 @@ def backends(quick: bool) -> list[Backend]:
     ]
 
 
-async def best_rates(
+async def round_rates(
     contenders: dict[str, Measure], n: int, pydantic: bool, rounds: int, rng: random.Random
-) -> dict[str, float]:
-    """Each contender ``rounds`` times in shuffled order; its best msgs/s."""
-    best = dict.fromkeys(contenders, 0.0)
+) -> dict[str, list[float]]:
+    """Each contender ``rounds`` times, all of them once per round in shuffled order; the
+    msgs/s of every round."""
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
     order = list(contenders)
     for _ in range(rounds):
         rng.shuffle(order)
         for name in order:
             done, seconds = await contenders[name](n, pydantic)
-            best[name] = max(best[name], done / seconds if seconds > 0 else 0.0)
-    return best
+            rates[name].append(done / seconds if seconds > 0 else 0.0)
+    return rates
+
+
+async def best_rates(
+    contenders: dict[str, Measure], n: int, pydantic: bool, rounds: int, rng: random.Random
+) -> dict[str, float]:
+    """Each contender ``rounds`` times in shuffled order; its best msgs/s."""
+    rates = await round_rates(contenders, n, pydantic, rounds, rng)
+    return {name: max(r) for name, r in rates.items()}
+
+
+async def paired_rates(
+    contenders: dict[str, Measure],
+    *,
+    raw: str,
+    n: int,
+    pydantic: bool,
+    rounds: int,
+    rng: random.Random,
+) -> dict[str, float]:
+    """For serial publishing: each contender's median msgs/s ratio to ``raw`` *within* a round,
+    times the raw client's median msgs/s.
+
+    One serial publish waits out one broker round trip, and on this machine that time drifts
+    by tens of per cent from second to second (a disk sync on RabbitMQ and NATS file storage,
+    other tenants' load), which made best-of-rounds ratios swing from 0.8 to 1.2 between runs
+    of the same code. Contenders that run back to back in one round see the same conditions:
+    a ratio within the round cancels the drift, and the median drops the round a hiccup hit.
+    """
+    rates = await round_rates(contenders, n, pydantic, rounds, rng)
+    base = statistics.median(rates[raw])
+    out = {}
+    for name, r in rates.items():
+        ratios = [x / y for x, y in zip(r, rates[raw], strict=True) if y > 0]
+        out[name] = base * statistics.median(ratios) if ratios else 0.0
+    return out
 
 
 def phase_rows(
@@ -806,12 +843,17 @@ async def run_backend(b: Backend, rounds: int, rng: random.Random) -> list[h.Row
                 }
                 if not pydantic:
                     contenders[BARE] = getattr(bare, attr)
-                # a serial publish waits out one broker round trip (a disk sync on RabbitMQ's
-                # quorum queues), whose time drifts by tens of per cent from second to second
-                # here: three times the rounds of a third of the messages each, so every
-                # contender gets more chances at a quiet moment in the same total time
-                r, m = (rounds * 3, max(1, n // 3)) if attr == "serial" else (rounds, n)
-                rates = await best_rates(contenders, m, pydantic, r, rng)
+                if attr == "serial":  # see paired_rates: 3x the rounds, a third as long each
+                    rates = await paired_rates(
+                        contenders,
+                        raw=b.raw_name,
+                        n=max(1, n // 3),
+                        pydantic=pydantic,
+                        rounds=rounds * 3,
+                        rng=rng,
+                    )
+                else:
+                    rates = await best_rates(contenders, n, pydantic, rounds, rng)
                 kind = "pydantic" if pydantic else "bytes"
                 rows += phase_rows(f"{b.name} {phase}, {kind}", rates, b.raw_name, pydantic, False)
         for pydantic in (False, True):
