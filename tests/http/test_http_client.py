@@ -122,10 +122,11 @@ def test_service_client_paths_join_like_urls(faults: tuple[FaultApp, str]) -> No
                     ("ok?a=1", None),
                     ("/ok?a=1", {"b": "2"}),
                     ("ok?c=3#top", None),
+                    ("ok?c=3#top", {"d": "4"}),
                 )
             ]
 
-    assert run(go) == [{}, {"a": "1"}, {"a": "1", "b": "2"}, {"c": "3"}]
+    assert run(go) == [{}, {"a": "1"}, {"a": "1", "b": "2"}, {"c": "3"}, {"c": "3", "d": "4"}]
 
 
 def test_every_answer_gives_its_connection_back(faults: tuple[FaultApp, str]) -> None:

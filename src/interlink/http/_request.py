@@ -156,7 +156,8 @@ def prepare_parsed(  # noqa: PLR0917 - internal, called by the two clients only
 ) -> Call:
     """``prepare`` for a target already split (``method`` already upper case)."""
     if params:
-        path += ("&" if "?" in path else "?") + urlencode(params, doseq=True)
+        path, hash_, fragment = path.partition("#")  # the query goes before a fragment
+        path += ("&" if "?" in path else "?") + urlencode(params, doseq=True) + hash_ + fragment
     if not (default_headers or headers) and json is None and content is None:
         return Call(method, service, origin, path, None, None)  # the common GET
     merged: dict[str, str] = {}
