@@ -42,6 +42,7 @@ from interlink.resilience.deadline import (
     THREAD,
     WATCHDOG,
     TaskDeadline,
+    inherited,
 )
 
 __all__ = ["RESOLUTION", "Watchdog", "enter_task_deadline", "settle_fired", "watchdog_for"]
@@ -228,11 +229,8 @@ def enter_task_deadline(watchdogs: dict[int, Watchdog], parent: object) -> TaskD
     task = _current_tasks.get(wd._loop)
     if task is None:
         return None
-    if parent is None:
-        base = _INF
-    elif parent[1] is time.monotonic:  # type: ignore[index]
-        base = parent[0]  # type: ignore[index]
-    else:
+    base = inherited(parent)
+    if base is None:
         return None
     frame = [base, time.monotonic, task, _INF, False, wd.thread_id, wd._loop, 0, wd, base]
     _CURRENT.set(frame)

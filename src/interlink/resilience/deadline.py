@@ -59,15 +59,22 @@ def enter_thread_deadline(parent: object) -> TaskDeadline | None:
     False, which no async pipeline takes for a task of its own. Like the async records, it
     stays in the context after the call, reading as ``parent`` while idle.
     """
-    if parent is None:
-        base = _INF
-    elif parent[1] is time.monotonic:  # type: ignore[index]
-        base = parent[0]  # type: ignore[index]
-    else:
+    base = inherited(parent)
+    if base is None:
         return None
     frame = [base, time.monotonic, False, _INF, False, threading.get_ident(), None, 0, None, base]
     _CURRENT.set(frame)
     return frame
+
+
+def inherited(parent: object) -> float | None:
+    """The monotonic deadline ``parent`` (the context's value) holds, ``inf`` for none; None
+    when it is on another clock."""
+    if parent is None:
+        return _INF
+    if parent[1] is time.monotonic:  # type: ignore[index]
+        return parent[0]  # type: ignore[index,no-any-return]
+    return None
 
 
 # The one piece of module state the core has: a ContextVar is per task and per thread by
