@@ -12,6 +12,7 @@ few hot-path attributes they expose to the pipeline; nothing here decides anythi
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import threading
 import time
@@ -19,7 +20,12 @@ from collections.abc import Callable
 from typing import Any
 
 from interlink.errors import DeadlineExceeded, RejectedError
-from interlink.resilience._watchdog import PER_SECOND, enter_task_deadline, settle_fired
+from interlink.resilience._watchdog import (
+    PER_SECOND,
+    _current_tasks,
+    enter_task_deadline,
+    settle_fired,
+)
 from interlink.resilience.breaker import CircuitBreaker
 from interlink.resilience.bulkhead import Bulkhead
 from interlink.resilience.deadline import (
@@ -95,23 +101,21 @@ def build_call(  # noqa: PLR0915 - one flat template reads best
     the given policies in pipeline order; with ``fn`` given, ``call(*args, **kwargs)`` for that
     function (what ``@pipeline`` uses). Hedging pipelines use the hand-written async driver.
 
-    An async timeout on the monotonic clock keeps its deadline in the task's ``TaskDeadline``
-    (see ``_watchdog.py``); where that cannot serve, the call takes the per-call path, generated
-    as well (``task_deadline=False``)."""
+    A timeout on the monotonic clock keeps its deadline in the task's (for sync calls, the
+    thread's) ``TaskDeadline`` (see ``_watchdog.py``); where that cannot serve, the call takes
+    the per-call path, generated as well (``task_deadline=False``)."""
     aw = "await " if is_async else ""
     ns: dict[str, Any] = {"RejectedError": RejectedError, "fn": fn, "asyncio": asyncio}
     src = _Source()
     params = "*args, **kwargs" if fn is not None else "fn, /, *args, **kwargs"
     frames = task_deadline and timeout is not None and timeout._clock is time.monotonic
     src.indent(f"{'async def' if is_async else 'def'} call({params}):")
-    if frames and not is_async:
+    if frames:
         assert timeout is not None  # for mypy: implied by frames
-        # sync: the thread's deadline record, written and restored around the call (a sync call
-        # cannot yield, so whatever else runs on this thread sees the writes nest)
         ns.update(
             slow=build_call(
                 name=name,
-                is_async=False,
+                is_async=is_async,
                 fallback=fallback,
                 timeout=timeout,
                 retry=retry,
@@ -123,46 +127,24 @@ def build_call(  # noqa: PLR0915 - one flat template reads best
             ),
             cv_get=_CURRENT.get,
             get_ident=threading.get_ident,
-            enter_frame=enter_thread_deadline,
-        )
-        slow_call = "slow(*args, **kwargs)" if fn is not None else "slow(fn, *args, **kwargs)"
-        src.add(
-            "frame = cv_get()",
-            "if not (frame.__class__ is list and frame[5] == get_ident()):",
-            "    frame = enter_frame(frame)",
-            "    if frame is None:",
-            f"        return {slow_call}",
-        )
-    elif frames:
-        assert timeout is not None  # for mypy: implied by frames
-        ns.update(
-            slow=build_call(
-                name=name,
-                is_async=True,
-                fallback=fallback,
-                timeout=timeout,
-                retry=retry,
-                breaker=breaker,
-                rate_limiter=rate_limiter,
-                bulkhead=bulkhead,
-                fn=fn,
-                task_deadline=False,
-            ),
-            cv_get=_CURRENT.get,
-            get_ident=threading.get_ident,
-            watchdogs=timeout._watchdogs,
-            enter_frame=enter_task_deadline,
-            current_task_of=getattr(asyncio.tasks, "_current_tasks").get,  # noqa: B009 - private
         )
         slow_call = "slow(*args, **kwargs)" if fn is not None else "slow(fn, *args, **kwargs)"
         # slots: AT, CLOCK, TASK, FLOOR, FIRED, THREAD, LOOP, SLOT, WATCHDOG, BASE (deadline.py)
+        if is_async:  # the task's record: its own task and thread only
+            ns.update(
+                enter_frame=functools.partial(enter_task_deadline, timeout._watchdogs),
+                current_task_of=_current_tasks.get,
+            )
+            owned = "frame[2] is current_task_of(frame[6]) and frame[5] == get_ident()"
+        else:  # the thread's record: a sync call cannot yield, so what else runs here nests
+            ns["enter_frame"] = enter_thread_deadline
+            owned = "frame[5] == get_ident()"
         src.add(
             "frame = cv_get()",
-            "if not (frame.__class__ is list and frame[2] is current_task_of(frame[6])"
-            " and frame[5] == get_ident()):",
-            "    frame = enter_frame(watchdogs, frame)",
+            f"if not (frame.__class__ is list and {owned}):",
+            "    frame = enter_frame(frame)",
             "    if frame is None:",
-            f"        return await {slow_call}",
+            f"        return {aw}{slow_call}",
         )
     if fallback is not None:
         ns.update(
@@ -170,37 +152,22 @@ def build_call(  # noqa: PLR0915 - one flat template reads best
             remember=fallback.remember,
         )
         src.indent("try:")
-    if frames and not is_async:
-        assert timeout is not None  # for mypy: implied by frames
-        ns.update(tclock=timeout._clock, secs=timeout.seconds, timeout=timeout)
-        src.add(
-            "now = tclock()",
-            "at = now + secs",
-            "prev = frame[0]",
-            "if prev > at:",
-            "    frame[0] = at",
-            "elif prev <= now:",
-            "    raise timeout.expired_error(started=False)",
-        )
-        src.indent("try:")
-    elif frames:
+    if frames:
         assert timeout is not None  # for mypy: implied by frames
         ns.update(tclock=timeout._clock, secs=timeout.seconds, timeout=timeout, before=_just_before)
+        arm = ["    if frame[3] > at:", "        frame[8].arm_frame(frame, at)"] if is_async else []
         src.add(
             "now = tclock()",
             "at = now + secs",
             "prev = frame[0]",
             "if prev > at:",
             "    frame[0] = at",
-            "    if frame[3] > at:",
-            "        frame[8].arm_frame(frame, at)",
+            *arm,
             "elif prev <= now:",
             "    raise timeout.expired_error(started=False)",
-            "elif prev == frame[9]:",  # the inherited deadline is sooner: enforce it for this call
-            "    frame[0] = at = before(prev)",
-            "    if frame[3] > at:",
-            "        frame[8].arm_frame(frame, at)",
         )
+        if is_async:  # the inherited deadline is sooner: enforce it for this call
+            src.add("elif prev == frame[9]:", "    frame[0] = at = before(prev)", *arm)
         src.indent("try:")
     elif timeout is not None:
         ns.update(
@@ -217,8 +184,7 @@ def build_call(  # noqa: PLR0915 - one flat template reads best
             watchdogs=timeout._watchdogs,
             ceil=math.ceil,
             per_second=PER_SECOND,
-            # asyncio.current_task() looks the loop up again; the pipeline already has it
-            current_tasks=getattr(asyncio.tasks, "_current_tasks"),  # noqa: B009 - private
+            current_tasks=_current_tasks,
         )
         src.add(
             "now = tclock()",

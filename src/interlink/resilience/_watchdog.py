@@ -180,15 +180,16 @@ class Watchdog:
         for frame in bucket:
             if frame[SLOT] != slot:  # re-armed for an earlier deadline since: that timer has it
                 continue
+            task = frame[TASK]
+            if task.done():
+                _release(frame)
+                continue
             frame[SLOT] = 0
             frame[FLOOR] = _INF
             at = frame[AT]
             if at >= frame[BASE]:  # no pipeline call in progress
                 continue
-            task = frame[TASK]
-            if task.done():
-                _release(frame)
-            elif at <= now:
+            if at <= now:
                 frame[FIRED] = True
                 task.cancel()
             else:

@@ -7,10 +7,10 @@ may be stricter than its caller, never more generous. Transports read ``remainin
 their own timeouts and to tell the next hop how long it has.
 
 The context holds a plain ``(at, clock)`` tuple rather than an object: setting a deadline on every
-call must be cheap, and a tuple is the cheapest thing to build. Inside an asyncio task, async
-pipelines go further and keep one mutable ``TaskDeadline`` per task in the context, rewriting
-its first slot per call instead of setting the variable at all (see ``_watchdog.py``). Both
-index alike, ``[0]`` the deadline and ``[1]`` its clock, so readers need not tell them apart;
+call must be cheap, and a tuple is the cheapest thing to build. Pipelines go further and keep
+one mutable ``TaskDeadline`` per asyncio task (per thread, for sync calls) in the context,
+rewriting its first slot per call instead of setting the variable at all (see ``_watchdog.py``).
+Both index alike, ``[0]`` the deadline and ``[1]`` its clock, so readers need not tell them apart;
 a task deadline with nothing in force holds ``math.inf``.
 """
 
@@ -39,9 +39,10 @@ _Pair = tuple[float, Clock]
 _INF = math.inf
 
 
-#: The deadline of one asyncio task, rewritten in place by the async pipelines it runs. A plain
-#: list, not a class: the interpreter's fast paths for reading and writing list items apply only
-#: to ``list`` itself, and the context holds nothing else that is a list. ``AT`` is the deadline
+#: The deadline of one asyncio task (or of one thread's sync calls), rewritten in place by the
+#: pipelines it runs. A plain list, not a class: the interpreter's fast paths for reading and
+#: writing list items apply only to ``list`` itself, and the context holds nothing else that is
+#: a list. ``AT`` is the deadline
 #: in force (what ``remaining()`` reads), ``BASE`` the one the task inherited (never enforced by
 #: cancelling, as ``deadline()`` never cancels); a pipeline call in progress holds ``AT`` below
 #: ``BASE``.
