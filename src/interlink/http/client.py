@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from interlink.clock import Clock
-from interlink.errors import DeadlineExceeded, NoInstancesError
+from interlink.errors import NoInstancesError
 from interlink.http._config import ServicePolicies, load_config
 from interlink.http._request import (
     Call,
@@ -45,8 +45,8 @@ from interlink.http._request import (
 from interlink.http._response import Response
 from interlink.http._service import Service, Services
 from interlink.http.classify import AttemptFailed, status_failure
-from interlink.http.propagation import CORRELATION_HEADER, DEADLINE_HEADER
-from interlink.resilience.deadline import deadline, expired, remaining
+from interlink.http.propagation import CORRELATION_HEADER, DEADLINE_HEADER, attempt_ms
+from interlink.resilience.deadline import deadline, expired
 from interlink.resilience.events import Listener
 from interlink.tracing.propagation import api
 from interlink.tracing.spans import Spans, context_of, fail
@@ -386,12 +386,7 @@ class AsyncClient(_AsyncVerbs):
         ok = False
         span = None
         try:
-            # attempt_ms(), inlined: the attempt's time, sent to the callee and used below
-            left = remaining()
-            cap = service.policies.attempt_timeout
-            if left is None or (cap is not None and cap < left):
-                left = cap
-            ms = None
+            ms = attempt_ms(service.policies.attempt_timeout, url)  # sent to the callee
             # propagation.outgoing_headers(), inlined, into the multidict aiohttp would
             # otherwise build from a dict
             correlation = call.correlation
@@ -404,10 +399,7 @@ class AsyncClient(_AsyncVerbs):
                     correlation = None  # the caller's own header wins
             if correlation is not None:
                 headers[_CORRELATION_KEY] = correlation
-            if left is not None:
-                ms = int(left * 1000.0)
-                if ms < 1:  # the callee would be told 0 ms and refuse: not sent
-                    raise DeadlineExceeded(f"no time left to call {url}", 0.0)
+            if ms is not None:
                 headers[_DEADLINE_KEY] = str(ms)
             if self._spans.tracer() is not None:
                 span = self._spans.start_client(
