@@ -23,9 +23,8 @@ pytestmark = pytest.mark.anyio
 OUTLIER = OutlierOptions(consecutive_failures=2)
 
 
-@pytest.fixture
-async def http_port() -> AsyncIterator[int]:
-    """An aiohttp server answering ``GET /ok``."""
+async def serve_ok(host: str, port: int) -> Any:
+    """An aiohttp server answering ``GET /ok`` on ``host:port``; returns its runner."""
     from aiohttp import web
 
     async def ok(request: web.Request) -> web.Response:
@@ -35,15 +34,13 @@ async def http_port() -> AsyncIterator[int]:
     app.router.add_get("/ok", ok)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield port
-    await runner.cleanup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
 
 
-@pytest.fixture
-async def grpc_port() -> AsyncIterator[int]:
-    """A grpc.aio server whose ``/test.Echo/Call`` returns its request."""
+async def serve_echo(address: str) -> tuple[Any, int]:
+    """A grpc.aio server whose ``/test.Echo/Call`` returns its request; returns it and its
+    port."""
     import grpc
     import grpc.aio
 
@@ -58,9 +55,24 @@ async def grpc_port() -> AsyncIterator[int]:
             ),
         )
     )
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    port = server.add_insecure_port(address)
     await server.start()
+    return server, port
+
+
+@pytest.fixture
+async def http_port() -> AsyncIterator[int]:
+    """An aiohttp server answering ``GET /ok``."""
+    port = free_port()
+    runner = await serve_ok("127.0.0.1", port)
+    yield port
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def grpc_port() -> AsyncIterator[int]:
+    """A grpc.aio server whose ``/test.Echo/Call`` returns its request."""
+    server, port = await serve_echo(f"127.0.0.1:{free_port()}")
     yield port
     await server.stop(0)
 
@@ -133,10 +145,6 @@ async def test_http_client_waits_for_nothing_once_resolved(http_port: int) -> No
     await registry.aclose()
 
 
-# Found by the discovery audit; the fix is in the clients (src/interlink/http, grpc/resolved.py),
-# proposed to the lead. Strict: once fixed these pass, and the marker must go.
-
-
 def ipv6_port() -> int:
     """A free port on ::1 (the test is skipped where IPv6 loopback is off)."""
     import socket
@@ -151,19 +159,10 @@ def ipv6_port() -> int:
 
 async def test_http_client_reaches_an_ipv6_instance() -> None:
     """An instance registered at ::1 is called at http://[::1]:port."""
-    from aiohttp import web
-
     from interlink.http import AsyncClient, ServicePolicies
 
-    async def ok(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_get("/ok", ok)
-    runner = web.AppRunner(app)
-    await runner.setup()
     port = ipv6_port()
-    await web.TCPSite(runner, "::1", port).start()
+    runner = await serve_ok("::1", port)
     svc, registry = unique(), MemoryRegistry()
     await registry.register(ServiceInstance(svc, "v6", "::1", port), ttl=60)
     try:
@@ -179,24 +178,9 @@ async def test_http_client_reaches_an_ipv6_instance() -> None:
 
 async def test_grpc_channel_reaches_an_ipv6_instance() -> None:
     """An instance registered at ::1 is dialled at [::1]:port."""
-    import grpc
-    import grpc.aio
-
     from interlink.grpc import resolved_channel, service
 
-    async def call(request: bytes, context: Any) -> bytes:
-        return request
-
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "test.Echo", {"Call": grpc.unary_unary_rpc_method_handler(call)}
-            ),
-        )
-    )
-    port = server.add_insecure_port(f"[::1]:{ipv6_port()}")
-    await server.start()
+    server, port = await serve_echo(f"[::1]:{ipv6_port()}")
     svc, registry = unique(), MemoryRegistry()
     await registry.register(ServiceInstance(svc, "v6", "::1", port, "grpc"), ttl=60)
     try:
