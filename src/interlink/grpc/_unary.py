@@ -40,7 +40,7 @@ from ._base import Base, unwrap
 from ._call import _Call, _Continuation, _Job
 from ._metadata import attempt_timeout, outgoing
 from .policy import Service
-from .status import classify
+from .status import StatusError, classify
 
 __all__ = ["AioUnaryInterceptor"]
 
@@ -170,45 +170,17 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
                     holder._call = call
                 await call
             except _AioRpcError as err:
-                raise classify(
-                    err,
-                    err.code(),
-                    err.trailing_metadata(),
-                    idempotent=idempotent,
-                    attempt_timeout_hit=bound,
-                ) from None
+                raise _status_error(err, idempotent, bound) from None
             return call
 
-        # the deadline of the whole call: shrink_to/reset rather than ``with deadline(...)``,
-        # which would also build a Deadline object per call for nobody
-        token = None if limit is None else shrink_to(limit, svc.clock)
-        try:
-            return await svc.pipeline.acall(attempt)
-        except Exception as exc:
-            error, cause = unwrap(exc)
-            if span is not None:
-                fail(span, error)
-            if error is exc:
-                raise
-            raise error from cause
-        finally:
-            if token is not None:
-                reset(token)
-            if span is not None:
-                span.end()
+        return await _run(svc, attempt, limit, span)
 
     async def _replay(self, c: _Call, job: _Job, first: BaseException) -> Any:
         """The rest of a call whose first attempt failed with ``first``: the pipeline, its first
         attempt replaying ``first``, under what is left of the call's deadline."""
         _, _, continuation, details, request, idempotent, bound, start, limit = job
         if isinstance(first, _AioRpcError):
-            first = classify(
-                first,
-                first.code(),
-                first.trailing_metadata(),
-                idempotent=idempotent,
-                attempt_timeout_hit=bound,
-            )
+            first = _status_error(first, idempotent, bound)
         replay = [first]
         svc = self._service
         per_attempt = svc.attempt_timeout
@@ -231,28 +203,43 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
             try:
                 await call
             except _AioRpcError as err:
-                raise classify(
-                    err,
-                    err.code(),
-                    err.trailing_metadata(),
-                    idempotent=idempotent,
-                    attempt_timeout_hit=hit,
-                ) from None
+                raise _status_error(err, idempotent, hit) from None
             return call
 
-        clock = svc.clock
-        token = None if limit is None else shrink_to(limit - (clock() - start), clock)
-        try:
-            result = await svc.pipeline.acall(attempt)
-        except Exception as exc:
-            error, cause = unwrap(exc)
-            if error is exc:
-                raise
-            raise error from cause
-        finally:
-            if token is not None:
-                reset(token)
+        left = None if limit is None else limit - (svc.clock() - start)
+        result = await _run(svc, attempt, left, None)
         if result is not None and result is c._call:
             return await result  # the answer of the attempt that succeeded
         c._call = None  # the fallback answered: there is no call to show
         return result
+
+
+def _status_error(err: grpc.aio.AioRpcError, idempotent: bool, bound: bool) -> StatusError:
+    """``classify`` for grpc.aio's error (``bound``: the attempt's deadline was the
+    per-attempt timeout)."""
+    return classify(
+        err, err.code(), err.trailing_metadata(), idempotent=idempotent, attempt_timeout_hit=bound
+    )
+
+
+async def _run(svc: Service, attempt: Callable[[], Any], seconds: float | None, span: Any) -> Any:
+    """``attempt`` through the service's pipeline under the call's deadline of ``seconds``;
+    the error that leaves it is shown as grpc's own (see ``unwrap``), and ``span`` is ended.
+
+    ``shrink_to``/``reset`` rather than ``with deadline(...)``, which would also build a
+    ``Deadline`` object per call for nobody."""
+    token = None if seconds is None else shrink_to(seconds, svc.clock)
+    try:
+        return await svc.pipeline.acall(attempt)
+    except Exception as exc:
+        error, cause = unwrap(exc)
+        if span is not None:
+            fail(span, error)
+        if error is exc:
+            raise
+        raise error from cause
+    finally:
+        if token is not None:
+            reset(token)
+        if span is not None:
+            span.end()
