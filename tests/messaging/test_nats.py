@@ -53,6 +53,16 @@ class TestNatsBackend(BackendContract):
         return URL
 
 
+async def _stored(topic: str) -> int:
+    """How many messages the topic's stream holds."""
+    nc = await nats.connect(URL)
+    try:
+        info = await nc.jetstream().stream_info(f"interlink:{topic}")
+        return int(info.state.messages)
+    finally:
+        await nc.close()
+
+
 def _topic() -> str:
     return f"t-{uuid.uuid4().hex[:12]}"
 
@@ -70,12 +80,7 @@ def test_a_deleted_stream_is_recreated_by_the_next_publish() -> None:
             await broker.publish(topic, b"second")
             await _delete({f"interlink:{topic}"})
             await broker.publish_many(topic, [b"third", b"fourth"])
-            nc = await nats.connect(URL)
-            try:
-                info = await nc.jetstream().stream_info(f"interlink:{topic}")
-                return int(info.state.messages)
-            finally:
-                await nc.close()
+            return await _stored(topic)
         finally:
             await broker.stop()
 
@@ -120,12 +125,7 @@ def test_publishing_an_id_again_is_confirmed_and_stored_once() -> None:
         try:
             mid = await broker.publish(topic, b"once")
             await broker.publish(topic, b"once", message_id=mid)
-            nc = await nats.connect(URL)
-            try:
-                info = await nc.jetstream().stream_info(f"interlink:{topic}")
-                return int(info.state.messages)
-            finally:
-                await nc.close()
+            return await _stored(topic)
         finally:
             await broker.stop()
 

@@ -25,6 +25,24 @@ PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 NATS_URL = "nats://127.0.0.1:4222"
 
 
+class Sink:
+    """A publisher that records the ids it is given."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    async def publish(
+        self,
+        topic: str,
+        data: bytes,
+        *,
+        key: str | None,
+        headers: Mapping[str, str],
+        message_id: str,
+    ) -> None:
+        self.ids.append(message_id)
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(asyncio.wait_for(coro, 30))
 
@@ -107,19 +125,8 @@ def test_relay_falls_back_to_polling_and_listens_again(tmp_path: Path) -> None:
     """The LISTEN connection is killed: the next row still arrives (polling), and the relay
     opens a new LISTEN connection instead of polling from then on."""
     table = f"outbox_{uuid.uuid4().hex[:8]}"
-    got: list[str] = []
-
-    class Sink:
-        async def publish(
-            self,
-            topic: str,
-            data: bytes,
-            *,
-            key: str | None,
-            headers: Mapping[str, str],
-            message_id: str,
-        ) -> None:
-            got.append(message_id)
+    sink = Sink()
+    got = sink.ids
 
     async def listeners(admin: Any, besides: int = 0) -> list[int]:
         """The backends LISTENing for the table, once there is one other than ``besides``."""
@@ -140,7 +147,7 @@ def test_relay_falls_back_to_polling_and_listens_again(tmp_path: Path) -> None:
 
     async def main() -> None:
         admin = await asyncpg.connect(PG_URL)
-        relay = OutboxRelay(PG_URL, Sink(), table=table, poll_interval=0.2)
+        relay = OutboxRelay(PG_URL, sink, table=table, poll_interval=0.2)
         task = asyncio.create_task(relay.run())
         try:
             [listener] = await listeners(admin)
@@ -171,19 +178,8 @@ def test_run_cleans_up_sent_rows_by_age(tmp_path: Path) -> None:
     with conn:
         for _ in range(5):
             outbox.add(conn, "t", b"x")
-    published: list[str] = []
-
-    class Sink:
-        async def publish(
-            self,
-            topic: str,
-            data: bytes,
-            *,
-            key: str | None,
-            headers: Mapping[str, str],
-            message_id: str,
-        ) -> None:
-            published.append(message_id)
+    sink = Sink()
+    published = sink.ids
 
     def rows() -> int:
         return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
@@ -191,7 +187,7 @@ def test_run_cleans_up_sent_rows_by_age(tmp_path: Path) -> None:
     async def main() -> None:
         relay = OutboxRelay(
             f"sqlite:///{tmp_path / 'app.db'}",
-            Sink(),
+            sink,
             table=table,
             poll_interval=0.01,
             retention=0.05,
