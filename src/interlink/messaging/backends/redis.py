@@ -44,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
@@ -88,21 +88,25 @@ class _Lane:
     connects again.
     """
 
-    __slots__ = ("busy", "conn", "heads", "maxlen", "prefix", "timeout")
+    __slots__ = ("busy", "conn", "heads", "key", "maxlen", "timeout")
 
     def __init__(
-        self, client: aioredis.Redis, prefix: str, maxlen: int | None, timeout: float
+        self,
+        client: aioredis.Redis,
+        key: Callable[[str], str],
+        maxlen: int | None,
+        timeout: float,
     ) -> None:
         self.conn: Any = own_connection(client)
         self.busy = False
         self.heads: dict[str, bytes] = {}
-        self.prefix = prefix
+        self.key = key  # the backend's topic -> stream key
         self.maxlen = maxlen
         self.timeout = timeout
 
     def _head(self, topic: str) -> bytes:
         """``XADD <key> [MAXLEN ~ n] * d`` packed, up to the data's length."""
-        args = [b"XADD", f"{self.prefix}:{topic}".encode()]
+        args = [b"XADD", self.key(topic).encode()]
         if self.maxlen is not None:
             args += [b"MAXLEN", b"~", b"%d" % self.maxlen]
         args += [b"*", b"d"]
@@ -178,7 +182,7 @@ class RedisBackend:
             replay=client.register_script(REPLAY),
         )
         self._client = client
-        self._lane = _Lane(client, self.prefix, self.maxlen, self.socket_timeout)
+        self._lane = _Lane(client, self._key, self.maxlen, self.socket_timeout)
         self._keeper = close_at_loop_end(self.aclose)
 
     async def aclose(self) -> None:
