@@ -286,13 +286,7 @@ class Consumer:
             # Past the grace period: the message goes back for another consumer.
             await self._settle(delivery, _GO_BACK)
             raise
-        if decision is not ACK:
-            await self._settle(delivery, decision)
-            return
-        try:  # the usual outcome, without _settle's dispatch
-            await delivery.ack()
-        except Exception:
-            log.exception("could not ack %s on %s", delivery.envelope.id, self._sub.topic)
+        await self._settle(delivery, decision)
 
     async def _handle(self, delivery: Delivery) -> Decision:
         sub = self._sub
@@ -313,9 +307,7 @@ class Consumer:
             if envelope.headers or self._spans.tracer() is not None:
                 with consume_span(self._spans, sub.topic, sub.group, envelope.headers):
                     await self._call(sub, envelope, message)
-            elif sub.idempotency is None:  # no context to continue, no span, no store
-                await sub.handler(message)
-            else:
+            else:  # no trace context to continue and no span to record
                 await self._call(sub, envelope, message)
         except InProgress as busy:
             return Decision("retry", delay=max(busy.retry_after, 0.01))
