@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from interlink.clock import Clock
-from interlink.context import _CORRELATION, correlation_id
+from interlink.context import correlation_id
 from interlink.messaging import _trace
 from interlink.messaging._codec import GROUP, batch_of, check_topic, decoder_for, payload_of
 from interlink.messaging._ids import new_id
@@ -229,8 +229,7 @@ class Broker:
         it durable. Returns its id; pass ``message_id`` to re-publish under the same id (an
         outbox relay after a crash), so idempotent consumers see one message."""
         backend = self._backend if self._connected else await self.connect()
-        if type(topic) is not str or topic not in self._topics:
-            self._topic(topic)
+        topic = self._topic(topic)
         hdrs = dict(headers) if headers else {}
         mid = message_id or new_id()
         if self._spans.tracer() is None:  # no SDK: no span, only the context to carry on
@@ -248,7 +247,7 @@ class Broker:
             payload, type_name = message, "bytes"
         else:
             payload, type_name = payload_of(message)
-        cid = _CORRELATION.get()
+        cid = correlation_id()
         if key is None and cid is None and not hdrs:
             return plain_frame(mid, type_name, self._clock(), payload)
         tail = header_tail(
