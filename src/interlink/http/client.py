@@ -333,12 +333,9 @@ class AsyncClient(_AsyncVerbs):
             service = self._services.get(name)
         else:  # a path of the service: what splitting "service://name" + url would give
             origin, path = None, url if url.startswith("/") else "/" + url
-        if params or headers or content is not None or json is not None or self._headers:
-            call = prepare_parsed(
-                method, service.name, origin, path, self._headers, params, headers, content, json
-            )
-        else:  # the common call, with nothing to merge or encode
-            call = Call(method, service.name, origin, path, None, None)
+        call = prepare_parsed(
+            method, service.name, origin, path, self._headers, params, headers, content, json
+        )
         pipeline = service.pipeline if call.resend else service.unsafe_pipeline
         try:
             if timeout is None:
