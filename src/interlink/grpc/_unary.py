@@ -30,7 +30,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from interlink.resilience.breaker import _FAST_MASK, CircuitBreaker
+from interlink.resilience._breaker_state import _FAST_MASK
+from interlink.resilience.breaker import CircuitBreaker
 from interlink.resilience.deadline import remaining, reset, shrink_to
 from interlink.resilience.fallback import Fallback
 from interlink.resilience.retry import Retry

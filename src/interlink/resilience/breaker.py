@@ -25,176 +25,51 @@ success may be dated up to ``clock_every - 1`` calls early; failures are always 
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import itertools
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from interlink.clock import Clock
 from interlink.errors import CircuitOpenError
-from interlink.resilience import _validate as v
 from interlink.resilience._breaker_code import decorate
-from interlink.resilience._window import CountWindow, TimeWindow
-from interlink.resilience.deadline import expired
-from interlink.resilience.events import CallRejected, Emitter, Listener, PolicyEvent, StateChanged
+from interlink.resilience._breaker_machine import BreakerMachine
+from interlink.resilience._breaker_options import (
+    DEFAULT_BUCKETS,
+    DEFAULT_CLOCK_EVERY,
+    DEFAULT_COOLDOWN,
+    DEFAULT_FAILURE_RATE_THRESHOLD,
+    DEFAULT_HALF_OPEN_CALLS,
+    DEFAULT_MINIMUM_CALLS,
+    DEFAULT_OPTIONS,
+    DEFAULT_WINDOW,
+    BreakerMetrics,
+    BreakerOptions,
+)
+from interlink.resilience._breaker_state import (
+    _CLOSED,
+    _DISABLED,
+    _FAST_MASK,
+    _FORCED_OPEN,
+    _GEN,
+    _GUARDED,
+    _OPEN,
+    _STATE_BITS,
+    _STATES,
+    State,
+    _count_value,
+)
+from interlink.resilience.events import Emitter, Listener
 
 __all__ = ["DEFAULT_OPTIONS", "BreakerMetrics", "BreakerOptions", "CircuitBreaker", "State"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-DEFAULT_FAILURE_RATE_THRESHOLD = 0.5
-DEFAULT_WINDOW = 30.0
-DEFAULT_MINIMUM_CALLS = 10
-DEFAULT_COOLDOWN = 60.0
-DEFAULT_HALF_OPEN_CALLS = 1
-DEFAULT_BUCKETS = 10
-DEFAULT_CLOCK_EVERY = 64
 
-
-class State(Enum):
-    """Where a breaker stands; the value is what events and metrics report."""
-
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-    FORCED_OPEN = "forced_open"
-    DISABLED = "disabled"
-
-
-# The state word ``_g``: bits 0-2 the state, bit 3 "guarded" (this breaker needs the clock on
-# every call: slow-call detection, a count window or clock_every=1), bits 4+ a generation that
-# changes on every transition. The closed fast path is taken when ``_g & 15 == 0``.
-_CLOSED, _OPEN, _HALF_OPEN, _FORCED_OPEN, _DISABLED = 0, 1, 2, 3, 4
-_STATE_BITS = 7
-_GUARDED = 8
-_FAST_MASK = 15
-_GEN = 16
-_STATES = (State.CLOSED, State.OPEN, State.HALF_OPEN, State.FORCED_OPEN, State.DISABLED)
-
-
-def _count_value(counter: itertools.count[int]) -> int:
-    # itertools.count has no public read; its repr is stable ("count(41)") on every CPython.
-    return int(repr(counter)[6:-1])
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerMetrics:
-    """A snapshot: the window's figures, then lifetime totals since construction."""
-
-    state: State
-    calls: int
-    failures: int
-    slow_calls: int
-    failure_rate: float
-    slow_call_rate: float
-    successes_total: int
-    failures_total: int
-    rejected_total: int
-
-
-def _exception_types(name: str, types: object) -> tuple[type[BaseException], ...]:
-    if isinstance(types, type):
-        types = (types,)
-    if not isinstance(types, tuple) or not all(
-        isinstance(t, type) and issubclass(t, BaseException) for t in types
-    ):
-        raise ValueError(f"'{name}' must be a tuple of exception types: {types!r}")
-    return types
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BreakerOptions:
-    """A breaker's settings, validated once; share one object among many breakers and derive
-    variants with ``dataclasses.replace``. See ``CircuitBreaker`` for what each one means."""
-
-    failure_rate_threshold: float = DEFAULT_FAILURE_RATE_THRESHOLD
-    window: float = DEFAULT_WINDOW
-    minimum_calls: int = DEFAULT_MINIMUM_CALLS
-    cooldown: float = DEFAULT_COOLDOWN
-    half_open_calls: int = DEFAULT_HALF_OPEN_CALLS
-    slow_call_duration: float | None = None
-    slow_call_rate_threshold: float = 1.0
-    record_exceptions: tuple[type[BaseException], ...] = (Exception,)
-    ignore_exceptions: tuple[type[BaseException], ...] = ()
-    window_type: Literal["time", "count"] = "time"
-    buckets: int = DEFAULT_BUCKETS
-    clock_every: int = DEFAULT_CLOCK_EVERY
-
-    def __post_init__(self) -> None:
-        v.fraction("failure_rate_threshold", self.failure_rate_threshold)
-        v.fraction("slow_call_rate_threshold", self.slow_call_rate_threshold)
-        v.positive_int("minimum_calls", self.minimum_calls)
-        v.non_negative("cooldown", self.cooldown)
-        v.positive_int("half_open_calls", self.half_open_calls)
-        if self.slow_call_duration is not None:
-            v.positive("slow_call_duration", self.slow_call_duration)
-        if self.window_type not in ("time", "count"):
-            raise ValueError(f"'window_type' must be 'time' or 'count': {self.window_type!r}")
-        if self.window_type == "time":
-            v.positive("window", self.window)
-        else:
-            if isinstance(self.window, float) and not self.window.is_integer():
-                raise ValueError(f"'window' must be a whole number of calls: {self.window!r}")
-            v.positive_int("window", int(self.window))
-        v.positive_int("buckets", self.buckets)
-        every = self.clock_every
-        if (
-            isinstance(every, bool)
-            or not isinstance(every, int)
-            or every < 1
-            or every & (every - 1)
-        ):
-            raise ValueError(f"'clock_every' must be a power of two >= 1: {every!r}")
-        object.__setattr__(
-            self, "record_exceptions", _exception_types("record_exceptions", self.record_exceptions)
-        )
-        object.__setattr__(
-            self, "ignore_exceptions", _exception_types("ignore_exceptions", self.ignore_exceptions)
-        )
-
-    @property
-    def guarded(self) -> bool:
-        """Does every call need the clock (slow-call timing, count window, exact booking)?"""
-        return (
-            self.slow_call_duration is not None
-            or self.window_type == "count"
-            or self.clock_every == 1
-        )
-
-
-DEFAULT_OPTIONS = BreakerOptions()
-
-
-class _Live:
-    """A breaker's bookkeeping, made on first use (under the breaker's lock)."""
-
-    __slots__ = (
-        "admitted",
-        "booked",
-        "failures_total",
-        "guarded_successes",
-        "last_tick",
-        "trials_ok",
-        "win",
-    )
-
-    def __init__(self) -> None:
-        self.win: TimeWindow | CountWindow | None = None
-        self.booked = 0
-        self.guarded_successes = 0
-        self.failures_total = 0
-        self.last_tick = 0.0
-        self.admitted = 0
-        self.trials_ok = 0
-
-
-class CircuitBreaker:
+class CircuitBreaker(BreakerMachine):
     """Reject calls to a failing downstream at once, then probe it with a few trial calls.
 
     Parameters are Resilience4j's, in seconds. ``record_exceptions`` count as failures,
@@ -203,20 +78,7 @@ class CircuitBreaker:
     ``Exception`` (cancellation, interrupts) are never recorded.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_clock",
-        "_events",
-        "_g",
-        "_live",
-        "_lock",
-        "_mask",
-        "_open_until",
-        "_opts",
-        "_rejected",
-        "_succ_counter",
-        "name",
-    )
+    __slots__ = ()
 
     def __init__(
         self,
@@ -265,7 +127,7 @@ class CircuitBreaker:
         self._rejected: itertools.count[int] | None = None
         self._mask = 0
         self._open_until = 0.0
-        self._live: _Live | None = None
+        self._live = None
         self._g = _GEN | (_GUARDED if opts.guarded else 0) | _CLOSED
 
     @classmethod
@@ -287,14 +149,6 @@ class CircuitBreaker:
     def options(self) -> BreakerOptions:
         """The settings, as one frozen object."""
         return self._opts
-
-    @property
-    def _st(self) -> _Live:
-        # under the lock only: the bookkeeping an idle breaker does not need to carry
-        live = self._live
-        if live is None:
-            live = self._live = _Live()
-        return live
 
     # ------------------------------------------------------------------ state and inspection
 
@@ -369,83 +223,6 @@ class CircuitBreaker:
     def reset(self) -> None:
         """Back to CLOSED with an empty window."""
         self._force(_CLOSED)
-
-    # ------------------------------------------------------------------ the state machine
-
-    def try_acquire(self) -> int:
-        """A permit (a truthy int) when the call may go ahead, 0 when rejected; never raises.
-
-        Pass the permit to exactly one of ``on_success``, ``on_error``, ``on_failure`` or
-        ``release``.
-        """
-        g = self._g
-        code = g & _STATE_BITS
-        if code in (_CLOSED, _DISABLED):
-            return g
-        return self._acquire_slow(g, code, raise_on_reject=False)
-
-    def acquire(self) -> int:
-        """Like ``try_acquire`` but raises ``CircuitOpenError`` instead of returning 0."""
-        g = self._g
-        code = g & _STATE_BITS
-        if code in (_CLOSED, _DISABLED):
-            return g
-        return self._acquire_slow(g, code, raise_on_reject=True)
-
-    def on_success(self, permit: int, duration: float | None = None) -> None:
-        """The call admitted with ``permit`` succeeded, taking ``duration`` seconds if known."""
-        code = permit & _STATE_BITS
-        if code == _CLOSED:
-            if not permit & _GUARDED:
-                n = next(self._succ_counter)
-                if not (n & self._mask):
-                    self._tick_success(n + 1)
-                return
-            self._record_guarded(permit, failed=False, duration=duration)
-        elif code == _HALF_OPEN:
-            slow = self._is_slow(duration)
-            self._trial_done(permit, ok=not slow)
-
-    def on_failure(self, permit: int, duration: float | None = None) -> None:
-        """The call admitted with ``permit`` failed (an outcome judged a failure, e.g. a 503)."""
-        code = permit & _STATE_BITS
-        if code == _CLOSED:
-            self._record_guarded(permit, failed=True, duration=duration)
-        elif code == _HALF_OPEN:
-            self._trial_done(permit, ok=False)
-
-    def on_error(self, permit: int, exc: BaseException, duration: float | None = None) -> None:
-        """The call raised ``exc``: classify it, then record a failure, a success or nothing.
-
-        A cancellation counts as nothing (the caller went away), except when the current
-        deadline has passed: then a timeout cancelled a call that hung, which is a failure.
-        """
-        if not isinstance(exc, Exception):
-            if isinstance(exc, asyncio.CancelledError) and expired():
-                self.on_failure(permit, duration)
-            else:
-                self.release(permit)
-        elif isinstance(exc, self._opts.ignore_exceptions):
-            self.release(permit)
-        elif isinstance(exc, self._opts.record_exceptions):
-            self.on_failure(permit, duration)
-        else:
-            self.on_success(permit, duration)
-
-    def release(self, permit: int) -> None:
-        """The admitted call ended without an outcome to record (cancelled, ignored error)."""
-        if permit & _STATE_BITS == _HALF_OPEN:
-            with self._lock:
-                if self._g == permit and self._st.admitted > 0:
-                    self._st.admitted -= 1
-
-    def records(self, exc: BaseException) -> bool:
-        """Would ``exc`` count as a failure?"""
-        return (
-            isinstance(exc, Exception)
-            and not isinstance(exc, self._opts.ignore_exceptions)
-            and isinstance(exc, self._opts.record_exceptions)
-        )
 
     # ------------------------------------------------------------------ front doors
 
@@ -527,198 +304,6 @@ class CircuitBreaker:
             raise
         self.on_success(permit, clock() - start)
         return result
-
-    # ------------------------------------------------------------------ internals
-
-    def _is_slow(self, duration: float | None) -> bool:
-        limit = self._opts.slow_call_duration
-        return limit is not None and duration is not None and duration >= limit
-
-    def _acquire_slow(self, g: int, code: int, *, raise_on_reject: bool) -> int:
-        now = self._clock()
-        if code == _OPEN:
-            if now < self._open_until:
-                return self._reject(now, State.OPEN, self._open_until - now, raise_on_reject)
-            self._to_half_open(g)
-            g = self._g
-            code = g & _STATE_BITS
-            if code in (_CLOSED, _DISABLED):
-                return g
-        if code == _HALF_OPEN:
-            with self._lock:
-                if self._g == g and self._st.admitted < self._opts.half_open_calls:
-                    self._st.admitted += 1
-                    return g
-            return self._reject(now, State.HALF_OPEN, None, raise_on_reject)
-        if code == _OPEN:  # re-opened by a failed trial while we looked
-            return self._reject(now, State.OPEN, self._open_until - now, raise_on_reject)
-        return self._reject(now, _STATES[code], None, raise_on_reject)
-
-    def _reject(self, now: float, state: State, left: float | None, raise_: bool) -> int:
-        next(self._rejected)  # type: ignore[arg-type]
-        if self._events:
-            self._emit(
-                CallRejected(
-                    kind="breaker", name=self.name, at=now, state=state.value, remaining=left
-                )
-            )
-        if raise_:
-            raise CircuitOpenError(self.name, left, state.value)
-        return 0
-
-    def _new_window(self) -> TimeWindow | CountWindow:
-        if self._opts.window_type == "count":
-            return CountWindow(int(self._opts.window))
-        return TimeWindow(self._opts.window, self._opts.buckets)
-
-    def _tick(
-        self, now: float, *, success: bool, value: int | None = None
-    ) -> TimeWindow | CountWindow:
-        """Book the fast path's successes and move the window to ``now``; under the lock.
-
-        ``value`` is the success counter as the caller saw it (saves reading it back).
-        """
-        win = self._st.win
-        if win is None:
-            win = self._st.win = self._new_window()
-            win.advance(now)
-        if value is None:
-            value = _count_value(self._succ_counter)
-        pending = value - self._st.booked
-        if pending < 0:  # a later reading already booked these
-            pending = 0
-        else:
-            self._st.booked = value
-        if success and pending == 1:
-            win.advance(now)  # a lone success: it happened now
-            win.add(1, 0, 0)
-        else:
-            if pending:
-                win.add(pending, 0, 0)  # booked at the previous reading
-            win.advance(now)
-        if isinstance(win, TimeWindow):
-            gap = now - self._st.last_tick
-            calls = pending if pending else 1
-            # fast: clock_every calls at this pace span at most a quarter of a bucket
-            fast = calls * win.width >= 4 * self._opts.clock_every * gap
-            self._mask = self._opts.clock_every - 1 if fast else 0
-        self._st.last_tick = now
-        return win
-
-    def _tick_success(self, value: int) -> None:
-        with self._lock:
-            if self._g & _FAST_MASK == _CLOSED:
-                self._tick(self._clock(), success=True, value=value)
-
-    def _emit(self, event: PolicyEvent) -> None:
-        events = self._events
-        if isinstance(events, Emitter):
-            events.emit(event)
-
-    def _emit_rejected(self, now: float) -> None:
-        self._emit(
-            CallRejected(
-                kind="breaker",
-                name=self.name,
-                at=now,
-                state="open",
-                remaining=self._open_until - now,
-            )
-        )
-
-    def _record_guarded(self, permit: int, *, failed: bool, duration: float | None) -> None:
-        event = None
-        with self._lock:
-            now = self._clock()
-            if failed:
-                self._st.failures_total += 1
-            elif permit & _GUARDED:
-                self._st.guarded_successes += 1
-            if self._g != permit:  # the breaker moved on while this call ran
-                return
-            win = self._tick(now, success=False)
-            slow = 1 if self._is_slow(duration) else 0
-            if failed or permit & _GUARDED:
-                win.add(1, 1 if failed else 0, slow)
-            if failed or slow:
-                event = self._evaluate(win, now)
-        if event is not None:
-            self._emit(event)
-
-    def _evaluate(self, win: TimeWindow | CountWindow, now: float) -> StateChanged | None:
-        calls = win.calls
-        needed = self._opts.minimum_calls
-        if isinstance(win, CountWindow):
-            needed = min(needed, int(self._opts.window))
-        if calls < needed:
-            return None
-        if win.failures >= self._opts.failure_rate_threshold * calls or (
-            self._opts.slow_call_duration is not None
-            and win.slow >= self._opts.slow_call_rate_threshold * calls
-        ):
-            return self._transition(_OPEN, now)
-        return None
-
-    def _trial_done(self, permit: int, *, ok: bool) -> None:
-        event = None
-        with self._lock:
-            if ok:
-                self._st.guarded_successes += 1
-            else:
-                self._st.failures_total += 1
-            if self._g != permit:
-                return
-            now = self._clock()
-            if not ok:
-                event = self._transition(_OPEN, now)
-            else:
-                self._st.trials_ok += 1
-                if self._st.trials_ok >= self._opts.half_open_calls:
-                    event = self._transition(_CLOSED, now)
-        if event is not None and self._events:
-            self._emit(event)
-
-    def _to_half_open(self, g: int) -> None:
-        event = None
-        with self._lock:
-            if self._g == g:
-                event = self._transition(_HALF_OPEN, self._clock())
-        if event is not None and self._events:
-            self._emit(event)
-
-    def _force(self, code: int) -> None:
-        with self._lock:
-            event = self._transition(code, self._clock())
-        if event is not None and self._events:
-            self._emit(event)
-
-    def _transition(self, code: int, now: float) -> StateChanged | None:
-        """Move to ``code``; under the lock. Returns the event to emit once the lock is free."""
-        old = self._g
-        flags = old & _GUARDED
-        self._g = ((old >> 4) + 1) * _GEN | flags | code
-        if code in (_OPEN, _HALF_OPEN, _FORCED_OPEN) and self._rejected is None:
-            self._rejected = itertools.count()
-        if code == _OPEN:
-            self._open_until = now + self._opts.cooldown
-        elif code == _HALF_OPEN:
-            self._st.admitted = 0
-            self._st.trials_ok = 0
-        elif code == _CLOSED:
-            if self._st.win is not None:
-                self._st.win.reset()
-            self._st.booked = _count_value(self._succ_counter)
-            self._mask = 0
-            self._st.last_tick = now
-        if not self._events:
-            return None
-        return StateChanged(
-            kind="breaker",
-            name=self.name,
-            at=now,
-            old=_STATES[old & _STATE_BITS].value,
-            new=_STATES[code].value,
-        )
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, state={_STATES[self._g & _STATE_BITS].value})"
