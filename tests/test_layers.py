@@ -37,7 +37,10 @@ PURE = (
     "interlink.discovery.balancer",
     "interlink.discovery.instance",
     "interlink.messaging.envelope",
+    "interlink.messaging._decisions",  # split from the envelope, re-exported by it
+    "interlink.messaging._frame",
     "interlink.saga.state",
+    "interlink.saga._state_*",  # the state machine's parts, re-exported by saga.state
 )
 
 # Assembly only. Apps may import anything; nothing else may import an app.

@@ -1,4 +1,4 @@
-"""The message envelope, its wire format, and what to do with a delivery (pure core).
+"""The message envelope and its wire format: what a message is, and how it is read (pure core).
 
 Every message on every backend is one self-describing frame, so a backend only moves bytes and
 any interlink process can read any message, whatever broker carried it::
@@ -10,21 +10,27 @@ payload stays raw bytes, so a 1 KiB message is never base64-encoded or copied th
 parser. Bytes that are not such a frame still decode, to an ``Envelope`` whose ``error`` says
 why: the consumer dead-letters it at once instead of crashing on it (a poison message).
 
-The delivery decisions (ack, retry after a delay, dead-letter) live here too, next to the data
-they decide about, and ask the core ``Retry`` policy for the backoff: one formula in one place.
+This module is the public home of the format: the frame writer (``_frame``) and the delivery
+decisions (``_decisions``: ack, retry after a delay, dead-letter, with the backoff asked of the
+core ``Retry`` policy) live in modules of their own and are re-exported from here.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from json.encoder import encode_basestring
-from math import isfinite
-from typing import Any, Final, Literal
+from typing import Any, Final
 
-from interlink.resilience.retry import Retry
+from interlink.messaging._decisions import (
+    ACK,
+    Decision,
+    decide_failure,
+    decide_poison,
+    error_type_of,
+)
+from interlink.messaging._frame import MAGIC, frame, frame_parts, header_tail, plain_frame
 
 __all__ = [
     "ACK",
@@ -49,14 +55,9 @@ __all__ = [
     "with_attempt",
 ]
 
-#: The first bytes of every interlink message frame (and ``b"ild1"`` for a dead letter).
-MAGIC: Final = b"ilm1"
 _DLQ_MAGIC: Final = b"ild1"
 _PREFIX: Final = 8  # magic + 4-byte header length
-_PREFIX_BYTES: Final = MAGIC
-_ID_OPEN: Final = b'{"id":"'
 _EMPTY: Mapping[str, str] = {}
-_jstr: Callable[[str], str] = encode_basestring  # JSON string literal, non-ASCII kept
 _scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
@@ -163,74 +164,7 @@ class DeadLetter:
     dead_at: float = 0.0
 
 
-# -- the message frame ---------------------------------------------------------------------
-# The header is written by hand, field by field, in the order and form of
-# ``json.dumps(header, separators=(",", ":"), ensure_ascii=False)`` (a test pins the equality):
-# a publish then costs a few string joins, not a trip through the JSON encoder, and a batch
-# shares one ``header_tail`` between all its messages.
-
-
-def _json(value: Any) -> str:
-    kind = type(value)
-    if kind is str:
-        return _jstr(value)
-    if kind is float and isfinite(value):
-        return float.__repr__(value)
-    if kind is int:
-        return int.__repr__(value)
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def header_tail(
-    *,
-    type: str,
-    time: float,
-    key: str | None = None,
-    attempt: int = 1,
-    correlation_id: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> bytes:
-    """The frame header after the id (``,"type":...}``): what ``frame`` puts behind each id.
-
-    Messages of one batch share everything but the id and the payload, so a batch builds this
-    once and each message costs one ``frame`` call.
-    """
-    if key is None and attempt == 1 and correlation_id is None and not headers:
-        return f',"type":{_jstr(type)},"time":{_json(time)}}}'.encode()  # the usual header
-    parts = [',"type":', _jstr(type), ',"time":', _json(time)]
-    if key is not None:
-        parts += ',"key":', _jstr(key)
-    if attempt != 1:
-        parts += ',"attempt":', _json(attempt)
-    if correlation_id is not None:
-        parts += ',"cid":', _jstr(correlation_id)
-    if headers:
-        parts += ',"headers":', _json(dict(headers))
-    parts.append("}")
-    return "".join(parts).encode()
-
-
-def frame(message_id: str, payload: bytes, tail: bytes) -> bytes:
-    """The frame of message ``message_id`` with ``payload`` and the rest of the header
-    ``tail`` (from ``header_tail``)."""
-    head = b'{"id":' + _jstr(message_id).encode() + tail
-    return b"".join((MAGIC, len(head).to_bytes(4, "big"), head, payload))
-
-
-def plain_frame(message_id: str, type_name: str, time: float, payload: bytes) -> bytes:
-    """``frame(message_id, payload, header_tail(type=type_name, time=time))`` in one step: a
-    message without key, attempt, correlation id or headers, as most are published."""
-    stamp = float.__repr__(time) if type(time) is float and isfinite(time) else _json(time)
-    head = f'{{"id":{_jstr(message_id)},"type":{_jstr(type_name)},"time":{stamp}}}'.encode()
-    return b"".join((MAGIC, len(head).to_bytes(4, "big"), head, payload))
-
-
-def frame_parts(tail: bytes, id_length: int) -> tuple[bytes, bytes]:
-    """``(start, end)`` such that ``start + id + end + payload`` is the frame, for ids of
-    ``id_length`` ASCII characters that need no JSON escaping (the ids a broker makes): a
-    batch then joins four byte strings per message."""
-    start = _PREFIX_BYTES + (len(_ID_OPEN) + id_length + 1 + len(tail)).to_bytes(4, "big")
-    return start + _ID_OPEN, b'"' + tail
+# -- reading (and re-writing) the message frame ----------------------------------------------
 
 
 def encode(envelope: Envelope) -> bytes:
@@ -428,68 +362,3 @@ def decode_dead_letter(data: bytes) -> DeadLetter:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise EnvelopeError(f"malformed dead letter: {exc!r}") from None
-
-
-# -- delivery decisions --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What the consumer does with a delivery: ``ack``, ``retry`` after ``delay`` seconds,
-    or ``dead_letter`` with ``reason`` and ``error_type``."""
-
-    action: Literal["ack", "retry", "dead_letter"]
-    delay: float = 0.0
-    reason: str = ""
-    error_type: str | None = None
-
-
-#: The decision for a handled (or already processed) message.
-ACK: Final = Decision("ack")
-
-
-def error_type_of(exc: BaseException) -> str:
-    """``module.QualName`` of the error, as stored in a dead letter."""
-    cls = type(exc)
-    module = cls.__module__
-    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc)
-    return text if text else type(exc).__name__
-
-
-def decide_poison(error: str, error_type: str) -> Decision:
-    """A message that cannot be decoded or validated: to the DLQ at once, no retries
-    (it would fail the same way every time, and block what is behind it)."""
-    return Decision("dead_letter", reason=error, error_type=error_type)
-
-
-def decide_failure(
-    exc: BaseException, *, attempt: int, max_deliveries: int, retry: Retry
-) -> Decision:
-    """The handler failed delivery number ``attempt`` (1 for the first) with ``exc``.
-
-    Dead-letter once ``max_deliveries`` is reached or ``retry`` gives up (the error is not
-    retryable, its attempts or budget are spent); otherwise retry after the delay ``retry``
-    schedules for retry number ``attempt - 1``. The previous delay is not known across
-    deliveries (each may run in another process), so decorrelated jitter draws from its
-    first range every time; the other jitters depend on the attempt number only.
-    """
-    if attempt >= max_deliveries:
-        return Decision(
-            "dead_letter",
-            reason=f"{_reason(exc)} (after {attempt} deliveries)",
-            error_type=error_type_of(exc),
-        )
-    try:
-        delay = retry.next_delay(attempt - 1, exc, 0.0)
-    except Exception as given_up:  # Retry gives up by raising (exc itself, or BudgetExhausted)
-        cause = given_up
-        return Decision(
-            "dead_letter",
-            reason=f"{_reason(cause)} (not retried after {attempt} deliveries)",
-            error_type=error_type_of(exc),
-        )
-    return Decision("retry", delay=delay)
