@@ -32,7 +32,6 @@ a publish's confirmation), ``connect_timeout`` (s, 5), ``reconnect_wait`` (s, 0.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -51,15 +50,11 @@ except ImportError as exc:  # pragma: no cover - exercised by the no-extras inst
     ) from exc
 
 from interlink.messaging.backend import BackendUnavailable, Delivery, PublishError, redact
+from interlink.messaging.backends import _nats_dlq
 from interlink.messaging.backends._nats_publish import PubAcks
 from interlink.messaging.backends._nats_pull import API, SEND_ERRORS, Signal, pull
 from interlink.messaging.backends._options import UrlOptions, close_at_loop_end, stop_keeper
-from interlink.messaging.envelope import (
-    DeadLetter,
-    EnvelopeError,
-    OutgoingMessage,
-    decode_dead_letter,
-)
+from interlink.messaging.envelope import DeadLetter, OutgoingMessage
 
 __all__ = ["NatsBackend"]
 
@@ -321,81 +316,22 @@ class NatsBackend:
         """The durable consumer is gone on the server: ``ensure_group`` creates it again."""
         self._consumers.discard((self._streams.get(topic, ""), group))
 
-    # -- the DLQ and topics -------------------------------------------------------------
-
-    async def _dlq_stream(self, topic: str) -> str | None:
-        await self.connect()
-        try:
-            name: str = await self._js.find_stream_name_by_subject(f"{topic}.dlq")
-        except nats.js.errors.NotFoundError:
-            return None
-        return name
-
-    async def _letters(self, topic: str, limit: int | None) -> list[tuple[int, DeadLetter]]:
-        stream = await self._dlq_stream(topic)
-        if stream is None:
-            return []
-        found: list[tuple[int, DeadLetter]] = []
-        seq = 1
-        subject = f"{topic}.dlq"
-        while limit is None or len(found) < limit:
-            reply = await self._api(
-                f"STREAM.MSG.GET.{stream}", {"seq": seq, "next_by_subj": subject}
-            )
-            if "error" in reply:
-                break  # 404: no message at or after seq
-            message = reply["message"]
-            seq = int(message["seq"])
-            data = base64.b64decode(message.get("data", ""))
-            try:
-                found.append((seq, decode_dead_letter(data)))
-            except EnvelopeError:
-                log.warning(
-                    "nats: %s holds a record that is not a dead letter (seq %d)", stream, seq
-                )
-            seq += 1
-        return found
+    # -- the DLQ and topics (in _nats_dlq) ----------------------------------------------
 
     async def dlq_list(self, topic: str, limit: int) -> list[DeadLetter]:
         """The oldest ``limit`` dead letters."""
-        return [letter for _, letter in await self._letters(topic, limit)]
+        return await _nats_dlq.dlq_list(self, topic, limit)
 
     async def dlq_replay(self, topic: str, ids: Sequence[str] | None) -> int:
         """Re-publish each chosen letter, then delete it from the DLQ stream. The publish id
         names the DLQ entry, so a replay interrupted between the two steps and run again
         within the duplicate window is deduplicated by the server."""
-        stream = await self._dlq_stream(topic)
-        if stream is None:
-            return 0
-        wanted = None if ids is None else set(ids)
-        count = 0
-        for seq, letter in await self._letters(topic, None):
-            if wanted is not None and letter.id not in wanted:
-                continue
-            await self._publish_one(topic, letter.data, f"{letter.id}:replay:{seq}")
-            await self._js.delete_msg(stream, seq)
-            count += 1
-        return count
+        return await _nats_dlq.dlq_replay(self, topic, ids)
 
     async def dlq_purge(self, topic: str) -> int:
         """Purge the DLQ stream."""
-        stream = await self._dlq_stream(topic)
-        if stream is None:
-            return 0
-        reply = await self._api(f"STREAM.PURGE.{stream}")
-        return int(reply.get("purged", 0))
+        return await _nats_dlq.dlq_purge(self, topic)
 
     async def topics(self) -> list[str]:
         """Topics of the streams interlink created (by their name prefix), DLQs included."""
-        await self.connect()
-        names: list[str] = []
-        offset = 0
-        while True:
-            reply = await self._api("STREAM.NAMES", {"offset": offset})
-            page = reply.get("streams") or []
-            names.extend(page)
-            offset += len(page)
-            if not page or offset >= int(reply.get("total", 0)):
-                break
-        prefix = self.stream_prefix
-        return sorted(n[len(prefix) :].replace(":", ".") for n in names if n.startswith(prefix))
+        return await _nats_dlq.topics(self)
