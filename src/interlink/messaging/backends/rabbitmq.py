@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, ClassVar
@@ -55,6 +54,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the no-extras inst
     ) from exc
 
 from interlink.messaging.backend import BackendUnavailable, Delivery, PublishError, redact
+from interlink.messaging.backends import _rabbit_dlq
 from interlink.messaging.backends._options import UrlOptions, close_at_loop_end, stop_keeper
 from interlink.messaging.backends._rabbit_delivery import (
     PERSISTENT,
@@ -63,16 +63,15 @@ from interlink.messaging.backends._rabbit_delivery import (
     Signal,
     delay_step,
 )
-from interlink.messaging.envelope import (
-    DeadLetter,
-    EnvelopeError,
-    OutgoingMessage,
-    decode_dead_letter,
+from interlink.messaging.backends._rabbit_topology import (
+    adopt_backlog,
+    declare_backlog,
+    declare_delay,
+    declare_dlq,
 )
+from interlink.messaging.envelope import DeadLetter, OutgoingMessage
 
 __all__ = ["RabbitBackend", "delay_step"]
-
-log = logging.getLogger("interlink.messaging.rabbitmq")
 
 Properties = Basic.Properties
 _PERSISTENT = int(PERSISTENT)
@@ -114,7 +113,7 @@ class RabbitBackend:
         self._channels: list[AbstractChannel] = []
         self._batchers: list[AckBatcher] = []
 
-    # -- connection and topology --------------------------------------------------------
+    # -- connection and topology (declared in _rabbit_topology) -------------------------
 
     def _open(self) -> bool:
         return self._conn is not None
@@ -189,47 +188,18 @@ class RabbitBackend:
     def _arguments(self) -> dict[str, Any]:
         return {"x-queue-type": "quorum"} if self.queue_type == "quorum" else {}
 
-    async def _exists(self, queue: str) -> bool:
-        """Whether ``queue`` exists (a failed passive declare closes its channel: a spare one)."""
-        assert self._conn is not None
-        channel = await self._conn.channel()
-        try:
-            await channel.declare_queue(queue, passive=True)
-            return True
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            return False
-        finally:
-            with contextlib.suppress(Exception):
-                await channel.close()
-
-    async def _register(self, name: str) -> None:
-        """Write ``name`` into the topics registry (first use of a topic or DLQ)."""
-        registry = f"{self.exchange_name}.topics"
-        await self.channel.declare_queue(registry, durable=True)
-        await self.default_exchange.publish(
-            aio_pika.Message(name.encode(), delivery_mode=PERSISTENT), registry
-        )
-
     async def _ensure_topic(self, topic: str) -> None:
         if topic in self._topics:
             return
         await self.connect()
-        backlog = f"{topic}:#backlog"
-        if not await self._exists(backlog):
-            queue = await self.channel.declare_queue(
-                backlog, durable=True, arguments=self._arguments()
-            )
-            await queue.bind(f"{self.exchange_name}.unrouted", routing_key=topic)
-            await self._register(topic)
+        await declare_backlog(self, topic)
         self._topics.add(topic)
 
     async def ensure_dlq(self, topic: str) -> str:
         """Declare ``<topic>.dlq`` (classic: it is browsed by get-and-requeue); its name."""
         name = f"{topic}.dlq"
         if topic not in self._dlqs:
-            if not await self._exists(name):
-                await self.channel.declare_queue(name, durable=True)
-                await self._register(name)
+            await declare_dlq(self, name)
             self._dlqs.add(topic)
         return name
 
@@ -238,22 +208,7 @@ class RabbitBackend:
         ms = delay_step(delay)
         exchange = self._delays.get(ms)
         if exchange is None:
-            channel = self.channel
-            name = f"{self.exchange_name}.delay.{ms}"
-            arguments: dict[str, Any] = {"x-message-ttl": ms, "x-dead-letter-exchange": ""}
-            if self.queue_type == "quorum":
-                arguments.update(
-                    {
-                        "x-queue-type": "quorum",
-                        "x-dead-letter-strategy": "at-least-once",
-                        "x-overflow": "reject-publish",
-                    }
-                )
-            exchange = await channel.declare_exchange(
-                name, aio_pika.ExchangeType.FANOUT, durable=True
-            )
-            queue = await channel.declare_queue(name, durable=True, arguments=arguments)
-            await queue.bind(exchange)
+            exchange = await declare_delay(self, ms)
             self._delays[ms] = exchange
         return exchange
 
@@ -264,24 +219,7 @@ class RabbitBackend:
         channel = self.channel
         queue = await channel.declare_queue(name, durable=True, arguments=self._arguments())
         await queue.bind(self.exchange_name, routing_key=topic)
-        await self._adopt_backlog(topic)
-
-    async def _adopt_backlog(self, topic: str) -> None:
-        """Move what waited in ``<topic>:#backlog`` to the topic's groups (get, publish
-        confirmed, ack: a crash in between repeats a message, never drops one)."""
-        channel = self.channel
-        backlog = await channel.get_queue(f"{topic}:#backlog", ensure=False)
-        exchange = self._exchange
-        assert exchange is not None
-        while True:
-            message = await backlog.get(no_ack=False, fail=False)
-            if message is None:
-                return
-            copy = aio_pika.Message(
-                message.body, delivery_mode=PERSISTENT, message_id=message.message_id
-            )
-            await self.confirm(exchange, copy, topic, topic)
-            await message.ack()
+        await adopt_backlog(self, topic)
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -395,89 +333,21 @@ class RabbitBackend:
                     await message.nack(requeue=True)
             await acks.flush(force=False)
 
-    # -- the DLQ and topics -------------------------------------------------------------
-
-    async def _browse(self, queue: str) -> tuple[AbstractChannel | None, Any]:
-        """A spare channel and the queue on it, or (None, None) if there is no such queue."""
-        await self.connect()
-        if not await self._exists(queue):
-            return None, None
-        assert self._conn is not None
-        channel = await self._conn.channel()
-        return channel, await channel.get_queue(queue, ensure=False)
+    # -- the DLQ and topics (in _rabbit_dlq) --------------------------------------------
 
     async def dlq_list(self, topic: str, limit: int) -> list[DeadLetter]:
         """Get up to ``limit`` records without acking; closing the channel puts them back."""
-        channel, queue = await self._browse(f"{topic}.dlq")
-        if channel is None:
-            return []
-        letters: list[DeadLetter] = []
-        try:
-            while len(letters) < limit:
-                message = await queue.get(no_ack=False, fail=False)
-                if message is None:
-                    break
-                try:
-                    letters.append(decode_dead_letter(message.body))
-                except EnvelopeError:
-                    log.warning("rabbitmq: %s.dlq holds a record that is not a dead letter", topic)
-        finally:
-            await channel.close()
-        return letters
+        return await _rabbit_dlq.dlq_list(self, topic, limit)
 
     async def dlq_replay(self, topic: str, ids: Sequence[str] | None) -> int:
         """Re-publish each chosen letter (confirmed), then ack it off the DLQ; the others go
         back when the browsing channel closes."""
-        channel, queue = await self._browse(f"{topic}.dlq")
-        if channel is None:
-            return 0
-        await self._ensure_topic(topic)
-        exchange = self._exchange
-        assert exchange is not None
-        wanted = None if ids is None else set(ids)
-        count = 0
-        try:
-            while True:
-                message = await queue.get(no_ack=False, fail=False)
-                if message is None:
-                    break
-                try:
-                    letter = decode_dead_letter(message.body)
-                except EnvelopeError:
-                    continue
-                if wanted is not None and letter.id not in wanted:
-                    continue
-                copy = aio_pika.Message(letter.data, delivery_mode=PERSISTENT, message_id=letter.id)
-                await self.confirm(exchange, copy, topic, topic)
-                await message.ack()
-                count += 1
-        finally:
-            await channel.close()
-        return count
+        return await _rabbit_dlq.dlq_replay(self, topic, ids)
 
     async def dlq_purge(self, topic: str) -> int:
         """Purge ``<topic>.dlq``."""
-        channel, queue = await self._browse(f"{topic}.dlq")
-        if channel is None:
-            return 0
-        try:
-            result = await queue.purge()
-        finally:
-            await channel.close()
-        return int(result.message_count or 0)
+        return await _rabbit_dlq.dlq_purge(self, topic)
 
     async def topics(self) -> list[str]:
         """The names in the topics registry (AMQP has no way to list queues)."""
-        channel, queue = await self._browse(f"{self.exchange_name}.topics")
-        if channel is None:
-            return []
-        names: set[str] = set()
-        try:
-            while True:
-                message = await queue.get(no_ack=False, fail=False)
-                if message is None:
-                    break
-                names.add(message.body.decode())
-        finally:
-            await channel.close()
-        return sorted(names)
+        return await _rabbit_dlq.topics(self)

@@ -1,0 +1,117 @@
+"""The RabbitMQ backend's dead letters (list, replay, purge) and its topic list, both read by
+getting messages from a queue without acking them (they go back when the channel closes).
+
+A module of its own because none of it is on the publishing or consuming path: it is what
+``Broker.dlq_*``, ``Broker.topics`` and the CLI call now and then. ``RabbitBackend``'s methods
+of the same names hand over to these functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel
+
+from interlink.messaging.backends._rabbit_delivery import PERSISTENT
+from interlink.messaging.backends._rabbit_topology import queue_exists
+from interlink.messaging.envelope import DeadLetter, EnvelopeError, decode_dead_letter
+
+if TYPE_CHECKING:
+    from interlink.messaging.backends.rabbitmq import RabbitBackend
+
+__all__ = ["dlq_list", "dlq_purge", "dlq_replay", "topics"]
+
+log = logging.getLogger("interlink.messaging.rabbitmq")
+
+
+async def _browse(backend: RabbitBackend, queue: str) -> tuple[AbstractChannel | None, Any]:
+    """A spare channel and the queue on it, or (None, None) if there is no such queue."""
+    await backend.connect()
+    if not await queue_exists(backend, queue):
+        return None, None
+    assert backend._conn is not None
+    channel = await backend._conn.channel()
+    return channel, await channel.get_queue(queue, ensure=False)
+
+
+async def dlq_list(backend: RabbitBackend, topic: str, limit: int) -> list[DeadLetter]:
+    """Get up to ``limit`` records without acking; closing the channel puts them back."""
+    channel, queue = await _browse(backend, f"{topic}.dlq")
+    if channel is None:
+        return []
+    letters: list[DeadLetter] = []
+    try:
+        while len(letters) < limit:
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            try:
+                letters.append(decode_dead_letter(message.body))
+            except EnvelopeError:
+                log.warning("rabbitmq: %s.dlq holds a record that is not a dead letter", topic)
+    finally:
+        await channel.close()
+    return letters
+
+
+async def dlq_replay(backend: RabbitBackend, topic: str, ids: Sequence[str] | None) -> int:
+    """Re-publish each chosen letter (confirmed), then ack it off the DLQ; the others go
+    back when the browsing channel closes."""
+    channel, queue = await _browse(backend, f"{topic}.dlq")
+    if channel is None:
+        return 0
+    await backend._ensure_topic(topic)
+    exchange = backend._exchange
+    assert exchange is not None
+    wanted = None if ids is None else set(ids)
+    count = 0
+    try:
+        while True:
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            try:
+                letter = decode_dead_letter(message.body)
+            except EnvelopeError:
+                continue
+            if wanted is not None and letter.id not in wanted:
+                continue
+            copy = aio_pika.Message(letter.data, delivery_mode=PERSISTENT, message_id=letter.id)
+            await backend.confirm(exchange, copy, topic, topic)
+            await message.ack()
+            count += 1
+    finally:
+        await channel.close()
+    return count
+
+
+async def dlq_purge(backend: RabbitBackend, topic: str) -> int:
+    """Purge ``<topic>.dlq``."""
+    channel, queue = await _browse(backend, f"{topic}.dlq")
+    if channel is None:
+        return 0
+    try:
+        result = await queue.purge()
+    finally:
+        await channel.close()
+    return int(result.message_count or 0)
+
+
+async def topics(backend: RabbitBackend) -> list[str]:
+    """The names in the topics registry (AMQP has no way to list queues)."""
+    channel, queue = await _browse(backend, f"{backend.exchange_name}.topics")
+    if channel is None:
+        return []
+    names: set[str] = set()
+    try:
+        while True:
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            names.add(message.body.decode())
+    finally:
+        await channel.close()
+    return sorted(names)
