@@ -15,14 +15,17 @@ call down; it can only make the cache old, and an old list beats an empty one:
 The first call for a service has nothing cached: ``pick`` raises ``NoInstancesError`` with
 reason ``"unresolved"``; ``await apick(service)`` (or ``await prefetch(service)`` once, e.g.
 at start-up) fetches it and starts watching it.
+
+This module is the front door (``pick``, ``prefetch``, the counters, the lifecycle); the rest of
+the resolver lives in private modules: the per-service record in ``_resolver_service``,
+``Picked`` in ``_resolver_picked``, the cache's upkeep in ``_resolver_watch`` and the rotation
+(ejection, health, zone) in ``_resolver_rotation``, the last two as ``Resolver``'s base classes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,22 +34,16 @@ from types import TracebackType
 from typing import Any
 
 from interlink.clock import Clock
-from interlink.discovery.balancer import (
-    FAILURE_WEIGHT,
-    Balancer,
-    Endpoint,
-    Pool,
-    balancer_of,
-    prefer_zone,
-)
+from interlink.discovery._resolver_picked import Picked
+from interlink.discovery._resolver_service import CachedService
+from interlink.discovery._resolver_watch import Watching
+from interlink.discovery.balancer import Balancer, Endpoint, balancer_of
 from interlink.discovery.instance import ServiceInstance, check_service
 from interlink.discovery.outlier import OutlierDetector, OutlierOptions
-from interlink.discovery.registry import DEFAULT_TTL, Registry, Snapshot, from_url, snapshot_of
+from interlink.discovery.registry import DEFAULT_TTL, Registry, from_url
 from interlink.errors import NoInstancesError
 
 __all__ = ["Picked", "Resolver", "ResolverStats"]
-
-log = logging.getLogger("interlink.discovery")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,89 +62,7 @@ class ResolverStats:
     """Ejected instances put back into rotation after their ejection time."""
 
 
-class _Service:
-    """Everything the resolver keeps for one service."""
-
-    __slots__ = (
-        "endpoints",
-        "held",
-        "loaded",
-        "loading",
-        "name",
-        "pool",
-        "recovered_at",
-        "review_at",
-        "stale",
-        "task",
-        "ticket",
-    )
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.endpoints: dict[str, Endpoint] = {}
-        self.ticket = itertools.count().__next__
-        self.pool = Pool((), self.ticket)
-        self.review_at: float | None = None
-        self.loaded = False
-        self.loading: asyncio.Future[None] | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.stale = False
-        self.recovered_at: float | None = None
-        self.held: asyncio.TimerHandle | None = None
-
-
-class Picked:
-    """The instance chosen for one attempt; report the outcome with ``done(ok)`` exactly once.
-
-    ``done`` ends the call's share of the instance's in-flight count (what power-of-two
-    balancing weighs) and feeds passive outlier ejection: ``ok=False`` for connection errors,
-    5xx, UNAVAILABLE and the like; ``ok=True`` otherwise (a 404 is the caller's problem, not the
-    instance's). A second call is ignored. Also a context manager: ``with resolver.pick(s) as p``
-    reports ``ok`` unless the block raises.
-    """
-
-    __slots__ = ("_done", "_endpoint", "_resolver", "_service", "instance")
-
-    def __init__(self, endpoint: Endpoint, service: _Service, resolver: Resolver) -> None:
-        self.instance: ServiceInstance = endpoint.instance
-        self._endpoint = endpoint
-        self._service = service
-        self._resolver = resolver
-        self._done = False
-
-    def done(self, ok: bool = True) -> None:
-        """Report the attempt's outcome (once)."""
-        if self._done:
-            return
-        self._done = True
-        endpoint = self._endpoint
-        endpoint.outstanding -= 1
-        if ok:
-            if endpoint.penalty:
-                endpoint.penalty = 0
-            outlier = endpoint.outlier
-            if outlier.failures:
-                outlier.failures = 0
-        else:
-            endpoint.penalty += FAILURE_WEIGHT
-            self._resolver._failed(self._service, endpoint)
-
-    def __enter__(self) -> Picked:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.done(exc_type is None)
-
-    def __repr__(self) -> str:
-        return f"<Picked {self.instance.service} at {self.instance.address}>"
-
-
-class Resolver:
+class Resolver(Watching):
     """Resolves service names to instances from a watched local cache.
 
     ``balancer``: ``"p2c"`` (default), ``"round_robin"``, ``"random"`` or a ``Balancer``.
@@ -187,7 +102,7 @@ class Resolver:
         self._max_retry_delay = max_retry_delay
         self._clock = clock
         self._owns_registry = owns_registry
-        self._services: dict[str, _Service] = {}
+        self._services: dict[str, CachedService] = {}
         self._health_tasks: dict[str, asyncio.Task[None]] = {}
         self._errors = 0
         self._updates = 0
@@ -245,7 +160,7 @@ class Resolver:
             raise RuntimeError("the resolver is closed")
         state = self._services.get(service)
         if state is None:
-            state = self._services[service] = _Service(service)
+            state = self._services[service] = CachedService(service)
         if state.loaded:
             return
         if state.loading is None:
@@ -257,25 +172,6 @@ class Resolver:
             if state.loading is loading:
                 state.loading = None
             raise
-
-    async def _load(self, state: _Service) -> None:
-        try:
-            found = await self.registry.lookup(state.name)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._errors += 1
-            log.warning("discovery: looking up %r failed: %s", state.name, exc)
-            raise NoInstancesError(state.name, "unreachable") from exc
-        self._apply(state, snapshot_of(found))
-        state.loaded = True
-        state.task = asyncio.get_running_loop().create_task(
-            self._follow(state), name=f"interlink-watch-{state.name}"
-        )
-        if self._health is not None:
-            self._health_tasks[state.name] = asyncio.get_running_loop().create_task(
-                self._health.run(self, state.name), name=f"interlink-health-{state.name}"
-            )
 
     def instances(self, service: str) -> tuple[ServiceInstance, ...]:
         """Every cached instance of ``service``, in rotation or not (empty when unknown)."""
@@ -302,144 +198,6 @@ class Resolver:
             ejections=self._ejections,
             returns=self._returns,
         )
-
-    async def _follow(self, state: _Service) -> None:
-        delay = self._retry_delay
-        while True:
-            try:
-                async for snap in self.registry.watch(state.name):
-                    self._received(state, snap)
-                    delay = self._retry_delay
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._errors += 1
-                if not state.stale:
-                    state.stale = True
-                    state.recovered_at = None
-                log.warning(
-                    "discovery: registry unreachable while watching %r (%s: %s); serving %d "
-                    "last known instance(s), retrying in %.2fs",
-                    state.name,
-                    type(exc).__name__,
-                    exc,
-                    len(state.endpoints),
-                    delay,
-                    extra={"service": state.name, "stale": True},
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._max_retry_delay)
-
-    def _received(self, state: _Service, snap: Snapshot) -> None:
-        now = self._clock()
-        if state.stale:
-            state.stale = False
-            state.recovered_at = now
-            log.info("discovery: registry reachable again for %r", state.name)
-        if state.held is not None:
-            state.held.cancel()
-            state.held = None
-        recovering = (
-            state.recovered_at is not None and now - state.recovered_at < self._recover_grace
-        )
-        if not snap and state.endpoints and recovering:
-            # A registry that came back empty: the instances' next heartbeat refills it. Hold
-            # the last list for the grace period instead of emptying the cache.
-            assert state.recovered_at is not None
-            left = self._recover_grace - (now - state.recovered_at)
-            log.warning(
-                "discovery: registry lists no instance of %r right after an outage; keeping "
-                "%d last known for up to %.2fs",
-                state.name,
-                len(state.endpoints),
-                left,
-            )
-            state.held = asyncio.get_running_loop().call_later(left, self._apply, state, snap)
-            return
-        if snap:
-            # The registry lists instances again, so it has its data back: from now on an
-            # empty list is a real one (the last instance deregistered), not a restart's.
-            state.recovered_at = None
-        self._apply(state, snap)
-
-    def _apply(self, state: _Service, snap: Snapshot) -> None:
-        state.held = None
-        old = state.endpoints
-        new: dict[str, Endpoint] = {}
-        for instance in snap:
-            endpoint = old.get(instance.instance_id)
-            if endpoint is None or endpoint.instance != instance:
-                endpoint = Endpoint(instance)
-            new[instance.instance_id] = endpoint
-        state.endpoints = new
-        self._updates += 1
-        self._rebuild(state)
-
-    def _rebuild(self, state: _Service) -> None:
-        eligible = [e for e in state.endpoints.values() if e.eligible]
-        chosen = prefer_zone(eligible, self._zone, self._zone_min)
-        state.pool = Pool(chosen, state.ticket)
-        untils = [
-            e.outlier.ejected_until
-            for e in state.endpoints.values()
-            if e.outlier.ejected_until is not None
-        ]
-        state.review_at = min(untils) if untils else None
-
-    # ---------------------------------------------------------------- ejection and health
-
-    def _failed(self, state: _Service, endpoint: Endpoint) -> None:
-        detector = self._detector
-        if detector is None:
-            return
-        if state.endpoints.get(endpoint.instance.instance_id) is not endpoint:
-            endpoint.outlier.failures += 1  # no longer listed: nothing to eject
-            return
-        total = len(state.endpoints)
-        ejected = sum(1 for e in state.endpoints.values() if e.outlier.ejected_until is not None)
-        now = self._clock()
-        if detector.failure(endpoint.outlier, now, total=total, ejected=ejected):
-            self._ejections += 1
-            log.warning(
-                "discovery: ejected %s/%s at %s for %.1fs after %d consecutive failures",
-                state.name,
-                endpoint.instance.instance_id,
-                endpoint.instance.address,
-                (endpoint.outlier.ejected_until or now) - now,
-                detector.options.consecutive_failures,
-                extra={"service": state.name, "instance": endpoint.instance.instance_id},
-            )
-            self._rebuild(state)
-
-    def _review(self, state: _Service) -> None:
-        detector = self._detector
-        now = self._clock()
-        for endpoint in state.endpoints.values():
-            if detector is not None and detector.due(endpoint.outlier, now):
-                detector.restore(endpoint.outlier, now)
-                endpoint.penalty = 0
-                self._returns += 1
-                log.info(
-                    "discovery: %s/%s back in rotation",
-                    state.name,
-                    endpoint.instance.instance_id,
-                )
-        self._rebuild(state)
-
-    def set_health(self, service: str, instance_id: str, healthy: bool) -> None:
-        """Mark an instance as passing or failing active health checks (``HealthCheck`` does)."""
-        state = self._services.get(service)
-        endpoint = state.endpoints.get(instance_id) if state is not None else None
-        if state is None or endpoint is None or endpoint.healthy == healthy:
-            return
-        endpoint.healthy = healthy
-        log.warning(
-            "discovery: %s/%s is %s",
-            service,
-            instance_id,
-            "healthy again" if healthy else "failing its health check",
-        )
-        self._rebuild(state)
 
     # ---------------------------------------------------------------- lifecycle
 
