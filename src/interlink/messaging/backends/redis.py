@@ -58,8 +58,9 @@ except ImportError as exc:  # pragma: no cover - exercised by the no-extras inst
 
 from interlink.messaging.backend import BackendUnavailable, Delivery, PublishError, redact
 from interlink.messaging.backends._options import UrlOptions, close_at_loop_end, stop_keeper
+from interlink.messaging.backends._redis_calls import own_connection
 from interlink.messaging.backends._redis_scripts import APPEND, NACK, PROMOTE, READ, REPLAY
-from interlink.messaging.backends._redis_streams import Subscription, own_connection
+from interlink.messaging.backends._redis_streams import Subscription
 from interlink.messaging.envelope import (
     DeadLetter,
     EnvelopeError,
