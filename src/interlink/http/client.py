@@ -15,11 +15,14 @@ propagated headers, send, read the whole body, classify. A failure is raised as 
 ``AttemptFailed`` so the breaker and retry see it; at the edge the caller gets the last answer
 (a 503 after exhausted retries is returned, like Polly's last outcome), a fallback or stale
 answer when configured, or a public error.
+
+This module holds the client's set-up, its call around the pipeline and its lifecycle; the
+attempt (the hot path on aiohttp) is ``AsyncClient``'s base class in ``_async_attempt`` and the
+verbs, shared with ``AsyncServiceClient``, are the base class in ``_async_verbs``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import time
 from collections.abc import Coroutine, Iterable, Mapping
@@ -28,32 +31,27 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from interlink.clock import Clock
-from interlink.errors import NoInstancesError
+from interlink.http._async_attempt import AsyncAttempts
+from interlink.http._async_verbs import AsyncVerbs
 from interlink.http._config import ServicePolicies, load_config
 from interlink.http._request import (
     Call,
-    Picked,
     Resolver,
     cache_key,
     fallback_answer,
-    instance_ok,
-    origin_of,
     outcome,
     prepare_parsed,
     split_target,
 )
 from interlink.http._response import Response
 from interlink.http._service import Service, Services
-from interlink.http.classify import AttemptFailed, status_failure
-from interlink.http.propagation import CORRELATION_HEADER, DEADLINE_HEADER, attempt_ms
-from interlink.resilience.deadline import deadline, expired
+from interlink.resilience.deadline import deadline
 from interlink.resilience.events import Listener
 from interlink.tracing.propagation import api
-from interlink.tracing.spans import Spans, context_of, fail
+from interlink.tracing.spans import Spans
 
 try:
     import aiohttp
-    from multidict import CIMultiDict, istr
     from yarl import URL
 except ImportError as exc:  # pragma: no cover - exercised by the no-extras install test
     raise ImportError("interlink.http needs aiohttp: pip install 'interlink[http]'") from exc
@@ -65,163 +63,9 @@ __all__ = ["AsyncClient", "AsyncServiceClient"]
 
 DEFAULT_MAX_CONNECTIONS = 100
 DEFAULT_KEEPALIVE = 15.0
-_TIMEOUT_CACHE = 256
-_TARGET_CACHE = 4096
-# header names as multidict keys of their own type, which it need not fold on every insert
-_CORRELATION_KEY = istr(CORRELATION_HEADER)
-_DEADLINE_KEY = istr(DEADLINE_HEADER)
 
 
-def _deadline_cancelled() -> bool:
-    """Whether the cancellation being handled is the Timeout policy's, at the deadline: the
-    deadline has passed and the task was cancelled exactly once (anyone else's cancellation,
-    e.g. the caller's or a hedge's, propagates untouched)."""
-    if not expired():
-        return False
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() == 1
-
-
-class _AsyncVerbs:
-    """get/post/... and ``request`` as plain functions returning ``_send``'s coroutine, with
-    the options spelt out: a verb then costs no coroutine frame of its own and no dict of
-    keyword arguments, on every request."""
-
-    __slots__ = ()
-
-    def _send(  # noqa: PLR0917 - internal, positional for speed
-        self,
-        method: str,
-        url: str,
-        params: Params | None,
-        headers: Mapping[str, str] | None,
-        content: bytes | str | None,
-        json: Any,
-        timeout: float | None,
-        fallback: Any,
-    ) -> Coroutine[Any, Any, Response]:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        params: Params | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | str | None = None,
-        json: Any = None,
-        timeout: float | None = None,
-        fallback: Any = None,
-    ) -> Coroutine[Any, Any, Response]:
-        """Send a request through the target service's policies.
-
-        ``timeout`` shrinks the deadline for this call (never extends the caller's).
-        ``fallback``: a ``Response``, or a callable (sync or async) given the error, answering
-        when the call fails (a failure answer, an error or a rejection).
-        """
-        return self._send(method.upper(), url, params, headers, content, json, timeout, fallback)
-
-    def get(
-        self,
-        url: str,
-        *,
-        params: Params | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | str | None = None,
-        json: Any = None,
-        timeout: float | None = None,
-        fallback: Any = None,
-    ) -> Coroutine[Any, Any, Response]:
-        """GET ``url`` (idempotent: retried on failure)."""
-        return self._send("GET", url, params, headers, content, json, timeout, fallback)
-
-    def head(
-        self,
-        url: str,
-        *,
-        params: Params | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | str | None = None,
-        json: Any = None,
-        timeout: float | None = None,
-        fallback: Any = None,
-    ) -> Coroutine[Any, Any, Response]:
-        """HEAD ``url`` (idempotent)."""
-        return self._send("HEAD", url, params, headers, content, json, timeout, fallback)
-
-    def options(
-        self,
-        url: str,
-        *,
-        params: Params | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | str | None = None,
-        json: Any = None,
-        timeout: float | None = None,
-        fallback: Any = None,
-    ) -> Coroutine[Any, Any, Response]:
-        """OPTIONS ``url`` (idempotent)."""
-        return self._send("OPTIONS", url, params, headers, content, json, timeout, fallback)
-
-    def put(
-        self,
-        url: str,
-        *,
-        params: Params | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | str | None = None,
-        json: Any = None,
-        timeout: float | None = None,
-        fallback: Any = None,
-    ) -> Coroutine[Any, Any, Response]:
-        """PUT ``url`` (idempotent)."""
-        return self._send("PUT", url, params, headers, content, json, timeout, fallback)
-
-    def delete(
-        self,
-        url: str,
-        *,
-        params: Params | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | str | None = None,
-        json: Any = None,
-        timeout: float | None = None,
-        fallback: Any = None,
-    ) -> Coroutine[Any, Any, Response]:
-        """DELETE ``url`` (idempotent)."""
-        return self._send("DELETE", url, params, headers, content, json, timeout, fallback)
-
-    def post(
-        self,
-        url: str,
-        *,
-        params: Params | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | str | None = None,
-        json: Any = None,
-        timeout: float | None = None,
-        fallback: Any = None,
-    ) -> Coroutine[Any, Any, Response]:
-        """POST ``url``: retried only with an ``Idempotency-Key`` header."""
-        return self._send("POST", url, params, headers, content, json, timeout, fallback)
-
-    def patch(
-        self,
-        url: str,
-        *,
-        params: Params | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | str | None = None,
-        json: Any = None,
-        timeout: float | None = None,
-        fallback: Any = None,
-    ) -> Coroutine[Any, Any, Response]:
-        """PATCH ``url``: retried only with an ``Idempotency-Key`` header."""
-        return self._send("PATCH", url, params, headers, content, json, timeout, fallback)
-
-
-class AsyncClient(_AsyncVerbs):
+class AsyncClient(AsyncAttempts, AsyncVerbs):
     """Call HTTP services with per-service policies and context propagation.
 
     ``base_url`` joins relative URLs (``"service://menu"`` or ``"http://host:port"``).
@@ -371,168 +215,7 @@ class AsyncClient(_AsyncVerbs):
             error.__suppress_context__ = True
         raise error
 
-    async def _attempt(self, service: Service, call: Call) -> Response:  # noqa: PLR0915 - flat hot path
-        """One attempt: pick, send, read, classify. Raises ``AttemptFailed`` on a failure."""
-        picked: Picked | None = None
-        origin = call.origin or service.url
-        if origin is None:
-            picked = await self._pick(call.service)
-            origin = origin_of(picked.instance)
-        target = self._targets.get((origin, call.path)) or self._target_of(origin, call.path)
-        url = target[0]
-        ok = False
-        span = None
-        try:
-            ms = attempt_ms(service.policies.attempt_timeout, url)  # sent to the callee
-            # propagation.outgoing_headers(), inlined, into the multidict aiohttp would
-            # otherwise build from a dict
-            correlation = call.correlation
-            headers: CIMultiDict[str]
-            if call.headers is None:
-                headers = CIMultiDict()
-            else:
-                headers = CIMultiDict(call.headers)
-                if CORRELATION_HEADER in headers:
-                    correlation = None  # the caller's own header wins
-            if correlation is not None:
-                headers[_CORRELATION_KEY] = correlation
-            if ms is not None:
-                headers[_DEADLINE_KEY] = str(ms)
-            if self._spans.tracer() is not None:
-                span = self._spans.start_client(
-                    call.method, {"http.request.method": call.method, "url.full": url}
-                )
-            otel = self._otel
-            if otel is not None:  # tracing.inject(), inlined: usually an empty context
-                trace_context = otel.get_current() if span is None else context_of(span)
-                if trace_context:
-                    otel.inject(headers, context=trace_context)
-            session = self._session or self._open()
-            try:
-                # Arm aiohttp's own timer only when nothing else ends the attempt in time: the
-                # service's Timeout policy already cancels the call at the deadline (with a
-                # timer shared by many calls), and a second timer per request costs more CPU
-                # than the rest of interlink's work together. Its cancellation is turned into
-                # this attempt's timeout below, so the breaker and the retry see it all the
-                # same. No timer is the session's default, so it is passed only to arm one.
-                if ms is not None and not (
-                    service.enforces_deadline and ms < service.attempt_ms_floor
-                ):
-                    timer = True
-                    raw = await session.request(
-                        call.method,
-                        target[1],
-                        headers=headers,
-                        data=call.body,
-                        timeout=self._timeouts.get(ms) or self._timeout_of(ms),
-                        allow_redirects=self._redirects,
-                    )
-                else:
-                    timer = False
-                    raw = await session.request(
-                        call.method,
-                        target[1],
-                        headers=headers,
-                        data=call.body,
-                        allow_redirects=self._redirects,
-                    )
-                # awaited, not ``async with``: read() releases the connection at the end of the
-                # body, and two coroutine frames per request are saved
-                try:
-                    content = await raw.read()
-                except BaseException:
-                    raw.close()
-                    raise
-                if not raw.closed:
-                    raw.release()
-            except TimeoutError as exc:  # before ClientError: aiohttp's timeouts are both
-                raise AttemptFailed("timeout", url, retryable=call.resend) from exc
-            except aiohttp.ClientConnectorError as exc:
-                raise AttemptFailed("connect", url, retryable=call.resend) from exc
-            except aiohttp.ClientError as exc:
-                raise AttemptFailed("transport", url, retryable=call.resend) from exc
-            except asyncio.CancelledError as exc:
-                if not timer and _deadline_cancelled():
-                    raise AttemptFailed("timeout", url, retryable=call.resend) from exc
-                raise
-            status = raw.status
-            response = Response(status, raw.headers, content, url=url, method=call.method)
-            if span is not None:
-                span.set_attribute("http.response.status_code", status)
-            if status >= 500 or status in {429, 408}:  # is_failure_status, inlined
-                raise status_failure(
-                    status,
-                    raw.headers.get("Retry-After"),
-                    target=url,
-                    response=response,
-                    resend=call.resend,
-                    max_retry_after=service.policies.max_retry_after,
-                )
-            ok = True
-            return response
-        except BaseException as exc:
-            ok = instance_ok(exc)
-            if span is not None:
-                fail(span, exc if not isinstance(exc, AttemptFailed) else str(exc))
-            raise
-        finally:
-            if span is not None:
-                span.end()
-            if picked is not None:
-                picked.done(ok)
-
-    def _target_of(self, origin: str, path: str) -> tuple[str, URL | str]:
-        """The URL of ``origin`` + ``path``, as text and parsed once: aiohttp would parse
-        (or at least hash and look up) the text again on every request. Text yarl refuses
-        stays text, for aiohttp to refuse with its own error."""
-        targets = self._targets
-        if len(targets) >= _TARGET_CACHE:
-            targets.clear()
-        url = origin + path
-        parsed: URL | str
-        try:
-            parsed = URL(url)
-        except ValueError:
-            parsed = url
-        target = targets[origin, path] = (url, parsed)
-        return target
-
-    def _timeout_of(self, ms: int) -> aiohttp.ClientTimeout:
-        if len(self._timeouts) >= _TIMEOUT_CACHE:
-            self._timeouts.clear()
-        timeout = self._timeouts[ms] = aiohttp.ClientTimeout(total=ms / 1000.0)
-        return timeout
-
-    async def _pick(self, service: str) -> Picked:
-        resolver = self._resolver
-        if resolver is None:
-            raise ValueError(
-                f"'service://{service}' needs a resolver, or a url: "
-                f"client.service({service!r}, url='http://host:port')"
-            )
-        try:
-            return resolver.pick(service)
-        except NoInstancesError as exc:
-            apick = getattr(resolver, "apick", None)
-            if exc.reason != "unresolved" or apick is None:
-                raise
-        picked: Picked = await apick(service)
-        return picked
-
     # -- lifecycle ------------------------------------------------------------------------
-
-    def _open(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections,
-            limit_per_host=0,
-            ttl_dns_cache=300,
-            keepalive_timeout=self._keepalive,
-        )
-        # No cookie jar: a service client must not carry one caller's cookies into another's call.
-        self._session = aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), timeout=self._no_timeout
-        )
-        return self._session
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -552,7 +235,7 @@ class AsyncClient(_AsyncVerbs):
         await self.aclose()
 
 
-class AsyncServiceClient(_AsyncVerbs):
+class AsyncServiceClient(AsyncVerbs):
     """Requests to one service: paths are relative to ``service://name``.
 
     ``service`` holds the live policies (``.breaker``, ``.budget``, ``.pipeline``...).
