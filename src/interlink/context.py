@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 __all__ = [
+    "CORRELATION",
     "CORRELATION_HEADER",
     "DEADLINE_HEADER",
     "MAX_CORRELATION_ID_LENGTH",
@@ -34,12 +35,15 @@ MAX_CORRELATION_ID_LENGTH = 128
 
 _ID_CHARS = re.compile(r"^[A-Za-z0-9._:/+=@-]+$")
 
-_CORRELATION: ContextVar[str | None] = ContextVar("interlink_correlation_id", default=None)
+#: The variable behind ``correlation_id()`` and ``use_correlation_id()``. Transports read and set
+#: it directly on their per-call paths (a consumer sets one per message without a reset: each
+#: message runs in a task of its own); application code should use the functions.
+CORRELATION: ContextVar[str | None] = ContextVar("interlink_correlation_id", default=None)
 
 
 def correlation_id() -> str | None:
     """The correlation id of the request being handled, or None outside one."""
-    return _CORRELATION.get()
+    return CORRELATION.get()
 
 
 def new_correlation_id() -> str:
@@ -62,8 +66,8 @@ def use_correlation_id(value: str | None = None) -> Iterator[str]:
             f"'correlation_id' must be 1-{MAX_CORRELATION_ID_LENGTH} characters of "
             f"[A-Za-z0-9._:/+=@-]: {cid[:40]!r}"
         )
-    token = _CORRELATION.set(cid)
+    token = CORRELATION.set(cid)
     try:
         yield cid
     finally:
-        _CORRELATION.reset(token)
+        CORRELATION.reset(token)

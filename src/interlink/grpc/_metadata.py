@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from interlink.context import _CORRELATION, CORRELATION_HEADER
+from interlink.context import CORRELATION, CORRELATION_HEADER
 from interlink.resilience.deadline import remaining
 from interlink.tracing import TRACE_HEADERS, inject
 from interlink.tracing.propagation import api
@@ -26,7 +26,7 @@ def outgoing(metadata: Iterable[Any] | None, span: Any = None) -> Any:
     """``metadata`` plus the current correlation id and trace context (with ``span`` as the
     parent when given); returned as it is when there is nothing to add. A key the caller set
     already is left alone: an explicit value wins over the ambient one."""
-    cid = _CORRELATION.get()  # correlation_id(), without its call
+    cid = CORRELATION.get()  # correlation_id(), without its call
     # the current trace context, read here so that the common case (no request, no trace: an
     # empty context) returns before building anything
     otel = api()

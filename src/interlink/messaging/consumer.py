@@ -26,7 +26,7 @@ from contextvars import ContextVar, copy_context
 from dataclasses import dataclass
 from typing import Any
 
-from interlink.context import _CORRELATION, new_correlation_id, valid_correlation_id
+from interlink.context import CORRELATION, new_correlation_id, valid_correlation_id
 from interlink.messaging._ids import ID_LENGTH
 from interlink.messaging._runner import drive
 from interlink.messaging._trace import consume_span
@@ -302,7 +302,7 @@ class Consumer:
             sub.retry.begin()
         # This coroutine runs in a context of its own: set, never reset.
         _CURRENT.set((sub.topic, sub.group, envelope, attempt))
-        _CORRELATION.set(_correlation_of(envelope))
+        CORRELATION.set(_correlation_of(envelope))
         try:
             if envelope.headers or self._spans.tracer() is not None:
                 with consume_span(self._spans, sub.topic, sub.group, envelope.headers):
