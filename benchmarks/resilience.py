@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import datetime
-import functools
 import sys
 import time
 from collections.abc import Callable
@@ -34,148 +31,32 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h  # a script folder, not a package
+from _resilience_contenders import (
+    _tripped_interlink,
+    af,
+    async_breakers,
+    f,
+    pipeline,
+    retriers,
+    sync_breakers,
+)
+from _resilience_memory_concurrency import (
+    MEM_HEADERS,
+    THREADS,
+    concurrency_rows,
+    growth_rows,
+    memory_rows,
+)
 
 from interlink.resilience.breaker import CircuitBreaker
 from interlink.resilience.bulkhead import Bulkhead
 from interlink.resilience.pipeline import Pipeline
 from interlink.resilience.retry import Retry
 
-OPEN_FOR = 1e6  # seconds a tripped breaker stays OPEN: far longer than the run
 CLOSED_TARGET = 1 / 3
 OPEN_TARGET = 1 / 2
 RETRY_TARGET = 1 / 5
 PIPELINE_TARGET = 1.0
-BYTES_PER_BREAKER_TARGET = 300
-GROWTH_TOLERANCE = 1024  # bytes over the whole loop: tracemalloc's own noise, not a leak
-THREADS, SLEEP = 8, 0.01
-WALL_TARGET = 1.5  # x the time of one thread's calls made back to back
-
-
-def f() -> int:
-    return 1
-
-
-async def af() -> int:
-    return 1
-
-
-def boom() -> int:
-    raise ValueError("down")
-
-
-async def aboom() -> int:
-    raise ValueError("down")
-
-
-def _trip(call: Callable[[], Any]) -> None:
-    """Fail through ``call`` until it starts rejecting (a natural OPEN, not a forced one)."""
-    for _ in range(3):
-        with contextlib.suppress(Exception):
-            call()
-
-
-async def _atrip(call: Callable[[], Any]) -> None:
-    for _ in range(3):
-        with contextlib.suppress(Exception):
-            await call()
-
-
-# ---------------------------------------------------------------------------------- contenders
-# Each peer is configured as its README shows, with its default thresholds for the closed path
-# and "open after one failure, stay open" for the rejection path.
-
-
-def _pybreaker(fail_max: int = 5, reset: float = 60) -> Any:
-    import pybreaker
-
-    return pybreaker.CircuitBreaker(fail_max=fail_max, reset_timeout=reset)
-
-
-def _aiobreaker(fail_max: int = 5, reset: float = 60) -> Any:
-    import aiobreaker
-
-    return aiobreaker.CircuitBreaker(
-        fail_max=fail_max, timeout_duration=datetime.timedelta(seconds=reset)
-    )
-
-
-def _circuitbreaker(fail_max: int = 5, reset: float = 60) -> Any:
-    import circuitbreaker
-
-    return circuitbreaker.CircuitBreaker(failure_threshold=fail_max, recovery_timeout=reset)
-
-
-def _purgatory(fail_max: int = 5, reset: float = 60, *, is_async: bool = False) -> Any:
-    import purgatory
-
-    factory = (
-        purgatory.AsyncCircuitBreakerFactory if is_async else purgatory.SyncCircuitBreakerFactory
-    )
-    return factory(default_threshold=fail_max, default_ttl=reset)
-
-
-def sync_breakers(fn: Callable[[], Any], *, tripped: bool) -> list[tuple[str, Callable[[], Any]]]:
-    """(peer name, ``fn`` decorated by it); tripped: opened by one real failure first."""
-    kw: dict[str, Any] = {"fail_max": 1, "reset": OPEN_FOR} if tripped else {}
-    out = []
-    b = _pybreaker(**kw)
-    out.append(("pybreaker", b(fn), b(boom)))
-    p = _purgatory(**kw)
-    out.append(("purgatory", p("bench")(fn), p("bench")(boom)))
-    a = _aiobreaker(**kw)
-    out.append(("aiobreaker", a(fn), a(boom)))
-    c = _circuitbreaker(**kw)
-    out.append(("circuitbreaker", c(fn), c(boom)))
-    if tripped:
-        for _, _, fail in out:
-            _trip(fail)
-    return [(name, wrapped) for name, wrapped, _ in out]
-
-
-async def async_breakers(*, tripped: bool) -> list[tuple[str, Callable[[], Any]]]:
-    """The peers that decorate ``async def`` (pybreaker only does Tornado coroutines)."""
-    kw: dict[str, Any] = {"fail_max": 1, "reset": OPEN_FOR} if tripped else {}
-    out = []
-    p = _purgatory(**kw, is_async=True)
-    out.append(("purgatory", p("bench")(af), p("bench")(aboom)))
-    a = _aiobreaker(**kw)
-    out.append(("aiobreaker", a(af), a(aboom)))
-    c = _circuitbreaker(**kw)
-    out.append(("circuitbreaker", c(af), c(aboom)))
-    if tripped:
-        for _, _, fail in out:
-            await _atrip(fail)
-    return [(name, wrapped) for name, wrapped, _ in out]
-
-
-def retriers(fn: Callable[..., Any]) -> list[tuple[str, Callable[..., Any]]]:
-    """The retry peers, 4 attempts in all (interlink's Retry(3): 3 retries after the first)."""
-    import backoff
-    import stamina
-    import tenacity
-
-    return [
-        ("tenacity", tenacity.retry(stop=tenacity.stop_after_attempt(4))(fn)),
-        ("stamina", stamina.retry(on=Exception, attempts=4)(fn)),
-        ("backoff", backoff.on_exception(backoff.expo, Exception, max_tries=4)(fn)),
-    ]
-
-
-def pipeline() -> Any | None:
-    """interlink's Pipeline of timeout + retry + breaker + bulkhead, or None if not built yet."""
-    try:
-        from interlink.resilience.bulkhead import Bulkhead
-        from interlink.resilience.pipeline import Pipeline
-        from interlink.resilience.timeout import Timeout
-    except ImportError as exc:
-        print(f"note: pipeline rows skipped ({exc})")
-        return None
-    return Pipeline(
-        timeout=Timeout(5.0),
-        retry=Retry(3),
-        breaker=CircuitBreaker("bench"),
-        bulkhead=Bulkhead(100),
-    )
 
 
 def _decorates(policy: Any, fn: Callable[..., Any]) -> Callable[..., Any] | None:
@@ -269,13 +150,6 @@ def closed_async(s: h.Settings, pipe: Any | None) -> list[h.Row]:
     return h.overhead_rows("breaker closed, async", cs)
 
 
-def _tripped_interlink() -> CircuitBreaker:
-    b = CircuitBreaker("bench", minimum_calls=1, cooldown=OPEN_FOR)
-    _trip(functools.partial(b.call, boom))
-    assert b.state.value == "open", b.state
-    return b
-
-
 def open_sync(s: h.Settings) -> list[h.Row]:
     b = _tripped_interlink()
     probe = _tripped_interlink()
@@ -358,102 +232,6 @@ def retry_async(s: h.Settings) -> list[h.Row]:
     cs += [h.Contender(name, w) for name, w in retriers(af)]
     h.time_group_async(cs, s)
     return h.overhead_rows("retry success, async", cs)
-
-
-# ---------------------------------------------------------------------------------- memory
-
-MEM_HEADERS = ("benchmark", "contender", "measured", "ratio to smallest peer", "target", "")
-
-
-def memory_rows(count: int) -> list[h.Row]:
-    """Bytes per breaker at rest: ``count`` breakers kept alive, traced by tracemalloc."""
-    import purgatory
-
-    factory = purgatory.SyncCircuitBreakerFactory()
-    names = [f"b{i}" for i in range(-1, count)]
-    makers: list[tuple[str, str, Callable[[int], Any]]] = [
-        ("interlink", "interlink", lambda i: CircuitBreaker(names[i + 1])),
-        ("pybreaker", "peer", lambda i: _pybreaker()),
-        # a purgatory breaker lives in its factory's repository, keyed by name
-        ("purgatory", "peer", lambda i: factory.get_breaker(names[i + 1])),
-        ("aiobreaker", "peer", lambda i: _aiobreaker()),
-        ("circuitbreaker", "peer", lambda i: _circuitbreaker()),
-    ]
-    sizes = [(name, role, h.bytes_per_object(make, count)) for name, role, make in makers]
-    smallest = min(size for _, role, size in sizes if role == "peer")
-    rows = []
-    for name, role, size in sizes:
-        verdict = ""
-        target = ""
-        if role == "interlink":
-            target = f"<= {BYTES_PER_BREAKER_TARGET} B"
-            verdict = "pass" if size <= BYTES_PER_BREAKER_TARGET else "FAIL"
-        rows.append(
-            h.Row(
-                f"memory per breaker at rest ({count:,} kept)",
-                name,
-                f"{size:.0f} B",
-                f"{size / smallest:.2f}",
-                target,
-                verdict,
-            )
-        )
-    return rows
-
-
-def growth_rows(calls: int, peer_calls: int) -> list[h.Row]:
-    """Traced memory still held after many closed calls, and many rejections while OPEN."""
-    rows = []
-    for tripped, label in ((False, "closed calls"), (True, "rejections while OPEN")):
-        b = _tripped_interlink() if tripped else CircuitBreaker("bench")
-        contenders = [("interlink @breaker", b(f), calls, True)]
-        contenders += [(n, w, peer_calls, False) for n, w in sync_breakers(f, tripped=tripped)]
-        for name, wrapped, n, ours in contenders:
-            grew = h.growth(wrapped, n, catch=tripped)
-            verdict = target = ""
-            if ours:
-                target = f"<= {GROWTH_TOLERANCE} B total"
-                verdict = "pass" if grew <= GROWTH_TOLERANCE else "FAIL"
-            rows.append(
-                h.Row(
-                    f"memory growth over {label}",
-                    f"{name} ({n:,} calls)",
-                    f"{grew:+,} B ({grew / n:+.2f} B/call)",
-                    "",
-                    target,
-                    verdict,
-                )
-            )
-    return rows
-
-
-def concurrency_rows(threads: int, calls: int) -> list[h.Row]:
-    """Wall time of ``threads`` threads x ``calls`` calls of a 10 ms sleep through each breaker."""
-
-    def slow() -> None:
-        time.sleep(SLEEP)
-
-    ideal = calls * SLEEP
-    rows = []
-    contenders = [("interlink @breaker", CircuitBreaker("bench")(slow), True)]
-    contenders += [(n, w, False) for n, w in sync_breakers(slow, tripped=False)]
-    for name, wrapped, ours in contenders:
-        took = h.wall_time_threads(wrapped, threads, calls)
-        verdict = target = ""
-        if ours:
-            target = f"<= {WALL_TARGET * ideal:.2f} s"
-            verdict = "pass" if took <= WALL_TARGET * ideal else "FAIL"
-        rows.append(
-            h.Row(
-                f"{threads} threads x {calls} calls of {SLEEP * 1000:.0f} ms (ideal {ideal:.2f} s)",
-                name,
-                f"{took:.3f} s",
-                f"{took / ideal:.1f}x ideal",
-                target,
-                verdict,
-            )
-        )
-    return rows
 
 
 # ---------------------------------------------------------------------------------- main
