@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -50,14 +49,6 @@ ORDER = Order(
 
 def unique(kind: str) -> str:
     return f"bench-{kind}-{uuid.uuid4().hex[:10]}"
-
-
-@dataclass
-class Settings:
-    rounds: int
-    serial: int  # messages per serial-publish measurement (for the fastest contender)
-    window: int
-    consume: int
 
 
 class Counter:
