@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _harness as h
+import _report as rep
 
 COOLDOWN = 2.0
 CALL_TIMEOUT = 0.05
@@ -369,15 +369,6 @@ def report(run: Run) -> tuple[list[list[str]], int]:
     return rows, missed
 
 
-def markdown(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |"]
-    lines.append(
-        "|" + "|".join("---:" if 2 <= i <= 5 else "---" for i in range(len(HEADERS))) + "|"
-    )
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--role", help=argparse.SUPPRESS)
@@ -385,9 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--b-url", default="", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="short phases (about 15 s in all)")
     parser.add_argument("--rate", type=float, help="requests per second to A (default 100)")
-    parser.add_argument("--markdown", type=Path, help="also write the table as markdown here")
-    parser.add_argument("--update-docs", action="store_true", help="rewrite the docs block")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    rep.add_output_options(parser)
     args = parser.parse_args(argv)
     if args.role:
         serve_role(args.role, args.port, args.b_url)
@@ -404,24 +393,13 @@ def main(argv: list[str] | None = None) -> int:
     took = time.perf_counter() - started
     rows, missed = report(run)
     spans = ", ".join(f"{k} {v:g} s" for k, v in phases.items())
-    text = "\n".join(
-        [
-            f"Command: `{h.command_line()}`  ",
-            f"Run: {h.environment()}; {rate:g} requests/s to A, each variant in turn; "
-            f"phases: {spans}; "
-            f"took {took:.0f} s.",
-            "",
-            markdown(rows),
-            "",
-        ]
+    text = rep.results_text(
+        f"{rate:g} requests/s to A, each variant in turn; phases: {spans}; took {took:.0f} s.",
+        rep.markdown_table(HEADERS, rows),
     )
     print(text)
     print(f"{missed} target(s) missed")
-    if args.markdown:
-        args.markdown.write_text(text, encoding="utf-8")
-    if args.update_docs:
-        h.replace_block("cascade", text)
-    return 1 if missed and args.strict else 0
+    return rep.publish("cascade", text, args, missed)
 
 
 if __name__ == "__main__":

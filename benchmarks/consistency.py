@@ -35,6 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h  # a script folder, not a package
+import _report as rep
 
 from interlink.messaging import Broker
 from interlink.messaging.envelope import OutgoingMessage
@@ -352,23 +353,16 @@ async def measure(quick: bool) -> tuple[list[h.Row], bool]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke test")
-    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
-    parser.add_argument("--update-docs", action="store_true", help="rewrite docs/performance.md")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    rep.add_output_options(
+        parser, markdown="also write the table to this file", docs="rewrite docs/performance.md"
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     rows, failed = asyncio.run(measure(args.quick))
     took = time.monotonic() - started
     h.print_table("consistency: outbox relay and sagas", rows, HEADERS)
-    text = (
-        f"Command: `{h.command_line()}`  \n"
-        f"Run: {h.environment()}; took {took:.0f} s.\n\n" + h.to_markdown(rows, HEADERS)
-    )
-    if args.markdown:
-        args.markdown.write_text(text + "\n", encoding="utf-8")
-    if args.update_docs:
-        h.replace_block("consistency", text)
-    return 1 if failed and args.strict else 0
+    text = rep.results_text(f"took {took:.0f} s.", h.to_markdown(rows, HEADERS))
+    return rep.publish("consistency", text, args, failed)
 
 
 if __name__ == "__main__":

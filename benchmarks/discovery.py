@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import _harness as h
+import _report as rep
 
 from interlink import Retry
 from interlink.discovery import OutlierOptions, Resolver, ServiceInstance
@@ -294,9 +295,7 @@ def rows_of(results: list[Result], pick_ns: tuple[float, float]) -> list[h.Row]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="sqlite and redis only, shorter")
-    parser.add_argument("--markdown", type=Path, help="also write the table as markdown here")
-    parser.add_argument("--update-docs", action="store_true", help="rewrite docs/performance.md")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    rep.add_output_options(parser, docs="rewrite docs/performance.md")
     parser.add_argument("--backends", default="", help="comma-separated subset to run")
     args = parser.parse_args(argv)
 
@@ -332,21 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     failed = [r for r in rows if r.failed]
     print(f"{len(failed)} target(s) missed; run took {took:.0f} s")
-    if args.markdown or args.update_docs:
-        text = "\n".join(
-            [
-                f"Command: `{h.command_line()}`  ",
-                f"Run: {h.environment()}; took {took:.0f} s.",
-                "",
-                h.to_markdown(rows, HEADERS),
-                "",
-            ]
-        )
-        if args.markdown:
-            args.markdown.write_text(text, encoding="utf-8")
-        if args.update_docs:
-            h.replace_block("discovery", text)
-    return 1 if failed and args.strict else 0
+    text = rep.results_text(f"took {took:.0f} s.", h.to_markdown(rows, HEADERS))
+    return rep.publish("discovery", text, args, len(failed))
 
 
 if __name__ == "__main__":

@@ -28,23 +28,19 @@ Usage: ``python benchmarks/grpc_client.py [--quick] [--markdown PATH] [--update-
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import functools
 import os
-import random
-import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))  # the example's generated code: examples.proto
-import _harness as h  # noqa: E402
+import _client_load as load  # noqa: E402
+import _report as rep  # noqa: E402
+from _client_load import Contender, Result  # noqa: E402
 
 THROUGHPUT_TARGET = 0.90
 CPU_TARGET = 1.10
@@ -74,58 +70,14 @@ async def _serve() -> None:
     await server.wait_for_termination()
 
 
-@contextmanager
-def server_process() -> Iterator[str]:
-    """Start the server in its own process; yields its address."""
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline())
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(5)
-
-
 # ------------------------------------------------------------------------------------ clients
-
-Call = Callable[[], Awaitable[object]]
-
-
-@dataclass
-class Result:
-    rps: float
-    p50_us: float
-    p99_us: float
-    cpu_us: float
-
-
-@dataclass
-class Contender:
-    name: str
-    role: str  # "bare" (the baseline), "interlink" (has the target) or "info"
-    call: Call
-    close: Callable[[], Awaitable[None]]
-    in_request: bool = False  # run inside a request context: a correlation id to propagate
-    results: dict[int, list[Result]] = field(default_factory=dict)
-
-    def best(self, concurrency: int) -> Result:
-        """Each figure's best round: scheduling noise only ever makes a figure worse."""
-        rounds = self.results[concurrency]
-        return Result(
-            rps=max(r.rps for r in rounds),
-            p50_us=min(r.p50_us for r in rounds),
-            p99_us=min(r.p99_us for r in rounds),
-            cpu_us=min(r.cpu_us for r in rounds),
-        )
 
 
 async def make_contenders(address: str) -> list[Contender]:
     import grpc
     from examples.proto import food_pb2, food_pb2_grpc
 
+    from interlink.context import use_correlation_id
     from interlink.grpc import aio_channel, direct_channel, service
     from interlink.grpc.policy import DEFAULT_TIMEOUT
 
@@ -162,6 +114,9 @@ async def make_contenders(address: str) -> list[Contender]:
     async def direct_call() -> object:
         return await direct_get(request)
 
+    # in a request: a correlation id in the context, set once per round as a server middleware
+    # would, so each call propagates it
+    in_a_request = functools.partial(use_correlation_id, "0af7651916cd43dd8448eb211c80319c")
     noop_name = "no-op grpc.aio interceptor (grpc's own cost)"
     in_request = "interlink aio_channel, in a request (x-request-id sent)"
     deadline_name = f"bare grpc.aio channel, timeout={DEFAULT_TIMEOUT:g} s (the deadline's cost)"
@@ -170,7 +125,7 @@ async def make_contenders(address: str) -> list[Contender]:
         Contender(deadline_name, "info", bare_deadline_call, _nothing),
         Contender(noop_name, "info", noop_call, noop_channel.close),
         Contender("interlink aio_channel (interceptors)", "interlink", interlink_call, _nothing),
-        Contender(in_request, "interlink", interlink_call, channel.close, in_request=True),
+        Contender(in_request, "interlink", interlink_call, channel.close, context=in_a_request),
         Contender("interlink direct_channel", "interlink", direct_call, direct.close),
     ]
 
@@ -179,160 +134,39 @@ async def _nothing() -> None:
     return None
 
 
-async def run_round(contender: Contender, concurrency: int, seconds: float) -> Result:
-    """One round; a contender "in a request" runs with a correlation id in its context, set
-    once as a server middleware would, so each call propagates it."""
-    if not contender.in_request:
-        return await _round(contender.call, concurrency, seconds)
-    from interlink.context import use_correlation_id
-
-    with use_correlation_id("0af7651916cd43dd8448eb211c80319c"):
-        return await _round(contender.call, concurrency, seconds)
-
-
-async def _round(call: Call, concurrency: int, seconds: float) -> Result:
-    latencies: list[float] = []
-    stop = time.perf_counter() + seconds
-
-    async def worker() -> None:
-        clock = time.perf_counter
-        record = latencies.append
-        while clock() < stop:
-            t0 = clock()
-            await call()
-            record(clock() - t0)
-
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    latencies.sort()
-    n = len(latencies)
-    return Result(
-        rps=n / wall,
-        p50_us=latencies[n // 2] * 1e6,
-        p99_us=latencies[min(n - 1, int(n * 0.99))] * 1e6,
-        cpu_us=cpu / n * 1e6,
-    )
-
-
-async def measure(
-    address: str, levels: tuple[int, ...], rounds: int, seconds: float
-) -> list[Contender]:
-    contenders = await make_contenders(address)
-    rng = random.Random(7)
-    try:
-        for c in contenders:  # warm up: connect, fill caches
-            await run_round(c, 32, min(seconds, 0.3))
-        for concurrency in levels:
-            for _ in range(rounds):
-                order = contenders[:]
-                rng.shuffle(order)
-                for c in order:
-                    result = await run_round(c, concurrency, seconds)
-                    c.results.setdefault(concurrency, []).append(result)
-    finally:
-        for c in contenders:
-            await c.close()
-    return contenders
-
-
 # ------------------------------------------------------------------------------------ report
 
-HEADERS = (
-    "concurrency",
-    "contender",
-    "req/s",
-    "p50 (us)",
-    "p99 (us)",
-    "client CPU (us/req)",
-    "vs bare channel",
-    "target",
-    "result",
-)
+HEADERS = load.headers("vs bare channel")
 
 
-def table(contenders: list[Contender], levels: tuple[int, ...]) -> tuple[list[list[str]], int]:
-    rows: list[list[str]] = []
-    missed = 0
-    base = next(c for c in contenders if c.role == "bare")
-    for concurrency in levels:
-        ref = base.best(concurrency)
-        for c in contenders:
-            r = c.best(concurrency)
-            versus = target = verdict = ""
-            if c.role != "bare":
-                rps, cpu = r.rps / ref.rps, r.cpu_us / ref.cpu_us
-                versus = f"{rps:.0%} req/s, {cpu:.0%} CPU, p50 {r.p50_us - ref.p50_us:+.0f} us"
-            if c.role == "interlink":
-                target = f">= {THROUGHPUT_TARGET:.0%} req/s, <= {CPU_TARGET:.0%} CPU"
-                ok = rps >= THROUGHPUT_TARGET and cpu <= CPU_TARGET
-                verdict = "pass" if ok else "**FAIL**"
-                missed += not ok
-            rows.append(
-                [
-                    str(concurrency) if c is contenders[0] else "",
-                    c.name,
-                    f"{r.rps:,.0f}",
-                    f"{r.p50_us:,.0f}",
-                    f"{r.p99_us:,.0f}",
-                    f"{r.cpu_us:,.0f}",
-                    versus,
-                    target,
-                    verdict,
-                ]
-            )
-    return rows, missed
-
-
-def markdown(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |"]
-    lines.append(
-        "|" + "|".join("---:" if 2 <= i <= 5 else "---" for i in range(len(HEADERS))) + "|"
-    )
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+def judge(c: Contender, concurrency: int, r: Result, ref: Result) -> tuple[str, str, bool | None]:
+    if c.role == "bare":
+        return "", "", None
+    rps, cpu = r.rps / ref.rps, r.cpu_us / ref.cpu_us
+    versus = f"{rps:.0%} req/s, {cpu:.0%} CPU, p50 {r.p50_us - ref.p50_us:+.0f} us"
+    if c.role != "interlink":
+        return versus, "", None
+    target = f">= {THROUGHPUT_TARGET:.0%} req/s, <= {CPU_TARGET:.0%} CPU"
+    return versus, target, rps >= THROUGHPUT_TARGET and cpu <= CPU_TARGET
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--quick", action="store_true", help="a short smoke run (seconds)")
-    parser.add_argument("--rounds", type=int, help="rounds per contender (default 25, quick 2)")
-    parser.add_argument("--seconds", type=float, help="seconds per round (default 0.2, quick 0.1)")
-    parser.add_argument("--markdown", type=Path, help="also write the table as markdown here")
-    parser.add_argument("--update-docs", action="store_true", help="rewrite the docs block")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
-    args = parser.parse_args(argv)
+    args = load.parse_args(argv, __doc__.splitlines()[0], rounds=(25, 2), seconds=(0.2, 0.1))
     if args.serve:
         asyncio.run(_serve())
         return 0
-    rounds = args.rounds or (2 if args.quick else 25)
-    seconds = args.seconds or (0.1 if args.quick else 0.2)
-    levels = (1, 32)
-    load = os.getloadavg()
-    started = time.perf_counter()
-    with server_process() as address:
-        contenders = asyncio.run(measure(address, levels, rounds, seconds))
-    took = time.perf_counter() - started
-    rows, missed = table(contenders, levels)
-    text = "\n".join(
-        [
-            f"Command: `{h.command_line()}`  ",
-            f"Run: {h.environment()}; {rounds} rounds of {seconds:g} s per contender and "
-            f"concurrency, each figure the best of its rounds; took {took:.0f} s; load average "
-            f"{load[0]:.1f} before, {os.getloadavg()[0]:.1f} after.",
-            "",
-            markdown(rows),
-            "",
-        ]
+    load_before = os.getloadavg()
+    contenders, took = load.run(__file__, "127.0.0.1:{port}", make_contenders, args)
+    rows, missed = load.table(contenders, "bare", Contender.best, judge)
+    text = rep.results_text(
+        f"{args.rounds} rounds of {args.seconds:g} s per contender and concurrency, each figure "
+        f"the best of its rounds; took {took:.0f} s; load average {load_before[0]:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after.",
+        rep.markdown_table(HEADERS, rows),
     )
     print(text)
     print(f"{missed} target(s) missed")
-    if args.markdown:
-        args.markdown.write_text(text, encoding="utf-8")
-    if args.update_docs:
-        h.replace_block("grpc_client", text)
-    return 1 if missed and args.strict else 0
+    return rep.publish("grpc_client", text, args, missed)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h  # a script folder, not a package
+import _report as rep
 from _messaging_faststream import FastStream
 from _messaging_interlink import BackendOnly, Interlink
 from _messaging_raw_clients import NatsRaw, RabbitRaw, RedisRaw
@@ -295,13 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--rounds", type=int, help="rounds per contender (default 2, quick 1)")
     parser.add_argument("--only", help="one backend: nats, rabbitmq, redis or sqlite")
-    parser.add_argument("--markdown", type=Path, help="also write the tables as markdown here")
-    parser.add_argument(
-        "--update-docs",
-        action="store_true",
-        help="rewrite the results block of docs/performance.md",
+    rep.add_output_options(
+        parser,
+        markdown="also write the tables as markdown here",
+        docs="rewrite the results block of docs/performance.md",
     )
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     rounds = args.rounds or (1 if args.quick else 2)
@@ -330,20 +329,11 @@ def main(argv: list[str] | None = None) -> int:
         h.print_table(title, table, HEADERS)
     failed = [r for r in rows if r.failed]
     print(f"{len(failed)} target(s) missed; run took {took:.0f} s")
-    if args.markdown or args.update_docs:
-        parts = [
-            f"Command: `{h.command_line()}`  ",
-            f"Run: {h.environment()}; took {took:.0f} s.",
-            "",
-        ]
-        for title, table in tables:
-            parts += [f"**{title}**", "", h.to_markdown(table, HEADERS), ""]
-        text = "\n".join(parts)
-        if args.markdown:
-            args.markdown.write_text(text, encoding="utf-8")
-        if args.update_docs:
-            h.replace_block("messaging", text)
-    return 1 if failed and args.strict else 0
+    blocks: list[str] = []
+    for title, table in tables:
+        blocks += [f"**{title}**", h.to_markdown(table, HEADERS)]
+    text = rep.results_text(f"took {took:.0f} s.", *blocks)
+    return rep.publish("messaging", text, args, len(failed))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h  # a script folder, not a package
+import _report as rep
 from _resilience_contenders import (
     _tripped_interlink,
     af,
@@ -241,13 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run (seconds)")
     parser.add_argument("--rounds", type=int, help="rounds per contender (default 15, quick 2)")
-    parser.add_argument("--markdown", type=Path, help="also write the tables as markdown here")
-    parser.add_argument(
-        "--update-docs",
-        action="store_true",
-        help="rewrite the results block of docs/performance.md",
+    rep.add_output_options(
+        parser,
+        markdown="also write the tables as markdown here",
+        docs="rewrite the results block of docs/performance.md",
     )
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
 
     if args.quick:
@@ -279,23 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r for r in timing + memory if r.failed]
     print(f"{len(failed)} target(s) missed; run took {took:.0f} s")
 
-    if args.markdown or args.update_docs:
-        text = "\n".join(
-            [
-                f"Command: `{h.command_line()}`  ",
-                f"Run: {h.environment()}; took {took:.0f} s.",
-                "",
-                h.to_markdown(timing),
-                "",
-                h.to_markdown(memory, MEM_HEADERS),
-                "",
-            ]
-        )
-        if args.markdown:
-            args.markdown.write_text(text, encoding="utf-8")
-        if args.update_docs:
-            h.replace_block("resilience", text)
-    return 1 if failed and args.strict else 0
+    text = rep.results_text(
+        f"took {took:.0f} s.", h.to_markdown(timing), h.to_markdown(memory, MEM_HEADERS)
+    )
+    return rep.publish("resilience", text, args, len(failed))
 
 
 if __name__ == "__main__":
