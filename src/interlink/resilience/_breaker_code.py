@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from interlink.errors import CircuitOpenError
+from interlink.resilience._breaker_state import _FAST_MASK, _OPEN, _STATE_BITS
 from interlink.resilience._signature import forwarding
 
 if TYPE_CHECKING:
@@ -43,15 +44,9 @@ _TEMPLATE = """\
 
 
 def decorate(
-    breaker: CircuitBreaker,
-    fn: Callable[..., Any],
-    *,
-    is_async: bool,
-    fast_mask: int,
-    state_bits: int,
-    open_: int,
+    breaker: CircuitBreaker, fn: Callable[..., Any], *, is_async: bool
 ) -> Callable[..., Any]:
-    """``fn`` wrapped by ``breaker``; the state-word constants come from ``breaker.py``."""
+    """``fn`` wrapped by ``breaker``."""
     fwd = forwarding(fn)
     text = _TEMPLATE.format(
         def_="async def" if is_async else "def",
@@ -62,9 +57,9 @@ def decorate(
         packed_kwargs=fwd.packed_kwargs,
         await_="await " if is_async else "",
         guarded="_acall_guarded" if is_async else "_call_guarded",
-        fast_mask=fast_mask,
-        state_bits=state_bits,
-        open_=open_,
+        fast_mask=_FAST_MASK,
+        state_bits=_STATE_BITS,
+        open_=_OPEN,
     )
     ns: dict[str, Any] = {
         **fwd.defaults,

@@ -272,14 +272,7 @@ class CircuitBreaker(BreakerMachine):
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
         """Decorate a ``def`` or an ``async def``."""
-        return decorate(
-            self,
-            fn,
-            is_async=inspect.iscoroutinefunction(fn),
-            fast_mask=_FAST_MASK,
-            state_bits=_STATE_BITS,
-            open_=_OPEN,
-        )
+        return decorate(self, fn, is_async=inspect.iscoroutinefunction(fn))
 
     def _call_guarded(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
         permit = self.acquire()
