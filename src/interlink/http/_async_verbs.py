@@ -8,7 +8,7 @@ looked up through CPython's type cache like one on the class itself).
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -25,18 +25,8 @@ class AsyncVerbs:
 
     __slots__ = ()
 
-    def _send(  # noqa: PLR0917 - internal, positional for speed
-        self,
-        method: str,
-        url: str,
-        params: Params | None,
-        headers: Mapping[str, str] | None,
-        content: bytes | str | None,
-        json: Any,
-        timeout: float | None,
-        fallback: Any,
-    ) -> Coroutine[Any, Any, Response]:  # pragma: no cover - overridden
-        raise NotImplementedError
+    # the subclass's: (method, url, params, headers, content, json, timeout, fallback), positional
+    _send: Callable[..., Coroutine[Any, Any, Response]]
 
     def request(
         self,

@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 from interlink.context import correlation_id
 from interlink.errors import BudgetExhausted, DeadlineExceeded, HTTPStatusError, TransportError
 from interlink.http._response import Response
-from interlink.http.classify import IDEMPOTENCY_HEADER, IDEMPOTENT_METHODS, AttemptFailed
+from interlink.http.classify import AttemptFailed, may_resend
 
 __all__ = [
     "Call",
@@ -119,10 +119,7 @@ class Call:
         self.path = path
         self.headers = headers
         self.body = body
-        # may_resend, inlined: a Call is built on every request
-        self.resend = method in IDEMPOTENT_METHODS or (
-            headers is not None and IDEMPOTENCY_HEADER in headers
-        )
+        self.resend = may_resend(method, headers)
         self.correlation = correlation_id()
 
 
