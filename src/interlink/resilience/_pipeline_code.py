@@ -30,6 +30,14 @@ from interlink.resilience.breaker import CircuitBreaker
 from interlink.resilience.bulkhead import Bulkhead
 from interlink.resilience.deadline import (
     _CURRENT,
+    AT,
+    BASE,
+    FIRED,
+    FLOOR,
+    LOOP,
+    TASK,
+    THREAD,
+    WATCHDOG,
     _Pair,
     enter_thread_deadline,
     expired,
@@ -129,16 +137,18 @@ def build_call(  # noqa: PLR0915 - one flat template reads best
             get_ident=threading.get_ident,
         )
         slow_call = "slow(*args, **kwargs)" if fn is not None else "slow(fn, *args, **kwargs)"
-        # slots: AT, CLOCK, TASK, FLOOR, FIRED, THREAD, LOOP, SLOT, WATCHDOG, BASE (deadline.py)
         if is_async:  # the task's record: its own task and thread only
             ns.update(
                 enter_frame=functools.partial(enter_task_deadline, timeout._watchdogs),
                 current_task_of=_current_tasks.get,
             )
-            owned = "frame[2] is current_task_of(frame[6]) and frame[5] == get_ident()"
+            owned = (
+                f"frame[{TASK}] is current_task_of(frame[{LOOP}])"
+                f" and frame[{THREAD}] == get_ident()"
+            )
         else:  # the thread's record: a sync call cannot yield, so what else runs here nests
             ns["enter_frame"] = enter_thread_deadline
-            owned = "frame[5] == get_ident()"
+            owned = f"frame[{THREAD}] == get_ident()"
         src.add(
             "frame = cv_get()",
             f"if not (frame.__class__ is list and {owned}):",
@@ -155,19 +165,23 @@ def build_call(  # noqa: PLR0915 - one flat template reads best
     if frames:
         assert timeout is not None  # for mypy: implied by frames
         ns.update(tclock=timeout._clock, secs=timeout.seconds, timeout=timeout, before=_just_before)
-        arm = ["    if frame[3] > at:", "        frame[8].arm_frame(frame, at)"] if is_async else []
+        arm = (
+            [f"    if frame[{FLOOR}] > at:", f"        frame[{WATCHDOG}].arm_frame(frame, at)"]
+            if is_async
+            else []
+        )
         src.add(
             "now = tclock()",
             "at = now + secs",
-            "prev = frame[0]",
+            f"prev = frame[{AT}]",
             "if prev > at:",
-            "    frame[0] = at",
+            f"    frame[{AT}] = at",
             *arm,
             "elif prev <= now:",
             "    raise timeout.expired_error(started=False)",
         )
         if is_async:  # the inherited deadline is sooner: enforce it for this call
-            src.add("elif prev == frame[9]:", "    frame[0] = at = before(prev)", *arm)
+            src.add(f"elif prev == frame[{BASE}]:", f"    frame[{AT}] = at = before(prev)", *arm)
         src.indent("try:")
     elif timeout is not None:
         ns.update(
@@ -244,23 +258,23 @@ def build_call(  # noqa: PLR0915 - one flat template reads best
         src.add("except BaseException as exc:", f"    result = {aw}again(fn, args, kwargs, exc)")
     if frames and not is_async:
         src.dedent()
-        src.add("finally:", "    frame[0] = prev")
+        src.add("finally:", f"    frame[{AT}] = prev")
     elif frames:
         ns["settle"] = settle_fired
         src.dedent()
         src.add(
             "except asyncio.CancelledError:",
-            "    if frame[4]:",
+            f"    if frame[{FIRED}]:",
             "        settle(frame, prev)",
             "        raise timeout.expired_error(started=True) from None",
             "    raise",
             "except BaseException:",
-            "    if frame[4]:",
+            f"    if frame[{FIRED}]:",
             "        settle(frame, prev)",
             "    raise",
             "finally:",
-            "    frame[0] = prev",
-            "if frame[4]:",
+            f"    frame[{AT}] = prev",
+            f"if frame[{FIRED}]:",
             "    settle(frame, prev)",
         )
     elif timeout is not None:

@@ -19,7 +19,8 @@ re-arm for it; no call in progress, forget the frame. A tight loop of successful
 arms one timer per ``seconds`` instead of one entry per call, and pays two item writes per call.
 
 The generated pipeline (``_pipeline_code``) inlines ``arm``/``disarm`` and the task-deadline
-fast path; keep the attribute and slot names in step with it.
+fast path, naming the record's slots by the constants of ``deadline.py``; keep the watchdog's
+attribute names in step with it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import threading
 import time
 
 from interlink.resilience.deadline import (
-    _CURRENT,
     _INF,
     AT,
     BASE,
@@ -43,6 +43,7 @@ from interlink.resilience.deadline import (
     WATCHDOG,
     TaskDeadline,
     inherited,
+    install_frame,
 )
 
 __all__ = ["RESOLUTION", "Watchdog", "enter_task_deadline", "settle_fired", "watchdog_for"]
@@ -233,9 +234,7 @@ def enter_task_deadline(watchdogs: dict[int, Watchdog], parent: object) -> TaskD
     base = inherited(parent)
     if base is None:
         return None
-    frame = [base, time.monotonic, task, _INF, False, wd.thread_id, wd._loop, 0, wd, base]
-    _CURRENT.set(frame)
-    return frame
+    return install_frame(base, task, wd.thread_id, wd._loop, wd)
 
 
 # private, but asyncio.current_task() would look the running loop up again

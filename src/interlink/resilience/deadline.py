@@ -63,7 +63,13 @@ def enter_thread_deadline(parent: object) -> TaskDeadline | None:
     base = inherited(parent)
     if base is None:
         return None
-    frame = [base, time.monotonic, False, _INF, False, threading.get_ident(), None, 0, None, base]
+    return install_frame(base, False, threading.get_ident(), None, None)
+
+
+def install_frame(base: float, task: Any, thread: int, loop: Any, watchdog: Any) -> TaskDeadline:
+    """A new record inheriting ``base``, unarmed and with no call in progress, set as this
+    context's deadline."""
+    frame = [base, time.monotonic, task, _INF, False, thread, loop, 0, watchdog, base]
     _CURRENT.set(frame)
     return frame
 
