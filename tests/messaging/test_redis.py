@@ -134,7 +134,7 @@ def test_a_backlog_is_read_packed_with_attempts_from_the_retry_stream() -> None:
     assert all(attempt == 1 for mid, attempt in attempts if mid != "r1")
 
 
-def _lane_backend(broker: Broker) -> RedisBackend:
+def _redis_backend(broker: Broker) -> RedisBackend:
     backend = broker.backend
     assert isinstance(backend, RedisBackend)
     return backend
@@ -149,7 +149,7 @@ def test_serial_publishes_go_through_the_lane_and_keep_their_order() -> None:
     async def body() -> tuple[list[bytes], int, bool]:
         broker = Broker.from_url(f"{URL}?maxlen=10")
         await broker.connect()
-        backend = _lane_backend(broker)
+        backend = _redis_backend(broker)
         for i in range(300):
             await broker.publish(topic, b"%d" % i)
         entries = await backend.client.xrange(f"interlink:{topic}")
@@ -173,7 +173,7 @@ def test_overlapping_publishes_share_lane_and_pool() -> None:
         broker = Broker.from_url(URL)
         await broker.connect()
         ids = await asyncio.gather(*(broker.publish(topic, b"%d" % i) for i in range(50)))
-        entries = await _lane_backend(broker).client.xrange(f"interlink:{topic}")
+        entries = await _redis_backend(broker).client.xrange(f"interlink:{topic}")
         await broker.stop()
         return set(ids), {decode(fields[b"d"]).id for _, fields in entries}
 
@@ -190,7 +190,7 @@ def test_a_broken_lane_falls_back_to_the_pool_and_reconnects() -> None:
     async def body() -> int:
         broker = Broker.from_url(URL)
         await broker.connect()
-        backend = _lane_backend(broker)
+        backend = _redis_backend(broker)
         await broker.publish(topic, b"first")
         lane = backend._lane
         assert lane is not None
@@ -216,7 +216,7 @@ def test_a_refused_publish_on_the_lane_is_a_publish_error() -> None:
     async def body() -> None:
         broker = Broker.from_url(URL)
         await broker.connect()
-        backend = _lane_backend(broker)
+        backend = _redis_backend(broker)
         await broker.publish(f"{topic}-ok", b"warm")
         await backend.client.set(f"interlink:{topic}", b"not a stream")
         with pytest.raises(PublishError, match="WRONGTYPE"):
@@ -236,7 +236,7 @@ def test_a_lane_publish_times_out_after_socket_timeout_then_recovers() -> None:
     async def body() -> float:
         broker = Broker.from_url(f"{URL}?socket_timeout=0.2")
         await broker.connect()
-        backend = _lane_backend(broker)
+        backend = _redis_backend(broker)
         await broker.publish(topic, b"warm")
         await backend.client.execute_command("CLIENT", "PAUSE", 600, "WRITE")
         began = time.monotonic()
@@ -285,7 +285,7 @@ def test_closing_mid_backlog_gives_back_the_batch_read_ahead() -> None:
     async def body() -> tuple[list[int], list[int], int]:
         broker = Broker.from_url(URL)  # visibility timeout 30 s: nothing comes back by it
         await broker.connect()
-        backend = _lane_backend(broker)
+        backend = _redis_backend(broker)
         await backend.ensure_group(topic, "g")
         await broker.publish_many(topic, [b"%d" % i for i in range(1000)])
         first: list[int] = []
@@ -324,7 +324,7 @@ def test_a_fetch_cancelled_as_it_reads_ahead_gives_back_what_it_read() -> None:
     async def body() -> tuple[int, int]:
         broker = Broker.from_url(URL)
         await broker.connect()
-        backend = _lane_backend(broker)
+        backend = _redis_backend(broker)
         await backend.ensure_group(topic, "g")
         await broker.publish_many(topic, [b"%d" % i for i in range(200)])
         sub = Subscription(backend, topic, "g")
