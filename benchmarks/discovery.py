@@ -93,7 +93,7 @@ class Client:
 async def load(client: Client, session: Any, stop: asyncio.Event, workers: int) -> None:
     import aiohttp
 
-    retry = Retry(2, base=0.0, max_delay=0.0, jitter="none")
+    retry = Retry(2, backoff=0.0, max_backoff=0.0, jitter="none")
     timeout = aiohttp.ClientTimeout(total=1.0)
 
     async def attempt() -> str:

@@ -32,7 +32,7 @@ def test_default_service_has_a_deadline_retry_and_breaker_named_after_it() -> No
     assert svc.timeout == 10.0
     assert [d["policy"] for d in described] == ["retry", "breaker"]
     assert {d["name"] for d in described} == {"menu"}
-    assert described[0]["attempts"] == 2
+    assert described[0]["retries"] == 2
     assert described[0]["budget"]["ratio"] == 0.2  # type: ignore[index]
 
 

@@ -26,7 +26,7 @@ from interlink.messaging.envelope import Envelope, encode
 T = TypeVar("T")
 
 #: The retry used where a test needs retries but not their timing: quick, deterministic.
-QUICK = Retry(attempts=10, base=0.01, max_delay=0.02, jitter="none")
+QUICK = Retry(retries=10, backoff=0.01, max_backoff=0.02, jitter="none")
 
 
 class Order(BaseModel):
@@ -262,7 +262,7 @@ class BackendContract:
         topic = self.name()
         times: list[tuple[int, float]] = []
         broker = self.broker()
-        retry = Retry(attempts=5, base=0.1, multiplier=2.0, max_delay=1.0, jitter="none")
+        retry = Retry(retries=5, backoff=0.1, multiplier=2.0, max_backoff=1.0, jitter="none")
 
         @broker.subscriber(topic, group=self.name("g"), retry=retry, max_deliveries=5)
         async def handle(message: Order) -> None:
@@ -350,7 +350,7 @@ class BackendContract:
         topic = self.name()
         attempts: list[int] = []
         broker = self.broker()
-        retry = Retry(attempts=5, base=0.01, retry_on=ConnectionError)
+        retry = Retry(retries=5, backoff=0.01, retry_on=ConnectionError)
 
         @broker.subscriber(topic, group=self.name("g"), retry=retry, max_deliveries=5)
         async def handle(message: Order) -> None:

@@ -27,7 +27,7 @@ def build() -> Broker:
     broker.publisher("orders", OrderPlaced, description="Every accepted order.")
 
     @broker.subscriber(
-        "orders", group="payments", max_deliveries=3, retry=Retry(attempts=2), concurrency=4
+        "orders", group="payments", max_deliveries=3, retry=Retry(retries=2), concurrency=4
     )
     async def charge(order: OrderPlaced) -> None:
         """Charge the customer."""
@@ -68,7 +68,7 @@ def test_channels_and_operations() -> None:
     assert receive["channel"] == {"$ref": "#/channels/orders"}
     extra: dict[str, Any] = receive["x-interlink"]
     assert (extra["group"], extra["maxDeliveries"], extra["concurrency"]) == ("payments", 3, 4)
-    assert extra["retry"]["attempts"] == 2
+    assert extra["retry"]["retries"] == 2
     assert extra["deadLetterChannel"] == "orders.dlq"
     assert ops["receive.audit.archive.archive"]["x-interlink"]["idempotent"] is True
 

@@ -39,8 +39,8 @@ def test_defaults_are_pinned() -> None:
     [sub] = broker.subscriptions
     assert (sub.group, sub.max_deliveries, sub.concurrency, sub.prefetch) == ("default", 5, 1, 32)
     described = sub.retry.describe()
-    assert (described["attempts"], described["base"], described["jitter"]) == (4, 1.0, "equal")
-    assert described["max_delay"] == 300.0
+    assert (described["retries"], described["backoff"], described["jitter"]) == (4, 1.0, "equal")
+    assert described["max_backoff"] == 300.0
 
 
 def test_unknown_scheme_is_refused() -> None:
@@ -403,7 +403,7 @@ def test_retry_budget_is_shared_by_a_subscriber() -> None:
     broker = memory()
     calls: list[int] = []
 
-    @broker.subscriber("t", retry=Retry(attempts=5, base=0.01, budget=budget))
+    @broker.subscriber("t", retry=Retry(retries=5, backoff=0.01, budget=budget))
     async def handle(message: bytes) -> None:
         calls.append(1)
         raise RuntimeError("down")

@@ -130,7 +130,7 @@ def test_timeouts_inside_handlers_time_out_only_the_handler() -> None:
     broker = memory()
     outcomes: list[str] = []
 
-    @broker.subscriber("t", retry=Retry(attempts=3, base=0.01, jitter="none"))
+    @broker.subscriber("t", retry=Retry(retries=3, backoff=0.01, jitter="none"))
     async def handle(message: bytes) -> None:
         if current_message().attempt == 1:
             async with asyncio.timeout(0.01):

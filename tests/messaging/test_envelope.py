@@ -265,7 +265,7 @@ def test_error_type_names_module_and_class() -> None:
 
 def test_failure_is_retried_with_the_retry_schedule() -> None:
     """Delivery n failing asks Retry for retry number n-1's delay."""
-    retry = Retry(attempts=5, base=0.5, multiplier=2.0, max_delay=100, jitter="none")
+    retry = Retry(retries=5, backoff=0.5, multiplier=2.0, max_backoff=100, jitter="none")
     delays = [
         decide_failure(RuntimeError("x"), attempt=n, max_deliveries=10, retry=retry)
         for n in (1, 2, 3)
@@ -275,7 +275,7 @@ def test_failure_is_retried_with_the_retry_schedule() -> None:
 
 def test_jitter_comes_from_the_policy_rng() -> None:
     """The delay is jittered by the Retry policy's own randomness."""
-    retry = Retry(attempts=5, base=1.0, jitter="full", rng=Random(1))
+    retry = Retry(retries=5, backoff=1.0, jitter="full", rng=Random(1))
     expected = 1.0 * Random(1).random()
     decision = decide_failure(RuntimeError(), attempt=1, max_deliveries=5, retry=retry)
     assert decision.delay == pytest.approx(expected)
@@ -283,7 +283,7 @@ def test_jitter_comes_from_the_policy_rng() -> None:
 
 def test_max_deliveries_dead_letters() -> None:
     """The last allowed delivery failing goes to the DLQ with the error's type and text."""
-    retry = Retry(attempts=10, base=0.1)
+    retry = Retry(retries=10, backoff=0.1)
     decision = decide_failure(ValueError("declined"), attempt=3, max_deliveries=3, retry=retry)
     assert decision.action == "dead_letter"
     assert decision.error_type == "ValueError"
@@ -292,7 +292,7 @@ def test_max_deliveries_dead_letters() -> None:
 
 def test_retry_giving_up_dead_letters() -> None:
     """When Retry runs out of attempts first, the message is dead-lettered."""
-    retry = Retry(attempts=1, base=0.1)
+    retry = Retry(retries=1, backoff=0.1)
     decision = decide_failure(RuntimeError("x"), attempt=2, max_deliveries=10, retry=retry)
     assert decision == Decision(
         "dead_letter", reason="x (not retried after 2 deliveries)", error_type="RuntimeError"
@@ -301,7 +301,7 @@ def test_retry_giving_up_dead_letters() -> None:
 
 def test_not_retryable_error_dead_letters_at_once() -> None:
     """An error outside retry_on is not retried."""
-    retry = Retry(attempts=5, retry_on=ConnectionError)
+    retry = Retry(retries=5, retry_on=ConnectionError)
     decision = decide_failure(KeyError("k"), attempt=1, max_deliveries=5, retry=retry)
     assert decision.action == "dead_letter"
     assert decision.error_type == "KeyError"
@@ -310,7 +310,7 @@ def test_not_retryable_error_dead_letters_at_once() -> None:
 def test_exhausted_budget_dead_letters_naming_the_budget() -> None:
     """A retry budget that refuses sends the message to the DLQ, saying so."""
     budget = RetryBudget(ratio=0.1, min_per_second=0.0)
-    retry = Retry(attempts=5, budget=budget)
+    retry = Retry(retries=5, budget=budget)
     decision = decide_failure(RuntimeError("x"), attempt=1, max_deliveries=5, retry=retry)
     assert decision.action == "dead_letter"
     assert "retry budget" in decision.reason
@@ -321,7 +321,7 @@ def test_retry_after_hint_is_honoured() -> None:
     """An error carrying retry_after (a 429 from downstream) sets the delay."""
     error = RuntimeError("slow down")
     error.retry_after = 7.0  # type: ignore[attr-defined]
-    decision = decide_failure(error, attempt=1, max_deliveries=5, retry=Retry(attempts=3))
+    decision = decide_failure(error, attempt=1, max_deliveries=5, retry=Retry(retries=3))
     assert decision == Decision("retry", 7.0)
 
 

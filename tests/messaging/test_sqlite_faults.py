@@ -59,7 +59,7 @@ CONSUMER = textwrap.dedent(
 
     @broker.subscriber(
         topic, group="g", concurrency=4, prefetch=16, max_deliveries=50,
-        retry=Retry(attempts=49, base=0.01, max_delay=0.05),
+        retry=Retry(retries=49, backoff=0.01, max_backoff=0.05),
         idempotent=idempotency or False,
     )
     async def handle(message: bytes) -> None:

@@ -21,7 +21,7 @@ def test_docs_example_charges_and_dead_letters() -> None:
     charged: list[int] = []
     broker = memory_broker()
 
-    @broker.subscriber("orders", group="payments", retry=Retry(attempts=2, base=0.01))
+    @broker.subscriber("orders", group="payments", retry=Retry(retries=2, backoff=0.01))
     async def charge(order: OrderPlaced) -> None:
         if order.amount <= 0:
             raise ValueError(f"bad amount {order.amount}")

@@ -26,7 +26,7 @@ from interlink.outbox.stores import partition_of
 
 T = TypeVar("T")
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-FAST = Retry(attempts=1000, base=0.001, max_delay=0.005, jitter="none")
+FAST = Retry(retries=1000, backoff=0.001, max_backoff=0.005, jitter="none")
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -227,7 +227,7 @@ def test_postgres_inbox_commits_effects_and_next_event_together() -> None:
                 topic,
                 group=f"payments-{table}",
                 idempotent=True,
-                retry=Retry(attempts=3, base=0.001, max_delay=0.002, jitter="none"),
+                retry=Retry(retries=3, backoff=0.001, max_backoff=0.002, jitter="none"),
             )
             async def charge(env: Envelope) -> None:
                 conn = current_transaction()

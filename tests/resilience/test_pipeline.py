@@ -79,7 +79,7 @@ def test_two_of_a_kind_is_refused() -> None:
 def test_retry_then_success(clock: FakeClock) -> None:
     """Two failures are retried with backoff and the third attempt answers."""
     flaky = Flaky(2)
-    p = Pipeline(retry=Retry(3, jitter="none", base=0.1, clock=clock))
+    p = Pipeline(retry=Retry(3, jitter="none", backoff=0.1, clock=clock))
     assert p.call(flaky) == "ok"
     assert flaky.calls == 3
     assert clock.sleeps == [0.1, 0.2]
@@ -91,7 +91,7 @@ def test_breaker_counts_each_attempt_and_rejects(clock: FakeClock) -> None:
     flaky = Flaky(100)
     p = Pipeline(
         fallback=Fallback(value="cached"),
-        retry=Retry(3, jitter="none", base=0.01, clock=clock),
+        retry=Retry(3, jitter="none", backoff=0.01, clock=clock),
         breaker=breaker,
     )
     assert p.call(flaky) == "cached"
@@ -151,7 +151,7 @@ def test_deadline_stops_retries_early(clock: FakeClock) -> None:
     flaky = Flaky(100)
     p = Pipeline(
         timeout=Timeout(1.0, clock=clock),
-        retry=Retry(10, base=0.3, multiplier=2.0, jitter="none", clock=clock),
+        retry=Retry(10, backoff=0.3, multiplier=2.0, jitter="none", clock=clock),
     )
     with pytest.raises(Boom):
         p.call(flaky)

@@ -1,4 +1,4 @@
-"""Retry: schedule, attempts, what is retried, deadline, budget, drivers and decorator."""
+"""Retry: schedule, retries, what is retried, deadline, budget, drivers and decorator."""
 
 from __future__ import annotations
 
@@ -62,40 +62,40 @@ def test_defaults_are_pinned() -> None:
     defaults = {
         name: p.default
         for name, p in params.items()
-        if name in {"attempts", "base", "multiplier", "max_delay", "jitter", "retry_on", "name"}
+        if name in {"retries", "backoff", "multiplier", "max_backoff", "jitter", "retry_on", "name"}
     }
     assert defaults == {
-        "attempts": 3,
-        "base": 0.1,
+        "retries": 3,
+        "backoff": 0.1,
         "multiplier": 2.0,
-        "max_delay": 10.0,
+        "max_backoff": 10.0,
         "jitter": "full",
         "retry_on": (Exception,),
         "name": "retry",
     }
 
 
-def test_first_retry_waits_base_and_then_doubles() -> None:
-    """With jitter "none" the waits are base, base*m, base*m**2."""
+def test_first_retry_waits_backoff_and_then_doubles() -> None:
+    """With jitter "none" the waits are backoff, backoff*m, backoff*m**2."""
     clock = FakeClock()
     flaky = Flaky()
     with pytest.raises(Boom):
-        retry(clock, attempts=3).call(flaky)
+        retry(clock, retries=3).call(flaky)
     assert clock.sleeps == [0.1, 0.2, 0.4]
 
 
-def test_delays_are_capped_at_max_delay() -> None:
-    """The exponential growth stops at max_delay."""
+def test_delays_are_capped_at_max_backoff() -> None:
+    """The exponential growth stops at max_backoff."""
     clock = FakeClock()
     with pytest.raises(Boom):
-        retry(clock, attempts=5, base=1.0, multiplier=3.0, max_delay=5.0).call(Flaky())
+        retry(clock, retries=5, backoff=1.0, multiplier=3.0, max_backoff=5.0).call(Flaky())
     assert clock.sleeps == [1.0, 3.0, 5.0, 5.0, 5.0]
 
 
 _settings = st.fixed_dictionaries(
     {
         "attempt": st.integers(0, 5000),
-        "base": st.floats(0.0, 5.0),
+        "backoff": st.floats(0.0, 5.0),
         "multiplier": st.floats(1.0, 10.0),
         "spread": st.floats(0.0, 100.0),
         "seed": st.integers(0, 2**32),
@@ -105,20 +105,20 @@ _settings = st.fixed_dictionaries(
 
 
 def _computed(s: dict[str, Any]) -> tuple[float, float]:
-    max_delay = s["base"] + s["spread"]
+    max_backoff = s["backoff"] + s["spread"]
     try:
-        raw = s["base"] * s["multiplier"] ** s["attempt"]
+        raw = s["backoff"] * s["multiplier"] ** s["attempt"]
     except OverflowError:
         raw = math.inf
-    return min(raw, max_delay), max_delay
+    return min(raw, max_backoff), max_backoff
 
 
 def _delay(jitter: str, s: dict[str, Any]) -> float:
     r = Retry(
-        attempts=10_000,
-        base=s["base"],
+        retries=10_000,
+        backoff=s["backoff"],
         multiplier=s["multiplier"],
-        max_delay=s["base"] + s["spread"],
+        max_backoff=s["backoff"] + s["spread"],
         jitter=jitter,
         rng=Random(s["seed"]),
         clock=FakeClock(),
@@ -128,7 +128,7 @@ def _delay(jitter: str, s: dict[str, Any]) -> float:
 
 @given(_settings)
 def test_no_jitter_is_exactly_the_formula(s: dict[str, Any]) -> None:
-    """ "none": min(base * multiplier**attempt, max_delay), even where the power overflows."""
+    """ "none": min(backoff * multiplier**attempt, max_backoff), even where the power overflows."""
     assert _delay("none", s) == _computed(s)[0]
 
 
@@ -147,11 +147,11 @@ def test_equal_jitter_keeps_at_least_half(s: dict[str, Any]) -> None:
 
 @given(_settings)
 def test_decorrelated_jitter_is_between_base_and_three_times_previous(s: dict[str, Any]) -> None:
-    """ "decorrelated": min(max_delay, uniform(base, 3 * prev)), prev at least base."""
+    """ "decorrelated": min(max_backoff, uniform(backoff, 3 * prev)), prev at least backoff."""
     delay = _delay("decorrelated", s)
-    max_delay = _computed(s)[1]
-    assert min(s["base"], max_delay) <= delay <= max_delay
-    assert delay <= 3 * max(s["prev"], s["base"]) + 1e-9
+    max_backoff = _computed(s)[1]
+    assert min(s["backoff"], max_backoff) <= delay <= max_backoff
+    assert delay <= 3 * max(s["prev"], s["backoff"]) + 1e-9
 
 
 def test_jitter_draws_from_the_injected_rng() -> None:
@@ -170,7 +170,7 @@ def test_jitter_draws_from_the_injected_rng() -> None:
 def test_decorrelated_loop_feeds_back_the_previous_delay() -> None:
     """In a call loop, each decorrelated delay is at most 3x the one before."""
     clock = FakeClock()
-    r = Retry(8, base=0.01, max_delay=100.0, jitter="decorrelated", rng=Random(1), clock=clock)
+    r = Retry(8, backoff=0.01, max_backoff=100.0, jitter="decorrelated", rng=Random(1), clock=clock)
     with pytest.raises(Boom):
         r.call(Flaky())
     prev = 0.01
@@ -179,24 +179,24 @@ def test_decorrelated_loop_feeds_back_the_previous_delay() -> None:
         prev = d
 
 
-# -- attempts and what is retried -----------------------------------------------------------
+# -- retries and what is retried -----------------------------------------------------------
 
 
-def test_attempts_three_means_four_calls_and_the_last_error() -> None:
-    """attempts=3 calls at most 4 times and re-raises the last error itself."""
+def test_three_retries_mean_four_calls_and_the_last_error() -> None:
+    """retries=3 calls at most 4 times and re-raises the last error itself."""
     flaky = Flaky()
     with pytest.raises(Boom) as info:
-        retry(FakeClock(), attempts=3).call(flaky)
+        retry(FakeClock(), retries=3).call(flaky)
     assert flaky.calls == 4
     assert info.value is flaky.raised[-1]
 
 
-def test_attempts_zero_calls_once() -> None:
-    """attempts=0 never retries."""
+def test_zero_retries_call_once() -> None:
+    """retries=0 never retries."""
     flaky = Flaky()
     clock = FakeClock()
     with pytest.raises(Boom):
-        retry(clock, attempts=0).call(flaky)
+        retry(clock, retries=0).call(flaky)
     assert flaky.calls == 1
     assert clock.sleeps == []
 
@@ -210,14 +210,14 @@ def test_success_after_failures_returns_the_result() -> None:
         seen.append((a, b))
         return flaky()
 
-    assert retry(FakeClock(), attempts=3).call(fn, 1, b=2) == "ok"
+    assert retry(FakeClock(), retries=3).call(fn, 1, b=2) == "ok"
     assert seen == [(1, 2)] * 3
 
 
 def test_later_errors_do_not_chain_onto_earlier_ones() -> None:
     """The error re-raised after retries has no implicit __context__ from previous attempts."""
     with pytest.raises(Boom) as info:
-        retry(FakeClock(), attempts=2).call(Flaky())
+        retry(FakeClock(), retries=2).call(Flaky())
     assert info.value.__context__ is None
 
 
@@ -274,7 +274,7 @@ def test_circuit_open_is_retried_when_named(named: type[Exception]) -> None:
         raise CircuitOpenError("db", None)
 
     with pytest.raises(CircuitOpenError):
-        retry(FakeClock(), attempts=2, retry_on=(named,)).call(fn)
+        retry(FakeClock(), retries=2, retry_on=(named,)).call(fn)
     assert calls == 3
 
 
@@ -319,7 +319,7 @@ def test_cancelled_error_is_never_retried_by_acall() -> None:
 
 
 def test_retry_after_hint_replaces_the_schedule() -> None:
-    """An error's retry_after is the delay used, even above max_delay."""
+    """An error's retry_after is the delay used, even above max_backoff."""
     clock = FakeClock()
     calls = 0
 
@@ -330,7 +330,7 @@ def test_retry_after_hint_replaces_the_schedule() -> None:
             raise RateLimited("api", 1.0, 1, retry_after=12.5)
         return "ok"
 
-    assert retry(clock, max_delay=1.0).call(fn) == "ok"
+    assert retry(clock, max_backoff=1.0).call(fn) == "ok"
     assert clock.sleeps == [12.5]
 
 
@@ -342,7 +342,7 @@ def test_retry_after_none_falls_back_to_the_schedule() -> None:
 
     clock = FakeClock()
     with pytest.raises(Hinted):
-        retry(clock, attempts=2).call(Flaky(error=Hinted))
+        retry(clock, retries=2).call(Flaky(error=Hinted))
     assert clock.sleeps == [0.1, 0.2]
 
 
@@ -350,7 +350,7 @@ def test_deadline_stops_retries_with_the_last_error() -> None:
     """When the next wait would reach the deadline the last error is raised, not slept on."""
     clock = FakeClock()
     flaky = Flaky()
-    r = retry(clock, attempts=10, base=0.4)
+    r = retry(clock, retries=10, backoff=0.4)
     with deadline(1.0, clock=clock), pytest.raises(Boom) as info:
         r.call(flaky)
     # waited 0.4 (0.6 left); the next wait of 0.8 would pass the deadline
@@ -363,7 +363,7 @@ def test_deadline_stops_async_retries_early() -> None:
     """acall gives up like call does: the last error, before a wait that would pass the deadline."""
     clock = FakeClock()
     flaky = Flaky()
-    r = retry(clock, attempts=10, base=0.4)
+    r = retry(clock, retries=10, backoff=0.4)
 
     async def main() -> None:
         async with deadline(1.0, clock=clock):
@@ -379,14 +379,14 @@ def test_deadline_stops_async_retries_early() -> None:
 def test_nested_deadline_shortens_the_retries_of_an_outer_one() -> None:
     """An inner, stricter deadline stops the retries sooner; leaving it restores the outer one."""
     clock = FakeClock()
-    r = retry(clock, attempts=10, base=0.1)
+    r = retry(clock, retries=10, backoff=0.1)
     with deadline(10.0, clock=clock):
         with deadline(0.35, clock=clock), pytest.raises(Boom):
             r.call(Flaky())
         assert clock.sleeps == [0.1, 0.2]  # the next 0.4 s would pass 0.35 s
         clock.sleeps.clear()
         with pytest.raises(Boom):
-            retry(clock, attempts=3, base=0.1).call(Flaky())
+            retry(clock, retries=3, backoff=0.1).call(Flaky())
         assert clock.sleeps == [0.1, 0.2, 0.4]  # the outer 10 s leaves room for every retry
 
 
@@ -415,7 +415,7 @@ def test_budget_refusal_raises_budget_exhausted_from_the_last_error() -> None:
     budget = RetryBudget(ratio=0, min_per_second=0.2, ttl=10, clock=FakeClock())
     flaky = Flaky()
     with pytest.raises(BudgetExhausted) as info:
-        retry(FakeClock(), attempts=5, budget=budget).call(flaky)
+        retry(FakeClock(), retries=5, budget=budget).call(flaky)
     assert flaky.calls == 3  # the budget held 2 retries
     assert info.value.__cause__ is flaky.raised[-1]
     assert info.value.name == "retry-budget"
@@ -425,7 +425,7 @@ def test_budget_refusal_raises_budget_exhausted_from_the_last_error() -> None:
 def test_each_call_deposits_once() -> None:
     """call() and begin() deposit one first attempt; retries do not deposit."""
     budget = RetryBudget(clock=FakeClock())
-    r = retry(FakeClock(), attempts=2, budget=budget)
+    r = retry(FakeClock(), retries=2, budget=budget)
     r.call(Flaky(failures=2))
     r.begin()
     assert budget.snapshot().deposits == 2
@@ -516,22 +516,22 @@ def test_retry_storm_bound_holds_for_threads() -> None:
     floor=st.sampled_from([0.0, 1.0, 10.0]),
     ttl=st.sampled_from([1.0, 10.0, 60.0]),
     requests=st.integers(1, 400),
-    attempts=st.integers(0, 5),
+    retries=st.integers(0, 5),
 )
 def test_retry_storm_bound_for_any_budget(
-    ratio: float, floor: float, ttl: float, requests: int, attempts: int
+    ratio: float, floor: float, ttl: float, requests: int, retries: int
 ) -> None:
-    """Within one ttl, attempts <= requests x (1 + ratio) + min_per_second x ttl, whatever
-    the settings (and never more than requests x (1 + attempts))."""
+    """Within one ttl, calls <= requests x (1 + ratio) + min_per_second x ttl, whatever
+    the settings (and never more than requests x (1 + retries))."""
     clock = FakeClock()
     budget = RetryBudget(ratio=ratio, min_per_second=floor, ttl=ttl, clock=clock)
-    r = Retry(attempts, budget=budget, clock=clock, sleep=lambda s: None, rng=Random(0))
+    r = Retry(retries, budget=budget, clock=clock, sleep=lambda s: None, rng=Random(0))
     flaky = Flaky()
     for _ in range(requests):
         with contextlib.suppress(Boom, BudgetExhausted):
             r.call(flaky)
     assert flaky.calls <= requests * (1 + ratio) + floor * ttl + 1e-9
-    assert flaky.calls <= requests * (1 + attempts)
+    assert flaky.calls <= requests * (1 + retries)
 
 
 # -- drivers --------------------------------------------------------------------------------
@@ -542,7 +542,7 @@ def test_call_prefers_the_explicit_sleep() -> None:
     clock = FakeClock()
     slept: list[float] = []
     with pytest.raises(Boom):
-        retry(clock, attempts=2, sleep=slept.append).call(Flaky())
+        retry(clock, retries=2, sleep=slept.append).call(Flaky())
     assert slept == [0.1, 0.2]
     assert clock.sleeps == []
 
@@ -551,7 +551,7 @@ def test_acall_retries_and_sleeps_with_the_async_sleep() -> None:
     """acall awaits the clock's asleep between attempts and returns the result."""
     clock = FakeClock()
     flaky = Flaky(failures=2)
-    assert asyncio.run(retry(clock, attempts=3).acall(flaky.acall)) == "ok"
+    assert asyncio.run(retry(clock, retries=3).acall(flaky.acall)) == "ok"
     assert flaky.calls == 3
     assert clock.sleeps == [0.1, 0.2]
 
@@ -565,7 +565,7 @@ def test_acall_uses_an_explicit_asleep() -> None:
         slept.append(seconds)
 
     with pytest.raises(Boom):
-        asyncio.run(retry(clock, attempts=1, asleep=asleep).acall(Flaky().acall))
+        asyncio.run(retry(clock, retries=1, asleep=asleep).acall(Flaky().acall))
     assert slept == [0.1]
     assert clock.sleeps == []
 
@@ -616,7 +616,7 @@ def test_decorator_wraps_a_coroutine_function() -> None:
 def test_decorator_works_on_methods() -> None:
     """Decorated methods receive self, sync and async."""
     clock = FakeClock()
-    r = retry(clock, attempts=1)
+    r = retry(clock, retries=1)
 
     class Client:
         def __init__(self) -> None:
@@ -642,7 +642,7 @@ def test_events_report_each_retry_and_the_give_up() -> None:
     clock = FakeClock()
     seen: list[PolicyEvent] = []
     with pytest.raises(Boom):
-        retry(clock, attempts=2, name="orders", listeners=[seen.append]).call(Flaky())
+        retry(clock, retries=2, name="orders", listeners=[seen.append]).call(Flaky())
     assert seen == [
         RetryScheduled(kind="retry", name="orders", at=0.0, attempt=1, delay=0.1, error="Boom"),
         RetryScheduled(kind="retry", name="orders", at=0.1, attempt=2, delay=0.2, error="Boom"),
@@ -651,7 +651,7 @@ def test_events_report_each_retry_and_the_give_up() -> None:
             name="orders",
             at=clock.now,
             attempts=3,
-            reason="attempts",
+            reason="retries",
             error="Boom",
         ),
     ]
@@ -661,7 +661,7 @@ def test_events_report_each_retry_and_the_give_up() -> None:
     ("setup", "reason"),
     [
         ({"retry_on": (KeyError,)}, "not_retryable"),
-        ({"attempts": 0}, "attempts"),
+        ({"retries": 0}, "retries"),
         ({"budget": RetryBudget(ratio=0, min_per_second=0)}, "budget"),
     ],
 )
@@ -676,13 +676,13 @@ def test_give_up_reasons(setup: dict[str, Any], reason: str) -> None:
 def test_describe_lists_the_settings() -> None:
     """describe() is what Pipeline.describe() shows for this stage."""
     budget = RetryBudget(clock=FakeClock())
-    assert Retry(2, base=0.5, jitter="equal", name="db", budget=budget).describe() == {
+    assert Retry(2, backoff=0.5, jitter="equal", name="db", budget=budget).describe() == {
         "policy": "retry",
         "name": "db",
-        "attempts": 2,
-        "base": 0.5,
+        "retries": 2,
+        "backoff": 0.5,
         "multiplier": 2.0,
-        "max_delay": 10.0,
+        "max_backoff": 10.0,
         "jitter": "equal",
         "budget": budget.describe(),
     }
@@ -691,13 +691,13 @@ def test_describe_lists_the_settings() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"attempts": -1}, "'attempts' must be an integer >= 0: -1"),
-        ({"attempts": 1.5}, "'attempts' must be an integer >= 0: 1.5"),
-        ({"base": -0.1}, "'base' must be a finite number >= 0: -0.1"),
+        ({"retries": -1}, "'retries' must be an integer >= 0: -1"),
+        ({"retries": 1.5}, "'retries' must be an integer >= 0: 1.5"),
+        ({"backoff": -0.1}, "'backoff' must be a finite number >= 0: -0.1"),
         ({"multiplier": 0.5}, "'multiplier' must be a finite number >= 1: 0.5"),
         ({"multiplier": math.inf}, "'multiplier' must be a finite number >= 1: inf"),
-        ({"base": 2.0, "max_delay": 1.0}, "'max_delay' must be >= base (2.0): 1.0"),
-        ({"max_delay": math.inf}, "'max_delay' must be a finite number >= 0: inf"),
+        ({"backoff": 2.0, "max_backoff": 1.0}, "'max_backoff' must be >= backoff (2.0): 1.0"),
+        ({"max_backoff": math.inf}, "'max_backoff' must be a finite number >= 0: inf"),
         (
             {"jitter": "gauss"},
             "'jitter' must be one of 'none', 'full', 'equal', 'decorrelated': 'gauss'",

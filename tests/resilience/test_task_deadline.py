@@ -145,7 +145,7 @@ def test_retries_run_inside_one_deadline() -> None:
         await asyncio.sleep(0.01 if calls < 3 else 30)
         raise OSError("down")
 
-    p = Pipeline(timeout=Timeout(0.3), retry=Retry(10, base=0.001, max_delay=0.001))
+    p = Pipeline(timeout=Timeout(0.3), retry=Retry(10, backoff=0.001, max_backoff=0.001))
 
     async def main() -> None:
         start = time.perf_counter()

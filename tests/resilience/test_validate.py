@@ -74,9 +74,9 @@ BAD: list[tuple[Callable[[], object], str]] = [
     ),
     (lambda: CircuitBreaker("b", cooldown=-1), "'cooldown' must be a finite number >= 0: -1"),
     (lambda: CircuitBreaker("b", window=-30), "'window' must be a finite number > 0: -30"),
-    (lambda: Retry(-1), "'attempts' must be an integer >= 0: -1"),
+    (lambda: Retry(-1), "'retries' must be an integer >= 0: -1"),
     (lambda: Retry(jitter="gaussian"), f"'jitter' must be one of {_JITTERS}: 'gaussian'"),
-    (lambda: Retry(base=-0.1), "'base' must be a finite number >= 0: -0.1"),
+    (lambda: Retry(backoff=-0.1), "'backoff' must be a finite number >= 0: -0.1"),
     (lambda: RetryBudget(ttl=-10), "'ttl' must be a finite number > 0: -10"),
     (lambda: Timeout(-1), "'seconds' must be a finite number > 0: -1"),
     (lambda: deadline(-0.5), "'seconds' must be a finite number >= 0: -0.5"),
@@ -92,7 +92,7 @@ BAD: list[tuple[Callable[[], object], str]] = [
 
 @pytest.mark.parametrize(("build", "message"), BAD, ids=[m.split("'")[1] for _, m in BAD])
 def test_bad_configuration_fails_at_construction(build: Callable[[], object], message: str) -> None:
-    """Thresholds outside (0, 1], negative durations, attempts < 0 and unknown jitter all raise
+    """Thresholds outside (0, 1], negative durations, retries < 0 and unknown jitter all raise
     ValueError naming the parameter and the value, before any call is made."""
     with pytest.raises(ValueError) as info:
         build()

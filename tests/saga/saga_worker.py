@@ -181,8 +181,8 @@ def definition(services_path: str) -> SagaDefinition:
         run.__name__ = effect.__name__
         return run
 
-    fast = Retry(attempts=3, base=0.005, max_delay=0.02, jitter="none")
-    comp = Retry(attempts=2, base=0.005, max_delay=0.02, jitter="none")
+    fast = Retry(retries=3, backoff=0.005, max_backoff=0.02, jitter="none")
+    comp = Retry(retries=2, backoff=0.005, max_backoff=0.02, jitter="none")
     return SagaDefinition(
         "place_order",
         [

@@ -14,7 +14,7 @@ from interlink import Retry
 from interlink.cli.main import app
 from interlink.saga import Orchestrator, SagaDefinition, SagaStatus, Step, store_from_url
 
-FAST = Retry(attempts=0)
+FAST = Retry(retries=0)
 
 
 def populate(url: str, table: str) -> dict[str, str]:

@@ -21,9 +21,9 @@ def act(ctx: object) -> None:
 
 def test_defaults_are_pinned() -> None:
     """Step retries, compensation retries and the reply timeout have documented defaults."""
-    assert (STEP_RETRY.attempts, COMPENSATION_RETRY.attempts) == (2, 10)
-    assert STEP_RETRY.describe()["base"] == 0.1
-    assert COMPENSATION_RETRY.describe()["max_delay"] == 30.0
+    assert (STEP_RETRY.retries, COMPENSATION_RETRY.retries) == (2, 10)
+    assert STEP_RETRY.describe()["backoff"] == 0.1
+    assert COMPENSATION_RETRY.describe()["max_backoff"] == 30.0
     assert (SEND_TIMEOUT, MAX_INTERRUPTIONS) == (30.0, 5)
     step = Step("a", act)
     assert step.retry is STEP_RETRY

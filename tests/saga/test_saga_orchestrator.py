@@ -24,7 +24,7 @@ from interlink.saga import (
     resume_saga,
 )
 
-FAST = Retry(attempts=1, base=0.001, max_delay=0.01, jitter="none")
+FAST = Retry(retries=1, backoff=0.001, max_backoff=0.01, jitter="none")
 
 
 def three_steps(rec: Recorder, **options: Any) -> SagaDefinition:
@@ -424,7 +424,7 @@ def test_policy_wraps_a_remote_call(store_url: str) -> None:
             raise ConnectionError("connection reset")
         return "accepted"
 
-    policy = Retry(attempts=3, base=0.001, max_delay=0.002)
+    policy = Retry(retries=3, backoff=0.001, max_backoff=0.002)
     definition = SagaDefinition("remote", [Step("call", flaky_call, retry=FAST, policy=policy)])
 
     async def main() -> None:
@@ -493,7 +493,7 @@ def test_state_is_on_disk_before_each_action_runs(store_url: str) -> None:
                 "durable",
                 [
                     Step("create", step("create"), step("create")),
-                    Step("pay", step("pay", fail=True), step("pay"), retry=Retry(attempts=0)),
+                    Step("pay", step("pay", fail=True), step("pay"), retry=Retry(retries=0)),
                 ],
             )
             async with orchestrator(store, definition) as orch:

@@ -17,7 +17,7 @@ from interlink import Pipeline, Retry, Timeout
 from interlink.http import AsyncClient, ServicePolicies
 from interlink.saga import Orchestrator, SagaDefinition, SagaStatus, Step, StepContext
 
-ONCE = Retry(attempts=1, base=0.001, max_delay=0.002, jitter="none")
+ONCE = Retry(retries=1, backoff=0.001, max_backoff=0.002, jitter="none")
 
 
 class Payments:
@@ -115,7 +115,7 @@ def test_pipeline_policy_retries_inside_one_attempt_and_bounds_it(tmp_path: Path
 
     policy = Pipeline(
         timeout=Timeout(0.1),
-        retry=Retry(attempts=2, base=0.001, max_delay=0.002, jitter="none"),
+        retry=Retry(retries=2, backoff=0.001, max_backoff=0.002, jitter="none"),
     )
     definition = SagaDefinition(
         "stock", [Step("reserve_inventory", flaky_then_hung, policy=policy, retry=ONCE)]

@@ -28,7 +28,7 @@ from interlink.saga import (
     reply_headers,
 )
 
-ONCE = Retry(attempts=0)
+ONCE = Retry(retries=0)
 
 
 class Authorized(BaseModel):

@@ -66,7 +66,7 @@ def build_pipeline(
     )
     budget = RetryBudget(BUDGET_RATIO, BUDGET_MIN_PER_SECOND, name="downstream")
     retry = Retry(
-        RETRIES, base=RETRY_BASE, budget=budget, rng=rng, name="downstream", listeners=[on_retry]
+        RETRIES, backoff=RETRY_BASE, budget=budget, rng=rng, name="downstream", listeners=[on_retry]
     )
     return Pipeline(
         fallback=Fallback(cache_last_success=True, name="downstream"),

@@ -155,8 +155,8 @@ def service(
     if v.at_least("retries", retries, 0):
         retry = Retry(
             retries,
-            base=backoff,
-            max_delay=max_backoff,
+            backoff=backoff,
+            max_backoff=max_backoff,
             retry_on=is_retryable,
             budget=budget,
             name=name,

@@ -96,8 +96,8 @@ class Service:
             if p.retries == 0
             else Retry(
                 p.retries,
-                base=p.retry_base,
-                max_delay=p.retry_max_delay,
+                backoff=p.retry_base,
+                max_backoff=p.retry_max_delay,
                 jitter=p.retry_jitter,
                 retry_on=is_retryable,
                 budget=self.budget,

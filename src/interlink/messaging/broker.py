@@ -316,9 +316,9 @@ class Broker:
             positive_int("prefetch", prefetch)
         if retry is None:
             retry = Retry(
-                attempts=max_deliveries - 1,
-                base=1.0,
-                max_delay=300.0,
+                retries=max_deliveries - 1,
+                backoff=1.0,
+                max_backoff=300.0,
                 jitter="equal",
                 name=f"{topic}/{group}",
             )

@@ -4,7 +4,7 @@
 
     broker = memory_broker()            # or import your app's broker and swap its backend
 
-    @broker.subscriber("orders", group="payments", retry=Retry(attempts=2, base=0.01))
+    @broker.subscriber("orders", group="payments", retry=Retry(retries=2, backoff=0.01))
     async def charge(order: OrderPlaced) -> None: ...
 
     async with broker:

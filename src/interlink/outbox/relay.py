@@ -41,7 +41,7 @@ __all__ = ["PUBLISH_RETRY", "OutboxRelay", "RelayStats"]
 log = logging.getLogger("interlink.outbox")
 
 #: Backoff between failed batches (broker or database down): 0.1 s doubling to 10 s, forever.
-PUBLISH_RETRY = Retry(attempts=2**31, base=0.1, max_delay=10.0, name="outbox.relay")
+PUBLISH_RETRY = Retry(retries=2**31, backoff=0.1, max_backoff=10.0, name="outbox.relay")
 
 
 @dataclass(slots=True)

@@ -16,34 +16,34 @@ Schedule = Callable[[int, float, Random], float]
 JITTERS = ("none", "full", "equal", "decorrelated")
 
 
-def exponential(base: float, multiplier: float, max_delay: float, attempt: int) -> float:
-    """``min(base * multiplier**attempt, max_delay)``, saturating instead of overflowing."""
+def exponential(backoff: float, multiplier: float, max_backoff: float, attempt: int) -> float:
+    """``min(backoff * multiplier**attempt, max_backoff)``, saturating instead of overflowing."""
     try:
-        raw = base * multiplier**attempt
+        raw = backoff * multiplier**attempt
     except OverflowError:
-        return max_delay
-    return raw if raw < max_delay else max_delay
+        return max_backoff
+    return raw if raw < max_backoff else max_backoff
 
 
-def schedule_of(kind: str, base: float, multiplier: float, max_delay: float) -> Schedule:
+def schedule_of(kind: str, backoff: float, multiplier: float, max_backoff: float) -> Schedule:
     """The schedule for jitter ``kind``; the caller has validated the numbers and the kind."""
 
     def none(attempt: int, prev: float, rng: Random) -> float:
-        return exponential(base, multiplier, max_delay, attempt)
+        return exponential(backoff, multiplier, max_backoff, attempt)
 
     def full(attempt: int, prev: float, rng: Random) -> float:
-        return exponential(base, multiplier, max_delay, attempt) * rng.random()
+        return exponential(backoff, multiplier, max_backoff, attempt) * rng.random()
 
     def equal(attempt: int, prev: float, rng: Random) -> float:
-        half = exponential(base, multiplier, max_delay, attempt) / 2.0
+        half = exponential(backoff, multiplier, max_backoff, attempt) / 2.0
         return half + half * rng.random()
 
     def decorrelated(attempt: int, prev: float, rng: Random) -> float:
-        # AWS "decorrelated jitter": sleep = min(cap, uniform(base, prev * 3)), prev starting
-        # at base. It grows from the previous delay rather than from the attempt number.
-        high = prev * 3.0 if prev > base else base * 3.0
-        delay = base + (high - base) * rng.random()
-        return delay if delay < max_delay else max_delay
+        # AWS "decorrelated jitter": sleep = min(cap, uniform(backoff, prev * 3)), prev starting
+        # at backoff. It grows from the previous delay rather than from the attempt number.
+        high = prev * 3.0 if prev > backoff else backoff * 3.0
+        delay = backoff + (high - backoff) * rng.random()
+        return delay if delay < max_backoff else max_backoff
 
     schedules: dict[str, Schedule] = {
         "none": none,

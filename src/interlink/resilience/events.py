@@ -65,8 +65,8 @@ class RetryScheduled(PolicyEvent):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryGaveUp(PolicyEvent):
-    """No more attempts: ``reason`` is ``"attempts"``, ``"budget"``, ``"deadline"`` or
-    ``"not_retryable"``."""
+    """Gave up after ``attempts`` calls (the first included): ``reason`` is ``"retries"`` (all
+    spent), ``"budget"``, ``"deadline"`` or ``"not_retryable"``."""
 
     attempts: int
     reason: str

@@ -1,4 +1,4 @@
-"""Retry with exponential backoff and jitter, bounded by attempts, deadline and a shared budget.
+"""Retry with exponential backoff and jitter, bounded by retries, deadline and a shared budget.
 
 The decision lives in one place, ``Retry.next_delay``: given the failed attempt and its error,
 return how long to wait, or raise to give up. ``call``, ``acall``, the decorator and the
@@ -8,14 +8,14 @@ Giving up, in the order checked:
 
 - the error is not an ``Exception`` (``CancelledError``, ``KeyboardInterrupt``) or does not
   match ``retry_on``: re-raised at once;
-- ``attempts`` retries have been made: the last error is re-raised;
+- ``retries`` retries have been made: the last error is re-raised;
 - waiting would reach the current deadline (``interlink.resilience.deadline``): the last error
   is re-raised at once rather than sleeping into a ``DeadlineExceeded``;
 - the shared ``RetryBudget`` refuses: ``BudgetExhausted`` is raised ``from`` the last error.
 
 A ``CircuitOpenError`` is not retried unless ``retry_on`` names it (or ``RejectedError`` /
 ``InterlinkError``) or a predicate accepts it: the breaker already decided the downstream is
-down, and retrying into it only burns attempts and budget. An error with a numeric
+down, and retrying into it only burns retries and budget. An error with a numeric
 ``retry_after`` attribute (a ``RateLimited``, an HTTP 429/503 with ``Retry-After``) is retried
 after exactly that many seconds instead of the backoff schedule.
 """
@@ -77,28 +77,30 @@ def _retry_on_of(
 
 
 class Retry:
-    """Retry a call up to ``attempts`` more times with exponential backoff.
+    """Retry a failed call up to ``retries`` more times with exponential backoff.
 
-    The delay before retry number ``n`` (0 for the first retry) is ``base * multiplier**n``
-    capped at ``max_delay``, then jittered: ``"full"`` (uniform in [0, d], the default, which
-    spreads a crowd of failing clients best), ``"equal"`` (d/2 + uniform [0, d/2]),
-    ``"decorrelated"`` (AWS: min(max_delay, uniform(base, 3 * previous delay))) or ``"none"``.
+    ``Retry(3)`` makes up to 4 calls: the first and 3 retries (Polly's ``MaxRetryAttempts``;
+    resilience4j's ``maxAttempts`` counts the first call too). The delay before retry number
+    ``n`` (0 for the first retry) is ``backoff * multiplier**n`` capped at ``max_backoff``, then
+    jittered: ``"full"`` (uniform in [0, d], the default, which spreads a crowd of failing
+    clients best), ``"equal"`` (d/2 + uniform [0, d/2]), ``"decorrelated"`` (AWS:
+    min(max_backoff, uniform(backoff, 3 * previous delay))) or ``"none"``.
     The object is immutable and holds no per-call state, so one instance serves every thread and
     task; pass a shared ``budget`` to bound retries across all of them.
     """
 
     __slots__ = (
         "_asleep",
-        "_attempts",
-        "_base",
+        "_backoff",
         "_budget",
         "_clock",
         "_events",
         "_jitter",
-        "_max_delay",
+        "_max_backoff",
         "_multiplier",
         "_name",
         "_predicate",
+        "_retries",
         "_retry_open",
         "_rng",
         "_schedule",
@@ -108,11 +110,11 @@ class Retry:
 
     def __init__(
         self,
-        attempts: int = 3,
+        retries: int = 3,
         *,
-        base: float = 0.1,
+        backoff: float = 0.1,
         multiplier: float = 2.0,
-        max_delay: float = 10.0,
+        max_backoff: float = 10.0,
         jitter: str = "full",
         retry_on: RetryOn = (Exception,),
         budget: RetryBudget | None = None,
@@ -123,21 +125,23 @@ class Retry:
         rng: Random | None = None,
         listeners: Iterable[Listener] = (),
     ) -> None:
-        self._attempts = at_least("attempts", attempts, 0)
-        self._base = non_negative("base", base)
+        self._retries = at_least("retries", retries, 0)
+        self._backoff = non_negative("backoff", backoff)
         if not isinstance(multiplier, int | float) or not (
             multiplier >= 1 and math.isfinite(multiplier)
         ):
             raise ValueError(f"'multiplier' must be a finite number >= 1: {multiplier!r}")
         self._multiplier = float(multiplier)
-        self._max_delay = non_negative("max_delay", max_delay)
-        if self._max_delay < self._base:
-            raise ValueError(f"'max_delay' must be >= base ({self._base!r}): {max_delay!r}")
+        self._max_backoff = non_negative("max_backoff", max_backoff)
+        if self._max_backoff < self._backoff:
+            raise ValueError(
+                f"'max_backoff' must be >= backoff ({self._backoff!r}): {max_backoff!r}"
+            )
         if jitter not in JITTERS:
             allowed = ", ".join(repr(j) for j in JITTERS)
             raise ValueError(f"'jitter' must be one of {allowed}: {jitter!r}")
         self._jitter = jitter
-        self._schedule = schedule_of(jitter, self._base, self._multiplier, self._max_delay)
+        self._schedule = schedule_of(jitter, self._backoff, self._multiplier, self._max_backoff)
         self._types, self._retry_open, self._predicate = _retry_on_of(retry_on)
         self._budget = budget
         self._name = name
@@ -153,9 +157,9 @@ class Retry:
         return self._name
 
     @property
-    def attempts(self) -> int:
+    def retries(self) -> int:
         """Retries after the first call (0: never retry)."""
-        return self._attempts
+        return self._retries
 
     @property
     def budget(self) -> RetryBudget | None:
@@ -196,14 +200,14 @@ class Retry:
         """Seconds to wait before retrying, after retry number ``attempt`` (0: the first call)
         failed with ``exc``; ``prev_delay`` is the delay returned last time (0.0 at first).
 
-        Raises ``exc`` to give up (not retryable, out of attempts, deadline too close) or
+        Raises ``exc`` to give up (not retryable, out of retries, deadline too close) or
         ``BudgetExhausted`` from ``exc`` when the budget refuses.
         """
         if not self._retryable(exc):
             self._gave_up(attempt, "not_retryable", exc)
             raise exc
-        if attempt >= self._attempts:
-            self._gave_up(attempt, "attempts", exc)
+        if attempt >= self._retries:
+            self._gave_up(attempt, "retries", exc)
             raise exc
         hint = getattr(exc, "retry_after", None)
         if isinstance(hint, int | float) and not isinstance(hint, bool) and math.isfinite(hint):
@@ -343,17 +347,17 @@ class Retry:
         return {
             "policy": "retry",
             "name": self._name,
-            "attempts": self._attempts,
-            "base": self._base,
+            "retries": self._retries,
+            "backoff": self._backoff,
             "multiplier": self._multiplier,
-            "max_delay": self._max_delay,
+            "max_backoff": self._max_backoff,
             "jitter": self._jitter,
             "budget": None if self._budget is None else self._budget.describe(),
         }
 
     def __repr__(self) -> str:
         return (
-            f"Retry(attempts={self._attempts!r}, base={self._base!r}, "
-            f"multiplier={self._multiplier!r}, max_delay={self._max_delay!r}, "
+            f"Retry(retries={self._retries!r}, backoff={self._backoff!r}, "
+            f"multiplier={self._multiplier!r}, max_backoff={self._max_backoff!r}, "
             f"jitter={self._jitter!r}, name={self._name!r})"
         )

@@ -57,10 +57,10 @@ __all__ = [
     "StepFn",
 ]
 
-#: Retries of a failing action before the saga compensates: 2 more attempts, 0.1 s doubling.
-STEP_RETRY = Retry(attempts=2, base=0.1, max_delay=2.0, name="saga.step")
+#: Retries of a failing action before the saga compensates: 2 retries, 0.1 s doubling.
+STEP_RETRY = Retry(retries=2, backoff=0.1, max_backoff=2.0, name="saga.step")
 #: Retries of a failing compensation before the saga is parked in NEEDS_ATTENTION.
-COMPENSATION_RETRY = Retry(attempts=10, base=0.5, max_delay=30.0, name="saga.compensation")
+COMPENSATION_RETRY = Retry(retries=10, backoff=0.5, max_backoff=30.0, name="saga.compensation")
 #: Seconds a ``Send`` waits for its reply when no ``timeout`` is given.
 SEND_TIMEOUT = 30.0
 #: Crashes in the middle of one attempt before the saga is parked instead of retried.

@@ -22,10 +22,10 @@ _RECONNECT_MAX = 2.0
 # One schedule for every backend's "the server went away" loop: 50 ms doubling to 2 s, with
 # equal jitter so a crowd of consumers does not reconnect in lockstep (nor spin at 0 s).
 _RECONNECT = Retry(
-    attempts=1_000,
-    base=0.05,
+    retries=1_000,
+    backoff=0.05,
     multiplier=2.0,
-    max_delay=_RECONNECT_MAX,
+    max_backoff=_RECONNECT_MAX,
     jitter="equal",
     name="reconnect",
 )
