@@ -40,7 +40,7 @@ import _report as rep
 from interlink.messaging import Broker
 from interlink.messaging.envelope import OutgoingMessage
 from interlink.outbox import Outbox, OutboxRelay
-from interlink.saga import Orchestrator, SagaDefinition, Step, StepContext, store_from_url
+from interlink.saga import Orchestrator, SagaDefinition, SagaStore, Step, StepContext
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 NATS_URL = "nats://127.0.0.1:4222"
@@ -256,7 +256,7 @@ async def sagas_per_second(url: str, count: int) -> float:
         "bench", [Step("reserve", step, step), Step("charge", step, step), Step("confirm", step)]
     )
     table = f"bench_sagas_{uuid.uuid4().hex[:8]}"
-    store = store_from_url(url, table=table)
+    store = SagaStore.from_url(url, table=table)
     await store.open()
     try:
         async with Orchestrator(

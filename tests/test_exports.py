@@ -56,3 +56,55 @@ def test_error_tree() -> None:
         assert issubclass(cls, interlink.InterlinkError)
     assert issubclass(interlink.DeadlineExceeded, TimeoutError)
     assert not issubclass(interlink.DeadlineExceeded, interlink.RejectedError)
+
+
+SAGA = [
+    "COMPENSATION_RETRY",
+    "STEP_RETRY",
+    "CorruptSagaState",
+    "InvalidReply",
+    "Orchestrator",
+    "OwnershipLost",
+    "SagaDefinition",
+    "SagaError",
+    "SagaNotFound",
+    "SagaState",
+    "SagaStatus",
+    "SagaStore",
+    "Send",
+    "Step",
+    "StepContext",
+    "StepFailed",
+    "StepState",
+    "StepStatus",
+    "reply_body",
+    "reply_headers",
+]
+
+OUTBOX = ["PUBLISH_RETRY", "Outbox", "OutboxRelay", "OutboxStore", "RelayStats", "RelayTarget"]
+
+
+def test_saga_and_outbox_surfaces_are_pinned() -> None:
+    """interlink.saga and interlink.outbox export exactly their documented names, sorted."""
+    import interlink.outbox
+    import interlink.saga
+
+    assert interlink.saga.__all__ == SAGA
+    assert interlink.outbox.__all__ == OUTBOX
+    for module in (interlink.saga, interlink.outbox):
+        for name in module.__all__:
+            assert getattr(module, name) is not None
+
+
+def test_saga_errors_share_the_interlink_base() -> None:
+    """Every error interlink.saga exports derives from InterlinkError."""
+    import interlink.saga
+
+    errors = [
+        getattr(interlink.saga, n)
+        for n in interlink.saga.__all__
+        if isinstance(getattr(interlink.saga, n), type)
+        and issubclass(getattr(interlink.saga, n), BaseException)
+    ]
+    assert errors
+    assert all(issubclass(e, interlink.InterlinkError) for e in errors)

@@ -40,7 +40,6 @@ PURE = (
     "interlink.messaging._decisions",  # split from the envelope, re-exported by it
     "interlink.messaging._frame",
     "interlink.saga.state",
-    "interlink.saga._state_*",  # the state machine's parts, re-exported by saga.state
 )
 
 # Assembly only. Apps may import anything; nothing else may import an app.

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from interlink.saga import SagaStore, StepContext, store_from_url
+from interlink.saga import SagaStore, StepContext
 
 T = TypeVar("T")
 
@@ -39,7 +39,7 @@ def unique_table() -> str:
 @asynccontextmanager
 async def opened(url: str, table: str) -> AsyncIterator[SagaStore]:
     """The store, open, and dropped afterwards (tables are unique per test)."""
-    store = store_from_url(url, table=table)
+    store = SagaStore.from_url(url, table=table)
     await store.open()
     try:
         yield store

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from interlink import Retry
-from interlink.saga import Orchestrator, SagaDefinition, Step, StepContext, store_from_url
+from interlink.saga import Orchestrator, SagaDefinition, SagaStore, Step, StepContext
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS calls (id INTEGER PRIMARY KEY, saga_id TEXT, step TEXT, "
@@ -208,7 +208,7 @@ def definition(services_path: str) -> SagaDefinition:
 
 
 async def main(args: argparse.Namespace) -> None:
-    store = store_from_url(args.store, table=args.table)
+    store = SagaStore.from_url(args.store, table=args.table)
     orchestrator = Orchestrator(
         store,
         [definition(args.services)],

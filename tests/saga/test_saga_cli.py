@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from interlink import Retry
 from interlink.cli.main import app
-from interlink.saga import Orchestrator, SagaDefinition, SagaStatus, Step, store_from_url
+from interlink.saga import Orchestrator, SagaDefinition, SagaStatus, SagaStore, Step
 
 FAST = Retry(retries=0)
 
@@ -38,7 +38,7 @@ def populate(url: str, table: str) -> dict[str, str]:
     ok = SagaDefinition("ok", [Step("only", rec.action("only"))])
 
     async def main() -> dict[str, str]:
-        store = store_from_url(url, table=table)
+        store = SagaStore.from_url(url, table=table)
         await store.open()
         try:
             async with Orchestrator(store, [definition, ok], poll_interval=0.05) as orch:
@@ -76,7 +76,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "postgres":
 
         async def drop() -> None:
-            pg = store_from_url(url, table=table)
+            pg = SagaStore.from_url(url, table=table)
             await pg.open()
             await pg.drop()
             await pg.close()
@@ -212,7 +212,7 @@ def test_resume_by_hand_then_an_orchestrator_finishes_the_saga(store: str) -> No
     )
 
     async def main() -> None:
-        saga_store = store_from_url(url, table=table)
+        saga_store = SagaStore.from_url(url, table=table)
         try:
             async with Orchestrator(saga_store, [definition], poll_interval=0.05) as orch:
                 state = await orch.wait("parked-1")

@@ -25,8 +25,7 @@ from typing import Any
 import pytest
 import saga_worker
 
-from interlink.saga import Orchestrator, SagaStatus, store_from_url
-from interlink.saga.stores import SagaStore
+from interlink.saga import Orchestrator, SagaStatus, SagaStore
 
 WORKER = Path(saga_worker.__file__)
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -100,7 +99,7 @@ async def run_chaos(store_url: str, count: int, tmp_path: Path, seed: int) -> No
     table = f"sagas_{uuid.uuid4().hex[:10]}"
     services = tmp_path / "services.db"
     saga_worker.create_schema(str(services))
-    store = store_from_url(store_url, table=table)
+    store = SagaStore.from_url(store_url, table=table)
     await store.open()
     try:
         definition = saga_worker.definition(str(services))

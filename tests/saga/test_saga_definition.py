@@ -6,13 +6,12 @@ import pytest
 
 from interlink.saga import (
     COMPENSATION_RETRY,
-    MAX_INTERRUPTIONS,
-    SEND_TIMEOUT,
     STEP_RETRY,
     SagaDefinition,
     Send,
     Step,
 )
+from interlink.saga.definition import MAX_INTERRUPTIONS, SEND_TIMEOUT
 
 
 def act(ctx: object) -> None:

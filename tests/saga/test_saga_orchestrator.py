@@ -20,9 +20,8 @@ from interlink.saga import (
     Step,
     StepContext,
     StepStatus,
-    load_saga,
-    resume_saga,
 )
+from interlink.saga.admin import load_saga, resume_saga
 
 FAST = Retry(retries=1, backoff=0.001, max_backoff=0.01, jitter="none")
 

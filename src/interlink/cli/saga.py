@@ -19,7 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from interlink.saga import SagaRow, SagaState, SagaStore
+    from interlink.saga import SagaState, SagaStore
+    from interlink.saga.stores import SagaRow
 
 __all__ = ["app"]
 
@@ -67,10 +68,10 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _with_store(url: str, table: str, action: Callable[[SagaStore], Awaitable[T]]) -> T:
-    from interlink.saga import SagaError, store_from_url
+    from interlink.saga import SagaError, SagaStore
 
     async def run() -> T:
-        store = store_from_url(url, table=table)
+        store = SagaStore.from_url(url, table=table)
         await store.open()
         try:
             return await action(store)
@@ -298,7 +299,7 @@ def show(
 @app.command("resume")
 def resume(saga_id: SagaId, store: StoreUrl, table: TableName = "interlink_sagas") -> None:
     """Resume a parked saga (or cut a backoff short): an orchestrator picks it up next."""
-    from interlink.saga import resume_saga
+    from interlink.saga.admin import resume_saga
 
     state = _with_store(store, table, lambda s: resume_saga(s, saga_id))
     _out().print(

@@ -15,21 +15,16 @@ Consumers subscribe with ``idempotent=True`` (the inbox), so the relay's at-leas
 publishing yields effects exactly once. See ``docs/consistency.md``.
 """
 
-from interlink.outbox.outbox import DEFAULT_PARTITIONS, Outbox
-from interlink.outbox.publisher import Prepared, Publisher, Sink
+from interlink.outbox.outbox import Outbox
 from interlink.outbox.relay import PUBLISH_RETRY, OutboxRelay, RelayStats
-from interlink.outbox.stores import DEFAULT_TABLE, PendingMessage, RelayStore
+from interlink.outbox.sink import RelayTarget
+from interlink.outbox.stores import OutboxStore
 
 __all__ = [
-    "DEFAULT_PARTITIONS",
-    "DEFAULT_TABLE",
     "PUBLISH_RETRY",
     "Outbox",
     "OutboxRelay",
-    "PendingMessage",
-    "Prepared",
-    "Publisher",
+    "OutboxStore",
     "RelayStats",
-    "RelayStore",
-    "Sink",
+    "RelayTarget",
 ]

@@ -35,16 +35,13 @@ from typing import Any
 from interlink._sqlite_thread import identifier
 from interlink.context import correlation_id
 from interlink.messaging._codec import check_topic, payload_of
-from interlink.outbox.stores import DEFAULT_TABLE, partition_of
+from interlink.outbox.stores import DEFAULT_PARTITIONS, DEFAULT_TABLE, partition_of
 from interlink.outbox.stores import postgres as pg_sql
 from interlink.outbox.stores import sqlite as sqlite_sql
 from interlink.resilience._validate import positive_int
 from interlink.tracing.propagation import inject as inject_trace
 
-__all__ = ["DEFAULT_PARTITIONS", "Outbox"]
-
-#: Partitions rows are spread over by key; per-key order holds within one.
-DEFAULT_PARTITIONS = 16
+__all__ = ["Outbox"]
 
 
 def _driver(tx: Any) -> str:

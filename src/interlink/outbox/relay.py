@@ -21,18 +21,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from interlink.clock import Clock
-from interlink.outbox.outbox import DEFAULT_PARTITIONS
-from interlink.outbox.publisher import Prepared, Sink
-from interlink.outbox.stores import DEFAULT_TABLE, PendingMessage, RelayStore, store_from_url
+from interlink.outbox.sink import Prepared, Sink
+from interlink.outbox.stores import (
+    DEFAULT_LEASE,
+    DEFAULT_PARTITIONS,
+    DEFAULT_TABLE,
+    OutboxStore,
+    PendingMessage,
+    unique_owner,
+)
 from interlink.resilience._validate import positive, positive_int
 from interlink.resilience.retry import Retry
 
@@ -69,8 +72,8 @@ def _prepared(m: PendingMessage) -> Prepared:
 
 
 class OutboxRelay:
-    """Publishes the outbox table at ``store`` (a URL or a ``RelayStore``) through
-    ``publisher`` (an ``interlink.messaging.Broker``, or a backend-like ``Publisher``).
+    """Publishes the outbox table at ``store`` (a URL or a ``OutboxStore``) through
+    ``publisher`` (an ``interlink.messaging.Broker``, or a ``RelayTarget``).
 
     ``retention``: seconds sent rows are kept before ``cleanup`` (run every
     ``cleanup_interval`` s by ``run``) deletes them. ``lease`` (SQLite): how long a dead relay
@@ -80,7 +83,7 @@ class OutboxRelay:
 
     def __init__(
         self,
-        store: RelayStore | str,
+        store: OutboxStore | str,
         publisher: Any,
         *,
         table: str = DEFAULT_TABLE,
@@ -88,21 +91,21 @@ class OutboxRelay:
         batch_size: int = 200,
         poll_interval: float | None = None,
         listen: bool = True,
-        lease: float = 10.0,
+        lease: float = DEFAULT_LEASE,
         owner: str | None = None,
         retention: float = 24 * 3600.0,
         cleanup_interval: float = 300.0,
         retry: Retry = PUBLISH_RETRY,
         clock: Clock = time.monotonic,
     ) -> None:
-        self._owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._owner = owner or unique_owner()
         positive_int("partitions", partitions)
         positive("lease", lease)
         if isinstance(store, str):
             postgres = urlsplit(store).scheme.lower() in ("postgresql", "postgres")
             if poll_interval is None:
                 poll_interval = 1.0 if postgres and listen else 0.1
-            store = store_from_url(
+            store = OutboxStore.from_url(
                 store,
                 table=table,
                 owner=self._owner,
@@ -110,7 +113,7 @@ class OutboxRelay:
                 lease=lease,
                 listen=listen,
             )
-        self._store: RelayStore = store
+        self._store: OutboxStore = store
         self._sink = Sink(publisher)
         self._batch = positive_int("batch_size", batch_size)
         self._poll = positive("poll_interval", 0.1 if poll_interval is None else poll_interval)
@@ -122,7 +125,7 @@ class OutboxRelay:
         self.stats = RelayStats()
 
     @property
-    def store(self) -> RelayStore:
+    def store(self) -> OutboxStore:
         """The store the relay reads."""
         return self._store
 

@@ -20,11 +20,8 @@ retry with backoff and, when their ``compensation_retry`` gives up, park the sag
 """
 
 from interlink.saga._runner import reply_body, reply_headers
-from interlink.saga.admin import load_saga, resume_saga
 from interlink.saga.definition import (
     COMPENSATION_RETRY,
-    MAX_INTERRUPTIONS,
-    SEND_TIMEOUT,
     STEP_RETRY,
     SagaDefinition,
     Send,
@@ -40,18 +37,11 @@ from interlink.saga.errors import (
     StepFailed,
 )
 from interlink.saga.orchestrator import Orchestrator
-from interlink.saga.state import (
-    SagaState,
-    SagaStatus,
-    StepState,
-    StepStatus,
-)
-from interlink.saga.stores import SagaRow, SagaStore, store_from_url
+from interlink.saga.state import SagaState, SagaStatus, StepState, StepStatus
+from interlink.saga.stores import SagaStore
 
 __all__ = [
     "COMPENSATION_RETRY",
-    "MAX_INTERRUPTIONS",
-    "SEND_TIMEOUT",
     "STEP_RETRY",
     "CorruptSagaState",
     "InvalidReply",
@@ -60,7 +50,6 @@ __all__ = [
     "SagaDefinition",
     "SagaError",
     "SagaNotFound",
-    "SagaRow",
     "SagaState",
     "SagaStatus",
     "SagaStore",
@@ -70,9 +59,6 @@ __all__ = [
     "StepFailed",
     "StepState",
     "StepStatus",
-    "load_saga",
     "reply_body",
     "reply_headers",
-    "resume_saga",
-    "store_from_url",
 ]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from interlink.clock import Clock
-from interlink.outbox.publisher import Sink
+from interlink.outbox.sink import Sink
 from interlink.saga._runner import ReplyBox, run_attempt
 from interlink.saga.codec import state_from_json, state_to_json
 from interlink.saga.definition import SagaDefinition, StepContext

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from interlink.context import correlation_id
-from interlink.outbox.publisher import Prepared, Sink
+from interlink.outbox.sink import Prepared, Sink
 from interlink.resilience.deadline import deadline
 from interlink.saga.definition import Send, Step, StepContext
 from interlink.saga.errors import InvalidReply, SagaError, StepFailed

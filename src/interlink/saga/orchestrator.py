@@ -25,7 +25,7 @@ from typing import Any
 
 from interlink.clock import Clock
 from interlink.messaging.envelope import Envelope
-from interlink.outbox.publisher import Sink
+from interlink.outbox.sink import Sink
 from interlink.resilience._validate import positive, positive_int
 from interlink.saga._driver import Driver, Started, error_text
 from interlink.saga._runner import SAGA_ATTEMPT, SAGA_ID, SAGA_STEP, ReplyBox
@@ -34,7 +34,7 @@ from interlink.saga.codec import state_to_json
 from interlink.saga.definition import SagaDefinition, Send
 from interlink.saga.errors import InvalidReply, SagaNotFound
 from interlink.saga.state import ACTIVE, RunAction, SagaState, Wake, decide, new_state
-from interlink.saga.stores import SagaRow, SagaStore, store_from_url
+from interlink.saga.stores import SagaRow, SagaStore
 
 __all__ = ["Orchestrator"]
 
@@ -64,7 +64,7 @@ class Orchestrator:
         clock: Clock = time.time,
     ) -> None:
         self._own_store = isinstance(store, str)
-        self._store: SagaStore = store_from_url(store) if isinstance(store, str) else store
+        self._store: SagaStore = SagaStore.from_url(store) if isinstance(store, str) else store
         self._definitions: dict[str, SagaDefinition] = {}
         for d in definitions:
             if d.name in self._definitions:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import socket
+import uuid
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,15 +21,26 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 __all__ = [
+    "DEFAULT_LEASE",
+    "DEFAULT_PARTITIONS",
     "DEFAULT_TABLE",
+    "OutboxStore",
     "PendingMessage",
-    "RelayStore",
     "decode_headers",
     "partition_of",
-    "store_from_url",
+    "unique_owner",
 ]
 
 DEFAULT_TABLE = "interlink_outbox"
+#: Partitions rows are spread over by key; per-key order holds within one.
+DEFAULT_PARTITIONS = 16
+#: Seconds a dead relay keeps its partitions (SQLite).
+DEFAULT_LEASE = 10.0
+
+
+def unique_owner() -> str:
+    """A lease name no other live process uses: host, pid and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def partition_of(key: str | None, message_id: str, partitions: int) -> int:
@@ -50,8 +64,46 @@ class PendingMessage:
     created_at: float
 
 
-class RelayStore(Protocol):
-    """What the relay needs from the database holding the outbox table."""
+class OutboxStore(Protocol):
+    """What the relay needs from the database holding the outbox table.
+
+    ``OutboxStore.from_url(url)`` opens the built-in ones (SQLite, PostgreSQL); the relay does
+    it for you when given a URL.
+    """
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        table: str = DEFAULT_TABLE,
+        owner: str | None = None,
+        partitions: int = DEFAULT_PARTITIONS,
+        lease: float = DEFAULT_LEASE,
+        listen: bool = True,
+    ) -> OutboxStore:
+        """The store for ``sqlite:///path.db`` or ``postgresql://...`` (not opened yet).
+        ``owner`` (SQLite: the name partition leases are held under; default unique per
+        process), ``lease`` (SQLite: how long a dead relay keeps its partitions) and ``listen``
+        (PostgreSQL: wake on ``NOTIFY``) apply to one backend each."""
+        scheme = urlsplit(url).scheme.lower()
+        if scheme == "sqlite":
+            module = importlib.import_module("interlink.outbox.stores.sqlite")
+            sqlite_store: OutboxStore = module.SqliteOutboxStore(
+                url,
+                table=table,
+                owner=owner or unique_owner(),
+                partitions=partitions,
+                lease=lease,
+            )
+            return sqlite_store
+        if scheme in ("postgresql", "postgres"):
+            module = importlib.import_module("interlink.outbox.stores.postgres")
+            pg_store: OutboxStore = module.PostgresOutboxStore(
+                url, table=table, partitions=partitions, listen=listen
+            )
+            return pg_store
+        raise ValueError(f"'url' must start with sqlite:/// or postgresql://: {scheme}://...")
 
     async def open(self) -> None:
         """Connect and create the tables if missing; idempotent."""
@@ -94,39 +146,6 @@ class RelayStore(Protocol):
     async def cleanup(self, older_than: float) -> int:
         """Delete rows sent more than ``older_than`` seconds ago; returns how many."""
         ...
-
-
-def store_from_url(
-    url: str,
-    *,
-    table: str = DEFAULT_TABLE,
-    owner: str,
-    partitions: int,
-    lease: float,
-    listen: bool,
-) -> RelayStore:
-    """The store for ``sqlite:///path.db`` or ``postgresql://...`` (not opened yet)."""
-    scheme = urlsplit(url).scheme.lower()
-    if scheme == "sqlite":
-        module = importlib.import_module("interlink.outbox.stores.sqlite")
-        sqlite_store: RelayStore = module.SqliteRelayStore(
-            url,
-            table=table,
-            owner=owner,
-            partitions=partitions,
-            lease=lease,
-        )
-        return sqlite_store
-    if scheme in ("postgresql", "postgres"):
-        module = importlib.import_module("interlink.outbox.stores.postgres")
-        pg_store: RelayStore = module.PostgresRelayStore(
-            url,
-            table=table,
-            partitions=partitions,
-            listen=listen,
-        )
-        return pg_store
-    raise ValueError(f"'url' must start with sqlite:/// or postgresql://: {scheme}://...")
 
 
 def decode_headers(raw: Any) -> dict[str, str]:

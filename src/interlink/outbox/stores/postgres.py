@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from interlink._sqlite_thread import identifier
-from interlink.outbox.stores import PendingMessage, decode_headers
+from interlink.outbox.stores import OutboxStore, PendingMessage, decode_headers
 
-__all__ = ["PostgresRelayStore", "ddl", "insert_sql"]
+__all__ = ["PostgresOutboxStore", "ddl", "insert_sql"]
 
 _NOW = "extract(epoch from clock_timestamp())"
 _COLUMNS = "seq, id, topic, key, type, headers, payload, correlation_id, created_at"
@@ -81,7 +81,7 @@ def _message(r: Any) -> PendingMessage:
     )
 
 
-class PostgresRelayStore:
+class PostgresOutboxStore(OutboxStore):
     """The relay's view of the outbox table in the database at ``url`` (asyncpg)."""
 
     def __init__(self, url: str, *, table: str, partitions: int, listen: bool = True) -> None:

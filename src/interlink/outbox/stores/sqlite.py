@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from interlink._sqlite_thread import SqliteThread, identifier, sqlite_path, write_tx
-from interlink.outbox.stores import PendingMessage, decode_headers
+from interlink.outbox.stores import OutboxStore, PendingMessage, decode_headers
 
-__all__ = ["SqliteRelayStore", "ddl", "insert_sql"]
+__all__ = ["SqliteOutboxStore", "ddl", "insert_sql"]
 
 _CLEANUP_CHUNK = 5000
 
@@ -66,7 +66,7 @@ def _message(r: Any) -> PendingMessage:
     )
 
 
-class SqliteRelayStore:
+class SqliteOutboxStore(OutboxStore):
     """The relay's view of the outbox table in the SQLite file named by ``url``."""
 
     def __init__(

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
-__all__ = ["SagaRow", "SagaStore", "store_from_url"]
+__all__ = ["SagaRow", "SagaStore"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,26 @@ class SagaRow:
 
 
 class SagaStore(Protocol):
-    """What the orchestrator, the CLI and the tests need from a saga store."""
+    """What the orchestrator, the CLI and the tests need from a saga store.
+
+    ``SagaStore.from_url("sqlite:///sagas.db")`` or ``SagaStore.from_url("postgresql://...")``
+    opens the built-in ones; any object with these methods will do as well.
+    """
+
+    @classmethod
+    def from_url(cls, url: str, *, table: str = "interlink_sagas") -> SagaStore:
+        """The store for ``sqlite:///path.db`` or ``postgresql://user@host/db`` (not opened
+        yet: ``await store.open()``, or let the ``Orchestrator`` open it)."""
+        scheme = urlsplit(url).scheme.lower()
+        if scheme == "sqlite":
+            module = importlib.import_module("interlink.saga.stores.sqlite")
+            sqlite_store: SagaStore = module.SqliteSagaStore(url, table=table)
+            return sqlite_store
+        if scheme in ("postgresql", "postgres"):
+            module = importlib.import_module("interlink.saga.stores.postgres")
+            pg_store: SagaStore = module.PostgresSagaStore(url, table=table)
+            return pg_store
+        raise ValueError(f"'url' must start with sqlite:/// or postgresql://: {scheme}://...")
 
     async def open(self) -> None:
         """Connect and create the tables if missing; idempotent."""
@@ -141,17 +160,3 @@ class SagaStore(Protocol):
     async def clear_reply(self, saga_id: str, step: str) -> None:
         """Forget the reply kept for a step."""
         ...
-
-
-def store_from_url(url: str, *, table: str = "interlink_sagas") -> SagaStore:
-    """The store for ``sqlite:///path.db`` or ``postgresql://user@host/db`` (not opened yet)."""
-    scheme = urlsplit(url).scheme.lower()
-    if scheme == "sqlite":
-        module = importlib.import_module("interlink.saga.stores.sqlite")
-        sqlite_store: SagaStore = module.SqliteSagaStore(url, table=table)
-        return sqlite_store
-    if scheme in ("postgresql", "postgres"):
-        module = importlib.import_module("interlink.saga.stores.postgres")
-        pg_store: SagaStore = module.PostgresSagaStore(url, table=table)
-        return pg_store
-    raise ValueError(f"'url' must start with sqlite:/// or postgresql://: {scheme}://...")

@@ -8,7 +8,7 @@ from typing import Any
 
 from interlink._sqlite_thread import identifier
 from interlink.saga.state import ACTIVE, SagaStatus
-from interlink.saga.stores import SagaRow
+from interlink.saga.stores import SagaRow, SagaStore
 
 __all__ = ["PostgresSagaStore"]
 
@@ -44,7 +44,7 @@ def _row(r: Any) -> SagaRow:
     )
 
 
-class PostgresSagaStore:
+class PostgresSagaStore(SagaStore):
     """Saga rows in table ``table`` of the database at ``url``, through an asyncpg pool."""
 
     def __init__(self, url: str, *, table: str = "interlink_sagas", pool_size: int = 10) -> None:

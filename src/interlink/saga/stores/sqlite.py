@@ -13,7 +13,7 @@ from typing import Any
 
 from interlink._sqlite_thread import SqliteThread, identifier, sqlite_path, write_tx
 from interlink.saga.state import ACTIVE, SagaStatus
-from interlink.saga.stores import SagaRow
+from interlink.saga.stores import SagaRow, SagaStore
 
 __all__ = ["SqliteSagaStore"]
 
@@ -44,7 +44,7 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
-class SqliteSagaStore:
+class SqliteSagaStore(SagaStore):
     """Saga rows in table ``table`` of the SQLite file named by ``url``."""
 
     def __init__(self, url: str, *, table: str = "interlink_sagas", synchronous: str = "NORMAL"):

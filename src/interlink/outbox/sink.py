@@ -16,12 +16,14 @@ from typing import Any, Protocol, runtime_checkable
 
 from interlink.messaging.envelope import Envelope, OutgoingMessage, encode
 
-__all__ = ["Prepared", "Publisher", "Sink"]
+__all__ = ["Prepared", "RelayTarget", "Sink"]
 
 
 @runtime_checkable
-class Publisher(Protocol):
-    """A broker backend's confirmed publish of one frame (``interlink.messaging.Backend``)."""
+class RelayTarget(Protocol):
+    """Where the relay (and a saga's ``Send``) can hand prepared messages, besides a
+    ``Broker``: anything with a broker backend's confirmed publish of one frame
+    (``interlink.messaging.Backend`` has it)."""
 
     async def publish(
         self,
@@ -64,7 +66,7 @@ class Prepared:
 
 class Sink:
     """Publishes prepared messages through a ``Broker`` (connected on first use) or a
-    ``Publisher``; a run of messages to one topic goes as one windowed batch when the backend
+    ``RelayTarget``; a run of messages to one topic goes as one windowed batch when the backend
     has ``publish_batch``, which keeps their order."""
 
     def __init__(self, target: Any) -> None:
@@ -72,7 +74,7 @@ class Sink:
         if hasattr(target, "backend") and connect is not None:  # a messaging Broker
             self._broker: Any = target
             self._backend: Any = None
-        elif isinstance(target, Publisher):
+        elif isinstance(target, RelayTarget):
             self._broker = None
             self._backend = target
         else:
