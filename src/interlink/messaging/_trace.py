@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 
 from interlink.tracing.propagation import api, extract, inject, use_context
-from interlink.tracing.spans import Spans, context_of, fail
+from interlink.tracing.spans import Spans, context_of, fail, with_correlation
 
 __all__ = ["consume_span", "publish_span"]
 
@@ -36,7 +36,9 @@ def publish_span(spans: Spans, topic: str, headers: MutableMapping[str, str]) ->
         yield
         return
     span = tracer.start_span(
-        f"{topic} publish", kind=otel.trace.SpanKind.PRODUCER, attributes=_attributes(topic, "send")
+        f"{topic} publish",
+        kind=otel.trace.SpanKind.PRODUCER,
+        attributes=with_correlation(_attributes(topic, "send")),
     )
     inject(headers, context_of(span))
     try:
@@ -65,7 +67,7 @@ def consume_span(
         f"{topic} process",
         context=parent,
         kind=otel.trace.SpanKind.CONSUMER,
-        attributes=attributes,
+        attributes=with_correlation(attributes),
     )
     token = otel.attach(otel.trace.set_span_in_context(span, parent))
     try:

@@ -14,11 +14,15 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from interlink.context import CORRELATION
 from interlink.tracing.propagation import _Api, api, use_context
 
 __all__ = ["Spans"]
 
 _Attrs = Mapping[str, str | int | float | bool]
+
+#: The span attribute holding the request's correlation id (``x-request-id``).
+CORRELATION_ATTRIBUTE = "interlink.correlation_id"
 
 
 class Spans:
@@ -75,7 +79,10 @@ class Spans:
             return
         otel = _api()
         span = tracer.start_span(
-            name, context=parent, kind=otel.trace.SpanKind.SERVER, attributes=attributes
+            name,
+            context=parent,
+            kind=otel.trace.SpanKind.SERVER,
+            attributes=with_correlation(attributes),
         )
         token = otel.attach(otel.trace.set_span_in_context(span, parent))
         try:
@@ -96,7 +103,9 @@ class Spans:
         if tracer is None:
             return None
         otel = _api()
-        return tracer.start_span(name, kind=otel.trace.SpanKind.CLIENT, attributes=attributes)
+        return tracer.start_span(
+            name, kind=otel.trace.SpanKind.CLIENT, attributes=with_correlation(attributes)
+        )
 
     @contextmanager
     def client(self, name: str, *, attributes: _Attrs | None = None) -> Iterator[Any | None]:
@@ -112,6 +121,14 @@ class Spans:
             raise
         finally:
             span.end()
+
+
+def with_correlation(attributes: _Attrs | None) -> _Attrs | None:
+    """``attributes`` plus the current correlation id (only built when a span records)."""
+    cid = CORRELATION.get()
+    if cid is None:
+        return attributes
+    return {**(attributes or {}), CORRELATION_ATTRIBUTE: cid}
 
 
 def _api() -> _Api:

@@ -1,0 +1,443 @@
+"""The embedded trace store: finished spans in one SQLite file, and the queries an operator asks.
+
+No collector is needed to see a trace: ``setup(service, exporter="sqlite:///traces.db")`` makes
+every process of a system write its spans into the same file, and the dashboard and the CLI read
+it. Writers are the SDK's batch-export threads of several processes, so the file runs in WAL mode
+with a busy timeout, and every export is one short transaction.
+
+Two tables answer the questions:
+
+- ``spans`` holds every span, indexed by trace id (a waterfall reads one trace's spans).
+- ``traces`` holds one summary row per trace (first start, last end, span and error counts, the
+  root's name and service, the correlation id), rebuilt from ``spans`` for the traces a batch
+  touched. Lists ("the slowest", "errors of the order service in the last hour", "the trace of
+  request X") read only this table and ``trace_services`` through indexes, so they stay fast with
+  100,000 traces stored: the cost of a page does not grow with the number of traces.
+
+Retention is by age and by count of traces (``prune``); the exporter prunes every few hundred
+batches, so a long-running system keeps a bounded file.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = ["SpanRecord", "TraceStore", "TraceSummary"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spans (
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    parent_id TEXT,
+    name TEXT NOT NULL,
+    service TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    start_ns INTEGER NOT NULL,
+    end_ns INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    status_message TEXT,
+    correlation_id TEXT,
+    attributes TEXT NOT NULL,
+    events TEXT NOT NULL,
+    links TEXT NOT NULL,
+    PRIMARY KEY (trace_id, span_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS traces (
+    trace_id TEXT PRIMARY KEY,
+    start_ns INTEGER NOT NULL,
+    end_ns INTEGER NOT NULL,
+    duration_ns INTEGER NOT NULL,
+    spans INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    root_name TEXT NOT NULL,
+    root_service TEXT NOT NULL,
+    services TEXT NOT NULL,
+    correlation_id TEXT
+);
+CREATE INDEX IF NOT EXISTS traces_by_start ON traces (start_ns);
+CREATE INDEX IF NOT EXISTS traces_by_duration ON traces (duration_ns);
+CREATE INDEX IF NOT EXISTS traces_failed_by_start ON traces (start_ns) WHERE errors > 0;
+CREATE INDEX IF NOT EXISTS traces_by_correlation ON traces (correlation_id);
+CREATE TABLE IF NOT EXISTS trace_services (
+    service TEXT NOT NULL,
+    start_ns INTEGER NOT NULL,
+    trace_id TEXT NOT NULL,
+    PRIMARY KEY (service, trace_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS trace_services_by_start ON trace_services (service, start_ns);
+"""
+
+# One statement per touched trace rebuilds its summary from its spans (indexed by trace id).
+_SUMMARISE = """
+INSERT INTO traces (trace_id, start_ns, end_ns, duration_ns, spans, errors, root_name,
+                    root_service, services, correlation_id)
+SELECT trace_id, MIN(start_ns), MAX(end_ns), MAX(end_ns) - MIN(start_ns), COUNT(*),
+       SUM(status = 'error'),
+       (SELECT name FROM spans r WHERE r.trace_id = s.trace_id
+        ORDER BY r.parent_id IS NOT NULL, r.start_ns LIMIT 1),
+       (SELECT service FROM spans r WHERE r.trace_id = s.trace_id
+        ORDER BY r.parent_id IS NOT NULL, r.start_ns LIMIT 1),
+       GROUP_CONCAT(DISTINCT service),
+       MAX(correlation_id)
+FROM spans s WHERE trace_id = ? GROUP BY trace_id
+ON CONFLICT (trace_id) DO UPDATE SET
+    start_ns = excluded.start_ns, end_ns = excluded.end_ns, duration_ns = excluded.duration_ns,
+    spans = excluded.spans, errors = excluded.errors, root_name = excluded.root_name,
+    root_service = excluded.root_service, services = excluded.services,
+    correlation_id = excluded.correlation_id
+"""
+
+_SPAN_COLUMNS = (
+    "trace_id, span_id, parent_id, name, service, kind, start_ns, end_ns, status, "
+    "status_message, correlation_id, attributes, events, links"
+)
+_TRACE_COLUMNS = (
+    "trace_id, start_ns, end_ns, duration_ns, spans, errors, root_name, root_service, "
+    "services, correlation_id"
+)
+
+Order = Literal["recent", "slowest"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpanRecord:
+    """One finished span, as stored: ids in lower-case hex, times in ns since the epoch."""
+
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    name: str
+    service: str
+    kind: str
+    start_ns: int
+    end_ns: int
+    status: str = "unset"  # "unset", "ok" or "error"
+    status_message: str | None = None
+    correlation_id: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    #: ``[{"name": ..., "at_ns": ..., "attributes": {...}}, ...]``
+    events: list[dict[str, Any]] = field(default_factory=list)
+    #: ``[{"trace_id": ..., "span_id": ...}, ...]``: spans this one follows from, not under
+    links: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def duration_ms(self) -> float:
+        """How long the span lasted, in milliseconds."""
+        return (self.end_ns - self.start_ns) / 1e6
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TraceSummary:
+    """One trace at a glance: what a trace list shows per row."""
+
+    trace_id: str
+    start_ns: int
+    end_ns: int
+    duration_ns: int
+    spans: int
+    errors: int
+    root_name: str
+    root_service: str
+    services: tuple[str, ...]
+    correlation_id: str | None
+
+    @property
+    def duration_ms(self) -> float:
+        """The trace's span from first start to last end, in milliseconds."""
+        return self.duration_ns / 1e6
+
+
+class TraceStore:
+    """Spans in a SQLite file, safe to share between processes and between threads.
+
+    Open with ``TraceStore.from_url("sqlite:///traces.db")`` (``sqlite:///:memory:`` for a
+    private store in tests). Writers call ``add``; readers call ``trace``, ``traces`` and
+    ``count``. ``prune`` applies retention.
+    """
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = 5.0) -> None:
+        self.path = str(path)
+        self._busy_timeout = busy_timeout
+        self._lock = threading.Lock()
+        self._conn = self._connect()
+
+    @classmethod
+    def from_url(cls, url: str) -> TraceStore:
+        """Open the store a ``sqlite:///path`` URL names (created on first use).
+
+        ``?busy_timeout=S`` sets how long a writer waits for another process's write lock.
+        """
+        parts = urlsplit(url)
+        if parts.scheme != "sqlite":
+            raise ValueError(f"'url' must be a sqlite:/// URL for the trace store: {url!r}")
+        path = parts.path
+        if parts.netloc:
+            raise ValueError(
+                f"'url' must have no host (sqlite:///relative or sqlite:////absolute): {url!r}"
+            )
+        path = path.removeprefix("/") or ":memory:"
+        options = parse_qs(parts.query)
+        busy = 5.0
+        if "busy_timeout" in options:
+            raw = options["busy_timeout"][-1]
+            try:
+                busy = float(raw)
+            except ValueError:
+                raise ValueError(f"'busy_timeout' must be a number of seconds: {raw!r}") from None
+            if busy < 0:
+                raise ValueError(f"'busy_timeout' must be >= 0: {raw!r}")
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return cls(path, busy_timeout=busy)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout,
+            check_same_thread=False,
+            isolation_level=None,  # explicit BEGIN / COMMIT below
+        )
+        if self.path != ":memory:":
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(_SCHEMA)  # every statement is IF NOT EXISTS: safe in every process
+        return conn
+
+    def reopen(self) -> None:
+        """A fresh connection: a forked child must not share its parent's SQLite handle."""
+        self._lock = threading.Lock()
+        self._conn = self._connect()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        # BEGIN IMMEDIATE takes the write lock up front: two processes never both hold a read
+        # lock and deadlock upgrading it
+        c = self._conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        c.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the connection; the file stays."""
+        with self._lock:
+            self._conn.close()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def add(self, spans: Iterable[SpanRecord]) -> int:
+        """Store ``spans`` and refresh the summaries of their traces; returns how many."""
+        rows = [
+            (
+                s.trace_id,
+                s.span_id,
+                s.parent_id,
+                s.name,
+                s.service,
+                s.kind,
+                s.start_ns,
+                s.end_ns,
+                s.status,
+                s.status_message,
+                s.correlation_id,
+                _dumps(s.attributes),
+                _dumps(s.events),
+                _dumps(s.links),
+            )
+            for s in spans
+        ]
+        if not rows:
+            return 0
+        touched = sorted({r[0] for r in rows})
+        with self._lock, self._write() as c:
+            c.executemany(
+                f"INSERT OR REPLACE INTO spans ({_SPAN_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            c.executemany(_SUMMARISE, [(t,) for t in touched])
+            c.executemany(
+                "INSERT OR REPLACE INTO trace_services (service, start_ns, trace_id) "
+                "SELECT DISTINCT s.service, t.start_ns, t.trace_id FROM spans s "
+                "JOIN traces t ON t.trace_id = s.trace_id WHERE s.trace_id = ?",
+                [(t,) for t in touched],
+            )
+        return len(rows)
+
+    def prune(
+        self,
+        *,
+        max_age: float | None = None,
+        max_traces: int | None = None,
+        now: float | None = None,
+    ) -> int:
+        """Delete traces older than ``max_age`` seconds and all but the newest ``max_traces``.
+
+        Returns how many traces were deleted. ``now`` (seconds since the epoch) is for tests.
+        """
+        victims: set[str] = set()
+        with self._lock:
+            if max_age is not None:
+                cutoff = int(((time.time() if now is None else now) - max_age) * 1e9)
+                victims.update(
+                    r[0]
+                    for r in self._conn.execute(
+                        "SELECT trace_id FROM traces WHERE start_ns < ?", (cutoff,)
+                    )
+                )
+            if max_traces is not None:
+                victims.update(
+                    r[0]
+                    for r in self._conn.execute(
+                        "SELECT trace_id FROM traces ORDER BY start_ns DESC LIMIT -1 OFFSET ?",
+                        (max_traces,),
+                    )
+                )
+            if not victims:
+                return 0
+            doomed = [(t,) for t in victims]
+            with self._write() as c:
+                c.executemany("DELETE FROM spans WHERE trace_id = ?", doomed)
+                c.executemany("DELETE FROM traces WHERE trace_id = ?", doomed)
+                # trace_services is keyed by service first: delete by the indexed pair
+                c.execute(
+                    "DELETE FROM trace_services WHERE trace_id NOT IN (SELECT trace_id FROM traces)"
+                )
+        return len(victims)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def trace(self, trace_id: str) -> list[SpanRecord]:
+        """Every stored span of one trace, in start order (a waterfall's rows)."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_SPAN_COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_ns",
+                (trace_id.lower(),),
+            ).fetchall()
+        return [_span(r) for r in rows]
+
+    def summary(self, trace_id: str) -> TraceSummary | None:
+        """The summary row of one trace, or None when it is not stored."""
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_TRACE_COLUMNS} FROM traces WHERE trace_id = ?", (trace_id.lower(),)
+            ).fetchone()
+        return None if row is None else _summary(row)
+
+    def traces(
+        self,
+        *,
+        service: str | None = None,
+        correlation_id: str | None = None,
+        errors: bool = False,
+        since: float | None = None,
+        until: float | None = None,
+        order: Order = "recent",
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[TraceSummary]:
+        """Trace summaries matching every filter given, newest (or slowest) first.
+
+        ``service`` matches a trace that any span of that service is part of; ``since`` and
+        ``until`` are seconds since the epoch, compared with the trace's start.
+        """
+        if order not in ("recent", "slowest"):
+            raise ValueError(f"'order' must be 'recent' or 'slowest': {order!r}")
+        if limit < 1 or offset < 0:
+            raise ValueError(f"'limit' must be >= 1 and 'offset' >= 0: {limit!r}, {offset!r}")
+        where: list[str] = []
+        args: list[object] = []
+        source = "traces t"
+        if service is not None:
+            source = "trace_services ts JOIN traces t ON t.trace_id = ts.trace_id"
+            where.append("ts.service = ?")
+            args.append(service)
+        if correlation_id is not None:
+            where.append("t.correlation_id = ?")
+            args.append(correlation_id)
+        if errors:
+            where.append("t.errors > 0")
+        start_col = "ts.start_ns" if service is not None else "t.start_ns"
+        if since is not None:
+            where.append(f"{start_col} >= ?")
+            args.append(int(since * 1e9))
+        if until is not None:
+            where.append(f"{start_col} < ?")
+            args.append(int(until * 1e9))
+        sql = f"SELECT {_qualified('t', _TRACE_COLUMNS)} FROM {source}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY " + (f"{start_col} DESC" if order == "recent" else "t.duration_ns DESC")
+        sql += " LIMIT ? OFFSET ?"
+        args += [limit, offset]
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        return [_summary(r) for r in rows]
+
+    def count(self) -> int:
+        """How many traces are stored."""
+        with self._lock:
+            row = self._conn.execute("SELECT COUNT(*) FROM traces").fetchone()
+        return int(row[0])
+
+    def services(self) -> list[str]:
+        """Every service that has spans stored, sorted."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT DISTINCT service FROM trace_services ORDER BY service"
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+
+def _qualified(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{c.strip()}" for c in columns.split(","))
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def _span(row: Sequence[Any]) -> SpanRecord:
+    return SpanRecord(
+        trace_id=row[0],
+        span_id=row[1],
+        parent_id=row[2],
+        name=row[3],
+        service=row[4],
+        kind=row[5],
+        start_ns=row[6],
+        end_ns=row[7],
+        status=row[8],
+        status_message=row[9],
+        correlation_id=row[10],
+        attributes=json.loads(row[11]),
+        events=json.loads(row[12]),
+        links=json.loads(row[13]),
+    )
+
+
+def _summary(row: Sequence[Any]) -> TraceSummary:
+    return TraceSummary(
+        trace_id=row[0],
+        start_ns=row[1],
+        end_ns=row[2],
+        duration_ns=row[3],
+        spans=row[4],
+        errors=row[5] or 0,
+        root_name=row[6],
+        root_service=row[7],
+        services=tuple(sorted(str(row[8]).split(","))) if row[8] else (),
+        correlation_id=row[9],
+    )
