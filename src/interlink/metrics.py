@@ -1,0 +1,397 @@
+"""Prometheus metrics from policy events, breakers' own counters, and request latencies.
+
+The resilience core knows nothing of Prometheus: its policies emit typed events to listeners
+(``interlink.resilience.events``), and ``PolicyMetrics`` is such a listener, attached from the
+outside. What it exports, with names that follow Prometheus conventions (``_total`` counters,
+base units, ``interlink_`` prefix) and, for request latency, OpenTelemetry's semantic
+conventions turned into Prometheus names (``http.server.request.duration`` becomes
+``http_server_request_duration_seconds``):
+
+======================================================  ======================================
+``interlink_breaker_state{breaker,state}``              1 for the state a breaker is in
+``interlink_breaker_transitions_total{breaker,from,to}`` state changes
+``interlink_breaker_calls_total{breaker,outcome}``      successes / failures (watched breakers)
+``interlink_breaker_failure_rate{breaker}``             failure rate in the breaker's window
+``interlink_rejections_total{policy,name,reason}``      calls refused: breaker, bulkhead, rate
+                                                         limit, retry budget
+``interlink_retries_total{name}``                       retries scheduled
+``interlink_retry_give_ups_total{name,reason}``         attempts / budget / deadline / not
+                                                         retryable
+``interlink_fallbacks_total{name,source}``              fallback answers
+``interlink_hedges_total{name}``                        hedged attempts launched
+``interlink_timeouts_total{name}``                      calls cut off by a timeout
+``http_server_request_duration_seconds``                per method, route and status
+``rpc_server_duration_seconds``                         per gRPC method and status code
+======================================================  ======================================
+
+One call wires a service: ``metrics = instrument(app)`` wraps an ASGI app so it answers
+``GET /metrics`` and records request latency, and ``metrics.listeners`` is what to pass as
+``listeners=`` to clients and policies (with ``SpanEvents`` when tracing is set up, so the same
+events also land on spans). ``serve(port)`` starts a standalone exporter for processes with no
+HTTP server (a broker consumer).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from interlink.resilience.events import (
+    BulkheadRejected,
+    CallRejected,
+    FallbackUsed,
+    HedgeLaunched,
+    PolicyEvent,
+    RateLimitRejected,
+    RetryGaveUp,
+    RetryScheduled,
+    StateChanged,
+    TimeoutExpired,
+)
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from interlink.resilience import CircuitBreaker
+
+__all__ = [
+    "LATENCY_BUCKETS",
+    "Instrumentation",
+    "MetricsMiddleware",
+    "MetricsServer",
+    "PolicyMetrics",
+    "grpc_interceptor",
+    "instrument",
+    "metrics_app",
+    "serve",
+]
+
+#: Histogram buckets (seconds) for request latency: fine below 100 ms, where the sync path
+#: lives, coarse above it.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+_STATES = ("closed", "open", "half_open", "forced_open", "disabled")
+_INSTALL_HINT = "metrics need prometheus-client: pip install 'interlink[prometheus]'"
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def _prometheus() -> Any:
+    try:
+        import prometheus_client
+    except ImportError as exc:  # pragma: no cover - exercised by the no-extras install test
+        raise ImportError(_INSTALL_HINT) from exc
+    return prometheus_client
+
+
+class PolicyMetrics:
+    """A policy listener that counts what policies do, into a Prometheus registry.
+
+    Pass it (or ``Instrumentation.listeners``) as ``listeners=`` to any policy, pipeline or
+    client. ``watch(breaker)`` also exports a breaker's own counters (calls, failures, failure
+    rate), read at scrape time: they are not events, because a success is not worth one.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        prom = _prometheus()
+        self.registry = registry if registry is not None else prom.REGISTRY
+        r = self.registry
+        self._state = prom.Gauge(
+            "interlink_breaker_state",
+            "1 for the state a circuit breaker is in, 0 for the others",
+            ["breaker", "state"],
+            registry=r,
+        )
+        self._transitions = prom.Counter(
+            "interlink_breaker_transitions",
+            "Circuit breaker state changes",
+            ["breaker", "from", "to"],
+            registry=r,
+        )
+        self._rejections = prom.Counter(
+            "interlink_rejections",
+            "Calls a policy refused before they ran",
+            ["policy", "name", "reason"],
+            registry=r,
+        )
+        self._retries = prom.Counter("interlink_retries", "Retries scheduled", ["name"], registry=r)
+        self._give_ups = prom.Counter(
+            "interlink_retry_give_ups",
+            "Calls a retry stopped retrying, by reason",
+            ["name", "reason"],
+            registry=r,
+        )
+        self._fallbacks = prom.Counter(
+            "interlink_fallbacks", "Answers given by a fallback", ["name", "source"], registry=r
+        )
+        self._hedges = prom.Counter(
+            "interlink_hedges", "Hedged attempts launched", ["name"], registry=r
+        )
+        self._timeouts = prom.Counter(
+            "interlink_timeouts", "Calls ended by a timeout", ["name"], registry=r
+        )
+        self._watched: dict[str, CircuitBreaker] = {}
+        r.register(_BreakerCollector(self._watched))
+
+    def __call__(self, event: PolicyEvent, /) -> None:
+        """Count one event (the listener protocol)."""
+        if isinstance(event, StateChanged):
+            self._transitions.labels(event.name, event.old, event.new).inc()
+            self.set_state(event.name, event.new)
+        elif isinstance(event, CallRejected):
+            self._rejections.labels("breaker", event.name, "circuit_open").inc()
+        elif isinstance(event, BulkheadRejected):
+            self._rejections.labels("bulkhead", event.name, "bulkhead_full").inc()
+        elif isinstance(event, RateLimitRejected):
+            self._rejections.labels("rate_limiter", event.name, "rate_limited").inc()
+        elif isinstance(event, RetryScheduled):
+            self._retries.labels(event.name).inc()
+        elif isinstance(event, RetryGaveUp):
+            self._give_ups.labels(event.name, event.reason).inc()
+            if event.reason == "budget":
+                self._rejections.labels("retry_budget", event.name, "budget_exhausted").inc()
+        elif isinstance(event, FallbackUsed):
+            self._fallbacks.labels(event.name, event.source).inc()
+        elif isinstance(event, HedgeLaunched):
+            self._hedges.labels(event.name).inc()
+        elif isinstance(event, TimeoutExpired):
+            self._timeouts.labels(event.name).inc()
+
+    def set_state(self, breaker: str, state: str) -> None:
+        """Mark ``breaker`` as being in ``state`` (one of the ``State`` values)."""
+        for s in _STATES:
+            self._state.labels(breaker, s).set(1.0 if s == state else 0.0)
+
+    def watch(self, breaker: CircuitBreaker) -> CircuitBreaker:
+        """Export ``breaker``'s counters and state, and count its events; returns it."""
+        self._watched[breaker.name] = breaker
+        self.set_state(breaker.name, breaker.state.value)
+        breaker.add_listener(self)
+        return breaker
+
+
+class _BreakerCollector:
+    """Reads watched breakers' own counters when Prometheus scrapes."""
+
+    def __init__(self, watched: dict[str, CircuitBreaker]) -> None:
+        self._watched = watched
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        calls = CounterMetricFamily(
+            "interlink_breaker_calls",
+            "Calls a circuit breaker let through, by outcome",
+            labels=["breaker", "outcome"],
+        )
+        rejected = CounterMetricFamily(
+            "interlink_breaker_rejected",
+            "Calls a circuit breaker refused",
+            labels=["breaker"],
+        )
+        rate = GaugeMetricFamily(
+            "interlink_breaker_failure_rate",
+            "Failure rate in the breaker's window (0 to 1)",
+            labels=["breaker"],
+        )
+        for name, breaker in list(self._watched.items()):
+            m = breaker.metrics
+            calls.add_metric([name, "success"], m.successes_total)
+            calls.add_metric([name, "failure"], m.failures_total)
+            rejected.add_metric([name], m.rejected_total)
+            rate.add_metric([name], m.failure_rate)
+        yield calls
+        yield rejected
+        yield rate
+
+    def describe(self) -> list[Any]:
+        return []  # collected only at scrape time: no names to reserve in advance
+
+
+class MetricsMiddleware:
+    """ASGI middleware: records every request's latency, and answers ``GET /metrics``.
+
+    The route label is the matched route's template (``/orders/{id}``) when the framework sets
+    one in the scope (Starlette does), otherwise ``"unmatched"``: raw paths would give one time
+    series per order id.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        registry: CollectorRegistry | None = None,
+        path: str = "/metrics",
+    ) -> None:
+        prom = _prometheus()
+        self.app = app
+        self.path = path
+        self.registry = registry if registry is not None else prom.REGISTRY
+        self._latency = prom.Histogram(
+            "http_server_request_duration_seconds",
+            "Duration of HTTP server requests",
+            ["http_request_method", "http_route", "http_response_status_code"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._exposition = metrics_app(self.registry)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope.get("path") == self.path and scope.get("method") == "GET":
+            await self._exposition(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def record_status(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None)
+            self._latency.labels(
+                scope.get("method", "GET"),
+                template if isinstance(template, str) else "unmatched",
+                str(status),
+            ).observe(time.perf_counter() - started)
+
+
+def grpc_interceptor(registry: CollectorRegistry | None = None) -> Any:
+    """A ``grpc.aio.ServerInterceptor`` recording ``rpc_server_duration_seconds`` per method and
+    status code for unary handlers (streams pass through unmeasured)."""
+    prom = _prometheus()
+    import grpc
+
+    latency = prom.Histogram(
+        "rpc_server_duration_seconds",
+        "Duration of gRPC server calls",
+        ["rpc_method", "rpc_grpc_status_code"],
+        buckets=LATENCY_BUCKETS,
+        registry=registry if registry is not None else prom.REGISTRY,
+    )
+
+    def measured(method: str, behaviour: Any) -> Any:
+        async def handler(request: Any, context: Any) -> Any:
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                return await behaviour(request, context)
+            except Exception:
+                raised = context.code() if hasattr(context, "code") else None
+                code = raised.name if isinstance(raised, grpc.StatusCode) else "UNKNOWN"
+                raise
+            finally:
+                if code == "OK" and hasattr(context, "code"):
+                    set_code = context.code()
+                    if isinstance(set_code, grpc.StatusCode):
+                        code = set_code.name
+                latency.labels(method, code).observe(time.perf_counter() - started)
+
+        return handler
+
+    class MetricsInterceptor(grpc.aio.ServerInterceptor):
+        async def intercept_service(self, continuation: Any, details: Any) -> Any:
+            handler = await continuation(details)
+            if handler is None or handler.unary_unary is None:
+                return handler
+            return grpc.unary_unary_rpc_method_handler(
+                measured(details.method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
+    return MetricsInterceptor()
+
+
+def metrics_app(registry: CollectorRegistry | None = None) -> ASGIApp:
+    """An ASGI app answering with the registry's metrics in Prometheus' text format."""
+    prom = _prometheus()
+    return prom.make_asgi_app(registry=registry if registry is not None else prom.REGISTRY)  # type: ignore[no-any-return]
+
+
+class MetricsServer:
+    """A running standalone exporter: ``port`` it listens on, ``close()`` to stop it."""
+
+    def __init__(self, server: Any, thread: Any) -> None:
+        self._server = server
+        self._thread = thread
+        self.port: int = server.server_port
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+def serve(
+    port: int, *, addr: str = "127.0.0.1", registry: CollectorRegistry | None = None
+) -> MetricsServer:
+    """A standalone ``/metrics`` endpoint on ``addr:port`` (0: a free port), served from a
+    thread, for processes that serve no HTTP (a broker consumer)."""
+    prom = _prometheus()
+    server, thread = prom.start_http_server(
+        port, addr=addr, registry=registry if registry is not None else prom.REGISTRY
+    )
+    return MetricsServer(server, thread)
+
+
+class Instrumentation:
+    """What ``instrument`` set up: the wrapped app, the registry, and the listeners to pass."""
+
+    def __init__(self, app: ASGIApp | None, policies: PolicyMetrics, listeners: tuple[Any, ...]):
+        self.app = app
+        self.policies = policies
+        self.registry = policies.registry
+        #: pass as ``listeners=`` to clients, pipelines and policies
+        self.listeners = listeners
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve as the wrapped ASGI app."""
+        if self.app is None:
+            raise RuntimeError("instrument() was called without an app to wrap")
+        await self.app(scope, receive, send)
+
+
+def instrument(
+    app: ASGIApp | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+    breakers: Iterable[CircuitBreaker] = (),
+    span_events: bool = True,
+) -> Instrumentation:
+    """Wire a service for metrics (and span events) in one call.
+
+    ``app`` (optional) is wrapped in ``MetricsMiddleware``: request latency, and ``/metrics``.
+    ``breakers`` are watched for their counters. The returned ``listeners`` count policy events
+    and, with ``span_events`` and OpenTelemetry installed, also record them on the current span.
+    """
+    policies = PolicyMetrics(registry)
+    for breaker in breakers:
+        policies.watch(breaker)
+    listeners: list[Any] = [policies]
+    if span_events:
+        try:
+            import opentelemetry.trace  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            from interlink.tracing import SpanEvents
+
+            listeners.append(SpanEvents())
+    wrapped = None if app is None else MetricsMiddleware(app, registry=policies.registry)
+    return Instrumentation(wrapped, policies, tuple(listeners))
