@@ -11,7 +11,8 @@
     ├── DeadlineExceeded           the call's time ran out (also a ``TimeoutError``)
     ├── TransportError             the request was not delivered or not answered (refused, reset)
     ├── HTTPStatusError            ``response.raise_for_status()`` on a 4xx/5xx answer
-    └── NoInstancesError           service discovery knows no healthy instance of a service
+    ├── NoInstancesError           service discovery knows no healthy instance of a service
+    └── InvalidURLError            a registry (store, broker) URL is malformed; a ``ValueError``
 
 Rejections share a base class so a fallback can catch "the call never ran" in one clause.
 Messages name the policy and the numbers behind the decision; the numbers are also attributes,
@@ -28,6 +29,7 @@ __all__ = [
     "DeadlineExceeded",
     "HTTPStatusError",
     "InterlinkError",
+    "InvalidURLError",
     "NoInstancesError",
     "RateLimited",
     "RejectedError",
@@ -149,8 +151,10 @@ class NoInstancesError(InterlinkError):
     ``reason`` is ``"unresolved"`` (the service was never fetched: call ``await
     resolver.apick(service)`` or ``await resolver.prefetch(service)`` first), ``"empty"`` (the
     registry lists no instance) or ``"ejected"`` (every instance is ejected or failing its health
-    checks) or ``"unreachable"`` (the first look-up failed; the backend's error is the
-    ``__cause__``). Like a rejection, nothing reached any downstream.
+    checks), ``"unreachable"`` (the first look-up failed; the backend's error is the
+    ``__cause__``) or ``"unreadable"`` (the registry answered, but with something that is not a
+    registry's answer; the error is the ``__cause__``). Like a rejection, nothing reached any
+    downstream.
     """
 
     def __init__(self, service: str, reason: str = "empty") -> None:
@@ -166,9 +170,17 @@ class NoInstancesError(InterlinkError):
             )
         if self.reason == "unreachable":
             return f"no instances of service '{self.service}': the registry could not be reached"
+        if self.reason == "unreadable":
+            return f"no instances of service '{self.service}': the registry's answer was unreadable"
         if self.reason == "ejected":
             return f"no healthy instances of service '{self.service}': all are ejected or failing"
         return f"no instances of service '{self.service}' are registered"
+
+
+class InvalidURLError(InterlinkError, ValueError):
+    """A URL given to ``from_url`` is malformed; the message names the part (host, port,
+    database, a query parameter) and the URL, so the mistake is found where it was written,
+    not at first use."""
 
 
 class TransportError(InterlinkError):

@@ -9,15 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from interlink.discovery import (
-    Endpoint,
-    Pool,
+from interlink.discovery import Endpoint, Pool, ServiceInstance
+from interlink.discovery.balancer import (
     PowerOfTwo,
     RandomBalancer,
     RoundRobin,
-    ServiceInstance,
+    balancer_of,
+    prefer_zone,
 )
-from interlink.discovery.balancer import balancer_of, prefer_zone
 
 
 def endpoints(n: int, zones: list[str | None] | None = None) -> list[Endpoint]:

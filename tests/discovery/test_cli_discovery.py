@@ -9,12 +9,12 @@ from _discovery_support import free_port
 from typer.testing import CliRunner
 
 from interlink.cli.main import app
-from interlink.discovery import ServiceInstance, from_url
+from interlink.discovery import Registry, ServiceInstance
 
 
 def register(url: str, *instances: ServiceInstance) -> None:
     async def run() -> None:
-        reg = from_url(url)
+        reg = Registry.from_url(url)
         for instance in instances:
             lease = await reg.register(instance, ttl=60)
             await lease.stop()  # keep the row: its TTL outlives the test

@@ -7,14 +7,16 @@ import asyncio
 import pytest
 from _discovery_support import DnsServer, unique, until
 
-from interlink.discovery import Resolver, ServiceInstance, from_url
+from interlink.discovery import Registry, Resolver, ServiceInstance
 from interlink.discovery.backends.dns import DnsRegistry
 
 pytestmark = pytest.mark.anyio
 
 
 def registry(server: DnsServer, query: str = "") -> DnsRegistry:
-    reg = from_url(f"dns://127.0.0.1:{server.port}/?domain=ns.svc.test&interval=0.05{query}")
+    reg = Registry.from_url(
+        f"dns://127.0.0.1:{server.port}/?domain=ns.svc.test&interval=0.05{query}"
+    )
     assert isinstance(reg, DnsRegistry)
     return reg
 
@@ -72,9 +74,9 @@ async def test_dns_registry_is_read_only(dns_server: DnsServer) -> None:
 def test_mode_a_needs_a_port() -> None:
     """A records carry no port, so mode 'a' without one is a configuration error."""
     with pytest.raises(ValueError, match="'port' must be given for mode 'a'"):
-        from_url("dns://127.0.0.1/?mode=a")
+        Registry.from_url("dns://127.0.0.1/?mode=a")
     with pytest.raises(ValueError, match="'mode' must be one of"):
-        from_url("dns://127.0.0.1/?mode=txt")
+        Registry.from_url("dns://127.0.0.1/?mode=txt")
 
 
 async def test_truncated_answer_retries_over_tcp() -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from interlink.discovery import OutlierDetector, OutlierOptions
+from interlink.discovery import OutlierOptions
 from interlink.discovery.outlier import (
     DEFAULT_BASE_EJECTION_TIME,
     DEFAULT_CONSECUTIVE_FAILURES,
     DEFAULT_MAX_EJECTION_PERCENT,
     DEFAULT_MAX_EJECTION_TIME,
+    OutlierDetector,
     OutlierState,
 )
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from _discovery_support import NATS_URL, REDIS_URL, Etcd, free_port, unique, until
 
-from interlink.discovery import NoInstancesError, Registry, Resolver, ServiceInstance, from_url
+from interlink.discovery import NoInstancesError, Registry, Resolver, ServiceInstance
 from interlink.discovery.registry import BaseRegistry
 
 pytestmark = pytest.mark.anyio
@@ -110,9 +110,9 @@ class RegistryContract:
     async def test_closing_the_registry_deregisters_its_instances(self) -> None:
         """aclose() on a registry object removes the instances it registered."""
         svc = unique()
-        first = from_url(self.url)
+        first = Registry.from_url(self.url)
         await first.register(inst(svc, 1), ttl=30)
-        second = from_url(self.url)
+        second = Registry.from_url(self.url)
         assert await second.lookup(svc) == [inst(svc, 1)]
         await first.aclose()
         assert await second.lookup(svc) == []
@@ -133,7 +133,7 @@ class TestMemory(RegistryContract):
 
     @pytest.fixture
     async def registry(self) -> AsyncIterator[BaseRegistry]:
-        reg: Any = from_url(self.url)
+        reg: Any = Registry.from_url(self.url)
         yield reg
         await reg.aclose()
 
@@ -145,14 +145,14 @@ class TestSqlite(RegistryContract):
 
     @pytest.fixture
     async def registry(self) -> AsyncIterator[BaseRegistry]:
-        reg: Any = from_url(self.url, poll_interval=0.05)
+        reg: Any = Registry.from_url(self.url, poll_interval=0.05)
         yield reg
         await reg.aclose()
 
     async def test_two_processes_share_the_file(self, tmp_path: Path) -> None:
         """An instance registered through one connection is seen through another file handle."""
         svc = unique()
-        a, b = from_url(self.url), from_url(self.url)
+        a, b = Registry.from_url(self.url), Registry.from_url(self.url)
         await a.register(inst(svc, 1), ttl=30)
         assert await b.lookup(svc) == [inst(svc, 1)]
         await a.aclose()
@@ -162,11 +162,11 @@ class TestSqlite(RegistryContract):
 # A server process registering one instance, heartbeating until it is killed.
 _SERVER = """
 import asyncio, sys
-from interlink.discovery import ServiceInstance, from_url
+from interlink.discovery import Registry, ServiceInstance
 
 async def main():
     url, service, iid, port = sys.argv[1:]
-    registry = from_url(url)
+    registry = Registry.from_url(url)
     await registry.register(ServiceInstance(service, iid, "127.0.0.1", int(port)), ttl=0.5)
     print("registered", flush=True)
     await asyncio.Event().wait()
@@ -220,7 +220,7 @@ async def test_an_unreachable_server_is_an_error_not_a_hang(scheme: str) -> None
     """With nothing listening, lookup and register fail within seconds, and a resolver with
     nothing cached raises NoInstancesError 'unreachable' from the backend's error."""
     url = f"{scheme}://127.0.0.1:{free_port()}" + ("/0" if scheme == "redis" else "")
-    registry = from_url(url)
+    registry = Registry.from_url(url)
     started = time.monotonic()
     with pytest.raises(Exception) as info:  # each client library has its own error types
         await asyncio.wait_for(registry.lookup("orders"), 5.0)
@@ -241,7 +241,7 @@ class TestRedis(RegistryContract):
 
     @pytest.fixture
     async def registry(self) -> AsyncIterator[BaseRegistry]:
-        reg: Any = from_url(self.url)
+        reg: Any = Registry.from_url(self.url)
         yield reg
         await reg.aclose()
 
@@ -251,7 +251,7 @@ class TestNats(RegistryContract):
 
     @pytest.fixture
     async def registry(self) -> AsyncIterator[BaseRegistry]:
-        reg: Any = from_url(self.url)
+        reg: Any = Registry.from_url(self.url)
         yield reg
         await reg.aclose()
 
@@ -266,7 +266,7 @@ class TestEtcd(RegistryContract):
 
     @pytest.fixture
     async def registry(self) -> AsyncIterator[BaseRegistry]:
-        reg: Any = from_url(self.url)
+        reg: Any = Registry.from_url(self.url)
         yield reg
         await reg.aclose()
 
@@ -274,4 +274,4 @@ class TestEtcd(RegistryContract):
 def test_unknown_scheme_lists_the_known_ones() -> None:
     """from_url names the bad scheme and the known ones."""
     with pytest.raises(ValueError, match=r"unknown registry scheme 'consul' \(known: dns://"):
-        from_url("consul://localhost:8500")
+        Registry.from_url("consul://localhost:8500")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from _discovery_support import Private, unique, until
 
-from interlink.discovery import Resolver, ServiceInstance, from_url
+from interlink.discovery import Registry, Resolver, ServiceInstance
 
 pytestmark = pytest.mark.anyio
 
@@ -25,9 +25,11 @@ async def restart_scenario(
 ) -> None:
     svc = unique()
     instance = ServiceInstance(svc, "a", "127.0.0.1", 9001)
-    server_side = from_url(url)
+    server_side = Registry.from_url(url)
     lease = await server_side.register(instance, ttl=1.0)
-    resolver = Resolver(from_url(url), retry_delay=0.05, max_retry_delay=0.2, owns_registry=True)
+    resolver = Resolver(
+        Registry.from_url(url), retry_delay=0.05, max_retry_delay=0.2, owns_registry=True
+    )
     await resolver.prefetch(svc)
     sizes: list[int] = []
 
@@ -47,7 +49,7 @@ async def restart_scenario(
         await until(lambda: svc not in resolver.stats().stale, within=5.0)
         renewed = lease.renewals
         await until(lambda: lease.renewals > renewed, within=3.0)
-        fresh = from_url(url)
+        fresh = Registry.from_url(url)
         found = await fresh.lookup(svc)
         await fresh.aclose()
         assert found == [instance]  # re-registered by the lease after the restart

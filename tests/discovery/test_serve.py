@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from _discovery_support import free_port, unique, until
 
-from interlink.discovery import ServiceInstance, from_url
+from interlink.discovery import Registry, ServiceInstance
 from interlink.discovery.backends.memory import MemoryRegistry
 from interlink.discovery.serve import RegisteredASGI, Registration, serve_grpc
 
@@ -190,7 +190,7 @@ async def test_serve_asgi_deregisters_on_sigterm_then_drains_then_exits(tmp_path
     server = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _UVICORN_SERVER, url, str(port)
     )
-    registry = from_url(url)
+    registry = Registry.from_url(url)
     try:
         await until(lambda: _listening(port), within=10.0)
         await until_async(lambda: registry.lookup("web"), within=5.0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from _discovery_support import until
 
-from interlink.discovery import Resolver, ServiceInstance, from_url
+from interlink.discovery import Registry, Resolver, ServiceInstance
 from interlink.discovery.backends.static import StaticRegistry
 
 pytestmark = pytest.mark.anyio
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.anyio
 
 async def test_url_lists_services_inline() -> None:
     """static:?svc=h:p,h:p lists each address under its service, id host:port."""
-    reg = from_url("static:?orders=127.0.0.1:8001,127.0.0.1:8002&pay=10.0.0.1:9000")
+    reg = Registry.from_url("static:?orders=127.0.0.1:8001,127.0.0.1:8002&pay=10.0.0.1:9000")
     orders = await reg.lookup("orders")
     assert [i.address for i in orders] == ["127.0.0.1:8001", "127.0.0.1:8002"]
     assert orders[0].instance_id == "127.0.0.1:8001"
@@ -47,7 +47,7 @@ async def test_json_file(tmp_path: Path) -> None:
     """JSON files work the same, with the mapping at the top level."""
     path = tmp_path / "services.json"
     path.write_text('{"orders": [{"address": "127.0.0.1:8001"}]}')
-    assert [i.port for i in await from_url(f"static://{path}").lookup("orders")] == [8001]
+    assert [i.port for i in await Registry.from_url(f"static://{path}").lookup("orders")] == [8001]
 
 
 @pytest.mark.parametrize(
@@ -61,7 +61,7 @@ async def test_json_file(tmp_path: Path) -> None:
 def test_bad_static_input_is_a_value_error(url: str, message: str) -> None:
     """Malformed static lists fail with a clear ValueError."""
     with pytest.raises(ValueError, match=message):
-        from_url(url)
+        Registry.from_url(url)
 
 
 async def test_static_registry_is_read_only() -> None:

@@ -44,7 +44,7 @@ class RoundRobin:
     def __post_init__(self) -> None:
         self._next = itertools.cycle(self.ports)
 
-    def pick(self, service: str) -> Pick:
+    def pick(self, service: str, avoid: Any = ()) -> Pick:
         self.picked.append(service)
         return Pick(Instance("127.0.0.1", next(self._next)), self.outcomes)
 
@@ -111,13 +111,13 @@ def test_target_must_name_a_service() -> None:
 
 def test_works_with_interlink_discovery_resolver() -> None:
     """The discovery Resolver over a memory registry fits the protocol (apick on first use)."""
-    from interlink.discovery import Resolver, ServiceInstance, from_url
+    from interlink.discovery import Registry, Resolver, ServiceInstance
 
     servicer = Faulty.of()
 
     async def main() -> Any:
         async with serving(servicer) as up:
-            registry = from_url("memory://")
+            registry = Registry.from_url("memory://")
             await registry.register(ServiceInstance("menu", "menu-1", "127.0.0.1", up, "grpc"))
             async with (
                 Resolver(registry) as resolver,

@@ -668,7 +668,7 @@ class RoundRobinResolver:
     def __post_init__(self) -> None:
         self._next = itertools.cycle(self.urls)
 
-    def pick(self, service: str) -> _Picked:
+    def pick(self, service: str, avoid: Any = ()) -> _Picked:
         host, port = next(self._next).split("://")[1].split(":")
         p = _Picked(_Instance(host, int(port)), self.log)
         self.picked.append(p)
@@ -718,7 +718,7 @@ def test_discovery_resolver_is_accepted(faults: tuple[FaultApp, str]) -> None:
     host, port = base.split("://")[1].split(":")
 
     async def go() -> Response:
-        registry = discovery.from_url("memory://")
+        registry = discovery.Registry.from_url("memory://")
         instance = discovery.ServiceInstance("menu", "menu-1", host, int(port))
         lease = await registry.register(instance, ttl=5.0)
         resolver = discovery.Resolver(registry)

@@ -59,10 +59,10 @@ def list_(
     registry: RegistryOption = "sqlite:///./.interlink/registry.db",
 ) -> None:
     """Show the live instances of SERVICE (or of every service) in a table."""
-    from interlink.discovery import from_url
+    from interlink.discovery import Registry
 
     async def run() -> list[ServiceInstance]:
-        reg = from_url(registry)
+        reg = Registry.from_url(registry)
         try:
             if service is not None:
                 return await reg.lookup(service)
@@ -93,12 +93,12 @@ def watch(
     ] = 0,
 ) -> None:
     """Print SERVICE's instances now and again after every change (Ctrl-C stops)."""
-    from interlink.discovery import from_url
+    from interlink.discovery import Registry
 
     console = Console(highlight=False)
 
     async def run() -> None:
-        reg = from_url(registry)
+        reg = Registry.from_url(registry)
         seen = 0
         try:
             async for snap in reg.watch(service):

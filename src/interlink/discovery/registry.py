@@ -1,8 +1,10 @@
-"""The registry protocol every backend implements, the self-renewing lease, and ``from_url``.
+"""The registry protocol every backend implements, the self-renewing lease, and what every
+backend shares: reading stored records defensively and checking its URL.
 
 A registry answers three questions: who is there (``lookup``), what changed (``watch``), and
-"I am here" (``register``, renewed by a lease until ``aclose``). Backends are chosen by URL, each
-in its own module under ``interlink.discovery.backends``, imported only when its URL is used:
+"I am here" (``register``, renewed by a lease until ``aclose``). ``Registry.from_url(url)``
+chooses the backend by the URL's scheme, each in its own module under
+``interlink.discovery.backends``, imported only when its URL is used:
 
 ==================================  ============================================================
 ``memory://[name]``                 one process (tests); the same name shares one registry
@@ -19,6 +21,10 @@ in its own module under ``interlink.discovery.backends``, imported only when its
 that missed a message can never drift, and replacing a cache is one assignment. Backend errors
 are raised out of ``lookup`` and ``watch``; riding them out (stale-while-error) is the
 resolver's job, which knows what it served last.
+
+A stored record is anyone's to write, so one that cannot be read (not JSON, not an object,
+missing fields, a bad port, another service's instance) is skipped with a warning naming its
+key, at most once a minute per key (``instance_of``): it never hides the good records beside it.
 """
 
 from __future__ import annotations
@@ -26,14 +32,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from interlink.discovery.instance import ServiceInstance
+from interlink.errors import InvalidURLError
 
 __all__ = [
     "DEFAULT_TTL",
@@ -41,9 +50,13 @@ __all__ = [
     "Lease",
     "Registry",
     "Snapshot",
-    "from_url",
+    "check_hosts",
+    "instance_of",
+    "query_of",
+    "query_seconds",
     "snapshot_of",
     "snapshots",
+    "split_url",
 ]
 
 log = logging.getLogger("interlink.discovery")
@@ -54,17 +67,17 @@ DEFAULT_TTL = 3.0
 Snapshot = tuple[ServiceInstance, ...]
 """All live instances of one service, sorted by ``instance_id``."""
 
-_SCHEMES = {
-    "memory": "memory",
-    "sqlite": "sqlite",
-    "redis": "redis",
-    "rediss": "redis",
-    "nats": "nats",
-    "tls": "nats",
-    "etcd": "etcd",
-    "etcds": "etcd",
-    "dns": "dns",
-    "static": "static",
+_SCHEMES = {  # scheme -> (module under interlink.discovery.backends, class)
+    "memory": ("memory", "MemoryRegistry"),
+    "sqlite": ("sqlite", "SqliteRegistry"),
+    "redis": ("redis", "RedisRegistry"),
+    "rediss": ("redis", "RedisRegistry"),
+    "nats": ("nats", "NatsRegistry"),
+    "tls": ("nats", "NatsRegistry"),
+    "etcd": ("etcd", "EtcdRegistry"),
+    "etcds": ("etcd", "EtcdRegistry"),
+    "dns": ("dns", "DnsRegistry"),
+    "static": ("static", "StaticRegistry"),
 }
 
 
@@ -75,7 +88,32 @@ def snapshot_of(instances: Any) -> Snapshot:
 
 @runtime_checkable
 class Registry(Protocol):
-    """Where instances announce themselves and clients find them."""
+    """Where instances announce themselves and clients find them.
+
+    ``Registry.from_url(url)`` opens the backend the URL's scheme names; each backend class
+    also has its own ``from_url`` for its scheme.
+    """
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Registry:
+        """The registry for ``url``; ``options`` go to the backend (see the module docstring).
+
+        Raises ``InvalidURLError`` (a ``ValueError``) naming the part of ``url`` that is wrong.
+        """
+        if not isinstance(url, str) or not url:
+            raise InvalidURLError(
+                f"'url' must be a registry URL such as 'sqlite:///tmp/reg.db': {url!r}"
+            )
+        scheme = urlsplit(url).scheme.lower()
+        backend = _SCHEMES.get(scheme)
+        if backend is None:
+            known = ", ".join(sorted({f"{s}://" for s in _SCHEMES}))
+            raise InvalidURLError(
+                f"'url' has an unknown registry scheme {scheme!r} (known: {known}): {url!r}"
+            )
+        module = importlib.import_module(f"interlink.discovery.backends.{backend[0]}")
+        registry: Registry = getattr(module, backend[1]).from_url(url, **options)
+        return registry
 
     async def register(self, instance: ServiceInstance, ttl: float = DEFAULT_TTL) -> Lease:
         """List ``instance`` for ``ttl`` seconds, renewed by the returned lease until closed."""
@@ -244,6 +282,11 @@ class BaseRegistry:
     def watch(self, service: str) -> AsyncIterator[Snapshot]:
         raise NotImplementedError
 
+    async def probe(self) -> bool:
+        """Whether the backend answers now, asked cheaply (a ping, not a listing): a resolver
+        whose watch broke asks this while it waits, to resume as soon as the backend is back."""
+        return True
+
     async def _close_leases(self) -> None:
         for lease in list(self._leases):
             try:
@@ -289,17 +332,89 @@ async def snapshots(
         await wait(timeout)
 
 
-def from_url(url: str, **options: Any) -> Registry:
-    """The registry for ``url``; ``options`` go to the backend (see the table above)."""
-    if not isinstance(url, str) or not url:
-        raise ValueError(f"'url' must be a registry URL such as 'sqlite:///tmp/reg.db': {url!r}")
-    scheme = urlsplit(url).scheme.lower()
-    name = _SCHEMES.get(scheme)
-    if name is None:
-        known = ", ".join(sorted({f"{s}://" for s in _SCHEMES}))
-        raise ValueError(
-            f"'url' has an unknown registry scheme {scheme!r} (known: {known}): {url!r}"
+# ------------------------------------------------------------------------ reading records
+
+_WARN_EVERY = 60.0
+_warned: dict[str, float] = {}  # key -> when its last warning went out (monotonic)
+
+
+def skip_record(service: str, key: str, reason: str) -> None:
+    """Log that the record at ``key`` is skipped: a warning at most once a minute per key."""
+    now = time.monotonic()
+    last = _warned.get(key)
+    due = last is None or now - last >= _WARN_EVERY
+    if due:
+        if len(_warned) >= 4096:  # a flood of distinct bad keys must not grow this forever
+            _warned.clear()
+        _warned[key] = now
+    log.log(
+        logging.WARNING if due else logging.DEBUG,
+        "discovery: skipping the unreadable registry record %s of %r (%s); the other "
+        "instances are served",
+        key,
+        service,
+        reason[:200],
+        extra={"service": service, "key": key},
+    )
+
+
+def instance_of(service: str, key: str, stored: object) -> ServiceInstance | None:
+    """The instance stored at ``key`` (JSON text or bytes, or its parsed value), or None when
+    the record is unreadable or belongs to another service (skipped with ``skip_record``)."""
+    try:
+        data = json.loads(stored) if isinstance(stored, str | bytes | bytearray) else stored
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a JSON object was expected, not {type(data).__name__}")
+        instance = ServiceInstance.from_dict(data)
+    except Exception as exc:
+        skip_record(service, key, f"{type(exc).__name__}: {exc}")
+        return None
+    if instance.service != service:
+        skip_record(service, key, f"it holds an instance of {instance.service!r}")
+        return None
+    return instance
+
+
+# ------------------------------------------------------------------------ checking URLs
+
+
+def split_url(url: str) -> tuple[SplitResult, dict[str, str]]:
+    """``url`` split, and its query as a dict (the last value of a repeated parameter)."""
+    parts = urlsplit(url)
+    return parts, {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+
+
+def check_hosts(url: str, netloc: str) -> None:
+    """Every ``host[:port]`` in ``netloc`` (comma-separated) must have a port in [1, 65535]."""
+    for item in netloc.rpartition("@")[2].split(","):
+        host_port = item.rpartition("]")[2] if item.startswith("[") else item
+        _, sep, port = host_port.rpartition(":")
+        if sep and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise InvalidURLError(
+                f"the port {port!r} of 'url' must be an integer in [1, 65535]: {url!r}"
+            )
+
+
+def query_of(url: str, query: Mapping[str, str], name: str, kind: type[int] | type[float]) -> Any:
+    """The query parameter ``name`` as a number > 0 (None when absent)."""
+    raw = query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or not (value > 0 and math.isfinite(value)):
+        what = "an integer" if kind is int else "a number"
+        raise InvalidURLError(
+            f"the query parameter {name!r} must be {what} > 0: {raw!r} in {url!r}"
         )
-    module = importlib.import_module(f"interlink.discovery.backends.{name}")
-    registry: Registry = module.from_url(url, **options)
-    return registry
+    return value
+
+
+def query_seconds(url: str, query: Mapping[str, str], options: dict[str, Any], *names: str) -> None:
+    """Each of ``names`` present in ``query``, as seconds > 0, into ``options`` (unless set)."""
+    for name in names:
+        value = query_of(url, query, name, float)
+        if value is not None:
+            options.setdefault(name, value)

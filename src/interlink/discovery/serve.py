@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from interlink.discovery.instance import ServiceInstance
-from interlink.discovery.registry import DEFAULT_TTL, Lease, Registry, from_url
+from interlink.discovery.registry import DEFAULT_TTL, Lease, Registry
 
 __all__ = ["RegisteredASGI", "Registration", "serve_asgi", "serve_grpc"]
 
@@ -62,7 +62,9 @@ class Registration:
         in_flight: Callable[[], int] | None = None,
     ) -> None:
         self._owned = isinstance(registry, str)
-        self.registry: Registry = from_url(registry) if isinstance(registry, str) else registry
+        self.registry: Registry = (
+            Registry.from_url(registry) if isinstance(registry, str) else registry
+        )
         self.instance = instance
         self.ttl = ttl
         self.propagation_delay = propagation_delay

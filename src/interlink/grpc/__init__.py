@@ -31,7 +31,7 @@ from interlink.grpc.client import (
     channel,
 )
 from interlink.grpc.policy import Service, idempotent_methods, service
-from interlink.grpc.resolved import Picked, ResolvedChannel, Resolver, resolved_channel
+from interlink.grpc.resolved import ResolvedChannel, resolved_channel
 from interlink.grpc.server import AioServerInterceptor, ServerInterceptor
 from interlink.grpc.status import (
     BREAKER_FAILURE_CODES,
@@ -50,9 +50,7 @@ __all__ = [
     "ClientInterceptor",
     "DirectChannel",
     "DownstreamStatusError",
-    "Picked",
     "ResolvedChannel",
-    "Resolver",
     "ServerInterceptor",
     "Service",
     "StatusError",

@@ -11,18 +11,21 @@ retry can land on another instance. Server-streaming calls pick one instance per
 propagation only; client- and bidirectional-streaming calls are not offered here (open a channel
 to ``picked.instance`` yourself).
 
-``interlink.discovery.Resolver`` fits the ``Resolver`` protocol below; so does any object with
-``pick(service) -> Picked``.
+``interlink.discovery.Resolver`` is an ``interlink.discovery.Picker``; so is any object with
+``pick(service, avoid=()) -> Picked``. A retry's pick avoids the instances that failed earlier
+in the same call.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 import grpc.aio
+
+from interlink.discovery.resolver import Address, Picked, Picker
 
 from ._call import _Call
 from ._metadata import attempt_timeout, outgoing
@@ -33,35 +36,12 @@ from .status import BREAKER_FAILURE_CODES
 
 __all__ = [
     "SCHEME",
-    "Picked",
     "ResolvedChannel",
-    "Resolver",
     "resolved_channel",
 ]
 
 #: Targets naming a service rather than an address.
 SCHEME = "service://"
-
-
-class _Instance(Protocol):
-    @property
-    def host(self) -> str: ...
-    @property
-    def port(self) -> int: ...
-
-
-class Picked(Protocol):
-    """The instance chosen for one attempt; ``done(ok)`` is called exactly once."""
-
-    @property
-    def instance(self) -> _Instance: ...
-    def done(self, ok: bool) -> None: ...
-
-
-class Resolver(Protocol):
-    """What ``ResolvedChannel`` needs from service discovery."""
-
-    def pick(self, service: str) -> Picked: ...
 
 
 def _ok(exc: BaseException) -> bool:
@@ -75,11 +55,12 @@ def _ok(exc: BaseException) -> bool:
 class _PickedCall:
     """A unary call to a picked instance; reports to the resolver once, when it finishes."""
 
-    __slots__ = ("_call", "_picked")
+    __slots__ = ("_call", "_failed", "_picked")
 
-    def __init__(self, call: Any, picked: Picked) -> None:
+    def __init__(self, call: Any, picked: Picked, failed: list[Address]) -> None:
         self._call = call
         self._picked: Picked | None = picked
+        self._failed = failed
 
     def __await__(self) -> Generator[Any, None, Any]:
         picked, self._picked = self._picked, None  # awaited again later: already reported
@@ -87,7 +68,10 @@ class _PickedCall:
             response = yield from self._call.__await__()
         except BaseException as exc:
             if picked is not None:
-                picked.done(_ok(exc))
+                ok = _ok(exc)
+                picked.done(ok)
+                if not ok:  # a retry of this call goes elsewhere while it can
+                    self._failed.append(picked.instance)
             raise
         if picked is not None:
             picked.done(True)
@@ -125,7 +109,7 @@ class ResolvedChannel:
     def __init__(
         self,
         name: str,
-        resolver: Resolver,
+        resolver: Picker,
         service: Service,
         *,
         channel_factory: Callable[[str], grpc.aio.Channel] = grpc.aio.insecure_channel,
@@ -139,12 +123,12 @@ class ResolvedChannel:
         self._callables: dict[tuple[str, str], Any] = {}
         self._unary = AioUnaryInterceptor(service, tracer_provider=tracer_provider)
         apick = getattr(resolver, "apick", None)
-        self._apick: Callable[[str], Awaitable[Picked]] | None = apick
+        self._apick: Callable[..., Awaitable[Picked]] | None = apick
 
-    async def _pick(self) -> Picked:
+    async def _pick(self, avoid: list[Address] | None = None) -> Picked:
         if self._apick is not None:
-            return await self._apick(self.name)
-        return self.resolver.pick(self.name)
+            return await (self._apick(self.name, avoid) if avoid else self._apick(self.name))
+        return self.resolver.pick(self.name, avoid) if avoid else self.resolver.pick(self.name)
 
     def _callable(self, picked: Picked, kind: str, method: str, ser: Any, de: Any) -> Any:
         host, port = picked.instance.host, picked.instance.port
@@ -177,8 +161,10 @@ class ResolvedChannel:
             wait_for_ready: bool | None = None,
             compression: Any = None,
         ) -> Any:
+            failed: list[Address] = []  # the instances that failed an attempt of this call
+
             async def continuation(details: Any, request: Any) -> _PickedCall:
-                picked = await self._pick()
+                picked = await self._pick(failed)
                 try:
                     multicallable = self._callable(
                         picked, "unary_unary", method, request_serializer, response_deserializer
@@ -192,8 +178,9 @@ class ResolvedChannel:
                     )
                 except BaseException:
                     picked.done(False)
+                    failed.append(picked.instance)
                     raise
-                return _PickedCall(call, picked)
+                return _PickedCall(call, picked, failed)
 
             details = grpc.aio.ClientCallDetails(
                 method, timeout, metadata, credentials, wait_for_ready
@@ -271,7 +258,7 @@ class ResolvedChannel:
 
 def resolved_channel(
     target: str,
-    resolver: Resolver,
+    resolver: Picker,
     service: Service | None = None,
     *,
     channel_factory: Callable[[str], grpc.aio.Channel] = grpc.aio.insecure_channel,

@@ -9,7 +9,6 @@ reads them back on the server side. See ``docs/sync.md``.
 from typing import TYPE_CHECKING, Any
 
 from interlink.http._config import ServiceConfig, ServicePolicies, load_config
-from interlink.http._request import Instance, Picked, Resolver
 from interlink.http._response import Response
 from interlink.http._service import Service
 from interlink.http.client import AsyncClient, AsyncServiceClient
@@ -22,10 +21,7 @@ __all__ = [
     "AsyncClient",
     "AsyncServiceClient",
     "Client",
-    "Instance",
     "InterlinkMiddleware",
-    "Picked",
-    "Resolver",
     "Response",
     "Service",
     "ServiceClient",

@@ -11,10 +11,11 @@ looked up through CPython's type cache like one on the class itself.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from interlink.discovery.resolver import Picked, Picker
 from interlink.errors import NoInstancesError
-from interlink.http._request import Call, Picked, Resolver, instance_ok, origin_of
+from interlink.http._request import Call, instance_ok, origin_of
 from interlink.http._response import Response
 from interlink.http._service import Service
 from interlink.http.classify import AttemptFailed, status_failure
@@ -54,7 +55,7 @@ def _deadline_cancelled() -> bool:
 class AsyncAttempts:
     """The attempt half of ``AsyncClient``; the attributes are set by ``AsyncClient.__init__``."""
 
-    _resolver: Resolver | None
+    _resolver: Picker | None
     _max_connections: int
     _keepalive: float
     _redirects: bool
@@ -70,7 +71,7 @@ class AsyncAttempts:
         picked: Picked | None = None
         origin = call.origin or service.url
         if origin is None:
-            picked = await self._pick(call.service)
+            picked = await self._pick(call.service, call.failed)
             origin = origin_of(picked.instance)
         target = self._targets.get((origin, call.path)) or self._target_of(origin, call.path)
         url = target[0]
@@ -174,6 +175,10 @@ class AsyncAttempts:
                 span.end()
             if picked is not None:
                 picked.done(ok)
+                if not ok:  # a retry of this call goes elsewhere while it can
+                    if call.failed is None:
+                        call.failed = []
+                    call.failed.append(picked.instance)
 
     def _target_of(self, origin: str, path: str) -> tuple[str, URL | str]:
         """The URL of ``origin`` + ``path``, as text and parsed once: aiohttp would parse
@@ -197,7 +202,7 @@ class AsyncAttempts:
         timeout = self._timeouts[ms] = aiohttp.ClientTimeout(total=ms / 1000.0)
         return timeout
 
-    async def _pick(self, service: str) -> Picked:
+    async def _pick(self, service: str, avoid: list[Any] | None) -> Picked:
         resolver = self._resolver
         if resolver is None:
             raise ValueError(
@@ -205,12 +210,12 @@ class AsyncAttempts:
                 f"client.service({service!r}, url='http://host:port')"
             )
         try:
-            return resolver.pick(service)
+            return resolver.pick(service, avoid) if avoid else resolver.pick(service)
         except NoInstancesError as exc:
             apick = getattr(resolver, "apick", None)
             if exc.reason != "unresolved" or apick is None:
                 raise
-        picked: Picked = await apick(service)
+        picked: Picked = await (apick(service, avoid) if avoid else apick(service))
         return picked
 
     def _open(self) -> aiohttp.ClientSession:

@@ -8,51 +8,23 @@ import asyncio
 import functools
 import json as _json
 from collections.abc import Mapping
-from typing import Any, Protocol, TypedDict
+from typing import Any, TypedDict
 from urllib.parse import urlencode
 
 from interlink.context import correlation_id
+from interlink.discovery.resolver import Address
 from interlink.errors import BudgetExhausted, DeadlineExceeded, HTTPStatusError, TransportError
 from interlink.http._response import Response
 from interlink.http.classify import AttemptFailed, may_resend
 
 __all__ = [
     "Call",
-    "Instance",
-    "Picked",
     "RequestOptions",
-    "Resolver",
     "outcome",
     "prepare",
     "prepare_parsed",
     "split_target",
 ]
-
-
-class Instance(Protocol):
-    """Where an instance listens (``interlink.discovery.ServiceInstance`` is one)."""
-
-    @property
-    def host(self) -> str: ...
-    @property
-    def port(self) -> int: ...
-    @property
-    def protocol(self) -> str: ...
-
-
-class Picked(Protocol):
-    """The instance chosen for one attempt; ``done(ok)`` is called exactly once after it."""
-
-    @property
-    def instance(self) -> Instance: ...
-    def done(self, ok: bool = True) -> None: ...
-
-
-class Resolver(Protocol):
-    """What the clients need from service discovery (``interlink.discovery.Resolver``):
-    ``pick`` an instance from a local cache, without I/O, once per attempt."""
-
-    def pick(self, service: str) -> Picked: ...
 
 
 Params = Mapping[str, str | int | float | list[str] | tuple[str, ...]]
@@ -100,9 +72,21 @@ def split_target(url: str, base_url: str | None) -> tuple[str, str | None, str]:
 class Call:
     """One request as the attempts see it; prepared once, whatever the number of attempts."""
 
-    __slots__ = ("body", "correlation", "headers", "method", "origin", "path", "resend", "service")
+    __slots__ = (
+        "body",
+        "correlation",
+        "failed",
+        "headers",
+        "method",
+        "origin",
+        "path",
+        "resend",
+        "service",
+    )
 
     correlation: str | None
+    failed: list[Address] | None
+    """The instances that failed an attempt of this call: a retry's pick avoids them."""
 
     def __init__(  # noqa: PLR0917 - internal, built in one place
         self,
@@ -121,6 +105,7 @@ class Call:
         self.body = body
         self.resend = may_resend(method, headers)
         self.correlation = correlation_id()
+        self.failed = None
 
 
 def prepare(  # noqa: PLR0917 - internal, called by the two clients only
@@ -175,7 +160,7 @@ def prepare_parsed(  # noqa: PLR0917 - internal, called by the two clients only
     return Call(method, service, origin, path, merged or None, body)
 
 
-def origin_of(instance: Instance) -> str:
+def origin_of(instance: Address) -> str:
     """``protocol://host:port`` of a picked instance, an IPv6 host in brackets."""
     host = f"[{instance.host}]" if ":" in instance.host else instance.host
     return f"{instance.protocol}://{host}:{instance.port}"

@@ -31,12 +31,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from interlink.clock import Clock
+from interlink.discovery.resolver import Picker
 from interlink.http._async_attempt import AsyncAttempts
 from interlink.http._async_verbs import AsyncVerbs
 from interlink.http._config import ServicePolicies, load_config
 from interlink.http._request import (
     Call,
-    Resolver,
     cache_key,
     fallback_answer,
     outcome,
@@ -83,7 +83,7 @@ class AsyncClient(AsyncAttempts, AsyncVerbs):
         policies: ServicePolicies | None = None,
         services: Mapping[str, ServicePolicies] | None = None,
         config: Mapping[str, Any] | str | Path | None = None,
-        resolver: Resolver | None = None,
+        resolver: Picker | None = None,
         headers: Mapping[str, str] | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         keepalive: float = DEFAULT_KEEPALIVE,

@@ -20,12 +20,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Unpack
 
 from interlink.clock import Clock
+from interlink.discovery.resolver import Picked, Picker
 from interlink.http._config import ServicePolicies, load_config
 from interlink.http._request import (
     Call,
-    Picked,
     RequestOptions,
-    Resolver,
     cache_key,
     fallback_answer,
     instance_ok,
@@ -105,7 +104,7 @@ class Client(_Verbs):
         policies: ServicePolicies | None = None,
         services: Mapping[str, ServicePolicies] | None = None,
         config: Mapping[str, Any] | str | Path | None = None,
-        resolver: Resolver | None = None,
+        resolver: Picker | None = None,
         headers: Mapping[str, str] | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         keepalive: float = DEFAULT_KEEPALIVE,
@@ -214,7 +213,12 @@ class Client(_Verbs):
                     f"'service://{call.service}' needs a resolver, or a url: "
                     f"client.service({call.service!r}, url='http://host:port')"
                 )
-            picked = self._resolver.pick(call.service)
+            failed = call.failed
+            picked = (
+                self._resolver.pick(call.service, failed)
+                if failed
+                else self._resolver.pick(call.service)
+            )
             origin = origin_of(picked.instance)
         url = origin + call.path
         ok = False
@@ -267,6 +271,10 @@ class Client(_Verbs):
                 span.end()
             if picked is not None:
                 picked.done(ok)
+                if not ok:  # a retry of this call goes elsewhere while it can
+                    if call.failed is None:
+                        call.failed = []
+                    call.failed.append(picked.instance)
 
     def close(self) -> None:
         """Close the connection pool."""

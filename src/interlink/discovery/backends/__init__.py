@@ -1,1 +1,1 @@
-"""Registry backends, one module each, imported by ``interlink.discovery.from_url`` on demand."""
+"""Registry backends, one module each, imported by ``Registry.from_url`` on demand."""

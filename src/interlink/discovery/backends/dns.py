@@ -24,17 +24,26 @@ import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from interlink.discovery.instance import ServiceInstance, check_service
-from interlink.discovery.registry import DEFAULT_TTL, Lease, Snapshot, snapshot_of, snapshots
+from interlink.discovery.registry import (
+    DEFAULT_TTL,
+    Lease,
+    Snapshot,
+    check_hosts,
+    query_of,
+    query_seconds,
+    snapshot_of,
+    snapshots,
+    split_url,
+)
 
 try:
     from dnslib import QTYPE, RCODE, DNSRecord  # type: ignore[import-untyped]
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("the dns:// registry needs dnslib: pip install 'interlink[dns]'") from exc
 
-__all__ = ["DnsRegistry", "from_url"]
+__all__ = ["DnsRegistry"]
 
 _MODES = ("auto", "srv", "a")
 
@@ -88,6 +97,28 @@ class DnsRegistry:
         self.protocol = protocol
         self.interval = interval
         self.timeout = timeout
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> DnsRegistry:
+        """``dns://[server[:port]]/?domain=default.svc.cluster.local&port=8080&mode=auto``.
+
+        Also ``interval``, ``timeout`` (seconds > 0) and ``protocol`` (what the instances
+        speak, default http).
+        """
+        parts, query = split_url(url)
+        check_hosts(url, parts.netloc)
+        if parts.hostname:
+            options.setdefault("server", parts.hostname)
+        if parts.port:
+            options.setdefault("port", parts.port)
+        port = query_of(url, query, "port", int)
+        if port is not None:
+            options.setdefault("service_port", port)
+        for name in ("domain", "mode", "protocol"):
+            if name in query:
+                options.setdefault(name, query[name])
+        query_seconds(url, query, options, "interval", "timeout")
+        return cls(**options)
 
     async def register(self, instance: ServiceInstance, ttl: float = DEFAULT_TTL) -> Lease:
         """Not possible: DNS records are published by the platform (Kubernetes, your zone)."""
@@ -216,27 +247,3 @@ class DnsRegistry:
 
     async def aclose(self) -> None:
         """Nothing to release: every query uses its own socket."""
-
-
-def from_url(url: str, **options: Any) -> DnsRegistry:
-    """``dns://[server[:port]]/?domain=default.svc.cluster.local&port=8080&mode=auto``.
-
-    Also ``interval``, ``timeout`` and ``protocol`` (what the instances speak, default http).
-    """
-    parts = urlsplit(url)
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    if parts.hostname:
-        options.setdefault("server", parts.hostname)
-    if parts.port:
-        options.setdefault("port", parts.port)
-    if "domain" in query:
-        options.setdefault("domain", query["domain"])
-    if "port" in query:
-        options.setdefault("service_port", int(query["port"]))
-    for name in ("mode", "protocol"):
-        if name in query:
-            options.setdefault(name, query[name])
-    for name in ("interval", "timeout"):
-        if name in query:
-            options.setdefault(name, float(query[name]))
-    return DnsRegistry(**options)

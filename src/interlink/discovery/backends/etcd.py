@@ -26,17 +26,26 @@ import json
 import math
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 from interlink.discovery.instance import ServiceInstance, check_service
-from interlink.discovery.registry import BaseRegistry, Snapshot, snapshot_of, snapshots
+from interlink.discovery.registry import (
+    BaseRegistry,
+    Snapshot,
+    check_hosts,
+    instance_of,
+    query_seconds,
+    snapshot_of,
+    snapshots,
+    split_url,
+)
+from interlink.errors import InvalidURLError
 
 try:
     import httpx
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("the etcd:// registry needs httpx: pip install 'interlink[http]'") from exc
 
-__all__ = ["EtcdRegistry", "from_url"]
+__all__ = ["EtcdRegistry"]
 
 
 def _b64(data: str | bytes) -> str:
@@ -73,13 +82,31 @@ class EtcdRegistry(BaseRegistry):
             base_url=self.endpoint, timeout=httpx.Timeout(timeout, connect=timeout)
         )
 
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> EtcdRegistry:
+        """``etcd://host:port`` (plain HTTP) or ``etcds://host:port`` (HTTPS); ``?prefix=/x/``,
+        ``?timeout=``, ``?interval=`` (seconds > 0)."""
+        parts, query = split_url(url)
+        scheme = "https" if parts.scheme == "etcds" else "http"
+        if not parts.hostname:
+            raise InvalidURLError(
+                f"'url' must name the etcd host, e.g. etcd://127.0.0.1:2379: {url!r}"
+            )
+        check_hosts(url, parts.netloc)
+        if "prefix" in query:
+            options.setdefault("prefix", query["prefix"])
+        query_seconds(url, query, options, "timeout", "interval")
+        return cls(f"{scheme}://{parts.netloc}", **options)
+
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         response = await self._http.post(path, json=body)
         if response.status_code >= 400:
             raise ConnectionError(
                 f"etcd {path} answered {response.status_code}: {response.text[:200]}"
             )
-        data: dict[str, Any] = response.json()
+        data = response.json()
+        if not isinstance(data, dict):
+            raise ValueError(f"etcd {path} answered a JSON {type(data).__name__}, not an object")
         return data
 
     def _key(self, service: str, instance_id: str = "") -> str:
@@ -88,7 +115,13 @@ class EtcdRegistry(BaseRegistry):
     async def _get(self, service: str, instance_id: str) -> ServiceInstance | None:
         data = await self._post("/v3/kv/range", {"key": _b64(self._key(service, instance_id))})
         kvs = data.get("kvs") or []
-        return ServiceInstance.from_json(_unb64(kvs[0]["value"])) if kvs else None
+        return self._decode(service, kvs[0]) if kvs else None
+
+    def _decode(self, service: str, kv: dict[str, Any]) -> ServiceInstance | None:
+        key = kv.get("key")
+        name = _unb64(key).decode(errors="replace") if isinstance(key, str) else repr(key)
+        value = kv.get("value")
+        return instance_of(service, name, _unb64(value) if isinstance(value, str) else value)
 
     async def _grant_and_put(self, instance: ServiceInstance, ttl: float) -> str:
         # etcd sweeps expired leases every 500 ms: a lease of ttl - 0.5 s, in whole seconds,
@@ -130,8 +163,9 @@ class EtcdRegistry(BaseRegistry):
         )
         found = {}
         for kv in data.get("kvs") or []:
-            with contextlib.suppress(ValueError, KeyError):
-                found[_unb64(kv["key"])] = ServiceInstance.from_json(_unb64(kv["value"]))
+            instance = self._decode(service, kv)
+            if instance is not None:
+                found[_unb64(kv["key"])] = instance
         return found, int(data["header"]["revision"])
 
     async def lookup(self, service: str) -> list[ServiceInstance]:
@@ -188,11 +222,11 @@ class EtcdRegistry(BaseRegistry):
             for event in result.get("events") or []:
                 kv = event.get("kv") or {}
                 key = _unb64(kv.get("key", ""))
-                if event.get("type") == "DELETE":
+                instance = None if event.get("type") == "DELETE" else self._decode(service, kv)
+                if instance is None:  # deleted, or overwritten by something unreadable
                     entries.pop(key, None)
                 else:
-                    with contextlib.suppress(ValueError, KeyError):
-                        entries[key] = ServiceInstance.from_json(_unb64(kv["value"]))
+                    entries[key] = instance
 
         async def fetch() -> tuple[Snapshot, float | None]:
             return snapshot_of(entries.values()), None
@@ -220,20 +254,15 @@ class EtcdRegistry(BaseRegistry):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
 
+    async def probe(self) -> bool:
+        """Whether etcd answers a status request now."""
+        try:
+            await self._post("/v3/maintenance/status", {})
+        except Exception:
+            return False
+        return True
+
     async def aclose(self) -> None:
         """Deregister this object's instances (revoking their leases) and close the client."""
         await self._close_leases()
         await self._http.aclose()
-
-
-def from_url(url: str, **options: Any) -> EtcdRegistry:
-    """``etcd://host:port`` (plain HTTP) or ``etcds://host:port`` (HTTPS); ``?prefix=/x/``."""
-    parts = urlsplit(url)
-    scheme = "https" if parts.scheme == "etcds" else "http"
-    if not parts.netloc:
-        raise ValueError(f"'url' must name the etcd host, e.g. etcd://127.0.0.1:2379: {url!r}")
-    for item in filter(None, parts.query.split("&")):
-        name, _, value = item.partition("=")
-        if name == "prefix":
-            options.setdefault("prefix", value)
-    return EtcdRegistry(f"{scheme}://{parts.netloc}", **options)

@@ -19,7 +19,7 @@ from interlink.clock import Clock
 from interlink.discovery.instance import ServiceInstance, check_service
 from interlink.discovery.registry import BaseRegistry, Snapshot, snapshot_of, snapshots
 
-__all__ = ["MemoryRegistry", "from_url"]
+__all__ = ["MemoryRegistry"]
 
 
 class _Store:
@@ -54,6 +54,16 @@ class MemoryRegistry(BaseRegistry):
         self._store = store
         self.available = True
         """Set False to simulate an unreachable registry: every call raises ConnectionError."""
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> MemoryRegistry:
+        """``memory://`` (private) or ``memory://name`` (shared by name within the process)."""
+        parts = urlsplit(url)
+        return cls(parts.netloc or parts.path.strip("/") or None, **options)
+
+    async def probe(self) -> bool:
+        """Whether ``available`` is set."""
+        return self.available
 
     def _check(self) -> None:
         if not self.available:
@@ -114,9 +124,3 @@ class MemoryRegistry(BaseRegistry):
 
         async for snap in snapshots(fetch, wait, interval=0.5):
             yield snap
-
-
-def from_url(url: str, **options: Any) -> MemoryRegistry:
-    """``memory://`` (private) or ``memory://name`` (shared by name within the process)."""
-    name = urlsplit(url).netloc or urlsplit(url).path.strip("/") or None
-    return MemoryRegistry(name, **options)

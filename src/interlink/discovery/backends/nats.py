@@ -18,13 +18,23 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from interlink.clock import Clock
 from interlink.discovery.instance import ServiceInstance, check_service
-from interlink.discovery.registry import BaseRegistry, Snapshot, snapshot_of, snapshots
+from interlink.discovery.registry import (
+    BaseRegistry,
+    Snapshot,
+    check_hosts,
+    instance_of,
+    skip_record,
+    snapshot_of,
+    snapshots,
+)
 
 try:
     import nats
@@ -34,7 +44,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("the nats:// registry needs nats-py: pip install 'interlink[nats]'") from exc
 
-__all__ = ["NatsRegistry", "from_url"]
+__all__ = ["NatsRegistry"]
 
 log = logging.getLogger("interlink.discovery")
 
@@ -69,6 +79,15 @@ class NatsRegistry(BaseRegistry):
         self._js: Any = None
         self._kv: Any = None
         self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> NatsRegistry:
+        """``nats://host:port`` (comma-separated hosts allowed by nats-py); options as the class.
+
+        Raises ``InvalidURLError`` for a port that is not an integer in [1, 65535].
+        """
+        check_hosts(url, urlsplit(url).netloc)
+        return cls(url, **options)
 
     async def _bucket(self) -> Any:
         if self._kv is not None:
@@ -110,12 +129,18 @@ class NatsRegistry(BaseRegistry):
     def _key(self, service: str, instance_id: str) -> str:
         return f"{_enc(service)}.{_enc(instance_id)}"
 
-    def _decode(self, value: bytes) -> tuple[ServiceInstance, float] | None:
+    def _decode(self, service: str, key: str, value: bytes) -> tuple[ServiceInstance, float] | None:
+        name = f"{self.bucket}/{key}"
         try:
             data = json.loads(value)
-            return ServiceInstance.from_dict(data["instance"]), float(data["expires_at"])
-        except (ValueError, KeyError, TypeError):
+            stored, expires_at = data["instance"], float(data["expires_at"])
+            if not math.isfinite(expires_at):
+                raise ValueError(f"'expires_at' must be a finite number: {expires_at!r}")
+        except Exception as exc:
+            skip_record(service, name, f"{type(exc).__name__}: {exc}")
             return None
+        instance = instance_of(service, name, stored)
+        return None if instance is None else (instance, expires_at)
 
     async def _get(self, service: str, instance_id: str) -> ServiceInstance | None:
         kv = await self._bucket()
@@ -123,7 +148,7 @@ class NatsRegistry(BaseRegistry):
             entry = await kv.get(self._key(service, instance_id))
         except nats.js.errors.KeyNotFoundError:
             return None
-        found = self._decode(entry.value or b"")
+        found = self._decode(service, entry.key, entry.value or b"")
         if found is None or found[1] <= self._clock():
             return None
         return found[0]
@@ -150,12 +175,14 @@ class NatsRegistry(BaseRegistry):
         expires = min((exp for _, exp in live), default=None)
         return snapshot_of(i for i, _ in live), (None if expires is None else expires - now)
 
-    def _apply(self, entries: dict[str, tuple[ServiceInstance, float]], entry: Any) -> None:
-        if entry.operation in _DELETED or not entry.value:
+    def _apply(
+        self, service: str, entries: dict[str, tuple[ServiceInstance, float]], entry: Any
+    ) -> None:
+        deleted = entry.operation in _DELETED or not entry.value
+        found = None if deleted else self._decode(service, entry.key, entry.value)
+        if found is None:  # deleted, or overwritten by something unreadable
             entries.pop(entry.key, None)
-            return
-        found = self._decode(entry.value)
-        if found is not None:
+        else:
             entries[entry.key] = found
 
     async def _initial(self, service: str) -> tuple[Any, dict[str, tuple[ServiceInstance, float]]]:
@@ -172,7 +199,7 @@ class NatsRegistry(BaseRegistry):
                 with contextlib.suppress(nats.errors.TimeoutError):
                     entry = await watcher.updates(timeout=2.0)
             while entry is not None:
-                self._apply(entries, entry)
+                self._apply(service, entries, entry)
                 if entry.delta == 0:
                     break  # the last initial value (a "done" marker may follow; wait skips it)
                 entry = await watcher.updates(timeout=2.0)
@@ -225,12 +252,17 @@ class NatsRegistry(BaseRegistry):
                 except nats.errors.TimeoutError:
                     return
                 if entry is not None:
-                    self._apply(entries, entry)
+                    self._apply(service, entries, entry)
 
             async for snap in snapshots(fetch, wait, interval=self.interval):
                 yield snap
         finally:
             await asyncio.shield(_stop(watcher))
+
+    async def probe(self) -> bool:
+        """Whether the client is connected (nats-py reconnects by itself every 0.2 s); before
+        the first connection, True: the next watch is itself the connection attempt."""
+        return self._nc is None or bool(self._nc.is_connected)
 
     async def aclose(self) -> None:
         """Deregister this object's instances and close the connection."""
@@ -254,8 +286,3 @@ async def _quiet(exc: Exception) -> None:
 
 async def _noop() -> None:
     return None
-
-
-def from_url(url: str, **options: Any) -> NatsRegistry:
-    """``nats://host:port`` (comma-separated hosts allowed by nats-py); options as the class."""
-    return NatsRegistry(url, **options)

@@ -12,23 +12,32 @@ removed by the next read; both keys expire after a day without writes.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from interlink.discovery.instance import ServiceInstance, check_service
-from interlink.discovery.registry import BaseRegistry, Snapshot, snapshot_of, snapshots
+from interlink.discovery.registry import (
+    BaseRegistry,
+    Snapshot,
+    check_hosts,
+    instance_of,
+    snapshot_of,
+    snapshots,
+)
+from interlink.errors import InvalidURLError
 
 try:
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
+    from redis.exceptions import ResponseError
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(
         "the redis:// registry needs redis-py: pip install 'interlink[redis]'"
     ) from exc
 
-__all__ = ["RedisRegistry", "from_url"]
+__all__ = ["RedisRegistry"]
 
 _NOW = """
 local t = redis.call('TIME')
@@ -73,6 +82,7 @@ local out = {tostring(now)}
 for i = 1, #live, 2 do
     local data = redis.call('HGET', KEYS[2], live[i])
     if data then
+        table.insert(out, live[i])
         table.insert(out, data)
         table.insert(out, live[i + 1])
     end
@@ -125,9 +135,29 @@ class RedisRegistry(BaseRegistry):
         base = f"{self.prefix}{service}"
         return [f"{base}:exp", f"{base}:data", f"{base}:changes"]
 
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisRegistry:
+        """``redis://[user:password@]host:port/db`` (or ``rediss://``); options as the class.
+
+        Raises ``InvalidURLError`` for a port outside [1, 65535] or a database that is not a
+        number (redis-py would quietly use database 0).
+        """
+        parts = urlsplit(url)
+        check_hosts(url, parts.netloc)
+        db = parts.path.strip("/")
+        if db and not (db.isascii() and db.isdigit()):
+            raise InvalidURLError(f"the database {db!r} of 'url' must be a number: {url!r}")
+        return cls(url, **options)
+
+    def _record(self, service: str, instance_id: object) -> str:
+        name = (
+            instance_id.decode(errors="replace") if isinstance(instance_id, bytes) else instance_id
+        )
+        return f"{self.prefix}{service}:data[{name}]"
+
     async def _get(self, service: str, instance_id: str) -> ServiceInstance | None:
         data = await self._get_script(keys=self._keys(service)[:2], args=[instance_id])
-        return ServiceInstance.from_json(data) if data else None
+        return instance_of(service, self._record(service, instance_id), data) if data else None
 
     async def _put(self, instance: ServiceInstance, ttl: float, token: Any) -> Any:
         await self._put_script(
@@ -140,12 +170,27 @@ class RedisRegistry(BaseRegistry):
         await self._remove_script(keys=self._keys(instance.service), args=[instance.instance_id])
 
     async def _live(self, service: str) -> tuple[Snapshot, float | None]:
-        reply = await self._live_script(keys=self._keys(service)[:2], args=[])
+        try:
+            reply = await self._live_script(keys=self._keys(service)[:2], args=[])
+        except ResponseError as exc:  # e.g. WRONGTYPE: the keys hold something else
+            raise ValueError(f"redis refused to read the keys of {service!r}: {exc}") from exc
         now = int(reply[0])
-        pairs = [(reply[i], float(reply[i + 1])) for i in range(1, len(reply), 2)]
-        snap = snapshot_of(ServiceInstance.from_dict(json.loads(data)) for data, _ in pairs)
-        expires = min((exp for _, exp in pairs), default=None)
-        return snap, (None if expires is None else (expires - now) / 1000.0)
+        found = []
+        expires = None
+        for i in range(1, len(reply), 3):
+            instance = instance_of(service, self._record(service, reply[i]), reply[i + 1])
+            if instance is not None:
+                found.append(instance)
+                expiry = float(reply[i + 2])
+                expires = expiry if expires is None else min(expires, expiry)
+        return snapshot_of(found), (None if expires is None else (expires - now) / 1000.0)
+
+    async def probe(self) -> bool:
+        """Whether Redis answers a ``PING`` now."""
+        try:
+            return bool(await self._redis.ping())
+        except Exception:
+            return False
 
     async def lookup(self, service: str) -> list[ServiceInstance]:
         """The instances of ``service`` that have not expired by the server's clock."""
@@ -192,8 +237,3 @@ async def _close_pubsub(pubsub: Any) -> None:
         await pubsub.aclose()
     except Exception:  # the server may be gone; the socket is dropped either way
         return
-
-
-def from_url(url: str, **options: Any) -> RedisRegistry:
-    """``redis://[user:password@]host:port/db`` (or ``rediss://``); options as the class."""
-    return RedisRegistry(url, **options)

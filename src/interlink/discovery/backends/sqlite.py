@@ -10,20 +10,30 @@ run in a worker thread so the event loop never waits on a file lock.
 from __future__ import annotations
 
 import asyncio
-import json
+import math
 import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote
 
 from interlink.clock import Clock
 from interlink.discovery.instance import ServiceInstance, check_service
-from interlink.discovery.registry import BaseRegistry, Snapshot, snapshot_of, snapshots
+from interlink.discovery.registry import (
+    BaseRegistry,
+    Snapshot,
+    instance_of,
+    query_seconds,
+    skip_record,
+    snapshot_of,
+    snapshots,
+    split_url,
+)
+from interlink.errors import InvalidURLError
 
-__all__ = ["SqliteRegistry", "from_url"]
+__all__ = ["SqliteRegistry"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS interlink_instances (
@@ -57,6 +67,26 @@ class SqliteRegistry(BaseRegistry):
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
 
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> SqliteRegistry:
+        """``sqlite:///abs/path.db``, ``sqlite:///./relative.db`` or ``sqlite://:memory:``;
+        ``?poll_interval=0.1`` sets the poll interval (seconds > 0)."""
+        parts, query = split_url(url)
+        path = unquote(parts.path)
+        if parts.netloc == ":memory:" or path in {"/:memory:", ":memory:"}:
+            path = ":memory:"
+        elif path.startswith("/./"):
+            path = path[1:]
+        if not path or path == "/":
+            raise InvalidURLError(
+                f"'url' must name a database file, e.g. sqlite:///tmp/reg.db: {url!r}"
+            )
+        query_seconds(url, query, options, "poll_interval")
+        return cls(path, **options)
+
+    def _record(self, service: str, instance_id: object) -> str:
+        return f"{self.path}:interlink_instances[{service}/{instance_id}]"
+
     def _run(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
@@ -70,7 +100,9 @@ class SqliteRegistry(BaseRegistry):
             "WHERE service = ? AND instance_id = ? AND expires_at > ?",
             (service, instance_id, self._clock()),
         )
-        return ServiceInstance.from_json(rows[0][0]) if rows else None
+        return (
+            instance_of(service, self._record(service, instance_id), rows[0][0]) if rows else None
+        )
 
     async def _put(self, instance: ServiceInstance, ttl: float, token: Any) -> Any:
         await self._call(
@@ -90,12 +122,22 @@ class SqliteRegistry(BaseRegistry):
     async def _live(self, service: str) -> tuple[Snapshot, float | None]:
         now = self._clock()
         rows = await self._call(
-            "SELECT data, expires_at FROM interlink_instances WHERE service = ? AND expires_at > ?",
+            "SELECT instance_id, data, expires_at FROM interlink_instances "
+            "WHERE service = ? AND expires_at > ?",
             (service, now),
         )
-        snap = snapshot_of(ServiceInstance.from_dict(json.loads(data)) for data, _ in rows)
-        expires = min((exp for _, exp in rows), default=None)
-        return snap, (None if expires is None else expires - now)
+        found = []
+        expires = None
+        for instance_id, data, expiry in rows:
+            key = self._record(service, instance_id)
+            if not isinstance(expiry, int | float) or not math.isfinite(expiry):
+                skip_record(service, key, f"its expiry is not a number: {expiry!r}")
+                continue
+            instance = instance_of(service, key, data)
+            if instance is not None:
+                found.append(instance)
+                expires = expiry if expires is None else min(expires, expiry)
+        return snapshot_of(found), (None if expires is None else expires - now)
 
     async def lookup(self, service: str) -> list[ServiceInstance]:
         """The rows of ``service`` that have not expired."""
@@ -133,20 +175,3 @@ class SqliteRegistry(BaseRegistry):
         await self._close_leases()
         with self._lock:
             self._db.close()
-
-
-def from_url(url: str, **options: Any) -> SqliteRegistry:
-    """``sqlite:///abs/path.db``, ``sqlite:///./relative.db`` or ``sqlite://:memory:``;
-    ``?poll_interval=0.1`` sets the poll interval."""
-    parts = urlsplit(url)
-    path = unquote(parts.path)
-    if parts.netloc == ":memory:" or path in {"/:memory:", ":memory:"}:
-        path = ":memory:"
-    elif path.startswith("/./"):
-        path = path[1:]
-    if not path or path == "/":
-        raise ValueError(f"'url' must name a database file, e.g. sqlite:///tmp/reg.db: {url!r}")
-    query = parse_qs(parts.query)
-    if "poll_interval" in query:
-        options.setdefault("poll_interval", float(query["poll_interval"][0]))
-    return SqliteRegistry(path, **options)

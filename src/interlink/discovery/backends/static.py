@@ -24,8 +24,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from interlink.discovery.instance import ServiceInstance, check_service
 from interlink.discovery.registry import DEFAULT_TTL, Lease, Snapshot, snapshot_of, snapshots
+from interlink.errors import InvalidURLError
 
-__all__ = ["StaticRegistry", "from_url", "parse_services"]
+__all__ = ["StaticRegistry", "parse_services"]
 
 
 def _split_address(text: str) -> tuple[str, int]:
@@ -103,6 +104,23 @@ class StaticRegistry:
         else:
             self._reload()
 
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> StaticRegistry:
+        """``static:///path.toml`` / ``static:///path.json`` or ``static:?svc=host:port,...``."""
+        parts = urlsplit(url)
+        path = unquote(parts.path)
+        if path and path != "/":
+            return cls(path=path, **options)
+        query = parse_qs(parts.query)
+        if not query:
+            raise InvalidURLError(
+                f"'url' must name a file or list services, e.g. static:?a=h:1: {url!r}"
+            )
+        services = {
+            name: [a for v in values for a in v.split(",") if a] for name, values in query.items()
+        }
+        return cls(services, **options)
+
     def _reload(self) -> None:
         assert self.path is not None
         mtime = self.path.stat().st_mtime_ns
@@ -143,18 +161,3 @@ class StaticRegistry:
 
     async def aclose(self) -> None:
         """Nothing to release."""
-
-
-def from_url(url: str, **options: Any) -> StaticRegistry:
-    """``static:///path.toml`` / ``static:///path.json`` or ``static:?svc=host:port,...``."""
-    parts = urlsplit(url)
-    path = unquote(parts.path)
-    if path and path != "/":
-        return StaticRegistry(path=path, **options)
-    query = parse_qs(parts.query)
-    if not query:
-        raise ValueError(f"'url' must name a file or list services, e.g. static:?a=h:1: {url!r}")
-    services = {
-        name: [a for v in values for a in v.split(",") if a] for name, values in query.items()
-    }
-    return StaticRegistry(services, **options)
