@@ -108,3 +108,35 @@ def test_saga_errors_share_the_interlink_base() -> None:
     ]
     assert errors
     assert all(issubclass(e, interlink.InterlinkError) for e in errors)
+
+
+DISCOVERY = [
+    "Address",
+    "Balancer",
+    "Endpoint",
+    "InvalidURLError",
+    "Lease",
+    "NoInstancesError",
+    "OutlierOptions",
+    "Picked",
+    "Picker",
+    "Pool",
+    "Registry",
+    "Resolver",
+    "ResolverStats",
+    "ServiceInstance",
+    "Snapshot",
+]
+
+
+def test_discovery_surface_is_pinned() -> None:
+    """interlink.discovery exports exactly its documented names, sorted, and its errors share
+    the InterlinkError base (a bad URL is also a ValueError)."""
+    import interlink.discovery as discovery
+    from interlink.errors import InterlinkError
+
+    assert discovery.__all__ == DISCOVERY
+    assert all(getattr(discovery, name) is not None for name in DISCOVERY)
+    assert issubclass(discovery.NoInstancesError, InterlinkError)
+    assert issubclass(discovery.InvalidURLError, InterlinkError)
+    assert issubclass(discovery.InvalidURLError, ValueError)
