@@ -132,7 +132,7 @@ DISCOVERY = [
 def test_discovery_surface_is_pinned() -> None:
     """interlink.discovery exports exactly its documented names, sorted, and its errors share
     the InterlinkError base (a bad URL is also a ValueError)."""
-    import interlink.discovery as discovery
+    from interlink import discovery
     from interlink.errors import InterlinkError
 
     assert discovery.__all__ == DISCOVERY
