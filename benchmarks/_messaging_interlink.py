@@ -24,7 +24,7 @@ from _messaging_shared import (
 )
 
 from interlink.messaging import Broker
-from interlink.messaging.backend import backend_from_url
+from interlink.messaging.backend import Backend
 from interlink.messaging.envelope import Envelope, OutgoingMessage, encode
 
 
@@ -134,7 +134,7 @@ class BackendOnly:
         self.frame = encode(Envelope(id=uuid.uuid4().hex, type="bytes", payload=BYTES))
 
     async def _open(self) -> tuple[Any, str]:
-        backend = backend_from_url(self.url)
+        backend = Backend.from_url(self.url)
         await backend.connect()
         topic = unique("il")
         self.topics.append(topic)

@@ -17,7 +17,6 @@ from interlink.messaging.idempotency import (
     PostgresStore,
     RedisStore,
     SqliteStore,
-    store_from_url,
 )
 from interlink.testing import FakeClock
 
@@ -40,7 +39,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], I
     }
     url = urls[request.param]
     shared = MemoryStore()
-    return lambda: shared if url is None else store_from_url(url, ttl=60)
+    return lambda: shared if url is None else IdempotencyStore.from_url(url, ttl=60)
 
 
 async def _processed(store: IdempotencyStore, group: str, mid: str) -> bool:
@@ -91,9 +90,9 @@ def test_live_claim_of_another_consumer_is_in_progress(kind: str, tmp_path: Path
     url = {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path}/i.db", "redis": REDIS_URL}
 
     async def body() -> InProgress:
-        first = second = store_from_url(url[kind])
+        first = second = IdempotencyStore.from_url(url[kind])
         if kind != "memory":
-            second = store_from_url(url[kind])
+            second = IdempotencyStore.from_url(url[kind])
         mid = uuid.uuid4().hex
         try:
             async with first.guard("g", mid):
@@ -137,9 +136,9 @@ def test_bad_store_options_are_refused() -> None:
     with pytest.raises(ValueError, match="'lease' must be a finite number > 0: -1"):
         SqliteStore("x.db", lease=-1)
     with pytest.raises(ValueError, match="'idempotent' must be True or a store URL"):
-        store_from_url("mongodb://x")
-    assert isinstance(store_from_url("redis://localhost"), RedisStore)
-    assert isinstance(store_from_url("postgres://localhost/db"), PostgresStore)
+        IdempotencyStore.from_url("mongodb://x")
+    assert isinstance(IdempotencyStore.from_url("redis://localhost"), RedisStore)
+    assert isinstance(IdempotencyStore.from_url("postgres://localhost/db"), PostgresStore)
 
 
 class TestPostgresSharedTransaction:

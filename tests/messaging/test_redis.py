@@ -12,8 +12,8 @@ from tests.messaging.contract import BackendContract, Order, until
 
 from interlink.messaging import Broker
 from interlink.messaging.backend import PublishError
-from interlink.messaging.backends._redis_scripts import parse_batch
 from interlink.messaging.backends.redis import RedisBackend
+from interlink.messaging.backends.redis._scripts import parse_batch
 from interlink.messaging.envelope import decode
 from interlink.messaging.idempotency import RedisStore
 
@@ -259,7 +259,7 @@ def test_the_server_msgpack_of_any_length_is_read_back() -> None:
     header size come apart into the strings the server packed."""
     import redis.asyncio as aioredis
 
-    from interlink.messaging.backends._redis_scripts import _strings
+    from interlink.messaging.backends.redis._scripts import _strings
 
     pack = "local t = {} for i, s in ipairs(ARGV) do t[i] = s end return cmsgpack.pack(t)"
 
@@ -317,7 +317,7 @@ def test_closing_mid_backlog_gives_back_the_batch_read_ahead() -> None:
 def test_a_fetch_cancelled_as_it_reads_ahead_gives_back_what_it_read() -> None:
     """A consumer stopping just as a batch came in and the next read went out: both go back
     at once, not after the visibility timeout."""
-    from interlink.messaging.backends._redis_streams import Subscription
+    from interlink.messaging.backends.redis._subscription import Subscription
 
     topic = f"t-{uuid.uuid4().hex[:12]}"
 
@@ -327,7 +327,7 @@ def test_a_fetch_cancelled_as_it_reads_ahead_gives_back_what_it_read() -> None:
         backend = _redis_backend(broker)
         await backend.ensure_group(topic, "g")
         await broker.publish_many(topic, [b"%d" % i for i in range(200)])
-        sub = Subscription(backend, topic, "g")
+        sub = Subscription(backend.connection, topic, "g")
         backend._subs.add(sub)
         fetch = asyncio.ensure_future(sub.next_batch(64, 100))
         for _ in range(100_000):  # until the batch is in and the next read just started

@@ -184,7 +184,7 @@ def test_an_empty_lease_does_not_hide_a_settle_later_in_its_batch(tmp_path: Path
     the same transaction must still make the next lease look again."""
     import time
 
-    from interlink.messaging.backends._sqlite_store import Store
+    from interlink.messaging.backends.sqlite._store import Store
 
     store = Store(str(tmp_path / "broker.db"))
     try:

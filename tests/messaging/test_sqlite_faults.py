@@ -33,7 +33,7 @@ CONSUMER = textwrap.dedent(
     import asyncio, os, sys
     from interlink import Retry
     from interlink.messaging import Broker, current_message, current_transaction
-    from interlink.messaging.idempotency import store_from_url
+    from interlink.messaging.idempotency import IdempotencyStore
 
     url, topic, store, table, log_path = sys.argv[1:6]
     broker = Broker.from_url(url, grace=2.0)
@@ -55,7 +55,7 @@ CONSUMER = textwrap.dedent(
             log.write(f"delivered {os.getpid()} {message_id} {current_message().attempt}\\n")
             return self.inner.guard(group, message_id)
 
-    idempotency = LoggedStore(store_from_url(store)) if store != "-" else None
+    idempotency = LoggedStore(IdempotencyStore.from_url(store)) if store != "-" else None
 
     @broker.subscriber(
         topic, group="g", concurrency=4, prefetch=16, max_deliveries=50,

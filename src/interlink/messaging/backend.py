@@ -39,17 +39,11 @@ from interlink.errors import InterlinkError
 from interlink.messaging.envelope import DeadLetter, Envelope, OutgoingMessage
 
 __all__ = [
-    "BACKENDS",
     "Backend",
     "BackendUnavailable",
-    "DeadLetter",
     "Delivery",
-    "Envelope",
     "MessagingError",
-    "OutgoingMessage",
     "PublishError",
-    "backend_from_url",
-    "redact",
 ]
 
 
@@ -119,9 +113,23 @@ class Delivery(Protocol):
 
 class Backend(Protocol):
     """A broker connection. One instance serves any number of publishers and subscriptions
-    in one process; constructed from its URL (``Cls(url)``), opened with ``connect``."""
+    in one process; made from its URL (``Cls.from_url(url)``), opened with ``connect``."""
 
     scheme: ClassVar[str]
+
+    @classmethod
+    def from_url(cls, url: str) -> Backend:
+        """The (not yet connected) backend for ``url``, picked by its scheme and its module
+        imported on demand (``Backend.from_url("nats://localhost:4222")``); a backend class
+        called this way makes one of its own kind."""
+        scheme = urlsplit(url).scheme.lower()
+        target = _BACKENDS.get(scheme)
+        if target is None:
+            known = ", ".join(f"{s}://" for s in sorted(_BACKENDS))
+            raise ValueError(f"'url' must start with one of {known}: {redact(url)!r}")
+        module_name, _, class_name = target.partition(":")
+        module = importlib.import_module(module_name)
+        return cast(Backend, getattr(module, class_name).from_url(url))
 
     async def connect(self) -> None:
         """Open connections; idempotent."""
@@ -176,8 +184,8 @@ class Backend(Protocol):
         ...
 
 
-#: URL scheme -> "module:Class". Modules are imported only when their scheme is used.
-BACKENDS: Mapping[str, str] = {
+# URL scheme -> "module:Class". Modules are imported only when their scheme is used.
+_BACKENDS: Mapping[str, str] = {
     "memory": "interlink.messaging.backends.memory:MemoryBackend",
     "sqlite": "interlink.messaging.backends.sqlite:SqliteBackend",
     "nats": "interlink.messaging.backends.nats:NatsBackend",
@@ -196,15 +204,3 @@ def redact(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return parts._replace(netloc=netloc).geturl()
-
-
-def backend_from_url(url: str) -> Backend:
-    """The (not yet connected) backend for ``url``, its module imported on demand."""
-    scheme = urlsplit(url).scheme.lower()
-    target = BACKENDS.get(scheme)
-    if target is None:
-        known = ", ".join(f"{s}://" for s in sorted(BACKENDS))
-        raise ValueError(f"'url' must start with one of {known}: {redact(url)!r}")
-    module_name, _, class_name = target.partition(":")
-    module = importlib.import_module(module_name)
-    return cast(Backend, getattr(module, class_name)(url))

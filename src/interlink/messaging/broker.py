@@ -22,10 +22,10 @@ from interlink.messaging import _trace
 from interlink.messaging._codec import GROUP, batch_of, check_topic, decoder_for, payload_of
 from interlink.messaging._ids import new_id
 from interlink.messaging._publisher import M, Publisher, PublisherSpec
-from interlink.messaging.backend import Backend, backend_from_url
+from interlink.messaging.backend import Backend
 from interlink.messaging.consumer import Consumer, Subscription
 from interlink.messaging.envelope import DeadLetter, frame, header_tail, plain_frame
-from interlink.messaging.idempotency import IdempotencyStore, store_from_url
+from interlink.messaging.idempotency import IdempotencyStore
 from interlink.resilience._validate import at_least, non_negative, positive_int
 from interlink.resilience.retry import Retry
 from interlink.tracing.propagation import inject
@@ -85,7 +85,7 @@ class Broker:
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Broker:
         """A broker on the backend ``url`` names (imported on demand); options as ``Broker``."""
-        return cls(backend_from_url(url), url=url, **options)
+        return cls(Backend.from_url(url), url=url, **options)
 
     @property
     def backend(self) -> Backend:
@@ -270,7 +270,7 @@ class Broker:
             return idempotent
         store = self._stores.get(idempotent)
         if store is None:
-            store = self._stores[idempotent] = store_from_url(idempotent)
+            store = self._stores[idempotent] = IdempotencyStore.from_url(idempotent)
         return store
 
     def _default_store_url(self) -> str:

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
+from interlink.errors import InterlinkError
 from interlink.messaging._decisions import (
     ACK,
     Decision,
@@ -61,7 +62,7 @@ _EMPTY: Mapping[str, str] = {}
 _scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
-class EnvelopeError(ValueError):
+class EnvelopeError(InterlinkError, ValueError):
     """Bytes that are not an interlink message frame (or a frame with a malformed header)."""
 
 

@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
 
 from interlink.messaging.backend import MessagingError
@@ -47,7 +47,6 @@ __all__ = [
     "RedisStore",
     "SqliteStore",
     "current_transaction",
-    "store_from_url",
 ]
 
 #: Seconds a processed id is remembered.
@@ -80,6 +79,20 @@ class InProgress(MessagingError):
 class IdempotencyStore(Protocol):
     """Where processed message ids are kept."""
 
+    @classmethod
+    def from_url(cls, url: str, *, ttl: float = DEFAULT_TTL) -> IdempotencyStore:
+        """The store for ``url`` (not yet opened), picked by its scheme: ``memory://``,
+        ``sqlite:///path``, ``postgresql://...``, ``redis://...``. A store class called this
+        way makes one of its own kind."""
+        scheme = urlsplit(url).scheme.lower()
+        kind = _STORES.get(scheme)
+        if kind is None:
+            raise ValueError(
+                "'idempotent' must be True or a store URL (memory://, sqlite:///path, "
+                f"postgresql://..., redis://...): {url!r}"
+            )
+        return kind.from_url(url, ttl=ttl)
+
     async def open(self) -> None:
         """Connect and create the table or keys; idempotent."""
         ...
@@ -110,6 +123,11 @@ class MemoryStore:
         self._clock = clock
         # (group, id) -> (done?, expires, claim token)
         self._rows: dict[tuple[str, str], tuple[bool, float, object]] = {}
+
+    @classmethod
+    def from_url(cls, url: str, *, ttl: float = DEFAULT_TTL) -> Self:
+        """A store of its own for ``memory://``."""
+        return cls(ttl=ttl)
 
     async def open(self) -> None:
         """Nothing to open."""
@@ -167,6 +185,11 @@ class SqliteStore:
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
         self._claims = 0
+
+    @classmethod
+    def from_url(cls, url: str, *, ttl: float = DEFAULT_TTL) -> Self:
+        """The store in the file of ``sqlite:///path``."""
+        return cls(sqlite_path(url), ttl=ttl)
 
     def _connect(self) -> None:
         db = sqlite3.connect(self._path, timeout=30.0, isolation_level=None)
@@ -258,6 +281,11 @@ class RedisStore:
         self._lease_ms = int(positive("lease", lease) * 1000)
         self._redis: Any = None
 
+    @classmethod
+    def from_url(cls, url: str, *, ttl: float = DEFAULT_TTL) -> Self:
+        """The store on the server of ``redis://...``."""
+        return cls(url, ttl=ttl)
+
     async def open(self) -> None:
         """Create the client (connections are opened on first use)."""
         if self._redis is None:
@@ -327,6 +355,11 @@ class PostgresStore:
         self._pool: Any = None
         self._claims = 0
 
+    @classmethod
+    def from_url(cls, url: str, *, ttl: float = DEFAULT_TTL) -> Self:
+        """The store in the database of ``postgresql://...``."""
+        return cls(url, ttl=ttl)
+
     async def open(self) -> None:
         """Create the pool and the table."""
         if self._pool is not None:
@@ -367,22 +400,14 @@ class PostgresStore:
                 _TRANSACTION.reset(token)
 
 
-def store_from_url(url: str, *, ttl: float = DEFAULT_TTL) -> IdempotencyStore:
-    """The idempotency store for ``url`` (not yet opened)."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme == "memory":
-        return MemoryStore(ttl=ttl)
-    if scheme == "sqlite":
-        return SqliteStore(sqlite_path(url), ttl=ttl)
-    if scheme in {"postgres", "postgresql"}:
-        return PostgresStore(url, ttl=ttl)
-    if scheme in {"redis", "rediss"}:
-        return RedisStore(url, ttl=ttl)
-    raise ValueError(
-        "'idempotent' must be True or a store URL (memory://, sqlite:///path, "
-        f"postgresql://..., redis://...): {url!r}"
-    )
+_STORES: dict[str, type[MemoryStore | SqliteStore | PostgresStore | RedisStore]] = {
+    "memory": MemoryStore,
+    "sqlite": SqliteStore,
+    "postgres": PostgresStore,
+    "postgresql": PostgresStore,
+    "redis": RedisStore,
+    "rediss": RedisStore,
+}
 
 
 def sqlite_path(url: str) -> str:

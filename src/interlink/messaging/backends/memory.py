@@ -23,7 +23,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Self
 from urllib.parse import parse_qs, urlsplit
 
 from interlink.messaging.backends._wait import sleep_or_wake
@@ -167,6 +167,11 @@ class MemoryBackend:
     """The in-process backend (see the module docstring)."""
 
     scheme: ClassVar[str] = "memory"
+
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        """The backend for ``memory://`` ``url`` (not yet connected)."""
+        return cls(url)
 
     def __init__(self, url: str = "memory://", *, visibility_timeout: float | None = None):
         parts = urlsplit(url)

@@ -1,9 +1,5 @@
 """How the Redis Streams backend calls redis-py: awaits a stopping consumer can always cancel,
 the errors that mean the connection was lost, and connections of its own without a socket timeout.
-
-A module of its own because the publishing lane (``redis``), the subscription's reads
-(``_redis_streams``) and its settling (``_redis_settling``) all need these, and none of them
-should import another for it.
 """
 
 from __future__ import annotations

@@ -16,13 +16,17 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from interlink.messaging.backends._nats_pull import MSG_ID, SEND_ERRORS
+__all__ = ["MSG_ID", "SEND_ERRORS", "PubAcks"]
 
-__all__ = ["PubAcks"]
+#: The header JetStream deduplicates publishes by.
+MSG_ID = "Nats-Msg-Id"
+# What a publish may raise when the server is away or refuses: all become a PublishError.
+SEND_ERRORS = (nats.errors.Error, asyncio.TimeoutError, OSError)
 
 _NO_RESPONDERS = "503"
 

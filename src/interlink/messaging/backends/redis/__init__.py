@@ -18,7 +18,7 @@ delivered twice). ``nack`` and ``dead_letter`` are one atomic step each (a scrip
 ``MULTI``): the copy is written and the original acked together. Acks are batched: one
 ``XACK`` per stream for all acks of the moment, sent in the background. A batch is published
 by a Lua script (one command per 256 messages), and a backlog is read by one (``XREADGROUP``
-with a flat reply): see ``_redis_scripts`` for why.
+with a flat reply): see ``_scripts`` for why.
 
 A publish that finds nobody else publishing goes out on a connection of its own (the
 publishing lane, ``_Lane``): the command head packed once per topic, written and its reply read
@@ -45,8 +45,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from types import SimpleNamespace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 try:
     import redis.asyncio as aioredis
@@ -56,11 +55,11 @@ except ImportError as exc:  # pragma: no cover - exercised by the no-extras inst
         "interlink.messaging's redis:// backend needs redis: pip install 'interlink[redis]'"
     ) from exc
 
-from interlink.messaging.backend import BackendUnavailable, Delivery, PublishError, redact
-from interlink.messaging.backends._options import UrlOptions, close_at_loop_end, stop_keeper
-from interlink.messaging.backends._redis_calls import own_connection
-from interlink.messaging.backends._redis_scripts import APPEND, NACK, PROMOTE, READ, REPLAY
-from interlink.messaging.backends._redis_streams import Subscription
+from interlink.messaging.backend import Delivery, PublishError
+from interlink.messaging.backends._options import close_at_loop_end, stop_keeper
+from interlink.messaging.backends.redis._calls import own_connection
+from interlink.messaging.backends.redis._connection import RedisConnection
+from interlink.messaging.backends.redis._subscription import Subscription
 from interlink.messaging.envelope import (
     DeadLetter,
     EnvelopeError,
@@ -136,67 +135,38 @@ class RedisBackend:
     scheme: ClassVar[str] = "redis"
 
     def __init__(self, url: str) -> None:
-        opts = UrlOptions(url, "redis")
-        self._url = url
-        self.visibility_timeout = opts.number("visibility_timeout", 30.0, minimum=0.001)
-        self.maxlen = opts.integer("maxlen", None, minimum=1)
-        self.prefix = opts.text("prefix", "interlink")
-        self.block = opts.number("block", 2.0, minimum=0.001)
-        self.socket_timeout = opts.number("socket_timeout", 10.0, minimum=0.001)
-        self.poll = opts.number("poll", 1.0, minimum=0.001)
-        opts.done()
-        self._base = opts.base
-        self._client: aioredis.Redis | None = None
+        self.connection = RedisConnection(url)
         self._lane: _Lane | None = None
         self._keeper: asyncio.Task[None] | None = None
-        self._groups: set[tuple[str, str]] = set()
         self._subs: set[Subscription] = set()
-        self.scripts: Any = None  # the Lua scripts, registered on connect
-        self._late: set[asyncio.Future[Any]] = set()
+
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        """The backend for ``redis://`` or ``rediss://`` ``url`` (not yet connected)."""
+        return cls(url)
 
     @property
     def client(self) -> aioredis.Redis:
         """The connection pool's client."""
-        if self._client is None:
-            raise BackendUnavailable(redact(self._url), "not connected")
-        return self._client
+        return self.connection.client
 
     async def connect(self) -> None:
         """Create the pool and check the server answers."""
-        if self._client is not None:
+        conn = self.connection
+        if conn.connected:
             return
-        client = aioredis.Redis.from_url(
-            self._base,
-            socket_timeout=max(self.socket_timeout, self.block + 1.0),
-            socket_connect_timeout=self.socket_timeout,
-        )
-        try:
-            await client.ping()
-        except (RedisError, OSError) as exc:
-            await client.aclose()
-            raise BackendUnavailable(redact(self._url), f"cannot connect: {exc!r}") from exc
-        self.scripts = SimpleNamespace(
-            append=client.register_script(APPEND),
-            nack=client.register_script(NACK),
-            promote=client.register_script(PROMOTE),
-            read=client.register_script(READ),
-            replay=client.register_script(REPLAY),
-        )
-        self._client = client
-        self._lane = _Lane(client, self._key, self.maxlen, self.socket_timeout)
+        client = await conn.connect()
+        self._lane = _Lane(client, conn.key, conn.maxlen, conn.socket_timeout)
         self._keeper = close_at_loop_end(self.aclose)
 
     async def aclose(self) -> None:
         """Flush batched acks, forget our idle consumer names, close the pool."""
-        client, subs = self._client, list(self._subs)
-        if client is None:
+        conn, subs = self.connection, list(self._subs)
+        if not conn.connected:
             return
         keeper, self._keeper = self._keeper, None
         stop_keeper(keeper)
-        loop = asyncio.get_running_loop()
-        until = loop.time() + 2.0
-        while self._late and loop.time() < until:  # a read done may start its release
-            await asyncio.wait(set(self._late), timeout=until - loop.time())
+        await conn.settle_late(2.0)
         for sub in subs:  # every subscription of this connection, stopped ones included
             flusher = sub.flusher
             if flusher is not None:
@@ -205,16 +175,11 @@ class RedisBackend:
             with contextlib.suppress(RedisError, OSError):
                 await sub.flush()
             await sub.disconnect()
-        lane, self._client, self._lane = self._lane, None, None
+        lane, self._lane = self._lane, None
         self._subs.clear()
-        self._groups.clear()
         if lane is not None:
             await lane.aclose()
-        with contextlib.suppress(RedisError, OSError):
-            await client.aclose()
-
-    def _key(self, topic: str) -> str:
-        return f"{self.prefix}:{topic}"
+        await conn.aclose()
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -240,9 +205,11 @@ class RedisBackend:
                 pass  # the connection broke (now closed): once more through the pool
             finally:
                 lane.busy = False
-        client = self._client or await self._connected()
+        client = await self._connected()
         try:
-            await client.xadd(self._key(topic), {b"d": data}, maxlen=self.maxlen)
+            await client.xadd(
+                self.connection.key(topic), {b"d": data}, maxlen=self.connection.maxlen
+            )
         except (RedisError, OSError) as exc:
             raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
 
@@ -250,10 +217,10 @@ class RedisBackend:
         """The ``APPEND`` script, one command per ``_CHUNK`` messages (in order, for the
         order per key): a script blocks the server while it runs, so a chunk stays around a
         millisecond of its time."""
-        if self._client is None:
-            await self.connect()
-        keys, maxlen = [self._key(topic)], self.maxlen or 0
-        script = self.scripts.append
+        await self.connect()
+        conn = self.connection
+        keys, maxlen = [conn.key(topic)], conn.maxlen or 0
+        script = conn.scripts.append
         try:
             for start in range(0, len(items), _CHUNK):
                 chunk = items[start : start + _CHUNK]
@@ -261,51 +228,27 @@ class RedisBackend:
         except (RedisError, OSError) as exc:
             raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
 
+    # -- consuming ----------------------------------------------------------------------
+
     async def _connected(self) -> aioredis.Redis:
         await self.connect()
-        return self.client
-
-    # -- consuming ----------------------------------------------------------------------
+        return self.connection.client
 
     async def ensure_group(self, topic: str, group: str) -> None:
         """Create the group on the topic's stream and on its own retry stream."""
-        if (topic, group) in self._groups:
-            return
-        client = self._client or await self._connected()
-        stream = self._key(topic)
-        try:
-            first = not await client.xinfo_groups(stream)
-        except ResponseError:  # no such stream yet
-            first = True
-        for key, start in ((stream, "0" if first else "$"), (f"{stream}#retry:{group}", "0")):
-            try:
-                await client.xgroup_create(key, group, id=start, mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-        self._groups.add((topic, group))
+        await self.connection.ensure_group(topic, group)
 
     def subscribe(self, topic: str, group: str, *, prefetch: int) -> AsyncIterator[Delivery]:
         """Deliveries for ``group``: new ones, retries and claimed ones, ``prefetch`` a read."""
-        sub = Subscription(self, topic, group)
+        sub = Subscription(self.connection, topic, group)
         self._subs.add(sub)
         return sub.deliveries(max(1, prefetch))
-
-    def forget_group(self, topic: str, group: str) -> None:
-        """The group is gone on the server (a restart without persistence): create it anew."""
-        self._groups.discard((topic, group))
-
-    def track(self, task: asyncio.Future[Any]) -> None:
-        """Keep a background release (or a read whose entries it will release) alive until it
-        is done: ``aclose`` waits for it."""
-        self._late.add(task)
-        task.add_done_callback(self._late.discard)
 
     # -- the DLQ and topics -------------------------------------------------------------
 
     async def _letters(self, topic: str, limit: int | None) -> list[tuple[bytes, DeadLetter]]:
-        client = self._client or await self._connected()
-        key = self._key(f"{topic}.dlq")
+        client = await self._connected()
+        key = self.connection.key(f"{topic}.dlq")
         found: list[tuple[bytes, DeadLetter]] = []
         start: bytes | str = "-"
         while limit is None or len(found) < limit:
@@ -327,23 +270,24 @@ class RedisBackend:
     async def dlq_replay(self, topic: str, ids: Sequence[str] | None) -> int:
         """Re-publish each chosen letter and delete it from the DLQ, in one script."""
         await self.connect()
+        conn = self.connection
         wanted = None if ids is None else set(ids)
-        dlq = self._key(f"{topic}.dlq")
+        dlq = conn.key(f"{topic}.dlq")
         count = 0
         for eid, letter in await self._letters(topic, None):
             if wanted is not None and letter.id not in wanted:
                 continue
             count += int(
-                await self.scripts.replay(
-                    keys=[dlq, self._key(topic)], args=[eid, letter.data, self.maxlen or 0]
+                await conn.scripts.replay(
+                    keys=[dlq, conn.key(topic)], args=[eid, letter.data, conn.maxlen or 0]
                 )
             )
         return count
 
     async def dlq_purge(self, topic: str) -> int:
         """Delete the DLQ stream; returns how many it held."""
-        client = self._client or await self._connected()
-        key = self._key(f"{topic}.dlq")
+        client = await self._connected()
+        key = self.connection.key(f"{topic}.dlq")
         async with client.pipeline(transaction=True) as pipe:
             pipe.xlen(key)
             pipe.delete(key)
@@ -352,10 +296,11 @@ class RedisBackend:
 
     async def topics(self) -> list[str]:
         """Every stream under the prefix that is a topic or a DLQ (not a group's retry stream)."""
-        client = self._client or await self._connected()
-        start = len(self.prefix) + 1
+        client = await self._connected()
+        prefix = self.connection.prefix
+        start = len(prefix) + 1
         names = set()
-        async for key in client.scan_iter(match=f"{self.prefix}:*", count=1000, _type="stream"):
+        async for key in client.scan_iter(match=f"{prefix}:*", count=1000, _type="stream"):
             name = key.decode()[start:]
             if "#" not in name:
                 names.add(name)

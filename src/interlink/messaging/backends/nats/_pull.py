@@ -1,4 +1,4 @@
-"""The consuming side of the NATS JetStream backend: pull requests with a credit window, the
+"""Consuming from JetStream: pull requests with a credit window, the
 deliveries they bring, and handing back what was fetched but not taken."""
 
 from __future__ import annotations
@@ -9,52 +9,22 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import nats.errors
 from nats.aio.msg import Msg
 
 from interlink.messaging.backend import Delivery
 from interlink.messaging.backends._options import reconnect_delay
+from interlink.messaging.backends.nats._jetstream import API, JetStream, Signal
+from interlink.messaging.backends.nats._publish import MSG_ID, SEND_ERRORS
 from interlink.messaging.envelope import DeadLetter, decode_or_poison, encode_dead_letter
 
-if TYPE_CHECKING:
-    from interlink.messaging.backends.nats import NatsBackend
-
-__all__ = ["API", "MSG_ID", "SEND_ERRORS", "NatsDelivery", "Signal", "pull"]
+__all__ = ["NatsDelivery", "pull"]
 
 log = logging.getLogger("interlink.messaging.nats")
 
-API = "$JS.API"
-MSG_ID = "Nats-Msg-Id"
 _ACK = b""
 _NAK = b"-NAK"
-# What a publish may raise when the server is away or refuses: all become a PublishError.
-SEND_ERRORS = (nats.errors.Error, asyncio.TimeoutError, OSError)
-
-
-class Signal:
-    """Wakes one waiting puller: set by the subscription callback and on reconnect."""
-
-    __slots__ = ("_future",)
-
-    def __init__(self) -> None:
-        self._future: asyncio.Future[None] | None = None
-
-    def wake(self) -> None:
-        future = self._future
-        if future is not None and not future.done():
-            future.set_result(None)
-
-    async def wait(self, within: float) -> None:
-        self._future = asyncio.get_running_loop().create_future()
-        try:
-            async with asyncio.timeout(within):
-                await self._future
-        except TimeoutError:
-            pass
-        finally:
-            self._future = None
 
 
 def _delivery_info(reply: str) -> tuple[int, int]:
@@ -79,7 +49,7 @@ class NatsDelivery:
         "raw",
     )
 
-    def __init__(self, backend: NatsBackend, topic: str, group: str, msg: Msg) -> None:
+    def __init__(self, backend: JetStream, topic: str, group: str, msg: Msg) -> None:
         self._backend = backend
         self._topic = topic
         self._group = group
@@ -94,7 +64,7 @@ class NatsDelivery:
     async def _send(self, payload: bytes) -> None:
         if not self._done:
             self._done = True
-            await self._backend._nc_or_raise().publish(self._reply, payload)
+            await self._backend.client().publish(self._reply, payload)
 
     async def ack(self) -> None:
         await self._send(_ACK)
@@ -122,17 +92,17 @@ class NatsDelivery:
         )
         # The id makes a dead-lettering repeated after a lost ack land in the DLQ once.
         dedup = f"dlq:{self._topic}:{self._seq}:{self._group}"
-        await self._backend._publish_one(f"{self._topic}.dlq", encode_dead_letter(letter), dedup)
+        await self._backend.publish_one(f"{self._topic}.dlq", encode_dead_letter(letter), dedup)
         await self._send(_ACK)
 
 
 async def pull(
-    backend: NatsBackend, topic: str, group: str, prefetch: int
+    backend: JetStream, topic: str, group: str, prefetch: int
 ) -> AsyncIterator[Delivery]:
     """Deliveries for ``group``: a credit window of pull requests on one inbox."""
     await backend.ensure_group(topic, group)
-    nc = backend._nc_or_raise()
-    stream = backend._streams[topic]
+    nc = backend.client()
+    stream = backend.stream_of(topic)
     subject = f"{API}.CONSUMER.MSG.NEXT.{stream}.{group}"
     inbox = nc.new_inbox()
     buffer: deque[Msg] = deque()
@@ -143,7 +113,7 @@ async def pull(
         signal.wake()
 
     sub = await nc.subscribe(inbox, cb=arrived)
-    backend._signals.add(signal)
+    backend.signals.add(signal)
     expires = int(backend.pull_expires * 1e9)
     low = max(1, prefetch // 2)
     outstanding = 0
@@ -179,12 +149,12 @@ async def pull(
                 outstanding -= 1
             yield NatsDelivery(backend, topic, group, msg)
     finally:
-        backend._signals.discard(signal)
+        backend.signals.discard(signal)
         await _release(backend, sub, buffer, stream, group)
 
 
 async def _status(
-    backend: NatsBackend, msg: Msg, outstanding: int, failures: int, *, topic: str, group: str
+    backend: JetStream, msg: Msg, outstanding: int, failures: int, *, topic: str, group: str
 ) -> tuple[int, int]:
     headers = msg.headers or {}
     status = headers.get("Status", "")
@@ -207,7 +177,7 @@ async def _status(
 
 
 async def _release(
-    backend: NatsBackend, sub: Any, buffer: deque[Msg], stream: str, group: str
+    backend: JetStream, sub: Any, buffer: deque[Msg], stream: str, group: str
 ) -> None:
     """Stop the subscription, then hand back every fetched message nobody took."""
     with contextlib.suppress(Exception):
@@ -221,7 +191,7 @@ async def _release(
         # (stuck until ack_wait): these NAKs, and those of handlers still finishing after
         # the stop. Asking for the consumer's info prunes requests whose inbox lost its
         # interest; only then are the NAKs sent.
-        await backend._api(f"CONSUMER.INFO.{stream}.{group}")
+        await backend.api(f"CONSUMER.INFO.{stream}.{group}")
         for msg in buffer:
             if msg.reply:
                 await nc.publish(msg.reply, _NAK)

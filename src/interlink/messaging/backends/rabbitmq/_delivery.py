@@ -1,45 +1,29 @@
-"""The consuming side of the RabbitMQ backend: deliveries, coalesced acks, retry delay steps."""
+"""Consuming from RabbitMQ: deliveries and their coalesced acks."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from interlink.messaging.backends.rabbitmq._connection import PERSISTENT, RabbitConnection
 from interlink.messaging.envelope import DeadLetter, decode_or_poison, encode_dead_letter
 
-if TYPE_CHECKING:
-    from interlink.messaging.backends.rabbitmq import RabbitBackend
-
-__all__ = ["ATTEMPT", "PERSISTENT", "AckBatcher", "RabbitDelivery", "Signal", "delay_step"]
+__all__ = ["ATTEMPT", "AckBatcher", "RabbitDelivery", "Signal"]
 
 log = logging.getLogger("interlink.messaging.rabbitmq")
 
 #: Header of a re-published retry: deliveries before this copy.
 ATTEMPT = "x-interlink-attempt"
-PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
-_STEPS = (1.0, 1.2, 1.5, 1.8, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0)
-_MAX_DELAY_MS = 7 * 24 * 3600 * 1000
 # An ack waiting behind an unfinished earlier delivery is sent on its own after this long.
 _STRAGGLER = 0.05
 _GATHER = 0.005  # seconds acks are gathered before they are sent
-
-
-def delay_step(delay: float) -> int:
-    """The delay queue for ``delay`` seconds, in ms: the next step of 1, 1.2, 1.5, 1.8, 2,
-    2.5, 3, 3.5, 4, 5, 6, 7, 8 x 10^k ms at or above it (at most 25% longer than asked)."""
-    ms = min(max(1, math.ceil(delay * 1000)), _MAX_DELAY_MS)
-    scale = 1
-    while scale * 10 <= ms:  # exact powers of ten, where log10 may round 1000 down
-        scale *= 10
-    return next(v for v in (round(s * scale) for s in _STEPS) if v >= ms)
 
 
 class Signal:
@@ -171,7 +155,7 @@ class RabbitDelivery:
 
     def __init__(
         self,
-        backend: RabbitBackend,
+        backend: RabbitConnection,
         acks: AckBatcher,
         topic: str,
         group: str,

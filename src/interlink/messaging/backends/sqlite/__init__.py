@@ -26,12 +26,12 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 from urllib.parse import parse_qs, urlsplit
 
 from interlink.messaging.backend import BackendUnavailable
-from interlink.messaging.backends._sqlite_store import Row, Store
 from interlink.messaging.backends._wait import sleep_or_wake
+from interlink.messaging.backends.sqlite._store import Row, Store
 from interlink.messaging.envelope import DeadLetter, OutgoingMessage, decode_or_poison
 from interlink.messaging.idempotency import sqlite_path
 from interlink.resilience._validate import positive
@@ -194,6 +194,11 @@ class SqliteBackend:
     """The SQLite backend (see the module docstring)."""
 
     scheme: ClassVar[str] = "sqlite"
+
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        """The backend for ``sqlite:///path`` ``url`` (not yet connected)."""
+        return cls(url)
 
     def __init__(self, url: str) -> None:
         self.path = sqlite_path(url)

@@ -1,33 +1,6 @@
-"""NATS JetStream backend: ``nats://host:4222`` (``tls://`` for TLS; servers comma-separated).
-
-Layout on the server:
-
-- one stream per topic, named ``interlink:<topic with ':' for '.'>``, capturing the subject
-  ``<topic>`` (an existing stream that already captures the subject is used instead, so an
-  operator can provision one stream for a whole prefix); file storage by default;
-- one durable pull consumer per group, named after the group: explicit ack, ``ack_wait`` is the
-  lease, ``max_deliver`` unlimited (the interlink consumer dead-letters at ``max_deliveries``;
-  JetStream's own limit would only stop redelivering and leave the message nowhere);
-- ``<topic>.dlq`` is an ordinary topic (its own stream) holding ``encode_dead_letter`` records.
-
-Publishing awaits the PubAck (the message is stored in the stream) and sets ``Nats-Msg-Id`` to
-the message id, so a publish retried after a timeout is deduplicated by the server within the
-stream's ``duplicate_window``. A batch sends every message at once and then gathers the acks
-(``_nats_publish``: on one reply inbox of the backend's own, without nats-py's per-message
-overhead).
-Retries are ``NAK`` with a delay: the message stays in the stream and the server redelivers it
-to any consumer of the group; ``Delivery.attempt`` is the server's delivery count.
-
-Consuming pulls with a credit window: up to ``prefetch`` messages are requested ahead, more are
-asked for when half are used, and acks are fire-and-forget publishes (as in every NATS client):
-a crash right after an ack may redeliver, never lose. On stop the subscription drains and the
-fetched messages nobody took are NAKed back at once.
-
-URL options: ``ack_wait`` (s, 30), ``storage`` (file|memory), ``replicas`` (1), ``max_age``
-(s, 0 = keep), ``max_msgs`` (0 = no limit), ``duplicate_window`` (s, 120), ``timeout`` (s, 5:
-a publish's confirmation), ``connect_timeout`` (s, 5), ``reconnect_wait`` (s, 0.5), ``pull_expires``
-(s, 5), ``stream_prefix`` (``interlink:``).
-"""
+"""One JetStream connection: its client, the streams and durable consumers interlink made on
+it, and confirmed publishing. The backend (``interlink.messaging.backends.nats``), its pullers
+and its dead letters all work through one ``JetStream``."""
 
 from __future__ import annotations
 
@@ -36,37 +9,55 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-try:
-    import nats.errors
-    import nats.js.errors
-    from nats.aio.client import Client
-    from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
-except ImportError as exc:  # pragma: no cover - exercised by the no-extras install test
-    raise ImportError(
-        "interlink.messaging's nats:// backend needs nats-py: pip install 'interlink[nats]'"
-    ) from exc
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
-from interlink.messaging.backend import BackendUnavailable, Delivery, PublishError, redact
-from interlink.messaging.backends import _nats_dlq
-from interlink.messaging.backends._nats_publish import PubAcks
-from interlink.messaging.backends._nats_pull import API, SEND_ERRORS, Signal, pull
+from interlink.messaging.backend import BackendUnavailable, PublishError, redact
 from interlink.messaging.backends._options import UrlOptions, close_at_loop_end, stop_keeper
-from interlink.messaging.envelope import DeadLetter, OutgoingMessage
+from interlink.messaging.backends.nats._publish import SEND_ERRORS, PubAcks
+from interlink.messaging.envelope import OutgoingMessage
 
-__all__ = ["NatsBackend"]
+__all__ = ["API", "JetStream", "Signal"]
 
 log = logging.getLogger("interlink.messaging.nats")
 
+API = "$JS.API"
 _LITERAL = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
 
-class NatsBackend:
-    """Messages in NATS JetStream streams (see the module docstring for the layout)."""
+class Signal:
+    """Wakes one waiting puller: set by the subscription callback and on reconnect."""
 
-    scheme: ClassVar[str] = "nats"
+    __slots__ = ("_future",)
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        future = self._future
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def wait(self, within: float) -> None:
+        self._future = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(within):
+                await self._future
+        except TimeoutError:
+            pass
+        finally:
+            self._future = None
+
+
+class JetStream:
+    """A NATS connection with JetStream: the URL's options, the streams and consumers made,
+    confirmed publishing. Pullers register a ``Signal`` in ``signals`` to be woken on a
+    reconnect, when ``generation`` changes."""
 
     def __init__(self, url: str) -> None:
         opts = UrlOptions(url, "nats")
@@ -90,12 +81,12 @@ class NatsBackend:
         self._servers = [f"{scheme}://{auth}{host.strip('/')}" for host in hosts.split(",") if host]
         self._nc: Client | None = None
         self._keeper: asyncio.Task[None] | None = None
-        self._js: Any = None
+        self._js: Any = None  # nats-py's JetStreamContext
         self._acks: PubAcks | None = None
         self._lock = asyncio.Lock()
         self._streams: dict[str, str] = {}
         self._consumers: set[tuple[str, str]] = set()
-        self._signals: set[Signal] = set()
+        self.signals: set[Signal] = set()
         self.generation = 0  # bumped on every reconnect: pullers re-request their credit
 
     # -- connection ---------------------------------------------------------------------
@@ -162,7 +153,8 @@ class NatsBackend:
             raise BackendUnavailable(redact(self._url), "not connected")
         return acks
 
-    def _nc_or_raise(self) -> Client:
+    def client(self) -> Client:
+        """The client; ``BackendUnavailable`` when not connected."""
         nc = self._nc
         if nc is None:
             raise BackendUnavailable(redact(self._url), "not connected")
@@ -178,16 +170,27 @@ class NatsBackend:
     async def _on_reconnected(self) -> None:
         log.warning("nats: reconnected to %s", redact(self._url))
         self.generation += 1
-        for signal in self._signals:
+        for signal in self.signals:
             signal.wake()
 
-    async def _api(self, subject: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        nc = self._nc_or_raise()
+    @property
+    def js(self) -> Any:
+        """nats-py's JetStream context, while connected."""
+        if self._js is None:
+            raise BackendUnavailable(redact(self._url), "not connected")
+        return self._js
+
+    async def api(self, subject: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        nc = self.client()
         msg = await nc.request(
             f"{API}.{subject}", json.dumps(body or {}).encode(), timeout=self.timeout
         )
         reply: dict[str, Any] = json.loads(msg.data)
         return reply
+
+    def stream_of(self, topic: str) -> str:
+        """The stream of ``topic``, once ``ensure_stream`` found or made it."""
+        return self._streams[topic]
 
     # -- streams and consumers ----------------------------------------------------------
 
@@ -196,7 +199,7 @@ class NatsBackend:
         ``:`` is, and no topic contains it, so the mapping is one to one)."""
         return self.stream_prefix + topic.replace(".", ":")
 
-    async def _ensure_stream(self, topic: str) -> str:
+    async def ensure_stream(self, topic: str) -> str:
         stream = self._streams.get(topic)
         if stream is not None:
             return stream
@@ -229,7 +232,7 @@ class NatsBackend:
         """Create the stream and the group's durable consumer. The topic's first group
         starts at the beginning of the stream; a later group at its end (it gets what is
         published from now on, not the topic's whole history)."""
-        stream = await self._ensure_stream(topic)
+        stream = await self.ensure_stream(topic)
         if (stream, group) in self._consumers:
             return
         js = self._js
@@ -256,8 +259,8 @@ class NatsBackend:
 
     # -- publishing ---------------------------------------------------------------------
 
-    async def _publish_one(self, topic: str, data: bytes, message_id: str) -> None:
-        stream = await self._ensure_stream(topic)
+    async def publish_one(self, topic: str, data: bytes, message_id: str) -> None:
+        stream = await self.ensure_stream(topic)
         for last in (False, True):
             failed = await self._acks_or_raise().send(topic, [(data, message_id)], self.timeout)
             if not failed:
@@ -269,23 +272,11 @@ class NatsBackend:
             if last:
                 raise PublishError(topic, "no stream answered") from error
             self._streams.pop(topic, None)
-            stream = await self._ensure_stream(topic)
-
-    async def publish(
-        self,
-        topic: str,
-        data: bytes,
-        *,
-        key: str | None,
-        headers: Mapping[str, str],
-        message_id: str,
-    ) -> None:
-        """Publish and wait for the PubAck; the id deduplicates a retried publish."""
-        await self._publish_one(topic, data, message_id)
+            stream = await self.ensure_stream(topic)
 
     async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:
         """Send every message, then gather their PubAcks (no round trip per message)."""
-        await self._ensure_stream(topic)
+        await self.ensure_stream(topic)
         todo = list(items)
         for last in (False, True):
             failed, error = await self._window(topic, todo)
@@ -296,7 +287,7 @@ class NatsBackend:
                     topic, f"{len(failed)} of {len(items)} not confirmed: {error!r}"
                 ) from error
             self._streams.pop(topic, None)
-            await self._ensure_stream(topic)
+            await self.ensure_stream(topic)
             todo = failed
 
     async def _window(
@@ -306,32 +297,6 @@ class NatsBackend:
         failed = await self._acks_or_raise().send(topic, pairs, self.timeout)
         return [items[index] for index, _ in failed], failed[0][1] if failed else None
 
-    # -- consuming ----------------------------------------------------------------------
-
-    def subscribe(self, topic: str, group: str, *, prefetch: int) -> AsyncIterator[Delivery]:
-        """Pull deliveries for ``group`` with up to ``prefetch`` requested ahead."""
-        return pull(self, topic, group, max(1, prefetch))
-
     def forget_consumer(self, topic: str, group: str) -> None:
         """The durable consumer is gone on the server: ``ensure_group`` creates it again."""
         self._consumers.discard((self._streams.get(topic, ""), group))
-
-    # -- the DLQ and topics (in _nats_dlq) ----------------------------------------------
-
-    async def dlq_list(self, topic: str, limit: int) -> list[DeadLetter]:
-        """The oldest ``limit`` dead letters."""
-        return await _nats_dlq.dlq_list(self, topic, limit)
-
-    async def dlq_replay(self, topic: str, ids: Sequence[str] | None) -> int:
-        """Re-publish each chosen letter, then delete it from the DLQ stream. The publish id
-        names the DLQ entry, so a replay interrupted between the two steps and run again
-        within the duplicate window is deduplicated by the server."""
-        return await _nats_dlq.dlq_replay(self, topic, ids)
-
-    async def dlq_purge(self, topic: str) -> int:
-        """Purge the DLQ stream."""
-        return await _nats_dlq.dlq_purge(self, topic)
-
-    async def topics(self) -> list[str]:
-        """Topics of the streams interlink created (by their name prefix), DLQs included."""
-        return await _nats_dlq.topics(self)

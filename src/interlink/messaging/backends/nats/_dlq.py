@@ -1,41 +1,33 @@
-"""The NATS backend's dead letters (list, replay, purge) and its topic list, read through the
-JetStream API.
-
-A module of its own because none of it is on the publishing or consuming path: it is what
-``Broker.dlq_*``, ``Broker.topics`` and the CLI call now and then. ``NatsBackend``'s methods of
-the same names hand over to these functions.
-"""
+"""Dead letters in JetStream (list, replay, purge) and the topic list, read through the
+JetStream API: each ``<topic>.dlq`` is a stream of ``encode_dead_letter`` records."""
 
 from __future__ import annotations
 
 import base64
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import nats.js.errors
 
+from interlink.messaging.backends.nats._jetstream import JetStream
 from interlink.messaging.envelope import DeadLetter, EnvelopeError, decode_dead_letter
-
-if TYPE_CHECKING:
-    from interlink.messaging.backends.nats import NatsBackend
 
 __all__ = ["dlq_list", "dlq_purge", "dlq_replay", "topics"]
 
 log = logging.getLogger("interlink.messaging.nats")
 
 
-async def _dlq_stream(backend: NatsBackend, topic: str) -> str | None:
+async def _dlq_stream(backend: JetStream, topic: str) -> str | None:
     await backend.connect()
     try:
-        name: str = await backend._js.find_stream_name_by_subject(f"{topic}.dlq")
+        name: str = await backend.js.find_stream_name_by_subject(f"{topic}.dlq")
     except nats.js.errors.NotFoundError:
         return None
     return name
 
 
 async def _letters(
-    backend: NatsBackend, topic: str, limit: int | None
+    backend: JetStream, topic: str, limit: int | None
 ) -> list[tuple[int, DeadLetter]]:
     stream = await _dlq_stream(backend, topic)
     if stream is None:
@@ -44,9 +36,7 @@ async def _letters(
     seq = 1
     subject = f"{topic}.dlq"
     while limit is None or len(found) < limit:
-        reply = await backend._api(
-            f"STREAM.MSG.GET.{stream}", {"seq": seq, "next_by_subj": subject}
-        )
+        reply = await backend.api(f"STREAM.MSG.GET.{stream}", {"seq": seq, "next_by_subj": subject})
         if "error" in reply:
             break  # 404: no message at or after seq
         message = reply["message"]
@@ -60,12 +50,12 @@ async def _letters(
     return found
 
 
-async def dlq_list(backend: NatsBackend, topic: str, limit: int) -> list[DeadLetter]:
+async def dlq_list(backend: JetStream, topic: str, limit: int) -> list[DeadLetter]:
     """The oldest ``limit`` dead letters."""
     return [letter for _, letter in await _letters(backend, topic, limit)]
 
 
-async def dlq_replay(backend: NatsBackend, topic: str, ids: Sequence[str] | None) -> int:
+async def dlq_replay(backend: JetStream, topic: str, ids: Sequence[str] | None) -> int:
     """Re-publish each chosen letter, then delete it from the DLQ stream (see
     ``NatsBackend.dlq_replay``)."""
     stream = await _dlq_stream(backend, topic)
@@ -76,28 +66,28 @@ async def dlq_replay(backend: NatsBackend, topic: str, ids: Sequence[str] | None
     for seq, letter in await _letters(backend, topic, None):
         if wanted is not None and letter.id not in wanted:
             continue
-        await backend._publish_one(topic, letter.data, f"{letter.id}:replay:{seq}")
-        await backend._js.delete_msg(stream, seq)
+        await backend.publish_one(topic, letter.data, f"{letter.id}:replay:{seq}")
+        await backend.js.delete_msg(stream, seq)
         count += 1
     return count
 
 
-async def dlq_purge(backend: NatsBackend, topic: str) -> int:
+async def dlq_purge(backend: JetStream, topic: str) -> int:
     """Purge the DLQ stream."""
     stream = await _dlq_stream(backend, topic)
     if stream is None:
         return 0
-    reply = await backend._api(f"STREAM.PURGE.{stream}")
+    reply = await backend.api(f"STREAM.PURGE.{stream}")
     return int(reply.get("purged", 0))
 
 
-async def topics(backend: NatsBackend) -> list[str]:
+async def topics(backend: JetStream) -> list[str]:
     """Topics of the streams interlink created (by their name prefix), DLQs included."""
     await backend.connect()
     names: list[str] = []
     offset = 0
     while True:
-        reply = await backend._api("STREAM.NAMES", {"offset": offset})
+        reply = await backend.api("STREAM.NAMES", {"offset": offset})
         page = reply.get("streams") or []
         names.extend(page)
         offset += len(page)

@@ -36,55 +36,33 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar, Self
 
 try:
     import aio_pika
     import aiormq
-    from aio_pika.abc import (
-        AbstractChannel,
-        AbstractExchange,
-        AbstractIncomingMessage,
-        AbstractRobustConnection,
-    )
+    from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
     from pamqp.commands import Basic
 except ImportError as exc:  # pragma: no cover - exercised by the no-extras install test
     raise ImportError(
         "interlink.messaging's amqp:// backend needs aio-pika: pip install 'interlink[rabbitmq]'"
     ) from exc
 
-from interlink.messaging.backend import BackendUnavailable, Delivery, PublishError, redact
-from interlink.messaging.backends import _rabbit_dlq
-from interlink.messaging.backends._options import UrlOptions, close_at_loop_end, stop_keeper
-from interlink.messaging.backends._rabbit_delivery import (
+from interlink.messaging.backend import Delivery, PublishError
+from interlink.messaging.backends.rabbitmq import _dlq
+from interlink.messaging.backends.rabbitmq._connection import (
     PERSISTENT,
-    AckBatcher,
-    RabbitDelivery,
-    Signal,
+    PUBLISH_ERRORS,
+    RabbitConnection,
     delay_step,
 )
-from interlink.messaging.backends._rabbit_topology import (
-    adopt_backlog,
-    declare_backlog,
-    declare_delay,
-    declare_dlq,
-)
+from interlink.messaging.backends.rabbitmq._delivery import AckBatcher, RabbitDelivery, Signal
 from interlink.messaging.envelope import DeadLetter, OutgoingMessage
 
 __all__ = ["RabbitBackend", "delay_step"]
 
 Properties = Basic.Properties
 _PERSISTENT = int(PERSISTENT)
-
-# What a publish raises while the broker is away or refuses (a channel being restored after a
-# reconnect raises ChannelInvalidStateError, a RuntimeError): all become a PublishError.
-_PUBLISH_ERRORS = (
-    aiormq.exceptions.AMQPError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    asyncio.TimeoutError,
-    ConnectionError,
-    OSError,
-)
 
 
 class RabbitBackend:
@@ -93,68 +71,21 @@ class RabbitBackend:
     scheme: ClassVar[str] = "amqp"
 
     def __init__(self, url: str) -> None:
-        opts = UrlOptions(url, "amqp")
-        self._url = url
-        self.queue_type = opts.choice("queue_type", "quorum", ("quorum", "classic"))
-        self.exchange_name = opts.text("exchange", "interlink")
-        self.timeout = opts.number("timeout", 10.0, minimum=0.001)
-        self.connect_timeout = opts.number("connect_timeout", 5.0, minimum=0.001)
-        self.reconnect_interval = opts.number("reconnect_interval", 1.0, minimum=0.01)
-        opts.done()
-        self._base = opts.base
-        self._conn: AbstractRobustConnection | None = None
-        self._keeper: asyncio.Task[None] | None = None
-        self._channel: AbstractChannel | None = None
-        self._exchange: AbstractExchange | None = None
-        self._lock = asyncio.Lock()
-        self._topics: set[str] = set()
-        self._dlqs: set[str] = set()
-        self._delays: dict[int, AbstractExchange] = {}
+        self.connection = RabbitConnection(url, close=self.aclose)
         self._channels: list[AbstractChannel] = []
         self._batchers: list[AckBatcher] = []
 
-    # -- connection and topology (declared in _rabbit_topology) -------------------------
-
-    def _open(self) -> bool:
-        return self._conn is not None
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        """The backend for ``amqp://`` or ``amqps://`` ``url`` (not yet connected)."""
+        return cls(url)
 
     async def connect(self) -> None:
         """Open a robust connection, a confirming channel, and declare the exchanges."""
-        if self._open():
-            return
-        async with self._lock:
-            if self._open():  # connected while this call waited for the lock
-                return
-            try:
-                conn = await aio_pika.connect_robust(
-                    self._base,
-                    timeout=self.connect_timeout,
-                    reconnect_interval=self.reconnect_interval,
-                    client_properties={"connection_name": "interlink"},
-                )
-            except (*_PUBLISH_ERRORS, aio_pika.exceptions.AMQPException) as exc:
-                raise BackendUnavailable(redact(self._url), f"cannot connect: {exc!r}") from exc
-            channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
-            unrouted = await channel.declare_exchange(
-                f"{self.exchange_name}.unrouted", aio_pika.ExchangeType.TOPIC, durable=True
-            )
-            self._exchange = await channel.declare_exchange(
-                self.exchange_name,
-                aio_pika.ExchangeType.TOPIC,
-                durable=True,
-                arguments={"alternate-exchange": unrouted.name},
-            )
-            self._channel = channel
-            self._conn = conn
-            self._keeper = close_at_loop_end(self.aclose)
+        await self.connection.connect()
 
     async def aclose(self) -> None:
         """Close the subscription channels (unacked messages go back) and the connection."""
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        keeper, self._keeper = self._keeper, None
-        stop_keeper(keeper)
         for batcher in self._batchers:  # acks of handlers that finished after their stop
             await batcher.flush(force=True)
         self._batchers.clear()
@@ -162,75 +93,13 @@ class RabbitBackend:
             with contextlib.suppress(Exception):
                 await channel.close()
         self._channels.clear()
-        self._topics.clear()
-        self._dlqs.clear()
-        self._delays.clear()
-        self._channel = self._exchange = None
-        with contextlib.suppress(Exception):
-            await conn.close()
-
-    @property
-    def channel(self) -> AbstractChannel:
-        """The confirming channel publishes go through."""
-        if self._channel is None:
-            raise BackendUnavailable(redact(self._url), "not connected")
-        return self._channel
-
-    @property
-    def default_exchange(self) -> AbstractExchange:
-        """The AMQP default exchange (routing key = queue name)."""
-        return self.channel.default_exchange
-
-    def queue_name(self, topic: str, group: str) -> str:
-        """The group's queue (``:`` is in no topic or group name, so names cannot collide)."""
-        return f"{topic}:{group}"
-
-    def _arguments(self) -> dict[str, Any]:
-        return {"x-queue-type": "quorum"} if self.queue_type == "quorum" else {}
-
-    async def _ensure_topic(self, topic: str) -> None:
-        if topic in self._topics:
-            return
-        await self.connect()
-        await declare_backlog(self, topic)
-        self._topics.add(topic)
-
-    async def ensure_dlq(self, topic: str) -> str:
-        """Declare ``<topic>.dlq`` (classic: it is browsed by get-and-requeue); its name."""
-        name = f"{topic}.dlq"
-        if topic not in self._dlqs:
-            await declare_dlq(self, name)
-            self._dlqs.add(topic)
-        return name
-
-    async def delay_exchange(self, delay: float) -> AbstractExchange:
-        """The fanout exchange in front of the delay queue for ``delay``."""
-        ms = delay_step(delay)
-        exchange = self._delays.get(ms)
-        if exchange is None:
-            exchange = await declare_delay(self, ms)
-            self._delays[ms] = exchange
-        return exchange
+        await self.connection.aclose()
 
     async def ensure_group(self, topic: str, group: str) -> None:
         """Declare the group's queue, bind it, and take over the topic's backlog."""
-        await self._ensure_topic(topic)
-        name = self.queue_name(topic, group)
-        channel = self.channel
-        queue = await channel.declare_queue(name, durable=True, arguments=self._arguments())
-        await queue.bind(self.exchange_name, routing_key=topic)
-        await adopt_backlog(self, topic)
+        await self.connection.ensure_group(topic, group)
 
     # -- publishing ---------------------------------------------------------------------
-
-    async def confirm(
-        self, exchange: AbstractExchange, message: aio_pika.Message, routing_key: str, topic: str
-    ) -> None:
-        """Publish and wait for the broker's confirm; any failure is a ``PublishError``."""
-        try:
-            await exchange.publish(message, routing_key, timeout=self.timeout)
-        except _PUBLISH_ERRORS as exc:
-            raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
 
     async def publish(
         self,
@@ -242,32 +111,32 @@ class RabbitBackend:
         message_id: str,
     ) -> None:
         """Publish persistent, wait for the publisher confirm."""
+        conn = self.connection
         try:
-            await self._ensure_topic(topic)
-        except _PUBLISH_ERRORS as exc:
+            await conn.ensure_topic(topic)
+        except PUBLISH_ERRORS as exc:
             raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
-        exchange = self._exchange
-        assert exchange is not None
+        exchange = conn.exchange
         message = aio_pika.Message(data, delivery_mode=PERSISTENT, message_id=message_id)
-        await self.confirm(exchange, message, topic, topic)
+        await conn.confirm(exchange, message, topic, topic)
 
     async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:
         """Publish all with their confirms in flight together, then await them."""
+        conn = self.connection
         try:
-            await self._ensure_topic(topic)
-        except _PUBLISH_ERRORS as exc:
+            await conn.ensure_topic(topic)
+        except PUBLISH_ERRORS as exc:
             raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
-        exchange = self._exchange
-        assert exchange is not None
+        exchange = conn.exchange
         # What Exchange.publish does per message, done once for the batch; each message then
         # costs a Basic.Properties, not an aio_pika.Message (a few us of attribute checks).
         try:
-            if self.channel.is_closed:
+            if conn.channel.is_closed:
                 raise aiormq.exceptions.ChannelInvalidStateError("channel closed")
-            channel = await self.channel.get_underlay_channel()
-        except _PUBLISH_ERRORS as exc:
+            channel = await conn.channel.get_underlay_channel()
+        except PUBLISH_ERRORS as exc:
             raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
-        publish, name, timeout = channel.basic_publish, exchange.name, self.timeout
+        publish, name, timeout = channel.basic_publish, exchange.name, conn.timeout
         results = await asyncio.gather(
             *(
                 publish(
@@ -295,15 +164,15 @@ class RabbitBackend:
         return self._consume(topic, group, max(1, prefetch))
 
     async def _consume(self, topic: str, group: str, prefetch: int) -> AsyncIterator[Delivery]:
-        await self.ensure_group(topic, group)
-        assert self._conn is not None
-        channel = await self._conn.channel()
+        conn = self.connection
+        await conn.ensure_group(topic, group)
+        channel = await conn.connection.channel()
         self._channels.append(channel)  # open until aclose: running handlers ack through it
         await channel.set_qos(prefetch_count=prefetch)
         # Declared (not just looked up) on this channel, so that the robust connection
         # restores the consumer after a reconnect.
         queue = await channel.declare_queue(
-            self.queue_name(topic, group), durable=True, arguments=self._arguments()
+            conn.queue_name(topic, group), durable=True, arguments=conn.arguments()
         )
         buffer: deque[AbstractIncomingMessage] = deque()
         signal = Signal()
@@ -323,7 +192,7 @@ class RabbitBackend:
                 message = buffer.popleft()
                 if message.channel.is_closed:
                     continue  # from before a reconnect: the broker has requeued it already
-                yield RabbitDelivery(self, acks, topic, group, message)
+                yield RabbitDelivery(conn, acks, topic, group, message)
         finally:
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)  # deliveries sent before the cancel-ok still arrive
@@ -333,21 +202,21 @@ class RabbitBackend:
                     await message.nack(requeue=True)
             await acks.flush(force=False)
 
-    # -- the DLQ and topics (in _rabbit_dlq) --------------------------------------------
+    # -- the DLQ and topics --------------------------------------------
 
     async def dlq_list(self, topic: str, limit: int) -> list[DeadLetter]:
         """Get up to ``limit`` records without acking; closing the channel puts them back."""
-        return await _rabbit_dlq.dlq_list(self, topic, limit)
+        return await _dlq.dlq_list(self.connection, topic, limit)
 
     async def dlq_replay(self, topic: str, ids: Sequence[str] | None) -> int:
         """Re-publish each chosen letter (confirmed), then ack it off the DLQ; the others go
         back when the browsing channel closes."""
-        return await _rabbit_dlq.dlq_replay(self, topic, ids)
+        return await _dlq.dlq_replay(self.connection, topic, ids)
 
     async def dlq_purge(self, topic: str) -> int:
         """Purge ``<topic>.dlq``."""
-        return await _rabbit_dlq.dlq_purge(self, topic)
+        return await _dlq.dlq_purge(self.connection, topic)
 
     async def topics(self) -> list[str]:
         """The names in the topics registry (AMQP has no way to list queues)."""
-        return await _rabbit_dlq.topics(self)
+        return await _dlq.topics(self.connection)

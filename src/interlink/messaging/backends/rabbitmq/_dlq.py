@@ -1,43 +1,33 @@
-"""The RabbitMQ backend's dead letters (list, replay, purge) and its topic list, both read by
-getting messages from a queue without acking them (they go back when the channel closes).
-
-A module of its own because none of it is on the publishing or consuming path: it is what
-``Broker.dlq_*``, ``Broker.topics`` and the CLI call now and then. ``RabbitBackend``'s methods
-of the same names hand over to these functions.
-"""
+"""Dead letters in RabbitMQ (list, replay, purge) and the topic list, both read by getting
+messages from a queue without acking them (they go back when the channel closes)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel
 
-from interlink.messaging.backends._rabbit_delivery import PERSISTENT
-from interlink.messaging.backends._rabbit_topology import queue_exists
+from interlink.messaging.backends.rabbitmq._connection import PERSISTENT, RabbitConnection
 from interlink.messaging.envelope import DeadLetter, EnvelopeError, decode_dead_letter
-
-if TYPE_CHECKING:
-    from interlink.messaging.backends.rabbitmq import RabbitBackend
 
 __all__ = ["dlq_list", "dlq_purge", "dlq_replay", "topics"]
 
 log = logging.getLogger("interlink.messaging.rabbitmq")
 
 
-async def _browse(backend: RabbitBackend, queue: str) -> tuple[AbstractChannel | None, Any]:
+async def _browse(backend: RabbitConnection, queue: str) -> tuple[AbstractChannel | None, Any]:
     """A spare channel and the queue on it, or (None, None) if there is no such queue."""
     await backend.connect()
-    if not await queue_exists(backend, queue):
+    if not await backend.queue_exists(queue):
         return None, None
-    assert backend._conn is not None
-    channel = await backend._conn.channel()
+    channel = await backend.connection.channel()
     return channel, await channel.get_queue(queue, ensure=False)
 
 
-async def dlq_list(backend: RabbitBackend, topic: str, limit: int) -> list[DeadLetter]:
+async def dlq_list(backend: RabbitConnection, topic: str, limit: int) -> list[DeadLetter]:
     """Get up to ``limit`` records without acking; closing the channel puts them back."""
     channel, queue = await _browse(backend, f"{topic}.dlq")
     if channel is None:
@@ -57,15 +47,14 @@ async def dlq_list(backend: RabbitBackend, topic: str, limit: int) -> list[DeadL
     return letters
 
 
-async def dlq_replay(backend: RabbitBackend, topic: str, ids: Sequence[str] | None) -> int:
+async def dlq_replay(backend: RabbitConnection, topic: str, ids: Sequence[str] | None) -> int:
     """Re-publish each chosen letter (confirmed), then ack it off the DLQ; the others go
     back when the browsing channel closes."""
     channel, queue = await _browse(backend, f"{topic}.dlq")
     if channel is None:
         return 0
-    await backend._ensure_topic(topic)
-    exchange = backend._exchange
-    assert exchange is not None
+    await backend.ensure_topic(topic)
+    exchange = backend.exchange
     wanted = None if ids is None else set(ids)
     count = 0
     try:
@@ -88,7 +77,7 @@ async def dlq_replay(backend: RabbitBackend, topic: str, ids: Sequence[str] | No
     return count
 
 
-async def dlq_purge(backend: RabbitBackend, topic: str) -> int:
+async def dlq_purge(backend: RabbitConnection, topic: str) -> int:
     """Purge ``<topic>.dlq``."""
     channel, queue = await _browse(backend, f"{topic}.dlq")
     if channel is None:
@@ -100,7 +89,7 @@ async def dlq_purge(backend: RabbitBackend, topic: str) -> int:
     return int(result.message_count or 0)
 
 
-async def topics(backend: RabbitBackend) -> list[str]:
+async def topics(backend: RabbitConnection) -> list[str]:
     """The names in the topics registry (AMQP has no way to list queues)."""
     channel, queue = await _browse(backend, f"{backend.exchange_name}.topics")
     if channel is None:

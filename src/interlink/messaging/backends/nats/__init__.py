@@ -1,0 +1,115 @@
+"""NATS JetStream backend: ``nats://host:4222`` (``tls://`` for TLS; servers comma-separated).
+
+Layout on the server:
+
+- one stream per topic, named ``interlink:<topic with ':' for '.'>``, capturing the subject
+  ``<topic>`` (an existing stream that already captures the subject is used instead, so an
+  operator can provision one stream for a whole prefix); file storage by default;
+- one durable pull consumer per group, named after the group: explicit ack, ``ack_wait`` is the
+  lease, ``max_deliver`` unlimited (the interlink consumer dead-letters at ``max_deliveries``;
+  JetStream's own limit would only stop redelivering and leave the message nowhere);
+- ``<topic>.dlq`` is an ordinary topic (its own stream) holding ``encode_dead_letter`` records.
+
+Publishing awaits the PubAck (the message is stored in the stream) and sets ``Nats-Msg-Id`` to
+the message id, so a publish retried after a timeout is deduplicated by the server within the
+stream's ``duplicate_window``. A batch sends every message at once and then gathers the acks
+(on one reply inbox of the connection's own, without nats-py's per-message overhead).
+Retries are ``NAK`` with a delay: the message stays in the stream and the server redelivers it
+to any consumer of the group; ``Delivery.attempt`` is the server's delivery count.
+
+Consuming pulls with a credit window: up to ``prefetch`` messages are requested ahead, more are
+asked for when half are used, and acks are fire-and-forget publishes (as in every NATS client):
+a crash right after an ack may redeliver, never lose. On stop the subscription drains and the
+fetched messages nobody took are NAKed back at once.
+
+URL options: ``ack_wait`` (s, 30), ``storage`` (file|memory), ``replicas`` (1), ``max_age``
+(s, 0 = keep), ``max_msgs`` (0 = no limit), ``duplicate_window`` (s, 120), ``timeout`` (s, 5:
+a publish's confirmation), ``connect_timeout`` (s, 5), ``reconnect_wait`` (s, 0.5), ``pull_expires``
+(s, 5), ``stream_prefix`` (``interlink:``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import ClassVar, Self
+
+try:
+    import nats  # noqa: F401 - the client library, checked here for the install hint
+except ImportError as exc:  # pragma: no cover - exercised by the no-extras install test
+    raise ImportError(
+        "interlink.messaging's nats:// backend needs nats-py: pip install 'interlink[nats]'"
+    ) from exc
+
+from interlink.messaging.backend import Delivery
+from interlink.messaging.backends.nats import _dlq
+from interlink.messaging.backends.nats._jetstream import JetStream
+from interlink.messaging.backends.nats._pull import pull
+from interlink.messaging.envelope import DeadLetter, OutgoingMessage
+
+__all__ = ["NatsBackend"]
+
+
+class NatsBackend:
+    """Messages in NATS JetStream streams (see the module docstring for the layout)."""
+
+    scheme: ClassVar[str] = "nats"
+
+    def __init__(self, url: str) -> None:
+        self.jetstream = JetStream(url)
+
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        """The backend for ``nats://`` or ``tls://`` ``url`` (not yet connected)."""
+        return cls(url)
+
+    async def connect(self) -> None:
+        """Connect (once); the client then reconnects by itself for as long as it lives."""
+        await self.jetstream.connect()
+
+    async def aclose(self) -> None:
+        """Flush what is buffered (acks included) and close the connection."""
+        await self.jetstream.aclose()
+
+    async def ensure_group(self, topic: str, group: str) -> None:
+        """Create the stream and the group's durable consumer. The topic's first group
+        starts at the beginning of the stream; a later group at its end (it gets what is
+        published from now on, not the topic's whole history)."""
+        await self.jetstream.ensure_group(topic, group)
+
+    async def publish(
+        self,
+        topic: str,
+        data: bytes,
+        *,
+        key: str | None,
+        headers: Mapping[str, str],
+        message_id: str,
+    ) -> None:
+        """Publish and wait for the PubAck; the id deduplicates a retried publish."""
+        await self.jetstream.publish_one(topic, data, message_id)
+
+    async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:
+        """Send every message, then gather their PubAcks (no round trip per message)."""
+        await self.jetstream.publish_batch(topic, items)
+
+    def subscribe(self, topic: str, group: str, *, prefetch: int) -> AsyncIterator[Delivery]:
+        """Pull deliveries for ``group`` with up to ``prefetch`` requested ahead."""
+        return pull(self.jetstream, topic, group, max(1, prefetch))
+
+    async def dlq_list(self, topic: str, limit: int) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters."""
+        return await _dlq.dlq_list(self.jetstream, topic, limit)
+
+    async def dlq_replay(self, topic: str, ids: Sequence[str] | None) -> int:
+        """Re-publish each chosen letter, then delete it from the DLQ stream. The publish id
+        names the DLQ entry, so a replay interrupted between the two steps and run again
+        within the duplicate window is deduplicated by the server."""
+        return await _dlq.dlq_replay(self.jetstream, topic, ids)
+
+    async def dlq_purge(self, topic: str) -> int:
+        """Purge the DLQ stream."""
+        return await _dlq.dlq_purge(self.jetstream, topic)
+
+    async def topics(self) -> list[str]:
+        """Topics of the streams interlink created (by their name prefix), DLQs included."""
+        return await _dlq.topics(self.jetstream)
