@@ -48,6 +48,7 @@ _ERROR_CHARS = 500
 def error_text(exc: BaseException) -> str:
     """``Type: message``, cut to a size that fits a row and a terminal."""
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    text = text.replace("\x00", "\\x00")  # a text column on PostgreSQL refuses NUL
     return text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 3] + "..."
 
 
@@ -90,9 +91,10 @@ class Driver:
             state = state_from_json(sid, row.state, row.version)
             if state.name != row.name or state.saga_id != sid:
                 raise SagaError(f"stored state of saga {sid!r} belongs to another saga")
-        except SagaError as exc:
-            log.error("saga %s parked: %s", sid, exc)
-            await self.store.park(sid, error=str(exc), owner=self.owner, now=self.clock())
+        except Exception as exc:  # whatever a damaged row raises: park it, never loop on it
+            error = str(exc) if isinstance(exc, SagaError) else error_text(exc)
+            log.error("saga %s parked: %s", sid, error)
+            await self.store.park(sid, error=error, owner=self.owner, now=self.clock())
             return None
         definition = self.definitions[row.name]
         try:
@@ -117,8 +119,8 @@ class Driver:
         while True:
             try:
                 decision = decide(state, event, definition.shape)
-            except ValueError as exc:  # a state the machine cannot continue from
-                error = f"cannot continue from the stored state: {exc}"
+            except Exception as exc:  # a state the machine cannot continue from
+                error = f"cannot continue from the stored state: {error_text(exc)}"
                 log.error("saga %s parked: %s", sid, error)
                 await self.store.park(sid, error=error, owner=self.owner, now=self.clock())
                 return

@@ -73,8 +73,8 @@ class ReplyBox:
                 waiter = self._waiters[key] = loop.create_future()
                 found = await self._store.get_reply(saga_id, slot)
                 if found is not None:
-                    got_attempt, text = found
-                    body = _parse(slot, text)
+                    got_attempt, data = found
+                    body = _parse(slot, data)
                     if got_attempt == attempt or body.get("ok") is True:
                         return body
                 left = end - loop.time()
@@ -88,10 +88,10 @@ class ReplyBox:
             self._waiters.pop(key, None)
 
 
-def _parse(slot: str, text: str) -> dict[str, Any]:
+def _parse(slot: str, data: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(text)
-    except ValueError as exc:
+        body = json.loads(data)
+    except ValueError as exc:  # UnicodeDecodeError included
         raise InvalidReply(slot, f"not JSON ({exc})") from None
     if not isinstance(body, dict) or not isinstance(body.get("ok"), bool):
         raise InvalidReply(slot, 'expected a JSON object with a boolean "ok"')

@@ -8,7 +8,8 @@ instead of being driven on guesses.
 from __future__ import annotations
 
 import json
-from typing import Any
+import math
+from typing import Any, TypeVar
 
 from interlink.saga.errors import CorruptSagaState
 from interlink.saga.state import SagaState, SagaStatus, StepState, StepStatus
@@ -16,6 +17,7 @@ from interlink.saga.state import SagaState, SagaStatus, StepState, StepStatus
 __all__ = ["state_from_json", "state_to_json"]
 
 _STEP_FIELDS = frozenset(StepState.__dataclass_fields__)
+T = TypeVar("T")
 
 
 def state_to_json(state: SagaState) -> str:
@@ -51,18 +53,21 @@ def state_from_json(saga_id: str, text: str | bytes, version: int = 0) -> SagaSt
     if not isinstance(doc, dict):
         raise CorruptSagaState(saga_id, f"expected a JSON object, got {type(doc).__name__}")
     try:
-        steps = tuple(_step_from(raw) for raw in doc["steps"])
-        parked = doc.get("parked_from")
+        raw_steps = doc["steps"]
+        if not isinstance(raw_steps, list):
+            raise TypeError(f"'steps' must be a list, got {type(raw_steps).__name__}")
+        steps = tuple(_step_from(i, raw) for i, raw in enumerate(raw_steps))
+        parked = _typed(doc, "parked_from", str, optional=True)
         return SagaState(
-            saga_id=str(doc["saga_id"]),
-            name=str(doc["name"]),
-            status=SagaStatus(doc["status"]),
+            saga_id=_typed(doc, "saga_id", str),
+            name=_typed(doc, "name", str),
+            status=SagaStatus(_typed(doc, "status", str)),
             data=doc.get("data"),
             steps=steps,
-            created_at=float(doc["created_at"]),
-            updated_at=float(doc["updated_at"]),
-            deadline_at=None if doc.get("deadline_at") is None else float(doc["deadline_at"]),
-            error=doc.get("error"),
+            created_at=_number(doc, "created_at"),
+            updated_at=_number(doc, "updated_at"),
+            deadline_at=_number(doc, "deadline_at", optional=True),
+            error=_typed(doc, "error", str, optional=True),
             parked_from=None if parked is None else SagaStatus(parked),
             version=version,
         )
@@ -72,12 +77,70 @@ def state_from_json(saga_id: str, text: str | bytes, version: int = 0) -> SagaSt
         raise CorruptSagaState(saga_id, str(exc)) from None
 
 
-def _step_from(raw: Any) -> StepState:
+_MISSING = object()
+
+
+def _typed(doc: dict[str, Any], name: str, kind: type[T], *, optional: bool = False) -> Any:
+    """``doc[name]`` if it is a ``kind`` (None allowed when ``optional``), else TypeError
+    naming the field, the type wanted and the value found."""
+    value = doc.get(name, None if optional else _MISSING)
+    if value is _MISSING:
+        raise KeyError(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"{name!r} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _number(doc: dict[str, Any], name: str, *, optional: bool = False) -> Any:
+    value = doc.get(name, None if optional else _MISSING)
+    if value is _MISSING:
+        raise KeyError(name)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError(f"{name!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
+# The type every stored step field must have (``result`` is whatever the step returned).
+_STEP_TYPES: dict[str, tuple[type, bool]] = {  # name -> (type, None allowed)
+    "name": (str, False),
+    "status": (str, False),
+    "attempts": (int, False),
+    "compensations": (int, False),
+    "failures": (int, False),
+    "interruptions": (int, False),
+    "in_flight": (bool, False),
+    "next_at": (float, True),
+    "last_delay": (float, False),
+    "error": (str, True),
+    "started_at": (float, True),
+    "finished_at": (float, True),
+    "compensated_at": (float, True),
+}
+
+
+def _step_from(index: int, raw: Any) -> StepState:
     if not isinstance(raw, dict):
-        raise TypeError(f"a step must be a JSON object, got {type(raw).__name__}")
+        raise TypeError(f"step {index} must be a JSON object, got {type(raw).__name__}")
     unknown = set(raw) - _STEP_FIELDS
     if unknown:
         raise ValueError(f"unknown step field(s) {sorted(unknown)}")
-    values = dict(raw)
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name in _STEP_TYPES:
+            kind, optional = _STEP_TYPES[name]
+            where = f"steps[{index}].{name}"
+            if kind is float:
+                value = _number({where: value}, where, optional=optional)
+            else:
+                value = _typed({where: value}, where, kind, optional=optional)
+            if kind is int and value < 0:
+                raise ValueError(f"{where!r} must be >= 0, got {value!r}")
+        values[name] = value
+    if "name" not in values:
+        raise KeyError(f"steps[{index}].name")
     values["status"] = StepStatus(values.get("status", "PENDING"))
     return StepState(**values)

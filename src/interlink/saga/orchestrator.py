@@ -249,8 +249,8 @@ class Orchestrator:
             raise InvalidReply(slot or "?", f"missing {SAGA_ID}/{SAGA_STEP}/{SAGA_ATTEMPT} headers")
         if await self._store.get(saga_id) is None:
             raise SagaNotFound(saga_id)
-        text = body if isinstance(body, str) else bytes(body).decode("utf-8", "replace")
-        await self._store.put_reply(saga_id, slot, int(attempt), text)
+        data = body.encode() if isinstance(body, str) else bytes(body)
+        await self._store.put_reply(saga_id, slot, int(attempt), data)
         self._replies.notify(saga_id, slot)
 
     def subscribe_replies(

@@ -148,12 +148,14 @@ class SagaStore(Protocol):
         """Write a row nobody holds a live lease on (a resume by hand), fenced by version."""
         ...
 
-    async def put_reply(self, saga_id: str, step: str, attempt: int, body: str) -> None:
-        """Keep the reply to a step's command: the latest attempt's wins (a late answer to an
-        earlier attempt never replaces the current attempt's)."""
+    async def put_reply(self, saga_id: str, step: str, attempt: int, body: bytes) -> None:
+        """Keep the reply to a step's command, as the bytes that arrived (whatever they hold:
+        a body that does not parse is judged by the waiting saga, not refused here): the latest
+        attempt's wins (a late answer to an earlier attempt never replaces the current
+        attempt's)."""
         ...
 
-    async def get_reply(self, saga_id: str, step: str) -> tuple[int, str] | None:
+    async def get_reply(self, saga_id: str, step: str) -> tuple[int, bytes] | None:
         """The reply kept for a step: (attempt it answered, body)."""
         ...
 

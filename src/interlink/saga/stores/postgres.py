@@ -78,9 +78,20 @@ class PostgresSagaStore(SagaStore):
             await conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_updated ON {t} (updated_at)")
             await conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {t}_replies (saga_id TEXT NOT NULL, "
-                "step TEXT NOT NULL, attempt INTEGER NOT NULL, body TEXT NOT NULL, "
+                "step TEXT NOT NULL, attempt INTEGER NOT NULL, body BYTEA NOT NULL, "
                 "PRIMARY KEY (saga_id, step))"
             )
+            # Tables made when bodies were text (which cannot hold NUL) become bytes.
+            kind = await conn.fetchval(
+                "SELECT data_type FROM information_schema.columns WHERE table_schema = "
+                "current_schema() AND table_name = $1 AND column_name = 'body'",
+                f"{t}_replies",
+            )
+            if kind == "text":
+                await conn.execute(
+                    f"ALTER TABLE {t}_replies ALTER COLUMN body TYPE BYTEA "
+                    "USING convert_to(body, 'UTF8')"
+                )
 
     async def close(self) -> None:
         """Close the pool."""
@@ -271,7 +282,7 @@ class PostgresSagaStore(SagaStore):
         )
         return n == 1
 
-    async def put_reply(self, saga_id: str, step: str, attempt: int, body: str) -> None:
+    async def put_reply(self, saga_id: str, step: str, attempt: int, body: bytes) -> None:
         """Upsert, unless a reply to a later attempt is kept already."""
         t = self._t
         await self._execute(
@@ -282,17 +293,17 @@ class PostgresSagaStore(SagaStore):
             saga_id,
             step,
             attempt,
-            body,
+            bytes(body),
         )
 
-    async def get_reply(self, saga_id: str, step: str) -> tuple[int, str] | None:
+    async def get_reply(self, saga_id: str, step: str) -> tuple[int, bytes] | None:
         """(attempt, body) or None."""
         found = await self._ready().fetchrow(
             f"SELECT attempt, body FROM {self._t}_replies WHERE saga_id=$1 AND step=$2",
             saga_id,
             step,
         )
-        return None if found is None else (found[0], found[1])
+        return None if found is None else (found[0], bytes(found[1]))
 
     async def clear_reply(self, saga_id: str, step: str) -> None:
         """Delete."""

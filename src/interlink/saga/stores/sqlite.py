@@ -71,7 +71,7 @@ class SqliteSagaStore(SagaStore):
                 conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_updated ON {t} (updated_at)")
                 conn.execute(
                     f"CREATE TABLE IF NOT EXISTS {t}_replies (saga_id TEXT NOT NULL, "
-                    "step TEXT NOT NULL, attempt INTEGER NOT NULL, body TEXT NOT NULL, "
+                    "step TEXT NOT NULL, attempt INTEGER NOT NULL, body BLOB NOT NULL, "
                     "PRIMARY KEY (saga_id, step))"
                 )
 
@@ -266,7 +266,7 @@ class SqliteSagaStore(SagaStore):
         args = (state, status, wake_at, now, error, saga_id, version, now)
         return await self._db.run(lambda c: _write(c, sql, args) == 1)
 
-    async def put_reply(self, saga_id: str, step: str, attempt: int, body: str) -> None:
+    async def put_reply(self, saga_id: str, step: str, attempt: int, body: bytes) -> None:
         """Upsert, unless a reply to a later attempt is kept already."""
         t = self._t
         sql = (
@@ -274,15 +274,18 @@ class SqliteSagaStore(SagaStore):
             "ON CONFLICT (saga_id, step) DO UPDATE SET attempt=excluded.attempt, "
             f"body=excluded.body WHERE excluded.attempt >= {t}_replies.attempt"
         )
-        await self._db.run(lambda c: _write(c, sql, (saga_id, step, attempt, body)))
+        await self._db.run(lambda c: _write(c, sql, (saga_id, step, attempt, bytes(body))))
 
-    async def get_reply(self, saga_id: str, step: str) -> tuple[int, str] | None:
+    async def get_reply(self, saga_id: str, step: str) -> tuple[int, bytes] | None:
         """(attempt, body) or None."""
         sql = f"SELECT attempt, body FROM {self._t}_replies WHERE saga_id=? AND step=?"
 
-        def get(conn: sqlite3.Connection) -> tuple[int, str] | None:
+        def get(conn: sqlite3.Connection) -> tuple[int, bytes] | None:
             found = conn.execute(sql, (saga_id, step)).fetchone()
-            return None if found is None else (int(found[0]), str(found[1]))
+            if found is None:
+                return None
+            body = found[1]  # a table made before bodies were bytes may hold text
+            return int(found[0]), body.encode() if isinstance(body, str) else bytes(body)
 
         return await self._db.run(get)
 
