@@ -77,6 +77,7 @@ SAGA = [
     "StepFailed",
     "StepState",
     "StepStatus",
+    "StepUnavailable",
     "reply_body",
     "reply_headers",
 ]

@@ -25,8 +25,9 @@ def test_defaults_are_pinned() -> None:
     assert COMPENSATION_RETRY.describe()["max_backoff"] == 30.0
     assert (SEND_TIMEOUT, MAX_INTERRUPTIONS) == (30.0, 5)
     step = Step("a", act)
-    assert step.retry is STEP_RETRY
-    assert step.compensation_retry is COMPENSATION_RETRY
+    saga = SagaDefinition("s", [step])
+    assert saga.retry_of(step, compensating=False) is STEP_RETRY
+    assert saga.retry_of(step, compensating=True) is COMPENSATION_RETRY
     assert step.compensate_on_failure
 
 

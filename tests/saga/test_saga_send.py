@@ -250,10 +250,10 @@ def test_late_reply_to_an_earlier_attempt_does_not_replace_the_current_one(
 
     async def main() -> None:
         async with opened(store_url, unique_table()) as store:
-            await store.put_reply("s-1", "pay", 2, '{"ok": true}')
-            await store.put_reply("s-1", "pay", 1, '{"ok": false, "error": "late"}')
-            assert await store.get_reply("s-1", "pay") == (2, '{"ok": true}')
-            await store.put_reply("s-1", "pay", 3, '{"ok": false}')
-            assert await store.get_reply("s-1", "pay") == (3, '{"ok": false}')
+            await store.put_reply("s-1", "pay", 2, b'{"ok": true}')
+            await store.put_reply("s-1", "pay", 1, b'{"ok": false, "error": "late"}')
+            assert await store.get_reply("s-1", "pay") == (2, b'{"ok": true}')
+            await store.put_reply("s-1", "pay", 3, b'{"ok": false}')
+            assert await store.get_reply("s-1", "pay") == (3, b'{"ok": false}')
 
     run(main())

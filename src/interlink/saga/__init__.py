@@ -35,6 +35,7 @@ from interlink.saga.errors import (
     SagaError,
     SagaNotFound,
     StepFailed,
+    StepUnavailable,
 )
 from interlink.saga.orchestrator import Orchestrator
 from interlink.saga.state import SagaState, SagaStatus, StepState, StepStatus
@@ -59,6 +60,7 @@ __all__ = [
     "StepFailed",
     "StepState",
     "StepStatus",
+    "StepUnavailable",
     "reply_body",
     "reply_headers",
 ]

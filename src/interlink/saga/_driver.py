@@ -9,6 +9,7 @@ may have half happened and runs it again under the same idempotency key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -19,7 +20,7 @@ from interlink.outbox.sink import Sink
 from interlink.saga._runner import ReplyBox, run_attempt
 from interlink.saga.codec import state_from_json, state_to_json
 from interlink.saga.definition import SagaDefinition, StepContext
-from interlink.saga.errors import InvalidReply, OwnershipLost, SagaError
+from interlink.saga.errors import InvalidReply, OwnershipLost, SagaError, StepFailed
 from interlink.saga.state import (
     ActionFailed,
     ActionSucceeded,
@@ -209,14 +210,12 @@ class Driver:
         except InvalidReply as exc:
             return Park(self.clock(), str(exc))
         except Exception as exc:
-            retry = step.compensation_retry if compensating else step.retry
-            try:
-                # The core Retry decides: a delay, or (by raising) give up.
-                retry_in: float | None = retry.next_delay(
-                    progress.failures, exc, progress.last_delay
-                )
-            except Exception:
-                retry_in = None
+            retry = definition.retry_of(step, compensating=compensating)
+            retry_in: float | None = None
+            if not isinstance(exc, StepFailed):  # a refusal is final, whatever the policy
+                with contextlib.suppress(Exception):
+                    # The core Retry decides: a delay, or (by raising) give up.
+                    retry_in = retry.next_delay(progress.failures, exc, progress.last_delay)
             at, error = self.clock(), error_text(exc)
             if compensating:
                 return CompensationFailed(command.index, at, error, retry_in)

@@ -16,7 +16,7 @@ from interlink.context import correlation_id
 from interlink.outbox.sink import Prepared, Sink
 from interlink.resilience.deadline import deadline
 from interlink.saga.definition import Send, Step, StepContext
-from interlink.saga.errors import InvalidReply, SagaError, StepFailed
+from interlink.saga.errors import InvalidReply, SagaError, StepFailed, StepUnavailable
 from interlink.saga.stores import SagaStore
 
 __all__ = [
@@ -148,7 +148,10 @@ async def _send(
     wait = send.timeout if seconds is None else min(send.timeout, seconds)
     reply = await replies.wait(ctx.saga_id, slot, ctx.attempt, wait)
     if not reply["ok"]:
-        raise StepFailed(slot, str(reply.get("error") or "refused"))
+        error = str(reply.get("error") or "refused")
+        if reply.get("retryable") is True:
+            raise StepUnavailable(slot, error)
+        raise StepFailed(slot, error)
     result = reply.get("result")
     if send.reply_model is not None:
         try:
@@ -210,14 +213,20 @@ async def run_attempt(
     return result
 
 
-def reply_body(*, ok: bool = True, result: Any = None, error: str | None = None) -> bytes:
+def reply_body(
+    *, ok: bool = True, result: Any = None, error: str | None = None, retryable: bool = False
+) -> bytes:
     """The body of a reply to a saga command: ``{"ok": true, "result": ...}`` or
-    ``{"ok": false, "error": "..."}`` (a refusal: the step fails and the saga compensates)."""
+    ``{"ok": false, "error": "..."}``, a refusal: the step fails at once and the saga
+    compensates. With ``retryable=True`` a failure says "not now" instead (the saga retries
+    the step on its ``retry`` policy, as after a lost connection)."""
     body: dict[str, Any] = {"ok": ok}
     if result is not None:
         body["result"] = result
     if error is not None:
         body["error"] = error
+    if retryable and not ok:
+        body["retryable"] = True
     return json.dumps(body, separators=(",", ":")).encode()
 
 

@@ -129,14 +129,15 @@ def _step_from(index: int, raw: Any) -> StepState:
     if unknown:
         raise ValueError(f"unknown step field(s) {sorted(unknown)}")
     values: dict[str, Any] = {}
-    for name, value in raw.items():
+    for name, stored in raw.items():
+        value = stored
         if name in _STEP_TYPES:
             kind, optional = _STEP_TYPES[name]
             where = f"steps[{index}].{name}"
             if kind is float:
-                value = _number({where: value}, where, optional=optional)
+                value = _number({where: stored}, where, optional=optional)
             else:
-                value = _typed({where: value}, where, kind, optional=optional)
+                value = _typed({where: stored}, where, kind, optional=optional)
             if kind is int and value < 0:
                 raise ValueError(f"{where!r} must be >= 0, got {value!r}")
         values[name] = value

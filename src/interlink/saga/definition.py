@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 
+from interlink.errors import TransportError
 from interlink.resilience._validate import positive, positive_int
 from interlink.resilience.retry import Retry
 from interlink.saga.state import SagaShape, StepShape
@@ -49,6 +50,7 @@ __all__ = [
     "MAX_INTERRUPTIONS",
     "SEND_TIMEOUT",
     "STEP_RETRY",
+    "TRANSIENT_ERRORS",
     "AsyncPolicy",
     "SagaDefinition",
     "Send",
@@ -57,9 +59,18 @@ __all__ = [
     "StepFn",
 ]
 
-#: Retries of a failing action before the saga compensates: 2 retries, 0.1 s doubling.
-STEP_RETRY = Retry(retries=2, backoff=0.1, max_backoff=2.0, name="saga.step")
-#: Retries of a failing compensation before the saga is parked in NEEDS_ATTENTION.
+#: The errors a step's action is retried on by default: the call may not have arrived or its
+#: answer was lost (connection refused or reset, a timeout, an interlink ``TransportError``).
+#: Anything else, a refusal above all ("card declined"), fails the step at once.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (ConnectionError, TimeoutError, TransportError)
+#: Retries of a failing action before the saga compensates: 2 retries, 0.1 s doubling, on
+#: ``TRANSIENT_ERRORS`` only.
+STEP_RETRY = Retry(
+    retries=2, backoff=0.1, max_backoff=2.0, retry_on=TRANSIENT_ERRORS, name="saga.step"
+)
+#: Retries of a failing compensation before the saga is parked in NEEDS_ATTENTION: 10
+#: retries, 0.5 s doubling to 30 s (about 2.5 minutes at most; see docs/consistency.md).
+#: Undoing must not give up on a passing outage, so every error is retried.
 COMPENSATION_RETRY = Retry(retries=10, backoff=0.5, max_backoff=30.0, name="saga.compensation")
 #: Seconds a ``Send`` waits for its reply when no ``timeout`` is given.
 SEND_TIMEOUT = 30.0
@@ -128,8 +139,11 @@ class Step:
 
     ``retry`` decides whether and when a failed action runs again before the saga gives up and
     compensates; ``compensation_retry`` does the same for the undo, and when it gives up the
-    saga is parked in NEEDS_ATTENTION. ``timeout`` bounds one attempt (a ``Send`` waits for
-    the shorter of it and its own ``timeout``); no action is waited for past the saga's deadline.
+    saga is parked in NEEDS_ATTENTION. Left out (None), they are the saga's (``SagaDefinition``'s
+    ``retry`` and ``compensation_retry``). A refusal (``StepFailed``, or a reply with
+    ``"ok": false``) is never retried, whatever the policy says. ``timeout`` bounds one
+    attempt (a ``Send`` waits for the shorter of it and its own ``timeout``); no action is
+    waited for past the saga's deadline.
     ``policy`` wraps every local call of this step.
     """
 
@@ -137,8 +151,8 @@ class Step:
     action: StepFn | Send
     compensation: StepFn | Send | None = None
     _: KW_ONLY
-    retry: Retry = STEP_RETRY
-    compensation_retry: Retry = COMPENSATION_RETRY
+    retry: Retry | None = None
+    compensation_retry: Retry | None = None
     timeout: float | None = None
     policy: AsyncPolicy | None = None
     compensate_on_failure: bool = True
@@ -166,13 +180,20 @@ class Step:
 @dataclass(frozen=True, slots=True)
 class SagaDefinition:
     """A named, ordered list of steps, the model its input must validate against, and a
-    deadline for the whole forward run (compensation is never cut short by it)."""
+    deadline for the whole forward run (compensation is never cut short by it).
+
+    ``retry`` and ``compensation_retry`` are the policies of every step that sets none itself:
+    ``compensation_retry=Retry(3, backoff=0.2, max_backoff=1.0)`` parks a saga whose undo keeps
+    failing after about 2 s instead of the default's minutes.
+    """
 
     name: str
     steps: Sequence[Step]
     _: KW_ONLY
     data_model: Any = None
     timeout: float | None = None
+    retry: Retry = STEP_RETRY
+    compensation_retry: Retry = COMPENSATION_RETRY
     max_interruptions: int = MAX_INTERRUPTIONS
     shape: SagaShape = field(init=False, repr=False, compare=False)
 
@@ -195,6 +216,13 @@ class SagaDefinition:
         object.__setattr__(self, "steps", steps)
         shape = SagaShape(tuple(s.shape for s in steps), self.max_interruptions)
         object.__setattr__(self, "shape", shape)
+
+    def retry_of(self, step: Step, *, compensating: bool) -> Retry:
+        """The policy that decides whether ``step``'s failed action (or compensation) runs
+        again: the step's own, else the saga's."""
+        if compensating:
+            return step.compensation_retry or self.compensation_retry
+        return step.retry or self.retry
 
     def validate(self, data: Any) -> Any:
         """``data`` (as stored: JSON-able) checked and converted by ``data_model``."""

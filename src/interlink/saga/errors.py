@@ -5,7 +5,8 @@ InterlinkError
     ├── SagaNotFound        no saga with that id (also a LookupError)
     ├── CorruptSagaState    a stored state cannot be read back (also a ValueError)
     ├── OwnershipLost       another orchestrator took the saga over
-    ├── StepFailed          the remote side refused a command
+    ├── StepFailed          a refusal: the step fails at once, never retried
+    ├── StepUnavailable     the remote side cannot do it now (also a ConnectionError): retried
     └── InvalidReply        a reply that does not parse or validate (also a ValueError)
 """
 
@@ -20,6 +21,7 @@ __all__ = [
     "SagaError",
     "SagaNotFound",
     "StepFailed",
+    "StepUnavailable",
 ]
 
 
@@ -62,7 +64,9 @@ class OwnershipLost(SagaError):
 
 
 class StepFailed(SagaError):
-    """The remote side answered a command with ``{"ok": false, "error": ...}``."""
+    """A refusal: the remote side answered a command with ``{"ok": false, "error": ...}``, or
+    a local step raised it ("card declined"). The step fails at once, never retried, and the
+    saga compensates."""
 
     def __init__(self, step: str, error: str) -> None:
         super().__init__(step, error)
@@ -71,6 +75,19 @@ class StepFailed(SagaError):
 
     def __str__(self) -> str:
         return f"step {self.step!r} was refused: {self.error}"
+
+
+class StepUnavailable(SagaError, ConnectionError):
+    """The remote side answered ``{"ok": false, "retryable": true, ...}``: it could not do the
+    work now (its database is down, say). Retried like a lost connection."""
+
+    def __init__(self, step: str, error: str) -> None:
+        super().__init__(step, error)
+        self.step = step
+        self.error = error
+
+    def __str__(self) -> str:
+        return f"step {self.step!r} is unavailable for now: {self.error}"
 
 
 class InvalidReply(SagaError, ValueError):
