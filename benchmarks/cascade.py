@@ -98,8 +98,8 @@ def a_interlink_app(b_url: str) -> Any:
     policies = ServicePolicies(
         timeout=CALL_TIMEOUT,
         retries=1,
-        retry_base=0.002,
-        retry_max_delay=0.005,
+        backoff=0.002,
+        max_backoff=0.005,
         failure_rate_threshold=0.5,
         minimum_calls=5,
         breaker_window=2.0,
@@ -117,7 +117,9 @@ def a_interlink_app(b_url: str) -> Any:
             holder["b"] = holder["client"].service("b", url=b_url)
         b = holder["b"]
         if scope["path"] == "/_breaker":
-            await _reply(send, 200, json.dumps({"state": b.service.breaker.state.value}).encode())
+            await _reply(
+                send, 200, json.dumps({"state": b.downstream.breaker.state.value}).encode()
+            )
             return
         try:
             r = await b.get("/menu")

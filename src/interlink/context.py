@@ -33,7 +33,7 @@ DEADLINE_HEADER = "x-request-timeout-ms"
 #: Longer ids are refused: an id ends up in every log line and span of the request.
 MAX_CORRELATION_ID_LENGTH = 128
 
-_ID_CHARS = re.compile(r"^[A-Za-z0-9._:/+=@-]+$")
+_ID_CHARS = re.compile(r"[A-Za-z0-9._:/+=@-]+")
 
 #: The variable behind ``correlation_id()`` and ``use_correlation_id()``. Transports read and set
 #: it directly on their per-call paths (a consumer sets one per message without a reset: each
@@ -54,7 +54,7 @@ def new_correlation_id() -> str:
 def valid_correlation_id(value: str) -> bool:
     """Ids are 1-128 printable characters from a conservative set (no spaces, no quotes):
     they are echoed into headers and logs, so anything else is refused, not escaped."""
-    return 0 < len(value) <= MAX_CORRELATION_ID_LENGTH and bool(_ID_CHARS.match(value))
+    return 0 < len(value) <= MAX_CORRELATION_ID_LENGTH and bool(_ID_CHARS.fullmatch(value))
 
 
 @contextmanager

@@ -95,7 +95,7 @@ async def test_http_client_service_targets_go_through_the_resolver(http_port: in
 
     svc = unique()
     registry = await registry_of(svc, http_port, "http")
-    policies = ServicePolicies(retries=2, retry_base=0.001, retry_max_delay=0.002)
+    policies = ServicePolicies(retries=2, backoff=0.001, max_backoff=0.002)
     async with (
         Resolver(registry, outlier=OUTLIER) as resolver,
         AsyncClient(policies=policies, resolver=resolver) as client,

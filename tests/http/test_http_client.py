@@ -24,8 +24,8 @@ T = TypeVar("T")
 FAST = ServicePolicies(
     timeout=2.0,
     retries=2,
-    retry_base=0.002,
-    retry_max_delay=0.005,
+    backoff=0.002,
+    max_backoff=0.005,
     minimum_calls=4,
     breaker_window=5.0,
     cooldown=0.2,
@@ -135,9 +135,7 @@ def test_every_answer_gives_its_connection_back(faults: tuple[FaultApp, str]) ->
     _, base = faults
 
     async def go() -> list[int]:
-        policies = ServicePolicies(
-            retries=1, retry_base=0.001, retry_max_delay=0.001, breaker=False
-        )
+        policies = ServicePolicies(retries=1, backoff=0.001, max_backoff=0.001, breaker=False)
         async with client(base, policies, max_connections=1) as c:
             statuses = []
             for _ in range(3):
@@ -186,7 +184,7 @@ def test_503_is_retried_until_success(faults: tuple[FaultApp, str]) -> None:
     async def go() -> tuple[Response, Any]:
         async with client(base) as c:
             r = await c.get("/flaky/retry-ok?fail=2")
-            return r, c.services[0].budget
+            return r, c.downstreams[0].budget
 
     r, budget = run(go)
     assert r.status == 200
@@ -221,7 +219,7 @@ def test_other_4xx_are_neither_retried_nor_counted(faults: tuple[FaultApp, str],
         async with client(base) as c:
             for _ in range(10):
                 assert (await c.get(f"/status/{code}")).status == code
-            return c.services[0].breaker
+            return c.downstreams[0].breaker
 
     breaker = run(go)
     assert app.hits[f"/status/{code}"] - before == 10
@@ -302,7 +300,7 @@ def test_retry_after_beyond_max_retry_after_is_not_waited_for(
 ) -> None:
     """A server asking for more than ``max_retry_after`` is answered with its own 503."""
     app, base = faults
-    policies = ServicePolicies(max_retry_after=0.5, retry_base=0.001, retry_max_delay=0.001)
+    policies = ServicePolicies(max_retry_after=0.5, backoff=0.001, max_backoff=0.001)
 
     async def go() -> Response:
         async with client(base, policies) as c:
@@ -322,7 +320,7 @@ def test_connection_refused_raises_transport_error(refused_url: str) -> None:
         async with client(refused_url) as c:
             with pytest.raises(TransportError) as info:
                 await c.get("/x")
-            return info.value, c.services[0].budget
+            return info.value, c.downstreams[0].budget
 
     error, budget = run(go)
     assert error.kind == "connect"
@@ -346,7 +344,7 @@ def test_a_hanging_server_is_cut_off_by_the_attempt_timeout(faults: tuple[FaultA
     """Each attempt gets ``attempt_timeout``; the breaker counts the timeouts as failures."""
     _, base = faults
     policies = ServicePolicies(
-        timeout=1.0, attempt_timeout=0.05, retries=1, retry_base=0.001, retry_max_delay=0.001
+        timeout=1.0, attempt_timeout=0.05, retries=1, backoff=0.001, max_backoff=0.001
     )
 
     async def go() -> tuple[float, Any]:
@@ -354,7 +352,7 @@ def test_a_hanging_server_is_cut_off_by_the_attempt_timeout(faults: tuple[FaultA
             t0 = time.monotonic()
             with pytest.raises(DeadlineExceeded):
                 await c.get("/hang")
-            return time.monotonic() - t0, c.services[0].breaker
+            return time.monotonic() - t0, c.downstreams[0].breaker
 
     took, breaker = run(go)
     assert 0.09 <= took < 0.9  # two 50 ms attempts, not the 1 s deadline
@@ -371,7 +369,7 @@ def test_the_service_timeout_counts_as_a_failure(faults: tuple[FaultApp, str]) -
             t0 = time.monotonic()
             with pytest.raises(DeadlineExceeded):
                 await c.get("/hang")
-            return time.monotonic() - t0, c.services[0].breaker
+            return time.monotonic() - t0, c.downstreams[0].breaker
 
     took, breaker = run(go)
     assert 0.09 <= took < 0.9
@@ -389,7 +387,7 @@ def test_a_cancelled_call_is_not_a_failure(faults: tuple[FaultApp, str]) -> None
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            return c.services[0].breaker
+            return c.downstreams[0].breaker
 
     assert run(go).metrics.failures_total == 0
 
@@ -438,7 +436,7 @@ def test_breaker_opens_and_rejects_without_calling(faults: tuple[FaultApp, str])
             with pytest.raises(CircuitOpenError):
                 await c.get("/status/500")
             assert app.hits["/status/500"] == before
-            return c.services[0].breaker
+            return c.downstreams[0].breaker
 
     assert run(go).state is State.OPEN
 
@@ -502,7 +500,7 @@ def test_recovery_through_half_open(faults: tuple[FaultApp, str]) -> None:
 
     async def go() -> list[State]:
         async with client(base, policies) as c:
-            breaker = c.service(base.split("://")[1]).service.breaker
+            breaker = c.service(base.split("://")[1]).downstream.breaker
             assert breaker is not None
             app.down = True
             try:
@@ -524,7 +522,7 @@ def test_budget_exhaustion_returns_the_last_answer(faults: tuple[FaultApp, str])
     """With an empty budget a failure is not retried; the 503 is still the caller's answer."""
     app, base = faults
     policies = ServicePolicies(
-        budget_ratio=0.0, budget_min_per_second=0.0, breaker=False, retry_base=0.001
+        budget_ratio=0.0, budget_min_per_second=0.0, breaker=False, backoff=0.001
     )
 
     async def go() -> Response:
@@ -556,8 +554,8 @@ def test_a_service_is_configured_once(faults: tuple[FaultApp, str]) -> None:
     _, base = faults
     c = AsyncClient()
     menu = c.service("menu", policies=FAST, url=base)
-    assert c.service("menu").service is menu.service
-    assert c.service("menu", policies=FAST).service is menu.service
+    assert c.service("menu").downstream is menu.downstream
+    assert c.service("menu", policies=FAST).downstream is menu.downstream
     with pytest.raises(ValueError, match="service 'menu' is already configured"):
         c.service("menu", policies=ServicePolicies(retries=5))
 
@@ -596,7 +594,7 @@ def test_config_file_sets_per_service_policies(
 
     async def go() -> tuple[Response, Any]:
         async with AsyncClient(config=path) as c:
-            return await c.get("service://menu/flaky/config?fail=1"), c.services
+            return await c.get("service://menu/flaky/config?fail=1"), c.downstreams
 
     r, services = run(go)
     assert r.status == 503  # retries = 0 for menu

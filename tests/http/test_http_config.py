@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 
 from interlink.http import ServicePolicies, load_config
-from interlink.http._request import split_target
-from interlink.http._service import Service
+from interlink.http._policies import Downstream
+from interlink.http.client import split_target
 
 
 def test_defaults_are_pinned() -> None:
     """The defaults documented in docs/sync.md."""
     p = ServicePolicies()
     assert (p.timeout, p.attempt_timeout, p.retries) == (10.0, None, 2)
-    assert (p.retry_base, p.retry_max_delay, p.retry_jitter) == (0.025, 0.25, "full")
+    assert (p.backoff, p.multiplier, p.max_backoff, p.jitter) == (0.025, 2.0, 0.25, "full")
     assert (p.budget_ratio, p.budget_min_per_second, p.budget_ttl) == (0.2, 10.0, 10.0)
     assert (p.failure_rate_threshold, p.minimum_calls, p.breaker_window, p.cooldown) == (
         0.5,
@@ -34,8 +34,9 @@ def test_defaults_are_pinned() -> None:
         ({"timeout": 0}, "'timeout' must be"),
         ({"attempt_timeout": -1}, "'attempt_timeout' must be"),
         ({"retries": -1}, "'retries' must be"),
-        ({"retry_base": 1.0, "retry_max_delay": 0.5}, "'retry_max_delay' must be >= retry_base"),
-        ({"retry_jitter": "wild"}, "'retry_jitter' must be one of"),
+        ({"backoff": 1.0, "max_backoff": 0.5}, "'max_backoff' must be >= backoff \\(1.0\\): 0.5"),
+        ({"multiplier": 0.5}, "'multiplier' must be a finite number >= 1: 0.5"),
+        ({"jitter": "wild"}, "'jitter' must be one of"),
         ({"budget_ratio": -0.1}, "'budget_ratio' must be"),
         ({"breaker": "yes"}, "'breaker' must be true or false"),
         ({"failure_rate_threshold": 1.5}, "'failure_rate_threshold' must be"),
@@ -86,7 +87,7 @@ def test_load_config_refuses_unknown_sections() -> None:
 
 def test_service_builds_one_set_of_policies() -> None:
     """One breaker, one budget; the unsafe pipeline shares them without retry or hedge."""
-    service = Service("menu", ServicePolicies(max_concurrent=4, rate=100, hedge_delay=0.1))
+    service = Downstream("menu", ServicePolicies(max_concurrent=4, rate=100, hedge_delay=0.1))
     kinds = [d["policy"] for d in service.pipeline.describe()]
     assert kinds == ["timeout", "retry", "hedge", "breaker", "rate_limiter", "bulkhead"]
     unsafe = [d["policy"] for d in service.unsafe_pipeline.describe()]
@@ -99,7 +100,7 @@ def test_service_builds_one_set_of_policies() -> None:
 
 def test_everything_off_is_an_empty_pipeline() -> None:
     """With every policy off a call is just the attempt."""
-    service = Service(
+    service = Downstream(
         "x", ServicePolicies(timeout=None, retries=0, breaker=False, budget_ratio=None)
     )
     assert service.pipeline.describe() == []

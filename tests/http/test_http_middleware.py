@@ -89,7 +89,8 @@ def test_keeps_a_valid_incoming_correlation_id() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [b"x" * 129, b"has space", b'quote"d', b"semi;colon", b"\xc3\xa9t\xc3\xa9", b""]
+    "bad",
+    [b"x" * 129, b"has space", b'quote"d', b"semi;colon", b"\xc3\xa9t\xc3\xa9", b"", b"abc\n"],
 )
 def test_an_invalid_correlation_id_is_answered_400(bad: bytes) -> None:
     """Oversized ids and ids with characters outside the safe set: 400 JSON, handler not run."""

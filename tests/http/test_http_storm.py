@@ -46,8 +46,8 @@ def test_budget_caps_load_under_total_failure(faults: tuple[FaultApp, str]) -> N
     path = "/status/599"
     policies = ServicePolicies(
         retries=3,
-        retry_base=0.0005,
-        retry_max_delay=0.001,
+        backoff=0.0005,
+        max_backoff=0.001,
         budget_ratio=RATIO,
         budget_min_per_second=FLOOR_PER_SECOND,
         budget_ttl=TTL,
@@ -64,7 +64,7 @@ def test_without_a_budget_retries_multiply_the_load(faults: tuple[FaultApp, str]
     app, base = faults
     path = "/status/598"
     policies = ServicePolicies(
-        retries=3, retry_base=0.0005, retry_max_delay=0.001, budget_ratio=None, breaker=False
+        retries=3, backoff=0.0005, max_backoff=0.001, budget_ratio=None, breaker=False
     )
     before = app.hits[path]
     send_all(base, path, policies)
@@ -77,8 +77,8 @@ def test_breaker_and_budget_together_cut_load_further(faults: tuple[FaultApp, st
     path = "/status/597"
     policies = ServicePolicies(
         retries=3,
-        retry_base=0.0005,
-        retry_max_delay=0.001,
+        backoff=0.0005,
+        max_backoff=0.001,
         budget_ratio=RATIO,
         budget_min_per_second=FLOOR_PER_SECOND,
         budget_ttl=TTL,

@@ -14,7 +14,7 @@ from interlink.errors import TransportError
 from interlink.http import Client, ServicePolicies
 
 FAST = ServicePolicies(
-    timeout=2.0, retries=2, retry_base=0.002, retry_max_delay=0.005, minimum_calls=4, cooldown=30
+    timeout=2.0, retries=2, backoff=0.002, max_backoff=0.005, minimum_calls=4, cooldown=30
 )
 
 
@@ -72,7 +72,7 @@ def test_breaker_is_shared_by_threads(faults: tuple[FaultApp, str]) -> None:
             t.start()
         for t in threads:
             t.join()
-        breaker = c.services[0].breaker
+        breaker = c.downstreams[0].breaker
         assert breaker is not None
         assert breaker.state is State.OPEN
         with pytest.raises(CircuitOpenError):

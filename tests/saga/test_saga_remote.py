@@ -66,7 +66,7 @@ def test_http_step_retries_inside_the_attempt_and_charges_once(tmp_path: Path) -
             service = client.service(
                 "payments",
                 url=base,
-                policies=ServicePolicies(retries=2, retry_base=0.001, retry_max_delay=0.002),
+                policies=ServicePolicies(retries=2, backoff=0.001, max_backoff=0.002),
             )
 
             async def authorize(ctx: StepContext) -> Any:

@@ -1,71 +1,584 @@
-"""``AsyncClient``: resilient HTTP calls to named services, on aiohttp.
+"""The HTTP clients: ``AsyncClient`` (aiohttp) and ``Client`` (httpx), on one shared base.
 
-Why aiohttp: measured on this project's benchmark machine against the same loopback server,
-bare aiohttp spends ~75 us of client CPU per request at 32 concurrent requests, httpx's
-``AsyncClient`` ~1,950 us (encode/httpx#3215) and httpx over an aiohttp transport
-(``httpx-aiohttp``) ~250-370 us, as httpx's request and response models cost more than the I/O
-under them. The client's own work (policies, propagation, classification) is then small next
-to the engine's. ``docs/sync.md`` has the numbers and ``benchmarks/http_client.py`` reproduces
+A call, in either client: parse the target once (``service://name/path``, ``http://host/path``
+or a path joined to ``base_url``) and prepare the request once (``Call``); then, per attempt,
+through the service's pipeline (timeout -> retry -> hedge -> breaker -> rate limiter ->
+bulkhead): pick an instance (``service://`` targets without a fixed ``url``), compute the
+attempt's time from the deadline, add the propagated headers, send, read the whole body,
+classify. A failure is raised as an internal ``AttemptFailed`` so that the breaker and the retry
+see it; at the edge the caller gets the last answer (a 503 after exhausted retries is returned,
+like Polly's last outcome), a fallback or stale answer when configured, or a public error.
+
+The shape is httpx's ``BaseClient``: ``BaseClient`` holds what does not depend on the engine
+(configuration, the per-service policies, request preparation, classification of an answer,
+the give-up path); ``AsyncClient`` and ``Client`` hold only their engine's attempt and
+lifecycle. The verbs (``get``, ``post``...) are written once in ``_Verbs``, generic in what a
+call returns: a coroutine for the async clients (a verb is a plain function returning the
+call's coroutine, so it costs no coroutine frame of its own), a ``Response`` for the blocking
+ones.
+
+One interlink attempt is exactly one request on the wire. aiohttp resends an idempotent
+request once by itself when a connection drops before the answer (RFC 9112's advice for
+browsers; ``ClientSession._retry_connection``, with no public switch: aio-libs/aiohttp#10790),
+which the retry, its budget and the breaker would never see. ``AsyncClient`` turns that resend
+off; see ``_no_resend_session``. The blocking client bounds the whole attempt (connect, headers
+and body) by its deadline, not each socket read: a server trickling its answer one byte at a
+time is cut off at the deadline (``_Cutoff``).
+
+Why aiohttp for async: measured on this project's benchmark machine against the same loopback
+server, bare aiohttp spends ~75 us of client CPU per request at 32 concurrent requests, httpx's
+``AsyncClient`` ~1,950 us (encode/httpx#3215) and httpx over an aiohttp transport ~250-370 us.
+Why httpx for blocking code: that CPU problem is in httpx's async path; blocking code serves one
+request per thread, where httpx's sync client costs ~300 us per request, and it has a
+thread-safe pool. ``docs/sync.md`` has the numbers; ``benchmarks/http_client.py`` reproduces
 them.
-
-A call: parse the target once; then, per attempt, through the service's pipeline (timeout ->
-retry -> hedge -> breaker -> rate limiter -> bulkhead): pick an instance (for
-``service://name/...`` targets), compute the attempt's time from the deadline, add the
-propagated headers, send, read the whole body, classify. A failure is raised as an internal
-``AttemptFailed`` so the breaker and retry see it; at the edge the caller gets the last answer
-(a 503 after exhausted retries is returned, like Polly's last outcome), a fallback or stale
-answer when configured, or a public error.
-
-This module holds the client's set-up, its call around the pipeline and its lifecycle; the
-attempt (the hot path on aiohttp) is ``AsyncClient``'s base class in ``_async_attempt`` and the
-verbs, shared with ``AsyncServiceClient``, are the base class in ``_async_verbs``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import heapq
 import inspect
+import itertools
+import json as _json
+import socket
+import threading
 import time
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlencode
 
 from interlink.clock import Clock
-from interlink.discovery.resolver import Picker
-from interlink.http._async_attempt import AsyncAttempts
-from interlink.http._async_verbs import AsyncVerbs
-from interlink.http._config import ServicePolicies, load_config
-from interlink.http._request import (
-    Call,
-    cache_key,
-    fallback_answer,
-    outcome,
-    prepare_parsed,
-    split_target,
+from interlink.context import correlation_id
+from interlink.discovery.resolver import Address, Picked, Picker
+from interlink.errors import (
+    BudgetExhausted,
+    DeadlineExceeded,
+    HTTPStatusError,
+    NoInstancesError,
+    TransportError,
 )
+from interlink.http._policies import Downstream, Downstreams, ServicePolicies, load_config
 from interlink.http._response import Response
-from interlink.http._service import Service, Services
-from interlink.resilience.deadline import deadline
+from interlink.http.classify import AttemptFailed, may_resend, status_failure
+from interlink.http.propagation import (
+    CORRELATION_HEADER,
+    DEADLINE_HEADER,
+    attempt_ms,
+    outgoing_headers,
+)
+from interlink.resilience.deadline import deadline, expired
 from interlink.resilience.events import Listener
 from interlink.tracing.propagation import api
-from interlink.tracing.spans import Spans
+from interlink.tracing.spans import Spans, context_of, fail
 
 try:
     import aiohttp
+    import httpx
+    from multidict import CIMultiDict, istr
     from yarl import URL
 except ImportError as exc:  # pragma: no cover - exercised by the no-extras install test
-    raise ImportError("interlink.http needs aiohttp: pip install 'interlink[http]'") from exc
+    raise ImportError(
+        "interlink.http needs aiohttp and httpx: pip install 'interlink[http]'"
+    ) from exc
 
-if TYPE_CHECKING:
-    from interlink.http._request import Params
-
-__all__ = ["AsyncClient", "AsyncServiceClient"]
+__all__ = ["AsyncClient", "AsyncServiceClient", "BaseClient", "Client", "ServiceClient"]
 
 DEFAULT_MAX_CONNECTIONS = 100
 DEFAULT_KEEPALIVE = 15.0
 
+# ------------------------------------------------------------------- instances and requests
 
-class AsyncClient(AsyncAttempts, AsyncVerbs):
+
+Params = Mapping[str, str | int | float | list[str] | tuple[str, ...]]
+
+
+@functools.lru_cache(maxsize=4096)  # services call the same few URLs over and over
+def split_target(url: str, base_url: str | None) -> tuple[str, str | None, str]:
+    """``(service, origin, path)``: ``service://menu/a?b`` gives ``("menu", None, "/a?b")``,
+    ``http://h:1/a`` gives ``("h:1", "http://h:1", "/a")``; a relative ``url`` joins
+    ``base_url``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        if base_url is None:
+            raise ValueError(f"'url' must be absolute (no base_url is set): {url!r}")
+        return split_target(base_url.rstrip("/") + ("" if url.startswith("/") else "/") + url, None)
+    end = len(rest)
+    for mark in "/?#":
+        at = rest.find(mark)
+        if 0 <= at < end:
+            end = at
+    authority, path = rest[:end], rest[end:]
+    if not authority:
+        raise ValueError(f"'url' names no host or service: {url!r}")
+    if not path.startswith("/"):
+        path = "/" + path
+    scheme = scheme.lower()
+    if scheme == "service":
+        return authority, None, path
+    if scheme in ("http", "https"):
+        return authority, f"{scheme}://{authority}", path
+    raise ValueError(f"'url' scheme must be http, https or service: {url!r}")
+
+
+class Call:
+    """One request as the attempts see it; prepared once, whatever the number of attempts."""
+
+    __slots__ = (
+        "body",
+        "correlation",
+        "failed",
+        "headers",
+        "method",
+        "origin",
+        "path",
+        "resend",
+        "service",
+    )
+
+    correlation: str | None
+    failed: list[Address] | None
+    """The instances that failed an attempt of this call: a retry's pick avoids them."""
+
+    def __init__(  # noqa: PLR0917 - internal, built in one place
+        self,
+        method: str,
+        service: str,
+        origin: str | None,
+        path: str,
+        headers: dict[str, str] | None,
+        body: bytes | None,
+    ) -> None:
+        self.method = method
+        self.service = service
+        self.origin = origin
+        self.path = path
+        self.headers = headers
+        self.body = body
+        self.resend = may_resend(method, headers)
+        self.correlation = correlation_id()
+        self.failed = None
+
+
+def prepare(  # noqa: PLR0917 - internal, called by the clients only
+    method: str,
+    service: str,
+    origin: str | None,
+    path: str,
+    default_headers: Mapping[str, str] | None,
+    params: Params | None,
+    headers: Mapping[str, str] | None,
+    content: bytes | str | None,
+    json: Any,
+) -> Call:
+    """A request for a target already split (``method`` upper case): the query added, header
+    names lower-cased, the body as bytes."""
+    if params:
+        path, hash_, fragment = path.partition("#")  # the query goes before a fragment
+        path += ("&" if "?" in path else "?") + urlencode(params, doseq=True) + hash_ + fragment
+    if not (default_headers or headers) and json is None and content is None:
+        return Call(method, service, origin, path, None, None)  # the common GET
+    merged: dict[str, str] = {}
+    if default_headers:
+        merged.update((k.lower(), v) for k, v in default_headers.items())
+    if headers:
+        merged.update((k.lower(), v) for k, v in headers.items())
+    body: bytes | None
+    if json is not None:
+        if content is not None:
+            raise ValueError("'content' and 'json' are exclusive: pass one body")
+        body = _json.dumps(json, separators=(",", ":")).encode()
+        merged.setdefault("content-type", "application/json")
+    elif isinstance(content, str):
+        body = content.encode()
+    else:
+        body = content
+    return Call(method, service, origin, path, merged or None, body)
+
+
+def origin_of(instance: Address) -> str:
+    """``protocol://host:port`` of a picked instance, an IPv6 host in brackets."""
+    host = f"[{instance.host}]" if ":" in instance.host else instance.host
+    return f"{instance.protocol}://{host}:{instance.port}"
+
+
+def instance_ok(exc: BaseException) -> bool:
+    """Whether an attempt that raised ``exc`` still speaks for its instance (``done(True)``):
+    cancelled (by the caller, or a hedge that answered first), or answered 429/408 (shedding
+    load). Passive ejection counts only connection errors, timeouts and 5xx, like Envoy's
+    consecutive_5xx; the breaker and retry still see every ``AttemptFailed``."""
+    if isinstance(exc, asyncio.CancelledError):
+        return True
+    if not isinstance(exc, AttemptFailed) or exc.kind != "status":
+        return False
+    return getattr(exc.response, "status", 500) < 500
+
+
+def public_error(exc: Exception) -> Exception:
+    """The error a caller sees for ``exc``: internal ``AttemptFailed`` outcomes become
+    ``HTTPStatusError``, ``TransportError`` or ``DeadlineExceeded``; others are unchanged."""
+    if type(exc) is not AttemptFailed:
+        if isinstance(exc, BudgetExhausted) and type(exc.__cause__) is AttemptFailed:
+            exc.__cause__ = public_error(exc.__cause__)
+        return exc
+    cause = exc.__cause__
+    if isinstance(exc.response, Response):
+        public: Exception = HTTPStatusError(exc.response, exc.response.status, exc.response.url)
+    elif exc.kind == "timeout":
+        public = DeadlineExceeded(f"calling {exc.target} timed out")
+    else:
+        detail = "" if cause is None else (str(cause) or type(cause).__name__)
+        public = TransportError(exc.target, exc.kind, detail)
+    public.__cause__ = cause
+    return public
+
+
+def failure_answer(exc: BaseException) -> Response | None:
+    """The failure answer carried by ``exc`` (or by the failure behind a ``BudgetExhausted``)."""
+    if isinstance(exc, BudgetExhausted):
+        exc = exc.__cause__ or exc
+    if type(exc) is AttemptFailed and isinstance(exc.response, Response):
+        return exc.response
+    return None
+
+
+def cache_key(call: Call) -> str | None:
+    """The stale-if-error key of a call: its target, for GETs only."""
+    if call.method != "GET":
+        return None
+    return f"{call.origin or 'service://' + call.service}{call.path}"
+
+
+# -------------------------------------------------------------------------------- the verbs
+
+R = TypeVar("R")
+
+
+class _Verbs(Generic[R]):
+    """``request`` and get/head/options/put/delete/post/patch, written once: each hands its
+    options, positionally, to ``_send``, whose result (``R``) it returns."""
+
+    __slots__ = ()
+
+    def _send(  # noqa: PLR0917 - positional: no dict of keyword arguments per request
+        self,
+        method: str,
+        url: str,
+        params: Params | None,
+        headers: Mapping[str, str] | None,
+        content: bytes | str | None,
+        json: Any,
+        timeout: float | None,
+        fallback: Any,
+    ) -> R:
+        raise NotImplementedError  # pragma: no cover - every client defines it
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Params | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+        fallback: Any = None,
+    ) -> R:
+        """Send a request through the target service's policies.
+
+        ``timeout`` shrinks the deadline for this call (never extends the caller's).
+        ``fallback``: a ``Response``, or a callable given the public error (sync, or async for
+        the async clients), answering when the call fails (a failure answer, an error or a
+        rejection).
+        """
+        return self._send(method.upper(), url, params, headers, content, json, timeout, fallback)
+
+    def get(
+        self,
+        url: str,
+        *,
+        params: Params | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+        fallback: Any = None,
+    ) -> R:
+        """GET ``url`` (idempotent: retried on failure)."""
+        return self._send("GET", url, params, headers, content, json, timeout, fallback)
+
+    def head(
+        self,
+        url: str,
+        *,
+        params: Params | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+        fallback: Any = None,
+    ) -> R:
+        """HEAD ``url`` (idempotent)."""
+        return self._send("HEAD", url, params, headers, content, json, timeout, fallback)
+
+    def options(
+        self,
+        url: str,
+        *,
+        params: Params | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+        fallback: Any = None,
+    ) -> R:
+        """OPTIONS ``url`` (idempotent)."""
+        return self._send("OPTIONS", url, params, headers, content, json, timeout, fallback)
+
+    def put(
+        self,
+        url: str,
+        *,
+        params: Params | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+        fallback: Any = None,
+    ) -> R:
+        """PUT ``url`` (idempotent)."""
+        return self._send("PUT", url, params, headers, content, json, timeout, fallback)
+
+    def delete(
+        self,
+        url: str,
+        *,
+        params: Params | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+        fallback: Any = None,
+    ) -> R:
+        """DELETE ``url`` (idempotent)."""
+        return self._send("DELETE", url, params, headers, content, json, timeout, fallback)
+
+    def post(
+        self,
+        url: str,
+        *,
+        params: Params | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+        fallback: Any = None,
+    ) -> R:
+        """POST ``url``: retried only with an ``Idempotency-Key`` header."""
+        return self._send("POST", url, params, headers, content, json, timeout, fallback)
+
+    def patch(
+        self,
+        url: str,
+        *,
+        params: Params | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+        fallback: Any = None,
+    ) -> R:
+        """PATCH ``url``: retried only with an ``Idempotency-Key`` header."""
+        return self._send("PATCH", url, params, headers, content, json, timeout, fallback)
+
+
+# ---------------------------------------------------------------------------- the shared base
+
+
+class BaseClient:
+    """What both clients share: configuration, the per-service policies, request preparation,
+    the classification of an answer and the give-up path. Not used directly."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        policies: ServicePolicies | None = None,
+        services: Mapping[str, ServicePolicies] | None = None,
+        config: Mapping[str, Any] | str | Path | None = None,
+        resolver: Picker | None = None,
+        headers: Mapping[str, str] | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        keepalive: float = DEFAULT_KEEPALIVE,
+        follow_redirects: bool = False,
+        tracer_provider: object | None = None,
+        clock: Clock = time.monotonic,
+        listeners: Iterable[Listener] = (),
+        allow_hedge: bool = True,
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError(f"'max_connections' must be >= 1: {max_connections!r}")
+        loaded = None if config is None else load_config(config)
+        default = policies or (loaded.default if loaded else ServicePolicies())
+        configured = dict(loaded.services) if loaded else {}
+        configured.update(services or {})
+        self.base_url = base_url
+        self._downstreams = Downstreams(
+            default,
+            configured,
+            loaded.urls if loaded else {},
+            clock=clock,
+            listeners=listeners,
+            allow_hedge=allow_hedge,
+        )
+        self._resolver = resolver
+        self._headers = dict(headers or {})
+        self._max_connections = max_connections
+        self._keepalive = keepalive
+        self._redirects = follow_redirects
+        self._clock = clock
+        self._spans = Spans(tracer_provider, name="interlink.http")
+
+    @property
+    def downstreams(self) -> list[Downstream]:
+        """The services called or configured so far (their live policies)."""
+        return list(self._downstreams)
+
+    def _prepare(  # noqa: PLR0917 - internal, positional for speed
+        self,
+        downstream: Downstream | None,
+        method: str,
+        url: str,
+        params: Params | None,
+        headers: Mapping[str, str] | None,
+        content: bytes | str | None,
+        json: Any,
+    ) -> tuple[Downstream, Call]:
+        """The call's service and request; ``downstream`` is given by a service client, whose
+        ``url`` is then a path of that service."""
+        if downstream is None:
+            name, origin, path = split_target(url, self.base_url)
+            downstream = self._downstreams.get(name)
+        else:  # a path of the service: what splitting "service://name" + url would give
+            origin, path = None, url if url.startswith("/") else "/" + url
+        call = prepare(
+            method, downstream.name, origin, path, self._headers, params, headers, content, json
+        )
+        return downstream, call
+
+    def _no_resolver(self, service: str) -> ValueError:
+        return ValueError(
+            f"'service://{service}' needs a resolver, or a url: "
+            f"client.service({service!r}, url='http://host:port')"
+        )
+
+    @staticmethod
+    def _classify(
+        downstream: Downstream, call: Call, url: str, response: Response, retry_after: str | None
+    ) -> None:
+        """Raise the ``AttemptFailed`` of a failure answer (5xx, 408, 429)."""
+        status = response.status
+        if status >= 500 or status in {429, 408}:  # is_failure_status, inlined
+            raise status_failure(
+                status,
+                retry_after,
+                target=url,
+                response=response,
+                resend=call.resend,
+                max_retry_after=downstream.policies.max_retry_after,
+            )
+
+    @staticmethod
+    def _given_up(downstream: Downstream, call: Call, exc: Exception) -> Response:
+        """What a call the pipeline gave up on answers without a fallback: a fresh stale answer,
+        else the last failure answer; else the public error is raised."""
+        answer = failure_answer(exc)  # before public_error, which rewrites exc's cause
+        error = public_error(exc)
+        key = cache_key(call)
+        if key is not None:
+            stale = downstream.stale(key, error)
+            if stale is not None:
+                return stale.copy_with(source="stale")  # type: ignore[no-any-return]
+        if answer is not None:
+            return answer
+        if error is not exc:
+            error.__suppress_context__ = True
+        raise error
+
+    @staticmethod
+    def _remember(downstream: Downstream, call: Call, response: Response) -> None:
+        if downstream._stale is not None and response.status < 300:
+            key = cache_key(call)
+            if key is not None:
+                downstream.remember(key, response)
+
+
+def _fallback_answer(fallback: Any, error: Exception) -> Any:
+    """A fixed ``Response`` is the answer; a callable is called with the public error."""
+    if isinstance(fallback, Response):
+        return fallback.copy_with(source="fallback")
+    return fallback(error)
+
+
+# ------------------------------------------------------------------------------ AsyncClient
+
+_TIMEOUT_CACHE = 256
+_TARGET_CACHE = 4096
+# header names as multidict keys of their own type, which it need not fold on every insert
+_CORRELATION_KEY = istr(CORRELATION_HEADER)
+_DEADLINE_KEY = istr(DEADLINE_HEADER)
+
+#: Whether this aiohttp has the session attribute that turns its own resend off (it has since
+#: 3.9; read only after this check). Without it, the public ``_refuse_resend`` middleware does.
+RESEND_SWITCH = "_retry_connection" in getattr(aiohttp.ClientSession, "ATTRS", ())
+
+
+class _NotResent(aiohttp.ClientConnectionError):
+    """The connection dropped before the answer; raised instead of aiohttp's own error so that
+    aiohttp does not resend the request (interlink's retry decides)."""
+
+
+async def _refuse_resend(
+    request: aiohttp.ClientRequest,
+    handler: Callable[[aiohttp.ClientRequest], Awaitable[aiohttp.ClientResponse]],
+) -> aiohttp.ClientResponse:
+    """A client middleware: aiohttp resends only after ``ClientOSError`` (but not a connect
+    error) or ``ServerDisconnectedError``, so those leave the handler as ``_NotResent``."""
+    try:
+        return await handler(request)
+    except aiohttp.ClientConnectorError:
+        raise
+    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+        raise _NotResent(str(exc) or type(exc).__name__) from exc
+
+
+def _no_resend_session(resend_switch: bool, **options: Any) -> aiohttp.ClientSession:
+    """An aiohttp session that sends each request once: with ``resend_switch``, through the
+    session's own attribute (nothing per request); otherwise through a public client middleware
+    (one coroutine more per request)."""
+    if resend_switch:
+        session = aiohttp.ClientSession(**options)
+        session._retry_connection = False
+        return session
+    return aiohttp.ClientSession(middlewares=(_refuse_resend,), **options)
+
+
+def _deadline_cancelled() -> bool:
+    """Whether the cancellation being handled is the Timeout policy's, at the deadline: the
+    deadline has passed and the task was cancelled exactly once (anyone else's cancellation,
+    e.g. the caller's or a hedge's, propagates untouched)."""
+    if not expired():
+        return False
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 1
+
+
+class AsyncClient(BaseClient, _Verbs[Coroutine[Any, Any, Response]]):
     """Call HTTP services with per-service policies and context propagation.
 
     ``base_url`` joins relative URLs (``"service://menu"`` or ``"http://host:port"``).
@@ -92,28 +605,21 @@ class AsyncClient(AsyncAttempts, AsyncVerbs):
         clock: Clock = time.monotonic,
         listeners: Iterable[Listener] = (),
     ) -> None:
-        if max_connections < 1:
-            raise ValueError(f"'max_connections' must be >= 1: {max_connections!r}")
-        loaded = None if config is None else load_config(config)
-        default = policies or (loaded.default if loaded else ServicePolicies())
-        configured = dict(loaded.services) if loaded else {}
-        configured.update(services or {})
-        self.base_url = base_url
-        self._services = Services(
-            default,
-            configured,
-            loaded.urls if loaded else {},
+        super().__init__(
+            base_url,
+            policies=policies,
+            services=services,
+            config=config,
+            resolver=resolver,
+            headers=headers,
+            max_connections=max_connections,
+            keepalive=keepalive,
+            follow_redirects=follow_redirects,
+            tracer_provider=tracer_provider,
             clock=clock,
             listeners=listeners,
             allow_hedge=True,
         )
-        self._resolver = resolver
-        self._headers = dict(headers or {})
-        self._max_connections = max_connections
-        self._keepalive = keepalive
-        self._redirects = follow_redirects
-        self._clock = clock
-        self._spans = Spans(tracer_provider, name="interlink.http")
         self._session: aiohttp.ClientSession | None = None
         self._no_timeout = aiohttp.ClientTimeout(total=None)
         # one timeout object per whole-millisecond budget: a call's first attempt nearly always
@@ -122,8 +628,6 @@ class AsyncClient(AsyncAttempts, AsyncVerbs):
         # (origin, path) -> (URL text, URL parsed once); services call the same few URLs
         self._targets: dict[tuple[str, str], tuple[str, URL | str]] = {}
         self._otel = api()
-
-    # -- configuration --------------------------------------------------------------------
 
     def service(
         self,
@@ -135,14 +639,7 @@ class AsyncClient(AsyncAttempts, AsyncVerbs):
         """The client for service ``name`` (``service://name/...``), with its own policies and
         optionally a fixed ``url`` instead of the resolver. Configure each service once;
         asking again (without different settings) returns a client on the same policies."""
-        return AsyncServiceClient(self, self._services.configure(name, policies, url))
-
-    @property
-    def services(self) -> list[Service]:
-        """The services called or configured so far (their live policies)."""
-        return list(self._services)
-
-    # -- calls ----------------------------------------------------------------------------
+        return AsyncServiceClient(self, self._downstreams.configure(name, policies, url))
 
     def _send(  # noqa: PLR0917 - internal, positional for speed
         self,
@@ -159,7 +656,7 @@ class AsyncClient(AsyncAttempts, AsyncVerbs):
 
     async def _call(  # noqa: PLR0917 - internal, positional for speed
         self,
-        service: Service | None,
+        downstream: Downstream | None,
         method: str,
         url: str,
         params: Params | None,
@@ -169,53 +666,182 @@ class AsyncClient(AsyncAttempts, AsyncVerbs):
         timeout: float | None,  # noqa: ASYNC109 - shrinks the deadline, see request()
         fallback: Any,
     ) -> Response:
-        """A whole call; ``service`` is given by a service client, whose ``url`` is then a
-        path of that service. Parsing happens here, not in ``_send``, so that a bad target is
-        raised where the call is awaited, as from any coroutine."""
-        if service is None:
-            name, origin, path = split_target(url, self.base_url)
-            service = self._services.get(name)
-        else:  # a path of the service: what splitting "service://name" + url would give
-            origin, path = None, url if url.startswith("/") else "/" + url
-        call = prepare_parsed(
-            method, service.name, origin, path, self._headers, params, headers, content, json
-        )
-        pipeline = service.pipeline if call.resend else service.unsafe_pipeline
+        """A whole call. Parsing happens here, not in ``_send``, so that a bad target is raised
+        where the call is awaited, as from any coroutine."""
+        downstream, call = self._prepare(downstream, method, url, params, headers, content, json)
+        pipeline = downstream.pipeline if call.resend else downstream.unsafe_pipeline
         try:
             if timeout is None:
-                response: Response = await pipeline.acall(self._attempt, service, call)
+                response: Response = await pipeline.acall(self._attempt, downstream, call)
             else:
                 with deadline(timeout, clock=self._clock):
-                    response = await pipeline.acall(self._attempt, service, call)
+                    response = await pipeline.acall(self._attempt, downstream, call)
         except Exception as exc:
-            return await self._recover(service, call, exc, fallback)
-        if service._stale is not None and response.status < 300:
-            key = cache_key(call)
-            if key is not None:
-                service.remember(key, response)
-        return response
-
-    async def _recover(
-        self, service: Service, call: Call, exc: Exception, fallback: Any
-    ) -> Response:
-        failed, error = outcome(exc, call)
+            failure = exc
+        else:
+            self._remember(downstream, call, response)
+            return response
         if fallback is not None:
-            answer = fallback_answer(fallback, error)
+            answer = _fallback_answer(fallback, public_error(failure))
             if inspect.isawaitable(answer):
                 answer = await answer
             return answer  # type: ignore[no-any-return]
-        key = cache_key(call)
-        if key is not None:
-            stale = service.stale(key, error)
-            if stale is not None:
-                return stale.copy_with(source="stale")  # type: ignore[no-any-return]
-        if failed is not None:
-            return failed
-        if error is not exc:
-            error.__suppress_context__ = True
-        raise error
+        return self._given_up(downstream, call, failure)
 
-    # -- lifecycle ------------------------------------------------------------------------
+    async def _attempt(self, downstream: Downstream, call: Call) -> Response:  # noqa: PLR0915 - flat hot path
+        """One attempt: pick, send, read, classify. Raises ``AttemptFailed`` on a failure."""
+        picked: Picked | None = None
+        origin = call.origin or downstream.url
+        if origin is None:
+            picked = await self._pick(call.service, call.failed)
+            origin = origin_of(picked.instance)
+        target = self._targets.get((origin, call.path)) or self._target_of(origin, call.path)
+        url = target[0]
+        ok = False
+        span = None
+        try:
+            ms = attempt_ms(downstream.policies.attempt_timeout, url)  # sent to the callee
+            # propagation.outgoing_headers(), inlined, into the multidict aiohttp would
+            # otherwise build from a dict
+            correlation = call.correlation
+            headers: CIMultiDict[str]
+            if call.headers is None:
+                headers = CIMultiDict()
+            else:
+                headers = CIMultiDict(call.headers)
+                if CORRELATION_HEADER in headers:
+                    correlation = None  # the caller's own header wins
+            if correlation is not None:
+                headers[_CORRELATION_KEY] = correlation
+            if ms is not None:
+                headers[_DEADLINE_KEY] = str(ms)
+            if self._spans.tracer() is not None:
+                span = self._spans.start_client(
+                    call.method, {"http.request.method": call.method, "url.full": url}
+                )
+            otel = self._otel
+            if otel is not None:  # tracing.inject(), inlined: usually an empty context
+                trace_context = otel.get_current() if span is None else context_of(span)
+                if trace_context:
+                    otel.inject(headers, context=trace_context)
+            session = self._session or self._open()
+            # Arm aiohttp's own timer only when nothing else ends the attempt in time: the
+            # service's Timeout policy already cancels the call at the deadline (with a timer
+            # shared by many calls), and a second timer per request costs more CPU than the
+            # rest of interlink's work together. Its cancellation is turned into this attempt's
+            # timeout below, so the breaker and the retry see it all the same. No timer is the
+            # session's default, so it is passed only to arm one.
+            timer = ms is not None and not (
+                downstream.enforces_deadline and ms < downstream.attempt_ms_floor
+            )
+            try:
+                if timer:
+                    raw = await session.request(
+                        call.method,
+                        target[1],
+                        headers=headers,
+                        data=call.body,
+                        timeout=self._timeouts.get(ms) or self._timeout_of(ms),  # type: ignore[arg-type]
+                        allow_redirects=self._redirects,
+                    )
+                else:
+                    raw = await session.request(
+                        call.method,
+                        target[1],
+                        headers=headers,
+                        data=call.body,
+                        allow_redirects=self._redirects,
+                    )
+                # awaited, not ``async with``: read() releases the connection at the end of the
+                # body, and two coroutine frames per request are saved
+                try:
+                    content = await raw.read()
+                except BaseException:
+                    raw.close()
+                    raise
+                if not raw.closed:
+                    raw.release()
+            except TimeoutError as exc:  # before ClientError: aiohttp's timeouts are both
+                raise AttemptFailed("timeout", url, retryable=call.resend) from exc
+            except aiohttp.ClientConnectorError as exc:
+                raise AttemptFailed("connect", url, retryable=call.resend) from exc
+            except aiohttp.ClientError as exc:
+                raise AttemptFailed("transport", url, retryable=call.resend) from exc
+            except asyncio.CancelledError as exc:
+                if not timer and _deadline_cancelled():
+                    raise AttemptFailed("timeout", url, retryable=call.resend) from exc
+                raise
+            response = Response(raw.status, raw.headers, content, url=url, method=call.method)
+            if span is not None:
+                span.set_attribute("http.response.status_code", raw.status)
+            self._classify(downstream, call, url, response, raw.headers.get("Retry-After"))
+            ok = True
+            return response
+        except BaseException as exc:
+            ok = instance_ok(exc)
+            if span is not None:
+                fail(span, exc if not isinstance(exc, AttemptFailed) else str(exc))
+            raise
+        finally:
+            if span is not None:
+                span.end()
+            if picked is not None:
+                picked.done(ok)
+                if not ok:  # a retry of this call goes elsewhere while it can
+                    if call.failed is None:
+                        call.failed = []
+                    call.failed.append(picked.instance)
+
+    def _target_of(self, origin: str, path: str) -> tuple[str, URL | str]:
+        """The URL of ``origin`` + ``path``, as text and parsed once: aiohttp would parse
+        (or at least hash and look up) the text again on every request. Text yarl refuses
+        stays text, for aiohttp to refuse with its own error."""
+        targets = self._targets
+        if len(targets) >= _TARGET_CACHE:
+            targets.clear()
+        url = origin + path
+        parsed: URL | str
+        try:
+            parsed = URL(url)
+        except ValueError:
+            parsed = url
+        target = targets[origin, path] = (url, parsed)
+        return target
+
+    def _timeout_of(self, ms: int) -> aiohttp.ClientTimeout:
+        if len(self._timeouts) >= _TIMEOUT_CACHE:
+            self._timeouts.clear()
+        timeout = self._timeouts[ms] = aiohttp.ClientTimeout(total=ms / 1000.0)
+        return timeout
+
+    async def _pick(self, service: str, avoid: list[Address] | None) -> Picked:
+        resolver = self._resolver
+        if resolver is None:
+            raise self._no_resolver(service)
+        try:
+            return resolver.pick(service, avoid) if avoid else resolver.pick(service)
+        except NoInstancesError as exc:
+            apick = getattr(resolver, "apick", None)
+            if exc.reason != "unresolved" or apick is None:
+                raise
+        picked: Picked = await (apick(service, avoid) if avoid else apick(service))
+        return picked
+
+    def _open(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections,
+            limit_per_host=0,
+            ttl_dns_cache=300,
+            keepalive_timeout=self._keepalive,
+        )
+        # No cookie jar: a service client must not carry one caller's cookies into another's call.
+        self._session = _no_resend_session(
+            RESEND_SWITCH,
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=self._no_timeout,
+        )
+        return self._session
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -235,22 +861,22 @@ class AsyncClient(AsyncAttempts, AsyncVerbs):
         await self.aclose()
 
 
-class AsyncServiceClient(AsyncVerbs):
+class AsyncServiceClient(_Verbs[Coroutine[Any, Any, Response]]):
     """Requests to one service: paths are relative to ``service://name``.
 
-    ``service`` holds the live policies (``.breaker``, ``.budget``, ``.pipeline``...).
+    ``downstream`` holds the live policies (``.breaker``, ``.budget``, ``.pipeline``...).
     """
 
-    __slots__ = ("_client", "service")
+    __slots__ = ("_client", "downstream")
 
-    def __init__(self, client: AsyncClient, service: Service) -> None:
+    def __init__(self, client: AsyncClient, downstream: Downstream) -> None:
         self._client = client
-        self.service = service
+        self.downstream = downstream
 
     @property
     def name(self) -> str:
         """The service's name."""
-        return self.service.name
+        return self.downstream.name
 
     def _send(  # noqa: PLR0917 - internal, positional for speed
         self,
@@ -263,9 +889,351 @@ class AsyncServiceClient(AsyncVerbs):
         timeout: float | None,
         fallback: Any,
     ) -> Coroutine[Any, Any, Response]:
-        # a path of this service, as ``service://name`` + url would give it; a full URL is the
-        # client's to parse
-        service = None if "://" in url else self.service
+        # a full URL is the client's to parse
+        downstream = None if "://" in url else self.downstream
         return self._client._call(
-            service, method, url, params, headers, content, json, timeout, fallback
+            downstream, method, url, params, headers, content, json, timeout, fallback
+        )
+
+
+# ----------------------------------------------------------------------------------- Client
+
+
+class _Alarms:
+    """One daemon thread that runs actions at given ``time.monotonic()`` times: the blocking
+    client's deadline cut-off for every attempt in flight, without a thread per attempt."""
+
+    def __init__(self) -> None:
+        self._heap: list[list[Any]] = []
+        self._order = itertools.count()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, at: float, action: Callable[[], object]) -> list[Any]:
+        """Run ``action`` at ``at`` unless ``disarm``-ed first; returns the handle."""
+        entry = [at, next(self._order), action]
+        with self._wake:
+            heapq.heappush(self._heap, entry)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="interlink-http-cutoff", daemon=True
+                )
+                self._thread.start()
+            elif self._heap[0] is entry:
+                self._wake.notify()
+        return entry
+
+    @staticmethod
+    def disarm(entry: list[Any]) -> None:
+        """Drop the action of ``entry`` (it is skipped when its time comes)."""
+        entry[2] = None
+
+    def _run(self) -> None:
+        heap = self._heap
+        with self._wake:
+            while True:
+                while heap and heap[0][2] is None:
+                    heapq.heappop(heap)
+                if not heap:
+                    self._wake.wait()
+                    continue
+                delay = heap[0][0] - time.monotonic()
+                if delay > 0:
+                    self._wake.wait(delay)
+                    continue
+                action = heapq.heappop(heap)[2]
+                if action is not None:
+                    self._wake.release()
+                    try:
+                        action()
+                    except Exception:  # a cut-off that fails leaves httpx's timeouts
+                        pass
+                    finally:
+                        self._wake.acquire()
+
+
+_ALARMS = _Alarms()
+
+
+class _Cutoff:
+    """Ends one blocking attempt at its deadline, whatever the server sends: httpx's timeouts
+    bound each socket operation, so a server trickling a byte at a time could hold an attempt
+    for ever. At the deadline the attempt's socket is shut down from the alarm thread, which
+    wakes the read blocked on it; the socket is known from the connection's set-up (httpcore's
+    ``trace`` extension) or, on a pooled connection, from the answer's ``network_stream``."""
+
+    __slots__ = ("_lock", "_stream", "done", "fired")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stream: Any = None
+        self.done = False
+        self.fired = False
+
+    def trace(self, event: str, info: Mapping[str, Any]) -> None:
+        """httpcore's ``trace`` extension: keeps the stream of a new connection."""
+        if event == "connection.connect_tcp.complete":
+            self.attach(info.get("return_value"))
+
+    def attach(self, stream: Any) -> None:
+        """The attempt's network stream (shut at once if the deadline has passed)."""
+        with self._lock:
+            self._stream = stream
+            if self.fired and not self.done:
+                self._shut()
+
+    def fire(self) -> None:
+        """The deadline: shut the attempt's socket unless the attempt is over."""
+        with self._lock:
+            if not self.done:
+                self.fired = True
+                self._shut()
+
+    def finish(self) -> None:
+        """The attempt is over: its connection may go back to the pool untouched."""
+        with self._lock:
+            self.done = True
+
+    def _shut(self) -> None:
+        stream = self._stream
+        sock = None if stream is None else stream.get_extra_info("socket")
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):  # closed already: nothing to wake
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class Client(BaseClient, _Verbs[Response]):
+    """Blocking HTTP calls with per-service policies; the arguments are ``AsyncClient``'s.
+
+    Thread-safe: one client (one pool, one breaker and budget per service) serves every thread.
+    Hedging needs concurrency inside one call, so a ``Client`` refuses ``hedge_delay``; a
+    callable ``fallback`` must be a plain function.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        policies: ServicePolicies | None = None,
+        services: Mapping[str, ServicePolicies] | None = None,
+        config: Mapping[str, Any] | str | Path | None = None,
+        resolver: Picker | None = None,
+        headers: Mapping[str, str] | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        keepalive: float = DEFAULT_KEEPALIVE,
+        follow_redirects: bool = False,
+        tracer_provider: object | None = None,
+        clock: Clock = time.monotonic,
+        listeners: Iterable[Listener] = (),
+    ) -> None:
+        super().__init__(
+            base_url,
+            policies=policies,
+            services=services,
+            config=config,
+            resolver=resolver,
+            headers=headers,
+            max_connections=max_connections,
+            keepalive=keepalive,
+            follow_redirects=follow_redirects,
+            tracer_provider=tracer_provider,
+            clock=clock,
+            listeners=listeners,
+            allow_hedge=False,
+        )
+        self._http = httpx.Client(
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+                keepalive_expiry=keepalive,
+            ),
+            follow_redirects=follow_redirects,
+            timeout=None,
+        )
+
+    def service(
+        self,
+        name: str,
+        *,
+        policies: ServicePolicies | None = None,
+        url: str | None = None,
+    ) -> ServiceClient:
+        """The client for service ``name``; see ``AsyncClient.service``."""
+        return ServiceClient(self, self._downstreams.configure(name, policies, url))
+
+    def _send(  # noqa: PLR0917 - internal, positional like AsyncClient's
+        self,
+        method: str,
+        url: str,
+        params: Params | None,
+        headers: Mapping[str, str] | None,
+        content: bytes | str | None,
+        json: Any,
+        timeout: float | None,
+        fallback: Any,
+    ) -> Response:
+        return self._call(None, method, url, params, headers, content, json, timeout, fallback)
+
+    def _call(  # noqa: PLR0917 - internal, positional like AsyncClient's
+        self,
+        downstream: Downstream | None,
+        method: str,
+        url: str,
+        params: Params | None,
+        headers: Mapping[str, str] | None,
+        content: bytes | str | None,
+        json: Any,
+        timeout: float | None,
+        fallback: Any,
+    ) -> Response:
+        """A whole call; see ``AsyncClient._call``."""
+        downstream, call = self._prepare(downstream, method, url, params, headers, content, json)
+        pipeline = downstream.pipeline if call.resend else downstream.unsafe_pipeline
+        try:
+            if timeout is None:
+                response: Response = pipeline.call(self._attempt, downstream, call)
+            else:
+                with deadline(timeout, clock=self._clock):
+                    response = pipeline.call(self._attempt, downstream, call)
+        except Exception as exc:
+            failure = exc
+        else:
+            self._remember(downstream, call, response)
+            return response
+        if fallback is not None:
+            return _fallback_answer(fallback, public_error(failure))  # type: ignore[no-any-return]
+        return self._given_up(downstream, call, failure)
+
+    def _attempt(self, downstream: Downstream, call: Call) -> Response:
+        """One attempt: pick, send, read, classify. Raises ``AttemptFailed`` on a failure."""
+        picked: Picked | None = None
+        origin = call.origin or downstream.url
+        if origin is None:
+            if self._resolver is None:
+                raise self._no_resolver(call.service)
+            failed = call.failed
+            picked = (
+                self._resolver.pick(call.service, failed)
+                if failed
+                else self._resolver.pick(call.service)
+            )
+            origin = origin_of(picked.instance)
+        url = origin + call.path
+        ok = False
+        span = None
+        try:
+            ms = attempt_ms(downstream.policies.attempt_timeout, url)
+            if self._spans.tracer() is not None:
+                span = self._spans.start_client(
+                    call.method, {"http.request.method": call.method, "url.full": url}
+                )
+            headers = outgoing_headers(
+                call.headers, call.correlation, ms, None if span is None else context_of(span)
+            )
+            status, raw_headers, content = self._exchange(call, url, headers, ms)
+            response = Response(status, raw_headers, content, url=url, method=call.method)
+            if span is not None:
+                span.set_attribute("http.response.status_code", status)
+            self._classify(downstream, call, url, response, raw_headers.get("retry-after"))
+            ok = True
+            return response
+        except BaseException as exc:
+            ok = instance_ok(exc)
+            if span is not None:
+                fail(span, exc if not isinstance(exc, AttemptFailed) else str(exc))
+            raise
+        finally:
+            if span is not None:
+                span.end()
+            if picked is not None:
+                picked.done(ok)
+                if not ok:  # a retry of this call goes elsewhere while it can
+                    if call.failed is None:
+                        call.failed = []
+                    call.failed.append(picked.instance)
+
+    def _exchange(
+        self, call: Call, url: str, headers: dict[str, str], ms: int | None
+    ) -> tuple[int, httpx.Headers, bytes]:
+        """Send and read the whole answer within ``ms`` (None: no limit); raises the attempt's
+        ``AttemptFailed`` for a transport failure or a timeout."""
+        cutoff = alarm = None
+        extensions: dict[str, Any] = {}
+        if ms is not None:
+            cutoff = _Cutoff()
+            extensions["trace"] = cutoff.trace
+            alarm = _ALARMS.arm(time.monotonic() + ms / 1000.0, cutoff.fire)
+        try:
+            request = self._http.build_request(
+                call.method,
+                url,
+                headers=headers,
+                content=call.body,
+                timeout=None if ms is None else ms / 1000.0,
+                extensions=extensions,
+            )
+            raw = self._http.send(request, stream=True)
+            try:
+                if cutoff is not None:
+                    cutoff.attach(raw.extensions.get("network_stream"))
+                content = raw.read()
+            finally:
+                raw.close()
+        except httpx.TimeoutException as exc:
+            raise AttemptFailed("timeout", url, retryable=call.resend) from exc
+        except httpx.TransportError as exc:
+            if cutoff is not None and cutoff.fired:
+                raise AttemptFailed("timeout", url, retryable=call.resend) from exc
+            kind = "connect" if isinstance(exc, httpx.ConnectError) else "transport"
+            raise AttemptFailed(kind, url, retryable=call.resend) from exc
+        finally:
+            if cutoff is not None:
+                cutoff.finish()
+                _ALARMS.disarm(alarm)  # type: ignore[arg-type]
+        return raw.status_code, raw.headers, content
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ServiceClient(_Verbs[Response]):
+    """Blocking requests to one service: paths are relative to ``service://name``."""
+
+    __slots__ = ("_client", "downstream")
+
+    def __init__(self, client: Client, downstream: Downstream) -> None:
+        self._client = client
+        self.downstream = downstream
+
+    @property
+    def name(self) -> str:
+        """The service's name."""
+        return self.downstream.name
+
+    def _send(  # noqa: PLR0917 - internal, positional like AsyncClient's
+        self,
+        method: str,
+        url: str,
+        params: Params | None,
+        headers: Mapping[str, str] | None,
+        content: bytes | str | None,
+        json: Any,
+        timeout: float | None,
+        fallback: Any,
+    ) -> Response:
+        downstream = None if "://" in url else self.downstream
+        return self._client._call(
+            downstream, method, url, params, headers, content, json, timeout, fallback
         )

@@ -28,6 +28,7 @@ __all__ = [
     "CORRELATION_HEADER",
     "DEADLINE_HEADER",
     "MAX_TIMEOUT_DIGITS",
+    "MAX_TIMEOUT_MS",
     "attempt_ms",
     "outgoing_headers",
     "parse_timeout_ms",
@@ -35,11 +36,16 @@ __all__ = [
 
 #: Ten digits of milliseconds is over 115 days: a longer value is garbage, not a deadline.
 MAX_TIMEOUT_DIGITS = 10
+#: The most ``x-request-timeout-ms`` a client sends: what the middleware accepts.
+MAX_TIMEOUT_MS = 10**MAX_TIMEOUT_DIGITS - 1
+_MAX_TIMEOUT_S = MAX_TIMEOUT_MS / 1000.0
 
 
 def attempt_ms(attempt_timeout: float | None, what: str) -> int | None:
     """Whole milliseconds this attempt may take: the lesser of the current deadline's remaining
-    time and ``attempt_timeout``, rounded down (None when neither is set).
+    time and ``attempt_timeout``, rounded down (None when neither is set), and at most
+    ``MAX_TIMEOUT_MS``: a longer budget (``deadline(1e8)``) is sent as the longest value the
+    callee's middleware accepts, not refused there.
 
     Rounded down so that the callee never believes it has more time than the caller will wait,
     and so that the clients can reuse one timeout object per value. Raises ``DeadlineExceeded``
@@ -53,7 +59,7 @@ def attempt_ms(attempt_timeout: float | None, what: str) -> int | None:
         left = attempt_timeout
     elif attempt_timeout is not None and attempt_timeout < left:
         left = attempt_timeout
-    ms = int(left * 1000.0)
+    ms = int(left * 1000.0) if left < _MAX_TIMEOUT_S else MAX_TIMEOUT_MS
     if ms < 1:
         raise DeadlineExceeded(f"no time left to call {what}", 0.0)
     return ms

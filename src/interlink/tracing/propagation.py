@@ -6,21 +6,80 @@ trace stays whole across services that do not all run an SDK. The checks that ma
 case free: the API is imported once (``functools.cache``), and an empty current context (no span,
 no baggage: the API's state whenever nothing was extracted or started) is skipped before the
 propagator is asked.
+
+A malformed incoming ``traceparent``/``tracestate``/``baggage`` is the caller's garbage, and the
+API's propagators log it at WARNING, the whole header in each line (a 10 KB baggage is a 10 KB
+line), on every request. Once the API is loaded, their loggers pass each message at most once
+per ``WARNING_INTERVAL`` seconds, with the header cut to ``WARNING_WIDTH`` characters and a count
+of the lines dropped since (``BoundedWarnings``).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TRACE_HEADERS", "api", "extract", "inject", "use_context"]
+__all__ = ["TRACE_HEADERS", "BoundedWarnings", "api", "extract", "inject", "use_context"]
 
 #: The headers (lower case) the default OpenTelemetry propagators read and write.
 TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
+#: The loggers of the API's propagators, which log malformed incoming headers.
+PROPAGATOR_LOGGERS = (
+    "opentelemetry.baggage.propagation",
+    "opentelemetry.trace.propagation.tracecontext",
+)
+#: Seconds between two lines of the same propagator warning.
+WARNING_INTERVAL = 10.0
+#: Characters of an incoming header shown in a propagator warning.
+WARNING_WIDTH = 64
+
+
+class BoundedWarnings(logging.Filter):
+    """A logging filter that lets each message (by its format string) through at most once per
+    ``interval`` seconds, its string arguments cut to ``width`` characters, and says how many
+    lines like it were dropped in between."""
+
+    def __init__(
+        self,
+        interval: float = WARNING_INTERVAL,
+        width: int = WARNING_WIDTH,
+        clock: Any = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.interval = interval
+        self.width = width
+        self._clock = clock
+        self._last: dict[object, float] = {}
+        self._dropped: dict[object, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Pass, shortened, or drop ``record``."""
+        key = record.msg
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._dropped[key] = self._dropped.get(key, 0) + 1
+            return False
+        if len(self._last) > 1000:  # a few templates in practice; never grows without bound
+            self._last.clear()
+        self._last[key] = now
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._cut(arg) for arg in record.args)
+        dropped = self._dropped.pop(key, 0)
+        if dropped:
+            record.msg = f"{record.msg} ({dropped} more like it in the last {self.interval:g} s)"
+        return True
+
+    def _cut(self, arg: object) -> object:
+        if isinstance(arg, str | bytes) and len(arg) > self.width:
+            return f"{arg[: self.width]!r}... ({len(arg)} characters)"
+        return arg
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +103,10 @@ def api() -> _Api | None:
     except ImportError:
         return None
     direct = hasattr(trace, "_TRACER_PROVIDER") and "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ
+    for name in PROPAGATOR_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, BoundedWarnings) for f in logger.filters):
+            logger.addFilter(BoundedWarnings())
     return _Api(
         get_current=context.get_current,
         attach=context.attach,
