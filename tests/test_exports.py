@@ -141,3 +141,25 @@ def test_discovery_surface_is_pinned() -> None:
     assert issubclass(discovery.NoInstancesError, InterlinkError)
     assert issubclass(discovery.InvalidURLError, InterlinkError)
     assert issubclass(discovery.InvalidURLError, ValueError)
+
+
+HTTP = [
+    "AsyncClient",
+    "AsyncServiceClient",
+    "Client",
+    "Downstream",
+    "InterlinkMiddleware",
+    "Response",
+    "ServiceClient",
+    "ServiceConfig",
+    "ServicePolicies",
+    "load_config",
+]
+
+
+def test_http_surface_is_pinned() -> None:
+    """interlink.http exports exactly its documented names, sorted."""
+    from interlink import http
+
+    assert http.__all__ == HTTP
+    assert all(getattr(http, name) is not None for name in HTTP)
