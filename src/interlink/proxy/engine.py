@@ -1,0 +1,576 @@
+"""The proxy engine: route, filter (auth, limits), forward through the route's policies,
+stream the answer back.
+
+``Proxy`` serves a ``RouteTable``; ``proxy.table = new_table`` swaps the whole table in one
+assignment, so a reload is atomic: a request reads the table once when it starts and finishes on
+it, new requests see the new one. For each request::
+
+    parse (http1) -> correlation id + trace -> route (router) -> CORS preflight
+      -> auth (auth) -> rate limits (limits)
+      -> route policies (interlink.resilience.Pipeline: timeout, retry + budget, breaker,
+         bulkhead) around one attempt: choose an instance (upstreams), take a pooled
+         connection (upstream), send the head and body, wait for the response head
+      -> stream the response body back, echoing x-request-id and traceparent
+
+Retries happen only when it is safe: the attempt failed before the upstream answered or it
+answered 502/503/504, and the request can be sent again (no body, or a small body that arrived
+whole, and an idempotent method — or nothing was sent at all). The client's own deadline
+(``x-request-timeout-ms``) caps the route's timeout and travels upstream, shrunk by the time
+spent here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from interlink.context import CORRELATION_HEADER, DEADLINE_HEADER, new_correlation_id
+from interlink.context import valid_correlation_id as _valid_id
+from interlink.errors import (
+    BudgetExhausted,
+    BulkheadFull,
+    CircuitOpenError,
+    DeadlineExceeded,
+    RateLimited,
+)
+from interlink.proxy.auth import Authenticator, Requirement
+from interlink.proxy.errors import ProxyError
+from interlink.proxy.http1 import Body, ClientGone, Limits, Request, ServerConnection
+from interlink.proxy.limits import Limiter, LimitRule
+from interlink.proxy.metrics import ProxyMetrics
+from interlink.proxy.router import Match, Router
+from interlink.proxy.upstream import ResponseHead, UpstreamConnection, UpstreamFailure, UpstreamPool
+from interlink.proxy.upstreams import Upstream
+from interlink.resilience import Pipeline, deadline, remaining
+
+__all__ = ["HOP_BY_HOP", "Cors", "Proxy", "RouteSpec", "RouteTable"]
+
+#: Headers that describe one connection, not the message: never forwarded either way.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_NOT_FORWARDED = HOP_BY_HOP | {
+    "content-length",
+    CORRELATION_HEADER,
+    "traceparent",
+    DEADLINE_HEADER,
+    "x-forwarded-host",
+    "x-forwarded-proto",
+}
+_ECHOED = frozenset({CORRELATION_HEADER, "traceparent"})
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_RETRY_STATUSES = frozenset({502, 503, 504})
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+#: Translates a matched request itself instead of proxying it (REST -> gRPC):
+#: ``(request, match, upstream_headers) -> (status, headers, body)``.
+Translator = Callable[
+    [Request, Match[Any], list[tuple[str, str]]],
+    Awaitable[tuple[int, list[tuple[str, str]], bytes]],
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cors:
+    """Cross-origin rules: which origins may call, with which methods and headers."""
+
+    allow_origins: frozenset[str] = frozenset()
+    allow_methods: tuple[str, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE")
+    allow_headers: tuple[str, ...] = ("authorization", "content-type", "x-api-key", "x-request-id")
+    expose_headers: tuple[str, ...] = ("x-request-id", "traceparent", "retry-after")
+    allow_credentials: bool = False
+    max_age: int = 600
+
+    def origin_allowed(self, origin: str) -> bool:
+        """Whether ``origin`` may call."""
+        return "*" in self.allow_origins or origin in self.allow_origins
+
+    def headers(self, origin: str, preflight: bool) -> list[tuple[str, str]]:
+        """The ``Access-Control-*`` headers answering ``origin``."""
+        allowed = "*" if "*" in self.allow_origins and not self.allow_credentials else origin
+        out = [("access-control-allow-origin", allowed), ("vary", "origin")]
+        if self.allow_credentials:
+            out.append(("access-control-allow-credentials", "true"))
+        if preflight:
+            out += [
+                ("access-control-allow-methods", ", ".join(self.allow_methods)),
+                ("access-control-allow-headers", ", ".join(self.allow_headers)),
+                ("access-control-max-age", str(self.max_age)),
+            ]
+        elif self.expose_headers:
+            out.append(("access-control-expose-headers", ", ".join(self.expose_headers)))
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteSpec:
+    """What happens to a request once it matched a route."""
+
+    name: str
+    upstream: Upstream | None = None
+    pipeline: Pipeline | None = None
+    auth: Requirement | None = None
+    limits: tuple[LimitRule, ...] = ()
+    preserve_host: bool = False
+    cors: bool = False
+    translator: Translator | None = None
+    breaker: Any = None
+
+    def __post_init__(self) -> None:
+        if (self.upstream is None) == (self.translator is None):
+            raise ValueError(
+                f"route {self.name!r} needs exactly one of an upstream or a translator"
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteTable:
+    """Everything a reload replaces at once: routes, credentials, limits, CORS."""
+
+    router: Router[RouteSpec]
+    authenticator: Authenticator | None = None
+    limiter: Limiter | None = None
+    cors: Cors = field(default_factory=Cors)
+    identity_prefix: str = "x-auth-"
+
+
+class _Answered(Exception):
+    """An upstream answer the policies count as a failure (5xx); relayed if it is the last."""
+
+    def __init__(self, conn: UpstreamConnection, head: ResponseHead, retriable: bool) -> None:
+        super().__init__(f"upstream answered {head.status}")
+        self.conn = conn
+        self.head = head
+        self.retriable = retriable
+
+
+def _retriable(error: BaseException) -> bool:
+    return bool(getattr(error, "retriable", False))
+
+
+def _trace(incoming: str | None) -> str:
+    """The W3C ``traceparent`` of the gateway's hop: it continues the client's trace (a new
+    span id, the client's as parent) or starts one."""
+    span = os.urandom(8).hex()
+    if incoming is not None:
+        found = _TRACEPARENT.match(incoming.strip())
+        if found and found.group(1) != "0" * 32 and found.group(2) != "0" * 16:
+            return f"00-{found.group(1)}-{span}-{found.group(3)}"
+    return f"00-{os.urandom(16).hex()}-{span}-01"
+
+
+class _Exchange:
+    """One request on its way through the engine: what every step reads and adds to."""
+
+    __slots__ = (
+        "conn",
+        "echo",
+        "match",
+        "request",
+        "request_id",
+        "route",
+        "streamed",
+        "table",
+        "traceparent",
+        "upstream_headers",
+    )
+
+    def __init__(self, request: Request, conn: ServerConnection, table: RouteTable) -> None:
+        self.request = request
+        self.conn = conn
+        self.table = table
+        incoming = request.header(CORRELATION_HEADER)
+        self.request_id = (
+            incoming if incoming is not None and _valid_id(incoming) else new_correlation_id()
+        )
+        self.traceparent = _trace(request.header("traceparent"))
+        #: headers for the client's response: correlation id, trace, CORS, rate limits
+        self.echo = [(CORRELATION_HEADER, self.request_id), ("traceparent", self.traceparent)]
+        #: headers added for the upstream: the identity
+        self.upstream_headers: list[tuple[str, str]] = []
+        self.match: Match[RouteSpec] | None = None
+        self.route: RouteSpec | None = None
+        self.streamed = False
+
+    @property
+    def replayable(self) -> bool:
+        """Whether the request can be sent again: no body, or a kept one not yet streamed."""
+        request = self.request
+        return not request.has_body or (request.body.replayable and not self.streamed)
+
+
+class Proxy:
+    """Serves a ``RouteTable`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        table: RouteTable,
+        *,
+        limits: Limits | None = None,
+        pool: UpstreamPool | None = None,
+        metrics: ProxyMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.table = table
+        self.limits = limits or Limits()
+        self.pool = pool or UpstreamPool()
+        self.metrics = metrics or ProxyMetrics()
+        self.metrics.breaker_states = self._breaker_states
+        self._clock = clock
+        self.in_flight = 0
+
+    def _breaker_states(self) -> list[tuple[str, str]]:
+        out = []
+        for route in self.table.router.routes:
+            breaker = route.target.breaker
+            if breaker is not None:
+                out.append((route.name, breaker.state.value))
+        return out
+
+    def connection(self) -> ServerConnection:
+        """A protocol for one accepted client connection."""
+        return ServerConnection(self.handle, self.limits)
+
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        reuse_port: bool = False,
+        sock: socket.socket | None = None,
+    ) -> asyncio.Server:
+        """Listen on ``host:port`` (or ``sock``); returns the started server."""
+        loop = asyncio.get_running_loop()
+        if sock is not None:
+            return await loop.create_server(self.connection, sock=sock, backlog=1024)
+        return await loop.create_server(
+            self.connection, host, port, reuse_port=reuse_port or None, backlog=1024
+        )
+
+    # ------------------------------------------------------------------ one request
+
+    async def handle(self, request: Request, conn: ServerConnection) -> None:
+        """Answer one request (called by ``ServerConnection``)."""
+        started = self._clock()
+        ex = _Exchange(request, conn, self.table)  # the table is read once: reloads are atomic
+        self.in_flight += 1
+        try:
+            if await self._admit(ex):
+                await self._forward(ex)
+        except ProxyError as error:
+            route = ex.route.name if ex.route is not None else "-"
+            if error.status in (502, 503, 504):
+                self.metrics.upstream_error(route, error.reason)
+            if conn.started:
+                conn.abort()
+            else:
+                conn.respond_error(error, ex.request_id, ex.echo[1:])
+        except ClientGone:
+            conn.abort()
+        finally:
+            self.in_flight -= 1
+            route = ex.route.name if ex.route is not None else "-"
+            self.metrics.observe(route, conn.status or 499, self._clock() - started)
+
+    async def _admit(self, ex: _Exchange) -> bool:
+        """Route, CORS, auth and rate limits; False when the request is already answered."""
+        request, table = ex.request, ex.table
+        origin = request.header("origin")
+        method = request.method
+        asked = request.header("access-control-request-method")
+        preflight = method == "OPTIONS" and origin is not None and asked is not None
+        if preflight:
+            method = (asked or "").upper()
+        match = table.router.match(
+            method, request.header("host") or "", request.target, dict(reversed(request.headers))
+        )
+        ex.match = match
+        route = ex.route = match.route.target
+        if route.cors and origin is not None and table.cors.origin_allowed(origin):
+            cors_headers = table.cors.headers(origin, preflight)
+            if preflight:
+                ex.conn.start(204, [*cors_headers, *ex.echo, ("content-length", "0")])
+                return False
+            ex.echo += cors_headers
+        consumer: str | None = None
+        if route.auth is not None:
+            authenticator = table.authenticator
+            if authenticator is None:
+                raise ProxyError("auth_invalid", "no credentials are configured")
+            identity = await authenticator.authenticate(
+                route.auth,
+                request.header("authorization"),
+                request.header(authenticator.api_key_header),
+            )
+            consumer = identity.subject
+            ex.upstream_headers += identity.headers(table.identity_prefix)
+        if route.limits and table.limiter is not None:
+            try:
+                ex.echo += await table.limiter.check(
+                    route.limits, route.name, consumer, request.client
+                )
+            except ProxyError as error:
+                if error.reason == "rate_limited":
+                    self.metrics.rejected(route.name)
+                raise
+        return True
+
+    async def _forward(self, ex: _Exchange) -> None:
+        route, request = ex.route, ex.request
+        assert route is not None
+        client_ms = request.header(DEADLINE_HEADER)
+        client_seconds: float | None = None
+        if client_ms is not None:
+            try:
+                client_seconds = max(0.001, int(client_ms) / 1000)
+            except ValueError:
+                raise ProxyError("bad_request", f"'{DEADLINE_HEADER}' must be an integer") from None
+        if route.translator is not None:
+            assert ex.match is not None
+            with deadline(client_seconds):
+                status, headers, body = await route.translator(
+                    request, ex.match, ex.upstream_headers
+                )
+            ex.conn.start(status, [*headers, *ex.echo, ("content-length", str(len(body)))])
+            ex.conn.write(body)
+            return
+        try:
+            with deadline(client_seconds):
+                if route.pipeline is not None:
+                    conn_up, head = await route.pipeline.acall(self._attempt, ex)
+                else:
+                    conn_up, head = await self._attempt(ex)
+        except _Answered as answered:
+            conn_up, head = answered.conn, answered.head
+        except UpstreamFailure as failure:
+            raise failure.to_error() from None
+        except CircuitOpenError:
+            raise ProxyError("circuit_open", "the upstream's circuit breaker is open") from None
+        except BulkheadFull:
+            raise ProxyError(
+                "bulkhead_full", "too many requests to this upstream at once"
+            ) from None
+        except RateLimited:
+            raise ProxyError("rate_limited", "the route's rate limit is reached") from None
+        except BudgetExhausted as exhausted:
+            cause = exhausted.__cause__
+            if isinstance(cause, _Answered):
+                conn_up, head = cause.conn, cause.head
+            elif isinstance(cause, UpstreamFailure):
+                raise cause.to_error() from None
+            else:
+                raise ProxyError("upstream_reset", "retries are spent") from None
+        except (DeadlineExceeded, TimeoutError):
+            raise ProxyError("upstream_timeout", "the upstream did not answer in time") from None
+        await self._relay(ex, conn_up, head)
+
+    async def _attempt(self, ex: _Exchange) -> tuple[UpstreamConnection, ResponseHead]:
+        """One try: choose an instance, send, wait for the head. A dead pooled connection is
+        replaced once without counting as a retry."""
+        route = ex.route
+        assert route is not None
+        assert route.upstream is not None
+        idempotent = ex.request.method in _IDEMPOTENT
+        target = await route.upstream.choose()
+        ok = False
+        try:
+            for fresh in (False, True):
+                conn_up = await self.pool.acquire(target.host, target.port)
+                try:
+                    head = await self._exchange(ex, conn_up, f"{target.host}:{target.port}")
+                except UpstreamFailure as failure:
+                    conn_up.abort()
+                    replayable = ex.replayable
+                    if failure.stale and not fresh and replayable:
+                        continue  # the upstream had closed the pooled connection: resend
+                    failure.retriable = failure.reason == "upstream_connect_refused" or (
+                        idempotent and replayable
+                    )
+                    self.metrics.upstream_error(route.name, failure.reason)
+                    raise
+                except BaseException:
+                    conn_up.abort()
+                    raise
+                if head.status >= 500:
+                    retriable = head.status in _RETRY_STATUSES and idempotent and ex.replayable
+                    raise _Answered(conn_up, head, retriable)
+                ok = True
+                return conn_up, head
+            raise UpstreamFailure("upstream_reset", "the upstream closed the connection")
+        finally:
+            target.done(ok)
+
+    def _upstream_head(self, ex: _Exchange, host: str) -> list[str]:
+        """The request line and headers for the upstream (without framing headers)."""
+        request, route, table, match = ex.request, ex.route, ex.table, ex.match
+        assert route is not None
+        assert match is not None
+        connection_tokens = {
+            t.strip().lower() for k, v in request.headers if k == "connection" for t in v.split(",")
+        }
+        prefix = table.identity_prefix
+        lines = [f"{request.method} {match.upstream_path} HTTP/1.1\r\n"]
+        forwarded_for = request.client
+        original_host = ""
+        for name, value in request.headers:
+            if name in _NOT_FORWARDED or name in connection_tokens or name.startswith(prefix):
+                continue
+            if name == "host":
+                original_host = value
+                if not route.preserve_host:
+                    continue
+            elif name == "x-forwarded-for":
+                forwarded_for = f"{value}, {request.client}"
+                continue
+            lines.append(f"{name}: {value}\r\n")
+        if not route.preserve_host:
+            lines.append(f"host: {host}\r\n")
+        lines.append(f"x-forwarded-for: {forwarded_for}\r\nx-forwarded-proto: http\r\n")
+        if original_host:
+            lines.append(f"x-forwarded-host: {original_host}\r\n")
+        lines.append(f"{CORRELATION_HEADER}: {ex.request_id}\r\ntraceparent: {ex.traceparent}\r\n")
+        for name, value in ex.upstream_headers:
+            lines.append(f"{name}: {value}\r\n")
+        if request.upgrade:
+            lines.append(f"connection: upgrade\r\nupgrade: {request.header('upgrade')}\r\n")
+        left = remaining()
+        if left is not None:
+            lines.append(f"{DEADLINE_HEADER}: {max(1, int(left * 1000))}\r\n")
+        return lines
+
+    async def _exchange(
+        self, ex: _Exchange, conn_up: UpstreamConnection, host: str
+    ) -> ResponseHead:
+        """Send the request on ``conn_up`` and wait for the response head."""
+        request = ex.request
+        lines = self._upstream_head(ex, host)
+        head_only = request.method == "HEAD"
+        body = request.body
+        if not request.has_body:
+            lines.append("\r\n")
+            conn_up.send("".join(lines).encode("latin-1"), head_only=head_only)
+            return await conn_up.response()
+        if body.replayable and not ex.streamed:
+            data = body.kept()
+            lines.append(f"content-length: {len(data)}\r\n\r\n")
+            conn_up.send("".join(lines).encode("latin-1") + data, head_only=head_only)
+            return await conn_up.response()
+        # a body still arriving (or too big to keep): send the head, pump the body meanwhile
+        length = request.header("content-length")
+        chunked = not length
+        lines.append(
+            "transfer-encoding: chunked\r\n\r\n" if chunked else f"content-length: {length}\r\n\r\n"
+        )
+        conn_up.send("".join(lines).encode("latin-1"), head_only=head_only)
+        ex.streamed = True
+        pumping = asyncio.ensure_future(_pump(body, conn_up, chunked))
+        head_waiter = asyncio.ensure_future(conn_up.response())
+        try:
+            await asyncio.wait({pumping, head_waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if pumping.done() and pumping.exception() is not None:
+                raise pumping.exception()  # type: ignore[misc]
+            head = await head_waiter
+            if not pumping.done():
+                if head.status >= 400:
+                    pumping.cancel()  # the upstream answered early: the rest is not wanted
+                else:
+                    await pumping
+            return head
+        finally:
+            pumping.cancel()
+            head_waiter.cancel()
+
+    async def _relay(self, ex: _Exchange, conn_up: UpstreamConnection, head: ResponseHead) -> None:
+        """Stream the upstream's answer to the client."""
+        conn = ex.conn
+        tokens = {
+            t.strip().lower() for k, v in head.headers if k == "connection" for t in v.split(",")
+        }
+        headers = [
+            (k, v)
+            for k, v in head.headers
+            if k not in HOP_BY_HOP and k not in tokens and k not in _ECHOED
+        ]
+        if head.upgrade and ex.request.upgrade:
+            await self._tunnel(conn, conn_up, head, headers + ex.echo)
+            return
+        conn.start(head.status, headers + ex.echo)
+        conn.set_producer(conn_up.transport)
+
+        def sink(data: bytes) -> None:
+            if data:
+                conn.write(data)
+            else:
+                conn.end()
+
+        try:
+            await conn_up.stream_to(sink)
+        except UpstreamFailure:
+            conn.abort()  # mid-body: the client must see a broken response, not a short one
+            conn_up.abort()
+            return
+        finally:
+            conn.set_producer(None)
+        if ex.request.body.complete:
+            self.pool.release(conn_up)
+        else:
+            conn_up.abort()
+
+    async def _tunnel(
+        self,
+        conn: ServerConnection,
+        conn_up: UpstreamConnection,
+        head: ResponseHead,
+        headers: list[tuple[str, str]],
+    ) -> None:
+        upgrade = next((v for k, v in head.headers if k == "upgrade"), "websocket")
+        conn.start(101, [("connection", "upgrade"), ("upgrade", upgrade), *headers])
+        finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def from_client(data: bytes) -> None:
+            if data:
+                conn_up.write(data)
+            elif not finished.done():
+                finished.set_result(None)
+
+        def from_upstream(data: bytes) -> None:
+            if data:
+                conn.send_raw(data)
+            elif not finished.done():
+                finished.set_result(None)
+
+        early = conn_up.tunnel(from_upstream)
+        if early:
+            conn.send_raw(early)
+        rest = conn.tunnel(from_client)
+        if rest:
+            conn_up.write(rest)
+        try:
+            await finished
+        finally:
+            conn_up.abort()
+            conn.close()
+
+
+async def _pump(body: Body, conn_up: UpstreamConnection, chunked: bool) -> None:
+    async for chunk in body:
+        conn_up.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+        await conn_up.drain()
+    if chunked:
+        conn_up.write(b"0\r\n\r\n")

@@ -1,0 +1,605 @@
+"""The client side of the proxy: HTTP/1.1 parsed by llhttp (``httptools``), on an asyncio
+``Protocol`` — no framework in between.
+
+One ``ServerConnection`` per accepted socket. It enforces the limits that protect the proxy
+before any routing happens:
+
+- the request head (line + headers) must arrive within ``head_timeout`` seconds and hold at most
+  ``max_header_bytes`` (else 408 / 431): a slow-loris client cannot hold a connection open by
+  trickling bytes;
+- a body may not exceed ``max_body_bytes`` (413, as soon as a ``Content-Length`` announces it or
+  the streamed bytes pass it), and must keep arriving (``body_timeout`` between chunks);
+- a request whose length is ambiguous (two ``Content-Length`` headers, ``Content-Length`` with
+  ``Transfer-Encoding``, a ``Transfer-Encoding`` other than ``chunked``) is refused with 400
+  ``ambiguous_length`` and the connection closed: that ambiguity is how requests are smuggled
+  past a proxy.
+
+Requests are handed to ``handler(request, connection)`` one at a time per connection (pipelined
+requests wait their turn, so responses leave in order). Bodies stream both ways: the handler
+reads ``request.body`` chunk by chunk while the client sends it, and writes the response with
+``start``/``write``/``end``, with back-pressure in both directions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import httptools
+
+from interlink.context import new_correlation_id
+from interlink.proxy.errors import ProxyError, error_body, status_text
+
+__all__ = ["Body", "ClientGone", "Limits", "Request", "ServerConnection"]
+
+_HIGH_WATER = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """What one client connection may cost the proxy (sizes in bytes, times in seconds)."""
+
+    max_header_bytes: int = 16 * 1024
+    max_body_bytes: int = 10 * 1024 * 1024
+    head_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keepalive_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_header_bytes", "max_body_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"'{name}' must be a positive integer: {value!r}")
+        for name in ("head_timeout", "body_timeout", "keepalive_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value <= 0:
+                raise ValueError(f"'{name}' must be a positive number of seconds: {value!r}")
+
+
+class ClientGone(Exception):
+    """The client closed its connection (or broke the protocol) while its body was read."""
+
+
+class Body:
+    """A request body as it arrives: ``async for chunk in body``.
+
+    Chunks up to ``replay_limit`` bytes in total are also kept, so a body that arrived whole
+    and small can be sent again on a retry (``replayable``).
+    """
+
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_error",
+        "_kept",
+        "_kept_size",
+        "_queued",
+        "_waiter",
+        "complete",
+        "consumed",
+        "received",
+        "replay_limit",
+    )
+
+    def __init__(self, conn: ServerConnection, replay_limit: int = 64 * 1024) -> None:
+        self._conn = conn
+        self._chunks: deque[bytes] = deque()
+        self._queued = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self._kept: list[bytes] | None = []
+        self._kept_size = 0
+        self.complete = False
+        self.consumed = False
+        self.received = 0
+        self.replay_limit = replay_limit
+
+    @property
+    def replayable(self) -> bool:
+        """Whether the whole body arrived and was kept: it can be sent more than once."""
+        return self.complete and self._kept is not None
+
+    def kept(self) -> bytes:
+        """The whole body, when ``replayable``."""
+        if self._kept is None or not self.complete:
+            raise RuntimeError("the body is not replayable")
+        return b"".join(self._kept)
+
+    def _feed(self, data: bytes) -> None:
+        self.received += len(data)
+        self._chunks.append(data)
+        self._queued += len(data)
+        kept = self._kept
+        if kept is not None:
+            self._kept_size += len(data)
+            if self._kept_size > self.replay_limit:
+                self._kept = None
+            else:
+                kept.append(data)
+        if self._queued > _HIGH_WATER:
+            self._conn._pause_reading()
+        self._wake()
+
+    def _finish(self) -> None:
+        self.complete = True
+        self._wake()
+
+    def _fail(self, error: BaseException) -> None:
+        if not self.complete:
+            self._error = error
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def read(self) -> bytes:
+        """The next chunk, or ``b""`` at the end. Raises ``ClientGone`` or the ``ProxyError``
+        that ended the body (too large, too slow)."""
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._queued -= len(chunk)
+                if self._queued <= _HIGH_WATER // 2:
+                    self._conn._resume_reading()
+                return chunk
+            if self._error is not None:
+                raise self._error
+            if self.complete:
+                self.consumed = True
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while chunk := await self.read():
+            yield chunk
+
+
+class Request:
+    """One parsed request head, and its body as it streams in."""
+
+    __slots__ = (
+        "body",
+        "client",
+        "headers",
+        "keep_alive",
+        "method",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: Body,
+        *,
+        version: str = "1.1",
+        client: str = "",
+        keep_alive: bool = True,
+        upgrade: bool = False,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        #: (lower-case name, value) in arrival order, repeats kept
+        self.headers = headers
+        self.body = body
+        self.client = client
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (lower case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def has_body(self) -> bool:
+        """Whether the request announced a body (a length or chunked encoding)."""
+        for key, value in self.headers:
+            if key == "transfer-encoding" or (key == "content-length" and value.strip() != "0"):
+                return True
+        return False
+
+
+Handler = Callable[[Request, "ServerConnection"], Awaitable[None]]
+
+
+def _framing_error(headers: list[tuple[str, str]]) -> ProxyError | None:
+    lengths = [v for k, v in headers if k == "content-length"]
+    encodings = [v for k, v in headers if k == "transfer-encoding"]
+    if len(lengths) > 1 or (lengths and encodings):
+        return ProxyError("ambiguous_length", "the request's length is ambiguous")
+    if encodings and (len(encodings) > 1 or encodings[0].strip().lower() != "chunked"):
+        return ProxyError("ambiguous_length", "only 'Transfer-Encoding: chunked' is accepted")
+    if lengths and not lengths[0].strip().isdigit():
+        return ProxyError("ambiguous_length", "'Content-Length' is not a number")
+    return None
+
+
+class ServerConnection(asyncio.Protocol):
+    """One client connection: parse, enforce limits, hand requests to ``handler`` in order,
+    and write the responses (see the module docstring)."""
+
+    def __init__(self, handler: Handler, limits: Limits) -> None:
+        self._handler = handler
+        self._limits = limits
+        self._loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.client = ""
+        self._url = bytearray()
+        self._headers: list[tuple[str, str]] = []
+        self._header_name = b""
+        self._head_bytes = 0
+        self._in_head = False
+        self._current: Request | None = None
+        self._queue: deque[Request] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._read_paused = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._closed = False
+        self._tunnel: Callable[[bytes], None] | None = None
+        self._producer: asyncio.BaseTransport | None = None
+        self._receiving: Request | None = None
+        self._upgrade_rest = b""
+        #: response state
+        self._chunked = False
+        self._started = False
+        self._close_after = False
+        self.status = 0
+
+    # -------------------------------------------------------------- transport events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.client = str(peer[0]) if isinstance(peer, tuple) else "unix"
+        self._arm(self._limits.keepalive_timeout, self._on_idle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._cancel_timer()
+        if self._current is not None:
+            self._current.body._fail(ClientGone("the client closed the connection"))
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_exception(ClientGone("the client closed the connection"))
+        if self._tunnel is not None:
+            self._tunnel(b"")
+        producer = self._producer
+        if producer is not None:  # the client left mid-response: stop the upstream too
+            producer.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel(data)
+            return
+        if not self._in_head and self._current is None and not self._queue:
+            self._arm(self._limits.head_timeout, self._on_slow_head)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            self._upgrade_rest = data[offset:]
+            self._pause_reading()
+        except httptools.HttpParserCallbackError as error:
+            cause = error.__context__
+            if isinstance(cause, ProxyError):
+                self._refuse(cause)
+            else:
+                self._refuse(ProxyError("bad_request", "the request is not valid HTTP/1.1"))
+        except httptools.HttpParserError as error:
+            text = str(error).lower()
+            if "content-length" in text or "transfer-encoding" in text:
+                self._refuse(ProxyError("ambiguous_length", "the request's length is ambiguous"))
+            else:
+                self._refuse(ProxyError("bad_request", "the request is not valid HTTP/1.1"))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._producer is not None:
+            self._producer.pause_reading()  # type: ignore[attr-defined]
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._producer is not None:
+            self._producer.resume_reading()  # type: ignore[attr-defined]
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # -------------------------------------------------------------- parser callbacks
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._url.clear()
+        self._headers = []
+        self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self._limits.max_header_bytes:
+            raise ProxyError(
+                "headers_too_large",
+                f"the request head exceeds {self._limits.max_header_bytes} bytes",
+            )
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        headers = self._headers
+        error = _framing_error(headers)
+        if error is not None:
+            raise error
+        for key, value in headers:
+            if key == "content-length" and int(value) > self._limits.max_body_bytes:
+                raise ProxyError(
+                    "body_too_large", f"the body exceeds {self._limits.max_body_bytes} bytes"
+                )
+        parser = self._parser
+        request = Request(
+            parser.get_method().decode("ascii", "replace"),
+            self._url.decode("latin-1"),
+            headers,
+            Body(self),
+            version=parser.get_http_version(),
+            client=self.client,
+            keep_alive=parser.should_keep_alive(),
+            upgrade=parser.should_upgrade(),
+        )
+        if self._current is None:
+            self._cancel_timer()
+            self._start(request)
+        else:
+            self._queue.append(request)
+            if len(self._queue) > 8:
+                self._pause_reading()
+        self._receiving = request
+
+    def on_body(self, data: bytes) -> None:
+        receiving = self._receiving
+        assert receiving is not None
+        body = receiving.body
+        if body.received + len(data) > self._limits.max_body_bytes:
+            raise ProxyError(
+                "body_too_large", f"the body exceeds {self._limits.max_body_bytes} bytes"
+            )
+        body._feed(data)
+        if receiving is self._current:
+            self._arm(self._limits.body_timeout, self._on_slow_body)
+
+    def on_message_complete(self) -> None:
+        receiving = self._receiving
+        assert receiving is not None
+        receiving.body._finish()
+        if receiving is self._current:
+            self._cancel_timer()
+
+    # -------------------------------------------------------------- request lifecycle
+
+    def _start(self, request: Request) -> None:
+        self._current = request
+        self._started = False
+        self._chunked = False
+        self._close_after = not request.keep_alive
+        self.status = 0
+        self._task = self._loop.create_task(self._run(request))
+
+    async def _run(self, request: Request) -> None:
+        try:
+            await self._handler(request, self)
+        except ClientGone:
+            self.abort()
+            return
+        if self._closed:
+            return
+        if not request.body.complete:
+            # the handler did not read the whole body: the next request cannot be found in
+            # the stream without reading it, so the connection ends here
+            self._close_after = True
+        self._current = None
+        if self._close_after or request.upgrade:
+            if self._tunnel is None and self.transport is not None:
+                self.transport.close()
+            return
+        if self._queue:
+            self._resume_reading()
+            self._start(self._queue.popleft())
+        else:
+            self._resume_reading()
+            self._arm(self._limits.keepalive_timeout, self._on_idle)
+
+    # -------------------------------------------------------------- response writing
+
+    def start(self, status: int, headers: list[tuple[str, str]], *, close: bool = False) -> None:
+        """Send the response head. Without ``content-length`` in ``headers`` the body is sent
+        chunked (or delimited by closing, to an HTTP/1.0 client)."""
+        request = self._current
+        assert request is not None
+        self._started = True
+        self.status = status
+        if close:
+            self._close_after = True
+        lines = [f"HTTP/1.1 {status} {status_text(status)}\r\n"]
+        framed = status < 200 or status in (204, 304) or request.method == "HEAD"
+        for name, value in headers:
+            if name == "content-length":
+                framed = True
+            lines.append(f"{name}: {value}\r\n")
+        if not framed:
+            if request.version == "1.1":
+                self._chunked = True
+                lines.append("transfer-encoding: chunked\r\n")
+            else:
+                self._close_after = True
+        if status == 101:
+            lines.append("\r\n")
+        else:
+            lines.append("connection: close\r\n\r\n" if self._close_after else "\r\n")
+        self._write("".join(lines).encode("latin-1"))
+
+    def write(self, data: bytes) -> None:
+        """Send part of the response body."""
+        if not data:
+            return
+        if self._chunked:
+            self._write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self._write(data)
+
+    def end(self) -> None:
+        """End the response body."""
+        if self._chunked:
+            self._chunked = False
+            self._write(b"0\r\n\r\n")
+
+    async def drain(self) -> None:
+        """Wait while the client reads slower than the response is written."""
+        if self._closed:
+            raise ClientGone("the client closed the connection")
+        if self._write_paused:
+            self._drain = self._loop.create_future()
+            try:
+                await self._drain
+            finally:
+                self._drain = None
+
+    def respond_error(
+        self,
+        error: ProxyError,
+        request_id: str,
+        headers: list[tuple[str, str]] = (),  # type: ignore[assignment]
+    ) -> None:
+        """Answer the current request with ``error`` as JSON."""
+        body = error_body(error, request_id)
+        all_headers = [
+            ("content-type", "application/json"),
+            ("content-length", str(len(body))),
+            ("x-request-id", request_id),
+            *error.headers,
+            *headers,
+        ]
+        self.start(error.status, all_headers, close=error.status in (400, 408, 413, 431))
+        self._write(body)
+
+    @property
+    def started(self) -> bool:
+        """Whether the response head was sent (an error can no longer be answered)."""
+        return self._started
+
+    def set_producer(self, transport: asyncio.BaseTransport | None) -> None:
+        """Pause ``transport``'s reading while the client is slower than it (back-pressure)."""
+        self._producer = transport
+        if transport is not None and self._write_paused:
+            transport.pause_reading()  # type: ignore[attr-defined]
+
+    def tunnel(self, on_data: Callable[[bytes], None]) -> bytes:
+        """Switch to raw bytes (after a ``101``): from now on every byte the client sends goes
+        to ``on_data`` (``b""`` at the end); returns what already arrived after the head."""
+        self._tunnel = on_data
+        rest, self._upgrade_rest = self._upgrade_rest, b""
+        self._resume_reading()
+        return rest
+
+    def send_raw(self, data: bytes) -> None:
+        """Write bytes to the client as they are (a tunnel)."""
+        self._write(data)
+
+    def abort(self) -> None:
+        """Drop the connection at once (a response cannot be completed)."""
+        self._closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        """Close after what was written has been flushed."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def _write(self, data: bytes) -> None:
+        if not self._closed and self.transport is not None:
+            self.transport.write(data)
+
+    # -------------------------------------------------------------- errors and timers
+
+    def _refuse(self, error: ProxyError) -> None:
+        """A request the parser (or a limit) refused: answer if we still can, then close."""
+        self._cancel_timer()
+        self._pause_reading()
+        current = self._current
+        if current is not None and not current.body.complete:
+            current.body._fail(error)  # the handler answers it (or has already answered)
+            self._close_after = True
+            return
+        if current is None and not self._queue:
+            self._current = Request(
+                "GET", "/", [], Body(self), client=self.client, keep_alive=False
+            )
+            self.respond_error(error, _request_id(self._headers))
+            self._current = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
+        self._cancel_timer()
+        self._timer = self._loop.call_later(seconds, callback)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_idle(self) -> None:
+        if self._current is None and not self._in_head and self.transport is not None:
+            self.transport.close()
+
+    def _on_slow_head(self) -> None:
+        if self._in_head or (self._current is None and not self._queue):
+            self._refuse(ProxyError("request_timeout", "the request head did not arrive in time"))
+
+    def _on_slow_body(self) -> None:
+        current = self._current
+        if current is not None and not current.body.complete:
+            current.body._fail(ProxyError("request_timeout", "the request body stalled"))
+            self._close_after = True
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and self.transport is not None and not self._closed:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._read_paused and self.transport is not None and not self._closed:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+
+def _request_id(headers: list[tuple[str, str]]) -> str:
+    from interlink.context import valid_correlation_id
+
+    for key, value in headers:
+        if key == "x-request-id" and valid_correlation_id(value):
+            return value
+    return new_correlation_id()

@@ -1,0 +1,400 @@
+"""The upstream side: HTTP/1.1 connections to upstream servers, pooled per address.
+
+``UpstreamPool.acquire(host, port)`` hands out an idle kept-alive connection or opens a new one,
+at most ``max_connections`` per address (a caller past that waits up to ``pool_timeout``, then
+gets ``upstream_pool_full``). A connection idle longer than ``idle_timeout`` is closed rather
+than reused: servers close idle connections on their own schedule, and reusing one they just
+closed is the classic source of spurious 502s.
+
+A pooled connection that the upstream closed anyway is detected: when the request was written
+to a *reused* connection and the connection ended before a single response byte came back, the
+failure is marked ``stale`` and the engine sends the request again on a fresh connection — when
+nothing of it was sent yet, or the method is idempotent and the body can be replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httptools
+
+from interlink.proxy.errors import ProxyError
+
+__all__ = ["PoolLimits", "ResponseHead", "UpstreamConnection", "UpstreamFailure", "UpstreamPool"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolLimits:
+    """Per-address limits of the upstream pool (times in seconds)."""
+
+    max_connections: int = 256
+    max_idle: int = 64
+    idle_timeout: float = 15.0
+    connect_timeout: float = 2.0
+    pool_timeout: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "max_idle"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"'{name}' must be a positive integer: {value!r}")
+        for name in ("idle_timeout", "connect_timeout", "pool_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value <= 0:
+                raise ValueError(f"'{name}' must be a positive number of seconds: {value!r}")
+
+
+class UpstreamFailure(Exception):
+    """An attempt that reached no usable answer: ``reason`` is a proxy error reason.
+
+    ``stale``: a reused connection ended before any response byte (safe to resend under the
+    rules in the module docstring); ``retriable``: the engine may try again elsewhere.
+    """
+
+    def __init__(self, reason: str, message: str, *, stale: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.stale = stale
+        self.retriable = True
+
+    def to_error(self) -> ProxyError:
+        """The ``ProxyError`` the client gets for this failure."""
+        return ProxyError(self.reason, self.message)
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    """Status and headers of an upstream response; the body follows through the sink."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    keep_alive: bool
+    upgrade: bool
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to an upstream: write a request, read the response head, stream the
+    body to a ``sink`` (``sink(data)``; ``sink(b"")`` once at the end)."""
+
+    def __init__(self, pool: UpstreamPool, key: tuple[str, int]) -> None:
+        self._pool = pool
+        self.key = key
+        self._loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reused = False
+        self.idle_since = 0.0
+        self._head: asyncio.Future[ResponseHead] | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._headers: list[tuple[str, str]] = []
+        self._received_any = False
+        self._complete = False
+        self._sink: Callable[[bytes], None] | None = None
+        self._pending: list[bytes] = []
+        self._raw: Callable[[bytes], None] | None = None
+        self._head_only = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._upgrade_rest = b""
+        self._forgotten = False
+        self._keep_alive = False
+
+    # ---------------------------------------------------------------- transport events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    async def drain(self) -> None:
+        """Wait while the upstream reads the request body slower than it is written."""
+        if self._write_paused and not self.closed:
+            self._drain = self._loop.create_future()
+            try:
+                await self._drain
+            finally:
+                self._drain = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+        self._pool._forget(self)
+        if self._raw is not None:
+            self._raw(b"")
+            return
+        head = self._head
+        if head is not None and not head.done():
+            stale = self.reused and not self._received_any
+            reason = "upstream_reset"
+            head.set_exception(
+                UpstreamFailure(
+                    reason, "the upstream closed the connection before answering", stale=stale
+                )
+            )
+        done = self._done
+        if done is not None and not done.done():
+            if self._complete:
+                done.set_result(None)
+            else:
+                done.set_exception(
+                    UpstreamFailure("upstream_reset", "the upstream closed mid-response")
+                )
+
+    def data_received(self, data: bytes) -> None:
+        if self._raw is not None:
+            self._raw(data)
+            return
+        self._received_any = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            self._upgrade_rest = data[offset:]
+        except httptools.HttpParserError:
+            self._fail(
+                UpstreamFailure("upstream_bad_response", "the upstream's answer is not HTTP")
+            )
+
+    # ---------------------------------------------------------------- parser callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._headers = []  # an interim response (100 Continue): wait for the real one
+            return
+        self._keep_alive = parser.should_keep_alive()
+        head = ResponseHead(status, self._headers, self._keep_alive, status == 101)
+        self._headers = []
+        if self._head is not None and not self._head.done():
+            self._head.set_result(head)
+        if self._head_only:
+            self._complete = True
+            self._finish()
+
+    def on_body(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is None:
+            self._pending.append(data)
+        else:
+            sink(data)
+
+    def on_message_complete(self) -> None:
+        if self._head_only:
+            return
+        self._complete = True
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._sink is not None:
+            self._sink(b"")
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(None)
+
+    def _fail(self, failure: UpstreamFailure) -> None:
+        head = self._head
+        if head is not None and not head.done():
+            head.set_exception(failure)
+        done = self._done
+        if done is not None and not done.done():
+            done.set_exception(failure)
+        self.abort()
+
+    # ---------------------------------------------------------------- the exchange
+
+    def send(self, data: bytes, *, head_only: bool = False) -> None:
+        """Start an exchange: write the request head (and body, if given whole)."""
+        self._head = self._loop.create_future()
+        self._done = self._loop.create_future()
+        self._received_any = False
+        self._complete = False
+        self._sink = None
+        self._pending = []
+        self._head_only = head_only
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def write(self, data: bytes) -> None:
+        """Write more of the request body."""
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    async def response(self) -> ResponseHead:
+        """Wait for the response head (status and headers)."""
+        assert self._head is not None
+        return await self._head
+
+    def stream_to(self, sink: Callable[[bytes], None]) -> asyncio.Future[None]:
+        """Deliver the body to ``sink`` from now on; the future ends with the body."""
+        self._sink = sink
+        pending, self._pending = self._pending, []
+        for chunk in pending:
+            sink(chunk)
+        if self._complete:
+            sink(b"")
+        assert self._done is not None
+        return self._done
+
+    def tunnel(self, on_data: Callable[[bytes], None]) -> bytes:
+        """Switch to raw bytes after a ``101``; returns bytes that came after the head."""
+        self._raw = on_data
+        rest, self._upgrade_rest = self._upgrade_rest, b""
+        return rest
+
+    def pause_reading(self) -> None:
+        """Stop reading (the client is slower than the upstream)."""
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read again."""
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    @property
+    def reusable(self) -> bool:
+        """Whether the exchange ended cleanly and the upstream keeps the connection open."""
+        return self._complete and not self.closed and self._keep_alive
+
+    def abort(self) -> None:
+        """Drop the connection."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _Slot:
+    __slots__ = ("count", "idle", "waiters")
+
+    def __init__(self) -> None:
+        self.idle: deque[UpstreamConnection] = deque()
+        self.count = 0
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+
+class UpstreamPool:
+    """Kept-alive connections to upstream addresses (see the module docstring)."""
+
+    def __init__(
+        self, limits: PoolLimits | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limits = limits or PoolLimits()
+        self._clock = clock
+        self._slots: dict[tuple[str, int], _Slot] = {}
+        self.opened = 0
+
+    async def acquire(self, host: str, port: int) -> UpstreamConnection:
+        """A connection to ``host:port``: an idle one when there is one, else a new one.
+
+        Raises ``UpstreamFailure`` (``upstream_connect_refused``, ``upstream_timeout``) or
+        ``ProxyError('upstream_pool_full')``.
+        """
+        key = (host, port)
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = _Slot()
+        now = self._clock()
+        idle = slot.idle
+        while idle:
+            conn = idle.pop()
+            if conn.closed or conn.transport is None or conn.transport.is_closing():
+                continue
+            if now - conn.idle_since > self.limits.idle_timeout:
+                conn.abort()
+                continue
+            conn.reused = True
+            return conn
+        if slot.count >= self.limits.max_connections:
+            waiter = asyncio.get_running_loop().create_future()
+            slot.waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, self.limits.pool_timeout)
+            except TimeoutError:
+                raise ProxyError(
+                    "upstream_pool_full", "every connection to the upstream is busy"
+                ) from None
+            finally:
+                if waiter in slot.waiters:
+                    slot.waiters.remove(waiter)
+            return await self.acquire(host, port)
+        slot.count += 1
+        try:
+            return await self._open(key)
+        except BaseException:
+            slot.count -= 1
+            self._wake(slot)
+            raise
+
+    async def _open(self, key: tuple[str, int]) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.limits.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(self, key), key[0], key[1]
+                )
+        except TimeoutError:
+            raise UpstreamFailure(
+                "upstream_timeout", "connecting to the upstream timed out"
+            ) from None
+        except OSError:
+            raise UpstreamFailure(
+                "upstream_connect_refused", "the upstream refused the connection"
+            ) from None
+        self.opened += 1
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Give ``conn`` back: kept when reusable and the pool has room, closed otherwise."""
+        slot = self._slots.get(conn.key)
+        if slot is None:
+            conn.abort()
+            return
+        if conn.reusable and len(slot.idle) < self.limits.max_idle:
+            conn.idle_since = self._clock()
+            conn._sink = None
+            slot.idle.append(conn)
+            self._wake(slot)
+        else:
+            conn.abort()
+
+    def _forget(self, conn: UpstreamConnection) -> None:
+        slot = self._slots.get(conn.key)
+        if slot is None or conn._forgotten:
+            return
+        conn._forgotten = True
+        slot.count -= 1
+        if conn in slot.idle:
+            slot.idle.remove(conn)
+        self._wake(slot)
+
+    def _wake(self, slot: _Slot) -> None:
+        while slot.waiters:
+            waiter = slot.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def close(self) -> None:
+        """Close every idle connection (in-flight ones close when their exchange ends)."""
+        for slot in self._slots.values():
+            while slot.idle:
+                slot.idle.pop().abort()

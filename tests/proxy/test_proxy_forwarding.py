@@ -1,0 +1,307 @@
+"""The engine against a real upstream: forwarding, headers, streaming, errors with reasons."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from proxy_support import LoopThread, raw, route, start_proxy, status_and_json, table
+
+from interlink.proxy import Limits, Proxy, RouteTable
+from interlink.resilience import CircuitBreaker, Pipeline, Timeout
+
+
+@pytest.fixture(scope="module")
+def gateway(loop_thread: LoopThread, upstream: str) -> Iterator[tuple[Proxy, str]]:
+    dead = _dead_url()
+    routes = table(
+        [
+            route("orders", "/orders/{id}", upstream, methods=["GET"], rewrite="/v1/orders/{id}"),
+            route("api", "/api", upstream, rewrite="/"),
+            route("by-host", "/", upstream, hosts=["admin.example.com"], rewrite="/host-route"),
+            route("beta", "/beta", upstream, headers={"x-beta": "1"}),
+            route("dead", "/dead", dead),
+            route(
+                "slow",
+                "/slow",
+                upstream,
+                pipeline=Pipeline(Timeout(0.3)),
+            ),
+            route(
+                "fragile",
+                "/fragile",
+                upstream,
+                rewrite="/status",
+                pipeline=Pipeline(
+                    CircuitBreaker(
+                        "fragile", minimum_calls=3, failure_rate_threshold=0.5, cooldown=60
+                    )
+                ),
+            ),
+            route("stream", "/stream", upstream),
+            route("big", "/big", upstream),
+            route("drop", "/drop", upstream),
+        ]
+    )
+    proxy, server, port = loop_thread.run(
+        start_proxy(
+            routes, Limits(max_header_bytes=4096, max_body_bytes=1_000_000, head_timeout=0.5)
+        )
+    )
+    yield proxy, f"http://127.0.0.1:{port}"
+    server.close()
+
+
+def _dead_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _get(base: str, path: str, **kw: Any) -> httpx.Response:
+    return httpx.get(base + path, timeout=10, **kw)
+
+
+def test_template_route_rewrites_the_path(gateway: tuple[Proxy, str]) -> None:
+    """/orders/{id} goes upstream as /v1/orders/{id}, query kept."""
+    _, base = gateway
+    response = _get(base, "/orders/42?x=1")
+    assert response.status_code == 200
+    assert response.json()["path"] == "/v1/orders/42?x=1"
+
+
+def test_prefix_route_strips_its_prefix(gateway: tuple[Proxy, str]) -> None:
+    """A prefix route with rewrite '/' drops the prefix."""
+    _, base = gateway
+    assert _get(base, "/api/menu/3").json()["path"] == "/menu/3"
+
+
+def test_method_not_allowed_is_405_with_allow(gateway: tuple[Proxy, str]) -> None:
+    """A path whose route refuses the method answers 405 and names what is allowed."""
+    _, base = gateway
+    response = httpx.post(base + "/orders/42", timeout=10)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET"
+    body = response.json()
+    assert body["reason"] == "method_not_allowed"
+    assert body["request_id"] == response.headers["x-request-id"]
+
+
+def test_host_and_header_matching(gateway: tuple[Proxy, str]) -> None:
+    """Host and header conditions select their routes."""
+    _, base = gateway
+    by_host = _get(base, "/x", headers={"host": "admin.example.com"})
+    assert by_host.json()["path"] == "/host-route/x"
+    assert _get(base, "/beta", headers={"x-beta": "1"}).json()["path"] == "/beta"
+
+
+def test_correlation_id_is_assigned_propagated_and_echoed(gateway: tuple[Proxy, str]) -> None:
+    """Without x-request-id the gateway makes one; the upstream and the client see the same."""
+    _, base = gateway
+    response = _get(base, "/api/x")
+    rid = response.headers["x-request-id"]
+    assert len(rid) == 32
+    upstream_headers = response.json()["headers"]
+    assert upstream_headers["x-request-id"] == rid
+    assert upstream_headers["traceparent"] == response.headers["traceparent"]
+
+
+def test_incoming_correlation_and_trace_are_continued(gateway: tuple[Proxy, str]) -> None:
+    """A client's id is kept; its trace continues with a new span of the gateway's."""
+    _, base = gateway
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    response = _get(base, "/api/x", headers={"x-request-id": "abc-123", "traceparent": parent})
+    assert response.headers["x-request-id"] == "abc-123"
+    sent = response.json()["headers"]["traceparent"]
+    assert sent.startswith("00-0af7651916cd43dd8448eb211c80319c-")
+    assert sent != parent
+
+
+def test_hop_by_hop_headers_are_stripped(gateway: tuple[Proxy, str]) -> None:
+    """Connection, Keep-Alive, TE and names listed in Connection do not cross the proxy."""
+    _, base = gateway
+    response = _get(
+        base,
+        "/api/x",
+        headers={"connection": "keep-alive, x-secret", "x-secret": "1", "te": "trailers"},
+    )
+    seen = response.json()["headers"]
+    assert "x-secret" not in seen
+    assert "te" not in seen
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+
+
+def test_client_deadline_is_propagated(gateway: tuple[Proxy, str]) -> None:
+    """x-request-timeout-ms reaches the upstream, not larger than the client sent."""
+    _, base = gateway
+    response = _get(base, "/api/x", headers={"x-request-timeout-ms": "5000"})
+    assert 0 < int(response.json()["headers"]["x-request-timeout-ms"]) <= 5000
+
+
+def test_post_body_is_forwarded(gateway: tuple[Proxy, str]) -> None:
+    """A body reaches the upstream byte for byte, also when sent chunked."""
+    _, base = gateway
+    assert httpx.post(base + "/api/x", content=b"hello", timeout=10).json()["body"] == "hello"
+
+    def chunks() -> Iterator[bytes]:
+        yield b"a" * 100_000
+        yield b"b" * 100_000
+
+    response = httpx.post(base + "/api/x", content=chunks(), timeout=10)
+    assert response.json()["body"] == "a" * 100_000 + "b" * 100_000
+
+
+def test_response_streams(gateway: tuple[Proxy, str]) -> None:
+    """A server-sent event stream passes through, event by event."""
+    _, base = gateway
+    with httpx.stream("GET", base + "/stream", timeout=10) as response:
+        assert response.headers["content-type"] == "text/event-stream"
+        text = b"".join(response.iter_bytes()).decode()
+    assert text == "".join(f"data: {i}\n\n" for i in range(5))
+
+
+def test_large_response(gateway: tuple[Proxy, str]) -> None:
+    """A 5 MB body arrives whole."""
+    _, base = gateway
+    assert len(_get(base, "/big/5000000").content) == 5_000_000
+
+
+def test_no_route_is_404(gateway: tuple[Proxy, str]) -> None:
+    """No route: 404 no_route, JSON."""
+    _, base = gateway
+    response = _get(base, "/nothing-here")
+    assert response.status_code == 404
+    assert response.json()["reason"] == "no_route"
+    status, body = status_and_json(
+        raw(int(base.rsplit(":", 1)[1]), b"GET * HTTP/1.1\r\nHost: x\r\n\r\n")
+    )
+    assert status == 400
+    assert body["reason"] == "invalid_path"
+
+
+def test_connect_refused_is_502(gateway: tuple[Proxy, str]) -> None:
+    """An upstream nobody listens on: 502 upstream_connect_refused."""
+    _, base = gateway
+    response = _get(base, "/dead")
+    assert response.status_code == 502
+    assert response.json()["reason"] == "upstream_connect_refused"
+
+
+def test_upstream_timeout_is_504(gateway: tuple[Proxy, str]) -> None:
+    """A route timeout: 504 upstream_timeout."""
+    _, base = gateway
+    response = _get(base, "/slow/2000")
+    assert response.status_code == 504
+    assert response.json()["reason"] == "upstream_timeout"
+
+
+def test_client_deadline_caps_the_route(gateway: tuple[Proxy, str]) -> None:
+    """A client deadline shorter than the route's timeout wins."""
+    _, base = gateway
+    response = _get(base, "/slow/250", headers={"x-request-timeout-ms": "50"})
+    assert response.status_code == 504
+
+
+def test_upstream_reset_is_502(gateway: tuple[Proxy, str]) -> None:
+    """An upstream that drops the connection: 502 upstream_reset."""
+    _, base = gateway
+    response = _get(base, "/drop")
+    assert response.status_code == 502
+    assert response.json()["reason"] == "upstream_reset"
+
+
+def test_breaker_opens_to_503(gateway: tuple[Proxy, str]) -> None:
+    """Upstream 5xx are relayed; once the breaker opens: 503 circuit_open."""
+    _, base = gateway
+    seen = [_get(base, "/fragile/500") for _ in range(5)]
+    assert seen[0].status_code == 500
+    assert seen[0].json() == {"status": "from upstream"}
+    assert seen[-1].status_code == 503
+    assert seen[-1].json()["reason"] == "circuit_open"
+
+
+def test_smuggling_is_refused(gateway: tuple[Proxy, str]) -> None:
+    """Two Content-Lengths, or Content-Length with Transfer-Encoding: 400 ambiguous_length."""
+    _, base = gateway
+    port = int(base.rsplit(":", 1)[1])
+    for attack in (
+        b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    ):
+        status, body = status_and_json(raw(port, attack))
+        assert status == 400, attack
+        assert body["reason"] == "ambiguous_length"
+
+
+def test_path_tricks_are_refused_or_normalised(gateway: tuple[Proxy, str]) -> None:
+    """Dot segments resolve; encoded slashes and climbing above the root are refused."""
+    _, base = gateway
+    port = int(base.rsplit(":", 1)[1])
+    ok = raw(port, b"GET /x/../orders/7 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    status, body = status_and_json(ok)
+    assert status == 200
+    assert body["path"] == "/v1/orders/7"
+    for path in (b"/api/..%2F..%2Fetc", b"/../etc/passwd", b"/api/%00"):
+        status, body = status_and_json(
+            raw(port, b"GET " + path + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        )
+        assert status == 400, path
+        assert body["reason"] == "invalid_path"
+
+
+def test_header_and_body_limits(gateway: tuple[Proxy, str]) -> None:
+    """A head over the limit: 431; a body over it: 413."""
+    _, base = gateway
+    response = _get(base, "/api/x", headers={"x-big": "a" * 5000})
+    assert response.status_code == 431
+    assert response.json()["reason"] == "headers_too_large"
+    response = httpx.post(base + "/api/x", content=b"a" * 1_000_001, timeout=10)
+    assert response.status_code == 413
+    assert response.json()["reason"] == "body_too_large"
+
+
+def test_slowloris_gets_408(gateway: tuple[Proxy, str]) -> None:
+    """A head that does not complete within head_timeout: 408 and the connection closed."""
+    _, base = gateway
+    port = int(base.rsplit(":", 1)[1])
+    status, body = status_and_json(
+        raw(port, b"GET /api/x HTTP/1.1\r\nHost: a\r\nX-Slow: ", timeout=10)
+    )
+    assert status == 408
+    assert body["reason"] == "request_timeout"
+
+
+def test_keep_alive_reuses_upstream_connections(gateway: tuple[Proxy, str]) -> None:
+    """Twenty requests open far fewer than twenty upstream connections."""
+    proxy, base = gateway
+    with httpx.Client(base_url=base, timeout=10) as client:
+        client.get("/api/warm")
+        before = proxy.pool.opened
+        for _ in range(20):
+            assert client.get("/api/x").status_code == 200
+    assert proxy.pool.opened - before <= 2
+
+
+def test_swap_table_is_atomic(gateway: tuple[Proxy, str], upstream: str) -> None:
+    """Assigning a new table changes routing for the next request."""
+    proxy, base = gateway
+    old = proxy.table
+    try:
+        proxy.table = RouteTable(router=table([route("only", "/only", upstream)]).router)
+        assert _get(base, "/api/x").status_code == 404
+        assert _get(base, "/only").status_code == 200
+    finally:
+        proxy.table = old
+
+
+def test_error_body_shape(gateway: tuple[Proxy, str]) -> None:
+    """Every error body has exactly error, reason, status and request_id."""
+    _, base = gateway
+    body = json.loads(_get(base, "/dead").content)
+    assert set(body) == {"error", "reason", "status", "request_id"}
+    assert body["status"] == 502
