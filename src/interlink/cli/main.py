@@ -148,6 +148,7 @@ app.command("topics")(_messaging.topics)
 app.command("asyncapi")(_messaging.asyncapi)
 app.add_typer(importlib.import_module("interlink.cli.discovery").app, name="discovery")
 app.add_typer(importlib.import_module("interlink.cli.saga").app, name="saga")
+app.command("gateway")(importlib.import_module("interlink.cli.gateway").gateway)
 
 
 def main() -> None:

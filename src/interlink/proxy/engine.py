@@ -78,8 +78,9 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _RETRY_STATUSES = frozenset({502, 503, 504})
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
-#: Translates a matched request itself instead of proxying it (REST -> gRPC):
-#: ``(request, match, upstream_headers) -> (status, headers, body)``.
+#: Answers a matched request itself instead of proxying it (REST -> gRPC):
+#: ``(request, match, metadata) -> (status, headers, body)``; ``metadata`` starts with the
+#: correlation id and traceparent, then the identity headers.
 Translator = Callable[
     [Request, Match[Any], list[tuple[str, str]]],
     Awaitable[tuple[int, list[tuple[str, str]], bytes]],
@@ -344,11 +345,12 @@ class Proxy:
         if route.translator is not None:
             assert ex.match is not None
             with deadline(client_seconds):
-                status, headers, body = await route.translator(
-                    request, ex.match, ex.upstream_headers
-                )
+                metadata = [*ex.echo[:2], *ex.upstream_headers]
+                status, headers, body = await route.translator(request, ex.match, metadata)
             ex.conn.start(status, [*headers, *ex.echo, ("content-length", str(len(body)))])
             ex.conn.write(body)
+            if status >= 500:
+                self.metrics.upstream_error(route.name, f"grpc_{status}")
             return
         try:
             with deadline(client_seconds):
