@@ -94,6 +94,7 @@ def test_check_command(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     assert ok.returncode == 0, ok.stderr
     assert "valid (1 routes)" in ok.stdout
@@ -104,6 +105,7 @@ def test_check_command(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     assert refused.returncode == 2
     assert f"{bad}:8: routes.0.retry.retries" in refused.stderr

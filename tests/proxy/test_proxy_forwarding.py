@@ -11,8 +11,8 @@ import httpx
 import pytest
 from proxy_support import LoopThread, raw, route, start_proxy, status_and_json, table
 
-from interlink.proxy import Limits, Proxy, RouteTable
-from interlink.resilience import CircuitBreaker, Pipeline, Timeout
+from interlink.proxy import Limits, Policies, Proxy, RouteTable
+from interlink.resilience import CircuitBreaker
 
 
 @pytest.fixture(scope="module")
@@ -29,17 +29,18 @@ def gateway(loop_thread: LoopThread, upstream: str) -> Iterator[tuple[Proxy, str
                 "slow",
                 "/slow",
                 upstream,
-                pipeline=Pipeline(Timeout(0.3)),
+                timeout=0.3,
             ),
             route(
                 "fragile",
                 "/fragile",
                 upstream,
                 rewrite="/status",
-                pipeline=Pipeline(
+                policies=Policies(
                     CircuitBreaker(
                         "fragile", minimum_calls=3, failure_rate_threshold=0.5, cooldown=60
-                    )
+                    ),
+                    name="fragile",
                 ),
             ),
             route("stream", "/stream", upstream),

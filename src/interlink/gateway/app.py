@@ -37,6 +37,7 @@ from interlink.proxy import (
     LimitRule,
     Limits,
     MemoryBuckets,
+    Policies,
     PoolLimits,
     Proxy,
     RedisBuckets,
@@ -50,7 +51,7 @@ from interlink.proxy import (
 )
 from interlink.proxy.errors import ProxyError
 from interlink.proxy.http1 import Request, ServerConnection
-from interlink.resilience import Bulkhead, CircuitBreaker, Pipeline, Retry, RetryBudget, Timeout
+from interlink.resilience import Bulkhead, CircuitBreaker, Retry, RetryBudget
 
 __all__ = ["Gateway", "build_table", "run"]
 
@@ -62,11 +63,9 @@ def _retriable(error: BaseException) -> bool:
     return bool(getattr(error, "retriable", False))
 
 
-def _pipeline(route: RouteConfig) -> tuple[Pipeline | None, CircuitBreaker | None]:
+def _policies(route: RouteConfig) -> tuple[Policies | None, CircuitBreaker | None]:
     policies: list[object] = []
     breaker = None
-    if route.timeout is not None:
-        policies.append(Timeout(route.timeout, name=f"{route.name}.timeout"))
     if route.retry is not None:
         retry = route.retry
         budget = (
@@ -113,7 +112,7 @@ def _pipeline(route: RouteConfig) -> tuple[Pipeline | None, CircuitBreaker | Non
         )
     if not policies:
         return None, None
-    return Pipeline(*policies, name=route.name), breaker
+    return Policies(*policies, name=route.name), breaker
 
 
 def _authenticator(config: GatewayConfig) -> Authenticator | None:
@@ -159,7 +158,7 @@ def build_table(config: GatewayConfig, *, resolver: Any = None, buckets: Any = N
     routes: list[Route[RouteSpec]] = []
     for i, rc in enumerate(config.routes):
         try:
-            pipeline, breaker = _pipeline(rc)
+            policies, breaker = _policies(rc)
             translator = None
             upstream: Any = None
             if rc.grpc is not None:
@@ -193,7 +192,8 @@ def build_table(config: GatewayConfig, *, resolver: Any = None, buckets: Any = N
             spec = RouteSpec(
                 name=rc.name,
                 upstream=upstream,
-                pipeline=pipeline,
+                timeout=rc.timeout,
+                policies=policies,
                 auth=auth,
                 limits=limits,
                 preserve_host=rc.preserve_host,
@@ -239,11 +239,14 @@ def _address(text: str) -> tuple[str, int]:
 class Gateway:
     """A running gateway (see the module docstring)."""
 
-    def __init__(self, path: str | Path, *, worker: int = 0, watch: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, *, worker: int = 0, workers: int | None = None, watch: bool = False
+    ) -> None:
         self.path = Path(path)
         self.worker = worker
         self.watch = watch
         self.config = load_config(self.path)
+        self.workers = workers or self.config.workers
         self._resolver: Any = None
         self._buckets: Any = None
         self._store_url = self.config.rate_limit_store
@@ -295,7 +298,7 @@ class Gateway:
         )
         host, port = _address(config.listen)
         self._servers.append(
-            await self.proxy.serve(host, port, reuse_port=config.workers > 1, sock=sock)
+            await self.proxy.serve(host, port, reuse_port=self.workers > 1, sock=sock)
         )
         if config.admin is not None:
             admin_host, admin_port = _address(config.admin)
@@ -318,14 +321,8 @@ class Gateway:
         """Load the file again and swap the table in; False (old table kept) when invalid."""
         assert self.proxy is not None
         try:
-            config = load_config(self.path)
-            if config.rate_limit_store != self._store_url:
-                raise ConfigError(
-                    f"{self.path}: 'rate_limit_store' cannot change on reload; restart instead"
-                )
-            if config.discovery != self.config.discovery:
-                raise ConfigError(f"{self.path}: 'discovery' cannot change on reload")
-            table = build_table(config, resolver=self._resolver, buckets=self._buckets)
+            # parsed and built in a thread: the event loop keeps serving on the old table
+            config, table = await asyncio.to_thread(self._load_and_build)
         except ConfigError as error:
             self.reload_failures += 1
             log.error("reload refused, the previous configuration keeps serving: %s", error)
@@ -336,6 +333,16 @@ class Gateway:
         self.proxy.metrics.reloads += 1
         log.info("configuration reloaded", extra={"routes": len(config.routes)})
         return True
+
+    def _load_and_build(self) -> tuple[GatewayConfig, RouteTable]:
+        config = load_config(self.path)
+        if config.rate_limit_store != self._store_url:
+            raise ConfigError(
+                f"{self.path}: 'rate_limit_store' cannot change on reload; restart instead"
+            )
+        if config.discovery != self.config.discovery:
+            raise ConfigError(f"{self.path}: 'discovery' cannot change on reload")
+        return config, build_table(config, resolver=self._resolver, buckets=self._buckets)
 
     async def _admin(self, request: Request, conn: ServerConnection) -> None:
         path = request.target.partition("?")[0]
@@ -418,9 +425,9 @@ def _event_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def _serve_one(path: Path, worker: int, watch: bool) -> None:
+def _serve_one(path: Path, worker: int, workers: int, watch: bool) -> None:
     _event_loop_policy()
-    gateway = Gateway(path, worker=worker, watch=watch)
+    gateway = Gateway(path, worker=worker, workers=workers, watch=watch)
     asyncio.run(gateway.run())
 
 
@@ -430,7 +437,7 @@ def run(path: str | Path, *, workers: int | None = None, watch: bool = False) ->
     config = load_config(path)
     count = workers or config.workers
     if count == 1:
-        _serve_one(path, 0, watch)
+        _serve_one(path, 0, 1, watch)
         return 0
     children: list[int] = []
     for index in range(count):
@@ -438,7 +445,7 @@ def run(path: str | Path, *, workers: int | None = None, watch: bool = False) ->
         if pid == 0:  # the worker: its own loop, tracing and metrics start after the fork
             code = 0
             try:
-                _serve_one(path, index, watch)
+                _serve_one(path, index, count, watch)
             except BaseException:
                 log.exception("worker %d failed", index)
                 code = 1

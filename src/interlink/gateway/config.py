@@ -10,6 +10,7 @@ without the limit everyone thinks it has. See ``docs/gateway.md`` for every key.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -264,8 +265,8 @@ class GatewayConfig(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:
-        names = [r.name for r in self.routes]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        counts = Counter(r.name for r in self.routes)
+        duplicates = sorted(n for n, c in counts.items() if c > 1)
         if duplicates:
             raise ValueError(f"route names must be unique: {duplicates}")
         if self.auth is None and any(r.auth is not None for r in self.routes):
@@ -302,14 +303,18 @@ def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int:
 
 def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
     """Validate the YAML ``text``; ``ConfigError`` names ``source``, line and field."""
+    # libyaml when present: a 5,000-route file parses in a fraction of the pure-Python time
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()  # composed once: the lines, then the data from it
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
         problem = getattr(error, "problem", None) or str(error)
         raise ConfigError(f"{source}:{line}: not valid YAML: {problem}") from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise ConfigError(f"{source}:1: the configuration must be a mapping of keys")
     try:

@@ -17,7 +17,7 @@ extra: ``pip install 'interlink[gateway]'``.
 """
 
 from interlink.proxy.auth import ApiKey, Authenticator, Identity, JwtKey, Requirement, hash_api_key
-from interlink.proxy.engine import HOP_BY_HOP, Cors, Proxy, RouteSpec, RouteTable
+from interlink.proxy.engine import HOP_BY_HOP, Cors, Policies, Proxy, RouteSpec, RouteTable
 from interlink.proxy.errors import REASONS, ProxyError
 from interlink.proxy.http1 import Limits
 from interlink.proxy.limits import Limiter, LimitRule, MemoryBuckets, RedisBuckets
@@ -40,6 +40,7 @@ __all__ = [
     "Limits",
     "Match",
     "MemoryBuckets",
+    "Policies",
     "PoolLimits",
     "Proxy",
     "ProxyError",

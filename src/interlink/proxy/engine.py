@@ -7,9 +7,9 @@ it, new requests see the new one. For each request::
 
     parse (http1) -> correlation id + trace -> route (router) -> CORS preflight
       -> auth (auth) -> rate limits (limits)
-      -> route policies (interlink.resilience.Pipeline: timeout, retry + budget, breaker,
-         bulkhead) around one attempt: choose an instance (upstreams), take a pooled
-         connection (upstream), send the head and body, wait for the response head
+      -> the route's timeout, and its policies (interlink.resilience.Pipeline: retry +
+         budget, breaker, bulkhead) around one attempt: choose an instance (upstreams),
+         take a pooled connection (upstream), send the head and body, await the response head
       -> stream the response body back, echoing x-request-id and traceparent
 
 Retries happen only when it is safe: the attempt failed before the upstream answered or it
@@ -49,7 +49,7 @@ from interlink.proxy.upstream import ResponseHead, UpstreamConnection, UpstreamF
 from interlink.proxy.upstreams import Upstream
 from interlink.resilience import Pipeline, deadline, remaining
 
-__all__ = ["HOP_BY_HOP", "Cors", "Proxy", "RouteSpec", "RouteTable"]
+__all__ = ["HOP_BY_HOP", "Cors", "Policies", "Proxy", "RouteSpec", "RouteTable"]
 
 #: Headers that describe one connection, not the message: never forwarded either way.
 HOP_BY_HOP = frozenset(
@@ -119,13 +119,37 @@ class Cors:
         return out
 
 
+class Policies:
+    """A route's resilience policies, composed into a ``Pipeline`` on first use.
+
+    Composing a pipeline generates its code (milliseconds): paid once by a route's first
+    request rather than by every route of a 5,000-route reload.
+    """
+
+    __slots__ = ("_pipeline", "name", "policies")
+
+    def __init__(self, *policies: object, name: str) -> None:
+        self.policies = policies
+        self.name = name
+        self._pipeline: Pipeline | None = None
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The composed pipeline."""
+        pipeline = self._pipeline
+        if pipeline is None:
+            pipeline = self._pipeline = Pipeline(*self.policies, name=self.name)
+        return pipeline
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RouteSpec:
     """What happens to a request once it matched a route."""
 
     name: str
     upstream: Upstream | None = None
-    pipeline: Pipeline | None = None
+    timeout: float | None = None
+    policies: Policies | None = None
     auth: Requirement | None = None
     limits: tuple[LimitRule, ...] = ()
     preserve_host: bool = False
@@ -342,9 +366,12 @@ class Proxy:
                 client_seconds = max(0.001, int(client_ms) / 1000)
             except ValueError:
                 raise ProxyError("bad_request", f"'{DEADLINE_HEADER}' must be an integer") from None
+        limit = route.timeout
+        if client_seconds is not None and (limit is None or client_seconds < limit):
+            limit = client_seconds
         if route.translator is not None:
             assert ex.match is not None
-            with deadline(client_seconds):
+            with deadline(limit):
                 metadata = [*ex.echo[:2], *ex.upstream_headers]
                 status, headers, body = await route.translator(request, ex.match, metadata)
             ex.conn.start(status, [*headers, *ex.echo, ("content-length", str(len(body)))])
@@ -353,11 +380,12 @@ class Proxy:
                 self.metrics.upstream_error(route.name, f"grpc_{status}")
             return
         try:
-            with deadline(client_seconds):
-                if route.pipeline is not None:
-                    conn_up, head = await route.pipeline.acall(self._attempt, ex)
-                else:
-                    conn_up, head = await self._attempt(ex)
+            with deadline(limit):
+                async with asyncio.timeout(limit):
+                    if route.policies is not None:
+                        conn_up, head = await route.policies.pipeline.acall(self._attempt, ex)
+                    else:
+                        conn_up, head = await self._attempt(ex)
         except _Answered as answered:
             conn_up, head = answered.conn, answered.head
         except UpstreamFailure as failure:
