@@ -81,8 +81,8 @@ def _policies(route: RouteConfig) -> tuple[Policies | None, CircuitBreaker | Non
         policies.append(
             Retry(
                 retry.retries,
-                base=retry.backoff,
-                max_delay=retry.max_backoff,
+                backoff=retry.backoff,
+                max_backoff=retry.max_backoff,
                 multiplier=retry.multiplier,
                 jitter=retry.jitter,
                 retry_on=_retriable,
