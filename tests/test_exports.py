@@ -163,3 +163,36 @@ def test_http_surface_is_pinned() -> None:
 
     assert http.__all__ == HTTP
     assert all(getattr(http, name) is not None for name in HTTP)
+
+
+GRPC = [
+    "BREAKER_FAILURES",
+    "OWN_REFUSALS",
+    "AioServerInterceptor",
+    "ClientInterceptor",
+    "DirectChannel",
+    "ResolvedChannel",
+    "ServerInterceptor",
+    "Service",
+    "StatusError",
+    "aio_channel",
+    "aio_interceptors",
+    "channel",
+    "direct_channel",
+    "idempotent_methods",
+    "is_retryable",
+    "resolved_channel",
+    "service",
+    "should_fall_back",
+]
+
+
+def test_grpc_surface_is_pinned() -> None:
+    """interlink.grpc exports exactly its documented names (ruff's isort order), and its error
+    shares the InterlinkError base."""
+    from interlink import grpc
+    from interlink.errors import InterlinkError
+
+    assert grpc.__all__ == GRPC
+    assert all(getattr(grpc, name) is not None for name in GRPC)
+    assert issubclass(grpc.StatusError, InterlinkError)

@@ -12,6 +12,9 @@
     ├── TransportError             the request was not delivered or not answered (refused, reset)
     ├── HTTPStatusError            ``response.raise_for_status()`` on a 4xx/5xx answer
     ├── NoInstancesError           service discovery knows no healthy instance of a service
+    ├── grpc.StatusError           a gRPC call's non-OK status, as the pipeline's policies see
+    │   │                          it (the caller is shown grpc's own error)
+    │   └── grpc.DownstreamStatusError   a status the callee's breaker counts
     └── InvalidURLError            a registry (store, broker) URL is malformed; a ``ValueError``
 
 Rejections share a base class so a fallback can catch "the call never ran" in one clause.

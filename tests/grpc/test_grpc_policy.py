@@ -2,26 +2,40 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
 from grpc_helpers import GET_MENU, PLACE_ORDER, food_pb2
 
 from interlink import CircuitBreaker, Pipeline, RetryBudget
+from interlink.errors import NoInstancesError
 from interlink.grpc import BREAKER_FAILURES, Service, idempotent_methods, service
 from interlink.grpc.policy import (
     DEFAULT_BACKOFF,
     DEFAULT_BREAKER_WINDOW,
     DEFAULT_COOLDOWN,
+    DEFAULT_JITTER,
     DEFAULT_MAX_BACKOFF,
     DEFAULT_MINIMUM_CALLS,
+    DEFAULT_MULTIPLIER,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
 )
+from interlink.grpc.status import classify
+from interlink.http import ServicePolicies
 
 
 def test_defaults_are_pinned() -> None:
     """The documented defaults, the same as interlink.http's."""
     assert (DEFAULT_TIMEOUT, DEFAULT_RETRIES) == (10.0, 2)
-    assert (DEFAULT_BACKOFF, DEFAULT_MAX_BACKOFF) == (0.025, 0.25)
+    assert (DEFAULT_BACKOFF, DEFAULT_MULTIPLIER, DEFAULT_MAX_BACKOFF) == (0.025, 2.0, 0.25)
+    assert DEFAULT_JITTER == "full"
+    http = ServicePolicies()
+    assert (http.backoff, http.multiplier, http.max_backoff, http.jitter) == (
+        DEFAULT_BACKOFF,
+        DEFAULT_MULTIPLIER,
+        DEFAULT_MAX_BACKOFF,
+        DEFAULT_JITTER,
+    )
     assert (DEFAULT_BREAKER_WINDOW, DEFAULT_MINIMUM_CALLS, DEFAULT_COOLDOWN) == (10.0, 20, 5.0)
 
 
@@ -111,3 +125,39 @@ def test_interceptors_need_a_service() -> None:
         aio_interceptors(Pipeline())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"'service' must be an interlink\.grpc\.Service"):
         ClientInterceptor(Pipeline())  # type: ignore[arg-type]
+
+
+def test_retry_knobs_use_the_package_words() -> None:
+    """retries, backoff, multiplier, max_backoff and jitter reach the service's Retry."""
+    svc = service("menu", retries=3, backoff=0.01, multiplier=3.0, max_backoff=0.5, jitter="none")
+    retry = svc.pipeline.describe()[0]
+    assert (retry["retries"], retry["backoff"], retry["multiplier"]) == (3, 0.01, 3.0)
+    assert (retry["max_backoff"], retry["jitter"]) == (0.5, "none")
+
+
+def test_default_breaker_records_downstream_statuses_not_own_refusals() -> None:
+    """Now that StatusError is an InterlinkError, the default breaker still opens on
+    UNAVAILABLE, and still ignores interlink's own refusals (no instance to call)."""
+    svc = service("menu", retries=0)
+    breaker = svc.pipeline.policies[-1]
+    assert isinstance(breaker, CircuitBreaker)
+
+    def no_instance() -> None:
+        raise NoInstancesError("menu", "empty")
+
+    for _ in range(30):
+        with pytest.raises(NoInstancesError):
+            svc.pipeline.call(no_instance)
+    assert breaker.state.value == "closed"
+
+    def unavailable() -> None:
+        raise classify(RuntimeError("down"), grpc.StatusCode.UNAVAILABLE, (), idempotent=True)
+
+    outcomes = []
+    for _ in range(30):
+        try:
+            svc.pipeline.call(unavailable)
+        except Exception as exc:  # the failures the breaker counts, then its refusals
+            outcomes.append(type(exc).__name__)
+    assert outcomes[-1] == "CircuitOpenError"
+    assert breaker.state.value == "open"

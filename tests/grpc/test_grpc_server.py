@@ -90,6 +90,24 @@ def test_malformed_correlation_id_is_invalid_argument_not_a_crash() -> None:
     assert out["seen"] == []
 
 
+@pytest.mark.parametrize(
+    ("size", "codes"),
+    [
+        (10_000, {S.RESOURCE_EXHAUSTED, S.INVALID_ARGUMENT}),
+        (20_000, {S.RESOURCE_EXHAUSTED}),
+    ],
+)
+def test_an_id_past_grpcs_metadata_limit_is_refused_by_grpc(
+    size: int, codes: set[grpc.StatusCode]
+) -> None:
+    """Past gRPC's 8 KB soft metadata limit grpc itself refuses a growing share of calls with
+    RESOURCE_EXHAUSTED (all of them past the 16 KB hard limit); the rest reach the interceptor,
+    which refuses the id with INVALID_ARGUMENT. The handler never runs (docs/sync.md)."""
+    out = asyncio.run(call("r1", metadata=(("x-request-id", "x" * size),)))
+    assert out["code"] in codes
+    assert out["seen"] == []
+
+
 def test_incoming_grpc_deadline_becomes_the_current_deadline() -> None:
     """The handler's remaining() is the caller's timeout minus transit."""
     out = asyncio.run(call("r1", deadline=0.8))

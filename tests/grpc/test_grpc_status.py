@@ -176,3 +176,16 @@ def test_unhandled_downstream_status_is_internal_not_copied() -> None:
     assert status_for_exception(Rpc(S.NOT_FOUND))[0] is S.INTERNAL
     assert status_for_exception(Rpc(S.UNAVAILABLE))[0] is S.INTERNAL
     assert status_for_exception(Rpc(S.DEADLINE_EXCEEDED))[0] is S.DEADLINE_EXCEEDED
+
+
+def test_status_errors_share_the_interlink_base() -> None:
+    """A StatusError is an InterlinkError, and still not a reason to fall back or to answer
+    UNAVAILABLE when it is a caller error."""
+    from interlink.errors import InterlinkError
+
+    assert issubclass(StatusError, InterlinkError)
+    assert isinstance(verdict(S.NOT_FOUND), InterlinkError)
+    assert not should_fall_back(verdict(S.INVALID_ARGUMENT))
+    assert status_for_exception(verdict(S.NOT_FOUND))[0] is S.INTERNAL
+    assert status_for_exception(verdict(S.UNAVAILABLE))[0] is S.INTERNAL
+    assert status_for_exception(verdict(S.DEADLINE_EXCEEDED))[0] is S.DEADLINE_EXCEEDED

@@ -23,20 +23,13 @@ except ImportError as exc:  # pragma: no cover - exercised by the no-extras inst
     raise ImportError("interlink.grpc needs grpcio: pip install 'interlink[grpc]'") from exc
 
 from interlink.grpc._direct import DirectChannel, direct_channel
-from interlink.grpc.client import (
-    AioUnaryInterceptor,
-    ClientInterceptor,
-    aio_channel,
-    aio_interceptors,
-    channel,
-)
+from interlink.grpc.client import ClientInterceptor, aio_channel, aio_interceptors, channel
 from interlink.grpc.policy import Service, idempotent_methods, service
 from interlink.grpc.resolved import ResolvedChannel, resolved_channel
 from interlink.grpc.server import AioServerInterceptor, ServerInterceptor
 from interlink.grpc.status import (
-    BREAKER_FAILURE_CODES,
     BREAKER_FAILURES,
-    DownstreamStatusError,
+    OWN_REFUSALS,
     StatusError,
     is_retryable,
     should_fall_back,
@@ -44,12 +37,10 @@ from interlink.grpc.status import (
 
 __all__ = [
     "BREAKER_FAILURES",
-    "BREAKER_FAILURE_CODES",
+    "OWN_REFUSALS",
     "AioServerInterceptor",
-    "AioUnaryInterceptor",
     "ClientInterceptor",
     "DirectChannel",
-    "DownstreamStatusError",
     "ResolvedChannel",
     "ServerInterceptor",
     "Service",

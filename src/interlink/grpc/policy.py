@@ -16,7 +16,6 @@ from random import Random
 from typing import Any
 
 from interlink.clock import Clock
-from interlink.errors import InterlinkError
 from interlink.resilience import _validate as v
 from interlink.resilience.breaker import CircuitBreaker
 from interlink.resilience.budget import RetryBudget
@@ -27,14 +26,16 @@ from interlink.resilience.hedge import Hedge
 from interlink.resilience.pipeline import Pipeline
 from interlink.resilience.retry import Retry
 
-from .status import BREAKER_FAILURES, is_retryable
+from .status import BREAKER_FAILURES, OWN_REFUSALS, is_retryable
 
 __all__ = [
     "DEFAULT_BACKOFF",
     "DEFAULT_BREAKER_WINDOW",
     "DEFAULT_COOLDOWN",
+    "DEFAULT_JITTER",
     "DEFAULT_MAX_BACKOFF",
     "DEFAULT_MINIMUM_CALLS",
+    "DEFAULT_MULTIPLIER",
     "DEFAULT_RETRIES",
     "DEFAULT_TIMEOUT",
     "Service",
@@ -46,10 +47,12 @@ __all__ = [
 DEFAULT_TIMEOUT = 10.0
 #: Retries after the first attempt (three tries in all), within the budget.
 DEFAULT_RETRIES = 2
-#: First backoff (full jitter) and the cap of the exponential schedule, in seconds (Envoy's, and
-#: interlink.http's).
+#: First backoff, its growth per retry, the cap of the exponential schedule (seconds) and the
+#: jitter: Envoy's, and interlink.http's ``ServicePolicies`` defaults.
 DEFAULT_BACKOFF = 0.025
+DEFAULT_MULTIPLIER = 2.0
 DEFAULT_MAX_BACKOFF = 0.25
+DEFAULT_JITTER = "full"
 #: The default breaker's window (s), minimum calls and cooldown (s): interlink.http's defaults.
 DEFAULT_BREAKER_WINDOW = 10.0
 DEFAULT_MINIMUM_CALLS = 20
@@ -112,7 +115,9 @@ def service(
     attempt_timeout: float | None = None,
     retries: int = DEFAULT_RETRIES,
     backoff: float = DEFAULT_BACKOFF,
+    multiplier: float = DEFAULT_MULTIPLIER,
     max_backoff: float = DEFAULT_MAX_BACKOFF,
+    jitter: str = DEFAULT_JITTER,
     budget: RetryBudget | None = None,
     breaker: CircuitBreaker | None = None,
     bulkhead: Bulkhead | None = None,
@@ -128,7 +133,8 @@ def service(
     - ``timeout``: the call's whole budget, retries included (None: only the caller's deadline);
       a deadline already in force that is sooner wins, so deadlines shrink along a chain; it is
       a deadline (``Service.timeout``), not a ``Timeout`` policy: gRPC enforces it;
-    - ``retries`` with exponential ``backoff`` (full jitter) up to ``max_backoff``, drawn from
+    - ``retries`` with ``backoff`` growing by ``multiplier`` up to ``max_backoff``, with
+      ``jitter`` (``Retry``'s words, and ``ServicePolicies``' in ``interlink.http``), drawn from
       ``budget`` (default ``RetryBudget(0.2, 10, 10)``: retries add at most 20 % load, floor
       10/s), only for statuses the table in ``interlink.grpc.status`` calls retryable;
     - ``breaker`` (default: 50 % failures of at least 20 calls in 10 s open it for 5 s)
@@ -146,8 +152,7 @@ def service(
             minimum_calls=DEFAULT_MINIMUM_CALLS,
             cooldown=DEFAULT_COOLDOWN,
             record_exceptions=BREAKER_FAILURES,
-            # interlink's own refusals (no instance to call, ...) say nothing of the callee
-            ignore_exceptions=(InterlinkError,),
+            ignore_exceptions=OWN_REFUSALS,
             clock=clock,
             listeners=listeners,
         )
@@ -156,7 +161,9 @@ def service(
         retry = Retry(
             retries,
             backoff=backoff,
+            multiplier=multiplier,
             max_backoff=max_backoff,
+            jitter=jitter,
             retry_on=is_retryable,
             budget=budget,
             name=name,

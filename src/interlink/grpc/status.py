@@ -37,7 +37,9 @@ from interlink.errors import (
     BulkheadFull,
     DeadlineExceeded,
     InterlinkError,
+    NoInstancesError,
     RateLimited,
+    RejectedError,
 )
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "BREAKER_FAILURE_CODES",
     "IDEMPOTENT_RETRYABLE_CODES",
     "NEVER_RETRIED_CODES",
+    "OWN_REFUSALS",
     "PUSHBACK_KEY",
     "RETRYABLE_CODES",
     "DownstreamStatusError",
@@ -80,7 +83,7 @@ BREAKER_FAILURE_CODES = frozenset(
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
-class StatusError(Exception):
+class StatusError(InterlinkError):
     """A call ended with a non-OK status; raised inside the pipeline so its policies see it.
 
     ``error`` is grpc's own exception (``grpc.aio.AioRpcError`` or a sync ``grpc.RpcError``),
@@ -117,6 +120,9 @@ class DownstreamStatusError(StatusError):
 
 #: ``CircuitBreaker(record_exceptions=BREAKER_FAILURES)``: record exactly the table's failures.
 BREAKER_FAILURES: tuple[type[BaseException], ...] = (DownstreamStatusError,)
+#: ``CircuitBreaker(ignore_exceptions=OWN_REFUSALS)``: interlink's own refusals (a policy's
+#: rejection, no instance to call, no time left) say nothing of the callee: not recorded.
+OWN_REFUSALS: tuple[type[BaseException], ...] = (RejectedError, NoInstancesError, DeadlineExceeded)
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -132,7 +138,9 @@ def should_fall_back(exc: BaseException) -> bool:
     answer (a breaker failure, a rejection by a policy, the deadline, no instance to call),
     never for a caller error
     such as NOT_FOUND, which the caller must see."""
-    return isinstance(exc, DownstreamStatusError | InterlinkError)
+    if isinstance(exc, StatusError):
+        return isinstance(exc, DownstreamStatusError)
+    return isinstance(exc, InterlinkError)
 
 
 def pushback(trailing: object) -> tuple[bool, float | None]:
@@ -193,8 +201,10 @@ def status_for_exception(exc: BaseException) -> tuple[grpc.StatusCode, str, floa
     """
     if isinstance(exc, DeadlineExceeded):
         return S.DEADLINE_EXCEEDED, "deadline exceeded", None
-    if isinstance(exc, StatusError) and exc.code is S.DEADLINE_EXCEEDED:
-        return S.DEADLINE_EXCEEDED, "deadline exceeded", None
+    if isinstance(exc, StatusError):  # a downstream's status the handler did not handle
+        if exc.code is S.DEADLINE_EXCEEDED:
+            return S.DEADLINE_EXCEEDED, "deadline exceeded", None
+        return S.INTERNAL, "internal error", None
     code = getattr(exc, "code", None)
     if callable(code) and isinstance(exc, grpc.RpcError):
         if code() is S.DEADLINE_EXCEEDED:
