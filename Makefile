@@ -5,10 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test lint types pytest bench services install clean
+.PHONY: demo test lint types pytest compat bench services install clean
 
+# Debian's python3 makes venvs only with its python3-venv package: installed here when missing.
 $(PY):
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV) >/dev/null 2>&1 || { rm -rf $(VENV); bash scripts/apt-install.sh python3-venv; }
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(PY)
@@ -43,13 +45,25 @@ types: $(VENV)/.installed-test
 pytest: $(VENV)/.installed-test services
 	$(PY) -m pytest -q
 
-test: lint types pytest
+# The suites that carry the event-loop and interpreter-sensitive code, run again on every other
+# CPython this machine has (each in its own .venv-X.Y; a missing one is skipped with a message)
+# and on uvloop.
+COMPAT_SUITES := tests/resilience tests/http tests/grpc tests/test_event_loop.py
+COMPAT_PYTHONS := 3.12 3.13
+
+compat: $(VENV)/.installed-test
+	INTERLINK_TEST_LOOP=uvloop $(PY) -m pytest -q -p no:cacheprovider $(COMPAT_SUITES)
+	@for version in $(COMPAT_PYTHONS); do \
+		bash scripts/test-python.sh $$version -q -p no:cacheprovider $(COMPAT_SUITES) || exit 1; \
+	done
+
+test: lint types pytest compat
 
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-* .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
 # Regenerate the example gRPC code checked in under examples/proto (grpcio-tools is in the test extra).
 .PHONY: proto

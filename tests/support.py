@@ -1,0 +1,73 @@
+"""What every test directory shares: the event loop async tests run on, and waiting for a
+condition by polling (never by a fixed sleep, so a busy machine only makes tests slower).
+
+``INTERLINK_TEST_LOOP=uvloop`` runs every async test on uvloop instead of the standard loop
+(tests/conftest.py installs it), so the suites prove that nothing depends on asyncio's own loop
+class; ``make test`` runs the resilience, HTTP and gRPC suites that way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import socket
+import time
+import warnings
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+LOOP_VARIABLE = "INTERLINK_TEST_LOOP"
+LOOPS = ("asyncio", "uvloop")
+
+
+def requested_loop() -> str:
+    """The loop ``INTERLINK_TEST_LOOP`` names; a clear error for a name we do not know."""
+    loop = os.environ.get(LOOP_VARIABLE, "") or "asyncio"
+    if loop not in LOOPS:
+        raise pytest.UsageError(f"{LOOP_VARIABLE} must be one of {', '.join(LOOPS)}: {loop!r}")
+    return loop
+
+
+def use_loop(loop: str) -> None:
+    """Make every ``asyncio.run()`` and anyio runner build ``loop``'s event loop."""
+    policy = None
+    if loop == "uvloop":
+        import uvloop
+
+        policy = uvloop.EventLoopPolicy()
+    # Loop policies are deprecated from 3.14 on; they are still the one switch that reaches
+    # every asyncio.run() the tests start.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        asyncio.set_event_loop_policy(policy)
+
+
+async def until(
+    condition: Callable[[], object | Awaitable[object]], within: float = 5.0, what: str = ""
+) -> float:
+    """Poll ``condition`` (a plain or async callable) every few ms until it is truthy; fail
+    after ``within`` seconds naming ``what``. Returns how long it took."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return loop.time() - start
+        if loop.time() - start > within:
+            raise AssertionError(f"timed out after {within}s waiting for {what or condition}")
+        await asyncio.sleep(0.005)
+
+
+def wait_listening(port: int, within: float = 10.0, host: str = "127.0.0.1") -> None:
+    """Block until something accepts TCP connections on ``host:port``."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on {host}:{port} after {within}s")
