@@ -63,11 +63,18 @@ async def until(
         await asyncio.sleep(0.005)
 
 
-def wait_listening(port: int, within: float = 10.0, host: str = "127.0.0.1") -> None:
-    """Block until something accepts TCP connections on ``host:port``."""
-    deadline = time.monotonic() + within
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    """Block until something accepts TCP connections on ``127.0.0.1:port``."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
         time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on {host}:{port} after {within}s")
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")

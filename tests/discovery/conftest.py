@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _discovery_support import ENSURE_ETCD, DnsServer, Etcd, Private, Zone, etcd_argv, free_port
+from _discovery_support import ENSURE_ETCD, DnsServer, Etcd, Private, Zone, etcd_argv
+from support import free_port
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from _discovery_support import free_port
+from support import free_port
 from typer.testing import CliRunner
 
 from interlink.cli.main import app

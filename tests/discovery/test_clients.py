@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from _discovery_support import free_port, unique
+from _discovery_support import unique
+from support import free_port
 
 from interlink.discovery import OutlierOptions, Resolver, ServiceInstance
 from interlink.discovery.backends.memory import MemoryRegistry

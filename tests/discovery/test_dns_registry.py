@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from _discovery_support import DnsServer, unique, until
+from _discovery_support import DnsServer, unique
+from support import until
 
 from interlink.discovery import Registry, Resolver, ServiceInstance
 from interlink.discovery.backends.dns import DnsRegistry

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from _discovery_support import free_port, unique, until
+from _discovery_support import unique
+from support import free_port, until
 
 from interlink.discovery import Resolver, ServiceInstance
 from interlink.discovery.backends.memory import MemoryRegistry

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _discovery_support import NATS_URL, REDIS_URL, Etcd, free_port, unique, until
+from _discovery_support import NATS_URL, REDIS_URL, Etcd, unique
+from support import free_port, until
 
 from interlink.discovery import NoInstancesError, Registry, Resolver, ServiceInstance
 from interlink.discovery.registry import BaseRegistry

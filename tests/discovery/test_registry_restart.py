@@ -13,11 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _discovery_support import Private, unique, until
+from _discovery_support import Private, unique
+from support import until
 
 from interlink.discovery import Registry, Resolver, ServiceInstance
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]  # servers killed and restarted
 
 
 async def restart_scenario(

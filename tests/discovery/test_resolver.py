@@ -7,7 +7,8 @@ import logging
 from random import Random
 
 import pytest
-from _discovery_support import unique, until
+from _discovery_support import unique
+from support import until
 
 from interlink.discovery import (
     NoInstancesError,

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _discovery_support import free_port, unique, until
+from _discovery_support import unique
+from support import free_port, until
 
 from interlink.discovery import Registry, ServiceInstance
 from interlink.discovery.backends.memory import MemoryRegistry
@@ -193,12 +194,12 @@ async def test_serve_asgi_deregisters_on_sigterm_then_drains_then_exits(tmp_path
     registry = Registry.from_url(url)
     try:
         await until(lambda: _listening(port), within=10.0)
-        await until_async(lambda: registry.lookup("web"), within=5.0)
+        await until(lambda: registry.lookup("web"), within=5.0)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             slow = asyncio.ensure_future(client.get("/slow"))
             await asyncio.sleep(0.2)
             server.send_signal(signal.SIGTERM)
-            await until_async(lambda: _empty(registry.lookup("web")), within=0.5)
+            await until(lambda: _empty(registry.lookup("web")), within=0.5)
             assert not slow.done()  # deregistered while the slow request is still in flight
             fresh = await client.get("/fast")  # during propagation_delay: still accepting
             assert (fresh.status_code, fresh.text) == (200, "/fast")
@@ -221,13 +222,3 @@ def _listening(port: int) -> bool:
 
 async def _empty(found: Any) -> bool:
     return not await found
-
-
-async def until_async(condition: Any, within: float) -> None:
-    """Poll an async ``condition`` until it is truthy."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while not await condition():
-        if loop.time() - start > within:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.01)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from _discovery_support import until
+from support import until
 
 from interlink.discovery import Registry, Resolver, ServiceInstance
 from interlink.discovery.backends.static import StaticRegistry

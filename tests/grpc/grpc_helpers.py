@@ -4,7 +4,6 @@ servicer that fails on cue, and real ``grpc.aio`` servers on loopback (port 0)."
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
@@ -131,14 +130,6 @@ async def serving(
         yield bound
     finally:
         await server.stop(None)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (a "server down")."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def menu_request(restaurant: str = "r1") -> Any:

@@ -17,10 +17,10 @@ from grpc_helpers import (
     Faulty,
     food_pb2,
     food_pb2_grpc,
-    free_port,
     menu_request,
     serving,
 )
+from support import free_port
 
 from interlink import CircuitBreaker, CircuitOpenError, Fallback, RetryBudget
 from interlink.grpc import BREAKER_FAILURES, aio_channel, service, should_fall_back

@@ -9,7 +9,8 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_helpers import Fail, Faulty, food_pb2_grpc, free_port, menu_request, serving
+from grpc_helpers import Fail, Faulty, food_pb2_grpc, menu_request, serving
+from support import free_port
 
 from interlink.context import use_correlation_id
 from interlink.grpc import direct_channel, resolved_channel, service

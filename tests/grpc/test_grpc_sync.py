@@ -10,7 +10,8 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_helpers import food_pb2, food_pb2_grpc, free_port, menu_request, trailing_id
+from grpc_helpers import food_pb2, food_pb2_grpc, menu_request, trailing_id
+from support import free_port
 
 from interlink import CircuitBreaker, Fallback, remaining
 from interlink.context import correlation_id, use_correlation_id

@@ -23,34 +23,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from support import free_port, until, wait_port
+
 ROOT = Path(__file__).resolve().parents[2]
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float) -> None:
-    """Block until something accepts on ``127.0.0.1:port``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
-
-
-async def until(condition: Callable[[], bool], within: float, what: str) -> None:
-    """Poll ``condition`` every few ms; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @dataclass
@@ -287,6 +263,7 @@ def consumer_process(url: str, topic: str, group: str, log: Path) -> subprocess.
     return subprocess.Popen(
         [sys.executable, "-m", "tests.messaging._fault_support", url, topic, group, str(log)],
         cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "tests")},  # for the shared support module
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

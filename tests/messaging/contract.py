@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel
+from support import until
 
 from interlink import Retry
 from interlink.context import correlation_id, use_correlation_id
@@ -34,15 +35,6 @@ class Order(BaseModel):
 
     order_id: int
     item: str = "pizza"
-
-
-async def until(condition: Callable[[], bool], within: float = 5.0, what: str = "") -> None:
-    """Wait (polling every few ms) until ``condition()`` holds; fail after ``within`` s."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what or condition}")
-        await asyncio.sleep(0.005)
 
 
 def run_async(body: Callable[[Any], Coroutine[Any, Any, None]]) -> Callable[[Any], None]:

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import pytest
 from pydantic import BaseModel
+from support import until
 
 from interlink import Retry
 from interlink.context import correlation_id, valid_correlation_id
@@ -17,7 +18,7 @@ from interlink.messaging import Broker, Envelope, current_message
 from interlink.messaging.backends.memory import MemoryBackend
 from interlink.messaging.broker import DEFAULT_GRACE, DEFAULT_MAX_DELIVERIES, DEFAULT_PREFETCH
 
-from .contract import QUICK, Order, check_key_order_survives_retries, until
+from .contract import QUICK, Order, check_key_order_survives_retries
 
 
 def run(coro: Any) -> Any:

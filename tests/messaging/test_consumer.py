@@ -12,11 +12,12 @@ import uuid
 from typing import Any
 
 import pytest
+from support import until
 
 from interlink import Retry
 from interlink.messaging import Broker, current_message
 
-from .contract import QUICK, until
+from .contract import QUICK
 
 VAR: contextvars.ContextVar[str | None] = contextvars.ContextVar("test_consumer_var", default=None)
 

@@ -19,6 +19,8 @@ from tests.messaging._fault_support import (
     slow_consumer_publishing,
 )
 
+pytestmark = pytest.mark.slow  # processes killed with SIGKILL and restarted
+
 SHARED = "nats://127.0.0.1:4222"
 
 

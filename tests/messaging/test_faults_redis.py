@@ -20,6 +20,8 @@ from tests.messaging._fault_support import (
     slow_consumer_publishing,
 )
 
+pytestmark = pytest.mark.slow  # processes killed with SIGKILL and restarted
+
 SHARED = "redis://127.0.0.1:6379/0"
 
 

@@ -8,7 +8,8 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from tests.messaging.contract import BackendContract, Order, until
+from support import until
+from tests.messaging.contract import BackendContract, Order
 
 from interlink.messaging import Broker
 from interlink.messaging.backend import PublishError

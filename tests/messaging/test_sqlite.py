@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import until
 
 from interlink.messaging import BackendUnavailable, Broker
 
-from .contract import BackendContract, Order, check_key_order_survives_retries, until
+from .contract import BackendContract, Order, check_key_order_survives_retries
 
 
 class TestSqliteContract(BackendContract):

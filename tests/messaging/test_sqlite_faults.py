@@ -197,6 +197,7 @@ class _Postgres:
         return int(str(self.run(f"SELECT count(DISTINCT id) FROM {self.table}")[0][0]))
 
 
+@pytest.mark.slow
 def test_kill_9_mid_batch_loses_nothing_and_effects_happen_once(
     tmp_path: Path, spawn: Callable[..., subprocess.Popen[str]]
 ) -> None:
@@ -240,6 +241,7 @@ def test_kill_9_mid_batch_loses_nothing_and_effects_happen_once(
     assert {mid: received.get(mid) for mid in held} == {mid: n + 1 for mid, n in held.items()}
 
 
+@pytest.mark.slow
 def test_kill_9_without_idempotency_is_at_least_once(
     tmp_path: Path, spawn: Callable[..., subprocess.Popen[str]]
 ) -> None:

@@ -29,6 +29,8 @@ import relay_worker
 from interlink.messaging import Broker, Envelope
 from interlink.outbox import Outbox
 
+pytestmark = pytest.mark.slow  # processes killed with SIGKILL and restarted
+
 WORKER = Path(relay_worker.__file__)
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 KEYS = 25

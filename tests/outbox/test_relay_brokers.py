@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Coroutine, Mapping
@@ -15,6 +14,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import pytest
+from support import until
 
 from interlink import Retry
 from interlink.messaging import Broker, Envelope
@@ -45,13 +45,6 @@ class Sink:
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(asyncio.wait_for(coro, 30))
-
-
-async def eventually(check: Any, seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def drop_nats_stream(topic: str) -> None:
@@ -107,7 +100,7 @@ def test_relay_then_crash_replay_gives_effects_exactly_once(tmp_path: Path, brok
                         assert await relay.pending() == 0
                     with conn:
                         conn.execute(f"UPDATE {table} SET sent_at = NULL")
-                    await eventually(lambda: len(effects) == 200)
+                    await until(lambda: len(effects) == 200)
                 await asyncio.sleep(0.2)  # room for a duplicate to slip through (it must not)
         finally:
             if broker == "nats":
@@ -153,10 +146,10 @@ def test_relay_falls_back_to_polling_and_listens_again(tmp_path: Path) -> None:
             [listener] = await listeners(admin)
             await admin.execute("SELECT pg_terminate_backend($1)", listener)
             first = await write(admin)
-            await eventually(lambda: first in got)
+            await until(lambda: first in got)
             assert await listeners(admin, besides=listener), "the relay did not LISTEN again"
             second = await write(admin)
-            await eventually(lambda: second in got)
+            await until(lambda: second in got)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -195,8 +188,8 @@ def test_run_cleans_up_sent_rows_by_age(tmp_path: Path) -> None:
         )
         task = asyncio.create_task(relay.run())
         try:
-            await eventually(lambda: len(published) == 5)
-            await eventually(lambda: rows() == 0, 3.0)
+            await until(lambda: len(published) == 5)
+            await until(lambda: rows() == 0, 3.0)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -241,7 +234,7 @@ def test_postgres_inbox_commits_effects_and_next_event_together() -> None:
             async with bus:
                 for _ in range(2):  # the second is a duplicate delivery
                     await bus.publish(topic, b"order-1", key="order-1", message_id="m-1")
-                await eventually(lambda: len(runs) >= 2)
+                await until(lambda: len(runs) >= 2)
                 await asyncio.sleep(0.2)  # room for the duplicate to be (not) handled
             paid = await admin.fetchval(f"SELECT count(*) FROM {table}_payments")
             events = await admin.fetchval(f"SELECT count(*) FROM {table}")

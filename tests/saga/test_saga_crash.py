@@ -27,6 +27,8 @@ import saga_worker
 
 from interlink.saga import Orchestrator, SagaStatus, SagaStore
 
+pytestmark = pytest.mark.slow  # processes killed with SIGKILL and restarted
+
 WORKER = Path(saga_worker.__file__)
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 ACTIVE = {SagaStatus.RUNNING.value, SagaStatus.COMPENSATING.value}
