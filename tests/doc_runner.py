@@ -237,6 +237,8 @@ async def consistency() -> AsyncIterator[tuple[dict[str, Any], dict[str, str]]]:
                         "assign_courier",
                         "release_courier",
                         "notify_customer",
+                        "reserve",
+                        "release",
                     )
                 },
             }
@@ -356,7 +358,14 @@ def main(page: str) -> int:
         async with SETUPS.get(page, nothing)() as (namespace, hosts):
             return await asyncio.wait_for(run_blocks(blocks, namespace, hosts), PAGE_TIMEOUT)
 
-    print(f"{page}: {asyncio.run(run())}")
+    try:
+        print(f"{page}: {asyncio.run(run())}")
+    except NameError as exc:
+        hint = (
+            f"{page}: a block uses {exc.name!r}, which no earlier block defines: define it in "
+            f"the block, or add a real stand-in to the page's setup in {Path(__file__).name}"
+        )
+        raise SystemExit(hint) from exc
     return 0
 
 
