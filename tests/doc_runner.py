@@ -26,6 +26,7 @@ import re
 import sqlite3
 import sys
 import textwrap
+import traceback
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -365,7 +366,9 @@ def main(page: str) -> int:
             f"{page}: a block uses {exc.name!r}, which no earlier block defines: define it in "
             f"the block, or add a real stand-in to the page's setup in {Path(__file__).name}"
         )
-        raise SystemExit(hint) from exc
+        traceback.print_exc()
+        print(hint, file=sys.stderr)
+        return 1
     return 0
 
 
