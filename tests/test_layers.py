@@ -58,11 +58,13 @@ ADAPTERS = (
     "interlink.tracing",
 )
 
-# Assembly only. Apps may import anything; nothing else may import an app. (A proxy, gateway,
-# dashboard or supervisor belongs here once it exists.)
+# Assembly only. Apps may import anything; nothing else may import an app. (A dashboard or
+# supervisor belongs here once it exists.)
 APPS = (
     "interlink.cli",
     "interlink.demo",
+    "interlink.gateway",
+    "interlink.proxy",
 )
 
 # `import interlink` must load none of these: the CLI's dependencies and every optional extra.
@@ -326,7 +328,7 @@ def test_patterns_classify_modules() -> None:
     assert layers_of("interlink.resilience.retry") == ["pure"]
     assert layers_of("interlink.http.client") == ["adapter"]
     assert layers_of("interlink.cli.main") == ["app"]
-    assert layers_of("interlink.gateway") == []
+    assert layers_of("interlink.sidecar") == []
 
 
 def test_checker_accepts_stdlib_and_pure_imports() -> None:
