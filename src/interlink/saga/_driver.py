@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from interlink.clock import Clock
@@ -73,6 +73,9 @@ class Driver:
     replies: ReplyBox
     clock: Clock
     hold: float  # backoffs up to this long are waited out while holding the saga
+    # Sagas whose lease this process is giving up on purpose (finished, parked, a long
+    # backoff): a renewal that misses them lost nothing.
+    letting_go: set[str] = field(default_factory=set)
 
     async def drive(self, row: SagaRow, started: Started | None = None) -> None:
         """Drive the saga of ``row`` (claimed by ``owner``) until it needs nothing now.
@@ -95,6 +98,7 @@ class Driver:
         except Exception as exc:  # whatever a damaged row raises: park it, never loop on it
             error = str(exc) if isinstance(exc, SagaError) else error_text(exc)
             log.error("saga %s parked: %s", sid, error)
+            self.letting_go.add(sid)
             await self.store.park(sid, error=error, owner=self.owner, now=self.clock())
             return None
         definition = self.definitions[row.name]
@@ -123,6 +127,7 @@ class Driver:
             except Exception as exc:  # a state the machine cannot continue from
                 error = f"cannot continue from the stored state: {error_text(exc)}"
                 log.error("saga %s parked: %s", sid, error)
+                self.letting_go.add(sid)
                 await self.store.park(sid, error=error, owner=self.owner, now=self.clock())
                 return
             command = decision.command
@@ -141,6 +146,7 @@ class Driver:
                 if decision.state.status is SagaStatus.RUNNING and decision.state.deadline_at:
                     let_go_at = min(let_go_at, decision.state.deadline_at)
             if let_go_at is not None:  # one write: the new state and the release together
+                self.letting_go.add(sid)
                 if changed:
                     await self._persist(state, decision.state, release_at=let_go_at)
                 else:

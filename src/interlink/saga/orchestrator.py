@@ -4,10 +4,13 @@ Ownership is a lease on the saga's row. An orchestrator renews the leases of the
 every ``lease / 3`` seconds; a saga whose lease it lost (or could not renew in time) is cancelled
 mid-attempt before anyone else may claim it, so two orchestrators never run the same step at
 once, and every write it makes is fenced by owner and version, so a late one changes nothing.
-On start an orchestrator takes back every active saga its ``owner`` name holds (a restart after
-``kill -9`` need not wait for the leases to expire), then claims whatever is due and free.
-``owner`` names must be unique among the orchestrators alive at one time (a pod name, host and
-port); the default is unique per process.
+On start an orchestrator takes the lock of its ``owner`` name (the store's: a file lock, an
+advisory lock; dropped when the process dies) and then takes back every active saga held under
+that name, so a restart after ``kill -9`` need not wait for the leases to expire; then it claims
+whatever is due and free. The default name is stable, the service and the host
+(``default_owner``); when a live process holds it already, the newcomer runs under a name of
+its own and leaves that process's sagas alone. Rows carry the name plus this process's
+incarnation, so writes of an earlier process of the same name are fenced off too.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from interlink.clock import Clock
@@ -32,13 +36,21 @@ from interlink.saga._runner import SAGA_ATTEMPT, SAGA_ID, SAGA_STEP, ReplyBox
 from interlink.saga.admin import load_saga, resume_saga
 from interlink.saga.codec import state_to_json
 from interlink.saga.definition import SagaDefinition, Send
-from interlink.saga.errors import InvalidReply, SagaNotFound
+from interlink.saga.errors import InvalidReply, SagaError, SagaNotFound
 from interlink.saga.state import ACTIVE, RunAction, SagaState, Wake, decide, new_state
 from interlink.saga.stores import SagaRow, SagaStore
 
 __all__ = ["Orchestrator"]
 
 log = logging.getLogger("interlink.saga")
+
+
+def default_owner(definitions: Mapping[str, SagaDefinition]) -> str:
+    """The owner name an orchestrator takes when given none: the same after a restart, so the
+    restarted process takes its sagas back at once. The service (``OTEL_SERVICE_NAME``, else
+    the names of the sagas it drives) and the host."""
+    service = os.environ.get("OTEL_SERVICE_NAME") or "+".join(sorted(definitions))
+    return f"{service}@{socket.gethostname()}".replace("#", "_")
 
 
 class Orchestrator:
@@ -81,7 +93,14 @@ class Orchestrator:
         if sends and publisher is None:
             raise ValueError(f"'publisher' is needed: steps {sends} send commands")
         self._publisher = None if publisher is None else Sink(publisher)
-        self._owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        if owner is not None and (not isinstance(owner, str) or not owner or "#" in owner):
+            raise ValueError(f"'owner' must be a non-empty string without '#': {owner!r}")
+        self._named = owner is not None
+        self._name = owner or default_owner(self._definitions)
+        # What the rows say: the name plus this process's incarnation, so that a write from an
+        # earlier process of the same name (one that lost its owner lock) changes nothing.
+        self._owner = f"{self._name}#{uuid.uuid4().hex[:8]}"
+        self._take_back = False  # whether this process holds the name's owner lock
         self._lease = positive("lease", lease)
         self._poll = positive("poll_interval", poll_interval)
         self._max = positive_int("max_concurrent", max_concurrent)
@@ -105,7 +124,8 @@ class Orchestrator:
 
     @property
     def owner(self) -> str:
-        """The name this orchestrator holds leases under."""
+        """What this orchestrator's leases say: its ``owner`` name and ``#`` and a part unique
+        to this process (a name another live process held: a name unique to this process)."""
         return self._owner
 
     @property
@@ -132,6 +152,18 @@ class Orchestrator:
         if self._loop_task is not None:
             return
         await self._store.open()
+        self._take_back = await self._store.hold_owner(self._name)
+        if not self._take_back:
+            if self._named:
+                raise SagaError(
+                    f"owner {self._name!r} is held by another live orchestrator on this store: "
+                    "give each live orchestrator its own name"
+                )
+            # Another live process of this service on this host: run under a name of our own
+            # and leave its sagas alone (they are not ours to take back).
+            self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            log.info("owner %r is in use by a live process; running as %r", self._name, self._owner)
+        self._driver = replace(self._driver, owner=self._owner)
         self._renewed_at = self._clock()
         self._loop_task = asyncio.create_task(self._claim_loop(), name="saga-claims")
         self._renew_task = asyncio.create_task(self._renew_loop(), name="saga-leases")
@@ -159,6 +191,10 @@ class Orchestrator:
         for sid in driving:
             with contextlib.suppress(Exception):  # fenced: a no-op if someone else has it
                 await self._store.release(sid, owner=self._owner, wake_at=now)
+        if self._take_back:
+            self._take_back = False
+            with contextlib.suppress(Exception):
+                await self._store.release_owner(self._name)
         if self._own_store:
             await self._store.close()
 
@@ -288,6 +324,7 @@ class Orchestrator:
     def _finished(self, saga_id: str, task: asyncio.Task[None]) -> None:
         if self._tasks.get(saga_id) is task:
             del self._tasks[saga_id]
+            self._driver.letting_go.discard(saga_id)
         if self._backlog:  # sagas are waiting for a free slot: claim now, not at the next poll
             self._wakeup.set()
         exc = None if task.cancelled() else task.exception()
@@ -295,7 +332,7 @@ class Orchestrator:
             log.error("saga %s: driver crashed: %s", saga_id, error_text(exc), exc_info=exc)
 
     async def _claim_loop(self) -> None:
-        own = True  # first take back what this owner held before a restart
+        own = self._take_back  # first take back what this owner held before a restart
         while True:
             free = self._max - len(self._tasks)
             if free > 0:
@@ -309,7 +346,7 @@ class Orchestrator:
                         lease_until=now + self._lease,
                         # Own rows include those this process drives already: ask for more.
                         limit=free + busy if own else free,
-                        own=own,
+                        own=self._name if own else None,
                     )
                 except Exception as exc:  # the store is down: keep trying, calmly
                     log.warning("saga claim failed: %s", error_text(exc))
@@ -352,6 +389,7 @@ class Orchestrator:
                 self._renewed_at = now
             for sid in ids:
                 task = self._tasks.get(sid)
-                if sid not in kept and task is not None:
-                    log.warning("saga %s: lease lost; stopping its attempt", sid)
-                    task.cancel()
+                if sid in kept or task is None or task.done() or sid in self._driver.letting_go:
+                    continue  # kept, or finished and let go on purpose: nothing was lost
+                log.warning("saga %s: lease lost; stopping its attempt", sid)
+                task.cancel()

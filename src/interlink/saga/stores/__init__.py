@@ -110,11 +110,13 @@ class SagaStore(Protocol):
         now: float,
         lease_until: float,
         limit: int,
-        own: bool = False,
+        own: str | None = None,
     ) -> list[SagaRow]:
         """Take up to ``limit`` active sagas of these definitions that are due and free (no
-        owner, or an expired lease); with ``own``, the active sagas ``owner`` already holds,
-        due or not, lease or not: what an orchestrator resumes when it starts."""
+        owner, or an expired lease); with ``own`` (an owner name), the active sagas held
+        under that name (``own`` itself, or ``own#...``: any process of that name), due or
+        not, lease or not: what an orchestrator resumes when it starts holding the name's
+        owner lock."""
         ...
 
     async def renew(self, *, owner: str, ids: Sequence[str], lease_until: float) -> set[str]:
@@ -146,6 +148,18 @@ class SagaStore(Protocol):
         error: str | None,
     ) -> bool:
         """Write a row nobody holds a live lease on (a resume by hand), fenced by version."""
+        ...
+
+    async def hold_owner(self, owner: str) -> bool:
+        """Take the lock that says a live process drives sagas as ``owner``, held until
+        ``release_owner`` or the process dies (SQLite: a file lock; PostgreSQL: an advisory
+        lock on a connection of its own). False when another live process (or another
+        orchestrator on this store object) holds it: then the caller must not drive
+        ``owner``'s sagas."""
+        ...
+
+    async def release_owner(self, owner: str) -> None:
+        """Give the owner lock back; idempotent."""
         ...
 
     async def put_reply(self, saga_id: str, step: str, attempt: int, body: bytes) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -52,6 +53,7 @@ class PostgresSagaStore(SagaStore):
         self._t = identifier("table", table)
         self._pool_size = pool_size
         self._pool: Any = None
+        self._owner_locks: dict[str, Any] = {}  # owner -> the connection holding its lock
 
     async def open(self) -> None:
         """Connect and create the tables if missing."""
@@ -93,8 +95,36 @@ class PostgresSagaStore(SagaStore):
                     "USING convert_to(body, 'UTF8')"
                 )
 
+    async def hold_owner(self, owner: str) -> bool:
+        """A session advisory lock on a connection of its own: PostgreSQL drops it when the
+        connection ends, so when the process dies."""
+        if owner in self._owner_locks:  # held already, by another orchestrator on this store
+            return False
+        conn = await _import_asyncpg().connect(self._url)
+        try:
+            got = await conn.fetchval(
+                "SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))", self._t, owner
+            )
+        except BaseException:
+            await conn.close()
+            raise
+        if not got:
+            await conn.close()
+            return False
+        self._owner_locks[owner] = conn
+        return True
+
+    async def release_owner(self, owner: str) -> None:
+        """Close the lock's connection (which unlocks it)."""
+        conn = self._owner_locks.pop(owner, None)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
     async def close(self) -> None:
-        """Close the pool."""
+        """Close the pool (and give back any owner lock)."""
+        for owner in list(self._owner_locks):
+            await self.release_owner(owner)
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -181,13 +211,16 @@ class PostgresSagaStore(SagaStore):
         now: float,
         lease_until: float,
         limit: int,
-        own: bool = False,
+        own: str | None = None,
     ) -> list[SagaRow]:
         """``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)``."""
         t = self._t
-        if own:
-            where = "owner=$3 AND status = ANY($4::text[]) AND name = ANY($5::text[])"
-            args: tuple[Any, ...] = (owner, _ACTIVE, sorted(names))
+        if own is not None:
+            where = (
+                "(owner=$3 OR starts_with(owner, $3 || '#')) "
+                "AND status = ANY($4::text[]) AND name = ANY($5::text[])"
+            )
+            args: tuple[Any, ...] = (own, _ACTIVE, sorted(names))
         else:
             where = (
                 "status = ANY($3::text[]) AND name = ANY($4::text[]) AND wake_at <= $5 "

@@ -7,8 +7,10 @@ can never take the same row. See ``interlink._sqlite_thread`` for the durability
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sqlite3
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from interlink._sqlite_thread import SqliteThread, identifier, sqlite_path, write_tx
@@ -16,6 +18,17 @@ from interlink.saga.state import ACTIVE, SagaStatus
 from interlink.saga.stores import SagaRow, SagaStore
 
 __all__ = ["SqliteSagaStore"]
+
+# The owner lock is an exclusive flock (on Windows, where there is none, owners never lock).
+_flock: Callable[[int, int], None] | None
+try:
+    import fcntl
+
+    _flock = fcntl.flock
+    _EXCLUSIVE = fcntl.LOCK_EX | fcntl.LOCK_NB
+except ImportError:  # pragma: no cover - not on Windows
+    _flock, _EXCLUSIVE = None, 0
+
 
 _COLUMNS = (
     "id, name, status, state, version, owner, lease_until, wake_at, created_at, updated_at, error"
@@ -49,7 +62,9 @@ class SqliteSagaStore(SagaStore):
 
     def __init__(self, url: str, *, table: str = "interlink_sagas", synchronous: str = "NORMAL"):
         self._t = identifier("table", table)
-        self._db = SqliteThread(sqlite_path(url), synchronous=synchronous)
+        self._path = sqlite_path(url)
+        self._db = SqliteThread(self._path, synchronous=synchronous)
+        self._owner_locks: dict[str, int] = {}  # owner -> the open file holding its lock
 
     async def open(self) -> None:
         """Create the tables if missing."""
@@ -78,8 +93,33 @@ class SqliteSagaStore(SagaStore):
         await self._db.run(setup)
 
     async def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (and give back any owner lock)."""
+        for owner in list(self._owner_locks):
+            await self.release_owner(owner)
         await self._db.close()
+
+    async def hold_owner(self, owner: str) -> bool:
+        """An exclusive ``flock`` on a file next to the database, named after the table and
+        the owner: the kernel drops it when the process dies, however it dies."""
+        if owner in self._owner_locks:  # held already, by another orchestrator on this store
+            return False
+        if _flock is None:  # no flock here: never claim another process's sagas
+            return False
+        digest = hashlib.sha256(f"{self._t}\0{owner}".encode()).hexdigest()[:20]
+        fd = os.open(f"{self._path}.owner-{digest}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _flock(fd, _EXCLUSIVE)
+        except OSError:
+            os.close(fd)
+            return False
+        self._owner_locks[owner] = fd
+        return True
+
+    async def release_owner(self, owner: str) -> None:
+        """Unlock and close the owner's lock file."""
+        fd = self._owner_locks.pop(owner, None)
+        if fd is not None:
+            os.close(fd)  # closing the last descriptor drops the flock
 
     async def drop(self) -> None:
         """Delete both tables."""
@@ -157,18 +197,19 @@ class SqliteSagaStore(SagaStore):
         now: float,
         lease_until: float,
         limit: int,
-        own: bool = False,
+        own: str | None = None,
     ) -> list[SagaRow]:
-        """Take due, free rows (or, with ``own``, the rows ``owner`` holds)."""
+        """Take due, free rows (or, with ``own``, the rows held under that name)."""
         t = self._t
         names = sorted(names)
         if not names:
             return []
-        if own:
+        if own is not None:
             where = (
-                f"owner=? AND status IN ({_marks(len(_ACTIVE))}) AND name IN ({_marks(len(names))})"
+                "(owner=? OR substr(owner, 1, ?)=?) "
+                f"AND status IN ({_marks(len(_ACTIVE))}) AND name IN ({_marks(len(names))})"
             )
-            args: tuple[object, ...] = (owner, *_ACTIVE, *names)
+            args: tuple[object, ...] = (own, len(own) + 1, own + "#", *_ACTIVE, *names)
         else:
             where = (
                 f"status IN ({_marks(len(_ACTIVE))}) AND name IN ({_marks(len(names))}) "
