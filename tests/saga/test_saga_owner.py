@@ -133,7 +133,7 @@ def test_lease_lost_is_logged_only_when_it_happened(
     async def main() -> None:
         async with (
             opened(store_url, unique_table()) as store,
-            Orchestrator(store, [saga], lease=0.15, poll_interval=0.02, max_concurrent=200) as orch,
+            Orchestrator(store, [saga], lease=0.6, poll_interval=0.02, max_concurrent=200) as orch,
         ):
             ids = [await orch.start("s", {}) for _ in range(200)]
             for sid in ids:
