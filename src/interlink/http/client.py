@@ -11,11 +11,12 @@ like Polly's last outcome), a fallback or stale answer when configured, or a pub
 
 The shape is httpx's ``BaseClient``: ``BaseClient`` holds what does not depend on the engine
 (configuration, the per-service policies, request preparation, classification of an answer,
-the give-up path); ``AsyncClient`` and ``Client`` hold only their engine's attempt and
-lifecycle. The verbs (``get``, ``post``...) are written once in ``_Verbs``, generic in what a
-call returns: a coroutine for the async clients (a verb is a plain function returning the
-call's coroutine, so it costs no coroutine frame of its own), a ``Response`` for the blocking
-ones.
+the give-up path, the arguments); ``AsyncClient`` and ``Client`` hold only their engine's
+call, attempt and lifecycle, and ``ServiceClientBase`` the service clients' path handling. The
+verbs (``get``, ``post``...) and their signature are written once (``_Verbs``, ``_verb``),
+generic in what a call returns: a coroutine for the async clients (a verb is a plain function
+returning the call's coroutine, so it costs no coroutine frame of its own), a ``Response`` for
+the blocking ones.
 
 One interlink attempt is exactly one request on the wire. aiohttp resends an idempotent
 request once by itself when a connection drops before the answer (RFC 9112's advice for
@@ -49,7 +50,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import urlencode
 
 from interlink.clock import Clock
@@ -86,7 +87,14 @@ except ImportError as exc:  # pragma: no cover - exercised by the no-extras inst
         "interlink.http needs aiohttp and httpx: pip install 'interlink[http]'"
     ) from exc
 
-__all__ = ["AsyncClient", "AsyncServiceClient", "BaseClient", "Client", "ServiceClient"]
+__all__ = [
+    "AsyncClient",
+    "AsyncServiceClient",
+    "BaseClient",
+    "Client",
+    "ServiceClient",
+    "ServiceClientBase",
+]
 
 DEFAULT_MAX_CONNECTIONS = 100
 DEFAULT_KEEPALIVE = 15.0
@@ -256,11 +264,51 @@ def cache_key(call: Call) -> str | None:
 # -------------------------------------------------------------------------------- the verbs
 
 R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class _Verb(Protocol[R_co]):
+    """The signature of every verb (``client.get(url, ...)``...), written once."""
+
+    def __call__(
+        self,
+        url: str,
+        *,
+        params: Params | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+        fallback: Any = None,
+    ) -> R_co: ...
+
+
+def _verb(method: str, doc: str) -> Any:
+    """The verb ``method`` as a plain method: ``request(method, ...)`` without upper-casing."""
+
+    def verb(
+        self: _Verbs[Any],
+        url: str,
+        *,
+        params: Params | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+        fallback: Any = None,
+    ) -> Any:
+        return self._send(method, url, params, headers, content, json, timeout, fallback)
+
+    verb.__name__ = method.lower()
+    verb.__qualname__ = f"_Verbs.{verb.__name__}"
+    verb.__doc__ = doc
+    return verb
 
 
 class _Verbs(Generic[R]):
-    """``request`` and get/head/options/put/delete/post/patch, written once: each hands its
-    options, positionally, to ``_send``, whose result (``R``) it returns."""
+    """``request`` and get/head/options/put/delete/post/patch: each hands its options,
+    positionally, to ``_send``, whose result (``R``) it returns; a verb is a plain function,
+    so it costs no frame or dict of keyword arguments of its own per request."""
 
     __slots__ = ()
 
@@ -298,111 +346,27 @@ class _Verbs(Generic[R]):
         """
         return self._send(method.upper(), url, params, headers, content, json, timeout, fallback)
 
-    def get(
-        self,
-        url: str,
-        *,
-        params: Params | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | str | None = None,
-        json: Any = None,
-        timeout: float | None = None,
-        fallback: Any = None,
-    ) -> R:
-        """GET ``url`` (idempotent: retried on failure)."""
-        return self._send("GET", url, params, headers, content, json, timeout, fallback)
-
-    def head(
-        self,
-        url: str,
-        *,
-        params: Params | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | str | None = None,
-        json: Any = None,
-        timeout: float | None = None,
-        fallback: Any = None,
-    ) -> R:
-        """HEAD ``url`` (idempotent)."""
-        return self._send("HEAD", url, params, headers, content, json, timeout, fallback)
-
-    def options(
-        self,
-        url: str,
-        *,
-        params: Params | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | str | None = None,
-        json: Any = None,
-        timeout: float | None = None,
-        fallback: Any = None,
-    ) -> R:
-        """OPTIONS ``url`` (idempotent)."""
-        return self._send("OPTIONS", url, params, headers, content, json, timeout, fallback)
-
-    def put(
-        self,
-        url: str,
-        *,
-        params: Params | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | str | None = None,
-        json: Any = None,
-        timeout: float | None = None,
-        fallback: Any = None,
-    ) -> R:
-        """PUT ``url`` (idempotent)."""
-        return self._send("PUT", url, params, headers, content, json, timeout, fallback)
-
-    def delete(
-        self,
-        url: str,
-        *,
-        params: Params | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | str | None = None,
-        json: Any = None,
-        timeout: float | None = None,
-        fallback: Any = None,
-    ) -> R:
-        """DELETE ``url`` (idempotent)."""
-        return self._send("DELETE", url, params, headers, content, json, timeout, fallback)
-
-    def post(
-        self,
-        url: str,
-        *,
-        params: Params | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | str | None = None,
-        json: Any = None,
-        timeout: float | None = None,
-        fallback: Any = None,
-    ) -> R:
-        """POST ``url``: retried only with an ``Idempotency-Key`` header."""
-        return self._send("POST", url, params, headers, content, json, timeout, fallback)
-
-    def patch(
-        self,
-        url: str,
-        *,
-        params: Params | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | str | None = None,
-        json: Any = None,
-        timeout: float | None = None,
-        fallback: Any = None,
-    ) -> R:
-        """PATCH ``url``: retried only with an ``Idempotency-Key`` header."""
-        return self._send("PATCH", url, params, headers, content, json, timeout, fallback)
+    get: _Verb[R] = _verb("GET", "GET ``url`` (idempotent: retried on failure).")
+    head: _Verb[R] = _verb("HEAD", "HEAD ``url`` (idempotent).")
+    options: _Verb[R] = _verb("OPTIONS", "OPTIONS ``url`` (idempotent).")
+    put: _Verb[R] = _verb("PUT", "PUT ``url`` (idempotent).")
+    delete: _Verb[R] = _verb("DELETE", "DELETE ``url`` (idempotent).")
+    post: _Verb[R] = _verb("POST", "POST ``url``: retried only with an ``Idempotency-Key`` header.")
+    patch: _Verb[R] = _verb(
+        "PATCH", "PATCH ``url``: retried only with an ``Idempotency-Key`` header."
+    )
 
 
 # ---------------------------------------------------------------------------- the shared base
 
 
-class BaseClient:
-    """What both clients share: configuration, the per-service policies, request preparation,
-    the classification of an answer and the give-up path. Not used directly."""
+class BaseClient(_Verbs[R]):
+    """What both clients share: their arguments (documented on ``AsyncClient``),
+    configuration, the per-service policies, request preparation, the classification of an
+    answer and the give-up path. Not used directly."""
+
+    #: whether the client runs attempts side by side (``hedge_delay``)
+    _hedges: bool = True
 
     def __init__(
         self,
@@ -419,7 +383,6 @@ class BaseClient:
         tracer_provider: object | None = None,
         clock: Clock = time.monotonic,
         listeners: Iterable[Listener] = (),
-        allow_hedge: bool = True,
     ) -> None:
         if max_connections < 1:
             raise ValueError(f"'max_connections' must be >= 1: {max_connections!r}")
@@ -434,7 +397,7 @@ class BaseClient:
             loaded.urls if loaded else {},
             clock=clock,
             listeners=listeners,
-            allow_hedge=allow_hedge,
+            allow_hedge=self._hedges,
         )
         self._resolver = resolver
         self._headers = dict(headers or {})
@@ -443,11 +406,45 @@ class BaseClient:
         self._redirects = follow_redirects
         self._clock = clock
         self._spans = Spans(tracer_provider, name="interlink.http")
+        self._start()
+
+    def _start(self) -> None:
+        """Set up the engine's own state (the connection pool, caches)."""
+        raise NotImplementedError  # pragma: no cover - every client defines it
 
     @property
     def downstreams(self) -> list[Downstream]:
         """The services called or configured so far (their live policies)."""
         return list(self._downstreams)
+
+    def _send(  # noqa: PLR0917 - internal, positional for speed
+        self,
+        method: str,
+        url: str,
+        params: Params | None,
+        headers: Mapping[str, str] | None,
+        content: bytes | str | None,
+        json: Any,
+        timeout: float | None,
+        fallback: Any,
+    ) -> R:
+        return self._call(None, method, url, params, headers, content, json, timeout, fallback)
+
+    def _call(  # noqa: PLR0917 - internal, positional for speed
+        self,
+        downstream: Downstream | None,
+        method: str,
+        url: str,
+        params: Params | None,
+        headers: Mapping[str, str] | None,
+        content: bytes | str | None,
+        json: Any,
+        timeout: float | None,
+        fallback: Any,
+    ) -> R:
+        """A whole call; ``downstream`` is given by a service client, whose ``url`` is then
+        a path of that service."""
+        raise NotImplementedError  # pragma: no cover - every client defines it
 
     def _prepare(  # noqa: PLR0917 - internal, positional for speed
         self,
@@ -518,6 +515,55 @@ class BaseClient:
                 downstream.remember(key, response)
 
 
+class ServiceClientBase(_Verbs[R]):
+    """What both service clients share: the verbs, for paths of one service."""
+
+    __slots__ = ("_client", "downstream")
+
+    def __init__(self, client: BaseClient[R], downstream: Downstream) -> None:
+        self._client = client
+        self.downstream = downstream
+
+    @property
+    def name(self) -> str:
+        """The service's name."""
+        return self.downstream.name
+
+    def _send(  # noqa: PLR0917 - internal, positional for speed
+        self,
+        method: str,
+        url: str,
+        params: Params | None,
+        headers: Mapping[str, str] | None,
+        content: bytes | str | None,
+        json: Any,
+        timeout: float | None,
+        fallback: Any,
+    ) -> R:
+        # a path of this service, as ``service://name`` + url would give it; a full URL is the
+        # client's to parse
+        downstream = None if "://" in url else self.downstream
+        return self._client._call(
+            downstream, method, url, params, headers, content, json, timeout, fallback
+        )
+
+
+def _attempt_over(call: Call, span: Any, picked: Picked | None, exc: BaseException | None) -> None:
+    """An attempt ended (``exc`` None: it answered): end its span, report the outcome to the
+    picked instance, and remember a failed instance so that the call's next pick avoids it."""
+    ok = exc is None or instance_ok(exc)
+    if span is not None:
+        if exc is not None:
+            fail(span, exc if not isinstance(exc, AttemptFailed) else str(exc))
+        span.end()
+    if picked is not None:
+        picked.done(ok)
+        if not ok:  # a retry of this call goes elsewhere while it can
+            if call.failed is None:
+                call.failed = []
+            call.failed.append(picked.instance)
+
+
 def _fallback_answer(fallback: Any, error: Exception) -> Any:
     """A fixed ``Response`` is the answer; a callable is called with the public error."""
     if isinstance(fallback, Response):
@@ -578,7 +624,7 @@ def _deadline_cancelled() -> bool:
     return task is not None and task.cancelling() == 1
 
 
-class AsyncClient(BaseClient, _Verbs[Coroutine[Any, Any, Response]]):
+class AsyncClient(BaseClient[Coroutine[Any, Any, Response]]):
     """Call HTTP services with per-service policies and context propagation.
 
     ``base_url`` joins relative URLs (``"service://menu"`` or ``"http://host:port"``).
@@ -589,37 +635,7 @@ class AsyncClient(BaseClient, _Verbs[Coroutine[Any, Any, Response]]):
     ``await client.aclose()``; the connection pool belongs to the event loop of the first call.
     """
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        *,
-        policies: ServicePolicies | None = None,
-        services: Mapping[str, ServicePolicies] | None = None,
-        config: Mapping[str, Any] | str | Path | None = None,
-        resolver: Picker | None = None,
-        headers: Mapping[str, str] | None = None,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        keepalive: float = DEFAULT_KEEPALIVE,
-        follow_redirects: bool = False,
-        tracer_provider: object | None = None,
-        clock: Clock = time.monotonic,
-        listeners: Iterable[Listener] = (),
-    ) -> None:
-        super().__init__(
-            base_url,
-            policies=policies,
-            services=services,
-            config=config,
-            resolver=resolver,
-            headers=headers,
-            max_connections=max_connections,
-            keepalive=keepalive,
-            follow_redirects=follow_redirects,
-            tracer_provider=tracer_provider,
-            clock=clock,
-            listeners=listeners,
-            allow_hedge=True,
-        )
+    def _start(self) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._no_timeout = aiohttp.ClientTimeout(total=None)
         # one timeout object per whole-millisecond budget: a call's first attempt nearly always
@@ -640,19 +656,6 @@ class AsyncClient(BaseClient, _Verbs[Coroutine[Any, Any, Response]]):
         optionally a fixed ``url`` instead of the resolver. Configure each service once;
         asking again (without different settings) returns a client on the same policies."""
         return AsyncServiceClient(self, self._downstreams.configure(name, policies, url))
-
-    def _send(  # noqa: PLR0917 - internal, positional for speed
-        self,
-        method: str,
-        url: str,
-        params: Params | None,
-        headers: Mapping[str, str] | None,
-        content: bytes | str | None,
-        json: Any,
-        timeout: float | None,
-        fallback: Any,
-    ) -> Coroutine[Any, Any, Response]:
-        return self._call(None, method, url, params, headers, content, json, timeout, fallback)
 
     async def _call(  # noqa: PLR0917 - internal, positional for speed
         self,
@@ -697,7 +700,6 @@ class AsyncClient(BaseClient, _Verbs[Coroutine[Any, Any, Response]]):
             origin = origin_of(picked.instance)
         target = self._targets.get((origin, call.path)) or self._target_of(origin, call.path)
         url = target[0]
-        ok = False
         span = None
         try:
             ms = attempt_ms(downstream.policies.attempt_timeout, url)  # sent to the callee
@@ -775,22 +777,12 @@ class AsyncClient(BaseClient, _Verbs[Coroutine[Any, Any, Response]]):
             if span is not None:
                 span.set_attribute("http.response.status_code", raw.status)
             self._classify(downstream, call, url, response, raw.headers.get("Retry-After"))
-            ok = True
-            return response
         except BaseException as exc:
-            ok = instance_ok(exc)
-            if span is not None:
-                fail(span, exc if not isinstance(exc, AttemptFailed) else str(exc))
+            _attempt_over(call, span, picked, exc)
             raise
-        finally:
-            if span is not None:
-                span.end()
-            if picked is not None:
-                picked.done(ok)
-                if not ok:  # a retry of this call goes elsewhere while it can
-                    if call.failed is None:
-                        call.failed = []
-                    call.failed.append(picked.instance)
+        if span is not None or picked is not None:
+            _attempt_over(call, span, picked, None)
+        return response
 
     def _target_of(self, origin: str, path: str) -> tuple[str, URL | str]:
         """The URL of ``origin`` + ``path``, as text and parsed once: aiohttp would parse
@@ -861,39 +853,13 @@ class AsyncClient(BaseClient, _Verbs[Coroutine[Any, Any, Response]]):
         await self.aclose()
 
 
-class AsyncServiceClient(_Verbs[Coroutine[Any, Any, Response]]):
+class AsyncServiceClient(ServiceClientBase[Coroutine[Any, Any, Response]]):
     """Requests to one service: paths are relative to ``service://name``.
 
     ``downstream`` holds the live policies (``.breaker``, ``.budget``, ``.pipeline``...).
     """
 
-    __slots__ = ("_client", "downstream")
-
-    def __init__(self, client: AsyncClient, downstream: Downstream) -> None:
-        self._client = client
-        self.downstream = downstream
-
-    @property
-    def name(self) -> str:
-        """The service's name."""
-        return self.downstream.name
-
-    def _send(  # noqa: PLR0917 - internal, positional for speed
-        self,
-        method: str,
-        url: str,
-        params: Params | None,
-        headers: Mapping[str, str] | None,
-        content: bytes | str | None,
-        json: Any,
-        timeout: float | None,
-        fallback: Any,
-    ) -> Coroutine[Any, Any, Response]:
-        # a full URL is the client's to parse
-        downstream = None if "://" in url else self.downstream
-        return self._client._call(
-            downstream, method, url, params, headers, content, json, timeout, fallback
-        )
+    __slots__ = ()
 
 
 # ----------------------------------------------------------------------------------- Client
@@ -1002,7 +968,7 @@ class _Cutoff:
                 sock.shutdown(socket.SHUT_RDWR)
 
 
-class Client(BaseClient, _Verbs[Response]):
+class Client(BaseClient[Response]):
     """Blocking HTTP calls with per-service policies; the arguments are ``AsyncClient``'s.
 
     Thread-safe: one client (one pool, one breaker and budget per service) serves every thread.
@@ -1010,44 +976,16 @@ class Client(BaseClient, _Verbs[Response]):
     callable ``fallback`` must be a plain function.
     """
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        *,
-        policies: ServicePolicies | None = None,
-        services: Mapping[str, ServicePolicies] | None = None,
-        config: Mapping[str, Any] | str | Path | None = None,
-        resolver: Picker | None = None,
-        headers: Mapping[str, str] | None = None,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        keepalive: float = DEFAULT_KEEPALIVE,
-        follow_redirects: bool = False,
-        tracer_provider: object | None = None,
-        clock: Clock = time.monotonic,
-        listeners: Iterable[Listener] = (),
-    ) -> None:
-        super().__init__(
-            base_url,
-            policies=policies,
-            services=services,
-            config=config,
-            resolver=resolver,
-            headers=headers,
-            max_connections=max_connections,
-            keepalive=keepalive,
-            follow_redirects=follow_redirects,
-            tracer_provider=tracer_provider,
-            clock=clock,
-            listeners=listeners,
-            allow_hedge=False,
-        )
+    _hedges = False
+
+    def _start(self) -> None:
         self._http = httpx.Client(
             limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_connections,
-                keepalive_expiry=keepalive,
+                max_connections=self._max_connections,
+                max_keepalive_connections=self._max_connections,
+                keepalive_expiry=self._keepalive,
             ),
-            follow_redirects=follow_redirects,
+            follow_redirects=self._redirects,
             timeout=None,
         )
 
@@ -1060,19 +998,6 @@ class Client(BaseClient, _Verbs[Response]):
     ) -> ServiceClient:
         """The client for service ``name``; see ``AsyncClient.service``."""
         return ServiceClient(self, self._downstreams.configure(name, policies, url))
-
-    def _send(  # noqa: PLR0917 - internal, positional like AsyncClient's
-        self,
-        method: str,
-        url: str,
-        params: Params | None,
-        headers: Mapping[str, str] | None,
-        content: bytes | str | None,
-        json: Any,
-        timeout: float | None,
-        fallback: Any,
-    ) -> Response:
-        return self._call(None, method, url, params, headers, content, json, timeout, fallback)
 
     def _call(  # noqa: PLR0917 - internal, positional like AsyncClient's
         self,
@@ -1119,7 +1044,6 @@ class Client(BaseClient, _Verbs[Response]):
             )
             origin = origin_of(picked.instance)
         url = origin + call.path
-        ok = False
         span = None
         try:
             ms = attempt_ms(downstream.policies.attempt_timeout, url)
@@ -1135,22 +1059,12 @@ class Client(BaseClient, _Verbs[Response]):
             if span is not None:
                 span.set_attribute("http.response.status_code", status)
             self._classify(downstream, call, url, response, raw_headers.get("retry-after"))
-            ok = True
-            return response
         except BaseException as exc:
-            ok = instance_ok(exc)
-            if span is not None:
-                fail(span, exc if not isinstance(exc, AttemptFailed) else str(exc))
+            _attempt_over(call, span, picked, exc)
             raise
-        finally:
-            if span is not None:
-                span.end()
-            if picked is not None:
-                picked.done(ok)
-                if not ok:  # a retry of this call goes elsewhere while it can
-                    if call.failed is None:
-                        call.failed = []
-                    call.failed.append(picked.instance)
+        if span is not None or picked is not None:
+            _attempt_over(call, span, picked, None)
+        return response
 
     def _exchange(
         self, call: Call, url: str, headers: dict[str, str], ms: int | None
@@ -1208,32 +1122,7 @@ class Client(BaseClient, _Verbs[Response]):
         self.close()
 
 
-class ServiceClient(_Verbs[Response]):
+class ServiceClient(ServiceClientBase[Response]):
     """Blocking requests to one service: paths are relative to ``service://name``."""
 
-    __slots__ = ("_client", "downstream")
-
-    def __init__(self, client: Client, downstream: Downstream) -> None:
-        self._client = client
-        self.downstream = downstream
-
-    @property
-    def name(self) -> str:
-        """The service's name."""
-        return self.downstream.name
-
-    def _send(  # noqa: PLR0917 - internal, positional like AsyncClient's
-        self,
-        method: str,
-        url: str,
-        params: Params | None,
-        headers: Mapping[str, str] | None,
-        content: bytes | str | None,
-        json: Any,
-        timeout: float | None,
-        fallback: Any,
-    ) -> Response:
-        downstream = None if "://" in url else self.downstream
-        return self._client._call(
-            downstream, method, url, params, headers, content, json, timeout, fallback
-        )
+    __slots__ = ()
