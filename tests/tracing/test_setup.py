@@ -23,7 +23,6 @@ from interlink.tracing import (
     JsonFormatter,
     SpanEvents,
     TraceStore,
-    configure_logging,
     setup,
 )
 
@@ -228,30 +227,10 @@ def test_log_lines_carry_the_ids(tmp_path: Path) -> None:
         log.removeHandler(handler)
         provider.shutdown()
     inside, outside = (json.loads(line) for line in stream.getvalue().splitlines())
-    assert inside["message"] == "charged order-1"
+    assert inside["msg"] == "charged order-1"
     assert inside["correlation_id"] == "cid-1"
     assert inside["trace_id"] == f"{ctx.trace_id:032x}"
     assert inside["span_id"] == f"{ctx.span_id:016x}"
     assert inside["amount"] == 12
     assert "correlation_id" not in outside
     assert "trace_id" not in outside
-
-
-def test_configure_logging_installs_one_handler() -> None:
-    """Called twice, it replaces its own handler instead of doubling every line."""
-    root = logging.getLogger()
-    before = list(root.handlers)
-    level = root.level
-    stream = io.StringIO()
-    try:
-        configure_logging(stream=stream)
-        handler = configure_logging(stream=stream, json=True)
-        assert [h for h in root.handlers if h.get_name() == "interlink"] == [handler]
-        with use_correlation_id("cid-2"):
-            logging.getLogger("interlink.test").warning("hello")
-        assert json.loads(stream.getvalue().splitlines()[-1])["correlation_id"] == "cid-2"
-    finally:
-        for h in list(root.handlers):
-            if h not in before:
-                root.removeHandler(h)
-        root.setLevel(level)

@@ -1,69 +1,30 @@
 """Logging for the command line: readable text for people, JSON lines for machines.
 
-Only the ``interlink`` logger is configured, never the root logger: the CLI may run inside a
-process (a test, a supervisor) whose own logging is none of its business. Handlers look up
-``sys.stderr`` when they write, not when they are built, so a stream swapped later (by a test
-runner, say) is honoured and a closed one is never written to.
+Every record carries the request's correlation id, trace id and span id when there is one
+(``interlink.tracing.logs``, whose ``JsonFormatter`` writes the JSON lines). Only the
+``interlink`` logger is configured, never the root logger: the CLI may run inside a process (a
+test, a supervisor) whose own logging is none of its business. Handlers look up ``sys.stderr``
+when they write, not when they are built, so a stream swapped later (by a test runner, say) is
+honoured and a closed one is never written to.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-from datetime import UTC, datetime
-from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
 
-__all__ = ["LOG_FORMATS", "JsonFormatter", "TextFormatter", "configure_logging", "extra_fields"]
+from interlink.tracing.logs import CorrelationFilter, JsonFormatter, extra_fields
+
+__all__ = ["LOG_FORMATS", "TextFormatter", "configure_logging"]
 
 LOG_FORMATS = ("text", "json")
 """The values ``--log-format`` accepts."""
 
 _LOGGER_NAME = "interlink"
 _HANDLER_NAME = "interlink.cli"
-
-# Attributes every LogRecord carries; anything else on a record came in through ``extra=``.
-_RECORD_FIELDS = frozenset(
-    logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()
-    | {"message", "asctime", "taskName"}
-)
-
-
-def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
-    """The fields passed with ``extra=``, in the order they were given."""
-    return {
-        key: value
-        for key, value in record.__dict__.items()
-        if key not in _RECORD_FIELDS and not key.startswith("_")
-    }
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ``ts``, ``level``, ``logger``, ``msg``, then the extra fields.
-
-    Log shippers split on newlines and parse each line alone, so a record never spans lines
-    (tracebacks go into the ``exc`` field, escaped). Values JSON cannot encode are written with
-    ``str()`` rather than dropping the line.
-    """
-
-    def format(self, record: logging.LogRecord) -> str:
-        """Render ``record`` as a single line of JSON."""
-        entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in extra_fields(record).items():
-            entry.setdefault(key, value)
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        if record.stack_info:
-            entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
 
 
 class TextFormatter(logging.Formatter):
@@ -126,6 +87,7 @@ def configure_logging(*, level: str | int = "warning", fmt: str = "text") -> log
         formats = ", ".join(repr(name) for name in LOG_FORMATS)
         raise ValueError(f"'log_format' must be one of {formats}: {fmt!r}")
     handler.set_name(_HANDLER_NAME)
+    handler.addFilter(CorrelationFilter())
 
     logger = logging.getLogger(_LOGGER_NAME)
     for old in [h for h in logger.handlers if h.get_name() == _HANDLER_NAME]:

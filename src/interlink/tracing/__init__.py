@@ -12,7 +12,7 @@ use, never by ``import interlink``.
 ``CorrelationFilter``/``JsonFormatter`` put the correlation and trace ids on every log line.
 """
 
-from interlink.tracing.logs import CorrelationFilter, JsonFormatter, configure_logging
+from interlink.tracing.logs import CorrelationFilter, JsonFormatter
 from interlink.tracing.propagation import TRACE_HEADERS, extract, inject, use_context
 from interlink.tracing.setup import SpanEvents, StoreExporter, setup
 from interlink.tracing.spans import CORRELATION_ATTRIBUTE, Spans
@@ -29,7 +29,6 @@ __all__ = [
     "StoreExporter",
     "TraceStore",
     "TraceSummary",
-    "configure_logging",
     "extract",
     "inject",
     "setup",

@@ -3,7 +3,8 @@
 One request leaves lines in six services' logs; with the correlation id and the trace id on each
 line, ``grep <id>`` over all of them (or a query in a log store) finds every line of it, and the
 trace id leads to its waterfall. ``CorrelationFilter`` adds the three fields to every record a
-handler emits; ``JsonFormatter`` writes one JSON object per line for log collectors.
+handler emits; ``JsonFormatter`` writes one JSON object per line for log shippers (the format the
+``interlink`` command line writes with ``--log-format json``).
 
 ::
 
@@ -14,30 +15,37 @@ handler emits; ``JsonFormatter`` writes one JSON object per line for log collect
     handler.addFilter(CorrelationFilter())
     handler.setFormatter(JsonFormatter())      # or a format string using %(correlation_id)s
     logging.basicConfig(level=logging.INFO, handlers=[handler])
-
-``configure_logging`` does exactly that in one call.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any
 
 from interlink.context import CORRELATION
 from interlink.tracing.propagation import api
 
-__all__ = ["CorrelationFilter", "JsonFormatter", "configure_logging"]
+__all__ = ["ID_FIELDS", "CorrelationFilter", "JsonFormatter", "extra_fields"]
 
-#: The text format ``configure_logging(json=False)`` uses.
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s %(trace_id)s] %(message)s"
+#: The fields ``CorrelationFilter`` adds ("-" when there is none).
+ID_FIELDS = ("correlation_id", "trace_id", "span_id")
 
-_STANDARD = frozenset(
-    logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()
-    | {"message", "asctime", "correlation_id", "trace_id", "span_id"}
+# Attributes every LogRecord carries; anything else on a record came in through ``extra=``.
+_RECORD_FIELDS = frozenset(
+    logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()
+    | {"message", "asctime", "taskName", *ID_FIELDS}
 )
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The fields passed with ``extra=``, in the order they were given."""
+    return {
+        key: value
+        for key, value in record.__dict__.items()
+        if key not in _RECORD_FIELDS and not key.startswith("_")
+    }
 
 
 class CorrelationFilter(logging.Filter):
@@ -48,6 +56,7 @@ class CorrelationFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Stamp the ids of the request being handled (the current context) on ``record``."""
         record.correlation_id = CORRELATION.get() or "-"
         trace_id = span_id = "-"
         otel = api()
@@ -62,41 +71,30 @@ class CorrelationFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time, level, logger, message, the ids, extras, exception."""
+    """One JSON object per line: ``ts``, ``level``, ``logger``, ``msg``, the request's ids (when
+    a ``CorrelationFilter`` found any), then the extra fields.
+
+    Log shippers split on newlines and parse each line alone, so a record never spans lines
+    (tracebacks go into the ``exc`` field, escaped). Values JSON cannot encode are written with
+    ``str()`` rather than dropping the line.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
+        """Render ``record`` as a single line of JSON."""
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "msg": record.getMessage(),
         }
-        for key in ("correlation_id", "trace_id", "span_id"):
+        for key in ID_FIELDS:
             value = getattr(record, key, "-")
             if value != "-":
-                out[key] = value
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
+                entry[key] = value
+        for key, value in extra_fields(record).items():
+            entry.setdefault(key, value)
         if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
-
-
-def configure_logging(
-    level: int | str = logging.INFO, *, json: bool = False, stream: TextIO | None = None
-) -> logging.Handler:
-    """Send the root logger's records to ``stream`` (stderr) with the ids on every line.
-
-    Returns the handler it installed (replacing handlers a previous call installed).
-    """
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.addFilter(CorrelationFilter())
-    handler.setFormatter(JsonFormatter() if json else logging.Formatter(TEXT_FORMAT))
-    handler.set_name("interlink")
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if h.get_name() == "interlink"]:
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level)
-    return handler
+            entry["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
