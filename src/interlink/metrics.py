@@ -12,6 +12,7 @@ conventions turned into Prometheus names (``http.server.request.duration`` becom
 ``interlink_breaker_transitions_total{breaker,from,to}`` state changes
 ``interlink_breaker_calls_total{breaker,outcome}``      successes / failures (watched breakers)
 ``interlink_breaker_failure_rate{breaker}``             failure rate in the breaker's window
+``interlink_breaker_half_open_in_seconds{breaker}``     time left of an open breaker's cooldown
 ``interlink_rejections_total{policy,name,reason}``      calls refused: breaker, bulkhead, rate
                                                          limit, retry budget
 ``interlink_retries_total{name}``                       retries scheduled
@@ -137,13 +138,17 @@ class PolicyMetrics:
             "interlink_timeouts", "Calls ended by a timeout", ["name"], registry=r
         )
         self._watched: dict[str, CircuitBreaker] = {}
-        r.register(_BreakerCollector(self._watched))
+        #: wall-clock time each breaker was last seen opening (for "half-open in")
+        self._opened_at: dict[str, float] = {}
+        r.register(_BreakerCollector(self._watched, self._opened_at))
 
     def __call__(self, event: PolicyEvent, /) -> None:
         """Count one event (the listener protocol)."""
         if isinstance(event, StateChanged):
             self._transitions.labels(event.name, event.old, event.new).inc()
             self.set_state(event.name, event.new)
+            if event.new == "open":
+                self._opened_at[event.name] = time.time()
         elif isinstance(event, CallRejected):
             self._rejections.labels("breaker", event.name, "circuit_open").inc()
         elif isinstance(event, BulkheadRejected):
@@ -179,8 +184,9 @@ class PolicyMetrics:
 class _BreakerCollector:
     """Reads watched breakers' own counters when Prometheus scrapes."""
 
-    def __init__(self, watched: dict[str, CircuitBreaker]) -> None:
+    def __init__(self, watched: dict[str, CircuitBreaker], opened_at: dict[str, float]) -> None:
         self._watched = watched
+        self._opened_at = opened_at
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -200,15 +206,29 @@ class _BreakerCollector:
             "Failure rate in the breaker's window (0 to 1)",
             labels=["breaker"],
         )
+        half_open_in = GaugeMetricFamily(
+            "interlink_breaker_half_open_in_seconds",
+            "Seconds until an open breaker lets a trial call through (0 when not open)",
+            labels=["breaker"],
+        )
+        now = time.time()
         for name, breaker in list(self._watched.items()):
             m = breaker.metrics
             calls.add_metric([name, "success"], m.successes_total)
             calls.add_metric([name, "failure"], m.failures_total)
             rejected.add_metric([name], m.rejected_total)
             rate.add_metric([name], m.failure_rate)
+            left = 0.0
+            opened = self._opened_at.get(name)
+            if m.state.value == "open" and opened is not None:
+                cooldown = breaker.describe().get("cooldown")
+                if isinstance(cooldown, int | float):
+                    left = max(0.0, opened + cooldown - now)
+            half_open_in.add_metric([name], left)
         yield calls
         yield rejected
         yield rate
+        yield half_open_in
 
     def describe(self) -> list[Any]:
         return []  # collected only at scrape time: no names to reserve in advance

@@ -76,6 +76,7 @@ def test_a_tripping_breaker_is_counted_and_its_state_exported() -> None:
     assert value(registry, "interlink_breaker_calls_total", breaker="menu", outcome="failure") == 2
     assert value(registry, "interlink_breaker_rejected_total", breaker="menu") == 1
     assert value(registry, "interlink_breaker_failure_rate", breaker="menu") == 1.0
+    assert 0 < value(registry, "interlink_breaker_half_open_in_seconds", breaker="menu") <= 10
 
 
 def test_retries_and_budget_refusals_are_counted() -> None:

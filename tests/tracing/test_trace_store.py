@@ -184,3 +184,25 @@ def test_two_processes_write_one_file(tmp_path: Path) -> None:
     store = TraceStore.from_url(f"sqlite:///{path}")
     assert store.count() == 400
     assert all(r.spans == 2 for r in store.traces(limit=400))
+
+
+def test_edges_say_who_called_whom_and_how(store: TraceStore) -> None:
+    """Server under client across services: sync; consumer under anything: async."""
+
+    def at(trace: int, span_id: int, parent: int | None, service: str, kind: str) -> SpanRecord:
+        base = span(trace, span_id, parent, service=service, start=1e6)
+        return SpanRecord(**{**{f: getattr(base, f) for f in base.__slots__}, "kind": kind})
+
+    for t in (1, 2):
+        store.add(
+            [
+                at(t, 1, None, "gateway", "server"),
+                at(t, 2, 1, "gateway", "client"),
+                at(t, 3, 2, "order", "server"),
+                at(t, 4, 3, "order", "producer"),
+                at(t, 5, 4, "payment", "consumer"),
+            ]
+        )
+    edges = {(e.source, e.target, e.kind): e.calls for e in store.edges(since=0)}
+    assert edges == {("gateway", "order", "sync"): 2, ("order", "payment", "async"): 2}
+    assert store.edges(since=2e9) == []

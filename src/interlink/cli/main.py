@@ -149,6 +149,7 @@ app.command("asyncapi")(_messaging.asyncapi)
 app.add_typer(importlib.import_module("interlink.cli.discovery").app, name="discovery")
 app.add_typer(importlib.import_module("interlink.cli.saga").app, name="saga")
 app.command("gateway")(importlib.import_module("interlink.cli.gateway").gateway)
+app.command("dashboard")(importlib.import_module("interlink.cli.dashboard").dashboard)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -109,15 +109,6 @@ def _styled(status: str) -> str:
     return f"[{style}]{status}[/]" if style else status
 
 
-def _current_step(state: SagaState) -> str:
-    where = state.parked_from if state.status.value == "NEEDS_ATTENTION" else state.status
-    backwards = where is not None and where.value == "COMPENSATING"
-    for step in reversed(state.steps) if backwards else state.steps:
-        if step.status.value in ("RUNNING", "COMPENSATING", "FAILED"):
-            return step.name
-    return "-"
-
-
 @app.command("list")
 def list_sagas(
     store: StoreUrl,
@@ -131,6 +122,7 @@ def list_sagas(
 ) -> None:
     """List sagas, most recently updated first, with their status and current step."""
     from interlink.saga import CorruptSagaState, SagaStatus
+    from interlink.saga.admin import current_step
     from interlink.saga.codec import state_from_json
 
     wanted = {s.upper() for s in status} if status else None
@@ -142,7 +134,7 @@ def list_sagas(
     current: dict[str, str] = {}
     for row in rows:
         try:
-            current[row.saga_id] = _current_step(
+            current[row.saga_id] = current_step(
                 state_from_json(row.saga_id, row.state, row.version)
             )
         except CorruptSagaState:
@@ -217,43 +209,13 @@ def _steps_table(state: SagaState) -> Table:
     return out
 
 
-def _state_json(state: SagaState, row: SagaRow) -> dict[str, Any]:
-    return {
-        "id": state.saga_id,
-        "saga": state.name,
-        "status": state.status.value,
-        "error": state.error,
-        "owner": row.owner,
-        "lease_until": row.lease_until or None,
-        "created_at": state.created_at,
-        "updated_at": state.updated_at,
-        "deadline_at": state.deadline_at,
-        "data": state.data,
-        "steps": [
-            {
-                "step": s.name,
-                "state": s.status.value,
-                "in_flight": s.in_flight,
-                "attempts": s.attempts,
-                "compensations": s.compensations,
-                "error": s.error,
-                "result": s.result,
-                "started_at": s.started_at,
-                "finished_at": s.finished_at,
-                "compensated_at": s.compensated_at,
-                "next_at": s.next_at,
-            }
-            for s in state.steps
-        ],
-    }
-
-
 @app.command("show")
 def show(
     saga_id: SagaId, store: StoreUrl, table: TableName = "interlink_sagas", as_json: AsJson = False
 ) -> None:
     """Show one saga: status, error, and each step's state, attempts, errors and times."""
     from interlink.saga import CorruptSagaState, SagaNotFound
+    from interlink.saga.admin import saga_json
     from interlink.saga.codec import state_from_json
 
     row = _with_store(store, table, lambda s: s.get(saga_id))
@@ -268,7 +230,7 @@ def show(
         out.print(f"stored state (first 500 characters): {row.state[:500]}", markup=False)
         raise _fail(f"{exc}; fix or delete the row, then resume it") from exc
     if as_json:
-        _out().print_json(json.dumps(_state_json(state, row)))
+        _out().print_json(json.dumps(saga_json(state, row)))
         return
     out = _out()
     parked = ""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from interlink.saga.codec import state_from_json, state_to_json
 from interlink.saga.errors import SagaError, SagaNotFound
 from interlink.saga.state import SagaState, resume
-from interlink.saga.stores import SagaStore
+from interlink.saga.stores import SagaRow, SagaStore
 
-__all__ = ["load_saga", "resume_saga"]
+__all__ = ["current_step", "load_saga", "resume_saga", "saga_json"]
 
 
 async def load_saga(store: SagaStore, saga_id: str) -> SagaState:
@@ -43,3 +44,47 @@ async def resume_saga(store: SagaStore, saga_id: str, *, now: float | None = Non
             "resuming); try again once its lease has expired"
         )
     return state
+
+
+def current_step(state: SagaState) -> str:
+    """The step a saga is at (going forward or compensating), or "-" when none is."""
+    where = state.parked_from if state.status.value == "NEEDS_ATTENTION" else state.status
+    backwards = where is not None and where.value == "COMPENSATING"
+    for step in reversed(state.steps) if backwards else state.steps:
+        if step.status.value in ("RUNNING", "COMPENSATING", "FAILED"):
+            return step.name
+    return "-"
+
+
+def saga_json(state: SagaState, row: SagaRow) -> dict[str, Any]:
+    """A saga and its steps as JSON-ready data: what ``interlink saga show --json`` prints and
+    what the dashboard draws a step timeline from."""
+    return {
+        "id": state.saga_id,
+        "saga": state.name,
+        "status": state.status.value,
+        "step": current_step(state),
+        "error": state.error,
+        "owner": row.owner,
+        "lease_until": row.lease_until or None,
+        "created_at": state.created_at,
+        "updated_at": state.updated_at,
+        "deadline_at": state.deadline_at,
+        "data": state.data,
+        "steps": [
+            {
+                "step": s.name,
+                "state": s.status.value,
+                "in_flight": s.in_flight,
+                "attempts": s.attempts,
+                "compensations": s.compensations,
+                "error": s.error,
+                "result": s.result,
+                "started_at": s.started_at,
+                "finished_at": s.finished_at,
+                "compensated_at": s.compensated_at,
+                "next_at": s.next_at,
+            }
+            for s in state.steps
+        ],
+    }

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["SpanRecord", "TraceStore", "TraceSummary"]
+__all__ = ["Edge", "SpanRecord", "TraceStore", "TraceSummary"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spans (
@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS spans (
     links TEXT NOT NULL,
     PRIMARY KEY (trace_id, span_id)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS spans_by_start ON spans (start_ns);
 CREATE TABLE IF NOT EXISTS traces (
     trace_id TEXT PRIMARY KEY,
     start_ns INTEGER NOT NULL,
@@ -154,6 +155,17 @@ class TraceSummary:
     def duration_ms(self) -> float:
         """The trace's span from first start to last end, in milliseconds."""
         return self.duration_ns / 1e6
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Edge:
+    """Calls from one service to another seen in the stored spans."""
+
+    source: str
+    target: str
+    kind: Literal["sync", "async"]
+    calls: int
+    errors: int
 
 
 class TraceStore:
@@ -385,6 +397,30 @@ class TraceStore:
         with self._lock:
             rows = self._conn.execute(sql, args).fetchall()
         return [_summary(r) for r in rows]
+
+    def edges(self, *, since: float | None = None) -> list[Edge]:
+        """Who called whom since ``since`` (seconds since the epoch; default: the last 5 min).
+
+        An edge is a span of one service whose parent belongs to another: a server span under a
+        client span is a synchronous call, a consumer span under whatever published the message
+        (a producer span, or the request that wrote an outbox row) is an asynchronous one.
+        """
+        start = int(((time.time() - 300) if since is None else since) * 1e9)
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT p.service, c.service, c.kind = 'consumer', COUNT(*), "
+                "SUM(c.status = 'error') FROM spans c JOIN spans p "
+                "ON p.trace_id = c.trace_id AND p.span_id = c.parent_id "
+                "WHERE c.start_ns >= ? AND p.service != c.service "
+                "GROUP BY 1, 2, 3 ORDER BY 1, 2",
+                (start,),
+            ).fetchall()
+        return [
+            Edge(
+                source=r[0], target=r[1], kind="async" if r[2] else "sync", calls=r[3], errors=r[4]
+            )
+            for r in rows
+        ]
 
     def count(self) -> int:
         """How many traces are stored."""
