@@ -32,6 +32,7 @@ demo: $(VENV)/.installed
 
 services:
 	bash scripts/ensure-services.sh
+	bash scripts/ensure-browser.sh
 
 LINTED := src tests $(wildcard benchmarks examples)
 

@@ -294,11 +294,11 @@ async function loadQueues() {
   if (!data.brokers.length) $("#queues-panel").hidden = true;
 }
 
-async function openDlq(broker, topic) {
+async function openDlq(broker, topic, keepResult = false) {
   dlqOpen = { broker, topic };
   const data = await getJSON(`/api/dlq/${encodeURIComponent(topic)}?broker=${broker}`);
   $("#dlq-topic").textContent = topic;
-  $("#dlq-result").textContent = "";
+  if (!keepResult) $("#dlq-result").textContent = "";
   $("#letters tbody").replaceChildren(...data.letters.map((l) => el("tr", { "data-letter": l.id },
     el("td", {}, el("code", {}, l.id)), el("td", {}, l.group || ""), el("td", {}, l.attempts),
     el("td", {}, l.error_type || ""), el("td", {}, l.reason), el("td", {}, clock(l.dead_at)))));
@@ -319,7 +319,7 @@ async function dlqAction(action) {
     $("#dlq-result").textContent = `failed: ${e.message}`;
   }
   await loadQueues();
-  await openDlq(broker, topic);
+  await openDlq(broker, topic, true);
 }
 
 // -- wiring -------------------------------------------------------------------------------------
@@ -337,4 +337,5 @@ connect();
 loadTraces();
 loadSagas();
 loadQueues();
-setInterval(() => { loadSagas(); loadQueues(); }, 5000);
+// the lists refresh themselves while they show the newest page: older pages hold still
+setInterval(() => { loadSagas(); loadQueues(); if (traceOffset === 0) loadTraces(); }, 5000);
