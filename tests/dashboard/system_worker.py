@@ -62,7 +62,7 @@ async def role_a() -> None:
     a = wired(Starlette(routes=[Route("/hop", hop)]))
     client = AsyncClient(listeners=a.listeners)
     clients["b"] = client.service("b", url=B_URL, policies=policies)
-    breaker = clients["b"].service.breaker
+    breaker = clients["b"].downstream.breaker
     if breaker is not None:  # exported from the start, not only once it changes state
         a.policies.watch(breaker)
     await serve_http(a)
