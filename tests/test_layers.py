@@ -62,6 +62,7 @@ ADAPTERS = (
 # supervisor belongs here once it exists.)
 APPS = (
     "interlink.cli",
+    "interlink.dashboard",
     "interlink.demo",
     "interlink.gateway",
     "interlink.proxy",
