@@ -86,6 +86,21 @@ class Counters(runtime.PolicyLog):
             self.fallbacks += 1
 
 
+#: gRPC's reconnect backoff grows to 120 s by default; a peer that restarts in seconds must
+#: be tried again within one, or the breaker's half-open probes keep failing long after it is
+#: back. Discovery, not the channel, decides whether an instance exists.
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+
+
+def channel(target: str) -> grpc.aio.Channel:
+    """A plain channel to one instance, reconnecting fast."""
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+
+
 def error(status: int, code: str, detail: str) -> JSONResponse:
     """The JSON error body every answer of this service uses, with the correlation id."""
     return JSONResponse(
@@ -118,7 +133,7 @@ class OrderService:
             retries=1,
             breaker=CircuitBreaker(
                 "menu",
-                window=10.0,
+                window=5.0,
                 minimum_calls=10,
                 cooldown=2.0,
                 record_exceptions=ilgrpc.BREAKER_FAILURES,
@@ -147,8 +162,12 @@ class OrderService:
             idempotent=ilgrpc.idempotent_methods(food_pb2.DESCRIPTOR),
             listeners=[self.events],
         )
-        self.menu_channel = ilgrpc.resolved_channel("service://menu", self.resolver, menu)
-        self.pricing_channel = ilgrpc.resolved_channel("service://pricing", self.resolver, pricing)
+        self.menu_channel = ilgrpc.resolved_channel(
+            "service://menu", self.resolver, menu, channel_factory=channel
+        )
+        self.pricing_channel = ilgrpc.resolved_channel(
+            "service://pricing", self.resolver, pricing, channel_factory=channel
+        )
         self.menu = food_pb2_grpc.MenuServiceStub(self.menu_channel)
         self.pricing = food_pb2_grpc.PricingServiceStub(self.pricing_channel)
         self.orchestrator = Orchestrator(

@@ -50,6 +50,7 @@ __all__ = [
     "SystemSpec",
     "control",
     "load_system",
+    "set_switches",
 ]
 
 #: How long a stopped service gets to leave (deregister, drain) before it is killed.
@@ -241,6 +242,11 @@ class Supervisor:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         env["PYTHONUNBUFFERED"] = "1"
         return env
+
+    def service_env(self, service: str) -> dict[str, str]:
+        """The variables the process of ``service`` runs with (its ports included)."""
+        child = self._child(service)
+        return self.environment(child.spec, child.ports)
 
     def url(self, service: str, port: str = "http") -> str:
         """``http://127.0.0.1:<port>`` of a service's named port."""
@@ -502,6 +508,25 @@ def control(state_dir: str | Path, *words: str, timeout: float = 15.0) -> dict[s
         raise SupervisorError(f"the supervisor at 127.0.0.1:{port} does not answer: {exc}") from exc
     reply: dict[str, Any] = json.loads(data)
     return reply
+
+
+def set_switches(system: SystemSpec, service: str, values: Mapping[str, float]) -> None:
+    """Set chaos switches of ``service`` in ``<state_dir>/chaos.json`` (``{service: {name:
+    value}}``), which the system's services re-read while they run."""
+    if service not in system.services:
+        raise SupervisorError(
+            f"no service {service!r} in this system (known: {sorted(system.services)})"
+        )
+    system.state_dir.mkdir(parents=True, exist_ok=True)
+    path = system.state_dir / "chaos.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data.setdefault(service, {}).update(values)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

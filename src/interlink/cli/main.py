@@ -14,12 +14,14 @@ import importlib
 import inspect
 import logging
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from interlink._version import __version__
+from interlink.cli import system as _system
 from interlink.cli._logging import configure_logging
 
 __all__ = ["LogFormat", "LogLevel", "app", "main"]
@@ -118,8 +120,35 @@ def demo(
     fast: Annotated[
         bool, typer.Option("--fast", help="Shorten every phase (for tests and quick looks).")
     ] = False,
+    scenario: Annotated[
+        str,
+        typer.Option(
+            "--scenario",
+            help="resilience (one pipeline against one flaky downstream, in one process), or "
+            "a scenario of the system file: menu-outage, payment-declines, retry-storm, "
+            "crash-recovery, broker-restart.",
+        ),
+    ] = "resilience",
+    system: Annotated[
+        Path, typer.Option("--system", envvar="INTERLINK_SYSTEM", help="The system file (YAML).")
+    ] = Path(_system.DEFAULT_SYSTEM),
+    no_budget: Annotated[
+        bool,
+        typer.Option("--no-budget", help="retry-storm: turn the retry budget off, for contrast."),
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the services' own log lines too.")
+    ] = False,
 ) -> None:
-    """Run a self-contained tour of the resilience policies against a flaky simulated service."""
+    """A tour: the resilience policies against a flaky service, or a chaos scenario played
+    against the whole reference system (real processes on loopback, embedded defaults)."""
+    if scenario != "resilience":
+        code = _system.run_scenario(
+            scenario, system=system, fast=fast, no_budget=no_budget, verbose=verbose
+        )
+        if code:
+            raise typer.Exit(code)
+        return
     try:
         # Imported on demand: the demo pulls in more than any other command needs.
         module = importlib.import_module("interlink.demo")
@@ -150,6 +179,8 @@ app.add_typer(importlib.import_module("interlink.cli.discovery").app, name="disc
 app.add_typer(importlib.import_module("interlink.cli.saga").app, name="saga")
 app.command("gateway")(importlib.import_module("interlink.cli.gateway").gateway)
 app.command("dashboard")(importlib.import_module("interlink.cli.dashboard").dashboard)
+app.command("up")(_system.up)
+app.add_typer(_system.chaos_app, name="chaos")
 
 
 def main() -> None:

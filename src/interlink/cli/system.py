@@ -1,0 +1,221 @@
+"""``interlink up`` runs a system of services; ``interlink chaos`` breaks one of them on purpose;
+``interlink demo --scenario NAME`` plays a system's chaos scenario and prints its table.
+
+A system is described by a YAML file (see ``interlink.supervisor``); its scenarios live in the
+module the file names under ``scenarios:``, imported from the system's root folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+DEFAULT_SYSTEM = "examples/food_delivery/system.yaml"
+
+SystemArgument = Annotated[
+    Path, typer.Argument(help="The system file (YAML).", show_default=True)
+]
+SystemOption = Annotated[
+    Path,
+    typer.Option("--system", "-s", envvar="INTERLINK_SYSTEM", help="The system file (YAML)."),
+]
+StateOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        envvar="INTERLINK_STATE_DIR",
+        help="Where the system keeps its files (default: the file's state_dir).",
+    ),
+]
+
+chaos_app = typer.Typer(
+    help="Break a running system on purpose: kill, stop or start a service, flip its switches.",
+    no_args_is_help=True,
+)
+
+
+def _fail(message: str) -> typer.Exit:
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
+    return typer.Exit(1)
+
+
+def _load(system: Path, state_dir: Path | None) -> Any:
+    from interlink.supervisor import SupervisorError, load_system
+
+    try:
+        return load_system(system, state_dir=state_dir)
+    except SupervisorError as exc:
+        raise _fail(str(exc)) from None
+
+
+def up(
+    system: SystemArgument = Path(DEFAULT_SYSTEM),
+    state_dir: StateOption = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", "-e", help="KEY=VALUE for every service (repeatable)."),
+    ] = None,
+) -> None:
+    """Run every service of SYSTEM as a process on loopback until Ctrl-C; restart crashed ones."""
+    from interlink.supervisor import Supervisor, install_signal_handlers
+
+    spec = _load(system, state_dir)
+    overrides = {}
+    for item in env or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _fail(f"--env must look like KEY=VALUE: {item!r}")
+        overrides[key] = value
+    console = Console(highlight=False)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        async with Supervisor(spec, env=overrides) as supervisor:
+            try:
+                await supervisor.wait_healthy(90)
+            except TimeoutError as exc:
+                console.print(f"[bold red]error:[/] {exc}")
+                return
+            entry = supervisor.entry_url
+            console.print(f"[bold green]{spec.name} is up[/] ({len(spec.services)} services)")
+            if entry is not None:
+                console.print(f"entry: {entry}")
+                body = json.dumps(
+                    {
+                        "customer_id": "c1",
+                        "restaurant_id": "luigis",
+                        "items": [{"item_id": "margherita", "quantity": 1}],
+                    }
+                )
+                console.print(
+                    f"try:   curl -s -X POST {entry} -H 'content-type: application/json' "
+                    f"-d '{body}'",
+                    soft_wrap=True,
+                )
+            console.print(
+                f"chaos: interlink chaos down menu --system {system}   (Ctrl-C stops everything)"
+            )
+            await stop.wait()
+            console.print("stopping...")
+
+    asyncio.run(main())
+
+
+@chaos_app.command("status")
+def chaos_status(system: SystemOption = Path(DEFAULT_SYSTEM), state_dir: StateOption = None) -> None:
+    """Every service of the running system: pid, running, restarts, ports."""
+    from interlink.supervisor import SupervisorError, control
+
+    spec = _load(system, state_dir)
+    try:
+        reply = control(spec.state_dir, "status")
+    except SupervisorError as exc:
+        raise _fail(str(exc)) from None
+    Console(highlight=False).print_json(data=reply)
+
+
+def _verb(verb: str, doc: str) -> None:
+    def command(
+        service: Annotated[str, typer.Argument(help="The service.")],
+        system: SystemOption = Path(DEFAULT_SYSTEM),
+        state_dir: StateOption = None,
+    ) -> None:
+        from interlink.supervisor import SupervisorError, control
+
+        spec = _load(system, state_dir)
+        try:
+            reply = control(spec.state_dir, verb, service)
+        except SupervisorError as exc:
+            raise _fail(str(exc)) from None
+        if not reply.get("ok"):
+            raise _fail(str(reply.get("error")))
+        Console(highlight=False).print(f"{verb} {service}: done")
+
+    command.__doc__ = doc
+    chaos_app.command(verb)(command)
+
+
+_verb("kill", "SIGKILL the service, as a crash would; the supervisor restarts it.")
+_verb("down", "SIGKILL the service and keep it down (until `interlink chaos start`).")
+_verb("stop", "Stop the service cleanly (it deregisters and drains) and keep it down.")
+_verb("start", "Start a stopped service again, on its ports.")
+_verb("restart", "Stop the service cleanly, then start it.")
+
+
+@chaos_app.command("set")
+def chaos_set(
+    service: Annotated[str, typer.Argument(help="The service whose switches to set.")],
+    switches: Annotated[list[str], typer.Argument(help="NAME=NUMBER, e.g. fail=1.0 decline=0.3")],
+    system: SystemOption = Path(DEFAULT_SYSTEM),
+    state_dir: StateOption = None,
+) -> None:
+    """Flip a service's chaos switches (the services read them within 0.2 s)."""
+    from interlink.supervisor import SupervisorError, set_switches
+
+    spec = _load(system, state_dir)
+    values: dict[str, float] = {}
+    for item in switches:
+        key, sep, value = item.partition("=")
+        try:
+            values[key] = float(value)
+        except ValueError:
+            raise _fail(f"a switch must look like NAME=NUMBER: {item!r}") from None
+        if not sep or not key:
+            raise _fail(f"a switch must look like NAME=NUMBER: {item!r}")
+    try:
+        set_switches(spec, service, values)
+    except SupervisorError as exc:
+        raise _fail(str(exc)) from None
+    Console(highlight=False).print(f"{service}: {values}")
+
+
+def scenario_names(system: Path) -> list[str]:
+    """The scenarios a system file offers (empty when its module cannot be imported)."""
+    try:
+        module = scenarios_module(_load(system, None))
+    except (ImportError, typer.Exit):
+        return []
+    return sorted(getattr(module, "SCENARIOS", {}))
+
+
+def scenarios_module(spec: Any) -> Any:
+    """The system's scenarios module, imported from the system's root folder."""
+    if not spec.scenarios:
+        raise _fail(f"{spec.source}: the system names no 'scenarios' module")
+    root = str(spec.root)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module(spec.scenarios)
+
+
+def run_scenario(
+    name: str, *, system: Path, fast: bool, no_budget: bool, verbose: bool
+) -> int:
+    """Play scenario ``name`` of ``system`` and print its table; 0 when every check held."""
+    spec = _load(system, None)
+    try:
+        module = scenarios_module(spec)
+    except ImportError as exc:
+        raise _fail(f"the scenarios of {system} could not be loaded: {exc}") from None
+    known = getattr(module, "SCENARIOS", {})
+    if name not in known:
+        raise _fail(f"no scenario {name!r} (known: resilience, {', '.join(sorted(known))})")
+    console = Console(highlight=False, width=None if Console().is_terminal else 140)
+    outcome = asyncio.run(
+        module.run(
+            name,
+            fast=fast,
+            no_budget=no_budget,
+            console=console,
+            logs=(lambda line: console.print(line, markup=False)) if verbose else None,
+        )
+    )
+    return 0 if outcome.ok or no_budget else 1
