@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install --quiet -e .
 	touch $@
 
+$(VENV)/.installed-system: pyproject.toml | $(PY)
+	$(PIP) install --quiet -e '.[system]'
+	touch $@
+
 $(VENV)/.installed-test: pyproject.toml | $(PY)
 	$(PIP) install --quiet -e '.[test]'
 	touch $@
@@ -27,8 +31,10 @@ $(VENV)/.installed-bench: pyproject.toml | $(PY)
 
 install: $(VENV)/.installed
 
-demo: $(VENV)/.installed
-	$(VENV)/bin/interlink demo
+# The reference system on embedded defaults: six services, a stream of orders, menu killed and
+# brought back; prints the before/during/after table and stops everything.
+demo: $(VENV)/.installed-system
+	$(VENV)/bin/interlink demo --scenario menu-outage
 
 services:
 	bash scripts/ensure-services.sh

@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+from examples.food_delivery import runtime
+from examples.proto import food_pb2, food_pb2_grpc
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from examples.food_delivery import runtime
-from examples.proto import food_pb2, food_pb2_grpc
 from interlink import grpc as ilgrpc
 from interlink.discovery.serve import serve_grpc
 
@@ -39,7 +39,7 @@ class Menu(food_pb2_grpc.MenuServiceServicer):
         self.chaos = chaos
         self.calls = 0
 
-    async def GetMenu(  # noqa: N802 - the name gRPC generated
+    async def GetMenu(
         self, request: food_pb2.MenuRequest, context: grpc.aio.ServicerContext
     ) -> food_pb2.Menu:
         self.calls += 1

@@ -13,12 +13,12 @@ import json
 import logging
 from collections.abc import AsyncIterator
 
+from examples.food_delivery import runtime
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
-from examples.food_delivery import runtime
 from interlink.context import correlation_id
 from interlink.discovery.serve import serve_asgi
 from interlink.messaging import Broker, Envelope
@@ -116,8 +116,12 @@ async def main() -> None:
     runtime.configure_logging("notification")
     app, _ = build(settings)
     await serve_asgi(
-        app, settings.registry, settings.instance(settings.port), host=settings.host,
-        log_level="warning", drain_timeout=2.0,
+        app,
+        settings.registry,
+        settings.instance(settings.port),
+        host=settings.host,
+        log_level="warning",
+        drain_timeout=2.0,
     )
 
 

@@ -23,14 +23,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from examples.food_delivery import runtime
+from examples.proto import food_pb2, food_pb2_grpc
 from pydantic import BaseModel, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from examples.food_delivery import runtime
-from examples.proto import food_pb2, food_pb2_grpc
 from interlink import CircuitBreaker, Fallback, Retry, RetryBudget, deadline
 from interlink import grpc as ilgrpc
 from interlink.context import correlation_id
@@ -41,7 +41,15 @@ from interlink.http import InterlinkMiddleware
 from interlink.messaging import Broker, Envelope
 from interlink.outbox import Outbox, OutboxRelay
 from interlink.resilience.events import FallbackUsed, PolicyEvent
-from interlink.saga import Orchestrator, SagaDefinition, SagaStatus, Send, Step, StepContext
+from interlink.saga import (
+    Orchestrator,
+    SagaDefinition,
+    SagaStatus,
+    Send,
+    Step,
+    StepContext,
+    store_from_url,
+)
 
 log = logging.getLogger("food.order")
 
@@ -131,18 +139,12 @@ class OrderService:
             timeout=SYNC_BUDGET,
             attempt_timeout=0.04,
             retries=1,
-            breaker=CircuitBreaker(
-                "menu",
-                window=5.0,
-                minimum_calls=10,
-                cooldown=2.0,
-                record_exceptions=ilgrpc.BREAKER_FAILURES,
-                ignore_exceptions=(InterlinkError,),
-                listeners=[self.events],
-            ),
+            breaker=self.breaker("menu"),
             # The last good menu: yesterday's menu beats an error page.
             fallback=Fallback(
-                cache_last_success=True, on=ilgrpc.should_fall_back, name="menu",
+                cache_last_success=True,
+                on=ilgrpc.should_fall_back,
+                name="menu",
                 listeners=[self.events],
             ),
             idempotent=ilgrpc.idempotent_methods(food_pb2.DESCRIPTOR),
@@ -159,6 +161,7 @@ class OrderService:
             timeout=SYNC_BUDGET,
             retries=2,
             budget=self.pricing_budget,
+            breaker=self.breaker("pricing", enabled=settings.flag("PRICING_BREAKER") != "off"),
             idempotent=ilgrpc.idempotent_methods(food_pb2.DESCRIPTOR),
             listeners=[self.events],
         )
@@ -171,7 +174,7 @@ class OrderService:
         self.menu = food_pb2_grpc.MenuServiceStub(self.menu_channel)
         self.pricing = food_pb2_grpc.PricingServiceStub(self.pricing_channel)
         self.orchestrator = Orchestrator(
-            settings.saga_store,
+            store_from_url(settings.saga_store, table=settings.table("sagas")),
             [self.definition()],
             publisher=self.broker,
             owner=f"{settings.instance_id}-sagas",  # stable: a restart resumes its sagas at once
@@ -185,6 +188,21 @@ class OrderService:
             settings.topic(runtime.ORDER_PLACED), group="order-saga-start", concurrency=16
         )(self.start_saga)
         self.requests = {"accepted": 0, "rejected": 0, "failed": 0}
+
+    def breaker(self, name: str, *, enabled: bool = True) -> CircuitBreaker:
+        """A breaker per downstream: opens at 50 % failures of >= 10 calls in 5 s, probes
+        again after 2 s (instances here restart in about that). Not ``enabled``: one that
+        never opens (the retry-storm scenario measures the retry budget alone)."""
+        return CircuitBreaker(
+            name,
+            failure_rate_threshold=0.5 if enabled else 1.0,
+            window=5.0,
+            minimum_calls=10 if enabled else 1_000_000_000,
+            cooldown=2.0,
+            record_exceptions=ilgrpc.BREAKER_FAILURES,
+            ignore_exceptions=(InterlinkError,),  # no instance to call says nothing of one
+            listeners=[self.events],
+        )
 
     # -- the saga -----------------------------------------------------------------------------
 

@@ -16,10 +16,10 @@ import json
 import logging
 from collections.abc import AsyncIterator
 
+from examples.food_delivery import runtime
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from examples.food_delivery import runtime
 from interlink.discovery.serve import serve_asgi
 from interlink.messaging import Broker, Envelope
 from interlink.saga import reply_body, reply_headers
@@ -164,8 +164,12 @@ async def main() -> None:
     runtime.configure_logging("payment")
     app, _ = build(settings)
     await serve_asgi(
-        app, settings.registry, settings.instance(settings.port), host=settings.host,
-        log_level="warning", drain_timeout=2.0,
+        app,
+        settings.registry,
+        settings.instance(settings.port),
+        host=settings.host,
+        log_level="warning",
+        drain_timeout=2.0,
     )
 
 

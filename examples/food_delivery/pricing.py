@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-from starlette.applications import Starlette
-from starlette.routing import Route
-
 from examples.food_delivery import runtime
 from examples.food_delivery.menu import CATALOG
 from examples.proto import food_pb2, food_pb2_grpc
+from starlette.applications import Starlette
+from starlette.routing import Route
+
 from interlink import grpc as ilgrpc
 from interlink.discovery.serve import serve_grpc
 
@@ -33,7 +33,7 @@ class Pricing(food_pb2_grpc.PricingServiceServicer):
         self.calls = 0
         self.failed = 0
 
-    async def Quote(  # noqa: N802 - the name gRPC generated
+    async def Quote(
         self, request: food_pb2.QuoteRequest, context: grpc.aio.ServicerContext
     ) -> food_pb2.PriceQuote:
         self.calls += 1

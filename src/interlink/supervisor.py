@@ -272,14 +272,14 @@ class Supervisor:
         for child in self._children.values():
             await self._spawn(child)
 
-    async def wait_healthy(self, timeout: float = 60.0) -> None:
+    async def wait_healthy(self, within: float = 60.0) -> None:
         """Wait until every service answers its health check; ``TimeoutError`` naming the
-        ones that do not."""
+        ones that do not after ``within`` seconds."""
         import urllib.request
 
         def ok(url: str) -> bool:
             try:
-                with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 - loopback
+                with urllib.request.urlopen(url, timeout=1.0) as response:
                     return bool(200 <= response.status < 300)
             except OSError:
                 return False
@@ -289,7 +289,7 @@ class Supervisor:
             for name, c in self._children.items()
             if c.spec.health_port is not None
         }
-        deadline_at = time.monotonic() + timeout
+        deadline_at = time.monotonic() + within
         while pending:
             for name, url in list(pending.items()):
                 if await asyncio.to_thread(ok, url):
@@ -297,7 +297,7 @@ class Supervisor:
             if not pending:
                 return
             if time.monotonic() > deadline_at:
-                raise TimeoutError(f"not healthy after {timeout:.0f} s: {sorted(pending)}")
+                raise TimeoutError(f"not healthy after {within:.0f} s: {sorted(pending)}")
             await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
@@ -451,7 +451,9 @@ class Supervisor:
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(path)
 
-    async def _serve_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_control(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         try:
             line = (await reader.readline()).decode().split()
             reply = await self.command(line)
@@ -483,8 +485,7 @@ class Supervisor:
             self._write_state()
             return {"ok": True}
         raise SupervisorError(
-            f"unknown command {' '.join(words)!r}: use status, or "
-            f"{'|'.join(VERBS)} SERVICE"
+            f"unknown command {' '.join(words)!r}: use status, or {'|'.join(VERBS)} SERVICE"
         )
 
 

@@ -113,7 +113,7 @@ def _root(
 
 
 @app.command()
-def demo(
+def demo(  # noqa: PLR0917 - typer reads the options from the signature
     seed: Annotated[
         int, typer.Option("--seed", help="Seed for the simulated failures, for a repeatable run.")
     ] = 7,

@@ -19,9 +19,7 @@ from rich.console import Console
 
 DEFAULT_SYSTEM = "examples/food_delivery/system.yaml"
 
-SystemArgument = Annotated[
-    Path, typer.Argument(help="The system file (YAML).", show_default=True)
-]
+SystemArgument = Annotated[Path, typer.Argument(help="The system file (YAML).", show_default=True)]
 SystemOption = Annotated[
     Path,
     typer.Option("--system", "-s", envvar="INTERLINK_SYSTEM", help="The system file (YAML)."),
@@ -110,7 +108,9 @@ def up(
 
 
 @chaos_app.command("status")
-def chaos_status(system: SystemOption = Path(DEFAULT_SYSTEM), state_dir: StateOption = None) -> None:
+def chaos_status(
+    system: SystemOption = Path(DEFAULT_SYSTEM), state_dir: StateOption = None
+) -> None:
     """Every service of the running system: pid, running, restarts, ports."""
     from interlink.supervisor import SupervisorError, control
 
@@ -196,9 +196,7 @@ def scenarios_module(spec: Any) -> Any:
     return importlib.import_module(spec.scenarios)
 
 
-def run_scenario(
-    name: str, *, system: Path, fast: bool, no_budget: bool, verbose: bool
-) -> int:
+def run_scenario(name: str, *, system: Path, fast: bool, no_budget: bool, verbose: bool) -> int:
     """Play scenario ``name`` of ``system`` and print its table; 0 when every check held."""
     spec = _load(system, None)
     try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from interlink.discovery.instance import ServiceInstance, check_service
 from interlink.discovery.registry import (
@@ -137,12 +137,23 @@ class RedisRegistry(BaseRegistry):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisRegistry:
-        """``redis://[user:password@]host:port/db`` (or ``rediss://``); options as the class.
+        """``redis://[user:password@]host:port/db[?prefix=app:discovery:]`` (or ``rediss://``);
+        options as the class. ``prefix`` in the URL keeps systems that share a Redis apart
+        where only a URL can be configured (an environment variable, a config file).
 
-        Raises ``InvalidURLError`` for a port outside [1, 65535] or a database that is not a
-        number (redis-py would quietly use database 0).
+        Raises ``InvalidURLError`` for a port outside [1, 65535], a database that is not a
+        number (redis-py would quietly use database 0), or an empty ``prefix``.
         """
         parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        prefixes = [value for key, value in query if key == "prefix"]
+        if prefixes:
+            if not prefixes[-1]:
+                raise InvalidURLError(f"'prefix' in the registry URL must not be empty: {url!r}")
+            options.setdefault("prefix", prefixes[-1])
+            rest = urlencode([(key, value) for key, value in query if key != "prefix"])
+            url = urlunsplit(parts._replace(query=rest))
+            parts = urlsplit(url)
         check_hosts(url, parts.netloc)
         db = parts.path.strip("/")
         if db and not (db.isascii() and db.isdigit()):
