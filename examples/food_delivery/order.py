@@ -45,10 +45,10 @@ from interlink.saga import (
     Orchestrator,
     SagaDefinition,
     SagaStatus,
+    SagaStore,
     Send,
     Step,
     StepContext,
-    store_from_url,
 )
 
 log = logging.getLogger("food.order")
@@ -174,7 +174,7 @@ class OrderService:
         self.menu = food_pb2_grpc.MenuServiceStub(self.menu_channel)
         self.pricing = food_pb2_grpc.PricingServiceStub(self.pricing_channel)
         self.orchestrator = Orchestrator(
-            store_from_url(settings.saga_store, table=settings.table("sagas")),
+            SagaStore.from_url(settings.saga_store, table=settings.table("sagas")),
             [self.definition()],
             publisher=self.broker,
             owner=f"{settings.instance_id}-sagas",  # stable: a restart resumes its sagas at once
@@ -437,6 +437,7 @@ class OrderService:
                     await asyncio.gather(relay, return_exceptions=True)
                     await self.menu_channel.close()
                     await self.pricing_channel.close()
+        await self.orchestrator.store.close()  # given as an object: ours to close
         await self.db.close()
 
     def app(self) -> Any:

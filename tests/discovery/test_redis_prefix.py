@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from _discovery_support import REDIS_URL, unique
 
-from interlink.discovery import ServiceInstance, from_url
+from interlink.discovery import Registry, ServiceInstance
 from interlink.errors import InvalidURLError
 
 
@@ -18,8 +18,8 @@ def test_prefix_in_the_url_separates_registries() -> None:
 
 async def _separate() -> None:
     service = unique("svc")
-    a = from_url(f"{REDIS_URL}?prefix={unique('a')}:")
-    b = from_url(f"{REDIS_URL}?prefix={unique('b')}:")
+    a = Registry.from_url(f"{REDIS_URL}?prefix={unique('a')}:")
+    b = Registry.from_url(f"{REDIS_URL}?prefix={unique('b')}:")
     try:
         lease = await a.register(ServiceInstance(service, "i-1", "127.0.0.1", 8080), ttl=5.0)
         assert [i.instance_id for i in await a.lookup(service)] == ["i-1"]
@@ -33,4 +33,4 @@ async def _separate() -> None:
 def test_an_empty_prefix_is_refused() -> None:
     """?prefix= with nothing after it is an error naming the URL."""
     with pytest.raises(InvalidURLError, match="'prefix' in the registry URL must not be empty"):
-        from_url(f"{REDIS_URL}?prefix=")
+        Registry.from_url(f"{REDIS_URL}?prefix=")

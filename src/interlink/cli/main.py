@@ -140,8 +140,12 @@ def demo(  # noqa: PLR0917 - typer reads the options from the signature
         bool, typer.Option("--verbose", "-v", help="Show the services' own log lines too.")
     ] = False,
 ) -> None:
-    """A tour: the resilience policies against a flaky service, or a chaos scenario played
-    against the whole reference system (real processes on loopback, embedded defaults)."""
+    """A guided tour: the policies, or a scenario played on a system.
+
+    ``--scenario resilience`` (the default) runs the policies against a flaky service in one
+    process; any other scenario plays against the whole reference system (real processes on
+    loopback, embedded defaults) and prints its before / during / after table.
+    """
     if scenario != "resilience":
         code = _system.run_scenario(
             scenario, system=system, fast=fast, no_budget=no_budget, verbose=verbose

@@ -34,7 +34,7 @@ StateOption = Annotated[
 ]
 
 chaos_app = typer.Typer(
-    help="Break a running system on purpose: kill, stop or start a service, flip its switches.",
+    help="Break a running system: kill, stop, start a service; flip switches.",
     no_args_is_help=True,
 )
 
@@ -61,7 +61,10 @@ def up(
         typer.Option("--env", "-e", help="KEY=VALUE for every service (repeatable)."),
     ] = None,
 ) -> None:
-    """Run every service of SYSTEM as a process on loopback until Ctrl-C; restart crashed ones."""
+    """Run a system's services as processes on loopback (Ctrl-C stops).
+
+    Prints the entry URL and a curl that places an order; a service that crashes is restarted.
+    """
     from interlink.supervisor import Supervisor, install_signal_handlers
 
     spec = _load(system, state_dir)
