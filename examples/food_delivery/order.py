@@ -200,7 +200,7 @@ class OrderService:
             minimum_calls=10 if enabled else 1_000_000_000,
             cooldown=2.0,
             record_exceptions=ilgrpc.BREAKER_FAILURES,
-            ignore_exceptions=(InterlinkError,),  # no instance to call says nothing of one
+            ignore_exceptions=ilgrpc.OWN_REFUSALS,  # no instance to call says nothing of one
             listeners=[self.events],
         )
 

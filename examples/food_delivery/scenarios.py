@@ -398,11 +398,16 @@ def _storm_phases(fast: bool) -> list[Phase]:
 BUDGET_FLOOR = 100
 
 
+#: Orders placed before the measured phases (connections, caches, the first sagas).
+WARM_UP = 20
+
+
 def budget_bound(before: PhaseStats, during: PhaseStats) -> float:
     """The most attempts the retry budget lets reach pricing during the storm: every order's
     first attempt, plus 20 % of the first attempts in the budget's 10 s window (which reaches
-    back into the phase before), plus the floor."""
-    return during.requests + 0.2 * (before.requests + during.requests) + BUDGET_FLOOR
+    back into the phase before and the warm-up), plus the floor."""
+    window = WARM_UP + before.requests + during.requests
+    return during.requests + 0.2 * window + BUDGET_FLOOR
 
 
 def _storm_checks(
@@ -594,7 +599,7 @@ async def run(
             say(f"entry: {supervisor.entry_url}")
             # Warm up (connections, caches, the first saga) outside the measured phases.
             runner.phase = PhaseStats("warm-up")
-            await runner.load(0, total=20)
+            await runner.load(0, total=WARM_UP)
             runner.accepted.clear()
             await runner.settle(10)
             phases: list[PhaseStats] = []

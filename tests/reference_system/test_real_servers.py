@@ -8,7 +8,6 @@ import asyncio
 import uuid
 
 import pytest
-
 from examples.food_delivery import runtime, scenarios
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
