@@ -66,6 +66,7 @@ APPS = (
     "interlink.demo",
     "interlink.gateway",
     "interlink.proxy",
+    "interlink.supervisor",
 )
 
 # `import interlink` must load none of these: the CLI's dependencies and every optional extra.
