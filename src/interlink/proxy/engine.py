@@ -72,6 +72,7 @@ _NOT_FORWARDED = HOP_BY_HOP | {
     DEADLINE_HEADER,
     "x-forwarded-host",
     "x-forwarded-proto",
+    "expect",  # answered by the proxy itself, see _forward
 }
 _ECHOED = frozenset({CORRELATION_HEADER, "traceparent"})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -359,16 +360,15 @@ class Proxy:
     async def _forward(self, ex: _Exchange) -> None:
         route, request = ex.route, ex.request
         assert route is not None
+        limit = route.timeout
         client_ms = request.header(DEADLINE_HEADER)
-        client_seconds: float | None = None
         if client_ms is not None:
             try:
                 client_seconds = max(0.001, int(client_ms) / 1000)
             except ValueError:
                 raise ProxyError("bad_request", f"'{DEADLINE_HEADER}' must be an integer") from None
-        limit = route.timeout
-        if client_seconds is not None and (limit is None or client_seconds < limit):
-            limit = client_seconds
+            if limit is None or client_seconds < limit:
+                limit = client_seconds
         if route.translator is not None:
             assert ex.match is not None
             with deadline(limit):
@@ -379,15 +379,31 @@ class Proxy:
             if status >= 500:
                 self.metrics.upstream_error(route.name, f"grpc_{status}")
             return
+        expect = request.header("expect")
+        if expect is not None and not request.body.complete:
+            if expect.lower() != "100-continue":
+                raise ProxyError("bad_request", "only 'Expect: 100-continue' is understood")
+            ex.conn.send_raw(b"HTTP/1.1 100 Continue\r\n\r\n")  # the body may come now
+        conn_up, head = await self._call(ex, limit)
+        await self._relay(ex, conn_up, head)
+
+    async def _call(
+        self, ex: _Exchange, limit: float | None
+    ) -> tuple[UpstreamConnection, ResponseHead]:
+        """The upstream's answer through the route's timeout and policies; every way of
+        failing becomes the ``ProxyError`` with its reason."""
+        route = ex.route
+        assert route is not None
         try:
             with deadline(limit):
                 async with asyncio.timeout(limit):
                     if route.policies is not None:
-                        conn_up, head = await route.policies.pipeline.acall(self._attempt, ex)
-                    else:
-                        conn_up, head = await self._attempt(ex)
-        except _Answered as answered:
-            conn_up, head = answered.conn, answered.head
+                        answer: tuple[UpstreamConnection, ResponseHead]
+                        answer = await route.policies.pipeline.acall(self._attempt, ex)
+                        return answer
+                    return await self._attempt(ex)
+        except _Answered as answered:  # a 5xx, relayed as the upstream said it
+            return answered.conn, answered.head
         except UpstreamFailure as failure:
             raise failure.to_error() from None
         except CircuitOpenError:
@@ -401,14 +417,12 @@ class Proxy:
         except BudgetExhausted as exhausted:
             cause = exhausted.__cause__
             if isinstance(cause, _Answered):
-                conn_up, head = cause.conn, cause.head
-            elif isinstance(cause, UpstreamFailure):
+                return cause.conn, cause.head
+            if isinstance(cause, UpstreamFailure):
                 raise cause.to_error() from None
-            else:
-                raise ProxyError("upstream_reset", "retries are spent") from None
+            raise ProxyError("upstream_reset", "retries are spent") from None
         except (DeadlineExceeded, TimeoutError):
             raise ProxyError("upstream_timeout", "the upstream did not answer in time") from None
-        await self._relay(ex, conn_up, head)
 
     async def _attempt(self, ex: _Exchange) -> tuple[UpstreamConnection, ResponseHead]:
         """One try: choose an instance, send, wait for the head. A dead pooled connection is
@@ -416,7 +430,9 @@ class Proxy:
         route = ex.route
         assert route is not None
         assert route.upstream is not None
-        idempotent = ex.request.method in _IDEMPOTENT
+        idempotent = ex.request.method in _IDEMPOTENT or any(
+            name == "idempotency-key" for name, _ in ex.request.headers
+        )
         target = await route.upstream.choose()
         ok = False
         try:
@@ -427,7 +443,7 @@ class Proxy:
                 except UpstreamFailure as failure:
                     conn_up.abort()
                     replayable = ex.replayable
-                    if failure.stale and not fresh and replayable:
+                    if failure.stale and not fresh and replayable and idempotent:
                         continue  # the upstream had closed the pooled connection: resend
                     failure.retriable = failure.reason == "upstream_connect_refused" or (
                         idempotent and replayable

@@ -104,6 +104,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._upgrade_rest = b""
         self._forgotten = False
         self._keep_alive = False
+        self._interim = False
 
     # ---------------------------------------------------------------- transport events
 
@@ -180,6 +181,7 @@ class UpstreamConnection(asyncio.Protocol):
         status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self._headers = []  # an interim response (100 Continue): wait for the real one
+            self._interim = True
             return
         self._keep_alive = parser.should_keep_alive()
         head = ResponseHead(status, self._headers, self._keep_alive, status == 101)
@@ -198,6 +200,9 @@ class UpstreamConnection(asyncio.Protocol):
             sink(data)
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         if self._head_only:
             return
         self._complete = True
@@ -273,7 +278,8 @@ class UpstreamConnection(asyncio.Protocol):
     @property
     def reusable(self) -> bool:
         """Whether the exchange ended cleanly and the upstream keeps the connection open."""
-        return self._complete and not self.closed and self._keep_alive
+        # after a HEAD the parser cannot know the answer had no body: never reuse that one
+        return self._complete and not self.closed and self._keep_alive and not self._head_only
 
     def abort(self) -> None:
         """Drop the connection."""

@@ -1,0 +1,218 @@
+"""Per-route policies and connection behaviour: retries, stale pooled connections, bulkheads,
+discovery upstreams, WebSocket and CORS."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+
+import aiohttp
+import httpx
+import pytest
+from proxy_support import LoopThread, route, start_proxy, table
+
+from interlink.discovery import Registry, Resolver, ServiceInstance
+from interlink.proxy import (
+    Cors,
+    FixedUpstream,
+    Policies,
+    Proxy,
+    Route,
+    RouteSpec,
+    ServiceUpstream,
+)
+from interlink.resilience import Bulkhead, Retry
+
+
+def _dead_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+class OneShotServer:
+    """Answers the first request of every connection (keep-alive, by its headers) and closes
+    the connection without a word when a second request arrives on it: what a server whose
+    idle timeout just fired looks like to a pooled client."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok"
+            )
+            conn.recv(65536)  # the second request: closed unanswered
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture(scope="module")
+def oneshot() -> Iterator[OneShotServer]:
+    server = OneShotServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    loop_thread: LoopThread, upstream: str, oneshot: OneShotServer
+) -> Iterator[tuple[Proxy, str]]:
+    dead = _dead_url()
+    registry = loop_thread.run(_registry(upstream))
+    resolver = Resolver.from_url("memory://proxy-tests")
+    routes = table(
+        [
+            Route(
+                name="retried",
+                path="/retried",
+                rewrite="/",
+                target=RouteSpec(
+                    name="retried",
+                    upstream=FixedUpstream([dead, upstream]),
+                    policies=Policies(Retry(2, backoff=0.001, max_backoff=0.01), name="retried"),
+                ),
+            ),
+            route("oneshot", "/oneshot", f"http://127.0.0.1:{oneshot.port}"),
+            route(
+                "narrow",
+                "/slow",
+                upstream,
+                policies=Policies(Bulkhead(1), name="narrow"),
+            ),
+            Route(
+                name="discovered",
+                path="/menu",
+                target=RouteSpec(name="discovered", upstream=ServiceUpstream("menu", resolver)),
+            ),
+            Route(
+                name="nobody",
+                path="/nobody",
+                target=RouteSpec(name="nobody", upstream=ServiceUpstream("nobody", resolver)),
+            ),
+            route("ws", "/ws", upstream),
+            route("cors", "/cors", upstream, cors=True, rewrite="/"),
+        ],
+        cors=Cors(allow_origins=frozenset({"https://app.example.com"})),
+    )
+    proxy, server, port = loop_thread.run(start_proxy(routes))
+    yield proxy, f"http://127.0.0.1:{port}"
+    server.close()
+    loop_thread.run(resolver.aclose())
+    loop_thread.run(registry.aclose())
+
+
+async def _registry(upstream: str) -> Registry:
+    registry = Registry.from_url("memory://proxy-tests")
+    port = int(upstream.rsplit(":", 1)[1])
+    await registry.register(ServiceInstance("menu", "menu-1", "127.0.0.1", port))
+    return registry
+
+
+def test_retry_moves_past_a_dead_instance(gateway: tuple[Proxy, str]) -> None:
+    """Connection refused on one address is retried on the next: every request succeeds."""
+    _, base = gateway
+    for _ in range(6):
+        assert httpx.get(base + "/retried", timeout=10).status_code == 200
+
+
+def test_stale_pooled_connection_is_replaced(
+    gateway: tuple[Proxy, str], oneshot: OneShotServer
+) -> None:
+    """An idempotent request on a pooled connection the upstream dropped is re-sent on a
+    fresh one; the client never sees the drop."""
+    _, base = gateway
+    with httpx.Client(timeout=10) as client:
+        for _ in range(5):
+            response = client.get(base + "/oneshot")
+            assert response.status_code == 200
+            assert response.text == "ok"
+    assert oneshot.connections >= 5
+
+
+def test_non_idempotent_request_is_not_resent(gateway: tuple[Proxy, str]) -> None:
+    """A POST whose pooled connection died after it was written: 502 upstream_reset, never
+    sent twice."""
+    _, base = gateway
+    with httpx.Client(timeout=10) as client:
+        assert client.get(base + "/oneshot").status_code == 200  # leaves a pooled connection
+        response = client.post(base + "/oneshot", content=b"x")
+    assert (response.status_code, response.json()["reason"]) == (502, "upstream_reset")
+
+
+def test_bulkhead_full_is_503(gateway: tuple[Proxy, str]) -> None:
+    """Two at once through a bulkhead of one: one 503 bulkhead_full."""
+    _, base = gateway
+
+    async def two() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=10) as client:
+            return list(await asyncio.gather(*(client.get(base + "/slow/400") for _ in range(2))))
+
+    statuses = sorted(r.status_code for r in asyncio.run(two()))
+    assert statuses == [200, 503]
+
+
+def test_discovery_upstream(gateway: tuple[Proxy, str]) -> None:
+    """service://menu resolves through the registry; an unknown service is 503
+    no_healthy_instance."""
+    _, base = gateway
+    assert httpx.get(base + "/menu/1", timeout=10).json()["path"] == "/menu/1"
+    response = httpx.get(base + "/nobody", timeout=10)
+    assert (response.status_code, response.json()["reason"]) == (503, "no_healthy_instance")
+
+
+def test_websocket_passes_through(gateway: tuple[Proxy, str]) -> None:
+    """A WebSocket upgrade is tunnelled both ways."""
+    _, base = gateway
+
+    async def talk() -> list[str]:
+        async with aiohttp.ClientSession() as session, session.ws_connect(base + "/ws") as ws:
+            replies = []
+            for word in ("one", "two"):
+                await ws.send_str(word)
+                replies.append((await ws.receive(timeout=5)).data)
+            return replies
+
+    assert asyncio.run(talk()) == ["echo:one", "echo:two"]
+
+
+def test_cors(gateway: tuple[Proxy, str]) -> None:
+    """An allowed origin gets its preflight answered and its headers; another does not."""
+    _, base = gateway
+    preflight = httpx.options(
+        base + "/cors",
+        headers={
+            "origin": "https://app.example.com",
+            "access-control-request-method": "GET",
+        },
+        timeout=10,
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "https://app.example.com"
+    assert "GET" in preflight.headers["access-control-allow-methods"]
+    allowed = httpx.get(base + "/cors", headers={"origin": "https://app.example.com"}, timeout=10)
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"
+    other = httpx.get(base + "/cors", headers={"origin": "https://evil.example"}, timeout=10)
+    assert "access-control-allow-origin" not in other.headers
