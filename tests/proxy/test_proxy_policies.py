@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import aiohttp
@@ -163,15 +164,20 @@ def test_non_idempotent_request_is_not_resent(gateway: tuple[Proxy, str]) -> Non
 
 
 def test_bulkhead_full_is_503(gateway: tuple[Proxy, str]) -> None:
-    """Two at once through a bulkhead of one: one 503 bulkhead_full."""
-    _, base = gateway
-
-    async def two() -> list[httpx.Response]:
-        async with httpx.AsyncClient(timeout=10) as client:
-            return list(await asyncio.gather(*(client.get(base + "/slow/400") for _ in range(2))))
-
-    statuses = sorted(r.status_code for r in asyncio.run(two()))
-    assert statuses == [200, 503]
+    """A second request while the only bulkhead slot is busy: 503 bulkhead_full."""
+    proxy, base = gateway
+    first: list[httpx.Response] = []
+    worker = threading.Thread(
+        target=lambda: first.append(httpx.get(base + "/slow/1500", timeout=10))
+    )
+    worker.start()
+    deadline = time.monotonic() + 10
+    while proxy.in_flight < 1 and time.monotonic() < deadline:  # the slot is taken
+        time.sleep(0.01)
+    second = httpx.get(base + "/slow/1", timeout=10)
+    worker.join(10)
+    assert (second.status_code, second.json()["reason"]) == (503, "bulkhead_full")
+    assert first[0].status_code == 200
 
 
 def test_discovery_upstream(gateway: tuple[Proxy, str]) -> None:
