@@ -61,6 +61,8 @@ def test_error_tree() -> None:
 SAGA = [
     "COMPENSATION_RETRY",
     "STEP_RETRY",
+    "CommandGuard",
+    "CommandRefused",
     "CorruptSagaState",
     "InvalidReply",
     "Orchestrator",
@@ -69,6 +71,7 @@ SAGA = [
     "SagaError",
     "SagaNotFound",
     "SagaState",
+    "SagaStats",
     "SagaStatus",
     "SagaStore",
     "Send",

@@ -37,13 +37,16 @@ from interlink.saga.errors import (
     StepFailed,
     StepUnavailable,
 )
-from interlink.saga.orchestrator import Orchestrator
+from interlink.saga.orchestrator import Orchestrator, SagaStats
+from interlink.saga.participant import CommandGuard, CommandRefused
 from interlink.saga.state import SagaState, SagaStatus, StepState, StepStatus
 from interlink.saga.stores import SagaStore
 
 __all__ = [
     "COMPENSATION_RETRY",
     "STEP_RETRY",
+    "CommandGuard",
+    "CommandRefused",
     "CorruptSagaState",
     "InvalidReply",
     "Orchestrator",
@@ -52,6 +55,7 @@ __all__ = [
     "SagaError",
     "SagaNotFound",
     "SagaState",
+    "SagaStats",
     "SagaStatus",
     "SagaStore",
     "Send",

@@ -17,22 +17,25 @@ from typing import Any
 
 from interlink.clock import Clock
 from interlink.outbox.sink import Sink
-from interlink.saga._runner import ReplyBox, run_attempt
+from interlink.saga._runner import ReplyBox, reply_says_ok, run_attempt
 from interlink.saga.codec import state_from_json, state_to_json
-from interlink.saga.definition import SagaDefinition, StepContext
+from interlink.saga.definition import SagaDefinition, Send, StepContext
 from interlink.saga.errors import InvalidReply, OwnershipLost, SagaError, StepFailed
 from interlink.saga.state import (
     ActionFailed,
     ActionSucceeded,
     CompensationFailed,
     CompensationSucceeded,
+    Decision,
     Event,
+    LateSuccess,
     Park,
     RunAction,
     RunCompensation,
     SagaState,
     SagaStatus,
     Sleep,
+    StepStatus,
     Stop,
     Wake,
     decide,
@@ -44,6 +47,8 @@ __all__ = ["Driver", "Started", "error_text"]
 log = logging.getLogger("interlink.saga")
 
 _ERROR_CHARS = 500
+# A step in one of these states was given up on: a success reply for it is late news.
+_GAVE_UP = frozenset({StepStatus.FAILED, StepStatus.COMPENSATING, StepStatus.COMPENSATED})
 
 
 def error_text(exc: BaseException) -> str:
@@ -121,6 +126,9 @@ class Driver:
             if loaded is None:
                 return
             state, data, event = loaded
+        late: list[str] = []  # slots of late success replies this run deals with
+        if row.late and isinstance(event, Wake):
+            event, late = await self._late_news(state, definition, event)
         while True:
             try:
                 decision = decide(state, event, definition.shape)
@@ -135,32 +143,74 @@ class Driver:
             # too, or a finished saga would be claimed again and again.
             changed = decision.state is not state or decision.state.status.value != stored_status
             now = self.clock()
-            let_go_at: float | None = None
-            if isinstance(command, Stop):
-                if command.status is SagaStatus.NEEDS_ATTENTION:
-                    log.error("saga %s needs attention: %s", sid, decision.state.error)
-                let_go_at = now
-            elif isinstance(command, Sleep) and command.until - now > self.hold:
-                # A long backoff: let go, so the slot is free and anyone may resume it.
-                let_go_at = command.until
-                if decision.state.status is SagaStatus.RUNNING and decision.state.deadline_at:
-                    let_go_at = min(let_go_at, decision.state.deadline_at)
+            let_go_at = self._let_go_at(decision, now)
             if let_go_at is not None:  # one write: the new state and the release together
                 self.letting_go.add(sid)
                 if changed:
                     await self._persist(state, decision.state, release_at=let_go_at)
                 else:
                     await self.store.release(sid, owner=self.owner, wake_at=let_go_at)
+                if row.late:
+                    await self._settle_late(sid, late, row.late)
                 return
             if changed:
                 state = await self._persist(state, decision.state)
                 stored_status = state.status.value
+            if row.late:  # dealt with now that the news is on disk: let it go
+                await self._settle_late(sid, late, row.late)
+                row = replace(row, late=0)
             if isinstance(command, Sleep):
                 await asyncio.sleep(max(command.until - now, 0.0))
                 event = Wake(self.clock())
                 continue
             assert not isinstance(command, Stop)
             event = await self._attempt(definition, state, command, data)
+
+    def _let_go_at(self, decision: Decision, now: float) -> float | None:
+        """When the saga is due again if this process should let go of it now: it stopped,
+        or waits longer than ``hold`` (the slot is freed and anyone may resume it)."""
+        command, state = decision.command, decision.state
+        if isinstance(command, Stop):
+            if command.status is SagaStatus.NEEDS_ATTENTION:
+                log.error("saga %s needs attention: %s", state.saga_id, state.error)
+            return now
+        if isinstance(command, Sleep) and command.until - now > self.hold:
+            if state.status is SagaStatus.RUNNING and state.deadline_at:
+                return min(command.until, state.deadline_at)
+            return command.until
+        return None
+
+    async def _late_news(
+        self, state: SagaState, definition: SagaDefinition, wake: Wake
+    ) -> tuple[Event, list[str]]:
+        """The success replies kept for steps this saga gave up on (timed out, failed,
+        compensated): as one ``LateSuccess`` event, with their reply slots."""
+        indices: list[int] = []
+        slots: list[str] = []
+        for index, step in enumerate(state.steps):
+            if step.in_flight or step.status not in _GAVE_UP:
+                continue
+            if not isinstance(definition.steps[index].action, Send):
+                continue
+            kept = await self.store.get_reply(state.saga_id, step.name)
+            if kept is not None and reply_says_ok(kept[1]):
+                indices.append(index)
+                slots.append(step.name)
+                log.warning(
+                    "saga %s: step %r succeeded after the saga gave up on it (%s): %s",
+                    state.saga_id,
+                    step.name,
+                    step.status,
+                    "undoing it again" if definition.steps[index].compensation else "parking",
+                )
+        if not indices:
+            return wake, []
+        return LateSuccess(wake.at, tuple(indices)), slots
+
+    async def _settle_late(self, saga_id: str, slots: list[str], count: int) -> None:
+        for slot in slots:  # handled: a later claim must not act on them again
+            await self.store.clear_reply(saga_id, slot)
+        await self.store.forget_late(saga_id, count)
 
     async def _persist(
         self, old: SagaState, new: SagaState, *, release_at: float | None = None

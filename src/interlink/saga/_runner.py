@@ -24,6 +24,7 @@ __all__ = [
     "encode_body",
     "reply_body",
     "reply_headers",
+    "reply_says_ok",
     "run_attempt",
     "slot_of",
 ]
@@ -31,6 +32,9 @@ __all__ = [
 #: Headers a saga command carries and its reply must echo.
 SAGA_ID, SAGA_STEP, SAGA_ATTEMPT = "saga-id", "saga-step", "saga-attempt"
 IDEMPOTENCY_KEY, REPLY_TO = "idempotency-key", "reply-to"
+#: On an action's command: when (Unix time, seconds) the orchestrator stops waiting for this
+#: attempt's reply. Work started later may come after the saga gave up: refuse it.
+SAGA_EXPIRES_AT = "saga-expires-at"
 _POLL = 0.5  # seconds between looks in the store while waiting for a reply another process got
 
 
@@ -44,9 +48,13 @@ def encode_body(body: Any) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+#: What a compensation's reply slot ends with (an action's slot is the step's name).
+COMPENSATION_SLOT = ":compensation"
+
+
 def slot_of(step: str, compensating: bool) -> str:
     """The reply slot of a step's action or compensation."""
-    return f"{step}:compensation" if compensating else step
+    return step + COMPENSATION_SLOT if compensating else step
 
 
 class ReplyBox:
@@ -57,11 +65,14 @@ class ReplyBox:
         self._store = store
         self._waiters: dict[tuple[str, str], asyncio.Future[None]] = {}
 
-    def notify(self, saga_id: str, slot: str) -> None:
-        """A reply for (saga, slot) was stored: wake its waiter here, if any."""
+    def notify(self, saga_id: str, slot: str) -> bool:
+        """A reply for (saga, slot) was stored: wake its waiter here; whether there was one."""
         waiter = self._waiters.get((saga_id, slot))
-        if waiter is not None and not waiter.done():
+        if waiter is None:
+            return False
+        if not waiter.done():
             waiter.set_result(None)
+        return True
 
     async def wait(self, saga_id: str, slot: str, attempt: int, seconds: float) -> Any:
         """The body of the first acceptable reply (from this attempt, or a success from any)."""
@@ -98,6 +109,14 @@ def _parse(slot: str, data: bytes) -> dict[str, Any]:
     return body
 
 
+def reply_says_ok(data: bytes) -> bool:
+    """Whether a kept reply body reports success (an unreadable one does not)."""
+    try:
+        return _parse("", data).get("ok") is True
+    except InvalidReply:
+        return False
+
+
 async def _call(fn: Callable[[StepContext], Any], ctx: StepContext) -> Any:
     if inspect.iscoroutinefunction(fn):
         return await fn(ctx)
@@ -130,6 +149,9 @@ async def _send(
         IDEMPOTENCY_KEY: ctx.idempotency_key,
         REPLY_TO: send.reply_topic,
     }
+    wait = send.timeout if seconds is None else min(send.timeout, seconds)
+    if not ctx.compensating:  # an undo never expires: it must happen, however late
+        headers[SAGA_EXPIRES_AT] = f"{time.time() + wait:.3f}"
     key = send.key(ctx) if send.key is not None else ctx.saga_id
     await store.clear_reply(ctx.saga_id, slot)  # an answer to an earlier attempt is stale
     # A fresh message per attempt (the remote side deduplicates the *effect* by the
@@ -145,7 +167,6 @@ async def _send(
         created_at=time.time(),
     )
     await publisher.send(send.topic, [command])
-    wait = send.timeout if seconds is None else min(send.timeout, seconds)
     reply = await replies.wait(ctx.saga_id, slot, ctx.attempt, wait)
     if not reply["ok"]:
         error = str(reply.get("error") or "refused")

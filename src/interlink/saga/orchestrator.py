@@ -24,7 +24,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from interlink.clock import Clock
@@ -32,17 +32,41 @@ from interlink.messaging.envelope import Envelope
 from interlink.outbox.sink import Sink
 from interlink.resilience._validate import positive, positive_int
 from interlink.saga._driver import Driver, Started, error_text
-from interlink.saga._runner import SAGA_ATTEMPT, SAGA_ID, SAGA_STEP, ReplyBox
+from interlink.saga._runner import (
+    COMPENSATION_SLOT,
+    SAGA_ATTEMPT,
+    SAGA_ID,
+    SAGA_STEP,
+    ReplyBox,
+    reply_says_ok,
+)
 from interlink.saga.admin import load_saga, resume_saga
-from interlink.saga.codec import state_to_json
+from interlink.saga.codec import state_from_json, state_to_json
 from interlink.saga.definition import SagaDefinition, Send
 from interlink.saga.errors import InvalidReply, SagaError, SagaNotFound
-from interlink.saga.state import ACTIVE, RunAction, SagaState, Wake, decide, new_state
+from interlink.saga.state import (
+    ACTIVE,
+    RunAction,
+    SagaState,
+    StepStatus,
+    Wake,
+    decide,
+    new_state,
+)
 from interlink.saga.stores import SagaRow, SagaStore
 
-__all__ = ["Orchestrator"]
+__all__ = ["Orchestrator", "SagaStats", "default_owner"]
 
 log = logging.getLogger("interlink.saga")
+
+
+@dataclass(slots=True)
+class SagaStats:
+    """Counters since the orchestrator was made (read them for metrics)."""
+
+    #: Success replies that came after their step was given up on (timed out, failed or
+    #: compensated): each makes the saga undo that step again, or park.
+    late_successes: int = 0
 
 
 def default_owner(definitions: Mapping[str, SagaDefinition]) -> str:
@@ -121,6 +145,7 @@ class Orchestrator:
         self._renew_task: asyncio.Task[None] | None = None
         self._renewed_at = 0.0
         self._backlog = True  # sagas may be waiting to be claimed
+        self.stats = SagaStats()
 
     @property
     def owner(self) -> str:
@@ -283,11 +308,35 @@ class Orchestrator:
         attempt = headers.get(SAGA_ATTEMPT, "")
         if not saga_id or not slot or not attempt.isdigit():
             raise InvalidReply(slot or "?", f"missing {SAGA_ID}/{SAGA_STEP}/{SAGA_ATTEMPT} headers")
-        if await self._store.get(saga_id) is None:
+        row = await self._store.get(saga_id)
+        if row is None:
             raise SagaNotFound(saga_id)
         data = body.encode() if isinstance(body, str) else bytes(body)
         await self._store.put_reply(saga_id, slot, int(attempt), data)
-        self._replies.notify(saga_id, slot)
+        if self._replies.notify(saga_id, slot):
+            return  # an attempt here is waiting for it: news on time
+        if slot.endswith(COMPENSATION_SLOT) or not reply_says_ok(data):
+            return
+        # A success nobody here waits for: late news if the saga gave up on that step (the
+        # attempt timed out, the step failed or was undone): its effect may outlive the saga.
+        try:
+            state = state_from_json(saga_id, row.state, row.version)
+            step = state.step(slot)
+        except (SagaError, KeyError):
+            return  # a damaged row is parked by whoever drives it; nothing to add here
+        if step.status in (StepStatus.FAILED, StepStatus.COMPENSATING, StepStatus.COMPENSATED):
+            self.stats.late_successes += 1
+            log.warning(
+                "saga %s: late success reply for step %r (attempt %s) after it was %s; "
+                "the saga will undo it again or park",
+                saga_id,
+                slot,
+                attempt,
+                step.status,
+            )
+            await self._store.mark_late(saga_id)
+            self._backlog = True
+            self._wakeup.set()
 
     def subscribe_replies(
         self, broker: Any, topic: str, *, group: str = "saga-orchestrator"

@@ -44,6 +44,7 @@ __all__ = [
     "CompensationSucceeded",
     "Decision",
     "Event",
+    "LateSuccess",
     "Park",
     "RunAction",
     "RunCompensation",
@@ -212,7 +213,25 @@ class Park:
     error: str
 
 
-Event = Wake | ActionSucceeded | ActionFailed | CompensationSucceeded | CompensationFailed | Park
+@dataclass(frozen=True, slots=True)
+class LateSuccess:
+    """Steps ``indices`` reported success after the saga gave up on them (a reply that came
+    after the attempt timed out, the step failed or was compensated): their effect may outlive
+    the saga, so each is compensated again, or, if it cannot be undone, the saga is parked."""
+
+    at: float
+    indices: tuple[int, ...]
+
+
+Event = (
+    Wake
+    | ActionSucceeded
+    | ActionFailed
+    | CompensationSucceeded
+    | CompensationFailed
+    | Park
+    | LateSuccess
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +316,8 @@ def _apply(state: SagaState, event: Event, shape: SagaShape) -> SagaState:
         return _recover(state, at, shape)
     if isinstance(event, Park):
         return _park(state, event.error, at)
+    if isinstance(event, LateSuccess):  # the saga is (re)entered, as with Wake, then the news
+        return _late(_recover(state, at, shape), event, shape)
     if isinstance(event, ActionSucceeded):
         step = _in_flight(state, event.index, StepStatus.RUNNING, "action result")
         step = replace(
@@ -371,6 +392,47 @@ def _apply(state: SagaState, event: Event, shape: SagaShape) -> SagaState:
     state = _with_step(state, event.index, step, at)
     why = f"compensation of step {step.name!r} failed {failures} time(s): {event.error}"
     return _park(state, why, at)
+
+
+_GAVE_UP = frozenset({StepStatus.FAILED, StepStatus.COMPENSATING, StepStatus.COMPENSATED})
+
+
+def _late(state: SagaState, event: LateSuccess, shape: SagaShape) -> SagaState:
+    """A late success marks its step SUCCEEDED again, so the backward pass undoes it (same
+    idempotency key); a step nobody can undo parks the saga with the reason."""
+    at, stuck = event.at, []
+    for index in sorted(set(event.indices)):
+        if not 0 <= index < len(state.steps):
+            raise ValueError(f"late success for step {index}, but saga has {len(state.steps)}")
+        step = state.steps[index]
+        if step.in_flight or step.status not in _GAVE_UP:
+            continue  # still running, or already known to have succeeded: nothing was late
+        if step.status is StepStatus.COMPENSATING:
+            continue  # its undo has not finished yet; it runs again after this success anyway
+        if not shape.steps[index].has_compensation or (
+            step.status is StepStatus.FAILED and not shape.steps[index].compensate_on_failure
+        ):
+            stuck.append(step.name)
+            continue
+        error = f"succeeded late, after the saga gave up on it ({step.status}): undoing it again"
+        again = replace(step, status=StepStatus.SUCCEEDED, error=error, next_at=None)
+        state = _with_step(state, index, again, at)
+        if state.status is SagaStatus.COMPENSATED:
+            state = replace(state, status=SagaStatus.COMPENSATING, updated_at=at)
+    if stuck:
+        why = (
+            f"step(s) {stuck} succeeded after the saga gave up on them and cannot be undone "
+            "(no compensation): their effect outlives the saga"
+        )
+        parked_from = state.parked_from if state.status is SagaStatus.NEEDS_ATTENTION else None
+        return replace(
+            state,
+            status=SagaStatus.NEEDS_ATTENTION,
+            parked_from=parked_from or state.status,
+            error=why,
+            updated_at=at,
+        )
+    return state
 
 
 def _delay(value: float) -> float:

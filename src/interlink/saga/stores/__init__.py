@@ -38,6 +38,7 @@ class SagaRow:
     created_at: float
     updated_at: float
     error: str | None
+    late: int = 0  # success replies that came after the saga gave up on their step, unhandled
 
 
 class SagaStore(Protocol):
@@ -113,10 +114,10 @@ class SagaStore(Protocol):
         own: str | None = None,
     ) -> list[SagaRow]:
         """Take up to ``limit`` active sagas of these definitions that are due and free (no
-        owner, or an expired lease); with ``own`` (an owner name), the active sagas held
-        under that name (``own`` itself, or ``own#...``: any process of that name), due or
-        not, lease or not: what an orchestrator resumes when it starts holding the name's
-        owner lock."""
+        owner, or an expired lease), and free ones with late replies to deal with; with
+        ``own`` (an owner name), the active sagas held under that name (``own`` itself, or
+        ``own#...``: any process of that name), due or not, lease or not: what an
+        orchestrator resumes when it starts holding the name's owner lock."""
         ...
 
     async def renew(self, *, owner: str, ids: Sequence[str], lease_until: float) -> set[str]:
@@ -148,6 +149,15 @@ class SagaStore(Protocol):
         error: str | None,
     ) -> bool:
         """Write a row nobody holds a live lease on (a resume by hand), fenced by version."""
+        ...
+
+    async def mark_late(self, saga_id: str) -> None:
+        """Count a success reply that came after its step was given up on: the saga becomes
+        claimable (even when finished) until ``forget_late`` says it was dealt with."""
+        ...
+
+    async def forget_late(self, saga_id: str, count: int) -> None:
+        """``count`` late replies were dealt with (later ones stay counted)."""
         ...
 
     async def hold_owner(self, owner: str) -> bool:

@@ -13,9 +13,10 @@ from interlink.saga.stores import SagaRow, SagaStore
 
 __all__ = ["PostgresSagaStore"]
 
-_COLUMNS = (
+_INSERTED = (
     "id, name, status, state, version, owner, lease_until, wake_at, created_at, updated_at, error"
 )
+_COLUMNS = _INSERTED + ", late"
 _ACTIVE = sorted(s.value for s in ACTIVE)
 
 
@@ -42,6 +43,7 @@ def _row(r: Any) -> SagaRow:
         created_at=r[8],
         updated_at=r[9],
         error=r[10],
+        late=r[11],
     )
 
 
@@ -76,6 +78,10 @@ class PostgresSagaStore(SagaStore):
             await conn.execute(
                 f"CREATE INDEX IF NOT EXISTS {t}_due ON {t} (wake_at) WHERE status IN ({active})"
             )
+            await conn.execute(
+                f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS late INTEGER NOT NULL DEFAULT 0"
+            )
+            await conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_late ON {t} (id) WHERE late > 0")
             await conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_owner ON {t} (owner)")
             await conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_updated ON {t} (updated_at)")
             await conn.execute(
@@ -94,6 +100,16 @@ class PostgresSagaStore(SagaStore):
                     f"ALTER TABLE {t}_replies ALTER COLUMN body TYPE BYTEA "
                     "USING convert_to(body, 'UTF8')"
                 )
+
+    async def mark_late(self, saga_id: str) -> None:
+        """``late + 1``."""
+        await self._execute(f"UPDATE {self._t} SET late = late + 1 WHERE id=$1", saga_id)
+
+    async def forget_late(self, saga_id: str, count: int) -> None:
+        """``late - count``."""
+        await self._execute(
+            f"UPDATE {self._t} SET late = GREATEST(late - $2, 0) WHERE id=$1", saga_id, count
+        )
 
     async def hold_owner(self, owner: str) -> bool:
         """A session advisory lock on a connection of its own: PostgreSQL drops it when the
@@ -148,7 +164,7 @@ class PostgresSagaStore(SagaStore):
     ) -> SagaRow | None:
         """Insert unless the id exists."""
         found = await self._ready().fetchrow(
-            f"INSERT INTO {self._t} ({_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) "
+            f"INSERT INTO {self._t} ({_INSERTED}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) "
             f"ON CONFLICT (id) DO NOTHING RETURNING {_COLUMNS}",
             row.saga_id,
             row.name,
@@ -223,8 +239,8 @@ class PostgresSagaStore(SagaStore):
             args: tuple[Any, ...] = (own, _ACTIVE, sorted(names))
         else:
             where = (
-                "status = ANY($3::text[]) AND name = ANY($4::text[]) AND wake_at <= $5 "
-                "AND (owner IS NULL OR lease_until < $5)"
+                "name = ANY($4::text[]) AND (owner IS NULL OR lease_until < $5) "
+                "AND ((status = ANY($3::text[]) AND wake_at <= $5) OR late > 0)"
             )
             args = (_ACTIVE, sorted(names), now)
         n = len(args) + 3

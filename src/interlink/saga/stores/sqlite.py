@@ -30,9 +30,10 @@ except ImportError:  # pragma: no cover - not on Windows
     _flock, _EXCLUSIVE = None, 0
 
 
-_COLUMNS = (
+_INSERTED = (
     "id, name, status, state, version, owner, lease_until, wake_at, created_at, updated_at, error"
 )
+_COLUMNS = _INSERTED + ", late"
 _ACTIVE = tuple(sorted(s.value for s in ACTIVE))
 
 
@@ -50,6 +51,7 @@ def _row(r: Any) -> SagaRow:
         created_at=float(r[8]),
         updated_at=float(r[9]),
         error=None if r[10] is None else str(r[10]),
+        late=int(r[11]),
     )
 
 
@@ -82,6 +84,10 @@ class SqliteSagaStore(SagaStore):
                     f"CREATE INDEX IF NOT EXISTS {t}_due ON {t} (wake_at) "
                     f"WHERE status IN {_ACTIVE!r}"
                 )
+                columns = {row[1] for row in conn.execute(f"PRAGMA table_info({t})")}
+                if "late" not in columns:  # a table made before late replies were counted
+                    conn.execute(f"ALTER TABLE {t} ADD COLUMN late INTEGER NOT NULL DEFAULT 0")
+                conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_late ON {t} (id) WHERE late > 0")
                 conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_owner ON {t} (owner)")
                 conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_updated ON {t} (updated_at)")
                 conn.execute(
@@ -97,6 +103,16 @@ class SqliteSagaStore(SagaStore):
         for owner in list(self._owner_locks):
             await self.release_owner(owner)
         await self._db.close()
+
+    async def mark_late(self, saga_id: str) -> None:
+        """``late + 1``."""
+        sql = f"UPDATE {self._t} SET late = late + 1 WHERE id=?"
+        await self._db.run(lambda c: _write(c, sql, (saga_id,)))
+
+    async def forget_late(self, saga_id: str, count: int) -> None:
+        """``late - count``."""
+        sql = f"UPDATE {self._t} SET late = MAX(late - ?, 0) WHERE id=?"
+        await self._db.run(lambda c: _write(c, sql, (count, saga_id)))
 
     async def hold_owner(self, owner: str) -> bool:
         """An exclusive ``flock`` on a file next to the database, named after the table and
@@ -141,7 +157,7 @@ class SqliteSagaStore(SagaStore):
         def create(conn: sqlite3.Connection) -> SagaRow | None:
             with write_tx(conn):
                 cur = conn.execute(
-                    f"INSERT INTO {t} ({_COLUMNS}) VALUES ({_marks(11)}) "
+                    f"INSERT INTO {t} ({_INSERTED}) VALUES ({_marks(11)}) "
                     f"ON CONFLICT (id) DO NOTHING RETURNING {_COLUMNS}",
                     (
                         row.saga_id,
@@ -212,10 +228,10 @@ class SqliteSagaStore(SagaStore):
             args: tuple[object, ...] = (own, len(own) + 1, own + "#", *_ACTIVE, *names)
         else:
             where = (
-                f"status IN ({_marks(len(_ACTIVE))}) AND name IN ({_marks(len(names))}) "
-                "AND wake_at <= ? AND (owner IS NULL OR lease_until < ?)"
+                f"name IN ({_marks(len(names))}) AND (owner IS NULL OR lease_until < ?) "
+                f"AND ((status IN ({_marks(len(_ACTIVE))}) AND wake_at <= ?) OR late > 0)"
             )
-            args = (*_ACTIVE, *names, now, now)
+            args = (*names, now, *_ACTIVE, now)
         sql = (
             f"UPDATE {t} SET owner=?, lease_until=? WHERE id IN "
             f"(SELECT id FROM {t} WHERE {where} ORDER BY wake_at LIMIT ?) RETURNING {_COLUMNS}"
