@@ -6,6 +6,7 @@ InterlinkError
     ├── CorruptSagaState    a stored state cannot be read back (also a ValueError)
     ├── OwnershipLost       another orchestrator took the saga over
     ├── StepFailed          a refusal: the step fails at once, never retried
+    │   └── CommandRefused  a CommandGuard refused an expired or cancelled command
     ├── StepUnavailable     the remote side cannot do it now (also a ConnectionError): retried
     └── InvalidReply        a reply that does not parse or validate (also a ValueError)
 """
