@@ -16,6 +16,7 @@ import socket
 import time
 import warnings
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -61,6 +62,21 @@ async def until(
         if loop.time() - start > within:
             raise AssertionError(f"timed out after {within}s waiting for {what or condition}")
         await asyncio.sleep(0.005)
+
+
+def wait_until(
+    condition: Callable[[], object], within: float = 5.0, what: str = "", interval: float = 0.005
+) -> Any:
+    """``until`` for blocking code: poll ``condition`` every ``interval`` seconds until it is
+    truthy and return that value; fail after ``within`` seconds naming ``what``."""
+    deadline = time.monotonic() + within
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what or condition}")
+        time.sleep(interval)
 
 
 def free_port() -> int:

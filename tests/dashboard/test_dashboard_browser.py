@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import httpx
 import pytest
 import uvicorn
 from playwright import sync_api as playwright
+from support import wait_until
 
 from interlink.dashboard import DashboardSources, create_app
 from interlink.messaging import Broker
@@ -44,17 +45,6 @@ CHROMIUM_ARGS = [
 ]
 
 
-def until(check: Callable[[], Any], timeout: float = 20.0, message: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out: {message}")
-        time.sleep(0.05)
-
-
 @contextlib.contextmanager
 def serve(app: Any) -> Iterator[str]:
     """``app`` under uvicorn in a thread, lifespan on (the dashboard closes its sources then)."""
@@ -62,7 +52,7 @@ def serve(app: Any) -> Iterator[str]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    until(lambda: server.started, 10, "the dashboard to start")
+    wait_until(lambda: server.started, 10, "the dashboard to start")
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}"
@@ -88,7 +78,7 @@ class System:
                 raise RuntimeError(f"{role} exited with {proc.returncode}")
             return port_file.read_text() if port_file.exists() and port_file.read_text() else None
 
-        return str(until(ready, 30, f"{role} to start"))
+        return str(wait_until(ready, 30, f"{role} to start"))
 
     def stop(self, role: str) -> None:
         proc = self.procs.pop(role)
@@ -180,7 +170,7 @@ def test_a_trace_across_http_and_the_broker_has_the_right_shape(page: Any, syste
     """a -> b over HTTP, b -> c over the broker: one trace; in the waterfall c's consumer span
     descends from b's, and b's from a's."""
     place_order(system, "trace-me-1")
-    until(system.received, 20, "c to receive the event")
+    wait_until(system.received, 20, "c to receive the event")
     page.fill("#trace-filters input[name=correlation_id]", "trace-me-1")
 
     def services_in_trace() -> set[str]:
@@ -191,7 +181,7 @@ def test_a_trace_across_http_and_the_broker_has_the_right_shape(page: Any, syste
         cells = row.query_selector_all("td")
         return set(cells[2].inner_text().split(", "))
 
-    until(lambda: services_in_trace() == {"a", "b", "c"}, 20, "the whole trace to be stored")
+    wait_until(lambda: services_in_trace() == {"a", "b", "c"}, 20, "the whole trace to be stored")
     page.click("#traces tbody tr")
     page.wait_for_selector("#waterfall:not([hidden]) .wf-row")
     rows = page.eval_on_selector_all(
@@ -255,14 +245,16 @@ def test_dlq_replay_button_republishes_to_the_consumer(
         letters = httpx.get(f"{url}/api/dlq/orders.placed").json()["letters"]
         return any(letter["id"] == mid for letter in letters)
 
-    until(dead, 20, "the message to be dead-lettered")
+    wait_until(dead, 20, "the message to be dead-lettered")
     page.reload()
     page.click("#queues tr[data-topic='orders.placed'] button.open-dlq")
     page.wait_for_selector(f"#letters tr[data-letter='{mid}']", timeout=10_000)
     (system.root / "c.fail").unlink()
     page.click("#dlq-replay")
     page.wait_for_selector("#dlq-result:has-text('replayed 1')", timeout=10_000)
-    until(lambda: mid in set(system.received()) - before, 20, "c to receive the replayed message")
+    wait_until(
+        lambda: mid in set(system.received()) - before, 20, "c to receive the replayed message"
+    )
     assert not dead()
     assert page.errors == []
 
@@ -277,13 +269,13 @@ def test_saga_resume_button_finishes_a_parked_saga(
         sagas = httpx.get(f"{url}/api/sagas").json()["sagas"]
         return next((s["status"] for s in sagas if s["id"] == "order-o-1"), "")
 
-    until(lambda: status() == "NEEDS_ATTENTION", 30, "the saga to park")
+    wait_until(lambda: status() == "NEEDS_ATTENTION", 30, "the saga to park")
     page.click("#saga-tabs button[data-status=NEEDS_ATTENTION]")
     button = "#sagas tr[data-saga='order-o-1'] button.resume"
     page.wait_for_selector(button, timeout=10_000)
     (system.root / "saga.fail").unlink()
     page.click(button)
-    until(lambda: status() == "COMPENSATED", 30, "the resumed saga to finish")
+    wait_until(lambda: status() == "COMPENSATED", 30, "the resumed saga to finish")
     assert page.errors == []
 
 

@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 
 import pytest
+from support import until, wait_until
 
 from interlink.errors import BulkheadFull, RejectedError
 from interlink.resilience.bulkhead import Bulkhead
@@ -27,24 +28,6 @@ def racy() -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(old)
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 2.0) -> None:
-    """Spin (yielding the GIL) until ``cond()`` holds; fail after ``timeout`` real seconds."""
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            pytest.fail("condition not reached")
-        time.sleep(0.0005)
-
-
-async def async_wait_until(cond: Callable[[], bool], limit: float = 2.0) -> None:
-    """``wait_until`` for the event loop."""
-    end = time.monotonic() + limit
-    while not cond():
-        if time.monotonic() > end:
-            pytest.fail("condition not reached")
-        await asyncio.sleep(0.0005)
 
 
 def hold(bulkhead: Bulkhead) -> tuple[threading.Thread, threading.Event]:
@@ -461,7 +444,7 @@ def test_async_queue_full_rejects_and_emits() -> None:
     async def main() -> None:
         await b.aenter()
         queued = asyncio.create_task(b.aenter())
-        await async_wait_until(lambda: b.queued == 1)
+        await until(lambda: b.queued == 1)
         with pytest.raises(BulkheadFull):
             await b.aenter()
         b.leave()
@@ -480,7 +463,7 @@ def test_cancelled_async_waiter_does_not_leak() -> None:
     async def main() -> None:
         await b.aenter()
         waiter = asyncio.create_task(b.aenter())
-        await async_wait_until(lambda: b.queued == 1)
+        await until(lambda: b.queued == 1)
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
@@ -498,9 +481,9 @@ def test_slot_handed_to_a_cancelled_waiter_is_passed_on() -> None:
     async def main() -> None:
         await b.aenter()
         first = asyncio.create_task(b.aenter())
-        await async_wait_until(lambda: b.queued == 1)
+        await until(lambda: b.queued == 1)
         second = asyncio.create_task(b.aenter())
-        await async_wait_until(lambda: b.queued == 2)
+        await until(lambda: b.queued == 2)
         b.leave()  # hands the slot to `first`, whose wake-up is only scheduled ...
         first.cancel()  # ... and is cancelled before it runs
         with pytest.raises(asyncio.CancelledError):
@@ -549,7 +532,7 @@ def test_thread_leave_wakes_a_task() -> None:
             return b.running
 
         task = asyncio.create_task(b.acall(inside))
-        await async_wait_until(lambda: b.queued == 1)
+        await until(lambda: b.queued == 1)
         release.set()
         return await asyncio.wait_for(task, 2)
 
@@ -567,7 +550,7 @@ def test_task_leave_wakes_a_thread() -> None:
         await b.aenter()
         t = threading.Thread(target=b.call, args=(ran.set,))
         t.start()
-        await async_wait_until(lambda: b.queued == 1)
+        await until(lambda: b.queued == 1)
         b.leave()
         await asyncio.to_thread(t.join, 2)
 
