@@ -50,7 +50,7 @@ types: $(VENV)/.installed-test
 	$(VENV)/bin/mypy
 
 pytest: $(VENV)/.installed-test services
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # The suites that carry the event-loop and interpreter-sensitive code, run again on every other
 # CPython this machine has (each in its own .venv-X.Y; a missing one is skipped with a message)
