@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test lint types pytest compat bench services install clean
+.PHONY: demo test lint types pytest compat compat-uvloop compat-pythons bench services install clean
 
 # Debian's python3 makes venvs only with its python3-venv package: installed here when missing.
 $(PY):
@@ -58,13 +58,17 @@ pytest: $(VENV)/.installed-test services
 COMPAT_SUITES := tests/resilience tests/http tests/grpc tests/test_event_loop.py
 COMPAT_PYTHONS := 3.12 3.13
 
-compat: $(VENV)/.installed-test
+compat: compat-uvloop compat-pythons
+
+compat-uvloop: $(VENV)/.installed-test
 	INTERLINK_TEST_LOOP=uvloop $(PY) -m pytest -q -p no:cacheprovider $(COMPAT_SUITES)
+
+compat-pythons:
 	@for version in $(COMPAT_PYTHONS); do \
 		bash scripts/test-python.sh $$version -q -p no:cacheprovider $(COMPAT_SUITES) || exit 1; \
 	done
 
-test: lint types pytest
+test: lint types pytest compat-pythons
 
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/run.py
