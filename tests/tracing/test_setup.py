@@ -3,10 +3,12 @@ and log lines carrying the ids."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +19,8 @@ import pytest
 from opentelemetry.trace import Status, StatusCode
 
 from interlink.context import use_correlation_id
+from interlink.messaging import Broker, Envelope
+from interlink.outbox import Outbox, OutboxRelay
 from interlink.resilience import Retry
 from interlink.tracing import (
     CorrelationFilter,
@@ -234,3 +238,43 @@ def test_log_lines_carry_the_ids(tmp_path: Path) -> None:
     assert inside["amount"] == 12
     assert "correlation_id" not in outside
     assert "trace_id" not in outside
+
+
+def test_one_trace_through_outbox_relay_and_consumer(tmp_path: Path) -> None:
+    """A request writes an outbox row; the relay publishes it later (no request in sight);
+    the consumer's span is still a child of the request's span."""
+    url = f"sqlite:///{tmp_path}/t.db"
+    provider = setup("order", url, set_global=False)
+    tracer = provider.get_tracer("t")
+    db = str(tmp_path / "orders.db")
+    outbox = Outbox()
+    conn = sqlite3.connect(db)
+    outbox.create_tables(conn)
+    with use_correlation_id("cid-outbox"), tracer.start_as_current_span("POST /orders") as root:
+        with conn:
+            outbox.add(conn, "orders.placed", b"{}", key="o-1")
+        request = root.get_span_context()
+    conn.close()
+
+    async def relay_and_consume() -> None:
+        broker = Broker.from_url(
+            f"sqlite:///{tmp_path}/events.db?poll=0.02", tracer_provider=provider
+        )
+        seen = asyncio.Event()
+
+        @broker.subscriber("orders.placed", group="payment")
+        async def handle(event: Envelope) -> None:
+            seen.set()
+
+        async with broker:
+            async with OutboxRelay(f"sqlite:///{db}", broker) as relay:
+                assert await relay.relay_once() == 1
+            await asyncio.wait_for(seen.wait(), 20)
+
+    asyncio.run(relay_and_consume())
+    provider.shutdown()
+    spans = TraceStore.from_url(url).trace(f"{request.trace_id:032x}")
+    consumer = [s for s in spans if s.kind == "consumer"]
+    assert len(consumer) == 1, [(s.name, s.kind) for s in spans]
+    assert consumer[0].parent_id == f"{request.span_id:016x}"
+    assert consumer[0].correlation_id == "cid-outbox"
