@@ -31,13 +31,13 @@ from urllib.parse import urlsplit
 from interlink.context import CORRELATION
 from interlink.resilience.events import PolicyEvent
 from interlink.tracing.spans import CORRELATION_ATTRIBUTE
-from interlink.tracing.store import SpanRecord, TraceStore
+from interlink.tracing.store import SpanRow, TraceStore, dumps
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
-__all__ = ["SpanEvents", "StoreExporter", "setup", "to_record"]
+__all__ = ["SpanEvents", "StoreExporter", "setup", "to_row"]
 
 _INSTALL_HINT = "tracing needs the OpenTelemetry SDK: pip install 'interlink[otel]'"
 
@@ -87,7 +87,10 @@ def setup(
     span_exporter = _exporter(
         exporter, service_name, retention_age=retention_age, retention_traces=retention_traces
     )
-    batch = BatchSpanProcessor(span_exporter, schedule_delay_millis=500)
+    # a queue deep enough for a burst of a few seconds: the SDK drops what does not fit
+    batch = BatchSpanProcessor(
+        span_exporter, schedule_delay_millis=500, max_queue_size=16_384, max_export_batch_size=2048
+    )
     if keep_errors and sample_ratio < 1.0:
         provider.add_span_processor(_keep_errors(batch, span_exporter))
     else:
@@ -279,7 +282,7 @@ class StoreExporter:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
         try:
-            self.store.add(to_record(s) for s in spans)
+            self.store.add_rows([to_row(s) for s in spans])
         except Exception:  # a locked or full disk must not kill the export thread
             import logging
 
@@ -300,36 +303,43 @@ class StoreExporter:
         return True
 
 
-def to_record(span: ReadableSpan) -> SpanRecord:
-    """The stored form of an SDK span."""
+_KINDS = {0: "internal", 1: "server", 2: "client", 3: "producer", 4: "consumer"}
+_STATUSES = {0: "unset", 1: "ok", 2: "error"}
+
+
+def to_row(span: ReadableSpan) -> SpanRow:
+    """The stored row of an SDK span, built directly: this runs for every span exported."""
     ctx = span.context
     assert ctx is not None  # an ended SDK span always has its context
     parent = span.parent
-    attributes = dict(span.attributes or {})
-    status = span.status.status_code.name.lower()
+    attributes = span.attributes
+    status = span.status
     resource = span.resource.attributes if span.resource is not None else {}
-    return SpanRecord(
-        trace_id=f"{ctx.trace_id:032x}",
-        span_id=f"{ctx.span_id:016x}",
-        parent_id=None if parent is None else f"{parent.span_id:016x}",
-        name=span.name,
-        service=str(resource.get("service.name", "unknown")),
-        kind=span.kind.name.lower(),
-        start_ns=span.start_time or 0,
-        end_ns=span.end_time or span.start_time or 0,
-        status=status,
-        status_message=span.status.description,
-        correlation_id=_str_or_none(attributes.get(CORRELATION_ATTRIBUTE)),
-        attributes=attributes,
-        events=[
-            {"name": e.name, "at_ns": e.timestamp, "attributes": dict(e.attributes or {})}
-            for e in span.events
-        ],
-        links=[
-            {"trace_id": f"{link.context.trace_id:032x}", "span_id": f"{link.context.span_id:016x}"}
-            for link in span.links
-        ],
-    )
+    events = span.events
+    links = span.links
+    start = span.start_time or 0
+    return (
+        f"{ctx.trace_id:032x}",
+        f"{ctx.span_id:016x}",
+        None if parent is None else f"{parent.span_id:016x}",
+        span.name,
+        str(resource.get("service.name", "unknown")),
+        _KINDS.get(span.kind.value, "internal"),
+        start,
+        span.end_time or start,
+        _STATUSES.get(status.status_code.value, "unset"),
+        status.description,
+        _str_or_none(attributes.get(CORRELATION_ATTRIBUTE)) if attributes else None,
+        dumps(dict(attributes)) if attributes else "{}",
+        dumps(
+            [{"name": e.name, "at_ns": e.timestamp, "attributes": dict(e.attributes or {})}
+             for e in events]
+        ) if events else "[]",
+        dumps(
+            [{"trace_id": f"{k.context.trace_id:032x}", "span_id": f"{k.context.span_id:016x}"}
+             for k in links]
+        ) if links else "[]",
+    )  # fmt: skip
 
 
 def _str_or_none(value: object) -> str | None:

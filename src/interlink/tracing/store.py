@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["Edge", "SpanRecord", "TraceStore", "TraceSummary"]
+__all__ = ["Edge", "SpanRecord", "SpanRow", "TraceStore", "TraceSummary", "dumps"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spans (
@@ -51,7 +51,6 @@ CREATE TABLE IF NOT EXISTS spans (
     links TEXT NOT NULL,
     PRIMARY KEY (trace_id, span_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS spans_by_start ON spans (start_ns);
 CREATE TABLE IF NOT EXISTS traces (
     trace_id TEXT PRIMARY KEY,
     start_ns INTEGER NOT NULL,
@@ -61,7 +60,7 @@ CREATE TABLE IF NOT EXISTS traces (
     errors INTEGER NOT NULL,
     root_name TEXT NOT NULL,
     root_service TEXT NOT NULL,
-    services TEXT NOT NULL,
+    rooted INTEGER NOT NULL,
     correlation_id TEXT
 );
 CREATE INDEX IF NOT EXISTS traces_by_start ON traces (start_ns);
@@ -75,35 +74,50 @@ CREATE TABLE IF NOT EXISTS trace_services (
     PRIMARY KEY (service, trace_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS trace_services_by_start ON trace_services (service, start_ns);
+CREATE INDEX IF NOT EXISTS trace_services_by_trace ON trace_services (trace_id);
 """
 
-# One statement per touched trace rebuilds its summary from its spans (indexed by trace id).
-_SUMMARISE = """
+# A batch's figures for one trace merge into its row: extremes widen, counts add up, and the root
+# is the parentless span (or, until it arrives, the earliest span seen).
+_MERGE = """
 INSERT INTO traces (trace_id, start_ns, end_ns, duration_ns, spans, errors, root_name,
-                    root_service, services, correlation_id)
-SELECT trace_id, MIN(start_ns), MAX(end_ns), MAX(end_ns) - MIN(start_ns), COUNT(*),
-       SUM(status = 'error'),
-       (SELECT name FROM spans r WHERE r.trace_id = s.trace_id
-        ORDER BY r.parent_id IS NOT NULL, r.start_ns LIMIT 1),
-       (SELECT service FROM spans r WHERE r.trace_id = s.trace_id
-        ORDER BY r.parent_id IS NOT NULL, r.start_ns LIMIT 1),
-       GROUP_CONCAT(DISTINCT service),
-       MAX(correlation_id)
-FROM spans s WHERE trace_id = ? GROUP BY trace_id
+                    root_service, rooted, correlation_id)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (trace_id) DO UPDATE SET
-    start_ns = excluded.start_ns, end_ns = excluded.end_ns, duration_ns = excluded.duration_ns,
-    spans = excluded.spans, errors = excluded.errors, root_name = excluded.root_name,
-    root_service = excluded.root_service, services = excluded.services,
-    correlation_id = excluded.correlation_id
+    root_name = CASE WHEN excluded.rooted > rooted
+        OR (excluded.rooted = rooted AND excluded.start_ns < start_ns)
+        THEN excluded.root_name ELSE root_name END,
+    root_service = CASE WHEN excluded.rooted > rooted
+        OR (excluded.rooted = rooted AND excluded.start_ns < start_ns)
+        THEN excluded.root_service ELSE root_service END,
+    rooted = MAX(rooted, excluded.rooted),
+    start_ns = MIN(start_ns, excluded.start_ns),
+    end_ns = MAX(end_ns, excluded.end_ns),
+    duration_ns = MAX(end_ns, excluded.end_ns) - MIN(start_ns, excluded.start_ns),
+    spans = spans + excluded.spans,
+    errors = errors + excluded.errors,
+    correlation_id = COALESCE(correlation_id, excluded.correlation_id)
 """
+_MERGE_SERVICE = """
+INSERT INTO trace_services (service, start_ns, trace_id) VALUES (?, ?, ?)
+ON CONFLICT (service, trace_id) DO UPDATE SET start_ns = MIN(start_ns, excluded.start_ns)
+"""
+
+#: A span's row: what ``add_rows`` takes (``to_row`` in ``interlink.tracing.setup`` makes them
+#: straight from SDK spans, without a ``SpanRecord`` in between).
+SpanRow = tuple[
+    str, str, str | None, str, str, str, int, int, str, str | None, str | None, str, str, str
+]
 
 _SPAN_COLUMNS = (
     "trace_id, span_id, parent_id, name, service, kind, start_ns, end_ns, status, "
     "status_message, correlation_id, attributes, events, links"
 )
-_TRACE_COLUMNS = (
-    "trace_id, start_ns, end_ns, duration_ns, spans, errors, root_name, root_service, "
-    "services, correlation_id"
+
+_LIST_COLUMNS = (
+    "t.trace_id, t.start_ns, t.end_ns, t.duration_ns, t.spans, t.errors, t.root_name, "
+    "t.root_service, (SELECT GROUP_CONCAT(service) FROM trace_services s "
+    "WHERE s.trace_id = t.trace_id), t.correlation_id"
 )
 
 Order = Literal["recent", "slowest"]
@@ -250,41 +264,68 @@ class TraceStore:
     # -- writing -------------------------------------------------------------------------------
 
     def add(self, spans: Iterable[SpanRecord]) -> int:
-        """Store ``spans`` and refresh the summaries of their traces; returns how many."""
-        rows = [
-            (
-                s.trace_id,
-                s.span_id,
-                s.parent_id,
-                s.name,
-                s.service,
-                s.kind,
-                s.start_ns,
-                s.end_ns,
-                s.status,
-                s.status_message,
-                s.correlation_id,
-                _dumps(s.attributes),
-                _dumps(s.events),
-                _dumps(s.links),
-            )
-            for s in spans
-        ]
+        """Store ``spans`` and merge them into their traces' summaries; returns how many."""
+        return self.add_rows(
+            [
+                (
+                    s.trace_id,
+                    s.span_id,
+                    s.parent_id,
+                    s.name,
+                    s.service,
+                    s.kind,
+                    s.start_ns,
+                    s.end_ns,
+                    s.status,
+                    s.status_message,
+                    s.correlation_id,
+                    dumps(s.attributes),
+                    dumps(s.events),
+                    dumps(s.links),
+                )
+                for s in spans
+            ]
+        )
+
+    def add_rows(self, rows: Sequence[SpanRow]) -> int:
+        """``add`` for spans already in row form (the exporter's path: no objects between the
+        SDK's span and the row). A span stored twice (an exporter's retry) counts once more in
+        its trace's span count; nothing else changes."""
         if not rows:
             return 0
-        touched = sorted({r[0] for r in rows})
+        # per trace: start, end, spans, errors, root name, root service, rooted, correlation id
+        traces: dict[str, list[Any]] = {}
+        services: dict[tuple[str, str], int] = {}
+        for r in rows:
+            tid, parent, start, end = r[0], r[2], r[6], r[7]
+            rooted = 1 if parent is None else 0
+            t = traces.get(tid)
+            if t is None:
+                traces[tid] = [start, end, 1, r[8] == "error", r[3], r[4], rooted, r[10]]
+            else:
+                if rooted > t[6] or (rooted == t[6] and start < t[0]):
+                    t[4], t[5], t[6] = r[3], r[4], rooted
+                t[0] = min(t[0], start)
+                t[1] = max(t[1], end)
+                t[2] += 1
+                t[3] += r[8] == "error"
+                t[7] = t[7] or r[10]
+            key = (r[4], tid)
+            if start < services.get(key, start + 1):
+                services[key] = start
+        merges = [
+            (tid, t[0], t[1], t[1] - t[0], t[2], int(t[3]), t[4], t[5], t[6], t[7])
+            for tid, t in traces.items()
+        ]
         with self._lock, self._write() as c:
             c.executemany(
                 f"INSERT OR REPLACE INTO spans ({_SPAN_COLUMNS}) VALUES "
                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
-            c.executemany(_SUMMARISE, [(t,) for t in touched])
+            c.executemany(_MERGE, merges)
             c.executemany(
-                "INSERT OR REPLACE INTO trace_services (service, start_ns, trace_id) "
-                "SELECT DISTINCT s.service, t.start_ns, t.trace_id FROM spans s "
-                "JOIN traces t ON t.trace_id = s.trace_id WHERE s.trace_id = ?",
-                [(t,) for t in touched],
+                _MERGE_SERVICE, [(svc, start, tid) for (svc, tid), start in services.items()]
             )
         return len(rows)
 
@@ -323,10 +364,7 @@ class TraceStore:
             with self._write() as c:
                 c.executemany("DELETE FROM spans WHERE trace_id = ?", doomed)
                 c.executemany("DELETE FROM traces WHERE trace_id = ?", doomed)
-                # trace_services is keyed by service first: delete by the indexed pair
-                c.execute(
-                    "DELETE FROM trace_services WHERE trace_id NOT IN (SELECT trace_id FROM traces)"
-                )
+                c.executemany("DELETE FROM trace_services WHERE trace_id = ?", doomed)
         return len(victims)
 
     # -- reading -------------------------------------------------------------------------------
@@ -344,7 +382,7 @@ class TraceStore:
         """The summary row of one trace, or None when it is not stored."""
         with self._lock:
             row = self._conn.execute(
-                f"SELECT {_TRACE_COLUMNS} FROM traces WHERE trace_id = ?", (trace_id.lower(),)
+                f"SELECT {_LIST_COLUMNS} FROM traces t WHERE trace_id = ?", (trace_id.lower(),)
             ).fetchone()
         return None if row is None else _summary(row)
 
@@ -388,7 +426,7 @@ class TraceStore:
         if until is not None:
             where.append(f"{start_col} < ?")
             args.append(int(until * 1e9))
-        sql = f"SELECT {_qualified('t', _TRACE_COLUMNS)} FROM {source}"
+        sql = f"SELECT {_LIST_COLUMNS} FROM {source}"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY " + (f"{start_col} DESC" if order == "recent" else "t.duration_ns DESC")
@@ -408,10 +446,13 @@ class TraceStore:
         start = int(((time.time() - 300) if since is None else since) * 1e9)
         with self._lock:
             rows = self._conn.execute(
+                # through the traces started in the window (indexed), then their spans by key:
+                # no index on the spans' own times to keep up on every write
                 "SELECT p.service, c.service, c.kind = 'consumer', COUNT(*), "
-                "SUM(c.status = 'error') FROM spans c JOIN spans p "
-                "ON p.trace_id = c.trace_id AND p.span_id = c.parent_id "
-                "WHERE c.start_ns >= ? AND p.service != c.service "
+                "SUM(c.status = 'error') FROM traces t "
+                "JOIN spans c ON c.trace_id = t.trace_id "
+                "JOIN spans p ON p.trace_id = c.trace_id AND p.span_id = c.parent_id "
+                "WHERE t.start_ns >= ? AND p.service != c.service "
                 "GROUP BY 1, 2, 3 ORDER BY 1, 2",
                 (start,),
             ).fetchall()
@@ -437,12 +478,14 @@ class TraceStore:
         return [str(r[0]) for r in rows]
 
 
-def _qualified(alias: str, columns: str) -> str:
-    return ", ".join(f"{alias}.{c.strip()}" for c in columns.split(","))
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
-def _dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
+def dumps(value: object) -> str:
+    """Compact JSON for a stored attributes, events or links column ("{}"/"[]" when empty)."""
+    if not value:
+        return "[]" if isinstance(value, list | tuple) else "{}"
+    return _encode(value)
 
 
 def _span(row: Sequence[Any]) -> SpanRecord:
