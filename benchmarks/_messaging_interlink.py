@@ -25,7 +25,7 @@ from _messaging_shared import (
 
 from interlink.messaging import Broker
 from interlink.messaging.backend import Backend
-from interlink.messaging.envelope import Envelope, OutgoingMessage, encode
+from interlink.messaging.envelope import FIELDS, OutgoingMessage, headers_for
 
 
 class Interlink:
@@ -125,16 +125,20 @@ class Interlink:
 
 
 class BackendOnly:
-    """interlink's backend without the Broker and consumer layers: frames built once, then
+    """interlink's backend without the Broker and consumer layers: headers built once, then
     ``publish`` / ``publish_batch`` / ``subscribe`` + ``ack`` directly (where the time goes)."""
 
     def __init__(self, url: str, topics: list[str]) -> None:
         self.url = url
         self.topics = topics  # shared with Interlink, for the cleanup
-        self.frame = encode(Envelope(id=uuid.uuid4().hex, type="bytes", payload=BYTES))
+        self.headers: dict[str, str] = {}
+        self.id_name = FIELDS.id
 
     async def _open(self) -> tuple[Any, str]:
         backend = Backend.from_url(self.url)
+        binding = getattr(backend, "binding", FIELDS)
+        self.id_name = binding.id
+        self.headers = headers_for(binding, message_id="", type="bytes", time=time.time())
         await backend.connect()
         topic = unique("il")
         self.topics.append(topic)
@@ -142,7 +146,11 @@ class BackendOnly:
         return backend, topic
 
     def _items(self, count: int) -> list[OutgoingMessage]:
-        return [OutgoingMessage(self.frame, None, {}, uuid.uuid4().hex) for _ in range(count)]
+        items = []
+        for _ in range(count):
+            mid = uuid.uuid4().hex
+            items.append(OutgoingMessage(BYTES, None, {**self.headers, self.id_name: mid}, mid))
+        return items
 
     async def serial(self, n: int, pydantic: bool) -> tuple[int, float]:
         backend, topic = await self._open()
@@ -151,7 +159,9 @@ class BackendOnly:
             ids = [uuid.uuid4().hex for _ in range(n)]
             began, done = time.perf_counter(), 0
             while done < n and time.perf_counter() - began < TIME_LIMIT:
-                await backend.publish(topic, self.frame, key=None, headers={}, message_id=ids[done])
+                mid = ids[done]
+                headers = {**self.headers, self.id_name: mid}
+                await backend.publish(topic, BYTES, key=None, headers=headers, message_id=mid)
                 done += 1
             return done, time.perf_counter() - began
         finally:

@@ -40,7 +40,6 @@ PURE = (
     "interlink.discovery.instance",
     "interlink.messaging.envelope",
     "interlink.messaging._decisions",  # split from the envelope, re-exported by it
-    "interlink.messaging._frame",
     "interlink.saga.state",
 )
 

@@ -11,6 +11,7 @@ seconds. Override ``make_idempotency_url()`` to run the idempotency test against
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -22,7 +23,7 @@ from support import until
 from interlink import Retry
 from interlink.context import correlation_id, use_correlation_id
 from interlink.messaging import Broker, current_message
-from interlink.messaging.envelope import Envelope, encode
+from interlink.messaging.envelope import FIELDS, STRUCTURED, Binding, read
 
 T = TypeVar("T")
 
@@ -71,6 +72,13 @@ class BackendContract:
     def broker(self, url: str | None = None, **options: Any) -> Broker:
         """A broker on this backend (``url`` to share one broker's URL between brokers)."""
         return Broker.from_url(url or self.make_backend_url(), **options)
+
+    @staticmethod
+    def binding(broker: Broker) -> Binding:
+        """How the broker's backend names the CloudEvents attributes."""
+        binding = getattr(broker.backend, "binding", FIELDS)
+        assert isinstance(binding, Binding)
+        return binding
 
     @staticmethod
     def name(prefix: str = "t") -> str:
@@ -301,15 +309,14 @@ class BackendContract:
         assert "card declined" in letter.reason
         assert letter.published_at is not None
         assert before - 1 <= letter.published_at <= letter.dead_at <= time.time() + 1
-        from interlink.messaging.envelope import decode
-
-        assert decode(letter.data).id == mid
-        assert Order.model_validate_json(decode(letter.data).payload) == Order(order_id=9)
+        assert Order.model_validate_json(letter.data) == Order(order_id=9)  # the body as sent
+        envelope = read(self.binding(broker), letter.data, letter.headers, fallback_id="")
+        assert (envelope.id, envelope.type, envelope.key) == (mid, "Order", "k9")
 
     @run_async
     async def test_poison_messages_go_to_dlq_at_once(self) -> None:
-        """Undecodable bytes and invalid payloads are dead-lettered on the first delivery,
-        and the consumer keeps handling the messages behind them."""
+        """Unreadable headers and invalid payloads are dead-lettered on the first delivery,
+        body kept, and the consumer keeps handling the messages behind them."""
         url = self.make_backend_url()
         topic = self.name()
         good: list[int] = []
@@ -321,20 +328,62 @@ class BackendContract:
 
         async with broker:
             backend = broker.backend
-            bad_frame = encode(
-                Envelope(id=uuid.uuid4().hex, type="Order", payload=b'{"order_id": "x"}')
+            binding = self.binding(broker)
+            bad_time = {binding.spec: "1.0", binding.id: "bad2", binding.time: "yesterday"}
+            await backend.publish(topic, b"not json", key=None, headers={}, message_id="raw1")
+            await backend.publish(
+                topic, b'{"order_id": 1}', key=None, headers=bad_time, message_id="bad2"
             )
-            await backend.publish(topic, b"not a frame", key=None, headers={}, message_id="raw1")
-            await backend.publish(topic, bad_frame, key=None, headers={}, message_id="bad2")
             await broker.publish(topic, Order(order_id=3))
             await until(lambda: good == [3])
             await self.settle(broker, topic, 2)
             letters = await broker.dlq_list(topic, 10)
         assert sorted(letter.attempts for letter in letters) == [1, 1]
-        assert {letter.data for letter in letters} == {b"not a frame", bad_frame}
+        assert {letter.data for letter in letters} == {b"not json", b'{"order_id": 1}'}
         types = {letter.error_type for letter in letters}
         assert "interlink.messaging.envelope.EnvelopeError" in types
         assert "pydantic_core._pydantic_core.ValidationError" in types
+
+    @run_async
+    async def test_bare_and_structured_payloads_are_consumed(self) -> None:
+        """A bare JSON payload (no CloudEvents headers: id from the broker, type from the
+        model) and a structured-mode CloudEvent both reach a typed handler."""
+        topic = self.name()
+        seen: list[tuple[int, str, str]] = []
+        broker = self.broker()
+
+        @broker.subscriber(topic, group=self.name("g"), retry=QUICK)
+        async def handle(message: Order) -> None:
+            envelope = current_message().envelope
+            seen.append((message.order_id, envelope.id, envelope.type))
+
+        async with broker:
+            backend = broker.backend
+            binding = self.binding(broker)
+            await backend.publish(
+                topic, b'{"order_id": 1}', key=None, headers={}, message_id="bare1"
+            )
+            event = {
+                "specversion": "1.0",
+                "id": "structured-2",
+                "source": "/elsewhere",
+                "type": "com.example.order",
+                "datacontenttype": "application/json",
+                "data": {"order_id": 2},
+            }
+            await backend.publish(
+                topic,
+                json.dumps(event).encode(),
+                key=None,
+                headers={binding.content_type or "content-type": STRUCTURED},
+                message_id="s2",
+            )
+            await until(lambda: len(seen) == 2)
+        bare, structured = sorted(seen)
+        assert bare[0] == 1
+        assert bare[1]
+        assert bare[2] == "Order"
+        assert structured == (2, "structured-2", "com.example.order")
 
     @run_async
     async def test_not_retryable_error_is_dead_lettered_at_once(self) -> None:

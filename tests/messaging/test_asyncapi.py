@@ -86,7 +86,26 @@ def test_message_schemas_come_from_the_models() -> None:
     assert messages["OrderPlaced"]["contentType"] == "application/json"
     assert messages["Bytes"]["payload"] == {"type": "string", "format": "binary"}
     assert messages["Bytes"]["contentType"] == "application/octet-stream"
-    assert "id" in messages["Bytes"]["headers"]["properties"]
+    headers = messages["Bytes"]["headers"]
+    assert {"ce_id", "ce_source", "ce_specversion", "ce_type", "ce_time"} <= set(
+        headers["properties"]
+    )
+    assert headers["required"] == ["ce_id", "ce_source", "ce_specversion", "ce_type"]
+
+
+def test_headers_are_named_by_the_brokers_protocol_binding() -> None:
+    """A NATS broker's document names the ce- headers, a RabbitMQ one cloudEvents: ones."""
+    nats = Broker.from_url("nats://127.0.0.1:4222")
+    amqp = Broker.from_url("amqp://guest:guest@127.0.0.1:5672/")
+    for broker in (nats, amqp):
+
+        @broker.subscriber("orders", group="g")
+        async def handle(order: OrderPlaced) -> None: ...
+
+    nats_headers = asyncapi(nats)["components"]["messages"]["OrderPlaced"]["headers"]
+    amqp_headers = asyncapi(amqp)["components"]["messages"]["OrderPlaced"]["headers"]
+    assert "ce-traceparent" in nats_headers["properties"]
+    assert "cloudEvents:partitionkey" in amqp_headers["properties"]
 
 
 def test_every_reference_resolves() -> None:

@@ -1,7 +1,9 @@
-"""The envelope's wire format and the delivery decisions (pure: no broker, no time)."""
+"""The envelope's wire format (CloudEvents in native headers) and the delivery decisions
+(pure: no broker, no time)."""
 
 from __future__ import annotations
 
+import base64
 import json
 from random import Random
 
@@ -10,233 +12,245 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from interlink import Retry, RetryBudget
-from interlink.errors import BudgetExhausted
+from interlink.errors import BudgetExhausted, InterlinkError
 from interlink.messaging.envelope import (
     ACK,
-    MAGIC,
+    AMQP,
+    FIELDS,
+    NATS,
+    STRUCTURED,
+    Binding,
     DeadLetter,
     Decision,
-    Envelope,
     EnvelopeError,
-    _decode_json,  # the general path
+    check_headers,
     decide_failure,
     decide_poison,
-    decode,
     decode_dead_letter,
-    decode_or_poison,
-    encode,
     encode_dead_letter,
     error_type_of,
-    frame,
-    frame_parts,
-    header_tail,
-    plain_frame,
+    headers_for,
+    parse_time,
+    read,
+    reserved,
+    rfc3339,
     with_attempt,
+    with_id,
 )
 
+BINDINGS = [NATS, AMQP, FIELDS]
 texts = st.text(max_size=30)
-envelopes = st.builds(
-    Envelope,
-    id=st.text(min_size=1, max_size=40),
-    type=texts,
-    payload=st.binary(max_size=300),
-    key=st.none() | texts,
-    time=st.floats(min_value=0, max_value=4e9),
-    attempt=st.integers(min_value=1, max_value=1000),
-    correlation_id=st.none() | texts,
-    headers=st.dictionaries(texts, texts, max_size=4),
+user_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12).filter(
+    lambda name: not reserved(name)
 )
-
-
-@given(envelopes)
-def test_encode_decode_roundtrip(envelope: Envelope) -> None:
-    """Every envelope survives the wire unchanged, payload bytes included."""
-    assert decode(encode(envelope)) == envelope
-
-
-def _reference_frame(envelope: Envelope) -> bytes:
-    """The frame as ``json.dumps`` writes its header (what the hand-written header matches)."""
-    header: dict[str, object] = {"id": envelope.id, "type": envelope.type, "time": envelope.time}
-    if envelope.key is not None:
-        header["key"] = envelope.key
-    if envelope.attempt != 1:
-        header["attempt"] = envelope.attempt
-    if envelope.correlation_id is not None:
-        header["cid"] = envelope.correlation_id
-    if envelope.headers:
-        header["headers"] = dict(envelope.headers)
-    head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    return MAGIC + len(head).to_bytes(4, "big") + head + envelope.payload
-
-
-@given(envelopes)
-def test_encode_writes_the_header_json_dumps_would(envelope: Envelope) -> None:
-    """The header written field by field is byte for byte the JSON encoder's."""
-    assert encode(envelope) == _reference_frame(envelope)
-
-
-@given(st.text(alphabet="0123456789abcdef", min_size=32, max_size=32), envelopes)
-def test_frame_parts_around_a_plain_id_make_the_frame(mid: str, envelope: Envelope) -> None:
-    """start + id + end + payload, the batch path, is the frame of that id."""
-    tail = header_tail(
-        type=envelope.type,
-        time=envelope.time,
-        key=envelope.key,
-        attempt=envelope.attempt,
-        correlation_id=envelope.correlation_id,
-        headers=envelope.headers,
-    )
-    start, end = frame_parts(tail, len(mid))
-    built = start + mid.encode() + end + envelope.payload
-    assert built == frame(mid, envelope.payload, tail)
-    assert decode(built).id == mid
+bindings = st.sampled_from(BINDINGS)
 
 
 @given(
+    bindings,
     st.text(min_size=1, max_size=40),
     texts,
-    st.floats(min_value=0, max_value=4e9) | st.integers(0, 2**40) | st.just(float("nan")),
-    st.binary(max_size=50),
+    st.binary(max_size=300),
+    st.none() | texts,
+    st.integers(min_value=0, max_value=4_000_000_000_000_000).map(lambda us: us / 1e6),
+    st.integers(min_value=1, max_value=1000),
+    st.none() | texts,
+    st.dictionaries(user_names, texts, max_size=4),
 )
-def test_plain_frame_is_the_frame_of_the_usual_header(
-    mid: str, type_name: str, time: float, payload: bytes
+def test_headers_for_and_read_roundtrip(  # noqa: PLR0917 - one per attribute
+    binding: Binding,
+    mid: str,
+    type_name: str,
+    payload: bytes,
+    key: str | None,
+    time: float,
+    attempt: int,
+    cid: str | None,
+    user: dict[str, str],
 ) -> None:
-    """The one-step frame of a publish without key, correlation id or headers is the frame
-    ``header_tail`` and ``frame`` build."""
-    assert plain_frame(mid, type_name, time, payload) == frame(
-        mid, payload, header_tail(type=type_name, time=time)
+    """Every attribute survives the headers of every binding; the body is the payload."""
+    headers = headers_for(
+        binding,
+        message_id=mid,
+        type=type_name,
+        time=time,
+        key=key,
+        correlation_id=cid,
+        attempt=attempt,
+        headers=user,
+        source="/svc",
+    )
+    envelope = read(binding, payload, headers, fallback_id="broker-id")
+    assert envelope.error is None
+    assert envelope.payload is payload
+    assert (envelope.id, envelope.type, envelope.key) == (mid, type_name, key)
+    assert (envelope.attempt, envelope.correlation_id, envelope.source) == (attempt, cid, "/svc")
+    assert abs(envelope.time - time) < 1e-6
+    assert dict(envelope.headers) == user
+
+
+@pytest.mark.parametrize("binding", BINDINGS, ids=["nats", "amqp", "fields"])
+def test_binding_names_follow_the_protocol_bindings(binding: Binding) -> None:
+    """NATS writes ce- headers, AMQP cloudEvents: properties, Redis and SQLite ce_ fields;
+    specversion 1.0, the type's content type, the key as partitionkey."""
+    headers = headers_for(
+        binding, message_id="m1", type="Order", time=0.0, key="k", correlation_id="c"
+    )
+    prefix = {NATS: "ce-", AMQP: "cloudEvents:", FIELDS: "ce_"}[binding]
+    assert headers == {
+        f"{prefix}specversion": "1.0",
+        f"{prefix}id": "m1",
+        f"{prefix}source": "/interlink",
+        f"{prefix}type": "Order",
+        f"{prefix}time": "1970-01-01T00:00:00.000000Z",
+        "content-type": "application/json",
+        f"{prefix}partitionkey": "k",
+        f"{prefix}correlationid": "c",
+    }
+    assert headers_for(binding, message_id="m", type="bytes", time=0)["content-type"] == (
+        "application/octet-stream"
     )
 
 
+def test_trace_context_travels_as_the_distributed_tracing_extension() -> None:
+    """traceparent/tracestate become ce-traceparent/ce-tracestate and come back unprefixed
+    for the trace extractor; baggage stays an ordinary header."""
+    user = {"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01", "tracestate": "x=1"}
+    user["baggage"] = "k=v"
+    headers = headers_for(NATS, message_id="m", type="t", time=1.0, headers=user)
+    assert headers["ce-traceparent"] == user["traceparent"]
+    assert headers["ce-tracestate"] == "x=1"
+    assert headers["baggage"] == "k=v"
+    assert dict(read(NATS, b"", headers, fallback_id="").headers) == user
+
+
+def test_a_bare_payload_takes_the_brokers_id_and_no_type() -> None:
+    """No CloudEvents headers: the body as it is, the broker's id, an empty type (the
+    subscriber's model names it), foreign headers kept as the user's."""
+    envelope = read(NATS, b'{"a": 1}', {"x-tenant": "t1"}, fallback_id="orders:7")
+    assert envelope.error is None
+    assert (envelope.id, envelope.type, envelope.payload) == ("orders:7", "", b'{"a": 1}')
+    assert dict(envelope.headers) == {"x-tenant": "t1"}
+    assert read(FIELDS, b"x", None, fallback_id="1-0").id == "1-0"
+
+
+@pytest.mark.parametrize("binding", BINDINGS, ids=["nats", "amqp", "fields"])
+def test_structured_mode_is_read_from_the_json_event(binding: Binding) -> None:
+    """application/cloudevents+json: the attributes and data (JSON or base64) from the body."""
+    event = {
+        "specversion": "1.0",
+        "id": "e1",
+        "source": "/go-service",
+        "type": "com.example.order",
+        "time": "2026-12-07T10:00:00Z",
+        "datacontenttype": "application/json",
+        "partitionkey": "k1",
+        "attempt": 2,
+        "data": {"order_id": 5},
+    }
+    headers = {"content-type": STRUCTURED + "; charset=utf-8"}
+    envelope = read(binding, json.dumps(event).encode(), headers, fallback_id="b")
+    assert envelope.error is None
+    assert (envelope.id, envelope.type, envelope.key, envelope.attempt) == (
+        "e1",
+        "com.example.order",
+        "k1",
+        2,
+    )
+    assert json.loads(envelope.payload) == {"order_id": 5}
+    assert envelope.time == parse_time("2026-12-07T10:00:00Z")
+    del event["data"]
+    event["data_base64"] = base64.b64encode(b"\x00\xff").decode()
+    event["datacontenttype"] = "application/octet-stream"
+    raw = read(binding, json.dumps(event).encode(), headers, fallback_id="b")
+    assert raw.payload == b"\x00\xff"
+    assert raw.content_type == "application/octet-stream"
+
+
 @pytest.mark.parametrize(
-    "head",
+    ("body", "problem"),
     [
-        b' {"id":"a","time":1} ',  # whitespace around the object
-        '{"id":"\u00e9","type":"T"}'.encode("utf-16"),  # what json.loads detects as UTF-16
-        b'{"id":"a","type":null,"time":2}',  # an int time, a null type
+        (b"{not json", "malformed structured CloudEvent"),
+        (b"[1, 2]", "malformed structured CloudEvent"),
+        (b'{"id": "x", "data_base64": "***"}', "malformed 'data_base64'"),
+        (b'{"id": "x", "extra": {"nested": 1}}', "malformed structured CloudEvent: 'extra'"),
     ],
 )
-def test_headers_json_loads_accepts_still_decode(head: bytes) -> None:
-    """Headers outside the fast path (odd whitespace, encodings, types) decode as before."""
-    envelope = decode(MAGIC + len(head).to_bytes(4, "big") + head + b"p")
-    expected = json.loads(head)
-    assert envelope.id == expected["id"]
-    assert envelope.type == (expected.get("type") or "bytes")
-    assert envelope.time == float(expected.get("time", 0.0))
-    assert envelope.payload == b"p"
+def test_a_malformed_structured_event_is_poison_with_its_body(body: bytes, problem: str) -> None:
+    """A structured event that does not parse is dead-lettered, body kept, never a crash."""
+    envelope = read(NATS, body, {"content-type": STRUCTURED}, fallback_id="b")
+    assert envelope.error is not None
+    assert problem in envelope.error
+    assert envelope.payload == body
 
 
-plain_texts = st.text(alphabet=st.characters(codec="ascii", exclude_characters='"\\'), max_size=12)
+def test_foreign_values_of_reserved_attributes_are_ignored_or_poison() -> None:
+    """A garbled attempt counts as 1; a garbled time makes the message poison: never a crash."""
+    headers = headers_for(FIELDS, message_id="m", type="t", time=5.0)
+    assert read(FIELDS, b"", {**headers, "ce_attempt": "a b"}, fallback_id="").attempt == 1
+    assert read(FIELDS, b"", {**headers, "ce_attempt": "0"}, fallback_id="").attempt == 1
+    poison = read(FIELDS, b"body", {**headers, "ce_time": "soon"}, fallback_id="")
+    assert poison.error == "malformed 'ce_time'"
+    assert poison.payload == b"body"
+
+
+@given(bindings, st.binary(max_size=200), st.dictionaries(texts, texts, max_size=6))
+def test_read_never_raises(binding: Binding, body: bytes, headers: dict[str, str]) -> None:
+    """Any body with any headers reads into an envelope (``error`` set when unreadable)."""
+    envelope = read(binding, body, headers, fallback_id="f")
+    assert envelope.id
+    if envelope.error is not None:
+        assert envelope.payload == body
 
 
 @given(
-    st.builds(
-        Envelope,
-        id=st.text(min_size=1, max_size=40) | st.text(alphabet="0123456789abcdef", min_size=32),
-        type=texts | plain_texts,
-        payload=st.binary(max_size=50),
-        key=st.none() | texts | plain_texts,
-        time=st.floats(min_value=0, max_value=4e9) | st.sampled_from([0.0, 1e-7, 1e21]),
-        attempt=st.integers(min_value=1, max_value=1000),
-        correlation_id=st.none() | texts | plain_texts,
-        headers=st.just({}) | st.dictionaries(texts, texts, max_size=2),
-    )
+    bindings,
+    st.dictionaries(
+        st.sampled_from(
+            ["ce-id", "ce_type", "cloudEvents:time", "content-type", "data", "Nats-Msg-Id", "CE-ID"]
+        ),
+        texts,
+        min_size=1,
+    ),
 )
-def test_the_plain_header_match_decodes_as_the_json_path(envelope: Envelope) -> None:
-    """The one-match reading of the usual header gives what the JSON scanner gives."""
-    data = encode(envelope)
-    assert decode(data) == _decode_json(data) == envelope
+def test_user_headers_with_reserved_names_are_refused(
+    binding: Binding, headers: dict[str, str]
+) -> None:
+    """A user header may not pose as a CloudEvents attribute or a backend's own field."""
+    with pytest.raises(EnvelopeError, match="reserved name"):
+        check_headers(headers)
 
 
-@pytest.mark.parametrize(
-    "head",
-    [
-        b'{"id":"a","type":"T","time":5}',  # an int time
-        b'{"id":"a","type":"T","time":1e5,"attempt":1}',  # an exponent, attempt 1 written
-        b'{"id":"a","type":"","time":0,"key":"","cid":""}',  # empty strings
-        b'{"id":"a","type":"T","time":1.5,"cid":"c","key":"k"}',  # fields out of order
-        b'{"id":"a","type":"T","time":-1.5}',  # a negative time
-        b'{"id":"\xc3\xa9","type":"T","time":1.0}',  # UTF-8 in a string
-    ],
-)
-def test_headers_near_the_plain_form_decode_as_the_json_path(head: bytes) -> None:
-    """Headers the match reads, and neighbours it leaves to the JSON path, agree."""
-    data = MAGIC + len(head).to_bytes(4, "big") + head + b"p"
-    assert decode(data) == _decode_json(data)
+def test_user_headers_must_be_text() -> None:
+    """Header values are strings on every broker."""
+    with pytest.raises(EnvelopeError, match="strings to strings"):
+        check_headers({"n": 1})  # type: ignore[dict-item]
 
 
-@pytest.mark.parametrize(
-    "head",
-    [
-        b'{"id":"\xff","type":"T","time":1.0}',  # not UTF-8
-        b'{"id":"a\x01","type":"T","time":1.0}',  # a control character in a string
-        b'{"id":"","type":"T","time":1.0}',  # an empty id
-    ],
-)
-def test_headers_the_json_path_refuses_are_still_refused(head: bytes) -> None:
-    """What the JSON path rejects, decode rejects (the match does not let it through)."""
-    data = MAGIC + len(head).to_bytes(4, "big") + head
-    with pytest.raises(EnvelopeError):
-        _decode_json(data)
-    with pytest.raises(EnvelopeError):
-        decode(data)
+def test_attempt_and_id_rewrites() -> None:
+    """A retry copy names its attempt; a replayed bare payload keeps its dead-letter id."""
+    headers = headers_for(AMQP, message_id="m", type="t", time=0.0)
+    assert read(AMQP, b"", with_attempt(AMQP, headers, 3), fallback_id="").attempt == 3
+    assert with_id(AMQP, {}, "b1") == {"cloudEvents:id": "b1"}
+    assert with_id(AMQP, headers, "other")["cloudEvents:id"] == "m"
 
 
-@given(st.binary(max_size=200))
-def test_decode_or_poison_never_raises(data: bytes) -> None:
-    """Arbitrary bytes decode to a poison envelope carrying them, never to an exception."""
-    envelope = decode_or_poison(data, "fallback")
-    if envelope.error is not None:
-        assert envelope.payload == data
-        assert envelope.id == "fallback"
+@given(st.integers(min_value=0, max_value=4_000_000_000_000_000))
+def test_rfc3339_round_trips_to_the_microsecond(micros: int) -> None:
+    """The time attribute keeps microseconds, whatever second it falls in."""
+    seconds = micros / 1e6
+    text = rfc3339(seconds)
+    assert text.endswith("Z")
+    assert len(text) == 27
+    parsed = parse_time(text)
+    assert parsed is not None
+    assert abs(parsed - seconds) < 1e-6
 
 
-def test_frame_starts_with_magic_and_keeps_payload_raw() -> None:
-    """The payload follows the header byte for byte (no base64, no JSON escaping)."""
-    frame = encode(Envelope(id="a", type="bytes", payload=b"\x00\xff" * 10))
-    assert frame.startswith(MAGIC)
-    assert frame.endswith(b"\x00\xff" * 10)
-
-
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        (b"hello", "not an interlink frame"),
-        (MAGIC + b"\x00\x00", "truncated frame"),
-        (MAGIC + (50).to_bytes(4, "big") + b"{}", "truncated frame: header ends at 58"),
-        (MAGIC + (3).to_bytes(4, "big") + b"{x}", "malformed header"),
-        (MAGIC + (2).to_bytes(4, "big") + b"[]", "not a JSON object"),
-        (MAGIC + (2).to_bytes(4, "big") + b"{}", "no 'id'"),
-    ],
-)
-def test_bad_frames_are_rejected_with_a_reason(data: bytes, message: str) -> None:
-    """Malformed bytes raise EnvelopeError saying what is wrong."""
-    with pytest.raises(EnvelopeError, match=message):
-        decode(data)
-
-
-@pytest.mark.parametrize(
-    ("header", "message"),
-    [
-        (b'{"id":"a","time":"x"}', "'time' must be a number"),
-        (b'{"id":"a","attempt":0}', "'attempt' must be an integer >= 1: 0"),
-        (b'{"id":"a","headers":{"k":1}}', "'headers' must map strings to strings"),
-        (b'{"id":"a","key":5}', "'key' must be a string: 5"),
-    ],
-)
-def test_bad_header_fields_are_rejected(header: bytes, message: str) -> None:
-    """Header fields of the wrong type are refused, naming the field."""
-    with pytest.raises(EnvelopeError, match=message):
-        decode(MAGIC + len(header).to_bytes(4, "big") + header)
-
-
-def test_with_attempt_rewrites_only_the_attempt() -> None:
-    """Backends that redeliver by re-publishing bump the attempt, nothing else."""
-    original = Envelope(id="a", type="T", payload=b"p", key="k", time=5.0)
-    assert decode(with_attempt(encode(original), 3)) == Envelope(
-        id="a", type="T", payload=b"p", key="k", time=5.0, attempt=3
-    )
-    assert with_attempt(b"junk", 3) == b"junk"
+def test_envelope_error_is_an_interlink_error() -> None:
+    """One error tree: EnvelopeError is an InterlinkError (and still a ValueError)."""
+    assert issubclass(EnvelopeError, InterlinkError)
+    assert issubclass(EnvelopeError, ValueError)
 
 
 def test_dead_letter_record_roundtrip() -> None:
@@ -251,10 +265,11 @@ def test_dead_letter_record_roundtrip() -> None:
         group="payments",
         published_at=1.5,
         dead_at=2.5,
+        headers={"ce_id": "m1", "x-tenant": "t"},
     )
     assert decode_dead_letter(encode_dead_letter(letter)) == letter
-    with pytest.raises(EnvelopeError, match="not an interlink frame"):
-        decode_dead_letter(encode(Envelope(id="a", type="", payload=b"")))
+    with pytest.raises(EnvelopeError, match="not a dead-letter record"):
+        decode_dead_letter(b'{"order_id": 1}')
 
 
 def test_error_type_names_module_and_class() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from support import until
@@ -14,8 +15,7 @@ from tests.messaging.contract import BackendContract, Order
 from interlink.messaging import Broker
 from interlink.messaging.backend import PublishError
 from interlink.messaging.backends.redis import RedisBackend
-from interlink.messaging.backends.redis._scripts import parse_batch
-from interlink.messaging.envelope import decode
+from interlink.messaging.backends.redis._scripts import pack, parse_batch
 from interlink.messaging.idempotency import RedisStore
 
 URL = "redis://127.0.0.1:6379/0"
@@ -85,13 +85,15 @@ def test_idempotent_store_gets_the_url_without_backend_options() -> None:
     assert seen == [1, 2]
 
 
-def test_packed_read_pairs_each_entry_with_its_data() -> None:
-    """READ's reply (one string of ids and attempts, then all the data in one MessagePack
-    array) comes apart into the entries a plain XREADGROUP would give."""
-    reply = [b"0 1-0 0 1 7-1 2", b"\x92\xa5first\xa0"]  # MessagePack ["first", ""]
+def test_packed_read_pairs_each_entry_with_its_fields() -> None:
+    """READ's reply (one string of sources, ids and field counts, then every field in one
+    MessagePack array) comes apart into the entries a plain XREADGROUP would give, whatever
+    the field values hold (spaces included)."""
+    strings = [b"data", b"first", b"ce_id", b"a b", b"data", b""]
+    reply = [b"0 1-0 4 1 7-1 2", pack(strings)]
     assert parse_batch(reply) == [
-        (0, b"1-0", {b"d": b"first", b"a": b"0"}, 1),
-        (1, b"7-1", {b"d": b"", b"a": b"2"}, 1),
+        (0, b"1-0", {b"data": b"first", b"ce_id": b"a b"}, 1),
+        (1, b"7-1", {b"data": b""}, 1),
     ]
     assert parse_batch([]) == []
 
@@ -100,7 +102,7 @@ def test_a_backlog_is_read_packed_with_attempts_from_the_retry_stream() -> None:
     """With more waiting than a read takes, reads go through the READ script: every message
     arrives once, in order, and a retry stream entry keeps its attempt count."""
     from interlink.messaging.backends.redis import RedisBackend
-    from interlink.messaging.envelope import Envelope, encode
+    from interlink.messaging.envelope import FIELDS, headers_for
 
     topic = f"t-{uuid.uuid4().hex[:12]}"
 
@@ -111,8 +113,9 @@ def test_a_backlog_is_read_packed_with_attempts_from_the_retry_stream() -> None:
         assert isinstance(backend, RedisBackend)
         await backend.ensure_group(topic, "g")
         await broker.publish_many(topic, [Order(order_id=i) for i in range(100)])
-        retried = encode(Envelope(id="r1", type="Order", payload=b'{"order_id":-1}'))
-        await backend.client.xadd(f"interlink:{topic}#retry:g", {b"d": retried, b"a": 2})
+        retried: dict[Any, Any] = {b"data": b'{"order_id":-1}'}
+        retried.update(headers_for(FIELDS, message_id="r1", type="Order", time=0.0, attempt=3))
+        await backend.client.xadd(f"interlink:{topic}#retry:g", retried)
         order: list[int] = []
         attempts: list[tuple[str, int]] = []
         deliveries = backend.subscribe(topic, "g", prefetch=16)
@@ -143,8 +146,8 @@ def _redis_backend(broker: Broker) -> RedisBackend:
 
 def test_serial_publishes_go_through_the_lane_and_keep_their_order() -> None:
     """One publish at a time rides the lane connection (the pool's connections stay idle);
-    each is an ordinary stream entry with field ``d``, in publish order, trimmed by
-    ``maxlen``."""
+    each is an ordinary stream entry (the body in ``data``, the attributes in ``ce_*``
+    fields), in publish order, trimmed by ``maxlen``."""
     topic = f"t-{uuid.uuid4().hex[:12]}"
 
     async def body() -> tuple[list[bytes], int, bool]:
@@ -158,7 +161,8 @@ def test_serial_publishes_go_through_the_lane_and_keep_their_order() -> None:
         assert lane is not None
         used = lane.conn.is_connected
         await broker.stop()
-        return [decode(fields[b"d"]).payload for _, fields in entries], len(entries), used
+        assert all(fields[b"ce_specversion"] == b"1.0" for _, fields in entries)
+        return [fields[b"data"] for _, fields in entries], len(entries), used
 
     payloads, count, used = asyncio.run(asyncio.wait_for(body(), 10))
     assert used
@@ -176,7 +180,7 @@ def test_overlapping_publishes_share_lane_and_pool() -> None:
         ids = await asyncio.gather(*(broker.publish(topic, b"%d" % i) for i in range(50)))
         entries = await _redis_backend(broker).client.xrange(f"interlink:{topic}")
         await broker.stop()
-        return set(ids), {decode(fields[b"d"]).id for _, fields in entries}
+        return set(ids), {fields[b"ce_id"].decode() for _, fields in entries}
 
     published, stored = asyncio.run(asyncio.wait_for(body(), 10))
     assert len(published) == 50

@@ -190,9 +190,9 @@ def test_an_empty_lease_does_not_hide_a_settle_later_in_its_batch(tmp_path: Path
     store = Store(str(tmp_path / "broker.db"))
     try:
         gid = store.ensure_group("t", "g")
-        store.publish("t", [("m1", None, b"frame")])
+        store.publish("t", [("m1", None, b"payload", {})])
         store.commit()
-        [(seq, attempt, _, _)], _ = store.lease(gid, "t", 10, visibility=30.0)
+        [(seq, attempt, *_)], _ = store.lease(gid, "t", 10, visibility=30.0)
         store.commit()
         # one worker batch: a lease that finds nothing, then the nack of the leased row
         assert store.lease(gid, "t", 10, visibility=30.0)[0] == []

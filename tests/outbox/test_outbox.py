@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from interlink import Retry
 from interlink.context import use_correlation_id
-from interlink.messaging.envelope import Envelope, decode
+from interlink.messaging.envelope import FIELDS, Envelope, read
 from interlink.outbox import Outbox, OutboxRelay
 from interlink.outbox.stores import partition_of
 
@@ -52,7 +52,7 @@ class Recording:
         if self.fail:
             self.fail -= 1
             raise ConnectionError("broker down")
-        env = decode(data)
+        env = read(FIELDS, data, headers, fallback_id="")
         assert env.id == message_id
         self.sent.append((topic, env))
 

@@ -74,10 +74,18 @@ def _when(seconds: float | None) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
 
 
-def _letter(letter: DeadLetter, *, payload: bool) -> dict[str, Any]:
-    from interlink.messaging.envelope import decode_or_poison
+async def _dead_letters(broker: Any, topic: str, limit: int) -> tuple[list[DeadLetter], Any]:
+    """The dead letters, and the binding their headers are named by."""
+    from interlink.messaging.envelope import FIELDS
 
-    env = decode_or_poison(letter.data, letter.id)
+    letters = await broker.dlq_list(topic, limit)
+    return letters, getattr(broker.backend, "binding", FIELDS)
+
+
+def _letter(letter: DeadLetter, binding: Any, *, payload: bool) -> dict[str, Any]:
+    from interlink.messaging.envelope import read
+
+    env = read(binding, letter.data, letter.headers, fallback_id=letter.id)
     row: dict[str, Any] = {
         "id": letter.id,
         "topic": letter.topic,
@@ -93,7 +101,7 @@ def _letter(letter: DeadLetter, *, payload: bool) -> dict[str, Any]:
         "size": len(letter.data),
     }
     if payload:
-        row["headers"] = dict(env.headers)
+        row["headers"] = dict(letter.headers)
         row["decode_error"] = env.error
         try:
             row["payload"] = env.payload.decode()
@@ -110,8 +118,8 @@ def dlq_list(
     as_json: AsJson = False,
 ) -> None:
     """List the dead letters of TOPIC, oldest first."""
-    letters = _with_broker(broker, lambda b: b.dlq_list(topic, limit))
-    rows = [_letter(letter, payload=False) for letter in letters]
+    letters, binding = _with_broker(broker, lambda b: _dead_letters(b, topic, limit))
+    rows = [_letter(letter, binding, payload=False) for letter in letters]
     if as_json:
         _out().print_json(json.dumps(rows))
         return
@@ -135,11 +143,11 @@ def dlq_show(
     topic: Topic, message_id: Annotated[str, typer.Argument(help="Message id.")], broker: BrokerUrl
 ) -> None:
     """Show one dead letter of TOPIC in full: the facts, the headers and the payload."""
-    letters = _with_broker(broker, lambda b: b.dlq_list(topic, 100_000))
+    letters, binding = _with_broker(broker, lambda b: _dead_letters(b, topic, 100_000))
     found = [letter for letter in letters if letter.id == message_id]
     if not found:
         raise _fail(f"no dead letter {message_id!r} in {topic}.dlq")
-    _out().print_json(json.dumps(_letter(found[0], payload=True)))
+    _out().print_json(json.dumps(_letter(found[0], binding, payload=True)))
 
 
 @dlq_app.command("replay")

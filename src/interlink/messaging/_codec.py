@@ -1,4 +1,4 @@
-"""Turning messages into payloads and frames, payloads into handler arguments; name checks."""
+"""Turning messages into payloads and headers, payloads into handler arguments; name checks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from interlink.messaging._ids import ID_LENGTH, new_id_text
-from interlink.messaging.envelope import Envelope, OutgoingMessage, frame_parts, header_tail
+from interlink.messaging.envelope import Binding, Envelope, OutgoingMessage, headers_for
 
 __all__ = ["GROUP", "batch_of", "check_topic", "decoder_for", "payload_of"]
 
@@ -52,17 +52,19 @@ def batch_of(
     messages: Sequence[Any],
     key: str | Callable[[Any], str | None] | None,
     *,
+    binding: Binding,
     time: float,
+    source: str,
     correlation_id: str | None,
     headers: Mapping[str, str],
 ) -> list[OutgoingMessage]:
-    """The frames of a batch, with fresh ids. Its messages share their header but for the id
-    (and the type and key, where they differ): one header per type and key, then four byte
-    strings joined per message."""
+    """The messages of a batch, with fresh ids. They share their headers but for the id (and
+    the type and key, where they differ): one set of headers per type and key, copied with
+    its id for each message."""
     keyof, fixed = (key, None) if callable(key) else (None, key)
     text = new_id_text(len(messages))
-    raw = text.encode()
-    parts: dict[tuple[str, str | None], tuple[bytes, bytes]] = {}
+    shared: dict[tuple[str, str | None], dict[str, str]] = {}
+    id_name = binding.id
     items = []
     at = 0
     for message in messages:
@@ -71,15 +73,23 @@ def batch_of(
         else:
             payload, type_name = payload_of(message)
         k = keyof(message) if keyof is not None else fixed
-        pair = parts.get((type_name, k))
-        if pair is None:
-            tail = header_tail(
-                type=type_name, time=time, key=k, correlation_id=correlation_id, headers=headers
+        base = shared.get((type_name, k))
+        if base is None:
+            base = shared[type_name, k] = headers_for(
+                binding,
+                message_id="",
+                type=type_name,
+                time=time,
+                source=source,
+                key=k,
+                correlation_id=correlation_id,
+                headers=headers,
             )
-            pair = parts[type_name, k] = frame_parts(tail, ID_LENGTH)
         end = at + ID_LENGTH
-        data = b"".join((pair[0], raw[at:end], pair[1], payload))
-        items.append(OutgoingMessage(data, k, headers, text[at:end]))
+        mid = text[at:end]
+        native = base.copy()
+        native[id_name] = mid
+        items.append(OutgoingMessage(payload, k, native, mid))
         at = end
     return items
 

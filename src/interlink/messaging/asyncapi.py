@@ -15,29 +15,43 @@ from urllib.parse import urlsplit
 
 from interlink.messaging.backend import redact
 from interlink.messaging.broker import Broker
-from interlink.messaging.envelope import Envelope
+from interlink.messaging.envelope import FIELDS, SPECVERSION, Binding, Envelope
 
 __all__ = ["asyncapi"]
 
 _REF = "#/components/schemas/{model}"
-_ENVELOPE_HEADERS = {
-    "type": "object",
-    "description": "The interlink envelope around every payload.",
-    "properties": {
-        "id": {"type": "string", "description": "Message id, kept by replays."},
-        "type": {"type": "string", "description": "Payload type name."},
-        "key": {"type": ["string", "null"], "description": "Ordering key."},
-        "time": {"type": "number", "description": "Publish time, Unix seconds."},
-        "attempt": {"type": "integer", "minimum": 1},
-        "cid": {"type": ["string", "null"], "description": "Correlation id (x-request-id)."},
-        "headers": {
-            "type": "object",
-            "additionalProperties": {"type": "string"},
-            "description": "User headers and W3C trace context (traceparent, tracestate).",
-        },
-    },
-    "required": ["id", "type", "time"],
-}
+
+
+def _headers(binding: Binding) -> dict[str, Any]:
+    """The message headers as the broker's backend writes them: the CloudEvents attributes
+    in binary content mode, named by the protocol's binding, and the user's own."""
+
+    def text(description: str, **more: Any) -> dict[str, Any]:
+        return {"type": "string", "description": description, **more}
+
+    properties: dict[str, Any] = {
+        binding.id: text("Message id (CloudEvents id), kept by retries and replays."),
+        binding.source: text("CloudEvents source: the publishing broker's source."),
+        binding.spec: text("CloudEvents specversion.", const=SPECVERSION),
+        binding.type: text("Payload type name (the model's class, bytes or str)."),
+        binding.time: text("Publish time (CloudEvents time, RFC 3339).", format="date-time"),
+        binding.key: text("Ordering key (CloudEvents partitionkey extension)."),
+        binding.cid: text("Correlation id (x-request-id) of the work that published it."),
+        binding.attempt: text("Delivery a re-published retry copy starts at (absent: 1)."),
+        binding.traceparent: text("W3C trace context: traceparent."),
+        binding.tracestate: text("W3C trace context: tracestate."),
+    }
+    if binding.content_type is not None:
+        properties[binding.content_type] = text("CloudEvents datacontenttype.")
+    return {
+        "type": "object",
+        "description": "CloudEvents 1.0 binary content mode: the body is the payload itself; "
+        "other headers are the user's. Structured mode (application/cloudevents+json) and a "
+        "bare payload without these headers are accepted too.",
+        "properties": properties,
+        "required": [binding.id, binding.source, binding.spec, binding.type],
+        "additionalProperties": {"type": "string"},
+    }
 
 
 def _name(message_type: Any) -> str:
@@ -94,6 +108,8 @@ def asyncapi(broker: Broker, *, description: str | None = None) -> dict[str, Any
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     messages: dict[str, Any] = {}
+    binding = getattr(broker.backend, "binding", FIELDS)
+    headers = _headers(binding if isinstance(binding, Binding) else FIELDS)
 
     def channel(topic: str, message_type: Any) -> str:
         name = _name(message_type)
@@ -104,7 +120,7 @@ def asyncapi(broker: Broker, *, description: str | None = None) -> dict[str, Any
                 "contentType": "application/octet-stream"
                 if name == "Bytes"
                 else "application/json",
-                "headers": _ENVELOPE_HEADERS,
+                "headers": headers,
                 "payload": payloads[name],
             },
         )

@@ -1,10 +1,11 @@
 """The small protocol every broker backend implements, and the errors of the messaging layer.
 
-A backend moves opaque frames (``interlink.messaging.envelope``) between a topic and the
-consumer groups subscribed to it. Everything else (encoding, retry decisions, DLQ decisions,
-idempotency, concurrency, shutdown) is the consumer's, so five backends never disagree about
-what a retry or a poison message is. Backends live in ``interlink.messaging.backends.<name>``
-and are picked by URL scheme; their third-party client is imported inside their module only.
+A backend moves messages (a body and its native headers, ``interlink.messaging.envelope``)
+between a topic and the consumer groups subscribed to it. Everything else (encoding, retry
+decisions, DLQ decisions, idempotency, concurrency, shutdown) is the consumer's, so five
+backends never disagree about what a retry or a poison message is. Backends live in
+``interlink.messaging.backends.<name>`` and are picked by URL scheme; their third-party client
+is imported inside their module only.
 
 Semantics every backend provides (the contract suite in ``tests/messaging/contract.py``
 checks them):
@@ -18,8 +19,9 @@ checks them):
 - Unacknowledged deliveries come back: after ``nack(delay)`` once ``delay`` has passed, and
   after a consumer crash once the backend's lease / visibility timeout expires.
   ``Delivery.attempt`` counts deliveries (1 on the first).
-- ``dead_letter`` moves the original bytes, the reason, the error type, the attempt count and
-  the times to ``<topic>.dlq`` and acknowledges the message, atomically where the broker can.
+- ``dead_letter`` moves the original body and headers, the reason, the error type, the
+  attempt count and the times to ``<topic>.dlq`` and acknowledges the message, atomically
+  where the broker can.
 - ``dlq_replay`` re-publishes dead letters to their topic unchanged (same message id) and
   removes them from the DLQ; running it twice does not publish twice what the first run
   finished. ``dlq_purge`` drops them.
@@ -36,7 +38,7 @@ from typing import ClassVar, Protocol, cast
 from urllib.parse import urlsplit
 
 from interlink.errors import InterlinkError
-from interlink.messaging.envelope import DeadLetter, Envelope, OutgoingMessage
+from interlink.messaging.envelope import Binding, DeadLetter, Envelope, OutgoingMessage
 
 __all__ = [
     "Backend",
@@ -84,12 +86,17 @@ class Delivery(Protocol):
 
     @property
     def envelope(self) -> Envelope:
-        """The decoded envelope (``envelope.decode_or_poison``: ``error`` set for bad bytes)."""
+        """The envelope (``envelope.read``: ``error`` set for headers it could not read)."""
         ...
 
     @property
     def raw(self) -> bytes:
-        """The bytes as published."""
+        """The body as published."""
+        ...
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The native headers as received (what a dead letter keeps)."""
         ...
 
     @property
@@ -106,16 +113,18 @@ class Delivery(Protocol):
         ...
 
     async def dead_letter(self, reason: str, error_type: str | None) -> None:
-        """Move it to ``<topic>.dlq`` (original bytes, ``reason``, ``error_type``, attempts,
-        times) and acknowledge it."""
+        """Move it to ``<topic>.dlq`` (original body and headers, ``reason``, ``error_type``,
+        attempts, times) and acknowledge it."""
         ...
 
 
 class Backend(Protocol):
     """A broker connection. One instance serves any number of publishers and subscriptions
-    in one process; made from its URL (``Cls.from_url(url)``), opened with ``connect``."""
+    in one process; made from its URL (``Cls.from_url(url)``), opened with ``connect``.
+    ``binding`` names the CloudEvents attributes in its protocol's headers."""
 
     scheme: ClassVar[str]
+    binding: ClassVar[Binding]
 
     @classmethod
     def from_url(cls, url: str) -> Backend:
@@ -148,11 +157,13 @@ class Backend(Protocol):
         headers: Mapping[str, str],
         message_id: str,
     ) -> None:
-        """Store one frame durably; returns after the broker confirmed it."""
+        """Store one message durably (``data`` the body, ``headers`` its complete native
+        headers, as ``envelope.headers_for`` writes them); returns after the broker confirmed
+        it."""
         ...
 
     async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:
-        """Store many frames, windowed; returns after the broker confirmed all of them.
+        """Store many messages, windowed; returns after the broker confirmed all of them.
         Raises ``PublishError`` if any was not confirmed (then any may have been stored)."""
         ...
 

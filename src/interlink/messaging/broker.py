@@ -24,7 +24,13 @@ from interlink.messaging._ids import new_id
 from interlink.messaging._publisher import M, Publisher, PublisherSpec
 from interlink.messaging.backend import Backend
 from interlink.messaging.consumer import Consumer, Subscription
-from interlink.messaging.envelope import DeadLetter, frame, header_tail, plain_frame
+from interlink.messaging.envelope import (
+    FIELDS,
+    Binding,
+    DeadLetter,
+    check_headers,
+    headers_for,
+)
 from interlink.messaging.idempotency import IdempotencyStore
 from interlink.resilience._validate import at_least, non_negative, positive_int
 from interlink.resilience.retry import Retry
@@ -51,7 +57,8 @@ class Broker:
     every subscriber's group, and starts the consumers; ``stop()`` drains them gracefully and
     closes the connection; ``run()`` does both around waiting for SIGINT/SIGTERM.
     ``idempotency`` is the store ``idempotent=True`` subscribers use (a URL or a store); by
-    default the backend's own database (memory, SQLite, Redis) where it has one.
+    default the backend's own database (memory, SQLite, Redis) where it has one. ``source`` is
+    the CloudEvents ``source`` of what this broker publishes (``/<title>`` by default).
     """
 
     def __init__(
@@ -63,6 +70,7 @@ class Broker:
         idempotency: str | IdempotencyStore | None = None,
         title: str = "interlink",
         version: str = "1.0.0",
+        source: str | None = None,
         clock: Clock = time.time,
         tracer_provider: object | None = None,
     ) -> None:
@@ -81,6 +89,9 @@ class Broker:
         self._spans = Spans(tracer_provider, name="interlink.messaging")
         self.title = title
         self.version = version
+        self._source = source or f"/{title}"
+        binding = getattr(backend, "binding", FIELDS)
+        self._binding: Binding = binding if isinstance(binding, Binding) else FIELDS
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Broker:
@@ -186,35 +197,46 @@ class Broker:
         headers: Mapping[str, str] | None = None,
         message_id: str | None = None,
     ) -> str:
-        """Publish ``message`` (a pydantic model or bytes) and wait for the broker to confirm
-        it durable. Returns its id; pass ``message_id`` to re-publish under the same id (an
+        """Publish ``message`` (a pydantic model, bytes, str or JSON-able value) and wait for
+        the broker to confirm it durable. The body on the wire is the payload itself; the id,
+        type, time, key and ``headers`` travel in the broker's native headers (CloudEvents
+        binary mode). Returns the id; pass ``message_id`` to re-publish under the same id (an
         outbox relay after a crash), so idempotent consumers see one message."""
         backend = self._backend if self._connected else await self.connect()
         topic = self._topic(topic)
-        hdrs = dict(headers) if headers else {}
+        hdrs: dict[str, str] = {}
+        if headers:
+            check_headers(headers)
+            hdrs.update(headers)
         mid = message_id or new_id()
         if self._spans.tracer() is None:  # no SDK: no span, only the context to carry on
             inject(hdrs)
-            data = self._frame(message, key, hdrs, mid)
-            await backend.publish(topic, data, key=key, headers=hdrs, message_id=mid)
+            payload, native = self._prepare(message, key, hdrs, mid)
+            await backend.publish(topic, payload, key=key, headers=native, message_id=mid)
             return mid
         with _trace.publish_span(self._spans, topic, hdrs):
-            data = self._frame(message, key, hdrs, mid)
-            await backend.publish(topic, data, key=key, headers=hdrs, message_id=mid)
+            payload, native = self._prepare(message, key, hdrs, mid)
+            await backend.publish(topic, payload, key=key, headers=native, message_id=mid)
         return mid
 
-    def _frame(self, message: Any, key: str | None, hdrs: dict[str, str], mid: str) -> bytes:
+    def _prepare(
+        self, message: Any, key: str | None, hdrs: dict[str, str], mid: str
+    ) -> tuple[bytes, dict[str, str]]:
         if type(message) is bytes:
             payload, type_name = message, "bytes"
         else:
             payload, type_name = payload_of(message)
-        cid = correlation_id()
-        if key is None and cid is None and not hdrs:
-            return plain_frame(mid, type_name, self._clock(), payload)
-        tail = header_tail(
-            type=type_name, time=self._clock(), key=key, correlation_id=cid, headers=hdrs
+        native = headers_for(
+            self._binding,
+            message_id=mid,
+            type=type_name,
+            time=self._clock(),
+            source=self._source,
+            key=key,
+            correlation_id=correlation_id(),
+            headers=hdrs,
         )
-        return frame(mid, payload, tail)
+        return payload, native
 
     async def publish_many(
         self,
@@ -227,7 +249,10 @@ class Broker:
         """Publish many messages in one windowed batch and wait until all are confirmed.
         ``key`` is one key for all or a function of the message. Returns their ids."""
         backend = self._backend if self._connected else await self.connect()
-        hdrs = dict(headers) if headers else {}
+        hdrs: dict[str, str] = {}
+        if headers:
+            check_headers(headers)
+            hdrs.update(headers)
         if self._spans.tracer() is None:
             inject(hdrs)
             return await self._publish_many(backend, topic, messages, key, hdrs)
@@ -246,7 +271,13 @@ class Broker:
         if not batch:
             return []
         items = batch_of(
-            batch, key, time=self._clock(), correlation_id=correlation_id(), headers=hdrs
+            batch,
+            key,
+            binding=self._binding,
+            time=self._clock(),
+            source=self._source,
+            correlation_id=correlation_id(),
+            headers=hdrs,
         )
         await backend.publish_batch(self._topic(topic), items)
         return [item.message_id for item in items]

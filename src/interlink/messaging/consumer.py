@@ -23,7 +23,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar, copy_context
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from interlink.context import CORRELATION, new_correlation_id, valid_correlation_id
@@ -297,6 +297,8 @@ class Consumer:
             message = sub.decode(envelope)
         except Exception as exc:
             return decide_poison(str(exc), error_type_of(exc))
+        if not envelope.type:  # a bare payload: it is what the subscriber's model says
+            envelope = replace(envelope, type=_type_name(sub.message_type))
         attempt = delivery.attempt
         if attempt <= 1:
             sub.retry.begin()
@@ -360,6 +362,10 @@ class Consumer:
             log.exception(
                 "could not %s %s on %s", decision.action, delivery.envelope.id, self._sub.topic
             )
+
+
+def _type_name(message_type: Any) -> str:
+    return str(getattr(message_type, "__name__", message_type))
 
 
 def _correlation_of(envelope: Envelope) -> str:

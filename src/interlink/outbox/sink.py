@@ -3,8 +3,9 @@
 Both publish *prepared* messages: the id, type, key, headers, correlation id and time were fixed
 when the outbox row (or the saga command) was written, and must not change when the message is
 published again after a crash, or the consumer's idempotency store (the inbox) could not
-recognise the duplicate. So they build the interlink message frame themselves and give it to
-the backend of an ``interlink.messaging.Broker`` (or to anything with the backend's
+recognise the duplicate. So they build the message's native headers themselves (CloudEvents
+binary mode, named as the backend's binding names them) and give the payload and the headers
+to the backend of an ``interlink.messaging.Broker`` (or to anything with the backend's
 ``publish``), waiting for the broker's confirmation.
 """
 
@@ -14,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from interlink.messaging.envelope import Envelope, OutgoingMessage, encode
+from interlink.messaging.envelope import FIELDS, Binding, OutgoingMessage, headers_for
 
 __all__ = ["Prepared", "RelayTarget", "Sink"]
 
@@ -22,7 +23,7 @@ __all__ = ["Prepared", "RelayTarget", "Sink"]
 @runtime_checkable
 class RelayTarget(Protocol):
     """Where the relay (and a saga's ``Send``) can hand prepared messages, besides a
-    ``Broker``: anything with a broker backend's confirmed publish of one frame
+    ``Broker``: anything with a broker backend's confirmed publish of one message
     (``interlink.messaging.Backend`` has it)."""
 
     async def publish(
@@ -49,19 +50,19 @@ class Prepared:
     correlation_id: str | None = None
     created_at: float = 0.0
 
-    def frame(self) -> bytes:
-        """The interlink message frame (``interlink.messaging.envelope``)."""
-        return encode(
-            Envelope(
-                id=self.id,
-                type=self.type,
-                payload=self.payload,
-                key=self.key,
-                time=self.created_at,
-                correlation_id=self.correlation_id,
-                headers=self.headers,
-            )
+    def outgoing(self, binding: Binding) -> OutgoingMessage:
+        """The message as a backend with ``binding`` publishes it: the payload, and the
+        native headers (``interlink.messaging.envelope.headers_for``)."""
+        headers = headers_for(
+            binding,
+            message_id=self.id,
+            type=self.type,
+            time=self.created_at,
+            key=self.key,
+            correlation_id=self.correlation_id,
+            headers=self.headers,
         )
+        return OutgoingMessage(self.payload, self.key, headers, self.id)
 
 
 class Sink:
@@ -91,14 +92,15 @@ class Sink:
     async def send(self, topic: str, messages: Sequence[Prepared]) -> None:
         """Publish ``messages`` (all to ``topic``) in order; returns once all are confirmed."""
         backend = await self._target()
+        binding = getattr(backend, "binding", FIELDS)
+        if not isinstance(binding, Binding):
+            binding = FIELDS
+        items = [m.outgoing(binding) for m in messages]
         batch = getattr(backend, "publish_batch", None)
-        if batch is not None and len(messages) > 1:
-            await batch(
-                topic,
-                [OutgoingMessage(m.frame(), m.key, dict(m.headers), m.id) for m in messages],
-            )
+        if batch is not None and len(items) > 1:
+            await batch(topic, items)
             return
-        for m in messages:
+        for item in items:
             await backend.publish(
-                topic, m.frame(), key=m.key, headers=dict(m.headers), message_id=m.id
+                topic, item.data, key=item.key, headers=item.headers, message_id=item.message_id
             )

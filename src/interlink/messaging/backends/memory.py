@@ -28,10 +28,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from interlink.messaging.backends._wait import sleep_or_wake
 from interlink.messaging.envelope import (
+    FIELDS,
+    Binding,
     DeadLetter,
     Envelope,
     OutgoingMessage,
-    decode_or_poison,
+    read,
+    with_id,
 )
 from interlink.resilience._validate import positive
 
@@ -46,6 +49,7 @@ class _Entry:
     data: bytes
     key: str | None
     message_id: str
+    headers: Mapping[str, str]
     visible_at: float = 0.0
     attempt: int = 0
     lease: object = None
@@ -107,7 +111,17 @@ _HUBS: weakref.WeakValueDictionary[str, _Hub] = weakref.WeakValueDictionary()
 
 
 class _Delivery:
-    __slots__ = ("_backend", "_entry", "_group", "_lease", "_topic", "attempt", "envelope", "raw")
+    __slots__ = (
+        "_backend",
+        "_entry",
+        "_group",
+        "_lease",
+        "_topic",
+        "attempt",
+        "envelope",
+        "headers",
+        "raw",
+    )
 
     def __init__(self, backend: MemoryBackend, topic: str, group: _Group, entry: _Entry) -> None:
         self._backend = backend
@@ -117,8 +131,9 @@ class _Delivery:
         self._lease = entry.lease
         self.attempt = entry.attempt
         self.raw = entry.data
+        self.headers = entry.headers
         if entry.envelope is None:
-            entry.envelope = decode_or_poison(entry.data, entry.message_id)
+            entry.envelope = read(FIELDS, entry.data, entry.headers, fallback_id=entry.message_id)
         self.envelope = entry.envelope
 
     def _current(self) -> bool:
@@ -159,6 +174,7 @@ class _Delivery:
                 group=self._group.name,
                 published_at=env.time if env.error is None else None,
                 dead_at=time.time(),
+                headers=self.headers,
             )
         )
 
@@ -167,6 +183,7 @@ class MemoryBackend:
     """The in-process backend (see the module docstring)."""
 
     scheme: ClassVar[str] = "memory"
+    binding: ClassVar[Binding] = FIELDS
 
     @classmethod
     def from_url(cls, url: str) -> Self:
@@ -213,15 +230,17 @@ class MemoryBackend:
 
     # -- publishing ---------------------------------------------------------------------
 
-    def _store(self, topic: str, data: bytes, key: str | None, message_id: str) -> None:
+    def _store(
+        self, topic: str, data: bytes, key: str | None, message_id: str, headers: Mapping[str, str]
+    ) -> None:
         if not self.alive:
             raise ConnectionError("the memory backend crashed")
         state = self.hub.topic(topic)
         seq = next(self.hub.seq)
         if not state.groups:
-            state.backlog.append(_Entry(seq, data, key, message_id))
+            state.backlog.append(_Entry(seq, data, key, message_id, headers))
         for group in state.groups.values():
-            group.add(_Entry(seq, data, key, message_id))
+            group.add(_Entry(seq, data, key, message_id, headers))
 
     async def publish(
         self,
@@ -233,12 +252,12 @@ class MemoryBackend:
         message_id: str,
     ) -> None:
         """Store at once (memory is as durable as it gets here)."""
-        self._store(topic, data, key, message_id)
+        self._store(topic, data, key, message_id, headers)
 
     async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:
         """Store all at once."""
         for item in items:
-            self._store(topic, item.data, item.key, item.message_id)
+            self._store(topic, item.data, item.key, item.message_id, item.headers)
 
     # -- consuming ----------------------------------------------------------------------
 
@@ -305,8 +324,8 @@ class MemoryBackend:
         chosen = [d for d in state.dlq if wanted is None or d.id in wanted]
         state.dlq = [d for d in state.dlq if not (wanted is None or d.id in wanted)]
         for letter in chosen:
-            key = decode_or_poison(letter.data, letter.id).key
-            self._store(topic, letter.data, key, letter.id)
+            headers = with_id(FIELDS, letter.headers, letter.id)
+            self._store(topic, letter.data, headers.get(FIELDS.key), letter.id, headers)
         return len(chosen)
 
     async def dlq_purge(self, topic: str) -> int:

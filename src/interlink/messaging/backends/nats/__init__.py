@@ -44,7 +44,7 @@ from interlink.messaging.backend import Delivery
 from interlink.messaging.backends.nats import _dlq
 from interlink.messaging.backends.nats._jetstream import JetStream
 from interlink.messaging.backends.nats._pull import pull
-from interlink.messaging.envelope import DeadLetter, OutgoingMessage
+from interlink.messaging.envelope import NATS, Binding, DeadLetter, OutgoingMessage
 
 __all__ = ["NatsBackend"]
 
@@ -53,6 +53,7 @@ class NatsBackend:
     """Messages in NATS JetStream streams (see the module docstring for the layout)."""
 
     scheme: ClassVar[str] = "nats"
+    binding: ClassVar[Binding] = NATS
 
     def __init__(self, url: str) -> None:
         self.jetstream = JetStream(url)
@@ -86,7 +87,7 @@ class NatsBackend:
         message_id: str,
     ) -> None:
         """Publish and wait for the PubAck; the id deduplicates a retried publish."""
-        await self.jetstream.publish_one(topic, data, message_id)
+        await self.jetstream.publish_one(topic, data, headers, message_id)
 
     async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:
         """Send every message, then gather their PubAcks (no round trip per message)."""

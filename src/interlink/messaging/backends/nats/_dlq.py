@@ -10,7 +10,13 @@ from collections.abc import Sequence
 import nats.js.errors
 
 from interlink.messaging.backends.nats._jetstream import JetStream
-from interlink.messaging.envelope import DeadLetter, EnvelopeError, decode_dead_letter
+from interlink.messaging.envelope import (
+    NATS,
+    DeadLetter,
+    EnvelopeError,
+    decode_dead_letter,
+    with_id,
+)
 
 __all__ = ["dlq_list", "dlq_purge", "dlq_replay", "topics"]
 
@@ -66,7 +72,8 @@ async def dlq_replay(backend: JetStream, topic: str, ids: Sequence[str] | None) 
     for seq, letter in await _letters(backend, topic, None):
         if wanted is not None and letter.id not in wanted:
             continue
-        await backend.publish_one(topic, letter.data, f"{letter.id}:replay:{seq}")
+        headers = with_id(NATS, letter.headers, letter.id)
+        await backend.publish_one(topic, letter.data, headers, f"{letter.id}:replay:{seq}")
         await backend.js.delete_msg(stream, seq)
         count += 1
     return count

@@ -19,7 +19,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from interlink.messaging.backend import BackendUnavailable, PublishError, redact
 from interlink.messaging.backends._options import UrlOptions, close_at_loop_end, stop_keeper
-from interlink.messaging.backends.nats._publish import SEND_ERRORS, PubAcks
+from interlink.messaging.backends.nats._publish import MSG_ID, SEND_ERRORS, PubAcks
 from interlink.messaging.envelope import OutgoingMessage
 
 __all__ = ["API", "JetStream", "Signal"]
@@ -259,10 +259,16 @@ class JetStream:
 
     # -- publishing ---------------------------------------------------------------------
 
-    async def publish_one(self, topic: str, data: bytes, message_id: str) -> None:
+    async def publish_one(
+        self, topic: str, data: bytes, headers: Mapping[str, str], message_id: str
+    ) -> None:
+        """Publish and wait for the PubAck; ``message_id`` goes in ``Nats-Msg-Id``, which
+        the server deduplicates by within the stream's duplicate window."""
         stream = await self.ensure_stream(topic)
         for last in (False, True):
-            failed = await self._acks_or_raise().send(topic, [(data, message_id)], self.timeout)
+            failed = await self._acks_or_raise().send(
+                topic, [(data, {**headers, MSG_ID: message_id})], self.timeout
+            )
             if not failed:
                 return
             error = failed[0][1]
@@ -293,7 +299,7 @@ class JetStream:
     async def _window(
         self, topic: str, items: Sequence[OutgoingMessage]
     ) -> tuple[list[OutgoingMessage], BaseException | None]:
-        pairs = [(item.data, item.message_id) for item in items]
+        pairs = [(item.data, {**item.headers, MSG_ID: item.message_id}) for item in items]
         failed = await self._acks_or_raise().send(topic, pairs, self.timeout)
         return [items[index] for index, _ in failed], failed[0][1] if failed else None
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import nats.errors
@@ -63,9 +63,9 @@ class PubAcks:
         future.set_result(None)
 
     async def send(
-        self, subject: str, items: Sequence[tuple[bytes, str]], within: float
+        self, subject: str, items: Sequence[tuple[bytes, Mapping[str, str]]], within: float
     ) -> list[tuple[int, BaseException]]:
-        """Publish each ``(data, message id)`` and wait up to ``within`` s for the PubAcks;
+        """Publish each ``(data, headers)`` and wait up to ``within`` s for the PubAcks;
         returns ``(index, error)`` of every message not confirmed. A message that could not
         even be sent (and all after it) fails with the sending error."""
         loop = asyncio.get_running_loop()
@@ -74,11 +74,11 @@ class PubAcks:
         sent: list[tuple[str, asyncio.Future[None]]] = []
         failed: list[tuple[int, BaseException]] = []
         try:
-            for data, message_id in items:
+            for data, headers in items:
                 token = str(next(tokens))
                 future = futures[token] = loop.create_future()
                 sent.append((token, future))
-                await publish(subject, data, reply=prefix + token, headers={MSG_ID: message_id})
+                await publish(subject, data, reply=prefix + token, headers=headers)  # type: ignore[arg-type]
         except SEND_ERRORS as exc:  # not sent: this one and the rest
             token, _ = sent.pop()
             futures.pop(token, None)

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -17,13 +17,14 @@ from interlink.messaging.backend import Delivery
 from interlink.messaging.backends._options import reconnect_delay
 from interlink.messaging.backends.nats._jetstream import API, JetStream, Signal
 from interlink.messaging.backends.nats._publish import MSG_ID, SEND_ERRORS
-from interlink.messaging.envelope import DeadLetter, decode_or_poison, encode_dead_letter
+from interlink.messaging.envelope import NATS, DeadLetter, encode_dead_letter, read
 
 __all__ = ["NatsDelivery", "pull"]
 
 log = logging.getLogger("interlink.messaging.nats")
 
 _ACK = b""
+_NONE: Mapping[str, str] = {}
 _NAK = b"-NAK"
 
 
@@ -46,6 +47,7 @@ class NatsDelivery:
         "_topic",
         "attempt",
         "envelope",
+        "headers",
         "raw",
     )
 
@@ -57,9 +59,9 @@ class NatsDelivery:
         self._done = False
         self.attempt, self._seq = _delivery_info(msg.reply)
         self.raw = msg.data
-        headers = msg.headers
+        headers = self.headers = msg.headers or _NONE
         native = headers.get(MSG_ID) if headers else None
-        self.envelope = decode_or_poison(msg.data, native or f"{topic}:{self._seq}")
+        self.envelope = read(NATS, msg.data, headers, fallback_id=native or f"{topic}:{self._seq}")
 
     async def _send(self, payload: bytes) -> None:
         if not self._done:
@@ -89,10 +91,13 @@ class NatsDelivery:
             group=self._group,
             published_at=env.time if env.error is None else None,
             dead_at=time.time(),
+            headers={k: v for k, v in self.headers.items() if k != MSG_ID},
         )
         # The id makes a dead-lettering repeated after a lost ack land in the DLQ once.
         dedup = f"dlq:{self._topic}:{self._seq}:{self._group}"
-        await self._backend.publish_one(f"{self._topic}.dlq", encode_dead_letter(letter), dedup)
+        await self._backend.publish_one(
+            f"{self._topic}.dlq", encode_dead_letter(letter), _NONE, dedup
+        )
         await self._send(_ACK)
 
 

@@ -36,10 +36,9 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 try:
-    import aio_pika
     import aiormq
     from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
     from pamqp.commands import Basic
@@ -51,13 +50,15 @@ except ImportError as exc:  # pragma: no cover - exercised by the no-extras inst
 from interlink.messaging.backend import Delivery, PublishError
 from interlink.messaging.backends.rabbitmq import _dlq
 from interlink.messaging.backends.rabbitmq._connection import (
+    CONTENT_TYPE,
     PERSISTENT,
     PUBLISH_ERRORS,
     RabbitConnection,
     delay_step,
+    message_of,
 )
 from interlink.messaging.backends.rabbitmq._delivery import AckBatcher, RabbitDelivery, Signal
-from interlink.messaging.envelope import DeadLetter, OutgoingMessage
+from interlink.messaging.envelope import AMQP, Binding, DeadLetter, OutgoingMessage
 
 __all__ = ["RabbitBackend", "delay_step"]
 
@@ -65,10 +66,22 @@ Properties = Basic.Properties
 _PERSISTENT = int(PERSISTENT)
 
 
+def _properties(item: OutgoingMessage) -> Basic.Properties:
+    headers: dict[str, Any] = dict(item.headers)
+    content_type = headers.pop(CONTENT_TYPE, None)
+    return Properties(
+        delivery_mode=_PERSISTENT,
+        message_id=item.message_id,
+        headers=headers,
+        content_type=content_type,
+    )
+
+
 class RabbitBackend:
     """Messages in RabbitMQ queues (see the module docstring for the layout)."""
 
     scheme: ClassVar[str] = "amqp"
+    binding: ClassVar[Binding] = AMQP
 
     def __init__(self, url: str) -> None:
         self.connection = RabbitConnection(url, close=self.aclose)
@@ -117,7 +130,7 @@ class RabbitBackend:
         except PUBLISH_ERRORS as exc:
             raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
         exchange = conn.exchange
-        message = aio_pika.Message(data, delivery_mode=PERSISTENT, message_id=message_id)
+        message = message_of(data, headers, message_id)
         await conn.confirm(exchange, message, topic, topic)
 
     async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:
@@ -143,7 +156,7 @@ class RabbitBackend:
                     item.data,
                     exchange=name,
                     routing_key=topic,
-                    properties=Properties(delivery_mode=_PERSISTENT, message_id=item.message_id),
+                    properties=_properties(item),
                     mandatory=True,
                     timeout=timeout,
                 )

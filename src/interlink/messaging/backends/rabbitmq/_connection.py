@@ -9,19 +9,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+)
 
 from interlink.messaging.backend import BackendUnavailable, PublishError, redact
 from interlink.messaging.backends._options import UrlOptions, close_at_loop_end, stop_keeper
 
-__all__ = ["PERSISTENT", "PUBLISH_ERRORS", "RabbitConnection", "delay_step"]
+__all__ = [
+    "PERSISTENT",
+    "PUBLISH_ERRORS",
+    "RabbitConnection",
+    "delay_step",
+    "headers_of",
+    "message_of",
+]
 
 PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
+CONTENT_TYPE = "content-type"  # the headers' name for the AMQP content-type property
 _STEPS = (1.0, 1.2, 1.5, 1.8, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0)
 _MAX_DELAY_MS = 7 * 24 * 3600 * 1000
 
@@ -34,6 +47,37 @@ PUBLISH_ERRORS = (
     ConnectionError,
     OSError,
 )
+
+
+def message_of(data: bytes, headers: Mapping[str, str], message_id: str) -> aio_pika.Message:
+    """A persistent message: the CloudEvents attributes as application properties, the
+    content type as the AMQP ``content-type`` property (the AMQP binding's mapping)."""
+    properties = dict(headers)
+    content_type = properties.pop(CONTENT_TYPE, None)
+    return aio_pika.Message(
+        data,
+        delivery_mode=PERSISTENT,
+        message_id=message_id,
+        headers=properties,  # type: ignore[arg-type]
+        content_type=content_type,
+    )
+
+
+def headers_of(message: AbstractIncomingMessage) -> dict[str, str]:
+    """A received message's application properties as text, its content type included (what
+    ``message_of`` takes back). Values of other AMQP types (numbers, bytes, tables) from
+    foreign producers become their text."""
+    out: dict[str, str] = {}
+    for name, value in (message.headers or {}).items():
+        if type(value) is str:
+            out[name] = value
+        elif isinstance(value, bytes):
+            out[name] = value.decode("utf-8", "replace")
+        else:
+            out[name] = str(value)
+    if message.content_type:
+        out[CONTENT_TYPE] = message.content_type
+    return out
 
 
 def delay_step(delay: float) -> int:
@@ -252,7 +296,11 @@ class RabbitConnection:
             if message is None:
                 return
             copy = aio_pika.Message(
-                message.body, delivery_mode=PERSISTENT, message_id=message.message_id
+                message.body,
+                delivery_mode=PERSISTENT,
+                message_id=message.message_id,
+                headers=message.headers,
+                content_type=message.content_type,
             )
             await self.confirm(exchange, copy, topic, topic)
             await message.ack()

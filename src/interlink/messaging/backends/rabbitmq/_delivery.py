@@ -12,15 +12,24 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from interlink.messaging.backends.rabbitmq._connection import PERSISTENT, RabbitConnection
-from interlink.messaging.envelope import DeadLetter, decode_or_poison, encode_dead_letter
+from interlink.messaging.backends.rabbitmq._connection import (
+    PERSISTENT,
+    RabbitConnection,
+    headers_of,
+    message_of,
+)
+from interlink.messaging.envelope import (
+    AMQP,
+    DeadLetter,
+    encode_dead_letter,
+    read,
+    with_attempt,
+)
 
-__all__ = ["ATTEMPT", "AckBatcher", "RabbitDelivery", "Signal"]
+__all__ = ["AckBatcher", "RabbitDelivery", "Signal"]
 
 log = logging.getLogger("interlink.messaging.rabbitmq")
 
-#: Header of a re-published retry: deliveries before this copy.
-ATTEMPT = "x-interlink-attempt"
 # An ack waiting behind an unfinished earlier delivery is sent on its own after this long.
 _STRAGGLER = 0.05
 _GATHER = 0.005  # seconds acks are gathered before they are sent
@@ -150,6 +159,7 @@ class RabbitDelivery:
         "_topic",
         "attempt",
         "envelope",
+        "headers",
         "raw",
     )
 
@@ -167,16 +177,19 @@ class RabbitDelivery:
         self._group = group
         self._message = message
         self._done = False
-        headers = message.headers
-        prior = headers.get(ATTEMPT, 0) if headers else 0
-        returned = headers.get("x-delivery-count") if headers else None
+        headers = self.headers = headers_of(message)
+        returned = message.headers.get("x-delivery-count") if message.headers else None
         if not isinstance(returned, int):  # a classic queue only says "redelivered"
             returned = 1 if message.redelivered else 0
-        self.attempt = (prior if isinstance(prior, int) else 0) + returned + 1
         self.raw = message.body
-        self.envelope = decode_or_poison(
-            message.body, message.message_id or f"amqp:{message.delivery_tag}"
+        self.envelope = read(
+            AMQP,
+            message.body,
+            headers,
+            fallback_id=message.message_id or f"amqp:{message.delivery_tag}",
         )
+        # a re-published retry copy starts at the attempt it names
+        self.attempt = self.envelope.attempt + returned
 
     async def ack(self) -> None:
         if not self._done:
@@ -194,11 +207,10 @@ class RabbitDelivery:
             return
         backend = self._backend
         exchange = await backend.delay_exchange(delay)
-        copy = aio_pika.Message(
+        copy = message_of(
             self.raw,
-            delivery_mode=PERSISTENT,
-            message_id=message.message_id,
-            headers={ATTEMPT: self.attempt},
+            with_attempt(AMQP, self.headers, self.attempt + 1),
+            message.message_id or self.envelope.id,
         )
         await backend.confirm(
             exchange, copy, backend.queue_name(self._topic, self._group), self._topic
@@ -220,6 +232,8 @@ class RabbitDelivery:
             group=self._group,
             published_at=env.time if env.error is None else None,
             dead_at=time.time(),
+            # as published: a replay starts again at attempt 1
+            headers={k: v for k, v in self.headers.items() if k != AMQP.attempt},
         )
         backend = self._backend
         dlq = await backend.ensure_dlq(self._topic)

@@ -7,11 +7,16 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import aio_pika
 from aio_pika.abc import AbstractChannel
 
-from interlink.messaging.backends.rabbitmq._connection import PERSISTENT, RabbitConnection
-from interlink.messaging.envelope import DeadLetter, EnvelopeError, decode_dead_letter
+from interlink.messaging.backends.rabbitmq._connection import RabbitConnection, message_of
+from interlink.messaging.envelope import (
+    AMQP,
+    DeadLetter,
+    EnvelopeError,
+    decode_dead_letter,
+    with_id,
+)
 
 __all__ = ["dlq_list", "dlq_purge", "dlq_replay", "topics"]
 
@@ -68,7 +73,7 @@ async def dlq_replay(backend: RabbitConnection, topic: str, ids: Sequence[str] |
                 continue
             if wanted is not None and letter.id not in wanted:
                 continue
-            copy = aio_pika.Message(letter.data, delivery_mode=PERSISTENT, message_id=letter.id)
+            copy = message_of(letter.data, with_id(AMQP, letter.headers, letter.id), letter.id)
             await backend.confirm(exchange, copy, topic, topic)
             await message.ack()
             count += 1

@@ -2,13 +2,16 @@
 
 Layout (``prefix`` defaults to ``interlink``):
 
-- ``<prefix>:<topic>`` — the topic's stream; each group is a consumer group on it. The topic's
+- ``<prefix>:<topic>`` — the topic's stream: an entry's ``data`` field is the message body,
+  its ``ce_*`` and ``content-type`` fields the CloudEvents attributes, other fields the user's
+  headers (``interlink.messaging.envelope``); each group is a consumer group on it. The topic's
   first group starts at the beginning of the stream, a later group at its end;
 - ``<prefix>:<topic>#retry:<group>`` — the group's retry stream: messages coming back after a
   retry delay (or released at shutdown), read in the same ``XREADGROUP`` as the topic;
 - ``<prefix>:<topic>#delay:<group>`` — a sorted set of messages waiting for their retry delay,
   scored by due time (the server's clock); each consumer moves due ones into the retry stream
-  with one Lua script, so a delay survives any consumer's crash;
+  with one Lua script, so a delay survives any consumer's crash. A retry copy carries its
+  fields with ``ce_attempt``, the delivery it starts at;
 - ``<prefix>:<topic>.dlq`` — the dead letters (``encode_dead_letter`` records).
 
 Every delivery stays in the group's pending list until acked, so a consumer that dies loses
@@ -27,7 +30,7 @@ straight through the connection, bounded by one ``asyncio.timeout``. Through the
 (pool checkout and return under a lock, the retry wrapper, packing every argument, a task per
 socket write to time it), and a serial publisher waits for all of it on every message.
 Publishes that overlap take the pool, as does one whose lane connection broke (sent once more
-there: the same frame, so the same message id).
+there: the same fields, so the same message id).
 
 Durability is the server's: a publish is confirmed when Redis has applied the ``XADD``; with
 ``appendonly yes`` and ``appendfsync always`` that is on disk, with ``everysec`` up to a second
@@ -61,10 +64,13 @@ from interlink.messaging.backends.redis._calls import own_connection
 from interlink.messaging.backends.redis._connection import RedisConnection
 from interlink.messaging.backends.redis._subscription import Subscription
 from interlink.messaging.envelope import (
+    FIELDS,
+    Binding,
     DeadLetter,
     EnvelopeError,
     OutgoingMessage,
     decode_dead_letter,
+    with_id,
 )
 
 __all__ = ["RedisBackend"]
@@ -77,6 +83,28 @@ _HEADS = 1024  # packed XADD heads remembered, one per topic
 
 def _bulk(arg: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(arg), arg)
+
+
+_ID = FIELDS.id
+
+
+def _append_args(items: Sequence[OutgoingMessage]) -> list[Any]:
+    """``APPEND``'s arguments after MAXLEN and the id field's name: the distinct sets of
+    fields the messages share (everything but data and id), then set, id and data each."""
+    sets: dict[tuple[tuple[str, str], ...], int] = {}
+    per_message: list[Any] = []
+    for item in items:
+        shared = tuple((n, v) for n, v in item.headers.items() if n != _ID)
+        number = sets.get(shared)
+        if number is None:
+            number = sets[shared] = len(sets) + 1
+        per_message += (number, item.message_id, item.data)
+    args: list[Any] = [len(sets)]
+    for shared in sets:
+        args.append(2 * len(shared))
+        for name, value in shared:
+            args += (name, value)
+    return args + per_message
 
 
 class _Lane:
@@ -99,29 +127,38 @@ class _Lane:
     ) -> None:
         self.conn: Any = own_connection(client)
         self.busy = False
-        self.heads: dict[str, bytes] = {}
+        self.heads: dict[str, tuple[int, bytes]] = {}
         self.key = key  # the backend's topic -> stream key
         self.maxlen = maxlen
         self.timeout = timeout
 
-    def _head(self, topic: str) -> bytes:
-        """``XADD <key> [MAXLEN ~ n] * d`` packed, up to the data's length."""
+    def _head(self, topic: str) -> tuple[int, bytes]:
+        """``XADD <key> [MAXLEN ~ n] * data`` packed, up to the data's length, and its count
+        of arguments."""
         args = [b"XADD", self.key(topic).encode()]
         if self.maxlen is not None:
             args += [b"MAXLEN", b"~", b"%d" % self.maxlen]
-        args += [b"*", b"d"]
-        head = b"*%d\r\n" % (len(args) + 1) + b"".join(map(_bulk, args)) + b"$"
+        args += [b"*", b"data"]
+        head = (len(args) + 1, b"".join(map(_bulk, args)) + b"$")
         if len(self.heads) < _HEADS:
             self.heads[topic] = head
         return head
 
-    async def xadd(self, topic: str, data: bytes) -> None:
-        head = self.heads.get(topic) or self._head(topic)
+    async def xadd(self, topic: str, data: bytes, headers: Mapping[str, str]) -> None:
+        count, head = self.heads.get(topic) or self._head(topic)
+        parts = [
+            b"*%d\r\n" % (count + 2 * len(headers)),
+            head,
+            b"%d\r\n" % len(data),
+            data,
+            b"\r\n",
+        ]
+        for name, value in headers.items():
+            parts.append(_bulk(name.encode()))
+            parts.append(_bulk(value.encode()))
         conn = self.conn
         async with asyncio.timeout(self.timeout):
-            await conn.send_packed_command(
-                b"".join((head, b"%d\r\n" % len(data), data, b"\r\n")), check_health=False
-            )
+            await conn.send_packed_command(b"".join(parts), check_health=False)
             await conn.read_response()
 
     async def aclose(self) -> None:
@@ -133,6 +170,7 @@ class RedisBackend:
     """Messages in Redis Streams with consumer groups (see the module docstring)."""
 
     scheme: ClassVar[str] = "redis"
+    binding: ClassVar[Binding] = FIELDS
 
     def __init__(self, url: str) -> None:
         self.connection = RedisConnection(url)
@@ -197,7 +235,7 @@ class RedisBackend:
         if lane is not None and not lane.busy:
             lane.busy = True
             try:
-                await lane.xadd(topic, data)
+                await lane.xadd(topic, data, headers)
                 return
             except (ResponseError, TimeoutError) as exc:  # refused, or no answer in time
                 raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
@@ -207,9 +245,8 @@ class RedisBackend:
                 lane.busy = False
         client = await self._connected()
         try:
-            await client.xadd(
-                self.connection.key(topic), {b"d": data}, maxlen=self.connection.maxlen
-            )
+            fields: dict[Any, Any] = {b"data": data, **headers}
+            await client.xadd(self.connection.key(topic), fields, maxlen=self.connection.maxlen)
         except (RedisError, OSError) as exc:
             raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
 
@@ -223,8 +260,8 @@ class RedisBackend:
         script = conn.scripts.append
         try:
             for start in range(0, len(items), _CHUNK):
-                chunk = items[start : start + _CHUNK]
-                await script(keys=keys, args=[maxlen, *(item.data for item in chunk)])
+                args = _append_args(items[start : start + _CHUNK])
+                await script(keys=keys, args=[maxlen, _ID, *args])
         except (RedisError, OSError) as exc:
             raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
 
@@ -277,9 +314,13 @@ class RedisBackend:
         for eid, letter in await self._letters(topic, None):
             if wanted is not None and letter.id not in wanted:
                 continue
+            headers = with_id(FIELDS, letter.headers, letter.id)
+            fields = [b"data", letter.data]
+            for name, value in headers.items():
+                fields += (name.encode(), value.encode())
             count += int(
                 await conn.scripts.replay(
-                    keys=[dlq, conn.key(topic)], args=[eid, letter.data, conn.maxlen or 0]
+                    keys=[dlq, conn.key(topic)], args=[eid, conn.maxlen or 0, *fields]
                 )
             )
         return count

@@ -5,7 +5,7 @@ retries into the retry stream. ``APPEND`` and ``READ`` exist for speed: a pure-P
 (redis-py without hiredis) spends most of its time per message packing commands and parsing
 replies, so ``APPEND`` adds a whole batch with one command and one reply, and ``READ`` is
 ``XREADGROUP`` (without ``BLOCK``) on both streams of a group with its reply flattened to two
-strings: the entry ids and attempts, then every message's data in one MessagePack array.
+strings: the entry ids and field counts, then every entry's fields in one MessagePack array.
 Parsing a protocol element costs redis-py several Python calls (a line read, a length, an
 exact read) whichever its size, about as much as the rest of a delivery; reading a length
 prefix and slicing costs a fraction of that. ``parse_batch`` does it. The consumer reads with
@@ -17,14 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["APPEND", "NACK", "PROMOTE", "READ", "REPLAY", "Entry", "parse_batch"]
+__all__ = ["APPEND", "NACK", "PROMOTE", "READ", "REPLAY", "Entry", "pack", "parse_batch"]
 
 #: (0 for the topic's stream or 1 for the group's retry stream, entry id, fields, deliveries)
 Entry = tuple[int, bytes, Mapping[bytes, bytes], int]
 
 # nack: park the message in the delay set (scored by the server's clock) and ack the original,
-# in one step. KEYS: delay set, source stream. ARGV: group, entry id, delay ms, member, 1 to
-# also delete the entry (retry streams belong to one group: nobody else needs it).
+# in one step. KEYS: delay set, source stream. ARGV: group, entry id, delay ms, member (a unique
+# prefix up to '|', then the copy's fields as a MessagePack array, see ``pack``), 1 to also
+# delete the entry (retry streams belong to one group: nobody else needs it).
 NACK = """
 local t = redis.call('TIME')
 local due = t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[3])
@@ -42,8 +43,7 @@ local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, m in ipairs(due) do
   local a = string.find(m, '|', 1, true)
-  local b = string.find(m, '|', a + 1, true)
-  redis.call('XADD', KEYS[2], '*', 'd', string.sub(m, b + 1), 'a', string.sub(m, 1, a - 1))
+  redis.call('XADD', KEYS[2], '*', unpack(cmsgpack.unpack(string.sub(m, a + 1))))
   redis.call('ZREM', KEYS[1], m)
 end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
@@ -53,34 +53,56 @@ return {#due, -1}
 
 # Replay one dead letter: re-publish it only if this call removed it from the DLQ, so two
 # replays running at once publish it once. KEYS: DLQ stream, topic stream. ARGV: DLQ entry
-# id, data, maxlen (0: none).
+# id, maxlen (0: none), then the entry's fields (name, value, ...).
 REPLAY = """
 if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-if ARGV[3] == '0' then
-  redis.call('XADD', KEYS[2], '*', 'd', ARGV[2])
-else
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[2])
-end
+local args = {KEYS[2]}
+if ARGV[2] ~= '0' then args = {KEYS[2], 'MAXLEN', '~', ARGV[2]} end
+args[#args + 1] = '*'
+for i = 3, #ARGV do args[#args + 1] = ARGV[i] end
+redis.call('XADD', unpack(args))
 return 1
 """
 
-# XADD of every ARGV after the first to the stream KEYS[1] (field d); ARGV[1] is the approximate
-# MAXLEN, 0 for none. One command and one reply for a whole batch: a pipeline of XADDs costs a
-# pure-Python client a command to pack and a reply to parse per message.
+# XADD of a batch to the stream KEYS[1]: one command and one reply for the whole batch (a
+# pipeline of XADDs costs a pure-Python client a command to pack and a reply to parse per
+# message, and every field an argument to pack). The messages of a batch share their fields
+# but for the id, so each distinct set of shared fields is sent once. ARGV: the approximate
+# MAXLEN (0 for none), the id field's name, the number of shared sets, each set as its length
+# then its names and values, then per message: its set's number, its id, its data.
 APPEND = """
 local maxlen = tonumber(ARGV[1])
-for i = 2, #ARGV do
-  if maxlen > 0 then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'd', ARGV[i])
-  else
-    redis.call('XADD', KEYS[1], '*', 'd', ARGV[i])
-  end
+local idname = ARGV[2]
+local sets, i = {}, 4
+for s = 1, tonumber(ARGV[3]) do
+  local n, set = tonumber(ARGV[i]), {}
+  for j = 1, n do set[j] = ARGV[i + j] end
+  sets[s] = set
+  i = i + n + 1
 end
-return #ARGV - 1
+local count = 0
+while i <= #ARGV do
+  local args = {KEYS[1]}
+  if maxlen > 0 then args = {KEYS[1], 'MAXLEN', '~', maxlen} end
+  local k = #args
+  args[k + 1], args[k + 2], args[k + 3], args[k + 4], args[k + 5] = '*', 'data', ARGV[i + 2],
+    idname, ARGV[i + 1]
+  k = k + 5
+  for _, v in ipairs(sets[tonumber(ARGV[i])]) do
+    k = k + 1
+    args[k] = v
+  end
+  redis.call('XADD', unpack(args))
+  count = count + 1
+  i = i + 3
+end
+return count
 """
 
 # XREADGROUP on the topic's and the retry stream (KEYS), flattened: the reply is
-# {"<0|1> <entry id> <attempt field or 0> ...", every data in one MessagePack array}.
+# {"<0|1> <entry id> <number of field strings> ...", every field name and value of every entry
+# in one MessagePack array}. Only numbers and entry ids are joined with spaces: field values
+# (which may hold anything, spaces included) travel in the MessagePack array.
 # cmsgpack.pack writes into one growing buffer; table.concat would merge the long strings pairwise
 # into ever longer intermediate ones, and took the server longer than the read itself.
 # ARGV: group, consumer, count.
@@ -94,20 +116,41 @@ for _, stream in ipairs(reply) do
   local entries = stream[2]
   for j = 1, #entries do
     local entry = entries[j]
-    local fields, data, attempt = entry[2], '', '0'
-    for i = 1, #fields, 2 do
-      if fields[i] == 'd' then data = fields[i + 1]
-      elseif fields[i] == 'a' then attempt = fields[i + 1] end
-    end
-    meta[n + 1], meta[n + 2], meta[n + 3] = source, entry[1], attempt
+    local fields = entry[2]
+    meta[n + 1], meta[n + 2], meta[n + 3] = source, entry[1], #fields
     n = n + 3
-    k = k + 1
-    out[k] = data
+    for i = 1, #fields do
+      k = k + 1
+      out[k] = fields[i]
+    end
   end
 end
-if k == 0 then return {} end
+if n == 0 then return {} end
 return {table.concat(meta, ' '), cmsgpack.pack(out)}
 """
+
+
+def pack(strings: list[bytes]) -> bytes:
+    """A MessagePack array of strings (what ``cmsgpack.unpack`` reads back as Lua strings)."""
+    count = len(strings)
+    if count < 16:
+        parts = [bytes((0x90 | count,))]
+    elif count < 0x10000:
+        parts = [b"\xdc" + count.to_bytes(2, "big")]
+    else:
+        parts = [b"\xdd" + count.to_bytes(4, "big")]
+    for item in strings:
+        size = len(item)
+        if size < 32:
+            parts.append(bytes((0xA0 | size,)))
+        elif size < 0x100:
+            parts.append(b"\xd9" + bytes((size,)))
+        elif size < 0x10000:
+            parts.append(b"\xda" + size.to_bytes(2, "big"))
+        else:
+            parts.append(b"\xdb" + size.to_bytes(4, "big"))
+        parts.append(item)
+    return b"".join(parts)
 
 
 def _strings(packed: bytes) -> list[bytes]:
@@ -151,10 +194,22 @@ def parse_batch(reply: list[bytes]) -> list[Entry]:
     if len(reply) < 2:
         return []
     meta = reply[0].split(b" ")
-    datas = _strings(reply[1])
-    if len(meta) != 3 * len(datas):
-        raise ValueError(f"READ reply: {len(meta)} ids and attempts for {len(datas)} messages")
-    return [
-        (1 if meta[i] == b"1" else 0, meta[i + 1], {b"d": data, b"a": meta[i + 2]}, 1)
-        for i, data in zip(range(0, len(meta), 3), datas, strict=True)
-    ]
+    strings = _strings(reply[1])
+    if len(meta) % 3:
+        raise ValueError(f"READ reply: {len(meta)} ids and counts")
+    found: list[Entry] = []
+    at = 0
+    for i in range(0, len(meta), 3):
+        end = at + int(meta[i + 2])
+        found.append(
+            (
+                1 if meta[i] == b"1" else 0,
+                meta[i + 1],
+                dict(zip(strings[at:end:2], strings[at + 1 : end : 2], strict=True)),
+                1,
+            )
+        )
+        at = end
+    if at != len(strings):
+        raise ValueError(f"READ reply: {len(strings) - at} strings past the last entry")
+    return found

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -25,8 +26,8 @@ from interlink.messaging.backend import Delivery
 from interlink.messaging.backends._options import reconnect_delay
 from interlink.messaging.backends.redis._calls import LOST, own_connection, shielded
 from interlink.messaging.backends.redis._connection import RedisConnection
-from interlink.messaging.backends.redis._scripts import Entry, parse_batch
-from interlink.messaging.envelope import DeadLetter, decode_or_poison, encode_dead_letter
+from interlink.messaging.backends.redis._scripts import Entry, pack, parse_batch
+from interlink.messaging.envelope import FIELDS, DeadLetter, Envelope, encode_dead_letter, read
 
 __all__ = ["RedisDelivery", "Subscription"]
 
@@ -101,8 +102,9 @@ class Subscription:
             with contextlib.suppress(RedisError, OSError):
                 async with self.redis.pipeline(transaction=True) as pipe:
                     for source, eid, fields, times in rest:
-                        prior = int(fields.get(b"a", 0)) + times - 1
-                        pipe.xadd(self.streams[1], {b"d": fields.get(b"d", b""), b"a": prior})
+                        # not handled: its copy starts at the attempt this delivery was
+                        attempt = attempt_of(fields, times)
+                        pipe.xadd(self.streams[1], with_attempt(fields, attempt))
                         pipe.xack(self.streams[source], self.group, eid)
                         if source:
                             pipe.xdel(self.streams[source], eid)
@@ -261,19 +263,25 @@ class Subscription:
                 await asyncio.sleep(reconnect_delay(failures, exc))
 
     async def retry(
-        self, source: int, entry_id: bytes, raw: bytes, attempt: int, delay: float
+        self,
+        source: int,
+        entry_id: bytes,
+        fields: Mapping[bytes, bytes],
+        attempt: int,
+        delay: float,
     ) -> None:
         """Back later with ``attempt + 1``: now into the retry stream, or via the delay set."""
         stream = self.streams[source]
+        copy = with_attempt(fields, attempt + 1)
         if delay <= 0:
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.xadd(self.streams[1], {b"d": raw, b"a": attempt})
+                pipe.xadd(self.streams[1], copy)
                 pipe.xack(stream, self.group, entry_id)
                 if source:
                     pipe.xdel(stream, entry_id)
                 await pipe.execute()
             return
-        member = b"%d|%d%s|" % (attempt, source, entry_id) + raw
+        member = b"%d%s|" % (source, entry_id) + pack([x for pair in copy.items() for x in pair])
         await self.backend.scripts.nack(
             keys=[self.delays, stream],
             args=[self.group, entry_id, int(delay * 1000), member, source],
@@ -381,8 +389,63 @@ class Subscription:
                 await self.disconnect()
 
 
+_DATA = b"data"
+_ATTEMPT = FIELDS.attempt.encode()
+_PREFIX = FIELDS.prefix.encode()
+
+
+def attempt_of(fields: Mapping[bytes, bytes], times: int) -> int:
+    """The delivery number of an entry delivered ``times`` times: a retry copy starts at the
+    attempt its ``ce_attempt`` field names (a foreign or garbled value counts as 1)."""
+    value = fields.get(_ATTEMPT)
+    start = int(value) if value is not None and value.isdigit() and int(value) >= 1 else 1
+    return start + times - 1
+
+
+def with_attempt(fields: Mapping[bytes, bytes], attempt: int) -> dict[Any, Any]:
+    """The fields of a copy whose first delivery is number ``attempt``."""
+    copy: dict[Any, Any] = dict(fields)
+    copy[_ATTEMPT] = b"%d" % attempt
+    return copy
+
+
+def message_of(
+    fields: Mapping[bytes, bytes], fallback_id: str
+) -> tuple[bytes, dict[str, str], Envelope]:
+    """The body, the headers (as text) and the envelope of a stream entry.
+
+    The body is the ``data`` field; the other fields are the headers (CloudEvents attributes
+    as ``ce_*`` fields, the rest the user's). An entry without ``data`` (``XADD s * name Bob``,
+    as a service that knows nothing of interlink writes one) is a bare payload: its fields but
+    the ``ce_*`` ones, as a JSON object, are the body.
+    """
+    payload = fields.get(_DATA)
+    try:
+        headers = {n.decode(): v.decode() for n, v in fields.items() if n != _DATA}
+    except UnicodeDecodeError:
+        raw = payload if payload is not None else b""
+        problem = "field names and values other than 'data' must be UTF-8 text"
+        return raw, {}, Envelope(id=fallback_id, type="", payload=raw, error=problem)
+    if payload is None:
+        prefix = FIELDS.prefix
+        body = {n: v for n, v in headers.items() if not n.startswith(prefix)}
+        headers = {n: v for n, v in headers.items() if n.startswith(prefix)}
+        payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return payload, headers, read(FIELDS, payload, headers, fallback_id=fallback_id)
+
+
 class RedisDelivery:
-    __slots__ = ("_done", "_id", "_source", "_sub", "attempt", "envelope", "raw")
+    __slots__ = (
+        "_done",
+        "_fields",
+        "_id",
+        "_source",
+        "_sub",
+        "attempt",
+        "envelope",
+        "headers",
+        "raw",
+    )
 
     def __init__(
         self,
@@ -396,10 +459,9 @@ class RedisDelivery:
         self._source = source  # 0: the topic's stream, 1: the group's retry stream
         self._id = entry_id
         self._done = False
-        raw = fields.get(b"d", b"")
-        self.attempt = int(fields.get(b"a", 0)) + times
-        self.raw = raw
-        self.envelope = decode_or_poison(raw, entry_id.decode())
+        self._fields = fields
+        self.raw, self.headers, self.envelope = message_of(fields, entry_id.decode())
+        self.attempt = attempt_of(fields, times)
 
     async def ack(self) -> None:
         if not self._done:
@@ -409,7 +471,7 @@ class RedisDelivery:
     async def nack(self, delay: float) -> None:
         if not self._done:
             self._done = True
-            await self._sub.retry(self._source, self._id, self.raw, self.attempt, delay)
+            await self._sub.retry(self._source, self._id, self._fields, self.attempt, delay)
 
     async def dead_letter(self, reason: str, error_type: str | None) -> None:
         if self._done:
@@ -427,5 +489,7 @@ class RedisDelivery:
             group=sub.group,
             published_at=env.time if env.error is None else None,
             dead_at=time.time(),
+            # as published: a replay starts again at attempt 1
+            headers={k: v for k, v in self.headers.items() if k != FIELDS.attempt},
         )
         await sub.dead(self._source, self._id, encode_dead_letter(letter))

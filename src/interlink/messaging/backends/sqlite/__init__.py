@@ -31,8 +31,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from interlink.messaging.backend import BackendUnavailable
 from interlink.messaging.backends._wait import sleep_or_wake
-from interlink.messaging.backends.sqlite._store import Row, Store
-from interlink.messaging.envelope import DeadLetter, OutgoingMessage, decode_or_poison
+from interlink.messaging.backends.sqlite._store import Row, Store, headers_of
+from interlink.messaging.envelope import FIELDS, Binding, DeadLetter, OutgoingMessage, read
 from interlink.messaging.idempotency import sqlite_path
 from interlink.resilience._validate import positive
 
@@ -142,12 +142,13 @@ def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
 
 
 class _Delivery:
-    __slots__ = ("_done", "_sub", "attempt", "envelope", "raw", "seq")
+    __slots__ = ("_done", "_sub", "attempt", "envelope", "headers", "raw", "seq")
 
     def __init__(self, sub: _Subscription, row: Row) -> None:
         self._sub = sub
-        self.seq, self.attempt, mid, self.raw = row
-        self.envelope = decode_or_poison(self.raw, mid)
+        self.seq, self.attempt, mid, self.raw, text = row
+        self.headers = headers_of(text)
+        self.envelope = read(FIELDS, self.raw, self.headers, fallback_id=mid)
         self._done = False
 
     def _finish(self) -> bool:
@@ -194,6 +195,7 @@ class SqliteBackend:
     """The SQLite backend (see the module docstring)."""
 
     scheme: ClassVar[str] = "sqlite"
+    binding: ClassVar[Binding] = FIELDS
 
     @classmethod
     def from_url(cls, url: str) -> Self:
@@ -279,12 +281,12 @@ class SqliteBackend:
         message_id: str,
     ) -> None:
         """Insert and wait for the commit."""
-        await self.worker.submit(Store.publish, topic, [(message_id, key, data)])
+        await self.worker.submit(Store.publish, topic, [(message_id, key, data, headers)])
         self._wake(topic)
 
     async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:
         """Insert all in one transaction and wait for its commit."""
-        rows = [(item.message_id, item.key, item.data) for item in items]
+        rows = [(item.message_id, item.key, item.data, item.headers) for item in items]
         await self.worker.submit(Store.publish, topic, rows)
         self._wake(topic)
 

@@ -2,7 +2,8 @@
 
 Tables (one file, shared by every process on the machine that opens it):
 
-- ``il_messages``: every published frame once, ``seq`` from AUTOINCREMENT (never reused, so
+- ``il_messages``: every published message once (its body in ``data``, its native headers as
+  a JSON object in ``headers``), ``seq`` from AUTOINCREMENT (never reused, so
   cursors stay valid after old rows are deleted).
 - ``il_groups``: one row per (topic, group) with its ``cursor``, the last ``seq`` moved into
   its queue. Fan-out is lazy: a lease first copies the next new messages into the group's
@@ -19,12 +20,14 @@ group, across retries and competing consumers).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from interlink.messaging.envelope import DeadLetter, decode_or_poison
+from interlink.messaging.envelope import FIELDS, DeadLetter, with_id
 
 __all__ = ["Store"]
 
@@ -48,14 +51,30 @@ CREATE INDEX IF NOT EXISTS il_dlq_topic ON il_dlq(topic, n);
 """
 
 _LEASABLE = """
-SELECT q.seq, q.attempt + 1, m.id, m.data FROM il_queue q JOIN il_messages m ON m.seq = q.seq
+SELECT q.seq, q.attempt + 1, m.id, m.data, m.headers
+FROM il_queue q JOIN il_messages m ON m.seq = q.seq
 WHERE q.gid = ?1 AND q.visible_at <= ?2
   AND (q.key IS NULL
        OR q.seq = (SELECT MIN(p.seq) FROM il_queue p WHERE p.gid = ?1 AND p.key = q.key))
 ORDER BY q.seq LIMIT ?3
 """
 
-Row = tuple[int, int, str, bytes]  # seq, attempt, message id, data
+Row = tuple[int, int, str, bytes, str | None]  # seq, attempt, message id, data, headers (JSON)
+
+# Columns added since the first schema: (table, column, type), added to older files on open.
+_ADDED = (("il_messages", "headers", "TEXT"), ("il_dlq", "headers", "TEXT"))
+
+
+def _headers_text(headers: Mapping[str, str]) -> str | None:
+    return json.dumps(headers, separators=(",", ":"), ensure_ascii=False) if headers else None
+
+
+def headers_of(text: str | None) -> dict[str, str]:
+    """The headers stored as ``_headers_text`` wrote them (none for NULL)."""
+    if not text:
+        return {}
+    loaded = json.loads(text)
+    return loaded if isinstance(loaded, dict) else {}
 
 
 class Store:
@@ -69,6 +88,12 @@ class Store:
         db.execute("PRAGMA busy_timeout=30000")
         self.db = db
         db.executescript(f"BEGIN IMMEDIATE;{SCHEMA}COMMIT;")
+        for table, column, kind in _ADDED:
+            have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                # (another process may have added it first)
+                with contextlib.suppress(sqlite3.OperationalError):
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self._writes = 0
         self._idle: dict[int, tuple[int, int, float]] = {}  # gid -> (data_version, writes, next)
 
@@ -92,13 +117,19 @@ class Store:
 
     # -- publishing ---------------------------------------------------------------------
 
-    def publish(self, topic: str, rows: Sequence[tuple[str, str | None, bytes]]) -> None:
-        """Insert (id, key, data) rows."""
+    def publish(
+        self, topic: str, rows: Sequence[tuple[str, str | None, bytes, Mapping[str, str]]]
+    ) -> None:
+        """Insert (id, key, data, headers) rows."""
         self.write()
         now = time.time()
         self.db.executemany(
-            "INSERT INTO il_messages(topic, id, key, data, published) VALUES (?, ?, ?, ?, ?)",
-            [(topic, mid, key, data, now) for mid, key, data in rows],
+            "INSERT INTO il_messages(topic, id, key, data, published, headers) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (topic, mid, key, data, now, _headers_text(headers))
+                for mid, key, data, headers in rows
+            ],
         )
 
     # -- groups and leases --------------------------------------------------------------
@@ -151,7 +182,7 @@ class Store:
             self._idle.pop(gid, None)
             db.executemany(
                 "UPDATE il_queue SET visible_at = ?, attempt = ? WHERE gid = ? AND seq = ?",
-                [(now + visibility, attempt, gid, seq) for seq, attempt, _, _ in rows],
+                [(now + visibility, attempt, gid, seq) for seq, attempt, *_ in rows],
             )
             return rows, None
         nxt = db.execute("SELECT MIN(visible_at) FROM il_queue WHERE gid = ?", (gid,)).fetchone()[0]
@@ -230,14 +261,16 @@ class Store:
         if cur.rowcount:
             self.db.execute(
                 "INSERT INTO il_dlq(topic, id, grp, data, reason, error_type, attempts, "
-                "published, dead_at) SELECT topic, id, ?, data, ?, ?, ?, COALESCE(?, published), ? "
+                "published, dead_at, headers) SELECT topic, id, ?, data, ?, ?, ?, "
+                "COALESCE(?, published), ?, headers "
                 "FROM il_messages WHERE seq = ?",
                 (group, reason, error_type, attempt, published, time.time(), seq),
             )
 
     def dlq_list(self, topic: str, limit: int) -> list[DeadLetter]:
         rows = self.db.execute(
-            "SELECT id, data, reason, error_type, attempts, grp, published, dead_at FROM il_dlq "
+            "SELECT id, data, reason, error_type, attempts, grp, published, dead_at, headers "
+            "FROM il_dlq "
             "WHERE topic = ? ORDER BY n LIMIT ?",
             (topic, limit),
         ).fetchall()
@@ -252,6 +285,7 @@ class Store:
                 group=r[5],
                 published_at=r[6],
                 dead_at=r[7],
+                headers=headers_of(r[8]),
             )
             for r in rows
         ]
@@ -260,12 +294,16 @@ class Store:
         """Back to the topic, same bytes and id, and out of the DLQ, in one transaction."""
         self.write()
         rows: list[Any] = self.db.execute(
-            "SELECT n, id, data FROM il_dlq WHERE topic = ? ORDER BY n", (topic,)
+            "SELECT n, id, data, headers FROM il_dlq WHERE topic = ? ORDER BY n", (topic,)
         ).fetchall()
         if ids is not None:
             wanted = set(ids)
             rows = [r for r in rows if r[1] in wanted]
-        self.publish(topic, [(mid, decode_or_poison(data, mid).key, data) for _, mid, data in rows])
+        again = []
+        for _, mid, data, text in rows:
+            headers = with_id(FIELDS, headers_of(text), mid)
+            again.append((mid, headers.get(FIELDS.key), data, headers))
+        self.publish(topic, again)
         self.db.executemany("DELETE FROM il_dlq WHERE n = ?", [(r[0],) for r in rows])
         return len(rows)
 
