@@ -34,7 +34,7 @@ def _error(text: str) -> str:
 def test_a_good_file_builds() -> None:
     """A valid file gives a table whose route matches."""
     table = build_table(parse_config(GOOD))
-    match = table.router.match("GET", "x", "/orders/7", {})
+    match = table.router.match("GET", "x", "/orders/7", [])
     assert match.upstream_path == "/v1/orders/7"
     assert match.route.target.limits[0].burst == 20
 

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from interlink.context import CORRELATION_HEADER, DEADLINE_HEADER, new_correlation_id
+from interlink.context import CORRELATION_HEADER, DEADLINE_HEADER
 from interlink.context import valid_correlation_id as _valid_id
 from interlink.errors import (
     BudgetExhausted,
@@ -74,7 +74,10 @@ _NOT_FORWARDED = HOP_BY_HOP | {
     "x-forwarded-proto",
     "expect",  # answered by the proxy itself, see _forward
 }
-_ECHOED = frozenset({CORRELATION_HEADER, "traceparent"})
+#: the response headers the proxy drops: hop-by-hop, and the ones it sets itself
+_HOP_BY_HOP_BYTES = frozenset(
+    name.encode() for name in (*HOP_BY_HOP, CORRELATION_HEADER, "traceparent")
+)
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _RETRY_STATUSES = frozenset({502, 503, 504})
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
@@ -190,15 +193,17 @@ def _retriable(error: BaseException) -> bool:
     return bool(getattr(error, "retriable", False))
 
 
-def _trace(incoming: str | None) -> str:
-    """The W3C ``traceparent`` of the gateway's hop: it continues the client's trace (a new
-    span id, the client's as parent) or starts one."""
-    span = os.urandom(8).hex()
+def _ids(incoming: str | None) -> tuple[str, str]:
+    """(a fresh correlation id, the W3C ``traceparent`` of the gateway's hop): the hop
+    continues the client's trace (a new span id, the client's as parent) or starts one. One
+    call for the randomness of both: it is per request."""
+    random = os.urandom(40).hex()
+    span = random[64:]
     if incoming is not None:
         found = _TRACEPARENT.match(incoming.strip())
         if found and found.group(1) != "0" * 32 and found.group(2) != "0" * 16:
-            return f"00-{found.group(1)}-{span}-{found.group(3)}"
-    return f"00-{os.urandom(16).hex()}-{span}-01"
+            return random[:32], f"00-{found.group(1)}-{span}-{found.group(3)}"
+    return random[:32], f"00-{random[32:64]}-{span}-01"
 
 
 class _Exchange:
@@ -222,10 +227,8 @@ class _Exchange:
         self.conn = conn
         self.table = table
         incoming = request.header(CORRELATION_HEADER)
-        self.request_id = (
-            incoming if incoming is not None and _valid_id(incoming) else new_correlation_id()
-        )
-        self.traceparent = _trace(request.header("traceparent"))
+        fresh, self.traceparent = _ids(request.header("traceparent"))
+        self.request_id = incoming if incoming is not None and _valid_id(incoming) else fresh
         #: headers for the client's response: correlation id, trace, CORS, rate limits
         self.echo = [(CORRELATION_HEADER, self.request_id), ("traceparent", self.traceparent)]
         #: headers added for the upstream: the identity
@@ -324,7 +327,7 @@ class Proxy:
         if preflight:
             method = (asked or "").upper()
         match = table.router.match(
-            method, request.header("host") or "", request.target, dict(reversed(request.headers))
+            method, request.header("host") or "", request.target, request.headers
         )
         ex.match = match
         route = ex.route = match.route.target
@@ -545,18 +548,21 @@ class Proxy:
     async def _relay(self, ex: _Exchange, conn_up: UpstreamConnection, head: ResponseHead) -> None:
         """Stream the upstream's answer to the client."""
         conn = ex.conn
-        tokens = {
-            t.strip().lower() for k, v in head.headers if k == "connection" for t in v.split(",")
-        }
-        headers = [
-            (k, v)
-            for k, v in head.headers
-            if k not in HOP_BY_HOP and k not in tokens and k not in _ECHOED
-        ]
+        dropped = _HOP_BY_HOP_BYTES
+        sized = False
+        for name, value in head.headers:
+            if name == b"connection":
+                dropped = dropped | {t.strip().lower() for t in value.split(b",")}
+            elif name == b"content-length":
+                sized = True
+        block = b"".join(
+            b"%b: %b\r\n" % (name, value) for name, value in head.headers if name not in dropped
+        )
+        echo = "".join(f"{name}: {value}\r\n" for name, value in ex.echo).encode("latin-1")
         if head.upgrade and ex.request.upgrade:
-            await self._tunnel(conn, conn_up, head, headers + ex.echo)
+            await self._tunnel(conn, conn_up, head, block + echo)
             return
-        conn.start(head.status, headers + ex.echo)
+        conn.start_encoded(head.status, block + echo, sized=sized)
         conn.set_producer(conn_up.transport)
 
         def sink(data: bytes) -> None:
@@ -566,7 +572,9 @@ class Proxy:
                 conn.end()
 
         try:
-            await conn_up.stream_to(sink)
+            done = conn_up.stream_to(sink)  # what already arrived goes out with the head
+            conn.flush()  # the rest may take a while (server-sent events): the head goes now
+            await done
         except UpstreamFailure:
             conn.abort()  # mid-body: the client must see a broken response, not a short one
             conn_up.abort()
@@ -583,10 +591,12 @@ class Proxy:
         conn: ServerConnection,
         conn_up: UpstreamConnection,
         head: ResponseHead,
-        headers: list[tuple[str, str]],
+        block: bytes,
     ) -> None:
-        upgrade = next((v for k, v in head.headers if k == "upgrade"), "websocket")
-        conn.start(101, [("connection", "upgrade"), ("upgrade", upgrade), *headers])
+        upgrade = next((v for k, v in head.headers if k == b"upgrade"), b"websocket")
+        conn.start_encoded(
+            101, b"connection: upgrade\r\nupgrade: %b\r\n%b" % (upgrade, block), sized=True
+        )
         finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def from_client(data: bytes) -> None:

@@ -257,6 +257,7 @@ class ServerConnection(asyncio.Protocol):
         self._producer: asyncio.BaseTransport | None = None
         self._receiving: Request | None = None
         self._upgrade_rest = b""
+        self._held: bytes | None = None
         #: response state
         self._chunked = False
         self._started = False
@@ -413,6 +414,7 @@ class ServerConnection(asyncio.Protocol):
         except ClientGone:
             self.abort()
             return
+        self.flush()
         if self._closed:
             return
         if not request.body.complete:
@@ -436,29 +438,39 @@ class ServerConnection(asyncio.Protocol):
     def start(self, status: int, headers: list[tuple[str, str]], *, close: bool = False) -> None:
         """Send the response head. Without ``content-length`` in ``headers`` the body is sent
         chunked (or delimited by closing, to an HTTP/1.0 client)."""
+        block = "".join(f"{name}: {value}\r\n" for name, value in headers).encode("latin-1")
+        sized = any(name == "content-length" for name, _ in headers)
+        self.start_encoded(status, block, sized=sized, close=close)
+
+    def start_encoded(self, status: int, block: bytes, *, sized: bool, close: bool = False) -> None:
+        """``start`` with the header lines already encoded (``name: value\\r\\n`` each);
+        ``sized``: whether they hold a ``content-length``."""
         request = self._current
         assert request is not None
         self._started = True
         self.status = status
         if close:
             self._close_after = True
-        lines = [f"HTTP/1.1 {status} {status_text(status)}\r\n"]
-        framed = status < 200 or status in (204, 304) or request.method == "HEAD"
-        for name, value in headers:
-            if name == "content-length":
-                framed = True
-            lines.append(f"{name}: {value}\r\n")
+        framed = sized or status < 200 or status in (204, 304) or request.method == "HEAD"
+        tail = b"\r\n"
         if not framed:
             if request.version == "1.1":
                 self._chunked = True
-                lines.append("transfer-encoding: chunked\r\n")
+                tail = b"transfer-encoding: chunked\r\n\r\n"
             else:
                 self._close_after = True
-        if status == 101:
-            lines.append("\r\n")
-        else:
-            lines.append("connection: close\r\n\r\n" if self._close_after else "\r\n")
-        self._write("".join(lines).encode("latin-1"))
+        if self._close_after and status != 101:
+            tail = tail[:-2] + b"connection: close\r\n\r\n"
+        # held back until the first body bytes (or ``flush``): one write, one syscall
+        self._held = b"HTTP/1.1 %d %s\r\n%b%b" % (status, _reason_phrase(status), block, tail)
+
+    def flush(self) -> None:
+        """Send a response head that ``start`` is still holding back."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._closed and self.transport is not None:
+                self.transport.write(held)
 
     def write(self, data: bytes) -> None:
         """Send part of the response body."""
@@ -474,9 +486,12 @@ class ServerConnection(asyncio.Protocol):
         if self._chunked:
             self._chunked = False
             self._write(b"0\r\n\r\n")
+        else:
+            self.flush()
 
     async def drain(self) -> None:
         """Wait while the client reads slower than the response is written."""
+        self.flush()
         if self._closed:
             raise ClientGone("the client closed the connection")
         if self._write_paused:
@@ -518,6 +533,7 @@ class ServerConnection(asyncio.Protocol):
     def tunnel(self, on_data: Callable[[bytes], None]) -> bytes:
         """Switch to raw bytes (after a ``101``): from now on every byte the client sends goes
         to ``on_data`` (``b""`` at the end); returns what already arrived after the head."""
+        self.flush()
         self._tunnel = on_data
         rest, self._upgrade_rest = self._upgrade_rest, b""
         self._resume_reading()
@@ -539,6 +555,10 @@ class ServerConnection(asyncio.Protocol):
             self.transport.close()
 
     def _write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            data = held + data
         if not self._closed and self.transport is not None:
             self.transport.write(data)
 
@@ -594,6 +614,16 @@ class ServerConnection(asyncio.Protocol):
         if self._read_paused and self.transport is not None and not self._closed:
             self._read_paused = False
             self.transport.resume_reading()
+
+
+_PHRASES: dict[int, bytes] = {}
+
+
+def _reason_phrase(status: int) -> bytes:
+    phrase = _PHRASES.get(status)
+    if phrase is None:
+        phrase = _PHRASES[status] = (status_text(status) or "Status").encode()
+    return phrase
 
 
 def _request_id(headers: list[tuple[str, str]]) -> str:

@@ -145,8 +145,14 @@ class _Compiled(Generic[T]):
             return {}
         return None
 
-    def headers_ok(self, headers: Mapping[str, str]) -> bool:
-        return all(headers.get(k) == v for k, v in self.route.headers.items())
+    def headers_ok(self, headers: Sequence[tuple[str, str]]) -> bool:
+        wanted = self.route.headers
+        if not wanted:
+            return True
+        first: dict[str, str] = {}
+        for name, value in headers:
+            first.setdefault(name, value)
+        return all(first.get(k) == v for k, v in wanted.items())
 
     def upstream_path(self, path: str, params: dict[str, str]) -> str:
         rewrite = self.route.rewrite
@@ -198,8 +204,11 @@ class Router(Generic[T]):
             s: tuple(sorted(cs + wild, key=lambda c: c.index)) for s, cs in by_segment.items()
         }
 
-    def match(self, method: str, host: str, target: str, headers: Mapping[str, str]) -> Match[T]:
-        """The route for a request; ``target`` is the request line's path and query.
+    def match(
+        self, method: str, host: str, target: str, headers: Sequence[tuple[str, str]]
+    ) -> Match[T]:
+        """The route for a request; ``target`` is the request line's path and query, ``headers``
+        (lower-case name, value) pairs.
 
         Raises ``ProxyError``: ``invalid_path`` (400), ``no_route`` (404) or
         ``method_not_allowed`` (405, with ``Allow``).

@@ -72,7 +72,8 @@ class ResponseHead:
     """Status and headers of an upstream response; the body follows through the sink."""
 
     status: int
-    headers: list[tuple[str, str]]
+    #: (lower-case name, value) as received
+    headers: list[tuple[bytes, bytes]]
     keep_alive: bool
     upgrade: bool
 
@@ -92,7 +93,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self._head: asyncio.Future[ResponseHead] | None = None
         self._done: asyncio.Future[None] | None = None
-        self._headers: list[tuple[str, str]] = []
+        self._headers: list[tuple[bytes, bytes]] = []
         self._received_any = False
         self._complete = False
         self._sink: Callable[[bytes], None] | None = None
@@ -174,7 +175,7 @@ class UpstreamConnection(asyncio.Protocol):
     # ---------------------------------------------------------------- parser callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        self._headers.append((name.lower(), value))  # bytes: relayed without decoding
 
     def on_headers_complete(self) -> None:
         parser = self._parser
