@@ -72,6 +72,7 @@ _NOT_FORWARDED = HOP_BY_HOP | {
     DEADLINE_HEADER,
     "x-forwarded-host",
     "x-forwarded-proto",
+    "x-forwarded-for",  # extended with the client's address, see _upstream_head
     "expect",  # answered by the proxy itself, see _forward
 }
 #: the response headers the proxy drops: hop-by-hop, and the ones it sets itself
@@ -470,32 +471,34 @@ class Proxy:
         request, route, table, match = ex.request, ex.route, ex.table, ex.match
         assert route is not None
         assert match is not None
-        connection_tokens = {
-            t.strip().lower() for k, v in request.headers if k == "connection" for t in v.split(",")
-        }
+        dropped = _NOT_FORWARDED
+        connection = request.header("connection")
+        if connection is not None:
+            dropped = dropped | {t.strip().lower() for t in connection.split(",")}
         prefix = table.identity_prefix
-        lines = [f"{request.method} {match.upstream_path} HTTP/1.1\r\n"]
+        preserve_host = route.preserve_host
         forwarded_for = request.client
-        original_host = ""
-        for name, value in request.headers:
-            if name in _NOT_FORWARDED or name in connection_tokens or name.startswith(prefix):
-                continue
-            if name == "host":
-                original_host = value
-                if not route.preserve_host:
-                    continue
-            elif name == "x-forwarded-for":
-                forwarded_for = f"{value}, {request.client}"
-                continue
-            lines.append(f"{name}: {value}\r\n")
-        if not route.preserve_host:
+        lines = [f"{request.method} {match.upstream_path} HTTP/1.1\r\n"]
+        lines += [
+            f"{name}: {value}\r\n"
+            for name, value in request.headers
+            if name not in dropped
+            and not name.startswith(prefix)
+            and (preserve_host or name != "host")
+        ]
+        original_host = request.header("host")
+        if not preserve_host:
             lines.append(f"host: {host}\r\n")
-        lines.append(f"x-forwarded-for: {forwarded_for}\r\nx-forwarded-proto: http\r\n")
         if original_host:
             lines.append(f"x-forwarded-host: {original_host}\r\n")
-        lines.append(f"{CORRELATION_HEADER}: {ex.request_id}\r\ntraceparent: {ex.traceparent}\r\n")
-        for name, value in ex.upstream_headers:
-            lines.append(f"{name}: {value}\r\n")
+        earlier = request.header("x-forwarded-for")
+        if earlier is not None:
+            forwarded_for = f"{earlier}, {forwarded_for}"
+        lines.append(
+            f"x-forwarded-for: {forwarded_for}\r\nx-forwarded-proto: http\r\n"
+            f"{CORRELATION_HEADER}: {ex.request_id}\r\ntraceparent: {ex.traceparent}\r\n"
+        )
+        lines += [f"{name}: {value}\r\n" for name, value in ex.upstream_headers]
         if request.upgrade:
             lines.append(f"connection: upgrade\r\nupgrade: {request.header('upgrade')}\r\n")
         left = remaining()

@@ -166,8 +166,10 @@ class Request:
     """One parsed request head, and its body as it streams in."""
 
     __slots__ = (
+        "_first",
         "body",
         "client",
+        "has_body",
         "headers",
         "keep_alive",
         "method",
@@ -197,21 +199,16 @@ class Request:
         self.client = client
         self.keep_alive = keep_alive
         self.upgrade = upgrade
+        first: dict[str, str] = {}
+        for key, value in reversed(headers):
+            first[key] = value
+        self._first = first
+        #: whether the request announced a body (a length or chunked encoding)
+        self.has_body = "transfer-encoding" in first or first.get("content-length", "0") != "0"
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (lower case), or None."""
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-    @property
-    def has_body(self) -> bool:
-        """Whether the request announced a body (a length or chunked encoding)."""
-        for key, value in self.headers:
-            if key == "transfer-encoding" or (key == "content-length" and value.strip() != "0"):
-                return True
-        return False
+        return self._first.get(name)
 
 
 Handler = Callable[[Request, "ServerConnection"], Awaitable[None]]
