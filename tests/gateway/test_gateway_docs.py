@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from interlink.gateway import build_table, parse_config
-from interlink.proxy import MemoryBuckets, REASONS
+from interlink.proxy import REASONS, MemoryBuckets
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "gateway.md"
 
@@ -25,7 +25,12 @@ def test_example_configuration_builds(monkeypatch: pytest.MonkeyPatch) -> None:
     assert text is not None
     config = parse_config(text.group(1), "docs/gateway.md")
     table = build_table(config, resolver=_NoResolver(), buckets=MemoryBuckets())
-    assert [r.name for r in table.router.routes] == ["orders-read", "menus", "beta-search", "static"]
+    assert [r.name for r in table.router.routes] == [
+        "orders-read",
+        "menus",
+        "beta-search",
+        "static",
+    ]
 
 
 def test_every_reason_is_documented() -> None:
