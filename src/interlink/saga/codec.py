@@ -17,6 +17,7 @@ from interlink.saga.state import SagaState, SagaStatus, StepState, StepStatus
 __all__ = ["state_from_json", "state_to_json"]
 
 _STEP_FIELDS = frozenset(StepState.__dataclass_fields__)
+_STEP_ORDER = tuple(sorted(_STEP_FIELDS))
 T = TypeVar("T")
 
 
@@ -32,14 +33,8 @@ def state_to_json(state: SagaState) -> str:
         "deadline_at": state.deadline_at,
         "error": state.error,
         "parked_from": None if state.parked_from is None else state.parked_from.value,
-        "steps": [
-            {
-                name: (value.value if isinstance(value, StepStatus) else value)
-                for name in sorted(_STEP_FIELDS)
-                for value in (getattr(s, name),)
-            }
-            for s in state.steps
-        ],
+        # A StepStatus is a str: JSON writes its value.
+        "steps": [{name: getattr(s, name) for name in _STEP_ORDER} for s in state.steps],
     }
     return json.dumps(doc, separators=(",", ":"), allow_nan=False)
 
