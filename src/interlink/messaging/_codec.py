@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 import typing
@@ -94,6 +95,54 @@ def batch_of(
     return items
 
 
+# Names a handler's first annotation may use without importing them at run time (under
+# ``TYPE_CHECKING``, or inside a function): what they mean here is not in doubt.
+_KNOWN = {"Envelope": Envelope, "bytes": bytes, "str": str, "Any": Any, "typing.Any": Any}
+
+
+def _resolved(handler: Callable[..., Any], param: inspect.Parameter) -> Any:
+    """The first parameter's annotation as a type, resolved now, when the subscriber is
+    declared (``from __future__ import annotations`` leaves it a string): a string that cannot
+    be resolved is an error naming the handler and the annotation, never a message sent to
+    the DLQ later."""
+    ann = param.annotation
+    if not isinstance(ann, str):
+        return ann
+    with contextlib.suppress(Exception):  # another parameter's annotation may be the one
+        return typing.get_type_hints(handler).get(param.name, ann)
+    name = ann.strip()
+    for prefix in ("interlink.messaging.envelope.", "interlink.messaging."):
+        name = name.removeprefix(prefix)
+    if name in _KNOWN:
+        return _KNOWN[name]
+    scope = dict(getattr(inspect.unwrap(handler), "__globals__", {}))
+    scope.update(_declaring_locals())
+    try:
+        return eval(ann, scope)  # the handler's own annotation, where it was declared
+    except Exception as exc:
+        what = getattr(handler, "__qualname__", repr(handler))
+        raise TypeError(
+            f"handler {what!r}: cannot resolve the annotation {ann!r} of its parameter "
+            f"{param.name!r} ({type(exc).__name__}: {exc}); import the type at module level, "
+            "not under TYPE_CHECKING or inside a function"
+        ) from None
+
+
+def _declaring_locals() -> dict[str, Any]:
+    """The local names of the code declaring the subscriber (the first frame outside
+    interlink.messaging): a type imported inside that function is found there. Empty where
+    the interpreter keeps no frames (``inspect.currentframe()`` is None)."""
+    frame = inspect.currentframe()
+    try:
+        while frame is not None and str(frame.f_globals.get("__name__", "")).startswith(
+            "interlink.messaging"
+        ):
+            frame = frame.f_back
+        return dict(frame.f_locals) if frame is not None else {}
+    finally:
+        del frame  # no reference cycle through the frame
+
+
 def decoder_for(handler: Callable[..., Any]) -> tuple[Callable[[Envelope], Any], Any]:
     """How to turn an envelope into the handler's argument, from its first parameter's
     annotation: a pydantic model, ``bytes`` (or none), ``str``, ``Envelope``, or any type
@@ -101,11 +150,7 @@ def decoder_for(handler: Callable[..., Any]) -> tuple[Callable[[Envelope], Any],
     params = list(inspect.signature(handler).parameters.values())
     if not params:
         raise ValueError(f"'handler' must take the message as its first argument: {handler!r}")
-    try:
-        hints = typing.get_type_hints(handler)
-    except Exception:  # unresolvable forward references: fall back to the raw annotation
-        hints = {}
-    ann = hints.get(params[0].name, params[0].annotation)
+    ann = _resolved(handler, params[0])
     if ann in (inspect.Parameter.empty, bytes, Any):
         return (lambda env: env.payload), bytes
     if ann is Envelope:
