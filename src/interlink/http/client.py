@@ -475,20 +475,18 @@ class BaseClient(_Verbs[R]):
         )
 
     @staticmethod
-    def _classify(
+    def _failed(
         downstream: Downstream, call: Call, url: str, response: Response, retry_after: str | None
-    ) -> None:
-        """Raise the ``AttemptFailed`` of a failure answer (5xx, 408, 429)."""
-        status = response.status
-        if status >= 500 or status in {429, 408}:  # is_failure_status, inlined
-            raise status_failure(
-                status,
-                retry_after,
-                target=url,
-                response=response,
-                resend=call.resend,
-                max_retry_after=downstream.policies.max_retry_after,
-            )
+    ) -> AttemptFailed:
+        """The ``AttemptFailed`` of a failure answer (5xx, 408, 429)."""
+        return status_failure(
+            response.status,
+            retry_after,
+            target=url,
+            response=response,
+            resend=call.resend,
+            max_retry_after=downstream.policies.max_retry_after,
+        )
 
     @staticmethod
     def _given_up(downstream: Downstream, call: Call, exc: Exception) -> Response:
@@ -509,7 +507,7 @@ class BaseClient(_Verbs[R]):
 
     @staticmethod
     def _remember(downstream: Downstream, call: Call, response: Response) -> None:
-        if downstream._stale is not None and response.status < 300:
+        if response.status < 300:
             key = cache_key(call)
             if key is not None:
                 downstream.remember(key, response)
@@ -682,7 +680,8 @@ class AsyncClient(BaseClient[Coroutine[Any, Any, Response]]):
         except Exception as exc:
             failure = exc
         else:
-            self._remember(downstream, call, response)
+            if downstream._stale is not None:
+                self._remember(downstream, call, response)
             return response
         if fallback is not None:
             answer = _fallback_answer(fallback, public_error(failure))
@@ -776,7 +775,8 @@ class AsyncClient(BaseClient[Coroutine[Any, Any, Response]]):
             response = Response(raw.status, raw.headers, content, url=url, method=call.method)
             if span is not None:
                 span.set_attribute("http.response.status_code", raw.status)
-            self._classify(downstream, call, url, response, raw.headers.get("Retry-After"))
+            if raw.status >= 500 or raw.status in {429, 408}:  # is_failure_status, inlined
+                raise self._failed(downstream, call, url, response, raw.headers.get("Retry-After"))
         except BaseException as exc:
             _attempt_over(call, span, picked, exc)
             raise
@@ -1023,7 +1023,8 @@ class Client(BaseClient[Response]):
         except Exception as exc:
             failure = exc
         else:
-            self._remember(downstream, call, response)
+            if downstream._stale is not None:
+                self._remember(downstream, call, response)
             return response
         if fallback is not None:
             return _fallback_answer(fallback, public_error(failure))  # type: ignore[no-any-return]
@@ -1058,7 +1059,8 @@ class Client(BaseClient[Response]):
             response = Response(status, raw_headers, content, url=url, method=call.method)
             if span is not None:
                 span.set_attribute("http.response.status_code", status)
-            self._classify(downstream, call, url, response, raw_headers.get("retry-after"))
+            if status >= 500 or status in {429, 408}:  # is_failure_status, inlined
+                raise self._failed(downstream, call, url, response, raw_headers.get("retry-after"))
         except BaseException as exc:
             _attempt_over(call, span, picked, exc)
             raise
