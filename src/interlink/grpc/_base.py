@@ -3,8 +3,11 @@ how an error that left the pipeline is shown to the caller."""
 
 from __future__ import annotations
 
+from typing import Any, NoReturn
+
 from interlink.errors import BudgetExhausted
 from interlink.tracing import Spans
+from interlink.tracing.spans import fail
 
 from .policy import Service
 from .status import StatusError
@@ -23,6 +26,17 @@ def unwrap(exc: BaseException) -> tuple[BaseException, BaseException | None]:
     if isinstance(exc, BudgetExhausted) and isinstance(exc.__cause__, StatusError):
         return exc.__cause__.error, exc
     return exc, exc.__cause__
+
+
+def raise_unwrapped(exc: BaseException, span: Any) -> NoReturn:
+    """Raise what the caller sees for ``exc``, the error that left the pipeline (``unwrap``),
+    recorded on ``span`` (None: no span)."""
+    error, cause = unwrap(exc)
+    if span is not None:
+        fail(span, error)
+    if error is exc:
+        raise exc
+    raise error from cause
 
 
 class Base:

@@ -35,9 +35,8 @@ from interlink.resilience.breaker import CircuitBreaker
 from interlink.resilience.deadline import remaining, reset, shrink_to
 from interlink.resilience.fallback import Fallback
 from interlink.resilience.retry import Retry
-from interlink.tracing.spans import fail
 
-from ._base import Base, unwrap
+from ._base import Base, raise_unwrapped
 from ._call import _Call, _Continuation, _Job
 from ._metadata import attempt_timeout, outgoing
 from .policy import Service
@@ -233,12 +232,7 @@ async def _run(svc: Service, attempt: Callable[[], Any], seconds: float | None, 
     try:
         return await svc.pipeline.acall(attempt)
     except Exception as exc:
-        error, cause = unwrap(exc)
-        if span is not None:
-            fail(span, error)
-        if error is exc:
-            raise
-        raise error from cause
+        raise_unwrapped(exc, span)
     finally:
         if token is not None:
             reset(token)

@@ -33,9 +33,8 @@ import grpc
 import grpc.aio
 
 from interlink.resilience.deadline import reset, shrink_to
-from interlink.tracing.spans import fail
 
-from ._base import Base, unwrap
+from ._base import Base, raise_unwrapped
 from ._metadata import attempt_timeout, outgoing
 from ._unary import AioUnaryInterceptor
 from .policy import Service
@@ -235,12 +234,7 @@ class ClientInterceptor(
         try:
             result = svc.pipeline.call(attempt)
         except Exception as exc:
-            error, cause = unwrap(exc)
-            if span is not None:
-                fail(span, error)
-            if error is exc:
-                raise
-            raise error from cause
+            raise_unwrapped(exc, span)
         finally:
             if token is not None:
                 reset(token)
