@@ -21,9 +21,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from ._call import _Call
 from ._metadata import attempt_timeout, outgoing
-from ._unary import AioUnaryInterceptor, _new_tuple
+from ._unary import AioUnaryInterceptor, _Call, _new_tuple
 from .policy import Service
 
 __all__ = ["DirectChannel", "direct_channel"]

@@ -27,9 +27,8 @@ import grpc.aio
 
 from interlink.discovery.resolver import Address, Picked, Picker
 
-from ._call import _Call
 from ._metadata import attempt_timeout, outgoing
-from ._unary import AioUnaryInterceptor
+from ._unary import AioUnaryInterceptor, _Call
 from .policy import Service
 from .policy import service as default_service
 from .status import BREAKER_FAILURE_CODES
