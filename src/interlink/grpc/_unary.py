@@ -257,8 +257,8 @@ async def _run(svc: Service, attempt: Callable[[], Any], seconds: float | None, 
 
 
 class _Call(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
-    """A unary call on the fast path: grpc's call for the attempt in flight; see the module
-    docstring of ``_unary``. Awaiting it, or asking for its status, settles the outcome once."""
+    """A unary call on the fast path: grpc's call for the attempt in flight (see the module
+    docstring). Awaiting it, or asking for its status, settles the outcome once."""
 
     __slots__ = ("_awaited", "_call", "_callbacks", "_job", "_outcome", "_settled_here")
 
