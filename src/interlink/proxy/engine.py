@@ -47,7 +47,7 @@ from interlink.proxy.metrics import ProxyMetrics
 from interlink.proxy.router import Match, Router
 from interlink.proxy.upstream import ResponseHead, UpstreamConnection, UpstreamFailure, UpstreamPool
 from interlink.proxy.upstreams import Upstream
-from interlink.resilience import Pipeline, deadline, remaining
+from interlink.resilience import Pipeline, deadline
 
 __all__ = ["HOP_BY_HOP", "Cors", "Policies", "Proxy", "RouteSpec", "RouteTable"]
 
@@ -212,6 +212,7 @@ class _Exchange:
 
     __slots__ = (
         "conn",
+        "due",
         "echo",
         "match",
         "request",
@@ -237,6 +238,8 @@ class _Exchange:
         self.match: Match[RouteSpec] | None = None
         self.route: RouteSpec | None = None
         self.streamed = False
+        #: when the upstream's response head must have arrived (the engine's clock)
+        self.due: float | None = None
 
     @property
     def replayable(self) -> bool:
@@ -398,14 +401,17 @@ class Proxy:
         failing becomes the ``ProxyError`` with its reason."""
         route = ex.route
         assert route is not None
+        # The timeout is enforced where the time goes, by the upstream connection's own timer
+        # until the response head (one timer per request, no cancellation machinery); the
+        # policies get it as the deadline in force, so a retry never sleeps past it.
+        ex.due = None if limit is None else self._clock() + limit
         try:
-            with deadline(limit):
-                async with asyncio.timeout(limit):
-                    if route.policies is not None:
-                        answer: tuple[UpstreamConnection, ResponseHead]
-                        answer = await route.policies.pipeline.acall(self._attempt, ex)
-                        return answer
-                    return await self._attempt(ex)
+            if route.policies is not None:
+                with deadline(limit):
+                    answer: tuple[UpstreamConnection, ResponseHead]
+                    answer = await route.policies.pipeline.acall(self._attempt, ex)
+                    return answer
+            return await self._attempt(ex)
         except _Answered as answered:  # a 5xx, relayed as the upstream said it
             return answered.conn, answered.head
         except UpstreamFailure as failure:
@@ -501,8 +507,8 @@ class Proxy:
         lines += [f"{name}: {value}\r\n" for name, value in ex.upstream_headers]
         if request.upgrade:
             lines.append(f"connection: upgrade\r\nupgrade: {request.header('upgrade')}\r\n")
-        left = remaining()
-        if left is not None:
+        if ex.due is not None:
+            left = ex.due - self._clock()
             lines.append(f"{DEADLINE_HEADER}: {max(1, int(left * 1000))}\r\n")
         return lines
 
@@ -514,14 +520,19 @@ class Proxy:
         lines = self._upstream_head(ex, host)
         head_only = request.method == "HEAD"
         body = request.body
+        timeout = None if ex.due is None else ex.due - self._clock()
+        if timeout is not None and timeout <= 0:
+            raise UpstreamFailure("upstream_timeout", "the upstream did not answer in time")
         if not request.has_body:
             lines.append("\r\n")
-            conn_up.send("".join(lines).encode("latin-1"), head_only=head_only)
+            conn_up.send("".join(lines).encode("latin-1"), head_only=head_only, timeout=timeout)
             return await conn_up.response()
         if body.replayable and not ex.streamed:
             data = body.kept()
             lines.append(f"content-length: {len(data)}\r\n\r\n")
-            conn_up.send("".join(lines).encode("latin-1") + data, head_only=head_only)
+            conn_up.send(
+                "".join(lines).encode("latin-1") + data, head_only=head_only, timeout=timeout
+            )
             return await conn_up.response()
         # a body still arriving (or too big to keep): send the head, pump the body meanwhile
         length = request.header("content-length")
@@ -529,7 +540,7 @@ class Proxy:
         lines.append(
             "transfer-encoding: chunked\r\n\r\n" if chunked else f"content-length: {length}\r\n\r\n"
         )
-        conn_up.send("".join(lines).encode("latin-1"), head_only=head_only)
+        conn_up.send("".join(lines).encode("latin-1"), head_only=head_only, timeout=timeout)
         ex.streamed = True
         pumping = asyncio.ensure_future(_pump(body, conn_up, chunked))
         head_waiter = asyncio.ensure_future(conn_up.response())

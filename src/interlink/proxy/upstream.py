@@ -106,6 +106,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._forgotten = False
         self._keep_alive = False
         self._interim = False
+        self._timer: asyncio.TimerHandle | None = None
 
     # ---------------------------------------------------------------- transport events
 
@@ -132,6 +133,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         drain = self._drain
         if drain is not None and not drain.done():
             drain.set_result(None)
@@ -148,14 +152,7 @@ class UpstreamConnection(asyncio.Protocol):
                     reason, "the upstream closed the connection before answering", stale=stale
                 )
             )
-        done = self._done
-        if done is not None and not done.done():
-            if self._complete:
-                done.set_result(None)
-            else:
-                done.set_exception(
-                    UpstreamFailure("upstream_reset", "the upstream closed mid-response")
-                )
+        self._end_body(UpstreamFailure("upstream_reset", "the upstream closed mid-response"))
 
     def data_received(self, data: bytes) -> None:
         if self._raw is not None:
@@ -177,6 +174,10 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))  # bytes: relayed without decoding
 
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._fail(UpstreamFailure("upstream_timeout", "the upstream did not answer in time"))
+
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
@@ -185,6 +186,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._interim = True
             return
         self._keep_alive = parser.should_keep_alive()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         head = ResponseHead(status, self._headers, self._keep_alive, status == 101)
         self._headers = []
         if self._head is not None and not self._head.done():
@@ -220,15 +224,30 @@ class UpstreamConnection(asyncio.Protocol):
         head = self._head
         if head is not None and not head.done():
             head.set_exception(failure)
-        done = self._done
-        if done is not None and not done.done():
-            done.set_exception(failure)
+        self._end_body(failure)
         self.abort()
+
+    def _end_body(self, failure: UpstreamFailure) -> None:
+        """End the body's future: done when complete, failed when a sink awaits the rest,
+        silently cancelled when nobody ever asked for the body (no unretrieved error)."""
+        done = self._done
+        if done is None or done.done():
+            return
+        if self._complete:
+            done.set_result(None)
+        elif self._sink is not None:
+            done.set_exception(failure)
+        else:
+            done.cancel()
 
     # ---------------------------------------------------------------- the exchange
 
-    def send(self, data: bytes, *, head_only: bool = False) -> None:
-        """Start an exchange: write the request head (and body, if given whole)."""
+    def send(self, data: bytes, *, head_only: bool = False, timeout: float | None = None) -> None:
+        """Start an exchange: write the request head (and body, if given whole); without a
+        response head within ``timeout`` seconds the exchange fails with ``upstream_timeout``
+        and the connection is dropped."""
+        if timeout is not None:
+            self._timer = self._loop.call_later(timeout, self._timed_out)
         self._head = self._loop.create_future()
         self._done = self._loop.create_future()
         self._received_any = False
@@ -251,6 +270,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def stream_to(self, sink: Callable[[bytes], None]) -> asyncio.Future[None]:
         """Deliver the body to ``sink`` from now on; the future ends with the body."""
+        assert self._done is not None
+        if self._done.cancelled():  # the connection failed between the head and this call
+            raise UpstreamFailure("upstream_reset", "the upstream closed mid-response")
         self._sink = sink
         pending, self._pending = self._pending, []
         for chunk in pending:
