@@ -22,12 +22,12 @@ spent here.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from random import getrandbits
 from typing import Any
 
 from interlink.context import CORRELATION_HEADER, DEADLINE_HEADER
@@ -198,7 +198,7 @@ def _ids(incoming: str | None) -> tuple[str, str]:
     """(a fresh correlation id, the W3C ``traceparent`` of the gateway's hop): the hop
     continues the client's trace (a new span id, the client's as parent) or starts one. One
     call for the randomness of both: it is per request."""
-    random = os.urandom(40).hex()
+    random = f"{getrandbits(160):040x}"  # ids need to be unique, not secret: no syscall
     span = random[64:]
     if incoming is not None:
         found = _TRACEPARENT.match(incoming.strip())

@@ -246,6 +246,8 @@ class ServerConnection(asyncio.Protocol):
         self._queue: deque[Request] = deque()
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0
+        self._on_due: Callable[[], None] | None = None
         self._read_paused = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
@@ -272,6 +274,9 @@ class ServerConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._cancel_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._current is not None:
             self._current.body._fail(ClientGone("the client closed the connection"))
         drain = self._drain
@@ -579,14 +584,33 @@ class ServerConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    # One lazy timer per connection: arming only records what is due and when; the loop's
+    # timer is re-scheduled only when it would fire too late, and a timer that fires early
+    # re-schedules itself. Re-arming on every request costs two attribute writes.
+
     def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self._timer = self._loop.call_later(seconds, callback)
+        due = self._loop.time() + seconds
+        self._due = due
+        self._on_due = callback
+        timer = self._timer
+        if timer is None or timer.when() > due:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(due, self._fire)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._on_due = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        callback = self._on_due
+        if callback is None or self._closed:
+            return
+        if self._loop.time() < self._due:
+            self._timer = self._loop.call_at(self._due, self._fire)
+            return
+        self._on_due = None
+        callback()
 
     def _on_idle(self) -> None:
         if self._current is None and not self._in_head and self.transport is not None:

@@ -279,7 +279,6 @@ class UpstreamConnection(asyncio.Protocol):
             sink(chunk)
         if self._complete:
             sink(b"")
-        assert self._done is not None
         return self._done
 
     def tunnel(self, on_data: Callable[[bytes], None]) -> bytes:
