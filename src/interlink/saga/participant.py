@@ -40,6 +40,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from interlink._asyncpg import import_asyncpg
 from interlink._sqlite_thread import SqliteThread, identifier, sqlite_path, write_tx
 from interlink.clock import Clock
 from interlink.saga._runner import COMPENSATION_SLOT, SAGA_EXPIRES_AT, SAGA_ID, SAGA_STEP
@@ -210,12 +211,7 @@ class _Postgres:
 
     async def open(self) -> None:
         if self._pool is None:
-            try:
-                import asyncpg  # type: ignore[import-untyped]
-            except ImportError as exc:  # pragma: no cover - depends on the installation
-                raise ImportError(
-                    "CommandGuard on PostgreSQL needs asyncpg: pip install 'interlink[postgres]'"
-                ) from exc
+            asyncpg = import_asyncpg("CommandGuard on PostgreSQL")
             pool = await asyncpg.create_pool(self._url, min_size=1, max_size=4)
             async with pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._t)

@@ -337,17 +337,7 @@ def _apply(state: SagaState, event: Event, shape: SagaShape) -> SagaState:
         failures = step.failures + 1
         timed_out = state.deadline_at is not None and at >= state.deadline_at
         if event.retry_in is not None and not timed_out:
-            delay = _delay(event.retry_in)
-            step = replace(
-                step,
-                in_flight=False,
-                failures=failures,
-                interruptions=0,
-                error=event.error,
-                next_at=at + delay,
-                last_delay=delay,
-            )
-            return _with_step(state, event.index, step, at)
+            return _retry_later(state, event, failures)
         step = replace(
             step,
             status=StepStatus.FAILED,
@@ -377,21 +367,28 @@ def _apply(state: SagaState, event: Event, shape: SagaShape) -> SagaState:
     step = _in_flight(state, event.index, StepStatus.COMPENSATING, "compensation failure")
     failures = step.failures + 1
     if event.retry_in is not None:
-        delay = _delay(event.retry_in)
-        step = replace(
-            step,
-            in_flight=False,
-            failures=failures,
-            interruptions=0,
-            error=event.error,
-            next_at=at + delay,
-            last_delay=delay,
-        )
-        return _with_step(state, event.index, step, at)
+        return _retry_later(state, event, failures)
     step = replace(step, in_flight=False, failures=failures, error=event.error, next_at=None)
     state = _with_step(state, event.index, step, at)
     why = f"compensation of step {step.name!r} failed {failures} time(s): {event.error}"
     return _park(state, why, at)
+
+
+def _retry_later(
+    state: SagaState, event: ActionFailed | CompensationFailed, failures: int
+) -> SagaState:
+    """The failed attempt's step waits ``retry_in`` seconds before its next attempt."""
+    delay = _delay(event.retry_in)
+    step = replace(
+        state.steps[event.index],
+        in_flight=False,
+        failures=failures,
+        interruptions=0,
+        error=event.error,
+        next_at=event.at + delay,
+        last_delay=delay,
+    )
+    return _with_step(state, event.index, step, event.at)
 
 
 _GAVE_UP = frozenset({StepStatus.FAILED, StepStatus.COMPENSATING, StepStatus.COMPENSATED})
@@ -435,7 +432,7 @@ def _late(state: SagaState, event: LateSuccess, shape: SagaShape) -> SagaState:
     return state
 
 
-def _delay(value: float) -> float:
+def _delay(value: object) -> float:
     if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
         raise ValueError(f"'retry_in' must be a finite number >= 0: {value!r}")
     return float(value)

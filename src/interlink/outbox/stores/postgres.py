@@ -18,6 +18,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
+from interlink._asyncpg import import_asyncpg
 from interlink._sqlite_thread import identifier
 from interlink.outbox.stores import OutboxStore, PendingMessage, decode_headers
 
@@ -29,13 +30,7 @@ _CLEANUP_CHUNK = 5000
 
 
 def _import_asyncpg() -> Any:
-    try:
-        import asyncpg  # type: ignore[import-untyped]
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise ImportError(
-            "interlink.outbox's PostgreSQL relay needs asyncpg: pip install 'interlink[postgres]'"
-        ) from exc
-    return asyncpg
+    return import_asyncpg("interlink.outbox's PostgreSQL relay")
 
 
 def ddl(table: str, partitions: int) -> list[str]:

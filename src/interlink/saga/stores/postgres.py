@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Generic, TypeVar
 
+from interlink._asyncpg import import_asyncpg
 from interlink._sqlite_thread import identifier
 from interlink.saga.state import ACTIVE, SagaStatus
 from interlink.saga.stores import SagaRow, SagaStore
@@ -22,13 +23,7 @@ _ACTIVE = sorted(s.value for s in ACTIVE)
 
 
 def _import_asyncpg() -> Any:
-    try:
-        import asyncpg  # type: ignore[import-untyped]
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise ImportError(
-            "interlink.saga's PostgreSQL store needs asyncpg: pip install 'interlink[postgres]'"
-        ) from exc
-    return asyncpg
+    return import_asyncpg("interlink.saga's PostgreSQL store")
 
 
 def _row(r: Any) -> SagaRow:
