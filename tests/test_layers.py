@@ -45,6 +45,7 @@ PURE = (
 
 # Drivers and adapters: may import the pure core and third-party extras (lazily), never an app.
 ADAPTERS = (
+    "interlink._asyncpg",
     "interlink._sqlite_thread",
     "interlink.discovery",
     "interlink.grpc",
