@@ -53,12 +53,34 @@ def test_dlq_list_as_json(broker_url: str) -> None:
     assert "card 0 declined" in rows[0]["reason"]
 
 
-def test_dlq_list_as_table(broker_url: str) -> None:
-    """`dlq list` prints a table titled with the DLQ's name."""
-    result = runner.invoke(app, ["dlq", "list", "orders", "-b", broker_url], env={"COLUMNS": "200"})
+def test_dlq_list_piped_prints_whole_ids_and_the_size(tmp_path: Path) -> None:
+    """Piped (not a terminal), `dlq list` prints tab-separated rows with whole ids, however
+    narrow the terminal would be, and the DLQ's size; `--limit` shows the oldest."""
+    url = f"sqlite:///{tmp_path}/broker.db"
+    ids = [f"{i:032x}" for i in range(3)]
+
+    async def fill() -> None:
+        broker = Broker.from_url(url)
+
+        @broker.subscriber("orders", group="payments", max_deliveries=1)
+        async def handle(message: Order) -> None:
+            raise ValueError("declined\nwith a second line")
+
+        async with broker:
+            for mid in ids:
+                await broker.publish("orders", Order(order_id=1), message_id=mid)
+            await BackendContract.settle(broker, "orders", 3)
+
+    asyncio.run(fill())
+    result = runner.invoke(
+        app, ["dlq", "list", "orders", "-b", url, "-n", "2"], env={"COLUMNS": "30"}
+    )
     assert result.exit_code == 0, result.output
-    assert "orders.dlq" in result.output
-    assert "m1" in result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split("\t") == ["id", "group", "attempts", "error_type", "reason", "dead_at"]
+    assert [line.split("\t")[0] for line in lines[1:]] == ids[:2]
+    assert lines[1].split("\t")[4] == "declined with a second line (after 1 deliveries)"
+    assert "3 dead letter(s) in orders.dlq, the oldest 2 shown" in result.output
 
 
 def test_dlq_show_prints_the_payload(broker_url: str) -> None:
@@ -143,3 +165,33 @@ def test_asyncapi_prints_the_document(tmp_path: Path, monkeypatch: pytest.Monkey
     missing = runner.invoke(app, ["asyncapi", "shop_events:nothing"])
     assert missing.exit_code == 1
     assert "is not an interlink Broker" in missing.output
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "nats://user:s3cret@127.0.0.1:{port}?connect_timeout=1",
+        "redis://:s3cret@127.0.0.1:{port}/0",
+        "amqp://guest:s3cret@127.0.0.1:{port}/?connect_timeout=1",
+    ],
+    ids=["nats", "redis", "amqp"],
+)
+def test_an_unreachable_broker_says_what_was_tried_and_what_failed(url: str) -> None:
+    """Nothing listening: exit 1 naming the address tried (password masked) and "refused"."""
+    port = _free_port()
+    result = runner.invoke(app, ["topics", "--broker", url.format(port=port)])
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert f"cannot connect to {url.split('://', maxsplit=1)[0]}://" in text
+    assert f"127.0.0.1:{port}" in text
+    assert "connection refused" in text
+    assert "s3cret" not in text
+    assert "***" in text

@@ -82,6 +82,11 @@ async def _dead_letters(broker: Any, topic: str, limit: int) -> tuple[list[DeadL
     return letters, getattr(broker.backend, "binding", FIELDS)
 
 
+async def _listing(broker: Any, topic: str, limit: int) -> tuple[list[DeadLetter], Any, int]:
+    letters, binding = await _dead_letters(broker, topic, limit)
+    return letters, binding, await broker.dlq_count(topic)
+
+
 def _letter(letter: DeadLetter, binding: Any, *, payload: bool) -> dict[str, Any]:
     from interlink.messaging.envelope import read
 
@@ -118,16 +123,29 @@ def dlq_list(
     as_json: AsJson = False,
 ) -> None:
     """List the dead letters of TOPIC, oldest first."""
-    letters, binding = _with_broker(broker, lambda b: _dead_letters(b, topic, limit))
+    letters, binding, size = _with_broker(broker, lambda b: _listing(b, topic, limit))
     rows = [_letter(letter, binding, payload=False) for letter in letters]
     if as_json:
         _out().print_json(json.dumps(rows))
         return
+    summary = f"{size} dead letter(s) in {topic}.dlq" + (
+        f", the oldest {len(rows)} shown" if len(rows) < size else ""
+    )
+    columns = ("id", "group", "attempts", "error_type", "reason", "dead_at")
+    if not sys.stdout.isatty():
+        # Piped: whole values, tab-separated, so an id can be fed to `show` and `replay`.
+        sys.stderr.write(summary + "\n")
+        lines = ["\t".join(columns)]
+        for row in rows:
+            lines.append("\t".join(" ".join(str(row[c]).split()) for c in columns))
+        sys.stdout.write("\n".join(lines) + "\n")
+        return
     if not rows:
         _out().print(f"no dead letters in {topic}.dlq")
         return
-    table = Table(title=f"{topic}.dlq")
-    for column in ("id", "group", "attempts", "error_type", "reason", "dead_at"):
+    table = Table(title=summary)
+    table.add_column("id", no_wrap=True, overflow="fold")
+    for column in columns[1:]:
         table.add_column(column)
     for row in rows:
         table.add_row(

@@ -190,6 +190,10 @@ class Backend(Protocol):
         """Delete every dead letter of ``topic``; returns how many."""
         ...
 
+    async def dlq_count(self, topic: str) -> int:
+        """How many dead letters ``topic`` holds."""
+        ...
+
     async def topics(self) -> list[str]:
         """The topics the broker knows (DLQs included as ``<topic>.dlq``), sorted."""
         ...

@@ -389,6 +389,10 @@ class Broker:
         """Re-publish dead letters (these ids, or all) to ``topic`` with their ids."""
         return await (await self.connect()).dlq_replay(topic, None if ids is None else list(ids))
 
+    async def dlq_count(self, topic: str) -> int:
+        """How many dead letters ``topic`` holds."""
+        return await (await self.connect()).dlq_count(topic)
+
     async def dlq_purge(self, topic: str) -> int:
         """Drop every dead letter of ``topic``."""
         return await (await self.connect()).dlq_purge(topic)

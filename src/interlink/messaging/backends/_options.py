@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from interlink.resilience.retry import Retry
 
-__all__ = ["UrlOptions", "close_at_loop_end", "reconnect_delay", "stop_keeper"]
+__all__ = [
+    "UrlOptions",
+    "close_at_loop_end",
+    "connect_failure",
+    "reconnect_delay",
+    "stop_keeper",
+]
 
 _RECONNECT_MAX = 2.0
 
@@ -63,6 +70,38 @@ def stop_keeper(keeper: asyncio.Task[None] | None) -> None:
     """Cancel a ``close_at_loop_end`` task, unless it is the one running (it is closing)."""
     if keeper is not None and keeper is not asyncio.current_task():
         keeper.cancel()
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    for error in list(seen):  # some clients keep the cause among their arguments
+        seen.extend(arg for arg in error.args if isinstance(arg, BaseException))
+    return seen
+
+
+def connect_failure(exc: BaseException, *, tried: str, within: float) -> str:
+    """What went wrong connecting to ``tried`` (URLs, passwords masked), in words: refused,
+    timed out, authentication failed, host not found, or the error itself."""
+    errors = _chain(exc)
+    texts = " ".join(f"{type(e).__name__} {e}" for e in errors).lower()
+    if any(isinstance(e, ConnectionRefusedError) for e in errors) or "refused" in texts:
+        if "access_refused" in texts or "access refused" in texts:
+            what = "authentication failed (access refused)"
+        else:
+            what = "connection refused (nothing listens there)"
+    elif "auth" in texts or "password" in texts or "credentials" in texts:
+        what = "authentication failed"
+    elif any(isinstance(e, socket.gaierror) for e in errors) or "name or service" in texts:
+        what = "host not found"
+    elif any(isinstance(e, TimeoutError) for e in errors) or "timeout" in texts:
+        what = f"timed out after {within:g} s"
+    else:
+        what = f"{type(exc).__name__}: {exc}"
+    return f"cannot connect to {tried}: {what}"
 
 
 def _as_exception(exc: BaseException) -> Exception:

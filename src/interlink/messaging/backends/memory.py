@@ -328,6 +328,11 @@ class MemoryBackend:
             self._store(topic, letter.data, headers.get(FIELDS.key), letter.id, headers)
         return len(chosen)
 
+    async def dlq_count(self, topic: str) -> int:
+        """How many dead letters ``topic`` holds."""
+        state = self.hub.topics.get(topic)
+        return 0 if state is None else len(state.dlq)
+
     async def dlq_purge(self, topic: str) -> int:
         """Drop them all."""
         state = self.hub.topics.get(topic)

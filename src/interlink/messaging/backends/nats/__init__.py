@@ -111,6 +111,10 @@ class NatsBackend:
         """Purge the DLQ stream."""
         return await _dlq.dlq_purge(self.jetstream, topic)
 
+    async def dlq_count(self, topic: str) -> int:
+        """The DLQ stream's message count."""
+        return await _dlq.dlq_count(self.jetstream, topic)
+
     async def topics(self) -> list[str]:
         """Topics of the streams interlink created (by their name prefix), DLQs included."""
         return await _dlq.topics(self.jetstream)

@@ -88,6 +88,15 @@ async def dlq_purge(backend: JetStream, topic: str) -> int:
     return int(reply.get("purged", 0))
 
 
+async def dlq_count(backend: JetStream, topic: str) -> int:
+    """The DLQ stream's message count (from its info: no message is read)."""
+    stream = await _dlq_stream(backend, topic)
+    if stream is None:
+        return 0
+    reply = await backend.api(f"STREAM.INFO.{stream}")
+    return int(reply.get("state", {}).get("messages", 0))
+
+
 async def topics(backend: JetStream) -> list[str]:
     """Topics of the streams interlink created (by their name prefix), DLQs included."""
     await backend.connect()

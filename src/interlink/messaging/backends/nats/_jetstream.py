@@ -18,7 +18,12 @@ from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from interlink.messaging.backend import BackendUnavailable, PublishError, redact
-from interlink.messaging.backends._options import UrlOptions, close_at_loop_end, stop_keeper
+from interlink.messaging.backends._options import (
+    UrlOptions,
+    close_at_loop_end,
+    connect_failure,
+    stop_keeper,
+)
 from interlink.messaging.backends.nats._publish import MSG_ID, SEND_ERRORS, PubAcks
 from interlink.messaging.envelope import OutgoingMessage
 
@@ -87,6 +92,7 @@ class JetStream:
         self._streams: dict[str, str] = {}
         self._consumers: set[tuple[str, str]] = set()
         self.signals: set[Signal] = set()
+        self._last_error: Exception | None = None
         self.generation = 0  # bumped on every reconnect: pullers re-request their credit
 
     # -- connection ---------------------------------------------------------------------
@@ -119,7 +125,11 @@ class JetStream:
             except (TimeoutError, *SEND_ERRORS) as exc:
                 with contextlib.suppress(Exception):
                     await nc.close()
-                raise BackendUnavailable(redact(self._url), f"cannot connect: {exc!r}") from exc
+                # nats-py keeps retrying until the timeout; the error it met is in _last_error
+                cause = exc if self._last_error is None else self._last_error
+                tried = ", ".join(redact(server) for server in self._servers)
+                reason = connect_failure(cause, tried=tried, within=self.connect_timeout)
+                raise BackendUnavailable(redact(self._url), reason) from exc
             self._js = nc.jetstream(timeout=self.timeout)
             acks = PubAcks(nc)
             await acks.start()
@@ -161,6 +171,7 @@ class JetStream:
         return nc
 
     async def _on_error(self, exc: Exception) -> None:
+        self._last_error = exc
         log.debug("nats: %r", exc)
 
     async def _on_disconnected(self) -> None:

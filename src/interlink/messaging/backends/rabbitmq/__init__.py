@@ -230,6 +230,10 @@ class RabbitBackend:
         """Purge ``<topic>.dlq``."""
         return await _dlq.dlq_purge(self.connection, topic)
 
+    async def dlq_count(self, topic: str) -> int:
+        """The DLQ queue's message count."""
+        return await _dlq.dlq_count(self.connection, topic)
+
     async def topics(self) -> list[str]:
         """The names in the topics registry (AMQP has no way to list queues)."""
         return await _dlq.topics(self.connection)

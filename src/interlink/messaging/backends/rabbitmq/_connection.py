@@ -22,7 +22,12 @@ from aio_pika.abc import (
 )
 
 from interlink.messaging.backend import BackendUnavailable, PublishError, redact
-from interlink.messaging.backends._options import UrlOptions, close_at_loop_end, stop_keeper
+from interlink.messaging.backends._options import (
+    UrlOptions,
+    close_at_loop_end,
+    connect_failure,
+    stop_keeper,
+)
 
 __all__ = [
     "PERSISTENT",
@@ -133,7 +138,8 @@ class RabbitConnection:
                     client_properties={"connection_name": "interlink"},
                 )
             except (*PUBLISH_ERRORS, aio_pika.exceptions.AMQPException) as exc:
-                raise BackendUnavailable(redact(self._url), f"cannot connect: {exc!r}") from exc
+                reason = connect_failure(exc, tried=redact(self._base), within=self.connect_timeout)
+                raise BackendUnavailable(redact(self._url), reason) from exc
             channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
             unrouted = await channel.declare_exchange(
                 f"{self.exchange_name}.unrouted", aio_pika.ExchangeType.TOPIC, durable=True

@@ -94,6 +94,20 @@ async def dlq_purge(backend: RabbitConnection, topic: str) -> int:
     return int(result.message_count or 0)
 
 
+async def dlq_count(backend: RabbitConnection, topic: str) -> int:
+    """The DLQ queue's message count (a passive declare: no message is read)."""
+    await backend.connect()
+    name = f"{topic}.dlq"
+    if not await backend.queue_exists(name):
+        return 0
+    channel = await backend.connection.channel()
+    try:
+        queue = await channel.declare_queue(name, passive=True)
+        return int(queue.declaration_result.message_count or 0)
+    finally:
+        await channel.close()
+
+
 async def topics(backend: RabbitConnection) -> list[str]:
     """The names in the topics registry (AMQP has no way to list queues)."""
     channel, queue = await _browse(backend, f"{backend.exchange_name}.topics")

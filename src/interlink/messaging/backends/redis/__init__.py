@@ -325,6 +325,11 @@ class RedisBackend:
             )
         return count
 
+    async def dlq_count(self, topic: str) -> int:
+        """``XLEN`` of the DLQ stream."""
+        client = await self._connected()
+        return int(await client.xlen(self.connection.key(f"{topic}.dlq")))
+
     async def dlq_purge(self, topic: str) -> int:
         """Delete the DLQ stream; returns how many it held."""
         client = await self._connected()

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from interlink.messaging.backend import BackendUnavailable, redact
-from interlink.messaging.backends._options import UrlOptions
+from interlink.messaging.backends._options import UrlOptions, connect_failure
 from interlink.messaging.backends.redis._scripts import APPEND, NACK, PROMOTE, READ, REPLAY
 
 __all__ = ["RedisConnection"]
@@ -64,7 +64,8 @@ class RedisConnection:
             await client.ping()
         except (RedisError, OSError) as exc:
             await client.aclose()
-            raise BackendUnavailable(redact(self.url), f"cannot connect: {exc!r}") from exc
+            reason = connect_failure(exc, tried=redact(self._base), within=self.socket_timeout)
+            raise BackendUnavailable(redact(self.url), reason) from exc
         self.scripts = SimpleNamespace(
             append=client.register_script(APPEND),
             nack=client.register_script(NACK),

@@ -385,6 +385,11 @@ class SqliteBackend:
         self._wake(topic)
         return count
 
+    async def dlq_count(self, topic: str) -> int:
+        """A count of the topic's rows in the DLQ table."""
+        count: int = await self.worker.submit(Store.dlq_count, topic)
+        return count
+
     async def dlq_purge(self, topic: str) -> int:
         """Delete them."""
         count: int = await self.worker.submit(Store.dlq_purge, topic)

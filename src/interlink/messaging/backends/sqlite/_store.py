@@ -307,6 +307,10 @@ class Store:
         self.db.executemany("DELETE FROM il_dlq WHERE n = ?", [(r[0],) for r in rows])
         return len(rows)
 
+    def dlq_count(self, topic: str) -> int:
+        row = self.db.execute("SELECT COUNT(*) FROM il_dlq WHERE topic = ?", (topic,)).fetchone()
+        return int(row[0])
+
     def dlq_purge(self, topic: str) -> int:
         self.write()
         return self.db.execute("DELETE FROM il_dlq WHERE topic = ?", (topic,)).rowcount
