@@ -430,6 +430,35 @@ class BackendContract:
         assert seen == [(mid, 1)]
 
     @run_async
+    async def test_the_same_id_published_twice_is_delivered_twice_and_replayed_once(
+        self,
+    ) -> None:
+        """No backend drops a re-published id (the idempotent consumer is where duplicates
+        end); two dead letters with one id are replayed as one message and both leave."""
+        topic = self.name()
+        seen: list[str] = []
+        broker = self.broker()
+        broken = True
+
+        @broker.subscriber(topic, group=self.name("g"), retry=QUICK, max_deliveries=1)
+        async def handle(message: Order) -> None:
+            seen.append(current_message().envelope.id)
+            if broken:
+                raise RuntimeError("down")
+
+        async with broker:
+            await broker.publish(topic, Order(order_id=1), message_id="same-1")
+            await broker.publish(topic, Order(order_id=1), message_id="same-1")
+            await self.settle(broker, topic, 2)
+            assert await broker.dlq_count(topic) == 2
+            broken = False
+            assert await broker.dlq_replay(topic, ["same-1"]) == 1
+            await until(lambda: len(seen) == 3)
+            await asyncio.sleep(self.quiet)
+            assert await broker.dlq_count(topic) == 0
+        assert seen == ["same-1"] * 3
+
+    @run_async
     async def test_replay_selects_by_id_and_purge_empties(self) -> None:
         """Replay of chosen ids leaves the other dead letters; purge removes them."""
         topic = self.name()

@@ -35,8 +35,8 @@ def server() -> Iterator[PrivateServer]:
 
 def test_restart_loses_no_confirmed_message(server: PrivateServer) -> None:
     """kill -9 of the server, down for a second, while publishing and consuming: the clients
-    reconnect by themselves, unconfirmed publishes are retried (the message id deduplicates
-    them), and every confirmed message is consumed."""
+    reconnect by themselves, unconfirmed publishes are retried (same id), and every
+    confirmed message is consumed."""
     url = f"nats://127.0.0.1:{server.port}?timeout=0.5&reconnect_wait=0.1&pull_expires=1"
     confirmed, received, failures = asyncio.run(
         restart_while_flowing(url, lambda: server.restart(down=1.0))

@@ -177,7 +177,9 @@ def dlq_replay(
         typer.Option("--id", help="Replay only this message id (repeatable); default: all."),
     ] = None,
 ) -> None:
-    """Re-publish dead letters to TOPIC with their ids (safe to run twice)."""
+    """Re-publish dead letters to TOPIC with their ids (safe to run twice). A message id is
+    re-published once, however many dead letters hold it (the same id published twice and
+    dead-lettered twice); all of them leave the DLQ."""
     count = _with_broker(broker, lambda b: b.dlq_replay(topic, ids or None))
     _out().print(f"replayed {count} message(s) to {topic}")
 

@@ -323,10 +323,14 @@ class MemoryBackend:
         wanted = None if ids is None else set(ids)
         chosen = [d for d in state.dlq if wanted is None or d.id in wanted]
         state.dlq = [d for d in state.dlq if not (wanted is None or d.id in wanted)]
+        done: set[str] = set()
         for letter in chosen:
+            if letter.id in done:  # one message per id, however many letters hold it
+                continue
+            done.add(letter.id)
             headers = with_id(FIELDS, letter.headers, letter.id)
             self._store(topic, letter.data, headers.get(FIELDS.key), letter.id, headers)
-        return len(chosen)
+        return len(done)
 
     async def dlq_count(self, topic: str) -> int:
         """How many dead letters ``topic`` holds."""

@@ -10,9 +10,10 @@ Layout on the server:
   JetStream's own limit would only stop redelivering and leave the message nowhere);
 - ``<topic>.dlq`` is an ordinary topic (its own stream) holding ``encode_dead_letter`` records.
 
-Publishing awaits the PubAck (the message is stored in the stream) and sets ``Nats-Msg-Id`` to
-the message id, so a publish retried after a timeout is deduplicated by the server within the
-stream's ``duplicate_window``. A batch sends every message at once and then gathers the acks
+Publishing awaits the PubAck (the message is stored in the stream). A user's publish carries no
+``Nats-Msg-Id``: as on every backend, a re-published id is a second message, which the
+idempotent consumer recognises; the backend's own moves (dead-lettering, replay) carry one, so
+one repeated after a lost reply lands once within the stream's ``duplicate_window``. A batch sends every message at once and then gathers the acks
 (on one reply inbox of the connection's own, without nats-py's per-message overhead).
 Retries are ``NAK`` with a delay: the message stays in the stream and the server redelivers it
 to any consumer of the group; ``Delivery.attempt`` is the server's delivery count.
@@ -86,8 +87,8 @@ class NatsBackend:
         headers: Mapping[str, str],
         message_id: str,
     ) -> None:
-        """Publish and wait for the PubAck; the id deduplicates a retried publish."""
-        await self.jetstream.publish_one(topic, data, headers, message_id)
+        """Publish and wait for the PubAck."""
+        await self.jetstream.publish_one(topic, data, headers)
 
     async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:
         """Send every message, then gather their PubAcks (no round trip per message)."""
@@ -102,9 +103,10 @@ class NatsBackend:
         return await _dlq.dlq_list(self.jetstream, topic, limit)
 
     async def dlq_replay(self, topic: str, ids: Sequence[str] | None) -> int:
-        """Re-publish each chosen letter, then delete it from the DLQ stream. The publish id
-        names the DLQ entry, so a replay interrupted between the two steps and run again
-        within the duplicate window is deduplicated by the server."""
+        """Re-publish each chosen message once (however many letters hold its id), then
+        delete its letters from the DLQ stream. The publish's ``Nats-Msg-Id`` names the DLQ
+        entry, so a replay interrupted between the two steps and run again within the
+        duplicate window is deduplicated by the server."""
         return await _dlq.dlq_replay(self.jetstream, topic, ids)
 
     async def dlq_purge(self, topic: str) -> int:

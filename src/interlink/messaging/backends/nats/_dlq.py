@@ -68,15 +68,16 @@ async def dlq_replay(backend: JetStream, topic: str, ids: Sequence[str] | None) 
     if stream is None:
         return 0
     wanted = None if ids is None else set(ids)
-    count = 0
+    done: set[str] = set()
     for seq, letter in await _letters(backend, topic, None):
         if wanted is not None and letter.id not in wanted:
             continue
-        headers = with_id(NATS, letter.headers, letter.id)
-        await backend.publish_one(topic, letter.data, headers, f"{letter.id}:replay:{seq}")
+        if letter.id not in done:  # one message per id, however many letters hold it
+            headers = with_id(NATS, letter.headers, letter.id)
+            await backend.publish_one(topic, letter.data, headers, f"{letter.id}:replay:{seq}")
+            done.add(letter.id)
         await backend.js.delete_msg(stream, seq)
-        count += 1
-    return count
+    return len(done)
 
 
 async def dlq_purge(backend: JetStream, topic: str) -> int:

@@ -271,15 +271,17 @@ class JetStream:
     # -- publishing ---------------------------------------------------------------------
 
     async def publish_one(
-        self, topic: str, data: bytes, headers: Mapping[str, str], message_id: str
+        self, topic: str, data: bytes, headers: Mapping[str, str], dedupe_id: str | None = None
     ) -> None:
-        """Publish and wait for the PubAck; ``message_id`` goes in ``Nats-Msg-Id``, which
-        the server deduplicates by within the stream's duplicate window."""
+        """Publish and wait for the PubAck. ``dedupe_id`` goes in ``Nats-Msg-Id``, which the
+        server deduplicates by within the stream's duplicate window: the backend's own moves
+        (dead-lettering, replay) use it, so one repeated after a lost reply lands once; user
+        publishes do not (no backend deduplicates those: the idempotent consumer does)."""
         stream = await self.ensure_stream(topic)
+        if dedupe_id is not None:
+            headers = {**headers, MSG_ID: dedupe_id}
         for last in (False, True):
-            failed = await self._acks_or_raise().send(
-                topic, [(data, {**headers, MSG_ID: message_id})], self.timeout
-            )
+            failed = await self._acks_or_raise().send(topic, [(data, headers)], self.timeout)
             if not failed:
                 return
             error = failed[0][1]
@@ -310,7 +312,7 @@ class JetStream:
     async def _window(
         self, topic: str, items: Sequence[OutgoingMessage]
     ) -> tuple[list[OutgoingMessage], BaseException | None]:
-        pairs = [(item.data, {**item.headers, MSG_ID: item.message_id}) for item in items]
+        pairs = [(item.data, item.headers) for item in items]
         failed = await self._acks_or_raise().send(topic, pairs, self.timeout)
         return [items[index] for index, _ in failed], failed[0][1] if failed else None
 

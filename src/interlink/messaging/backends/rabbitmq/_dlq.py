@@ -53,15 +53,15 @@ async def dlq_list(backend: RabbitConnection, topic: str, limit: int) -> list[De
 
 
 async def dlq_replay(backend: RabbitConnection, topic: str, ids: Sequence[str] | None) -> int:
-    """Re-publish each chosen letter (confirmed), then ack it off the DLQ; the others go
-    back when the browsing channel closes."""
+    """Re-publish each chosen message once (confirmed; however many letters hold its id),
+    then ack its letters off the DLQ; the others go back when the browsing channel closes."""
     channel, queue = await _browse(backend, f"{topic}.dlq")
     if channel is None:
         return 0
     await backend.ensure_topic(topic)
     exchange = backend.exchange
     wanted = None if ids is None else set(ids)
-    count = 0
+    done: set[str] = set()
     try:
         while True:
             message = await queue.get(no_ack=False, fail=False)
@@ -73,13 +73,15 @@ async def dlq_replay(backend: RabbitConnection, topic: str, ids: Sequence[str] |
                 continue
             if wanted is not None and letter.id not in wanted:
                 continue
-            copy = message_of(letter.data, with_id(AMQP, letter.headers, letter.id), letter.id)
-            await backend.confirm(exchange, copy, topic, topic)
+            if letter.id not in done:  # one message per id, however many letters hold it
+                headers = with_id(AMQP, letter.headers, letter.id)
+                copy = message_of(letter.data, headers, letter.id)
+                await backend.confirm(exchange, copy, topic, topic)
+                done.add(letter.id)
             await message.ack()
-            count += 1
     finally:
         await channel.close()
-    return count
+    return len(done)
 
 
 async def dlq_purge(backend: RabbitConnection, topic: str) -> int:

@@ -305,15 +305,21 @@ class RedisBackend:
         return [letter for _, letter in await self._letters(topic, limit)]
 
     async def dlq_replay(self, topic: str, ids: Sequence[str] | None) -> int:
-        """Re-publish each chosen letter and delete it from the DLQ, in one script."""
+        """Re-publish each chosen message once (however many letters hold its id) and
+        delete its letters from the DLQ, each publish and delete in one script."""
         await self.connect()
         conn = self.connection
         wanted = None if ids is None else set(ids)
         dlq = conn.key(f"{topic}.dlq")
         count = 0
+        done: set[str] = set()
         for eid, letter in await self._letters(topic, None):
             if wanted is not None and letter.id not in wanted:
                 continue
+            if letter.id in done:  # one message per id, however many letters hold it
+                await conn.client.xdel(dlq, eid)
+                continue
+            done.add(letter.id)
             headers = with_id(FIELDS, letter.headers, letter.id)
             fields = [b"data", letter.data]
             for name, value in headers.items():

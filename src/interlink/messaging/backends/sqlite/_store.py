@@ -291,7 +291,8 @@ class Store:
         ]
 
     def dlq_replay(self, topic: str, ids: Sequence[str] | None) -> int:
-        """Back to the topic, same bytes and id, and out of the DLQ, in one transaction."""
+        """Back to the topic, same bytes and id, once per id, and out of the DLQ, in one
+        transaction."""
         self.write()
         rows: list[Any] = self.db.execute(
             "SELECT n, id, data, headers FROM il_dlq WHERE topic = ? ORDER BY n", (topic,)
@@ -300,12 +301,16 @@ class Store:
             wanted = set(ids)
             rows = [r for r in rows if r[1] in wanted]
         again = []
+        done: set[str] = set()
         for _, mid, data, text in rows:
+            if mid in done:  # one message per id, however many letters hold it
+                continue
+            done.add(mid)
             headers = with_id(FIELDS, headers_of(text), mid)
             again.append((mid, headers.get(FIELDS.key), data, headers))
         self.publish(topic, again)
         self.db.executemany("DELETE FROM il_dlq WHERE n = ?", [(r[0],) for r in rows])
-        return len(rows)
+        return len(again)
 
     def dlq_count(self, topic: str) -> int:
         row = self.db.execute("SELECT COUNT(*) FROM il_dlq WHERE topic = ?", (topic,)).fetchone()
