@@ -111,6 +111,9 @@ class Consumer:
         self._fetching: asyncio.Task[Any] | None = None  # the runner inside anext(), if any
         self._iterator: AsyncIterator[Delivery] | None = None
         self._backoff = 0.05
+        # An idempotency claim of a consumer that died lasts as long as its delivery's lease.
+        visibility = getattr(backend, "visibility_timeout", None)
+        self._lease: float | None = visibility if isinstance(visibility, int | float) else None
         self._stopping = False
         self._ended = False
 
@@ -308,9 +311,9 @@ class Consumer:
         try:
             if envelope.headers or self._spans.tracer() is not None:
                 with consume_span(self._spans, sub.topic, sub.group, envelope.headers):
-                    await self._call(sub, envelope, message)
+                    await self._call(sub, envelope, message, self._lease)
             else:  # no trace context to continue and no span to record
-                await self._call(sub, envelope, message)
+                await self._call(sub, envelope, message, self._lease)
         except InProgress as busy:
             return Decision("retry", delay=max(busy.retry_after, 0.01))
         except Exception as exc:
@@ -330,12 +333,14 @@ class Consumer:
         return ACK
 
     @staticmethod
-    async def _call(sub: Subscription, envelope: Envelope, message: Any) -> None:
+    async def _call(
+        sub: Subscription, envelope: Envelope, message: Any, lease: float | None
+    ) -> None:
         store = sub.idempotency
         if store is None:
             await sub.handler(message)
             return
-        async with store.guard(sub.group, envelope.id) as fresh:
+        async with store.guard(sub.group, envelope.id, lease=lease) as fresh:
             if fresh:
                 await sub.handler(message)
             else:

@@ -101,10 +101,15 @@ class IdempotencyStore(Protocol):
         """Release connections; idempotent."""
         ...
 
-    def guard(self, group: str, message_id: str) -> AbstractAsyncContextManager[bool]:
+    def guard(
+        self, group: str, message_id: str, *, lease: float | None = None
+    ) -> AbstractAsyncContextManager[bool]:
         """Claim the id for the block: yields True to process it, False if already done.
         Raises ``InProgress`` if another consumer holds a live claim. Marks it done when the
-        block ends normally, drops the claim when it raises."""
+        block ends normally, drops the claim when it raises. ``lease`` is how long a claim
+        holds if its consumer dies (the store's own lease by default): the consumer passes
+        its backend's visibility timeout, so a message a dead consumer had claimed is taken
+        over as soon as the broker hands it out again."""
         ...
 
 
@@ -136,7 +141,9 @@ class MemoryStore:
         """Nothing to close."""
 
     @asynccontextmanager
-    async def guard(self, group: str, message_id: str) -> AsyncIterator[bool]:
+    async def guard(
+        self, group: str, message_id: str, *, lease: float | None = None
+    ) -> AsyncIterator[bool]:
         """See ``IdempotencyStore.guard``."""
         now = self._clock()
         row = self._rows.get((group, message_id))
@@ -146,7 +153,7 @@ class MemoryStore:
                 return
             raise InProgress(message_id, row[1] - now)
         token = object()
-        self._rows[(group, message_id)] = (False, now + self._lease, token)
+        self._rows[(group, message_id)] = (False, now + (lease or self._lease), token)
         try:
             yield True
         except BaseException:
@@ -219,20 +226,20 @@ class SqliteStore:
                 await asyncio.get_running_loop().run_in_executor(executor, db.close)
             executor.shutdown(wait=False)
 
-    def _claim(self, group: str, message_id: str, token: str) -> tuple[bool, float]:
+    def _claim(self, group: str, message_id: str, token: str, lease: float) -> tuple[bool, float]:
         assert self._db is not None
         now = time.time()
         self._claims += 1
         if self._claims % 4096 == 0:
             self._db.execute("DELETE FROM il_processed WHERE expires <= ?", (now,))
-        cur = self._db.execute(_SQLITE_CLAIM, (group, message_id, now + self._lease, token, now))
+        cur = self._db.execute(_SQLITE_CLAIM, (group, message_id, now + lease, token, now))
         if cur.rowcount == 1:
             return True, 0.0
         row = self._db.execute(
             "SELECT done, expires FROM il_processed WHERE grp = ? AND id = ?", (group, message_id)
         ).fetchone()
         if row is None:  # expired and deleted in between: try once more
-            return self._claim(group, message_id, token)
+            return self._claim(group, message_id, token, lease)
         if row[0]:
             return False, 0.0
         return False, max(row[1] - now, 0.0)
@@ -252,10 +259,12 @@ class SqliteStore:
             )
 
     @asynccontextmanager
-    async def guard(self, group: str, message_id: str) -> AsyncIterator[bool]:
+    async def guard(
+        self, group: str, message_id: str, *, lease: float | None = None
+    ) -> AsyncIterator[bool]:
         """See ``IdempotencyStore.guard``."""
         token = uuid.uuid4().hex
-        fresh, wait = await self._run(self._claim, group, message_id, token)
+        fresh, wait = await self._run(self._claim, group, message_id, token, lease or self._lease)
         if not fresh:
             if wait > 0:
                 raise InProgress(message_id, wait)
@@ -304,20 +313,23 @@ class RedisStore:
             await client.aclose()
 
     @asynccontextmanager
-    async def guard(self, group: str, message_id: str) -> AsyncIterator[bool]:
+    async def guard(
+        self, group: str, message_id: str, *, lease: float | None = None
+    ) -> AsyncIterator[bool]:
         """See ``IdempotencyStore.guard``."""
         await self.open()
         r = self._redis
+        lease_ms = int(lease * 1000) if lease else self._lease_ms
         key = f"il:idem:{group}:{message_id}"
         token = f"p:{uuid.uuid4().hex}"
-        if not await r.set(key, token, nx=True, px=self._lease_ms):
+        if not await r.set(key, token, nx=True, px=lease_ms):
             value, ttl_ms = await r.get(key), await r.pttl(key)
             if value == b"done":
                 yield False
                 return
             if value is not None:
                 raise InProgress(message_id, max(ttl_ms, 0) / 1000)
-            if not await r.set(key, token, nx=True, px=self._lease_ms):
+            if not await r.set(key, token, nx=True, px=lease_ms):
                 raise InProgress(message_id, 0.1)
         try:
             yield True
@@ -382,8 +394,10 @@ class PostgresStore:
             await pool.close()
 
     @asynccontextmanager
-    async def guard(self, group: str, message_id: str) -> AsyncIterator[bool]:
-        """See ``IdempotencyStore.guard``."""
+    async def guard(
+        self, group: str, message_id: str, *, lease: float | None = None
+    ) -> AsyncIterator[bool]:
+        """See ``IdempotencyStore.guard`` (no lease: the row lock ends with its holder)."""
         await self.open()
         async with self._pool.acquire() as conn, conn.transaction():
             self._claims += 1

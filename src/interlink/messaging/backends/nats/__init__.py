@@ -13,10 +13,11 @@ Layout on the server:
 Publishing awaits the PubAck (the message is stored in the stream). A user's publish carries no
 ``Nats-Msg-Id``: as on every backend, a re-published id is a second message, which the
 idempotent consumer recognises; the backend's own moves (dead-lettering, replay) carry one, so
-one repeated after a lost reply lands once within the stream's ``duplicate_window``. A batch sends every message at once and then gathers the acks
-(on one reply inbox of the connection's own, without nats-py's per-message overhead).
-Retries are ``NAK`` with a delay: the message stays in the stream and the server redelivers it
-to any consumer of the group; ``Delivery.attempt`` is the server's delivery count.
+one repeated after a lost reply lands once within the stream's ``duplicate_window``. A batch
+sends every message at once and then gathers the acks (on one reply inbox of the connection's
+own, without nats-py's per-message overhead). Retries are ``NAK`` with a delay: the message
+stays in the stream and the server redelivers it to any consumer of the group;
+``Delivery.attempt`` is the server's delivery count.
 
 Consuming pulls with a credit window: up to ``prefetch`` messages are requested ahead, more are
 asked for when half are used, and acks are fire-and-forget publishes (as in every NATS client):
@@ -63,6 +64,11 @@ class NatsBackend:
     def from_url(cls, url: str) -> Self:
         """The backend for ``nats://`` or ``tls://`` ``url`` (not yet connected)."""
         return cls(url)
+
+    @property
+    def visibility_timeout(self) -> float:
+        """Seconds a dead consumer's deliveries stay unacked: the consumers' ``ack_wait``."""
+        return self.jetstream.ack_wait
 
     async def connect(self) -> None:
         """Connect (once); the client then reconnects by itself for as long as it lives."""

@@ -184,6 +184,11 @@ class RedisBackend:
         return cls(url)
 
     @property
+    def visibility_timeout(self) -> float:
+        """Seconds before another consumer claims a dead consumer's deliveries."""
+        return self.connection.visibility_timeout
+
+    @property
     def client(self) -> aioredis.Redis:
         """The connection pool's client."""
         return self.connection.client

@@ -202,6 +202,11 @@ class SqliteBackend:
         """The backend for ``sqlite:///path`` ``url`` (not yet connected)."""
         return cls(url)
 
+    @property
+    def visibility_timeout(self) -> float:
+        """Seconds a dead consumer's deliveries stay leased (``?visibility=``)."""
+        return self.visibility
+
     def __init__(self, url: str) -> None:
         self.path = sqlite_path(url)
         query = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
