@@ -14,7 +14,6 @@ from examples.proto import food_pb2, food_pb2_grpc
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from interlink import grpc as ilgrpc
 from interlink.discovery.serve import serve_grpc
 
 #: The catalog: restaurant -> (item id, name, price in cents).
@@ -60,7 +59,7 @@ async def main() -> None:
     settings = runtime.Settings.from_env("menu")
     runtime.configure_logging("menu")
     menu = Menu(runtime.Chaos(settings.state_dir, "menu"))
-    server = grpc.aio.server(interceptors=[ilgrpc.AioServerInterceptor()])
+    server = runtime.grpc_server(settings)
     food_pb2_grpc.add_MenuServiceServicer_to_server(menu, server)
     port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     admin = Starlette(

@@ -37,6 +37,7 @@ from interlink.context import correlation_id
 from interlink.discovery import Resolver
 from interlink.discovery.serve import serve_asgi
 from interlink.errors import DeadlineExceeded, InterlinkError
+from interlink.grpc import local
 from interlink.http import InterlinkMiddleware
 from interlink.messaging import Broker, Envelope
 from interlink.outbox import Outbox, OutboxRelay
@@ -104,9 +105,13 @@ CHANNEL_OPTIONS = (
 )
 
 
-def channel(target: str) -> grpc.aio.Channel:
+def remote_channel(target: str) -> grpc.aio.Channel:
     """A plain channel to one instance, reconnecting fast."""
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+
+
+#: In a monolith menu and pricing are served in this process: call their servicers directly.
+channel = local.channel_factory(remote_channel)
 
 
 def error(status: int, code: str, detail: str) -> JSONResponse:

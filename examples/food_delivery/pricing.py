@@ -15,7 +15,6 @@ from examples.proto import food_pb2, food_pb2_grpc
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from interlink import grpc as ilgrpc
 from interlink.discovery.serve import serve_grpc
 
 DELIVERY_FEE_CENTS = 250
@@ -57,7 +56,7 @@ async def main() -> None:
     settings = runtime.Settings.from_env("pricing")
     runtime.configure_logging("pricing")
     pricing = Pricing(runtime.Chaos(settings.state_dir, "pricing"))
-    server = grpc.aio.server(interceptors=[ilgrpc.AioServerInterceptor()])
+    server = runtime.grpc_server(settings)
     food_pb2_grpc.add_PricingServiceServicer_to_server(pricing, server)
     port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
 

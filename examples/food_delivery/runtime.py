@@ -47,6 +47,8 @@ class Settings:
     saga_store: str
     namespace: str
     idempotency: str | None
+    #: gRPC without sockets (a monolith: every service in one process).
+    inprocess: bool = False
     env: Mapping[str, str] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -75,6 +77,7 @@ class Settings:
             saga_store=url("INTERLINK_SAGA_STORE", "sqlite:///{state}/sagas.db"),
             namespace=env.get("FOOD_NAMESPACE", "food"),
             idempotency=url("INTERLINK_IDEMPOTENCY", "") or None,
+            inprocess=env.get("INTERLINK_INPROCESS", "") in ("1", "true", "yes"),
             env=env,
         )
 
@@ -290,10 +293,11 @@ class PolicyLog:
 
 
 def configure_logging(service: str) -> None:
-    """One line per record, the service name first (the supervisor prefixes it again)."""
+    """One line per record; the logger's name (``food.<service>``) says who wrote it, also when
+    every service shares one process (a monolith)."""
     logging.basicConfig(
         level=os.environ.get("FOOD_LOG_LEVEL", "INFO"),
-        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 
 
@@ -320,6 +324,19 @@ async def serve_admin(app: Any, host: str, port: int, stop: asyncio.Event) -> No
     await stop.wait()
     server.should_exit = True
     await task
+
+
+def grpc_server(settings: Settings) -> Any:
+    """A ``grpc.aio`` server, or in a monolith its in-process stand-in: the same servicers."""
+    from interlink import grpc as ilgrpc
+
+    if settings.inprocess:
+        from interlink.grpc.local import LocalServer
+
+        return LocalServer()
+    import grpc
+
+    return grpc.aio.server(interceptors=[ilgrpc.AioServerInterceptor()])
 
 
 def json_response(data: Any, status: int = 200) -> Any:

@@ -569,16 +569,18 @@ async def run(
     logs: Callable[[str], None] | None = None,
     env: dict[str, str] | None = None,
     state_dir: Path | None = None,
+    monolith: bool = False,
 ) -> Outcome:
     """Start the system, play scenario ``name``, stop the system; what was measured.
 
     ``fast`` shortens every phase (tests); ``no_budget`` turns order's retry budget for
     pricing off (``retry-storm`` for contrast); ``console`` (rich) shows the narration and
-    the table; ``logs`` receives the services' output (default: dropped).
+    the table; ``logs`` receives the services' output (default: dropped); ``monolith`` runs
+    every service in this process (memory broker and registry, gRPC without sockets).
     """
     import aiohttp
 
-    from interlink.supervisor import Supervisor, load_system
+    from interlink.supervisor import Monolith, Supervisor, load_system
 
     scenario = SCENARIOS[name]
     overrides = {**scenario.env({}), **(env or {})}
@@ -588,10 +590,15 @@ async def run(
         if state_dir is None:
             state_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="food-")))
         system = load_system(SYSTEM_FILE, state_dir=state_dir)
-        supervisor = Supervisor(system, env=overrides, output=logs or (lambda _: None))
+        supervisor: Any = (
+            Monolith(system, env=overrides, output=logs or (lambda _: None))
+            if monolith
+            else Supervisor(system, env=overrides, output=logs or (lambda _: None))
+        )
         say = console.print if console is not None else (lambda *_: None)
         say(f"[bold]{scenario.name}[/]: {scenario.title}")
-        say(f"starting {len(system.services)} services on loopback (state in {state_dir})")
+        where = "in this process" if monolith else "on loopback"
+        say(f"starting {len(system.services)} services {where} (state in {state_dir})")
         async with supervisor, aiohttp.ClientSession() as session:
             await supervisor.wait_healthy(90)
             runner = Run(supervisor, rate or scenario.rate)

@@ -44,6 +44,7 @@ from typing import Any
 from interlink.errors import InterlinkError
 
 __all__ = [
+    "Monolith",
     "ServiceSpec",
     "Supervisor",
     "SupervisorError",
@@ -78,6 +79,15 @@ class ServiceSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     health_port: str | None = None
     health_path: str = "/healthz"
+    #: In a monolith, run this service as a process of its own anyway (moved out).
+    process: bool = False
+
+    @property
+    def module(self) -> str | None:
+        """The module run with ``python -m`` (what a monolith imports), if that is the command."""
+        if len(self.command) == 3 and self.command[:2] == ("{python}", "-m"):
+            return self.command[2]
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +104,8 @@ class SystemSpec:
     entry_path: str = "/"
     scenarios: str | None = None
     source: Path | None = None
+    #: Variables for ``--monolith`` when every service runs in one process (memory broker...).
+    monolith_env: Mapping[str, str] = field(default_factory=dict)
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
@@ -129,7 +141,7 @@ def load_system(path: str | Path, *, state_dir: str | Path | None = None) -> Sys
         raise SupervisorError(f"{path}: 'services' must name at least one service")
     for sname, raw in raw_services.items():
         spec = _mapping(raw, f"{path}: services.{sname}")
-        unknown = set(spec) - {"module", "command", "ports", "env", "health"}
+        unknown = set(spec) - {"module", "command", "ports", "env", "health", "process"}
         if unknown:
             raise SupervisorError(f"{path}: services.{sname}: unknown keys {sorted(unknown)}")
         if "module" in spec:
@@ -153,7 +165,12 @@ def load_system(path: str | Path, *, state_dir: str | Path | None = None) -> Sys
             env={str(k): str(v) for k, v in _mapping(spec.get("env"), "env").items()},
             health_port=None if health_port is None else str(health_port),
             health_path=str(health.get("path", "/healthz")),
+            process=bool(spec.get("process", False)),
         )
+    monolith = _mapping(top.get("monolith"), f"{path}: 'monolith'")
+    unknown = set(monolith) - {"env"}
+    if unknown:
+        raise SupervisorError(f"{path}: monolith: unknown keys {sorted(unknown)}")
     entry = _mapping(top.get("entry"), f"{path}: 'entry'")
     entry_service = entry.get("service")
     if entry_service is not None and entry_service not in services:
@@ -169,7 +186,32 @@ def load_system(path: str | Path, *, state_dir: str | Path | None = None) -> Sys
         entry_path=str(entry.get("path", "/")),
         scenarios=top.get("scenarios"),
         source=file,
+        monolith_env={
+            str(k): str(v) for k, v in _mapping(monolith.get("env"), "monolith.env").items()
+        },
     )
+
+
+async def _wait_healthy(pending: dict[str, str], within: float) -> None:
+    import urllib.request
+
+    def ok(url: str) -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:
+                return bool(200 <= response.status < 300)
+        except OSError:
+            return False
+
+    deadline_at = time.monotonic() + within
+    while pending:
+        for name, url in list(pending.items()):
+            if await asyncio.to_thread(ok, url):
+                del pending[name]
+        if not pending:
+            return
+        if time.monotonic() > deadline_at:
+            raise TimeoutError(f"not healthy after {within:.0f} s: {sorted(pending)}")
+        await asyncio.sleep(0.1)
 
 
 def _free_port() -> int:
@@ -275,30 +317,14 @@ class Supervisor:
     async def wait_healthy(self, within: float = 60.0) -> None:
         """Wait until every service answers its health check; ``TimeoutError`` naming the
         ones that do not after ``within`` seconds."""
-        import urllib.request
-
-        def ok(url: str) -> bool:
-            try:
-                with urllib.request.urlopen(url, timeout=1.0) as response:
-                    return bool(200 <= response.status < 300)
-            except OSError:
-                return False
-
-        pending = {
-            name: f"{self.url(name, c.spec.health_port)}{c.spec.health_path}"
-            for name, c in self._children.items()
-            if c.spec.health_port is not None
-        }
-        deadline_at = time.monotonic() + within
-        while pending:
-            for name, url in list(pending.items()):
-                if await asyncio.to_thread(ok, url):
-                    del pending[name]
-            if not pending:
-                return
-            if time.monotonic() > deadline_at:
-                raise TimeoutError(f"not healthy after {within:.0f} s: {sorted(pending)}")
-            await asyncio.sleep(0.1)
+        await _wait_healthy(
+            {
+                name: f"{self.url(name, c.spec.health_port)}{c.spec.health_path}"
+                for name, c in self._children.items()
+                if c.spec.health_port is not None
+            },
+            within,
+        )
 
     async def stop(self) -> None:
         """Stop every service (SIGTERM, then SIGKILL after ``STOP_GRACE``) and the socket."""
@@ -487,6 +513,179 @@ class Supervisor:
         raise SupervisorError(
             f"unknown command {' '.join(words)!r}: use status, or {'|'.join(VERBS)} SERVICE"
         )
+
+
+class Monolith:
+    """Every service of ``system`` in this process, from the same code: each service module's
+    ``main()`` runs as a task, with the variables of ``monolith.env`` in the system file
+    (memory broker and registry, in-process gRPC) on top of the system's.
+
+    A service marked ``process: true`` runs as a child process instead (moved out); the
+    file-based defaults of the system then stay, since memory brokers and registries cannot be
+    shared with another process. Commands act on tasks: ``down``/``stop`` cancel the
+    service's task (its gRPC servers leave their addresses), ``start`` runs it again, ``kill``
+    does both. The same surface as ``Supervisor`` (``url``, ``entry_url``, ``command``...).
+    """
+
+    def __init__(
+        self,
+        system: SystemSpec,
+        *,
+        env: Mapping[str, str] | None = None,
+        output: Callable[[str], None] | None = None,
+    ) -> None:
+        self.system = system
+        inside = {n: s for n, s in system.services.items() if not s.process}
+        outside = {n: s for n, s in system.services.items() if s.process}
+        for name, spec in inside.items():
+            if spec.module is None:
+                raise SupervisorError(
+                    f"service {name!r} has no 'module': a monolith imports each service"
+                )
+        extra = dict(system.monolith_env) if not outside else {}
+        self._env = {**extra, **dict(env or {})}
+        self._specs = inside
+        self._ports: dict[str, dict[str, int]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._restarts: dict[str, int] = dict.fromkeys(inside, 0)
+        self._output = output or (lambda line: print(line, flush=True))
+        self._children: Supervisor | None = None
+        if outside:
+            sub = SystemSpec(
+                name=system.name,
+                root=system.root,
+                state_dir=system.state_dir,
+                env=system.env,
+                services=outside,
+                source=system.source,
+            )
+            self._children = Supervisor(sub, env=self._env, output=output)
+        self._helper = Supervisor(system, env=self._env, output=output)
+        self._saved_environ: dict[str, str] | None = None
+
+    def url(self, service: str, port: str = "http") -> str:
+        """``http://127.0.0.1:<port>`` of a service's named port."""
+        if service in self._ports:
+            return f"http://127.0.0.1:{self._ports[service][port]}"
+        if self._children is not None:
+            return self._children.url(service, port)
+        raise SupervisorError(f"no service {service!r} in this system")
+
+    @property
+    def entry_url(self) -> str | None:
+        """The system's entry point."""
+        s = self.system
+        if s.entry_service is None:
+            return None
+        return self.url(s.entry_service, s.entry_port) + s.entry_path
+
+    def service_env(self, service: str) -> dict[str, str]:
+        """The variables ``service`` runs with."""
+        if service in self._specs:
+            return self._helper.environment(self._specs[service], self._ports[service])
+        assert self._children is not None
+        return self._children.service_env(service)
+
+    async def start(self) -> None:
+        """Start every service: tasks here, children for the services moved out."""
+        self.system.state_dir.mkdir(parents=True, exist_ok=True)
+        for name, spec in self._specs.items():
+            self._ports[name] = {p: _free_port() for p in spec.ports}
+        # One process, one environment: the services' variables have distinct names. Put
+        # back as it was on stop.
+        self._saved_environ = dict(os.environ)
+        for name, spec in self._specs.items():
+            os.environ.update(self._helper.environment(spec, self._ports[name]))
+        root = str(self.system.root)
+        if root not in sys.path:
+            sys.path.insert(0, root)
+        if self._children is not None:
+            await self._children.start()
+        for name in self._specs:
+            self._launch(name)
+
+    def _launch(self, name: str) -> None:
+        import importlib
+
+        module = self._specs[name].module
+        assert module is not None
+        main = importlib.import_module(module).main
+        self._tasks[name] = asyncio.create_task(main(), name=f"service-{name}")
+
+    async def wait_healthy(self, within: float = 60.0) -> None:
+        """Wait until every service answers its health check."""
+        pending = {
+            name: f"{self.url(name, spec.health_port)}{spec.health_path}"
+            for name, spec in self._specs.items()
+            if spec.health_port is not None
+        }
+        await _wait_healthy(pending, within)
+        if self._children is not None:
+            await self._children.wait_healthy(within)
+
+    async def _cancel(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def command(self, words: list[str]) -> dict[str, Any]:
+        """As ``Supervisor.command``, on the services' tasks."""
+        if len(words) == 2 and words[0] in VERBS:
+            verb, name = words
+            if name not in self._specs:
+                if self._children is not None:
+                    return await self._children.command(words)
+                raise SupervisorError(f"no service {name!r} in this system")
+            if verb in ("kill", "down", "stop", "restart"):
+                await self._cancel(name)
+            if verb in ("kill", "start", "restart") and name not in self._tasks:
+                self._restarts[name] += verb != "start"
+                self._launch(name)
+            return {"ok": True}
+        if words == ["status"]:
+            return {"ok": True, "services": self.status(), "entry": self.entry_url}
+        raise SupervisorError(f"unknown command {' '.join(words)!r}")
+
+    def status(self) -> dict[str, Any]:
+        """Every in-process service: running, restarts, ports."""
+        out: dict[str, Any] = {
+            name: {
+                "pid": os.getpid(),
+                "running": name in self._tasks and not self._tasks[name].done(),
+                "restarts": self._restarts[name],
+                "ports": self._ports.get(name, {}),
+            }
+            for name in self._specs
+        }
+        if self._children is not None:
+            out.update(self._children.status())
+        return out
+
+    async def stop(self) -> None:
+        """Cancel every service's task; stop the children; restore the environment."""
+        import logging
+
+        # uvicorn logs a cancelled lifespan as an error; here it is how a monolith stops.
+        uvicorn_log = logging.getLogger("uvicorn.error")
+        was_disabled, uvicorn_log.disabled = uvicorn_log.disabled, True
+        try:
+            await asyncio.gather(*(self._cancel(n) for n in list(self._tasks)))
+        finally:
+            uvicorn_log.disabled = was_disabled
+        if self._children is not None:
+            await self._children.stop()
+        if self._saved_environ is not None:
+            os.environ.clear()
+            os.environ.update(self._saved_environ)
+            self._saved_environ = None
+
+    async def __aenter__(self) -> Monolith:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
 
 def control(state_dir: str | Path, *words: str, timeout: float = 15.0) -> dict[str, Any]:

@@ -139,6 +139,9 @@ def demo(  # noqa: PLR0917 - typer reads the options from the signature
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show the services' own log lines too.")
     ] = False,
+    monolith: Annotated[
+        bool, typer.Option("--monolith", help="Play it with every service in one process.")
+    ] = False,
 ) -> None:
     """A guided tour: the policies, or a scenario played on a system.
 
@@ -148,7 +151,12 @@ def demo(  # noqa: PLR0917 - typer reads the options from the signature
     """
     if scenario != "resilience":
         code = _system.run_scenario(
-            scenario, system=system, fast=fast, no_budget=no_budget, verbose=verbose
+            scenario,
+            system=system,
+            fast=fast,
+            no_budget=no_budget,
+            verbose=verbose,
+            monolith=monolith,
         )
         if code:
             raise typer.Exit(code)

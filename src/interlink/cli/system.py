@@ -60,12 +60,20 @@ def up(
         list[str] | None,
         typer.Option("--env", "-e", help="KEY=VALUE for every service (repeatable)."),
     ] = None,
+    monolith: Annotated[
+        bool,
+        typer.Option(
+            "--monolith",
+            help="Every service in this one process (memory broker and registry, in-process "
+            "gRPC), except those marked 'process: true'.",
+        ),
+    ] = False,
 ) -> None:
     """Run a system's services as processes on loopback (Ctrl-C stops).
 
     Prints the entry URL and a curl that places an order; a service that crashes is restarted.
     """
-    from interlink.supervisor import Supervisor, install_signal_handlers
+    from interlink.supervisor import Monolith, Supervisor, install_signal_handlers
 
     spec = _load(system, state_dir)
     overrides = {}
@@ -79,14 +87,17 @@ def up(
     async def main() -> None:
         stop = asyncio.Event()
         install_signal_handlers(stop)
-        async with Supervisor(spec, env=overrides) as supervisor:
+        runner = Monolith(spec, env=overrides) if monolith else Supervisor(spec, env=overrides)
+        async with runner as supervisor:
             try:
                 await supervisor.wait_healthy(90)
             except TimeoutError as exc:
                 console.print(f"[bold red]error:[/] {exc}")
                 return
+            install_signal_handlers(stop)  # the services' own servers took the signals over
             entry = supervisor.entry_url
-            console.print(f"[bold green]{spec.name} is up[/] ({len(spec.services)} services)")
+            how = "in one process" if monolith else "as processes"
+            console.print(f"[bold green]{spec.name} is up[/] ({len(spec.services)} services {how})")
             if entry is not None:
                 console.print(f"entry: {entry}")
                 body = json.dumps(
@@ -199,7 +210,9 @@ def scenarios_module(spec: Any) -> Any:
     return importlib.import_module(spec.scenarios)
 
 
-def run_scenario(name: str, *, system: Path, fast: bool, no_budget: bool, verbose: bool) -> int:
+def run_scenario(
+    name: str, *, system: Path, fast: bool, no_budget: bool, verbose: bool, monolith: bool = False
+) -> int:
     """Play scenario ``name`` of ``system`` and print its table; 0 when every check held."""
     spec = _load(system, None)
     try:
@@ -215,6 +228,7 @@ def run_scenario(name: str, *, system: Path, fast: bool, no_budget: bool, verbos
             name,
             fast=fast,
             no_budget=no_budget,
+            monolith=monolith,
             console=console,
             logs=(lambda line: console.print(line, markup=False)) if verbose else None,
         )
