@@ -6,6 +6,7 @@ free; the saga then refunds the payment, cancels the order and tells the custome
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -61,7 +62,7 @@ def build(settings: runtime.Settings) -> tuple[Starlette, Broker]:
     return app, broker
 
 
-async def main() -> None:
+async def main(stop: asyncio.Event | None = None) -> None:
     """Consume dispatch commands; serve health and stats; registered in discovery."""
     settings = runtime.Settings.from_env("dispatch")
     runtime.configure_logging("dispatch")
@@ -73,6 +74,8 @@ async def main() -> None:
         host=settings.host,
         log_level="warning",
         drain_timeout=2.0,
+        stop=stop,
+        handle_signals=stop is None,
     )
 
 

@@ -54,7 +54,7 @@ class Menu(food_pb2_grpc.MenuServiceServicer):
         )
 
 
-async def main() -> None:
+async def main(stop: asyncio.Event | None = None) -> None:
     """Serve the menu over gRPC, registered in discovery, with an admin HTTP port."""
     settings = runtime.Settings.from_env("menu")
     runtime.configure_logging("menu")
@@ -68,11 +68,19 @@ async def main() -> None:
             Route("/stats", lambda _: runtime.json_response({"calls": menu.calls})),
         ]
     )
-    stop = asyncio.Event()
+    handle_signals = stop is None
+    stop = stop or asyncio.Event()
     instance = settings.instance(port, "grpc", admin=str(settings.port))
     admin_task = asyncio.create_task(runtime.serve_admin(admin, settings.host, settings.port, stop))
     try:
-        await serve_grpc(server, settings.registry, instance, grace=2.0, stop=stop)
+        await serve_grpc(
+            server,
+            settings.registry,
+            instance,
+            grace=2.0,
+            stop=stop,
+            handle_signals=handle_signals,
+        )
     finally:
         stop.set()
         await admin_task

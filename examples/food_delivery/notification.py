@@ -7,6 +7,7 @@ counts per kind, ``GET /notifications?order_id=...`` the list.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import html
 import json
@@ -110,7 +111,7 @@ def build(settings: runtime.Settings) -> tuple[Starlette, Broker]:
     return app, broker
 
 
-async def main() -> None:
+async def main(stop: asyncio.Event | None = None) -> None:
     """Consume notifications; serve the page; registered in discovery."""
     settings = runtime.Settings.from_env("notification")
     runtime.configure_logging("notification")
@@ -122,6 +123,8 @@ async def main() -> None:
         host=settings.host,
         log_level="warning",
         drain_timeout=2.0,
+        stop=stop,
+        handle_signals=stop is None,
     )
 
 

@@ -14,6 +14,7 @@ id), so a crash between the commit and the saga's start loses nothing:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -427,8 +428,6 @@ class OrderService:
     @contextlib.asynccontextmanager
     async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
         """Open the database, the resolver, the broker, the relay and the orchestrator."""
-        import asyncio
-
         await self.db.open(schema(self.table))
         await self.db.create_outbox(self.outbox)
         async with self.resolver:
@@ -461,7 +460,7 @@ class OrderService:
         return app
 
 
-async def main() -> None:
+async def main(stop: asyncio.Event | None = None) -> None:
     """Serve the order API, registered in discovery."""
     settings = runtime.Settings.from_env("order")
     runtime.configure_logging("order")
@@ -473,6 +472,8 @@ async def main() -> None:
         host=settings.host,
         log_level="warning",
         drain_timeout=2.0,
+        stop=stop,
+        handle_signals=stop is None,
     )
 
 

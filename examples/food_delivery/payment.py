@@ -11,6 +11,7 @@ commands that raise, to be retried by the broker and dead-lettered at last).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -158,7 +159,7 @@ def build(settings: runtime.Settings) -> tuple[Starlette, Broker]:
     return app, broker
 
 
-async def main() -> None:
+async def main(stop: asyncio.Event | None = None) -> None:
     """Consume payment commands; serve health and stats; registered in discovery."""
     settings = runtime.Settings.from_env("payment")
     runtime.configure_logging("payment")
@@ -170,6 +171,8 @@ async def main() -> None:
         host=settings.host,
         log_level="warning",
         drain_timeout=2.0,
+        stop=stop,
+        handle_signals=stop is None,
     )
 
 

@@ -51,7 +51,7 @@ class Pricing(food_pb2_grpc.PricingServiceServicer):
         return food_pb2.PriceQuote(total_cents=total, currency="EUR")
 
 
-async def main() -> None:
+async def main(stop: asyncio.Event | None = None) -> None:
     """Serve pricing over gRPC, registered in discovery, with an admin HTTP port."""
     settings = runtime.Settings.from_env("pricing")
     runtime.configure_logging("pricing")
@@ -69,11 +69,19 @@ async def main() -> None:
             Route("/stats", stats),
         ]
     )
-    stop = asyncio.Event()
+    handle_signals = stop is None
+    stop = stop or asyncio.Event()
     instance = settings.instance(port, "grpc", admin=str(settings.port))
     admin_task = asyncio.create_task(runtime.serve_admin(admin, settings.host, settings.port, stop))
     try:
-        await serve_grpc(server, settings.registry, instance, grace=2.0, stop=stop)
+        await serve_grpc(
+            server,
+            settings.registry,
+            instance,
+            grace=2.0,
+            stop=stop,
+            handle_signals=handle_signals,
+        )
     finally:
         stop.set()
         await admin_task

@@ -229,6 +229,9 @@ class Chaos:
     """Switches an operator flips on a running system (``interlink chaos set pricing
     fail=1.0``): read from ``<state>/chaos.json``, re-read when the file changes."""
 
+    #: Seconds between two looks at the file.
+    REFRESH = 0.2
+
     def __init__(self, state_dir: Path, service: str) -> None:
         self._path = state_dir / "chaos.json"
         self._service = service
@@ -239,7 +242,7 @@ class Chaos:
     def get(self, name: str, default: float = 0.0) -> float:
         """The current value of switch ``name`` for this service."""
         now = time.monotonic()
-        if now - self._checked > 0.2:
+        if now - self._checked > self.REFRESH:
             self._checked = now
             try:
                 mtime = self._path.stat().st_mtime

@@ -107,11 +107,12 @@ class Run:
         """A supervisor command (``down menu``, ``start menu``, ``kill order``...)."""
         await self.supervisor.command(list(words))
 
-    def switch(self, service: str, **values: float) -> None:
-        """Set chaos switches of ``service`` (read by the service within 0.2 s)."""
+    async def switch(self, service: str, **values: float) -> None:
+        """Set chaos switches of ``service``, and wait until the services have read them."""
         from interlink.supervisor import set_switches
 
         set_switches(self.supervisor.system, service, values)
+        await asyncio.sleep(runtime.Chaos.REFRESH * 2)
 
     async def stats(self, service: str) -> dict[str, Any]:
         """A service's ``/stats`` ({} while it is down)."""
@@ -342,7 +343,7 @@ def _menu_checks(
 
 def _declines_phases(fast: bool) -> list[Phase]:
     async def declines(run: Run) -> None:
-        run.switch("payment", decline=0.3)
+        await run.switch("payment", decline=0.3)
 
     return [Phase("declines", 5 if fast else 10, declines, "30 % of payments declined")]
 
@@ -381,10 +382,10 @@ def _declines_checks(
 
 def _storm_phases(fast: bool) -> list[Phase]:
     async def fail(run: Run) -> None:
-        run.switch("pricing", fail=1.0)
+        await run.switch("pricing", fail=1.0)
 
     async def heal(run: Run) -> None:
-        run.switch("pricing", fail=0.0)
+        await run.switch("pricing", fail=0.0)
 
     s = 0.6 if fast else 1.0
     return [

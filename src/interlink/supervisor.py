@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import signal
@@ -547,6 +548,7 @@ class Monolith:
         self._specs = inside
         self._ports: dict[str, dict[str, int]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stops: dict[str, asyncio.Event] = {}
         self._restarts: dict[str, int] = dict.fromkeys(inside, 0)
         self._output = output or (lambda line: print(line, flush=True))
         self._children: Supervisor | None = None
@@ -610,7 +612,12 @@ class Monolith:
         module = self._specs[name].module
         assert module is not None
         main = importlib.import_module(module).main
-        self._tasks[name] = asyncio.create_task(main(), name=f"service-{name}")
+        if "stop" in inspect.signature(main).parameters:  # leaves cleanly when told to
+            stop = self._stops[name] = asyncio.Event()
+            coro = main(stop=stop)
+        else:
+            coro = main()
+        self._tasks[name] = asyncio.create_task(coro, name=f"service-{name}")
 
     async def wait_healthy(self, within: float = 60.0) -> None:
         """Wait until every service answers its health check."""
@@ -623,11 +630,19 @@ class Monolith:
         if self._children is not None:
             await self._children.wait_healthy(within)
 
-    async def _cancel(self, name: str) -> None:
+    async def _cancel(self, name: str, *, graceful: bool = True) -> None:
+        """End a service's task: through its ``stop`` event when it takes one (it
+        deregisters and drains), cancelled after ``STOP_GRACE`` or at once."""
         task = self._tasks.pop(name, None)
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        stop = self._stops.pop(name, None)
+        if task is None:
+            return
+        if graceful and stop is not None:
+            stop.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), STOP_GRACE)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
     async def command(self, words: list[str]) -> dict[str, Any]:
         """As ``Supervisor.command``, on the services' tasks."""
@@ -638,7 +653,7 @@ class Monolith:
                     return await self._children.command(words)
                 raise SupervisorError(f"no service {name!r} in this system")
             if verb in ("kill", "down", "stop", "restart"):
-                await self._cancel(name)
+                await self._cancel(name, graceful=verb in ("stop", "restart"))
             if verb in ("kill", "start", "restart") and name not in self._tasks:
                 self._restarts[name] += verb != "start"
                 self._launch(name)

@@ -219,12 +219,16 @@ async def serve_asgi(
     ttl: float = DEFAULT_TTL,
     propagation_delay: float = 0.5,
     drain_timeout: float = 10.0,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
     **uvicorn_options: Any,
 ) -> None:
     """Run ``app`` under uvicorn on ``host:instance.port``, registered while it serves.
 
-    On SIGTERM/SIGINT it deregisters *before* uvicorn stops accepting, waits
-    ``propagation_delay``, then lets uvicorn drain for up to ``drain_timeout`` and exit.
+    On SIGTERM/SIGINT (or when ``stop`` is set) it deregisters *before* uvicorn stops
+    accepting, waits ``propagation_delay``, then lets uvicorn drain for up to
+    ``drain_timeout`` and exit. ``handle_signals=False`` leaves the signals to the caller
+    (several servers in one process, as ``serve_grpc`` takes it): ``stop`` then ends it.
     """
     try:
         import uvicorn
@@ -254,6 +258,14 @@ async def serve_asgi(
             await registration.deregister()
             self.should_exit = True
 
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            if handle_signals:
+                with super().capture_signals():
+                    yield
+            else:
+                yield
+
     config = uvicorn.Config(
         wrapped,
         host=host,
@@ -262,7 +274,21 @@ async def serve_asgi(
         timeout_graceful_shutdown=int(drain_timeout) or 1,
         **uvicorn_options,
     )
-    await _Server(config).serve()
+    server = _Server(config)
+    if stop is None:
+        await server.serve()
+        return
+
+    async def on_stop() -> None:
+        await stop.wait()
+        server.handle_exit(signal.SIGTERM, None)
+
+    watcher = asyncio.create_task(on_stop())
+    try:
+        await server.serve()
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
 
 
 async def serve_grpc(
