@@ -256,8 +256,15 @@ class Run:
     async def settle(self, max_wait: float) -> dict[str, Any]:
         """Wait until no order is in flight (or ``max_wait``); the last snapshot."""
         deadline_at = time.monotonic() + max_wait
+
+        def settled(snap: dict[str, Any]) -> bool:
+            # Final orders, and each one's notification delivered (it travels through the
+            # outbox and the broker after the status changed).
+            told = sum(k.get("orders", 0) for k in snap["notification"].values())
+            return not snap["active"] and told >= snap["completed"] + snap["compensated"]
+
         snap = await self.snapshot()
-        while snap["active"] and time.monotonic() < deadline_at:
+        while not settled(snap) and time.monotonic() < deadline_at:
             await asyncio.sleep(0.5)
             snap = await self.snapshot()
         return snap
