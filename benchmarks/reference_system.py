@@ -24,15 +24,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the examples
 
 import _report as rep  # a script folder, not a package
-
 from examples.food_delivery import scenarios
+
 from interlink.supervisor import Supervisor, load_system
 
+ROOT = Path(__file__).resolve().parents[1]
 P99_TARGET_MS = 100.0
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -11,7 +11,6 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-
 from examples.food_delivery import runtime
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
