@@ -29,7 +29,7 @@ def build(settings: runtime.Settings) -> tuple[Starlette, Broker]:
     """The dispatch service: its subscription and its admin app."""
     broker = Broker.from_url(settings.broker, idempotency=settings.idempotency)
     chaos = runtime.Chaos(settings.state_dir, "dispatch")
-    counts = {"assigned": 0, "no_courier": 0}
+    counts = {"assigned": 0, "no_courier": 0, "released": 0}
 
     @broker.subscriber(settings.topic(runtime.DISPATCH_ASSIGN), group="dispatch", concurrency=16)
     async def assign(env: Envelope) -> None:
@@ -46,6 +46,15 @@ def build(settings: runtime.Settings) -> tuple[Starlette, Broker]:
             body = reply_body(ok=True, result={"courier": courier})
         log.info("order %s: %s", order_id, body.decode())
         await broker.publish(env.headers["reply-to"], body, headers=headers, key=env.key)
+
+    @broker.subscriber(settings.topic(runtime.DISPATCH_RELEASE), group="dispatch", concurrency=16)
+    async def release(env: Envelope) -> None:
+        """Free the order's courier (nothing to free is fine)."""
+        order = json.loads(env.payload)
+        counts["released"] += 1
+        log.info("order %s: courier released", order["order_id"])
+        body = reply_body(ok=True, result={"released": True})
+        await broker.publish(env.headers["reply-to"], body, headers=reply_headers(env.headers))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

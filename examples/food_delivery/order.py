@@ -222,18 +222,20 @@ class OrderService:
                 Step("accept_order", self.accept, self.cancel),
                 Step(
                     "authorize_payment",
-                    Send(s.topic(runtime.PAYMENT_AUTHORIZE), reply_topic=replies, timeout=10.0),
-                    Send(s.topic(runtime.PAYMENT_REFUND), reply_topic=replies, timeout=10.0),
+                    Send(s.topic(runtime.PAYMENT_AUTHORIZE), reply_topic=replies, timeout=30.0),
+                    Send(s.topic(runtime.PAYMENT_REFUND), reply_topic=replies, timeout=30.0),
                     retry=Retry(1),
                 ),
                 Step(
                     "assign_courier",
-                    Send(s.topic(runtime.DISPATCH_ASSIGN), reply_topic=replies, timeout=10.0),
+                    Send(s.topic(runtime.DISPATCH_ASSIGN), reply_topic=replies, timeout=30.0),
+                    # a courier assigned after the saga gave up is released, never kept
+                    Send(s.topic(runtime.DISPATCH_RELEASE), reply_topic=replies, timeout=30.0),
                     retry=Retry(1),
                 ),
                 Step("notify", self.complete),
             ],
-            timeout=60.0,
+            timeout=120.0,
         )
 
     async def start_saga(self, env: Envelope) -> None:

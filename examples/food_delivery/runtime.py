@@ -112,6 +112,7 @@ ORDER_REPLIES = "orders.replies"
 PAYMENT_AUTHORIZE = "payments.authorize"
 PAYMENT_REFUND = "payments.refund"
 DISPATCH_ASSIGN = "dispatch.assign"
+DISPATCH_RELEASE = "dispatch.release"
 NOTIFY = "notifications.send"
 
 

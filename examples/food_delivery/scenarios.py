@@ -387,6 +387,40 @@ def _declines_checks(
     ]
 
 
+def _courier_phases(fast: bool) -> list[Phase]:
+    async def no_courier(run: Run) -> None:
+        await run.switch("dispatch", no_courier=0.2)
+
+    return [Phase("no courier", 5 if fast else 10, no_courier, "20 % of orders find no courier")]
+
+
+def _courier_checks(
+    phases: list[PhaseStats], final: dict[str, Any], run: Run
+) -> list[tuple[str, bool]]:
+    payment = final["payment"]
+    stranded = sum(runtime.share(f"courier:{oid}", 0.2) for oid in run.accepted)
+    notified = final["notification"].get("cancelled", {}).get("orders", 0)
+    return [
+        (
+            f"cancelled by compensation: {final['compensated']} = the 20 % share ({stranded})",
+            final["compensated"] == stranded,
+        ),
+        (
+            f"refunded: {payment.get('refunded', 0)} = cancelled {final['compensated']}",
+            payment.get("refunded", 0) == final["compensated"],
+        ),
+        (f"customers told: {notified} = cancelled", notified == final["compensated"]),
+        (
+            f"0 double refunds ({payment.get('double_refunds', '?')})",
+            payment.get("double_refunds") == 0,
+        ),
+        (
+            f"orders in limbo: {final['active']} (+{final['parked']} parked)",
+            final["active"] == 0 and final["parked"] == 0,
+        ),
+    ]
+
+
 def _storm_phases(fast: bool) -> list[Phase]:
     async def fail(run: Run) -> None:
         await run.switch("pricing", fail=1.0)
@@ -531,6 +565,12 @@ SCENARIOS: dict[str, Scenario] = {
             "menu dies; orders continue from the cached menu",
             _menu_phases,
             _menu_checks,
+        ),
+        Scenario(
+            "no-courier",
+            "20 % of orders find no courier: refunded, cancelled, notified",
+            _courier_phases,
+            _courier_checks,
         ),
         Scenario(
             "payment-declines",

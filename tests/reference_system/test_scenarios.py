@@ -58,6 +58,14 @@ def test_payment_declines_exactly_those_cancelled_and_notified() -> None:
     assert outcome.ok, outcome.checks
 
 
+def test_no_courier_refunds_cancels_and_notifies() -> None:
+    """20 % of orders find no courier: each is refunded, cancelled and its customer told;
+    nothing refunded twice, nothing in limbo."""
+    outcome = play("no-courier")
+    assert len(outcome.accepted) > 30
+    assert outcome.ok, outcome.checks
+
+
 def test_retry_storm_budget_holds_retries_and_no_budget_amplifies() -> None:
     """Pricing failing every call: with the budget, attempts stay within orders + 20 % of the
     budget window's orders + its floor; without it every order sends about 3 attempts."""
