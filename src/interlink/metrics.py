@@ -23,6 +23,9 @@ conventions turned into Prometheus names (``http.server.request.duration`` becom
 ``interlink_timeouts_total{name}``                      calls cut off by a timeout
 ``http_server_request_duration_seconds``                per method, route and status
 ``rpc_server_duration_seconds``                         per gRPC method and status code
+``interlink_dlq_messages{topic}``                       dead letters (``SystemMetrics``)
+``interlink_outbox_pending{outbox}``, ``..._lag_seconds`` the relay's backlog and its age
+``interlink_sagas{status}``                             sagas per status
 ======================================================  ======================================
 
 One call wires a service: ``metrics = instrument(app)`` wraps an ASGI app so it answers
@@ -35,7 +38,7 @@ HTTP server (a broker consumer).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from interlink.resilience.events import (
@@ -62,6 +65,7 @@ __all__ = [
     "MetricsMiddleware",
     "MetricsServer",
     "PolicyMetrics",
+    "SystemMetrics",
     "grpc_interceptor",
     "instrument",
     "metrics_app",
@@ -75,6 +79,8 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 _STATES = ("closed", "open", "half_open", "forced_open", "disabled")
+#: Sagas per status counted by ``SystemMetrics``; a status past it reads as the cap.
+SAGA_COUNT_CAP = 10_000
 _INSTALL_HINT = "metrics need prometheus-client: pip install 'interlink[prometheus]'"
 
 Scope = MutableMapping[str, Any]
@@ -368,6 +374,118 @@ def serve(
         port, addr=addr, registry=registry if registry is not None else prom.REGISTRY
     )
     return MetricsServer(server, thread)
+
+
+class SystemMetrics:
+    """Gauges read from the system's own stores and brokers: dead letters per topic, the outbox
+    relay's backlog and lag, sagas per status.
+
+    Prometheus scrapes synchronously and these sources answer asynchronously (and a scrape must
+    never wait on a database), so ``run()`` (a task) refreshes a snapshot every ``interval``
+    seconds and the scrape reads the snapshot. ``refresh()`` is one round, for tests and for
+    a caller's own schedule. A source that fails keeps its last figures and is logged.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        brokers: Iterable[Any] = (),
+        relays: Mapping[str, Any] | Iterable[Any] = (),
+        saga_stores: Iterable[Any] = (),
+        interval: float = 5.0,
+        saga_count_cap: int = SAGA_COUNT_CAP,
+    ) -> None:
+        prom = _prometheus()
+        self.registry = registry if registry is not None else prom.REGISTRY
+        self._brokers = list(brokers)
+        # named relays label their figures; unnamed ones are "outbox", "outbox-2", ...
+        self._relays = (
+            list(relays.items())
+            if isinstance(relays, Mapping)
+            else [(f"outbox-{i}" if i > 1 else "outbox", r) for i, r in enumerate(relays, 1)]
+        )
+        self._sagas = list(saga_stores)
+        self._interval = interval
+        self._cap = saga_count_cap
+        self._dlq: dict[str, int] = {}
+        self._outbox: list[tuple[str, int, float]] = []
+        self._saga_counts: dict[str, int] = {}
+        self.registry.register(self)
+
+    async def refresh(self) -> None:
+        """Read every source once."""
+        import logging
+
+        log = logging.getLogger("interlink.metrics")
+        dlq: dict[str, int] = {}
+        for broker in self._brokers:
+            try:
+                for topic in await broker.topics():
+                    if not topic.endswith(".dlq"):
+                        dlq[topic] = len(await broker.dlq_list(topic, 100_000))
+            except Exception as exc:
+                log.warning("reading dead letters failed: %s", exc)
+                dlq.update({k: v for k, v in self._dlq.items() if k not in dlq})
+        self._dlq = dlq
+        outbox = []
+        for name, relay in self._relays:
+            try:
+                outbox.append((name, await relay.pending(), await relay.lag()))
+            except Exception as exc:
+                log.warning("reading the outbox failed: %s", exc)
+        self._outbox = outbox or self._outbox
+        counts: dict[str, int] = {}
+        for store in self._sagas:
+            try:
+                from interlink.saga import SagaStatus
+
+                for status in SagaStatus:
+                    rows = await store.list(statuses=[status.value], limit=self._cap)
+                    counts[status.value] = counts.get(status.value, 0) + len(rows)
+            except Exception as exc:
+                log.warning("reading sagas failed: %s", exc)
+                counts = self._saga_counts
+        self._saga_counts = counts
+
+    async def run(self) -> None:
+        """Refresh every ``interval`` seconds until cancelled."""
+        import asyncio
+
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self._interval)
+
+    def collect(self) -> Iterator[Any]:
+        """The snapshot, for Prometheus (the collector protocol)."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        dlq = GaugeMetricFamily(
+            "interlink_dlq_messages", "Messages in a topic's dead-letter queue", labels=["topic"]
+        )
+        for topic, count in sorted(self._dlq.items()):
+            dlq.add_metric([topic], count)
+        pending = GaugeMetricFamily(
+            "interlink_outbox_pending", "Outbox rows not published yet", labels=["outbox"]
+        )
+        lag = GaugeMetricFamily(
+            "interlink_outbox_lag_seconds",
+            "How long the oldest unpublished outbox row has waited",
+            labels=["outbox"],
+        )
+        for name, rows, seconds in self._outbox:
+            pending.add_metric([name], rows)
+            lag.add_metric([name], seconds)
+        sagas = GaugeMetricFamily(
+            "interlink_sagas", "Sagas per status (capped per status)", labels=["status"]
+        )
+        for status, count in sorted(self._saga_counts.items()):
+            sagas.add_metric([status], count)
+        yield from (dlq, pending, lag, sagas)
+
+    def describe(self) -> list[Any]:
+        """Nothing reserved in advance: collected from the snapshot only."""
+        return []
 
 
 class Instrumentation:

@@ -194,3 +194,67 @@ def test_standalone_exporter() -> None:
     finally:
         server.close()
     assert 'interlink_breaker_state{breaker="payments",state="open"} 1.0' in text
+
+
+def test_system_metrics_read_dead_letters_outbox_and_sagas(tmp_path: Path) -> None:
+    """A dead letter, two unpublished outbox rows and a parked saga show in the gauges."""
+    import sqlite3
+
+    from interlink.messaging import Broker
+    from interlink.metrics import SystemMetrics
+    from interlink.outbox import Outbox, OutboxRelay
+    from interlink.saga import Orchestrator, SagaDefinition, SagaStore, Step
+
+    db = tmp_path / "orders.db"
+    outbox = Outbox()
+    conn = sqlite3.connect(db)
+    outbox.create_tables(conn)
+    with conn:
+        outbox.add(conn, "orders.placed", b"1", key="a")
+        outbox.add(conn, "orders.placed", b"2", key="b")
+    conn.close()
+
+    def refuse(ctx: object) -> None:
+        raise RuntimeError("nothing to undo here")
+
+    def charge(ctx: object) -> None:
+        raise RuntimeError("declined")
+
+    async def scenario() -> CollectorRegistry:
+        broker = Broker.from_url(f"sqlite:///{tmp_path}/events.db?poll=0.02")
+
+        @broker.subscriber("payments", group="p", retry=Retry(0), max_deliveries=1)
+        async def fail(payload: bytes) -> None:
+            raise ValueError("poison")
+
+        store = SagaStore.from_url(f"sqlite:///{tmp_path}/sagas.db")
+        definition = SagaDefinition(
+            "order",
+            [
+                Step("reserve", lambda ctx: None, refuse, compensation_retry=Retry(0)),
+                Step("charge", charge, retry=Retry(0)),
+            ],
+        )
+        registry = CollectorRegistry()
+        async with broker, OutboxRelay(f"sqlite:///{db}", broker) as relay:
+            orchestrator = Orchestrator(store, [definition], poll_interval=0.05)
+            async with orchestrator:
+                await orchestrator.start("order", {}, saga_id="s-1")
+                await orchestrator.wait("s-1", max_wait=20)
+            await broker.publish("payments", b"x")
+            system = SystemMetrics(
+                registry, brokers=[broker], relays={"orders": relay}, saga_stores=[store]
+            )
+            for _ in range(200):
+                await system.refresh()
+                if value(registry, "interlink_dlq_messages", topic="payments") == 1:
+                    break
+                await asyncio.sleep(0.05)
+        return registry
+
+    registry = asyncio.run(scenario())
+    assert value(registry, "interlink_dlq_messages", topic="payments") == 1
+    assert value(registry, "interlink_outbox_pending", outbox="orders") == 2
+    assert value(registry, "interlink_outbox_lag_seconds", outbox="orders") >= 0
+    assert value(registry, "interlink_sagas", status="NEEDS_ATTENTION") == 1
+    assert value(registry, "interlink_sagas", status="COMPLETED") == 0
