@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -307,3 +308,43 @@ def test_error_body_shape(gateway: tuple[Proxy, str]) -> None:
     body = json.loads(_get(base, "/dead").content)
     assert set(body) == {"error", "reason", "status", "request_id"}
     assert body["status"] == 502
+
+
+def test_spans_recorded_with_an_sdk(loop_thread: LoopThread, upstream: str) -> None:
+    """With an OpenTelemetry SDK, each request is a SERVER span in the client's trace, and its
+    context is what the upstream and the client see."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+
+    async def start() -> tuple[Proxy, Any]:
+        proxy = Proxy(
+            table([route("api", "/api", upstream, rewrite="/")]), tracer_provider=provider
+        )
+        return proxy, await proxy.serve("127.0.0.1", 0)
+
+    _, server = loop_thread.run(start())
+    try:
+        port = server.sockets[0].getsockname()[1]
+        parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        response = httpx.get(
+            f"http://127.0.0.1:{port}/api/x", headers={"traceparent": parent}, timeout=10
+        )
+        deadline = time.monotonic() + 10
+        while not exported.get_finished_spans() and time.monotonic() < deadline:
+            time.sleep(0.01)  # the span ends just after the response's last byte
+    finally:
+        server.close()
+    (span,) = exported.get_finished_spans()
+    assert span.name == "GET api"
+    assert span.context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+    assert span.parent is not None
+    assert span.parent.span_id == 0xB7AD6B7169203331
+    assert span.attributes["http.response.status_code"] == 200
+    sent = response.json()["headers"]["traceparent"]
+    assert sent == response.headers["traceparent"]
+    assert sent.split("-")[2] == f"{span.context.span_id:016x}"

@@ -272,6 +272,14 @@ class Gateway:
     async def start(self, *, sock: socket.socket | None = None) -> None:
         """Build the table and start listening (and the admin port)."""
         config = self.config
+        if config.tracing is not None:  # in the worker, after the fork: its own exporter
+            from interlink.tracing import setup
+
+            setup(
+                config.tracing.service_name,
+                config.tracing.exporter,
+                sample_ratio=config.tracing.sample_ratio,
+            )
         self._resolver = self._make_resolver()
         self._buckets = self._make_buckets()
         table = build_table(config, resolver=self._resolver, buckets=self._buckets)

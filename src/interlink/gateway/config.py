@@ -218,6 +218,14 @@ class GrpcConfig(_Model):
     timeout: float = Field(default=5.0, gt=0)
 
 
+class TracingConfig(_Model):
+    """Record a span per request with the OpenTelemetry SDK (``interlink.tracing.setup``)."""
+
+    service_name: str = Field(default="gateway", min_length=1)
+    exporter: str | None = None
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+
+
 class RouteConfig(_Model):
     """One route."""
 
@@ -261,6 +269,7 @@ class GatewayConfig(_Model):
     upstream_pool: PoolConfig = PoolConfig()
     auth: AuthConfig | None = None
     cors: CorsConfig = CorsConfig()
+    tracing: TracingConfig | None = None
     routes: list[RouteConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

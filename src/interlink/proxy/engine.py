@@ -48,6 +48,8 @@ from interlink.proxy.router import Match, Router
 from interlink.proxy.upstream import ResponseHead, UpstreamConnection, UpstreamFailure, UpstreamPool
 from interlink.proxy.upstreams import Upstream
 from interlink.resilience import Pipeline, deadline
+from interlink.tracing.propagation import TRACE_HEADERS, extract, inject
+from interlink.tracing.spans import CORRELATION_ATTRIBUTE, Spans, context_of, fail
 
 __all__ = ["HOP_BY_HOP", "Cors", "Policies", "Proxy", "RouteSpec", "RouteTable"]
 
@@ -259,6 +261,7 @@ class Proxy:
         pool: UpstreamPool | None = None,
         metrics: ProxyMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tracer_provider: object | None = None,
     ) -> None:
         self.table = table
         self.limits = limits or Limits()
@@ -266,6 +269,8 @@ class Proxy:
         self.metrics = metrics or ProxyMetrics()
         self.metrics.breaker_states = self._breaker_states
         self._clock = clock
+        #: spans when an OpenTelemetry SDK records (``tracer_provider``, else the global one)
+        self._spans = Spans(tracer_provider, name="interlink.proxy")
         self.in_flight = 0
 
     def _breaker_states(self) -> list[tuple[str, str]]:
@@ -303,6 +308,8 @@ class Proxy:
         started = self._clock()
         ex = _Exchange(request, conn, self.table)  # the table is read once: reloads are atomic
         self.in_flight += 1
+        tracer = self._spans.tracer()  # None unless an OpenTelemetry SDK records: the usual
+        span = None if tracer is None else self._start_span(tracer, ex)
         try:
             if await self._admit(ex):
                 await self._forward(ex)
@@ -320,6 +327,32 @@ class Proxy:
             self.in_flight -= 1
             route = ex.route.name if ex.route is not None else "-"
             self.metrics.observe(route, conn.status or 499, self._clock() - started)
+            if span is not None:
+                _end_span(span, ex, route, conn.status or 499)
+
+    def _start_span(self, tracer: Any, ex: _Exchange) -> Any:
+        """A SERVER span for the gateway's hop, child of the client's trace; its context is
+        what travels upstream and back (instead of the ids drawn without an SDK)."""
+        request = ex.request
+        carrier = {
+            name: value for name in TRACE_HEADERS if (value := request.header(name)) is not None
+        }
+        span = tracer.start_span(
+            request.method,
+            context=extract(carrier),
+            kind=_span_kind_server(),
+            attributes={
+                CORRELATION_ATTRIBUTE: ex.request_id,
+                "http.request.method": request.method,
+            },
+        )
+        out: dict[str, str] = {}
+        inject(out, context_of(span))
+        traceparent = out.get("traceparent")
+        if traceparent is not None:
+            ex.traceparent = traceparent
+            ex.echo[1] = ("traceparent", traceparent)
+        return span
 
     async def _admit(self, ex: _Exchange) -> bool:
         """Route, CORS, auth and rate limits; False when the request is already answered."""
@@ -636,6 +669,21 @@ class Proxy:
         finally:
             conn_up.abort()
             conn.close()
+
+
+def _span_kind_server() -> Any:
+    from opentelemetry import trace
+
+    return trace.SpanKind.SERVER
+
+
+def _end_span(span: Any, ex: _Exchange, route: str, status: int) -> None:
+    span.update_name(f"{ex.request.method} {route}")
+    span.set_attribute("http.route", route)
+    span.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        fail(span, f"HTTP {status}")
+    span.end()
 
 
 async def _pump(body: Body, conn_up: UpstreamConnection, chunked: bool) -> None:
