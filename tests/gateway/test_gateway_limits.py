@@ -63,7 +63,7 @@ routes:
     )
     _, server, port = loop_thread.run(start_proxy(build_table(config)))
     yield f"http://127.0.0.1:{port}"
-    server.close()
+    loop_thread.loop.call_soon_threadsafe(server.close)
 
 
 def test_gateway_answers_429(limited: str) -> None:

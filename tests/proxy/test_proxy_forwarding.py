@@ -55,7 +55,7 @@ def gateway(loop_thread: LoopThread, upstream: str) -> Iterator[tuple[Proxy, str
         )
     )
     yield proxy, f"http://127.0.0.1:{port}"
-    server.close()
+    loop_thread.loop.call_soon_threadsafe(server.close)
 
 
 def _dead_url() -> str:
@@ -338,7 +338,7 @@ def test_spans_recorded_with_an_sdk(loop_thread: LoopThread, upstream: str) -> N
         while not exported.get_finished_spans() and time.monotonic() < deadline:
             time.sleep(0.01)  # the span ends just after the response's last byte
     finally:
-        server.close()
+        loop_thread.loop.call_soon_threadsafe(server.close)
     (span,) = exported.get_finished_spans()
     assert span.name == "GET api"
     assert span.context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C

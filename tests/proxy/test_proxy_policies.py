@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import httpx
@@ -19,10 +20,12 @@ from interlink.proxy import (
     Cors,
     FixedUpstream,
     Policies,
+    PoolLimits,
     Proxy,
     Route,
     RouteSpec,
     ServiceUpstream,
+    UpstreamPool,
 )
 from interlink.resilience import Bulkhead, Retry
 
@@ -120,7 +123,7 @@ def gateway(
     )
     proxy, server, port = loop_thread.run(start_proxy(routes))
     yield proxy, f"http://127.0.0.1:{port}"
-    server.close()
+    loop_thread.loop.call_soon_threadsafe(server.close)
     loop_thread.run(resolver.aclose())
     loop_thread.run(registry.aclose())
 
@@ -222,3 +225,65 @@ def test_cors(gateway: tuple[Proxy, str]) -> None:
     assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"
     other = httpx.get(base + "/cors", headers={"origin": "https://evil.example"}, timeout=10)
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_garbage_from_upstream_is_502(loop_thread: LoopThread) -> None:
+    """An upstream that answers something other than HTTP: 502 upstream_bad_response."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+            conn.recv(65536)
+
+    threading.Thread(target=serve, daemon=True).start()
+    upstream = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    _, server, port = loop_thread.run(start_proxy(table([route("odd", "/", upstream)])))
+    try:
+        response = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+    finally:
+        loop_thread.loop.call_soon_threadsafe(server.close)
+        listener.close()
+    assert (response.status_code, response.json()["reason"]) == (502, "upstream_bad_response")
+
+
+def test_pool_full_is_503(loop_thread: LoopThread, upstream: str) -> None:
+    """One upstream connection allowed and busy past pool_timeout: 503 upstream_pool_full."""
+
+    async def start() -> tuple[Proxy, Any]:
+        proxy = Proxy(
+            table([route("slow", "/slow", upstream)]),
+            pool=UpstreamPool(PoolLimits(max_connections=1, pool_timeout=0.2)),
+        )
+        return proxy, await proxy.serve("127.0.0.1", 0)
+
+    proxy, server = loop_thread.run(start())
+    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        first: list[httpx.Response] = []
+        worker = threading.Thread(
+            target=lambda: first.append(httpx.get(base + "/slow/1500", timeout=10))
+        )
+        worker.start()
+        deadline = time.monotonic() + 10
+        while proxy.in_flight < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second = httpx.get(base + "/slow/1", timeout=10)
+        worker.join(10)
+    finally:
+        loop_thread.loop.call_soon_threadsafe(server.close)
+    assert (second.status_code, second.json()["reason"]) == (503, "upstream_pool_full")
+    assert first[0].status_code == 200
+
+
+def test_metrics_show_breaker_state(gateway: tuple[Proxy, str]) -> None:
+    """The metrics text carries per-route counters and errors by reason."""
+    proxy, base = gateway
+    httpx.get(base + "/nobody", timeout=10)
+    text = proxy.metrics.render()
+    assert (
+        'interlink_proxy_upstream_errors_total{route="nobody",reason="no_healthy_instance"}' in text
+    )
+    assert 'interlink_proxy_requests_total{route="nobody",status="503"}' in text
