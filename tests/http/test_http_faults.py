@@ -180,7 +180,7 @@ def test_sync_trickle_ends_at_the_deadline(handler: Handler) -> None:
     with RawServer(handler) as server, Client(policies=policies(0, timeout=0.5)) as client:
         took, error = timed(lambda: client.get(server.url + "/x"))
     assert isinstance(error, DeadlineExceeded)
-    assert 0.45 <= took < 1.2
+    assert 0.45 <= took < 3.0  # a 20 s answer, cut off at 0.5 s (generous: a busy machine)
 
 
 def test_sync_trickle_ends_at_the_deadline_on_a_pooled_connection() -> None:
@@ -198,7 +198,7 @@ def test_sync_trickle_ends_at_the_deadline_on_a_pooled_connection() -> None:
         took, error = timed(lambda: client.get(server.url + "/x"))
     assert server.connections == 1
     assert isinstance(error, DeadlineExceeded)
-    assert 0.45 <= took < 1.2
+    assert 0.45 <= took < 3.0  # a 20 s answer, cut off at 0.5 s (generous: a busy machine)
 
 
 def test_sync_trickle_ends_at_the_deadline_in_threads() -> None:
@@ -215,7 +215,7 @@ def test_sync_trickle_ends_at_the_deadline_in_threads() -> None:
         for thread in threads:
             thread.join(5)
     assert len(took) == 4
-    assert all(0.45 <= t < 1.5 for t in took), took
+    assert all(0.45 <= t < 3.0 for t in took), took
 
 
 def test_sync_attempt_timeout_bounds_each_attempt() -> None:
@@ -225,7 +225,7 @@ def test_sync_attempt_timeout_bounds_each_attempt() -> None:
         with client:
             took, error = timed(lambda: client.get(server.url + "/x"))
     assert isinstance(error, DeadlineExceeded)
-    assert 0.45 <= took < 1.2
+    assert 0.45 <= took < 3.0  # a 20 s answer, cut off at 0.5 s (generous: a busy machine)
 
 
 def test_async_trickle_ends_at_the_deadline() -> None:
@@ -238,7 +238,7 @@ def test_async_trickle_ends_at_the_deadline() -> None:
     with RawServer(trickle_body) as server:
         took, error = timed(lambda: asyncio.run(go()))
     assert isinstance(error, DeadlineExceeded)
-    assert 0.45 <= took < 1.2
+    assert 0.45 <= took < 3.0  # a 20 s answer, cut off at 0.5 s (generous: a busy machine)
 
 
 # ------------------------------------------------------------------ what the callee accepts
