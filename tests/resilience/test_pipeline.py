@@ -278,14 +278,6 @@ def test_async_hedge_in_pipeline() -> None:
         p.call(lambda: None)
 
 
-def test_generated_source_only_has_present_steps() -> None:
-    """The generated sync call contains only the steps of the policies given."""
-    src = Pipeline(retry=Retry(1)).call.__interlink_source__  # type: ignore[attr-defined]
-    assert "next_delay" in src
-    assert "breaker" not in src
-    assert "cv_set" not in src
-
-
 def test_hung_call_cut_by_timeout_counts_as_breaker_failure() -> None:
     """A call the timeout cancels is a failure for the breaker (a hang is not a cancellation)."""
     breaker = CircuitBreaker("hang", minimum_calls=2)

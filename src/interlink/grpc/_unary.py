@@ -31,8 +31,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from interlink.resilience._breaker_state import _FAST_MASK
-from interlink.resilience.breaker import CircuitBreaker
+from interlink.resilience.breaker import CircuitBreaker, State
 from interlink.resilience.deadline import remaining, reset, shrink_to
 from interlink.resilience.fallback import Fallback
 from interlink.resilience.retry import Retry
@@ -120,11 +119,12 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
         breaker = self._breaker
         permit = 0
         if breaker is not None:
-            # the breaker's own fast path, as the pipeline takes it: CLOSED and not timing calls
-            # is the one state in which the permit is the breaker's generation, taken for free
-            permit = breaker._g
-            if permit & _FAST_MASK:
+            # only a CLOSED breaker (not timing calls: checked in __init__): a failure replays
+            # through the pipeline, which takes a permit of its own, so this one has nothing
+            # to hand back then
+            if breaker.state is not State.CLOSED:
                 return None
+            permit = breaker.acquire()
         if self._spans.tracer() is not None:
             return None
         known = self._methods.get(d.method)
@@ -286,6 +286,9 @@ class _Call(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
             except BaseException:  # cancelled: settled, with nothing to book
                 if not self._settled_here:
                     self._settled_here = True
+                    job = self._job
+                    if job is not None and job[0]._breaker is not None:
+                        job[0]._breaker.release(job[1])  # cancelled: nothing to record
                     self._job = None
                     self._fire()
                 raise
@@ -298,10 +301,8 @@ class _Call(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
                     if owner._deposit is not None:
                         owner._deposit()
                     breaker = owner._breaker
-                    if breaker is not None:  # breaker.on_success(permit) of a CLOSED permit
-                        n = next(breaker._succ_counter)
-                        if not (n & breaker._mask):
-                            breaker._tick_success(n + 1)
+                    if breaker is not None:
+                        breaker.on_success(job[1])
                     if owner._remember is not None:
                         owner._remember(response)
                     callbacks = self._callbacks
@@ -317,6 +318,9 @@ class _Call(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
         job = self._job
         assert job is not None  # only a failed, unsettled call gets here
         self._job = None
+        breaker = job[0]._breaker
+        if breaker is not None:  # the replay's first attempt takes a permit of its own
+            breaker.release(job[1])
         outcome = self._outcome = asyncio.get_running_loop().create_future()
         try:
             response = await job[0]._replay(self, job, first)

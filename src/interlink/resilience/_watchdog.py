@@ -18,9 +18,10 @@ force; when it fires, the frame's *current* deadline decides: passed, cancel the
 re-arm for it; no call in progress, forget the frame. A tight loop of successful calls therefore
 arms one timer per ``seconds`` instead of one entry per call, and pays two item writes per call.
 
-The generated pipeline (``_pipeline_code``) inlines ``arm``/``disarm`` and the task-deadline
-fast path, naming the record's slots by the constants of ``deadline.py``; keep the watchdog's
-attribute names in step with it.
+Only public asyncio is used: a record knows its task, and ``asyncio.current_task(loop)`` (one
+dictionary lookup for the given loop, no ``getpid()``) tells whether the record belongs to the
+task now running. Timers are set with ``loop.call_later``, so a loop whose clock is not
+``time.monotonic`` (uvloop's) serves as well; ``Timeout`` drives all of this.
 """
 
 from __future__ import annotations
@@ -79,20 +80,7 @@ class Watchdog:
         self.armed = 0
         self.sweep_after = SWEEP_MIN
         self.seq = itertools.count(1)
-        # BaseEventLoop.time() is time.monotonic() behind a Python method call: skip the call
-        self.time = time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The loop whose tasks this watchdog cancels."""
-        return self._loop
-
-    def current(self) -> bool:
-        """Is this watchdog's loop the one running in the calling thread?"""
-        return (
-            self.thread_id == threading.get_ident()
-            and getattr(self._loop, "_thread_id", None) == self.thread_id
-        )
+        self.time = loop.time
 
     def new_bucket(self, slot: int) -> dict[int, asyncio.Task[object]]:
         """The bucket for ``slot``, with its one timer."""
@@ -139,7 +127,8 @@ class Watchdog:
         bucket = self.frames.get(slot)
         if bucket is None:
             bucket = self.frames[slot] = []
-            self._loop.call_at(slot * RESOLUTION, self._fire_frames, slot)
+            # the slot is on time.monotonic, the loop's clock may not be: schedule by delay
+            self._loop.call_later(slot * RESOLUTION - time.monotonic(), self._fire_frames, slot)
         bucket.append(frame)
         frame[SLOT] = slot
         # the earliest deadline this timer still meets: an earlier one must arm its own
@@ -218,38 +207,28 @@ def _release(frame: TaskDeadline) -> None:
 
 def enter_task_deadline(watchdogs: dict[int, Watchdog], parent: object) -> TaskDeadline | None:
     """Install a ``TaskDeadline`` for the running task, inheriting ``parent`` (the context's
-    deadline), and return it; None where the frame cannot serve (no task, a loop or a parent
-    deadline on another clock): the caller takes the per-call path then.
+    deadline), and return it; None where the frame cannot serve (no task, or a parent deadline
+    on another clock): the caller takes the per-call path then.
 
     The frame stays in the task's context after the call: later calls in the task find it and
     take the fast path. That changes nothing a reader sees (an idle frame reads as ``parent``),
     and a ``with deadline():`` block around the call still restores its own value on exit.
     """
-    wd = watchdog_for(watchdogs)
-    if wd.time is not time.monotonic:
-        return None
-    task = _current_tasks.get(wd._loop)
+    task = asyncio.current_task()
     if task is None:
         return None
     base = inherited(parent)
     if base is None:
         return None
+    wd = watchdog_for(watchdogs, task.get_loop())
     return install_frame(base, task, wd.thread_id, wd._loop, wd)
 
 
-# private, but asyncio.current_task() would look the running loop up again
-_current_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[object]] = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
-
-
-def watchdog_for(cache: dict[int, Watchdog]) -> Watchdog:
-    """The watchdog of the loop running in this thread, from ``cache`` (thread id -> watchdog).
-
-    ``asyncio.get_running_loop()`` calls ``getpid()`` on every use in CPython 3.11; a cached
-    watchdog is checked against the thread instead (one loop runs per thread at a time).
-    """
+def watchdog_for(cache: dict[int, Watchdog], loop: asyncio.AbstractEventLoop) -> Watchdog:
+    """The watchdog of ``loop``, the loop running in this thread, from ``cache`` (thread id ->
+    watchdog: one loop runs per thread at a time, so the cache holds one per thread at most)."""
     tid = threading.get_ident()
     wd = cache.get(tid)
-    if wd is not None and getattr(wd._loop, "_thread_id", None) == tid:
-        return wd
-    wd = cache[tid] = Watchdog(asyncio.get_running_loop())
+    if wd is None or wd._loop is not loop:
+        wd = cache[tid] = Watchdog(loop)
     return wd

@@ -8,68 +8,204 @@
     HALF_OPEN --(any trial fails)--> OPEN (new cooldown)
     force_open() -> FORCED_OPEN, disable() -> DISABLED, reset() -> CLOSED
 
-One state machine (``acquire``/``try_acquire`` -> permit, then ``on_success``/``on_error``/
-``on_failure``/``release``) serves every front door: ``call``, ``acall``, the decorator, and the
-pipelines and transports that inline it. A permit is the state word at admission, so an outcome
+The module reads top to bottom: the settings (``BreakerOptions``) and the metrics snapshot,
+then ``CircuitBreaker``: its permit protocol, the transitions, and the front doors.
+
+**One permit protocol.** ``acquire()`` (or ``try_acquire()``, which returns 0 instead of
+raising) admits a call and returns a permit; exactly one of ``on_success``, ``on_failure``,
+``on_error`` or ``release`` hands it back. These methods are the only code that reads or
+writes the breaker's state and counters: ``call``, ``acall``, the decorator, ``Pipeline`` and
+the transports all go through them. A permit is the state word at admission, so an outcome
 that arrives after the breaker moved on (a slow call admitted while CLOSED finishing in
 HALF_OPEN) is recognised and cannot be mistaken for a trial.
 
-Why the closed path looks the way it does: it is the path every successful call takes, so it
-takes no lock and reads no clock. Successes bump a lock-free counter (``itertools.count`` is
-atomic under the GIL) and are booked into the time window each time the clock is read: on every
-failure, and every ``clock_every``-th success while calls are frequent (every success when they
-are not). Successes between two readings are booked at the earlier reading, so at high rates a
-success may be dated up to ``clock_every - 1`` calls early; failures are always dated exactly.
-``clock_every=1`` reads the clock on every call and books every outcome exactly.
+**The state word.** ``_g`` packs the state (bits 0-2), a "guarded" flag (bit 3: this breaker
+needs the clock on every call: slow-call timing, a count window or ``clock_every=1``) and a
+generation (bits 4+) that changes on every transition. ``_g & _FAST_MASK == 0`` is the closed
+fast path: CLOSED and not guarded.
+
+**The closed fast path takes no lock and reads no clock.** A success bumps ``itertools.count``,
+whose ``next()`` is one C call; successes are booked into the window each time the clock is
+read: on every failure, and every ``clock_every``-th success while calls are frequent (every
+success when they are not). Successes between two readings are booked at the earlier reading,
+so a success may be dated up to ``clock_every - 1`` calls early; failures are always dated
+exactly. Every transition, every failure and every booking runs under ``_lock``, so the state
+machine is correct without relying on the GIL. The one lock-free step is the success count:
+``next()`` on ``itertools.count`` is one C call, atomic with the GIL; on a free-threaded build
+where it is not, a race can under-count successes (never over-count), and no transition
+depends on the exact figure. ``tests/resilience/test_breaker.py`` hammers one breaker from
+several threads and checks the totals.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import inspect
 import itertools
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Literal, ParamSpec, TypeVar, overload
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Literal, ParamSpec, TypeVar, cast, overload
 
 from interlink.clock import Clock
 from interlink.errors import CircuitOpenError
-from interlink.resilience._breaker_code import decorate
-from interlink.resilience._breaker_machine import BreakerMachine
-from interlink.resilience._breaker_options import (
-    DEFAULT_BUCKETS,
-    DEFAULT_CLOCK_EVERY,
-    DEFAULT_COOLDOWN,
-    DEFAULT_FAILURE_RATE_THRESHOLD,
-    DEFAULT_HALF_OPEN_CALLS,
-    DEFAULT_MINIMUM_CALLS,
-    DEFAULT_OPTIONS,
-    DEFAULT_WINDOW,
-    BreakerMetrics,
-    BreakerOptions,
-)
-from interlink.resilience._breaker_state import (
-    _CLOSED,
-    _DISABLED,
-    _FAST_MASK,
-    _FORCED_OPEN,
-    _GEN,
-    _GUARDED,
-    _OPEN,
-    _STATE_BITS,
-    _STATES,
-    State,
-    _count_value,
-)
-from interlink.resilience.events import Emitter, Listener
+from interlink.resilience import _validate as v
+from interlink.resilience._window import CountWindow, TimeWindow
+from interlink.resilience.deadline import expired
+from interlink.resilience.events import CallRejected, Emitter, Listener, PolicyEvent, StateChanged
 
 __all__ = ["DEFAULT_OPTIONS", "BreakerMetrics", "BreakerOptions", "CircuitBreaker", "State"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
+DEFAULT_FAILURE_RATE_THRESHOLD = 0.5
+DEFAULT_WINDOW = 30.0
+DEFAULT_MINIMUM_CALLS = 10
+DEFAULT_COOLDOWN = 60.0
+DEFAULT_HALF_OPEN_CALLS = 1
+DEFAULT_BUCKETS = 10
+DEFAULT_CLOCK_EVERY = 64
 
-class CircuitBreaker(BreakerMachine):
+
+class State(Enum):
+    """Where a breaker stands; the value is what events and metrics report."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+    FORCED_OPEN = "forced_open"
+    DISABLED = "disabled"
+
+
+# The state word (see the module docstring).
+_CLOSED, _OPEN, _HALF_OPEN, _FORCED_OPEN, _DISABLED = 0, 1, 2, 3, 4
+_STATE_BITS = 0b111
+_GUARDED = 0b1000
+_FAST_MASK = _STATE_BITS | _GUARDED
+_GEN = 0b10000
+_STATES = (State.CLOSED, State.OPEN, State.HALF_OPEN, State.FORCED_OPEN, State.DISABLED)
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerMetrics:
+    """A snapshot: the window's figures, then lifetime totals since construction."""
+
+    state: State
+    calls: int
+    failures: int
+    slow_calls: int
+    failure_rate: float
+    slow_call_rate: float
+    successes_total: int
+    failures_total: int
+    rejected_total: int
+
+
+def _exception_types(name: str, types: object) -> tuple[type[BaseException], ...]:
+    if isinstance(types, type):
+        types = (types,)
+    if not isinstance(types, tuple) or not all(
+        isinstance(t, type) and issubclass(t, BaseException) for t in types
+    ):
+        raise ValueError(f"'{name}' must be a tuple of exception types: {types!r}")
+    return types
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerOptions:
+    """A breaker's settings, validated once; share one object among many breakers and derive
+    variants with ``dataclasses.replace``. See ``CircuitBreaker`` for what each one means."""
+
+    failure_rate_threshold: float = DEFAULT_FAILURE_RATE_THRESHOLD
+    window: float = DEFAULT_WINDOW
+    minimum_calls: int = DEFAULT_MINIMUM_CALLS
+    cooldown: float = DEFAULT_COOLDOWN
+    half_open_calls: int = DEFAULT_HALF_OPEN_CALLS
+    slow_call_duration: float | None = None
+    slow_call_rate_threshold: float = 1.0
+    record_exceptions: tuple[type[BaseException], ...] = (Exception,)
+    ignore_exceptions: tuple[type[BaseException], ...] = ()
+    window_type: Literal["time", "count"] = "time"
+    buckets: int = DEFAULT_BUCKETS
+    clock_every: int = DEFAULT_CLOCK_EVERY
+
+    def __post_init__(self) -> None:
+        v.fraction("failure_rate_threshold", self.failure_rate_threshold)
+        v.fraction("slow_call_rate_threshold", self.slow_call_rate_threshold)
+        v.positive_int("minimum_calls", self.minimum_calls)
+        v.non_negative("cooldown", self.cooldown)
+        v.positive_int("half_open_calls", self.half_open_calls)
+        if self.slow_call_duration is not None:
+            v.positive("slow_call_duration", self.slow_call_duration)
+        if self.window_type not in ("time", "count"):
+            raise ValueError(f"'window_type' must be 'time' or 'count': {self.window_type!r}")
+        if self.window_type == "time":
+            v.positive("window", self.window)
+        else:
+            if isinstance(self.window, float) and not self.window.is_integer():
+                raise ValueError(f"'window' must be a whole number of calls: {self.window!r}")
+            v.positive_int("window", int(self.window))
+        v.positive_int("buckets", self.buckets)
+        every = self.clock_every
+        if (
+            isinstance(every, bool)
+            or not isinstance(every, int)
+            or every < 1
+            or every & (every - 1)
+        ):
+            raise ValueError(f"'clock_every' must be a power of two >= 1: {every!r}")
+        object.__setattr__(
+            self, "record_exceptions", _exception_types("record_exceptions", self.record_exceptions)
+        )
+        object.__setattr__(
+            self, "ignore_exceptions", _exception_types("ignore_exceptions", self.ignore_exceptions)
+        )
+
+    @property
+    def guarded(self) -> bool:
+        """Does every call need the clock (slow-call timing, count window, exact booking)?"""
+        return (
+            self.slow_call_duration is not None
+            or self.window_type == "count"
+            or self.clock_every == 1
+        )
+
+
+DEFAULT_OPTIONS = BreakerOptions()
+
+
+class _Live:
+    """A breaker's bookkeeping, made on first use (under the breaker's lock)."""
+
+    __slots__ = (
+        "admitted",
+        "booked",
+        "failures_total",
+        "guarded_successes",
+        "last_tick",
+        "readings",
+        "rejected_readings",
+        "trials_ok",
+        "win",
+    )
+
+    def __init__(self) -> None:
+        self.win: TimeWindow | CountWindow | None = None
+        self.booked = 0  # closed-path successes already booked into the window
+        self.readings = 0  # values the lock-holder took from the success counter to read it
+        self.rejected_readings = 0  # the same for the rejection counter
+        self.guarded_successes = 0
+        self.failures_total = 0
+        self.last_tick = 0.0
+        self.admitted = 0
+        self.trials_ok = 0
+
+
+class CircuitBreaker:
     """Reject calls to a failing downstream at once, then probe it with a few trial calls.
 
     Parameters are Resilience4j's, in seconds. ``record_exceptions`` count as failures,
@@ -78,7 +214,20 @@ class CircuitBreaker(BreakerMachine):
     ``Exception`` (cancellation, interrupts) are never recorded.
     """
 
-    __slots__ = ()
+    __slots__ = (
+        "__weakref__",
+        "_clock",
+        "_events",
+        "_g",
+        "_live",
+        "_lock",
+        "_mask",
+        "_open_until",
+        "_opts",
+        "_rejected",
+        "_succ_counter",
+        "name",
+    )
 
     def __init__(
         self,
@@ -99,9 +248,6 @@ class CircuitBreaker(BreakerMachine):
         clock: Clock = time.monotonic,
         listeners: Iterable[Listener] = (),
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"'name' must be a non-empty string: {name!r}")
-        self.name = name
         opts = BreakerOptions(
             failure_rate_threshold=failure_rate_threshold,
             window=window,
@@ -118,7 +264,15 @@ class CircuitBreaker(BreakerMachine):
         )
         # Breakers with the default settings share one options object: a service with a
         # breaker per downstream keeps hundreds of them, mostly idle.
-        self._opts = DEFAULT_OPTIONS if opts == DEFAULT_OPTIONS else opts
+        self._setup(name, DEFAULT_OPTIONS if opts == DEFAULT_OPTIONS else opts, clock, listeners)
+
+    def _setup(
+        self, name: str, opts: BreakerOptions, clock: Clock, listeners: Iterable[Listener]
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"'name' must be a non-empty string: {name!r}")
+        self.name = name
+        self._opts = opts
         self._clock = clock
         self._events: Emitter | tuple[()] = Emitter(listeners) if listeners else ()
         self._lock = threading.Lock()
@@ -127,7 +281,7 @@ class CircuitBreaker(BreakerMachine):
         self._rejected: itertools.count[int] | None = None
         self._mask = 0
         self._open_until = 0.0
-        self._live = None
+        self._live: _Live | None = None
         self._g = _GEN | (_GUARDED if opts.guarded else 0) | _CLOSED
 
     @classmethod
@@ -140,15 +294,25 @@ class CircuitBreaker(BreakerMachine):
         listeners: Iterable[Listener] = (),
     ) -> CircuitBreaker:
         """A breaker sharing an options object (derive variants with ``dataclasses.replace``)."""
-        breaker = cls(name, clock=clock, listeners=listeners)
-        breaker._opts = options
-        breaker._g = _GEN | (_GUARDED if options.guarded else 0) | _CLOSED
+        breaker = cls.__new__(cls)
+        breaker._setup(name, options, clock, listeners)
         return breaker
 
     @property
     def options(self) -> BreakerOptions:
         """The settings, as one frozen object."""
         return self._opts
+
+    @property
+    def clock(self) -> Clock:
+        """The clock that times calls (drivers measure ``duration`` with it)."""
+        return self._clock
+
+    @property
+    def times_calls(self) -> bool:
+        """Does ``on_success``/``on_failure`` need the call's ``duration`` (slow-call detection)?
+        Drivers skip reading the clock when it does not."""
+        return self._opts.slow_call_duration is not None
 
     # ------------------------------------------------------------------ state and inspection
 
@@ -165,14 +329,19 @@ class CircuitBreaker(BreakerMachine):
     def metrics(self) -> BreakerMetrics:
         """Window figures and lifetime totals, with pending successes booked first."""
         with self._lock:
+            st = self._st
             if self._g & _STATE_BITS == _CLOSED:
                 self._tick(self._clock(), success=False)
-            win = self._st.win
+            win = st.win
             calls = win.calls if win else 0
             failures = win.failures if win else 0
             slow = win.slow if win else 0
-            failures_total = self._st.failures_total
-            successes_total = _count_value(self._succ_counter) + self._st.guarded_successes
+            failures_total = st.failures_total
+            successes_total = self._read_successes() + st.guarded_successes
+            rejected_total = 0
+            if self._rejected is not None:  # a read takes a value: remember it took one
+                rejected_total = next(self._rejected) - st.rejected_readings
+                st.rejected_readings += 1
         return BreakerMetrics(
             state=self.state,
             calls=calls,
@@ -182,7 +351,7 @@ class CircuitBreaker(BreakerMachine):
             slow_call_rate=slow / calls if calls else 0.0,
             successes_total=successes_total,
             failures_total=failures_total,
-            rejected_total=0 if self._rejected is None else _count_value(self._rejected),
+            rejected_total=rejected_total,
         )
 
     def describe(self) -> dict[str, object]:
@@ -224,46 +393,100 @@ class CircuitBreaker(BreakerMachine):
         """Back to CLOSED with an empty window."""
         self._force(_CLOSED)
 
+    # ------------------------------------------------------------------ the permit protocol
+
+    def try_acquire(self) -> int:
+        """A permit (a truthy int) when the call may go ahead, 0 when rejected; never raises.
+
+        Pass the permit to exactly one of ``on_success``, ``on_error``, ``on_failure`` or
+        ``release``.
+        """
+        g = self._g
+        code = g & _STATE_BITS
+        if code in (_CLOSED, _DISABLED):
+            return g
+        return self._acquire_slow(g, code, raise_on_reject=False)
+
+    def acquire(self) -> int:
+        """Like ``try_acquire`` but raises ``CircuitOpenError`` instead of returning 0."""
+        g = self._g
+        code = g & _STATE_BITS
+        if code in (_CLOSED, _DISABLED):
+            return g
+        return self._acquire_slow(g, code, raise_on_reject=True)
+
+    def on_success(self, permit: int, duration: float | None = None) -> None:
+        """The call admitted with ``permit`` succeeded, taking ``duration`` seconds if known."""
+        if not permit & _FAST_MASK:
+            n = next(self._succ_counter)
+            if not (n & self._mask):
+                self._tick_success()
+            return
+        code = permit & _STATE_BITS
+        if code == _CLOSED:
+            self._record_guarded(permit, failed=False, duration=duration)
+        elif code == _HALF_OPEN:
+            self._trial_done(permit, ok=not self._is_slow(duration))
+
+    def on_failure(self, permit: int, duration: float | None = None) -> None:
+        """The call admitted with ``permit`` failed (an outcome judged a failure, e.g. a 503)."""
+        code = permit & _STATE_BITS
+        if code == _CLOSED:
+            self._record_guarded(permit, failed=True, duration=duration)
+        elif code == _HALF_OPEN:
+            self._trial_done(permit, ok=False)
+
+    def on_error(self, permit: int, exc: BaseException, duration: float | None = None) -> None:
+        """The call raised ``exc``: classify it, then record a failure, a success or nothing.
+
+        A cancellation counts as nothing (the caller went away), except when the current
+        deadline has passed: then a timeout cancelled a call that hung, which is a failure.
+        """
+        if not isinstance(exc, Exception):
+            if isinstance(exc, asyncio.CancelledError) and expired():
+                self.on_failure(permit, duration)
+            else:
+                self.release(permit)
+        elif isinstance(exc, self._opts.ignore_exceptions):
+            self.release(permit)
+        elif isinstance(exc, self._opts.record_exceptions):
+            self.on_failure(permit, duration)
+        else:
+            self.on_success(permit, duration)
+
+    def release(self, permit: int) -> None:
+        """The admitted call ended without an outcome to record (cancelled, ignored error)."""
+        if permit & _STATE_BITS == _HALF_OPEN:
+            with self._lock:
+                if self._g == permit and self._st.admitted > 0:
+                    self._st.admitted -= 1
+
     # ------------------------------------------------------------------ front doors
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` through the breaker."""
-        g = self._g
-        if g & _FAST_MASK:
-            if g & _STATE_BITS == _OPEN and (now := self._clock()) < self._open_until:
-                next(self._rejected)  # type: ignore[arg-type]
-                if self._events:
-                    self._emit_rejected(now)
-                raise CircuitOpenError(self.name, self._open_until - now, "open")
-            return self._call_guarded(fn, args, kwargs)
+        permit = self.acquire()
+        if self._opts.slow_call_duration is not None:
+            return self._call_timed(permit, fn, args, kwargs)
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self.on_error(g, exc)
+            self.on_error(permit, exc)
             raise
-        n = next(self._succ_counter)
-        if not (n & self._mask):
-            self._tick_success(n + 1)
+        self.on_success(permit)
         return result
 
     async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Await ``fn(*args, **kwargs)`` through the breaker."""
-        g = self._g
-        if g & _FAST_MASK:
-            if g & _STATE_BITS == _OPEN and (now := self._clock()) < self._open_until:
-                next(self._rejected)  # type: ignore[arg-type]
-                if self._events:
-                    self._emit_rejected(now)
-                raise CircuitOpenError(self.name, self._open_until - now, "open")
-            return await self._acall_guarded(fn, args, kwargs)
+        permit = self.acquire()
+        if self._opts.slow_call_duration is not None:
+            return await self._acall_timed(permit, fn, args, kwargs)
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            self.on_error(g, exc)
+            self.on_error(permit, exc)
             raise
-        n = next(self._succ_counter)
-        if not (n & self._mask):
-            self._tick_success(n + 1)
+        self.on_success(permit)
         return result
 
     @overload
@@ -271,11 +494,55 @@ class CircuitBreaker(BreakerMachine):
     @overload
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate a ``def`` or an ``async def``."""
-        return decorate(self, fn, is_async=inspect.iscoroutinefunction(fn))
+        """Decorate a ``def`` or an ``async def``: every call goes through ``call``/``acall``'s
+        steps (the wrapper is written out here only to save a call frame per call)."""
+        acquire, on_success, on_error = self.acquire, self.on_success, self.on_error
+        if self._opts.slow_call_duration is not None:
+            if inspect.iscoroutinefunction(fn):
+                afn = cast(Callable[..., Awaitable[Any]], fn)
 
-    def _call_guarded(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
-        permit = self.acquire()
+                @functools.wraps(fn)
+                async def async_timed(*args: Any, **kwargs: Any) -> Any:
+                    return await self._acall_timed(acquire(), afn, args, kwargs)
+
+                return async_timed
+
+            @functools.wraps(fn)
+            def timed(*args: P.args, **kwargs: P.kwargs) -> Any:
+                return self._call_timed(acquire(), fn, args, kwargs)
+
+            return timed
+
+        if inspect.iscoroutinefunction(fn):
+            afn = cast(Callable[..., Awaitable[Any]], fn)
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                permit = acquire()
+                try:
+                    result = await afn(*args, **kwargs)
+                except BaseException as exc:
+                    on_error(permit, exc)
+                    raise
+                on_success(permit)
+                return result
+
+            return async_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            permit = acquire()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                on_error(permit, exc)
+                raise
+            on_success(permit)
+            return result
+
+        return wrapper
+
+    def _call_timed(self, permit: int, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
         clock = self._clock
         start = clock()
         try:
@@ -286,8 +553,9 @@ class CircuitBreaker(BreakerMachine):
         self.on_success(permit, clock() - start)
         return result
 
-    async def _acall_guarded(self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
-        permit = self.acquire()
+    async def _acall_timed(
+        self, permit: int, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any
+    ) -> T:
         clock = self._clock
         start = clock()
         try:
@@ -300,3 +568,192 @@ class CircuitBreaker(BreakerMachine):
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, state={_STATES[self._g & _STATE_BITS].value})"
+
+    # ------------------------------------------------------------------ transitions (internal)
+
+    @property
+    def _st(self) -> _Live:
+        # under the lock only: the bookkeeping an idle breaker does not need to carry
+        live = self._live
+        if live is None:
+            live = self._live = _Live()
+        return live
+
+    def _read_successes(self) -> int:
+        """Closed-path successes so far; under the lock. ``itertools.count`` has no read, so
+        this takes a value and remembers it took one."""
+        st = self._st
+        value = next(self._succ_counter) - st.readings
+        st.readings += 1
+        return value
+
+    def _is_slow(self, duration: float | None) -> bool:
+        limit = self._opts.slow_call_duration
+        return limit is not None and duration is not None and duration >= limit
+
+    def _acquire_slow(self, g: int, code: int, *, raise_on_reject: bool) -> int:
+        now = self._clock()
+        if code == _OPEN:
+            if now < self._open_until:
+                return self._reject(now, State.OPEN, self._open_until - now, raise_on_reject)
+            self._to_half_open(g)
+            g = self._g
+            code = g & _STATE_BITS
+            if code in (_CLOSED, _DISABLED):
+                return g
+        if code == _HALF_OPEN:
+            with self._lock:
+                if self._g == g and self._st.admitted < self._opts.half_open_calls:
+                    self._st.admitted += 1
+                    return g
+            return self._reject(now, State.HALF_OPEN, None, raise_on_reject)
+        if code == _OPEN:  # re-opened by a failed trial while we looked
+            return self._reject(now, State.OPEN, self._open_until - now, raise_on_reject)
+        return self._reject(now, _STATES[code], None, raise_on_reject)
+
+    def _reject(self, now: float, state: State, left: float | None, raise_: bool) -> int:
+        next(self._rejected)  # type: ignore[arg-type]
+        if self._events:
+            self._emit(
+                CallRejected(
+                    kind="breaker", name=self.name, at=now, state=state.value, remaining=left
+                )
+            )
+        if raise_:
+            raise CircuitOpenError(self.name, left, state.value)
+        return 0
+
+    def _new_window(self) -> TimeWindow | CountWindow:
+        if self._opts.window_type == "count":
+            return CountWindow(int(self._opts.window))
+        return TimeWindow(self._opts.window, self._opts.buckets)
+
+    def _tick(self, now: float, *, success: bool) -> TimeWindow | CountWindow:
+        """Book the fast path's successes and move the window to ``now``; under the lock."""
+        st = self._st
+        win = st.win
+        if win is None:
+            win = st.win = self._new_window()
+            win.advance(now)
+        value = self._read_successes()
+        pending = value - st.booked
+        st.booked = value
+        if success and pending == 1:
+            win.advance(now)  # a lone success: it happened now
+            win.add(1, 0, 0)
+        else:
+            if pending:
+                win.add(pending, 0, 0)  # booked at the previous reading
+            win.advance(now)
+        if isinstance(win, TimeWindow):
+            gap = now - st.last_tick
+            calls = pending if pending else 1
+            # fast: clock_every calls at this pace span at most a quarter of a bucket
+            fast = calls * win.width >= 4 * self._opts.clock_every * gap
+            self._mask = self._opts.clock_every - 1 if fast else 0
+        st.last_tick = now
+        return win
+
+    def _tick_success(self) -> None:
+        with self._lock:
+            if self._g & _FAST_MASK == _CLOSED:
+                self._tick(self._clock(), success=True)
+
+    def _emit(self, event: PolicyEvent) -> None:
+        events = self._events
+        if isinstance(events, Emitter):
+            events.emit(event)
+
+    def _record_guarded(self, permit: int, *, failed: bool, duration: float | None) -> None:
+        event = None
+        with self._lock:
+            now = self._clock()
+            if failed:
+                self._st.failures_total += 1
+            elif permit & _GUARDED:
+                self._st.guarded_successes += 1
+            if self._g != permit:  # the breaker moved on while this call ran
+                return
+            win = self._tick(now, success=False)
+            slow = 1 if self._is_slow(duration) else 0
+            if failed or permit & _GUARDED:
+                win.add(1, 1 if failed else 0, slow)
+            if failed or slow:
+                event = self._evaluate(win, now)
+        if event is not None:
+            self._emit(event)
+
+    def _evaluate(self, win: TimeWindow | CountWindow, now: float) -> StateChanged | None:
+        calls = win.calls
+        needed = self._opts.minimum_calls
+        if isinstance(win, CountWindow):
+            needed = min(needed, int(self._opts.window))
+        if calls < needed:
+            return None
+        if win.failures >= self._opts.failure_rate_threshold * calls or (
+            self._opts.slow_call_duration is not None
+            and win.slow >= self._opts.slow_call_rate_threshold * calls
+        ):
+            return self._transition(_OPEN, now)
+        return None
+
+    def _trial_done(self, permit: int, *, ok: bool) -> None:
+        event = None
+        with self._lock:
+            if ok:
+                self._st.guarded_successes += 1
+            else:
+                self._st.failures_total += 1
+            if self._g != permit:
+                return
+            now = self._clock()
+            if not ok:
+                event = self._transition(_OPEN, now)
+            else:
+                self._st.trials_ok += 1
+                if self._st.trials_ok >= self._opts.half_open_calls:
+                    event = self._transition(_CLOSED, now)
+        if event is not None and self._events:
+            self._emit(event)
+
+    def _to_half_open(self, g: int) -> None:
+        event = None
+        with self._lock:
+            if self._g == g:
+                event = self._transition(_HALF_OPEN, self._clock())
+        if event is not None and self._events:
+            self._emit(event)
+
+    def _force(self, code: int) -> None:
+        with self._lock:
+            event = self._transition(code, self._clock())
+        if event is not None and self._events:
+            self._emit(event)
+
+    def _transition(self, code: int, now: float) -> StateChanged | None:
+        """Move to ``code``; under the lock. Returns the event to emit once the lock is free."""
+        old = self._g
+        flags = old & _GUARDED
+        self._g = ((old // _GEN) + 1) * _GEN | flags | code
+        if code in (_OPEN, _HALF_OPEN, _FORCED_OPEN) and self._rejected is None:
+            self._rejected = itertools.count()
+        if code == _OPEN:
+            self._open_until = now + self._opts.cooldown
+        elif code == _HALF_OPEN:
+            self._st.admitted = 0
+            self._st.trials_ok = 0
+        elif code == _CLOSED:
+            if self._st.win is not None:
+                self._st.win.reset()
+            self._st.booked = self._read_successes()
+            self._mask = 0
+            self._st.last_tick = now
+        if not self._events:
+            return None
+        return StateChanged(
+            kind="breaker",
+            name=self.name,
+            at=now,
+            old=_STATES[old & _STATE_BITS].value,
+            new=_STATES[code].value,
+        )

@@ -139,7 +139,7 @@ class Bulkhead:
         self.name = name
         self._clock = clock
         self._events = Emitter(listeners)
-        # _free, _waiters and _wake() are inlined by the pipeline's generated sync driver
+        # a free slot is an item in _free: taking and giving one back are single deque calls
         # (resilience/_pipeline_sync.py): keep the names and the protocol in step with it.
         self._free: deque[None] = deque([None] * max_concurrent)
         self._waiters: deque[_Waiter] = deque()

@@ -14,20 +14,21 @@ The order, outermost first, and why::
 An inner rejection (``RateLimited``, ``BulkheadFull``) releases the breaker's permit instead of
 counting as a failure: the downstream was never called, so it says nothing about its health.
 
-The sync and async drivers run the policies' state machines (``acquire``/``on_success``,
-``next_delay``, ``enter``/``leave``) in one flat loop instead of nesting ``policy.call`` inside
-``policy.call``: each Python frame costs about as much as a whole policy's decision, and a
-user-facing call should not pay for the composition.
+The drivers are written out once for sync (``call``) and once for async (``acall``), each in
+three layers that mirror the order: the outer call (fallback, then the timeout's ``run``/``arun``
+around the rest), the attempts (the retry's first attempt inline, ``Retry.retry_from`` for the
+rest), and one attempt (breaker permit, rate limiter, bulkhead, the call). Each policy is asked
+through its public protocol (``acquire``/``on_success``/``on_error``, ``begin``/``retry_from``,
+``try_enter``/``leave``, ...); nothing here decides anything itself.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, overload
 
-from interlink.resilience._pipeline_code import build_call
 from interlink.resilience.breaker import CircuitBreaker
 from interlink.resilience.bulkhead import Bulkhead
 from interlink.resilience.fallback import Fallback
@@ -64,13 +65,11 @@ class Pipeline:
         "_breaker",
         "_bulkhead",
         "_fallback",
-        "_free",
         "_hedge",
         "_rate_limiter",
         "_retry",
+        "_timed",
         "_timeout",
-        "acall",
-        "call",
         "name",
     )
 
@@ -115,18 +114,9 @@ class Pipeline:
         self._breaker: CircuitBreaker | None = slots["breaker"]  # type: ignore[assignment]
         self._rate_limiter: RateLimiter | None = slots["rate_limiter"]  # type: ignore[assignment]
         self._bulkhead: Bulkhead | None = slots["bulkhead"]  # type: ignore[assignment]
-        self._free = None if self._bulkhead is None else self._bulkhead._free
+        #: read the breaker's clock around each attempt only when it times calls
+        self._timed = self._breaker is not None and self._breaker.times_calls
         self.name = name
-        #: ``pipeline.call(fn, *args, **kwargs)`` runs ``fn`` through every policy. It is an
-        #: attribute holding a function generated for exactly these policies (see
-        #: ``_pipeline_sync``), so calling it costs one Python frame.
-        self.call: Callable[..., Any] = (
-            self._no_sync if self._hedge is not None else self._build(None, is_async=False)
-        )
-        #: ``await pipeline.acall(fn, *args, **kwargs)``: the async twin of ``call``.
-        self.acall: Callable[..., Awaitable[Any]] = (
-            self._acall_hedged if self._hedge is not None else self._build(None, is_async=True)
-        )
 
     # ------------------------------------------------------------------ inspection
 
@@ -141,43 +131,82 @@ class Pipeline:
 
     # ------------------------------------------------------------------ sync
 
-    def _build(self, fn: Callable[..., Any] | None, *, is_async: bool) -> Callable[..., Any]:
-        timeout = self._timeout
-        threaded = not is_async and timeout is not None and timeout.strategy == "thread"
-        inner = build_call(
-            name=self.name,
-            is_async=is_async,
-            fallback=None if threaded else self._fallback,
-            timeout=None if threaded else timeout,
-            retry=self._retry,
-            breaker=self._breaker,
-            rate_limiter=self._rate_limiter,
-            bulkhead=self._bulkhead,
-            fn=fn,
-        )
-        if not threaded:
-            return inner
-        # strategy="thread": the whole attempt loop runs in the timeout's worker thread, so the
-        # caller stops waiting at the deadline; the fallback stays outside, in the caller.
-        assert timeout is not None
-        return _threaded(timeout, self._fallback, inner, fn)
-
-    def _no_sync(self, *args: object, **kwargs: object) -> Any:
-        raise TypeError(f"pipeline '{self.name}' has a hedge: hedging needs acall()")
-
-    # ------------------------------------------------------------------ async
-
-    async def _acall_hedged(
-        self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any
-    ) -> T:
-        """``acall`` of a pipeline with a hedge: attempts run as tasks, so nothing is inlined."""
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(*args, **kwargs)`` through every policy of the pipeline."""
+        if self._hedge is not None:
+            raise TypeError(f"pipeline '{self.name}' has a hedge: hedging needs acall()")
         fallback = self._fallback
         timeout = self._timeout
         try:
-            if timeout is not None:
-                result = await timeout.acall(self._attempts, fn, args, kwargs)
+            if timeout is None:
+                result = self._attempts(fn, args, kwargs)
             else:
-                result = await self._attempts(fn, args, kwargs)
+                result = timeout.run(self._attempts, fn, args, kwargs)
+        except BaseException as exc:
+            if fallback is None:
+                raise
+            return fallback.recover(exc)  # type: ignore[no-any-return]
+        if fallback is not None:
+            fallback.remember(result)
+        return result
+
+    def _attempts(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+        retry = self._retry
+        if retry is None:
+            return self._once(fn, args, kwargs)
+        retry.begin()
+        try:
+            return self._once(fn, args, kwargs)
+        except Exception as exc:
+            error = exc
+        result: T = retry.retry_from(error, self._once, (fn, args, kwargs), {})
+        return result
+
+    def _once(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+        """One attempt through breaker, rate limiter and bulkhead."""
+        breaker = self._breaker
+        limiter = self._rate_limiter
+        bulkhead = self._bulkhead
+        permit = 0
+        start = 0.0
+        if breaker is not None:
+            permit = breaker.acquire()
+            if self._timed:
+                start = breaker.clock()
+        if limiter is not None or bulkhead is not None:
+            try:
+                if limiter is not None:
+                    limiter.acquire(limiter.timeout)
+                if bulkhead is not None:
+                    bulkhead.enter()
+            except BaseException:
+                if breaker is not None:
+                    breaker.release(permit)
+                raise
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            if breaker is not None:
+                breaker.on_error(permit, exc, breaker.clock() - start if self._timed else None)
+            raise
+        finally:
+            if bulkhead is not None:
+                bulkhead.leave()
+        if breaker is not None:
+            breaker.on_success(permit, breaker.clock() - start if self._timed else None)
+        return result
+
+    # ------------------------------------------------------------------ async
+
+    async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Await ``fn(*args, **kwargs)`` through every policy of the pipeline."""
+        fallback = self._fallback
+        timeout = self._timeout
+        try:
+            if timeout is None:
+                result = await self._aattempts(fn, args, kwargs)
+            else:
+                result = await timeout.arun(self._aattempts, fn, args, kwargs)
         except BaseException as exc:
             if fallback is None:
                 raise
@@ -186,62 +215,55 @@ class Pipeline:
             fallback.remember(result)
         return result
 
-    async def _attempts(self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
+    async def _aattempts(self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
         retry = self._retry
-        hedge = self._hedge
-        if retry is not None:
-            retry.begin()
-        attempt = 0
-        delay = 0.0
-        while True:
-            try:
-                if hedge is not None:
-                    return await hedge.acall(self._one, fn, args, kwargs)
-                return await self._one(fn, args, kwargs)
-            except BaseException as exc:
-                if retry is None:
-                    raise
-                delay = retry.next_delay(attempt, exc, delay)
-                await retry.asleep(delay)
-                attempt += 1
+        once = self._aonce if self._hedge is None else self._ahedged
+        if retry is None:
+            return await once(fn, args, kwargs)
+        retry.begin()
+        try:
+            return await once(fn, args, kwargs)
+        except Exception as exc:
+            error = exc
+        return await retry.aretry_from(error, once, (fn, args, kwargs), {})
 
-    async def _one(self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
+    async def _ahedged(self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
+        """One attempt as a hedged race: each of its calls goes through ``_aonce``."""
+        assert self._hedge is not None  # only chosen when there is one
+        return await self._hedge.acall(self._aonce, fn, args, kwargs)
+
+    async def _aonce(self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
         """One attempt through breaker, rate limiter and bulkhead."""
         breaker = self._breaker
         limiter = self._rate_limiter
         bulkhead = self._bulkhead
         permit = 0
-        start = -1.0
+        start = 0.0
         if breaker is not None:
-            permit = breaker._g
-            if permit & 15:
-                permit = breaker.acquire()
-                start = breaker._clock()
-        try:
-            if limiter is not None and not limiter.try_acquire():
-                await limiter.aacquire(limiter.timeout)
-            if bulkhead is not None and not bulkhead.try_enter():
-                await bulkhead.aenter()
-        except BaseException:
-            if breaker is not None:
-                breaker.release(permit)
-            raise
+            permit = breaker.acquire()
+            if self._timed:
+                start = breaker.clock()
+        if limiter is not None or bulkhead is not None:
+            try:
+                if limiter is not None and not limiter.try_acquire():
+                    await limiter.aacquire(limiter.timeout)
+                if bulkhead is not None and not bulkhead.try_enter():
+                    await bulkhead.aenter()
+            except BaseException:
+                if breaker is not None:
+                    breaker.release(permit)
+                raise
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
             if breaker is not None:
-                breaker.on_error(permit, exc, None if start < 0 else breaker._clock() - start)
+                breaker.on_error(permit, exc, breaker.clock() - start if self._timed else None)
             raise
         finally:
             if bulkhead is not None:
                 bulkhead.leave()
         if breaker is not None:
-            if start < 0:
-                n = next(breaker._succ_counter)
-                if not (n & breaker._mask):
-                    breaker._tick_success(n + 1)
-            else:
-                breaker.on_success(permit, breaker._clock() - start)
+            breaker.on_success(permit, breaker.clock() - start if self._timed else None)
         return result
 
     # ------------------------------------------------------------------ decorator
@@ -251,49 +273,24 @@ class Pipeline:
     @overload
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate a ``def`` or an ``async def``."""
+        """Decorate a ``def`` or an ``async def``: each call goes through ``call``/``acall``."""
         if inspect.iscoroutinefunction(fn):
-            if self._hedge is None:
-                return functools.wraps(fn)(self._build(fn, is_async=True))
 
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                return await self._acall_hedged(fn, *args, **kwargs)
+                return await self.acall(fn, *args, **kwargs)
 
             return async_wrapper
 
         if self._hedge is not None:
             raise TypeError(f"pipeline '{self.name}' has a hedge: it can only wrap an async def")
-        # a function generated for this fn: no extra frame between the caller and the policies
-        return functools.wraps(fn)(self._build(fn, is_async=False))
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            return self.call(fn, *args, **kwargs)
+
+        return wrapper
 
     def __repr__(self) -> str:
         kinds = ", ".join(k for k in ORDER if getattr(self, f"_{k}") is not None)
         return f"Pipeline({self.name!r}: {kinds})"
-
-
-def _threaded(
-    timeout: Timeout,
-    fallback: Fallback | None,
-    inner: Callable[..., Any],
-    fn: Callable[..., Any] | None,
-) -> Callable[..., Any]:
-    """``call`` for a sync pipeline whose timeout runs calls in a worker thread."""
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            result = timeout.call(inner, *args, **kwargs)
-        except BaseException as exc:
-            if fallback is None:
-                raise
-            return fallback.recover(exc)
-        if fallback is not None:
-            fallback.remember(result)
-        return result
-
-    return call
-
-
-def pipeline_of(policies: Iterable[object], *, name: str = "pipeline") -> Pipeline:
-    """A pipeline from an iterable of policies (config loaders build lists)."""
-    return Pipeline(*policies, name=name)

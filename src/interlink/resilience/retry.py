@@ -258,7 +258,7 @@ class Retry:
             )
 
     # -- the drivers ----------------------------------------------------------------------
-    # The success path is: deposit, call, return. Everything else is in the *_loop methods,
+    # The success path is: deposit, call, return. Everything else is in ``retry_from``,
     # entered outside the ``except`` block so later errors do not chain onto the first.
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -269,7 +269,7 @@ class Retry:
             return fn(*args, **kwargs)
         except Exception as exc:
             error = exc
-        return self._loop(error, fn, args, kwargs)
+        return self.retry_from(error, fn, args, kwargs)
 
     async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Await ``fn(*args, **kwargs)``, retrying failures as configured, without blocking."""
@@ -279,9 +279,15 @@ class Retry:
             return await fn(*args, **kwargs)
         except Exception as exc:
             error = exc
-        return await self._aloop(error, fn, args, kwargs)
+        return await self.aretry_from(error, fn, args, kwargs)
 
-    def _loop(self, exc: Exception, fn: Callable[..., T], args: Any, kwargs: dict[str, Any]) -> T:
+    def retry_from(
+        self, exc: Exception, fn: Callable[..., T], args: Any, kwargs: dict[str, Any]
+    ) -> T:
+        """The rest of a call whose first attempt failed with ``exc``: wait, call
+        ``fn(*args, **kwargs)`` again, until it succeeds or the policy gives up. The first
+        attempt is the caller's (``begin()`` first): ``call``, the decorator and ``Pipeline``
+        make it inline, so a call that succeeds never enters this loop."""
         sleep = self._sleep
         attempt = 0
         delay = 0.0
@@ -294,9 +300,10 @@ class Retry:
             except Exception as e:
                 exc = e
 
-    async def _aloop(
+    async def aretry_from(
         self, exc: Exception, fn: Callable[..., Awaitable[T]], args: Any, kwargs: dict[str, Any]
     ) -> T:
+        """``retry_from`` for a coroutine function, waiting without blocking."""
         asleep = self._asleep
         attempt = 0
         delay = 0.0
@@ -314,7 +321,7 @@ class Retry:
         budget = self._budget
         if inspect.iscoroutinefunction(fn):
             afn = cast(Callable[..., Awaitable[Any]], fn)
-            aloop = self._aloop
+            aloop = self.aretry_from
 
             @functools.wraps(fn)
             async def async_retrying(*args: Any, **kwargs: Any) -> Any:
@@ -328,7 +335,7 @@ class Retry:
 
             return cast(Callable[P, T], async_retrying)
 
-        loop = self._loop
+        loop = self.retry_from
 
         @functools.wraps(fn)
         def retrying(*args: P.args, **kwargs: P.kwargs) -> T:

@@ -25,6 +25,7 @@ import concurrent.futures
 import contextvars
 import functools
 import inspect
+import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -33,14 +34,44 @@ from typing import Any, Literal, ParamSpec, TypeVar, overload
 from interlink.clock import Clock
 from interlink.errors import DeadlineExceeded
 from interlink.resilience import _validate as v
-from interlink.resilience._watchdog import Watchdog, watchdog_for
-from interlink.resilience.deadline import _CURRENT, remaining, shrink_to
+from interlink.resilience._watchdog import (
+    Watchdog,
+    enter_task_deadline,
+    settle_fired,
+    watchdog_for,
+)
+from interlink.resilience.deadline import (
+    _CURRENT,
+    AT,
+    BASE,
+    FIRED,
+    FLOOR,
+    LOOP,
+    TASK,
+    THREAD,
+    WATCHDOG,
+    enter_thread_deadline,
+    remaining,
+    shrink_to,
+)
 from interlink.resilience.events import Emitter, Listener, TimeoutExpired
 
 __all__ = ["Timeout"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+#: ``body(fn, args, kwargs)``: what a timeout runs; a pipeline passes its retry loop here
+Body = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], T]
+
+_cv_get = _CURRENT.get
+_get_ident = threading.get_ident
+_current_task = asyncio.current_task
+_monotonic = time.monotonic
+
+
+def _plain(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    return fn(*args, **kwargs)
 
 
 class Timeout:
@@ -101,10 +132,6 @@ class Timeout:
         what = "ran out of time" if started else "had no time left to start"
         return DeadlineExceeded(f"'{self.name}' {what}", self._seconds)
 
-    def watchdog(self) -> Watchdog:
-        """The deadline watchdog of the event loop running in this thread."""
-        return watchdog_for(self._watchdogs)
-
     @property
     def seconds(self) -> float:
         """The configured budget."""
@@ -126,20 +153,114 @@ class Timeout:
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` under the deadline; see the module docstring for what "enforce" means."""
-        clock = self._clock
-        token = shrink_to(self._seconds, clock)
+        result: T = self.run(_plain, fn, args, kwargs)
+        return result
+
+    async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Await ``fn`` under the deadline, cancelling it when the deadline passes."""
+        result: T = await self.arun(_plain, fn, args, kwargs)
+        return result
+
+    def run(
+        self, body: Body[T], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        """``body(fn, args, kwargs)`` under the deadline: ``call``'s driver, and ``Pipeline``'s.
+
+        On the monotonic clock the deadline goes into this thread's deadline record (see
+        ``deadline.py``): a slot write and a restore instead of setting the context variable.
+        """
+        if self._strategy == "cooperative" and self._clock is _monotonic:
+            frame = _cv_get()
+            if not (frame.__class__ is list and frame[THREAD] == _get_ident()):
+                frame = enter_thread_deadline(frame)
+            if frame is not None:
+                now = _monotonic()
+                at = now + self._seconds
+                prev = frame[AT]
+                if prev > at:
+                    frame[AT] = at
+                elif prev <= now:
+                    raise self.expired_error(started=False)
+                try:
+                    return body(fn, args, kwargs)
+                finally:
+                    frame[AT] = prev
+        token = shrink_to(self._seconds, self._clock)
         try:
             pair = _CURRENT.get()
             if pair is not None and pair[1]() >= pair[0]:
                 raise self.expired_error(started=False)
             if self._strategy == "thread":
-                return self._in_thread(fn, args, kwargs)
-            return fn(*args, **kwargs)
+                return self._in_thread(body, fn, args, kwargs)
+            return body(fn, args, kwargs)
         finally:
             _CURRENT.reset(token)
 
-    async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """Await ``fn`` under the deadline, cancelling it when the deadline passes."""
+    async def arun(
+        self,
+        body: Body[Awaitable[T]],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> T:
+        """Await ``body(fn, args, kwargs)`` under the deadline, cancelling the task when it
+        passes: ``acall``'s driver, and ``Pipeline``'s.
+
+        On the monotonic clock the deadline goes into the task's deadline record, which the
+        loop's ``Watchdog`` cancels when it is due (see ``_watchdog.py``); otherwise the call
+        gets a watchdog ticket of its own.
+        """
+        if self._clock is not _monotonic:
+            return await self._arun_ticket(body, fn, args, kwargs)
+        frame = _cv_get()
+        if not (
+            frame.__class__ is list
+            and frame[THREAD] == _get_ident()
+            and frame[TASK] is _current_task(frame[LOOP])
+        ):
+            frame = enter_task_deadline(self._watchdogs, frame)
+            if frame is None:
+                return await self._arun_ticket(body, fn, args, kwargs)
+        now = _monotonic()
+        at = now + self._seconds
+        prev = frame[AT]
+        if prev > at:
+            frame[AT] = at
+            if frame[FLOOR] > at:
+                frame[WATCHDOG].arm_frame(frame, at)
+        elif prev <= now:
+            raise self.expired_error(started=False)
+        elif prev == frame[BASE]:
+            # the inherited deadline is sooner, and nothing enforces it yet: this call does,
+            # marking itself in progress by holding AT just below BASE
+            frame[AT] = at = math.nextafter(prev, -math.inf)
+            if frame[FLOOR] > at:
+                frame[WATCHDOG].arm_frame(frame, at)
+        try:
+            result = await body(fn, args, kwargs)
+        except asyncio.CancelledError:
+            if frame[FIRED]:
+                settle_fired(frame, prev)
+                raise self.expired_error(started=True) from None
+            raise
+        except BaseException:
+            if frame[FIRED]:
+                settle_fired(frame, prev)
+            raise
+        finally:
+            frame[AT] = prev
+        if frame[FIRED]:
+            settle_fired(frame, prev)
+        return result
+
+    async def _arun_ticket(
+        self,
+        body: Body[Awaitable[T]],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> T:
+        """The per-call path: the context variable set, and a watchdog ticket for this call."""
         token = shrink_to(self._seconds, self._clock)
         try:
             left = remaining()
@@ -147,11 +268,11 @@ class Timeout:
                 raise self.expired_error(started=False)
             task = asyncio.current_task()
             if task is None:  # a coroutine driven by hand, outside any task: nothing to cancel
-                return await fn(*args, **kwargs)
-            wd = self.watchdog()
+                return await body(fn, args, kwargs)
+            wd = watchdog_for(self._watchdogs, task.get_loop())
             ticket = wd.arm(left, task)
             try:
-                result = await fn(*args, **kwargs)
+                result = await body(fn, args, kwargs)
             except asyncio.CancelledError:
                 if wd.disarm(ticket):
                     task.uncancel()
@@ -187,7 +308,9 @@ class Timeout:
 
         return wrapper
 
-    def _in_thread(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+    def _in_thread(
+        self, body: Body[T], fn: Callable[..., Any], args: Any, kwargs: dict[str, Any]
+    ) -> T:
         with self._lock:
             if self._executor is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -197,7 +320,7 @@ class Timeout:
         left = remaining()
         # the worker must see this call's deadline (and correlation id): run it in a copy of
         # the caller's context
-        future = executor.submit(contextvars.copy_context().run, fn, *args, **kwargs)
+        future = executor.submit(contextvars.copy_context().run, body, fn, args, kwargs)
         try:
             return future.result(timeout=left)
         except concurrent.futures.TimeoutError as exc:
