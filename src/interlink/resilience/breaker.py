@@ -396,24 +396,38 @@ class CircuitBreaker:
     # ------------------------------------------------------------------ the permit protocol
 
     def try_acquire(self) -> int:
-        """A permit (a truthy int) when the call may go ahead, 0 when rejected; never raises.
+        """A permit (a truthy int) when the call may go ahead, 0 when it must not (counted and
+        reported as a rejection); never raises.
 
-        Pass the permit to exactly one of ``on_success``, ``on_error``, ``on_failure`` or
+        Pass a permit to exactly one of ``on_success``, ``on_error``, ``on_failure`` or
         ``release``.
         """
         g = self._g
-        code = g & _STATE_BITS
-        if code in (_CLOSED, _DISABLED):
+        if not g & _FAST_MASK:  # the closed fast path: the permit is the state word
             return g
-        return self._acquire_slow(g, code, raise_on_reject=False)
+        return self._admit(g)
 
     def acquire(self) -> int:
         """Like ``try_acquire`` but raises ``CircuitOpenError`` instead of returning 0."""
         g = self._g
-        code = g & _STATE_BITS
-        if code in (_CLOSED, _DISABLED):
+        if not g & _FAST_MASK:
             return g
-        return self._acquire_slow(g, code, raise_on_reject=True)
+        if g & _STATE_BITS == _OPEN and (now := self._clock()) < self._open_until:
+            # The other hot path (every call of a service while its downstream is down),
+            # rejected right here: on CPython each further call costs about as much as the
+            # rest of the rejection.
+            next(self._rejected)  # type: ignore[arg-type]
+            left = self._open_until - now
+            if self._events:
+                self._reject_event(now, "open", left)
+            raise CircuitOpenError(self.name, left, "open")
+        permit = self._admit(g)
+        if permit:
+            return permit
+        code = self._g & _STATE_BITS
+        if code == _OPEN:  # re-opened by a failed trial while we looked
+            raise CircuitOpenError(self.name, max(self._open_until - self._clock(), 0.0), "open")
+        raise CircuitOpenError(self.name, None, _STATES[code].value)
 
     def on_success(self, permit: int, duration: float | None = None) -> None:
         """The call admitted with ``permit`` succeeded, taking ``duration`` seconds if known."""
@@ -496,7 +510,8 @@ class CircuitBreaker:
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
         """Decorate a ``def`` or an ``async def``: every call goes through ``call``/``acall``'s
         steps (the wrapper is written out here only to save a call frame per call)."""
-        acquire, on_success, on_error = self.acquire, self.on_success, self.on_error
+        acquire = self.acquire
+        on_success, on_error = self.on_success, self.on_error
         if self._opts.slow_call_duration is not None:
             if inspect.iscoroutinefunction(fn):
                 afn = cast(Callable[..., Awaitable[Any]], fn)
@@ -591,11 +606,15 @@ class CircuitBreaker:
         limit = self._opts.slow_call_duration
         return limit is not None and duration is not None and duration >= limit
 
-    def _acquire_slow(self, g: int, code: int, *, raise_on_reject: bool) -> int:
+    def _admit(self, g: int) -> int:
+        """``try_acquire`` off the closed fast path: a permit, or 0 (counted and reported)."""
+        code = g & _STATE_BITS
+        if code in (_CLOSED, _DISABLED):  # CLOSED but guarded, or DISABLED
+            return g
         now = self._clock()
         if code == _OPEN:
             if now < self._open_until:
-                return self._reject(now, State.OPEN, self._open_until - now, raise_on_reject)
+                return self._reject(now, "open", self._open_until - now)
             self._to_half_open(g)
             g = self._g
             code = g & _STATE_BITS
@@ -606,22 +625,21 @@ class CircuitBreaker:
                 if self._g == g and self._st.admitted < self._opts.half_open_calls:
                     self._st.admitted += 1
                     return g
-            return self._reject(now, State.HALF_OPEN, None, raise_on_reject)
+            return self._reject(now, "half_open", None)
         if code == _OPEN:  # re-opened by a failed trial while we looked
-            return self._reject(now, State.OPEN, self._open_until - now, raise_on_reject)
-        return self._reject(now, _STATES[code], None, raise_on_reject)
+            return self._reject(now, "open", self._open_until - now)
+        return self._reject(now, _STATES[code].value, None)
 
-    def _reject(self, now: float, state: State, left: float | None, raise_: bool) -> int:
+    def _reject(self, now: float, state: str, left: float | None) -> int:
         next(self._rejected)  # type: ignore[arg-type]
         if self._events:
-            self._emit(
-                CallRejected(
-                    kind="breaker", name=self.name, at=now, state=state.value, remaining=left
-                )
-            )
-        if raise_:
-            raise CircuitOpenError(self.name, left, state.value)
+            self._reject_event(now, state, left)
         return 0
+
+    def _reject_event(self, now: float, state: str, left: float | None) -> None:
+        self._emit(
+            CallRejected(kind="breaker", name=self.name, at=now, state=state, remaining=left)
+        )
 
     def _new_window(self) -> TimeWindow | CountWindow:
         if self._opts.window_type == "count":

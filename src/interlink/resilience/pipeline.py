@@ -62,6 +62,7 @@ class Pipeline:
     """
 
     __slots__ = (
+        "_begin",
         "_breaker",
         "_bulkhead",
         "_fallback",
@@ -116,6 +117,10 @@ class Pipeline:
         self._bulkhead: Bulkhead | None = slots["bulkhead"]  # type: ignore[assignment]
         #: read the breaker's clock around each attempt only when it times calls
         self._timed = self._breaker is not None and self._breaker.times_calls
+        #: ``Retry.begin()``, when it has anything to do (a budget to deposit in)
+        self._begin = (
+            None if self._retry is None or self._retry.budget is None else self._retry.begin
+        )
         self.name = name
 
     # ------------------------------------------------------------------ inspection
@@ -154,7 +159,8 @@ class Pipeline:
         retry = self._retry
         if retry is None:
             return self._once(fn, args, kwargs)
-        retry.begin()
+        if self._begin is not None:
+            self._begin()
         try:
             return self._once(fn, args, kwargs)
         except Exception as exc:
@@ -220,7 +226,8 @@ class Pipeline:
         once = self._aonce if self._hedge is None else self._ahedged
         if retry is None:
             return await once(fn, args, kwargs)
-        retry.begin()
+        if self._begin is not None:
+            self._begin()
         try:
             return await once(fn, args, kwargs)
         except Exception as exc:
