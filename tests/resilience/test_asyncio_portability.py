@@ -40,15 +40,23 @@ PROBE = textwrap.dedent(
             else:
                 took.append(-1.0)
         print(" ".join(f"{{s:.3f}}" for s in took))
+        from interlink.resilience import _watchdog
+        print("public" if _watchdog.task_of is asyncio.current_task else "fast")
 
     {runner}
     """
 )
 
 
-def _probe(setup: str = "", runner: str = "asyncio.run(main())") -> list[float]:
+def _probe(
+    setup: str = "", runner: str = "asyncio.run(main())", *, public: bool = False
+) -> tuple[list[float], str]:
+    """(seconds each call took, which current-task lookup the timeout ended up using)."""
     code = PROBE.format(setup=setup, runner=runner)
     env = {**os.environ, "PYTHONPATH": str(SRC)}
+    env.pop("INTERLINK_ASYNCIO_PUBLIC", None)
+    if public:
+        env["INTERLINK_ASYNCIO_PUBLIC"] = "1"
     out = subprocess.run(
         [sys.executable, "-W", "error", "-c", code],
         capture_output=True,
@@ -59,7 +67,8 @@ def _probe(setup: str = "", runner: str = "asyncio.run(main())") -> list[float]:
     )
     assert out.returncode == 0, out.stderr
     assert out.stderr == ""  # nothing logged by the loop (an error in a timer callback)
-    return [float(s) for s in out.stdout.split()]
+    took, lookup = out.stdout.strip().splitlines()
+    return [float(s) for s in took.split()], lookup
 
 
 def _all_cut_early(took: list[float]) -> None:
@@ -80,13 +89,26 @@ def test_timeouts_fire_when_asyncio_keeps_no_current_task_map() -> None:
         asyncio.tasks._current_tasks = {}  # what 3.14 leaves there
         """
     )
-    _all_cut_early(_probe(setup))
+    took, lookup = _probe(setup)
+    _all_cut_early(took)
+    assert lookup == "public"  # the fast path's check saw the empty map and let it go
 
 
 def test_timeouts_fire_under_uvloop() -> None:
     """uvloop's loop has no ``_thread_id`` and its own clock: timeouts fire all the same."""
     pytest.importorskip("uvloop")
-    _all_cut_early(_probe(setup="import uvloop", runner="uvloop.run(main())"))
+    took, _ = _probe(setup="import uvloop", runner="uvloop.run(main())")
+    _all_cut_early(took)
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["as-available", "forced-public"])
+def test_timeouts_fire_on_the_public_path_when_forced(public: bool) -> None:
+    """``INTERLINK_ASYNCIO_PUBLIC=1`` keeps the timeout on ``asyncio.current_task`` (the path
+    every CPython after 3.11 takes anyway), and timeouts fire either way."""
+    took, lookup = _probe(public=public)
+    _all_cut_early(took)
+    if public or sys.version_info >= (3, 12):
+        assert lookup == "public"
 
 
 def test_under_uvloop_a_task_reuses_its_deadline_record() -> None:

@@ -534,6 +534,63 @@ def test_breaker_does_not_hold_a_lock_during_the_call() -> None:
     assert elapsed < 0.3  # serialised it would take 8 * 3 * 20 ms = 480 ms
 
 
+def test_threads_hammering_one_breaker_keep_its_counts_exact() -> None:
+    """Eight threads making successes, failures and rejections at once: every outcome is
+    counted once (the lock-free success count included), and the metrics agree with the calls.
+    Metrics are read while the threads run, so a reading never takes a count away."""
+    breaker = CircuitBreaker("hammer", failure_rate_threshold=1.0, minimum_calls=10**9)
+    per_thread = 4_000
+    ok = threading.Event()
+
+    def boom() -> None:
+        raise ValueError("down")
+
+    def work(n: int) -> None:
+        ok.wait()
+        for i in range(per_thread):
+            if (i + n) % 4 == 0:
+                with contextlib.suppress(ValueError):
+                    breaker.call(boom)
+            else:
+                breaker.call(int)
+            if i % 500 == 0:
+                breaker.metrics  # noqa: B018 - a read that races the counting
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    ok.set()
+    for t in threads:
+        t.join()
+    m = breaker.metrics
+    assert m.failures_total == 8 * per_thread // 4
+    assert m.successes_total == 8 * per_thread * 3 // 4
+    assert m.calls == 8 * per_thread  # every outcome booked into the window too
+    assert m.failures == m.failures_total
+    assert breaker.state is State.CLOSED
+
+    breaker.force_open()
+    rejected = 0
+
+    def knock() -> None:
+        nonlocal rejected
+        for i in range(per_thread):
+            if not breaker.try_acquire():
+                with lock:
+                    rejected += 1
+            if i % 500 == 0:
+                breaker.metrics  # noqa: B018
+
+    lock = threading.Lock()
+    threads = [threading.Thread(target=knock) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert rejected == 8 * per_thread
+    assert breaker.metrics.rejected_total == rejected
+
+
 def test_default_breakers_share_one_options_object() -> None:
     """Breakers built with the defaults share DEFAULT_OPTIONS; others get their own."""
     from interlink.resilience.breaker import DEFAULT_OPTIONS, BreakerOptions

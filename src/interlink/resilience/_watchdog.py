@@ -18,19 +18,31 @@ force; when it fires, the frame's *current* deadline decides: passed, cancel the
 re-arm for it; no call in progress, forget the frame. A tight loop of successful calls therefore
 arms one timer per ``seconds`` instead of one entry per call, and pays two item writes per call.
 
-Only public asyncio is used: a record knows its task, and ``asyncio.current_task(loop)`` (one
-dictionary lookup for the given loop, no ``getpid()``) tells whether the record belongs to the
-task now running. Timers are set with ``loop.call_later``, so a loop whose clock is not
+A record knows its task, and ``task_of(loop)`` (``asyncio.current_task(loop)``: no
+``getpid()``, unlike ``current_task()``) tells whether the record belongs to the task now
+running. Timers are set with ``loop.call_later``, so a loop whose clock is not
 ``time.monotonic`` (uvloop's) serves as well; ``Timeout`` drives all of this.
+
+``task_of`` has one fast path on a private name, behind a feature check: on CPython 3.11
+``asyncio.current_task`` is a Python function returning ``asyncio.tasks._current_tasks.get(loop)``,
+and calling that dictionary's ``get`` directly saves a Python frame per pipeline call. It is
+taken only where ``current_task`` is that pure-Python function and the map a dict; every new
+``Watchdog`` confirms it against ``current_task`` and switches to the public function for good
+when they disagree (CPython 3.14 keeps the map empty); ``INTERLINK_ASYNCIO_PUBLIC=1`` turns it
+off from the start, which the tests use to run the public path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import math
+import os
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from interlink.resilience.deadline import (
     _INF,
@@ -48,6 +60,22 @@ from interlink.resilience.deadline import (
 )
 
 __all__ = ["RESOLUTION", "Watchdog", "enter_task_deadline", "settle_fired", "watchdog_for"]
+
+TaskOf = Callable[[asyncio.AbstractEventLoop], "asyncio.Task[Any] | None"]
+
+
+def _fast_task_of() -> TaskOf:
+    """``asyncio.current_task`` with a loop, as cheap as this interpreter allows (see above)."""
+    if os.environ.get("INTERLINK_ASYNCIO_PUBLIC", "") not in ("", "0"):
+        return asyncio.current_task
+    tasks = getattr(asyncio.tasks, "_current_tasks", None)
+    if isinstance(tasks, dict) and inspect.isfunction(asyncio.current_task):
+        return tasks.get
+    return asyncio.current_task
+
+
+#: the running task of a loop; switched to ``asyncio.current_task`` if the fast path disagrees
+task_of: TaskOf = _fast_task_of()
 
 #: Seconds per shared timer slice: the most a deadline fires late.
 RESOLUTION = 0.005
@@ -71,7 +99,10 @@ class Watchdog:
         "time",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+        global task_of
+        if task_of is not asyncio.current_task and task_of(loop) is not task:
+            task_of = asyncio.current_task
         self._loop = loop
         self.thread_id = threading.get_ident()
         self.buckets: dict[int, dict[int, asyncio.Task[object]]] = {}
@@ -220,15 +251,16 @@ def enter_task_deadline(watchdogs: dict[int, Watchdog], parent: object) -> TaskD
     base = inherited(parent)
     if base is None:
         return None
-    wd = watchdog_for(watchdogs, task.get_loop())
+    wd = watchdog_for(watchdogs, task)
     return install_frame(base, task, wd.thread_id, wd._loop, wd)
 
 
-def watchdog_for(cache: dict[int, Watchdog], loop: asyncio.AbstractEventLoop) -> Watchdog:
-    """The watchdog of ``loop``, the loop running in this thread, from ``cache`` (thread id ->
-    watchdog: one loop runs per thread at a time, so the cache holds one per thread at most)."""
+def watchdog_for(cache: dict[int, Watchdog], task: asyncio.Task[Any]) -> Watchdog:
+    """The watchdog of the loop running ``task`` (the current task) in this thread, from
+    ``cache`` (thread id -> watchdog: one loop runs per thread at a time)."""
+    loop = task.get_loop()
     tid = threading.get_ident()
     wd = cache.get(tid)
     if wd is None or wd._loop is not loop:
-        wd = cache[tid] = Watchdog(loop)
+        wd = cache[tid] = Watchdog(loop, task)
     return wd

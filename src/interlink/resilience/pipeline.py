@@ -144,9 +144,9 @@ class Pipeline:
         timeout = self._timeout
         try:
             if timeout is None:
-                result = self._attempts(fn, args, kwargs)
+                result = self._once(fn, args, kwargs)
             else:
-                result = timeout.run(self._attempts, fn, args, kwargs)
+                result = timeout.run(self._once, fn, args, kwargs)
         except BaseException as exc:
             if fallback is None:
                 raise
@@ -155,52 +155,50 @@ class Pipeline:
             fallback.remember(result)
         return result
 
-    def _attempts(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
-        retry = self._retry
-        if retry is None:
-            return self._once(fn, args, kwargs)
-        if self._begin is not None:
+    def _once(self, fn: Callable[..., T], args: Any, kwargs: Any, first: bool = True) -> T:
+        """One attempt through breaker, rate limiter and bulkhead. The ``first`` attempt of a
+        call goes on, when it fails, into the retry's loop, which calls this for each retry."""
+        retry = self._retry if first else None
+        if retry is not None and self._begin is not None:
             self._begin()
-        try:
-            return self._once(fn, args, kwargs)
-        except Exception as exc:
-            error = exc
-        result: T = retry.retry_from(error, self._once, (fn, args, kwargs), {})
-        return result
-
-    def _once(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
-        """One attempt through breaker, rate limiter and bulkhead."""
         breaker = self._breaker
-        limiter = self._rate_limiter
-        bulkhead = self._bulkhead
-        permit = 0
-        start = 0.0
-        if breaker is not None:
-            permit = breaker.acquire()
-            if self._timed:
-                start = breaker.clock()
-        if limiter is not None or bulkhead is not None:
-            try:
-                if limiter is not None:
-                    limiter.acquire(limiter.timeout)
-                if bulkhead is not None:
-                    bulkhead.enter()
-            except BaseException:
-                if breaker is not None:
-                    breaker.release(permit)
-                raise
         try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:
+            permit = 0
+            start = 0.0
             if breaker is not None:
-                breaker.on_error(permit, exc, breaker.clock() - start if self._timed else None)
-            raise
-        finally:
-            if bulkhead is not None:
-                bulkhead.leave()
-        if breaker is not None:
-            breaker.on_success(permit, breaker.clock() - start if self._timed else None)
-        return result
+                permit = breaker.acquire()
+                if self._timed:
+                    start = breaker.clock()
+            limiter = self._rate_limiter
+            bulkhead = self._bulkhead
+            if limiter is not None or bulkhead is not None:
+                try:
+                    if limiter is not None:
+                        limiter.acquire(limiter.timeout)
+                    if bulkhead is not None:
+                        bulkhead.enter()
+                except BaseException:
+                    if breaker is not None:
+                        breaker.release(permit)
+                    raise
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                if breaker is not None:
+                    breaker.on_error(permit, exc, breaker.clock() - start if self._timed else None)
+                raise
+            finally:
+                if bulkhead is not None:
+                    bulkhead.leave()
+            if breaker is not None:
+                breaker.on_success(permit, breaker.clock() - start if self._timed else None)
+            return result
+        except Exception as exc:
+            if retry is None:
+                raise
+            error = exc
+        again: T = retry.retry_from(error, self._once, (fn, args, kwargs, False), {})
+        return again
 
     # ------------------------------------------------------------------ async
 
@@ -208,11 +206,12 @@ class Pipeline:
         """Await ``fn(*args, **kwargs)`` through every policy of the pipeline."""
         fallback = self._fallback
         timeout = self._timeout
+        body = self._aonce if self._hedge is None else self._ahedged
         try:
             if timeout is None:
-                result = await self._aattempts(fn, args, kwargs)
+                result = await body(fn, args, kwargs)
             else:
-                result = await timeout.arun(self._aattempts, fn, args, kwargs)
+                result = await timeout.arun(body, fn, args, kwargs)
         except BaseException as exc:
             if fallback is None:
                 raise
@@ -221,57 +220,70 @@ class Pipeline:
             fallback.remember(result)
         return result
 
-    async def _aattempts(self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
+    async def _ahedged(self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
+        """The attempts of a pipeline with a hedge: each is a hedged race of ``_aonce`` calls."""
+        hedge = self._hedge
         retry = self._retry
-        once = self._aonce if self._hedge is None else self._ahedged
-        if retry is None:
-            return await once(fn, args, kwargs)
-        if self._begin is not None:
+        assert hedge is not None  # only chosen when there is one
+        if retry is not None and self._begin is not None:
             self._begin()
         try:
-            return await once(fn, args, kwargs)
+            return await hedge.acall(self._aonce, fn, args, kwargs, False)
         except Exception as exc:
-            error = exc
-        return await retry.aretry_from(error, once, (fn, args, kwargs), {})
-
-    async def _ahedged(self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
-        """One attempt as a hedged race: each of its calls goes through ``_aonce``."""
-        assert self._hedge is not None  # only chosen when there is one
-        return await self._hedge.acall(self._aonce, fn, args, kwargs)
-
-    async def _aonce(self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
-        """One attempt through breaker, rate limiter and bulkhead."""
-        breaker = self._breaker
-        limiter = self._rate_limiter
-        bulkhead = self._bulkhead
-        permit = 0
-        start = 0.0
-        if breaker is not None:
-            permit = breaker.acquire()
-            if self._timed:
-                start = breaker.clock()
-        if limiter is not None or bulkhead is not None:
-            try:
-                if limiter is not None and not limiter.try_acquire():
-                    await limiter.aacquire(limiter.timeout)
-                if bulkhead is not None and not bulkhead.try_enter():
-                    await bulkhead.aenter()
-            except BaseException:
-                if breaker is not None:
-                    breaker.release(permit)
+            if retry is None:
                 raise
+            error = exc
+        again: T = await retry.aretry_from(
+            error, hedge.acall, (self._aonce, fn, args, kwargs, False), {}
+        )
+        return again
+
+    async def _aonce(
+        self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any, first: bool = True
+    ) -> T:
+        """``_once`` for a coroutine function: waits for the rate limiter and the bulkhead
+        without blocking the loop."""
+        retry = self._retry if first else None
+        if retry is not None and self._begin is not None:
+            self._begin()
+        breaker = self._breaker
         try:
-            result = await fn(*args, **kwargs)
-        except BaseException as exc:
+            permit = 0
+            start = 0.0
             if breaker is not None:
-                breaker.on_error(permit, exc, breaker.clock() - start if self._timed else None)
-            raise
-        finally:
-            if bulkhead is not None:
-                bulkhead.leave()
-        if breaker is not None:
-            breaker.on_success(permit, breaker.clock() - start if self._timed else None)
-        return result
+                permit = breaker.acquire()
+                if self._timed:
+                    start = breaker.clock()
+            limiter = self._rate_limiter
+            bulkhead = self._bulkhead
+            if limiter is not None or bulkhead is not None:
+                try:
+                    if limiter is not None and not limiter.try_acquire():
+                        await limiter.aacquire(limiter.timeout)
+                    if bulkhead is not None and not bulkhead.try_enter():
+                        await bulkhead.aenter()
+                except BaseException:
+                    if breaker is not None:
+                        breaker.release(permit)
+                    raise
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                if breaker is not None:
+                    breaker.on_error(permit, exc, breaker.clock() - start if self._timed else None)
+                raise
+            finally:
+                if bulkhead is not None:
+                    bulkhead.leave()
+            if breaker is not None:
+                breaker.on_success(permit, breaker.clock() - start if self._timed else None)
+            return result
+        except Exception as exc:
+            if retry is None:
+                raise
+            error = exc
+        again: T = await retry.aretry_from(error, self._aonce, (fn, args, kwargs, False), {})
+        return again
 
     # ------------------------------------------------------------------ decorator
 

@@ -34,6 +34,7 @@ from typing import Any, Literal, ParamSpec, TypeVar, overload
 from interlink.clock import Clock
 from interlink.errors import DeadlineExceeded
 from interlink.resilience import _validate as v
+from interlink.resilience import _watchdog
 from interlink.resilience._watchdog import (
     Watchdog,
     enter_task_deadline,
@@ -66,7 +67,6 @@ Body = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], T]
 
 _cv_get = _CURRENT.get
 _get_ident = threading.get_ident
-_current_task = asyncio.current_task
 _monotonic = time.monotonic
 
 
@@ -216,7 +216,7 @@ class Timeout:
         if not (
             frame.__class__ is list
             and frame[THREAD] == _get_ident()
-            and frame[TASK] is _current_task(frame[LOOP])
+            and frame[TASK] is _watchdog.task_of(frame[LOOP])
         ):
             frame = enter_task_deadline(self._watchdogs, frame)
             if frame is None:
@@ -269,7 +269,7 @@ class Timeout:
             task = asyncio.current_task()
             if task is None:  # a coroutine driven by hand, outside any task: nothing to cancel
                 return await body(fn, args, kwargs)
-            wd = watchdog_for(self._watchdogs, task.get_loop())
+            wd = watchdog_for(self._watchdogs, task)
             ticket = wd.arm(left, task)
             try:
                 result = await body(fn, args, kwargs)
