@@ -459,6 +459,29 @@ class BackendContract:
         assert seen == ["same-1"] * 3
 
     @run_async
+    async def test_the_dlq_keeps_at_most_dlq_max_count_letters(self) -> None:
+        """The DLQ's retention by count (URL option ``dlq_max_count``): the newest stay."""
+        url = self.make_backend_url()
+        url += ("&" if "?" in url else "?") + "dlq_max_count=2"
+        topic = self.name()
+        broker = self.broker(url)
+
+        @broker.subscriber(topic, group=self.name("g"), retry=QUICK, max_deliveries=1)
+        async def handle(message: Order) -> None:
+            raise RuntimeError("no")
+
+        async with broker:
+            ids = [await broker.publish(topic, Order(order_id=i)) for i in range(3)]
+            for _ in range(500):
+                letters = await broker.dlq_list(topic, 10)
+                if letters and letters[-1].id == ids[-1]:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(self.quiet)
+            assert await broker.dlq_count(topic) == 2
+            assert [letter.id for letter in await broker.dlq_list(topic, 10)] == ids[1:]
+
+    @run_async
     async def test_replay_selects_by_id_and_purge_empties(self) -> None:
         """Replay of chosen ids leaves the other dead letters; purge removes them."""
         topic = self.name()

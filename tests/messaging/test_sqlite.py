@@ -202,3 +202,42 @@ def test_an_empty_lease_does_not_hide_a_settle_later_in_its_batch(tmp_path: Path
         assert [(row[0], row[1]) for row in rows] == [(seq, attempt + 1)]
     finally:
         store.close()
+
+
+def test_dead_letters_are_kept_for_their_retention(tmp_path: Path) -> None:
+    """The DLQ keeps at most ``dlq_max_count`` letters per topic (the newest) and none older
+    than ``dlq_max_age``; the file vacuums incrementally and caps its WAL."""
+    import contextlib
+    import sqlite3
+
+    from interlink.messaging.backends.sqlite._store import Store
+
+    store = Store(str(tmp_path / "broker.db"), wal_max_bytes=1 << 20)
+    try:
+        gid = store.ensure_group("t", "g")
+        store.publish("t", [(f"m{i}", None, b"x", {}) for i in range(5)])
+        rows, _ = store.lease(gid, "t", 10, visibility=30.0)
+        for seq, attempt, *_ in rows:
+            store.dead_letter((gid, seq, attempt), "g", "boom", "ValueError", None)
+        store.commit()
+        store.retain(max_age=3600.0, max_count=3)
+        store.commit()
+        assert [letter.id for letter in store.dlq_list("t", 10)] == ["m2", "m3", "m4"]
+        store.retain(max_age=1e-9, max_count=3)
+        store.vacuum(100)
+        store.commit()
+        assert store.dlq_count("t") == 0
+    finally:
+        store.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "broker.db")) as db:
+        assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+
+
+def test_retention_options_come_from_the_url(tmp_path: Path) -> None:
+    """``dlq_max_age``, ``dlq_max_count`` and ``wal_max_bytes`` are URL options, checked."""
+    from interlink.messaging.backends.sqlite import SqliteBackend
+
+    backend = SqliteBackend(f"sqlite:///{tmp_path}/b.db?dlq_max_age=60&dlq_max_count=5")
+    assert (backend.dlq_max_age, backend.dlq_max_count) == (60.0, 5)
+    with pytest.raises(ValueError, match="'dlq_max_count' must be an integer >= 1: '0'"):
+        SqliteBackend(f"sqlite:///{tmp_path}/b.db?dlq_max_count=0")

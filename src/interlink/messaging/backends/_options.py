@@ -17,12 +17,19 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from interlink.resilience.retry import Retry
 
 __all__ = [
+    "DLQ_MAX_AGE",
+    "DLQ_MAX_COUNT",
     "UrlOptions",
     "close_at_loop_end",
     "connect_failure",
     "reconnect_delay",
     "stop_keeper",
 ]
+
+#: Every backend's default DLQ retention: seconds a dead letter is kept (14 days), and the most
+#: kept per topic (the oldest go first). URL options ``dlq_max_age`` and ``dlq_max_count``.
+DLQ_MAX_AGE = 14 * 24 * 3600.0
+DLQ_MAX_COUNT = 100_000
 
 _RECONNECT_MAX = 2.0
 

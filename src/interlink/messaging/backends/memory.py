@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Self
 from urllib.parse import parse_qs, urlsplit
 
+from interlink.messaging.backends._options import DLQ_MAX_AGE, DLQ_MAX_COUNT
 from interlink.messaging.backends._wait import sleep_or_wake
 from interlink.messaging.envelope import (
     FIELDS,
@@ -161,8 +162,12 @@ class _Delivery:
             return
         self._group.remove(self._entry)
         env = self.envelope
-        topic = self._backend.hub.topic(self._topic)
+        backend = self._backend
+        topic = backend.hub.topic(self._topic)
         topic.has_dlq = True
+        oldest = time.time() - backend.dlq_max_age  # the retention: age, then count
+        kept = [d for d in topic.dlq if d.dead_at >= oldest]
+        topic.dlq = kept[max(len(kept) - backend.dlq_max_count + 1, 0) :]
         topic.dlq.append(
             DeadLetter(
                 id=env.id or self._entry.message_id,
@@ -197,6 +202,12 @@ class MemoryBackend:
         if visibility_timeout is None:
             visibility_timeout = float(query.get("visibility", ["30"])[0])
         self.visibility_timeout = positive("visibility_timeout", visibility_timeout)
+        self.dlq_max_age = positive(
+            "dlq_max_age", float(query.get("dlq_max_age", [DLQ_MAX_AGE])[0])
+        )
+        self.dlq_max_count = int(
+            positive("dlq_max_count", int(query.get("dlq_max_count", [DLQ_MAX_COUNT])[0]))
+        )
         if name:
             hub = _HUBS.get(name)
             if hub is None:

@@ -15,10 +15,18 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
-from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 
 from interlink.messaging.backend import BackendUnavailable, PublishError, redact
 from interlink.messaging.backends._options import (
+    DLQ_MAX_AGE,
+    DLQ_MAX_COUNT,
     UrlOptions,
     close_at_loop_end,
     connect_failure,
@@ -32,6 +40,9 @@ __all__ = ["API", "JetStream", "Signal"]
 log = logging.getLogger("interlink.messaging.nats")
 
 API = "$JS.API"
+#: The consumer that keeps what is published before a topic's first group (interest streams).
+BACKLOG = "interlink:backlog"  # ":" is in no group name
+
 _LITERAL = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
 
@@ -78,6 +89,9 @@ class JetStream:
         self.reconnect_wait = opts.number("reconnect_wait", 0.5)
         self.pull_expires = opts.number("pull_expires", 5.0, minimum=0.01)
         self.stream_prefix = opts.text("stream_prefix", "interlink:")
+        self.retention = opts.choice("retention", "interest", ("interest", "limits"))
+        self.dlq_max_age = opts.number("dlq_max_age", DLQ_MAX_AGE)
+        self.dlq_max_count = opts.integer("dlq_max_count", DLQ_MAX_COUNT, minimum=1) or 1
         opts.done()
         parts = opts.base.split("://", 1)
         scheme, rest = parts if len(parts) == 2 else ("nats", parts[0])
@@ -221,19 +235,40 @@ class JetStream:
         try:
             stream = await js.find_stream_name_by_subject(topic)
         except nats.js.errors.NotFoundError:
+            dlq = topic.endswith(".dlq")
+            interest = self.retention == "interest" and not dlq
             config = StreamConfig(
                 name=self.stream_name(topic),
                 subjects=[topic],
+                # A topic drops what every group has acked; a DLQ (read by no consumer)
+                # keeps its letters for their age and count limits.
+                retention=RetentionPolicy.INTEREST if interest else RetentionPolicy.LIMITS,
                 storage=StorageType.FILE if self.storage == "file" else StorageType.MEMORY,
                 num_replicas=self.replicas,
-                max_age=self.max_age,
-                max_msgs=self.max_msgs or -1,
+                max_age=self.dlq_max_age if dlq else self.max_age,
+                max_msgs=(self.dlq_max_count if dlq else self.max_msgs) or -1,
                 duplicate_window=self.duplicate_window,
                 description=f"interlink topic {topic}",
             )
             # Created meanwhile by another process (or differently): use what is there.
+            created = False
             with contextlib.suppress(nats.js.errors.BadRequestError):
                 await js.add_stream(config)
+                created = True
+            if created and interest:
+                # An interest-based stream drops a message nobody is interested in: this
+                # consumer holds the messages published before the topic's first group,
+                # which takes them over (``ensure_group``), as RabbitMQ's backlog queue does.
+                await js.add_consumer(
+                    config.name,
+                    ConsumerConfig(
+                        durable_name=BACKLOG,
+                        name=BACKLOG,
+                        deliver_policy=DeliverPolicy.ALL,
+                        filter_subject=topic,
+                        description=f"interlink backlog of {topic} until its first group",
+                    ),
+                )
             stream = await js.find_stream_name_by_subject(topic)
         name = str(stream)
         self._streams[topic] = name
@@ -251,7 +286,8 @@ class JetStream:
             await js.consumer_info(stream, group)
         except nats.js.errors.NotFoundError:
             info = await js.stream_info(stream)
-            first = info.state.consumer_count == 0
+            backlog = await self._has_backlog(stream)
+            first = info.state.consumer_count == (1 if backlog else 0)
             config = ConsumerConfig(
                 durable_name=group,
                 name=group,
@@ -266,7 +302,17 @@ class JetStream:
                 await js.add_consumer(stream, config)
             except nats.js.errors.BadRequestError:
                 await js.consumer_info(stream, group)  # created meanwhile: fine if it exists
+            if backlog:  # the group holds the backlog now
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await js.delete_consumer(stream, BACKLOG)
         self._consumers.add((stream, group))
+
+    async def _has_backlog(self, stream: str) -> bool:
+        try:
+            await self._js.consumer_info(stream, BACKLOG)
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
 
     # -- publishing ---------------------------------------------------------------------
 

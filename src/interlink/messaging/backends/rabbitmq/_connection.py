@@ -23,6 +23,8 @@ from aio_pika.abc import (
 
 from interlink.messaging.backend import BackendUnavailable, PublishError, redact
 from interlink.messaging.backends._options import (
+    DLQ_MAX_AGE,
+    DLQ_MAX_COUNT,
     UrlOptions,
     close_at_loop_end,
     connect_failure,
@@ -108,6 +110,8 @@ class RabbitConnection:
         self.timeout = opts.number("timeout", 10.0, minimum=0.001)
         self.connect_timeout = opts.number("connect_timeout", 5.0, minimum=0.001)
         self.reconnect_interval = opts.number("reconnect_interval", 1.0, minimum=0.01)
+        self.dlq_max_age = opts.number("dlq_max_age", DLQ_MAX_AGE, minimum=0.001)
+        self.dlq_max_count = opts.integer("dlq_max_count", DLQ_MAX_COUNT, minimum=1) or 1
         opts.done()
         self._base = opts.base
         self._conn: AbstractRobustConnection | None = None
@@ -269,7 +273,12 @@ class RabbitConnection:
     async def _declare_dlq(self, name: str) -> None:
         """Declare the DLQ ``name`` and register it (unless it exists already)."""
         if not await self.queue_exists(name):
-            await self.channel.declare_queue(name, durable=True)
+            # The retention: the oldest letters go first past the count, any past the age.
+            retention: dict[str, Any] = {
+                "x-max-length": self.dlq_max_count,
+                "x-message-ttl": int(self.dlq_max_age * 1000),
+            }
+            await self.channel.declare_queue(name, durable=True, arguments=retention)
             await self._register(name)
 
     async def _declare_delay(self, ms: int) -> AbstractExchange:

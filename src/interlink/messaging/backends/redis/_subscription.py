@@ -293,8 +293,12 @@ class Subscription:
 
     async def dead(self, source: int, entry_id: bytes, record: bytes) -> None:
         stream = self.streams[source]
+        dlq = f"{self.backend.prefix}:{self.topic}.dlq"
+        oldest_ms = int((time.time() - self.backend.dlq_max_age) * 1000)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(f"{self.backend.prefix}:{self.topic}.dlq", {b"d": record})
+            # the retention: at most dlq_max_count letters, none older than dlq_max_age
+            pipe.xadd(dlq, {b"d": record}, maxlen=self.backend.dlq_max_count, approximate=False)
+            pipe.xtrim(dlq, minid=f"{max(oldest_ms, 0)}-0", approximate=False)
             pipe.xack(stream, self.group, entry_id)
             if source:
                 pipe.xdel(stream, entry_id)

@@ -9,6 +9,11 @@
 - ``synchronous=NORMAL``: the durability mode. In WAL mode NORMAL survives a crash of any
   process (a confirmed publish is in the WAL) but may lose the last transactions on power
   loss or an OS crash; ``FULL`` syncs every commit and survives those too, slower.
+- ``dlq_max_age=1209600`` (14 days) and ``dlq_max_count=100000``: a dead letter is kept that
+  many seconds, and at most that many per topic (the oldest go first).
+- ``wal_max_bytes=16777216``: the WAL is cut back to this size after each checkpoint. Acked
+  messages are deleted and their pages given back to the file system a batch at a time
+  (incremental vacuum, on files this version created), so the file does not only grow.
 
 All SQL runs on one worker thread per backend, which owns the connection and group-commits:
 every operation queued while it was busy (publishes, leases, acks, nacks) goes into one
@@ -30,8 +35,9 @@ from typing import Any, ClassVar, Self
 from urllib.parse import parse_qs, urlsplit
 
 from interlink.messaging.backend import BackendUnavailable
+from interlink.messaging.backends._options import DLQ_MAX_AGE, DLQ_MAX_COUNT
 from interlink.messaging.backends._wait import sleep_or_wake
-from interlink.messaging.backends.sqlite._store import Row, Store, headers_of
+from interlink.messaging.backends.sqlite._store import WAL_MAX_BYTES, Row, Store, headers_of
 from interlink.messaging.envelope import FIELDS, Binding, DeadLetter, OutgoingMessage, read
 from interlink.messaging.idempotency import sqlite_path
 from interlink.resilience._validate import positive
@@ -41,6 +47,17 @@ __all__ = ["SqliteBackend"]
 log = logging.getLogger("interlink.messaging.sqlite")
 
 _STOP = object()
+_VACUUM_PAGES = 2048  # free pages given back per housekeeping round (8 MiB of 4 KiB pages)
+
+
+def _count(name: str, raw: str | None, default: int) -> int:
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"'{name}' must be an integer >= 1: {raw!r}")
+    return int(raw)
+
+
 _MIN_POLL = 0.001
 _SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -68,7 +85,11 @@ class _Worker(threading.Thread):
 
     def run(self) -> None:
         try:
-            store = self.store = Store(self.backend.path, synchronous=self.backend.synchronous)
+            store = self.store = Store(
+                self.backend.path,
+                synchronous=self.backend.synchronous,
+                wal_max_bytes=self.backend.wal_max_bytes,
+            )
         except Exception as exc:
             self.loop.call_soon_threadsafe(_fail, self.ready, exc)
             return
@@ -178,6 +199,7 @@ class _Delivery:
                 reason,
                 error_type,
                 published,
+                self._sub.backend.dlq_max_count,
             )
 
 
@@ -216,6 +238,9 @@ class SqliteBackend:
         if sync not in _SYNC_MODES:
             raise ValueError(f"'synchronous' must be one of {', '.join(_SYNC_MODES)}: {sync!r}")
         self.synchronous = sync
+        self.dlq_max_age = positive("dlq_max_age", float(query.get("dlq_max_age", DLQ_MAX_AGE)))
+        self.dlq_max_count = _count("dlq_max_count", query.get("dlq_max_count"), DLQ_MAX_COUNT)
+        self.wal_max_bytes = _count("wal_max_bytes", query.get("wal_max_bytes"), WAL_MAX_BYTES)
         self._worker: _Worker | None = None
         self._subs: dict[str, list[_Subscription]] = defaultdict(list)
         self._settles: list[tuple[int, int, int, float | None]] = []
@@ -257,7 +282,8 @@ class SqliteBackend:
     # -- called from the worker thread ---------------------------------------------------
 
     def housekeeping(self, store: Store) -> None:
-        """Extend the leases still held; delete messages every group is done with."""
+        """Extend the leases still held; delete messages every group is done with and dead
+        letters past their retention; give free pages back to the file system."""
         rows = [
             (sub.gid, seq, attempt)
             for subs in list(self._subs.values())
@@ -266,6 +292,8 @@ class SqliteBackend:
         ]
         store.extend(rows, self.visibility)
         store.collect(list(self._subs))
+        store.retain(self.dlq_max_age, self.dlq_max_count)
+        store.vacuum(_VACUUM_PAGES)
 
     def committed(self) -> None:
         """A batch committed (worker thread): nothing to do; hook for subclasses and tests."""

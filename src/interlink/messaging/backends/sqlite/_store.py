@@ -12,7 +12,11 @@ Tables (one file, shared by every process on the machine that opens it):
   (now for new rows, lease expiry for leased ones, retry time for nacked ones) and
   ``attempt`` counts leases; every ack / nack / dead-letter names the attempt it answers, so
   a consumer whose lease expired cannot touch the newer delivery.
-- ``il_dlq``: dead letters with the original bytes and the facts.
+- ``il_dlq``: dead letters with the original body, headers and the facts; kept
+  ``dlq_max_age`` seconds and at most ``dlq_max_count`` per topic (``retain``).
+
+The file gives its free pages back a batch at a time (``auto_vacuum=INCREMENTAL``, ``vacuum``)
+and its WAL is cut back to ``wal_max_bytes`` after each checkpoint.
 
 Per key, only the oldest queued row of a key may be leased (strict FIFO per key within a
 group, across retries and competing consumers).
@@ -59,6 +63,9 @@ WHERE q.gid = ?1 AND q.visible_at <= ?2
 ORDER BY q.seq LIMIT ?3
 """
 
+#: The WAL's size after a checkpoint, at most (bytes).
+WAL_MAX_BYTES = 16 * 1024 * 1024
+
 Row = tuple[int, int, str, bytes, str | None]  # seq, attempt, message id, data, headers (JSON)
 
 # Columns added since the first schema: (table, column, type), added to older files on open.
@@ -81,9 +88,17 @@ class Store:
     """The broker's operations on one connection. Writers call ``write()`` first, which opens
     the (IMMEDIATE) transaction the worker commits after its batch."""
 
-    def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self, path: str, *, synchronous: str = "NORMAL", wal_max_bytes: int = WAL_MAX_BYTES
+    ) -> None:
         db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        # Free pages go back to the file system a batch at a time (``vacuum``). Takes effect
+        # on a new file only: an existing one keeps its mode until a full VACUUM.
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         db.execute("PRAGMA journal_mode=WAL")
+        # After each checkpoint the WAL is cut back to this size (it grows while readers keep
+        # a checkpoint from finishing, and would stay that size without a limit).
+        db.execute(f"PRAGMA journal_size_limit={int(wal_max_bytes)}")
         db.execute(f"PRAGMA synchronous={synchronous}")
         db.execute("PRAGMA busy_timeout=30000")
         self.db = db
@@ -251,8 +266,10 @@ class Store:
         reason: str,
         error_type: str | None,
         published: float | None,
+        max_count: int | None = None,
     ) -> None:
-        """Move the (gid, seq, attempt) row to the DLQ, if this delivery still owns it."""
+        """Move the (gid, seq, attempt) row to the DLQ, if this delivery still owns it; keep
+        at most ``max_count`` letters of its topic (the newest)."""
         self.write()
         gid, seq, attempt = row
         cur = self.db.execute(
@@ -266,6 +283,14 @@ class Store:
                 "FROM il_messages WHERE seq = ?",
                 (group, reason, error_type, attempt, published, time.time(), seq),
             )
+            if max_count is not None:
+                self.db.execute(
+                    "DELETE FROM il_dlq WHERE topic = (SELECT topic FROM il_messages "
+                    "WHERE seq = ?1) AND n <= (SELECT n FROM il_dlq WHERE topic = "
+                    "(SELECT topic FROM il_messages WHERE seq = ?1) ORDER BY n DESC "
+                    "LIMIT 1 OFFSET ?2)",
+                    (seq, max_count),
+                )
 
     def dlq_list(self, topic: str, limit: int) -> list[DeadLetter]:
         rows = self.db.execute(
@@ -311,6 +336,26 @@ class Store:
         self.publish(topic, again)
         self.db.executemany("DELETE FROM il_dlq WHERE n = ?", [(r[0],) for r in rows])
         return len(again)
+
+    def retain(self, max_age: float, max_count: int) -> None:
+        """Drop dead letters older than ``max_age`` seconds, and the oldest of any topic
+        that holds more than ``max_count``."""
+        self.write()
+        self.db.execute("DELETE FROM il_dlq WHERE dead_at < ?", (time.time() - max_age,))
+        over = self.db.execute(
+            "SELECT topic, COUNT(*) FROM il_dlq GROUP BY topic HAVING COUNT(*) > ?", (max_count,)
+        ).fetchall()
+        for topic, _ in over:
+            self.db.execute(
+                "DELETE FROM il_dlq WHERE topic = ?1 AND n <= (SELECT n FROM il_dlq "
+                "WHERE topic = ?1 ORDER BY n DESC LIMIT 1 OFFSET ?2)",
+                (topic, max_count),
+            )
+
+    def vacuum(self, pages: int) -> None:
+        """Give up to ``pages`` free pages back to the file system (incremental vacuum)."""
+        self.write()
+        self.db.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
 
     def dlq_count(self, topic: str) -> int:
         row = self.db.execute("SELECT COUNT(*) FROM il_dlq WHERE topic = ?", (topic,)).fetchone()
