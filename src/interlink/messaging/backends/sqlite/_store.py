@@ -259,7 +259,7 @@ class Store:
 
     # -- dead letters -------------------------------------------------------------------
 
-    def dead_letter(
+    def dead_letter(  # noqa: PLR0917 - run through the worker's positional submit()
         self,
         row: tuple[int, int, int],
         group: str,
