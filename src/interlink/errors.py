@@ -15,6 +15,14 @@
     ├── grpc.StatusError           a gRPC call's non-OK status, as the pipeline's policies see
     │   │                          it (the caller is shown grpc's own error)
     │   └── grpc.DownstreamStatusError   a status the callee's breaker counts
+    ├── saga.SagaError             what the saga machinery raises on purpose
+    │   ├── saga.SagaNotFound      no saga with that id (also a ``LookupError``)
+    │   ├── saga.CorruptSagaState  a stored state cannot be read back (also a ``ValueError``)
+    │   ├── saga.OwnershipLost     another orchestrator took the saga over
+    │   ├── saga.StepFailed        a refusal: the step fails at once, never retried
+    │   │   └── saga.CommandRefused    a CommandGuard refused an expired or cancelled command
+    │   ├── saga.StepUnavailable   the remote side cannot do it now (also a ``ConnectionError``)
+    │   └── saga.InvalidReply      a reply that does not parse or validate (also a ``ValueError``)
     └── InvalidURLError            a registry (store, broker) URL is malformed; a ``ValueError``
 
 Rejections share a base class so a fallback can catch "the call never ran" in one clause.
