@@ -401,13 +401,16 @@ class _Batched(Generic[R]):
         self._concurrency = concurrency
         self._pending: list[tuple[tuple[Any, ...], asyncio.Future[R]]] = []
         self._running = 0
+        self._drains: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
 
     async def submit(self, item: tuple[Any, ...]) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         if self._running < self._concurrency:
             self._running += 1
-            asyncio.get_running_loop().create_task(self._drain())
+            drain = asyncio.get_running_loop().create_task(self._drain())
+            self._drains.add(drain)
+            drain.add_done_callback(self._drains.discard)
         return await future
 
     async def _drain(self) -> None:
