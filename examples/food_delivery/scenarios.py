@@ -715,7 +715,12 @@ def table(outcome: Outcome) -> Any:
         "parked",
         "DLQ",
     ):
-        t.add_column(col, justify="left" if col in ("phase", "breaker") else "right")
+        t.add_column(
+            col,
+            justify="left" if col in ("phase", "breaker") else "right",
+            overflow="fold",
+            min_width=17 if col == "breaker" else None,
+        )
     for p in outcome.phases:
         t.add_row(
             p.name,
