@@ -13,7 +13,8 @@ import inspect
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from interlink.clock import Clock
@@ -21,7 +22,6 @@ from interlink.context import correlation_id
 from interlink.messaging import _trace
 from interlink.messaging._codec import GROUP, batch_of, check_topic, decoder_for, payload_of
 from interlink.messaging._ids import new_id
-from interlink.messaging._publisher import M, Publisher, PublisherSpec
 from interlink.messaging.backend import Backend
 from interlink.messaging.consumer import Consumer, Subscription
 from interlink.messaging.envelope import (
@@ -48,6 +48,45 @@ DEFAULT_PREFETCH = 32
 _TOPIC_CACHE = 1024  # topic names remembered as valid, per broker
 
 H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
+M = TypeVar("M")
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherSpec:
+    """A declared publisher (for the AsyncAPI document)."""
+
+    topic: str
+    message_type: Any
+    description: str | None = None
+
+
+class Publisher(Generic[M]):
+    """Publishes one message type to one topic, and declares it for the AsyncAPI document."""
+
+    __slots__ = ("_broker", "spec")
+
+    def __init__(self, broker: Broker, spec: PublisherSpec) -> None:
+        self._broker = broker
+        self.spec = spec
+
+    async def publish(
+        self,
+        message: M,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        message_id: str | None = None,
+    ) -> str:
+        """``Broker.publish`` to this publisher's topic."""
+        return await self._broker.publish(
+            self.spec.topic, message, key=key, headers=headers, message_id=message_id
+        )
+
+    async def publish_many(
+        self, messages: Iterable[M], *, key: str | Callable[[M], str | None] | None = None
+    ) -> list[str]:
+        """``Broker.publish_many`` to this publisher's topic."""
+        return await self._broker.publish_many(self.spec.topic, messages, key=key)
 
 
 class Broker:

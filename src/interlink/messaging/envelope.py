@@ -70,6 +70,7 @@ __all__ = [
     "encode_dead_letter",
     "error_type_of",
     "headers_for",
+    "letter_for",
     "read",
     "reserved",
 ]
@@ -515,6 +516,38 @@ def _structured(
 
 
 # -- dead letters --------------------------------------------------------------------------
+
+
+def letter_for(
+    envelope: Envelope,
+    *,
+    topic: str,
+    group: str | None,
+    body: bytes,
+    headers: Mapping[str, str],
+    reason: str,
+    error_type: str | None,
+    attempts: int,
+    dead_at: float,
+    binding: Binding,
+    drop: frozenset[str] = frozenset(),
+) -> DeadLetter:
+    """The dead letter of a delivery: its body and headers as published (without the
+    ``attempt`` a retry copy carried, so a replay starts again at 1, nor the ``drop``ped
+    names a backend sets itself), the reason and the counts."""
+    skip = drop | {binding.attempt}
+    return DeadLetter(
+        id=envelope.id,
+        topic=topic,
+        data=body,
+        reason=reason,
+        error_type=error_type,
+        attempts=attempts,
+        group=group,
+        published_at=envelope.time if envelope.error is None else None,
+        dead_at=dead_at,
+        headers={name: value for name, value in headers.items() if name not in skip},
+    )
 
 
 def encode_dead_letter(letter: DeadLetter) -> bytes:

@@ -34,6 +34,7 @@ from interlink.messaging.envelope import (
     DeadLetter,
     Envelope,
     OutgoingMessage,
+    letter_for,
     read,
     with_id,
 )
@@ -169,17 +170,17 @@ class _Delivery:
         kept = [d for d in topic.dlq if d.dead_at >= oldest]
         topic.dlq = kept[max(len(kept) - backend.dlq_max_count + 1, 0) :]
         topic.dlq.append(
-            DeadLetter(
-                id=env.id or self._entry.message_id,
+            letter_for(
+                env,
                 topic=self._topic,
-                data=self.raw,
+                group=self._group.name,
+                body=self.raw,
+                headers=self.headers,
                 reason=reason,
                 error_type=error_type,
                 attempts=self.attempt,
-                group=self._group.name,
-                published_at=env.time if env.error is None else None,
                 dead_at=time.time(),
-                headers=self.headers,
+                binding=FIELDS,
             )
         )
 

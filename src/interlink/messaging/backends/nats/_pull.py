@@ -17,7 +17,7 @@ from interlink.messaging.backend import Delivery
 from interlink.messaging.backends._options import reconnect_delay
 from interlink.messaging.backends.nats._jetstream import API, JetStream, Signal
 from interlink.messaging.backends.nats._publish import MSG_ID, SEND_ERRORS
-from interlink.messaging.envelope import NATS, DeadLetter, encode_dead_letter, read
+from interlink.messaging.envelope import NATS, encode_dead_letter, letter_for, read
 
 __all__ = ["NatsDelivery", "pull"]
 
@@ -80,18 +80,18 @@ class NatsDelivery:
     async def dead_letter(self, reason: str, error_type: str | None) -> None:
         if self._done:
             return
-        env = self.envelope
-        letter = DeadLetter(
-            id=env.id,
+        letter = letter_for(
+            self.envelope,
             topic=self._topic,
-            data=self.raw,
+            group=self._group,
+            body=self.raw,
+            headers=self.headers,
             reason=reason,
             error_type=error_type,
             attempts=self.attempt,
-            group=self._group,
-            published_at=env.time if env.error is None else None,
             dead_at=time.time(),
-            headers={k: v for k, v in self.headers.items() if k != MSG_ID},
+            binding=NATS,
+            drop=frozenset({MSG_ID}),
         )
         # The id makes a dead-lettering repeated after a lost ack land in the DLQ once.
         dedup = f"dlq:{self._topic}:{self._seq}:{self._group}"

@@ -20,8 +20,8 @@ from interlink.messaging.backends.rabbitmq._connection import (
 )
 from interlink.messaging.envelope import (
     AMQP,
-    DeadLetter,
     encode_dead_letter,
+    letter_for,
     read,
     with_attempt,
 )
@@ -221,19 +221,17 @@ class RabbitDelivery:
         if self._done:
             return
         self._done = True
-        env = self.envelope
-        letter = DeadLetter(
-            id=env.id,
+        letter = letter_for(
+            self.envelope,
             topic=self._topic,
-            data=self.raw,
+            group=self._group,
+            body=self.raw,
+            headers=self.headers,
             reason=reason,
             error_type=error_type,
             attempts=self.attempt,
-            group=self._group,
-            published_at=env.time if env.error is None else None,
             dead_at=time.time(),
-            # as published: a replay starts again at attempt 1
-            headers={k: v for k, v in self.headers.items() if k != AMQP.attempt},
+            binding=AMQP,
         )
         backend = self._backend
         dlq = await backend.ensure_dlq(self._topic)

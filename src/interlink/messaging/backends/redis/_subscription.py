@@ -27,7 +27,13 @@ from interlink.messaging.backends._options import reconnect_delay
 from interlink.messaging.backends.redis._calls import LOST, own_connection, shielded
 from interlink.messaging.backends.redis._connection import RedisConnection
 from interlink.messaging.backends.redis._scripts import Entry, pack, parse_batch
-from interlink.messaging.envelope import FIELDS, DeadLetter, Envelope, encode_dead_letter, read
+from interlink.messaging.envelope import (
+    FIELDS,
+    Envelope,
+    encode_dead_letter,
+    letter_for,
+    read,
+)
 
 __all__ = ["RedisDelivery", "Subscription"]
 
@@ -481,19 +487,17 @@ class RedisDelivery:
         if self._done:
             return
         self._done = True
-        env = self.envelope
         sub = self._sub
-        letter = DeadLetter(
-            id=env.id,
+        letter = letter_for(
+            self.envelope,
             topic=sub.topic,
-            data=self.raw,
+            group=sub.group,
+            body=self.raw,
+            headers=self.headers,
             reason=reason,
             error_type=error_type,
             attempts=self.attempt,
-            group=sub.group,
-            published_at=env.time if env.error is None else None,
             dead_at=time.time(),
-            # as published: a replay starts again at attempt 1
-            headers={k: v for k, v in self.headers.items() if k != FIELDS.attempt},
+            binding=FIELDS,
         )
         await sub.dead(self._source, self._id, encode_dead_letter(letter))
