@@ -123,7 +123,9 @@ class Driver:
             event = await self._attempt(definition, state, first, data)
         else:
             loaded = await self._load(row)
-            if loaded is None:
+            if loaded is None:  # parked as unreadable: a person looks at it, replies and all
+                if row.late:
+                    await self.store.forget_late(sid, row.late)
                 return
             state, data, event = loaded
         late: list[str] = []  # slots of late success replies this run deals with
