@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from interlink import Retry
 from interlink.cli.main import app
 from interlink.saga import Orchestrator, SagaDefinition, SagaStatus, SagaStore, Step
+from interlink.saga.stores import SagaWrite
 
 FAST = Retry(retries=0)
 
@@ -52,12 +53,14 @@ def populate(url: str, table: str) -> dict[str, str]:
             assert row is not None
             await store.put_unowned(
                 "corrupt-1",
+                SagaWrite(
+                    state="[]",
+                    status="NEEDS_ATTENTION",
+                    wake_at=0.0,
+                    updated_at=row.updated_at,
+                    error="parked by hand",
+                ),
                 version=row.version,
-                state="[]",
-                status="NEEDS_ATTENTION",
-                wake_at=0.0,
-                now=row.updated_at,
-                error="parked by hand",
             )
             return {"parked": parked, "done": done}
         finally:

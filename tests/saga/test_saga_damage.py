@@ -28,6 +28,7 @@ from interlink.saga import (
 )
 from interlink.saga.codec import state_from_json, state_to_json
 from interlink.saga.state import SagaShape, StepShape, new_state
+from interlink.saga.stores import SagaWrite
 
 FAST = Retry(retries=1, backoff=0.001, max_backoff=0.01, jitter="none")
 
@@ -85,12 +86,14 @@ def test_a_row_with_a_wrong_type_is_parked_not_reclaimed(store_url: str) -> None
             doc["steps"][0]["attempts"] = "two"
             assert await store.put_unowned(
                 bad,
+                SagaWrite(
+                    state=json.dumps(doc),
+                    status="RUNNING",
+                    wake_at=0.0,
+                    updated_at=time.time(),
+                    error=None,
+                ),
                 version=row.version,
-                state=json.dumps(doc),
-                status="RUNNING",
-                wake_at=0.0,
-                now=time.time(),
-                error=None,
             )
             async with Orchestrator(store, [two_steps()], poll_interval=0.05) as orch:
                 assert (await orch.wait(good)).status is SagaStatus.COMPLETED

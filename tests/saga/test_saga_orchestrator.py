@@ -22,6 +22,7 @@ from interlink.saga import (
     StepStatus,
 )
 from interlink.saga.admin import load_saga, resume_saga
+from interlink.saga.stores import SagaWrite
 
 FAST = Retry(retries=1, backoff=0.001, max_backoff=0.01, jitter="none")
 
@@ -271,12 +272,14 @@ def test_corrupt_row_is_parked_and_blocks_nothing(store_url: str) -> None:
             assert row is not None
             assert await store.put_unowned(
                 bad,
+                SagaWrite(
+                    state="{broken",
+                    status="RUNNING",
+                    wake_at=0.0,
+                    updated_at=time.time(),
+                    error=None,
+                ),
                 version=row.version,
-                state="{broken",
-                status="RUNNING",
-                wake_at=0.0,
-                now=time.time(),
-                error=None,
             )
             async with orchestrator(store, three_steps(rec)) as orch:
                 for sid in good:
@@ -522,12 +525,14 @@ def test_status_column_that_disagrees_with_the_state_is_rewritten(store_url: str
             assert row is not None
             assert await store.put_unowned(
                 sid,
+                SagaWrite(
+                    state=row.state,
+                    status="RUNNING",
+                    wake_at=0.0,
+                    updated_at=time.time(),
+                    error=None,
+                ),
                 version=row.version,
-                state=row.state,
-                status="RUNNING",
-                wake_at=0.0,
-                now=time.time(),
-                error=None,
             )
             async with orchestrator(store, three_steps(rec)):
                 for _ in range(100):

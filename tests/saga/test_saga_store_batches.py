@@ -8,7 +8,7 @@ from collections.abc import Awaitable
 
 from saga_helpers import PG_URL, opened, run, unique_table
 
-from interlink.saga.stores import SagaRow
+from interlink.saga.stores import SagaRow, SagaWrite
 
 
 def row(saga_id: str) -> SagaRow:
@@ -43,15 +43,18 @@ def test_a_batch_of_saves_is_fenced_row_by_row() -> None:
             assert again is None  # the id exists: start is idempotent
 
             def save(i: int, sid: str) -> Awaitable[bool]:
-                return store.save(
-                    sid,
-                    owner="me" if i % 5 else "someone-else",
-                    version=0 if i % 7 else 3,
+                write = SagaWrite(
                     state=f'{{"n":{i}}}',
                     status="RUNNING",
                     wake_at=0.0,
                     updated_at=time.time(),
                     error=None,
+                )
+                return store.save(
+                    sid,
+                    write,
+                    owner="me" if i % 5 else "someone-else",
+                    version=0 if i % 7 else 3,
                     release=i % 2 == 0,
                 )
 

@@ -40,7 +40,7 @@ from interlink.saga.state import (
     Wake,
     decide,
 )
-from interlink.saga.stores import SagaRow, SagaStore
+from interlink.saga.stores import SagaRow, SagaStore, SagaWrite
 
 __all__ = ["Driver", "Started", "error_text"]
 
@@ -217,15 +217,18 @@ class Driver:
     async def _persist(
         self, old: SagaState, new: SagaState, *, release_at: float | None = None
     ) -> SagaState:
-        saved = await self.store.save(
-            old.saga_id,
-            owner=self.owner,
-            version=old.version,
+        write = SagaWrite(
             state=state_to_json(new),
             status=new.status.value,
             wake_at=self.clock() if release_at is None else release_at,
             updated_at=new.updated_at,
             error=new.error,
+        )
+        saved = await self.store.save(
+            old.saga_id,
+            write,
+            owner=self.owner,
+            version=old.version,
             release=release_at is not None,
         )
         if not saved:

@@ -8,7 +8,7 @@ from typing import Any
 from interlink.saga.codec import state_from_json, state_to_json
 from interlink.saga.errors import SagaError, SagaNotFound
 from interlink.saga.state import SagaState, resume
-from interlink.saga.stores import SagaRow, SagaStore
+from interlink.saga.stores import SagaRow, SagaStore, SagaWrite
 
 __all__ = ["current_step", "load_saga", "resume_saga", "saga_json"]
 
@@ -29,15 +29,14 @@ async def resume_saga(store: SagaStore, saga_id: str, *, now: float | None = Non
     """
     at = time.time() if now is None else now
     state = resume(await load_saga(store, saga_id), at)
-    done = await store.put_unowned(
-        saga_id,
-        version=state.version,
+    write = SagaWrite(
         state=state_to_json(state),
         status=state.status.value,
         wake_at=at,
-        now=at,
+        updated_at=at,
         error=state.error,
     )
+    done = await store.put_unowned(saga_id, write, version=state.version)
     if not done:
         raise SagaError(
             f"saga {saga_id!r} is being driven by an orchestrator right now (or changed while "

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
-__all__ = ["SagaRow", "SagaStore"]
+__all__ = ["SagaRow", "SagaStore", "SagaWrite"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,17 @@ class SagaRow:
     updated_at: float
     error: str | None
     late: int = 0  # success replies that came after the saga gave up on their step, unhandled
+
+
+@dataclass(frozen=True, slots=True)
+class SagaWrite:
+    """What a write of a saga's row sets: the state JSON and the columns derived from it."""
+
+    state: str
+    status: str
+    wake_at: float
+    updated_at: float  # also "now" for the lease checks of a write by hand
+    error: str | None
 
 
 class SagaStore(Protocol):
@@ -83,17 +94,7 @@ class SagaStore(Protocol):
         ...
 
     async def save(
-        self,
-        saga_id: str,
-        *,
-        owner: str,
-        version: int,
-        state: str,
-        status: str,
-        wake_at: float,
-        updated_at: float,
-        error: str | None,
-        release: bool = False,
+        self, saga_id: str, write: SagaWrite, *, owner: str, version: int, release: bool = False
     ) -> bool:
         """Fenced write: only if ``owner`` still owns the row at ``version``; bumps the version.
         With ``release``, gives up ownership in the same write."""
@@ -137,17 +138,7 @@ class SagaStore(Protocol):
         fenced by ``owner`` when given, else only if nobody holds a live lease."""
         ...
 
-    async def put_unowned(
-        self,
-        saga_id: str,
-        *,
-        version: int,
-        state: str,
-        status: str,
-        wake_at: float,
-        now: float,
-        error: str | None,
-    ) -> bool:
+    async def put_unowned(self, saga_id: str, write: SagaWrite, *, version: int) -> bool:
         """Write a row nobody holds a live lease on (a resume by hand), fenced by version."""
         ...
 

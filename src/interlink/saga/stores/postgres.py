@@ -11,7 +11,7 @@ from typing import Any, Generic, TypeVar
 from interlink._asyncpg import import_asyncpg
 from interlink._sqlite_thread import identifier
 from interlink.saga.state import ACTIVE, SagaStatus
-from interlink.saga.stores import SagaRow, SagaStore
+from interlink.saga.stores import SagaRow, SagaStore, SagaWrite
 
 __all__ = ["PostgresSagaStore"]
 
@@ -192,21 +192,21 @@ class PostgresSagaStore(SagaStore):
         return [made.get(values[0]) for values in rows]
 
     async def save(
-        self,
-        saga_id: str,
-        *,
-        owner: str,
-        version: int,
-        state: str,
-        status: str,
-        wake_at: float,
-        updated_at: float,
-        error: str | None,
-        release: bool = False,
+        self, saga_id: str, write: SagaWrite, *, owner: str, version: int, release: bool = False
     ) -> bool:
         """Fenced by owner and version, row by row; the saves of concurrent sagas share one
         statement (one transaction, one commit), each saga waiting for its own."""
-        values = (saga_id, state, status, wake_at, updated_at, error, owner, version, release)
+        values = (
+            saga_id,
+            write.state,
+            write.status,
+            write.wake_at,
+            write.updated_at,
+            write.error,
+            owner,
+            version,
+            release,
+        )
         saved: bool = await self._saves.submit(values)
         return saved
 
@@ -324,27 +324,17 @@ class PostgresSagaStore(SagaStore):
             )
         return n == 1
 
-    async def put_unowned(
-        self,
-        saga_id: str,
-        *,
-        version: int,
-        state: str,
-        status: str,
-        wake_at: float,
-        now: float,
-        error: str | None,
-    ) -> bool:
+    async def put_unowned(self, saga_id: str, write: SagaWrite, *, version: int) -> bool:
         """Fenced by version and by nobody holding a live lease."""
         n = await self._execute(
             f"UPDATE {self._t} SET state=$1, status=$2, wake_at=$3, updated_at=$4, error=$5, "
             "owner=NULL, lease_until=0, version=version+1 "
             "WHERE id=$6 AND version=$7 AND (owner IS NULL OR lease_until < $4)",
-            state,
-            status,
-            wake_at,
-            now,
-            error,
+            write.state,
+            write.status,
+            write.wake_at,
+            write.updated_at,
+            write.error,
             saga_id,
             version,
         )

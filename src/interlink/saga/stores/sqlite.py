@@ -15,7 +15,7 @@ from typing import Any
 
 from interlink._sqlite_thread import SqliteThread, identifier, sqlite_path, write_tx
 from interlink.saga.state import ACTIVE, SagaStatus
-from interlink.saga.stores import SagaRow, SagaStore
+from interlink.saga.stores import SagaRow, SagaStore, SagaWrite
 
 __all__ = ["SqliteSagaStore"]
 
@@ -179,17 +179,7 @@ class SqliteSagaStore(SagaStore):
         return await self._db.run(create)
 
     async def save(
-        self,
-        saga_id: str,
-        *,
-        owner: str,
-        version: int,
-        state: str,
-        status: str,
-        wake_at: float,
-        updated_at: float,
-        error: str | None,
-        release: bool = False,
+        self, saga_id: str, write: SagaWrite, *, owner: str, version: int, release: bool = False
     ) -> bool:
         """Fenced by owner and version."""
         let_go = "owner=NULL, lease_until=0, " if release else ""
@@ -197,7 +187,16 @@ class SqliteSagaStore(SagaStore):
             f"UPDATE {self._t} SET state=?, status=?, wake_at=?, updated_at=?, error=?, "
             f"{let_go}version=version+1 WHERE id=? AND owner=? AND version=?"
         )
-        args = (state, status, wake_at, updated_at, error, saga_id, owner, version)
+        args = (
+            write.state,
+            write.status,
+            write.wake_at,
+            write.updated_at,
+            write.error,
+            saga_id,
+            owner,
+            version,
+        )
         return await self._db.run(lambda c: _write(c, sql, args) == 1)
 
     async def release(self, saga_id: str, *, owner: str, wake_at: float) -> bool:
@@ -303,24 +302,23 @@ class SqliteSagaStore(SagaStore):
             sql, args = base + " AND (owner IS NULL OR lease_until < ?)", (*args, now)
         return await self._db.run(lambda c: _write(c, sql, args) == 1)
 
-    async def put_unowned(
-        self,
-        saga_id: str,
-        *,
-        version: int,
-        state: str,
-        status: str,
-        wake_at: float,
-        now: float,
-        error: str | None,
-    ) -> bool:
+    async def put_unowned(self, saga_id: str, write: SagaWrite, *, version: int) -> bool:
         """Fenced by version and by nobody holding a live lease."""
         sql = (
             f"UPDATE {self._t} SET state=?, status=?, wake_at=?, updated_at=?, error=?, "
             "owner=NULL, lease_until=0, version=version+1 "
             "WHERE id=? AND version=? AND (owner IS NULL OR lease_until < ?)"
         )
-        args = (state, status, wake_at, now, error, saga_id, version, now)
+        args = (
+            write.state,
+            write.status,
+            write.wake_at,
+            write.updated_at,
+            write.error,
+            saga_id,
+            version,
+            write.updated_at,
+        )
         return await self._db.run(lambda c: _write(c, sql, args) == 1)
 
     async def put_reply(self, saga_id: str, step: str, attempt: int, body: bytes) -> None:
