@@ -5,13 +5,11 @@ from __future__ import annotations
 import interlink
 
 EXPECTED = [
-    "BreakerMetrics",
     "BudgetExhausted",
     "Bulkhead",
     "BulkheadFull",
     "CircuitBreaker",
     "CircuitOpenError",
-    "Deadline",
     "DeadlineExceeded",
     "Fallback",
     "Hedge",
@@ -25,7 +23,6 @@ EXPECTED = [
     "State",
     "Timeout",
     "__version__",
-    "current_deadline",
     "deadline",
     "expired",
     "remaining",
@@ -36,6 +33,36 @@ def test_all_is_pinned_and_sorted() -> None:
     """__all__ is exactly the expected names, sorted."""
     assert interlink.__all__ == EXPECTED
     assert sorted(interlink.__all__) == interlink.__all__
+
+
+RESILIENCE = [
+    "ORDER",
+    "BreakerMetrics",
+    "BreakerOptions",
+    "Bulkhead",
+    "CircuitBreaker",
+    "Deadline",
+    "Fallback",
+    "Hedge",
+    "Pipeline",
+    "RateLimiter",
+    "Retry",
+    "RetryBudget",
+    "State",
+    "Timeout",
+    "current_deadline",
+    "deadline",
+    "expired",
+    "remaining",
+]
+
+
+def test_resilience_surface_is_pinned() -> None:
+    """interlink.resilience: the policies, the pipeline and the deadline, with their types."""
+    import interlink.resilience
+
+    assert interlink.resilience.__all__ == RESILIENCE
+    assert all(getattr(interlink.resilience, name) is not None for name in RESILIENCE)
 
 
 def test_every_name_resolves() -> None:

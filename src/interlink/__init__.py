@@ -16,10 +16,8 @@ from interlink.errors import (
     RejectedError,
 )
 from interlink.resilience import (
-    BreakerMetrics,
     Bulkhead,
     CircuitBreaker,
-    Deadline,
     Fallback,
     Hedge,
     Pipeline,
@@ -28,20 +26,17 @@ from interlink.resilience import (
     RetryBudget,
     State,
     Timeout,
-    current_deadline,
     deadline,
     expired,
     remaining,
 )
 
 __all__ = [
-    "BreakerMetrics",
     "BudgetExhausted",
     "Bulkhead",
     "BulkheadFull",
     "CircuitBreaker",
     "CircuitOpenError",
-    "Deadline",
     "DeadlineExceeded",
     "Fallback",
     "Hedge",
@@ -55,7 +50,6 @@ __all__ = [
     "State",
     "Timeout",
     "__version__",
-    "current_deadline",
     "deadline",
     "expired",
     "remaining",

@@ -4,7 +4,7 @@ Every policy here is importable from ``interlink`` directly; this package groups
 their options, events and the pipeline that composes them.
 """
 
-from interlink.resilience.breaker import BreakerMetrics, CircuitBreaker, State
+from interlink.resilience.breaker import BreakerMetrics, BreakerOptions, CircuitBreaker, State
 from interlink.resilience.budget import RetryBudget
 from interlink.resilience.bulkhead import Bulkhead
 from interlink.resilience.deadline import Deadline, current_deadline, deadline, expired, remaining
@@ -18,6 +18,7 @@ from interlink.resilience.timeout import Timeout
 __all__ = [
     "ORDER",
     "BreakerMetrics",
+    "BreakerOptions",
     "Bulkhead",
     "CircuitBreaker",
     "Deadline",

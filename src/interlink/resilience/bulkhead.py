@@ -140,7 +140,6 @@ class Bulkhead:
         self._clock = clock
         self._events = Emitter(listeners)
         # a free slot is an item in _free: taking and giving one back are single deque calls
-        # (resilience/_pipeline_sync.py): keep the names and the protocol in step with it.
         self._free: deque[None] = deque([None] * max_concurrent)
         self._waiters: deque[_Waiter] = deque()
         self._lock = threading.Lock()

@@ -117,8 +117,7 @@ class Timeout:
         self._events.remove(listener)
 
     def expired_error(self, *, started: bool) -> DeadlineExceeded:
-        """The error for a call this timeout ended, after telling the listeners (also used by
-        the pipeline's generated drivers)."""
+        """The error for a call this timeout ended, after telling the listeners."""
         if self._events:
             self._events.emit(
                 TimeoutExpired(
