@@ -1,0 +1,4 @@
+"""The food-delivery reference system: six services built from interlink's public API.
+
+Run it with ``interlink up examples/food_delivery/system.yaml``; see docs/reference-system.md.
+"""
