@@ -348,3 +348,26 @@ def test_spans_recorded_with_an_sdk(loop_thread: LoopThread, upstream: str) -> N
     sent = response.json()["headers"]["traceparent"]
     assert sent == response.headers["traceparent"]
     assert sent.split("-")[2] == f"{span.context.span_id:016x}"
+
+
+def test_a_handler_defect_is_a_json_500(loop_thread: LoopThread) -> None:
+    """A translator that raises: 500 internal_error as JSON, the connection still usable."""
+
+    async def broken(*_: Any) -> tuple[int, list[tuple[str, str]], bytes]:
+        raise RuntimeError("a bug")
+
+    from interlink.proxy import Route, Router, RouteSpec
+
+    routes = RouteTable(
+        router=Router([Route(name="b", path="/", target=RouteSpec(name="b", translator=broken))])
+    )
+    _, server, port = loop_thread.run(start_proxy(routes))
+    try:
+        with httpx.Client(timeout=10) as client:
+            first = client.get(f"http://127.0.0.1:{port}/x")
+            second = client.get(f"http://127.0.0.1:{port}/y")
+    finally:
+        loop_thread.loop.call_soon_threadsafe(server.close)
+    assert (first.status_code, first.json()["reason"]) == (500, "internal_error")
+    assert "a bug" not in first.text
+    assert second.status_code == 500

@@ -23,6 +23,7 @@ reads ``request.body`` chunk by chunk while the client sends it, and writes the 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from interlink.proxy.errors import ProxyError, error_body, status_text
 __all__ = ["Body", "ClientGone", "Limits", "Request", "ServerConnection"]
 
 _HIGH_WATER = 256 * 1024
+log = logging.getLogger("interlink.proxy")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -416,6 +418,15 @@ class ServerConnection(asyncio.Protocol):
         except ClientGone:
             self.abort()
             return
+        except Exception:  # a defect in a handler: answered, logged, never a stack trace out
+            log.exception("the request handler failed")
+            if self._started:
+                self.abort()
+                return
+            self.respond_error(
+                ProxyError("internal_error", "the gateway failed to handle the request"),
+                _request_id(request.headers),
+            )
         self.flush()
         if self._closed:
             return
