@@ -18,6 +18,7 @@ from typing import Any
 from interlink.clock import Clock
 from interlink.outbox.sink import Sink
 from interlink.saga._runner import ReplyBox, reply_says_ok, run_attempt
+from interlink.saga._trace import step_span
 from interlink.saga.codec import state_from_json, state_to_json
 from interlink.saga.definition import SagaDefinition, Send, StepContext
 from interlink.saga.errors import InvalidReply, OwnershipLost, SagaError, StepFailed
@@ -41,6 +42,7 @@ from interlink.saga.state import (
     decide,
 )
 from interlink.saga.stores import SagaRow, SagaStore, SagaWrite
+from interlink.tracing.spans import Spans
 
 __all__ = ["Driver", "Started", "error_text"]
 
@@ -78,6 +80,7 @@ class Driver:
     replies: ReplyBox
     clock: Clock
     hold: float  # backoffs up to this long are waited out while holding the saga
+    spans: Spans = field(default_factory=lambda: Spans(name="interlink.saga"))
     # Sagas whose lease this process is giving up on purpose (finished, parked, a long
     # backoff): a renewal that misses them lost nothing.
     letting_go: set[str] = field(default_factory=set)
@@ -259,15 +262,25 @@ class Driver:
         if not compensating and state.deadline_at is not None:
             left = max(state.deadline_at - self.clock(), 0.001)
             seconds = left if seconds is None else min(seconds, left)
+        span = step_span(
+            self.spans,
+            state.trace,
+            saga=state.name,
+            saga_id=state.saga_id,
+            step=step.name,
+            attempt=command.attempt,
+            compensating=compensating,
+        )
         try:
-            result = await run_attempt(
-                step,
-                ctx,
-                seconds=seconds,
-                publisher=self.publisher,
-                store=self.store,
-                replies=self.replies,
-            )
+            with span:  # a failed attempt marks its span failed
+                result = await run_attempt(
+                    step,
+                    ctx,
+                    seconds=seconds,
+                    publisher=self.publisher,
+                    store=self.store,
+                    replies=self.replies,
+                )
         except InvalidReply as exc:
             return Park(self.clock(), str(exc))
         except Exception as exc:

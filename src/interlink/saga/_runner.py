@@ -18,6 +18,7 @@ from interlink.resilience.deadline import deadline
 from interlink.saga.definition import Send, Step, StepContext
 from interlink.saga.errors import InvalidReply, SagaError, StepFailed, StepUnavailable
 from interlink.saga.stores import SagaStore
+from interlink.tracing.propagation import inject as inject_trace
 
 __all__ = [
     "ReplyBox",
@@ -149,6 +150,7 @@ async def _send(
         IDEMPOTENCY_KEY: ctx.idempotency_key,
         REPLY_TO: send.reply_topic,
     }
+    inject_trace(headers)  # the step's span: the participant's work joins the saga's trace
     wait = send.timeout if seconds is None else min(send.timeout, seconds)
     if not ctx.compensating:  # an undo never expires: it must happen, however late
         headers[SAGA_EXPIRES_AT] = f"{time.time() + wait:.3f}"

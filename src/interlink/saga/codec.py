@@ -33,6 +33,7 @@ def state_to_json(state: SagaState) -> str:
         "deadline_at": state.deadline_at,
         "error": state.error,
         "parked_from": None if state.parked_from is None else state.parked_from.value,
+        "trace": None if state.trace is None else dict(state.trace),
         # A StepStatus is a str: JSON writes its value.
         "steps": [{name: getattr(s, name) for name in _STEP_ORDER} for s in state.steps],
     }
@@ -65,6 +66,7 @@ def state_from_json(saga_id: str, text: str | bytes, version: int = 0) -> SagaSt
             error=_typed(doc, "error", str, optional=True),
             parked_from=None if parked is None else SagaStatus(parked),
             version=version,
+            trace=_trace(doc.get("trace")),
         )
     except KeyError as exc:
         raise CorruptSagaState(saga_id, f"missing field {exc.args[0]!r}") from None
@@ -73,6 +75,15 @@ def state_from_json(saga_id: str, text: str | bytes, version: int = 0) -> SagaSt
 
 
 _MISSING = object()
+
+
+def _trace(value: Any) -> dict[str, str] | None:
+    # Trace headers are telemetry: a damaged value is dropped, never a reason to park a saga.
+    if isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        return value
+    return None
 
 
 def _typed(doc: dict[str, Any], name: str, kind: type[T], *, optional: bool = False) -> Any:

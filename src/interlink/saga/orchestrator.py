@@ -40,6 +40,7 @@ from interlink.saga._runner import (
     ReplyBox,
     reply_says_ok,
 )
+from interlink.saga._trace import root_context
 from interlink.saga.admin import load_saga, resume_saga
 from interlink.saga.codec import state_from_json, state_to_json
 from interlink.saga.definition import SagaDefinition, Send
@@ -54,6 +55,7 @@ from interlink.saga.state import (
     new_state,
 )
 from interlink.saga.stores import SagaRow, SagaStore
+from interlink.tracing.spans import Spans
 
 __all__ = ["Orchestrator", "SagaStats", "default_owner"]
 
@@ -98,6 +100,7 @@ class Orchestrator:
         poll_interval: float = 1.0,
         max_concurrent: int = 100,
         clock: Clock = time.time,
+        tracer_provider: object | None = None,
     ) -> None:
         self._own_store = isinstance(store, str)
         self._store: SagaStore = SagaStore.from_url(store) if isinstance(store, str) else store
@@ -138,6 +141,7 @@ class Orchestrator:
             replies=self._replies,
             clock=clock,
             hold=min(self._poll, self._lease / 3),
+            spans=Spans(tracer_provider, name="interlink.saga"),
         )
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wakeup = asyncio.Event()
@@ -241,6 +245,9 @@ class Orchestrator:
         state = new_state(
             sid, definition.name, definition.shape, stored, at=now, timeout=definition.timeout
         )
+        trace = root_context(self._driver.spans, definition.name, sid)
+        if trace is not None:
+            state = replace(state, trace=trace)
         drive = self._loop_task is not None and len(self._tasks) < self._max
         started: Started | None = None
         if drive:

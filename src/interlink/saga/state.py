@@ -30,6 +30,7 @@ applying an event (``_apply``) and choosing what is due now (``_next``).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -142,6 +143,8 @@ class SagaState:
     error: str | None = None
     parked_from: SagaStatus | None = None
     version: int = 0
+    #: the saga's root span as W3C trace headers (``interlink.saga._trace``): opaque here
+    trace: Mapping[str, str] | None = None
 
     def step(self, name: str) -> StepState:
         """The state of the step called ``name``."""

@@ -65,9 +65,15 @@ class Spans:
 
     @contextmanager
     def server(
-        self, name: str, *, parent: object | None = None, attributes: _Attrs | None = None
+        self,
+        name: str,
+        *,
+        parent: object | None = None,
+        attributes: _Attrs | None = None,
+        kind: str = "server",
     ) -> Iterator[Any | None]:
-        """A SERVER span for the block, child of ``parent`` (from ``extract``), made current.
+        """A SERVER span (or ``kind="internal"`` work) for the block, child of ``parent``
+        (from ``extract``), made current.
 
         Yields the span, or None when not recording; either way ``parent`` is current inside
         the block, so outgoing calls carry the trace on even without an SDK.
@@ -81,7 +87,7 @@ class Spans:
         span = tracer.start_span(
             name,
             context=parent,
-            kind=otel.trace.SpanKind.SERVER,
+            kind=otel.trace.SpanKind[kind.upper()],
             attributes=with_correlation(attributes),
         )
         token = otel.attach(otel.trace.set_span_in_context(span, parent))
