@@ -260,7 +260,7 @@ class Gateway:
     def _make_buckets(self) -> Any:
         if self._store_url == "memory":
             return MemoryBuckets()
-        return RedisBuckets(self._store_url)
+        return RedisBuckets(self._store_url, timeout=self.config.rate_limit_timeout)
 
     def _make_resolver(self) -> Any:
         if self.config.discovery is None:

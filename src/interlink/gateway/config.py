@@ -265,6 +265,7 @@ class GatewayConfig(_Model):
     workers: int = Field(default=1, ge=1, le=64)
     discovery: str | None = None
     rate_limit_store: str = "memory"
+    rate_limit_timeout: float = Field(default=0.25, gt=0, le=10)
     limits: LimitsConfig = LimitsConfig()
     upstream_pool: PoolConfig = PoolConfig()
     auth: AuthConfig | None = None
