@@ -82,13 +82,16 @@ async def messaging(count: int, concurrency: int) -> dict[str, float]:
                 queue.pop()
                 await broker.publish(topic, json.dumps({"t": time.perf_counter()}).encode())
 
+        started = time.process_time()
         await asyncio.gather(*(publisher() for _ in range(concurrency)))
         await asyncio.wait_for(done.wait(), 120)
+        cpu = time.process_time() - started
     ordered = sorted(latencies)
     return {
         "p50_ms": statistics.median(ordered) * 1000,
         "p99_ms": ordered[int(len(ordered) * 0.99) - 1] * 1000,
         "count": len(ordered),
+        "cpu_us": cpu / count * 1e6,
     }
 
 

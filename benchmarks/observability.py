@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import shutil
 import statistics
 import subprocess
@@ -44,8 +45,18 @@ def _wait_port(path: Path, proc: subprocess.Popen[bytes]) -> int:
     raise TimeoutError(path)
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU the processes have used (Linux /proc), in seconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
 @contextlib.contextmanager
-def two_hops(mode: str) -> Iterator[str]:
+def two_hops(mode: str) -> Iterator[tuple[str, list[int]]]:
     with tempfile.TemporaryDirectory() as d:
         procs = []
         try:
@@ -59,7 +70,8 @@ def two_hops(mode: str) -> Iterator[str]:
                 ]
             )  # fmt: skip
             procs.append(a)
-            yield f"http://127.0.0.1:{_wait_port(Path(d, 'a.port'), a)}/hop"
+            url = f"http://127.0.0.1:{_wait_port(Path(d, 'a.port'), a)}/hop"
+            yield url, [a.pid, b.pid]
         finally:
             for p in procs:
                 p.terminate()
@@ -87,14 +99,17 @@ async def _load(url: str, count: int, concurrency: int) -> list[float]:
     return latencies
 
 
-def http_round(mode: str, count: int) -> float:
-    with two_hops(mode) as url:
-        asyncio.run(_load(url, min(300, count), 32))  # warm-up: connections, imports, JIT-free
+def http_round(mode: str, count: int) -> tuple[float, float]:
+    """p50 latency (ms) and the services' CPU per request (µs) for one run."""
+    with two_hops(mode) as (url, pids):
+        asyncio.run(_load(url, min(300, count), 32))  # warm-up: connections, imports
+        before = _cpu_seconds(pids)
         latencies = asyncio.run(_load(url, count, 32))
-    return statistics.median(latencies) * 1000
+        cpu = (_cpu_seconds(pids) - before) / count * 1e6
+    return statistics.median(latencies) * 1000, cpu
 
 
-def messaging_round(mode: str, count: int) -> float:
+def messaging_round(mode: str, count: int) -> tuple[float, float]:
     import json
 
     with tempfile.TemporaryDirectory() as d:
@@ -105,18 +120,21 @@ def messaging_round(mode: str, count: int) -> float:
             text=True,
             timeout=300,
         )
-    return float(json.loads(out.stdout.strip().splitlines()[-1])["p50_ms"])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(result["p50_ms"]), float(result["cpu_us"])
 
 
-def paired(measure: object, rounds: int, count: int) -> tuple[float, float]:
-    """Median p50 with tracing off and on, rounds alternating which goes first."""
-    off: list[float] = []
-    on: list[float] = []
+def paired(measure: object, rounds: int, count: int) -> dict[str, tuple[float, float]]:
+    """Median (p50 ms, CPU µs) with tracing off and on, rounds alternating which goes first."""
+    runs: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
     for i in range(rounds):
         order = ("off", "on") if i % 2 == 0 else ("on", "off")
         for mode in order:
-            (off if mode == "off" else on).append(measure(mode, count))  # type: ignore[operator]
-    return statistics.median(off), statistics.median(on)
+            runs[mode].append(measure(mode, count))  # type: ignore[operator]
+    return {
+        mode: (statistics.median(r[0] for r in got), statistics.median(r[1] for r in got))
+        for mode, got in runs.items()
+    }
 
 
 def dashboard_paint(traces: int) -> float | None:
@@ -202,24 +220,28 @@ def main() -> int:
     messages = 500 if args.quick else 3000
     traces = 10_000 if args.quick else 100_000
 
-    http_off, http_on = paired(http_round, rounds, requests)
-    msg_off, msg_on = paired(messaging_round, rounds, messages)
+    http = paired(http_round, rounds, requests)
+    msg = paired(messaging_round, rounds, messages)
     paint = dashboard_paint(traces)
 
     rows = []
     missed = 0
-    for label, off, on in (
-        ("two-hop HTTP (client -> A -> B), p50 at 32 concurrent", http_off, http_on),
-        ("publish -> consume over NATS, p50 at 32 concurrent", msg_off, msg_on),
+    for label, got in (
+        ("two-hop HTTP (client -> A -> B), 32 concurrent", http),
+        ("publish -> consume over NATS, 32 concurrent", msg),
     ):
-        added = on / off - 1
+        (p50_off, cpu_off), (p50_on, cpu_on) = got["off"], got["on"]
+        added = p50_on / p50_off - 1
         ok = added <= TARGET_ADDED
         missed += not ok
         rows.append(
-            [label, f"{off:.2f} ms", f"{on:.2f} ms", f"{added * 100:+.1f} %",
-             f"≤ +{TARGET_ADDED * 100:.0f} %: {'met' if ok else 'MISSED'}"]
+            [label, f"{p50_off:.2f} ms", f"{p50_on:.2f} ms", f"{added * 100:+.1f} %",
+             f"≤ +{TARGET_ADDED * 100:.0f} %: {'met' if ok else 'MISSED'}",
+             f"{cpu_off:.0f} → {cpu_on:.0f} µs ({(cpu_on / cpu_off - 1) * 100:+.0f} %)"]
         )  # fmt: skip
-    table = _report.markdown_table(["tracing cost", "SDK off", "SDK on", "added", "target"], rows)
+    table = _report.markdown_table(
+        ["tracing cost", "p50, SDK off", "p50, SDK on", "added", "target", "CPU per call"], rows
+    )
     paint_line = (
         "Dashboard trace list, first paint: no Chromium on this machine, not measured."
         if paint is None
