@@ -177,11 +177,15 @@ class _Sources:
         edges = (
             []
             if self.traces is None
-            else [asdict(e) for e in self.traces.edges(since=time.time() - cfg.window)]
+            # SQLite calls run in a thread: a slow query must not hold up other requests
+            else [
+                asdict(e)
+                for e in await asyncio.to_thread(self.traces.edges, since=time.time() - cfg.window)
+            ]
         )
         names = set(cfg.services) | set(cfg.metrics)
         if self.traces is not None:
-            names.update(self.traces.services())
+            names.update(await asyncio.to_thread(self.traces.services))
         instances = await self.instances(sorted(names))
         targets: dict[str, list[str]] = {s: [u] for s, u in cfg.metrics.items()}
         for service, listed in instances.items():
@@ -208,7 +212,7 @@ class _Sources:
             "edges": edges,
             "breakers": breakers,
             "sagas": await self.saga_counts(),
-            "traces": None if self.traces is None else self.traces.count(),
+            "traces": None if self.traces is None else await asyncio.to_thread(self.traces.count),
         }
 
     async def saga_counts(self) -> dict[str, int] | None:
@@ -333,7 +337,8 @@ class _Api:
             return store
         q = request.query_params
         try:
-            rows = store.traces(
+            rows = await asyncio.to_thread(
+                store.traces,
                 service=q.get("service") or None,
                 correlation_id=q.get("correlation_id") or None,
                 errors=q.get("errors") in ("1", "true", "on"),
@@ -343,17 +348,18 @@ class _Api:
             )
         except ValueError as exc:
             return _error(400, "bad_query", str(exc))
-        return JSONResponse({"traces": [asdict(r) for r in rows], "total": store.count()})
+        total = await asyncio.to_thread(store.count)
+        return JSONResponse({"traces": [asdict(r) for r in rows], "total": total})
 
     async def trace(self, request: Request) -> Response:
         store = self._store()
         if isinstance(store, JSONResponse):
             return store
         trace_id = request.path_params["trace_id"]
-        summary = store.summary(trace_id)
+        summary = await asyncio.to_thread(store.summary, trace_id)
         if summary is None:
             return _error(404, "no_such_trace", f"no trace {trace_id!r} is stored")
-        spans = store.trace(trace_id)
+        spans = await asyncio.to_thread(store.trace, trace_id)
         return JSONResponse({"summary": asdict(summary), "spans": [asdict(s) for s in spans]})
 
     async def sagas(self, request: Request) -> Response:

@@ -333,9 +333,7 @@ for (const b of document.querySelectorAll("#saga-tabs button")) {
 $("#dlq-replay").addEventListener("click", () => dlqAction("replay"));
 $("#dlq-purge").addEventListener("click", () => dlqAction("purge"));
 
-connect();
-loadTraces();
-loadSagas();
-loadQueues();
+// the first page of traces first: the overview stream and the other lists follow it
+loadTraces().finally(() => { connect(); loadSagas(); loadQueues(); });
 // the lists refresh themselves while they show the newest page: older pages hold still
 setInterval(() => { loadSagas(); loadQueues(); if (traceOffset === 0) loadTraces(); }, 5000);
