@@ -68,7 +68,7 @@ compat-pythons:
 		bash scripts/test-python.sh $$version -q -p no:cacheprovider $(COMPAT_SUITES) || exit 1; \
 	done
 
-test: lint types pytest compat-pythons
+test: lint types pytest compat
 
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/run.py
