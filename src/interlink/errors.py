@@ -1,29 +1,41 @@
 """Every error interlink raises on purpose, under one base class.
 
+One ``except InterlinkError`` catches them all; the errors of the optional parts live in their
+subpackage and are drawn here with its name (``saga.SagaError`` is
+``interlink.saga.SagaError``). A second base in brackets is a built-in the error also is, so
+code that knows nothing of interlink still catches it (``except TimeoutError``).
+tests/test_errors.py checks that every exported error is drawn here, under its real parent.
+
 ::
 
     InterlinkError
-    ├── RejectedError              a policy refused to run the call at all
-    │   ├── CircuitOpenError       the breaker is open (or forced open)
-    │   ├── BulkheadFull           no free slot and no room (or time) in the queue
-    │   ├── RateLimited            no token within the allowed wait
-    │   └── BudgetExhausted        the retry budget refused one more attempt
-    ├── DeadlineExceeded           the call's time ran out (also a ``TimeoutError``)
-    ├── TransportError             the request was not delivered or not answered (refused, reset)
-    ├── HTTPStatusError            ``response.raise_for_status()`` on a 4xx/5xx answer
-    ├── NoInstancesError           service discovery knows no healthy instance of a service
-    ├── grpc.StatusError           a gRPC call's non-OK status, as the pipeline's policies see
-    │   │                          it (the caller is shown grpc's own error)
-    │   └── grpc.DownstreamStatusError   a status the callee's breaker counts
-    ├── saga.SagaError             what the saga machinery raises on purpose
-    │   ├── saga.SagaNotFound      no saga with that id (also a ``LookupError``)
-    │   ├── saga.CorruptSagaState  a stored state cannot be read back (also a ``ValueError``)
-    │   ├── saga.OwnershipLost     another orchestrator took the saga over
-    │   ├── saga.StepFailed        a refusal: the step fails at once, never retried
-    │   │   └── saga.CommandRefused    a CommandGuard refused an expired or cancelled command
-    │   ├── saga.StepUnavailable   the remote side cannot do it now (also a ``ConnectionError``)
-    │   └── saga.InvalidReply      a reply that does not parse or validate (also a ``ValueError``)
-    └── InvalidURLError            a registry (store, broker) URL is malformed; a ``ValueError``
+    ├── RejectedError                  a policy refused to run the call at all
+    │   ├── CircuitOpenError           the breaker is open (or forced open)
+    │   ├── BulkheadFull               no free slot and no room (or time) in the queue
+    │   ├── RateLimited                no token within the allowed wait
+    │   └── BudgetExhausted            the retry budget refused one more attempt
+    ├── DeadlineExceeded               the call's time ran out             [TimeoutError]
+    ├── TransportError                 not delivered or not answered (refused, reset)
+    ├── HTTPStatusError                ``response.raise_for_status()`` on a 4xx/5xx answer
+    ├── NoInstancesError               discovery knows no healthy instance of a service
+    ├── InvalidURLError                a store, registry or broker URL is malformed [ValueError]
+    ├── grpc.StatusError               a gRPC call's non-OK status, as the pipeline's policies
+    │   │                              see it (the caller is shown grpc's own error)
+    │   └── grpc.DownstreamStatusError a status the callee's breaker counts
+    ├── messaging.MessagingError       a broker, consumer or idempotency store failed
+    │   ├── messaging.BackendUnavailable   the backend cannot be reached or used
+    │   ├── messaging.PublishError     the broker did not confirm a message
+    │   └── messaging.InProgress       another consumer holds the message's claim; try later
+    ├── messaging.EnvelopeError        bytes that are not a message frame  [ValueError]
+    ├── saga.SagaError                 the saga machinery refused or failed
+    │   ├── saga.StepFailed            a participant refused the step: compensate
+    │   ├── saga.StepUnavailable       a participant cannot do it now      [ConnectionError]
+    │   ├── saga.InvalidReply          a reply that does not validate      [ValueError]
+    │   ├── saga.OwnershipLost         another orchestrator took the saga over
+    │   ├── saga.SagaNotFound          no saga with this id                [LookupError]
+    │   └── saga.CorruptSagaState      a stored state cannot be read back  [ValueError]
+    ├── proxy.ProxyError               a request the proxy answers itself (bad request, no route)
+    └── gateway.ConfigError            the gateway's configuration is invalid [ValueError]
 
 Rejections share a base class so a fallback can catch "the call never ran" in one clause.
 Messages name the policy and the numbers behind the decision; the numbers are also attributes,
