@@ -29,6 +29,7 @@ tests/test_errors.py checks that every exported error is drawn here, under its r
     ├── messaging.EnvelopeError        bytes that are not a message frame  [ValueError]
     ├── saga.SagaError                 the saga machinery refused or failed
     │   ├── saga.StepFailed            a participant refused the step: compensate
+    │   │   └── saga.CommandRefused    a participant's answer to an expired or cancelled command
     │   ├── saga.StepUnavailable       a participant cannot do it now      [ConnectionError]
     │   ├── saga.InvalidReply          a reply that does not validate      [ValueError]
     │   ├── saga.OwnershipLost         another orchestrator took the saga over
