@@ -107,7 +107,7 @@ routes:
     )
     _, server, port = loop_thread.run(start_proxy(build_table(config)))
     yield f"http://127.0.0.1:{port}"
-    loop_thread.loop.call_soon_threadsafe(server.close)
+    loop_thread.close_server(server)
 
 
 def _claims(**over: Any) -> dict[str, Any]:

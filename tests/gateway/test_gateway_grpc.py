@@ -85,7 +85,7 @@ def base(loop_thread: LoopThread) -> Iterator[str]:
     table = build_table(parse_config(_config(grpc_port)))
     _, proxy_server, port = loop_thread.run(start_proxy(table))
     yield f"http://127.0.0.1:{port}"
-    loop_thread.loop.call_soon_threadsafe(proxy_server.close)
+    loop_thread.close_server(proxy_server)
     loop_thread.run(server.stop(None))
 
 

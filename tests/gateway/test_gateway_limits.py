@@ -64,7 +64,7 @@ routes:
     )
     _, server, port = loop_thread.run(start_proxy(build_table(config)))
     yield f"http://127.0.0.1:{port}"
-    loop_thread.loop.call_soon_threadsafe(server.close)
+    loop_thread.close_server(server)
 
 
 def test_gateway_answers_429(limited: str) -> None:

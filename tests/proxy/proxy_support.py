@@ -36,6 +36,22 @@ class LoopThread:
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+    def close_server(self, server: asyncio.Server) -> None:
+        """Close ``server`` on its own loop and wait until it has closed.
+
+        ``asyncio.Server`` is not thread-safe: closing it from the test thread while its loop
+        runs races with the loop's own bookkeeping.
+        """
+
+        async def close() -> None:
+            server.close()
+            close_clients = getattr(server, "close_clients", None)  # Python 3.13+
+            if close_clients is not None:
+                close_clients()  # from 3.12 on, wait_closed also waits for open connections
+            await server.wait_closed()
+
+        self.run(close())
+
     def stop(self) -> None:
         async def cancel_all() -> None:
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]

@@ -55,7 +55,7 @@ def gateway(loop_thread: LoopThread, upstream: str) -> Iterator[tuple[Proxy, str
         )
     )
     yield proxy, f"http://127.0.0.1:{port}"
-    loop_thread.loop.call_soon_threadsafe(server.close)
+    loop_thread.close_server(server)
 
 
 def _dead_url() -> str:
@@ -338,7 +338,7 @@ def test_spans_recorded_with_an_sdk(loop_thread: LoopThread, upstream: str) -> N
         while not exported.get_finished_spans() and time.monotonic() < deadline:
             time.sleep(0.01)  # the span ends just after the response's last byte
     finally:
-        loop_thread.loop.call_soon_threadsafe(server.close)
+        loop_thread.close_server(server)
     (span,) = exported.get_finished_spans()
     assert span.name == "GET api"
     assert span.context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
@@ -367,7 +367,7 @@ def test_a_handler_defect_is_a_json_500(loop_thread: LoopThread) -> None:
             first = client.get(f"http://127.0.0.1:{port}/x")
             second = client.get(f"http://127.0.0.1:{port}/y")
     finally:
-        loop_thread.loop.call_soon_threadsafe(server.close)
+        loop_thread.close_server(server)
     assert (first.status_code, first.json()["reason"]) == (500, "internal_error")
     assert "a bug" not in first.text
     assert second.status_code == 500

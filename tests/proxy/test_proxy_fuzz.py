@@ -61,7 +61,7 @@ def port(loop_thread: LoopThread, upstream: str) -> Iterator[int]:
         start_proxy(routes, Limits(head_timeout=1.0, body_timeout=1.0))
     )
     yield port
-    loop_thread.loop.call_soon_threadsafe(server.close)
+    loop_thread.close_server(server)
 
 
 def _exchange(port: int, data: bytes) -> bytes:

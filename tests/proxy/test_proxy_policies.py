@@ -123,7 +123,7 @@ def gateway(
     )
     proxy, server, port = loop_thread.run(start_proxy(routes))
     yield proxy, f"http://127.0.0.1:{port}"
-    loop_thread.loop.call_soon_threadsafe(server.close)
+    loop_thread.close_server(server)
     loop_thread.run(resolver.aclose())
     loop_thread.run(registry.aclose())
 
@@ -244,7 +244,7 @@ def test_garbage_from_upstream_is_502(loop_thread: LoopThread) -> None:
     try:
         response = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
     finally:
-        loop_thread.loop.call_soon_threadsafe(server.close)
+        loop_thread.close_server(server)
         listener.close()
     assert (response.status_code, response.json()["reason"]) == (502, "upstream_bad_response")
 
@@ -273,7 +273,7 @@ def test_pool_full_is_503(loop_thread: LoopThread, upstream: str) -> None:
         second = httpx.get(base + "/slow/1", timeout=10)
         worker.join(10)
     finally:
-        loop_thread.loop.call_soon_threadsafe(server.close)
+        loop_thread.close_server(server)
     assert (second.status_code, second.json()["reason"]) == (503, "upstream_pool_full")
     assert first[0].status_code == 200
 
