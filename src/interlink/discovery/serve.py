@@ -14,7 +14,9 @@ it into a connection error; deregistering last leaves it listed while it is gone
 - ``RegisteredASGI``: ASGI middleware registering when the app's lifespan has started and
   deregistering + draining when the server announces shutdown; it also counts requests in
   flight. Servers that stop accepting before the lifespan shutdown (uvicorn does) make step 1
-  late; ``serve_asgi`` fixes that for uvicorn by deregistering on the signal itself.
+  late; ``serve_asgi`` fixes that for uvicorn by deregistering on the signal itself. Under
+  uvicorn the lifespan startup also ends *before* the socket is opened, so ``serve_asgi``
+  registers only once uvicorn listens: a client never learns of an instance that refuses it.
 - ``serve_grpc``: the same for a ``grpc.aio`` server (``server.stop(grace)`` drains).
 """
 
@@ -150,6 +152,9 @@ class RegisteredASGI:
     ) -> None:
         self.app = app
         self.in_flight = 0
+        self.register_at_startup = True
+        """Register when the app's lifespan startup completes (``serve_asgi`` registers later,
+        once the socket accepts, and turns this off)."""
         self.registration = Registration(
             registry,
             instance,
@@ -177,7 +182,7 @@ class RegisteredASGI:
             return message
 
         async def send_(message: Message) -> None:
-            if message["type"] == "lifespan.startup.complete":
+            if message["type"] == "lifespan.startup.complete" and self.register_at_startup:
                 try:
                     await self.registration.start()
                 except Exception as exc:
@@ -191,10 +196,12 @@ class RegisteredASGI:
             # The app has no lifespan support: run the protocol ourselves.
             if self.registration.lease is not None:
                 raise
-            await _own_lifespan(self.registration, receive, send)
+            await _own_lifespan(self.registration, receive, send, self.register_at_startup)
 
 
-async def _own_lifespan(registration: Registration, receive: Receive, send: Send) -> None:
+async def _own_lifespan(
+    registration: Registration, receive: Receive, send: Send, register: bool
+) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
@@ -225,10 +232,13 @@ async def serve_asgi(
 ) -> None:
     """Run ``app`` under uvicorn on ``host:instance.port``, registered while it serves.
 
-    On SIGTERM/SIGINT (or when ``stop`` is set) it deregisters *before* uvicorn stops
-    accepting, waits ``propagation_delay``, then lets uvicorn drain for up to
-    ``drain_timeout`` and exit. ``handle_signals=False`` leaves the signals to the caller
-    (several servers in one process, as ``serve_grpc`` takes it): ``stop`` then ends it.
+    It registers once uvicorn's socket accepts connections (uvicorn opens it only after the
+    app's lifespan startup), so no client is sent to it before it can answer. On SIGTERM/SIGINT
+    (or when ``stop`` is set) it deregisters *before* uvicorn stops accepting, waits
+    ``propagation_delay``, then lets uvicorn drain for up to ``drain_timeout`` and exit.
+    ``handle_signals=False`` leaves the signals to the caller (several servers in one process,
+    as ``serve_grpc`` takes it): ``stop`` then ends it. A failed registration stops the server
+    and is raised.
     """
     try:
         import uvicorn
@@ -243,10 +253,22 @@ async def serve_asgi(
         propagation_delay=propagation_delay,
         drain_timeout=drain_timeout,
     )
+    wrapped.register_at_startup = False
     registration = wrapped.registration
+    failed: list[BaseException] = []
 
     class _Server(uvicorn.Server):
         leaving: asyncio.Task[None] | None = None
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if not self.started:
+                return
+            try:  # the socket is open now: clients may be told about it
+                await registration.start()
+            except Exception as exc:
+                failed.append(exc)
+                self.should_exit = True
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             if self.leaving is None:
@@ -277,18 +299,20 @@ async def serve_asgi(
     server = _Server(config)
     if stop is None:
         await server.serve()
-        return
+    else:
 
-    async def on_stop() -> None:
-        await stop.wait()
-        server.handle_exit(signal.SIGTERM, None)
+        async def on_stop() -> None:
+            await stop.wait()
+            server.handle_exit(signal.SIGTERM, None)
 
-    watcher = asyncio.create_task(on_stop())
-    try:
-        await server.serve()
-    finally:
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
+        watcher = asyncio.create_task(on_stop())
+        try:
+            await server.serve()
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+    if failed:
+        raise failed[0]
 
 
 async def serve_grpc(
