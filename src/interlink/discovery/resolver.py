@@ -537,11 +537,18 @@ class Resolver:
                 state.held.cancel()
             if state.loading is not None and not state.loading.done():
                 tasks.append(state.loading)
+        pending = set(tasks)
+        for _ in range(50):
+            if not pending:
+                break
+            # Cancelled again until done: a client library that swallows one cancellation
+            # (a timeout racing it) must not keep a watch, and this close, alive forever.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
         for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: a watch that failed while closing says nothing
         if self._owns_registry:
             await self.registry.aclose()
 

@@ -245,6 +245,9 @@ class RedisRegistry(BaseRegistry):
 
 async def _close_pubsub(pubsub: Any) -> None:
     try:
-        await pubsub.aclose()
+        # Bounded: closing a subscription whose read was cancelled mid-way can wait on that
+        # read's connection forever (seen after a server restart); the socket is dropped anyway.
+        async with asyncio.timeout(1.0):
+            await pubsub.aclose()
     except Exception:  # the server may be gone; the socket is dropped either way
         return
