@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _discovery_support import NATS_URL, REDIS_URL, Etcd, unique, until
+from _discovery_support import NATS_URL, REDIS_URL, Etcd, unique
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import until
 
 from interlink.discovery import NoInstancesError, Registry, Resolver, ServiceInstance
 from interlink.discovery.registry import instance_of

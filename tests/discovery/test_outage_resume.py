@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from _discovery_support import Private, unique, until
+from _discovery_support import Private, unique
+from support import until
 
 from interlink.discovery import Registry, Resolver, ServiceInstance
 

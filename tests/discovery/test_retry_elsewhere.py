@@ -16,7 +16,8 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from _discovery_support import REDIS_URL, free_port, unique, until
+from _discovery_support import REDIS_URL, unique
+from support import free_port, until
 from test_clients import serve_echo, serve_ok
 
 from interlink.discovery import Endpoint, Pool, Resolver, ServiceInstance

@@ -13,7 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _discovery_support import free_port, unique
+from _discovery_support import unique
+from support import free_port
 
 _SERVER = """
 import asyncio, socket, sys
