@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 
-from interlink.tracing.propagation import api, extract, inject, use_context
-from interlink.tracing.spans import Spans, context_of, fail, with_correlation
+from interlink.tracing.propagation import api, extract, inject
+from interlink.tracing.spans import Spans, context_of, ending, with_correlation
 
 __all__ = ["consume_span", "publish_span"]
 
@@ -41,13 +41,8 @@ def publish_span(spans: Spans, topic: str, headers: MutableMapping[str, str]) ->
         attributes=with_correlation(_attributes(topic, "send")),
     )
     inject(headers, context_of(span))
-    try:
+    with ending(span):
         yield
-    except BaseException as exc:
-        fail(span, exc)
-        raise
-    finally:
-        span.end()
 
 
 @contextmanager
@@ -55,26 +50,8 @@ def consume_span(
     spans: Spans, topic: str, group: str, headers: Mapping[str, str]
 ) -> Iterator[None]:
     """Run the block in the publisher's trace (in a CONSUMER span if recording)."""
-    parent = extract(headers)
-    tracer = spans.tracer()
-    otel = api()
-    if tracer is None or otel is None:
-        with use_context(parent):
-            yield
-        return
     attributes = _attributes(topic, "process") | {"messaging.consumer.group.name": group}
-    span = tracer.start_span(
-        f"{topic} process",
-        context=parent,
-        kind=otel.trace.SpanKind.CONSUMER,
-        attributes=with_correlation(attributes),
-    )
-    token = otel.attach(otel.trace.set_span_in_context(span, parent))
-    try:
+    with spans.current(
+        f"{topic} process", kind="consumer", parent=extract(headers), attributes=attributes
+    ):
         yield
-    except BaseException as exc:
-        fail(span, exc)
-        raise
-    finally:
-        otel.detach(token)
-        span.end()

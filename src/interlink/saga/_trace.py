@@ -64,5 +64,5 @@ def step_span(
         "saga.attempt": attempt,
         "saga.compensating": compensating,
     }
-    with spans.server(name, parent=parent, attributes=attributes, kind="internal") as span:
+    with spans.current(name, parent=parent, attributes=attributes) as span:
         yield span

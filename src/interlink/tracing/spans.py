@@ -11,7 +11,7 @@ keep spans out of the process-wide provider) is always used.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from interlink.context import CORRELATION
@@ -64,16 +64,16 @@ class Spans:
         return self.tracer() is not None
 
     @contextmanager
-    def server(
+    def current(
         self,
         name: str,
         *,
+        kind: str = "internal",
         parent: object | None = None,
         attributes: _Attrs | None = None,
-        kind: str = "server",
     ) -> Iterator[Any | None]:
-        """A SERVER span (or ``kind="internal"`` work) for the block, child of ``parent``
-        (from ``extract``), made current.
+        """A span of ``kind`` (``server``, ``consumer``, ``internal``...) for the block, child of
+        ``parent`` (from ``extract``), made current.
 
         Yields the span, or None when not recording; either way ``parent`` is current inside
         the block, so outgoing calls carry the trace on even without an SDK.
@@ -92,13 +92,16 @@ class Spans:
         )
         token = otel.attach(otel.trace.set_span_in_context(span, parent))
         try:
-            yield span
-        except BaseException as exc:
-            fail(span, exc)
-            raise
+            with ending(span):
+                yield span
         finally:
             otel.detach(token)
-            span.end()
+
+    def server(
+        self, name: str, *, parent: object | None = None, attributes: _Attrs | None = None
+    ) -> AbstractContextManager[Any | None]:
+        """A SERVER span for the block (``current`` with ``kind="server"``)."""
+        return self.current(name, kind="server", parent=parent, attributes=attributes)
 
     def start_client(self, name: str, attributes: _Attrs | None = None) -> Any | None:
         """Start a CLIENT span under the current context; None when not recording.
@@ -120,13 +123,20 @@ class Spans:
         if span is None:
             yield None
             return
-        try:
+        with ending(span):
             yield span
-        except BaseException as exc:
-            fail(span, exc)
-            raise
-        finally:
-            span.end()
+
+
+@contextmanager
+def ending(span: Any) -> Iterator[Any]:
+    """Yield ``span``; mark it failed if the block raises; end it either way."""
+    try:
+        yield span
+    except BaseException as exc:
+        fail(span, exc)
+        raise
+    finally:
+        span.end()
 
 
 def with_correlation(attributes: _Attrs | None) -> _Attrs | None:
