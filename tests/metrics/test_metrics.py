@@ -258,3 +258,66 @@ def test_system_metrics_read_dead_letters_outbox_and_sagas(tmp_path: Path) -> No
     assert value(registry, "interlink_outbox_lag_seconds", outbox="orders") >= 0
     assert value(registry, "interlink_sagas", status="NEEDS_ATTENTION") == 1
     assert value(registry, "interlink_sagas", status="COMPLETED") == 0
+
+
+def test_span_metrics_time_client_calls_and_messages() -> None:
+    """HTTP client attempts and publish/handle of messages, from the spans they open."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from interlink.http import AsyncClient
+    from interlink.messaging import Broker
+    from interlink.metrics import span_metrics
+
+    registry = CollectorRegistry()
+    provider = TracerProvider()
+    provider.add_span_processor(span_metrics(registry))
+
+    async def hello(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    async def scenario(url: str) -> None:
+        async with AsyncClient(tracer_provider=provider) as client:
+            for _ in range(3):
+                await client.get(f"{url}/hello")
+        broker = Broker.from_url("memory://span-metrics", tracer_provider=provider)
+        handled = asyncio.Event()
+
+        @broker.subscriber("orders", group="billing")
+        async def handle(payload: bytes) -> None:
+            handled.set()
+
+        async with broker:
+            await broker.publish("orders", b"1")
+            await asyncio.wait_for(handled.wait(), 10)
+
+    with serve_asgi(Starlette(routes=[Route("/hello", hello)])) as url:
+        asyncio.run(scenario(url))
+    provider.shutdown()
+    address = url.removeprefix("http://")
+    http_count = value(
+        registry,
+        "http_client_request_duration_seconds_count",
+        http_request_method="GET",
+        server_address=address,
+        http_response_status_code="200",
+    )
+    assert http_count == 3
+    assert (
+        value(
+            registry,
+            "messaging_client_operation_duration_seconds_count",
+            messaging_destination_name="orders",
+            messaging_operation_type="send",
+        )
+        == 1
+    )
+    assert (
+        value(
+            registry,
+            "messaging_process_duration_seconds_count",
+            messaging_destination_name="orders",
+            messaging_consumer_group_name="billing",
+            outcome="ok",
+        )
+        == 1
+    )
