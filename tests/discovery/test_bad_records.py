@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from support import until
 
 from interlink.discovery import NoInstancesError, Registry, Resolver, ServiceInstance
-from interlink.discovery.registry import instance_of
+from interlink.discovery.backends._shared import instance_of
 
 pytestmark = pytest.mark.anyio
 

@@ -25,18 +25,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from interlink.discovery.backends._shared import check_hosts, query_of, query_seconds, split_url
 from interlink.discovery.instance import ServiceInstance, check_service
-from interlink.discovery.registry import (
-    DEFAULT_TTL,
-    Lease,
-    Snapshot,
-    check_hosts,
-    query_of,
-    query_seconds,
-    snapshot_of,
-    snapshots,
-    split_url,
-)
+from interlink.discovery.registry import DEFAULT_TTL, Lease, Snapshot, snapshot_of, snapshots
 
 try:
     from dnslib import QTYPE, RCODE, DNSRecord  # type: ignore[import-untyped]

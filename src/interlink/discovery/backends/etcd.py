@@ -27,17 +27,9 @@ import math
 from collections.abc import AsyncIterator
 from typing import Any
 
+from interlink.discovery.backends._shared import check_hosts, instance_of, query_seconds, split_url
 from interlink.discovery.instance import ServiceInstance, check_service
-from interlink.discovery.registry import (
-    BaseRegistry,
-    Snapshot,
-    check_hosts,
-    instance_of,
-    query_seconds,
-    snapshot_of,
-    snapshots,
-    split_url,
-)
+from interlink.discovery.registry import BaseRegistry, Snapshot, snapshot_of, snapshots
 from interlink.errors import InvalidURLError
 
 try:

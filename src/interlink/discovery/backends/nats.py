@@ -25,16 +25,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from interlink.clock import Clock
+from interlink.discovery.backends._shared import check_hosts, instance_of, skip_record
 from interlink.discovery.instance import ServiceInstance, check_service
-from interlink.discovery.registry import (
-    BaseRegistry,
-    Snapshot,
-    check_hosts,
-    instance_of,
-    skip_record,
-    snapshot_of,
-    snapshots,
-)
+from interlink.discovery.registry import BaseRegistry, Snapshot, snapshot_of, snapshots
 
 try:
     import nats

@@ -16,15 +16,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from interlink.discovery.backends._shared import check_hosts, instance_of
 from interlink.discovery.instance import ServiceInstance, check_service
-from interlink.discovery.registry import (
-    BaseRegistry,
-    Snapshot,
-    check_hosts,
-    instance_of,
-    snapshot_of,
-    snapshots,
-)
+from interlink.discovery.registry import BaseRegistry, Snapshot, snapshot_of, snapshots
 from interlink.errors import InvalidURLError
 
 try:

@@ -20,17 +20,9 @@ from typing import Any
 from urllib.parse import unquote
 
 from interlink.clock import Clock
+from interlink.discovery.backends._shared import instance_of, query_seconds, skip_record, split_url
 from interlink.discovery.instance import ServiceInstance, check_service
-from interlink.discovery.registry import (
-    BaseRegistry,
-    Snapshot,
-    instance_of,
-    query_seconds,
-    skip_record,
-    snapshot_of,
-    snapshots,
-    split_url,
-)
+from interlink.discovery.registry import BaseRegistry, Snapshot, snapshot_of, snapshots
 from interlink.errors import InvalidURLError
 
 __all__ = ["SqliteRegistry"]
