@@ -130,3 +130,33 @@ def test_publishing_an_id_again_is_stored_again() -> None:
             await broker.stop()
 
     assert asyncio.run(body()) == 2
+
+
+def test_a_topic_stream_drops_what_every_group_acked_and_keeps_the_backlog() -> None:
+    """Interest-based retention: messages published before the first group wait for it (the
+    backlog consumer), and once the group acked them the stream holds nothing."""
+    topic = _topic()
+
+    async def body() -> tuple[int, list[bytes], int]:
+        broker = Broker.from_url(URL)
+        got: list[bytes] = []
+        for i in range(3):
+            await broker.publish(topic, b"%d" % i)
+        before = await _stored(topic)
+
+        @broker.subscriber(topic, group="g")
+        async def handle(message: bytes) -> None:
+            got.append(message)
+
+        async with broker:
+            for _ in range(500):
+                if len(got) == 3 and await _stored(topic) == 0:
+                    break
+                await asyncio.sleep(0.02)
+            left = await _stored(topic)
+        return before, got, left
+
+    before, got, left = asyncio.run(asyncio.wait_for(body(), 20))
+    assert before == 3
+    assert sorted(got) == [b"0", b"1", b"2"]
+    assert left == 0
