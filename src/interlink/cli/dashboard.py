@@ -1,4 +1,8 @@
-"""``interlink dashboard``: serve the live dashboard for a running system.
+"""``interlink dashboard`` (also ``python -m interlink.dashboard``): serve the live dashboard.
+
+Every source can come from the environment a system's services already share
+(``INTERLINK_TRACES``, ``INTERLINK_SAGA_STORE``, ``INTERLINK_BROKER``, ``INTERLINK_REGISTRY``),
+so a supervisor can run the dashboard as one more process of the system.
 
 The server and its sources are imported inside the command, so ``interlink --help`` needs none
 of Starlette, uvicorn or the stores.
@@ -36,14 +40,25 @@ def dashboard(  # noqa: PLR0917 - typer maps each option to a parameter
     ] = None,
     sagas: Annotated[
         str | None,
-        typer.Option("--sagas", help="Saga store URL (sqlite:///..., postgresql://...)."),
+        typer.Option(
+            "--sagas",
+            envvar="INTERLINK_SAGA_STORE",
+            help="Saga store URL (sqlite:///..., postgresql://...).",
+        ),
     ] = None,
     broker: Annotated[
         list[str] | None,
-        typer.Option("--broker", help="Broker URL whose queues to show (repeatable)."),
+        typer.Option(
+            "--broker",
+            envvar="INTERLINK_BROKER",
+            help="Broker URL whose queues to show (repeatable).",
+        ),
     ] = None,
     registry: Annotated[
-        str | None, typer.Option("--registry", help="Service registry URL, for instances.")
+        str | None,
+        typer.Option(
+            "--registry", envvar="INTERLINK_REGISTRY", help="Service registry URL, for instances."
+        ),
     ] = None,
     metrics: Annotated[
         list[str] | None,
@@ -56,7 +71,12 @@ def dashboard(  # noqa: PLR0917 - typer maps each option to a parameter
     host: Annotated[
         str, typer.Option("--host", help="Address to bind; loopback unless you mean it.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to bind.")] = 8050,
+    port: Annotated[
+        int,
+        typer.Option(
+            "--port", envvar="INTERLINK_DASHBOARD_PORT", min=0, max=65535, help="Port to bind."
+        ),
+    ] = 8050,
     token: Annotated[
         str | None,
         typer.Option(
