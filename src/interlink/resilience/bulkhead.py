@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import inspect
 import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar
 
 from interlink.clock import Clock
 from interlink.errors import BulkheadFull
+from interlink.resilience._decorate import through
 from interlink.resilience._validate import at_least, non_negative, positive_int
 from interlink.resilience.deadline import remaining
 from interlink.resilience.events import BulkheadRejected, Emitter, Listener
@@ -250,19 +249,7 @@ class Bulkhead:
 
     def __call__(self, fn: F) -> F:
         """Decorate a def or an async def so that every call runs in a slot."""
-        if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await self.acall(fn, *args, **kwargs)
-
-            return cast(F, async_wrapper)
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return self.call(fn, *args, **kwargs)
-
-        return cast(F, wrapper)
+        return through(fn, self.call, self.acall)
 
     def __enter__(self) -> Bulkhead:
         try:  # enter(), inlined

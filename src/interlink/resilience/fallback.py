@@ -18,13 +18,13 @@ The cache holds one value, whatever the arguments were: use one fallback per res
 
 from __future__ import annotations
 
-import functools
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, ParamSpec, TypeVar, cast
 
 from interlink.clock import Clock
+from interlink.resilience._decorate import through
 from interlink.resilience._validate import positive
 from interlink.resilience.events import Emitter, FallbackUsed, Listener
 
@@ -224,19 +224,7 @@ class Fallback:
 
     def __call__(self, fn: F) -> F:
         """Decorate a def or an async def so that its handled errors fall back."""
-        if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await self.acall(fn, *args, **kwargs)
-
-            return cast(F, async_wrapper)
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return self.call(fn, *args, **kwargs)
-
-        return cast(F, wrapper)
+        return through(fn, self.call, self.acall)
 
     # -- sources -----------------------------------------------------------------------------
 

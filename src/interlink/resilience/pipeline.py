@@ -24,11 +24,11 @@ through its public protocol (``acquire``/``on_success``/``on_error``, ``begin``/
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, overload
 
+from interlink.resilience._decorate import through
 from interlink.resilience.breaker import CircuitBreaker
 from interlink.resilience.bulkhead import Bulkhead
 from interlink.resilience.fallback import Fallback
@@ -293,22 +293,9 @@ class Pipeline:
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
         """Decorate a ``def`` or an ``async def``: each call goes through ``call``/``acall``."""
-        if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                return await self.acall(fn, *args, **kwargs)
-
-            return async_wrapper
-
-        if self._hedge is not None:
+        if self._hedge is not None and not inspect.iscoroutinefunction(fn):
             raise TypeError(f"pipeline '{self.name}' has a hedge: it can only wrap an async def")
-
-        @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            return self.call(fn, *args, **kwargs)
-
-        return wrapper
+        return through(fn, self.call, self.acall)
 
     def __repr__(self) -> str:
         kinds = ", ".join(k for k in ORDER if getattr(self, f"_{k}") is not None)

@@ -14,16 +14,15 @@ once with ``RateLimited`` (whose ``retry_after`` says when to come back), and no
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar
 
 from interlink.clock import AsyncSleep, Clock, Sleep, async_sleep_of, sleep_of
 from interlink.errors import RateLimited
+from interlink.resilience._decorate import through
 from interlink.resilience._validate import non_negative, positive, positive_int
 from interlink.resilience.deadline import remaining
 from interlink.resilience.events import Emitter, Listener, RateLimitRejected
@@ -178,19 +177,7 @@ class RateLimiter:
 
     def __call__(self, fn: F) -> F:
         """Decorate a def or an async def so that every call takes a token first."""
-        if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await self.acall(fn, *args, **kwargs)
-
-            return cast(F, async_wrapper)
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return self.call(fn, *args, **kwargs)
-
-        return cast(F, wrapper)
+        return through(fn, self.call, self.acall)
 
     # -- the bucket --------------------------------------------------------------------------
 

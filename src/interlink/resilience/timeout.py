@@ -23,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-import functools
-import inspect
 import math
 import threading
 import time
@@ -35,6 +33,7 @@ from interlink.clock import Clock
 from interlink.errors import DeadlineExceeded
 from interlink.resilience import _validate as v
 from interlink.resilience import _watchdog
+from interlink.resilience._decorate import through
 from interlink.resilience._watchdog import (
     Watchdog,
     enter_task_deadline,
@@ -293,19 +292,7 @@ class Timeout:
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
         """Decorate a ``def`` or an ``async def``."""
-        if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                return await self.acall(fn, *args, **kwargs)
-
-            return async_wrapper
-
-        @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            return self.call(fn, *args, **kwargs)
-
-        return wrapper
+        return through(fn, self.call, self.acall)
 
     def _in_thread(
         self, body: Body[T], fn: Callable[..., Any], args: Any, kwargs: dict[str, Any]
