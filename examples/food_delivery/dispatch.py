@@ -14,9 +14,7 @@ from collections.abc import AsyncIterator
 
 from examples.food_delivery import runtime
 from starlette.applications import Starlette
-from starlette.routing import Route
 
-from interlink.discovery.serve import serve_asgi
 from interlink.messaging import Broker, Envelope
 from interlink.saga import reply_body, reply_headers
 
@@ -61,14 +59,10 @@ def build(settings: runtime.Settings) -> tuple[Starlette, Broker]:
         async with broker:
             yield
 
-    app = Starlette(
-        routes=[
-            Route("/healthz", lambda _: runtime.json_response({"ok": True})),
-            Route("/stats", lambda _: runtime.json_response(counts)),
-        ],
-        lifespan=lifespan,
-    )
-    return app, broker
+    async def stats() -> dict[str, int]:
+        return counts
+
+    return runtime.http_app(stats, lifespan=lifespan), broker
 
 
 async def main(stop: asyncio.Event | None = None) -> None:
@@ -76,16 +70,7 @@ async def main(stop: asyncio.Event | None = None) -> None:
     settings = runtime.Settings.from_env("dispatch")
     runtime.configure_logging("dispatch")
     app, _ = build(settings)
-    await serve_asgi(
-        app,
-        settings.registry,
-        settings.instance(settings.port),
-        host=settings.host,
-        log_level="warning",
-        drain_timeout=2.0,
-        stop=stop,
-        handle_signals=stop is None,
-    )
+    await runtime.serve_http(settings, app, stop)
 
 
 if __name__ == "__main__":

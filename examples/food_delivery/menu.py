@@ -11,10 +11,6 @@ import asyncio
 import grpc
 from examples.food_delivery import runtime
 from examples.proto import food_pb2, food_pb2_grpc
-from starlette.applications import Starlette
-from starlette.routing import Route
-
-from interlink.discovery.serve import serve_grpc
 
 #: The catalog: restaurant -> (item id, name, price in cents).
 CATALOG = {
@@ -61,29 +57,11 @@ async def main(stop: asyncio.Event | None = None) -> None:
     menu = Menu(runtime.Chaos(settings.state_dir, "menu"))
     server = runtime.grpc_server(settings)
     food_pb2_grpc.add_MenuServiceServicer_to_server(menu, server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
-    admin = Starlette(
-        routes=[
-            Route("/healthz", lambda _: runtime.json_response({"ok": True})),
-            Route("/stats", lambda _: runtime.json_response({"calls": menu.calls})),
-        ]
-    )
-    handle_signals = stop is None
-    stop = stop or asyncio.Event()
-    instance = settings.instance(port, "grpc", admin=str(settings.port))
-    admin_task = asyncio.create_task(runtime.serve_admin(admin, settings.host, settings.port, stop))
-    try:
-        await serve_grpc(
-            server,
-            settings.registry,
-            instance,
-            grace=2.0,
-            stop=stop,
-            handle_signals=handle_signals,
-        )
-    finally:
-        stop.set()
-        await admin_task
+
+    async def stats() -> dict[str, int]:
+        return {"calls": menu.calls}
+
+    await runtime.serve_grpc_service(settings, server, stats, stop)
 
 
 if __name__ == "__main__":

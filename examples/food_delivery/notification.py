@@ -21,7 +21,6 @@ from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
 from interlink.context import correlation_id
-from interlink.discovery.serve import serve_asgi
 from interlink.messaging import Broker, Envelope
 
 log = logging.getLogger("food.notification")
@@ -77,14 +76,12 @@ def build(settings: runtime.Settings) -> tuple[Starlette, Broker]:
             [{"order_id": o, "kind": k, "text": t, "correlation_id": c} for o, k, t, c in rows]
         )
 
-    async def stats(_: Request) -> object:
+    async def stats() -> dict[str, dict[str, int]]:
         async with db.transaction() as tx:
             rows = await tx.fetch(
                 f"SELECT kind, COUNT(*), COUNT(DISTINCT order_id) FROM {table} GROUP BY kind"
             )
-        return runtime.json_response(
-            {str(k): {"sent": int(n), "orders": int(d)} for k, n, d in rows}
-        )
+        return {str(k): {"sent": int(n), "orders": int(d)} for k, n, d in rows}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -99,13 +96,9 @@ def build(settings: runtime.Settings) -> tuple[Starlette, Broker]:
             yield
         await db.close()
 
-    app = Starlette(
-        routes=[
-            Route("/", page),
-            Route("/healthz", lambda _: runtime.json_response({"ok": True})),
-            Route("/notifications", listing),
-            Route("/stats", stats),
-        ],
+    app = runtime.http_app(
+        stats,
+        routes=[Route("/", page), Route("/notifications", listing)],
         lifespan=lifespan,
     )
     return app, broker
@@ -116,16 +109,7 @@ async def main(stop: asyncio.Event | None = None) -> None:
     settings = runtime.Settings.from_env("notification")
     runtime.configure_logging("notification")
     app, _ = build(settings)
-    await serve_asgi(
-        app,
-        settings.registry,
-        settings.instance(settings.port),
-        host=settings.host,
-        log_level="warning",
-        drain_timeout=2.0,
-        stop=stop,
-        handle_signals=stop is None,
-    )
+    await runtime.serve_http(settings, app, stop)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ from interlink import CircuitBreaker, Fallback, Retry, RetryBudget, deadline
 from interlink import grpc as ilgrpc
 from interlink.context import correlation_id
 from interlink.discovery import Resolver
-from interlink.discovery.serve import serve_asgi
 from interlink.errors import DeadlineExceeded, InterlinkError
 from interlink.grpc import local
 from interlink.http import InterlinkMiddleware
@@ -408,24 +407,22 @@ class OrderService:
             }
         )
 
-    async def stats(self, _: Request) -> JSONResponse:
+    async def stats(self) -> dict[str, Any]:
         """What the scenario tables read: orders by status, sagas parked, policy events."""
         async with self.db.transaction() as tx:
             rows = await tx.fetch(f"SELECT status, COUNT(*) FROM {self.table} GROUP BY status")
         parked = await self.orchestrator.store.list(
             statuses=[SagaStatus.NEEDS_ATTENTION.value], limit=10_000
         )
-        return JSONResponse(
-            {
-                "orders": {str(s): int(n) for s, n in rows},
-                "requests": self.requests,
-                "sagas_parked": len(parked),
-                "breaker_transitions": self.events.transitions,
-                "retries": self.events.retries,
-                "menu_fallbacks": self.events.fallbacks,
-                "relay_lag": await self.relay.lag(),
-            }
-        )
+        return {
+            "orders": {str(s): int(n) for s, n in rows},
+            "requests": self.requests,
+            "sagas_parked": len(parked),
+            "breaker_transitions": self.events.transitions,
+            "retries": self.events.retries,
+            "menu_fallbacks": self.events.fallbacks,
+            "relay_lag": await self.relay.lag(),
+        }
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
@@ -449,12 +446,11 @@ class OrderService:
     def app(self) -> Any:
         """The ASGI app: routes under ``InterlinkMiddleware`` (correlation id, deadline,
         trace context, JSON errors)."""
-        app = Starlette(
+        app = runtime.http_app(
+            self.stats,
             routes=[
                 Route("/orders", self.place, methods=["POST"]),
                 Route("/orders/{order_id}", self.show, methods=["GET"]),
-                Route("/healthz", lambda _: runtime.json_response({"ok": True})),
-                Route("/stats", self.stats),
             ],
             lifespan=self.lifespan,
         )
@@ -467,16 +463,7 @@ async def main(stop: asyncio.Event | None = None) -> None:
     settings = runtime.Settings.from_env("order")
     runtime.configure_logging("order")
     service = OrderService(settings)
-    await serve_asgi(
-        service.app(),
-        settings.registry,
-        settings.instance(settings.port),
-        host=settings.host,
-        log_level="warning",
-        drain_timeout=2.0,
-        stop=stop,
-        handle_signals=stop is None,
-    )
+    await runtime.serve_http(settings, service.app(), stop)
 
 
 if __name__ == "__main__":

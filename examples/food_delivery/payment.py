@@ -19,9 +19,7 @@ from collections.abc import AsyncIterator
 
 from examples.food_delivery import runtime
 from starlette.applications import Starlette
-from starlette.routing import Route
 
-from interlink.discovery.serve import serve_asgi
 from interlink.messaging import Broker, Envelope
 from interlink.saga import reply_body, reply_headers
 
@@ -139,9 +137,6 @@ def build(settings: runtime.Settings) -> tuple[Starlette, Broker]:
         log.info("order %s: %s", order["order_id"], outcome)
         await reply(env, True, {"status": outcome})
 
-    async def stats(_: object) -> object:
-        return runtime.json_response(await payments.stats())
-
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await payments.db.open(schema(table))
@@ -149,14 +144,7 @@ def build(settings: runtime.Settings) -> tuple[Starlette, Broker]:
             yield
         await payments.db.close()
 
-    app = Starlette(
-        routes=[
-            Route("/healthz", lambda _: runtime.json_response({"ok": True})),
-            Route("/stats", stats),
-        ],
-        lifespan=lifespan,
-    )
-    return app, broker
+    return runtime.http_app(payments.stats, lifespan=lifespan), broker
 
 
 async def main(stop: asyncio.Event | None = None) -> None:
@@ -164,16 +152,7 @@ async def main(stop: asyncio.Event | None = None) -> None:
     settings = runtime.Settings.from_env("payment")
     runtime.configure_logging("payment")
     app, _ = build(settings)
-    await serve_asgi(
-        app,
-        settings.registry,
-        settings.instance(settings.port),
-        host=settings.host,
-        log_level="warning",
-        drain_timeout=2.0,
-        stop=stop,
-        handle_signals=stop is None,
-    )
+    await runtime.serve_http(settings, app, stop)
 
 
 if __name__ == "__main__":

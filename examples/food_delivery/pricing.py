@@ -12,10 +12,6 @@ import grpc
 from examples.food_delivery import runtime
 from examples.food_delivery.menu import CATALOG
 from examples.proto import food_pb2, food_pb2_grpc
-from starlette.applications import Starlette
-from starlette.routing import Route
-
-from interlink.discovery.serve import serve_grpc
 
 DELIVERY_FEE_CENTS = 250
 #: Orders of at least this much get the delivery for free.
@@ -58,33 +54,11 @@ async def main(stop: asyncio.Event | None = None) -> None:
     pricing = Pricing(runtime.Chaos(settings.state_dir, "pricing"))
     server = runtime.grpc_server(settings)
     food_pb2_grpc.add_PricingServiceServicer_to_server(pricing, server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
 
-    def stats(_: object) -> object:
-        return runtime.json_response({"calls": pricing.calls, "failed": pricing.failed})
+    async def stats() -> dict[str, int]:
+        return {"calls": pricing.calls, "failed": pricing.failed}
 
-    admin = Starlette(
-        routes=[
-            Route("/healthz", lambda _: runtime.json_response({"ok": True})),
-            Route("/stats", stats),
-        ]
-    )
-    handle_signals = stop is None
-    stop = stop or asyncio.Event()
-    instance = settings.instance(port, "grpc", admin=str(settings.port))
-    admin_task = asyncio.create_task(runtime.serve_admin(admin, settings.host, settings.port, stop))
-    try:
-        await serve_grpc(
-            server,
-            settings.registry,
-            instance,
-            grace=2.0,
-            stop=stop,
-            handle_signals=handle_signals,
-        )
-    finally:
-        stop.set()
-        await admin_task
+    await runtime.serve_grpc_service(settings, server, stats, stop)
 
 
 if __name__ == "__main__":

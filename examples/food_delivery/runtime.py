@@ -18,7 +18,7 @@ import re
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -328,6 +328,77 @@ async def serve_admin(app: Any, host: str, port: int, stop: asyncio.Event) -> No
     await stop.wait()
     server.should_exit = True
     await task
+
+
+async def _health(_: Any) -> Any:
+    return json_response({"ok": True})
+
+
+def http_app(
+    stats: Callable[[], Awaitable[dict[str, Any]]],
+    *,
+    routes: Iterable[Any] = (),
+    lifespan: Any = None,
+) -> Any:
+    """A service's HTTP app: ``routes``, ``/healthz`` (the probes) and ``/stats`` (what the
+    scenario tables read, from ``stats()``)."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    async def stats_route(_: Any) -> Any:
+        return json_response(await stats())
+
+    return Starlette(
+        routes=[*routes, Route("/healthz", _health), Route("/stats", stats_route)],
+        lifespan=lifespan,
+    )
+
+
+async def serve_http(settings: Settings, app: Any, stop: asyncio.Event | None = None) -> None:
+    """Serve ``app`` on the service's port, registered in discovery while it serves; it
+    leaves (deregister, drain) on SIGTERM, or when ``stop`` is set (then signals are the
+    caller's: several services in one process)."""
+    from interlink.discovery.serve import serve_asgi
+
+    await serve_asgi(
+        app,
+        settings.registry,
+        settings.instance(settings.port),
+        host=settings.host,
+        log_level="warning",
+        drain_timeout=2.0,
+        stop=stop,
+        handle_signals=stop is None,
+    )
+
+
+async def serve_grpc_service(
+    settings: Settings,
+    server: Any,
+    stats: Callable[[], Awaitable[dict[str, Any]]],
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve a gRPC ``server`` (its servicers added) on the service's gRPC port, registered in
+    discovery as ``protocol="grpc"``, with an HTTP admin port for the probes and ``/stats``."""
+    from interlink.discovery.serve import serve_grpc
+
+    port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    handle_signals = stop is None
+    stop = stop or asyncio.Event()
+    instance = settings.instance(port, "grpc", admin=str(settings.port))
+    admin = asyncio.create_task(serve_admin(http_app(stats), settings.host, settings.port, stop))
+    try:
+        await serve_grpc(
+            server,
+            settings.registry,
+            instance,
+            grace=2.0,
+            stop=stop,
+            handle_signals=handle_signals,
+        )
+    finally:
+        stop.set()
+        await admin
 
 
 def grpc_server(settings: Settings) -> Any:
