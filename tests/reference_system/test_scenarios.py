@@ -33,7 +33,7 @@ def test_menu_outage_orders_continue_from_the_cached_menu() -> None:
     assert during.menu_fallbacks > 0
     assert during.percentile(0.99) <= GENEROUS_P99_MS
     transitions = [t.lower() for p in outcome.phases for t in p.transitions]
-    assert "closed->open" in transitions, transitions
+    assert "closed->open" in transitions, outcome.checks
     assert transitions[-1] == "half_open->closed", transitions
     assert outcome.final["active"] == 0
     assert outcome.final["parked"] == 0
@@ -72,9 +72,11 @@ def test_retry_storm_budget_holds_retries_and_no_budget_amplifies() -> None:
     before, held, _ = play("retry-storm").phases
     assert held.requests > 50
     assert held.success < 0.1  # the switch takes up to 0.2 s to be read
-    assert held.pricing_calls <= scenarios.budget_bound(before, held)
+    assert held.pricing_calls <= scenarios.budget_bound(before, held), held
     storm = play("retry-storm", no_budget=True).phases[1]
-    assert storm.pricing_calls >= 2.5 * storm.requests
+    # about 3 attempts per order; fewer when a loaded machine spends the 100 ms on backoff
+    assert storm.pricing_calls >= 1.8 * storm.requests, storm
+    assert storm.pricing_calls / storm.requests > held.pricing_calls / held.requests
 
 
 def test_crash_recovery_every_saga_final_nothing_lost_nothing_twice() -> None:
