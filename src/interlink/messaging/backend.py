@@ -209,6 +209,7 @@ _BACKENDS: Mapping[str, str] = {
     "amqps": "interlink.messaging.backends.rabbitmq:RabbitBackend",
     "redis": "interlink.messaging.backends.redis:RedisBackend",
     "rediss": "interlink.messaging.backends.redis:RedisBackend",
+    "kafka": "interlink.messaging.backends.kafka:KafkaBackend",
 }
 
 

@@ -1,0 +1,144 @@
+"""Kafka backend: ``kafka://host:9092`` (bootstrap servers comma-separated), on aiokafka.
+
+Layout on the cluster:
+
+- the interlink topic is the Kafka topic (created with ``partitions`` partitions when first
+  used; an existing topic is used as it is); the message key is the record key, so the
+  messages of one key share a partition and are handled in order;
+- a group is a Kafka consumer group; offsets are committed by hand, only once a message was
+  settled (acked, retried, dead-lettered), and only up to the first offset of its partition
+  not settled yet, so ``concurrency > 1`` never commits past unfinished work (at-least-once:
+  a crash redelivers from the committed offset);
+- metadata travels in record headers as the CloudEvents Kafka binding names them
+  (``ce_id``, ``ce_type``, ..., ``content-type``), the body is the payload;
+- a retry (``nack(delay)``) appends a copy to the same topic and key with ``ce_attempt`` + 1,
+  ``ce_notbefore`` (when it may be handled) and ``ce_retryfor`` (the one group it is for; other
+  groups skip it), then settles the original: the partition is never blocked by a wait;
+- ``<topic>.dlq`` is a one-partition topic of ``encode_dead_letter`` records; Kafka cannot
+  delete a record, so replay and purge append removal markers (see ``_dlq``).
+
+``ensure_group`` creates the topic and, for a group that has no committed offsets yet, commits
+the partitions' current ends: the group gets every message published from then on, before
+any of its consumers has joined. ``Delivery.attempt`` counts retries (the copy's
+``ce_attempt``); a redelivery after a consumer crash starts again at the committed offset with
+the attempt the record carries.
+
+URL options: ``partitions`` (4: of topics interlink creates), ``replication`` (1), ``timeout``
+(s, 10: a publish's acknowledgement), ``connect_timeout`` (s, 5), ``session_timeout`` (s, 10:
+how soon a dead consumer's partitions move to another), ``heartbeat`` (s, 1), ``dlq_max_age``
+(s, 14 days), ``dlq_max_count`` (100,000).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import ClassVar, Self
+
+try:
+    import aiokafka  # noqa: F401 - the client library, checked here for the install hint
+except ImportError as exc:  # pragma: no cover - exercised by the no-extras install test
+    raise ImportError(
+        "interlink.messaging's kafka:// backend needs aiokafka: pip install 'interlink[kafka]'"
+    ) from exc
+
+from aiokafka import TopicPartition
+
+from interlink.messaging.backend import Delivery
+from interlink.messaging.backends.kafka import _dlq
+from interlink.messaging.backends.kafka._connection import KAFKA, KafkaConnection
+from interlink.messaging.backends.kafka._subscription import consume
+from interlink.messaging.envelope import Binding, DeadLetter, OutgoingMessage
+
+__all__ = ["KAFKA", "KafkaBackend"]
+
+
+class KafkaBackend:
+    """Messages in Kafka topics (see the module docstring for the layout)."""
+
+    scheme: ClassVar[str] = "kafka"
+    binding: ClassVar[Binding] = KAFKA
+
+    def __init__(self, url: str) -> None:
+        self.connection = KafkaConnection(url)
+
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        """The backend for ``kafka://`` ``url`` (not yet connected)."""
+        return cls(url)
+
+    @property
+    def visibility_timeout(self) -> float:
+        """Seconds a dead consumer's partitions stay with it: the group's session timeout."""
+        return self.connection.session_timeout
+
+    async def connect(self) -> None:
+        """Start the producer and the admin client (once)."""
+        await self.connection.connect()
+
+    async def aclose(self) -> None:
+        """Flush the producer and close the clients."""
+        await self.connection.aclose()
+
+    async def ensure_group(self, topic: str, group: str) -> None:
+        """Create the topic; a group without committed offsets gets the partitions' ends
+        committed, so it receives every message published after this returns."""
+        connection = self.connection
+        await connection.ensure_topic(topic)
+        consumer = connection.consumer(group=group)
+        await consumer.start()
+        try:
+            await consumer.topics()  # a metadata request: the new topic's partitions
+            partitions = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            if not tps:
+                return
+            consumer.assign(tps)
+            for tp in tps:
+                if await consumer.committed(tp) is not None:
+                    return
+            ends = await consumer.end_offsets(tps)
+            await consumer.commit({tp: ends[tp] for tp in tps})
+        finally:
+            await consumer.stop()
+
+    async def publish(
+        self,
+        topic: str,
+        data: bytes,
+        *,
+        key: str | None,
+        headers: Mapping[str, str],
+        message_id: str,
+    ) -> None:
+        """Send the record and wait for the acknowledgement of every in-sync replica."""
+        await self.connection.publish_one(topic, data, key, headers)
+
+    async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:
+        """Hand every record to the producer, then wait for all acknowledgements."""
+        await self.connection.publish_batch(topic, items)
+
+    def subscribe(self, topic: str, group: str, *, prefetch: int) -> AsyncIterator[Delivery]:
+        """Consume as a member of the consumer group ``group``, up to ``prefetch`` records
+        per fetch."""
+        return consume(self.connection, topic, group, max(1, prefetch))
+
+    async def dlq_list(self, topic: str, limit: int) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters (markers and retention applied)."""
+        return await _dlq.dlq_list(self.connection, topic, limit)
+
+    async def dlq_replay(self, topic: str, ids: Sequence[str] | None) -> int:
+        """Re-publish each chosen message once (however many letters hold its id), then
+        append a marker removing its letters."""
+        return await _dlq.dlq_replay(self.connection, topic, ids)
+
+    async def dlq_purge(self, topic: str) -> int:
+        """Append a marker removing every dead letter there is now."""
+        return await _dlq.dlq_purge(self.connection, topic)
+
+    async def dlq_count(self, topic: str) -> int:
+        """How many dead letters are live."""
+        return await _dlq.dlq_count(self.connection, topic)
+
+    async def topics(self) -> list[str]:
+        """Every topic of the cluster but Kafka's internal ones, DLQs included, sorted."""
+        return sorted(await self.connection.list_topics())

@@ -1,0 +1,237 @@
+"""One process's link to a Kafka cluster: the URL's options, the producer every publish goes
+through, topic creation, and the headers as Kafka carries them (bytes) and interlink reads them
+(text)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from interlink.messaging.backend import BackendUnavailable, PublishError, redact
+from interlink.messaging.backends._options import (
+    DLQ_MAX_AGE,
+    DLQ_MAX_COUNT,
+    UrlOptions,
+    connect_failure,
+)
+from interlink.messaging.envelope import Binding, OutgoingMessage
+
+__all__ = ["KAFKA", "NOT_BEFORE", "RETRY_FOR", "KafkaConnection", "text_headers", "wire_headers"]
+
+#: The CloudEvents Kafka protocol binding: ``ce_`` record headers, ``content-type``; the
+#: message key is the record key (and, as the ``partitionkey`` extension, ``ce_partitionkey``).
+KAFKA = Binding("ce_", "content-type")
+#: On a retry copy: when it may be handled (seconds since the epoch), and the one group it is
+#: for (every other group skips it). CloudEvents extension names, so reserved for interlink.
+NOT_BEFORE = "ce_notbefore"
+RETRY_FOR = "ce_retryfor"
+
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def wire_headers(headers: Mapping[str, str]) -> list[tuple[str, bytes]]:
+    """Headers as a Kafka record carries them."""
+    return [(name, value.encode()) for name, value in headers.items()]
+
+
+def text_headers(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, str]:
+    """A record's headers as text: undecodable bytes replaced, a null value empty, the last of
+    a repeated name kept (a foreign producer's headers never crash the reader)."""
+    return {
+        name: value.decode("utf-8", "replace") if value is not None else ""
+        for name, value in headers
+    }
+
+
+def check_topic(topic: str) -> None:
+    """Kafka's own rule for topic names, as a clear error before any request."""
+    if not _TOPIC.fullmatch(topic) or topic in (".", ".."):
+        raise ValueError(
+            f"'topic' must be 1-249 characters of letters, digits, '.', '_' or '-' on "
+            f"Kafka: {topic!r}"
+        )
+
+
+class KafkaConnection:
+    """The options of one ``kafka://`` URL, its producer and its admin client."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        options = UrlOptions(url, "kafka")
+        netloc = options.base.split("://", 1)[1].strip("/")
+        self.bootstrap = [part or "localhost:9092" for part in netloc.split(",")] or [
+            "localhost:9092"
+        ]
+        self.partitions = int(options.integer("partitions", 4, minimum=1) or 4)
+        self.replication = int(options.integer("replication", 1, minimum=1) or 1)
+        self.timeout = options.number("timeout", 10.0, minimum=0.1)
+        self.connect_timeout = options.number("connect_timeout", 5.0, minimum=0.1)
+        self.session_timeout = options.number("session_timeout", 10.0, minimum=1.0)
+        self.heartbeat = options.number("heartbeat", 1.0, minimum=0.05)
+        self.dlq_max_age = options.number("dlq_max_age", DLQ_MAX_AGE, minimum=1.0)
+        self.dlq_max_count = int(
+            options.integer("dlq_max_count", DLQ_MAX_COUNT, minimum=1) or DLQ_MAX_COUNT
+        )
+        options.done()
+        self._producer: AIOKafkaProducer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+        self._known: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    def client_options(self) -> dict[str, Any]:
+        """What every aiokafka client of this URL is made with."""
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "request_timeout_ms": int(max(self.timeout, self.session_timeout) * 1000) + 5000,
+        }
+
+    def consumer(self, *topics: str, group: str | None, **extra: Any) -> AIOKafkaConsumer:
+        """A consumer with offsets committed by hand (never automatically)."""
+        return AIOKafkaConsumer(
+            *topics,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=int(self.session_timeout * 1000),
+            heartbeat_interval_ms=int(self.heartbeat * 1000),
+            **self.client_options(),
+            **extra,
+        )
+
+    async def connect(self) -> None:
+        """Start the producer and the admin client (once)."""
+        if self._producer is not None:
+            return
+        async with self._lock:
+            if self._producer is not None:
+                return
+            producer = AIOKafkaProducer(acks="all", linger_ms=0, **self.client_options())
+            admin = AIOKafkaAdminClient(**self.client_options())
+            try:
+                await asyncio.wait_for(producer.start(), self.connect_timeout)
+                await asyncio.wait_for(admin.start(), self.connect_timeout)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                with contextlib.suppress(Exception):
+                    await admin.close()
+                tried = redact(",".join(self.bootstrap))
+                reason = connect_failure(exc, tried=tried, within=self.connect_timeout)
+                raise BackendUnavailable(redact(self.url), reason) from exc
+            self._producer, self._admin = producer, admin
+
+    async def aclose(self) -> None:
+        """Flush and stop the producer, close the admin client."""
+        producer, admin = self._producer, self._admin
+        self._producer = self._admin = None
+        self._known.clear()
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+        if admin is not None:
+            with contextlib.suppress(Exception):
+                await admin.close()
+
+    def admin(self) -> AIOKafkaAdminClient:
+        """The admin client (after ``connect``)."""
+        if self._admin is None:
+            raise BackendUnavailable(redact(self.url), "not connected")
+        return self._admin
+
+    async def ensure_topic(self, topic: str, *, partitions: int | None = None) -> None:
+        """Create ``topic`` if this process has not seen it yet (an existing one is kept as
+        it is: partition counts are the operator's once a topic exists)."""
+        if topic in self._known:
+            return
+        check_topic(topic)
+        await self.connect()
+        admin = self.admin()
+        if topic not in await admin.list_topics():
+            await self._create(topic, partitions)
+        self._known.add(topic)
+
+    async def _create(self, topic: str, partitions: int | None) -> None:
+        # A DLQ has one partition (one order to read and mark it in) and the DLQ's age as its
+        # retention; a broker refusing that config still gets the topic.
+        attempts: list[dict[str, str] | None] = [None]
+        if topic.endswith(".dlq"):
+            partitions = 1
+            attempts.insert(0, {"retention.ms": str(int(self.dlq_max_age * 1000))})
+        for configs in attempts:
+            new = NewTopic(
+                topic, partitions or self.partitions, self.replication, topic_configs=configs
+            )
+            try:
+                await self.admin().create_topics([new])
+                return
+            except TopicAlreadyExistsError:
+                return
+            except KafkaError as exc:
+                if configs is None:
+                    raise BackendUnavailable(
+                        redact(self.url), f"cannot create topic {topic!r}: {exc!r}"
+                    ) from exc
+
+    async def list_topics(self) -> list[str]:
+        """Every topic of the cluster but Kafka's internal ones (``__consumer_offsets``)."""
+        await self.connect()
+        return [t for t in await self.admin().list_topics() if not t.startswith("__")]
+
+    async def publish_one(
+        self, topic: str, data: bytes, key: str | None, headers: Mapping[str, str]
+    ) -> None:
+        """Send one record and wait for the broker's acknowledgement (``acks=all``)."""
+        await self.ensure_topic(topic)
+        producer = self._producer
+        if producer is None:
+            raise PublishError(topic, "not connected")
+        try:
+            await asyncio.wait_for(
+                producer.send_and_wait(
+                    topic,
+                    data,
+                    key=key.encode() if key is not None else None,
+                    headers=wire_headers(headers),
+                ),
+                self.timeout,
+            )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
+
+    async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:
+        """Hand every record to the producer (it batches them per partition), then wait for
+        all the acknowledgements."""
+        await self.ensure_topic(topic)
+        producer = self._producer
+        if producer is None:
+            raise PublishError(topic, "not connected")
+        send = producer.send
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for item in items:
+                key = item.key
+                futures.append(
+                    await send(
+                        topic,
+                        item.data,
+                        key=key.encode() if key is not None else None,
+                        headers=[(n, v.encode()) for n, v in item.headers.items()],
+                    )
+                )
+            done, pending = await asyncio.wait(futures, timeout=self.timeout)
+        except (KafkaError, OSError) as exc:
+            raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
+        failed = len(pending) + sum(1 for f in done if f.exception() is not None)
+        for future in pending:
+            future.cancel()
+        if failed:
+            first = next((f.exception() for f in done if f.exception() is not None), None)
+            why = f"{type(first).__name__}: {first}" if first is not None else "timed out"
+            raise PublishError(topic, f"{failed} of {len(items)} not confirmed ({why})")

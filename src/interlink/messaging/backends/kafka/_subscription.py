@@ -1,0 +1,265 @@
+"""Consuming a topic in a consumer group: deliveries handed out in partition order, offsets
+committed only up to the first one not yet settled, retries as delayed copies.
+
+Kafka remembers one position per partition and group, not one state per message. With several
+handlers at once (``concurrency``), a later offset may finish before an earlier one; the
+position committed is therefore the end of the *contiguous* run of settled offsets, so a crash
+redelivers what was unfinished (and possibly some that finished after it): at-least-once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
+
+from interlink.messaging.backend import Delivery
+from interlink.messaging.backends.kafka._connection import (
+    KAFKA,
+    NOT_BEFORE,
+    RETRY_FOR,
+    KafkaConnection,
+    text_headers,
+)
+from interlink.messaging.envelope import (
+    Envelope,
+    encode_dead_letter,
+    letter_for,
+    read,
+    with_attempt,
+    with_id,
+)
+
+__all__ = ["KafkaDelivery", "PartitionOffsets", "consume"]
+
+log = logging.getLogger("interlink.messaging.kafka")
+
+_DROP = frozenset({NOT_BEFORE, RETRY_FOR})
+
+
+class PartitionOffsets:
+    """The offsets of one partition handed out and not yet committed, and which of them are
+    settled; ``committable`` is the offset to commit (one past the contiguous settled run)."""
+
+    __slots__ = ("committable", "dirty", "open", "settled")
+
+    def __init__(self) -> None:
+        self.open: deque[int] = deque()  # increasing: records arrive in offset order
+        self.settled: set[int] = set()
+        self.committable: int | None = None
+        self.dirty = False
+
+    def track(self, offset: int) -> None:
+        """A record of this partition was fetched."""
+        self.open.append(offset)
+
+    def settle(self, offset: int) -> None:
+        """The record at ``offset`` is done (acked, retried as a copy, dead-lettered)."""
+        self.settled.add(offset)
+        open_, settled = self.open, self.settled
+        while open_ and open_[0] in settled:
+            settled.discard(open_[0])
+            self.committable = open_.popleft() + 1
+            self.dirty = True
+
+
+class _Subscription:
+    """The state one ``subscribe`` iterator shares with its deliveries."""
+
+    def __init__(self, connection: KafkaConnection, topic: str, group: str) -> None:
+        self.connection = connection
+        self.topic = topic
+        self.group = group
+        self.partitions: dict[TopicPartition, PartitionOffsets] = {}
+        self.consumer: Any = None
+        self.wake = asyncio.Event()
+
+    def settle(self, tp: TopicPartition, offsets: PartitionOffsets, offset: int) -> None:
+        # a delivery of a partition this consumer no longer owns changes nothing
+        if self.partitions.get(tp) is offsets:
+            offsets.settle(offset)
+            if offsets.dirty:
+                self.wake.set()
+
+    async def commit(self, only: set[TopicPartition] | None = None) -> None:
+        """Commit every partition's contiguous settled offset that changed."""
+        consumer = self.consumer
+        positions = {}
+        for tp, offsets in self.partitions.items():
+            if (only is None or tp in only) and offsets.dirty and offsets.committable is not None:
+                offsets.dirty = False
+                positions[tp] = offsets.committable
+        if positions and consumer is not None:
+            try:
+                await consumer.commit(positions)
+            except (KafkaError, OSError) as exc:  # a rebalance: the new owner starts earlier
+                log.warning("kafka: commit on %s/%s failed: %r", self.topic, self.group, exc)
+
+    async def committer(self) -> None:
+        """Commit soon after acks, coalescing the acks of a burst into one request."""
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            await asyncio.sleep(0.005)
+            await self.commit()
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, subscription: _Subscription, delayed: list[Any]) -> None:
+        self.subscription = subscription
+        self.delayed = delayed
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        lost = set(revoked)
+        await self.subscription.commit(lost)
+        for tp in lost:
+            self.subscription.partitions.pop(tp, None)
+        # retry copies held for a partition now someone else's come back to its new owner
+        self.delayed[:] = [item for item in self.delayed if item[2] not in lost]
+        heapq.heapify(self.delayed)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        for tp in assigned:
+            self.subscription.partitions.setdefault(tp, PartitionOffsets())
+
+
+class KafkaDelivery:
+    """One record handed to the consumer; settling it marks its offset as committable."""
+
+    __slots__ = ("_done", "_offsets", "_sub", "_tp", "attempt", "envelope", "headers", "raw", "record")
+
+    def __init__(
+        self,
+        subscription: _Subscription,
+        tp: TopicPartition,
+        offsets: PartitionOffsets,
+        record: ConsumerRecord[Any, Any],
+        headers: Mapping[str, str],
+    ) -> None:
+        self._sub = subscription
+        self._tp = tp
+        self._offsets = offsets
+        self._done = False
+        self.record = record
+        self.raw: bytes = record.value or b""
+        self.headers = headers
+        fallback = f"{tp.topic}:{tp.partition}:{record.offset}"
+        self.envelope: Envelope = read(KAFKA, self.raw, headers, fallback_id=fallback)
+        self.attempt = self.envelope.attempt
+
+    def _settle(self) -> bool:
+        if self._done:
+            return False
+        self._done = True
+        self._sub.settle(self._tp, self._offsets, self.record.offset)
+        return True
+
+    async def ack(self) -> None:
+        self._settle()
+
+    async def nack(self, delay: float) -> None:
+        """Publish a copy for this group only (attempt + 1, not before now + ``delay``) to the
+        end of the same partition (same key), then settle this record."""
+        if self._done:
+            return
+        headers = with_attempt(KAFKA, with_id(KAFKA, self.headers, self.envelope.id), self.attempt + 1)
+        headers[NOT_BEFORE] = repr(time.time() + max(0.0, delay))
+        headers[RETRY_FOR] = self._sub.group
+        key = self.record.key
+        await self._sub.connection.publish_one(
+            self._tp.topic, self.raw, key.decode("utf-8", "replace") if key else None, headers
+        )
+        self._settle()
+
+    async def dead_letter(self, reason: str, error_type: str | None) -> None:
+        if self._done:
+            return
+        letter = letter_for(
+            self.envelope,
+            topic=self._sub.topic,
+            group=self._sub.group,
+            body=self.raw,
+            headers=self.headers,
+            reason=reason,
+            error_type=error_type,
+            attempts=self.attempt,
+            dead_at=time.time(),
+            binding=KAFKA,
+            drop=_DROP,
+        )
+        await self._sub.connection.publish_one(
+            f"{self._sub.topic}.dlq", encode_dead_letter(letter), letter.id, {}
+        )
+        self._settle()
+
+
+def _not_before(headers: Mapping[str, str]) -> float:
+    text = headers.get(NOT_BEFORE)
+    if text is None:
+        return 0.0
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0
+
+
+async def consume(
+    connection: KafkaConnection, topic: str, group: str, prefetch: int
+) -> AsyncIterator[Delivery]:
+    """Deliveries of ``topic`` for ``group`` (see the module docstring)."""
+    await connection.ensure_topic(topic)
+    sub = _Subscription(connection, topic, group)
+    delayed: list[tuple[float, int, TopicPartition, KafkaDelivery]] = []
+    order = itertools.count()
+    consumer = connection.consumer(group=group, max_poll_records=prefetch)
+    consumer.subscribe([topic], listener=_Rebalance(sub, delayed))
+    sub.consumer = consumer
+    await consumer.start()
+    committer = asyncio.create_task(sub.committer(), name=f"interlink: kafka commits {topic}")
+    try:
+        while True:
+            now = time.time()
+            while delayed and delayed[0][0] <= now:
+                _, _, tp, ready = heapq.heappop(delayed)
+                if sub.partitions.get(tp) is ready._offsets:
+                    yield ready
+            wait = min(1.0, delayed[0][0] - now) if delayed else 1.0
+            try:
+                batch = await consumer.getmany(timeout_ms=max(1, int(wait * 1000)))
+            except KafkaError as exc:
+                log.warning("kafka: fetch on %s/%s failed: %r", topic, group, exc)
+                await asyncio.sleep(0.5)
+                continue
+            for tp, records in batch.items():
+                offsets = sub.partitions.setdefault(tp, PartitionOffsets())
+                for record in records:
+                    offsets.track(record.offset)
+                    headers = text_headers(record.headers)
+                    target = headers.get(RETRY_FOR)
+                    if target is not None and target != group:
+                        sub.settle(tp, offsets, record.offset)  # another group's retry copy
+                        continue
+                    delivery = KafkaDelivery(sub, tp, offsets, record, headers)
+                    due = _not_before(headers)
+                    if due > time.time():
+                        heapq.heappush(delayed, (due, next(order), tp, delivery))
+                        continue
+                    yield delivery
+    finally:
+        committer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await committer
+        with contextlib.suppress(Exception):
+            await sub.commit()
+        with contextlib.suppress(Exception):
+            await consumer.stop()
