@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -14,9 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.messaging.contract import BackendContract, Order, run_async
-
-from interlink.messaging import Broker
+from tests.messaging.contract import BackendContract
 
 ROOT = Path(__file__).resolve().parents[2]
 ENSURE_KAFKA = ROOT / "scripts" / "ensure-kafka.sh"

@@ -85,8 +85,8 @@ class KafkaBackend:
         connection = self.connection
         await connection.ensure_topic(topic)
         consumer = connection.consumer(group=group)
-        await consumer.start()
         try:
+            await consumer.start()
             await consumer.topics()  # a metadata request: the new topic's partitions
             partitions = consumer.partitions_for_topic(topic) or set()
             tps = [TopicPartition(topic, p) for p in sorted(partitions)]

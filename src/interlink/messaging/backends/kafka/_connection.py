@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -84,6 +84,13 @@ class KafkaConnection:
         self._admin: AIOKafkaAdminClient | None = None
         self._known: set[str] = set()
         self._lock = asyncio.Lock()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def closing(self, close: Coroutine[Any, Any, None]) -> None:
+        """Run a subscription's ``close`` in the background; ``aclose`` waits for it."""
+        task = asyncio.get_running_loop().create_task(close, name="interlink: kafka leave group")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def client_options(self) -> dict[str, Any]:
         """What every aiokafka client of this URL is made with."""
@@ -110,7 +117,7 @@ class KafkaConnection:
         if self._producer is not None:
             return
         async with self._lock:
-            if self._producer is not None:
+            if self._admin is not None:  # another task connected meanwhile
                 return
             producer = AIOKafkaProducer(acks="all", linger_ms=0, **self.client_options())
             admin = AIOKafkaAdminClient(**self.client_options())
@@ -128,7 +135,10 @@ class KafkaConnection:
             self._producer, self._admin = producer, admin
 
     async def aclose(self) -> None:
-        """Flush and stop the producer, close the admin client."""
+        """Wait for closing subscriptions (their handlers' retry copies need the producer),
+        then flush and stop the producer, close the admin client."""
+        if self._closing:
+            await asyncio.wait(set(self._closing))
         producer, admin = self._producer, self._admin
         self._producer = self._admin = None
         self._known.clear()

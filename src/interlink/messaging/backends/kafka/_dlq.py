@@ -4,8 +4,9 @@ Kafka cannot delete one record, so removing dead letters appends a *marker* reco
 body) to the same topic: ``interlink-dlq-remove`` names the offsets a replay removed,
 ``interlink-dlq-purge`` the offset before which everything is gone. Reading the DLQ replays the
 topic from its start and applies the markers, then the retention (``dlq_max_age``,
-``dlq_max_count``: the newest are kept). The topic itself is created with ``retention.ms`` =
-``dlq_max_age``, so the broker drops old records and markers too.
+``dlq_max_count``: the newest are kept); letters are listed oldest first by publish time.
+The topic itself is created with ``retention.ms`` = ``dlq_max_age``, so the broker drops old
+records and markers too.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ async def _read(connection: KafkaConnection, topic: str) -> list[tuple[int, Dead
         return []
     tp = TopicPartition(name, 0)
     consumer = connection.consumer(group=None)
-    await consumer.start()
     letters: dict[int, DeadLetter] = {}
     try:
+        await consumer.start()
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
         await consumer.seek_to_beginning(tp)
@@ -66,7 +67,10 @@ async def _read(connection: KafkaConnection, topic: str) -> list[tuple[int, Dead
     finally:
         await consumer.stop()
     oldest = time.time() - connection.dlq_max_age
-    live = [(o, letter) for o, letter in sorted(letters.items()) if letter.dead_at >= oldest]
+    live = [(o, letter) for o, letter in letters.items() if letter.dead_at >= oldest]
+    # Oldest first by when the message was published: keyless messages of one publisher
+    # spread over partitions and may die in another order than they were sent.
+    live.sort(key=lambda entry: (entry[1].published_at or entry[1].dead_at, entry[0]))
     return live[-connection.dlq_max_count :]
 
 

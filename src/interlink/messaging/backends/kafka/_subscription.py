@@ -45,6 +45,9 @@ __all__ = ["KafkaDelivery", "PartitionOffsets", "consume"]
 log = logging.getLogger("interlink.messaging.kafka")
 
 _DROP = frozenset({NOT_BEFORE, RETRY_FOR})
+# How long a closed subscription waits for its handed-out deliveries to be settled before it
+# leaves the group anyway (their messages then come back to the group's next consumer).
+_SETTLE_WAIT = 60.0
 
 
 class PartitionOffsets:
@@ -83,6 +86,33 @@ class _Subscription:
         self.partitions: dict[TopicPartition, PartitionOffsets] = {}
         self.consumer: Any = None
         self.wake = asyncio.Event()
+        self.outstanding = 0  # deliveries handed out and not settled yet
+        self.all_settled = asyncio.Event()
+        self.all_settled.set()
+
+    def handed_out(self) -> None:
+        self.outstanding += 1
+        self.all_settled.clear()
+
+    def settled(self) -> None:
+        self.outstanding -= 1
+        if self.outstanding <= 0:
+            self.all_settled.set()
+
+    async def close(self, committer: asyncio.Task[None]) -> None:
+        """After the iterator closed: wait (bounded) for the deliveries still being handled,
+        whose settling may publish retry copies, then commit and leave the group."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.all_settled.wait(), _SETTLE_WAIT)
+        committer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await committer
+        with contextlib.suppress(Exception):
+            await self.commit()
+        try:
+            await self.consumer.stop()
+        except Exception as exc:  # the broker went away: nothing left to leave
+            log.warning("kafka: leaving %s/%s failed: %r", self.topic, self.group, exc)
 
     def settle(self, tp: TopicPartition, offsets: PartitionOffsets, offset: int) -> None:
         # a delivery of a partition this consumer no longer owns changes nothing
@@ -136,7 +166,17 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 class KafkaDelivery:
     """One record handed to the consumer; settling it marks its offset as committable."""
 
-    __slots__ = ("_done", "_offsets", "_sub", "_tp", "attempt", "envelope", "headers", "raw", "record")
+    __slots__ = (
+        "_done",
+        "_offsets",
+        "_sub",
+        "_tp",
+        "attempt",
+        "envelope",
+        "headers",
+        "raw",
+        "record",
+    )
 
     def __init__(
         self,
@@ -162,6 +202,7 @@ class KafkaDelivery:
             return False
         self._done = True
         self._sub.settle(self._tp, self._offsets, self.record.offset)
+        self._sub.settled()
         return True
 
     async def ack(self) -> None:
@@ -172,7 +213,9 @@ class KafkaDelivery:
         end of the same partition (same key), then settle this record."""
         if self._done:
             return
-        headers = with_attempt(KAFKA, with_id(KAFKA, self.headers, self.envelope.id), self.attempt + 1)
+        headers = with_attempt(
+            KAFKA, with_id(KAFKA, self.headers, self.envelope.id), self.attempt + 1
+        )
         headers[NOT_BEFORE] = repr(time.time() + max(0.0, delay))
         headers[RETRY_FOR] = self._sub.group
         key = self.record.key
@@ -224,14 +267,15 @@ async def consume(
     consumer = connection.consumer(group=group, max_poll_records=prefetch)
     consumer.subscribe([topic], listener=_Rebalance(sub, delayed))
     sub.consumer = consumer
-    await consumer.start()
     committer = asyncio.create_task(sub.committer(), name=f"interlink: kafka commits {topic}")
     try:
+        await consumer.start()
         while True:
             now = time.time()
             while delayed and delayed[0][0] <= now:
                 _, _, tp, ready = heapq.heappop(delayed)
                 if sub.partitions.get(tp) is ready._offsets:
+                    sub.handed_out()
                     yield ready
             wait = min(1.0, delayed[0][0] - now) if delayed else 1.0
             try:
@@ -254,12 +298,9 @@ async def consume(
                     if due > time.time():
                         heapq.heappush(delayed, (due, next(order), tp, delivery))
                         continue
+                    sub.handed_out()
                     yield delivery
     finally:
-        committer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await committer
-        with contextlib.suppress(Exception):
-            await sub.commit()
-        with contextlib.suppress(Exception):
-            await consumer.stop()
+        # the consumer closes the iterator before its running handlers finish: the group is
+        # left once they settled (``KafkaConnection.aclose`` waits for it)
+        connection.closing(sub.close(committer))
