@@ -3,20 +3,35 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import uuid
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
-from tests.messaging.contract import BackendContract
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from hypothesis import given
+from hypothesis import strategies as st
+from support import until
+from tests.messaging.contract import BackendContract, Order
+from typer.testing import CliRunner
+
+from interlink.cli.main import app
+from interlink.messaging import Broker, current_message
+from interlink.messaging.backends.kafka._subscription import PartitionOffsets
 
 ROOT = Path(__file__).resolve().parents[2]
 ENSURE_KAFKA = ROOT / "scripts" / "ensure-kafka.sh"
+T = TypeVar("T")
+runner = CliRunner()
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +72,174 @@ class TestKafkaBackend(BackendContract):
 
     def make_backend_url(self) -> str:
         return self.url
+
+
+def _name(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def _run(coro: Awaitable[T]) -> T:
+    return asyncio.run(asyncio.wait_for(coro, 40))
+
+
+def _bootstrap(url: str) -> str:
+    return url.removeprefix("kafka://").split("?", 1)[0]
+
+
+def test_raw_aiokafka_publishers_reach_interlink(kafka_url: str) -> None:
+    """aiokafka publishes plain JSON (no headers), a binary-mode CloudEvent (``ce_`` record
+    headers) and a structured one; interlink's typed handler gets all three."""
+    topic = _name()
+    seen: list[tuple[int, str, str]] = []
+
+    async def body() -> None:
+        broker = Broker.from_url(kafka_url)
+
+        @broker.subscriber(topic, group="svc")
+        async def handle(order: Order) -> None:
+            envelope = current_message().envelope
+            seen.append((order.order_id, envelope.id, envelope.type))
+
+        async with broker:
+            producer = AIOKafkaProducer(bootstrap_servers=_bootstrap(kafka_url))
+            await producer.start()
+            try:
+                await producer.send_and_wait(topic, b'{"order_id": 1}', key=b"k")
+                binary = [
+                    ("ce_specversion", b"1.0"),
+                    ("ce_id", b"bin-2"),
+                    ("ce_source", b"/billing-go"),
+                    ("ce_type", b"com.example.order"),
+                    ("content-type", b"application/json"),
+                ]
+                await producer.send_and_wait(topic, b'{"order_id": 2}', headers=binary)
+                event = {
+                    "specversion": "1.0",
+                    "id": "st-3",
+                    "source": "/billing-go",
+                    "type": "com.example.order",
+                    "datacontenttype": "application/json",
+                    "data": {"order_id": 3},
+                }
+                await producer.send_and_wait(
+                    topic,
+                    json.dumps(event).encode(),
+                    headers=[("content-type", b"application/cloudevents+json")],
+                )
+                await until(lambda: len(seen) == 3, within=15)
+            finally:
+                await producer.stop()
+
+    _run(body())
+    plain, binary, structured = sorted(seen)
+    assert plain[0] == 1
+    assert plain[1].startswith(f"{topic}:")  # topic:partition:offset
+    assert plain[2] == "Order"
+    assert binary == (2, "bin-2", "com.example.order")
+    assert structured == (3, "st-3", "com.example.order")
+
+
+def test_raw_aiokafka_consumer_reads_interlink_messages(kafka_url: str) -> None:
+    """What interlink publishes is the model's JSON with ``ce_`` record headers and the key
+    as the record key."""
+    topic = _name()
+
+    async def body() -> tuple[Any, str]:
+        broker = Broker.from_url(kafka_url)
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=_bootstrap(kafka_url),
+            group_id=_name("raw"),
+            auto_offset_reset="earliest",
+        )
+        try:
+            mid = await broker.publish(topic, Order(order_id=7), key="k7")
+            await consumer.start()
+            record = await consumer.getone()
+            return record, mid
+        finally:
+            await consumer.stop()
+            await broker.stop()
+
+    record, mid = _run(body())
+    headers = {name: value.decode() for name, value in record.headers}
+    assert json.loads(record.value) == {"order_id": 7, "item": "pizza"}
+    assert record.key == b"k7"
+    assert headers["ce_id"] == mid
+    assert headers["ce_specversion"] == "1.0"
+    assert headers["ce_type"] == "Order"
+    assert headers["ce_partitionkey"] == "k7"
+    assert headers["content-type"] == "application/json"
+    assert headers["ce_time"].endswith("Z")
+
+
+def test_dlq_cli_lists_replays_and_purges_on_kafka(kafka_url: str) -> None:
+    """``interlink dlq list/replay/purge --broker kafka://...`` on a real Kafka DLQ."""
+    topic = _name()
+
+    async def fill() -> None:
+        broker = Broker.from_url(kafka_url)
+
+        @broker.subscriber(topic, group="payments", max_deliveries=1)
+        async def handle(message: Order) -> None:
+            raise ValueError(f"card {message.order_id} declined")
+
+        async with broker:
+            for i in range(3):
+                await broker.publish(topic, Order(order_id=i), message_id=f"m{i}", key="k")
+            await BackendContract.settle(broker, topic, 3, within=15)
+
+    _run(fill())
+    listed = runner.invoke(app, ["dlq", "list", topic, "--broker", kafka_url, "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.output)
+    assert [(r["id"], r["error_type"]) for r in rows] == [(f"m{i}", "ValueError") for i in range(3)]
+    replayed = runner.invoke(app, ["dlq", "replay", topic, "--broker", kafka_url, "--id", "m1"])
+    assert replayed.exit_code == 0, replayed.output
+    purged = runner.invoke(app, ["dlq", "purge", topic, "--broker", kafka_url, "--yes"])
+    assert purged.exit_code == 0, purged.output
+    assert "2" in purged.output
+    empty = runner.invoke(app, ["dlq", "list", topic, "--broker", kafka_url, "--json"])
+    assert json.loads(empty.output) == []
+
+
+def test_a_topic_name_kafka_refuses_is_a_clear_error(kafka_url: str) -> None:
+    """A topic Kafka cannot hold is refused before any request, naming it."""
+
+    async def body() -> None:
+        broker = Broker.from_url(kafka_url)
+        try:
+            with pytest.raises(ValueError, match="orders/eu"):
+                await broker.publish("orders/eu", b"x")
+        finally:
+            await broker.stop()
+
+    _run(body())
+
+
+def test_unknown_url_option_is_refused() -> None:
+    """A typo in the URL's options fails at construction, naming the option."""
+    with pytest.raises(ValueError, match="partition"):
+        Broker.from_url("kafka://127.0.0.1:9092?partition=3")
+
+
+@given(st.lists(st.integers(min_value=0, max_value=40), unique=True, max_size=40), st.data())
+def test_the_committed_offset_never_passes_an_unsettled_one(
+    fetched_gaps: list[int], data: st.DataObject
+) -> None:
+    """Whatever order handlers finish in, the offset to commit is one past the longest
+    settled prefix of what was fetched, never beyond an unsettled offset."""
+    offsets = sorted(fetched_gaps)
+    tracker = PartitionOffsets()
+    for offset in offsets:
+        tracker.track(offset)
+    order = data.draw(st.permutations(offsets))
+    settled: set[int] = set()
+    for offset in order:
+        tracker.settle(offset)
+        settled.add(offset)
+        prefix = 0
+        while prefix < len(offsets) and offsets[prefix] in settled:
+            prefix += 1
+        expected = offsets[prefix - 1] + 1 if prefix else None
+        assert tracker.committable == expected
