@@ -12,6 +12,11 @@ it, new requests see the new one. For each request::
          take a pooled connection (upstream), send the head and body, await the response head
       -> stream the response body back, echoing x-request-id and traceparent
 
+The usual request (a GET without a body, to fixed upstreams, on a route without policies, with
+a cached token or an API key and in-memory limits, while an idle pooled connection waits) is
+answered from the connections' callbacks, without a task or a coroutine per request
+(``Proxy.answer_now``); any other request, or any turn off that path, goes the general way.
+
 Retries happen only when it is safe: the attempt failed before the upstream answered or it
 answered 502/503/504, and the request can be sent again (no body, or a small body that arrived
 whole, and an idempotent method — or nothing was sent at all). The client's own deadline
@@ -46,7 +51,7 @@ from interlink.proxy.limits import Limiter, LimitRule
 from interlink.proxy.metrics import ProxyMetrics
 from interlink.proxy.router import Match, Router
 from interlink.proxy.upstream import ResponseHead, UpstreamConnection, UpstreamFailure, UpstreamPool
-from interlink.proxy.upstreams import Upstream
+from interlink.proxy.upstreams import FixedUpstream, Upstream
 from interlink.resilience import Pipeline, deadline
 from interlink.tracing.propagation import TRACE_HEADERS, extract, inject
 from interlink.tracing.spans import CORRELATION_ATTRIBUTE, Spans, context_of, fail
@@ -283,7 +288,7 @@ class Proxy:
 
     def connection(self) -> ServerConnection:
         """A protocol for one accepted client connection."""
-        return ServerConnection(self.handle, self.limits)
+        return ServerConnection(self.handle, self.limits, answer_now=self.answer_now)
 
     async def serve(
         self,
@@ -305,22 +310,29 @@ class Proxy:
 
     async def handle(self, request: Request, conn: ServerConnection) -> None:
         """Answer one request (called by ``ServerConnection``)."""
-        started = self._clock()
-        ex = _Exchange(request, conn, self.table)  # the table is read once: reloads are atomic
+        # the table is read once: reloads are atomic
+        await self._serve(_Exchange(request, conn, self.table), self._clock())
+
+    async def _serve(
+        self,
+        ex: _Exchange,
+        started: float,
+        *,
+        admitted: bool = False,
+        error: ProxyError | None = None,
+    ) -> None:
+        """The general way: admit (unless ``admitted``), forward, relay; or answer ``error``."""
+        conn = ex.conn
         self.in_flight += 1
         tracer = self._spans.tracer()  # None unless an OpenTelemetry SDK records: the usual
         span = None if tracer is None else self._start_span(tracer, ex)
         try:
-            if await self._admit(ex):
+            if error is not None:
+                raise error
+            if admitted or await self._admit(ex):
                 await self._forward(ex)
-        except ProxyError as error:
-            route = ex.route.name if ex.route is not None else "-"
-            if error.status in (502, 503, 504):
-                self.metrics.upstream_error(route, error.reason)
-            if conn.started:
-                conn.abort()
-            else:
-                conn.respond_error(error, ex.request_id, ex.echo[1:])
+        except ProxyError as failure:
+            self._answer_error(ex, failure)
         except ClientGone:
             conn.abort()
         finally:
@@ -329,6 +341,86 @@ class Proxy:
             self.metrics.observe(route, conn.status or 499, self._clock() - started)
             if span is not None:
                 _end_span(span, ex, route, conn.status or 499)
+
+    def _answer_error(self, ex: _Exchange, error: ProxyError) -> None:
+        route = ex.route.name if ex.route is not None else "-"
+        if error.status in (502, 503, 504):
+            self.metrics.upstream_error(route, error.reason)
+        if ex.conn.started:
+            ex.conn.abort()
+        else:
+            ex.conn.respond_error(error, ex.request_id, ex.echo[1:])
+
+    def answer_now(self, request: Request, conn: ServerConnection) -> bool:
+        """Take the usual request without a task (see the module docstring): False, with
+        nothing done, when it needs the general way from the start."""
+        if request.method != "GET" or request.has_body or request.upgrade:
+            return False
+        if self._spans.tracer() is not None:
+            return False
+        table = self.table
+        try:
+            match = table.router.match(
+                "GET", request.header("host") or "", request.target, request.headers
+            )
+        except ProxyError:
+            return False  # answered the general way
+        route = match.route.target
+        upstream = route.upstream
+        limiter = table.limiter if route.limits else None
+        if (
+            route.policies is not None
+            or not isinstance(upstream, FixedUpstream)
+            or (limiter is not None and not limiter.decides_now)
+            or (route.cors and request.header("origin") is not None)
+            or request.header(DEADLINE_HEADER) is not None
+            or request.header("expect") is not None
+        ):
+            return False
+        identity = None
+        if route.auth is not None:
+            authenticator = table.authenticator
+            if authenticator is None:
+                return False
+            identity = authenticator.authenticate_now(
+                route.auth,
+                request.header("authorization"),
+                request.header(authenticator.api_key_header),
+            )
+            if identity is None:  # to verify, or to refuse: the general way
+                return False
+        started = self._clock()
+        ex = _Exchange(request, conn, table)
+        ex.match = match
+        ex.route = route
+        if identity is not None:
+            ex.upstream_headers += identity.headers(table.identity_prefix)
+        if limiter is not None:
+            try:
+                ex.echo += limiter.check_now(
+                    route.limits,
+                    route.name,
+                    None if identity is None else identity.subject,
+                    request.client,
+                )
+            except ProxyError as error:
+                self.metrics.rejected(route.name)
+                conn.continue_with(self._serve(ex, started, error=error))
+                return True
+        target = upstream.choose_now()
+        conn_up = self.pool.take_idle(target.host, target.port)
+        if conn_up is None:  # a connection to open (or to wait for): the general way
+            conn.continue_with(self._serve(ex, started, admitted=True))
+            return True
+        self.in_flight += 1
+        timeout = route.timeout
+        if timeout is not None:
+            ex.due = started + timeout
+        answer = _Answer(self, ex, conn_up, started)
+        lines = self._upstream_head(ex, target.address)
+        lines.append("\r\n")
+        conn_up.send("".join(lines).encode("latin-1"), timeout=timeout, listener=answer)
+        return True
 
     def _start_span(self, tracer: Any, ex: _Exchange) -> Any:
         """A SERVER span for the gateway's hop, child of the client's trace; its context is
@@ -482,7 +574,7 @@ class Proxy:
             for fresh in (False, True):
                 conn_up = await self.pool.acquire(target.host, target.port)
                 try:
-                    head = await self._exchange(ex, conn_up, f"{target.host}:{target.port}")
+                    head = await self._exchange(ex, conn_up, target.address)
                 except UpstreamFailure as failure:
                     conn_up.abort()
                     replayable = ex.replayable
@@ -595,21 +687,11 @@ class Proxy:
     async def _relay(self, ex: _Exchange, conn_up: UpstreamConnection, head: ResponseHead) -> None:
         """Stream the upstream's answer to the client."""
         conn = ex.conn
-        dropped = _HOP_BY_HOP_BYTES
-        sized = False
-        for name, value in head.headers:
-            if name == b"connection":
-                dropped = dropped | {t.strip().lower() for t in value.split(b",")}
-            elif name == b"content-length":
-                sized = True
-        block = b"".join(
-            b"%b: %b\r\n" % (name, value) for name, value in head.headers if name not in dropped
-        )
-        echo = "".join(f"{name}: {value}\r\n" for name, value in ex.echo).encode("latin-1")
+        block, sized = _response_head(ex, head)
         if head.upgrade and ex.request.upgrade:
-            await self._tunnel(conn, conn_up, head, block + echo)
+            await self._tunnel(conn, conn_up, head, block)
             return
-        conn.start_encoded(head.status, block + echo, sized=sized)
+        conn.start_encoded(head.status, block, sized=sized)
         conn.set_producer(conn_up.transport)
 
         def sink(data: bytes) -> None:
@@ -620,6 +702,7 @@ class Proxy:
 
         try:
             done = conn_up.stream_to(sink)  # what already arrived goes out with the head
+            assert done is not None
             conn.flush()  # the rest may take a while (server-sent events): the head goes now
             await done
         except UpstreamFailure:
@@ -669,6 +752,84 @@ class Proxy:
         finally:
             conn_up.abort()
             conn.close()
+
+
+class _Answer:
+    """A request answered from callbacks (``Proxy.answer_now``): told the upstream's head, its
+    body, and its end or failure by the upstream connection."""
+
+    __slots__ = ("conn_up", "ex", "proxy", "started")
+
+    def __init__(
+        self, proxy: Proxy, ex: _Exchange, conn_up: UpstreamConnection, started: float
+    ) -> None:
+        self.proxy = proxy
+        self.ex = ex
+        self.conn_up = conn_up
+        self.started = started
+
+    def head(self, head: ResponseHead) -> None:
+        conn = self.ex.conn
+        block, sized = _response_head(self.ex, head)
+        conn.start_encoded(head.status, block, sized=sized)
+        conn.set_producer(self.conn_up.transport)
+        self.conn_up.stream_to(self.sink)
+        # held back to go out with the first body bytes; sent by itself if those take long
+        conn.flush_soon()
+
+    def sink(self, data: bytes) -> None:
+        conn = self.ex.conn
+        if data:
+            conn.write(data)
+            return
+        conn.end()
+        conn.set_producer(None)
+        self.proxy.pool.release(self.conn_up)
+        self._finish()
+
+    def failed(self, failure: UpstreamFailure) -> None:
+        proxy, ex = self.proxy, self.ex
+        conn = ex.conn
+        conn.set_producer(None)
+        self.conn_up.abort()
+        if conn.started:  # mid-body: the client must see a broken response, not a short one
+            conn.abort()
+        elif failure.stale:  # the upstream had closed the pooled connection: a fresh one
+            proxy.in_flight -= 1
+            conn.continue_with(proxy._serve(ex, self.started, admitted=True))
+            return
+        else:
+            route = ex.route
+            assert route is not None
+            proxy.metrics.upstream_error(route.name, failure.reason)
+            proxy._answer_error(ex, failure.to_error())
+        self._finish()
+
+    def _finish(self) -> None:
+        proxy, ex = self.proxy, self.ex
+        proxy.in_flight -= 1
+        route = ex.route
+        assert route is not None
+        conn = ex.conn
+        proxy.metrics.observe(route.name, conn.status or 499, proxy._clock() - self.started)
+        conn.finish()
+
+
+def _response_head(ex: _Exchange, head: ResponseHead) -> tuple[bytes, bool]:
+    """The upstream's response header lines for the client (hop-by-hop ones dropped, the
+    echoed ones added), and whether they hold a ``content-length``."""
+    dropped = _HOP_BY_HOP_BYTES
+    sized = False
+    for name, value in head.headers:
+        if name == b"connection":
+            dropped = dropped | {t.strip().lower() for t in value.split(b",")}
+        elif name == b"content-length":
+            sized = True
+    block = b"".join(
+        b"%b: %b\r\n" % (name, value) for name, value in head.headers if name not in dropped
+    )
+    echo = "".join(f"{name}: {value}\r\n" for name, value in ex.echo).encode("latin-1")
+    return block + echo, sized
 
 
 def _span_kind_server() -> Any:

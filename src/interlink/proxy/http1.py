@@ -15,7 +15,10 @@ before any routing happens:
   past a proxy.
 
 Requests are handed to ``handler(request, connection)`` one at a time per connection (pipelined
-requests wait their turn, so responses leave in order). Bodies stream both ways: the handler
+requests wait their turn, so responses leave in order). An ``answer_now(request, connection)``
+hook may take a request first: when it returns True it answers from callbacks (no task per
+request) or hands a coroutine to ``continue_with``, and calls ``finish()`` when the response is
+complete. Bodies stream both ways: the handler
 reads ``request.body`` chunk by chunk while the client sends it, and writes the response with
 ``start``/``write``/``end``, with back-pressure in both directions.
 """
@@ -25,8 +28,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import httptools
 
@@ -213,7 +217,9 @@ class Request:
         return self._first.get(name)
 
 
-Handler = Callable[[Request, "ServerConnection"], Awaitable[None]]
+Handler = Callable[[Request, "ServerConnection"], Coroutine[Any, Any, None]]
+#: takes a request without a task, or returns False for ``Handler`` to answer it
+AnswerNow = Callable[[Request, "ServerConnection"], bool]
 
 
 def _framing_error(headers: list[tuple[str, str]]) -> ProxyError | None:
@@ -232,8 +238,11 @@ class ServerConnection(asyncio.Protocol):
     """One client connection: parse, enforce limits, hand requests to ``handler`` in order,
     and write the responses (see the module docstring)."""
 
-    def __init__(self, handler: Handler, limits: Limits) -> None:
+    def __init__(
+        self, handler: Handler, limits: Limits, *, answer_now: AnswerNow | None = None
+    ) -> None:
         self._handler = handler
+        self._answer_now = answer_now
         self._limits = limits
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
@@ -410,25 +419,51 @@ class ServerConnection(asyncio.Protocol):
         self._chunked = False
         self._close_after = not request.keep_alive
         self.status = 0
-        self._task = self._loop.create_task(self._run(request))
+        answer_now = self._answer_now
+        if answer_now is not None:
+            try:
+                if answer_now(request, self):
+                    return
+            except Exception:
+                self._defect(request)
+                self.finish()
+                return
+        self._task = self._loop.create_task(self._run(self._handler(request, self)))
 
-    async def _run(self, request: Request) -> None:
+    def continue_with(self, work: Coroutine[Any, Any, None]) -> None:
+        """Answer the current request (taken by ``answer_now``) by running ``work`` as a task;
+        the connection finishes the request when it ends."""
+        self._task = self._loop.create_task(self._run(work))
+
+    async def _run(self, work: Coroutine[Any, Any, None]) -> None:
         try:
-            await self._handler(request, self)
+            await work
         except ClientGone:
             self.abort()
             return
-        except Exception:  # a defect in a handler: answered, logged, never a stack trace out
-            log.exception("the request handler failed")
-            if self._started:
-                self.abort()
+        except Exception:
+            if self._defect(self._current):
                 return
-            self.respond_error(
-                ProxyError("internal_error", "the gateway failed to handle the request"),
-                _request_id(request.headers),
-            )
+        self.finish()
+
+    def _defect(self, request: Request | None) -> bool:
+        """A defect in a handler: answered, logged, never a stack trace out; True when the
+        connection had to be dropped instead."""
+        log.exception("the request handler failed")
+        if self._started or request is None:
+            self.abort()
+            return True
+        self.respond_error(
+            ProxyError("internal_error", "the gateway failed to handle the request"),
+            _request_id(request.headers),
+        )
+        return False
+
+    def finish(self) -> None:
+        """The current request's response is complete: go on with the next request."""
+        request = self._current
         self.flush()
-        if self._closed:
+        if self._closed or request is None:
             return
         if not request.body.complete:
             # the handler did not read the whole body: the next request cannot be found in
@@ -484,6 +519,11 @@ class ServerConnection(asyncio.Protocol):
             self._held = None
             if not self._closed and self.transport is not None:
                 self.transport.write(held)
+
+    def flush_soon(self) -> None:
+        """``flush`` on the loop's next turn: a held head goes out with the body bytes that
+        arrive meanwhile, or by itself if they take longer."""
+        self._loop.call_soon(self.flush)
 
     def write(self, data: bytes) -> None:
         """Send part of the response body."""

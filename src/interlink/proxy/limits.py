@@ -204,28 +204,57 @@ class Limiter:
         self.buckets = buckets
         self.rejected: dict[str, int] = {}
 
+    @property
+    def decides_now(self) -> bool:
+        """Whether ``check_now`` can decide (buckets in memory never wait)."""
+        return isinstance(self.buckets, MemoryBuckets)
+
     async def check(
         self, rules: tuple[LimitRule, ...], route: str, consumer: str | None, client: str
     ) -> list[tuple[str, str]]:
-        """The ``RateLimit-*`` headers for the tightest rule, or ``ProxyError('rate_limited')``."""
+        """The ``RateLimit-*`` headers for the tightest rule, or ``ProxyError('rate_limited')``
+        (rules after a refusing one are not charged)."""
         headers: list[tuple[str, str]] = []
         tightest = math.inf
         for rule in rules:
-            if rule.per == "route":
-                key = f"{route}:{rule.name}"
-            elif rule.per == "ip" or consumer is None:
-                key = f"{route}:{rule.name}:ip:{client}"
-            else:
-                key = f"{route}:{rule.name}:c:{consumer}"
-            decision = await self.buckets.take(key, rule)
+            decision = await self.buckets.take(_key(rule, route, consumer, client), rule)
             if not decision.allowed:
-                self.rejected[route] = self.rejected.get(route, 0) + 1
-                raise ProxyError(
-                    "rate_limited",
-                    f"rate limit {rule.name!r} reached: {rule.rate:g}/s, burst {rule.burst}",
-                    headers=tuple(decision.headers(rule)),
-                )
+                raise self._refused(rule, decision, route)
             if decision.remaining < tightest:
                 tightest = decision.remaining
                 headers = decision.headers(rule)
         return headers
+
+    def check_now(
+        self, rules: tuple[LimitRule, ...], route: str, consumer: str | None, client: str
+    ) -> list[tuple[str, str]]:
+        """``check`` without awaiting, for in-memory buckets (``decides_now``)."""
+        buckets = self.buckets
+        assert isinstance(buckets, MemoryBuckets)
+        headers: list[tuple[str, str]] = []
+        tightest = math.inf
+        for rule in rules:
+            decision = buckets.take_now(_key(rule, route, consumer, client), rule)
+            if not decision.allowed:
+                raise self._refused(rule, decision, route)
+            if decision.remaining < tightest:
+                tightest = decision.remaining
+                headers = decision.headers(rule)
+        return headers
+
+    def _refused(self, rule: LimitRule, decision: Decision, route: str) -> ProxyError:
+        self.rejected[route] = self.rejected.get(route, 0) + 1
+        return ProxyError(
+            "rate_limited",
+            f"rate limit {rule.name!r} reached: {rule.rate:g}/s, burst {rule.burst}",
+            headers=tuple(decision.headers(rule)),
+        )
+
+
+def _key(rule: LimitRule, route: str, consumer: str | None, client: str) -> str:
+    """The bucket of ``rule`` for this request."""
+    if rule.per == "route":
+        return f"{route}:{rule.name}"
+    if rule.per == "ip" or consumer is None:
+        return f"{route}:{rule.name}:ip:{client}"
+    return f"{route}:{rule.name}:c:{consumer}"

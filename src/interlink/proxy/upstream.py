@@ -19,12 +19,20 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import httptools
 
 from interlink.proxy.errors import ProxyError
 
-__all__ = ["PoolLimits", "ResponseHead", "UpstreamConnection", "UpstreamFailure", "UpstreamPool"]
+__all__ = [
+    "Listener",
+    "PoolLimits",
+    "ResponseHead",
+    "UpstreamConnection",
+    "UpstreamFailure",
+    "UpstreamPool",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,6 +86,18 @@ class ResponseHead:
     upgrade: bool
 
 
+class Listener(Protocol):
+    """Told an exchange's outcome from the connection's own callbacks (no task waits):
+    ``head`` once the response head is parsed, ``failed`` when the exchange ends without
+    its whole answer (before the head or mid-body)."""
+
+    def head(self, head: ResponseHead) -> None:
+        """The response head arrived (call ``stream_to`` for the body)."""
+
+    def failed(self, failure: UpstreamFailure) -> None:
+        """The exchange failed; the connection is no longer usable."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One connection to an upstream: write a request, read the response head, stream the
     body to a ``sink`` (``sink(data)``; ``sink(b"")`` once at the end)."""
@@ -107,6 +127,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = False
         self._interim = False
         self._timer: asyncio.TimerHandle | None = None
+        self._listener: Listener | None = None
 
     # ---------------------------------------------------------------- transport events
 
@@ -142,6 +163,18 @@ class UpstreamConnection(asyncio.Protocol):
         self._pool._forget(self)
         if self._raw is not None:
             self._raw(b"")
+            return
+        if self._listener is not None:
+            if self._sink is None:
+                self._notify(
+                    UpstreamFailure(
+                        "upstream_reset",
+                        "the upstream closed the connection before answering",
+                        stale=self.reused and not self._received_any,
+                    )
+                )
+            else:
+                self._notify(UpstreamFailure("upstream_reset", "the upstream closed mid-response"))
             return
         head = self._head
         if head is not None and not head.done():
@@ -191,7 +224,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._timer = None
         head = ResponseHead(status, self._headers, self._keep_alive, status == 101)
         self._headers = []
-        if self._head is not None and not self._head.done():
+        if self._listener is not None:
+            self._listener.head(head)
+        elif self._head is not None and not self._head.done():
             self._head.set_result(head)
         if self._head_only:
             self._complete = True
@@ -214,13 +249,24 @@ class UpstreamConnection(asyncio.Protocol):
         self._finish()
 
     def _finish(self) -> None:
+        self._listener = None  # the exchange is complete: nothing more to tell
         if self._sink is not None:
             self._sink(b"")
         done = self._done
         if done is not None and not done.done():
             done.set_result(None)
 
+    def _notify(self, failure: UpstreamFailure) -> None:
+        listener = self._listener
+        if listener is not None:
+            self._listener = None
+            listener.failed(failure)
+
     def _fail(self, failure: UpstreamFailure) -> None:
+        if self._listener is not None:
+            self._notify(failure)
+            self.abort()
+            return
         head = self._head
         if head is not None and not head.done():
             head.set_exception(failure)
@@ -242,14 +288,28 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ---------------------------------------------------------------- the exchange
 
-    def send(self, data: bytes, *, head_only: bool = False, timeout: float | None = None) -> None:
+    def send(
+        self,
+        data: bytes,
+        *,
+        head_only: bool = False,
+        timeout: float | None = None,
+        listener: Listener | None = None,
+    ) -> None:
         """Start an exchange: write the request head (and body, if given whole); without a
         response head within ``timeout`` seconds the exchange fails with ``upstream_timeout``
-        and the connection is dropped."""
+        and the connection is dropped.
+
+        With a ``listener`` the outcome is told to it from the connection's callbacks instead
+        of through ``response()`` and the future of ``stream_to`` (no task needs to wait)."""
         if timeout is not None:
             self._timer = self._loop.call_later(timeout, self._timed_out)
-        self._head = self._loop.create_future()
-        self._done = self._loop.create_future()
+        self._listener = listener
+        if listener is None:
+            self._head = self._loop.create_future()
+            self._done = self._loop.create_future()
+        else:
+            self._head = self._done = None
         self._received_any = False
         self._complete = False
         self._sink = None
@@ -268,10 +328,11 @@ class UpstreamConnection(asyncio.Protocol):
         assert self._head is not None
         return await self._head
 
-    def stream_to(self, sink: Callable[[bytes], None]) -> asyncio.Future[None]:
-        """Deliver the body to ``sink`` from now on; the future ends with the body."""
-        assert self._done is not None
-        if self._done.cancelled():  # the connection failed between the head and this call
+    def stream_to(self, sink: Callable[[bytes], None]) -> asyncio.Future[None] | None:
+        """Deliver the body to ``sink`` from now on; the future ends with the body (None for
+        an exchange with a listener, which hears of a failure instead)."""
+        if self._done is not None and self._done.cancelled():
+            # the connection failed between the head and this call
             raise UpstreamFailure("upstream_reset", "the upstream closed mid-response")
         self._sink = sink
         pending, self._pending = self._pending, []
@@ -340,16 +401,8 @@ class UpstreamPool:
         slot = self._slots.get(key)
         if slot is None:
             slot = self._slots[key] = _Slot()
-        now = self._clock()
-        idle = slot.idle
-        while idle:
-            conn = idle.pop()
-            if conn.closed or conn.transport is None or conn.transport.is_closing():
-                continue
-            if now - conn.idle_since > self.limits.idle_timeout:
-                conn.abort()
-                continue
-            conn.reused = True
+        conn = self._idle(slot)
+        if conn is not None:
             return conn
         if slot.count >= self.limits.max_connections:
             waiter = asyncio.get_running_loop().create_future()
@@ -371,6 +424,27 @@ class UpstreamPool:
             slot.count -= 1
             self._wake(slot)
             raise
+
+    def take_idle(self, host: str, port: int) -> UpstreamConnection | None:
+        """An idle kept-alive connection to ``host:port`` at once, or None (then ``acquire``)."""
+        slot = self._slots.get((host, port))
+        return None if slot is None else self._idle(slot)
+
+    def _idle(self, slot: _Slot) -> UpstreamConnection | None:
+        idle = slot.idle
+        if not idle:
+            return None
+        now = self._clock()
+        while idle:
+            conn = idle.pop()
+            if conn.closed or conn.transport is None or conn.transport.is_closing():
+                continue
+            if now - conn.idle_since > self.limits.idle_timeout:
+                conn.abort()
+                continue
+            conn.reused = True
+            return conn
+        return None
 
     async def _open(self, key: tuple[str, int]) -> UpstreamConnection:
         loop = asyncio.get_running_loop()

@@ -23,6 +23,8 @@ class Target(Protocol):
 
     host: str
     port: int
+    #: ``host:port``
+    address: str
 
     def done(self, ok: bool) -> None:
         """Report the attempt's outcome."""
@@ -49,11 +51,12 @@ def parse_upstream_url(url: str) -> tuple[str, int]:
 
 
 class _Fixed:
-    __slots__ = ("host", "port")
+    __slots__ = ("address", "host", "port")
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
+        self.address = f"{host}:{port}"
 
     def done(self, ok: bool) -> None:
         pass
@@ -73,14 +76,19 @@ class FixedUpstream:
         """The next address in turn."""
         return self._next()
 
+    def choose_now(self) -> Target:
+        """``choose`` without awaiting: fixed addresses never wait."""
+        return self._next()
+
 
 class _Resolved:
-    __slots__ = ("_picked", "host", "port")
+    __slots__ = ("_picked", "address", "host", "port")
 
     def __init__(self, picked: Any) -> None:
         self._picked = picked
         self.host: str = picked.instance.host
         self.port: int = picked.instance.port
+        self.address = f"{self.host}:{self.port}"
 
     def done(self, ok: bool) -> None:
         self._picked.done(ok)
