@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -110,6 +111,8 @@ def test_correlation_id_is_assigned_propagated_and_echoed(gateway: tuple[Proxy, 
     upstream_headers = response.json()["headers"]
     assert upstream_headers["x-request-id"] == rid
     assert upstream_headers["traceparent"] == response.headers["traceparent"]
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", response.headers["traceparent"])
+    assert response.reason_phrase == "OK"
 
 
 def test_incoming_correlation_and_trace_are_continued(gateway: tuple[Proxy, str]) -> None:
@@ -119,7 +122,7 @@ def test_incoming_correlation_and_trace_are_continued(gateway: tuple[Proxy, str]
     response = _get(base, "/api/x", headers={"x-request-id": "abc-123", "traceparent": parent})
     assert response.headers["x-request-id"] == "abc-123"
     sent = response.json()["headers"]["traceparent"]
-    assert sent.startswith("00-0af7651916cd43dd8448eb211c80319c-")
+    assert re.fullmatch(r"00-0af7651916cd43dd8448eb211c80319c-[0-9a-f]{16}-01", sent)
     assert sent != parent
 
 

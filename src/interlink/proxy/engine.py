@@ -205,7 +205,9 @@ def _ids(incoming: str | None) -> tuple[str, str]:
     """(a fresh correlation id, the W3C ``traceparent`` of the gateway's hop): the hop
     continues the client's trace (a new span id, the client's as parent) or starts one. One
     call for the randomness of both: it is per request."""
-    random = f"{getrandbits(160):040x}"  # ids need to be unique, not secret: no syscall
+    # 128 + 128 + 64 bits: correlation id, trace id, span id. They need to be unique, not
+    # secret: no syscall
+    random = f"{getrandbits(320):080x}"
     span = random[64:]
     if incoming is not None:
         found = _TRACEPARENT.match(incoming.strip())
@@ -773,9 +775,10 @@ class _Answer:
         block, sized = _response_head(self.ex, head)
         conn.start_encoded(head.status, block, sized=sized)
         conn.set_producer(self.conn_up.transport)
-        self.conn_up.stream_to(self.sink)
-        # held back to go out with the first body bytes; sent by itself if those take long
-        conn.flush_soon()
+        self.conn_up.stream_to(self.sink)  # the head is held back to go out with the body
+
+    def waiting(self) -> None:
+        self.ex.conn.flush()  # the rest of the body takes a while: the head goes now
 
     def sink(self, data: bytes) -> None:
         conn = self.ex.conn
@@ -820,16 +823,24 @@ def _response_head(ex: _Exchange, head: ResponseHead) -> tuple[bytes, bool]:
     echoed ones added), and whether they hold a ``content-length``."""
     dropped = _HOP_BY_HOP_BYTES
     sized = False
+    lines = []
+    listed: bytes | None = None
     for name, value in head.headers:
-        if name == b"connection":
-            dropped = dropped | {t.strip().lower() for t in value.split(b",")}
-        elif name == b"content-length":
+        if name in dropped:
+            if name == b"connection":
+                listed = value
+            continue
+        if name == b"content-length":
             sized = True
-    block = b"".join(
-        b"%b: %b\r\n" % (name, value) for name, value in head.headers if name not in dropped
-    )
-    echo = "".join(f"{name}: {value}\r\n" for name, value in ex.echo).encode("latin-1")
-    return block + echo, sized
+        lines.append(b"%b: %b\r\n" % (name, value))
+    if listed is not None:  # names that ``Connection`` lists are hop-by-hop too
+        named = {t.strip().lower() for t in listed.split(b",")} - dropped
+        if named:
+            kept = [(n, v) for n, v in head.headers if n not in dropped and n not in named]
+            lines = [b"%b: %b\r\n" % (n, v) for n, v in kept]
+            sized = any(n == b"content-length" for n, _ in kept)
+    lines.append("".join([f"{name}: {value}\r\n" for name, value in ex.echo]).encode("latin-1"))
+    return b"".join(lines), sized
 
 
 def _span_kind_server() -> Any:

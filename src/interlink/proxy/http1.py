@@ -30,6 +30,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import httptools
@@ -222,6 +223,9 @@ Handler = Callable[[Request, "ServerConnection"], Coroutine[Any, Any, None]]
 AnswerNow = Callable[[Request, "ServerConnection"], bool]
 
 
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
+
+
 def _framing_error(headers: list[tuple[str, str]]) -> ProxyError | None:
     lengths = [v for k, v in headers if k == "content-length"]
     encodings = [v for k, v in headers if k == "transfer-encoding"]
@@ -251,6 +255,8 @@ class ServerConnection(asyncio.Protocol):
         self._url = bytearray()
         self._headers: list[tuple[str, str]] = []
         self._header_name = b""
+        #: whether the head being parsed has a Content-Length or Transfer-Encoding
+        self._framed = False
         self._head_bytes = 0
         self._in_head = False
         self._current: Request | None = None
@@ -343,6 +349,7 @@ class ServerConnection(asyncio.Protocol):
         self._in_head = True
         self._url.clear()
         self._headers = []
+        self._framed = False
         self._head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
@@ -351,7 +358,10 @@ class ServerConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count(len(name) + len(value) + 4)
-        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        key = name.decode("latin-1").lower()
+        if key in _FRAMING:
+            self._framed = True
+        self._headers.append((key, value.decode("latin-1")))
 
     def _count(self, size: int) -> None:
         self._head_bytes += size
@@ -364,14 +374,15 @@ class ServerConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         headers = self._headers
-        error = _framing_error(headers)
-        if error is not None:
-            raise error
-        for key, value in headers:
-            if key == "content-length" and int(value) > self._limits.max_body_bytes:
-                raise ProxyError(
-                    "body_too_large", f"the body exceeds {self._limits.max_body_bytes} bytes"
-                )
+        if self._framed:  # a length or an encoding: checked for ambiguity and size
+            error = _framing_error(headers)
+            if error is not None:
+                raise error
+            for key, value in headers:
+                if key == "content-length" and int(value) > self._limits.max_body_bytes:
+                    raise ProxyError(
+                        "body_too_large", f"the body exceeds {self._limits.max_body_bytes} bytes"
+                    )
         parser = self._parser
         request = Request(
             parser.get_method().decode("ascii", "replace"),
@@ -519,11 +530,6 @@ class ServerConnection(asyncio.Protocol):
             self._held = None
             if not self._closed and self.transport is not None:
                 self.transport.write(held)
-
-    def flush_soon(self) -> None:
-        """``flush`` on the loop's next turn: a held head goes out with the body bytes that
-        arrive meanwhile, or by itself if they take longer."""
-        self._loop.call_soon(self.flush)
 
     def write(self, data: bytes) -> None:
         """Send part of the response body."""
@@ -694,7 +700,13 @@ _PHRASES: dict[int, bytes] = {}
 def _reason_phrase(status: int) -> bytes:
     phrase = _PHRASES.get(status)
     if phrase is None:
-        phrase = _PHRASES[status] = (status_text(status) or "Status").encode()
+        text = status_text(status)
+        if not text:
+            try:
+                text = HTTPStatus(status).phrase
+            except ValueError:
+                text = "Status"
+        phrase = _PHRASES[status] = text.encode()
     return phrase
 
 

@@ -94,6 +94,9 @@ class Listener(Protocol):
     def head(self, head: ResponseHead) -> None:
         """The response head arrived (call ``stream_to`` for the body)."""
 
+    def waiting(self) -> None:
+        """What arrived so far is delivered; the rest of the body comes later."""
+
     def failed(self, failure: UpstreamFailure) -> None:
         """The exchange failed; the connection is no longer usable."""
 
@@ -126,7 +129,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._forgotten = False
         self._keep_alive = False
         self._interim = False
+        # The response-head timeout: one lazy loop timer per connection. An exchange only
+        # records when its head is due; the timer is re-scheduled only when it would fire too
+        # late, and when it fires early it re-schedules itself (no timer per request).
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._due: float | None = None
         self._listener: Listener | None = None
 
     # ---------------------------------------------------------------- transport events
@@ -201,14 +209,35 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(
                 UpstreamFailure("upstream_bad_response", "the upstream's answer is not HTTP")
             )
+            return
+        listener = self._listener
+        if listener is not None and self._sink is not None:
+            listener.waiting()  # a head (and maybe some body) arrived, the rest will follow
 
     # ---------------------------------------------------------------- parser callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))  # bytes: relayed without decoding
 
-    def _timed_out(self) -> None:
+    def _arm(self, timeout: float) -> None:
+        due = self._due = self._loop.time() + timeout
+        timer = self._timer
+        if timer is None or self._timer_at > due:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(due, self._on_timer)
+            self._timer_at = due
+
+    def _on_timer(self) -> None:
         self._timer = None
+        due = self._due
+        if due is None:
+            return
+        if self._loop.time() < due:  # fired for an earlier exchange: wait for this one's
+            self._timer = self._loop.call_at(due, self._on_timer)
+            self._timer_at = due
+            return
+        self._due = None
         self._fail(UpstreamFailure("upstream_timeout", "the upstream did not answer in time"))
 
     def on_headers_complete(self) -> None:
@@ -219,9 +248,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._interim = True
             return
         self._keep_alive = parser.should_keep_alive()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._due = None  # the head is here: no timeout any more
         head = ResponseHead(status, self._headers, self._keep_alive, status == 101)
         self._headers = []
         if self._listener is not None:
@@ -303,7 +330,7 @@ class UpstreamConnection(asyncio.Protocol):
         With a ``listener`` the outcome is told to it from the connection's callbacks instead
         of through ``response()`` and the future of ``stream_to`` (no task needs to wait)."""
         if timeout is not None:
-            self._timer = self._loop.call_later(timeout, self._timed_out)
+            self._arm(timeout)
         self._listener = listener
         if listener is None:
             self._head = self._loop.create_future()
