@@ -214,16 +214,11 @@ class Limiter:
     ) -> list[tuple[str, str]]:
         """The ``RateLimit-*`` headers for the tightest rule, or ``ProxyError('rate_limited')``
         (rules after a refusing one are not charged)."""
-        headers: list[tuple[str, str]] = []
-        tightest = math.inf
+        tightest: tuple[LimitRule, Decision] | None = None
         for rule in rules:
             decision = await self.buckets.take(_key(rule, route, consumer, client), rule)
-            if not decision.allowed:
-                raise self._refused(rule, decision, route)
-            if decision.remaining < tightest:
-                tightest = decision.remaining
-                headers = decision.headers(rule)
-        return headers
+            tightest = self._judge(rule, decision, route, tightest)
+        return [] if tightest is None else tightest[1].headers(tightest[0])
 
     def check_now(
         self, rules: tuple[LimitRule, ...], route: str, consumer: str | None, client: str
@@ -231,16 +226,25 @@ class Limiter:
         """``check`` without awaiting, for in-memory buckets (``decides_now``)."""
         buckets = self.buckets
         assert isinstance(buckets, MemoryBuckets)
-        headers: list[tuple[str, str]] = []
-        tightest = math.inf
+        tightest: tuple[LimitRule, Decision] | None = None
         for rule in rules:
             decision = buckets.take_now(_key(rule, route, consumer, client), rule)
-            if not decision.allowed:
-                raise self._refused(rule, decision, route)
-            if decision.remaining < tightest:
-                tightest = decision.remaining
-                headers = decision.headers(rule)
-        return headers
+            tightest = self._judge(rule, decision, route, tightest)
+        return [] if tightest is None else tightest[1].headers(tightest[0])
+
+    def _judge(
+        self,
+        rule: LimitRule,
+        decision: Decision,
+        route: str,
+        tightest: tuple[LimitRule, Decision] | None,
+    ) -> tuple[LimitRule, Decision]:
+        """Raise the refusal, or return the tighter of ``tightest`` and this decision."""
+        if not decision.allowed:
+            raise self._refused(rule, decision, route)
+        if tightest is None or decision.remaining < tightest[1].remaining:
+            return rule, decision
+        return tightest
 
     def _refused(self, rule: LimitRule, decision: Decision, route: str) -> ProxyError:
         self.rejected[route] = self.rejected.get(route, 0) + 1
