@@ -19,7 +19,9 @@ Layout on the cluster:
 
 ``ensure_group`` creates the topic and, for a group that has no committed offsets yet, commits
 the partitions' current ends: the group gets every message published from then on, before
-any of its consumers has joined. ``Delivery.attempt`` counts retries (the copy's
+any of its consumers has joined. (A group that already has live members, consuming other
+topics, takes no commit from outside: it then starts this topic at its earliest offset.)
+``Delivery.attempt`` counts retries (the copy's
 ``ce_attempt``); a redelivery after a consumer crash starts again at the committed offset with
 the attempt the record carries.
 
@@ -31,6 +33,7 @@ how soon a dead consumer's partitions move to another), ``heartbeat`` (s, 1), ``
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import ClassVar, Self
 
@@ -42,6 +45,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the no-extras inst
     ) from exc
 
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from interlink.messaging.backend import Delivery
 from interlink.messaging.backends.kafka import _dlq
@@ -50,6 +54,8 @@ from interlink.messaging.backends.kafka._subscription import consume
 from interlink.messaging.envelope import Binding, DeadLetter, OutgoingMessage
 
 __all__ = ["KAFKA", "KafkaBackend"]
+
+log = logging.getLogger("interlink.messaging.kafka")
 
 
 class KafkaBackend:
@@ -97,7 +103,13 @@ class KafkaBackend:
                 if await consumer.committed(tp) is not None:
                     return
             ends = await consumer.end_offsets(tps)
-            await consumer.commit({tp: ends[tp] for tp in tps})
+            try:
+                await consumer.commit({tp: ends[tp] for tp in tps})
+            except KafkaError as exc:
+                # The group has live members (it consumes other topics too): Kafka takes no
+                # commit from outside it. Its consumer of this topic then starts at the
+                # earliest offset, which for a topic created here is all of it.
+                log.info("kafka: group %s starts %s at its beginning (%r)", group, topic, exc)
         finally:
             await consumer.stop()
 
