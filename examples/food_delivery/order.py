@@ -150,10 +150,10 @@ class OrderService:
                 cache_last_success=True,
                 on=ilgrpc.should_fall_back,
                 name="menu",
-                listeners=[self.events],
+                listeners=[self.events, runtime.policy_metrics()],
             ),
             idempotent=ilgrpc.idempotent_methods(food_pb2.DESCRIPTOR),
-            listeners=[self.events],
+            listeners=[self.events, runtime.policy_metrics()],
         )
         no_budget = settings.flag("PRICING_BUDGET", "on") == "off"
         self.pricing_budget = (
@@ -168,7 +168,7 @@ class OrderService:
             budget=self.pricing_budget,
             breaker=self.breaker("pricing", enabled=settings.flag("PRICING_BREAKER") != "off"),
             idempotent=ilgrpc.idempotent_methods(food_pb2.DESCRIPTOR),
-            listeners=[self.events],
+            listeners=[self.events, runtime.policy_metrics()],
         )
         self.menu_channel = ilgrpc.resolved_channel(
             "service://menu", self.resolver, menu, channel_factory=channel
@@ -198,7 +198,7 @@ class OrderService:
         """A breaker per downstream: opens at 50 % failures of >= 10 calls in 5 s, probes
         again after 2 s (instances here restart in about that). Not ``enabled``: one that
         never opens (the retry-storm scenario measures the retry budget alone)."""
-        return CircuitBreaker(
+        breaker = CircuitBreaker(
             name,
             failure_rate_threshold=0.5 if enabled else 1.0,
             window=5.0,
@@ -208,6 +208,8 @@ class OrderService:
             ignore_exceptions=ilgrpc.OWN_REFUSALS,  # no instance to call says nothing of one
             listeners=[self.events],
         )
+        # its state on /metrics from the start, for the dashboard's order -> menu edge
+        return runtime.policy_metrics().watch(breaker)
 
     # -- the saga -----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -298,11 +299,38 @@ class PolicyLog:
 
 def configure_logging(service: str) -> None:
     """One line per record; the logger's name (``food.<service>``) says who wrote it, also when
-    every service shares one process (a monolith)."""
+    every service shares one process (a monolith). With ``INTERLINK_TRACES`` set (``interlink
+    up`` sets it), the process also records traces there (see ``observe``)."""
     logging.basicConfig(
         level=os.environ.get("FOOD_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    observe(service)
+
+
+_traced: list[str] = []
+
+
+def observe(service: str) -> None:
+    """Trace this process into ``$INTERLINK_TRACES`` (once per process: in a monolith the first
+    service names it). Off when the variable is unset or empty: the scenarios measure the
+    system without it."""
+    url = os.environ.get("INTERLINK_TRACES", "")
+    if not url or _traced:
+        return
+    from interlink.tracing import setup
+
+    setup(service if os.environ.get("INTERLINK_INPROCESS", "") != "1" else "food-delivery", url)
+    _traced.append(service)
+
+
+@functools.cache
+def policy_metrics() -> Any:
+    """The process's Prometheus listener for policy events (one registry per process, so one
+    listener, whichever services share the process); served on every ``/metrics``."""
+    from interlink.metrics import PolicyMetrics
+
+    return PolicyMetrics()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -348,8 +376,16 @@ def http_app(
     async def stats_route(_: Any) -> Any:
         return json_response(await stats())
 
+    from interlink.metrics import metrics_app
+
+    policy_metrics()  # registered before the first scrape, so its gauges are there from the start
     return Starlette(
-        routes=[*routes, Route("/healthz", _health), Route("/stats", stats_route)],
+        routes=[
+            *routes,
+            Route("/healthz", _health),
+            Route("/stats", stats_route),
+            Route("/metrics", metrics_app()),
+        ],
         lifespan=lifespan,
     )
 
@@ -363,7 +399,7 @@ async def serve_http(settings: Settings, app: Any, stop: asyncio.Event | None = 
     await serve_asgi(
         app,
         settings.registry,
-        settings.instance(settings.port),
+        settings.instance(settings.port, metrics="/metrics"),
         host=settings.host,
         log_level="warning",
         drain_timeout=2.0,
@@ -385,7 +421,7 @@ async def serve_grpc_service(
     port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     handle_signals = stop is None
     stop = stop or asyncio.Event()
-    instance = settings.instance(port, "grpc", admin=str(settings.port))
+    instance = settings.instance(port, "grpc", admin=str(settings.port), metrics=str(settings.port))
     admin = asyncio.create_task(serve_admin(http_app(stats), settings.host, settings.port, stop))
     try:
         await serve_grpc(

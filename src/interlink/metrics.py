@@ -344,10 +344,22 @@ def grpc_interceptor(registry: CollectorRegistry | None = None) -> Any:
     return MetricsInterceptor()
 
 
+class _Exposition:
+    """Prometheus' text format for a registry, as an ASGI app (an object, not a function, so
+    Starlette's ``Route("/metrics", metrics_app())`` serves it as is, with no redirect)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._app = _prometheus().make_asgi_app(registry=registry)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
+
+
 def metrics_app(registry: CollectorRegistry | None = None) -> ASGIApp:
-    """An ASGI app answering with the registry's metrics in Prometheus' text format."""
+    """An ASGI app answering with the registry's metrics in Prometheus' text format; mount it
+    with ``Route("/metrics", metrics_app())``."""
     prom = _prometheus()
-    return prom.make_asgi_app(registry=registry if registry is not None else prom.REGISTRY)  # type: ignore[no-any-return]
+    return _Exposition(registry if registry is not None else prom.REGISTRY)
 
 
 class MetricsServer:

@@ -278,3 +278,24 @@ def test_one_trace_through_outbox_relay_and_consumer(tmp_path: Path) -> None:
     assert len(consumer) == 1, [(s.name, s.kind) for s in spans]
     assert consumer[0].parent_id == f"{request.span_id:016x}"
     assert consumer[0].correlation_id == "cid-outbox"
+
+
+def test_probes_and_scrapes_start_no_trace(tmp_path: Path) -> None:
+    """A request for /metrics or /healthz is not traced; /orders is; a probe path under an
+    existing trace still is (only new traces are skipped)."""
+    url = f"sqlite:///{tmp_path}/t.db"
+    provider = setup("svc", url, set_global=False)
+    tracer = provider.get_tracer("t")
+    for path in ("/metrics", "/healthz", "/orders"):
+        with tracer.start_as_current_span(f"GET {path}", attributes={"url.path": path}):
+            pass
+    with (
+        tracer.start_as_current_span("batch"),
+        tracer.start_as_current_span("GET /healthz", attributes={"url.path": "/healthz"}),
+    ):
+        pass
+    provider.shutdown()
+    store = TraceStore.from_url(url)
+    assert sorted(t.root_name for t in store.traces()) == ["GET /orders", "batch"]
+    (batch,) = [t for t in store.traces() if t.root_name == "batch"]
+    assert batch.spans == 2

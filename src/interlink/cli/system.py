@@ -8,9 +8,11 @@ module the file names under ``scenarios:``, imported from the system's root fold
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -53,7 +55,7 @@ def _load(system: Path, state_dir: Path | None) -> Any:
         raise _fail(str(exc)) from None
 
 
-def up(
+def up(  # noqa: PLR0917 - typer maps each option to a parameter
     system: SystemArgument = Path(DEFAULT_SYSTEM),
     state_dir: StateOption = None,
     env: Annotated[
@@ -68,10 +70,22 @@ def up(
             "gRPC), except those marked 'process: true'.",
         ),
     ] = False,
+    dashboard: Annotated[
+        bool,
+        typer.Option(
+            "--dashboard/--no-dashboard",
+            help="Trace every service into the state directory and serve the live dashboard.",
+        ),
+    ] = True,
+    dashboard_port: Annotated[
+        int,
+        typer.Option("--dashboard-port", min=0, max=65535, help="The dashboard's port (0: any)."),
+    ] = 8050,
 ) -> None:
     """Run a system's services as processes on loopback (Ctrl-C stops).
 
-    Prints the entry URL and a curl that places an order; a service that crashes is restarted.
+    Prints the entry URL, a curl that places an order and the dashboard's URL; a service that
+    crashes is restarted.
     """
     from interlink.supervisor import Monolith, Supervisor, install_signal_handlers
 
@@ -82,6 +96,9 @@ def up(
         if not sep or not key:
             raise _fail(f"--env must look like KEY=VALUE: {item!r}")
         overrides[key] = value
+    if dashboard:
+        # every service traces into one store the dashboard reads (services read the variable)
+        overrides.setdefault("INTERLINK_TRACES", f"sqlite:///{spec.state_dir}/traces.db")
     console = Console(highlight=False)
 
     async def main() -> None:
@@ -112,13 +129,61 @@ def up(
                     f"-d '{body}'",
                     soft_wrap=True,
                 )
+            board = None
+            if dashboard and spec.entry_service is not None:
+                board = await _start_dashboard(
+                    supervisor.service_env(spec.entry_service), dashboard_port, console
+                )
             console.print(
                 f"chaos: interlink chaos down menu --system {system}   (Ctrl-C stops everything)"
             )
             await stop.wait()
             console.print("stopping...")
+            if board is not None:
+                board.should_exit = True
 
     asyncio.run(main())
+
+
+async def _start_dashboard(env: dict[str, str], port: int, console: Console) -> Any:
+    """Serve the dashboard on the system's own stores (read from a service's environment) in
+    this process; print its URL. Returns the server (``should_exit`` stops it)."""
+    import secrets
+
+    import uvicorn
+
+    from interlink.dashboard import DashboardSources, create_app
+
+    sources = DashboardSources(
+        traces=env.get("INTERLINK_TRACES") or None,
+        sagas=env.get("INTERLINK_SAGA_STORE") or None,
+        saga_table=env.get("INTERLINK_SAGA_TABLE", "interlink_sagas"),
+        brokers=[env["INTERLINK_BROKER"]] if env.get("INTERLINK_BROKER") else [],
+        registry=env.get("INTERLINK_REGISTRY") or None,
+    )
+    token = secrets.token_urlsafe(24)
+
+    class Quiet(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:  # the supervisor owns the signals
+            yield
+
+    server = Quiet(
+        uvicorn.Config(
+            create_app(sources, token=token), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    for _ in range(200):
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.05)
+    if not server.started:
+        console.print(f"[yellow]dashboard did not start on port {port}[/]")
+        return None
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    console.print(f"dashboard: http://localhost:{bound}/?token={token}", soft_wrap=True)
+    return server
 
 
 @chaos_app.command("status")

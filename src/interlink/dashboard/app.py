@@ -85,7 +85,7 @@ class _Sources:
         self._saga_store: Any = None
         self._brokers: dict[str, Any] = {}
         self._registry: Any = None
-        self._http = httpx.AsyncClient(timeout=0.5)
+        self._http = httpx.AsyncClient(timeout=0.5, follow_redirects=True)
 
     async def saga_store(self) -> Any:
         if self.config.sagas is None:

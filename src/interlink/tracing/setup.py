@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
@@ -37,7 +37,10 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
-__all__ = ["SpanEvents", "StoreExporter", "setup", "to_row"]
+__all__ = ["EXCLUDED_PATHS", "SpanEvents", "StoreExporter", "setup", "to_row"]
+
+#: Request paths that start no trace by default: probes and metrics scrapes.
+EXCLUDED_PATHS = ("/healthz", "/readyz", "/livez", "/metrics")
 
 _INSTALL_HINT = "tracing needs the OpenTelemetry SDK: pip install 'interlink[otel]'"
 
@@ -60,6 +63,7 @@ def setup(
     set_global: bool = True,
     retention_age: float | None = 7 * 24 * 3600.0,
     retention_traces: int | None = 100_000,
+    exclude_paths: Iterable[str] = EXCLUDED_PATHS,
 ) -> TracerProvider:
     """Configure the OpenTelemetry SDK for ``service_name`` and return its tracer provider.
 
@@ -67,7 +71,8 @@ def setup(
     ``$OTEL_EXPORTER_OTLP_ENDPOINT`` is set, then to ``sqlite:///.interlink/traces.db``.
     ``sample_ratio`` is the share of new traces recorded (a caller's sampling decision is
     followed). ``retention_*`` bound the embedded store. With ``set_global`` the provider becomes
-    the process-wide one, which is what interlink's transports use.
+    the process-wide one, which is what interlink's transports use. Requests for
+    ``exclude_paths`` (probes and metric scrapes, by default) start no trace.
     """
     if not isinstance(service_name, str) or not service_name:
         raise ValueError(f"'service_name' must be a non-empty string: {service_name!r}")
@@ -82,7 +87,7 @@ def setup(
     attributes.update(resource or {})
     provider = sdk_trace.TracerProvider(
         resource=Resource.create(attributes),
-        sampler=_sampler(sample_ratio, keep_errors),
+        sampler=_skipping(_sampler(sample_ratio, keep_errors), frozenset(exclude_paths)),
     )
     span_exporter = _exporter(
         exporter, service_name, retention_age=retention_age, retention_traces=retention_traces
@@ -98,6 +103,39 @@ def setup(
     if set_global:
         trace.set_tracer_provider(provider)
     return provider  # type: ignore[no-any-return]
+
+
+def _skipping(inner: Any, paths: frozenset[str]) -> Any:
+    """``inner``, except that a new trace for a request to one of ``paths`` is dropped: a
+    health probe or a metrics scrape every second would bury the traces worth reading."""
+    if not paths:
+        return inner
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+    from opentelemetry.trace import get_current_span
+
+    class SkipPaths(Sampler):
+        def should_sample(  # noqa: PLR0917 - the SDK calls it positionally
+            self,
+            parent_context: Any,
+            trace_id: int,
+            name: str,
+            kind: Any = None,
+            attributes: Any = None,
+            links: Any = None,
+            trace_state: Any = None,
+        ) -> SamplingResult:
+            if attributes and attributes.get("url.path") in paths:
+                parent = get_current_span(parent_context).get_span_context()
+                if not parent.is_valid:
+                    return SamplingResult(Decision.DROP)
+            return inner.should_sample(  # type: ignore[no-any-return]
+                parent_context, trace_id, name, kind, attributes, links, trace_state
+            )
+
+        def get_description(self) -> str:
+            return f"SkipPaths({sorted(paths)}, {inner.get_description()})"
+
+    return SkipPaths()
 
 
 def _sampler(ratio: float, keep_errors: bool) -> Any:

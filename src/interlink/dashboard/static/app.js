@@ -56,7 +56,12 @@ function layout(services, edges) {
   const incoming = new Map(names.map((n) => [n, 0]));
   for (const e of edges) incoming.set(e.target, (incoming.get(e.target) || 0) + 1);
   const depth = new Map();
-  const queue = names.filter((n) => !incoming.get(n));
+  // roots: services nobody calls; in a graph of cycles (replies flow back), the busiest caller
+  let queue = names.filter((n) => !incoming.get(n));
+  if (!queue.length && names.length) {
+    const out = (n) => edges.filter((e) => e.source === n).length;
+    queue = [names.reduce((best, n) => (out(n) > out(best) ? n : best), names[0])];
+  }
   for (const n of queue) depth.set(n, 0);
   while (queue.length) {
     const n = queue.shift();
