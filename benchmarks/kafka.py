@@ -52,6 +52,19 @@ from interlink.messaging import Broker
 
 ROOT = Path(__file__).resolve().parent.parent
 RAW = "aiokafka"
+PARTITIONS = 4  # the kafka:// backend's default for the topics it creates
+
+
+async def create_topic(bootstrap: str, name: str) -> None:
+    """A topic laid out as interlink creates one (4 partitions), for every contender alike."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, PARTITIONS, 1)])
+    finally:
+        await admin.close()
 
 
 class FirstCounter:
@@ -96,6 +109,7 @@ class KafkaRaw:
 
     async def _topic(self, producer: Any, pydantic: bool) -> str:
         name = unique("kr")
+        await create_topic(self.bootstrap, name)
         await producer.send_and_wait(name, _raw_bytes(pydantic))  # created, warmed up
         return name
 
@@ -178,6 +192,7 @@ class KafkaFastStream:
         await broker.connect()
         try:
             topic = unique("fs")
+            await create_topic(self.bootstrap, topic)
             await broker.publish(BYTES, topic)
             began, done = time.perf_counter(), 0
             while done < n and time.perf_counter() - began < TIME_LIMIT:
@@ -192,6 +207,7 @@ class KafkaFastStream:
         await broker.connect()
         try:
             topic = unique("fs")
+            await create_topic(self.bootstrap, topic)
             await broker.publish(BYTES, topic)
             began, done = time.perf_counter(), 0
             while done < n and time.perf_counter() - began < TIME_LIMIT:
@@ -222,6 +238,7 @@ class KafkaFastStream:
             session_timeout_ms=2000,
             heartbeat_interval_ms=300,
         )(handler)
+        await create_topic(self.bootstrap, topic)
         await broker.connect()
         try:
             await broker.publish(_payload(pydantic), topic)

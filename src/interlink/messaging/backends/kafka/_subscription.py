@@ -48,6 +48,9 @@ _DROP = frozenset({NOT_BEFORE, RETRY_FOR})
 # How long a closed subscription waits for its handed-out deliveries to be settled before it
 # leaves the group anyway (their messages then come back to the group's next consumer).
 _SETTLE_WAIT = 60.0
+# Acks are committed at most this often (one request for a burst's acks): a crash may
+# redeliver what was acked in the last interval, as with any lost ack.
+_COMMIT_EVERY = 0.05
 
 
 class PartitionOffsets:
@@ -136,11 +139,11 @@ class _Subscription:
                 log.warning("kafka: commit on %s/%s failed: %r", self.topic, self.group, exc)
 
     async def committer(self) -> None:
-        """Commit soon after acks, coalescing the acks of a burst into one request."""
+        """Commit within ``_COMMIT_EVERY`` of an ack, one request for all acks in between."""
         while True:
             await self.wake.wait()
             self.wake.clear()
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(_COMMIT_EVERY)
             await self.commit()
 
 
