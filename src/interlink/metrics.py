@@ -521,34 +521,28 @@ def span_metrics(registry: CollectorRegistry | None = None) -> Any:
     from opentelemetry.trace import SpanKind, StatusCode
 
     r = registry if registry is not None else prom.REGISTRY
-    http = prom.Histogram(
+
+    def histogram(name: str, doc: str, *labels: str) -> Any:
+        return prom.Histogram(name, doc, labels, buckets=LATENCY_BUCKETS, registry=r)
+
+    http = histogram(
         "http_client_request_duration_seconds",
         "Duration of HTTP client requests (one attempt each)",
-        ["http_request_method", "server_address", "http_response_status_code"],
-        buckets=LATENCY_BUCKETS,
-        registry=r,
-    )
-    rpc = prom.Histogram(
-        "rpc_client_duration_seconds",
-        "Duration of gRPC client calls",
-        ["rpc_method", "rpc_grpc_status_code"],
-        buckets=LATENCY_BUCKETS,
-        registry=r,
-    )
-    publish = prom.Histogram(
+        "http_request_method", "server_address", "http_response_status_code",
+    )  # fmt: skip
+    rpc = histogram(
+        "rpc_client_duration_seconds", "Duration of gRPC client calls",
+        "rpc_method", "rpc_grpc_status_code",
+    )  # fmt: skip
+    publish = histogram(
         "messaging_client_operation_duration_seconds",
         "Duration of publishing a message until the broker confirmed it",
-        ["messaging_destination_name", "messaging_operation_type"],
-        buckets=LATENCY_BUCKETS,
-        registry=r,
-    )
-    process = prom.Histogram(
-        "messaging_process_duration_seconds",
-        "Duration of handling a delivered message",
-        ["messaging_destination_name", "messaging_consumer_group_name", "outcome"],
-        buckets=LATENCY_BUCKETS,
-        registry=r,
-    )
+        "messaging_destination_name", "messaging_operation_type",
+    )  # fmt: skip
+    process = histogram(
+        "messaging_process_duration_seconds", "Duration of handling a delivered message",
+        "messaging_destination_name", "messaging_consumer_group_name", "outcome",
+    )  # fmt: skip
 
     class SpanMetrics(SpanProcessor):
         def on_end(self, span: Any) -> None:
