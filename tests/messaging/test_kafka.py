@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from hypothesis import given
 from hypothesis import strategies as st
 from support import until
-from tests.messaging.contract import BackendContract, Order
+from tests.messaging.contract import QUICK, BackendContract, Order
 from typer.testing import CliRunner
 
 from interlink.cli.main import app
@@ -243,3 +243,93 @@ def test_the_committed_offset_never_passes_an_unsettled_one(
             prefix += 1
         expected = offsets[prefix - 1] + 1 if prefix else None
         assert tracker.committable == expected
+
+
+def test_a_retry_copy_reaches_only_the_group_that_retried(kafka_url: str) -> None:
+    """A retry is a copy on the same topic marked for its group: the other group of the
+    topic, which handled the message the first time, never sees it again."""
+    topic = _name()
+    retrying: list[int] = []
+    other: list[int] = []
+
+    async def body() -> None:
+        broker = Broker.from_url(kafka_url)
+
+        @broker.subscriber(topic, group=_name("a"), retry=QUICK)
+        async def flaky(message: Order) -> None:
+            retrying.append(current_message().attempt)
+            if len(retrying) == 1:
+                raise RuntimeError("once")
+
+        @broker.subscriber(topic, group=_name("b"))
+        async def steady(message: Order) -> None:
+            other.append(message.order_id)
+
+        async with broker:
+            await broker.publish(topic, Order(order_id=1))
+            await until(lambda: len(retrying) == 2 and len(other) == 1, within=15)
+            await asyncio.sleep(0.5)
+
+    _run(body())
+    assert retrying == [1, 2]
+    assert other == [1]
+
+
+def test_a_group_added_later_starts_at_the_topics_end(kafka_url: str) -> None:
+    """``ensure_group`` commits the current end for a new group: it gets what is published
+    after it started, not the topic's history."""
+    topic = _name()
+    got: list[int] = []
+
+    async def body() -> None:
+        first = Broker.from_url(kafka_url)
+
+        @first.subscriber(topic, group=_name("early"))
+        async def early(message: Order) -> None:
+            pass
+
+        async with first:
+            await first.publish(topic, Order(order_id=1))
+        late = Broker.from_url(kafka_url)
+
+        @late.subscriber(topic, group=_name("late"))
+        async def handle(message: Order) -> None:
+            got.append(message.order_id)
+
+        async with late:
+            await late.publish(topic, Order(order_id=2))
+            await until(lambda: got == [2], within=15)
+            await asyncio.sleep(0.5)
+
+    _run(body())
+    assert got == [2]
+
+
+def test_foreign_headers_that_are_null_or_not_utf8_do_not_stop_a_consumer(kafka_url: str) -> None:
+    """Kafka header values are bytes or null: a null one reads as empty, bytes that are not
+    UTF-8 with replacement characters, and the message is handled."""
+    topic = _name()
+    seen: list[tuple[int, dict[str, str]]] = []
+
+    async def body() -> None:
+        broker = Broker.from_url(kafka_url)
+
+        @broker.subscriber(topic, group="svc")
+        async def handle(order: Order) -> None:
+            seen.append((order.order_id, dict(current_message().envelope.headers)))
+
+        async with broker:
+            producer = AIOKafkaProducer(bootstrap_servers=_bootstrap(kafka_url))
+            await producer.start()
+            try:
+                odd = [("x-null", None), ("x-bin", b"\xff\xfe")]
+                await producer.send_and_wait(topic, b'{"order_id": 5}', headers=odd)
+                await until(lambda: len(seen) == 1, within=15)
+            finally:
+                await producer.stop()
+
+    _run(body())
+    [(order_id, headers)] = seen
+    assert order_id == 5
+    assert headers["x-null"] == ""
+    assert headers["x-bin"] == "\ufffd\ufffd"

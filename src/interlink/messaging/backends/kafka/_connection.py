@@ -44,10 +44,13 @@ def wire_headers(headers: Mapping[str, str]) -> list[tuple[str, bytes]]:
 def text_headers(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, str]:
     """A record's headers as text: undecodable bytes replaced, a null value empty, the last of
     a repeated name kept (a foreign producer's headers never crash the reader)."""
-    return {
-        name: value.decode("utf-8", "replace") if value is not None else ""
-        for name, value in headers
-    }
+    try:
+        return {name: value.decode() for name, value in headers}  # type: ignore[union-attr]
+    except (AttributeError, UnicodeDecodeError):  # a null value, bytes that are not UTF-8
+        return {
+            name: value.decode("utf-8", "replace") if value is not None else ""
+            for name, value in headers
+        }
 
 
 def check_topic(topic: str) -> None:

@@ -289,20 +289,21 @@ async def consume(
                 continue
             for tp, records in batch.items():
                 offsets = sub.partitions.setdefault(tp, PartitionOffsets())
+                track = offsets.open.append  # records arrive in offset order
                 for record in records:
-                    offsets.track(record.offset)
+                    track(record.offset)
                     headers = text_headers(record.headers)
-                    target = headers.get(RETRY_FOR)
-                    if target is not None and target != group:
-                        sub.settle(tp, offsets, record.offset)  # another group's retry copy
-                        continue
-                    delivery = KafkaDelivery(sub, tp, offsets, record, headers)
-                    due = _not_before(headers)
-                    if due > time.time():
-                        heapq.heappush(delayed, (due, next(order), tp, delivery))
-                        continue
+                    if RETRY_FOR in headers:  # a retry copy: for one group, maybe not yet
+                        if headers[RETRY_FOR] != group:
+                            sub.settle(tp, offsets, record.offset)
+                            continue
+                        due = _not_before(headers)
+                        if due > time.time():
+                            delivery = KafkaDelivery(sub, tp, offsets, record, headers)
+                            heapq.heappush(delayed, (due, next(order), tp, delivery))
+                            continue
                     sub.handed_out()
-                    yield delivery
+                    yield KafkaDelivery(sub, tp, offsets, record, headers)
     finally:
         # the consumer closes the iterator before its running handlers finish: the group is
         # left once they settled (``KafkaConnection.aclose`` waits for it)
