@@ -313,7 +313,9 @@ async def discovery() -> AsyncIterator[tuple[dict[str, Any], dict[str, str]]]:
     server = grpc.aio.server()
     add_servicer(Faulty(), server)
     grpc_port = server.add_insecure_port("127.0.0.1:0")
-    registry_url = "sqlite:///registry.db"
+    # sqlite:///./ is relative to the page's scratch directory; sqlite:///registry.db would be
+    # /registry.db, one file for every run on the machine (a concurrent run's menu-1 collides).
+    registry_url = "sqlite:///./registry.db"
     with http_server() as base, private_etcd() as etcd_url:
         http_port = int(base.rpartition(":")[2])
         async with serving(Faulty()) as kitchen_port, aiohttp.ClientSession() as http:

@@ -110,11 +110,14 @@ def test_pipeline_policy_retries_inside_one_attempt_and_bounds_it(tmp_path: Path
         if len(calls) == 1:
             raise ConnectionError("connection reset")
         if len(calls) == 2:
-            await asyncio.sleep(10)
+            await asyncio.Event().wait()  # hangs until the pipeline's timeout cuts it off
         return "reserved"
 
+    # The timeout bounds the whole pipeline call (first call, backoff, second call), so it must
+    # leave room for the first call and the backoff on a busy machine: 0.1 s did not, and a
+    # late second call then ran in the saga's second attempt. 2 s does; the hang is endless.
     policy = Pipeline(
-        timeout=Timeout(0.1),
+        timeout=Timeout(2.0),
         retry=Retry(retries=2, backoff=0.001, max_backoff=0.002, jitter="none"),
     )
     definition = SagaDefinition(
