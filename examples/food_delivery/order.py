@@ -420,6 +420,8 @@ class OrderService:
             "orders": {str(s): int(n) for s, n in rows},
             "requests": self.requests,
             "sagas_parked": len(parked),
+            # why, for a report or a failing check (the first few distinct reasons)
+            "sagas_parked_why": sorted({row.error or "?" for row in parked})[:5],
             "breaker_transitions": self.events.transitions,
             "retries": self.events.retries,
             "menu_fallbacks": self.events.fallbacks,

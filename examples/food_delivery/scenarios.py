@@ -203,6 +203,7 @@ class Run:
             "compensated": counts.get("CANCELLED", 0),
             "active": sum(v for k, v in counts.items() if k not in ("DISPATCHED", "CANCELLED")),
             "parked": order.get("sagas_parked", 0),
+            "parked_why": order.get("sagas_parked_why", []),
             "dlq": await self.dlq_size(),
             "payment": await self.stats("payment"),
             "notification": await self.stats("notification"),

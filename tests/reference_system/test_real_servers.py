@@ -54,6 +54,6 @@ def test_payment_declines_on_nats_postgres_and_redis() -> None:
     assert final["notification"]["cancelled"]["orders"] == len(declined)
     assert final["confirmed_final"] == final["confirmed"] == len(outcome.accepted)
     assert final["active"] == 0
-    assert final["parked"] == 0
+    assert final["parked"] == 0, final["parked_why"]
     assert final["payment"]["double_charges"] == 0
     assert final["dlq"] == 0

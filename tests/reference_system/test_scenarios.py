@@ -36,7 +36,7 @@ def test_menu_outage_orders_continue_from_the_cached_menu() -> None:
     assert "closed->open" in transitions, outcome.checks
     assert transitions[-1] == "half_open->closed", transitions
     assert outcome.final["active"] == 0
-    assert outcome.final["parked"] == 0
+    assert outcome.final["parked"] == 0, outcome.final["parked_why"]
     assert outcome.final["confirmed_final"] == outcome.final["confirmed"]
 
 
@@ -51,7 +51,7 @@ def test_payment_declines_exactly_those_cancelled_and_notified() -> None:
     assert final["compensated"] == len(declined)
     assert final["confirmed_final"] == final["confirmed"] == len(outcome.accepted)
     assert final["active"] == 0
-    assert final["parked"] == 0
+    assert final["parked"] == 0, final["parked_why"]
     assert final["notification"]["cancelled"]["orders"] == len(declined)
     assert final["payment"]["declined"] == len(declined)
     assert final["payment"]["double_charges"] == 0
@@ -88,7 +88,7 @@ def test_crash_recovery_every_saga_final_nothing_lost_nothing_twice() -> None:
     assert final["confirmed_final"] == final["confirmed"]
     assert final["confirmed_missing"] == 0
     assert final["active"] == 0
-    assert final["parked"] == 0
+    assert final["parked"] == 0, final["parked_why"]
     assert final["payment"]["double_charges"] == 0
     assert final["payment"]["double_refunds"] == 0
 
