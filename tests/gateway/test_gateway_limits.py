@@ -4,6 +4,7 @@ processes under concurrent load, and Redis down (local, open, closed)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import httpx
 import pytest
 from gateway_process import GatewayProcess, free_port
 from proxy_support import LoopThread, start_proxy
+from redis.asyncio import Redis
 
 from interlink.gateway import build_table, parse_config
 from interlink.proxy import Limiter, LimitRule, MemoryBuckets, ProxyError, RedisBuckets
@@ -91,6 +93,68 @@ def test_redis_bucket_is_exact_and_atomic() -> None:
         return sum(d.allowed for d in decisions)
 
     assert asyncio.run(go()) == 30
+
+
+async def slow_scripts(target_port: int, delay: float) -> tuple[asyncio.Server, int]:
+    """A loopback relay to the Redis on ``target_port`` that forwards every request at once
+    and holds each reply to a script call (``EVAL``/``EVALSHA``) for ``delay`` seconds: a
+    store that does the work but answers late. Other replies (the connection's handshake)
+    pass at once, so a client that reconnects and sends the script again can."""
+
+    async def relay(client: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        reader, upstream = await asyncio.open_connection("127.0.0.1", target_port)
+        scripts: list[bool] = []  # per request sent, whether it called a script
+
+        async def requests() -> None:
+            with contextlib.suppress(OSError):
+                while data := await client.read(65536):
+                    scripts.append(b"EVAL" in data)
+                    upstream.write(data)
+                    await upstream.drain()
+            upstream.close()
+
+        async def replies() -> None:
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    if scripts and scripts.pop(0):
+                        await asyncio.sleep(delay)
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        await asyncio.gather(requests(), replies())
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def test_redis_decision_that_times_out_is_not_sent_again() -> None:
+    """Redis answering later than ``timeout``: the decision fails once (the rule's
+    ``on_store_down`` decides) and the script is not sent again, since a resent script
+    would take a second token for one request."""
+
+    async def go() -> tuple[int, int]:
+        server, port = await slow_scripts(6379, delay=1.0)
+        prefix = f"test:{uuid.uuid4().hex}:"
+        buckets = RedisBuckets(f"redis://127.0.0.1:{port}/0", prefix=prefix, timeout=0.3)
+        rule = LimitRule(name="r", rate=0.0001, burst=100, on_store_down="open")
+        direct = Redis.from_url(REDIS)
+        try:
+            assert (await buckets.take("k", rule)).allowed  # "open": let through
+            # every script sent has run by now (the relay forwards requests at once)
+            await asyncio.sleep(1.5)
+            tokens = await direct.hget(prefix + "k", "tokens")
+            taken = 0 if tokens is None else round(100 - float(tokens))
+            return buckets.failures, taken
+        finally:
+            await direct.delete(prefix + "k")
+            await direct.aclose()
+            await buckets.aclose()
+            server.close()
+
+    failures, taken = asyncio.run(go())
+    assert failures == 1
+    assert taken <= 1  # sent once (0 if the request itself was late on a busy machine)
 
 
 @pytest.mark.parametrize(("mode", "expected"), [("local", 2), ("open", 5), ("closed", 0)])

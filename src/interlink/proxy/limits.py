@@ -160,12 +160,20 @@ class RedisBuckets:
     ) -> None:
         try:
             import redis.asyncio as redis_asyncio
+            from redis.asyncio.retry import Retry as RedisRetry
+            from redis.backoff import NoBackoff
         except ImportError as error:  # pragma: no cover - the gateway extra installs it
             raise ImportError(
                 "shared rate limits need redis: pip install 'interlink[redis]'"
             ) from error
+        # No client-side retries: a decision that timed out may already have taken its token
+        # on the server, so sending it again could take a second one (redis-py retries timeouts
+        # by default, up to 10 times), and ``timeout`` must bound the whole decision.
         self._client: Any = redis_asyncio.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=RedisRetry(NoBackoff(), 0),
         )
         self._script = self._client.register_script(_SCRIPT)
         self.prefix = prefix
