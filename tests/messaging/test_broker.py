@@ -46,14 +46,14 @@ def test_defaults_are_pinned() -> None:
 
 def test_unknown_scheme_is_refused() -> None:
     """A URL with an unknown scheme names the schemes that exist."""
-    with pytest.raises(ValueError, match=r"'url' must start with one of amqp://, .*: 'kafka://x'"):
-        Broker.from_url("kafka://x")
+    with pytest.raises(ValueError, match=r"'url' must start with one of amqp://, .*: 'pulsar://x'"):
+        Broker.from_url("pulsar://x")
 
 
 def test_password_is_not_echoed() -> None:
     """An error about a URL hides its password."""
-    with pytest.raises(ValueError, match=r"kafka://u:\*\*\*@host"):
-        Broker.from_url("kafka://u:secret@host")
+    with pytest.raises(ValueError, match=r"pulsar://u:\*\*\*@host"):
+        Broker.from_url("pulsar://u:secret@host")
 
 
 @pytest.mark.parametrize(

@@ -131,7 +131,7 @@ def test_topics_lists_dlqs(broker_url: str) -> None:
 
 def test_bad_broker_url_is_an_error_not_a_traceback() -> None:
     """An unknown scheme exits 1 with the reason."""
-    result = runner.invoke(app, ["topics", "--broker", "kafka://localhost"])
+    result = runner.invoke(app, ["topics", "--broker", "pulsar://localhost"])
     assert result.exit_code == 1
     assert "'url' must start with one of" in result.output
 
