@@ -16,6 +16,7 @@ EXTRAS = {
     "nats": "nats-py",
     "rabbitmq": "aio-pika",
     "redis": "redis",
+    "kafka": "aiokafka",
     "postgres": "asyncpg",
     "grpc": "grpcio",
     "otel": "opentelemetry-sdk",
