@@ -98,6 +98,11 @@ class Scenario:
         next_call = self.t0
         try:
             for index, phase in enumerate(PHASES):
+                if self._calls:
+                    # Calls still in flight finish under the conditions of the phase they
+                    # started in (each is bounded by the timeout), so a phase's last calls are
+                    # not counted against it when the downstream changes under them.
+                    await asyncio.wait(set(self._calls), timeout=2 * self.timing.timeout)
                 await self._switch(phase)
                 self._begin(phase)
                 if on_phase is not None:
