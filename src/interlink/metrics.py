@@ -436,7 +436,7 @@ class SystemMetrics:
             try:
                 for topic in await broker.topics():
                     if not topic.endswith(".dlq"):
-                        dlq[topic] = len(await broker.dlq_list(topic, 100_000))
+                        dlq[topic] = await broker.dlq_count(topic)
             except Exception as exc:
                 log.warning("reading dead letters failed: %s", exc)
                 dlq.update({k: v for k, v in self._dlq.items() if k not in dlq})
@@ -451,11 +451,10 @@ class SystemMetrics:
         counts: dict[str, int] = {}
         for store in self._sagas:
             try:
-                from interlink.saga import SagaStatus
+                from interlink.saga.admin import count_by_status
 
-                for status in SagaStatus:
-                    rows = await store.list(statuses=[status.value], limit=self._cap)
-                    counts[status.value] = counts.get(status.value, 0) + len(rows)
+                for status, count in (await count_by_status(store, cap=self._cap)).items():
+                    counts[status] = counts.get(status, 0) + count
             except Exception as exc:
                 log.warning("reading sagas failed: %s", exc)
                 counts = self._saga_counts

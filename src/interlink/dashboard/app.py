@@ -39,6 +39,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from interlink.messaging.backend import redact
 from interlink.tracing.store import TraceStore
 
 __all__ = ["DashboardSources", "create_app"]
@@ -219,14 +220,10 @@ class _Sources:
         store = await self.saga_store()
         if store is None:
             return None
-        from interlink.saga import SagaStatus
+        from interlink.saga.admin import count_by_status
 
-        counts = {}
-        for status in SagaStatus:
-            # capped: a count past the cap reads as "1000+", which is all a glance needs
-            rows = await store.list(statuses=[status.value], limit=SAGA_COUNT_CAP)
-            counts[status.value] = len(rows)
-        return counts
+        # capped: a count past the cap reads as "1000+", which is all a glance needs
+        return await count_by_status(store, cap=SAGA_COUNT_CAP)
 
 
 def _metrics_url(protocol: str, host: str, port: int, metadata: Mapping[str, str]) -> str | None:
@@ -394,12 +391,11 @@ class _Api:
         found: list[dict[str, Any]] = []
         for index, url in enumerate(self.config.brokers):
             broker = self.opened.broker(url)
-            entry: dict[str, Any] = {"broker": _masked(url), "index": index, "topics": []}
+            entry: dict[str, Any] = {"broker": redact(url), "index": index, "topics": []}
             try:
                 names = await broker.topics()
                 for name in sorted(n for n in names if not n.endswith(".dlq")):
-                    letters = await broker.dlq_list(name, 1000)
-                    entry["topics"].append({"topic": name, "dlq": len(letters)})
+                    entry["topics"].append({"topic": name, "dlq": await broker.dlq_count(name)})
             except Exception as exc:  # one broker down must not blank the others
                 entry["error"] = str(exc)
             found.append(entry)
@@ -497,14 +493,3 @@ def _saga_view(row: Any) -> dict[str, Any]:
             "updated_at": row.updated_at,
             "steps": [],
         }
-
-
-def _masked(url: str) -> str:
-    """``url`` with its password replaced, for showing on a page."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))

@@ -10,7 +10,7 @@ from interlink.saga.errors import SagaError, SagaNotFound
 from interlink.saga.state import SagaState, resume
 from interlink.saga.stores import SagaRow, SagaStore, SagaWrite
 
-__all__ = ["current_step", "load_saga", "resume_saga", "saga_json"]
+__all__ = ["count_by_status", "current_step", "load_saga", "resume_saga", "saga_json"]
 
 
 async def load_saga(store: SagaStore, saga_id: str) -> SagaState:
@@ -86,4 +86,15 @@ def saga_json(state: SagaState, row: SagaRow) -> dict[str, Any]:
             }
             for s in state.steps
         ],
+    }
+
+
+async def count_by_status(store: SagaStore, *, cap: int) -> dict[str, int]:
+    """Sagas per status, each counted up to ``cap`` (a glance, not an audit): what the
+    dashboard's summary and the ``interlink_sagas`` gauge show."""
+    from interlink.saga.state import SagaStatus
+
+    return {
+        status.value: len(await store.list(statuses=[status.value], limit=cap))
+        for status in SagaStatus
     }
