@@ -79,6 +79,38 @@ def test_cross_field_rules() -> None:
     assert "no 'auth' section" in _error(auth)
 
 
+def test_environment_variables_fill_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """${NAME} takes the variable's value, ${NAME:-default} the default when it is unset or
+    empty, $${ is a literal ${, and the filled text is validated like any other."""
+    monkeypatch.setenv("GW_PORT", "8123")
+    monkeypatch.setenv("GW_EMPTY", "")
+    monkeypatch.delenv("GW_HOST", raising=False)
+    text = GOOD.replace("listen: 127.0.0.1:0", 'listen: "${GW_HOST:-127.0.0.2}:${GW_PORT}"')
+    text = text.replace('rewrite: "/v1/orders/{id}"', 'rewrite: "/v1/$${x}${GW_EMPTY:-}"')
+    config = parse_config(text)
+    assert config.listen == "127.0.0.2:8123"
+    assert config.routes[0].rewrite == "/v1/${x}"
+    monkeypatch.setenv("GW_PORT", "eighty")
+    assert "gw.yaml:1: listen: String should match pattern" in _error(text)
+
+
+def test_an_unset_variable_names_file_line_field_and_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An unset variable without a default is refused, every one with its line."""
+    monkeypatch.delenv("GW_NOPE", raising=False)
+    monkeypatch.delenv("GW_UPSTREAM", raising=False)
+    text = GOOD.replace("127.0.0.1:0", "127.0.0.1:${GW_NOPE}").replace(
+        "http://127.0.0.1:9", "${GW_UPSTREAM}"
+    )
+    assert _error(text).splitlines() == [
+        "gw.yaml:1: listen: the environment variable 'GW_NOPE' is not set "
+        "(write ${GW_NOPE:-default} for a default)",
+        "gw.yaml:6: routes.0.upstream: the environment variable 'GW_UPSTREAM' is not set "
+        "(write ${GW_UPSTREAM:-default} for a default)",
+    ]
+
+
 def test_missing_file() -> None:
     """A file that cannot be read says so."""
     with pytest.raises(ConfigError, match="cannot be read"):
