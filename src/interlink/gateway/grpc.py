@@ -27,6 +27,7 @@ from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.message import DecodeError, Message
 
 from interlink.gateway.config import GrpcConfig
+from interlink.grpc import local
 from interlink.proxy.errors import ProxyError
 from interlink.proxy.http1 import Request
 from interlink.proxy.router import Match
@@ -35,6 +36,7 @@ from interlink.resilience import remaining
 __all__ = ["STATUS_FOR_CODE", "translator_for"]
 
 S = grpc.StatusCode
+_open_channel = local.channel_factory()
 #: The HTTP status each gRPC status code becomes (as Google's API gateways map them).
 STATUS_FOR_CODE: dict[grpc.StatusCode, int] = {
     S.OK: 200,
@@ -133,7 +135,9 @@ class _Translator:
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+            # local.channel_factory: a servicer served in this process (a monolith) is called
+            # directly, any other address over a real channel
+            channel = self._channels[address] = _open_channel(address)
         return channel
 
     async def __call__(
