@@ -57,6 +57,10 @@ log = logging.getLogger("food.order")
 #: What the customer may wait for: menu and pricing together.
 SYNC_BUDGET = 0.1
 
+#: The customer the gateway authenticated (its JWT's ``sub``). The gateway strips this header
+#: from what clients send, and this service listens on loopback only, so it can be trusted.
+IDENTITY = "x-auth-subject"
+
 
 class Line(BaseModel):
     """One line of the cart."""
@@ -319,6 +323,10 @@ class OrderService:
                 f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
             )
             return error(422, "invalid_order", problems)
+        customer = request.headers.get(IDENTITY)
+        if customer is not None and customer != cart.customer_id:
+            self.requests["rejected"] += 1
+            return error(403, "forbidden", "a customer places orders for themselves only")
         try:
             with deadline(SYNC_BUDGET):
                 menu = await self.menu.GetMenu(
@@ -386,7 +394,8 @@ class OrderService:
                 f"FROM {self.table} WHERE id = $1",
                 order_id,
             )
-        if not rows:
+        asking = request.headers.get(IDENTITY)
+        if not rows or asking not in (None, rows[0][1]):  # another's order: as if none
             return error(404, "not_found", f"no order {order_id!r}")
         oid, customer, restaurant, items, total, status, detail = rows[0]
         saga: dict[str, Any] | None = None

@@ -457,7 +457,14 @@ def json_response(data: Any, status: int = 200) -> Any:
     return JSONResponse(data, status_code=status)
 
 
-def run(main: Callable[[], Any]) -> None:
-    """Run a service's ``main`` coroutine function: the body of ``python -m``."""
+def run(main: Callable[[], Any], *, fast_loop: bool = False) -> None:
+    """Run a service's ``main`` coroutine function: the body of ``python -m``. With
+    ``fast_loop``, on uvloop when it is installed (the gateway, whose loop is its data plane)."""
+    runner: Callable[[Any], Any] = asyncio.run
+    if fast_loop:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            runner = uvloop.run
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+        runner(main())

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from examples.food_delivery import runtime
+from examples.food_delivery import gateway, runtime
 
 SYSTEM_FILE = Path(__file__).with_name("system.yaml")
 CART = ("margherita", "diavola", "tiramisu", "lemonade")
@@ -96,6 +96,9 @@ class Run:
         self.inflight: set[asyncio.Task[None]] = set()
         self._rng = random.Random(7)
         self._session: Any = None
+        self._tokens: dict[str, str] = {}
+        #: The scenario's own nats-server, when it brings one.
+        self.nats: PrivateNats | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -125,8 +128,17 @@ class Run:
         except Exception:
             return {}
 
+    def token(self, customer: str) -> str:
+        """The customer's bearer token for the gateway (minted once, with the system's key)."""
+        token = self._tokens.get(customer)
+        if token is None:
+            env = self.supervisor.service_env("gateway")
+            token = self._tokens[customer] = gateway.demo_token(env, customer)
+        return token
+
     async def order(self) -> None:
-        """Place one order and book its outcome in the current phase."""
+        """Place one order through the gateway, as its customer, and book its outcome in the
+        current phase."""
         phase = self.phase
         assert phase is not None
         lines = self._rng.sample(CART, self._rng.randint(1, 3))
@@ -138,7 +150,10 @@ class Run:
         started = time.perf_counter()
         try:
             async with self._session.post(
-                self.supervisor.entry_url, json=cart, timeout=_timeout(5)
+                self.supervisor.entry_url,
+                json=cart,
+                headers={"authorization": f"Bearer {self.token(cart['customer_id'])}"},
+                timeout=_timeout(5),
             ) as response:
                 body = await response.json(content_type=None)
                 status = str(response.status)
@@ -214,7 +229,7 @@ class Run:
         """Messages in every dead-letter queue of the system's broker."""
         from interlink.messaging import Broker
 
-        url = self.supervisor.service_env(self.supervisor.system.entry_service)
+        url = self.supervisor.service_env("order")
         broker = Broker.from_url(url["INTERLINK_BROKER"])
         total = 0
         try:
@@ -236,10 +251,11 @@ class Run:
         return total
 
     async def confirmed_orders(self) -> dict[str, int]:
-        """Every order answered 202, looked up one by one: how many are final, in flight, or
-        missing (a confirmed order the system does not know: lost)."""
+        """Every order answered 202, looked up one by one on the order service's internal
+        port: how many are final, in flight, or missing (a confirmed order the system does not
+        know: lost)."""
         counts = {"confirmed": len(self.accepted), "confirmed_final": 0, "confirmed_missing": 0}
-        base = self.supervisor.url(self.supervisor.system.entry_service)
+        base = self.supervisor.url("order")
         sem = asyncio.Semaphore(16)
 
         async def one(order_id: str) -> None:
@@ -289,6 +305,8 @@ class Scenario:
     rate: float = 30.0
     burst: int | None = None
     settle: float = 20.0
+    #: The system's broker is a nats-server of the scenario's own (``Run.nats``).
+    private_nats: bool = False
 
 
 # -- the scenarios -------------------------------------------------------------------------------
@@ -311,7 +329,7 @@ async def _menu_breaker_closed(run: Run) -> bool:
 def _menu_phases(fast: bool) -> list[Phase]:
     s = 0.6 if fast else 1.0
     return [
-        Phase("before", 5 * s, None, "all six services up; orders flowing"),
+        Phase("before", 5 * s, None, "every service up; orders flowing through the gateway"),
         Phase("during", 8 * s, _down_menu, "menu killed (SIGKILL): the cached menu answers"),
         Phase(
             "after",
@@ -558,6 +576,105 @@ def _broker_checks(
     ]
 
 
+class PrivateNats:
+    """A nats-server with JetStream of the scenario's own: a free loopback port, its store in
+    the system's state directory. ``kill`` is kill -9; ``start`` brings it back on the same
+    port and store (what JetStream had written to disk is there again)."""
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self.port = runtime.free_port()
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        """The server's URL."""
+        return f"nats://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        import shutil
+
+        binary = shutil.which("nats-server")
+        if binary is None:
+            raise RuntimeError(
+                "broker-restart-nats needs nats-server: apt-get install nats-server "
+                "(or scripts/ensure-services.sh)"
+            )
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.process = await asyncio.create_subprocess_exec(
+            *(binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        deadline_at = time.monotonic() + 15
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                if self.process.returncode is not None or time.monotonic() > deadline_at:
+                    raise RuntimeError(f"nats-server did not start on {self.url}") from None
+                await asyncio.sleep(0.05)
+            else:
+                writer.close()
+                return
+
+    async def kill(self) -> None:
+        """SIGKILL the server (as a crash would) and reap it."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+async def _private_nats(stack: contextlib.AsyncExitStack, state_dir: Path) -> PrivateNats:
+    """A private nats-server storing under ``state_dir``, killed when ``stack`` closes."""
+    nats = PrivateNats(state_dir / "nats")
+    await nats.start()
+    stack.push_async_callback(nats.kill)
+    return nats
+
+
+def _nats_restart_phases(fast: bool) -> list[Phase]:
+    hold = 5.0 if fast else 10.0
+
+    async def crash(run: Run) -> None:
+        nats = run.nats
+        assert nats is not None
+
+        async def outage() -> None:
+            await nats.kill()
+            await asyncio.sleep(hold)
+            await nats.start()
+
+        task = asyncio.create_task(outage())
+        run.inflight.add(task)  # type: ignore[arg-type]
+        task.add_done_callback(run.inflight.discard)  # type: ignore[arg-type]
+
+    s = 0.5 if fast else 1.0
+    return [
+        Phase("before", 4 * s, None, "a private nats-server with JetStream up"),
+        Phase("during", hold, crash, f"nats-server killed (kill -9), restarted after {hold:.0f} s"),
+        Phase("after", 4 * s, None, "nats-server back: the outboxes drain, consumers resume"),
+    ]
+
+
+def _nats_restart_checks(
+    phases: list[PhaseStats], final: dict[str, Any], run: Run
+) -> list[tuple[str, bool]]:
+    return [
+        *_broker_checks(phases, final, run),
+        (
+            f"0 confirmed orders lost: {final['confirmed_missing']} missing, "
+            f"{final['confirmed'] - final['confirmed_final']} not final",
+            final["confirmed_missing"] == 0 and final["confirmed_final"] == final["confirmed"],
+        ),
+        (
+            f"0 double charges ({final['payment'].get('double_charges', '?')})",
+            final["payment"].get("double_charges") == 0,
+        ),
+    ]
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -603,6 +720,14 @@ SCENARIOS: dict[str, Scenario] = {
             _broker_checks,
             settle=40.0,
         ),
+        Scenario(
+            "broker-restart-nats",
+            "a private nats-server is killed (kill -9) under load and restarted after 10 s",
+            _nats_restart_phases,
+            _nats_restart_checks,
+            settle=60.0,
+            private_nats=True,
+        ),
     )
 }
 
@@ -635,10 +760,13 @@ async def run(
     overrides = {**scenario.env({}), **(env or {})}
     if no_budget:
         overrides["FOOD_ORDER_PRICING_BUDGET"] = "off"
-    with contextlib.ExitStack() as stack:
+    async with contextlib.AsyncExitStack() as stack:
         if state_dir is None:
             state_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="food-")))
         system = load_system(SYSTEM_FILE, state_dir=state_dir)
+        nats = await _private_nats(stack, state_dir) if scenario.private_nats else None
+        if nats is not None:
+            overrides["INTERLINK_BROKER"] = nats.url
         supervisor: Any = (
             Monolith(system, env=overrides, output=logs or (lambda _: None))
             if monolith
@@ -652,6 +780,7 @@ async def run(
             await supervisor.wait_healthy(90)
             runner = Run(supervisor, rate or scenario.rate)
             runner._session = session
+            runner.nats = nats
             say(f"entry: {supervisor.entry_url}")
             # Warm up (connections, caches, the first saga) outside the measured phases.
             runner.phase = PhaseStats("warm-up")
@@ -673,16 +802,7 @@ async def run(
                     until=phase.until,
                 )
                 now = await runner.snapshot()
-                stats.transitions = [
-                    f"{t['old']}->{t['new']}"
-                    for t in now["transitions"][len(previous["transitions"]) :]
-                ]
-                for key in ("retries", "pricing_calls", "menu_fallbacks"):
-                    # A restarted service counts from zero again.
-                    delta = now[key] - previous[key]
-                    setattr(stats, key, now[key] if delta < 0 else delta)
-                for key in ("completed", "compensated", "active", "parked", "dlq"):
-                    setattr(stats, key, now[key])
+                _book(stats, previous, now)
                 phases.append(stats)
                 previous = now
             say(f"[dim]{time.strftime('%H:%M:%S')}[/] settling: waiting for every saga to end")
@@ -695,6 +815,19 @@ async def run(
         for text, ok in outcome.checks:
             console.print(f"{'[green]✓[/]' if ok else '[red]✗[/]'} {text}")
     return outcome
+
+
+def _book(stats: PhaseStats, previous: dict[str, Any], now: dict[str, Any]) -> None:
+    """What changed in a phase, from the snapshots before and after it."""
+    stats.transitions = [
+        f"{t['old']}->{t['new']}" for t in now["transitions"][len(previous["transitions"]) :]
+    ]
+    for key in ("retries", "pricing_calls", "menu_fallbacks"):
+        # A restarted service counts from zero again.
+        delta = now[key] - previous[key]
+        setattr(stats, key, now[key] if delta < 0 else delta)
+    for key in ("completed", "compensated", "active", "parked", "dlq"):
+        setattr(stats, key, now[key])
 
 
 def table(outcome: Outcome) -> Any:

@@ -8,6 +8,8 @@ the environment they share::
     root: ../..                      # working directory of every service (relative to the file)
     state_dir: .interlink/food-delivery
     entry: {service: order, port: http, path: /orders}
+    # entry.token (optional): "module:function" minting a bearer token for the entry from the
+    # entry service's environment, for the curl `interlink up` prints and for load generators
     env:                             # shared; a variable set in the environment wins
       INTERLINK_BROKER: sqlite:///{state}/broker.db
     services:
@@ -33,6 +35,7 @@ import contextlib
 import inspect
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -52,6 +55,7 @@ __all__ = [
     "SystemSpec",
     "control",
     "load_system",
+    "mint_entry_token",
     "set_switches",
 ]
 
@@ -107,6 +111,8 @@ class SystemSpec:
     source: Path | None = None
     #: Variables for ``--monolith`` when every service runs in one process (memory broker...).
     monolith_env: Mapping[str, str] = field(default_factory=dict)
+    #: ``module:function`` that mints a bearer token for the entry (``entry.token``).
+    entry_token: str | None = None
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
@@ -176,6 +182,9 @@ def load_system(path: str | Path, *, state_dir: str | Path | None = None) -> Sys
     entry_service = entry.get("service")
     if entry_service is not None and entry_service not in services:
         raise SupervisorError(f"{path}: entry.service must name a service: {entry_service!r}")
+    token = entry.get("token")
+    if token is not None and not re.fullmatch(r"[\w.]+:\w+", str(token)):
+        raise SupervisorError(f"{path}: entry.token must be 'module:function': {token!r}")
     return SystemSpec(
         name=name,
         root=root,
@@ -190,7 +199,24 @@ def load_system(path: str | Path, *, state_dir: str | Path | None = None) -> Sys
         monolith_env={
             str(k): str(v) for k, v in _mapping(monolith.get("env"), "monolith.env").items()
         },
+        entry_token=None if token is None else str(token),
     )
+
+
+def mint_entry_token(system: SystemSpec, env: Mapping[str, str]) -> str | None:
+    """A bearer token for ``system``'s entry: ``entry.token``'s function (imported from the
+    system's root folder) called with ``env``, the entry service's variables. None when the
+    entry takes no token."""
+    if system.entry_token is None:
+        return None
+    import importlib
+
+    module, _, name = system.entry_token.partition(":")
+    root = str(system.root)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    mint = getattr(importlib.import_module(module), name)
+    return str(mint(env))
 
 
 async def _wait_healthy(pending: dict[str, str], within: float) -> None:

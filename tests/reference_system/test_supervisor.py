@@ -15,6 +15,7 @@ from interlink.supervisor import (
     SupervisorError,
     control,
     load_system,
+    mint_entry_token,
     set_switches,
 )
 
@@ -61,11 +62,33 @@ def test_unknown_keys_and_bad_health_port_are_named(tmp_path: Path) -> None:
 
 
 def test_the_food_delivery_system_file_loads() -> None:
-    """The reference system's file: six services, the order service as the entry."""
+    """The reference system's file: six services behind the gateway, its only entry, whose
+    token the file says how to mint."""
     spec = load_system(Path(__file__).parents[2] / "examples/food_delivery/system.yaml")
-    assert set(spec.services) == {"order", "menu", "pricing", "payment", "dispatch", "notification"}
-    assert spec.entry_service == "order"
+    assert set(spec.services) == {
+        "gateway",
+        "order",
+        "menu",
+        "pricing",
+        "payment",
+        "dispatch",
+        "notification",
+    }
+    assert (spec.entry_service, spec.entry_path) == ("gateway", "/orders")
     assert spec.scenarios == "examples.food_delivery.scenarios"
+    token = mint_entry_token(spec, {"FOOD_JWT_SECRET": "k" * 32})
+    assert token is not None
+    assert token.count(".") == 2
+
+
+def test_entry_token_must_name_a_function(tmp_path: Path) -> None:
+    """entry.token is 'module:function'; anything else is refused at load."""
+    path = write(
+        tmp_path,
+        "entry: {service: a, token: not-a-function}\nservices:\n  a:\n    module: m\n",
+    )
+    with pytest.raises(SupervisorError, match=r"entry.token must be 'module:function'"):
+        load_system(path)
 
 
 async def _pid(sup: Supervisor, lines: list[str], name: str, other_than: int | None = None) -> int:

@@ -21,8 +21,9 @@ ORDER = {
 
 
 def test_up_serves_a_dashboard_that_sees_the_system(tmp_path: Path) -> None:
-    """Orders placed through the entry show as traces, the order -> menu and order -> pricing
-    calls as sync edges coloured by order's breakers, the saga as completed."""
+    """Orders placed through the gateway show as traces that start there, the gateway -> order,
+    order -> menu and order -> pricing calls as sync edges (order's coloured by its breakers),
+    the saga as completed."""
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "interlink.cli.main", "up",
@@ -36,7 +37,7 @@ def test_up_serves_a_dashboard_that_sees_the_system(tmp_path: Path) -> None:
         env={**os.environ, "COLUMNS": "300"},
     )  # fmt: skip
     assert proc.stdout is not None
-    entry = board = None
+    entry = board = token = None
     try:
         deadline = time.monotonic() + 120
         while board is None:
@@ -45,12 +46,16 @@ def test_up_serves_a_dashboard_that_sees_the_system(tmp_path: Path) -> None:
             assert time.monotonic() < deadline
             if line.startswith("entry: "):
                 entry = line.split()[1]
+            if line.startswith("try: "):  # the printed curl carries a customer's token
+                token = line.split("authorization: Bearer ")[1].split("'")[0]
             if line.startswith("dashboard: "):
                 board = line.split()[1].split("/?token=")[0]
         assert entry is not None
+        assert token is not None
         for _ in range(3):
             answer = httpx.post(entry, content=json.dumps(ORDER), timeout=10,
-                                headers={"content-type": "application/json"})  # fmt: skip
+                                headers={"content-type": "application/json",
+                                         "authorization": f"Bearer {token}"})  # fmt: skip
             assert answer.status_code in (200, 201, 202), answer.text
 
         def overview() -> dict[str, object]:
@@ -74,8 +79,11 @@ def test_up_serves_a_dashboard_that_sees_the_system(tmp_path: Path) -> None:
         assert edges[("order", "menu")]["kind"] == "sync"
         assert edges[("order", "pricing")]["breaker"] == "closed"
         assert edges[("order", "payment")]["kind"] == "async"
+        assert edges[("gateway", "order")]["kind"] == "sync"  # the customers' only way in
         traces = httpx.get(f"{board}/api/traces?service=order", timeout=10).json()["traces"]
-        assert any(t["root_name"] == "POST /orders" for t in traces)
+        roots = {t["root_name"] for t in traces}
+        assert "POST orders" in roots, roots  # started at the gateway, on its route 'orders'
+
         assert not any("/metrics" in t["root_name"] for t in traces)  # scrapes are not traced
     finally:
         proc.send_signal(signal.SIGINT)

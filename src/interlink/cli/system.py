@@ -124,8 +124,10 @@ def up(  # noqa: PLR0917 - typer maps each option to a parameter
                         "items": [{"item_id": "margherita", "quantity": 1}],
                     }
                 )
+                token = _entry_token(spec, supervisor, console)
+                auth = f"-H 'authorization: Bearer {token}' " if token else ""
                 console.print(
-                    f"try:   curl -s -X POST {entry} -H 'content-type: application/json' "
+                    f"try:   curl -s -X POST {entry} {auth}-H 'content-type: application/json' "
                     f"-d '{body}'",
                     soft_wrap=True,
                 )
@@ -143,6 +145,18 @@ def up(  # noqa: PLR0917 - typer maps each option to a parameter
                 board.should_exit = True
 
     asyncio.run(main())
+
+
+def _entry_token(spec: Any, supervisor: Any, console: Console) -> str | None:
+    """The bearer token the system file's ``entry.token`` mints (None without one); a token
+    that cannot be minted is reported, and the system keeps running."""
+    from interlink.supervisor import mint_entry_token
+
+    try:
+        return mint_entry_token(spec, supervisor.service_env(spec.entry_service))
+    except Exception as exc:  # a user's function: whatever it raises is reported
+        console.print(f"[yellow]entry.token {spec.entry_token} failed: {exc!r}[/]")
+        return None
 
 
 async def _start_dashboard(env: dict[str, str], port: int, console: Console) -> Any:
