@@ -154,6 +154,26 @@ def test_a_fallback_answer_has_an_ok_status_and_no_metadata(make_channel: Any) -
     assert run(servicer, svc, make_channel, body) == ("cached", S.OK, None)
 
 
+def test_the_cached_answer_is_the_message_whichever_path_cached_it(make_channel: Any) -> None:
+    """A last good answer remembered by a call through the pipeline (breaker not CLOSED) is
+    answered as the message by a later call whose fast path failed, not as the old call."""
+    breaker = CircuitBreaker("menu", record_exceptions=BREAKER_FAILURES)
+    fallback = Fallback(cache_last_success=True, on=should_fall_back)
+    svc = service("menu", retries=0, breaker=breaker, fallback=fallback)
+
+    async def body(stub: Any) -> Any:
+        breaker.disable()  # not CLOSED: this call runs through the pipeline
+        first = await stub.GetMenu(menu_request())
+        breaker.reset()  # CLOSED: the fast path, which fails and falls back
+        return first, await stub.GetMenu(menu_request())
+
+    servicer = Faulty.of(None, default=Fail(S.UNAVAILABLE))
+    first, cached = run(servicer, svc, make_channel, body)
+    assert type(cached) is type(first)
+    assert cached.restaurant_id == "r1"
+    assert len(servicer.hits) == 2
+
+
 def test_cancelling_the_call_cancels_the_attempt(make_channel: Any) -> None:
     """cancel() ends the attempt in flight: awaiting raises CancelledError, code() CANCELLED."""
 

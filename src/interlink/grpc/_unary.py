@@ -25,6 +25,7 @@ nothing and, after a failure, retries nothing; grpc cancels such a call when it 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -227,6 +228,10 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
         if result is not None and result is c._call:
             return await result  # the answer of the attempt that succeeded
         c._call = None  # the fallback answered: there is no call to show
+        if inspect.isawaitable(result):
+            # a last good answer remembered by a call through the pipeline, which returns (and
+            # so leaves in the fallback's memory) the finished call: its answer
+            return await result
         return result
 
 
