@@ -585,6 +585,9 @@ class PrivateNats:
         self.store = store
         self.port = runtime.free_port()
         self.process: asyncio.subprocess.Process | None = None
+        #: Times ``kill`` ended a running server, and ``start`` started one.
+        self.kills = 0
+        self.starts = 0
 
     @property
     def url(self) -> str:
@@ -617,6 +620,7 @@ class PrivateNats:
                 await asyncio.sleep(0.05)
             else:
                 writer.close()
+                self.starts += 1
                 return
 
     async def kill(self) -> None:
@@ -624,6 +628,7 @@ class PrivateNats:
         if self.process is not None and self.process.returncode is None:
             self.process.kill()
             await self.process.wait()
+            self.kills += 1
 
 
 async def _private_nats(stack: contextlib.AsyncExitStack, state_dir: Path) -> PrivateNats:
@@ -661,7 +666,14 @@ def _nats_restart_phases(fast: bool) -> list[Phase]:
 def _nats_restart_checks(
     phases: list[PhaseStats], final: dict[str, Any], run: Run
 ) -> list[tuple[str, bool]]:
+    nats = run.nats
+    assert nats is not None
     return [
+        (
+            f"nats-server killed (SIGKILL) {nats.kills} time(s), started again "
+            f"{nats.starts - 1} time(s) on the same port and store",
+            nats.kills == 1 and nats.starts == 2,
+        ),
         *_broker_checks(phases, final, run),
         (
             f"0 confirmed orders lost: {final['confirmed_missing']} missing, "

@@ -101,3 +101,25 @@ def test_broker_restart_orders_confirmed_events_delivered_after() -> None:
     assert during.success > 0.9, during.statuses
     assert outcome.final["confirmed_final"] == outcome.final["confirmed"]
     assert outcome.final["dlq"] == 0
+
+
+def test_broker_restart_on_nats_loses_no_confirmed_order() -> None:
+    """A private nats-server (JetStream, its own store) killed with SIGKILL under load and
+    started again: orders are still confirmed (the outboxes hold the events), every confirmed
+    order's saga ends once it is back, none lost, none charged twice, no dead letter."""
+    outcome = play("broker-restart-nats")
+    restarted = outcome.checks[0]
+    assert restarted[0].startswith("nats-server killed (SIGKILL) 1 time(s)"), restarted
+    assert restarted[1], restarted
+    before, during, _after = outcome.phases
+    final = outcome.final
+    assert before.requests > 30
+    assert during.requests > 100
+    assert during.success > 0.9, during.statuses
+    assert final["confirmed"] >= before.ok + during.ok
+    assert final["confirmed_missing"] == 0
+    assert final["confirmed_final"] == final["confirmed"]
+    assert final["active"] == 0
+    assert final["parked"] == 0, final["parked_why"]
+    assert final["payment"]["double_charges"] == 0
+    assert final["dlq"] == 0
