@@ -2,9 +2,10 @@
 p99 of ``POST /orders`` <= 100 ms, on embedded defaults (SQLite everywhere) and on NATS +
 PostgreSQL, and where the CPU goes (per service).
 
-The six services run as processes (``interlink.supervisor``); an open-loop load generator in
-this process places orders at a fixed rate in steps (each step ``--step`` seconds) and measures
-every answer's latency at the entry. A step is *sustained* when >= 99 % of its orders got a
+The six services and the gateway run as processes (``interlink.supervisor``); an open-loop
+load generator in this process places orders through the gateway (each with its customer's JWT)
+at a fixed rate in steps (each step ``--step`` seconds) and measures every answer's latency
+there. A step is *sustained* when >= 99 % of its orders got a
 202, p99 <= 100 ms, and the sagas keep up (every order of the step final within ``--step``
 seconds after it). CPU per service is read from ``/proc/<pid>/stat`` over each step. No target
 number: the table names the rate, the busiest service, and what would move it.
@@ -189,7 +190,7 @@ def main() -> int:
     finally:
         if not args.embedded_only:
             asyncio.run(_drop(namespace))
-    run = f"{seconds:.0f} s per step, open-loop load, six services as processes"
+    run = f"{seconds:.0f} s per step, open-loop load through the gateway, seven processes"
     text = rep.results_text(run, *blocks, "\n".join(f"- {s}" for s in summaries))
     print(text)
     return rep.publish("reference_system", text, args, 0)

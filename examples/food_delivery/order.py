@@ -437,10 +437,11 @@ class OrderService:
             "relay_lag": await self.relay.lag(),
         }
 
-    async def warm_up(self, within: float = 5.0) -> None:
-        """Call menu and pricing once before serving (for at most ``within`` seconds), so that
-        the first customer's order does not spend its 100 ms connecting to them; a peer not
-        found by then is left to the first order."""
+    async def warm_up(self, within: float = 5.0, attempts: int = 3) -> None:
+        """Call menu and pricing once before serving, so that the first customer's order does
+        not spend its 100 ms connecting to them: each once discovery lists it (for at most
+        ``within`` seconds), at most ``attempts`` times (fewer failures than the breakers need
+        to open, on a machine too busy to connect within the budget)."""
         calls = {
             "menu": lambda: self.menu.GetMenu(food_pb2.MenuRequest(restaurant_id="luigis")),
             "pricing": lambda: self.pricing.Quote(
@@ -448,13 +449,19 @@ class OrderService:
             ),
         }
         deadline_at = time.monotonic() + within
-        while calls and time.monotonic() < deadline_at:
-            for name, call in list(calls.items()):
-                with contextlib.suppress(Exception):  # not there yet, or still connecting
+        for name, call in calls.items():
+            tries = 0
+            while tries < attempts and time.monotonic() < deadline_at:
+                if not self.resolver.instances(name):  # not registered yet: nothing to call
+                    await asyncio.sleep(0.1)
+                    continue
+                tries += 1
+                try:
                     await call()
-                    del calls[name]
-            if calls:
-                await asyncio.sleep(0.1)
+                except Exception:  # still connecting: the next try, or the first order
+                    await asyncio.sleep(0.1)
+                else:
+                    break
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
