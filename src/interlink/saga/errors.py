@@ -13,6 +13,8 @@ InterlinkError
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from interlink.errors import InterlinkError
 
 __all__ = [
@@ -29,75 +31,71 @@ __all__ = [
 class SagaError(InterlinkError):
     """Base class of the errors the saga machinery raises on purpose."""
 
+    #: What ``str()`` says, filled in from the error's attributes; without one, the arguments.
+    _template: ClassVar[str] = ""
+
+    def __str__(self) -> str:
+        return self._template.format_map(vars(self)) if self._template else super().__str__()
+
 
 class SagaNotFound(SagaError, LookupError):
     """No saga with this id in the store."""
 
+    _template = "no saga with id {saga_id!r} in this store"
+
     def __init__(self, saga_id: str) -> None:
         super().__init__(saga_id)
         self.saga_id = saga_id
-
-    def __str__(self) -> str:
-        return f"no saga with id {self.saga_id!r} in this store"
 
 
 class CorruptSagaState(SagaError, ValueError):
     """A stored saga state cannot be read back (bad JSON, missing field, unknown status)."""
 
+    _template = "stored state of saga {saga_id!r} is corrupt: {problem}"
+
     def __init__(self, saga_id: str, problem: str) -> None:
         super().__init__(saga_id, problem)
-        self.saga_id = saga_id
-        self.problem = problem
-
-    def __str__(self) -> str:
-        return f"stored state of saga {self.saga_id!r} is corrupt: {self.problem}"
+        self.saga_id, self.problem = saga_id, problem
 
 
 class OwnershipLost(SagaError):
     """This orchestrator no longer owns the saga (its lease expired and another took it)."""
 
+    _template = "saga {saga_id!r} is no longer owned by this orchestrator"
+
     def __init__(self, saga_id: str) -> None:
         super().__init__(saga_id)
         self.saga_id = saga_id
 
-    def __str__(self) -> str:
-        return f"saga {self.saga_id!r} is no longer owned by this orchestrator"
+
+class _StepError(SagaError):
+    """What a step's remote side answered instead of a result: the step and its words."""
+
+    def __init__(self, step: str, error: str) -> None:
+        super().__init__(step, error)
+        self.step, self.error = step, error
 
 
-class StepFailed(SagaError):
+class StepFailed(_StepError):
     """A refusal: the remote side answered a command with ``{"ok": false, "error": ...}``, or
     a local step raised it ("card declined"). The step fails at once, never retried, and the
     saga compensates."""
 
-    def __init__(self, step: str, error: str) -> None:
-        super().__init__(step, error)
-        self.step = step
-        self.error = error
-
-    def __str__(self) -> str:
-        return f"step {self.step!r} was refused: {self.error}"
+    _template = "step {step!r} was refused: {error}"
 
 
-class StepUnavailable(SagaError, ConnectionError):
+class StepUnavailable(_StepError, ConnectionError):
     """The remote side answered ``{"ok": false, "retryable": true, ...}``: it could not do the
     work now (its database is down, say). Retried like a lost connection."""
 
-    def __init__(self, step: str, error: str) -> None:
-        super().__init__(step, error)
-        self.step = step
-        self.error = error
-
-    def __str__(self) -> str:
-        return f"step {self.step!r} is unavailable for now: {self.error}"
+    _template = "step {step!r} is unavailable for now: {error}"
 
 
 class InvalidReply(SagaError, ValueError):
     """A reply that cannot be understood or does not validate: the saga is parked."""
 
+    _template = "reply to step {step!r} is invalid: {problem}"
+
     def __init__(self, step: str, problem: str) -> None:
         super().__init__(step, problem)
-        self.step = step
-        self.problem = problem
-
-    def __str__(self) -> str:
-        return f"reply to step {self.step!r} is invalid: {self.problem}"
+        self.step, self.problem = step, problem
