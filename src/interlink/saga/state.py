@@ -172,40 +172,37 @@ class Wake:
 
 
 @dataclass(frozen=True, slots=True)
-class ActionSucceeded:
+class _AttemptEnded:
+    index: int  # the step's place in the definition
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class _AttemptFailed(_AttemptEnded):
+    error: str
+    retry_in: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSucceeded(_AttemptEnded):
     """Step ``index``'s action returned ``result``."""
 
-    index: int
-    at: float
     result: Any = None
 
 
 @dataclass(frozen=True, slots=True)
-class ActionFailed:
+class ActionFailed(_AttemptFailed):
     """Step ``index``'s action failed; retry after ``retry_in`` seconds, or give up (None)."""
 
-    index: int
-    at: float
-    error: str
-    retry_in: float | None = None
-
 
 @dataclass(frozen=True, slots=True)
-class CompensationSucceeded:
+class CompensationSucceeded(_AttemptEnded):
     """Step ``index``'s compensation returned."""
 
-    index: int
-    at: float
-
 
 @dataclass(frozen=True, slots=True)
-class CompensationFailed:
+class CompensationFailed(_AttemptFailed):
     """Step ``index``'s compensation failed; retry after ``retry_in``, or park (None)."""
-
-    index: int
-    at: float
-    error: str
-    retry_in: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,21 +235,20 @@ Event = (
 
 
 @dataclass(frozen=True, slots=True)
-class RunAction:
-    """Run attempt ``attempt`` of step ``index``'s action."""
-
+class _Run:
     index: int
     attempt: int
     idempotency_key: str
 
 
 @dataclass(frozen=True, slots=True)
-class RunCompensation:
-    """Run attempt ``attempt`` of step ``index``'s compensation."""
+class RunAction(_Run):
+    """Run attempt ``attempt`` of step ``index``'s action."""
 
-    index: int
-    attempt: int
-    idempotency_key: str
+
+@dataclass(frozen=True, slots=True)
+class RunCompensation(_Run):
+    """Run attempt ``attempt`` of step ``index``'s compensation."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +309,12 @@ def _start_compensating(state: SagaState, error: str, at: float) -> SagaState:
     return replace(state, status=SagaStatus.COMPENSATING, error=error, updated_at=at)
 
 
+def _phase_over(step: StepState, **changes: Any) -> StepState:
+    """The step's phase (its action, or its compensation) ended with the attempt that was in
+    flight: the phase's failure and interruption counts start over, no retry is pending."""
+    return replace(step, in_flight=False, failures=0, interruptions=0, next_at=None, **changes)
+
+
 def _apply(state: SagaState, event: Event, shape: SagaShape) -> SagaState:
     at = event.at
     if isinstance(event, Wake):
@@ -323,16 +325,8 @@ def _apply(state: SagaState, event: Event, shape: SagaShape) -> SagaState:
         return _late(_recover(state, at, shape), event, shape)
     if isinstance(event, ActionSucceeded):
         step = _in_flight(state, event.index, StepStatus.RUNNING, "action result")
-        step = replace(
-            step,
-            status=StepStatus.SUCCEEDED,
-            in_flight=False,
-            result=event.result,
-            error=None,
-            failures=0,
-            interruptions=0,
-            next_at=None,
-            finished_at=at,
+        step = _phase_over(
+            step, status=StepStatus.SUCCEEDED, result=event.result, error=None, finished_at=at
         )
         return _with_step(state, event.index, step, at)
     if isinstance(event, ActionFailed):
@@ -341,31 +335,15 @@ def _apply(state: SagaState, event: Event, shape: SagaShape) -> SagaState:
         timed_out = state.deadline_at is not None and at >= state.deadline_at
         if event.retry_in is not None and not timed_out:
             return _retry_later(state, event, failures)
-        step = replace(
-            step,
-            status=StepStatus.FAILED,
-            in_flight=False,
-            failures=0,
-            interruptions=0,
-            error=event.error,
-            next_at=None,
-            last_delay=0.0,
-            finished_at=at,
+        step = _phase_over(
+            step, status=StepStatus.FAILED, error=event.error, last_delay=0.0, finished_at=at
         )
         state = _with_step(state, event.index, step, at)
         why = f"step {step.name!r} failed after {step.attempts} attempt(s): {event.error}"
         return _start_compensating(state, why, at)
     if isinstance(event, CompensationSucceeded):
         step = _in_flight(state, event.index, StepStatus.COMPENSATING, "compensation result")
-        step = replace(
-            step,
-            status=StepStatus.COMPENSATED,
-            in_flight=False,
-            failures=0,
-            interruptions=0,
-            next_at=None,
-            compensated_at=at,
-        )
+        step = _phase_over(step, status=StepStatus.COMPENSATED, compensated_at=at)
         return _with_step(state, event.index, step, at)
     step = _in_flight(state, event.index, StepStatus.COMPENSATING, "compensation failure")
     failures = step.failures + 1
@@ -377,9 +355,7 @@ def _apply(state: SagaState, event: Event, shape: SagaShape) -> SagaState:
     return _park(state, why, at)
 
 
-def _retry_later(
-    state: SagaState, event: ActionFailed | CompensationFailed, failures: int
-) -> SagaState:
+def _retry_later(state: SagaState, event: _AttemptFailed, failures: int) -> SagaState:
     """The failed attempt's step waits ``retry_in`` seconds before its next attempt."""
     delay = _delay(event.retry_in)
     step = replace(
