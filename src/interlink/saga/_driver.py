@@ -278,7 +278,6 @@ class Driver:
                     ctx,
                     seconds=seconds,
                     publisher=self.publisher,
-                    store=self.store,
                     replies=self.replies,
                 )
         except InvalidReply as exc:

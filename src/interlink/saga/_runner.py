@@ -75,6 +75,10 @@ class ReplyBox:
             waiter.set_result(None)
         return True
 
+    async def clear(self, saga_id: str, slot: str) -> None:
+        """Forget the reply kept for (saga, slot): an answer to an earlier attempt is stale."""
+        await self._store.clear_reply(saga_id, slot)
+
     async def wait(self, saga_id: str, slot: str, attempt: int, seconds: float) -> Any:
         """The body of the first acceptable reply (from this attempt, or a success from any)."""
         loop = asyncio.get_running_loop()
@@ -128,16 +132,8 @@ async def _call(fn: Callable[[StepContext], Any], ctx: StepContext) -> Any:
 
 
 async def _send(
-    send: Send,
-    ctx: StepContext,
-    *,
-    seconds: float | None,
-    publisher: Sink | None,
-    store: SagaStore,
-    replies: ReplyBox,
+    send: Send, ctx: StepContext, wait: float, publisher: Sink, replies: ReplyBox
 ) -> Any:
-    if publisher is None:
-        raise SagaError(f"step {ctx.step!r} sends a command but the orchestrator has no publisher")
     slot = slot_of(ctx.step, ctx.compensating)
     body = send.message(ctx) if send.message is not None else ctx.data
     dump = getattr(body, "model_dump", None)
@@ -151,11 +147,10 @@ async def _send(
         REPLY_TO: send.reply_topic,
     }
     inject_trace(headers)  # the step's span: the participant's work joins the saga's trace
-    wait = send.timeout if seconds is None else min(send.timeout, seconds)
     if not ctx.compensating:  # an undo never expires: it must happen, however late
         headers[SAGA_EXPIRES_AT] = f"{time.time() + wait:.3f}"
     key = send.key(ctx) if send.key is not None else ctx.saga_id
-    await store.clear_reply(ctx.saga_id, slot)  # an answer to an earlier attempt is stale
+    await replies.clear(ctx.saga_id, slot)
     # A fresh message per attempt (the remote side deduplicates the *effect* by the
     # idempotency key), so a retry after a lost reply is answered again.
     command = Prepared(
@@ -193,7 +188,6 @@ async def run_attempt(
     *,
     seconds: float | None,
     publisher: Sink | None,
-    store: SagaStore,
     replies: ReplyBox,
 ) -> Any:
     """Run the action (or, with ``ctx.compensating``, the compensation) of ``step`` once, within
@@ -203,9 +197,12 @@ async def run_attempt(
     if target is None:  # the state machine never asks for a missing compensation
         raise SagaError(f"step {step.name!r} has no compensation")
     if isinstance(target, Send):
-        return await _send(
-            target, ctx, seconds=seconds, publisher=publisher, store=store, replies=replies
-        )
+        if publisher is None:
+            raise SagaError(
+                f"step {step.name!r} sends a command but the orchestrator has no publisher"
+            )
+        wait = target.timeout if seconds is None else min(target.timeout, seconds)
+        return await _send(target, ctx, wait, publisher, replies)
     fn: Callable[[StepContext], Any] = target
     run: Callable[[], Awaitable[Any]]
     if step.policy is not None:
