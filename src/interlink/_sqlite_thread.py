@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
@@ -95,6 +95,15 @@ class SqliteThread:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.call, fn)
 
+    async def write(self, sql: str, args: Sequence[object] = ()) -> int:
+        """Run one statement in a write transaction of its own; how many rows it changed."""
+        return await self.run(lambda conn: _write(conn, sql, args))
+
+    async def write_all(self, statements: Iterable[str]) -> None:
+        """Run these statements (no parameters) in one write transaction: a schema's set-up
+        or removal."""
+        await self.run(lambda conn: _write_all(conn, statements))
+
     async def close(self) -> None:
         """Close the connection and stop the thread; idempotent."""
         executor, self._executor = self._executor, None
@@ -109,3 +118,14 @@ class SqliteThread:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+
+def _write(conn: sqlite3.Connection, sql: str, args: Sequence[object]) -> int:
+    with write_tx(conn):
+        return conn.execute(sql, args).rowcount
+
+
+def _write_all(conn: sqlite3.Connection, statements: Iterable[str]) -> None:
+    with write_tx(conn):
+        for sql in statements:
+            conn.execute(sql)

@@ -174,7 +174,7 @@ class _Sqlite:
     async def open(self) -> None:
         if not self._ready:
             sql = _ddl(self._t)
-            await self._db.run(lambda c: _write(c, sql, ()))
+            await self._db.write(sql)
             self._ready = True
 
     async def close(self) -> None:
@@ -182,7 +182,7 @@ class _Sqlite:
 
     async def drop(self) -> None:
         sql = f"DROP TABLE IF EXISTS {self._t}"
-        await self._db.run(lambda c: _write(c, sql, ()))
+        await self._db.write(sql)
 
     async def admit(self, key: str, now: float) -> str | None:
         sql = _admit_sql(self._t, "?")
@@ -191,11 +191,6 @@ class _Sqlite:
     async def cancel(self, key: str, now: float) -> str | None:
         sql = _cancel_sql(self._t, "?")
         return await self._db.run(lambda c: _one(c, sql, (key, now)))
-
-
-def _write(conn: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> None:
-    with write_tx(conn):
-        conn.execute(sql, args)
 
 
 def _one(conn: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> str | None:

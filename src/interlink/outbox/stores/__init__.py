@@ -64,6 +64,25 @@ class PendingMessage:
     created_at: float
 
 
+#: What the built-in stores read of a pending row, in the order of PendingMessage's fields.
+COLUMNS = "seq, id, topic, key, type, headers, payload, correlation_id, created_at"
+
+
+def pending_of(r: Sequence[Any]) -> PendingMessage:
+    """The row read as ``SELECT {COLUMNS}``."""
+    return PendingMessage(
+        seq=int(r[0]),
+        id=str(r[1]),
+        topic=str(r[2]),
+        key=None if r[3] is None else str(r[3]),
+        type=str(r[4]),
+        headers=decode_headers(r[5]),
+        payload=bytes(r[6]),
+        correlation_id=None if r[7] is None else str(r[7]),
+        created_at=float(r[8]),
+    )
+
+
 class OutboxStore(Protocol):
     """What the relay needs from the database holding the outbox table.
 

@@ -20,12 +20,11 @@ from typing import Any
 
 from interlink._asyncpg import import_asyncpg
 from interlink._sqlite_thread import identifier
-from interlink.outbox.stores import OutboxStore, PendingMessage, decode_headers
+from interlink.outbox.stores import COLUMNS, OutboxStore, PendingMessage, pending_of
 
 __all__ = ["PostgresOutboxStore", "ddl", "insert_sql"]
 
 _NOW = "extract(epoch from clock_timestamp())"
-_COLUMNS = "seq, id, topic, key, type, headers, payload, correlation_id, created_at"
 _CLEANUP_CHUNK = 5000
 
 
@@ -59,20 +58,6 @@ def insert_sql(table: str, style: str) -> str:
     return (
         f"INSERT INTO {table} (id, topic, key, part, type, headers, payload, correlation_id) "
         f"VALUES ({marks})"
-    )
-
-
-def _message(r: Any) -> PendingMessage:
-    return PendingMessage(
-        seq=r[0],
-        id=r[1],
-        topic=r[2],
-        key=r[3],
-        type=r[4],
-        headers=decode_headers(r[5]),
-        payload=bytes(r[6]),
-        correlation_id=r[7],
-        created_at=r[8],
     )
 
 
@@ -154,12 +139,12 @@ class PostgresOutboxStore(OutboxStore):
             rows: list[Any] = []
             if len(parts) == self._partitions:
                 rows = await conn.fetch(
-                    f"SELECT {_COLUMNS} FROM {t} WHERE sent_at IS NULL ORDER BY seq LIMIT $1",
+                    f"SELECT {COLUMNS} FROM {t} WHERE sent_at IS NULL ORDER BY seq LIMIT $1",
                     limit,
                 )
             elif parts:
                 rows = await conn.fetch(
-                    f"SELECT {_COLUMNS} FROM {t} WHERE sent_at IS NULL "
+                    f"SELECT {COLUMNS} FROM {t} WHERE sent_at IS NULL "
                     "AND part = ANY($1::int[]) ORDER BY seq LIMIT $2",
                     [p[0] for p in parts],
                     limit,
@@ -170,7 +155,7 @@ class PostgresOutboxStore(OutboxStore):
         if not rows:
             await tx.commit()
             return None, []
-        return tx, [_message(r) for r in rows]
+        return tx, [pending_of(r) for r in rows]
 
     async def complete(self, claim: Any, seqs: Sequence[int]) -> int:
         """Mark sent and commit (which releases the partitions)."""

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import sqlite3
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from interlink._sqlite_thread import SqliteThread, identifier, sqlite_path, write_tx
-from interlink.outbox.stores import OutboxStore, PendingMessage, decode_headers
+from interlink.outbox.stores import COLUMNS, OutboxStore, PendingMessage, pending_of
 
 __all__ = ["SqliteOutboxStore", "ddl", "insert_sql"]
 
@@ -52,20 +51,6 @@ def insert_sql(table: str, mark: str = "?") -> str:
     )
 
 
-def _message(r: Any) -> PendingMessage:
-    return PendingMessage(
-        seq=int(r[0]),
-        id=str(r[1]),
-        topic=str(r[2]),
-        key=None if r[3] is None else str(r[3]),
-        type=str(r[4]),
-        headers=decode_headers(r[5]),
-        payload=bytes(r[6]),
-        correlation_id=None if r[7] is None else str(r[7]),
-        created_at=float(r[8]),
-    )
-
-
 class SqliteOutboxStore(OutboxStore):
     """The relay's view of the outbox table in the SQLite file named by ``url``."""
 
@@ -89,34 +74,21 @@ class SqliteOutboxStore(OutboxStore):
 
     async def open(self) -> None:
         """Create the tables if missing."""
-        statements = ddl(self._t, self._partitions)
-
-        def setup(conn: sqlite3.Connection) -> None:
-            with write_tx(conn):
-                for sql in statements:
-                    conn.execute(sql)
-
-        await self._db.run(setup)
+        await self._db.write_all(ddl(self._t, self._partitions))
 
     async def close(self) -> None:
         """Release the leases at once (a successor need not wait them out) and close."""
         t, owner = self._t, self._owner
         sql = f"UPDATE {t}_leases SET owner=NULL, expires_at=0 WHERE owner=?"
         with contextlib.suppress(sqlite3.Error):
-            await self._db.run(lambda c: _write(c, sql, (owner,)))
+            await self._db.write(sql, (owner,))
         self._owned = ()
         await self._db.close()
 
     async def drop(self) -> None:
         """Delete the tables."""
         t = self._t
-
-        def drop(conn: sqlite3.Connection) -> None:
-            with write_tx(conn):
-                conn.execute(f"DROP TABLE IF EXISTS {t}")
-                conn.execute(f"DROP TABLE IF EXISTS {t}_leases")
-
-        await self._db.run(drop)
+        await self._db.write_all([f"DROP TABLE IF EXISTS {t}", f"DROP TABLE IF EXISTS {t}_leases"])
 
     def _claim(self, conn: sqlite3.Connection, now: float) -> tuple[int, ...]:
         if self._owned and now < self._renew_at:
@@ -142,18 +114,17 @@ class SqliteOutboxStore(OutboxStore):
             owned = self._claim(conn, time.time())
             if not owned:
                 return owned, []
-            columns = "seq, id, topic, key, type, headers, payload, correlation_id, created_at"
             if len(owned) == every:
-                sql = f"SELECT {columns} FROM {t} WHERE sent_at IS NULL ORDER BY seq LIMIT ?"
+                sql = f"SELECT {COLUMNS} FROM {t} WHERE sent_at IS NULL ORDER BY seq LIMIT ?"
                 args: tuple[Any, ...] = (limit,)
             else:
                 marks = ",".join("?" * len(owned))
                 sql = (
-                    f"SELECT {columns} FROM {t} WHERE sent_at IS NULL AND part IN ({marks}) "
+                    f"SELECT {COLUMNS} FROM {t} WHERE sent_at IS NULL AND part IN ({marks}) "
                     "ORDER BY seq LIMIT ?"
                 )
                 args = (*owned, limit)
-            return owned, [_message(r) for r in conn.execute(sql, args).fetchall()]
+            return owned, [pending_of(r) for r in conn.execute(sql, args).fetchall()]
 
         return await self._db.run(fetch)
 
@@ -216,12 +187,7 @@ class SqliteOutboxStore(OutboxStore):
         total = 0
         while True:
             cutoff = time.time() - older_than
-            n: int = await self._db.run(functools.partial(_write, sql=sql, args=(cutoff,)))
+            n = await self._db.write(sql, (cutoff,))
             total += n
             if n < _CLEANUP_CHUNK:
                 return total
-
-
-def _write(conn: sqlite3.Connection, sql: str, args: Sequence[object]) -> int:
-    with write_tx(conn):
-        return conn.execute(sql, args).rowcount

@@ -10,37 +10,24 @@ from typing import Any, Generic, TypeVar
 
 from interlink._asyncpg import import_asyncpg
 from interlink._sqlite_thread import identifier
-from interlink.saga.state import ACTIVE, SagaStatus
-from interlink.saga.stores import SagaRow, SagaStore, SagaWrite
+from interlink.saga.state import SagaStatus
+from interlink.saga.stores import (
+    ACTIVE_STATUSES,
+    COLUMNS,
+    INSERTED,
+    SagaRow,
+    SagaStore,
+    SagaWrite,
+    inserted_values,
+    row_of,
+    written_values,
+)
 
 __all__ = ["PostgresSagaStore"]
-
-_INSERTED = (
-    "id, name, status, state, version, owner, lease_until, wake_at, created_at, updated_at, error"
-)
-_COLUMNS = _INSERTED + ", late"
-_ACTIVE = sorted(s.value for s in ACTIVE)
 
 
 def _import_asyncpg() -> Any:
     return import_asyncpg("interlink.saga's PostgreSQL store")
-
-
-def _row(r: Any) -> SagaRow:
-    return SagaRow(
-        saga_id=r[0],
-        name=r[1],
-        status=r[2],
-        state=r[3],
-        version=r[4],
-        owner=r[5],
-        lease_until=r[6],
-        wake_at=r[7],
-        created_at=r[8],
-        updated_at=r[9],
-        error=r[10],
-        late=r[11],
-    )
 
 
 class PostgresSagaStore(SagaStore):
@@ -74,7 +61,7 @@ class PostgresSagaStore(SagaStore):
                 "wake_at DOUBLE PRECISION NOT NULL, created_at DOUBLE PRECISION NOT NULL, "
                 "updated_at DOUBLE PRECISION NOT NULL, error TEXT)"
             )
-            active = ", ".join(f"'{s}'" for s in _ACTIVE)
+            active = ", ".join(f"'{s}'" for s in ACTIVE_STATUSES)
             await conn.execute(
                 f"CREATE INDEX IF NOT EXISTS {t}_due ON {t} (wake_at) WHERE status IN ({active})"
             )
@@ -163,32 +150,19 @@ class PostgresSagaStore(SagaStore):
         self, row: SagaRow, *, owner: str | None, lease_until: float
     ) -> SagaRow | None:
         """Insert unless the id exists; inserts of concurrent starts share one statement."""
-        values = (
-            row.saga_id,
-            row.name,
-            row.status,
-            row.state,
-            row.version,
-            owner,
-            lease_until,
-            row.wake_at,
-            row.created_at,
-            row.updated_at,
-            row.error,
-        )
-        found: SagaRow | None = await self._creates.submit(values)
+        found: SagaRow | None = await self._creates.submit(inserted_values(row, owner, lease_until))
         return found
 
     async def _create_many(self, rows: list[tuple[Any, ...]]) -> list[SagaRow | None]:
         t = self._t
         found = await self._ready().fetch(
-            f"INSERT INTO {t} ({_INSERTED}) SELECT * FROM unnest($1::text[], $2::text[], "
+            f"INSERT INTO {t} ({INSERTED}) SELECT * FROM unnest($1::text[], $2::text[], "
             "$3::text[], $4::text[], $5::bigint[], $6::text[], $7::float8[], $8::float8[], "
             "$9::float8[], $10::float8[], $11::text[]) "
-            f"ON CONFLICT (id) DO NOTHING RETURNING {_COLUMNS}",
+            f"ON CONFLICT (id) DO NOTHING RETURNING {COLUMNS}",
             *(list(column) for column in zip(*rows, strict=True)),
         )
-        made = {r[0]: _row(r) for r in found}
+        made = {r[0]: row_of(r) for r in found}
         return [made.get(values[0]) for values in rows]
 
     async def save(
@@ -196,18 +170,9 @@ class PostgresSagaStore(SagaStore):
     ) -> bool:
         """Fenced by owner and version, row by row; the saves of concurrent sagas share one
         statement (one transaction, one commit), each saga waiting for its own."""
-        values = (
-            saga_id,
-            write.state,
-            write.status,
-            write.wake_at,
-            write.updated_at,
-            write.error,
-            owner,
-            version,
-            release,
+        saved: bool = await self._saves.submit(
+            (saga_id, *written_values(write), owner, version, release)
         )
-        saved: bool = await self._saves.submit(values)
         return saved
 
     async def _save_many(self, rows: list[tuple[Any, ...]]) -> list[bool]:
@@ -255,24 +220,24 @@ class PostgresSagaStore(SagaStore):
                 "(owner=$3 OR starts_with(owner, $3 || '#')) "
                 "AND status = ANY($4::text[]) AND name = ANY($5::text[])"
             )
-            args: tuple[Any, ...] = (own, _ACTIVE, sorted(names))
+            args: tuple[Any, ...] = (own, ACTIVE_STATUSES, sorted(names))
         else:
             where = (
                 "name = ANY($4::text[]) AND (owner IS NULL OR lease_until < $5) "
                 "AND ((status = ANY($3::text[]) AND wake_at <= $5) OR late > 0)"
             )
-            args = (_ACTIVE, sorted(names), now)
+            args = (ACTIVE_STATUSES, sorted(names), now)
         n = len(args) + 3
         rows = await self._ready().fetch(
             f"UPDATE {t} SET owner=$1, lease_until=$2 WHERE id IN (SELECT id FROM {t} "
             f"WHERE {where} ORDER BY wake_at LIMIT ${n} FOR UPDATE SKIP LOCKED) "
-            f"RETURNING {_COLUMNS}",
+            f"RETURNING {COLUMNS}",
             owner,
             lease_until,
             *args,
             limit,
         )
-        return [_row(r) for r in rows]
+        return [row_of(r) for r in rows]
 
     async def renew(self, *, owner: str, ids: Sequence[str], lease_until: float) -> set[str]:
         """Extend the lease on the rows ``owner`` still holds."""
@@ -290,24 +255,24 @@ class PostgresSagaStore(SagaStore):
     async def get(self, saga_id: str) -> SagaRow | None:
         """One row."""
         found = await self._ready().fetchrow(
-            f"SELECT {_COLUMNS} FROM {self._t} WHERE id=$1", saga_id
+            f"SELECT {COLUMNS} FROM {self._t} WHERE id=$1", saga_id
         )
-        return None if found is None else _row(found)
+        return None if found is None else row_of(found)
 
     async def list(self, *, statuses: Collection[str] | None, limit: int) -> list[SagaRow]:
         """Most recently updated first."""
         if statuses:
             rows = await self._ready().fetch(
-                f"SELECT {_COLUMNS} FROM {self._t} WHERE status = ANY($1::text[]) "
+                f"SELECT {COLUMNS} FROM {self._t} WHERE status = ANY($1::text[]) "
                 "ORDER BY updated_at DESC LIMIT $2",
                 sorted(statuses),
                 limit,
             )
         else:
             rows = await self._ready().fetch(
-                f"SELECT {_COLUMNS} FROM {self._t} ORDER BY updated_at DESC LIMIT $1", limit
+                f"SELECT {COLUMNS} FROM {self._t} ORDER BY updated_at DESC LIMIT $1", limit
             )
-        return [_row(r) for r in rows]
+        return [row_of(r) for r in rows]
 
     async def park(self, saga_id: str, *, error: str, owner: str | None, now: float) -> bool:
         """NEEDS_ATTENTION, state untouched."""
@@ -330,11 +295,7 @@ class PostgresSagaStore(SagaStore):
             f"UPDATE {self._t} SET state=$1, status=$2, wake_at=$3, updated_at=$4, error=$5, "
             "owner=NULL, lease_until=0, version=version+1 "
             "WHERE id=$6 AND version=$7 AND (owner IS NULL OR lease_until < $4)",
-            write.state,
-            write.status,
-            write.wake_at,
-            write.updated_at,
-            write.error,
+            *written_values(write),
             saga_id,
             version,
         )

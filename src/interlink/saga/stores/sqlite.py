@@ -11,11 +11,20 @@ import hashlib
 import os
 import sqlite3
 from collections.abc import Callable, Collection, Sequence
-from typing import Any
 
 from interlink._sqlite_thread import SqliteThread, identifier, sqlite_path, write_tx
-from interlink.saga.state import ACTIVE, SagaStatus
-from interlink.saga.stores import SagaRow, SagaStore, SagaWrite
+from interlink.saga.state import SagaStatus
+from interlink.saga.stores import (
+    ACTIVE_STATUSES,
+    COLUMNS,
+    INSERTED,
+    SagaRow,
+    SagaStore,
+    SagaWrite,
+    inserted_values,
+    row_of,
+    written_values,
+)
 
 __all__ = ["SqliteSagaStore"]
 
@@ -28,31 +37,6 @@ try:
     _EXCLUSIVE = fcntl.LOCK_EX | fcntl.LOCK_NB
 except ImportError:  # pragma: no cover - not on Windows
     _flock, _EXCLUSIVE = None, 0
-
-
-_INSERTED = (
-    "id, name, status, state, version, owner, lease_until, wake_at, created_at, updated_at, error"
-)
-_COLUMNS = _INSERTED + ", late"
-_ACTIVE = tuple(sorted(s.value for s in ACTIVE))
-
-
-def _row(r: Any) -> SagaRow:
-    state = r[3]
-    return SagaRow(
-        saga_id=str(r[0]),
-        name=str(r[1]),
-        status=str(r[2]),
-        state=state if isinstance(state, str) else bytes(state).decode("utf-8", "replace"),
-        version=int(r[4]),
-        owner=None if r[5] is None else str(r[5]),
-        lease_until=float(r[6]),
-        wake_at=float(r[7]),
-        created_at=float(r[8]),
-        updated_at=float(r[9]),
-        error=None if r[10] is None else str(r[10]),
-        late=int(r[11]),
-    )
 
 
 def _marks(n: int) -> str:
@@ -82,7 +66,7 @@ class SqliteSagaStore(SagaStore):
                 )
                 conn.execute(
                     f"CREATE INDEX IF NOT EXISTS {t}_due ON {t} (wake_at) "
-                    f"WHERE status IN {_ACTIVE!r}"
+                    f"WHERE status IN {ACTIVE_STATUSES!r}"
                 )
                 columns = {row[1] for row in conn.execute(f"PRAGMA table_info({t})")}
                 if "late" not in columns:  # a table made before late replies were counted
@@ -107,12 +91,12 @@ class SqliteSagaStore(SagaStore):
     async def mark_late(self, saga_id: str) -> None:
         """``late + 1``."""
         sql = f"UPDATE {self._t} SET late = late + 1 WHERE id=?"
-        await self._db.run(lambda c: _write(c, sql, (saga_id,)))
+        await self._db.write(sql, (saga_id,))
 
     async def forget_late(self, saga_id: str, count: int) -> None:
         """``late - count``."""
         sql = f"UPDATE {self._t} SET late = MAX(late - ?, 0) WHERE id=?"
-        await self._db.run(lambda c: _write(c, sql, (count, saga_id)))
+        await self._db.write(sql, (count, saga_id))
 
     async def hold_owner(self, owner: str) -> bool:
         """An exclusive ``flock`` on a file next to the database, named after the table and
@@ -140,13 +124,7 @@ class SqliteSagaStore(SagaStore):
     async def drop(self) -> None:
         """Delete both tables."""
         t = self._t
-
-        def drop(conn: sqlite3.Connection) -> None:
-            with write_tx(conn):
-                conn.execute(f"DROP TABLE IF EXISTS {t}")
-                conn.execute(f"DROP TABLE IF EXISTS {t}_replies")
-
-        await self._db.run(drop)
+        await self._db.write_all([f"DROP TABLE IF EXISTS {t}", f"DROP TABLE IF EXISTS {t}_replies"])
 
     async def create(
         self, row: SagaRow, *, owner: str | None, lease_until: float
@@ -157,24 +135,12 @@ class SqliteSagaStore(SagaStore):
         def create(conn: sqlite3.Connection) -> SagaRow | None:
             with write_tx(conn):
                 cur = conn.execute(
-                    f"INSERT INTO {t} ({_INSERTED}) VALUES ({_marks(11)}) "
-                    f"ON CONFLICT (id) DO NOTHING RETURNING {_COLUMNS}",
-                    (
-                        row.saga_id,
-                        row.name,
-                        row.status,
-                        row.state,
-                        row.version,
-                        owner,
-                        lease_until,
-                        row.wake_at,
-                        row.created_at,
-                        row.updated_at,
-                        row.error,
-                    ),
+                    f"INSERT INTO {t} ({INSERTED}) VALUES ({_marks(11)}) "
+                    f"ON CONFLICT (id) DO NOTHING RETURNING {COLUMNS}",
+                    inserted_values(row, owner, lease_until),
                 )
                 found = cur.fetchone()
-            return None if found is None else _row(found)
+            return None if found is None else row_of(found)
 
         return await self._db.run(create)
 
@@ -187,22 +153,13 @@ class SqliteSagaStore(SagaStore):
             f"UPDATE {self._t} SET state=?, status=?, wake_at=?, updated_at=?, error=?, "
             f"{let_go}version=version+1 WHERE id=? AND owner=? AND version=?"
         )
-        args = (
-            write.state,
-            write.status,
-            write.wake_at,
-            write.updated_at,
-            write.error,
-            saga_id,
-            owner,
-            version,
-        )
-        return await self._db.run(lambda c: _write(c, sql, args) == 1)
+        args = (*written_values(write), saga_id, owner, version)
+        return await self._db.write(sql, args) == 1
 
     async def release(self, saga_id: str, *, owner: str, wake_at: float) -> bool:
         """Fenced by owner."""
         sql = f"UPDATE {self._t} SET owner=NULL, lease_until=0, wake_at=? WHERE id=? AND owner=?"
-        return await self._db.run(lambda c: _write(c, sql, (wake_at, saga_id, owner)) == 1)
+        return await self._db.write(sql, (wake_at, saga_id, owner)) == 1
 
     async def claim(
         self,
@@ -222,24 +179,24 @@ class SqliteSagaStore(SagaStore):
         if own is not None:
             where = (
                 "(owner=? OR substr(owner, 1, ?)=?) "
-                f"AND status IN ({_marks(len(_ACTIVE))}) AND name IN ({_marks(len(names))})"
+                f"AND status IN ({_marks(len(ACTIVE_STATUSES))}) AND name IN ({_marks(len(names))})"
             )
-            args: tuple[object, ...] = (own, len(own) + 1, own + "#", *_ACTIVE, *names)
+            args: tuple[object, ...] = (own, len(own) + 1, own + "#", *ACTIVE_STATUSES, *names)
         else:
             where = (
                 f"name IN ({_marks(len(names))}) AND (owner IS NULL OR lease_until < ?) "
-                f"AND ((status IN ({_marks(len(_ACTIVE))}) AND wake_at <= ?) OR late > 0)"
+                f"AND ((status IN ({_marks(len(ACTIVE_STATUSES))}) AND wake_at <= ?) OR late > 0)"
             )
-            args = (*names, now, *_ACTIVE, now)
+            args = (*names, now, *ACTIVE_STATUSES, now)
         sql = (
             f"UPDATE {t} SET owner=?, lease_until=? WHERE id IN "
-            f"(SELECT id FROM {t} WHERE {where} ORDER BY wake_at LIMIT ?) RETURNING {_COLUMNS}"
+            f"(SELECT id FROM {t} WHERE {where} ORDER BY wake_at LIMIT ?) RETURNING {COLUMNS}"
         )
 
         def claim(conn: sqlite3.Connection) -> list[SagaRow]:
             with write_tx(conn):
                 rows = conn.execute(sql, (owner, lease_until, *args, limit)).fetchall()
-            return [_row(r) for r in rows]
+            return [row_of(r) for r in rows]
 
         return await self._db.run(claim)
 
@@ -266,11 +223,11 @@ class SqliteSagaStore(SagaStore):
 
     async def get(self, saga_id: str) -> SagaRow | None:
         """One row."""
-        sql = f"SELECT {_COLUMNS} FROM {self._t} WHERE id=?"
+        sql = f"SELECT {COLUMNS} FROM {self._t} WHERE id=?"
 
         def get(conn: sqlite3.Connection) -> SagaRow | None:
             found = conn.execute(sql, (saga_id,)).fetchone()
-            return None if found is None else _row(found)
+            return None if found is None else row_of(found)
 
         return await self._db.run(get)
 
@@ -280,14 +237,14 @@ class SqliteSagaStore(SagaStore):
         if statuses:
             wanted = sorted(statuses)
             sql = (
-                f"SELECT {_COLUMNS} FROM {t} WHERE status IN ({_marks(len(wanted))}) "
+                f"SELECT {COLUMNS} FROM {t} WHERE status IN ({_marks(len(wanted))}) "
                 "ORDER BY updated_at DESC LIMIT ?"
             )
             args: tuple[object, ...] = (*wanted, limit)
         else:
-            sql = f"SELECT {_COLUMNS} FROM {t} ORDER BY updated_at DESC LIMIT ?"
+            sql = f"SELECT {COLUMNS} FROM {t} ORDER BY updated_at DESC LIMIT ?"
             args = (limit,)
-        return await self._db.run(lambda c: [_row(r) for r in c.execute(sql, args).fetchall()])
+        return await self._db.run(lambda c: [row_of(r) for r in c.execute(sql, args).fetchall()])
 
     async def park(self, saga_id: str, *, error: str, owner: str | None, now: float) -> bool:
         """NEEDS_ATTENTION, state untouched."""
@@ -300,7 +257,7 @@ class SqliteSagaStore(SagaStore):
             sql, args = base + " AND owner=?", (*args, owner)
         else:
             sql, args = base + " AND (owner IS NULL OR lease_until < ?)", (*args, now)
-        return await self._db.run(lambda c: _write(c, sql, args) == 1)
+        return await self._db.write(sql, args) == 1
 
     async def put_unowned(self, saga_id: str, write: SagaWrite, *, version: int) -> bool:
         """Fenced by version and by nobody holding a live lease."""
@@ -309,17 +266,8 @@ class SqliteSagaStore(SagaStore):
             "owner=NULL, lease_until=0, version=version+1 "
             "WHERE id=? AND version=? AND (owner IS NULL OR lease_until < ?)"
         )
-        args = (
-            write.state,
-            write.status,
-            write.wake_at,
-            write.updated_at,
-            write.error,
-            saga_id,
-            version,
-            write.updated_at,
-        )
-        return await self._db.run(lambda c: _write(c, sql, args) == 1)
+        args = (*written_values(write), saga_id, version, write.updated_at)
+        return await self._db.write(sql, args) == 1
 
     async def put_reply(self, saga_id: str, step: str, attempt: int, body: bytes) -> None:
         """Upsert, unless a reply to a later attempt is kept already."""
@@ -329,7 +277,7 @@ class SqliteSagaStore(SagaStore):
             "ON CONFLICT (saga_id, step) DO UPDATE SET attempt=excluded.attempt, "
             f"body=excluded.body WHERE excluded.attempt >= {t}_replies.attempt"
         )
-        await self._db.run(lambda c: _write(c, sql, (saga_id, step, attempt, bytes(body))))
+        await self._db.write(sql, (saga_id, step, attempt, bytes(body)))
 
     async def get_reply(self, saga_id: str, step: str) -> tuple[int, bytes] | None:
         """(attempt, body) or None."""
@@ -347,9 +295,4 @@ class SqliteSagaStore(SagaStore):
     async def clear_reply(self, saga_id: str, step: str) -> None:
         """Delete."""
         sql = f"DELETE FROM {self._t}_replies WHERE saga_id=? AND step=?"
-        await self._db.run(lambda c: _write(c, sql, (saga_id, step)))
-
-
-def _write(conn: sqlite3.Connection, sql: str, args: Sequence[object]) -> int:
-    with write_tx(conn):
-        return conn.execute(sql, args).rowcount
+        await self._db.write(sql, (saga_id, step))
