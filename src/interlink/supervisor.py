@@ -241,6 +241,12 @@ async def _wait_healthy(pending: dict[str, str], within: float) -> None:
         await asyncio.sleep(0.1)
 
 
+def _entry_url(system: SystemSpec, url: Callable[[str, str], str]) -> str | None:
+    if system.entry_service is None:
+        return None
+    return url(system.entry_service, system.entry_port) + system.entry_path
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -324,10 +330,7 @@ class Supervisor:
     @property
     def entry_url(self) -> str | None:
         """The system's entry point (the URL a user sends requests to)."""
-        s = self.system
-        if s.entry_service is None:
-            return None
-        return self.url(s.entry_service, s.entry_port) + s.entry_path
+        return _entry_url(self.system, self.url)
 
     async def start(self) -> None:
         """Allocate ports, start every service and the control socket."""
@@ -602,10 +605,7 @@ class Monolith:
     @property
     def entry_url(self) -> str | None:
         """The system's entry point."""
-        s = self.system
-        if s.entry_service is None:
-            return None
-        return self.url(s.entry_service, s.entry_port) + s.entry_path
+        return _entry_url(self.system, self.url)
 
     def service_env(self, service: str) -> dict[str, str]:
         """The variables ``service`` runs with."""
