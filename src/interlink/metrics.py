@@ -37,6 +37,7 @@ HTTP server (a broker consumer).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -110,40 +111,34 @@ class PolicyMetrics:
         prom = _prometheus()
         self.registry = registry if registry is not None else prom.REGISTRY
         r = self.registry
+        counter = functools.partial(prom.Counter, registry=r)
         self._state = prom.Gauge(
             "interlink_breaker_state",
             "1 for the state a circuit breaker is in, 0 for the others",
             ["breaker", "state"],
             registry=r,
         )
-        self._transitions = prom.Counter(
+        self._transitions = counter(
             "interlink_breaker_transitions",
             "Circuit breaker state changes",
             ["breaker", "from", "to"],
-            registry=r,
         )
-        self._rejections = prom.Counter(
+        self._rejections = counter(
             "interlink_rejections",
             "Calls a policy refused before they ran",
             ["policy", "name", "reason"],
-            registry=r,
         )
-        self._retries = prom.Counter("interlink_retries", "Retries scheduled", ["name"], registry=r)
-        self._give_ups = prom.Counter(
+        self._retries = counter("interlink_retries", "Retries scheduled", ["name"])
+        self._give_ups = counter(
             "interlink_retry_give_ups",
             "Calls a retry stopped retrying, by reason",
             ["name", "reason"],
-            registry=r,
         )
-        self._fallbacks = prom.Counter(
-            "interlink_fallbacks", "Answers given by a fallback", ["name", "source"], registry=r
+        self._fallbacks = counter(
+            "interlink_fallbacks", "Answers given by a fallback", ["name", "source"]
         )
-        self._hedges = prom.Counter(
-            "interlink_hedges", "Hedged attempts launched", ["name"], registry=r
-        )
-        self._timeouts = prom.Counter(
-            "interlink_timeouts", "Calls ended by a timeout", ["name"], registry=r
-        )
+        self._hedges = counter("interlink_hedges", "Hedged attempts launched", ["name"])
+        self._timeouts = counter("interlink_timeouts", "Calls ended by a timeout", ["name"])
         self._watched: dict[str, CircuitBreaker] = {}
         #: wall-clock time each breaker was last seen opening (for "half-open in")
         self._opened_at: dict[str, float] = {}
