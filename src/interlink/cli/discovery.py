@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from interlink.cli._console import fail
+
 if TYPE_CHECKING:
     from interlink.discovery import ServiceInstance
 
@@ -46,11 +48,6 @@ def _describe(exc: Exception, registry: str) -> str:
     return f"registry {registry} failed: {type(exc).__name__}: {exc}"
 
 
-def _fail(message: str) -> typer.Exit:
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
-    return typer.Exit(1)
-
-
 @app.command("list")
 def list_(
     service: Annotated[
@@ -79,7 +76,7 @@ def list_(
     try:
         found = asyncio.run(run())
     except Exception as exc:
-        raise _fail(_describe(exc, registry)) from exc
+        raise fail(_describe(exc, registry)) from exc
     title = f"{service or 'all services'}: {len(found)} instance(s)"
     Console(highlight=False).print(_table(title, found))
 
@@ -114,4 +111,4 @@ def watch(
     except KeyboardInterrupt:
         return
     except Exception as exc:
-        raise _fail(_describe(exc, registry)) from exc
+        raise fail(_describe(exc, registry)) from exc

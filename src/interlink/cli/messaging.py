@@ -6,7 +6,6 @@ Broker clients are imported inside the commands, so ``interlink --help`` needs n
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import sys
@@ -16,8 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from interlink.cli._console import fail, run_or_fail, stdout
 
 if TYPE_CHECKING:
     from interlink.messaging import Broker, DeadLetter
@@ -43,15 +43,6 @@ Topic = Annotated[str, typer.Argument(help="The topic (not the .dlq name).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _out() -> Console:
-    return Console(highlight=False)
-
-
-def _fail(message: str) -> typer.Exit:
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
-    return typer.Exit(1)
-
-
 def _with_broker(url: str, action: Callable[[Broker], Awaitable[T]]) -> T:
     from interlink.messaging import Broker, MessagingError
 
@@ -62,10 +53,7 @@ def _with_broker(url: str, action: Callable[[Broker], Awaitable[T]]) -> T:
         finally:
             await broker.stop()
 
-    try:
-        return asyncio.run(run())
-    except (ValueError, ImportError, OSError, MessagingError) as exc:
-        raise _fail(str(exc)) from exc
+    return run_or_fail(run(), (ValueError, ImportError, OSError, MessagingError))
 
 
 def _when(seconds: float | None) -> str:
@@ -126,7 +114,7 @@ def dlq_list(
     letters, binding, size = _with_broker(broker, lambda b: _listing(b, topic, limit))
     rows = [_letter(letter, binding, payload=False) for letter in letters]
     if as_json:
-        _out().print_json(json.dumps(rows))
+        stdout().print_json(json.dumps(rows))
         return
     summary = f"{size} dead letter(s) in {topic}.dlq" + (
         f", the oldest {len(rows)} shown" if len(rows) < size else ""
@@ -141,7 +129,7 @@ def dlq_list(
         sys.stdout.write("\n".join(lines) + "\n")
         return
     if not rows:
-        _out().print(f"no dead letters in {topic}.dlq")
+        stdout().print(f"no dead letters in {topic}.dlq")
         return
     table = Table(title=summary)
     table.add_column("id", no_wrap=True, overflow="fold")
@@ -153,7 +141,7 @@ def dlq_list(
             str(row["reason"])[:80],
             row["dead_at"],
         )
-    _out().print(table)
+    stdout().print(table)
 
 
 @dlq_app.command("show")
@@ -164,8 +152,8 @@ def dlq_show(
     letters, binding = _with_broker(broker, lambda b: _dead_letters(b, topic, 100_000))
     found = [letter for letter in letters if letter.id == message_id]
     if not found:
-        raise _fail(f"no dead letter {message_id!r} in {topic}.dlq")
-    _out().print_json(json.dumps(_letter(found[0], binding, payload=True)))
+        raise fail(f"no dead letter {message_id!r} in {topic}.dlq")
+    stdout().print_json(json.dumps(_letter(found[0], binding, payload=True)))
 
 
 @dlq_app.command("replay")
@@ -181,7 +169,7 @@ def dlq_replay(
     re-published once, however many dead letters hold it (the same id published twice and
     dead-lettered twice); all of them leave the DLQ."""
     count = _with_broker(broker, lambda b: b.dlq_replay(topic, ids or None))
-    _out().print(f"replayed {count} message(s) to {topic}")
+    stdout().print(f"replayed {count} message(s) to {topic}")
 
 
 @dlq_app.command("purge")
@@ -194,17 +182,17 @@ def dlq_purge(
     if not yes:
         typer.confirm(f"Delete every dead letter of {topic}?", abort=True)
     count = _with_broker(broker, lambda b: b.dlq_purge(topic))
-    _out().print(f"purged {count} dead letter(s) from {topic}.dlq")
+    stdout().print(f"purged {count} dead letter(s) from {topic}.dlq")
 
 
 def topics(broker: BrokerUrl, as_json: AsJson = False) -> None:
     """List the topics a broker knows, dead-letter queues included."""
     names = _with_broker(broker, lambda b: b.topics())
     if as_json:
-        _out().print_json(json.dumps(names))
+        stdout().print_json(json.dumps(names))
         return
     for name in names:
-        _out().print(name, markup=False)
+        stdout().print(name, markup=False)
 
 
 def asyncapi(
@@ -219,17 +207,17 @@ def asyncapi(
 
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
-        raise _fail(f"expected MODULE:BROKER, got {target!r}")
+        raise fail(f"expected MODULE:BROKER, got {target!r}")
     sys.path.insert(0, "")  # the current directory, as `python -m` would
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise _fail(f"cannot import {module_name!r}: {exc}") from exc
+        raise fail(f"cannot import {module_name!r}: {exc}") from exc
     finally:
         sys.path.remove("")
     broker = getattr(module, attribute, None)
     if not isinstance(broker, Broker):
-        raise _fail(f"{target!r} is not an interlink Broker")
+        raise fail(f"{target!r} is not an interlink Broker")
     text = json.dumps(document_of(broker), indent=2)
     if output is None:
         sys.stdout.write(text + "\n")

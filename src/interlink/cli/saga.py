@@ -7,7 +7,6 @@ imported inside the commands, so ``interlink --help`` needs none of them.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -15,8 +14,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from interlink.cli._console import fail, run_or_fail, stdout
 
 if TYPE_CHECKING:
     from interlink.saga import SagaState, SagaStore
@@ -58,15 +58,6 @@ _STATUS_STYLE = {
 }
 
 
-def _out() -> Console:
-    return Console(highlight=False)
-
-
-def _fail(message: str) -> typer.Exit:
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", markup=True)
-    return typer.Exit(1)
-
-
 def _with_store(url: str, table: str, action: Callable[[SagaStore], Awaitable[T]]) -> T:
     from interlink.saga import SagaError, SagaStore
 
@@ -78,10 +69,7 @@ def _with_store(url: str, table: str, action: Callable[[SagaStore], Awaitable[T]
         finally:
             await store.close()
 
-    try:
-        return asyncio.run(run())
-    except (SagaError, ValueError, ImportError, OSError) as exc:
-        raise _fail(str(exc)) from exc
+    return run_or_fail(run(), (SagaError, ValueError, ImportError, OSError))
 
 
 def _when(seconds: float | None, day: float | None = None) -> str:
@@ -129,7 +117,7 @@ def list_sagas(
     known = [s.value for s in SagaStatus]
     unknown = sorted((wanted or set()) - set(known))
     if unknown:
-        raise _fail(f"'--status' must be one of {', '.join(known)}: {', '.join(unknown)}")
+        raise fail(f"'--status' must be one of {', '.join(known)}: {', '.join(unknown)}")
     rows: list[SagaRow] = _with_store(store, table, lambda s: s.list(statuses=wanted, limit=limit))
     current: dict[str, str] = {}
     for row in rows:
@@ -154,7 +142,7 @@ def list_sagas(
             }
             for row in rows
         ]
-        _out().print_json(json.dumps(items))
+        stdout().print_json(json.dumps(items))
         return
     out = Table(title=f"sagas ({len(rows)})")
     for column in ("id", "saga", "status", "step", "owner", "updated"):
@@ -172,7 +160,7 @@ def list_sagas(
             _ago(row.updated_at, now),
             row.error or "",
         )
-    _out().print(out)
+    stdout().print(out)
 
 
 def _steps_table(state: SagaState) -> Table:
@@ -220,19 +208,19 @@ def show(
 
     row = _with_store(store, table, lambda s: s.get(saga_id))
     if row is None:
-        raise _fail(str(SagaNotFound(saga_id)))
+        raise fail(str(SagaNotFound(saga_id)))
     try:
         state = state_from_json(row.saga_id, row.state, row.version)
     except CorruptSagaState as exc:
-        out = _out()
+        out = stdout()
         out.print(f"saga [bold]{row.saga_id}[/] ({row.name}): {_styled(row.status)}")
         out.print(f"error: {row.error or '-'}", markup=False)
         out.print(f"stored state (first 500 characters): {row.state[:500]}", markup=False)
-        raise _fail(f"{exc}; fix or delete the row, then resume it") from exc
+        raise fail(f"{exc}; fix or delete the row, then resume it") from exc
     if as_json:
-        _out().print_json(json.dumps(saga_json(state, row)))
+        stdout().print_json(json.dumps(saga_json(state, row)))
         return
-    out = _out()
+    out = stdout()
     parked = ""
     if state.status.value == "NEEDS_ATTENTION" and state.parked_from is not None:
         parked = f" (parked while {state.parked_from.value})"
@@ -264,7 +252,7 @@ def resume(saga_id: SagaId, store: StoreUrl, table: TableName = "interlink_sagas
     from interlink.saga.admin import resume_saga
 
     state = _with_store(store, table, lambda s: resume_saga(s, saga_id))
-    _out().print(
+    stdout().print(
         f"saga [bold]{state.saga_id}[/] resumed: {_styled(state.status.value)}; "
         "the next orchestrator that polls the store drives it on"
     )

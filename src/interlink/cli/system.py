@@ -19,6 +19,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from interlink.cli._console import fail
+
 DEFAULT_SYSTEM = "examples/food_delivery/system.yaml"
 
 SystemArgument = Annotated[Path, typer.Argument(help="The system file (YAML).", show_default=True)]
@@ -41,18 +43,13 @@ chaos_app = typer.Typer(
 )
 
 
-def _fail(message: str) -> typer.Exit:
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
-    return typer.Exit(1)
-
-
 def _load(system: Path, state_dir: Path | None) -> Any:
     from interlink.supervisor import SupervisorError, load_system
 
     try:
         return load_system(system, state_dir=state_dir)
     except SupervisorError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 def up(  # noqa: PLR0917 - typer maps each option to a parameter
@@ -94,7 +91,7 @@ def up(  # noqa: PLR0917 - typer maps each option to a parameter
     for item in env or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise _fail(f"--env must look like KEY=VALUE: {item!r}")
+            raise fail(f"--env must look like KEY=VALUE: {item!r}")
         overrides[key] = value
     if dashboard:
         # every service traces into one store the dashboard reads (services read the variable)
@@ -211,7 +208,7 @@ def chaos_status(
     try:
         reply = control(spec.state_dir, "status")
     except SupervisorError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     Console(highlight=False).print_json(data=reply)
 
 
@@ -227,9 +224,9 @@ def _verb(verb: str, doc: str) -> None:
         try:
             reply = control(spec.state_dir, verb, service)
         except SupervisorError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         if not reply.get("ok"):
-            raise _fail(str(reply.get("error")))
+            raise fail(str(reply.get("error")))
         Console(highlight=False).print(f"{verb} {service}: done")
 
     command.__doc__ = doc
@@ -260,13 +257,13 @@ def chaos_set(
         try:
             values[key] = float(value)
         except ValueError:
-            raise _fail(f"a switch must look like NAME=NUMBER: {item!r}") from None
+            raise fail(f"a switch must look like NAME=NUMBER: {item!r}") from None
         if not sep or not key:
-            raise _fail(f"a switch must look like NAME=NUMBER: {item!r}")
+            raise fail(f"a switch must look like NAME=NUMBER: {item!r}")
     try:
         set_switches(spec, service, values)
     except SupervisorError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     Console(highlight=False).print(f"{service}: {values}")
 
 
@@ -282,7 +279,7 @@ def scenario_names(system: Path) -> list[str]:
 def scenarios_module(spec: Any) -> Any:
     """The system's scenarios module, imported from the system's root folder."""
     if not spec.scenarios:
-        raise _fail(f"{spec.source}: the system names no 'scenarios' module")
+        raise fail(f"{spec.source}: the system names no 'scenarios' module")
     root = str(spec.root)
     if root not in sys.path:
         sys.path.insert(0, root)
@@ -297,10 +294,10 @@ def run_scenario(
     try:
         module = scenarios_module(spec)
     except ImportError as exc:
-        raise _fail(f"the scenarios of {system} could not be loaded: {exc}") from None
+        raise fail(f"the scenarios of {system} could not be loaded: {exc}") from None
     known = getattr(module, "SCENARIOS", {})
     if name not in known:
-        raise _fail(f"no scenario {name!r} (known: resilience, {', '.join(sorted(known))})")
+        raise fail(f"no scenario {name!r} (known: resilience, {', '.join(sorted(known))})")
     console = Console(highlight=False, width=None if Console().is_terminal else 140)
     outcome = asyncio.run(
         module.run(
