@@ -155,6 +155,32 @@ class Outbox:
         head = json.dumps(hdrs, separators=(",", ":"))
         return mid, (mid, topic, key, part, type_name, head, payload, correlation_id())
 
+    def _insert(
+        self,
+        tx: Any,
+        topic: str,
+        message: Any,
+        key: str | None,
+        headers: Mapping[str, str] | None,
+        *,
+        blocking: bool,
+    ) -> tuple[str, tuple[Any, ...]]:
+        """The message id, and the arguments of the ``tx.execute`` that inserts its row."""
+        driver = _driver(tx)
+        if blocking and driver not in _BLOCKING:
+            raise TypeError(f"'tx' is an async connection ({driver}): use `await outbox.aadd(...)`")
+        if not blocking and driver in _BLOCKING:
+            raise TypeError(f"'tx' is a blocking connection ({driver}): use `outbox.add(...)`")
+        _check_transaction(driver, tx)
+        mid, row = self._row(topic, message, key, headers)
+        if driver.startswith("sqlalchemy"):
+            return mid, _sa_statement(tx, self._table, row)
+        if driver == "asyncpg":
+            return mid, (pg_sql.insert_sql(self._table, "$"), *row)
+        if driver.startswith("psycopg"):
+            return mid, (pg_sql.insert_sql(self._table, "%s"), row)
+        return mid, (sqlite_sql.insert_sql(self._table), (*row, time.time()))
+
     def add(
         self,
         tx: Any,
@@ -167,17 +193,8 @@ class Outbox:
         """Insert the event into the outbox within ``tx``'s open transaction (no commit);
         returns the message id consumers will see. ``message``: a pydantic model, bytes, str
         or a JSON-able value, encoded as ``Broker.publish`` would."""
-        driver = _driver(tx)
-        if driver not in _BLOCKING:
-            raise TypeError(f"'tx' is an async connection ({driver}): use `await outbox.aadd(...)`")
-        _check_transaction(driver, tx)
-        mid, row = self._row(topic, message, key, headers)
-        if driver == "sqlalchemy":
-            tx.execute(*_sa_statement(tx, self._table, row))
-        elif driver == "sqlite":
-            tx.execute(sqlite_sql.insert_sql(self._table), (*row, time.time()))
-        else:
-            tx.execute(pg_sql.insert_sql(self._table, "%s"), row)
+        mid, statement = self._insert(tx, topic, message, key, headers, blocking=True)
+        tx.execute(*statement)
         return mid
 
     async def aadd(
@@ -191,19 +208,8 @@ class Outbox:
     ) -> str:
         """``add`` for asyncpg, aiosqlite, psycopg ``AsyncConnection`` and SQLAlchemy's
         ``AsyncSession``/``AsyncConnection``."""
-        driver = _driver(tx)
-        if driver in _BLOCKING:
-            raise TypeError(f"'tx' is a blocking connection ({driver}): use `outbox.add(...)`")
-        _check_transaction(driver, tx)
-        mid, row = self._row(topic, message, key, headers)
-        if driver == "sqlalchemy-async":
-            await tx.execute(*_sa_statement(tx, self._table, row))
-        elif driver == "asyncpg":
-            await tx.execute(pg_sql.insert_sql(self._table, "$"), *row)
-        elif driver == "psycopg-async":
-            await tx.execute(pg_sql.insert_sql(self._table, "%s"), row)
-        else:
-            await tx.execute(sqlite_sql.insert_sql(self._table), (*row, time.time()))
+        mid, statement = self._insert(tx, topic, message, key, headers, blocking=False)
+        await tx.execute(*statement)
         return mid
 
     def create_tables(self, conn: Any) -> None:
