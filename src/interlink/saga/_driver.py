@@ -262,17 +262,8 @@ class Driver:
         if not compensating and state.deadline_at is not None:
             left = max(state.deadline_at - self.clock(), 0.001)
             seconds = left if seconds is None else min(seconds, left)
-        span = step_span(
-            self.spans,
-            state.trace,
-            saga=state.name,
-            saga_id=state.saga_id,
-            step=step.name,
-            attempt=command.attempt,
-            compensating=compensating,
-        )
         try:
-            with span:  # a failed attempt marks its span failed
+            with step_span(self.spans, state.trace, ctx):  # a failed attempt marks it failed
                 result = await run_attempt(
                     step,
                     ctx,

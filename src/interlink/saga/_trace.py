@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from interlink.saga.definition import StepContext
 from interlink.tracing.propagation import api, extract, inject
 from interlink.tracing.spans import Spans, with_correlation
 
@@ -43,26 +44,17 @@ def root_context(spans: Spans, saga: str, saga_id: str) -> dict[str, str] | None
 
 
 @contextmanager
-def step_span(
-    spans: Spans,
-    stored: Mapping[str, str] | None,
-    *,
-    saga: str,
-    saga_id: str,
-    step: str,
-    attempt: int,
-    compensating: bool,
-) -> Iterator[Any]:
-    """One attempt of a step (or of its compensation) as a span under the saga's root, current
-    for the block; yields the span (None when not recording)."""
+def step_span(spans: Spans, stored: Mapping[str, str] | None, ctx: StepContext) -> Iterator[Any]:
+    """The attempt ``ctx`` describes (a step's, or its compensation's) as a span under the
+    saga's root, current for the block; yields the span (None when not recording)."""
     parent = extract(stored) if stored else None
-    name = f"saga {saga}: {'compensate ' if compensating else ''}{step}"
+    name = f"saga {ctx.saga}: {'compensate ' if ctx.compensating else ''}{ctx.step}"
     attributes: dict[str, str | int | float | bool] = {
-        "saga.name": saga,
-        "saga.id": saga_id,
-        "saga.step": step,
-        "saga.attempt": attempt,
-        "saga.compensating": compensating,
+        "saga.name": ctx.saga,
+        "saga.id": ctx.saga_id,
+        "saga.step": ctx.step,
+        "saga.attempt": ctx.attempt,
+        "saga.compensating": ctx.compensating,
     }
     with spans.current(name, parent=parent, attributes=attributes) as span:
         yield span

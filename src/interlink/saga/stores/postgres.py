@@ -10,20 +10,13 @@ from typing import Any, Generic, TypeVar
 
 from interlink._asyncpg import import_asyncpg
 from interlink._sqlite_thread import identifier
-from interlink.saga.state import SagaStatus
-from interlink.saga.stores import (
-    ACTIVE_STATUSES,
-    COLUMNS,
-    INSERTED,
-    SagaRow,
-    SagaStore,
-    SagaWrite,
-    inserted_values,
-    row_of,
-    written_values,
-)
+from interlink.saga.state import ACTIVE, SagaStatus
+from interlink.saga.stores import SagaRow, SagaStore, SagaWrite
+from interlink.saga.stores._sql import COLUMNS, INSERTED, inserted_values, row_of, written_values
 
 __all__ = ["PostgresSagaStore"]
+
+_ACTIVE = sorted(s.value for s in ACTIVE)
 
 
 def _import_asyncpg() -> Any:
@@ -61,7 +54,7 @@ class PostgresSagaStore(SagaStore):
                 "wake_at DOUBLE PRECISION NOT NULL, created_at DOUBLE PRECISION NOT NULL, "
                 "updated_at DOUBLE PRECISION NOT NULL, error TEXT)"
             )
-            active = ", ".join(f"'{s}'" for s in ACTIVE_STATUSES)
+            active = ", ".join(f"'{s}'" for s in _ACTIVE)
             await conn.execute(
                 f"CREATE INDEX IF NOT EXISTS {t}_due ON {t} (wake_at) WHERE status IN ({active})"
             )
@@ -220,13 +213,13 @@ class PostgresSagaStore(SagaStore):
                 "(owner=$3 OR starts_with(owner, $3 || '#')) "
                 "AND status = ANY($4::text[]) AND name = ANY($5::text[])"
             )
-            args: tuple[Any, ...] = (own, ACTIVE_STATUSES, sorted(names))
+            args: tuple[Any, ...] = (own, _ACTIVE, sorted(names))
         else:
             where = (
                 "name = ANY($4::text[]) AND (owner IS NULL OR lease_until < $5) "
                 "AND ((status = ANY($3::text[]) AND wake_at <= $5) OR late > 0)"
             )
-            args = (ACTIVE_STATUSES, sorted(names), now)
+            args = (_ACTIVE, sorted(names), now)
         n = len(args) + 3
         rows = await self._ready().fetch(
             f"UPDATE {t} SET owner=$1, lease_until=$2 WHERE id IN (SELECT id FROM {t} "

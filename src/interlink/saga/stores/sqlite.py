@@ -13,20 +13,13 @@ import sqlite3
 from collections.abc import Callable, Collection, Sequence
 
 from interlink._sqlite_thread import SqliteThread, identifier, sqlite_path, write_tx
-from interlink.saga.state import SagaStatus
-from interlink.saga.stores import (
-    ACTIVE_STATUSES,
-    COLUMNS,
-    INSERTED,
-    SagaRow,
-    SagaStore,
-    SagaWrite,
-    inserted_values,
-    row_of,
-    written_values,
-)
+from interlink.saga.state import ACTIVE, SagaStatus
+from interlink.saga.stores import SagaRow, SagaStore, SagaWrite
+from interlink.saga.stores._sql import COLUMNS, INSERTED, inserted_values, row_of, written_values
 
 __all__ = ["SqliteSagaStore"]
+
+_ACTIVE = tuple(sorted(s.value for s in ACTIVE))
 
 # The owner lock is an exclusive flock (on Windows, where there is none, owners never lock).
 _flock: Callable[[int, int], None] | None
@@ -66,7 +59,7 @@ class SqliteSagaStore(SagaStore):
                 )
                 conn.execute(
                     f"CREATE INDEX IF NOT EXISTS {t}_due ON {t} (wake_at) "
-                    f"WHERE status IN {ACTIVE_STATUSES!r}"
+                    f"WHERE status IN {_ACTIVE!r}"
                 )
                 columns = {row[1] for row in conn.execute(f"PRAGMA table_info({t})")}
                 if "late" not in columns:  # a table made before late replies were counted
@@ -179,15 +172,15 @@ class SqliteSagaStore(SagaStore):
         if own is not None:
             where = (
                 "(owner=? OR substr(owner, 1, ?)=?) "
-                f"AND status IN ({_marks(len(ACTIVE_STATUSES))}) AND name IN ({_marks(len(names))})"
+                f"AND status IN ({_marks(len(_ACTIVE))}) AND name IN ({_marks(len(names))})"
             )
-            args: tuple[object, ...] = (own, len(own) + 1, own + "#", *ACTIVE_STATUSES, *names)
+            args: tuple[object, ...] = (own, len(own) + 1, own + "#", *_ACTIVE, *names)
         else:
             where = (
                 f"name IN ({_marks(len(names))}) AND (owner IS NULL OR lease_until < ?) "
-                f"AND ((status IN ({_marks(len(ACTIVE_STATUSES))}) AND wake_at <= ?) OR late > 0)"
+                f"AND ((status IN ({_marks(len(_ACTIVE))}) AND wake_at <= ?) OR late > 0)"
             )
-            args = (*names, now, *ACTIVE_STATUSES, now)
+            args = (*names, now, *_ACTIVE, now)
         sql = (
             f"UPDATE {t} SET owner=?, lease_until=? WHERE id IN "
             f"(SELECT id FROM {t} WHERE {where} ORDER BY wake_at LIMIT ?) RETURNING {COLUMNS}"
