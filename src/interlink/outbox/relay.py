@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from interlink.clock import Clock
-from interlink.outbox.sink import Prepared, Sink
+from interlink.outbox.sink import Sink
 from interlink.outbox.stores import (
     DEFAULT_LEASE,
     DEFAULT_PARTITIONS,
@@ -56,19 +56,6 @@ class RelayStats:
     failures: int = 0
     last_error: str | None = None
     last_batch_at: float | None = None
-
-
-def _prepared(m: PendingMessage) -> Prepared:
-    return Prepared(
-        id=m.id,
-        topic=m.topic,
-        payload=m.payload,
-        type=m.type,
-        key=m.key,
-        headers=m.headers,
-        correlation_id=m.correlation_id,
-        created_at=m.created_at,
-    )
 
 
 class OutboxRelay:
@@ -174,7 +161,7 @@ class OutboxRelay:
             topics.setdefault(row.topic, []).append(row)
         try:
             outcomes = await asyncio.gather(
-                *(self._sink.send(t, [_prepared(m) for m in ms]) for t, ms in topics.items()),
+                *(self._sink.send(t, ms) for t, ms in topics.items()),
                 return_exceptions=True,
             )
         except BaseException:

@@ -15,10 +15,12 @@ import os
 import socket
 import uuid
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
+
+from interlink.outbox.sink import Prepared
 
 __all__ = [
     "DEFAULT_LEASE",
@@ -49,19 +51,12 @@ def partition_of(key: str | None, message_id: str, partitions: int) -> int:
     return zlib.crc32((message_id if key is None else key).encode()) % partitions
 
 
-@dataclass(frozen=True, slots=True)
-class PendingMessage:
-    """One outbox row waiting to be published."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PendingMessage(Prepared):
+    """One outbox row waiting to be published: the message as it was prepared when the row was
+    written, and the row's place in the table."""
 
     seq: int
-    id: str
-    topic: str
-    key: str | None
-    type: str
-    headers: Mapping[str, str]
-    payload: bytes
-    correlation_id: str | None
-    created_at: float
 
 
 #: What the built-in stores read of a pending row, in the order of PendingMessage's fields.
