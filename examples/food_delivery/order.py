@@ -57,6 +57,12 @@ log = logging.getLogger("food.order")
 #: What the customer may wait for: menu and pricing together.
 SYNC_BUDGET = 0.1
 
+#: A saga command the broker did not take (stopped, restarting: no acknowledgement within 5 s)
+#: is sent again with backoff for about half a minute, so a broker restart delays orders rather
+#: than cancelling them; a refusal is final whatever this says, and the saga's 120 s timeout
+#: bounds it all. Each resend carries the same idempotency key: participants act once.
+SEND_RETRY = Retry(5, backoff=1.0, max_backoff=8.0)
+
 #: The customer the gateway authenticated (its JWT's ``sub``). The gateway strips this header
 #: from what clients send, and this service listens on loopback only, so it can be trusted.
 IDENTITY = "x-auth-subject"
@@ -229,14 +235,14 @@ class OrderService:
                     "authorize_payment",
                     Send(s.topic(runtime.PAYMENT_AUTHORIZE), reply_topic=replies, timeout=30.0),
                     Send(s.topic(runtime.PAYMENT_REFUND), reply_topic=replies, timeout=30.0),
-                    retry=Retry(1),
+                    retry=SEND_RETRY,
                 ),
                 Step(
                     "assign_courier",
                     Send(s.topic(runtime.DISPATCH_ASSIGN), reply_topic=replies, timeout=30.0),
                     # a courier assigned after the saga gave up is released, never kept
                     Send(s.topic(runtime.DISPATCH_RELEASE), reply_topic=replies, timeout=30.0),
-                    retry=Retry(1),
+                    retry=SEND_RETRY,
                 ),
                 Step("notify", self.complete),
             ],

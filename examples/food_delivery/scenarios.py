@@ -681,6 +681,10 @@ def _nats_restart_checks(
             final["confirmed_missing"] == 0 and final["confirmed_final"] == final["confirmed"],
         ),
         (
+            f"0 orders cancelled by the outage ({final['compensated']} compensated)",
+            final["compensated"] == 0,
+        ),
+        (
             f"0 double charges ({final['payment'].get('double_charges', '?')})",
             final["payment"].get("double_charges") == 0,
         ),
