@@ -41,7 +41,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -582,9 +582,13 @@ class Monolith:
         self._output = output or (lambda line: print(line, flush=True))
         self._children: Supervisor | None = None
         if outside:
-            # The services moved out, as a system of their own: no entry, no scenarios.
-            sub = replace(
-                system, services=outside, entry_service=None, scenarios=None, monolith_env={}
+            sub = SystemSpec(
+                name=system.name,
+                root=system.root,
+                state_dir=system.state_dir,
+                env=system.env,
+                services=outside,
+                source=system.source,
             )
             self._children = Supervisor(sub, env=self._env, output=output)
         self._helper = Supervisor(system, env=self._env, output=output)
