@@ -7,6 +7,7 @@ unknown orders a 404; the menu is read over REST from menu's gRPC service."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import time
 import urllib.error
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 from examples.food_delivery import gateway
+from support import until
 
 from interlink.supervisor import Supervisor, load_system
 
@@ -107,6 +109,42 @@ def test_the_order_api_end_to_end(tmp_path: Path) -> None:
             assert "sushi" in err["detail"]
             status, _, err = await asyncio.to_thread(call, "GET", f"{entry}/nope", None, alice)
             assert (status, err["error"]) == (404, "not_found")
+
+    asyncio.run(main())
+
+
+def listening_on(port: int) -> set[str]:
+    """The addresses a TCP socket listens on at ``port`` (from /proc/net/tcp and tcp6; an
+    IPv4-mapped IPv6 address, as gRPC binds, as IPv4)."""
+    found = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            address, _, hex_port = fields[1].partition(":")
+            if fields[3] != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
+                continue
+            raw = b"".join(
+                int(address[i : i + 8], 16).to_bytes(4, "little") for i in range(0, len(address), 8)
+            )
+            ip = ipaddress.ip_address(raw)
+            mapped = getattr(ip, "ipv4_mapped", None)
+            found.add(str(mapped or ip))
+    return found
+
+
+def test_every_service_listens_on_loopback_only(tmp_path: Path) -> None:
+    """Every service's ports are on loopback only; the gateway's too unless FOOD_GATEWAY_HOST
+    opens it to others (it is the one meant to be)."""
+
+    async def main() -> None:
+        system = load_system(SYSTEM, state_dir=tmp_path)
+        async with Supervisor(system, output=lambda _: None) as sup:
+            await sup.wait_healthy(90)
+            for name, status in sup.status().items():
+                for port in status["ports"].values():
+                    # a gRPC port may open a little after the admin port answered
+                    await until(lambda p=port: listening_on(p), 20, f"{name} on {port}")
+                    assert listening_on(port) == {"127.0.0.1"}, (name, port)
 
     asyncio.run(main())
 
