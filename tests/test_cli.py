@@ -96,6 +96,18 @@ def test_demo_help_documents_its_options() -> None:
     assert "--fast" in done.stdout
 
 
+def test_demo_list_shows_every_scenario_of_the_system_file() -> None:
+    """`interlink demo --list` prints each scenario the system file offers, with its title."""
+    from examples.food_delivery.scenarios import SCENARIOS
+
+    done = run_script("demo", "--list")
+    assert done.returncode == 0, done.stderr
+    assert "resilience" in done.stdout
+    for name, scenario in SCENARIOS.items():
+        assert name in done.stdout
+        assert scenario.title.split()[0] in done.stdout
+
+
 def test_unknown_command_fails_with_a_pointer_to_help() -> None:
     """A mistyped command exits non-zero, names the command and points at --help."""
     done = run_script("frobnicate")

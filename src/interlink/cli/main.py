@@ -125,8 +125,7 @@ def demo(  # noqa: PLR0917 - typer reads the options from the signature
         typer.Option(
             "--scenario",
             help="resilience (one pipeline against one flaky downstream, in one process), or "
-            "a scenario of the system file: menu-outage, payment-declines, retry-storm, "
-            "crash-recovery, broker-restart.",
+            "a scenario of the system file (--list shows them).",
         ),
     ] = "resilience",
     system: Annotated[
@@ -142,6 +141,10 @@ def demo(  # noqa: PLR0917 - typer reads the options from the signature
     monolith: Annotated[
         bool, typer.Option("--monolith", help="Play it with every service in one process.")
     ] = False,
+    list_scenarios: Annotated[
+        bool,
+        typer.Option("--list", help="List the scenarios of the system file, then stop."),
+    ] = False,
 ) -> None:
     """A guided tour: the policies, or a scenario played on a system.
 
@@ -149,6 +152,9 @@ def demo(  # noqa: PLR0917 - typer reads the options from the signature
     process; any other scenario plays against the whole reference system (real processes on
     loopback, embedded defaults) and prints its before / during / after table.
     """
+    if list_scenarios:
+        _system.print_scenarios(system)
+        return
     if scenario != "resilience":
         code = _system.run_scenario(
             scenario,

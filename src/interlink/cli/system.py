@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from interlink.cli._console import fail
 
@@ -267,13 +268,17 @@ def chaos_set(
     Console(highlight=False).print(f"{service}: {values}")
 
 
-def scenario_names(system: Path) -> list[str]:
-    """The scenarios a system file offers (empty when its module cannot be imported)."""
+def print_scenarios(system: Path) -> None:
+    """Print the scenarios ``system`` offers, each with its one-line title."""
     try:
         module = scenarios_module(_load(system, None))
-    except (ImportError, typer.Exit):
-        return []
-    return sorted(getattr(module, "SCENARIOS", {}))
+    except ImportError as exc:
+        raise fail(f"the scenarios of {system} could not be loaded: {exc}") from None
+    table = Table("scenario", "what happens", box=None, header_style="bold")
+    table.add_row("resilience", "the policies against a flaky downstream, in one process")
+    for name, scenario in sorted(getattr(module, "SCENARIOS", {}).items()):
+        table.add_row(name, getattr(scenario, "title", ""))
+    Console(highlight=False).print(table)
 
 
 def scenarios_module(spec: Any) -> Any:
