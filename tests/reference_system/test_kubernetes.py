@@ -5,6 +5,7 @@ ConfigMap holding every variable the services need."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +91,39 @@ def test_kustomization_lists_every_manifest() -> None:
     listed = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["resources"]
     files = sorted(p.name for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")
     assert sorted(listed) == files
+
+
+def test_the_gateway_is_the_entry_and_its_config_loads_from_the_pods_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gateway's Deployment gives examples/food_delivery/gateway.yaml every variable it
+    names (ConfigMap, its own env, the JWT key from a Secret defined here); the loaded config
+    listens on the pod's address, reaches discovery in NATS, and the probes hit its admin
+    port."""
+    from interlink.gateway.config import load_config
+
+    objects = {where.split(":", 1)[1]: doc for where, doc in documents()}
+    deployment = objects["Deployment/gateway"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "examples.food_delivery.gateway"]
+    declared = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    service = objects["Service/gateway"]
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+
+    env = dict(objects["ConfigMap/food-delivery"]["data"])
+    for item in container["env"]:
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            env[item["name"]] = objects[f"Secret/{ref['name']}"]["stringData"][ref["key"]]
+    for name in [k for k in list(os.environ) if k.startswith(("FOOD_", "INTERLINK_"))]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config = load_config(Path(runtime.__file__).with_name("gateway.yaml"))
+    assert config.listen == f"0.0.0.0:{declared['http']}"
+    assert config.admin == f"0.0.0.0:{declared['admin']}"
+    assert config.discovery == "nats://nats:4222"
