@@ -117,7 +117,7 @@ def test_list_queries_use_indexes(store: TraceStore) -> None:
         str(r[-1])
         for r in conn.execute("EXPLAIN QUERY PLAN SELECT * FROM spans WHERE trace_id = 'x'")
     ]
-    assert plan == ["SEARCH spans USING PRIMARY KEY (trace_id=?)"]
+    assert plan == ["SEARCH spans USING INDEX spans_by_trace (trace_id=?)"]
 
 
 def test_many_traces_stay_quick_to_list(store: TraceStore) -> None:

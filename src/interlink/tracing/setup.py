@@ -1,19 +1,22 @@
-"""Turn tracing on for one process: the OpenTelemetry SDK, an exporter, a sampler, and the glue.
+"""Turn tracing on for one process: a tracer provider, an exporter, a sampler, and the glue.
 
-interlink's transports already propagate W3C trace context and open spans whenever an SDK is
-configured; ``setup`` is the one call that configures it, so a service gets whole traces across
-HTTP, gRPC and its broker without learning the SDK:
+interlink's transports already propagate W3C trace context and open spans whenever a tracer
+provider is configured; ``setup`` is the one call that configures it, so a service gets whole
+traces across HTTP, gRPC and its broker without learning OpenTelemetry:
 
 - the exporter is chosen by a string: ``sqlite:///traces.db`` (the embedded store, no collector
   needed), ``otlp://host:4317`` or ``otlp+grpc://`` (OTLP over gRPC), ``otlp+http://host:4318``
   (OTLP over HTTP), ``console``, or any SDK ``SpanExporter`` object;
-- spans leave through a batch processor (export never blocks a request);
+- the embedded store records through ``StoreTracerProvider`` (``interlink.tracing.recorder``:
+  the OpenTelemetry API without the SDK's per-span cost, rows written by a background thread);
+  every other exporter through the SDK's provider and batch processor: export never blocks a
+  request;
 - the sampler is parent-based with a ratio for new traces, and spans that end in error are kept
   even when their trace was not sampled (``keep_errors``): head sampling cannot know in advance
   which requests fail, so unsampled traces are recorded cheaply and only their failed spans are
   exported;
-- after ``os.fork()`` the child gets its own export thread and its own store connection (the SDK
-  restarts its batch thread; the store is reopened here), so pre-fork servers work.
+- after ``os.fork()`` the child gets its own export thread and its own store connection, so
+  pre-fork servers work.
 
 ``SpanEvents`` is a policy listener that writes policy events (retry scheduled, breaker rejection,
 fallback used, hedge launched, budget refusal, ...) onto the current span.
@@ -25,7 +28,7 @@ import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from interlink.context import CORRELATION
@@ -36,6 +39,8 @@ from interlink.tracing.store import SpanRow, TraceStore, dumps
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
+
+    from interlink.tracing.recorder import StoreTracerProvider
 
 __all__ = ["EXCLUDED_PATHS", "SpanEvents", "StoreExporter", "setup", "to_row"]
 
@@ -64,11 +69,14 @@ def setup(
     retention_age: float | None = 7 * 24 * 3600.0,
     retention_traces: int | None = 100_000,
     exclude_paths: Iterable[str] = EXCLUDED_PATHS,
-) -> TracerProvider:
-    """Configure the OpenTelemetry SDK for ``service_name`` and return its tracer provider.
+) -> StoreTracerProvider | TracerProvider:
+    """Turn tracing on for ``service_name`` and return the tracer provider.
 
     ``exporter`` defaults to ``$INTERLINK_TRACES``, then to OTLP when
-    ``$OTEL_EXPORTER_OTLP_ENDPOINT`` is set, then to ``sqlite:///.interlink/traces.db``.
+    ``$OTEL_EXPORTER_OTLP_ENDPOINT`` is set, then to ``sqlite:///.interlink/traces.db``. The
+    embedded store (``sqlite:///``) records through interlink's light ``StoreTracerProvider``;
+    every other exporter through the OpenTelemetry SDK's ``TracerProvider`` and batch processor.
+    Both have ``get_tracer``, ``add_span_processor``, ``force_flush`` and ``shutdown``.
     ``sample_ratio`` is the share of new traces recorded (a caller's sampling decision is
     followed). ``retention_*`` bound the embedded store. With ``set_global`` the provider becomes
     the process-wide one, which is what interlink's transports use. Requests for
@@ -81,16 +89,51 @@ def setup(
     sdk_trace = _sdk()
     from opentelemetry import trace
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     attributes = {"service.name": service_name, "telemetry.sdk.name": "opentelemetry"}
     attributes.update(resource or {})
+    chosen = _chosen(exporter)
+    provider: StoreTracerProvider | TracerProvider
+    if isinstance(chosen, str) and urlsplit(chosen).scheme == "sqlite":
+        from interlink.tracing.recorder import StoreTracerProvider
+
+        provider = StoreTracerProvider(
+            TraceStore.from_url(chosen),
+            resource=Resource.create(attributes),
+            sample_ratio=sample_ratio,
+            keep_errors=keep_errors,
+            exclude_paths=frozenset(exclude_paths),
+            retention_age=retention_age,
+            retention_traces=retention_traces,
+        )
+    else:
+        provider = _sdk_provider(
+            sdk_trace,
+            Resource.create(attributes),
+            _exporter(chosen, service_name),
+            sample_ratio=sample_ratio,
+            keep_errors=keep_errors,
+            exclude_paths=frozenset(exclude_paths),
+        )
+    if set_global:
+        trace.set_tracer_provider(provider)
+    return provider
+
+
+def _sdk_provider(
+    sdk_trace: Any,
+    resource: Any,
+    span_exporter: SpanExporter,
+    *,
+    sample_ratio: float,
+    keep_errors: bool,
+    exclude_paths: frozenset[str],
+) -> TracerProvider:
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
     provider = sdk_trace.TracerProvider(
-        resource=Resource.create(attributes),
-        sampler=_skipping(_sampler(sample_ratio, keep_errors), frozenset(exclude_paths)),
-    )
-    span_exporter = _exporter(
-        exporter, service_name, retention_age=retention_age, retention_traces=retention_traces
+        resource=resource,
+        sampler=_skipping(_sampler(sample_ratio, keep_errors), exclude_paths),
     )
     # a queue deep enough for a burst of a few seconds: the SDK drops what does not fit
     batch = BatchSpanProcessor(
@@ -100,8 +143,6 @@ def setup(
         provider.add_span_processor(_keep_errors(batch, span_exporter))
     else:
         provider.add_span_processor(batch)
-    if set_global:
-        trace.set_tracer_provider(provider)
     return provider  # type: ignore[no-any-return]
 
 
@@ -234,19 +275,17 @@ def _keep_errors(inner: Any, exporter: SpanExporter) -> Any:
     return KeepErrors(inner, exporter)
 
 
-def _exporter(
-    exporter: str | SpanExporter | None,
-    service: str,
-    *,
-    retention_age: float | None,
-    retention_traces: int | None,
-) -> SpanExporter:
+def _chosen(exporter: str | SpanExporter | None) -> str | SpanExporter:
     if exporter is None:
         exporter = os.environ.get("INTERLINK_TRACES") or (
             "otlp+grpc://env" if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else None
         )
         if exporter is None:
             exporter = "sqlite:///.interlink/traces.db"
+    return exporter
+
+
+def _exporter(exporter: str | SpanExporter, service: str) -> SpanExporter:
     if not isinstance(exporter, str):
         return exporter
     scheme = urlsplit(exporter).scheme
@@ -254,16 +293,6 @@ def _exporter(
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
         return ConsoleSpanExporter(service_name=service)
-    if scheme == "sqlite":
-        # duck-typed: subclassing the SDK's SpanExporter would import the SDK with the package
-        return cast(
-            "SpanExporter",
-            StoreExporter(
-                TraceStore.from_url(exporter),
-                retention_age=retention_age,
-                retention_traces=retention_traces,
-            ),
-        )
     if scheme in ("otlp", "otlp+grpc", "otlp+http"):
         return _otlp(exporter, scheme)
     raise ValueError(

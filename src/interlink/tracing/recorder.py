@@ -1,0 +1,530 @@
+"""A light tracer provider for the embedded trace store: the OpenTelemetry API, not the SDK.
+
+``setup(service, "sqlite:///traces.db")`` returns a ``StoreTracerProvider``. It implements the
+OpenTelemetry API's ``TracerProvider``, ``Tracer`` and ``Span`` (so every instrumentation
+written against the API, interlink's own included, records through it unchanged) without the
+SDK's per-span machinery: no sampler objects, no attribute-limit wrappers, no locks, no span
+processors unless one is added. A span is a slotted object; ending it appends it to a queue.
+
+The queue is drained by one background thread every ``EXPORT_DELAY`` seconds (sooner once
+``EXPORT_BATCH`` spans wait), which turns the spans into rows and writes them in one SQLite
+transaction: the request's path never formats a row or waits on the database, and the rows of
+one batch share one transaction.
+
+Sampling is decided in ``decide`` (pure): a caller's decision is followed; a new trace is kept
+with probability ``sample_ratio`` (by its trace id, as the SDK's ``TraceIdRatioBased`` does,
+so every process agrees); new traces for ``exclude_paths`` are dropped; with ``keep_errors``
+the spans of unsampled traces are recorded but not exported, and those that end in error are
+exported on their own.
+
+After ``os.fork()`` the child starts with an empty queue, its own export thread (started on its
+first span) and its own store connection.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import random
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Final, NamedTuple
+
+from opentelemetry import context as context_api
+from opentelemetry import trace
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
+from opentelemetry.util import types
+
+from interlink.tracing.spans import CORRELATION_ATTRIBUTE
+from interlink.tracing.store import SpanRow, TraceStore, dumps
+
+__all__ = [
+    "DROP",
+    "EXPORT",
+    "EXPORT_BATCH",
+    "EXPORT_DELAY",
+    "MAX_QUEUE",
+    "RECORD",
+    "RecordedSpan",
+    "SpanEvent",
+    "StoreTracerProvider",
+    "decide",
+]
+
+#: Seconds between two exports of the queued spans.
+EXPORT_DELAY: Final = 0.5
+#: Spans that wake the export thread before its delay is up (and the most one write takes).
+EXPORT_BATCH: Final = 2048
+#: Spans queued at most; past it new spans are dropped (counted in ``dropped``) rather than
+#: letting a stuck disk grow the process without bound.
+MAX_QUEUE: Final = 65_536
+
+#: ``decide``'s answers: not recorded at all, recorded but exported only if it fails, exported.
+DROP: Final = 0
+RECORD: Final = 1
+EXPORT: Final = 2
+
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_EMPTY_STATE = TraceState()
+_UNSET = Status(StatusCode.UNSET)
+_RATIO_MASK = (1 << 64) - 1
+_KINDS = {
+    SpanKind.INTERNAL: "internal",
+    SpanKind.SERVER: "server",
+    SpanKind.CLIENT: "client",
+    SpanKind.PRODUCER: "producer",
+    SpanKind.CONSUMER: "consumer",
+}
+_STATUSES = {StatusCode.UNSET: "unset", StatusCode.OK: "ok", StatusCode.ERROR: "error"}
+_log = logging.getLogger("interlink.tracing")
+
+
+def decide(
+    parent: SpanContext | None,
+    trace_id: int,
+    attributes: types.Attributes,
+    *,
+    ratio_bound: int,
+    keep_errors: bool,
+    exclude_paths: frozenset[str],
+) -> int:
+    """Whether a new span is dropped, recorded (``RECORD``: exported only if it fails) or
+    exported, given its parent's context (None for a new trace) and its trace id.
+
+    ``ratio_bound`` is ``sample_ratio * 2**64``: a new trace is sampled when the low 64 bits of
+    its id fall below it, the rule of the SDK's ``TraceIdRatioBased``, so that services sharing a
+    ratio agree on a trace they both start.
+    """
+    if parent is not None:
+        if parent.trace_flags & TraceFlags.SAMPLED:
+            return EXPORT
+        return RECORD if keep_errors else DROP
+    if exclude_paths and attributes and attributes.get("url.path") in exclude_paths:
+        return DROP
+    if trace_id & _RATIO_MASK < ratio_bound:
+        return EXPORT
+    return RECORD if keep_errors else DROP
+
+
+class SpanEvent(NamedTuple):
+    """An event on a span, with the fields of the SDK's ``Event`` that exporters read."""
+
+    name: str
+    timestamp: int
+    attributes: types.Attributes
+
+
+class RecordedSpan(trace.Span):
+    """A span recorded by ``StoreTracerProvider``.
+
+    Besides the API's ``Span`` methods it has the fields of the SDK's ``ReadableSpan`` that span
+    processors read (``name``, ``context``, ``parent``, ``kind``, ``attributes``, ``events``,
+    ``links``, ``status``, ``start_time``, ``end_time``, ``resource``), so a processor such as
+    ``interlink.metrics.span_metrics()`` works on either.
+    """
+
+    __slots__ = (
+        "_export",
+        "_provider",
+        "attributes",
+        "context",
+        "end_time",
+        "events",
+        "kind",
+        "links",
+        "name",
+        "parent",
+        "start_time",
+        "status",
+    )
+
+    def __init__(  # noqa: PLR0917 - built by the tracer only, positionally for speed
+        self,
+        provider: StoreTracerProvider,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: dict[str, Any],
+        links: Sequence[Link],
+        start_time: int,
+        export: bool,
+    ) -> None:
+        self._provider = provider
+        self._export = export
+        self.name = name
+        self.context = context
+        self.parent = parent
+        self.kind = kind
+        self.attributes = attributes
+        self.links = links
+        self.events: list[SpanEvent] = []
+        self.status = _UNSET
+        self.start_time = start_time
+        self.end_time: int | None = None
+
+    @property
+    def resource(self) -> Any:
+        """The provider's resource (``service.name`` and the other attributes given)."""
+        return self._provider.resource
+
+    def get_span_context(self) -> SpanContext:
+        """This span's trace id, span id and flags."""
+        return self.context
+
+    def is_recording(self) -> bool:
+        """True until the span ends."""
+        return self.end_time is None
+
+    def set_attribute(self, key: str, value: types.AnyValue) -> None:
+        """Set one attribute (ignored once ended, and for a None value)."""
+        if self.end_time is None and value is not None:
+            self.attributes[key] = tuple(value) if isinstance(value, list) else value
+
+    def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
+        """Set several attributes."""
+        for key, value in attributes.items():
+            self.set_attribute(key, value)
+
+    def add_event(
+        self, name: str, attributes: types.Attributes = None, timestamp: int | None = None
+    ) -> None:
+        """Add an event, stamped now unless ``timestamp`` (ns since the epoch) is given."""
+        if self.end_time is None:
+            self.events.append(
+                SpanEvent(name, time.time_ns() if timestamp is None else timestamp, attributes)
+            )
+
+    def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
+        """Link this span to ``context`` (a span it follows from, not under)."""
+        if self.end_time is None and context.is_valid:
+            self.links = [*self.links, Link(context, attributes)]
+
+    def update_name(self, name: str) -> None:
+        """Rename the span (a server span learns its route late)."""
+        if self.end_time is None:
+            self.name = name
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        """Set the status; UNSET is ignored and OK is final, as in the SDK."""
+        if self.end_time is not None or self.status.status_code is StatusCode.OK:
+            return
+        if not isinstance(status, Status):
+            status = Status(status, description)
+        if status.status_code is not StatusCode.UNSET:
+            self.status = status
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: types.Attributes = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        """Add an ``exception`` event (type, message, stack trace), as the SDK does."""
+        cls = type(exception)
+        module = cls.__module__
+        recorded: dict[str, types.AnyValue] = {
+            "exception.type": cls.__qualname__
+            if module in ("builtins", "")
+            else f"{module}.{cls.__qualname__}",
+            "exception.message": str(exception),
+            "exception.stacktrace": "".join(traceback.format_exception(exception)),
+            "exception.escaped": str(escaped),
+        }
+        if attributes:
+            recorded.update(attributes)
+        self.add_event("exception", recorded, timestamp)
+
+    def end(self, end_time: int | None = None) -> None:
+        """End the span and queue it for export (at most once)."""
+        if self.end_time is not None:
+            return
+        self.end_time = time.time_ns() if end_time is None else end_time
+        provider = self._provider
+        for processor in provider.processors:
+            processor.on_end(self)
+        if self._export or self.status.status_code is StatusCode.ERROR:
+            provider.enqueue(self)
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
+        """End the span; an exception leaving the block marks it failed first."""
+        if exc_val is not None and self.end_time is None:
+            self.record_exception(exc_val, escaped=True)
+            self.set_status(Status(StatusCode.ERROR, f"{type(exc_val).__name__}: {exc_val}"))
+        self.end()
+
+    def __repr__(self) -> str:
+        return f"RecordedSpan({self.name!r}, trace_id={self.context.trace_id:032x})"
+
+
+class _Tracer(trace.Tracer):
+    __slots__ = ("_provider",)
+
+    def __init__(self, provider: StoreTracerProvider) -> None:
+        self._provider = provider
+
+    def start_span(  # noqa: PLR0917 - the API's signature
+        self,
+        name: str,
+        context: context_api.Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> trace.Span:
+        p = self._provider
+        parent: SpanContext | None = trace.get_current_span(context).get_span_context()
+        if parent is not None and parent.is_valid:
+            trace_id = parent.trace_id
+            state = parent.trace_state
+        else:
+            parent = None
+            trace_id = random.getrandbits(128) or 1
+            state = _EMPTY_STATE
+        verdict = decide(
+            parent,
+            trace_id,
+            attributes,
+            ratio_bound=p.ratio_bound,
+            keep_errors=p.keep_errors,
+            exclude_paths=p.exclude_paths,
+        )
+        span_id = random.getrandbits(64) or 1
+        if verdict == DROP or p.closed:
+            return NonRecordingSpan(SpanContext(trace_id, span_id, False, _NOT_SAMPLED, state))
+        flags = _SAMPLED if verdict == EXPORT else _NOT_SAMPLED
+        span = RecordedSpan(
+            p,
+            name,
+            SpanContext(trace_id, span_id, False, flags, state),
+            parent,
+            kind,
+            dict(attributes) if attributes else {},
+            tuple(links) if links else (),
+            time.time_ns() if start_time is None else start_time,
+            verdict == EXPORT,
+        )
+        for processor in p.processors:
+            processor.on_start(span, parent_context=context)
+        return span
+
+    # the API types it with a private "agnostic" context manager class
+    @contextmanager
+    def start_as_current_span(  # type: ignore[override]  # noqa: PLR0917 - the API's signature
+        self,
+        name: str,
+        context: context_api.Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Iterator[trace.Span]:
+        span = self.start_span(name, context, kind, attributes, links, start_time)
+        with trace.use_span(
+            span,
+            end_on_exit=end_on_exit,
+            record_exception=record_exception,
+            set_status_on_exception=set_status_on_exception,
+        ) as current:
+            yield current
+
+
+class StoreTracerProvider(trace.TracerProvider):
+    """An OpenTelemetry API ``TracerProvider`` that records spans into a ``TraceStore``.
+
+    What ``setup`` returns for a ``sqlite:///`` exporter. Besides ``get_tracer`` it has the SDK
+    provider's ``add_span_processor``, ``force_flush`` and ``shutdown``; ``dropped`` counts
+    spans lost to a full queue, ``failed`` the spans whose write failed.
+    """
+
+    def __init__(
+        self,
+        store: TraceStore,
+        *,
+        resource: Any,
+        sample_ratio: float = 1.0,
+        keep_errors: bool = True,
+        exclude_paths: frozenset[str] = frozenset(),
+        retention_age: float | None = None,
+        retention_traces: int | None = None,
+        prune_every: int = 200,
+        shutdown_on_exit: bool = True,
+    ) -> None:
+        self.store = store
+        self.resource = resource
+        self.service = str(resource.attributes.get("service.name", "unknown"))
+        self.ratio_bound = round(sample_ratio * (1 << 64))
+        self.keep_errors = keep_errors
+        self.exclude_paths = exclude_paths
+        self.processors: tuple[Any, ...] = ()
+        self.closed = False
+        self.dropped = 0
+        self.failed = 0
+        self._retention_age = retention_age
+        self._retention_traces = retention_traces
+        self._prune_every = prune_every
+        self._exports = 0
+        self._tracer = _Tracer(self)
+        self._fresh()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork)
+        if shutdown_on_exit:
+            atexit.register(self.shutdown)
+
+    def _fresh(self) -> None:
+        self._queue: deque[RecordedSpan] = deque()
+        self._write_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _after_fork(self) -> None:
+        # the parent exports what was queued before the fork; the child starts empty
+        self._fresh()
+        if not self.closed:
+            self.store.reopen()
+
+    def get_tracer(
+        self,
+        instrumenting_module_name: str,
+        instrumenting_library_version: str | None = None,
+        schema_url: str | None = None,
+        attributes: types.Attributes | None = None,
+    ) -> trace.Tracer:
+        """The provider's tracer (one for every instrumentation: they share the store)."""
+        return self._tracer
+
+    def add_span_processor(self, processor: Any) -> None:
+        """Call ``processor.on_start(span, parent_context=...)`` and ``processor.on_end(span)``
+        for every recorded span, on the thread that starts or ends it (an SDK
+        ``SpanProcessor``, such as ``interlink.metrics.span_metrics()``)."""
+        self.processors = (*self.processors, processor)
+
+    def enqueue(self, span: RecordedSpan) -> None:
+        """Queue an ended span for the export thread."""
+        queue = self._queue
+        if len(queue) >= MAX_QUEUE:
+            self.dropped += 1
+            return
+        queue.append(span)
+        if self._thread is None:
+            self._start()
+        elif len(queue) == EXPORT_BATCH:
+            self._wake.set()
+
+    def _start(self) -> None:
+        with self._write_lock:
+            if self._thread is not None or self.closed:
+                return
+            thread = threading.Thread(target=self._run, name="interlink-traces", daemon=True)
+            self._thread = thread
+        thread.start()
+
+    def _run(self) -> None:
+        wake = self._wake
+        while not self.closed:
+            wake.wait(EXPORT_DELAY)
+            wake.clear()
+            self._drain()
+
+    def _drain(self) -> bool:
+        """Write every queued span, a batch per transaction; False when a write failed."""
+        ok = True
+        with self._write_lock:
+            queue = self._queue
+            while queue:
+                batch = [queue.popleft() for _ in range(min(len(queue), EXPORT_BATCH))]
+                ok = self._write(batch) and ok
+        return ok
+
+    def _write(self, spans: list[RecordedSpan]) -> bool:
+        service = self.service
+        try:
+            self.store.add_rows([_row(s, service) for s in spans])
+        except Exception:  # a locked or full disk must not kill the export thread
+            self.failed += len(spans)
+            _log.exception("trace store write failed")
+            return False
+        self._exports += 1
+        if self._exports % self._prune_every == 0 and (
+            self._retention_age is not None or self._retention_traces is not None
+        ):
+            try:
+                self.store.prune(max_age=self._retention_age, max_traces=self._retention_traces)
+            except Exception:
+                _log.exception("trace store pruning failed")
+        return True
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Write every span ended so far now; True when all were written."""
+        return self._drain()
+
+    def shutdown(self) -> None:
+        """Write what is queued, stop the export thread; later spans are not recorded."""
+        if self.closed:
+            return
+        self.closed = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+        self._drain()
+        for processor in self.processors:
+            processor.shutdown()
+
+
+def _row(span: RecordedSpan, service: str) -> SpanRow:
+    """The stored row of a recorded span (on the export thread, never on a request's path)."""
+    ctx = span.context
+    parent = span.parent
+    attributes = span.attributes
+    status = span.status
+    events = span.events
+    links = span.links
+    start = span.start_time
+    return (
+        f"{ctx.trace_id:032x}",
+        f"{ctx.span_id:016x}",
+        None if parent is None else f"{parent.span_id:016x}",
+        span.name,
+        service,
+        _KINDS.get(span.kind, "internal"),
+        start,
+        span.end_time or start,
+        _STATUSES[status.status_code],
+        status.description,
+        _str_or_none(attributes.get(CORRELATION_ATTRIBUTE)) if attributes else None,
+        dumps(attributes) if attributes else "{}",
+        dumps(
+            [{"name": e.name, "at_ns": e.timestamp, "attributes": dict(e.attributes or {})}
+             for e in events]
+        ) if events else "[]",
+        dumps(
+            [{"trace_id": f"{k.context.trace_id:032x}", "span_id": f"{k.context.span_id:016x}"}
+             for k in links]
+        ) if links else "[]",
+    )  # fmt: skip
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)

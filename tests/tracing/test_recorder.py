@@ -1,0 +1,174 @@
+"""``StoreTracerProvider``: the API's tracer without the SDK, its sampling rules, and the export
+thread that writes a batch per transaction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
+from prometheus_client import CollectorRegistry
+
+from interlink.tracing import TraceStore, extract, inject, setup
+from interlink.tracing.recorder import DROP, EXPORT, RECORD, StoreTracerProvider, decide
+
+
+def _provider(tmp_path: Path, **options: object) -> tuple[StoreTracerProvider, str]:
+    url = f"sqlite:///{tmp_path}/t.db"
+    provider = setup("svc", url, set_global=False, **options)  # type: ignore[arg-type]
+    assert isinstance(provider, StoreTracerProvider)
+    return provider, url
+
+
+def _parent(sampled: bool) -> SpanContext:
+    return SpanContext(7, 9, True, TraceFlags(TraceFlags.SAMPLED if sampled else 0))
+
+
+def test_decide_follows_the_caller_then_the_ratio() -> None:
+    """A caller's flag decides; a new trace is kept when its id's low 64 bits fall under the
+    bound; unsampled spans are recorded only with keep_errors; probes start no trace."""
+    rules = {"ratio_bound": 1 << 63, "keep_errors": True, "exclude_paths": frozenset({"/m"})}
+    assert decide(_parent(True), 7, None, **rules) == EXPORT  # type: ignore[arg-type]
+    assert decide(_parent(False), 7, None, **rules) == RECORD  # type: ignore[arg-type]
+    assert decide(None, (1 << 63) - 1, None, **rules) == EXPORT  # type: ignore[arg-type]
+    assert decide(None, 1 << 63, None, **rules) == RECORD  # type: ignore[arg-type]
+    assert decide(None, 1, {"url.path": "/m"}, **rules) == DROP  # type: ignore[arg-type]
+    assert decide(_parent(True), 1, {"url.path": "/m"}, **rules) == EXPORT  # type: ignore[arg-type]
+    strict = {**rules, "keep_errors": False}
+    assert decide(_parent(False), 7, None, **strict) == DROP  # type: ignore[arg-type]
+    assert decide(None, 1 << 63, None, **strict) == DROP  # type: ignore[arg-type]
+
+
+def test_setup_uses_the_light_provider_only_for_the_embedded_store(tmp_path: Path) -> None:
+    """sqlite:/// records without the SDK; any other exporter gets the SDK's provider."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    light, _ = _provider(tmp_path)
+    sdk = setup("svc", InMemorySpanExporter(), set_global=False)  # type: ignore[arg-type]
+    assert isinstance(sdk, TracerProvider)
+    light.shutdown()
+    sdk.shutdown()
+
+
+def test_a_trace_is_stored_whole_with_parents_events_and_status(tmp_path: Path) -> None:
+    """Nested spans keep their parents; attributes, events, links and an exception land in
+    the row; a failed span makes the trace an error."""
+    provider, url = _provider(tmp_path)
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("root", kind=trace.SpanKind.SERVER) as root:
+        root.set_attribute("http.route", "/orders/{id}")
+        root.set_attribute("tags", ["a", "b"])
+        child = tracer.start_span("child")
+        child.add_event("step", {"n": 1})
+        with pytest.raises(ValueError, match="boom"), child:
+            raise ValueError("boom")
+    provider.force_flush()
+    store = TraceStore.from_url(url)
+    (summary,) = store.traces()
+    assert (summary.root_name, summary.spans, summary.errors) == ("root", 2, 1)
+    spans = {s.name: s for s in store.trace(summary.trace_id)}
+    assert spans["child"].parent_id == spans["root"].span_id
+    assert spans["root"].kind == "server"
+    assert spans["root"].attributes == {"http.route": "/orders/{id}", "tags": ["a", "b"]}
+    assert spans["child"].status == "error"
+    assert spans["child"].status_message == "ValueError: boom"
+    assert [e["name"] for e in spans["child"].events] == ["step", "exception"]
+    assert spans["child"].events[1]["attributes"]["exception.type"] == "ValueError"
+    provider.shutdown()
+
+
+def test_ok_is_final_and_unset_is_ignored(tmp_path: Path) -> None:
+    """The SDK's status rules: OK cannot be overwritten, UNSET changes nothing."""
+    provider, _ = _provider(tmp_path)
+    span = provider.get_tracer("t").start_span("s")
+    span.set_status(StatusCode.ERROR, "first")
+    span.set_status(Status(StatusCode.UNSET))
+    assert span.status.status_code is StatusCode.ERROR  # type: ignore[attr-defined]
+    span.set_status(StatusCode.OK)
+    span.set_status(StatusCode.ERROR, "late")
+    assert span.status.status_code is StatusCode.OK  # type: ignore[attr-defined]
+    span.end()
+    assert not span.is_recording()
+    span.set_attribute("after", 1)
+    assert "after" not in span.attributes  # type: ignore[attr-defined]
+    provider.shutdown()
+
+
+def test_context_propagates_through_headers(tmp_path: Path) -> None:
+    """inject/extract carry the recorder's span context: a remote child joins the trace."""
+    provider, url = _provider(tmp_path)
+    tracer = provider.get_tracer("t")
+    headers: dict[str, str] = {}
+    with tracer.start_as_current_span("caller") as caller:
+        inject(headers)
+    remote = tracer.start_span("callee", context=extract(headers))  # type: ignore[arg-type]
+    remote.end()
+    provider.force_flush()
+    (stored,) = [s for s in TraceStore.from_url(url).trace(
+        f"{caller.get_span_context().trace_id:032x}") if s.name == "callee"]  # fmt: skip
+    assert stored.parent_id == f"{caller.get_span_context().span_id:016x}"
+    provider.shutdown()
+
+
+def test_an_error_under_an_unsampled_parent_is_still_kept(tmp_path: Path) -> None:
+    """With a 0 % sample, a failing child span is exported on its own; its siblings and
+    its parent are not."""
+    provider, url = _provider(tmp_path, sample_ratio=0.0)
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("request"):
+        with tracer.start_as_current_span("fine"):
+            pass
+        with tracer.start_as_current_span("broken") as span:
+            span.set_status(StatusCode.ERROR, "declined")
+    provider.shutdown()
+    store = TraceStore.from_url(url)
+    (summary,) = store.traces()
+    assert [s.name for s in store.trace(summary.trace_id)] == ["broken"]
+
+
+def test_span_processors_see_every_span(tmp_path: Path) -> None:
+    """An SDK span processor (``span_metrics``) works on the recorder's spans."""
+    from interlink.metrics import span_metrics
+
+    provider, _ = _provider(tmp_path)
+    registry = CollectorRegistry()
+    provider.add_span_processor(span_metrics(registry))
+    span = provider.get_tracer("t").start_span(
+        "orders.placed publish",
+        kind=trace.SpanKind.PRODUCER,
+        attributes={"messaging.destination.name": "orders.placed"},
+    )
+    span.end()
+    provider.shutdown()
+    count = registry.get_sample_value(
+        "messaging_client_operation_duration_seconds_count",
+        {"messaging_destination_name": "orders.placed", "messaging_operation_type": "send"},
+    )
+    assert count == 1
+
+
+def test_after_shutdown_nothing_is_recorded(tmp_path: Path) -> None:
+    """A span started after shutdown is the API's non-recording span."""
+    provider, url = _provider(tmp_path)
+    provider.shutdown()
+    span = provider.get_tracer("t").start_span("late")
+    assert not span.is_recording()
+    span.end()
+    assert TraceStore.from_url(url).count() == 0
+
+
+def test_the_export_thread_writes_without_a_flush(tmp_path: Path) -> None:
+    """Spans reach the store within the export delay, with no flush asked."""
+    import time
+
+    provider, url = _provider(tmp_path)
+    for i in range(3):
+        provider.get_tracer("t").start_span(f"s{i}").end()
+    store = TraceStore.from_url(url)
+    deadline = time.monotonic() + 10
+    while store.count() < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert store.count() == 3
+    provider.shutdown()
