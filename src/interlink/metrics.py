@@ -385,8 +385,8 @@ def serve(
 
 
 class SystemMetrics:
-    """Gauges read from the system's own stores and brokers: dead letters per topic, the outbox
-    relay's backlog and lag, sagas per status.
+    """Gauges read from the system's own stores and brokers: dead letters per topic, consumer
+    lag per subscription, the outbox relay's backlog and lag, sagas per status.
 
     Prometheus scrapes synchronously and these sources answer asynchronously (and a scrape must
     never wait on a database), so ``run()`` (a task) refreshes a snapshot every ``interval``
@@ -417,6 +417,7 @@ class SystemMetrics:
         self._interval = interval
         self._cap = saga_count_cap
         self._dlq: dict[str, int] = {}
+        self._lags: dict[tuple[str, str], tuple[int, float | None]] = {}
         self._outbox: list[tuple[str, int, float]] = []
         self._saga_counts: dict[str, int] = {}
         self.registry.register(self)
@@ -436,6 +437,15 @@ class SystemMetrics:
                 log.warning("reading dead letters failed: %s", exc)
                 dlq.update({k: v for k, v in self._dlq.items() if k not in dlq})
         self._dlq = dlq
+        lags: dict[tuple[str, str], tuple[int, float | None]] = {}
+        for broker in self._brokers:
+            try:
+                for lag in await broker.lags():
+                    lags[lag.topic, lag.group] = (lag.pending, lag.oldest_age)
+            except Exception as exc:
+                log.warning("reading consumer lag failed: %s", exc)
+                lags.update({k: v for k, v in self._lags.items() if k not in lags})
+        self._lags = lags
         outbox = []
         for name, relay in self._relays:
             try:
@@ -472,6 +482,20 @@ class SystemMetrics:
         )
         for topic, count in sorted(self._dlq.items()):
             dlq.add_metric([topic], count)
+        waiting = GaugeMetricFamily(
+            "interlink_consumer_lag_messages",
+            "Messages of a topic its consumer group has not acknowledged yet",
+            labels=["topic", "group"],
+        )
+        behind = GaugeMetricFamily(
+            "interlink_consumer_lag_seconds",
+            "Age of the oldest message a consumer group has not acknowledged (0 when none)",
+            labels=["topic", "group"],
+        )
+        for (topic, group), (count, age) in sorted(self._lags.items()):
+            waiting.add_metric([topic, group], count)
+            if age is not None or not count:
+                behind.add_metric([topic, group], age or 0.0)
         pending = GaugeMetricFamily(
             "interlink_outbox_pending", "Outbox rows not published yet", labels=["outbox"]
         )
@@ -488,7 +512,7 @@ class SystemMetrics:
         )
         for status, count in sorted(self._saga_counts.items()):
             sagas.add_metric([status], count)
-        yield from (dlq, pending, lag, sagas)
+        yield from (dlq, waiting, behind, pending, lag, sagas)
 
     def describe(self) -> list[Any]:
         """Nothing reserved in advance: collected from the snapshot only."""

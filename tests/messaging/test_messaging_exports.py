@@ -8,6 +8,7 @@ EXPECTED = [
     "Backend",
     "BackendUnavailable",
     "Broker",
+    "ConsumerLag",
     "DeadLetter",
     "Delivery",
     "Envelope",

@@ -9,7 +9,8 @@ It keeps no state of its own. Each panel reads a source the services write anywa
   the URLs come from the command line or from the registry (an instance's ``metrics`` metadata);
 - instances: the service registry;
 - sagas: the saga store (resume is ``interlink saga resume``'s own code);
-- queues: the brokers' dead-letter queues (replay and purge are ``interlink dlq``'s own calls).
+- queues: the brokers' consumer lag per group and dead-letter queues (replay and purge are
+  ``interlink dlq``'s own calls).
 
 The page polls nothing: ``/api/stream`` pushes an overview (topology, breakers, counts) as
 server-sent events every ``interval`` seconds, and the lists are fetched page by page, so the
@@ -394,8 +395,19 @@ class _Api:
             entry: dict[str, Any] = {"broker": redact(url), "index": index, "topics": []}
             try:
                 names = await broker.topics()
+                lags: dict[str, list[dict[str, Any]]] = {}
+                for lag in await broker.lags():
+                    lags.setdefault(lag.topic, []).append(
+                        {"group": lag.group, "pending": lag.pending, "oldest_age": lag.oldest_age}
+                    )
                 for name in sorted(n for n in names if not n.endswith(".dlq")):
-                    entry["topics"].append({"topic": name, "dlq": await broker.dlq_count(name)})
+                    entry["topics"].append(
+                        {
+                            "topic": name,
+                            "dlq": await broker.dlq_count(name),
+                            "groups": lags.get(name, []),
+                        }
+                    )
             except Exception as exc:  # one broker down must not blank the others
                 entry["error"] = str(exc)
             found.append(entry)

@@ -16,6 +16,7 @@ Backends and their client libraries are imported only when their URL is used.
 from interlink.messaging.backend import (
     Backend,
     BackendUnavailable,
+    ConsumerLag,
     Delivery,
     MessagingError,
     PublishError,
@@ -29,6 +30,7 @@ __all__ = [
     "Backend",
     "BackendUnavailable",
     "Broker",
+    "ConsumerLag",
     "DeadLetter",
     "Delivery",
     "Envelope",

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import ClassVar, Protocol, cast
 from urllib.parse import urlsplit
 
@@ -43,6 +44,7 @@ from interlink.messaging.envelope import Binding, DeadLetter, Envelope, Outgoing
 __all__ = [
     "Backend",
     "BackendUnavailable",
+    "ConsumerLag",
     "Delivery",
     "MessagingError",
     "PublishError",
@@ -116,6 +118,20 @@ class Delivery(Protocol):
         """Move it to ``<topic>.dlq`` (original body and headers, ``reason``, ``error_type``,
         attempts, times) and acknowledge it."""
         ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsumerLag:
+    """How far one consumer group is behind on one topic, from the broker's own figures."""
+
+    topic: str
+    group: str
+    #: messages published to the topic that the group has not acknowledged yet (in flight and
+    #: waiting for a retry included)
+    pending: int
+    #: seconds since the oldest of them was published; None when nothing is pending or the
+    #: broker does not say (RabbitMQ, Kafka)
+    oldest_age: float | None = None
 
 
 class Backend(Protocol):
@@ -196,6 +212,17 @@ class Backend(Protocol):
 
     async def topics(self) -> list[str]:
         """The topics the broker knows (DLQs included as ``<topic>.dlq``), sorted."""
+        ...
+
+    async def groups(self, topic: str) -> list[str]:
+        """The consumer groups the broker keeps for ``topic``, sorted. Optional (AMQP cannot
+        list queues)."""
+        ...
+
+    async def lag(self, topic: str, group: str) -> ConsumerLag:
+        """How many messages of ``topic`` ``group`` has not acknowledged, and the oldest's age,
+        from the broker's own bookkeeping (no message is read). Optional: ``Broker.lag``
+        answers None for a backend without it."""
         ...
 
 

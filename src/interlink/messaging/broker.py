@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 from urllib.parse import urlsplit
 
 from interlink.clock import Clock
@@ -22,7 +22,7 @@ from interlink.context import correlation_id
 from interlink.messaging import _trace
 from interlink.messaging._codec import GROUP, batch_of, check_topic, decoder_for, payload_of
 from interlink.messaging._ids import new_id
-from interlink.messaging.backend import Backend
+from interlink.messaging.backend import Backend, ConsumerLag
 from interlink.messaging.consumer import Consumer, Subscription
 from interlink.messaging.envelope import (
     FIELDS,
@@ -439,3 +439,27 @@ class Broker:
     async def topics(self) -> list[str]:
         """The topics the backend knows, DLQs included."""
         return await (await self.connect()).topics()
+
+    async def lag(self, topic: str, group: str) -> ConsumerLag | None:
+        """How far ``group`` is behind on ``topic`` (messages not acknowledged yet and the
+        oldest's age), or None when the backend cannot say."""
+        backend = await self.connect()
+        lag = getattr(backend, "lag", None)
+        return None if lag is None else cast(ConsumerLag, await lag(topic, group))
+
+    async def lags(self) -> list[ConsumerLag]:
+        """``lag`` of every subscription of this broker; for a broker with none (a dashboard's,
+        a monitor's), of every group of every topic the backend can list."""
+        backend = await self.connect()
+        pairs = list(dict.fromkeys((s.topic, s.group) for s in self._subscriptions))
+        groups = getattr(backend, "groups", None)
+        if not pairs and groups is not None:
+            for topic in await backend.topics():
+                if not topic.endswith(".dlq"):
+                    pairs += [(topic, group) for group in await groups(topic)]
+        seen: list[ConsumerLag] = []
+        for topic, group in pairs:
+            lag = await self.lag(topic, group)
+            if lag is not None:
+                seen.append(lag)
+        return seen

@@ -280,16 +280,24 @@ async function resume(id) {
 
 let dlqOpen = null;
 
+// one line per consumer group: "payment: 12 waiting, oldest 3.4 s"
+function lagLines(groups) {
+  if (!groups.length) return ["-"];
+  return groups.map((g) => el("div", { "data-group": g.group, class: g.pending ? "warn" : "" },
+    `${g.group}: ${g.pending} waiting` + (g.oldest_age == null ? "" : `, oldest ${g.oldest_age.toFixed(1)} s`)));
+}
+
 async function loadQueues() {
   const data = await getJSON("/api/queues");
   let letters = 0;
   const rows = [];
   for (const b of data.brokers) {
-    if (b.error) rows.push(el("tr", {}, el("td", {}, b.broker), el("td", { class: "err", colspan: 3 }, b.error)));
+    if (b.error) rows.push(el("tr", {}, el("td", {}, b.broker), el("td", { class: "err", colspan: 4 }, b.error)));
     for (const t of b.topics) {
       letters += t.dlq;
       rows.push(el("tr", { "data-topic": t.topic },
         el("td", {}, b.broker), el("td", {}, t.topic),
+        el("td", { class: "lag" }, ...lagLines(t.groups || [])),
         el("td", { class: t.dlq ? "err" : "" }, t.dlq),
         el("td", {}, t.dlq ? el("button", { class: "open-dlq", onclick: () => openDlq(b.index, t.topic) }, "Open") : "")));
     }

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Self
 from urllib.parse import parse_qs, urlsplit
 
+from interlink.messaging.backend import ConsumerLag
 from interlink.messaging.backends._options import DLQ_MAX_AGE, DLQ_MAX_COUNT
 from interlink.messaging.backends._wait import sleep_or_wake
 from interlink.messaging.envelope import (
@@ -343,6 +344,19 @@ class MemoryBackend:
             headers = with_id(FIELDS, letter.headers, letter.id)
             self._store(topic, letter.data, headers.get(FIELDS.key), letter.id, headers)
         return len(done)
+
+    async def groups(self, topic: str) -> list[str]:
+        """The topic's groups."""
+        state = self.hub.topics.get(topic)
+        return [] if state is None else sorted(state.groups)
+
+    async def lag(self, topic: str, group: str) -> ConsumerLag:
+        """The group's unacknowledged entries (no publish times are kept: no age)."""
+        state = self.hub.topics.get(topic)
+        entries = None if state is None else state.groups.get(group)
+        return ConsumerLag(
+            topic=topic, group=group, pending=0 if entries is None else len(entries.entries)
+        )
 
     async def dlq_count(self, topic: str) -> int:
         """How many dead letters ``topic`` holds."""

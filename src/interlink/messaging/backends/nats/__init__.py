@@ -42,7 +42,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the no-extras inst
         "interlink.messaging's nats:// backend needs nats-py: pip install 'interlink[nats]'"
     ) from exc
 
-from interlink.messaging.backend import Delivery
+from interlink.messaging.backend import ConsumerLag, Delivery
 from interlink.messaging.backends.nats import _dlq
 from interlink.messaging.backends.nats._jetstream import JetStream
 from interlink.messaging.backends.nats._pull import pull
@@ -118,6 +118,17 @@ class NatsBackend:
     async def dlq_purge(self, topic: str) -> int:
         """Purge the DLQ stream."""
         return await _dlq.dlq_purge(self.jetstream, topic)
+
+    async def groups(self, topic: str) -> list[str]:
+        """The durable consumers of the topic's stream (interlink's own backlog consumer
+        left out)."""
+        return await _dlq.groups(self.jetstream, topic)
+
+    async def lag(self, topic: str, group: str) -> ConsumerLag:
+        """The group's consumer info: ``num_pending`` (not delivered yet) plus
+        ``num_ack_pending`` (delivered, not acknowledged); the age of the first message past
+        its ack floor."""
+        return await _dlq.lag(self.jetstream, topic, group)
 
     async def dlq_count(self, topic: str) -> int:
         """The DLQ stream's message count."""

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import nats.js.errors
 
-from interlink.messaging.backends.nats._jetstream import JetStream
+from interlink.messaging.backend import ConsumerLag
+from interlink.messaging.backends.nats._jetstream import BACKLOG, JetStream
 from interlink.messaging.envelope import (
     NATS,
     DeadLetter,
@@ -96,6 +99,42 @@ async def dlq_count(backend: JetStream, topic: str) -> int:
         return 0
     reply = await backend.api(f"STREAM.INFO.{stream}")
     return int(reply.get("state", {}).get("messages", 0))
+
+
+async def groups(backend: JetStream, topic: str) -> list[str]:
+    """The durable consumers of ``topic``'s stream but the backlog's."""
+    await backend.connect()
+    reply = await backend.api(f"CONSUMER.NAMES.{backend.stream_name(topic)}")
+    return sorted(n for n in reply.get("consumers") or [] if n != BACKLOG)
+
+
+async def lag(backend: JetStream, topic: str, group: str) -> ConsumerLag:
+    """How far ``group`` is behind on ``topic``, from its consumer's info (no message is read
+    but the oldest unacknowledged one's header, for its publish time)."""
+    await backend.connect()
+    stream = backend.stream_name(topic)
+    info = await backend.api(f"CONSUMER.INFO.{stream}.{group}")
+    if "error" in info:  # no such stream or group yet: nothing waits for it
+        return ConsumerLag(topic=topic, group=group, pending=0)
+    pending = int(info.get("num_pending", 0)) + int(info.get("num_ack_pending", 0))
+    age = None
+    if pending:
+        floor = int(info.get("ack_floor", {}).get("stream_seq", 0))
+        reply = await backend.api(
+            f"STREAM.MSG.GET.{stream}", {"seq": floor + 1, "next_by_subj": topic}
+        )
+        stamp = reply.get("message", {}).get("time")
+        if stamp:
+            age = max(0.0, time.time() - _rfc3339(stamp))
+    return ConsumerLag(topic=topic, group=group, pending=pending, oldest_age=age)
+
+
+def _rfc3339(stamp: str) -> float:
+    """Seconds since the epoch of a NATS timestamp (nanosecond digits and a ``Z``)."""
+    whole, _, rest = stamp.rstrip("Z").partition(".")
+    fraction = float(f"0.{rest}") if rest else 0.0
+    moment = datetime.fromisoformat(whole).replace(tzinfo=UTC)
+    return moment.timestamp() + fraction
 
 
 async def topics(backend: JetStream) -> list[str]:

@@ -47,7 +47,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the no-extras inst
         "interlink.messaging's amqp:// backend needs aio-pika: pip install 'interlink[rabbitmq]'"
     ) from exc
 
-from interlink.messaging.backend import Delivery, PublishError
+from interlink.messaging.backend import ConsumerLag, Delivery, PublishError
 from interlink.messaging.backends.rabbitmq import _dlq
 from interlink.messaging.backends.rabbitmq._connection import (
     CONTENT_TYPE,
@@ -229,6 +229,23 @@ class RabbitBackend:
     async def dlq_purge(self, topic: str) -> int:
         """Purge ``<topic>.dlq``."""
         return await _dlq.dlq_purge(self.connection, topic)
+
+    async def lag(self, topic: str, group: str) -> ConsumerLag:
+        """The group queue's ``message_count`` from a passive declare: the messages ready for
+        delivery (AMQP does not report those delivered and not yet acknowledged, nor the
+        messages' age)."""
+        backend = self.connection
+        await backend.connect()
+        name = backend.queue_name(topic, group)
+        if not await backend.queue_exists(name):
+            return ConsumerLag(topic=topic, group=group, pending=0)
+        channel = await backend.connection.channel()
+        try:
+            queue = await channel.declare_queue(name, passive=True)
+            ready = int(queue.declaration_result.message_count or 0)
+        finally:
+            await channel.close()
+        return ConsumerLag(topic=topic, group=group, pending=ready)
 
     async def dlq_count(self, topic: str) -> int:
         """The DLQ queue's message count."""

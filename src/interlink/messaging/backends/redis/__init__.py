@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Self
 
@@ -58,7 +59,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the no-extras inst
         "interlink.messaging's redis:// backend needs redis: pip install 'interlink[redis]'"
     ) from exc
 
-from interlink.messaging.backend import Delivery, PublishError
+from interlink.messaging.backend import ConsumerLag, Delivery, PublishError
 from interlink.messaging.backends._options import close_at_loop_end, stop_keeper
 from interlink.messaging.backends.redis._calls import own_connection
 from interlink.messaging.backends.redis._connection import RedisConnection
@@ -336,6 +337,50 @@ class RedisBackend:
             )
         return count
 
+    async def groups(self, topic: str) -> list[str]:
+        """The groups of the topic's stream (``XINFO GROUPS``)."""
+        client = await self._connected()
+        try:
+            found = await client.xinfo_groups(self.connection.key(topic))
+        except ResponseError:  # no such stream yet
+            return []
+        return sorted(_text(g.get("name")) for g in found)
+
+    async def lag(self, topic: str, group: str) -> ConsumerLag:
+        """From ``XINFO GROUPS``: the group's pending entries (delivered, not acknowledged)
+        and its ``lag`` (not delivered yet) on the topic's stream and on its retry stream,
+        plus the retries waiting for their delay; the oldest's age from its stream id (the
+        publish time in ms)."""
+        client = await self._connected()
+        key = self.connection.key(topic)
+        pending = 0
+        oldest: list[object] = []
+        for stream in (key, f"{key}#retry:{group}"):
+            try:
+                groups = await client.xinfo_groups(stream)
+            except ResponseError:  # no such stream yet
+                continue
+            info = next((g for g in groups if _text(g.get("name")) == group), None)
+            if info is None:
+                continue
+            pending += int(info.get("pending") or 0) + int(info.get("lag") or 0)
+            if stream == key:
+                if info.get("pending"):
+                    summary = await client.xpending(stream, group)
+                    if summary.get("min"):
+                        oldest.append(summary["min"])
+                elif info.get("lag"):
+                    after = _text(info.get("last-delivered-id")) or "0-0"
+                    first = await client.xrange(stream, f"({after}", "+", count=1)
+                    if first:
+                        oldest.append(first[0][0])
+        pending += int(await client.zcard(f"{key}#delay:{group}"))
+        age = None
+        if oldest:
+            ms = min(int(_text(i).split("-")[0]) for i in oldest)
+            age = max(0.0, time.time() - ms / 1000)
+        return ConsumerLag(topic=topic, group=group, pending=pending, oldest_age=age)
+
     async def dlq_count(self, topic: str) -> int:
         """``XLEN`` of the DLQ stream."""
         client = await self._connected()
@@ -362,3 +407,7 @@ class RedisBackend:
             if "#" not in name:
                 names.add(name)
         return sorted(names)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")

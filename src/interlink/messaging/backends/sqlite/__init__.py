@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Self
 from urllib.parse import parse_qs, urlsplit
 
-from interlink.messaging.backend import BackendUnavailable
+from interlink.messaging.backend import BackendUnavailable, ConsumerLag
 from interlink.messaging.backends._options import DLQ_MAX_AGE, DLQ_MAX_COUNT
 from interlink.messaging.backends._wait import sleep_or_wake
 from interlink.messaging.backends.sqlite._store import WAL_MAX_BYTES, Row, Store, headers_of
@@ -417,6 +417,18 @@ class SqliteBackend:
         count: int = await self.worker.submit(Store.dlq_replay, topic, ids)
         self._wake(topic)
         return count
+
+    async def groups(self, topic: str) -> list[str]:
+        """The topic's rows in the groups table."""
+        names: list[str] = await self.worker.submit(Store.groups, topic)
+        return names
+
+    async def lag(self, topic: str, group: str) -> ConsumerLag:
+        """The group's queued rows and the topic's rows past its cursor, with the oldest's
+        publish time."""
+        pending, oldest = await self.worker.submit(Store.lag, topic, group)
+        age = None if oldest is None else max(0.0, time.time() - oldest)
+        return ConsumerLag(topic=topic, group=group, pending=pending, oldest_age=age)
 
     async def dlq_count(self, topic: str) -> int:
         """A count of the topic's rows in the DLQ table."""

@@ -357,6 +357,30 @@ class Store:
         self.write()
         self.db.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
 
+    def groups(self, topic: str) -> list[str]:
+        rows = self.db.execute("SELECT grp FROM il_groups WHERE topic = ? ORDER BY grp", (topic,))
+        return [str(r[0]) for r in rows]
+
+    def lag(self, topic: str, group: str) -> tuple[int, float | None]:
+        """The group's unacknowledged messages (queued for it, or published past its cursor)
+        and the oldest one's publish time."""
+        row = self.db.execute(
+            "SELECT gid, cursor FROM il_groups WHERE topic = ? AND grp = ?", (topic, group)
+        ).fetchone()
+        if row is None:
+            return 0, None
+        queued, queued_oldest = self.db.execute(
+            "SELECT COUNT(*), MIN(m.published) FROM il_queue q JOIN il_messages m "
+            "ON m.seq = q.seq WHERE q.gid = ?",
+            (row[0],),
+        ).fetchone()
+        fresh, fresh_oldest = self.db.execute(
+            "SELECT COUNT(*), MIN(published) FROM il_messages WHERE topic = ? AND seq > ?",
+            (topic, row[1]),
+        ).fetchone()
+        times = [t for t in (queued_oldest, fresh_oldest) if t is not None]
+        return int(queued) + int(fresh), min(times) if times else None
+
     def dlq_count(self, topic: str) -> int:
         row = self.db.execute("SELECT COUNT(*) FROM il_dlq WHERE topic = ?", (topic,)).fetchone()
         return int(row[0])
