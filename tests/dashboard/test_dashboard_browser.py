@@ -259,6 +259,30 @@ def test_dlq_replay_button_republishes_to_the_consumer(
     assert page.errors == []
 
 
+def test_queues_show_each_groups_consumer_lag(page: Any, system: System) -> None:
+    """Three messages for a group that is not consuming: its row says 3 waiting and how old
+    the oldest is."""
+
+    async def publish_unread() -> None:
+        broker = Broker.from_url(f"sqlite:///{system.root}/events.db")
+        try:
+            backend = await broker.connect()
+            await backend.ensure_group("audit.recorded", "auditor")  # type: ignore[attr-defined]
+            for i in range(3):
+                await broker.publish("audit.recorded", {"n": i})
+        finally:
+            await broker.stop()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, publish_unread()).result(30)
+    page.reload()
+    row = "#queues tr[data-topic='audit.recorded'] [data-group='auditor']"
+    page.wait_for_selector(row, timeout=10_000)
+    text = page.inner_text(row)
+    assert text.startswith("auditor: 3 waiting, oldest "), text
+    assert page.errors == []
+
+
 def test_saga_resume_button_finishes_a_parked_saga(
     page: Any, system: System, dashboard: tuple[str, str]
 ) -> None:
