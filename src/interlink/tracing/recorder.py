@@ -24,9 +24,15 @@ first span) and its own store connection.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import json
 import logging
+import marshal
 import os
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -397,9 +403,16 @@ class StoreTracerProvider(trace.TracerProvider):
         self._write_lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._writer: _Writer | None = None
+        # a file store is written by a child process; an in-memory one (tests) by the thread
+        self._use_writer = self.store.path != ":memory:"
 
     def _after_fork(self) -> None:
-        # the parent exports what was queued before the fork; the child starts empty
+        # the parent exports what was queued before the fork; the child starts empty, with a
+        # writer of its own (the parent's pipes are closed here, so that the parent's writer
+        # still sees the end of its input when the parent closes it)
+        if self._writer is not None:
+            self._writer.disown()
         self._fresh()
         if not self.closed:
             self.store.reopen()
@@ -458,22 +471,33 @@ class StoreTracerProvider(trace.TracerProvider):
         return ok
 
     def _write(self, spans: list[RecordedSpan]) -> bool:
-        service = self.service
-        try:
-            self.store.add_rows([_row(s, service) for s in spans])
-        except Exception:  # a locked or full disk must not kill the export thread
-            self.failed += len(spans)
-            _log.exception("trace store write failed")
-            return False
+        records = [_record(s) for s in spans]
+        if self._use_writer:
+            writer = self._writer
+            if writer is None:
+                writer = self._writer = _Writer.start(self)
+            answer = None if writer is None else writer.send(records)
+            if answer is not None:
+                if not answer:
+                    self.failed += len(records)
+                return answer
+            # the writer could not start or died: this process writes from now on
+            _log.warning("trace writer process unavailable; writing from the export thread")
+            self._use_writer = False
+            self._writer = None
+        ok = _write_records(
+            self.store,
+            records,
+            self.service,
+            exports=self._exports,
+            every=self._prune_every,
+            max_age=self._retention_age,
+            max_traces=self._retention_traces,
+        )
         self._exports += 1
-        if self._exports % self._prune_every == 0 and (
-            self._retention_age is not None or self._retention_traces is not None
-        ):
-            try:
-                self.store.prune(max_age=self._retention_age, max_traces=self._retention_traces)
-            except Exception:
-                _log.exception("trace store pruning failed")
-        return True
+        if not ok:
+            self.failed += len(records)
+        return ok
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Write every span ended so far now; True when all were written."""
@@ -489,42 +513,213 @@ class StoreTracerProvider(trace.TracerProvider):
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=10)
         self._drain()
+        if self._writer is not None:
+            self._writer.close()
         for processor in self.processors:
             processor.shutdown()
 
 
-def _row(span: RecordedSpan, service: str) -> SpanRow:
-    """The stored row of a recorded span (on the export thread, never on a request's path)."""
+#: A finished span as plain values (what crosses the pipe to the writer, ``marshal``-able):
+#: trace id, span id, parent span id, name, kind, start, end, status, status message,
+#: attributes, events as (name, ns, attributes), links as (trace id, span id).
+Record = tuple[
+    int, int, "int | None", str, str, int, int, str, "str | None", dict[str, Any],
+    tuple[tuple[str, int, dict[str, Any]], ...], tuple[tuple[int, int], ...],
+]  # fmt: skip
+
+
+def _record(span: RecordedSpan) -> Record:
+    """The plain values of a span (on the export thread, never on a request's path)."""
     ctx = span.context
     parent = span.parent
-    attributes = span.attributes
     status = span.status
-    events = span.events
-    links = span.links
     start = span.start_time
     return (
-        f"{ctx.trace_id:032x}",
-        f"{ctx.span_id:016x}",
-        None if parent is None else f"{parent.span_id:016x}",
+        ctx.trace_id,
+        ctx.span_id,
+        None if parent is None else parent.span_id,
         span.name,
-        service,
         _KINDS.get(span.kind, "internal"),
         start,
         span.end_time or start,
         _STATUSES[status.status_code],
         status.description,
+        span.attributes,
+        tuple((e.name, e.timestamp, dict(e.attributes or {})) for e in span.events),
+        tuple((k.context.trace_id, k.context.span_id) for k in span.links),
+    )
+
+
+def _row(record: Record, service: str) -> SpanRow:
+    """The stored row of a record."""
+    tid, sid, parent, name, kind, start, end, status, message, attributes, events, links = record
+    return (
+        f"{tid:032x}",
+        f"{sid:016x}",
+        None if parent is None else f"{parent:016x}",
+        name,
+        service,
+        kind,
+        start,
+        end,
+        status,
+        message,
         _str_or_none(attributes.get(CORRELATION_ATTRIBUTE)) if attributes else None,
         dumps(attributes) if attributes else "{}",
         dumps(
-            [{"name": e.name, "at_ns": e.timestamp, "attributes": dict(e.attributes or {})}
-             for e in events]
+            [{"name": n, "at_ns": at, "attributes": a} for n, at, a in events]
         ) if events else "[]",
         dumps(
-            [{"trace_id": f"{k.context.trace_id:032x}", "span_id": f"{k.context.span_id:016x}"}
-             for k in links]
+            [{"trace_id": f"{t:032x}", "span_id": f"{s:016x}"} for t, s in links]
         ) if links else "[]",
     )  # fmt: skip
 
 
+def _write_records(
+    store: TraceStore,
+    records: Sequence[Record],
+    service: str,
+    *,
+    exports: int,
+    every: int,
+    max_age: float | None,
+    max_traces: int | None,
+) -> bool:
+    """Store ``records`` in one transaction, and apply retention every ``every`` writes;
+    False when the write failed (logged: a locked or full disk must not stop the writer)."""
+    try:
+        store.add_rows([_row(r, service) for r in records])
+    except Exception:
+        _log.exception("trace store write failed")
+        return False
+    if (exports + 1) % every == 0 and (max_age is not None or max_traces is not None):
+        try:
+            store.prune(max_age=max_age, max_traces=max_traces)
+        except Exception:
+            _log.exception("trace store pruning failed")
+    return True
+
+
+class _Writer:
+    """The child process that writes a provider's batches into its store.
+
+    A batch crosses a pipe as ``marshal`` bytes behind a 4-byte length; the child answers one
+    byte per batch (1 stored, 0 failed) once it committed, so ``force_flush`` means written.
+    Formatting rows and SQLite's work happen in the child: the service's process only packs
+    plain values. The child has its own session (a Ctrl-C to the service's terminal does not
+    kill it before the last flush) and ends when its input closes, the service's exit included.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+
+    @classmethod
+    def start(cls, provider: StoreTracerProvider) -> _Writer | None:
+        """Start the child for ``provider``'s store; None when it cannot start."""
+        store = provider.store
+        settings = {
+            "path": store.path,
+            "busy_timeout": store.busy_timeout,
+            "service": provider.service,
+            "every": provider._prune_every,
+            "max_age": provider._retention_age,
+            "max_traces": provider._retention_traces,
+        }
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "interlink.tracing.recorder", json.dumps(settings)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError:
+            _log.exception("trace writer process failed to start")
+            return None
+        return cls(proc)
+
+    def send(self, records: list[Record]) -> bool | None:
+        """Hand ``records`` over and wait until stored: True, False (the write failed), or
+        None (the child is gone)."""
+        try:
+            payload = marshal.dumps(records)
+        except ValueError:  # an attribute value of a type marshal does not know
+            payload = marshal.dumps([_plain(r) for r in records])
+        stdin, stdout = self.proc.stdin, self.proc.stdout
+        if stdin is None or stdout is None:  # never: both are pipes
+            return None
+        try:
+            stdin.write(len(payload).to_bytes(4, "big") + payload)
+            stdin.flush()
+            answer = stdout.read(1)
+        except OSError:
+            return None
+        return None if not answer else answer == b"\x01"
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Close its input (it writes what it has, then exits) and wait for it."""
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def disown(self) -> None:
+        """In a forked child: close the inherited pipes without touching the parent's writer
+        (the file objects stay referenced, so that they never close the numbers again)."""
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    os.close(pipe.fileno())
+        _DISOWNED.append(self)
+
+
+_DISOWNED: list[_Writer] = []
+
+
+def _plain(record: Record) -> Record:
+    """``record`` with every attribute value ``marshal`` cannot carry turned into a string."""
+    events = tuple((n, at, _plain_values(a)) for n, at, a in record[10])
+    return (*record[:9], _plain_values(record[9]), events, record[11])
+
+
+def _plain_values(attributes: dict[str, Any]) -> dict[str, Any]:
+    kept = (str, int, float, bool, tuple)
+    return {k: v if isinstance(v, kept) else str(v) for k, v in attributes.items()}
+
+
+def _serve(settings: dict[str, Any]) -> None:
+    """The writer process: batches from stdin into the store until stdin closes."""
+    store = TraceStore(settings["path"], busy_timeout=settings["busy_timeout"])
+    source, answers = sys.stdin.buffer, sys.stdout.buffer
+    exports = 0
+    while True:
+        head = source.read(4)
+        if len(head) < 4:
+            return
+        records = marshal.loads(source.read(int.from_bytes(head, "big")))
+        ok = _write_records(
+            store,
+            records,
+            settings["service"],
+            exports=exports,
+            every=settings["every"],
+            max_age=settings["max_age"],
+            max_traces=settings["max_traces"],
+        )
+        exports += 1
+        answers.write(b"\x01" if ok else b"\x00")
+        answers.flush()
+
+
 def _str_or_none(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _serve(json.loads(sys.argv[1]))

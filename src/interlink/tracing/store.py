@@ -196,7 +196,7 @@ class TraceStore:
 
     def __init__(self, path: str | Path, *, busy_timeout: float = 5.0) -> None:
         self.path = str(path)
-        self._busy_timeout = busy_timeout
+        self.busy_timeout = busy_timeout
         self._lock = threading.Lock()
         self._conn = self._connect()
 
@@ -232,7 +232,7 @@ class TraceStore:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
             self.path,
-            timeout=self._busy_timeout,
+            timeout=self.busy_timeout,
             check_same_thread=False,
             isolation_level=None,  # explicit BEGIN / COMMIT below
         )
