@@ -712,8 +712,11 @@ def _serve(settings: dict[str, Any]) -> None:
             max_traces=settings["max_traces"],
         )
         exports += 1
-        answers.write(b"\x01" if ok else b"\x00")
-        answers.flush()
+        try:
+            answers.write(b"\x01" if ok else b"\x00")
+            answers.flush()
+        except BrokenPipeError:  # the service is gone (killed): what it sent is stored
+            os._exit(0)  # no flush of the dead pipe at exit
 
 
 def _str_or_none(value: object) -> str | None:
