@@ -364,6 +364,9 @@ class StoreTracerProvider(trace.TracerProvider):
     spans lost to a full queue, ``failed`` the spans whose write failed.
     """
 
+    _writer: _Writer | None
+    _use_writer: bool
+
     def __init__(
         self,
         store: TraceStore,
@@ -393,6 +396,8 @@ class StoreTracerProvider(trace.TracerProvider):
         self._exports = 0
         self._tracer = _Tracer(self)
         self._fresh()
+        if self._use_writer:  # now, so that its start-up is over before the first requests
+            self._writer = _Writer.start(self)
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork)
         if shutdown_on_exit:
@@ -403,7 +408,7 @@ class StoreTracerProvider(trace.TracerProvider):
         self._write_lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._writer: _Writer | None = None
+        self._writer = None
         # a file store is written by a child process; an in-memory one (tests) by the thread
         self._use_writer = self.store.path != ":memory:"
 
