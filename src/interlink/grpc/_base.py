@@ -7,6 +7,7 @@ from typing import Any, NoReturn
 
 from interlink.errors import BudgetExhausted
 from interlink.tracing import Spans
+from interlink.tracing.propagation import api
 from interlink.tracing.spans import fail
 
 from .policy import Service
@@ -40,7 +41,7 @@ def raise_unwrapped(exc: BaseException, span: Any) -> NoReturn:
 
 
 class Base:
-    __slots__ = ("_methods", "_service", "_spans")
+    __slots__ = ("_methods", "_service", "_spans", "_trace")
 
     def __init__(self, service: Service, *, tracer_provider: object | None = None) -> None:
         if not isinstance(service, Service):
@@ -49,6 +50,12 @@ class Base:
         self._spans = Spans(tracer_provider, name="interlink.grpc")
         # method -> (idempotent?, span name): worked out once per method, not per call
         self._methods: dict[str | bytes, tuple[bool, str]] = {}
+        otel = api()
+        #: the API's trace module when one attribute read there tells that no SDK is configured
+        #: (``Spans.tracer``'s own first test, without its calls); None: ask ``Spans.tracer``
+        self._trace = (
+            otel.trace if otel is not None and otel.direct and tracer_provider is None else None
+        )
 
     @property
     def service(self) -> Service:

@@ -21,8 +21,9 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from ._channel import ChannelLike, Kind, Multicallable
 from ._metadata import attempt_timeout, outgoing
-from ._unary import AioUnaryInterceptor, _Call, _new_tuple
+from ._unary import AioUnaryInterceptor, _Call, _new_tuple, started
 from .policy import Service
 
 __all__ = ["DirectChannel", "direct_channel"]
@@ -30,7 +31,7 @@ __all__ = ["DirectChannel", "direct_channel"]
 _Details = grpc.aio.ClientCallDetails
 
 
-class _Unary:
+class _Unary(Multicallable):
     """A unary-unary multicallable: the fast path of ``AioUnaryInterceptor``, called in place."""
 
     __slots__ = ("_continuation", "_method", "_multicallable", "_unary")
@@ -51,28 +52,33 @@ class _Unary:
 
         self._continuation = continuation
 
-    def __call__(
+    def _invoke(
         self,
         request: Any,
-        *,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
     ) -> _Call:
-        d = _new_tuple(_Details, (self._method, timeout, metadata, credentials, wait_for_ready))
-        job = self._unary._fast_job(self._continuation, d, request)
+        job = self._unary._fast_job(
+            self._continuation,
+            self._method,
+            timeout,
+            metadata,
+            credentials,
+            wait_for_ready,
+            request,
+        )
         if job is None:  # through the pipeline, in a task, as the interceptor would
+            d = _new_tuple(_Details, (self._method, timeout, metadata, credentials, wait_for_ready))
             call = _Call(None, None)
             call._outcome = asyncio.ensure_future(self._through_pipeline(call, d, request))
             return call
-        details = job[3]
-        return _Call(
+        return started(
             self._multicallable(
                 request,
-                timeout=details.timeout,
-                metadata=details.metadata,
+                timeout=job[4],
+                metadata=job[5],
                 credentials=credentials,
                 wait_for_ready=wait_for_ready,
             ),
@@ -89,7 +95,7 @@ class _Unary:
         return result
 
 
-class _Propagating:
+class _Propagating(Multicallable):
     """A streaming multicallable: the metadata and the deadline, nothing else."""
 
     __slots__ = ("_multicallable",)
@@ -97,19 +103,25 @@ class _Propagating:
     def __init__(self, multicallable: Any) -> None:
         self._multicallable = multicallable
 
-    def __call__(
+    def _invoke(
         self,
-        request: Any = None,
-        *,
-        timeout: float | None = None,
-        metadata: Any = None,
-        **kwargs: Any,
+        request: Any,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
     ) -> Any:
         left, _ = attempt_timeout(None, timeout)
-        return self._multicallable(request, timeout=left, metadata=outgoing(metadata), **kwargs)
+        return self._multicallable(
+            request,
+            timeout=left,
+            metadata=outgoing(metadata),
+            credentials=credentials,
+            wait_for_ready=wait_for_ready,
+        )
 
 
-class DirectChannel:
+class DirectChannel(ChannelLike):
     """A channel-like object for one address; see the module docstring."""
 
     def __init__(
@@ -125,36 +137,20 @@ class DirectChannel:
         self.channel = channel_factory(target)
         self._unary = AioUnaryInterceptor(service, tracer_provider=tracer_provider)
 
-    def unary_unary(
+    def _multicallable(
         self,
+        kind: Kind,
         method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> _Unary:
-        """A multicallable whose calls go through the service's pipeline."""
-        return _Unary(
-            self._unary,
-            method,
-            self.channel.unary_unary(  # type: ignore[call-arg] # grpc's stubs lack it
-                method,
-                request_serializer,
-                response_deserializer,
-                _registered_method=_registered_method,
-            ),
+        request_serializer: Any,
+        response_deserializer: Any,
+        registered: bool,
+    ) -> Multicallable:
+        """Unary calls go through the service's pipeline; streams get the metadata and the
+        deadline."""
+        made = getattr(self.channel, kind)(
+            method, request_serializer, response_deserializer, _registered_method=registered
         )
-
-    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> _Propagating:
-        """A server stream, with the metadata and the deadline."""
-        return _Propagating(self.channel.unary_stream(method, *args, **kwargs))
-
-    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> _Propagating:
-        """A client stream, with the metadata and the deadline."""
-        return _Propagating(self.channel.stream_unary(method, *args, **kwargs))
-
-    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> _Propagating:
-        """A bidirectional stream, with the metadata and the deadline."""
-        return _Propagating(self.channel.stream_stream(method, *args, **kwargs))
+        return _Unary(self._unary, method, made) if kind == "unary_unary" else _Propagating(made)
 
     async def close(self, grace: float | None = None) -> None:
         """Close the channel."""
@@ -163,12 +159,6 @@ class DirectChannel:
     def __getattr__(self, name: str) -> Any:
         # the rest of the channel's API (channel_ready, get_state, ...) is the channel's own
         return getattr(self.channel, name)
-
-    async def __aenter__(self) -> DirectChannel:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
 
 def direct_channel(

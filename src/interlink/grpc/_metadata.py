@@ -6,7 +6,8 @@ Metadata keys are lower case on the wire, so the names are the HTTP header names
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from typing import Any
 
 from interlink.context import CORRELATION, CORRELATION_HEADER
@@ -22,17 +23,47 @@ Pairs = tuple[tuple[str, str | bytes], ...]
 _READ = frozenset((CORRELATION_HEADER, *TRACE_HEADERS))
 
 
+def _context_getter() -> Callable[[], Any]:
+    """What reads the current OpenTelemetry context: the ``get`` of the context variable the
+    API's default runtime context keeps it in (one C call, against three Python calls through
+    ``opentelemetry.context.get_current``) when that is what the API runs on, the API's own
+    ``get_current`` otherwise, and a reader of nothing without the API."""
+    otel = api()
+    if otel is None:
+        return _nothing
+    try:
+        from opentelemetry.context import _RUNTIME_CONTEXT
+        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+    except ImportError:  # pragma: no cover - an API without these names
+        return otel.get_current  # type: ignore[no-any-return]
+    variable = getattr(_RUNTIME_CONTEXT, "_current_context", None)
+    if type(_RUNTIME_CONTEXT) is ContextVarsRuntimeContext and isinstance(variable, ContextVar):
+        return variable.get
+    return otel.get_current  # type: ignore[no-any-return]
+
+
+def _nothing() -> None:
+    return None
+
+
+def _first_context() -> Any:
+    global current_context
+    current_context = _context_getter()
+    return current_context()
+
+
+#: reads the current trace context (empty or None: none); worked out on first use, as the API
+#: is imported lazily
+current_context: Callable[[], Any] = _first_context
+
+
 def outgoing(metadata: Iterable[Any] | None, span: Any = None) -> Any:
     """``metadata`` plus the current correlation id and trace context (with ``span`` as the
     parent when given); returned as it is when there is nothing to add. A key the caller set
     already is left alone: an explicit value wins over the ambient one."""
     cid = CORRELATION.get()  # correlation_id(), without its call
-    # the current trace context, read here so that the common case (no request, no trace: an
-    # empty context) returns before building anything
-    otel = api()
-    context = None
-    if otel is not None:
-        context = otel.get_current() if span is None else context_of(span)
+    # the common case (no trace context: an empty one) returns before building anything
+    context = current_context() if span is None else context_of(span)
     if not context:
         if cid is None:
             return metadata

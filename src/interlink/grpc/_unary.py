@@ -32,11 +32,13 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from interlink.context import CORRELATION
 from interlink.resilience.breaker import CircuitBreaker, State
 from interlink.resilience.deadline import remaining, reset, shrink_to
 from interlink.resilience.fallback import Fallback
 from interlink.resilience.retry import Retry
 
+from . import _metadata
 from ._base import Base, raise_unwrapped
 from ._metadata import attempt_timeout, outgoing
 from .policy import Service
@@ -45,22 +47,27 @@ from .status import StatusError, classify
 __all__ = ["AioUnaryInterceptor"]
 
 _AioRpcError = grpc.aio.AioRpcError
+_CLOSED = State.CLOSED
 _Details = grpc.aio.ClientCallDetails
 #: ``tuple.__new__``, typed loosely: builds grpc's namedtuple ClientCallDetails without the
 #: Python-level ``__new__`` of namedtuple
 _new_tuple: Callable[..., Any] = tuple.__new__
 
 _Continuation = Callable[[grpc.aio.ClientCallDetails, Any], Any]
-# what settling a fast call needs: the interceptor, the breaker's permit, and to go on after a
-# failed first attempt: continuation, details, request, idempotent?, whether the per-attempt
-# timeout bound the first attempt, the clock reading at its start, the call's timeout
+# what settling a fast call needs: the interceptor and the breaker's permit; to go on after a
+# failed first attempt: the continuation, the first attempt's method, gRPC timeout, metadata,
+# credentials and wait_for_ready (``job[3:8]``: its ClientCallDetails), the request, whether the
+# per-attempt timeout bound the first attempt, the clock reading at its start, the call's timeout
 _Job = tuple[
     "AioUnaryInterceptor",
     int,
     _Continuation,
-    grpc.aio.ClientCallDetails,
     Any,
-    bool,
+    float | None,
+    Any,
+    Any,
+    bool | None,
+    Any,
     bool,
     float,
     float | None,
@@ -70,7 +77,15 @@ _Job = tuple[
 class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
     """Runs each unary-unary call of a ``grpc.aio`` channel through ``service.pipeline``."""
 
-    __slots__ = ("_breaker", "_deposit", "_fast_ok", "_remember")
+    __slots__ = (
+        "_breaker",
+        "_clock",
+        "_deposit",
+        "_fast_ok",
+        "_per_attempt",
+        "_remember",
+        "_timeout",
+    )
 
     def __init__(self, service: Service, *, tracer_provider: object | None = None) -> None:
         super().__init__(service, tracer_provider=tracer_provider)
@@ -93,6 +108,10 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
         self._breaker = breaker
         self._deposit = None if budget is None else budget.deposit
         self._remember = None if fallback is None else fallback.remember
+        # the service's (frozen) figures, read once here rather than on every call
+        self._timeout = service.timeout
+        self._per_attempt = service.attempt_timeout
+        self._clock = service.clock
 
     async def intercept_unary_unary(
         self,
@@ -101,21 +120,35 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
         request: Any,
     ) -> Any:
         """Propagate, then call through the pipeline; see the module docstring."""
-        job = self._fast_job(continuation, client_call_details, request)
+        d = client_call_details
+        job = self._fast_job(
+            continuation, d.method, d.timeout, d.metadata, d.credentials, d.wait_for_ready, request
+        )
         if job is None:
-            return await self._through_pipeline(continuation, client_call_details, request)
+            return await self._through_pipeline(continuation, d, request)
         try:
-            call = await continuation(job[3], request)
+            call = await continuation(_new_tuple(_Details, job[3:8]), request)
         except Exception as exc:  # not even started: the pipeline decides
             return await _Call(None, job).recover(exc)
-        return _Call(call, job)
+        return started(call, job)
 
-    def _fast_job(
-        self, continuation: _Continuation, d: grpc.aio.ClientCallDetails, request: Any
+    def _fast_job(  # noqa: PLR0917 - once per call, in the caller's own arguments
+        self,
+        continuation: _Continuation,
+        method: Any,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
+        request: Any,
     ) -> _Job | None:
-        """What a call on the fast path needs (``job[3]``: the first attempt's details), or
-        None when the call must run through the pipeline."""
+        """What a call on the fast path needs (``job[4]``, ``job[5]``: the first attempt's gRPC
+        timeout and metadata), or None when the call must run through the pipeline."""
         if not self._fast_ok:
+            return None
+        # Spans.tracer(), its common answer (no SDK) read without a call
+        trace = self._trace
+        if (trace is None or trace._TRACER_PROVIDER is not None) and self._spans.tracer():
             return None
         breaker = self._breaker
         permit = 0
@@ -123,41 +156,37 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
             # only a CLOSED breaker (not timing calls: checked in __init__): a failure replays
             # through the pipeline, which takes a permit of its own, so this one has nothing
             # to hand back then
-            if breaker.state is not State.CLOSED:
+            if breaker.state is not _CLOSED:
                 return None
             permit = breaker.acquire()
-        if self._spans.tracer() is not None:
-            return None
-        known = self._methods.get(d.method)
-        if known is None:
-            known = self._method(d.method)
-        svc = self._service
-        # svc.call_timeout() and attempt_timeout(), inlined: the call's deadline is the sooner of
-        # the caller's timeout= and the service's; the attempt's, the soonest of that, the
-        # deadline in force and the per-attempt timeout
-        limit = d.timeout
-        if limit is None or (svc.timeout is not None and svc.timeout < limit):
-            limit = svc.timeout
+        # Service.call_timeout() and attempt_timeout(), inlined: the call's deadline is the
+        # sooner of the caller's timeout= and the service's; the attempt's, the soonest of
+        # that, the deadline in force and the per-attempt timeout
+        limit = self._timeout
+        if timeout is not None and (limit is None or timeout < limit):
+            limit = timeout
         timeout = remaining()
         if limit is not None and (timeout is None or limit < timeout):
             timeout = limit
-        per_attempt = svc.attempt_timeout
+        per_attempt = self._per_attempt
         bound = per_attempt is not None and (timeout is None or per_attempt < timeout)
         if bound:
             timeout = per_attempt
-        details = _new_tuple(
-            _Details,
-            (d.method, timeout, outgoing(d.metadata), d.credentials, d.wait_for_ready),
-        )
+        # outgoing(), its common answer (no correlation id, no trace context) read without a call
+        if CORRELATION.get() is not None or _metadata.current_context():
+            metadata = outgoing(metadata)
         return (
             self,
             permit,
             continuation,
-            details,
+            method,
+            timeout,
+            metadata,
+            credentials,
+            wait_for_ready,
             request,
-            known[0],
             bound,
-            svc.clock(),
+            self._clock(),
             limit,
         )
 
@@ -195,27 +224,19 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
     async def _replay(self, c: _Call, job: _Job, first: BaseException) -> Any:
         """The rest of a call whose first attempt failed with ``first``: the pipeline, its first
         attempt replaying ``first``, under what is left of the call's deadline."""
-        _, _, continuation, details, request, idempotent, bound, start, limit = job
+        continuation, method, _, metadata, credentials, wait_for_ready, request = job[2:9]
+        bound, start, limit = job[9:]
+        idempotent = self._method(method)[0]
         if isinstance(first, _AioRpcError):
             first = _status_error(first, idempotent, bound)
         replay = [first]
-        svc = self._service
-        per_attempt = svc.attempt_timeout
+        per_attempt = self._per_attempt
 
         async def attempt() -> Any:
             if replay:
                 raise replay.pop()
             timeout, hit = attempt_timeout(per_attempt)
-            retry = _new_tuple(
-                _Details,
-                (
-                    details.method,
-                    timeout,
-                    details.metadata,
-                    details.credentials,
-                    details.wait_for_ready,
-                ),
-            )
+            retry = _new_tuple(_Details, (method, timeout, metadata, credentials, wait_for_ready))
             call = c._call = await continuation(retry, request)
             try:
                 await call
@@ -223,8 +244,8 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
                 raise _status_error(err, idempotent, hit) from None
             return call
 
-        left = None if limit is None else limit - (svc.clock() - start)
-        result = await _run(svc, attempt, left, None)
+        left = None if limit is None else limit - (self._clock() - start)
+        result = await _run(self._service, attempt, left, None)
         if result is not None and result is c._call:
             return await result  # the answer of the attempt that succeeded
         c._call = None  # the fallback answered: there is no call to show
@@ -261,22 +282,37 @@ async def _run(svc: Service, attempt: Callable[[], Any], seconds: float | None, 
             span.end()
 
 
+def started(call: Any, job: _Job) -> _Call:
+    """``_Call(call, job)`` for a first attempt just started, without the cost of calling a
+    class (a hot path: once per call)."""
+    c: _Call = _object_new(_Call)
+    c._call = call
+    c._job = job
+    return c
+
+
+_object_new: Callable[..., Any] = object.__new__
+
+
 class _Call(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
     """A unary call on the fast path: grpc's call for the attempt in flight (see the module
     docstring). Awaiting it, or asking for its status, settles the outcome once."""
 
-    __slots__ = ("_awaited", "_call", "_callbacks", "_job", "_outcome", "_settled_here")
+    __slots__ = ("_call", "_job")
+
+    # the rest of the state starts as these class-level values, so that a call on the fast path
+    # (answered, awaited once) sets two attributes here and writes two more when it settles
+    #: someone awaits the first attempt, and will settle the call
+    _awaited = False
+    #: settled by the first attempt (answered or cancelled), the pipeline not involved
+    _settled_here = False
+    #: after a failure, the outcome of the pipeline's run (shared by every awaiter)
+    _outcome: asyncio.Future[Any] | None = None
+    _callbacks: list[Callable[[Any], object]] | None = None
 
     def __init__(self, call: Any, job: _Job | None) -> None:
         self._call = call
         self._job: _Job | None = job
-        #: someone awaits the first attempt, and will settle the call
-        self._awaited = False
-        #: settled by the first attempt (answered or cancelled), the pipeline not involved
-        self._settled_here = False
-        #: after a failure, the outcome of the pipeline's run (shared by every awaiter)
-        self._outcome: asyncio.Future[Any] | None = None
-        self._callbacks: list[Callable[[Any], object]] | None = None
 
     def __await__(self) -> Generator[Any, None, Any]:
         if self._outcome is None:

@@ -33,6 +33,8 @@ from typing import Any, NoReturn
 
 import grpc
 
+from ._channel import ChannelLike, Kind, Multicallable
+
 __all__ = ["LocalServer", "channel_factory", "local_channel"]
 
 # Process-wide by design, like a port: addresses a LocalServer is bound to in this process.
@@ -234,29 +236,29 @@ class LocalCall(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
         return None
 
 
-class _Unary:
+class _Unary(Multicallable):
+    __slots__ = ("_channel", "_method", "_parse", "_serialize")
+
     def __init__(self, channel: LocalChannel, method: str, serializer: Any, parser: Any) -> None:
         self._channel = channel
         self._method = method
         self._serialize = serializer
         self._parse = parser
 
-    def __call__(
+    def _invoke(
         self,
         request: Any,
-        *,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
     ) -> LocalCall:
         deadline_at = None if timeout is None else time.monotonic() + timeout
-        task = asyncio.ensure_future(self._invoke(request, timeout, metadata, deadline_at))
+        task = asyncio.ensure_future(self._answer(request, timeout, metadata, deadline_at))
         # (the task copies the caller's context: deadline, correlation id, trace)
         return LocalCall(task, deadline_at)
 
-    async def _invoke(
+    async def _answer(
         self, request: Any, seconds: float | None, metadata: Any, deadline_at: float | None
     ) -> Any:
         server = _BOUND.get(self._channel.target)
@@ -308,34 +310,24 @@ class _Stream:
             raise _status_error(abort.code, abort.details) from None
 
 
-class LocalChannel:
+class LocalChannel(ChannelLike):
     """What a stub needs of a channel, calling the servicer bound at ``target`` directly."""
 
     def __init__(self, target: str) -> None:
         self.target = target
 
-    def unary_unary(
+    def _multicallable(
         self,
+        kind: Kind,
         method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> _Unary:
-        return _Unary(self, method, request_serializer, response_deserializer)
-
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> _Stream:
-        return _Stream(self, method, request_serializer, response_deserializer)
-
-    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return _unsupported
-
-    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        request_serializer: Any,
+        response_deserializer: Any,
+        registered: bool,
+    ) -> Any:
+        if kind == "unary_unary":
+            return _Unary(self, method, request_serializer, response_deserializer)
+        if kind == "unary_stream":
+            return _Stream(self, method, request_serializer, response_deserializer)
         return _unsupported
 
     async def channel_ready(self) -> None:
@@ -344,15 +336,6 @@ class LocalChannel:
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         served = self.target in _BOUND and _BOUND[self.target].serving
         return grpc.ChannelConnectivity.READY if served else grpc.ChannelConnectivity.IDLE
-
-    async def close(self, grace: float | None = None) -> None:
-        return None
-
-    async def __aenter__(self) -> LocalChannel:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
 
 
 def _unsupported(*args: Any, **kwargs: Any) -> NoReturn:

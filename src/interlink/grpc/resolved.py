@@ -19,14 +19,16 @@ in the same call.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import grpc.aio
 
 from interlink.discovery.resolver import Address, Picked, Picker
 
+from ._channel import ChannelLike, Kind, Multicallable
 from ._metadata import attempt_timeout, outgoing
 from ._unary import AioUnaryInterceptor, _Call
 from .policy import Service
@@ -102,7 +104,89 @@ class _PickedStream:
         picked.done(True)
 
 
-class ResolvedChannel:
+def _not_offered(what: str, *args: Any, **kwargs: Any) -> NoReturn:
+    raise NotImplementedError(what)
+
+
+class _Unary(Multicallable):
+    """A unary multicallable: each attempt goes to an instance the resolver picks."""
+
+    __slots__ = ("_channel", "_de", "_method", "_ser")
+
+    def __init__(self, channel: ResolvedChannel, method: str, ser: Any, de: Any) -> None:
+        self._channel = channel
+        self._method = method
+        self._ser = ser
+        self._de = de
+
+    async def _invoke(
+        self,
+        request: Any,
+        timeout: float | None,  # noqa: ASYNC109 - grpc's multicallable signature
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
+    ) -> Any:
+        channel, method = self._channel, self._method
+        failed: list[Address] = []  # the instances that failed an attempt of this call
+
+        async def continuation(details: Any, request: Any) -> _PickedCall:
+            picked = await channel._pick(failed)
+            try:
+                call = channel._callable(picked, "unary_unary", method, self._ser, self._de)(
+                    request,
+                    timeout=details.timeout,
+                    metadata=details.metadata,
+                    credentials=details.credentials,
+                    wait_for_ready=details.wait_for_ready,
+                )
+            except BaseException:
+                picked.done(False)
+                failed.append(picked.instance)
+                raise
+            return _PickedCall(call, picked, failed)
+
+        details = grpc.aio.ClientCallDetails(method, timeout, metadata, credentials, wait_for_ready)
+        result = await channel._unary.intercept_unary_unary(continuation, details, request)
+        return await result if isinstance(result, _Call | _PickedCall) else result
+
+
+class _Stream(_Unary):
+    """A server-stream multicallable: one instance per call, propagation only."""
+
+    __slots__ = ()
+
+    def _invoke(  # type: ignore[override] # a stream, not a coroutine
+        self,
+        request: Any,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
+    ) -> _PickedStream:
+        channel, method = self._channel, self._method
+        left, _ = attempt_timeout(None, timeout)
+        sent = outgoing(metadata)
+
+        async def open_() -> tuple[Any, Picked]:
+            picked = await channel._pick()
+            try:
+                call = channel._callable(picked, "unary_stream", method, self._ser, self._de)(
+                    request,
+                    timeout=left,
+                    metadata=sent,
+                    credentials=credentials,
+                    wait_for_ready=wait_for_ready,
+                )
+            except BaseException:
+                picked.done(False)
+                raise
+            return call, picked
+
+        return _PickedStream(open_)
+
+
+class ResolvedChannel(ChannelLike):
     """A channel-like object for a ``service://name`` target; see the module docstring."""
 
     def __init__(
@@ -142,103 +226,23 @@ class ResolvedChannel:
             self._callables[(address, method)] = found
         return found
 
-    def unary_unary(
+    def _multicallable(
         self,
+        kind: Kind,
         method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Callable[..., Awaitable[Any]]:
-        """A multicallable whose calls go through the service's pipeline, an instance each."""
-
-        async def invoke(
-            request: Any,
-            *,
-            timeout: float | None = None,  # noqa: ASYNC109 - grpc's multicallable signature
-            metadata: Any = None,
-            credentials: Any = None,
-            wait_for_ready: bool | None = None,
-            compression: Any = None,
-        ) -> Any:
-            failed: list[Address] = []  # the instances that failed an attempt of this call
-
-            async def continuation(details: Any, request: Any) -> _PickedCall:
-                picked = await self._pick(failed)
-                try:
-                    multicallable = self._callable(
-                        picked, "unary_unary", method, request_serializer, response_deserializer
-                    )
-                    call = multicallable(
-                        request,
-                        timeout=details.timeout,
-                        metadata=details.metadata,
-                        credentials=details.credentials,
-                        wait_for_ready=details.wait_for_ready,
-                    )
-                except BaseException:
-                    picked.done(False)
-                    failed.append(picked.instance)
-                    raise
-                return _PickedCall(call, picked, failed)
-
-            details = grpc.aio.ClientCallDetails(
-                method, timeout, metadata, credentials, wait_for_ready
-            )
-            result = await self._unary.intercept_unary_unary(continuation, details, request)
-            return await result if isinstance(result, _Call | _PickedCall) else result
-
-        return invoke
-
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Callable[..., _PickedStream]:
-        """A multicallable for server streams: one instance per call, propagation only."""
-
-        def invoke(
-            request: Any,
-            *,
-            timeout: float | None = None,
-            metadata: Any = None,
-            credentials: Any = None,
-            wait_for_ready: bool | None = None,
-            compression: Any = None,
-        ) -> _PickedStream:
-            left, _ = attempt_timeout(None, timeout)
-            sent = outgoing(metadata)
-
-            async def open_() -> tuple[Any, Picked]:
-                picked = await self._pick()
-                try:
-                    multicallable = self._callable(
-                        picked, "unary_stream", method, request_serializer, response_deserializer
-                    )
-                    call = multicallable(
-                        request,
-                        timeout=left,
-                        metadata=sent,
-                        credentials=credentials,
-                        wait_for_ready=wait_for_ready,
-                    )
-                except BaseException:
-                    picked.done(False)
-                    raise
-                return call, picked
-
-            return _PickedStream(open_)
-
-        return invoke
-
-    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Not offered: a client stream cannot be replayed to another instance."""
-        raise NotImplementedError(f"{method}: client streaming over {SCHEME}{self.name}")
-
-    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Not offered: a bidirectional stream cannot be replayed to another instance."""
-        raise NotImplementedError(f"{method}: bidirectional streaming over {SCHEME}{self.name}")
+        request_serializer: Any,
+        response_deserializer: Any,
+        registered: bool,
+    ) -> Multicallable | Callable[..., NoReturn]:
+        """Unary calls through the service's pipeline, an instance per attempt; server streams
+        from one instance per call, with propagation only; client and bidirectional streams
+        are not offered (they cannot be replayed to another instance): calling them raises
+        ``NotImplementedError``."""
+        if kind == "unary_unary":
+            return _Unary(self, method, request_serializer, response_deserializer)
+        if kind == "unary_stream":
+            return _Stream(self, method, request_serializer, response_deserializer)
+        return functools.partial(_not_offered, f"{method}: {kind} over {SCHEME}{self.name}")
 
     async def close(self, grace: float | None = None) -> None:
         """Close every per-instance channel."""
@@ -247,12 +251,6 @@ class ResolvedChannel:
         self._callables.clear()
         for channel in channels:
             await channel.close(grace)
-
-    async def __aenter__(self) -> ResolvedChannel:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
 
 def resolved_channel(
