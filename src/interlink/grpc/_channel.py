@@ -13,13 +13,27 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-__all__ = ["ChannelLike", "Kind", "Multicallable"]
+__all__ = ["ChannelLike", "Kind", "Multicallable", "send"]
 
 Kind = Literal["unary_unary", "unary_stream", "stream_unary", "stream_stream"]
 
 
+def send(multicallable: Any, request: Any, details: Any) -> Any:
+    """``multicallable(request, ...)`` with the timeout, metadata, credentials and wait_for_ready
+    of ``details`` (a ``grpc.aio.ClientCallDetails``, or a tuple in its order)."""
+    _, timeout, metadata, credentials, wait_for_ready = details
+    return multicallable(
+        request,
+        timeout=timeout,
+        metadata=metadata,
+        credentials=credentials,
+        wait_for_ready=wait_for_ready,
+    )
+
+
 class Multicallable:
-    """A multicallable: grpc's call signature, handed to ``_invoke``."""
+    """A multicallable: grpc's call signature, handed to ``_invoke(request, timeout, metadata,
+    credentials, wait_for_ready)``."""
 
     __slots__ = ()
 
@@ -35,14 +49,7 @@ class Multicallable:
     ) -> Any:
         return self._invoke(request, timeout, metadata, credentials, wait_for_ready)
 
-    def _invoke(
-        self,
-        request: Any,
-        timeout: float | None,
-        metadata: Any,
-        credentials: Any,
-        wait_for_ready: bool | None,
-    ) -> Any:
+    def _invoke(self, request: Any, *call: Any) -> Any:
         raise NotImplementedError
 
 
@@ -69,14 +76,9 @@ class ChannelLike:
 
     __slots__ = ()
 
-    def _multicallable(
-        self,
-        kind: Kind,
-        method: str,
-        request_serializer: Any,
-        response_deserializer: Any,
-        registered: bool,
-    ) -> Any:
+    def _multicallable(self, kind: Kind, method: str, *codec: Any) -> Any:
+        """The multicallable of ``kind`` for ``method``; ``codec``: the request serializer, the
+        response deserializer and whether the method is registered (grpc's arguments)."""
         raise NotImplementedError
 
     unary_unary = _channel_method("unary_unary")

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from ._channel import ChannelLike, Kind, Multicallable
+from ._channel import ChannelLike, Kind, Multicallable, send
 from ._metadata import attempt_timeout, outgoing
 from ._unary import AioUnaryInterceptor, _Call, _new_tuple, started
 from .policy import Service
@@ -42,24 +42,12 @@ class _Unary(Multicallable):
         self._multicallable = multicallable
 
         async def continuation(details: grpc.aio.ClientCallDetails, request: Any) -> Any:
-            return multicallable(
-                request,
-                timeout=details.timeout,
-                metadata=details.metadata,
-                credentials=details.credentials,
-                wait_for_ready=details.wait_for_ready,
-            )
+            return send(multicallable, request, details)
 
         self._continuation = continuation
 
-    def _invoke(
-        self,
-        request: Any,
-        timeout: float | None,
-        metadata: Any,
-        credentials: Any,
-        wait_for_ready: bool | None,
-    ) -> _Call:
+    def _invoke(self, request: Any, *call: Any) -> _Call:
+        timeout, metadata, credentials, wait_for_ready = call
         job = self._unary._fast_job(
             self._continuation,
             self._method,
@@ -70,20 +58,11 @@ class _Unary(Multicallable):
             request,
         )
         if job is None:  # through the pipeline, in a task, as the interceptor would
-            d = _new_tuple(_Details, (self._method, timeout, metadata, credentials, wait_for_ready))
-            call = _Call(None, None)
-            call._outcome = asyncio.ensure_future(self._through_pipeline(call, d, request))
-            return call
-        return started(
-            self._multicallable(
-                request,
-                timeout=job[4],
-                metadata=job[5],
-                credentials=credentials,
-                wait_for_ready=wait_for_ready,
-            ),
-            job,
-        )
+            d = _new_tuple(_Details, (self._method, *call))
+            pending = _Call(None, None)
+            pending._outcome = asyncio.ensure_future(self._through_pipeline(pending, d, request))
+            return pending
+        return started(send(self._multicallable, request, job[3:8]), job)
 
     async def _through_pipeline(
         self, call: _Call, d: grpc.aio.ClientCallDetails, request: Any
@@ -103,21 +82,13 @@ class _Propagating(Multicallable):
     def __init__(self, multicallable: Any) -> None:
         self._multicallable = multicallable
 
-    def _invoke(
-        self,
-        request: Any,
-        timeout: float | None,
-        metadata: Any,
-        credentials: Any,
-        wait_for_ready: bool | None,
-    ) -> Any:
+    def _invoke(self, request: Any, *call: Any) -> Any:
+        timeout, metadata, credentials, wait_for_ready = call
         left, _ = attempt_timeout(None, timeout)
-        return self._multicallable(
+        return send(
+            self._multicallable,
             request,
-            timeout=left,
-            metadata=outgoing(metadata),
-            credentials=credentials,
-            wait_for_ready=wait_for_ready,
+            (None, left, outgoing(metadata), credentials, wait_for_ready),
         )
 
 
@@ -137,18 +108,12 @@ class DirectChannel(ChannelLike):
         self.channel = channel_factory(target)
         self._unary = AioUnaryInterceptor(service, tracer_provider=tracer_provider)
 
-    def _multicallable(
-        self,
-        kind: Kind,
-        method: str,
-        request_serializer: Any,
-        response_deserializer: Any,
-        registered: bool,
-    ) -> Multicallable:
+    def _multicallable(self, kind: Kind, method: str, *codec: Any) -> Multicallable:
         """Unary calls go through the service's pipeline; streams get the metadata and the
         deadline."""
+        serializer, deserializer, registered = codec
         made = getattr(self.channel, kind)(
-            method, request_serializer, response_deserializer, _registered_method=registered
+            method, serializer, deserializer, _registered_method=registered
         )
         return _Unary(self._unary, method, made) if kind == "unary_unary" else _Propagating(made)
 

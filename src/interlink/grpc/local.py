@@ -245,14 +245,8 @@ class _Unary(Multicallable):
         self._serialize = serializer
         self._parse = parser
 
-    def _invoke(
-        self,
-        request: Any,
-        timeout: float | None,
-        metadata: Any,
-        credentials: Any,
-        wait_for_ready: bool | None,
-    ) -> LocalCall:
+    def _invoke(self, request: Any, *call: Any) -> LocalCall:
+        timeout, metadata, _, _ = call
         deadline_at = None if timeout is None else time.monotonic() + timeout
         task = asyncio.ensure_future(self._answer(request, timeout, metadata, deadline_at))
         # (the task copies the caller's context: deadline, correlation id, trace)
@@ -316,18 +310,11 @@ class LocalChannel(ChannelLike):
     def __init__(self, target: str) -> None:
         self.target = target
 
-    def _multicallable(
-        self,
-        kind: Kind,
-        method: str,
-        request_serializer: Any,
-        response_deserializer: Any,
-        registered: bool,
-    ) -> Any:
+    def _multicallable(self, kind: Kind, method: str, *codec: Any) -> Any:
         if kind == "unary_unary":
-            return _Unary(self, method, request_serializer, response_deserializer)
+            return _Unary(self, method, *codec[:2])
         if kind == "unary_stream":
-            return _Stream(self, method, request_serializer, response_deserializer)
+            return _Stream(self, method, *codec[:2])
         return _unsupported
 
     async def channel_ready(self) -> None:

@@ -28,7 +28,7 @@ import grpc.aio
 
 from interlink.discovery.resolver import Address, Picked, Picker
 
-from ._channel import ChannelLike, Kind, Multicallable
+from ._channel import ChannelLike, Kind, Multicallable, send
 from ._metadata import attempt_timeout, outgoing
 from ._unary import AioUnaryInterceptor, _Call
 from .policy import Service
@@ -119,34 +119,22 @@ class _Unary(Multicallable):
         self._ser = ser
         self._de = de
 
-    async def _invoke(
-        self,
-        request: Any,
-        timeout: float | None,  # noqa: ASYNC109 - grpc's multicallable signature
-        metadata: Any,
-        credentials: Any,
-        wait_for_ready: bool | None,
-    ) -> Any:
+    async def _invoke(self, request: Any, *call: Any) -> Any:
         channel, method = self._channel, self._method
         failed: list[Address] = []  # the instances that failed an attempt of this call
 
         async def continuation(details: Any, request: Any) -> _PickedCall:
             picked = await channel._pick(failed)
             try:
-                call = channel._callable(picked, "unary_unary", method, self._ser, self._de)(
-                    request,
-                    timeout=details.timeout,
-                    metadata=details.metadata,
-                    credentials=details.credentials,
-                    wait_for_ready=details.wait_for_ready,
-                )
+                made = channel._callable(picked, "unary_unary", method, self._ser, self._de)
+                call = send(made, request, details)
             except BaseException:
                 picked.done(False)
                 failed.append(picked.instance)
                 raise
             return _PickedCall(call, picked, failed)
 
-        details = grpc.aio.ClientCallDetails(method, timeout, metadata, credentials, wait_for_ready)
+        details = grpc.aio.ClientCallDetails(method, *call)
         result = await channel._unary.intercept_unary_unary(continuation, details, request)
         return await result if isinstance(result, _Call | _PickedCall) else result
 
@@ -157,31 +145,22 @@ class _Stream(_Unary):
     __slots__ = ()
 
     def _invoke(  # type: ignore[override] # a stream, not a coroutine
-        self,
-        request: Any,
-        timeout: float | None,
-        metadata: Any,
-        credentials: Any,
-        wait_for_ready: bool | None,
+        self, request: Any, *call: Any
     ) -> _PickedStream:
         channel, method = self._channel, self._method
+        timeout, metadata, credentials, wait_for_ready = call
         left, _ = attempt_timeout(None, timeout)
-        sent = outgoing(metadata)
+        details = (method, left, outgoing(metadata), credentials, wait_for_ready)
 
         async def open_() -> tuple[Any, Picked]:
             picked = await channel._pick()
             try:
-                call = channel._callable(picked, "unary_stream", method, self._ser, self._de)(
-                    request,
-                    timeout=left,
-                    metadata=sent,
-                    credentials=credentials,
-                    wait_for_ready=wait_for_ready,
-                )
+                made = channel._callable(picked, "unary_stream", method, self._ser, self._de)
+                stream = send(made, request, details)
             except BaseException:
                 picked.done(False)
                 raise
-            return call, picked
+            return stream, picked
 
         return _PickedStream(open_)
 
@@ -227,21 +206,16 @@ class ResolvedChannel(ChannelLike):
         return found
 
     def _multicallable(
-        self,
-        kind: Kind,
-        method: str,
-        request_serializer: Any,
-        response_deserializer: Any,
-        registered: bool,
+        self, kind: Kind, method: str, *codec: Any
     ) -> Multicallable | Callable[..., NoReturn]:
         """Unary calls through the service's pipeline, an instance per attempt; server streams
         from one instance per call, with propagation only; client and bidirectional streams
         are not offered (they cannot be replayed to another instance): calling them raises
         ``NotImplementedError``."""
         if kind == "unary_unary":
-            return _Unary(self, method, request_serializer, response_deserializer)
+            return _Unary(self, method, *codec[:2])
         if kind == "unary_stream":
-            return _Stream(self, method, request_serializer, response_deserializer)
+            return _Stream(self, method, *codec[:2])
         return functools.partial(_not_offered, f"{method}: {kind} over {SCHEME}{self.name}")
 
     async def close(self, grace: float | None = None) -> None:
