@@ -25,10 +25,11 @@ metadata keeps the id in it; one that aborts with its own trailing metadata deci
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, NamedTuple
 
 import grpc
@@ -66,6 +67,13 @@ class _Begin(NamedTuple):
 
 
 def _begin(context: Any) -> _Begin:
+    """Read the request's metadata and deadline; the trailing metadata gets the id."""
+    b = _read(context)
+    context.set_trailing_metadata(((CORRELATION_HEADER, b.cid),))
+    return b
+
+
+def _read(context: Any) -> _Begin:
     found = incoming(context.invocation_metadata())
     cid = found.get(CORRELATION_HEADER)
     if cid is None:
@@ -142,6 +150,46 @@ def _rebuild(handler: Any, wrap: Callable[[Callable[..., Any], str], Any], metho
     return handler
 
 
+@contextlib.contextmanager
+def _serving(
+    context: Any,
+    b: _Begin,
+    spans: Spans,
+    method: str,
+    passes: Callable[[Exception, Any], bool],
+) -> Iterator[list[_Failure]]:
+    """The handler's block: the request's correlation id and deadline current, in a SERVER
+    span (None when not recording) under the caller's trace context. An exception that
+    ``passes(exc, context)`` says is the handler's own abort goes on; any other is logged and
+    left in the list (the caller answers it with that status); an answer keeps the id in the
+    trailing metadata."""
+    failed: list[_Failure] = []
+    attributes = _attributes(method)
+    with (
+        use_correlation_id(b.cid),
+        deadline(b.left),
+        spans.server(method, parent=b.parent, attributes=attributes) as span,
+    ):
+        try:
+            yield failed
+        except Exception as exc:
+            if passes(exc, context):
+                raise
+            failed.append(_failure(exc, b.cid, method, span))
+        else:
+            _echo(context, b.cid)
+
+
+def _aio_abort(exc: Exception, context: Any) -> bool:
+    return isinstance(exc, grpc.aio.AbortError)
+
+
+def _sync_abort(exc: Exception, context: Any) -> bool:
+    # a sync context.abort() raises a bare Exception after setting the code
+    code = context.code()
+    return code is not None and code is not grpc.StatusCode.OK
+
+
 class _Common:
     __slots__ = ("_cache", "_spans")
 
@@ -181,33 +229,18 @@ class AioServerInterceptor(_Common, grpc.aio.ServerInterceptor):
 
     def _wrap(self, behaviour: Any, method: str) -> Any:
         spans = self._spans
-        attributes = _attributes(method)
-        abort_error = grpc.aio.AbortError
 
         if inspect.isasyncgenfunction(behaviour):
 
             async def streaming(request: Any, context: Any) -> Any:
                 b = _begin(context)
-                context.set_trailing_metadata(((CORRELATION_HEADER, b.cid),))
                 if b.refusal is not None:
                     await context.abort(*b.refusal, ((CORRELATION_HEADER, b.cid),))
-                failure = None
-                with (
-                    use_correlation_id(b.cid),
-                    deadline(b.left),
-                    spans.server(method, parent=b.parent, attributes=attributes) as span,
-                ):
-                    try:
-                        async for item in behaviour(request, context):
-                            yield item
-                    except abort_error:
-                        raise
-                    except Exception as exc:
-                        failure = _failure(exc, b.cid, method, span)
-                    else:
-                        _echo(context, b.cid)
-                if failure is not None:
-                    await context.abort(*failure)
+                with _serving(context, b, spans, method, _aio_abort) as failed:
+                    async for item in behaviour(request, context):
+                        yield item
+                if failed:
+                    await context.abort(*failed[0])
 
             return streaming
 
@@ -216,25 +249,14 @@ class AioServerInterceptor(_Common, grpc.aio.ServerInterceptor):
 
         async def unary(request: Any, context: Any) -> Any:
             b = _begin(context)
-            context.set_trailing_metadata(((CORRELATION_HEADER, b.cid),))
             if b.refusal is not None:
                 await context.abort(*b.refusal, ((CORRELATION_HEADER, b.cid),))
-            with (
-                use_correlation_id(b.cid),
-                deadline(b.left),
-                spans.server(method, parent=b.parent, attributes=attributes) as span,
-            ):
-                try:
-                    response = await behaviour(request, context)
-                except abort_error:
-                    raise
-                except Exception as exc:
-                    failure = _failure(exc, b.cid, method, span)
-                else:
-                    _echo(context, b.cid)
-                    return response
-            await context.abort(*failure)
-            return None  # not reached: abort raises
+            response = None
+            with _serving(context, b, spans, method, _aio_abort) as failed:
+                response = await behaviour(request, context)
+            if failed:
+                await context.abort(*failed[0])
+            return response
 
         return unary
 
@@ -255,61 +277,33 @@ class ServerInterceptor(_Common, grpc.ServerInterceptor):
 
     def _wrap(self, behaviour: Any, method: str) -> Any:
         spans = self._spans
-        attributes = _attributes(method)
 
-        def aborted(context: Any) -> bool:
-            # a sync context.abort() raises a bare Exception after setting the code
-            code = context.code()
-            return code is not None and code is not grpc.StatusCode.OK
+        def answer(context: Any, failure: _Failure) -> None:
+            context.set_trailing_metadata(failure.trailing)
+            context.abort(failure.code, failure.details)
 
         if inspect.isgeneratorfunction(behaviour):
 
             def streaming(request: Any, context: Any) -> Any:
                 b = _begin(context)
-                context.set_trailing_metadata(((CORRELATION_HEADER, b.cid),))
                 if b.refusal is not None:
                     context.abort(*b.refusal)
-                failure = None
-                with (
-                    use_correlation_id(b.cid),
-                    deadline(b.left),
-                    spans.server(method, parent=b.parent, attributes=attributes) as span,
-                ):
-                    try:
-                        yield from behaviour(request, context)
-                    except Exception as exc:
-                        if aborted(context):
-                            raise
-                        failure = _failure(exc, b.cid, method, span)
-                    else:
-                        _echo(context, b.cid)
-                if failure is not None:
-                    context.set_trailing_metadata(failure.trailing)
-                    context.abort(failure.code, failure.details)
+                with _serving(context, b, spans, method, _sync_abort) as failed:
+                    yield from behaviour(request, context)
+                if failed:
+                    answer(context, failed[0])
 
             return streaming
 
         def unary(request: Any, context: Any) -> Any:
             b = _begin(context)
-            context.set_trailing_metadata(((CORRELATION_HEADER, b.cid),))
             if b.refusal is not None:
                 context.abort(*b.refusal)
-            with (
-                use_correlation_id(b.cid),
-                deadline(b.left),
-                spans.server(method, parent=b.parent, attributes=attributes) as span,
-            ):
-                try:
-                    response = behaviour(request, context)
-                except Exception as exc:
-                    if aborted(context):
-                        raise
-                    failure = _failure(exc, b.cid, method, span)
-                else:
-                    _echo(context, b.cid)
-                    return response
-            context.set_trailing_metadata(failure.trailing)
-            context.abort(failure.code, failure.details)
-            return None  # not reached: abort raises
+            response = None
+            with _serving(context, b, spans, method, _sync_abort) as failed:
+                response = behaviour(request, context)
+            if failed:
+                answer(context, failed[0])
+            return response
 
         return unary
