@@ -3,9 +3,12 @@ how an error that left the pipeline is shown to the caller."""
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+import contextlib
+from collections.abc import Iterator
+from typing import Any
 
 from interlink.errors import BudgetExhausted
+from interlink.resilience.deadline import reset, shrink_to
 from interlink.tracing import Spans
 from interlink.tracing.propagation import api
 from interlink.tracing.spans import fail
@@ -29,15 +32,29 @@ def unwrap(exc: BaseException) -> tuple[BaseException, BaseException | None]:
     return exc, exc.__cause__
 
 
-def raise_unwrapped(exc: BaseException, span: Any) -> NoReturn:
-    """Raise what the caller sees for ``exc``, the error that left the pipeline (``unwrap``),
-    recorded on ``span`` (None: no span)."""
-    error, cause = unwrap(exc)
-    if span is not None:
-        fail(span, error)
-    if error is exc:
-        raise exc
-    raise error from cause
+@contextlib.contextmanager
+def call_scope(svc: Service, seconds: float | None, span: Any) -> Iterator[None]:
+    """The block runs one call through ``svc``'s pipeline under the call's deadline of
+    ``seconds`` (None: only the deadline in force); the error that leaves it is raised as what
+    the caller sees (``unwrap``), recorded on ``span`` (None: no span), which is ended.
+
+    ``shrink_to``/``reset`` rather than ``with deadline(...)``, which would also build a
+    ``Deadline`` object per call for nobody."""
+    token = None if seconds is None else shrink_to(seconds, svc.clock)
+    try:
+        yield
+    except Exception as exc:
+        error, cause = unwrap(exc)
+        if span is not None:
+            fail(span, error)
+        if error is exc:
+            raise
+        raise error from cause
+    finally:
+        if token is not None:
+            reset(token)
+        if span is not None:
+            span.end()
 
 
 class Base:

@@ -62,7 +62,15 @@ class _Unary(Multicallable):
             pending = _Call(None, None)
             pending._outcome = asyncio.ensure_future(self._through_pipeline(pending, d, request))
             return pending
-        return started(send(self._multicallable, request, job[3:8]), job)
+        # grpc's multicallable, called as send() would with job[3:8], without the slice
+        attempt = self._multicallable(
+            request,
+            timeout=job[4],
+            metadata=job[5],
+            credentials=credentials,
+            wait_for_ready=wait_for_ready,
+        )
+        return started(attempt, job)
 
     async def _through_pipeline(
         self, call: _Call, d: grpc.aio.ClientCallDetails, request: Any

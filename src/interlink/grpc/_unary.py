@@ -34,12 +34,12 @@ import grpc.aio
 
 from interlink.context import CORRELATION
 from interlink.resilience.breaker import CircuitBreaker, State
-from interlink.resilience.deadline import remaining, reset, shrink_to
+from interlink.resilience.deadline import remaining
 from interlink.resilience.fallback import Fallback
 from interlink.resilience.retry import Retry
 
 from . import _metadata
-from ._base import Base, raise_unwrapped
+from ._base import Base, call_scope
 from ._metadata import attempt_timeout, outgoing
 from .policy import Service
 from .status import StatusError, classify
@@ -265,29 +265,19 @@ def _status_error(err: grpc.aio.AioRpcError, idempotent: bool, bound: bool) -> S
 
 
 async def _run(svc: Service, attempt: Callable[[], Any], seconds: float | None, span: Any) -> Any:
-    """``attempt`` through the service's pipeline under the call's deadline of ``seconds``;
-    the error that leaves it is shown as grpc's own (see ``unwrap``), and ``span`` is ended.
-
-    ``shrink_to``/``reset`` rather than ``with deadline(...)``, which would also build a
-    ``Deadline`` object per call for nobody."""
-    token = None if seconds is None else shrink_to(seconds, svc.clock)
-    try:
+    """``attempt`` through the service's pipeline, in ``call_scope``."""
+    with call_scope(svc, seconds, span):
         return await svc.pipeline.acall(attempt)
-    except Exception as exc:
-        raise_unwrapped(exc, span)
-    finally:
-        if token is not None:
-            reset(token)
-        if span is not None:
-            span.end()
 
 
 def started(call: Any, job: _Job) -> _Call:
     """``_Call(call, job)`` for a first attempt just started, without the cost of calling a
-    class (a hot path: once per call)."""
+    class, whose ``__init__`` runs in a frame of its own (a hot path: once per call)."""
     c: _Call = _object_new(_Call)
     c._call = call
     c._job = job
+    c._awaited = c._settled_here = False
+    c._outcome = c._callbacks = None
     return c
 
 
@@ -298,21 +288,18 @@ class _Call(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
     """A unary call on the fast path: grpc's call for the attempt in flight (see the module
     docstring). Awaiting it, or asking for its status, settles the outcome once."""
 
-    __slots__ = ("_call", "_job")
-
-    # the rest of the state starts as these class-level values, so that a call on the fast path
-    # (answered, awaited once) sets two attributes here and writes two more when it settles
-    #: someone awaits the first attempt, and will settle the call
-    _awaited = False
-    #: settled by the first attempt (answered or cancelled), the pipeline not involved
-    _settled_here = False
-    #: after a failure, the outcome of the pipeline's run (shared by every awaiter)
-    _outcome: asyncio.Future[Any] | None = None
-    _callbacks: list[Callable[[Any], object]] | None = None
+    __slots__ = ("_awaited", "_call", "_callbacks", "_job", "_outcome", "_settled_here")
 
     def __init__(self, call: Any, job: _Job | None) -> None:
         self._call = call
         self._job: _Job | None = job
+        #: someone awaits the first attempt, and will settle the call
+        self._awaited = False
+        #: settled by the first attempt (answered or cancelled), the pipeline not involved
+        self._settled_here = False
+        #: after a failure, the outcome of the pipeline's run (shared by every awaiter)
+        self._outcome: asyncio.Future[Any] | None = None
+        self._callbacks: list[Callable[[Any], object]] | None = None
 
     def __await__(self) -> Generator[Any, None, Any]:
         if self._outcome is None:

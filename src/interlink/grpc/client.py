@@ -32,9 +32,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import grpc
 import grpc.aio
 
-from interlink.resilience.deadline import reset, shrink_to
-
-from ._base import Base, raise_unwrapped
+from ._base import Base, call_scope
 from ._metadata import attempt_timeout, outgoing
 from ._unary import AioUnaryInterceptor
 from .policy import Service
@@ -60,32 +58,25 @@ class _Propagating(Base):
             d.method, timeout, outgoing(d.metadata), d.credentials, d.wait_for_ready
         )
 
-
-class _AioUnaryStream(_Propagating, grpc.aio.UnaryStreamClientInterceptor):
-    __slots__ = ()
-
-    async def intercept_unary_stream(
+    async def _intercept(
         self, continuation: Callable[..., Any], client_call_details: Any, request: Any
     ) -> Any:
         return await continuation(self._details(client_call_details), request)
 
 
+class _AioUnaryStream(_Propagating, grpc.aio.UnaryStreamClientInterceptor):
+    __slots__ = ()
+    intercept_unary_stream = _Propagating._intercept
+
+
 class _AioStreamUnary(_Propagating, grpc.aio.StreamUnaryClientInterceptor):
     __slots__ = ()
-
-    async def intercept_stream_unary(
-        self, continuation: Callable[..., Any], client_call_details: Any, request_iterator: Any
-    ) -> Any:
-        return await continuation(self._details(client_call_details), request_iterator)
+    intercept_stream_unary = _Propagating._intercept  # type: ignore[assignment] # grpc passes it positionally
 
 
 class _AioStreamStream(_Propagating, grpc.aio.StreamStreamClientInterceptor):
     __slots__ = ()
-
-    async def intercept_stream_stream(
-        self, continuation: Callable[..., Any], client_call_details: Any, request_iterator: Any
-    ) -> Any:
-        return await continuation(self._details(client_call_details), request_iterator)
+    intercept_stream_stream = _Propagating._intercept  # type: ignore[assignment] # grpc passes it positionally
 
 
 def aio_interceptors(
@@ -229,17 +220,8 @@ class ClientInterceptor(
             raise err
 
         svc = self._service
-        limit = svc.call_timeout(d.timeout)
-        token = None if limit is None else shrink_to(limit, svc.clock)
-        try:
+        with call_scope(svc, svc.call_timeout(d.timeout), span):
             result = svc.pipeline.call(attempt)
-        except Exception as exc:
-            raise_unwrapped(exc, span)
-        finally:
-            if token is not None:
-                reset(token)
-            if span is not None:
-                span.end()
         return result if isinstance(result, grpc.Future) else _Answer(result)
 
     def _details(self, d: Any) -> _SyncDetails:
