@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-__all__ = ["ChannelLike", "Kind", "Multicallable", "send"]
+__all__ = ["ChannelLike", "Kind", "MethodMulticallable", "Multicallable", "send"]
 
 Kind = Literal["unary_unary", "unary_stream", "stream_unary", "stream_stream"]
 
@@ -51,6 +51,19 @@ class Multicallable:
 
     def _invoke(self, request: Any, *call: Any) -> Any:
         raise NotImplementedError
+
+
+class MethodMulticallable(Multicallable):
+    """A multicallable for one ``method`` of a channel-like object, with the serializer and
+    deserializer the stub gave."""
+
+    __slots__ = ("_channel", "_deserialize", "_method", "_serialize")
+
+    def __init__(self, channel: Any, method: str, serialize: Any, deserialize: Any) -> None:
+        self._channel = channel
+        self._method = method
+        self._serialize = serialize
+        self._deserialize = deserialize
 
 
 def _channel_method(kind: Kind) -> Any:

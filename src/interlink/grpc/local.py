@@ -33,7 +33,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from ._channel import ChannelLike, Kind, Multicallable
+from ._channel import ChannelLike, Kind, MethodMulticallable
 
 __all__ = ["LocalServer", "channel_factory", "local_channel"]
 
@@ -236,14 +236,8 @@ class LocalCall(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
         return None
 
 
-class _Unary(Multicallable):
-    __slots__ = ("_channel", "_method", "_parse", "_serialize")
-
-    def __init__(self, channel: LocalChannel, method: str, serializer: Any, parser: Any) -> None:
-        self._channel = channel
-        self._method = method
-        self._serialize = serializer
-        self._parse = parser
+class _Unary(MethodMulticallable):
+    __slots__ = ()
 
     def _invoke(self, request: Any, *call: Any) -> LocalCall:
         timeout, metadata, _, _ = call
@@ -278,28 +272,26 @@ class _Unary(Multicallable):
         if context._code not in (None, grpc.StatusCode.OK):
             raise _status_error(context._code, context._details)
         out = handler.response_serializer(response) if handler.response_serializer else response
-        return self._parse(out) if self._parse is not None else out
+        return self._deserialize(out) if self._deserialize is not None else out
 
 
-class _Stream:
-    def __init__(self, channel: LocalChannel, method: str, serializer: Any, parser: Any) -> None:
-        self._unary = _Unary(channel, method, serializer, parser)
+class _Stream(MethodMulticallable):
+    __slots__ = ()
 
-    def __call__(self, request: Any, **_: Any) -> AsyncIterator[Any]:
+    def _invoke(self, request: Any, *call: Any) -> AsyncIterator[Any]:
         return self._iterate(request)
 
     async def _iterate(self, request: Any) -> AsyncIterator[Any]:
-        u = self._unary
-        server = _BOUND.get(u._channel.target)
-        handler = None if server is None or not server.serving else server.handler(u._method)
+        server = _BOUND.get(self._channel.target)
+        handler = None if server is None or not server.serving else server.handler(self._method)
         if handler is None or handler.unary_stream is None:
             raise _status_error(grpc.StatusCode.UNAVAILABLE, "no local server at the address")
-        data = u._serialize(request) if u._serialize is not None else request
+        data = self._serialize(request) if self._serialize is not None else request
         parsed = handler.request_deserializer(data) if handler.request_deserializer else data
         try:
             async for item in handler.unary_stream(parsed, _Context((), None)):
                 out = handler.response_serializer(item) if handler.response_serializer else item
-                yield u._parse(out) if u._parse is not None else out
+                yield self._deserialize(out) if self._deserialize is not None else out
         except _Abort as abort:
             raise _status_error(abort.code, abort.details) from None
 

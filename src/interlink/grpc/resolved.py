@@ -28,7 +28,7 @@ import grpc.aio
 
 from interlink.discovery.resolver import Address, Picked, Picker
 
-from ._channel import ChannelLike, Kind, Multicallable, send
+from ._channel import ChannelLike, Kind, MethodMulticallable, Multicallable, send
 from ._metadata import attempt_timeout, outgoing
 from ._unary import AioUnaryInterceptor, _Call
 from .policy import Service
@@ -108,34 +108,37 @@ def _not_offered(what: str, *args: Any, **kwargs: Any) -> NoReturn:
     raise NotImplementedError(what)
 
 
-class _Unary(Multicallable):
+class _Unary(MethodMulticallable):
     """A unary multicallable: each attempt goes to an instance the resolver picks."""
 
-    __slots__ = ("_channel", "_de", "_method", "_ser")
+    __slots__ = ()
+    _channel: ResolvedChannel
 
-    def __init__(self, channel: ResolvedChannel, method: str, ser: Any, de: Any) -> None:
-        self._channel = channel
-        self._method = method
-        self._ser = ser
-        self._de = de
+    async def _send(
+        self, kind: Kind, request: Any, details: Any, failed: list[Address] | None = None
+    ) -> tuple[Any, Picked]:
+        """Pick an instance (avoiding ``failed``) and start the call there; a call that cannot
+        even start counts against the instance (and joins ``failed``)."""
+        channel = self._channel
+        picked = await channel._pick(failed)
+        try:
+            made = channel._callable(picked, kind, self._method, self._serialize, self._deserialize)
+            return send(made, request, details), picked
+        except BaseException:
+            picked.done(False)
+            if failed is not None:
+                failed.append(picked.instance)
+            raise
 
     async def _invoke(self, request: Any, *call: Any) -> Any:
-        channel, method = self._channel, self._method
         failed: list[Address] = []  # the instances that failed an attempt of this call
 
         async def continuation(details: Any, request: Any) -> _PickedCall:
-            picked = await channel._pick(failed)
-            try:
-                made = channel._callable(picked, "unary_unary", method, self._ser, self._de)
-                call = send(made, request, details)
-            except BaseException:
-                picked.done(False)
-                failed.append(picked.instance)
-                raise
-            return _PickedCall(call, picked, failed)
+            started, picked = await self._send("unary_unary", request, details, failed)
+            return _PickedCall(started, picked, failed)
 
-        details = grpc.aio.ClientCallDetails(method, *call)
-        result = await channel._unary.intercept_unary_unary(continuation, details, request)
+        details = grpc.aio.ClientCallDetails(self._method, *call)
+        result = await self._channel._unary.intercept_unary_unary(continuation, details, request)
         return await result if isinstance(result, _Call | _PickedCall) else result
 
 
@@ -147,22 +150,10 @@ class _Stream(_Unary):
     def _invoke(  # type: ignore[override] # a stream, not a coroutine
         self, request: Any, *call: Any
     ) -> _PickedStream:
-        channel, method = self._channel, self._method
         timeout, metadata, credentials, wait_for_ready = call
         left, _ = attempt_timeout(None, timeout)
-        details = (method, left, outgoing(metadata), credentials, wait_for_ready)
-
-        async def open_() -> tuple[Any, Picked]:
-            picked = await channel._pick()
-            try:
-                made = channel._callable(picked, "unary_stream", method, self._ser, self._de)
-                stream = send(made, request, details)
-            except BaseException:
-                picked.done(False)
-                raise
-            return stream, picked
-
-        return _PickedStream(open_)
+        details = (self._method, left, outgoing(metadata), credentials, wait_for_ready)
+        return _PickedStream(functools.partial(self._send, "unary_stream", request, details))
 
 
 class ResolvedChannel(ChannelLike):
