@@ -110,6 +110,18 @@ def test_target_must_name_a_service() -> None:
         resolved_channel("127.0.0.1:50051", RoundRobin([1]))
 
 
+def test_client_and_bidi_streams_fail_when_called_not_when_the_stub_is_built() -> None:
+    """A stub with client-streaming methods can be built; only calling one raises."""
+    ch = resolved_channel("service://menu", RoundRobin([1]))
+    upload = ch.stream_unary("/food.v1.MenuService/Upload")
+    chat = ch.stream_stream("/food.v1.MenuService/Chat")
+    with pytest.raises(NotImplementedError, match="Upload: stream_unary over service://menu"):
+        upload(iter(()))
+    with pytest.raises(NotImplementedError, match="Chat: stream_stream over service://menu"):
+        chat(iter(()))
+    assert food_pb2_grpc.MenuServiceStub(ch) is not None
+
+
 def test_works_with_interlink_discovery_resolver() -> None:
     """The discovery Resolver over a memory registry fits the protocol (apick on first use)."""
     from interlink.discovery import Registry, Resolver, ServiceInstance
