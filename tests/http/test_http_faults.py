@@ -183,15 +183,15 @@ def test_sync_trickle_ends_at_the_deadline(handler: Handler) -> None:
     assert 0.45 <= took < 3.0  # a 20 s answer, cut off at 0.5 s (generous: a busy machine)
 
 
-def test_sync_trickle_ends_at_the_deadline_on_a_pooled_connection() -> None:
-    """The second call reuses the first one's connection: still cut off at the deadline."""
-    served = []
+@pytest.mark.parametrize("trickle", [trickle_body, trickle_head], ids=["body", "head"])
+def test_sync_trickle_ends_at_the_deadline_on_a_pooled_connection(trickle: Handler) -> None:
+    """The second call reuses the first one's keep-alive connection, on which the server
+    trickles the body or the status line and headers: still cut off at the deadline."""
 
     def ok_then_trickle(conn: socket.socket) -> None:
         read_request(conn)
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        served.append(1)
-        trickle_body(conn)
+        trickle(conn)
 
     with RawServer(ok_then_trickle) as server, Client(policies=policies(0, timeout=0.5)) as client:
         assert client.get(server.url + "/x").status == 200
