@@ -339,7 +339,7 @@ async def discovery() -> AsyncIterator[tuple[dict[str, Any], dict[str, str]]]:
                     ),
                 }
                 hosts = {
-                    "sqlite:///var/run/interlink/registry.db": registry_url,
+                    "sqlite:////var/run/interlink/registry.db": registry_url,
                     '"10.0.0.5", 8080': f'"127.0.0.1", {http_port}',
                     "etcd://10.0.0.2:2379": etcd_url.replace("http://", "etcd://"),
                 }

@@ -21,7 +21,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
+
+from interlink.errors import InvalidURLError
 
 __all__ = ["SqliteThread", "identifier", "sqlite_path", "write_tx"]
 
@@ -39,13 +41,22 @@ def identifier(name: str, value: str) -> str:
 
 
 def sqlite_path(url: str) -> str:
-    """The file of ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` (SQLAlchemy's form)."""
+    """The file a ``sqlite:`` URL names, by SQLAlchemy's rule, for every SQLite store, registry
+    and broker: ``sqlite:///relative.db`` is relative to the working directory,
+    ``sqlite:////absolute.db`` absolute, ``sqlite:///:memory:`` a private in-memory database.
+    The query holds options, not the path; %-escapes are decoded."""
     parts = urlsplit(url)
-    if parts.scheme != "sqlite" or parts.netloc or not parts.path.startswith("/"):
-        raise ValueError(f"'url' must look like sqlite:///path/to/file.db: {url!r}")
-    path = parts.path[1:]
+    if parts.scheme != "sqlite":
+        raise InvalidURLError(f"'url' must start with sqlite:///: {url!r}")
+    if parts.netloc:
+        raise InvalidURLError(
+            f"'url' must have no host (sqlite:///relative.db or sqlite:////absolute.db): {url!r}"
+        )
+    path = unquote(parts.path).removeprefix("/")
     if not path:
-        raise ValueError(f"'url' must name a file: {url!r}")
+        raise InvalidURLError(
+            f"'url' must name a file (sqlite:///relative.db or sqlite:////absolute.db): {url!r}"
+        )
     return path
 
 

@@ -8,7 +8,7 @@ chooses the backend by the URL's scheme, each in its own module under
 
 ==================================  ============================================================
 ``memory://[name]``                 one process (tests); the same name shares one registry
-``sqlite:///path/to/file.db``       several processes on one machine, no server (the default)
+``sqlite:///file.db``               several processes on one machine, no server (the default)
 ``redis://host:6379/0``             sorted set + hash per service, expiry by server time
 ``nats://host:4222``                JetStream key-value bucket, watched
 ``etcd://host:2379``                v3 leases + watch, over etcd's HTTP/JSON gateway (httpx)
@@ -94,7 +94,7 @@ class Registry(Protocol):
         """
         if not isinstance(url, str) or not url:
             raise InvalidURLError(
-                f"'url' must be a registry URL such as 'sqlite:///tmp/reg.db': {url!r}"
+                f"'url' must be a registry URL such as 'sqlite:///registry.db': {url!r}"
             )
         scheme = urlsplit(url).scheme.lower()
         backend = _SCHEMES.get(scheme)

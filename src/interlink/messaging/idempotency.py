@@ -34,6 +34,7 @@ from contextvars import ContextVar
 from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
 
+from interlink._sqlite_thread import sqlite_path
 from interlink.messaging.backend import MessagingError
 from interlink.resilience._validate import positive
 
@@ -422,14 +423,3 @@ _STORES: dict[str, type[MemoryStore | SqliteStore | PostgresStore | RedisStore]]
     "redis": RedisStore,
     "rediss": RedisStore,
 }
-
-
-def sqlite_path(url: str) -> str:
-    """The file of ``sqlite:///relative`` or ``sqlite:////absolute`` (``:memory:`` kept)."""
-    rest = url.split("://", 1)[1] if "://" in url else url
-    path = rest.split("?", 1)[0]
-    if path.startswith("/"):
-        path = path[1:]
-    if not path:
-        raise ValueError(f"'url' must name a file, as sqlite:///path/to/file.db: {url!r}")
-    return path

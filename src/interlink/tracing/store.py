@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
+from interlink._sqlite_thread import sqlite_path
+
 __all__ = ["Edge", "SpanRecord", "SpanRow", "TraceStore", "TraceSummary", "dumps"]
 
 # Spans are appended in time order into a rowid table and found by this index: a third of the
@@ -206,15 +208,8 @@ class TraceStore:
 
         ``?busy_timeout=S`` sets how long a writer waits for another process's write lock.
         """
+        path = sqlite_path(url)
         parts = urlsplit(url)
-        if parts.scheme != "sqlite":
-            raise ValueError(f"'url' must be a sqlite:/// URL for the trace store: {url!r}")
-        path = parts.path
-        if parts.netloc:
-            raise ValueError(
-                f"'url' must have no host (sqlite:///relative or sqlite:////absolute): {url!r}"
-            )
-        path = path.removeprefix("/") or ":memory:"
         options = parse_qs(parts.query)
         busy = 5.0
         if "busy_timeout" in options:

@@ -1,4 +1,4 @@
-"""``sqlite:///path/to/registry.db``: the embedded default, shared by processes on one machine.
+"""``sqlite:///registry.db``: the embedded default, shared by processes on one machine.
 
 No server to run: every process opens the same file (WAL mode, so readers never block the
 writer). Expiry is by wall-clock time, which all processes on one machine share. Changes are
@@ -17,13 +17,12 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
+from interlink._sqlite_thread import sqlite_path
 from interlink.clock import Clock
 from interlink.discovery.backends._shared import instance_of, query_seconds, skip_record, split_url
 from interlink.discovery.instance import ServiceInstance, check_service
 from interlink.discovery.registry import BaseRegistry, Snapshot, snapshot_of, snapshots
-from interlink.errors import InvalidURLError
 
 __all__ = ["SqliteRegistry"]
 
@@ -61,18 +60,11 @@ class SqliteRegistry(BaseRegistry):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SqliteRegistry:
-        """``sqlite:///abs/path.db``, ``sqlite:///./relative.db`` or ``sqlite://:memory:``;
-        ``?poll_interval=0.1`` sets the poll interval (seconds > 0)."""
-        parts, query = split_url(url)
-        path = unquote(parts.path)
-        if parts.netloc == ":memory:" or path in {"/:memory:", ":memory:"}:
-            path = ":memory:"
-        elif path.startswith("/./"):
-            path = path[1:]
-        if not path or path == "/":
-            raise InvalidURLError(
-                f"'url' must name a database file, e.g. sqlite:///tmp/reg.db: {url!r}"
-            )
+        """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``sqlite:///:memory:``
+        (SQLAlchemy's rule, as every SQLite store of the package); ``?poll_interval=0.1`` sets
+        the poll interval (seconds > 0)."""
+        path = sqlite_path(url)
+        _, query = split_url(url)
         query_seconds(url, query, options, "poll_interval")
         return cls(path, **options)
 

@@ -34,12 +34,12 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Self
 from urllib.parse import parse_qs, urlsplit
 
+from interlink._sqlite_thread import sqlite_path
 from interlink.messaging.backend import BackendUnavailable, ConsumerLag
 from interlink.messaging.backends._options import DLQ_MAX_AGE, DLQ_MAX_COUNT
 from interlink.messaging.backends._wait import sleep_or_wake
 from interlink.messaging.backends.sqlite._store import WAL_MAX_BYTES, Row, Store, headers_of
 from interlink.messaging.envelope import FIELDS, Binding, DeadLetter, OutgoingMessage, read
-from interlink.messaging.idempotency import sqlite_path
 from interlink.resilience._validate import positive
 
 __all__ = ["SqliteBackend"]
