@@ -30,6 +30,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Standard library only, and only other pure modules.
 PURE = (
     "interlink._version",
+    "interlink._closing",
     "interlink.errors",
     "interlink.clock",
     "interlink.context",  # contextvars for deadline and correlation id, read by the pure deadline

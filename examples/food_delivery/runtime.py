@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from interlink.discovery import ServiceInstance
+from interlink.discovery.serve import quiet_server
 from interlink.resilience.events import PolicyEvent, RetryScheduled, StateChanged
 
 log = logging.getLogger("food")
@@ -346,12 +347,9 @@ async def serve_admin(app: Any, host: str, port: int, stop: asyncio.Event) -> No
     to the caller (the gRPC server's own shutdown drives ``stop``)."""
     import uvicorn
 
-    class _Quiet(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Any:
-            yield
-
-    server = _Quiet(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    server = quiet_server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    )
     task = asyncio.create_task(server.serve())
     await stop.wait()
     server.should_exit = True

@@ -14,7 +14,7 @@ from support import free_port, until
 
 from interlink.discovery import Registry, ServiceInstance
 from interlink.discovery.backends.memory import MemoryRegistry
-from interlink.discovery.serve import RegisteredASGI, Registration, serve_grpc
+from interlink.discovery.serve import RegisteredASGI, Registration, quiet_server, serve_grpc
 
 pytestmark = pytest.mark.anyio
 
@@ -222,3 +222,27 @@ def _listening(port: int) -> bool:
 
 async def _empty(found: Any) -> bool:
     return not await found
+
+
+async def test_a_quiet_server_serves_and_leaves_the_signals_alone() -> None:
+    """``quiet_server`` answers, installs no SIGTERM/SIGINT handler, and ends on should_exit."""
+    import uvicorn
+
+    async def hello(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"hi"})
+
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    port = free_port()
+    server = quiet_server(
+        uvicorn.Config(hello, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    )
+    task = asyncio.create_task(server.serve())
+    await until(lambda: server.started, 10, "uvicorn started")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert (await reader.read()).startswith(b"HTTP/1.1 200")
+    writer.close()
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
+    server.should_exit = True
+    await asyncio.wait_for(task, 10)

@@ -8,11 +8,9 @@ module the file names under ``scenarios:``, imported from the system's root fold
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -165,6 +163,7 @@ async def _start_dashboard(env: dict[str, str], port: int, console: Console) -> 
     import uvicorn
 
     from interlink.dashboard import DashboardSources, create_app
+    from interlink.discovery.serve import quiet_server
 
     sources = DashboardSources(
         traces=env.get("INTERLINK_TRACES") or None,
@@ -175,12 +174,7 @@ async def _start_dashboard(env: dict[str, str], port: int, console: Console) -> 
     )
     token = secrets.token_urlsafe(24)
 
-    class Quiet(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:  # the supervisor owns the signals
-            yield
-
-    server = Quiet(
+    server = quiet_server(  # the supervisor owns the signals
         uvicorn.Config(
             create_app(sources, token=token), host="127.0.0.1", port=port, log_level="warning"
         )

@@ -34,11 +34,11 @@ import importlib
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-from interlink.discovery.instance import ServiceInstance
+from interlink._closing import AsyncClosing
+from interlink.discovery.instance import ServiceInstance, check_service
 from interlink.errors import InvalidURLError
 
 __all__ = [
@@ -128,7 +128,7 @@ class Registry(Protocol):
         ...
 
 
-class Lease:
+class Lease(AsyncClosing):
     """A registration that renews itself every ``ttl / 3`` until ``aclose()`` deregisters it.
 
     A failed renewal is logged and retried sooner; because every renewal rewrites the whole
@@ -205,19 +205,8 @@ class Lease:
         await self.stop()
         await self._registry._remove(self.instance, self._token)
 
-    async def __aenter__(self) -> Lease:
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-
-class BaseRegistry:
+class BaseRegistry(AsyncClosing):
     """The shared half of a read-write backend: validation, duplicate checks, leases.
 
     A backend supplies ``_get``, ``_put`` (upsert; also what a renewal does unless ``_refresh``
@@ -290,17 +279,6 @@ class BaseRegistry:
         """Deregister every instance this object registered, then release connections."""
         await self._close_leases()
 
-    async def __aenter__(self) -> BaseRegistry:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
 
 async def snapshots(
     fetch: Callable[[], Awaitable[tuple[Snapshot, float | None]]],
@@ -322,3 +300,17 @@ async def snapshots(
             yield snap
         timeout = interval if expires_in is None else min(interval, max(expires_in, 0.0) + 0.005)
         await wait(timeout)
+
+
+async def polled(
+    lookup: Callable[[str], Awaitable[list[ServiceInstance]]], service: str, interval: float
+) -> AsyncIterator[Snapshot]:
+    """The watch of a backend that cannot notify: ``lookup(service)`` now and every
+    ``interval``, yielded whenever the answer differs."""
+    check_service(service)
+
+    async def fetch() -> tuple[Snapshot, float | None]:
+        return snapshot_of(await lookup(service)), None
+
+    async for snap in snapshots(fetch, asyncio.sleep, interval=interval):
+        yield snap

@@ -42,6 +42,7 @@ from random import Random
 from types import TracebackType
 from typing import Any, Protocol
 
+from interlink._closing import AsyncClosing
 from interlink.clock import Clock
 from interlink.discovery.balancer import (
     FAILURE_WEIGHT,
@@ -193,7 +194,7 @@ def _unreadable(exc: BaseException) -> bool:
     return isinstance(exc, ValueError | TypeError | LookupError | ArithmeticError)
 
 
-class Resolver:
+class Resolver(AsyncClosing):
     """Resolves service names to instances from a watched local cache.
 
     ``balancer``: ``"p2c"`` (default), ``"round_robin"``, ``"random"`` or a ``Balancer``.
@@ -554,11 +555,3 @@ class Resolver:
 
     async def __aenter__(self) -> Resolver:
         return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

@@ -24,17 +24,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interlink.discovery.instance import ServiceInstance
 from interlink.discovery.registry import DEFAULT_TTL, Lease, Registry
 
-__all__ = ["RegisteredASGI", "Registration", "serve_asgi", "serve_grpc"]
+if TYPE_CHECKING:
+    import uvicorn
+
+__all__ = [
+    "RegisteredASGI",
+    "Registration",
+    "quiet_server",
+    "serve_asgi",
+    "serve_grpc",
+    "uvicorn_server_type",
+]
 
 log = logging.getLogger("interlink.discovery")
 
@@ -217,6 +228,30 @@ async def _own_lifespan(
             return
 
 
+@functools.cache
+def uvicorn_server_type(handle_signals: bool) -> type[uvicorn.Server]:
+    """``uvicorn.Server``, or without ``handle_signals`` a subclass that leaves the process's
+    signals alone: whoever runs it owns them (a supervisor, a gRPC server, several servers in
+    one process) and ends it with ``server.should_exit = True``."""
+    import uvicorn
+
+    if handle_signals:
+        return uvicorn.Server
+
+    class QuietServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return QuietServer
+
+
+def quiet_server(config: uvicorn.Config) -> uvicorn.Server:
+    """A uvicorn server for ``config`` that installs no signal handlers (see
+    ``uvicorn_server_type``)."""
+    return uvicorn_server_type(False)(config)
+
+
 async def serve_asgi(
     app: ASGIApp,
     registry: Registry | str,
@@ -257,7 +292,7 @@ async def serve_asgi(
     registration = wrapped.registration
     failed: list[BaseException] = []
 
-    class _Server(uvicorn.Server):
+    class _Server(uvicorn_server_type(handle_signals)):  # type: ignore[misc] # built at run time
         leaving: asyncio.Task[None] | None = None
 
         async def startup(self, sockets: Any = None) -> None:
@@ -279,14 +314,6 @@ async def serve_asgi(
         async def _leave(self) -> None:
             await registration.deregister()
             self.should_exit = True
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Any:
-            if handle_signals:
-                with super().capture_signals():
-                    yield
-            else:
-                yield
 
     config = uvicorn.Config(
         wrapped,

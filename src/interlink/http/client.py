@@ -48,10 +48,10 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, cast
 from urllib.parse import urlencode
 
+from interlink._closing import AsyncClosing, Closing
 from interlink.clock import Clock
 from interlink.context import correlation_id
 from interlink.discovery.resolver import Address, Picked, Picker
@@ -622,7 +622,7 @@ def _deadline_cancelled() -> bool:
     return task is not None and task.cancelling() == 1
 
 
-class AsyncClient(BaseClient[Coroutine[Any, Any, Response]]):
+class AsyncClient(BaseClient[Coroutine[Any, Any, Response]], AsyncClosing):
     """Call HTTP services with per-service policies and context propagation.
 
     ``base_url`` joins relative URLs (``"service://menu"`` or ``"http://host:port"``).
@@ -841,17 +841,6 @@ class AsyncClient(BaseClient[Coroutine[Any, Any, Response]]):
         if session is not None:
             await session.close()
 
-    async def __aenter__(self) -> AsyncClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
 
 class AsyncServiceClient(ServiceClientBase[Coroutine[Any, Any, Response]]):
     """Requests to one service: paths are relative to ``service://name``.
@@ -1011,7 +1000,7 @@ class _BoundedTransport(httpx.BaseTransport):
             self._pool.close()
 
 
-class Client(BaseClient[Response]):
+class Client(BaseClient[Response], Closing):
     """Blocking HTTP calls with per-service policies; the arguments are ``AsyncClient``'s.
 
     Thread-safe: one client (one pool, one breaker and budget per service) serves every thread.
@@ -1144,17 +1133,6 @@ class Client(BaseClient[Response]):
     def close(self) -> None:
         """Close the connection pool."""
         self._http.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class ServiceClient(ServiceClientBase[Response]):

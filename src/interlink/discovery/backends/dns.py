@@ -27,7 +27,7 @@ from typing import Any
 
 from interlink.discovery.backends._shared import check_hosts, query_of, query_seconds, split_url
 from interlink.discovery.instance import ServiceInstance, check_service
-from interlink.discovery.registry import DEFAULT_TTL, Lease, Snapshot, snapshot_of, snapshots
+from interlink.discovery.registry import DEFAULT_TTL, Lease, Snapshot, polled
 
 try:
     from dnslib import QTYPE, RCODE, DNSRecord  # type: ignore[import-untyped]
@@ -226,15 +226,9 @@ class DnsRegistry:
             return found
         return await self._a(service, name)
 
-    async def watch(self, service: str) -> AsyncIterator[Snapshot]:
+    def watch(self, service: str) -> AsyncIterator[Snapshot]:
         """A snapshot now and whenever the answer changes, asked every ``interval``."""
-        check_service(service)
-
-        async def fetch() -> tuple[Snapshot, float | None]:
-            return snapshot_of(await self.lookup(service)), None
-
-        async for snap in snapshots(fetch, asyncio.sleep, interval=self.interval):
-            yield snap
+        return polled(self.lookup, service, self.interval)
 
     async def aclose(self) -> None:
         """Nothing to release: every query uses its own socket."""

@@ -14,7 +14,6 @@ to its ``host:port``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import tomllib
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -23,7 +22,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from interlink.discovery.instance import ServiceInstance, check_service
-from interlink.discovery.registry import DEFAULT_TTL, Lease, Snapshot, snapshot_of, snapshots
+from interlink.discovery.registry import DEFAULT_TTL, Lease, Snapshot, polled, snapshot_of
 from interlink.errors import InvalidURLError
 
 __all__ = ["StaticRegistry", "parse_services"]
@@ -149,15 +148,9 @@ class StaticRegistry:
             self._reload()
         return sorted(self._services)
 
-    async def watch(self, service: str) -> AsyncIterator[Snapshot]:
+    def watch(self, service: str) -> AsyncIterator[Snapshot]:
         """A snapshot now and after each change of the file."""
-        check_service(service)
-
-        async def fetch() -> tuple[Snapshot, float | None]:
-            return snapshot_of(await self.lookup(service)), None
-
-        async for snap in snapshots(fetch, asyncio.sleep, interval=self.interval):
-            yield snap
+        return polled(self.lookup, service, self.interval)
 
     async def aclose(self) -> None:
         """Nothing to release."""

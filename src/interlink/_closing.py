@@ -1,0 +1,51 @@
+"""``with`` and ``async with`` for objects that close: ``__enter__``/``__aenter__`` return the
+object, ``__exit__``/``__aexit__`` call its ``close()``/``aclose()`` (what
+``contextlib.AbstractContextManager`` leaves to each class). A class that starts something on
+entry overrides only ``__aenter__``."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+__all__ = ["AsyncClosing", "Closing"]
+
+
+class Closing:
+    """``with obj:`` closes ``obj`` on the way out."""
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        raise NotImplementedError  # pragma: no cover - every subclass defines it
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncClosing:
+    """``async with obj:`` awaits ``obj.aclose()`` on the way out."""
+
+    __slots__ = ()
+
+    async def aclose(self) -> None:
+        raise NotImplementedError  # pragma: no cover - every subclass defines it
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
