@@ -39,7 +39,6 @@ import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from random import Random
-from types import TracebackType
 from typing import Any, Protocol
 
 from interlink._closing import AsyncClosing
@@ -177,12 +176,7 @@ class PickedEndpoint:
     def __enter__(self) -> PickedEndpoint:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         self.done(exc_type is None)
 
     def __repr__(self) -> str:

@@ -29,7 +29,6 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from interlink.discovery.instance import ServiceInstance
@@ -139,12 +138,7 @@ class Registration:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
 
