@@ -34,7 +34,6 @@ import grpc.aio
 
 from interlink.context import CORRELATION
 from interlink.resilience.breaker import CircuitBreaker, State
-from interlink.resilience.deadline import remaining
 from interlink.resilience.fallback import Fallback
 from interlink.resilience.retry import Retry
 
@@ -159,19 +158,13 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
             if breaker.state is not _CLOSED:
                 return None
             permit = breaker.acquire()
-        # Service.call_timeout() and attempt_timeout(), inlined: the call's deadline is the
-        # sooner of the caller's timeout= and the service's; the attempt's, the soonest of
-        # that, the deadline in force and the per-attempt timeout
+        # the call's deadline: the sooner of the caller's timeout= and the service's
+        # (Service.call_timeout(), inlined); the attempt's, the soonest of that, the deadline
+        # in force and the per-attempt timeout
         limit = self._timeout
         if timeout is not None and (limit is None or timeout < limit):
             limit = timeout
-        timeout = remaining()
-        if limit is not None and (timeout is None or limit < timeout):
-            timeout = limit
-        per_attempt = self._per_attempt
-        bound = per_attempt is not None and (timeout is None or per_attempt < timeout)
-        if bound:
-            timeout = per_attempt
+        timeout, bound = attempt_timeout(self._per_attempt, limit)
         # outgoing(), its common answer (no correlation id, no trace context) read without a call
         if CORRELATION.get() is not None or _metadata.current_context():
             metadata = outgoing(metadata)
