@@ -2,8 +2,8 @@
 per process, so on and off are separate processes; with it on, each also runs a trace writer
 process, whose CPU is counted with its parent's).
 
-    python _observability_processes.py http-service NAME on|off DIR [DOWNSTREAM]
-    python _observability_processes.py messaging on|off DIR COUNT CONCURRENCY
+    python _observability_processes.py http-service NAME on|off|sdk DIR [DOWNSTREAM]
+    python _observability_processes.py messaging on|off|sdk DIR COUNT CONCURRENCY
 
 ``http-service`` serves ``GET /hop`` (calling DOWNSTREAM's ``/hop`` when given) and writes its
 port to ``DIR/NAME.port``. ``messaging`` publishes COUNT messages over NATS from CONCURRENCY
@@ -24,11 +24,16 @@ from pathlib import Path
 
 
 def traced(name: str, mode: str, directory: str) -> object | None:
-    if mode != "on":
+    """Tracing for ``mode``: ``off``, ``on`` (what ``setup`` gives for the embedded store), or
+    ``sdk`` (the OpenTelemetry SDK's provider and batch processor into the same store)."""
+    if mode == "off":
         return None
-    from interlink.tracing import setup
+    from interlink.tracing import StoreExporter, TraceStore, setup
 
-    return setup(name, f"sqlite:///{directory}/traces.db")
+    url = f"sqlite:///{directory}/traces.db"
+    if mode == "sdk":
+        return setup(name, StoreExporter(TraceStore.from_url(url)))  # type: ignore[arg-type]
+    return setup(name, url)
 
 
 async def http_service(name: str, directory: str, downstream: str | None) -> None:
