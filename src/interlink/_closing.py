@@ -1,14 +1,14 @@
 """``with`` and ``async with`` for objects that close: ``__enter__``/``__aenter__`` return the
 object, ``__exit__``/``__aexit__`` call its ``close()``/``aclose()`` (what
-``contextlib.AbstractContextManager`` leaves to each class). A class that starts something on
-entry overrides only ``__aenter__``."""
+``contextlib.AbstractContextManager`` leaves to each class); for objects that run between
+``start()`` and ``stop()``, ``async with`` calls the two."""
 
 from __future__ import annotations
 
 from types import TracebackType
 from typing import Self
 
-__all__ = ["AsyncClosing", "Closing"]
+__all__ = ["AsyncClosing", "AsyncStarting", "Closing"]
 
 
 class Closing:
@@ -49,3 +49,23 @@ class AsyncClosing:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+class AsyncStarting:
+    """``async with obj:`` awaits ``obj.start()`` on the way in and ``obj.stop()`` on the way
+    out (a server, a registration, a broker: objects that run between the two)."""
+
+    __slots__ = ()
+
+    async def start(self) -> object:
+        raise NotImplementedError  # pragma: no cover - every subclass defines it
+
+    async def stop(self) -> None:
+        raise NotImplementedError  # pragma: no cover - every subclass defines it
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()

@@ -31,6 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from interlink._closing import AsyncStarting
 from interlink.discovery.instance import ServiceInstance
 from interlink.discovery.registry import DEFAULT_TTL, Lease, Registry
 
@@ -55,7 +56,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class Registration:
+class Registration(AsyncStarting):
     """Keeps ``instance`` registered between ``start()`` and ``stop()``.
 
     ``stop()`` deregisters, waits ``propagation_delay`` for clients to notice, then waits up
@@ -133,13 +134,6 @@ class Registration:
         await self.drain()
         if self._owned:
             await self.registry.aclose()
-
-    async def __aenter__(self) -> Registration:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
 
 class RegisteredASGI:
