@@ -161,7 +161,7 @@ class BackendOnly:
             while done < n and time.perf_counter() - began < TIME_LIMIT:
                 mid = ids[done]
                 headers = {**self.headers, self.id_name: mid}
-                await backend.publish(topic, BYTES, key=None, headers=headers, message_id=mid)
+                await backend.publish(topic, OutgoingMessage(BYTES, None, headers, mid))
                 done += 1
             return done, time.perf_counter() - began
         finally:

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,17 +58,9 @@ class Timed:
         self.backend = backend
         self.confirmed: dict[str, float] = {}
 
-    async def publish(
-        self,
-        topic: str,
-        data: bytes,
-        *,
-        key: str | None,
-        headers: Mapping[str, str],
-        message_id: str,
-    ) -> None:
-        await self.backend.publish(topic, data, key=key, headers=headers, message_id=message_id)
-        self.confirmed[message_id] = time.monotonic()
+    async def publish(self, topic: str, message: OutgoingMessage) -> None:
+        await self.backend.publish(topic, message)
+        self.confirmed[message.message_id] = time.monotonic()
 
     async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:
         await self.backend.publish_batch(topic, items)

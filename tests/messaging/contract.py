@@ -23,7 +23,7 @@ from support import until
 from interlink import Retry
 from interlink.context import correlation_id, use_correlation_id
 from interlink.messaging import Broker, current_message
-from interlink.messaging.envelope import FIELDS, STRUCTURED, Binding, read
+from interlink.messaging.envelope import FIELDS, STRUCTURED, Binding, OutgoingMessage, read
 
 T = TypeVar("T")
 
@@ -330,9 +330,9 @@ class BackendContract:
             backend = broker.backend
             binding = self.binding(broker)
             bad_time = {binding.spec: "1.0", binding.id: "bad2", binding.time: "yesterday"}
-            await backend.publish(topic, b"not json", key=None, headers={}, message_id="raw1")
+            await backend.publish(topic, OutgoingMessage(b"not json", None, {}, "raw1"))
             await backend.publish(
-                topic, b'{"order_id": 1}', key=None, headers=bad_time, message_id="bad2"
+                topic, OutgoingMessage(b'{"order_id": 1}', None, bad_time, "bad2")
             )
             await broker.publish(topic, Order(order_id=3))
             await until(lambda: good == [3])
@@ -360,9 +360,7 @@ class BackendContract:
         async with broker:
             backend = broker.backend
             binding = self.binding(broker)
-            await backend.publish(
-                topic, b'{"order_id": 1}', key=None, headers={}, message_id="bare1"
-            )
+            await backend.publish(topic, OutgoingMessage(b'{"order_id": 1}', None, {}, "bare1"))
             event = {
                 "specversion": "1.0",
                 "id": "structured-2",
@@ -371,12 +369,9 @@ class BackendContract:
                 "datacontenttype": "application/json",
                 "data": {"order_id": 2},
             }
+            structured = {binding.content_type or "content-type": STRUCTURED}
             await backend.publish(
-                topic,
-                json.dumps(event).encode(),
-                key=None,
-                headers={binding.content_type or "content-type": STRUCTURED},
-                message_id="s2",
+                topic, OutgoingMessage(json.dumps(event).encode(), None, structured, "s2")
             )
             await until(lambda: len(seen) == 2)
         bare, structured = sorted(seen)

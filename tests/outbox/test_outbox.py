@@ -7,7 +7,7 @@ import sqlite3
 import time
 import uuid
 from collections import Counter
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from interlink import Retry
 from interlink.context import use_correlation_id
-from interlink.messaging.envelope import FIELDS, Envelope, read
+from interlink.messaging.envelope import FIELDS, Envelope, OutgoingMessage, read
 from interlink.outbox import Outbox, OutboxRelay
 from interlink.outbox.stores import partition_of
 
@@ -40,20 +40,12 @@ class Recording:
         self.sent: list[tuple[str, Envelope]] = []
         self.fail = 0
 
-    async def publish(
-        self,
-        topic: str,
-        data: bytes,
-        *,
-        key: str | None,
-        headers: Mapping[str, str],
-        message_id: str,
-    ) -> None:
+    async def publish(self, topic: str, message: OutgoingMessage) -> None:
         if self.fail:
             self.fail -= 1
             raise ConnectionError("broker down")
-        env = read(FIELDS, data, headers, fallback_id="")
-        assert env.id == message_id
+        env = read(FIELDS, message.data, message.headers, fallback_id="")
+        assert env.id == message.message_id
         self.sent.append((topic, env))
 
     def ids(self) -> list[str]:

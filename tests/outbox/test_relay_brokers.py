@@ -8,7 +8,7 @@ import asyncio
 import sqlite3
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +18,7 @@ from support import until
 
 from interlink import Retry
 from interlink.messaging import Broker, Envelope
+from interlink.messaging.envelope import OutgoingMessage
 from interlink.outbox import Outbox, OutboxRelay
 
 T = TypeVar("T")
@@ -31,16 +32,8 @@ class Sink:
     def __init__(self) -> None:
         self.ids: list[str] = []
 
-    async def publish(
-        self,
-        topic: str,
-        data: bytes,
-        *,
-        key: str | None,
-        headers: Mapping[str, str],
-        message_id: str,
-    ) -> None:
-        self.ids.append(message_id)
+    async def publish(self, topic: str, message: OutgoingMessage) -> None:
+        self.ids.append(message.message_id)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -164,18 +164,10 @@ class Backend(Protocol):
         """Flush pending acks, release what was prefetched, close connections; idempotent."""
         ...
 
-    async def publish(
-        self,
-        topic: str,
-        data: bytes,
-        *,
-        key: str | None,
-        headers: Mapping[str, str],
-        message_id: str,
-    ) -> None:
-        """Store one message durably (``data`` the body, ``headers`` its complete native
-        headers, as ``envelope.headers_for`` writes them); returns after the broker confirmed
-        it."""
+    async def publish(self, topic: str, message: OutgoingMessage) -> None:
+        """Store one message durably (its ``data`` the body, its ``headers`` the complete
+        native headers, as ``envelope.headers_for`` writes them); returns after the broker
+        confirmed it."""
         ...
 
     async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:

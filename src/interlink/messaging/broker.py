@@ -28,6 +28,7 @@ from interlink.messaging.envelope import (
     FIELDS,
     Binding,
     DeadLetter,
+    OutgoingMessage,
     check_headers,
     headers_for,
 )
@@ -250,17 +251,15 @@ class Broker:
         mid = message_id or new_id()
         if self._spans.tracer() is None:  # no SDK: no span, only the context to carry on
             inject(hdrs)
-            payload, native = self._prepare(message, key, hdrs, mid)
-            await backend.publish(topic, payload, key=key, headers=native, message_id=mid)
+            await backend.publish(topic, self._prepare(message, key, hdrs, mid))
             return mid
         with _trace.publish_span(self._spans, topic, hdrs):
-            payload, native = self._prepare(message, key, hdrs, mid)
-            await backend.publish(topic, payload, key=key, headers=native, message_id=mid)
+            await backend.publish(topic, self._prepare(message, key, hdrs, mid))
         return mid
 
     def _prepare(
         self, message: Any, key: str | None, hdrs: dict[str, str], mid: str
-    ) -> tuple[bytes, dict[str, str]]:
+    ) -> OutgoingMessage:
         if type(message) is bytes:
             payload, type_name = message, "bytes"
         else:
@@ -275,7 +274,7 @@ class Broker:
             correlation_id=correlation_id(),
             headers=hdrs,
         )
-        return payload, native
+        return OutgoingMessage(payload, key, native, mid)
 
     async def publish_many(
         self,

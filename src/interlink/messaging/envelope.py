@@ -191,6 +191,7 @@ class Binding:
         "content_type",
         "id",
         "key",
+        "known",
         "native",
         "prefix",
         "source",
@@ -218,6 +219,12 @@ class Binding:
         self.attempt = prefix + "attempt"
         self.traceparent = prefix + "traceparent"
         self.tracestate = prefix + "tracestate"
+        # every name a reader takes as an attribute: a message carrying only these (the
+        # usual case) has no user headers to pick out one by one
+        self.known = self.native | {
+            self.id, self.source, self.spec, self.type, self.time, self.key, self.cid,
+            self.attempt, self.traceparent, self.tracestate, prefix + "datacontenttype",
+        }  # fmt: skip
 
     def __repr__(self) -> str:
         return f"Binding({self.prefix!r}, {self.content_type!r})"
@@ -277,8 +284,21 @@ def rfc3339(seconds: float) -> str:
     return f"{_second[1]}.{micros:06d}Z"
 
 
+_parsed: list[tuple[str, float | None]] = [("", None)]  # the last text parsed, its value
+
+
 def parse_time(text: str) -> float | None:
-    """RFC 3339 text as seconds since the epoch; None if it is not such a time."""
+    """RFC 3339 text as seconds since the epoch; None if it is not such a time (the last
+    text is remembered: the messages of one batch share their time)."""
+    last, value = _parsed[0]  # one tuple: threads never see a text with another's value
+    if text == last and text:
+        return value
+    value = _parse_time(text)
+    _parsed[0] = (text, value)
+    return value
+
+
+def _parse_time(text: str) -> float | None:
     try:
         parsed = datetime.fromisoformat(text)
     except (TypeError, ValueError):
@@ -444,12 +464,13 @@ def _binary(  # noqa: PLR0917
     if content_type is None and binding.content_type is not None:
         content_type = get(binding.content_type)
     user: dict[str, str] | Mapping[str, str] = _EMPTY
-    for name in headers:  # the user's headers: whatever is not an attribute we read
-        if name.startswith(prefix) or name in native:
-            continue
-        if user is _EMPTY:
-            user = {}
-        user[name] = headers[name]  # type: ignore[index]
+    if not binding.known.issuperset(headers):
+        for name in headers:  # the user's headers: whatever is not an attribute we read
+            if name.startswith(prefix) or name in native:
+                continue
+            if user is _EMPTY:
+                user = {}
+            user[name] = headers[name]  # type: ignore[index]
     parent = get(binding.traceparent)
     if parent is not None:
         user = dict(user)

@@ -26,15 +26,7 @@ class RelayTarget(Protocol):
     ``Broker``: anything with a broker backend's confirmed publish of one message
     (``interlink.messaging.Backend`` has it)."""
 
-    async def publish(
-        self,
-        topic: str,
-        data: bytes,
-        *,
-        key: str | None,
-        headers: Mapping[str, str],
-        message_id: str,
-    ) -> None: ...
+    async def publish(self, topic: str, message: OutgoingMessage) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +73,7 @@ class Sink:
         else:
             raise TypeError(
                 "'publisher' must be an interlink.messaging.Broker or have "
-                f"async publish(topic, data, *, key, headers, message_id): {target!r}"
+                f"async publish(topic, message: OutgoingMessage): {target!r}"
             )
 
     async def _target(self) -> Any:
@@ -101,6 +93,4 @@ class Sink:
             await batch(topic, items)
             return
         for item in items:
-            await backend.publish(
-                topic, item.data, key=item.key, headers=item.headers, message_id=item.message_id
-            )
+            await backend.publish(topic, item)

@@ -170,6 +170,12 @@ class UrlOptions:
         raw = self._take(name)
         return default if raw is None else raw
 
+    def dlq_retention(self) -> tuple[float, int]:
+        """``dlq_max_age`` (s, > 0) and ``dlq_max_count`` (>= 1): how long and how many dead
+        letters a topic keeps, the same two options on every backend."""
+        age = self.number("dlq_max_age", DLQ_MAX_AGE, minimum=0.001)
+        return age, self.integer("dlq_max_count", DLQ_MAX_COUNT, minimum=1) or DLQ_MAX_COUNT
+
     def done(self) -> None:
         """Fail on options nobody read."""
         if self._query:

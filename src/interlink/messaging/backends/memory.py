@@ -27,6 +27,7 @@ from typing import ClassVar, Self
 from urllib.parse import parse_qs, urlsplit
 
 from interlink.messaging.backend import ConsumerLag
+from interlink.messaging.backends._base import letter_of
 from interlink.messaging.backends._options import DLQ_MAX_AGE, DLQ_MAX_COUNT
 from interlink.messaging.backends._wait import sleep_or_wake
 from interlink.messaging.envelope import (
@@ -35,7 +36,6 @@ from interlink.messaging.envelope import (
     DeadLetter,
     Envelope,
     OutgoingMessage,
-    letter_for,
     read,
     with_id,
 )
@@ -163,7 +163,6 @@ class _Delivery:
         if not self._current():
             return
         self._group.remove(self._entry)
-        env = self.envelope
         backend = self._backend
         topic = backend.hub.topic(self._topic)
         topic.has_dlq = True
@@ -171,16 +170,12 @@ class _Delivery:
         kept = [d for d in topic.dlq if d.dead_at >= oldest]
         topic.dlq = kept[max(len(kept) - backend.dlq_max_count + 1, 0) :]
         topic.dlq.append(
-            letter_for(
-                env,
+            letter_of(
+                self,
                 topic=self._topic,
                 group=self._group.name,
-                body=self.raw,
-                headers=self.headers,
                 reason=reason,
                 error_type=error_type,
-                attempts=self.attempt,
-                dead_at=time.time(),
                 binding=FIELDS,
             )
         )
@@ -255,17 +250,9 @@ class MemoryBackend:
         for group in state.groups.values():
             group.add(_Entry(seq, data, key, message_id, headers))
 
-    async def publish(
-        self,
-        topic: str,
-        data: bytes,
-        *,
-        key: str | None,
-        headers: Mapping[str, str],
-        message_id: str,
-    ) -> None:
+    async def publish(self, topic: str, message: OutgoingMessage) -> None:
         """Store at once (memory is as durable as it gets here)."""
-        self._store(topic, data, key, message_id, headers)
+        self._store(topic, message.data, message.key, message.message_id, message.headers)
 
     async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:
         """Store all at once."""

@@ -34,8 +34,9 @@ how soon a dead consumer's partitions move to another), ``heartbeat`` (s, 1), ``
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import ClassVar, Self
+from collections.abc import AsyncIterator, Sequence
+from types import ModuleType
+from typing import ClassVar
 
 try:
     import aiokafka  # noqa: F401 - the client library, checked here for the install hint
@@ -48,42 +49,32 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from interlink.messaging.backend import Delivery
+from interlink.messaging.backends._base import ConnectionBackend
 from interlink.messaging.backends.kafka import _dlq
 from interlink.messaging.backends.kafka._connection import KAFKA, KafkaConnection
 from interlink.messaging.backends.kafka._subscription import consume
-from interlink.messaging.envelope import Binding, DeadLetter, OutgoingMessage
+from interlink.messaging.envelope import Binding, OutgoingMessage
 
 __all__ = ["KAFKA", "KafkaBackend"]
 
 log = logging.getLogger("interlink.messaging.kafka")
 
 
-class KafkaBackend:
-    """Messages in Kafka topics (see the module docstring for the layout)."""
+class KafkaBackend(ConnectionBackend[KafkaConnection]):
+    """Messages in Kafka topics (see the module docstring for the layout). A DLQ replay or
+    purge appends a removal marker (Kafka cannot delete a record)."""
 
     scheme: ClassVar[str] = "kafka"
     binding: ClassVar[Binding] = KAFKA
+    dlq: ClassVar[ModuleType] = _dlq
 
-    def __init__(self, url: str) -> None:
-        self.connection = KafkaConnection(url)
-
-    @classmethod
-    def from_url(cls, url: str) -> Self:
-        """The backend for ``kafka://`` ``url`` (not yet connected)."""
-        return cls(url)
+    def _open(self, url: str) -> KafkaConnection:
+        return KafkaConnection(url)
 
     @property
     def visibility_timeout(self) -> float:
         """Seconds a dead consumer's partitions stay with it: the group's session timeout."""
         return self.connection.session_timeout
-
-    async def connect(self) -> None:
-        """Start the producer and the admin client (once)."""
-        await self.connection.connect()
-
-    async def aclose(self) -> None:
-        """Flush the producer and close the clients."""
-        await self.connection.aclose()
 
     async def ensure_group(self, topic: str, group: str) -> None:
         """Create the topic; a group without committed offsets gets the partitions' ends
@@ -113,17 +104,9 @@ class KafkaBackend:
         finally:
             await consumer.stop()
 
-    async def publish(
-        self,
-        topic: str,
-        data: bytes,
-        *,
-        key: str | None,
-        headers: Mapping[str, str],
-        message_id: str,
-    ) -> None:
+    async def publish(self, topic: str, message: OutgoingMessage) -> None:
         """Send the record and wait for the acknowledgement of every in-sync replica."""
-        await self.connection.publish_one(topic, data, key, headers)
+        await self.connection.publish_one(topic, message.data, message.key, message.headers)
 
     async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:
         """Hand every record to the producer, then wait for all acknowledgements."""
@@ -133,24 +116,3 @@ class KafkaBackend:
         """Consume as a member of the consumer group ``group``, up to ``prefetch`` records
         per fetch."""
         return consume(self.connection, topic, group, max(1, prefetch))
-
-    async def dlq_list(self, topic: str, limit: int) -> list[DeadLetter]:
-        """The oldest ``limit`` dead letters (markers and retention applied)."""
-        return await _dlq.dlq_list(self.connection, topic, limit)
-
-    async def dlq_replay(self, topic: str, ids: Sequence[str] | None) -> int:
-        """Re-publish each chosen message once (however many letters hold its id), then
-        append a marker removing its letters."""
-        return await _dlq.dlq_replay(self.connection, topic, ids)
-
-    async def dlq_purge(self, topic: str) -> int:
-        """Append a marker removing every dead letter there is now."""
-        return await _dlq.dlq_purge(self.connection, topic)
-
-    async def dlq_count(self, topic: str) -> int:
-        """How many dead letters are live."""
-        return await _dlq.dlq_count(self.connection, topic)
-
-    async def topics(self) -> list[str]:
-        """Every topic of the cluster but Kafka's internal ones, DLQs included, sorted."""
-        return sorted(await self.connection.list_topics())

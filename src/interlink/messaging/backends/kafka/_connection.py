@@ -16,8 +16,6 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from interlink.messaging.backend import BackendUnavailable, PublishError, redact
 from interlink.messaging.backends._options import (
-    DLQ_MAX_AGE,
-    DLQ_MAX_COUNT,
     UrlOptions,
     connect_failure,
 )
@@ -78,10 +76,7 @@ class KafkaConnection:
         self.connect_timeout = options.number("connect_timeout", 5.0, minimum=0.1)
         self.session_timeout = options.number("session_timeout", 10.0, minimum=1.0)
         self.heartbeat = options.number("heartbeat", 1.0, minimum=0.05)
-        self.dlq_max_age = options.number("dlq_max_age", DLQ_MAX_AGE, minimum=1.0)
-        self.dlq_max_count = int(
-            options.integer("dlq_max_count", DLQ_MAX_COUNT, minimum=1) or DLQ_MAX_COUNT
-        )
+        self.dlq_max_age, self.dlq_max_count = options.dlq_retention()
         options.done()
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None

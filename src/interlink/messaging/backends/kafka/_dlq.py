@@ -112,3 +112,8 @@ async def dlq_purge(connection: KafkaConnection, topic: str) -> int:
         return 0
     await _mark(connection, topic, PURGE, str(live[-1][0] + 1))
     return len(live)
+
+
+async def topics(connection: KafkaConnection) -> list[str]:
+    """Every topic of the cluster but Kafka's internal ones, DLQs included, sorted."""
+    return sorted(await connection.list_topics())

@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from interlink.messaging.backend import Delivery
+from interlink.messaging.backends._base import letter_of
 from interlink.messaging.backends.kafka._connection import (
     KAFKA,
     NOT_BEFORE,
@@ -34,7 +35,6 @@ from interlink.messaging.backends.kafka._connection import (
 from interlink.messaging.envelope import (
     Envelope,
     encode_dead_letter,
-    letter_for,
     read,
     with_attempt,
     with_id,
@@ -45,6 +45,7 @@ __all__ = ["KafkaDelivery", "PartitionOffsets", "consume"]
 log = logging.getLogger("interlink.messaging.kafka")
 
 _DROP = frozenset({NOT_BEFORE, RETRY_FOR})
+_ID = KAFKA.id
 # How long a closed subscription waits for its handed-out deliveries to be settled before it
 # leaves the group anyway (their messages then come back to the group's next consumer).
 _SETTLE_WAIT = 60.0
@@ -71,12 +72,16 @@ class PartitionOffsets:
 
     def settle(self, offset: int) -> None:
         """The record at ``offset`` is done (acked, retried as a copy, dead-lettered)."""
-        self.settled.add(offset)
         open_, settled = self.open, self.settled
-        while open_ and open_[0] in settled:
-            settled.discard(open_[0])
-            self.committable = open_.popleft() + 1
-            self.dirty = True
+        if not open_ or open_[0] != offset:  # an earlier offset is still being handled
+            settled.add(offset)
+            return
+        last = open_.popleft()  # settled in order: the usual case, no set involved
+        while settled and open_ and open_[0] in settled:
+            last = open_.popleft()
+            settled.discard(last)
+        self.committable = last + 1
+        self.dirty = True
 
 
 class _Subscription:
@@ -196,7 +201,8 @@ class KafkaDelivery:
         self.record = record
         self.raw: bytes = record.value or b""
         self.headers = headers
-        fallback = f"{tp.topic}:{tp.partition}:{record.offset}"
+        # the broker's coordinates name a message that names no id of its own
+        fallback = "" if headers.get(_ID) else f"{tp.topic}:{tp.partition}:{record.offset}"
         self.envelope: Envelope = read(KAFKA, self.raw, headers, fallback_id=fallback)
         self.attempt = self.envelope.attempt
 
@@ -230,16 +236,12 @@ class KafkaDelivery:
     async def dead_letter(self, reason: str, error_type: str | None) -> None:
         if self._done:
             return
-        letter = letter_for(
-            self.envelope,
+        letter = letter_of(
+            self,
             topic=self._sub.topic,
             group=self._sub.group,
-            body=self.raw,
-            headers=self.headers,
             reason=reason,
             error_type=error_type,
-            attempts=self.attempt,
-            dead_at=time.time(),
             binding=KAFKA,
             drop=_DROP,
         )

@@ -32,8 +32,9 @@ a publish's confirmation), ``connect_timeout`` (s, 5), ``reconnect_wait`` (s, 0.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import ClassVar, Self
+from collections.abc import AsyncIterator, Sequence
+from types import ModuleType
+from typing import ClassVar
 
 try:
     import nats  # noqa: F401 - the client library, checked here for the install hint
@@ -43,97 +44,57 @@ except ImportError as exc:  # pragma: no cover - exercised by the no-extras inst
     ) from exc
 
 from interlink.messaging.backend import ConsumerLag, Delivery
+from interlink.messaging.backends._base import ConnectionBackend
 from interlink.messaging.backends.nats import _dlq
 from interlink.messaging.backends.nats._jetstream import JetStream
 from interlink.messaging.backends.nats._pull import pull
-from interlink.messaging.envelope import NATS, Binding, DeadLetter, OutgoingMessage
+from interlink.messaging.envelope import NATS, Binding, OutgoingMessage
 
 __all__ = ["NatsBackend"]
 
 
-class NatsBackend:
-    """Messages in NATS JetStream streams (see the module docstring for the layout)."""
+class NatsBackend(ConnectionBackend[JetStream]):
+    """Messages in NATS JetStream streams (see the module docstring for the layout). A DLQ
+    replay's publish carries a ``Nats-Msg-Id`` naming the DLQ entry, so a replay interrupted
+    between its two steps and run again within the duplicate window lands once."""
 
     scheme: ClassVar[str] = "nats"
     binding: ClassVar[Binding] = NATS
+    dlq: ClassVar[ModuleType] = _dlq
 
-    def __init__(self, url: str) -> None:
-        self.jetstream = JetStream(url)
-
-    @classmethod
-    def from_url(cls, url: str) -> Self:
-        """The backend for ``nats://`` or ``tls://`` ``url`` (not yet connected)."""
-        return cls(url)
+    def _open(self, url: str) -> JetStream:
+        return JetStream(url)
 
     @property
     def visibility_timeout(self) -> float:
         """Seconds a dead consumer's deliveries stay unacked: the consumers' ``ack_wait``."""
-        return self.jetstream.ack_wait
-
-    async def connect(self) -> None:
-        """Connect (once); the client then reconnects by itself for as long as it lives."""
-        await self.jetstream.connect()
-
-    async def aclose(self) -> None:
-        """Flush what is buffered (acks included) and close the connection."""
-        await self.jetstream.aclose()
+        return self.connection.ack_wait
 
     async def ensure_group(self, topic: str, group: str) -> None:
         """Create the stream and the group's durable consumer. The topic's first group
         starts at the beginning of the stream; a later group at its end (it gets what is
         published from now on, not the topic's whole history)."""
-        await self.jetstream.ensure_group(topic, group)
+        await self.connection.ensure_group(topic, group)
 
-    async def publish(
-        self,
-        topic: str,
-        data: bytes,
-        *,
-        key: str | None,
-        headers: Mapping[str, str],
-        message_id: str,
-    ) -> None:
+    async def publish(self, topic: str, message: OutgoingMessage) -> None:
         """Publish and wait for the PubAck."""
-        await self.jetstream.publish_one(topic, data, headers)
+        await self.connection.publish_one(topic, message.data, message.headers)
 
     async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:
         """Send every message, then gather their PubAcks (no round trip per message)."""
-        await self.jetstream.publish_batch(topic, items)
+        await self.connection.publish_batch(topic, items)
 
     def subscribe(self, topic: str, group: str, *, prefetch: int) -> AsyncIterator[Delivery]:
         """Pull deliveries for ``group`` with up to ``prefetch`` requested ahead."""
-        return pull(self.jetstream, topic, group, max(1, prefetch))
-
-    async def dlq_list(self, topic: str, limit: int) -> list[DeadLetter]:
-        """The oldest ``limit`` dead letters."""
-        return await _dlq.dlq_list(self.jetstream, topic, limit)
-
-    async def dlq_replay(self, topic: str, ids: Sequence[str] | None) -> int:
-        """Re-publish each chosen message once (however many letters hold its id), then
-        delete its letters from the DLQ stream. The publish's ``Nats-Msg-Id`` names the DLQ
-        entry, so a replay interrupted between the two steps and run again within the
-        duplicate window is deduplicated by the server."""
-        return await _dlq.dlq_replay(self.jetstream, topic, ids)
-
-    async def dlq_purge(self, topic: str) -> int:
-        """Purge the DLQ stream."""
-        return await _dlq.dlq_purge(self.jetstream, topic)
+        return pull(self.connection, topic, group, max(1, prefetch))
 
     async def groups(self, topic: str) -> list[str]:
         """The durable consumers of the topic's stream (interlink's own backlog consumer
         left out)."""
-        return await _dlq.groups(self.jetstream, topic)
+        return await _dlq.groups(self.connection, topic)
 
     async def lag(self, topic: str, group: str) -> ConsumerLag:
         """The group's consumer info: ``num_pending`` (not delivered yet) plus
         ``num_ack_pending`` (delivered, not acknowledged); the age of the first message past
         its ack floor."""
-        return await _dlq.lag(self.jetstream, topic, group)
-
-    async def dlq_count(self, topic: str) -> int:
-        """The DLQ stream's message count."""
-        return await _dlq.dlq_count(self.jetstream, topic)
-
-    async def topics(self) -> list[str]:
-        """Topics of the streams interlink created (by their name prefix), DLQs included."""
-        return await _dlq.topics(self.jetstream)
+        return await _dlq.lag(self.connection, topic, group)

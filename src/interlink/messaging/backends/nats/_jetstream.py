@@ -25,17 +25,16 @@ from nats.js.api import (
 
 from interlink.messaging.backend import BackendUnavailable, PublishError, redact
 from interlink.messaging.backends._options import (
-    DLQ_MAX_AGE,
-    DLQ_MAX_COUNT,
     UrlOptions,
     close_at_loop_end,
     connect_failure,
     stop_keeper,
 )
+from interlink.messaging.backends._wait import Signal
 from interlink.messaging.backends.nats._publish import MSG_ID, SEND_ERRORS, PubAcks
 from interlink.messaging.envelope import OutgoingMessage
 
-__all__ = ["API", "JetStream", "Signal"]
+__all__ = ["API", "JetStream"]
 
 log = logging.getLogger("interlink.messaging.nats")
 
@@ -44,30 +43,6 @@ API = "$JS.API"
 BACKLOG = "interlink:backlog"  # ":" is in no group name
 
 _LITERAL = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
-
-
-class Signal:
-    """Wakes one waiting puller: set by the subscription callback and on reconnect."""
-
-    __slots__ = ("_future",)
-
-    def __init__(self) -> None:
-        self._future: asyncio.Future[None] | None = None
-
-    def wake(self) -> None:
-        future = self._future
-        if future is not None and not future.done():
-            future.set_result(None)
-
-    async def wait(self, within: float) -> None:
-        self._future = asyncio.get_running_loop().create_future()
-        try:
-            async with asyncio.timeout(within):
-                await self._future
-        except TimeoutError:
-            pass
-        finally:
-            self._future = None
 
 
 class JetStream:
@@ -90,8 +65,7 @@ class JetStream:
         self.pull_expires = opts.number("pull_expires", 5.0, minimum=0.01)
         self.stream_prefix = opts.text("stream_prefix", "interlink:")
         self.retention = opts.choice("retention", "interest", ("interest", "limits"))
-        self.dlq_max_age = opts.number("dlq_max_age", DLQ_MAX_AGE)
-        self.dlq_max_count = opts.integer("dlq_max_count", DLQ_MAX_COUNT, minimum=1) or 1
+        self.dlq_max_age, self.dlq_max_count = opts.dlq_retention()
         opts.done()
         parts = opts.base.split("://", 1)
         scheme, rest = parts if len(parts) == 2 else ("nats", parts[0])

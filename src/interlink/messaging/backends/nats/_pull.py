@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -14,10 +13,12 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from interlink.messaging.backend import Delivery
+from interlink.messaging.backends._base import letter_of
 from interlink.messaging.backends._options import reconnect_delay
-from interlink.messaging.backends.nats._jetstream import API, JetStream, Signal
+from interlink.messaging.backends._wait import Signal
+from interlink.messaging.backends.nats._jetstream import API, JetStream
 from interlink.messaging.backends.nats._publish import MSG_ID, SEND_ERRORS
-from interlink.messaging.envelope import NATS, encode_dead_letter, letter_for, read
+from interlink.messaging.envelope import NATS, encode_dead_letter, read
 
 __all__ = ["NatsDelivery", "pull"]
 
@@ -80,16 +81,12 @@ class NatsDelivery:
     async def dead_letter(self, reason: str, error_type: str | None) -> None:
         if self._done:
             return
-        letter = letter_for(
-            self.envelope,
+        letter = letter_of(
+            self,
             topic=self._topic,
             group=self._group,
-            body=self.raw,
-            headers=self.headers,
             reason=reason,
             error_type=error_type,
-            attempts=self.attempt,
-            dead_at=time.time(),
             binding=NATS,
             drop=frozenset({MSG_ID}),
         )

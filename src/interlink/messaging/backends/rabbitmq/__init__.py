@@ -35,8 +35,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, ClassVar, Self
+from collections.abc import AsyncIterator, Sequence
+from types import ModuleType
+from typing import Any, ClassVar
 
 try:
     import aiormq
@@ -48,6 +49,8 @@ except ImportError as exc:  # pragma: no cover - exercised by the no-extras inst
     ) from exc
 
 from interlink.messaging.backend import ConsumerLag, Delivery, PublishError
+from interlink.messaging.backends._base import ConnectionBackend
+from interlink.messaging.backends._wait import Signal
 from interlink.messaging.backends.rabbitmq import _dlq
 from interlink.messaging.backends.rabbitmq._connection import (
     CONTENT_TYPE,
@@ -57,8 +60,8 @@ from interlink.messaging.backends.rabbitmq._connection import (
     delay_step,
     message_of,
 )
-from interlink.messaging.backends.rabbitmq._delivery import AckBatcher, RabbitDelivery, Signal
-from interlink.messaging.envelope import AMQP, Binding, DeadLetter, OutgoingMessage
+from interlink.messaging.backends.rabbitmq._delivery import AckBatcher, RabbitDelivery
+from interlink.messaging.envelope import AMQP, Binding, OutgoingMessage
 
 __all__ = ["RabbitBackend", "delay_step"]
 
@@ -77,25 +80,23 @@ def _properties(item: OutgoingMessage) -> Basic.Properties:
     )
 
 
-class RabbitBackend:
-    """Messages in RabbitMQ queues (see the module docstring for the layout)."""
+class RabbitBackend(ConnectionBackend[RabbitConnection]):
+    """Messages in RabbitMQ queues (see the module docstring for the layout). The DLQ is
+    browsed without acking (closing the channel puts letters back); a replay acks each
+    letter off once its copy is confirmed; ``topics`` reads the topics registry (AMQP has no
+    way to list queues)."""
 
     scheme: ClassVar[str] = "amqp"
     binding: ClassVar[Binding] = AMQP
+    dlq: ClassVar[ModuleType] = _dlq
 
     def __init__(self, url: str) -> None:
-        self.connection = RabbitConnection(url, close=self.aclose)
+        super().__init__(url)
         self._channels: list[AbstractChannel] = []
         self._batchers: list[AckBatcher] = []
 
-    @classmethod
-    def from_url(cls, url: str) -> Self:
-        """The backend for ``amqp://`` or ``amqps://`` ``url`` (not yet connected)."""
-        return cls(url)
-
-    async def connect(self) -> None:
-        """Open a robust connection, a confirming channel, and declare the exchanges."""
-        await self.connection.connect()
+    def _open(self, url: str) -> RabbitConnection:
+        return RabbitConnection(url, close=self.aclose)
 
     async def aclose(self) -> None:
         """Close the subscription channels (unacked messages go back) and the connection."""
@@ -114,32 +115,23 @@ class RabbitBackend:
 
     # -- publishing ---------------------------------------------------------------------
 
-    async def publish(
-        self,
-        topic: str,
-        data: bytes,
-        *,
-        key: str | None,
-        headers: Mapping[str, str],
-        message_id: str,
-    ) -> None:
+    async def publish(self, topic: str, message: OutgoingMessage) -> None:
         """Publish persistent, wait for the publisher confirm."""
+        conn = await self._declared(topic)
+        amqp = message_of(message.data, message.headers, message.message_id)
+        await conn.confirm(conn.exchange, amqp, topic, topic)
+
+    async def _declared(self, topic: str) -> RabbitConnection:
         conn = self.connection
         try:
             await conn.ensure_topic(topic)
         except PUBLISH_ERRORS as exc:
             raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
-        exchange = conn.exchange
-        message = message_of(data, headers, message_id)
-        await conn.confirm(exchange, message, topic, topic)
+        return conn
 
     async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:
         """Publish all with their confirms in flight together, then await them."""
-        conn = self.connection
-        try:
-            await conn.ensure_topic(topic)
-        except PUBLISH_ERRORS as exc:
-            raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
+        conn = await self._declared(topic)
         exchange = conn.exchange
         # What Exchange.publish does per message, done once for the batch; each message then
         # costs a Basic.Properties, not an aio_pika.Message (a few us of attribute checks).
@@ -215,21 +207,6 @@ class RabbitBackend:
                     await message.nack(requeue=True)
             await acks.flush(force=False)
 
-    # -- the DLQ and topics --------------------------------------------
-
-    async def dlq_list(self, topic: str, limit: int) -> list[DeadLetter]:
-        """Get up to ``limit`` records without acking; closing the channel puts them back."""
-        return await _dlq.dlq_list(self.connection, topic, limit)
-
-    async def dlq_replay(self, topic: str, ids: Sequence[str] | None) -> int:
-        """Re-publish each chosen letter (confirmed), then ack it off the DLQ; the others go
-        back when the browsing channel closes."""
-        return await _dlq.dlq_replay(self.connection, topic, ids)
-
-    async def dlq_purge(self, topic: str) -> int:
-        """Purge ``<topic>.dlq``."""
-        return await _dlq.dlq_purge(self.connection, topic)
-
     async def lag(self, topic: str, group: str) -> ConsumerLag:
         """The group queue's ``message_count`` from a passive declare: the messages ready for
         delivery (AMQP does not report those delivered and not yet acknowledged, nor the
@@ -246,11 +223,3 @@ class RabbitBackend:
         finally:
             await channel.close()
         return ConsumerLag(topic=topic, group=group, pending=ready)
-
-    async def dlq_count(self, topic: str) -> int:
-        """The DLQ queue's message count."""
-        return await _dlq.dlq_count(self.connection, topic)
-
-    async def topics(self) -> list[str]:
-        """The names in the topics registry (AMQP has no way to list queues)."""
-        return await _dlq.topics(self.connection)

@@ -23,8 +23,6 @@ from aio_pika.abc import (
 
 from interlink.messaging.backend import BackendUnavailable, PublishError, redact
 from interlink.messaging.backends._options import (
-    DLQ_MAX_AGE,
-    DLQ_MAX_COUNT,
     UrlOptions,
     close_at_loop_end,
     connect_failure,
@@ -110,8 +108,7 @@ class RabbitConnection:
         self.timeout = opts.number("timeout", 10.0, minimum=0.001)
         self.connect_timeout = opts.number("connect_timeout", 5.0, minimum=0.001)
         self.reconnect_interval = opts.number("reconnect_interval", 1.0, minimum=0.01)
-        self.dlq_max_age = opts.number("dlq_max_age", DLQ_MAX_AGE, minimum=0.001)
-        self.dlq_max_count = opts.integer("dlq_max_count", DLQ_MAX_COUNT, minimum=1) or 1
+        self.dlq_max_age, self.dlq_max_count = opts.dlq_retention()
         opts.done()
         self._base = opts.base
         self._conn: AbstractRobustConnection | None = None

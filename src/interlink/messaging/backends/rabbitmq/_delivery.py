@@ -12,6 +12,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from interlink.messaging.backends._base import letter_of
 from interlink.messaging.backends.rabbitmq._connection import (
     PERSISTENT,
     RabbitConnection,
@@ -21,39 +22,17 @@ from interlink.messaging.backends.rabbitmq._connection import (
 from interlink.messaging.envelope import (
     AMQP,
     encode_dead_letter,
-    letter_for,
     read,
     with_attempt,
 )
 
-__all__ = ["AckBatcher", "RabbitDelivery", "Signal"]
+__all__ = ["AckBatcher", "RabbitDelivery"]
 
 log = logging.getLogger("interlink.messaging.rabbitmq")
 
 # An ack waiting behind an unfinished earlier delivery is sent on its own after this long.
 _STRAGGLER = 0.05
 _GATHER = 0.005  # seconds acks are gathered before they are sent
-
-
-class Signal:
-    """Wakes the subscription's iterator when the consumer callback buffered a message."""
-
-    __slots__ = ("_future",)
-
-    def __init__(self) -> None:
-        self._future: asyncio.Future[None] | None = None
-
-    def wake(self) -> None:
-        future = self._future
-        if future is not None and not future.done():
-            future.set_result(None)
-
-    async def wait(self) -> None:
-        self._future = asyncio.get_running_loop().create_future()
-        try:
-            await self._future
-        finally:
-            self._future = None
 
 
 class _Lane:
@@ -221,16 +200,12 @@ class RabbitDelivery:
         if self._done:
             return
         self._done = True
-        letter = letter_for(
-            self.envelope,
+        letter = letter_of(
+            self,
             topic=self._topic,
             group=self._group,
-            body=self.raw,
-            headers=self.headers,
             reason=reason,
             error_type=error_type,
-            attempts=self.attempt,
-            dead_at=time.time(),
             binding=AMQP,
         )
         backend = self._backend

@@ -227,21 +227,13 @@ class RedisBackend:
 
     # -- publishing ---------------------------------------------------------------------
 
-    async def publish(
-        self,
-        topic: str,
-        data: bytes,
-        *,
-        key: str | None,
-        headers: Mapping[str, str],
-        message_id: str,
-    ) -> None:
+    async def publish(self, topic: str, message: OutgoingMessage) -> None:
         """``XADD``: confirmed when the server applied it (durable as its persistence)."""
         lane = self._lane
         if lane is not None and not lane.busy:
             lane.busy = True
             try:
-                await lane.xadd(topic, data, headers)
+                await lane.xadd(topic, message.data, message.headers)
                 return
             except (ResponseError, TimeoutError) as exc:  # refused, or no answer in time
                 raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
@@ -251,7 +243,7 @@ class RedisBackend:
                 lane.busy = False
         client = await self._connected()
         try:
-            fields: dict[Any, Any] = {b"data": data, **headers}
+            fields: dict[Any, Any] = {b"data": message.data, **message.headers}
             await client.xadd(self.connection.key(topic), fields, maxlen=self.connection.maxlen)
         except (RedisError, OSError) as exc:
             raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc

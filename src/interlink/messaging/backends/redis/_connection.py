@@ -15,8 +15,6 @@ from redis.exceptions import RedisError, ResponseError
 
 from interlink.messaging.backend import BackendUnavailable, redact
 from interlink.messaging.backends._options import (
-    DLQ_MAX_AGE,
-    DLQ_MAX_COUNT,
     UrlOptions,
     connect_failure,
 )
@@ -37,8 +35,7 @@ class RedisConnection:
         self.block = opts.number("block", 2.0, minimum=0.001)
         self.socket_timeout = opts.number("socket_timeout", 10.0, minimum=0.001)
         self.poll = opts.number("poll", 1.0, minimum=0.001)
-        self.dlq_max_age = opts.number("dlq_max_age", DLQ_MAX_AGE, minimum=0.001)
-        self.dlq_max_count = opts.integer("dlq_max_count", DLQ_MAX_COUNT, minimum=1) or 1
+        self.dlq_max_age, self.dlq_max_count = opts.dlq_retention()
         opts.done()
         self._base = opts.base
         self._client: aioredis.Redis | None = None

@@ -23,6 +23,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from interlink.messaging.backend import Delivery
+from interlink.messaging.backends._base import letter_of
 from interlink.messaging.backends._options import reconnect_delay
 from interlink.messaging.backends.redis._calls import LOST, own_connection, shielded
 from interlink.messaging.backends.redis._connection import RedisConnection
@@ -31,7 +32,6 @@ from interlink.messaging.envelope import (
     FIELDS,
     Envelope,
     encode_dead_letter,
-    letter_for,
     read,
 )
 
@@ -488,16 +488,12 @@ class RedisDelivery:
             return
         self._done = True
         sub = self._sub
-        letter = letter_for(
-            self.envelope,
+        letter = letter_of(
+            self,
             topic=sub.topic,
             group=sub.group,
-            body=self.raw,
-            headers=self.headers,
             reason=reason,
             error_type=error_type,
-            attempts=self.attempt,
-            dead_at=time.time(),
             binding=FIELDS,
         )
         await sub.dead(self._source, self._id, encode_dead_letter(letter))

@@ -30,7 +30,7 @@ import queue
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, ClassVar, Self
 from urllib.parse import parse_qs, urlsplit
 
@@ -304,18 +304,9 @@ class SqliteBackend:
         for sub in self._subs.get(topic, ()):
             sub.wake.set()
 
-    async def publish(
-        self,
-        topic: str,
-        data: bytes,
-        *,
-        key: str | None,
-        headers: Mapping[str, str],
-        message_id: str,
-    ) -> None:
+    async def publish(self, topic: str, message: OutgoingMessage) -> None:
         """Insert and wait for the commit."""
-        await self.worker.submit(Store.publish, topic, [(message_id, key, data, headers)])
-        self._wake(topic)
+        await self.publish_batch(topic, [message])
 
     async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:
         """Insert all in one transaction and wait for its commit."""
