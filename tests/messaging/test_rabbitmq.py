@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -82,3 +84,61 @@ def test_delay_steps_are_at_most_a_quarter_longer() -> None:
     """No delay waits more than 25% longer than asked (above the 1 ms floor)."""
     for ms in range(1, 100_000, 7):
         assert ms <= delay_step(ms / 1000) <= ms * 1.25
+
+
+def test_an_existing_dlq_with_other_limits_is_kept_and_the_policy_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A DLQ queue declared before without interlink's limits cannot take them (RabbitMQ
+    refuses new arguments): dead-lettering still works, and the warning names the queue and
+    the ``rabbitmqctl set_policy`` that applies the limits."""
+    import aio_pika
+
+    from interlink.messaging import Broker
+
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+    handled = asyncio.Event()
+
+    async def scenario() -> list[str]:
+        conn = await aio_pika.connect(URL)
+        try:
+            channel = await conn.channel()
+            await channel.declare_queue(f"{topic}.dlq", durable=True)  # no limits
+        finally:
+            await conn.close()
+        broker = Broker.from_url(f"{URL}?dlq_max_count=7&dlq_max_age=60", grace=1.0)
+
+        @broker.subscriber(topic, group="g", max_deliveries=1)
+        async def handle(message: bytes) -> None:
+            handled.set()
+            raise RuntimeError("poison")
+
+        async with broker:
+            await broker.publish(topic, b"x")
+            await asyncio.wait_for(handled.wait(), 20)
+            for _ in range(200):
+                if await broker.dlq_count(topic) == 1:
+                    break
+                await asyncio.sleep(0.05)
+            return [letter.reason for letter in await broker.dlq_list(topic, 10)]
+
+    with caplog.at_level(logging.WARNING, logger="interlink.messaging.rabbitmq"):
+        reasons = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert len(reasons) == 1
+    assert "poison" in reasons[0]
+    warned = [r.getMessage() for r in caplog.records if f"{topic}.dlq" in r.getMessage()]
+    assert warned, "no warning about the existing DLQ queue"
+    assert "rabbitmqctl set_policy interlink-dlq" in warned[0]
+    assert '"max-length": 7' in warned[0]
+    assert '"message-ttl": 60000' in warned[0]
+
+
+def test_claim_lease_is_the_visibility_timeout() -> None:
+    """An idempotency claim of a consumer that died lasts the URL's ``claim_lease`` (10 s by
+    default), not the store's 60 s: RabbitMQ redelivers at once, the claim is all the wait."""
+    from interlink.messaging.backends.rabbitmq import RabbitBackend
+
+    assert RabbitBackend(URL).visibility_timeout == 10.0
+    assert RabbitBackend(f"{URL}?claim_lease=2.5").visibility_timeout == 2.5
+    with pytest.raises(ValueError, match="claim_lease"):
+        RabbitBackend(f"{URL}?claim_lease=0")

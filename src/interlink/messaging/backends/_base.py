@@ -23,9 +23,8 @@ from interlink.messaging.envelope import Binding, DeadLetter, letter_for
 __all__ = ["ConnectionBackend", "letter_of"]
 
 
-def letter_of(
+def letter_of(  # noqa: PLR0917 - what every backend's dead_letter has at hand
     delivery: Delivery,
-    *,
     topic: str,
     group: str,
     reason: str,
@@ -33,8 +32,9 @@ def letter_of(
     binding: Binding,
     drop: frozenset[str] = frozenset(),
 ) -> DeadLetter:
-    """The dead letter of ``delivery``, dead now: its body and headers as received (see
-    ``envelope.letter_for``), the reason and its attempts."""
+    """The dead letter of ``delivery`` of ``topic`` for ``group``, dead now: its body and
+    headers as received (``binding``'s, without the ``drop``ped names: see
+    ``envelope.letter_for``), the reason, the error type and its attempts."""
     return letter_for(
         delivery.envelope,
         topic=topic,

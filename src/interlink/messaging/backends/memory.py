@@ -169,16 +169,7 @@ class _Delivery:
         oldest = time.time() - backend.dlq_max_age  # the retention: age, then count
         kept = [d for d in topic.dlq if d.dead_at >= oldest]
         topic.dlq = kept[max(len(kept) - backend.dlq_max_count + 1, 0) :]
-        topic.dlq.append(
-            letter_of(
-                self,
-                topic=self._topic,
-                group=self._group.name,
-                reason=reason,
-                error_type=error_type,
-                binding=FIELDS,
-            )
-        )
+        topic.dlq.append(letter_of(self, self._topic, self._group.name, reason, error_type, FIELDS))
 
 
 class MemoryBackend:

@@ -99,8 +99,9 @@ class _Subscription:
         self.all_settled.set()
 
     def handed_out(self) -> None:
+        if not self.outstanding:
+            self.all_settled.clear()
         self.outstanding += 1
-        self.all_settled.clear()
 
     def settled(self) -> None:
         self.outstanding -= 1
@@ -236,15 +237,7 @@ class KafkaDelivery:
     async def dead_letter(self, reason: str, error_type: str | None) -> None:
         if self._done:
             return
-        letter = letter_of(
-            self,
-            topic=self._sub.topic,
-            group=self._sub.group,
-            reason=reason,
-            error_type=error_type,
-            binding=KAFKA,
-            drop=_DROP,
-        )
+        letter = letter_of(self, self._sub.topic, self._sub.group, reason, error_type, KAFKA, _DROP)
         await self._sub.connection.publish_one(
             f"{self._sub.topic}.dlq", encode_dead_letter(letter), letter.id, {}
         )

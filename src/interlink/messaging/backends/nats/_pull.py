@@ -82,13 +82,7 @@ class NatsDelivery:
         if self._done:
             return
         letter = letter_of(
-            self,
-            topic=self._topic,
-            group=self._group,
-            reason=reason,
-            error_type=error_type,
-            binding=NATS,
-            drop=frozenset({MSG_ID}),
+            self, self._topic, self._group, reason, error_type, NATS, frozenset({MSG_ID})
         )
         # The id makes a dead-lettering repeated after a lost ack land in the DLQ once.
         dedup = f"dlq:{self._topic}:{self._seq}:{self._group}"

@@ -27,7 +27,10 @@ in between delivers twice, never loses. The connection is robust: channels, queu
 consumers are restored after a broker restart.
 
 URL options: ``queue_type`` (quorum|classic), ``exchange`` (``interlink``), ``timeout`` (s,
-10: a publish's confirmation), ``connect_timeout`` (s, 5), ``reconnect_interval`` (s, 1).
+10: a publish's confirmation), ``connect_timeout`` (s, 5), ``reconnect_interval`` (s, 1),
+``claim_lease`` (s, 10: how long the idempotency claim of a consumer that died holds its
+message; RabbitMQ redelivers at once, so this is the whole wait after a crash),
+``dlq_max_age``, ``dlq_max_count``.
 """
 
 from __future__ import annotations
@@ -97,6 +100,12 @@ class RabbitBackend(ConnectionBackend[RabbitConnection]):
 
     def _open(self, url: str) -> RabbitConnection:
         return RabbitConnection(url, close=self.aclose)
+
+    @property
+    def visibility_timeout(self) -> float:
+        """Seconds an idempotency claim of a consumer that died holds its message (RabbitMQ
+        itself redelivers at once when the consumer's connection drops): ``claim_lease``."""
+        return self.connection.claim_lease
 
     async def aclose(self) -> None:
         """Close the subscription channels (unacked messages go back) and the connection."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -95,6 +97,30 @@ def delay_step(delay: float) -> int:
     return next(v for v in (round(s * scale) for s in _STEPS) if v >= ms)
 
 
+log = logging.getLogger("interlink.messaging.rabbitmq")
+
+
+def dlq_limits_refused(name: str, retention: Mapping[str, int], exc: BaseException) -> str:
+    """What to say when an existing DLQ queue refused interlink's limits."""
+    policy = json.dumps(
+        {"max-length": retention["x-max-length"], "message-ttl": retention["x-message-ttl"]}
+    )
+    return (
+        f"rabbitmq: the DLQ queue {name!r} exists with other limits than "
+        f"x-max-length={retention['x-max-length']}, x-message-ttl={retention['x-message-ttl']} "
+        f"ms ({exc}); RabbitMQ cannot change a queue's arguments, so its letters are kept as "
+        f"that queue says. Apply the limits with a policy (where a queue argument is also set, "
+        f"the smaller value wins): rabbitmqctl set_policy interlink-dlq '\\.dlq$' "
+        f"'{policy}' --apply-to queues; or delete the queue once it is empty"
+    )
+
+
+#: Seconds an idempotency claim of a consumer that died keeps its message from the others.
+#: RabbitMQ hands a dead consumer's messages back at once, so this is all the wait there is;
+#: a handler that runs longer than this may see a redelivery of its message run beside it.
+CLAIM_LEASE = 10.0
+
+
 class RabbitConnection:
     """A robust AMQP connection, its confirming channel and the topology declared on it."""
 
@@ -108,6 +134,7 @@ class RabbitConnection:
         self.timeout = opts.number("timeout", 10.0, minimum=0.001)
         self.connect_timeout = opts.number("connect_timeout", 5.0, minimum=0.001)
         self.reconnect_interval = opts.number("reconnect_interval", 1.0, minimum=0.01)
+        self.claim_lease = opts.number("claim_lease", CLAIM_LEASE, minimum=0.001)
         self.dlq_max_age, self.dlq_max_count = opts.dlq_retention()
         opts.done()
         self._base = opts.base
@@ -268,15 +295,26 @@ class RabbitConnection:
             await self._register(topic)
 
     async def _declare_dlq(self, name: str) -> None:
-        """Declare the DLQ ``name`` and register it (unless it exists already)."""
+        """Declare the DLQ ``name`` with its retention (the oldest letters go first past the
+        count, any past the age) and register it. RabbitMQ cannot change the arguments of a
+        queue that exists: a DLQ declared with other limits (or none) keeps them, and the
+        refused declaration is logged with the policy that applies these."""
+        retention: dict[str, Any] = {
+            "x-max-length": self.dlq_max_count,
+            "x-message-ttl": int(self.dlq_max_age * 1000),
+        }
         if not await self.queue_exists(name):
-            # The retention: the oldest letters go first past the count, any past the age.
-            retention: dict[str, Any] = {
-                "x-max-length": self.dlq_max_count,
-                "x-message-ttl": int(self.dlq_max_age * 1000),
-            }
             await self.channel.declare_queue(name, durable=True, arguments=retention)
             await self._register(name)
+            return
+        channel = await self.connection.channel()  # a refused declaration closes its channel
+        try:
+            await channel.declare_queue(name, durable=True, arguments=retention)
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            log.warning("%s", dlq_limits_refused(name, retention, exc))
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
 
     async def _declare_delay(self, ms: int) -> AbstractExchange:
         """Declare the delay step ``ms``: a fanout exchange and a queue whose message TTL is

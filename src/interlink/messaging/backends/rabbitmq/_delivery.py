@@ -200,14 +200,7 @@ class RabbitDelivery:
         if self._done:
             return
         self._done = True
-        letter = letter_of(
-            self,
-            topic=self._topic,
-            group=self._group,
-            reason=reason,
-            error_type=error_type,
-            binding=AMQP,
-        )
+        letter = letter_of(self, self._topic, self._group, reason, error_type, AMQP)
         backend = self._backend
         dlq = await backend.ensure_dlq(self._topic)
         record = aio_pika.Message(

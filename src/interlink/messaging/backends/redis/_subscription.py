@@ -488,12 +488,5 @@ class RedisDelivery:
             return
         self._done = True
         sub = self._sub
-        letter = letter_of(
-            self,
-            topic=sub.topic,
-            group=sub.group,
-            reason=reason,
-            error_type=error_type,
-            binding=FIELDS,
-        )
+        letter = letter_of(self, sub.topic, sub.group, reason, error_type, FIELDS)
         await sub.dead(self._source, self._id, encode_dead_letter(letter))
