@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar, dataclass_transform
 
 __all__ = [
     "BulkheadRejected",
@@ -28,8 +28,16 @@ __all__ = [
 
 _log = logging.getLogger("interlink.events")
 
+E = TypeVar("E")
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+
+@dataclass_transform(frozen_default=True, kw_only_default=True)
+def _event(cls: type[E]) -> type[E]:
+    """Every event is a frozen, slotted dataclass whose fields are passed by name."""
+    return dataclass(frozen=True, slots=True, kw_only=True)(cls)
+
+
+@_event
 class PolicyEvent:
     """What happened, in which policy (``kind`` + ``name``), at which clock reading."""
 
@@ -38,7 +46,7 @@ class PolicyEvent:
     at: float
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_event
 class StateChanged(PolicyEvent):
     """A circuit breaker moved from ``old`` to ``new`` (state values, e.g. ``"open"``)."""
 
@@ -46,7 +54,7 @@ class StateChanged(PolicyEvent):
     new: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_event
 class CallRejected(PolicyEvent):
     """A breaker refused a call; ``remaining`` is the cooldown left, if any."""
 
@@ -54,7 +62,7 @@ class CallRejected(PolicyEvent):
     remaining: float | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_event
 class RetryScheduled(PolicyEvent):
     """Attempt ``attempt`` failed with ``error``; the next starts after ``delay`` seconds."""
 
@@ -63,7 +71,7 @@ class RetryScheduled(PolicyEvent):
     error: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_event
 class RetryGaveUp(PolicyEvent):
     """Gave up after ``attempts`` calls (the first included): ``reason`` is ``"retries"`` (all
     spent), ``"budget"``, ``"deadline"`` or ``"not_retryable"``."""
@@ -73,7 +81,7 @@ class RetryGaveUp(PolicyEvent):
     error: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_event
 class BulkheadRejected(PolicyEvent):
     """A bulkhead refused a call: all slots busy and the queue full or timed out."""
 
@@ -81,14 +89,14 @@ class BulkheadRejected(PolicyEvent):
     queued: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_event
 class RateLimitRejected(PolicyEvent):
     """A rate limiter had no token; the next one is due after ``retry_after`` seconds."""
 
     retry_after: float
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_event
 class HedgeLaunched(PolicyEvent):
     """The primary attempt was slower than ``delay``; hedge number ``hedge`` was started."""
 
@@ -96,7 +104,7 @@ class HedgeLaunched(PolicyEvent):
     delay: float
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_event
 class FallbackUsed(PolicyEvent):
     """The call failed with ``error`` and the fallback answered from ``source``."""
 
@@ -104,7 +112,7 @@ class FallbackUsed(PolicyEvent):
     error: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@_event
 class TimeoutExpired(PolicyEvent):
     """A timeout of ``seconds`` ended a call: cut off while running, or (``started`` False)
     refused because the deadline in force had already passed."""

@@ -197,14 +197,8 @@ class Fallback:
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
-            if not self.handles(exc):
-                raise
-            answer = self._answer(exc)
-            if answer is _MISSING:
-                raise
-            return cast(R, answer)
-        if self._cache:
-            self._last = (result, self._clock())
+            return cast(R, self.recover(exc))
+        self.remember(result)
         return result
 
     async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -212,14 +206,8 @@ class Fallback:
         try:
             result = await fn(*args, **kwargs)
         except Exception as exc:
-            if not self.handles(exc):
-                raise
-            answer = await self._aanswer(exc)
-            if answer is _MISSING:
-                raise
-            return cast(R, answer)
-        if self._cache:
-            self._last = (result, self._clock())
+            return cast(R, await self.arecover(exc))
+        self.remember(result)
         return result
 
     def __call__(self, fn: F) -> F:
