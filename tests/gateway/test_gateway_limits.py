@@ -84,7 +84,9 @@ def test_redis_bucket_is_exact_and_atomic() -> None:
     """100 concurrent takes from a burst of 30 (no refill): exactly 30 pass."""
 
     async def go() -> int:
-        buckets = RedisBuckets(REDIS, prefix=f"test:{uuid.uuid4().hex}:")
+        # a generous timeout: on a loaded machine a decision past the default 0.25 s would be
+        # taken by the local fallback, and this test is about Redis's own atomicity
+        buckets = RedisBuckets(REDIS, prefix=f"test:{uuid.uuid4().hex}:", timeout=10)
         rule = LimitRule(name="r", rate=0.0001, burst=30)
         try:
             decisions = await asyncio.gather(*(buckets.take("k", rule) for _ in range(100)))

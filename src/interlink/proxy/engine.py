@@ -197,10 +197,6 @@ class _Answered(Exception):
         self.retriable = retriable
 
 
-def _retriable(error: BaseException) -> bool:
-    return bool(getattr(error, "retriable", False))
-
-
 def _ids(incoming: str | None) -> tuple[str, str]:
     """(a fresh correlation id, the W3C ``traceparent`` of the gateway's hop): the hop
     continues the client's trace (a new span id, the client's as parent) or starts one. One

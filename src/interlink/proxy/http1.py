@@ -37,6 +37,7 @@ import httptools
 
 from interlink.context import new_correlation_id
 from interlink.proxy.errors import ProxyError, error_body, status_text
+from interlink.resilience._validate import positive, positive_int
 
 __all__ = ["Body", "ClientGone", "Limits", "Request", "ServerConnection"]
 
@@ -56,13 +57,9 @@ class Limits:
 
     def __post_init__(self) -> None:
         for name in ("max_header_bytes", "max_body_bytes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"'{name}' must be a positive integer: {value!r}")
+            positive_int(name, getattr(self, name))
         for name in ("head_timeout", "body_timeout", "keepalive_timeout"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or value <= 0:
-                raise ValueError(f"'{name}' must be a positive number of seconds: {value!r}")
+            positive(name, getattr(self, name))
 
 
 class ClientGone(Exception):

@@ -55,19 +55,24 @@ class ProxyMetrics:
 
     def render(self) -> str:
         """Everything, in the Prometheus text exposition format."""
-        out = [
-            "# HELP interlink_proxy_requests_total Requests answered, by route and status.",
-            "# TYPE interlink_proxy_requests_total counter",
-        ]
-        for (route, status), count in sorted(self.requests.items()):
-            out.append(
-                f'interlink_proxy_requests_total{{route="{_escape(route)}",status="{status}"}} '
-                f"{count}"
-            )
-        out += [
-            "# HELP interlink_proxy_request_seconds Time from request head to response end.",
-            "# TYPE interlink_proxy_request_seconds histogram",
-        ]
+        out: list[str] = []
+        _family(
+            out,
+            "interlink_proxy_requests_total",
+            "counter",
+            "Requests answered, by route and status.",
+            (
+                (f'route="{_escape(route)}",status="{status}"', count)
+                for (route, status), count in sorted(self.requests.items())
+            ),
+        )
+        _family(
+            out,
+            "interlink_proxy_request_seconds",
+            "histogram",
+            "Time from request head to response end.",
+            (),
+        )
         for route, row in sorted(self.latency.items()):
             name = _escape(route)
             running: float = 0.0
@@ -83,32 +88,44 @@ class ProxyMetrics:
             )
             out.append(f'interlink_proxy_request_seconds_sum{{route="{name}"}} {row[-2]:.6f}')
             out.append(f'interlink_proxy_request_seconds_count{{route="{name}"}} {row[-1]:g}')
-        out += [
-            "# HELP interlink_proxy_upstream_errors_total Failed upstream attempts, by reason.",
-            "# TYPE interlink_proxy_upstream_errors_total counter",
-        ]
-        for (route, reason), count in sorted(self.upstream_errors.items()):
-            out.append(
-                f'interlink_proxy_upstream_errors_total{{route="{_escape(route)}",'
-                f'reason="{reason}"}} {count}'
-            )
-        out += [
-            "# HELP interlink_proxy_rate_limited_total Requests refused by a rate limit.",
-            "# TYPE interlink_proxy_rate_limited_total counter",
-        ]
-        for route, count in sorted(self.rate_limited.items()):
-            out.append(f'interlink_proxy_rate_limited_total{{route="{_escape(route)}"}} {count}')
-        out += [
-            "# HELP interlink_proxy_breaker_state Breaker state per route "
-            "(0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled).",
-            "# TYPE interlink_proxy_breaker_state gauge",
-        ]
-        for route, state in sorted(self.breaker_states()):
-            value = _BREAKER_STATES.get(state, -1)
-            out.append(f'interlink_proxy_breaker_state{{route="{_escape(route)}"}} {value}')
-        out += [
-            "# HELP interlink_proxy_reloads_total Route tables swapped in.",
-            "# TYPE interlink_proxy_reloads_total counter",
-            f"interlink_proxy_reloads_total {self.reloads}",
-        ]
+        _family(
+            out,
+            "interlink_proxy_upstream_errors_total",
+            "counter",
+            "Failed upstream attempts, by reason.",
+            (
+                (f'route="{_escape(route)}",reason="{reason}"', count)
+                for (route, reason), count in sorted(self.upstream_errors.items())
+            ),
+        )
+        _family(
+            out,
+            "interlink_proxy_rate_limited_total",
+            "counter",
+            "Requests refused by a rate limit.",
+            (
+                (f'route="{_escape(route)}"', count)
+                for route, count in sorted(self.rate_limited.items())
+            ),
+        )
+        _family(
+            out,
+            "interlink_proxy_breaker_state",
+            "gauge",
+            "Breaker state per route (0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled).",
+            (
+                (f'route="{_escape(route)}"', _BREAKER_STATES.get(state, -1))
+                for route, state in sorted(self.breaker_states())
+            ),
+        )
+        _family(out, "interlink_proxy_reloads_total", "counter", "Route tables swapped in.", ())
+        out.append(f"interlink_proxy_reloads_total {self.reloads}")
         return "\n".join(out) + "\n"
+
+
+def _family(
+    out: list[str], name: str, kind: str, help: str, samples: Iterable[tuple[str, object]]
+) -> None:
+    """Append one metric family: its HELP and TYPE lines, then ``name{labels} value`` each."""
+    out += [f"# HELP {name} {help}", f"# TYPE {name} {kind}"]
+    out += [f"{name}{{{labels}}} {value}" for labels, value in samples]

@@ -24,6 +24,7 @@ from typing import Protocol
 import httptools
 
 from interlink.proxy.errors import ProxyError
+from interlink.resilience._validate import positive, positive_int
 
 __all__ = [
     "Listener",
@@ -47,13 +48,9 @@ class PoolLimits:
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_idle"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"'{name}' must be a positive integer: {value!r}")
+            positive_int(name, getattr(self, name))
         for name in ("idle_timeout", "connect_timeout", "pool_timeout"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or value <= 0:
-                raise ValueError(f"'{name}' must be a positive number of seconds: {value!r}")
+            positive(name, getattr(self, name))
 
 
 class UpstreamFailure(Exception):
