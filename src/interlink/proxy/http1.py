@@ -206,9 +206,7 @@ class Request:
         self.client = client
         self.keep_alive = keep_alive
         self.upgrade = upgrade
-        first: dict[str, str] = {}
-        for key, value in reversed(headers):
-            first[key] = value
+        first = dict(reversed(headers))  # the first value of a repeated header wins
         #: the first value of a header (lower-case name), or None: the dictionary's own ``get``,
         #: looked up about ten times per request without a Python call each
         self.header: Callable[[str], str | None] = first.get
