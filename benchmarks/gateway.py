@@ -3,13 +3,16 @@ half of nginx's requests per second for at most 2.5x its CPU per request, adds a
 p99 latency at half of its saturation, and reloads 5,000 routes under load without failing a
 request.
 
-Same run, one worker each, all on loopback, driven by ``wrk`` (one thread, 32 connections):
+Same run, one worker each, all on loopback, driven by ``wrk`` (one thread, 32 connections);
+the saturated runs are repeated (``--rounds``, 3) and the medians reported:
 
 - ``direct``: wrk against the upstream (an nginx answering a fixed 2-byte body);
 - ``nginx``: wrk against nginx as a reverse proxy (keep-alive upstream pool) to that upstream;
 - ``interlink``: wrk against ``python -m interlink.gateway`` (uvloop when installed) with one
   route among ten, RS256 JWT auth (the same token each time: the verified-token cache answers)
-  and a per-consumer rate limit that never triggers.
+  and a per-consumer rate limit that never triggers;
+- ``nginx, 2 workers`` and ``interlink gateway, 2 workers``: the same with one worker per CPU,
+  what a user runs on this host (CPU summed over the workers; shown, not judged).
 
 Saturation: requests/s with no pause. Latency: wrk at a fixed rate of half the gateway's
 saturation (each connection pauses between requests), p50/p99 minus the direct ones. Proxy CPU:
@@ -19,7 +22,8 @@ each time); failed = non-2xx answers + socket errors, and the reload counter mus
 
 wrk and nginx come from Debian (``scripts/apt-install.sh`` installs them when missing).
 
-Usage: ``python benchmarks/gateway.py [--quick] [--markdown PATH] [--update-docs] [--strict]``.
+Usage: ``python benchmarks/gateway.py [--quick] [--rounds N] [--markdown PATH] [--update-docs]
+[--strict]``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,8 +84,11 @@ def _ensure_tools() -> tuple[str, str]:
     return wrk, nginx
 
 
-def _nginx(binary: str, folder: Path, port: int, upstream: int | None) -> subprocess.Popen[bytes]:
-    """One nginx process (no master): a fixed answer, or a keep-alive reverse proxy."""
+def _nginx(
+    binary: str, folder: Path, port: int, upstream: int | None, workers: int = 1
+) -> subprocess.Popen[bytes]:
+    """One nginx process (no master; with ``workers`` > 1 a master and its workers): a fixed
+    answer, or a keep-alive reverse proxy."""
     folder.mkdir(parents=True, exist_ok=True)
     if upstream is None:
         server = 'location / { default_type text/plain; return 200 "ok"; }'
@@ -98,8 +106,8 @@ def _nginx(binary: str, folder: Path, port: int, upstream: int | None) -> subpro
     (folder / "nginx.conf").write_text(
         f"""
 daemon off;
-master_process off;
-worker_processes 1;
+master_process {"off" if workers == 1 else "on"};
+worker_processes {workers};
 user root;
 pid {folder}/nginx.pid;
 error_log {folder}/error.log warn;
@@ -170,13 +178,21 @@ routes:
     return path
 
 
-def _gateway(config: Path, port: int) -> subprocess.Popen[bytes]:
+def _gateway(config: Path, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "interlink.gateway", "--config", str(config)],
+        [
+            sys.executable,
+            "-m",
+            "interlink.gateway",
+            "--config",
+            str(config),
+            "--workers",
+            str(workers),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    _wait_port(port)
+    _wait_port(port, timeout=120.0)  # 5,000 routes validate slowly on a busy machine
     return process
 
 
@@ -235,8 +251,15 @@ def _wrk(wrk: str, port: int, seconds: float, token: str, delay_ms: float = 0.0)
 
 
 def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and of its child processes (the workers), in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+    return own + sum(_cpu_seconds(child) for child in children)
 
 
 def _saturate(
@@ -296,6 +319,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per wrk run")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="saturated rounds; the medians are reported"
+    )
     rep.add_output_options(parser)
     args = parser.parse_args()
     seconds = args.seconds or (3.0 if args.quick else 10.0)
@@ -313,14 +339,38 @@ def main() -> int:
             )
             gateway = _gateway(config, gateway_port)
             processes += [upstream, proxy, gateway]
+            # what a user runs on this 2-CPU host: one worker per CPU, nginx and gateway alike
+            nginx2_port, gateway2_port = _free_port(), _free_port()
+            proxy2 = _nginx(nginx_binary, folder / "proxy2", nginx2_port, upstream_port, 2)
+            config2 = _gateway_config(
+                folder,
+                gateway2_port,
+                None,
+                upstream_port,
+                _routes(upstream_port, 9, "r"),
+                name="gw2",
+            )
+            gateway2 = _gateway(config2, gateway2_port, workers=2)
+            processes += [proxy2, gateway2]
             load_before = os.getloadavg()[0]
-            for port in (upstream_port, nginx_port, gateway_port):  # warm up: pools, caches
+            contenders = {
+                "direct": (upstream_port, None),
+                "nginx": (nginx_port, proxy.pid),
+                "interlink": (gateway_port, gateway.pid),
+                "nginx2": (nginx2_port, proxy2.pid),
+                "interlink2": (gateway2_port, gateway2.pid),
+            }
+            for port, _ in contenders.values():  # warm up: pools, caches
                 _wrk(wrk, port, 1, token)
-            direct, _ = _saturate(wrk, upstream_port, seconds, token, None)
-            via_nginx, nginx_cpu = _saturate(wrk, nginx_port, seconds, token, proxy.pid)
-            via_gateway, gateway_cpu = _saturate(wrk, gateway_port, seconds, token, gateway.pid)
-            half = via_gateway.rate / 2
-            delay_ms = max(0.0, CONNECTIONS * 1000 / half - direct.p50_ms)
+            rounds: dict[str, list[tuple[Wrk, float]]] = {name: [] for name in contenders}
+            for _ in range(args.rounds):
+                for name, (port, pid) in contenders.items():
+                    rounds[name].append(_saturate(wrk, port, seconds, token, pid))
+            rates = {name: [w.rate for w, _ in runs] for name, runs in rounds.items()}
+            cpus = {name: [cpu for _, cpu in runs] for name, runs in rounds.items()}
+            direct_p50 = statistics.median(w.p50_ms for w, _ in rounds["direct"])
+            half = statistics.median(rates["interlink"]) / 2
+            delay_ms = max(0.0, CONNECTIONS * 1000 / half - direct_p50)
             paced = {
                 name: _wrk(wrk, port, seconds, token, delay_ms)
                 for name, port in (
@@ -342,8 +392,12 @@ def main() -> int:
                 process.terminate()
                 process.wait(15)
 
-    req_ratio = via_gateway.rate / via_nginx.rate
-    cpu_ratio = gateway_cpu / nginx_cpu if nginx_cpu else float("inf")
+    median = statistics.median
+    req_ratios = [g / n for g, n in zip(rates["interlink"], rates["nginx"], strict=True)]
+    cpu_ratios = [g / n for g, n in zip(cpus["interlink"], cpus["nginx"], strict=True)]
+    req_ratio, cpu_ratio = median(req_ratios), median(cpu_ratios)
+    req_ratio2 = median(g / n for g, n in zip(rates["interlink2"], rates["nginx2"], strict=True))
+    cpu_ratio2 = median(g / n for g, n in zip(cpus["interlink2"], cpus["nginx2"], strict=True))
     added = {
         name: (
             paced[name].p50_ms - paced["direct"].p50_ms,
@@ -352,22 +406,38 @@ def main() -> int:
         for name in ("nginx", "interlink")
     }
     rows = [
-        ["direct (upstream)", f"{direct.rate:,.0f}", "", "", "", ""],
+        ["direct (upstream)", f"{median(rates['direct']):,.0f}", "", "", "", ""],
         [
             "nginx reverse proxy",
-            f"{via_nginx.rate:,.0f}",
+            f"{median(rates['nginx']):,.0f}",
             "1.00x",
             f"{added['nginx'][0]:+.3f} / {added['nginx'][1]:+.3f}",
-            f"{nginx_cpu:.1f}",
+            f"{median(cpus['nginx']):.1f}",
             "1.00x",
         ],
         [
             "interlink gateway (route + JWT + limit)",
-            f"{via_gateway.rate:,.0f}",
+            f"{median(rates['interlink']):,.0f}",
             f"{req_ratio:.2f}x",
             f"{added['interlink'][0]:+.3f} / {added['interlink'][1]:+.3f}",
-            f"{gateway_cpu:.1f}",
+            f"{median(cpus['interlink']):.1f}",
             f"{cpu_ratio:.2f}x",
+        ],
+        [
+            "nginx, 2 workers",
+            f"{median(rates['nginx2']):,.0f}",
+            "1.00x",
+            "",
+            f"{median(cpus['nginx2']):.1f}",
+            "1.00x",
+        ],
+        [
+            "interlink gateway, 2 workers (`--workers 2`)",
+            f"{median(rates['interlink2']):,.0f}",
+            f"{req_ratio2:.2f}x",
+            "",
+            f"{median(cpus['interlink2']):.1f}",
+            f"{cpu_ratio2:.2f}x",
         ],
     ]
     table = rep.markdown_table(
@@ -409,8 +479,10 @@ def main() -> int:
         ["target", "measured", "met"], [[t, m, "yes" if ok else "**no**"] for t, m, ok in checks]
     )
     run = (
-        f"wrk -t1 -c{CONNECTIONS} -d{seconds:g}s, all processes on one machine shared with other "
-        f"work (load average {load_before:.1f} before, {load_after:.1f} after)"
+        f"wrk -t1 -c{CONNECTIONS} -d{seconds:g}s, medians of {args.rounds} saturated rounds "
+        f"(gateway/nginx per round: req/s {' '.join(f'{r:.2f}' for r in req_ratios)}, CPU "
+        f"{' '.join(f'{r:.2f}' for r in cpu_ratios)}), all processes on one machine shared with "
+        f"other work (load average {load_before:.1f} before, {load_after:.1f} after)"
     )
     text = rep.results_text(run, table, verdicts)
     print(text)
