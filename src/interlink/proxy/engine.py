@@ -86,11 +86,6 @@ _NOT_FORWARDED = HOP_BY_HOP | {
 _HOP_BY_HOP_BYTES = frozenset(
     name.encode() for name in (*HOP_BY_HOP, CORRELATION_HEADER, "traceparent")
 )
-#: a header line the proxy drops from a response, found in the lower-cased head (each header
-#: line follows a newline)
-_HOP_LINE = re.compile(
-    rb"\n(?:" + b"|".join(re.escape(name) for name in sorted(_HOP_BY_HOP_BYTES)) + rb"):"
-)
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _RETRY_STATUSES = frozenset({502, 503, 504})
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
@@ -821,41 +816,27 @@ class _Answer:
 
 def _response_head(ex: _Exchange, head: ResponseHead) -> tuple[bytes, bool]:
     """The upstream's response header lines for the client (hop-by-hop ones dropped, the
-    echoed ones added), and whether they hold a ``content-length``.
-
-    The lines are relayed as they came, cut only where a line must go: one search of the
-    lower-cased head finds them, instead of taking every header apart and writing it again."""
-    raw = head.raw
-    low = raw.lower()
-    sized = b"\ncontent-length:" in low
-    parts = []
-    listed: list[bytes] = []
-    at = head.start
-    found = _HOP_LINE.search(low, at - 1)
-    while found is not None:
-        begin = found.start() + 1
-        end = low.index(b"\n", begin) + 1
-        while low[end : end + 1] in (b" ", b"\t"):  # an obsolete folded continuation
-            end = low.index(b"\n", end) + 1
-        if low.startswith(b"connection:", begin):
-            listed += low[begin + 11 : end].split(b",")
-        parts.append(raw[at:begin])
-        at = end
-        found = _HOP_LINE.search(low, end - 1)
-    parts.append(raw[at:])
-    parts.append("".join([f"{name}: {value}\r\n" for name, value in ex.echo]).encode("latin-1"))
-    block = b"".join(parts)
-    # names that ``Connection`` lists are hop-by-hop too (rare: taken apart only then)
-    named = {t.strip() for t in listed} - _HOP_BY_HOP_BYTES - {b"close", b""}
-    if named:
-        lines = [
-            line
-            for line in block.split(b"\r\n")
-            if line and line.partition(b":")[0].strip().lower() not in named
-        ]
-        block = b"".join(line + b"\r\n" for line in lines)
-        sized = any(line.lower().startswith(b"content-length:") for line in lines)
-    return block, sized
+    echoed ones added), and whether they hold a ``content-length``."""
+    dropped = _HOP_BY_HOP_BYTES
+    sized = False
+    lines = []
+    listed: bytes | None = None
+    for name, value in head.headers:
+        if name in dropped:
+            if name == b"connection":
+                listed = value
+            continue
+        if name == b"content-length":
+            sized = True
+        lines.append(b"%b: %b\r\n" % (name, value))
+    if listed is not None:  # names that ``Connection`` lists are hop-by-hop too
+        named = {t.strip().lower() for t in listed.split(b",")} - dropped
+        if named:
+            kept = [(n, v) for n, v in head.headers if n not in dropped and n not in named]
+            lines = [b"%b: %b\r\n" % (n, v) for n, v in kept]
+            sized = any(n == b"content-length" for n, _ in kept)
+    lines.append("".join([f"{name}: {value}\r\n" for name, value in ex.echo]).encode("latin-1"))
+    return b"".join(lines), sized
 
 
 def _span_kind_server() -> Any:

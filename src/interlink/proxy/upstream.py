@@ -77,23 +77,10 @@ class ResponseHead:
     """Status and headers of an upstream response; the body follows through the sink."""
 
     status: int
-    #: the head as received: the status line, then each header line with its CRLF (the blank
-    #: line left out), so the proxy relays it without taking every header apart
-    raw: bytes
-    #: where the header lines start in ``raw`` (after the status line)
-    start: int
+    #: (lower-case name, value) as received
+    headers: list[tuple[bytes, bytes]]
     keep_alive: bool
     upgrade: bool
-
-    @property
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        """(lower-case name, value) pairs, in the order received."""
-        pairs = []
-        for line in self.raw[self.start :].split(b"\r\n"):
-            name, colon, value = line.partition(b":")
-            if colon:
-                pairs.append((name.strip().lower(), value.strip()))
-        return pairs
 
 
 class Listener(Protocol):
@@ -126,9 +113,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self._head: asyncio.Future[ResponseHead] | None = None
         self._done: asyncio.Future[None] | None = None
-        #: what arrived of the response head so far (``ResponseHead.raw`` once complete)
-        self._raw_head = b""
-        self._in_head = False
+        self._headers: list[tuple[bytes, bytes]] = []
         self._received_any = False
         self._complete = False
         self._sink: Callable[[bytes], None] | None = None
@@ -212,8 +197,6 @@ class UpstreamConnection(asyncio.Protocol):
             self._raw(data)
             return
         self._received_any = True
-        if self._in_head:
-            self._raw_head += data  # the first chunk as it is: b"" + data is data
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -229,6 +212,9 @@ class UpstreamConnection(asyncio.Protocol):
             listener.waiting()  # a head (and maybe some body) arrived, the rest will follow
 
     # ---------------------------------------------------------------- parser callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))  # bytes: relayed without decoding
 
     def _arm(self, timeout: float) -> None:
         due = self._due = self._loop.time() + timeout
@@ -254,19 +240,14 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
-        raw = self._raw_head
-        end = raw.find(b"\r\n\r\n")  # llhttp insists on CRLF: the first blank line ends it
         if 100 <= status < 200 and status != 101:
-            self._raw_head = raw[end + 4 :]  # an interim response (100 Continue): the real one
-            self._interim = True  # follows
+            self._headers = []  # an interim response (100 Continue): wait for the real one
+            self._interim = True
             return
-        self._in_head = False
-        self._raw_head = b""
         self._keep_alive = parser.should_keep_alive()
         self._due = None  # the head is here: no timeout any more
-        head = ResponseHead(
-            status, raw[: end + 2], raw.find(b"\r\n") + 2, self._keep_alive, status == 101
-        )
+        head = ResponseHead(status, self._headers, self._keep_alive, status == 101)
+        self._headers = []
         if self._listener is not None:
             self._listener.head(head)
         elif self._head is not None and not self._head.done():
@@ -354,8 +335,6 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self._head = self._done = None
         self._received_any = False
-        self._raw_head = b""
-        self._in_head = True
         self._complete = False
         self._sink = None
         self._pending = []
