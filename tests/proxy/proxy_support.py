@@ -7,7 +7,7 @@ import asyncio
 import json
 import socket
 import threading
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from aiohttp import WSMsgType, web
@@ -185,3 +185,18 @@ def status_and_json(response: bytes) -> tuple[int, dict[str, Any]]:
     head, _, body = response.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     return status, json.loads(body) if body.startswith(b"{") else {}
+
+
+def accept_forever(listener: socket.socket, serve: Callable[[socket.socket], None]) -> None:
+    """Hand every connection ``listener`` accepts to ``serve``, each in a thread of its own,
+    until the listener closes."""
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()

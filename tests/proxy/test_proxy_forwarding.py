@@ -6,14 +6,21 @@ import asyncio
 import json
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from proxy_support import LoopThread, raw, route, start_proxy, status_and_json, table
+from proxy_support import (
+    LoopThread,
+    accept_forever,
+    raw,
+    route,
+    start_proxy,
+    status_and_json,
+    table,
+)
 
 from interlink.proxy import Limits, Policies, Proxy, RouteTable
 from interlink.resilience import CircuitBreaker
@@ -149,15 +156,7 @@ class _FixedAnswer:
         self.answer = answer
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        accept_forever(self.listener, self._serve)
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:

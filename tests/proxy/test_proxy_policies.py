@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import httpx
 import pytest
-from proxy_support import LoopThread, route, start_proxy, table
+from proxy_support import LoopThread, accept_forever, route, start_proxy, table
 
 from interlink.discovery import Registry, Resolver, ServiceInstance
 from interlink.proxy import (
@@ -45,18 +45,10 @@ class OneShotServer:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        accept_forever(self.listener, self._serve)
 
     def _serve(self, conn: socket.socket) -> None:
+        self.connections += 1
         with conn:
             data = b""
             while b"\r\n\r\n" not in data:
