@@ -98,9 +98,13 @@ def test_demo_help_documents_its_options() -> None:
 
 def test_demo_list_shows_every_scenario_of_the_system_file() -> None:
     """`interlink demo --list` prints each scenario the system file offers, with its title."""
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:  # the system's scenarios live in the repository's examples/
+        sys.path.insert(0, str(root))
     from examples.food_delivery.scenarios import SCENARIOS
 
-    done = run_script("demo", "--list")
+    system = root / "examples" / "food_delivery" / "system.yaml"
+    done = run_script("demo", "--list", "--system", str(system))
     assert done.returncode == 0, done.stderr
     assert "resilience" in done.stdout
     for name, scenario in SCENARIOS.items():
