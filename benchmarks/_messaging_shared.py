@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -45,6 +46,18 @@ ORDER = Order(
     items=[Item(sku=f"sku-{i:04d}-" + "s" * 20, quantity=i, price=9.99 + i) for i in range(12)],
     note="n" * 200,
 )
+
+
+async def timed_publish(
+    n: int, send: Callable[[], Awaitable[Any]], per_send: int = 1
+) -> tuple[int, float]:
+    """Await ``send()`` (``per_send`` messages each) until ``n`` messages went out or
+    ``TIME_LIMIT`` passed; the messages sent and the seconds it took."""
+    began, done = time.perf_counter(), 0
+    while done < n and time.perf_counter() - began < TIME_LIMIT:
+        await send()
+        done += per_send
+    return done, time.perf_counter() - began
 
 
 def unique(kind: str) -> str:

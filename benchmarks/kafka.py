@@ -44,6 +44,7 @@ from _messaging_shared import (
     Order,
     _payload,
     _raw_bytes,
+    timed_publish,
     unique,
 )
 from messaging import HEADERS, Measure, best_rates, paired_rates, phase_rows
@@ -117,11 +118,9 @@ class KafkaRaw:
         producer = await self._producer()
         try:
             topic = await self._topic(producer, pydantic)
-            began, done = time.perf_counter(), 0
-            while done < n and time.perf_counter() - began < TIME_LIMIT:
-                await producer.send_and_wait(topic, _raw_bytes(pydantic))
-                done += 1
-            return done, time.perf_counter() - began
+            return await timed_publish(
+                n, lambda: producer.send_and_wait(topic, _raw_bytes(pydantic))
+            )
         finally:
             await producer.stop()
 
@@ -129,14 +128,14 @@ class KafkaRaw:
         producer = await self._producer()
         try:
             topic = await self._topic(producer, pydantic)
-            began, done = time.perf_counter(), 0
-            while done < n and time.perf_counter() - began < TIME_LIMIT:
+
+            async def send_window() -> None:
                 # each message serialized, as in the serial case and messaging.py's raw clients
                 await asyncio.gather(
                     *[await producer.send(topic, _raw_bytes(pydantic)) for _ in range(1000)]
                 )
-                done += 1000
-            return done, time.perf_counter() - began
+
+            return await timed_publish(n, send_window, 1000)
         finally:
             await producer.stop()
 
@@ -196,11 +195,7 @@ class KafkaFastStream:
             topic = unique("fs")
             await create_topic(self.bootstrap, topic)
             await broker.publish(BYTES, topic)
-            began, done = time.perf_counter(), 0
-            while done < n and time.perf_counter() - began < TIME_LIMIT:
-                await broker.publish(_payload(pydantic), topic)
-                done += 1
-            return done, time.perf_counter() - began
+            return await timed_publish(n, lambda: broker.publish(_payload(pydantic), topic))
         finally:
             await broker.stop()
 
@@ -211,12 +206,12 @@ class KafkaFastStream:
             topic = unique("fs")
             await create_topic(self.bootstrap, topic)
             await broker.publish(BYTES, topic)
-            began, done = time.perf_counter(), 0
-            while done < n and time.perf_counter() - began < TIME_LIMIT:
+
+            async def send_window() -> None:
                 message = _payload(pydantic)  # publish_batch overflows its buffer at 1 KiB x 16
                 await asyncio.gather(*[broker.publish(message, topic) for _ in range(1000)])
-                done += 1000
-            return done, time.perf_counter() - began
+
+            return await timed_publish(n, send_window, 1000)
         finally:
             await broker.stop()
 
@@ -263,21 +258,15 @@ class KafkaInterlink:
         topic = unique("il")
         async with Broker.from_url(self.url) as broker:
             await broker.publish(topic, BYTES)
-            began, done = time.perf_counter(), 0
-            while done < n and time.perf_counter() - began < TIME_LIMIT:
-                await broker.publish(topic, _payload(pydantic))
-                done += 1
-            return done, time.perf_counter() - began
+            return await timed_publish(n, lambda: broker.publish(topic, _payload(pydantic)))
 
     async def window(self, n: int, pydantic: bool) -> tuple[int, float]:
         topic = unique("il")
         async with Broker.from_url(self.url) as broker:
             await broker.publish(topic, BYTES)
-            began, done = time.perf_counter(), 0
-            while done < n and time.perf_counter() - began < TIME_LIMIT:
-                await broker.publish_many(topic, [_payload(pydantic)] * 1000)
-                done += 1000
-            return done, time.perf_counter() - began
+            return await timed_publish(
+                n, lambda: broker.publish_many(topic, [_payload(pydantic)] * 1000), 1000
+            )
 
     async def consume(self, n: int, pydantic: bool) -> tuple[int, float]:
         topic = unique("il")
