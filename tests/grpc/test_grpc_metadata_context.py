@@ -61,7 +61,7 @@ def test_default_runtime_context_is_read_from_its_variable(in_a_span: None) -> N
 
 
 def test_another_runtime_context_falls_back_to_the_public_api(
-    monkeypatch: pytest.MonkeyPatch, in_a_span: None
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A runtime context of another type (or one without the private variable) is read through
     opentelemetry.context.get_current, and the trace context still goes out."""
