@@ -333,3 +333,43 @@ def test_foreign_headers_that_are_null_or_not_utf8_do_not_stop_a_consumer(kafka_
     assert order_id == 5
     assert headers["x-null"] == ""
     assert headers["x-bin"] == "\ufffd\ufffd"
+
+
+def test_lag_counts_the_records_past_the_groups_commit(kafka_url: str) -> None:
+    """Five records behind a held handler: five pending; a group that never consumed the topic
+    has nothing pending; once handled, nothing is pending."""
+    topic, group = _name(), _name("pay")
+    gate = asyncio.Event()
+    handled: list[int] = []
+
+    async def body() -> tuple[int, int, int]:
+        broker = Broker.from_url(kafka_url)
+
+        @broker.subscriber(topic, group=group, concurrency=1, prefetch=1)
+        async def handle(message: Order) -> None:
+            await gate.wait()
+            handled.append(message.order_id)
+
+        async def pending() -> int:
+            lag = await broker.lag(topic, group)
+            assert lag is not None
+            return lag.pending
+
+        async def drained() -> bool:
+            return await pending() == 0
+
+        async with broker:
+            for i in range(5):
+                await broker.publish(topic, Order(order_id=i))
+            held = await pending()
+            nobody = await broker.lag(topic, _name("nobody"))
+            assert nobody is not None
+            gate.set()
+            await until(lambda: len(handled) == 5, within=15)
+            await until(drained, within=15, what="the commit of the last record")
+            return held, nobody.pending, await pending()
+
+    held, nobody, after = _run(body())
+    assert held == 5
+    assert nobody == 0
+    assert after == 0

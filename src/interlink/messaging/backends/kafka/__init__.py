@@ -48,7 +48,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the no-extras inst
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from interlink.messaging.backend import Delivery
+from interlink.messaging.backend import ConsumerLag, Delivery
 from interlink.messaging.backends._base import ConnectionBackend
 from interlink.messaging.backends.kafka import _dlq
 from interlink.messaging.backends.kafka._connection import KAFKA, KafkaConnection
@@ -103,6 +103,29 @@ class KafkaBackend(ConnectionBackend[KafkaConnection]):
                 log.info("kafka: group %s starts %s at its beginning (%r)", group, topic, exc)
         finally:
             await consumer.stop()
+
+    async def lag(self, topic: str, group: str) -> ConsumerLag:
+        """The records past ``group``'s committed offset on each partition of ``topic`` (its
+        end offset minus the commit). A group with no commit on the topic has nothing pending.
+        Kafka keeps no per-record state, so retry copies meant for other groups count too,
+        and the oldest's age would need a record read: it stays None."""
+        # The group's consumer without joining the group (nothing assigned through it): what
+        # ``ensure_group`` also reads commits with.
+        reader = self.connection.consumer(group=group)
+        try:
+            await reader.start()
+            await reader.topics()
+            tps = [
+                TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())
+            ]
+            reader.assign(tps)
+            committed = {tp: await reader.committed(tp) for tp in tps}
+            known = {tp: offset for tp, offset in committed.items() if offset is not None}
+            ends = await reader.end_offsets(list(known)) if known else {}
+        finally:
+            await reader.stop()
+        pending = sum(max(0, ends[tp] - offset) for tp, offset in known.items())
+        return ConsumerLag(topic=topic, group=group, pending=pending)
 
     async def publish(self, topic: str, message: OutgoingMessage) -> None:
         """Send the record and wait for the acknowledgement of every in-sync replica."""
