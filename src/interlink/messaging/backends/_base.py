@@ -1,6 +1,9 @@
 """The shape the server backends share: one connection object, DLQ functions over it.
 
-``letter_of`` is every backend's dead letter of a delivery.
+``ServerConnection`` is the base of the connection objects that dial a server (NATS,
+RabbitMQ). ``letter_of`` is every backend's dead letter of a delivery, ``stored_letter`` reads
+one back from a DLQ record, and ``replays`` decides what a ``dlq_replay`` publishes again and
+removes.
 
 A server backend (Kafka, NATS, RabbitMQ, Redis) keeps everything about its link to the server
 in one connection object (the URL's options, the client, ``connect`` and ``aclose``) and its
@@ -12,15 +15,33 @@ subscribing, and overrides what its server does differently.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from types import ModuleType
 from typing import ClassVar, Generic, Protocol, Self, TypeVar
 
-from interlink.messaging.backend import Delivery
-from interlink.messaging.envelope import Binding, DeadLetter, letter_for
+from interlink.messaging.backend import BackendUnavailable, Delivery, redact
+from interlink.messaging.envelope import (
+    Binding,
+    DeadLetter,
+    EnvelopeError,
+    decode_dead_letter,
+    letter_for,
+    with_id,
+)
 
-__all__ = ["ConnectionBackend", "letter_of"]
+__all__ = [
+    "ConnectionBackend",
+    "Replay",
+    "ServerConnection",
+    "UrlBackend",
+    "letter_of",
+    "replays",
+    "stored_letter",
+]
 
 
 def letter_of(  # noqa: PLR0917 - what every backend's dead_letter has at hand
@@ -50,6 +71,82 @@ def letter_of(  # noqa: PLR0917 - what every backend's dead_letter has at hand
     )
 
 
+def stored_letter(data: bytes, log: logging.Logger, where: str) -> DeadLetter | None:
+    """The dead letter of a DLQ record, or None (and a warning naming ``where``) for a record
+    that is not one: something else written to the DLQ must not stop listing or replaying."""
+    try:
+        return decode_dead_letter(data)
+    except EnvelopeError:
+        log.warning("%s holds a record that is not a dead letter", where)
+        return None
+
+
+H = TypeVar("H")
+
+
+@dataclass(slots=True)
+class Replay(Generic[H]):
+    """One message a DLQ replay publishes again: the oldest chosen ``letter`` holding its id,
+    the ``headers`` to publish it with (its id restored, see ``envelope.with_id``), and the
+    ``handles`` of every chosen letter holding that id, which go once it is published."""
+
+    letter: DeadLetter
+    headers: dict[str, str]
+    handles: list[H]
+
+
+def replays(
+    letters: Iterable[tuple[H, DeadLetter]], ids: Sequence[str] | None, binding: Binding
+) -> list[Replay[H]]:
+    """The replays of ``letters`` ((handle, letter) pairs, oldest first) whose id is in ``ids``
+    (all when None): one per message id, however many letters hold it, in first-seen order."""
+    wanted = None if ids is None else set(ids)
+    by_id: dict[str, Replay[H]] = {}
+    for handle, letter in letters:
+        if wanted is not None and letter.id not in wanted:
+            continue
+        replay = by_id.get(letter.id)
+        if replay is None:
+            headers = with_id(binding, letter.headers, letter.id)
+            by_id[letter.id] = Replay(letter, headers, [handle])
+        else:
+            replay.handles.append(handle)
+    return list(by_id.values())
+
+
+T = TypeVar("T")
+
+
+class ServerConnection:
+    """A link to a server that ``connect`` opens once, however many tasks ask at the same
+    time: the first dials (``_dial``) under a lock, the others wait for it and find the link
+    open (``_open``). What exists only while connected is ``require``d."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._lock = asyncio.Lock()
+
+    def _open(self) -> bool:
+        raise NotImplementedError
+
+    async def _dial(self) -> None:
+        raise NotImplementedError
+
+    async def connect(self) -> None:
+        """Connect (once)."""
+        if self._open():
+            return
+        async with self._lock:
+            if not self._open():  # (connected while this call waited for the lock)
+                await self._dial()
+
+    def require(self, handle: T | None) -> T:
+        """``handle``; ``BackendUnavailable`` when it is None (not connected)."""
+        if handle is None:
+            raise BackendUnavailable(redact(self._url), "not connected")
+        return handle
+
+
 class _Connection(Protocol):
     async def connect(self) -> object: ...
 
@@ -59,12 +156,26 @@ class _Connection(Protocol):
 C = TypeVar("C", bound=_Connection)
 
 
-class ConnectionBackend(Generic[C]):
-    """A backend over one connection object (``connection``, made by ``_open``) and the
-    module of DLQ functions ``dlq``."""
+class UrlBackend:
+    """What every backend class has: the URL ``scheme`` it serves, the ``binding`` of the
+    CloudEvents attributes to its native headers, and ``from_url``."""
 
     scheme: ClassVar[str]
     binding: ClassVar[Binding]
+
+    def __init__(self, url: str) -> None:
+        """A backend is made from its URL alone: its options ride in the query."""
+
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        """The backend for ``url`` (not yet connected)."""
+        return cls(url)
+
+
+class ConnectionBackend(UrlBackend, Generic[C]):
+    """A backend over one connection object (``connection``, made by ``_open``) and the
+    module of DLQ functions ``dlq``."""
+
     dlq: ClassVar[ModuleType]
 
     def __init__(self, url: str) -> None:
@@ -72,11 +183,6 @@ class ConnectionBackend(Generic[C]):
 
     def _open(self, url: str) -> C:
         raise NotImplementedError
-
-    @classmethod
-    def from_url(cls, url: str) -> Self:
-        """The backend for ``url`` (not yet connected)."""
-        return cls(url)
 
     async def connect(self) -> None:
         """Connect (once)."""

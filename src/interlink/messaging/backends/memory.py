@@ -23,11 +23,11 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Self
+from typing import ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 from interlink.messaging.backend import ConsumerLag
-from interlink.messaging.backends._base import letter_of
+from interlink.messaging.backends._base import UrlBackend, letter_of, replays
 from interlink.messaging.backends._options import DLQ_MAX_AGE, DLQ_MAX_COUNT
 from interlink.messaging.backends._wait import sleep_or_wake
 from interlink.messaging.envelope import (
@@ -37,7 +37,6 @@ from interlink.messaging.envelope import (
     Envelope,
     OutgoingMessage,
     read,
-    with_id,
 )
 from interlink.resilience._validate import positive
 
@@ -172,16 +171,11 @@ class _Delivery:
         topic.dlq.append(letter_of(self, self._topic, self._group.name, reason, error_type, FIELDS))
 
 
-class MemoryBackend:
+class MemoryBackend(UrlBackend):
     """The in-process backend (see the module docstring)."""
 
     scheme: ClassVar[str] = "memory"
     binding: ClassVar[Binding] = FIELDS
-
-    @classmethod
-    def from_url(cls, url: str) -> Self:
-        """The backend for ``memory://`` ``url`` (not yet connected)."""
-        return cls(url)
 
     def __init__(self, url: str = "memory://", *, visibility_timeout: float | None = None):
         parts = urlsplit(url)
@@ -311,17 +305,13 @@ class MemoryBackend:
         state = self.hub.topics.get(topic)
         if state is None:
             return 0
-        wanted = None if ids is None else set(ids)
-        chosen = [d for d in state.dlq if wanted is None or d.id in wanted]
-        state.dlq = [d for d in state.dlq if not (wanted is None or d.id in wanted)]
-        done: set[str] = set()
-        for letter in chosen:
-            if letter.id in done:  # one message per id, however many letters hold it
-                continue
-            done.add(letter.id)
-            headers = with_id(FIELDS, letter.headers, letter.id)
+        chosen = replays(enumerate(state.dlq), ids, FIELDS)
+        gone = {i for replay in chosen for i in replay.handles}
+        state.dlq = [d for i, d in enumerate(state.dlq) if i not in gone]
+        for replay in chosen:
+            headers, letter = replay.headers, replay.letter
             self._store(topic, letter.data, headers.get(FIELDS.key), letter.id, headers)
-        return len(done)
+        return len(chosen)
 
     async def groups(self, topic: str) -> list[str]:
         """The topic's groups."""

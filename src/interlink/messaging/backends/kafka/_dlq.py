@@ -18,8 +18,9 @@ from collections.abc import Sequence
 
 from aiokafka import TopicPartition
 
+from interlink.messaging.backends._base import replays, stored_letter
 from interlink.messaging.backends.kafka._connection import KAFKA, KafkaConnection
-from interlink.messaging.envelope import DeadLetter, EnvelopeError, decode_dead_letter, with_id
+from interlink.messaging.envelope import DeadLetter
 
 __all__ = ["PURGE", "REMOVE", "dlq_count", "dlq_list", "dlq_purge", "dlq_replay"]
 
@@ -60,10 +61,9 @@ async def _read(connection: KafkaConnection, topic: str) -> list[tuple[int, Dead
                         for offset in [o for o in letters if o < before]:
                             del letters[offset]
                 else:
-                    try:
-                        letters[record.offset] = decode_dead_letter(record.value or b"")
-                    except EnvelopeError:
-                        log.warning("kafka: %s holds a record that is not a dead letter", name)
+                    letter = stored_letter(record.value or b"", log, f"kafka: {name}")
+                    if letter is not None:
+                        letters[record.offset] = letter
     finally:
         await consumer.stop()
     oldest = time.time() - connection.dlq_max_age
@@ -92,17 +92,12 @@ async def dlq_replay(connection: KafkaConnection, topic: str, ids: Sequence[str]
     """Per chosen id: publish the message once (record key restored), then append a marker
     removing every letter holding that id. A replay interrupted between the two publishes
     again when run again (at-least-once, like every delivery)."""
-    wanted = None if ids is None else set(ids)
-    by_id: dict[str, list[tuple[int, DeadLetter]]] = {}
-    for offset, letter in await _read(connection, topic):
-        if wanted is None or letter.id in wanted:
-            by_id.setdefault(letter.id, []).append((offset, letter))
-    for message_id, entries in by_id.items():
-        letter = entries[0][1]
-        headers = with_id(KAFKA, letter.headers, message_id)
-        await connection.publish_one(topic, letter.data, headers.get(KAFKA.key), headers)
-        await _mark(connection, topic, REMOVE, ",".join(str(o) for o, _ in entries))
-    return len(by_id)
+    chosen = replays(await _read(connection, topic), ids, KAFKA)
+    for replay in chosen:
+        headers = replay.headers
+        await connection.publish_one(topic, replay.letter.data, headers.get(KAFKA.key), headers)
+        await _mark(connection, topic, REMOVE, ",".join(str(o) for o in replay.handles))
+    return len(chosen)
 
 
 async def dlq_purge(connection: KafkaConnection, topic: str) -> int:

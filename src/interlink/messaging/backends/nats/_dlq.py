@@ -12,14 +12,9 @@ from datetime import UTC, datetime
 import nats.js.errors
 
 from interlink.messaging.backend import ConsumerLag
+from interlink.messaging.backends._base import replays, stored_letter
 from interlink.messaging.backends.nats._jetstream import BACKLOG, JetStream
-from interlink.messaging.envelope import (
-    NATS,
-    DeadLetter,
-    EnvelopeError,
-    decode_dead_letter,
-    with_id,
-)
+from interlink.messaging.envelope import NATS, DeadLetter
 
 __all__ = ["dlq_list", "dlq_purge", "dlq_replay", "topics"]
 
@@ -51,10 +46,9 @@ async def _letters(
         message = reply["message"]
         seq = int(message["seq"])
         data = base64.b64decode(message.get("data", ""))
-        try:
-            found.append((seq, decode_dead_letter(data)))
-        except EnvelopeError:
-            log.warning("nats: %s holds a record that is not a dead letter (seq %d)", stream, seq)
+        letter = stored_letter(data, log, f"nats: {stream} (seq {seq})")
+        if letter is not None:
+            found.append((seq, letter))
         seq += 1
     return found
 
@@ -70,17 +64,14 @@ async def dlq_replay(backend: JetStream, topic: str, ids: Sequence[str] | None) 
     stream = await _dlq_stream(backend, topic)
     if stream is None:
         return 0
-    wanted = None if ids is None else set(ids)
-    done: set[str] = set()
-    for seq, letter in await _letters(backend, topic, None):
-        if wanted is not None and letter.id not in wanted:
-            continue
-        if letter.id not in done:  # one message per id, however many letters hold it
-            headers = with_id(NATS, letter.headers, letter.id)
-            await backend.publish_one(topic, letter.data, headers, f"{letter.id}:replay:{seq}")
-            done.add(letter.id)
-        await backend.js.delete_msg(stream, seq)
-    return len(done)
+    chosen = replays(await _letters(backend, topic, None), ids, NATS)
+    for replay in chosen:
+        letter, seqs = replay.letter, replay.handles
+        msg_id = f"{letter.id}:replay:{seqs[0]}"
+        await backend.publish_one(topic, letter.data, replay.headers, msg_id)
+        for seq in seqs:
+            await backend.js.delete_msg(stream, seq)
+    return len(chosen)
 
 
 async def dlq_purge(backend: JetStream, topic: str) -> int:

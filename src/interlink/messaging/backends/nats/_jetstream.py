@@ -24,6 +24,7 @@ from nats.js.api import (
 )
 
 from interlink.messaging.backend import BackendUnavailable, PublishError, redact
+from interlink.messaging.backends._base import ServerConnection
 from interlink.messaging.backends._options import (
     UrlOptions,
     close_at_loop_end,
@@ -45,14 +46,14 @@ BACKLOG = "interlink:backlog"  # ":" is in no group name
 _LITERAL = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
 
-class JetStream:
+class JetStream(ServerConnection):
     """A NATS connection with JetStream: the URL's options, the streams and consumers made,
     confirmed publishing. Pullers register a ``Signal`` in ``signals`` to be woken on a
     reconnect, when ``generation`` changes."""
 
     def __init__(self, url: str) -> None:
+        super().__init__(url)
         opts = UrlOptions(url, "nats")
-        self._url = url
         self.ack_wait = opts.number("ack_wait", 30.0, minimum=0.001)
         self.storage = opts.choice("storage", "file", ("file", "memory"))
         self.replicas = opts.integer("replicas", 1, minimum=1) or 1
@@ -76,7 +77,6 @@ class JetStream:
         self._keeper: asyncio.Task[None] | None = None
         self._js: Any = None  # nats-py's JetStreamContext
         self._acks: PubAcks | None = None
-        self._lock = asyncio.Lock()
         self._streams: dict[str, str] = {}
         self._consumers: set[tuple[str, str]] = set()
         self.signals: set[Signal] = set()
@@ -88,42 +88,37 @@ class JetStream:
     def _open(self) -> bool:
         return self._nc is not None
 
-    async def connect(self) -> None:
-        """Connect (once); the client then reconnects by itself for as long as it lives."""
-        if self._open():
-            return
-        async with self._lock:
-            if self._open():  # connected while this call waited for the lock
-                return
-            nc = Client()
-            try:
-                await asyncio.wait_for(
-                    nc.connect(
-                        servers=self._servers,
-                        name="interlink",
-                        connect_timeout=max(1, int(self.connect_timeout)),
-                        reconnect_time_wait=self.reconnect_wait,  # type: ignore[arg-type]
-                        max_reconnect_attempts=-1,
-                        error_cb=self._on_error,
-                        disconnected_cb=self._on_disconnected,
-                        reconnected_cb=self._on_reconnected,
-                    ),
-                    self.connect_timeout,
-                )
-            except (TimeoutError, *SEND_ERRORS) as exc:
-                with contextlib.suppress(Exception):
-                    await nc.close()
-                # nats-py keeps retrying until the timeout; the error it met is in _last_error
-                cause = exc if self._last_error is None else self._last_error
-                tried = ", ".join(redact(server) for server in self._servers)
-                reason = connect_failure(cause, tried=tried, within=self.connect_timeout)
-                raise BackendUnavailable(redact(self._url), reason) from exc
-            self._js = nc.jetstream(timeout=self.timeout)
-            acks = PubAcks(nc)
-            await acks.start()
-            self._acks = acks
-            self._nc = nc
-            self._keeper = close_at_loop_end(self.aclose)
+    async def _dial(self) -> None:
+        # Once connected, the client reconnects by itself for as long as it lives.
+        nc = Client()
+        try:
+            await asyncio.wait_for(
+                nc.connect(
+                    servers=self._servers,
+                    name="interlink",
+                    connect_timeout=max(1, int(self.connect_timeout)),
+                    reconnect_time_wait=self.reconnect_wait,  # type: ignore[arg-type]
+                    max_reconnect_attempts=-1,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                ),
+                self.connect_timeout,
+            )
+        except (TimeoutError, *SEND_ERRORS) as exc:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            # nats-py keeps retrying until the timeout; the error it met is in _last_error
+            cause = exc if self._last_error is None else self._last_error
+            tried = ", ".join(redact(server) for server in self._servers)
+            reason = connect_failure(cause, tried=tried, within=self.connect_timeout)
+            raise BackendUnavailable(redact(self._url), reason) from exc
+        self._js = nc.jetstream(timeout=self.timeout)
+        acks = PubAcks(nc)
+        await acks.start()
+        self._acks = acks
+        self._nc = nc
+        self._keeper = close_at_loop_end(self.aclose)
 
     async def aclose(self) -> None:
         """Flush what is buffered (acks included) and close the connection."""
@@ -144,12 +139,6 @@ class JetStream:
     def nc(self) -> Client | None:
         """The client, while connected."""
         return self._nc
-
-    def _acks_or_raise(self) -> PubAcks:
-        acks = self._acks
-        if acks is None:
-            raise BackendUnavailable(redact(self._url), "not connected")
-        return acks
 
     def client(self) -> Client:
         """The client; ``BackendUnavailable`` when not connected."""
@@ -175,9 +164,7 @@ class JetStream:
     @property
     def js(self) -> Any:
         """nats-py's JetStream context, while connected."""
-        if self._js is None:
-            raise BackendUnavailable(redact(self._url), "not connected")
-        return self._js
+        return self.require(self._js)
 
     async def api(self, subject: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
         nc = self.client()
@@ -301,7 +288,7 @@ class JetStream:
         if dedupe_id is not None:
             headers = {**headers, MSG_ID: dedupe_id}
         for last in (False, True):
-            failed = await self._acks_or_raise().send(topic, [(data, headers)], self.timeout)
+            failed = await self.require(self._acks).send(topic, [(data, headers)], self.timeout)
             if not failed:
                 return
             error = failed[0][1]
@@ -333,7 +320,7 @@ class JetStream:
         self, topic: str, items: Sequence[OutgoingMessage]
     ) -> tuple[list[OutgoingMessage], BaseException | None]:
         pairs = [(item.data, item.headers) for item in items]
-        failed = await self._acks_or_raise().send(topic, pairs, self.timeout)
+        failed = await self.require(self._acks).send(topic, pairs, self.timeout)
         return [items[index] for index, _ in failed], failed[0][1] if failed else None
 
     def forget_consumer(self, topic: str, group: str) -> None:

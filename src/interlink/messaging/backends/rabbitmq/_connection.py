@@ -24,6 +24,7 @@ from aio_pika.abc import (
 )
 
 from interlink.messaging.backend import BackendUnavailable, PublishError, redact
+from interlink.messaging.backends._base import ServerConnection
 from interlink.messaging.backends._options import (
     UrlOptions,
     close_at_loop_end,
@@ -121,14 +122,14 @@ def dlq_limits_refused(name: str, retention: Mapping[str, int], exc: BaseExcepti
 CLAIM_LEASE = 10.0
 
 
-class RabbitConnection:
+class RabbitConnection(ServerConnection):
     """A robust AMQP connection, its confirming channel and the topology declared on it."""
 
     def __init__(self, url: str, *, close: Callable[[], Awaitable[None]] | None = None) -> None:
         """``close`` is what the end of the event loop calls if nobody closed the connection
         (the backend's ``aclose``, which flushes acks first); ``aclose`` by default."""
+        super().__init__(url)
         opts = UrlOptions(url, "amqp")
-        self._url = url
         self.queue_type = opts.choice("queue_type", "quorum", ("quorum", "classic"))
         self.exchange_name = opts.text("exchange", "interlink")
         self.timeout = opts.number("timeout", 10.0, minimum=0.001)
@@ -143,7 +144,6 @@ class RabbitConnection:
         self._close = close or self.aclose
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
-        self._lock = asyncio.Lock()
         self._topics: set[str] = set()
         self._dlqs: set[str] = set()
         self._delays: dict[int, AbstractExchange] = {}
@@ -151,50 +151,41 @@ class RabbitConnection:
     def _open(self) -> bool:
         return self._conn is not None
 
-    async def connect(self) -> None:
-        """Open a robust connection, a confirming channel, and declare the exchanges."""
-        if self._open():
-            return
-        async with self._lock:
-            if self._open():  # connected while this call waited for the lock
-                return
-            try:
-                conn = await aio_pika.connect_robust(
-                    self._base,
-                    timeout=self.connect_timeout,
-                    reconnect_interval=self.reconnect_interval,
-                    client_properties={"connection_name": "interlink"},
-                )
-            except (*PUBLISH_ERRORS, aio_pika.exceptions.AMQPException) as exc:
-                reason = connect_failure(exc, tried=redact(self._base), within=self.connect_timeout)
-                raise BackendUnavailable(redact(self._url), reason) from exc
-            channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
-            unrouted = await channel.declare_exchange(
-                f"{self.exchange_name}.unrouted", aio_pika.ExchangeType.TOPIC, durable=True
+    async def _dial(self) -> None:
+        # A robust connection, a confirming channel, and the exchanges declared on it.
+        try:
+            conn = await aio_pika.connect_robust(
+                self._base,
+                timeout=self.connect_timeout,
+                reconnect_interval=self.reconnect_interval,
+                client_properties={"connection_name": "interlink"},
             )
-            self._exchange = await channel.declare_exchange(
-                self.exchange_name,
-                aio_pika.ExchangeType.TOPIC,
-                durable=True,
-                arguments={"alternate-exchange": unrouted.name},
-            )
-            self._channel = channel
-            self._conn = conn
-            self._keeper = close_at_loop_end(self._close)
+        except (*PUBLISH_ERRORS, aio_pika.exceptions.AMQPException) as exc:
+            reason = connect_failure(exc, tried=redact(self._base), within=self.connect_timeout)
+            raise BackendUnavailable(redact(self._url), reason) from exc
+        channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        unrouted = await channel.declare_exchange(
+            f"{self.exchange_name}.unrouted", aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        self._exchange = await channel.declare_exchange(
+            self.exchange_name,
+            aio_pika.ExchangeType.TOPIC,
+            durable=True,
+            arguments={"alternate-exchange": unrouted.name},
+        )
+        self._channel = channel
+        self._conn = conn
+        self._keeper = close_at_loop_end(self._close)
 
     @property
     def connection(self) -> AbstractRobustConnection:
         """The robust connection, while connected."""
-        if self._conn is None:
-            raise BackendUnavailable(redact(self._url), "not connected")
-        return self._conn
+        return self.require(self._conn)
 
     @property
     def exchange(self) -> AbstractExchange:
         """The topic exchange messages are published to, while connected."""
-        if self._exchange is None:
-            raise BackendUnavailable(redact(self._url), "not connected")
-        return self._exchange
+        return self.require(self._exchange)
 
     async def aclose(self) -> None:
         """Forget what was declared and close the connection (the backend closed its
@@ -214,9 +205,7 @@ class RabbitConnection:
     @property
     def channel(self) -> AbstractChannel:
         """The confirming channel publishes go through."""
-        if self._channel is None:
-            raise BackendUnavailable(redact(self._url), "not connected")
-        return self._channel
+        return self.require(self._channel)
 
     @property
     def default_exchange(self) -> AbstractExchange:

@@ -4,19 +4,14 @@ messages from a queue without acking them (they go back when the channel closes)
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
+from interlink.messaging.backends._base import replays, stored_letter
 from interlink.messaging.backends.rabbitmq._connection import RabbitConnection, message_of
-from interlink.messaging.envelope import (
-    AMQP,
-    DeadLetter,
-    EnvelopeError,
-    decode_dead_letter,
-    with_id,
-)
+from interlink.messaging.envelope import AMQP, DeadLetter
 
 __all__ = ["dlq_list", "dlq_purge", "dlq_replay", "topics"]
 
@@ -32,24 +27,34 @@ async def _browse(backend: RabbitConnection, queue: str) -> tuple[AbstractChanne
     return channel, await channel.get_queue(queue, ensure=False)
 
 
+async def _messages(queue: Any) -> AsyncIterator[AbstractIncomingMessage]:
+    """The queue's messages, got one by one without acking, until it has no more."""
+    while (message := await queue.get(no_ack=False, fail=False)) is not None:
+        yield message
+
+
+async def _letters(
+    queue: Any, topic: str, limit: int | None
+) -> list[tuple[AbstractIncomingMessage, DeadLetter]]:
+    found: list[tuple[AbstractIncomingMessage, DeadLetter]] = []
+    async for message in _messages(queue):
+        letter = stored_letter(message.body, log, f"rabbitmq: {topic}.dlq")
+        if letter is not None:
+            found.append((message, letter))
+            if limit is not None and len(found) >= limit:
+                break
+    return found
+
+
 async def dlq_list(backend: RabbitConnection, topic: str, limit: int) -> list[DeadLetter]:
     """Get up to ``limit`` records without acking; closing the channel puts them back."""
     channel, queue = await _browse(backend, f"{topic}.dlq")
     if channel is None:
         return []
-    letters: list[DeadLetter] = []
     try:
-        while len(letters) < limit:
-            message = await queue.get(no_ack=False, fail=False)
-            if message is None:
-                break
-            try:
-                letters.append(decode_dead_letter(message.body))
-            except EnvelopeError:
-                log.warning("rabbitmq: %s.dlq holds a record that is not a dead letter", topic)
+        return [letter for _, letter in await _letters(queue, topic, limit)] if limit > 0 else []
     finally:
         await channel.close()
-    return letters
 
 
 async def dlq_replay(backend: RabbitConnection, topic: str, ids: Sequence[str] | None) -> int:
@@ -60,28 +65,16 @@ async def dlq_replay(backend: RabbitConnection, topic: str, ids: Sequence[str] |
         return 0
     await backend.ensure_topic(topic)
     exchange = backend.exchange
-    wanted = None if ids is None else set(ids)
-    done: set[str] = set()
     try:
-        while True:
-            message = await queue.get(no_ack=False, fail=False)
-            if message is None:
-                break
-            try:
-                letter = decode_dead_letter(message.body)
-            except EnvelopeError:
-                continue
-            if wanted is not None and letter.id not in wanted:
-                continue
-            if letter.id not in done:  # one message per id, however many letters hold it
-                headers = with_id(AMQP, letter.headers, letter.id)
-                copy = message_of(letter.data, headers, letter.id)
-                await backend.confirm(exchange, copy, topic, topic)
-                done.add(letter.id)
-            await message.ack()
+        chosen = replays(await _letters(queue, topic, None), ids, AMQP)
+        for replay in chosen:
+            copy = message_of(replay.letter.data, replay.headers, replay.letter.id)
+            await backend.confirm(exchange, copy, topic, topic)
+            for message in replay.handles:
+                await message.ack()
     finally:
         await channel.close()
-    return len(done)
+    return len(chosen)
 
 
 async def dlq_purge(backend: RabbitConnection, topic: str) -> int:
@@ -115,13 +108,7 @@ async def topics(backend: RabbitConnection) -> list[str]:
     channel, queue = await _browse(backend, f"{backend.exchange_name}.topics")
     if channel is None:
         return []
-    names: set[str] = set()
     try:
-        while True:
-            message = await queue.get(no_ack=False, fail=False)
-            if message is None:
-                break
-            names.add(message.body.decode())
+        return sorted({message.body.decode() async for message in _messages(queue)})
     finally:
         await channel.close()
-    return sorted(names)

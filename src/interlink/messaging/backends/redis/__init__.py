@@ -49,7 +49,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar
 
 try:
     import redis.asyncio as aioredis
@@ -60,6 +60,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the no-extras inst
     ) from exc
 
 from interlink.messaging.backend import ConsumerLag, Delivery, PublishError
+from interlink.messaging.backends._base import UrlBackend, replays, stored_letter
 from interlink.messaging.backends._options import close_at_loop_end, stop_keeper
 from interlink.messaging.backends.redis._calls import own_connection
 from interlink.messaging.backends.redis._connection import RedisConnection
@@ -68,10 +69,7 @@ from interlink.messaging.envelope import (
     FIELDS,
     Binding,
     DeadLetter,
-    EnvelopeError,
     OutgoingMessage,
-    decode_dead_letter,
-    with_id,
 )
 
 __all__ = ["RedisBackend"]
@@ -167,7 +165,7 @@ class _Lane:
             await self.conn.disconnect()
 
 
-class RedisBackend:
+class RedisBackend(UrlBackend):
     """Messages in Redis Streams with consumer groups (see the module docstring)."""
 
     scheme: ClassVar[str] = "redis"
@@ -178,11 +176,6 @@ class RedisBackend:
         self._lane: _Lane | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._subs: set[Subscription] = set()
-
-    @classmethod
-    def from_url(cls, url: str) -> Self:
-        """The backend for ``redis://`` or ``rediss://`` ``url`` (not yet connected)."""
-        return cls(url)
 
     @property
     def visibility_timeout(self) -> float:
@@ -289,10 +282,9 @@ class RedisBackend:
         while limit is None or len(found) < limit:
             page: Any = await client.xrange(key, min=start, max="+", count=500)
             for eid, fields in page:
-                try:
-                    found.append((eid, decode_dead_letter(fields.get(b"d", b""))))
-                except EnvelopeError:
-                    log.warning("redis: %s holds a record that is not a dead letter", key)
+                letter = stored_letter(fields.get(b"d", b""), log, f"redis: {key!r}")
+                if letter is not None:
+                    found.append((eid, letter))
             if len(page) < 500:
                 break
             start = b"(" + page[-1][0]
@@ -307,26 +299,20 @@ class RedisBackend:
         delete its letters from the DLQ, each publish and delete in one script."""
         await self.connect()
         conn = self.connection
-        wanted = None if ids is None else set(ids)
         dlq = conn.key(f"{topic}.dlq")
         count = 0
-        done: set[str] = set()
-        for eid, letter in await self._letters(topic, None):
-            if wanted is not None and letter.id not in wanted:
-                continue
-            if letter.id in done:  # one message per id, however many letters hold it
-                await conn.client.xdel(dlq, eid)
-                continue
-            done.add(letter.id)
-            headers = with_id(FIELDS, letter.headers, letter.id)
-            fields = [b"data", letter.data]
-            for name, value in headers.items():
+        for replay in replays(await self._letters(topic, None), ids, FIELDS):
+            first, *others = replay.handles
+            fields = [b"data", replay.letter.data]
+            for name, value in replay.headers.items():
                 fields += (name.encode(), value.encode())
             count += int(
                 await conn.scripts.replay(
-                    keys=[dlq, conn.key(topic)], args=[eid, conn.maxlen or 0, *fields]
+                    keys=[dlq, conn.key(topic)], args=[first, conn.maxlen or 0, *fields]
                 )
             )
+            if others:
+                await conn.client.xdel(dlq, *others)
         return count
 
     async def groups(self, topic: str) -> list[str]:

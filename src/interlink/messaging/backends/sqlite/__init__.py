@@ -31,11 +31,12 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, TypeVar, TypeVarTuple
 from urllib.parse import parse_qs, urlsplit
 
 from interlink._sqlite_thread import sqlite_path
 from interlink.messaging.backend import BackendUnavailable, ConsumerLag
+from interlink.messaging.backends._base import UrlBackend
 from interlink.messaging.backends._options import DLQ_MAX_AGE, DLQ_MAX_COUNT
 from interlink.messaging.backends._wait import sleep_or_wake
 from interlink.messaging.backends.sqlite._store import WAL_MAX_BYTES, Row, Store, headers_of
@@ -64,6 +65,10 @@ _SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 Op = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any] | None"]
 
 
+Args = TypeVarTuple("Args")
+Result = TypeVar("Result")
+
+
 class _Worker(threading.Thread):
     """Runs the store's operations in batches, one transaction per batch."""
 
@@ -75,8 +80,9 @@ class _Worker(threading.Thread):
         self.ready: asyncio.Future[None] = loop.create_future()
         self.store: Store | None = None
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = self.loop.create_future()
+    def submit(self, fn: Callable[[Store, *Args], Result], *args: *Args) -> asyncio.Future[Result]:
+        """``fn(store, *args)`` run on the worker thread; its result, typed as ``fn``'s."""
+        future: asyncio.Future[Result] = self.loop.create_future()
         self.ops.put((fn, args, future))
         return future
 
@@ -213,16 +219,11 @@ class _Subscription:
         self.wake = asyncio.Event()
 
 
-class SqliteBackend:
+class SqliteBackend(UrlBackend):
     """The SQLite backend (see the module docstring)."""
 
     scheme: ClassVar[str] = "sqlite"
     binding: ClassVar[Binding] = FIELDS
-
-    @classmethod
-    def from_url(cls, url: str) -> Self:
-        """The backend for ``sqlite:///path`` ``url`` (not yet connected)."""
-        return cls(url)
 
     @property
     def visibility_timeout(self) -> float:
@@ -400,19 +401,17 @@ class SqliteBackend:
 
     async def dlq_list(self, topic: str, limit: int) -> list[DeadLetter]:
         """Oldest first."""
-        result: list[DeadLetter] = await self.worker.submit(Store.dlq_list, topic, limit)
-        return result
+        return await self.worker.submit(Store.dlq_list, topic, limit)
 
     async def dlq_replay(self, topic: str, ids: Sequence[str] | None) -> int:
         """Re-publish and remove in one transaction (so a second run finds nothing)."""
-        count: int = await self.worker.submit(Store.dlq_replay, topic, ids)
+        count = await self.worker.submit(Store.dlq_replay, topic, ids)
         self._wake(topic)
         return count
 
     async def groups(self, topic: str) -> list[str]:
         """The topic's rows in the groups table."""
-        names: list[str] = await self.worker.submit(Store.groups, topic)
-        return names
+        return await self.worker.submit(Store.groups, topic)
 
     async def lag(self, topic: str, group: str) -> ConsumerLag:
         """The group's queued rows and the topic's rows past its cursor, with the oldest's
@@ -423,15 +422,12 @@ class SqliteBackend:
 
     async def dlq_count(self, topic: str) -> int:
         """A count of the topic's rows in the DLQ table."""
-        count: int = await self.worker.submit(Store.dlq_count, topic)
-        return count
+        return await self.worker.submit(Store.dlq_count, topic)
 
     async def dlq_purge(self, topic: str) -> int:
         """Delete them."""
-        count: int = await self.worker.submit(Store.dlq_purge, topic)
-        return count
+        return await self.worker.submit(Store.dlq_purge, topic)
 
     async def topics(self) -> list[str]:
         """Topics with messages, groups or dead letters."""
-        names: list[str] = await self.worker.submit(Store.topics)
-        return names
+        return await self.worker.submit(Store.topics)
