@@ -37,7 +37,7 @@ import httptools
 
 from interlink.context import new_correlation_id
 from interlink.proxy.errors import ProxyError, error_body, status_text
-from interlink.resilience._validate import positive, positive_int
+from interlink.resilience._validate import positive_fields
 
 __all__ = ["Body", "ClientGone", "Limits", "Request", "ServerConnection"]
 
@@ -56,10 +56,7 @@ class Limits:
     keepalive_timeout: float = 60.0
 
     def __post_init__(self) -> None:
-        for name in ("max_header_bytes", "max_body_bytes"):
-            positive_int(name, getattr(self, name))
-        for name in ("head_timeout", "body_timeout", "keepalive_timeout"):
-            positive(name, getattr(self, name))
+        positive_fields(self)
 
 
 class ClientGone(Exception):

@@ -24,7 +24,7 @@ from typing import Protocol
 import httptools
 
 from interlink.proxy.errors import ProxyError
-from interlink.resilience._validate import positive, positive_int
+from interlink.resilience._validate import positive_fields
 
 __all__ = [
     "Listener",
@@ -47,10 +47,7 @@ class PoolLimits:
     pool_timeout: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("max_connections", "max_idle"):
-            positive_int(name, getattr(self, name))
-        for name in ("idle_timeout", "connect_timeout", "pool_timeout"):
-            positive(name, getattr(self, name))
+        positive_fields(self)
 
 
 class UpstreamFailure(Exception):

@@ -8,9 +8,11 @@ of ``True`` is a mistake, not a 100 % setting.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
-__all__ = ["at_least", "fraction", "non_negative", "positive", "positive_int"]
+__all__ = ["at_least", "fraction", "non_negative", "positive", "positive_fields", "positive_int"]
 
 
 def _number(value: object) -> bool:
@@ -48,3 +50,11 @@ def at_least(name: str, value: int, minimum: int) -> int:
 def positive_int(name: str, value: int) -> int:
     """``value`` must be an int >= 1."""
     return at_least(name, value, 1)
+
+
+def positive_fields(options: Any) -> None:
+    """Every field of the dataclass instance ``options`` must be > 0: an ``int`` field an
+    integer >= 1, any other a finite number (a limits object, where 0 would mean "never")."""
+    for field in dataclasses.fields(options):
+        check = positive_int if field.type in ("int", int) else positive
+        check(field.name, getattr(options, field.name))
