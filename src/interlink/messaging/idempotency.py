@@ -27,13 +27,14 @@ import asyncio
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
 
+from interlink._asyncpg import import_asyncpg
 from interlink._sqlite_thread import sqlite_path
 from interlink.messaging.backend import MessagingError
 from interlink.resilience._validate import positive
@@ -182,6 +183,31 @@ WHERE il_processed.expires <= ?
 """
 
 
+@asynccontextmanager
+async def _claimed(
+    message_id: str,
+    claim: Callable[[], Awaitable[bool | float]],
+    release: Callable[[], Awaitable[object]],
+    finish: Callable[[], Awaitable[object]],
+) -> AsyncIterator[bool]:
+    """``guard`` of a store that leases claims: ``claim`` answers True (the id is ours now),
+    False (it was processed) or the seconds another consumer's claim still holds
+    (``InProgress``). The block runs on True; then ``finish`` marks the id processed, or,
+    if the block raised, ``release`` gives the claim up so a redelivery can run it."""
+    claimed = await claim()
+    if claimed is False:
+        yield False
+        return
+    if claimed is not True:
+        raise InProgress(message_id, claimed)
+    try:
+        yield True
+    except BaseException:
+        await release()
+        raise
+    await finish()
+
+
 class SqliteStore:
     """Processed ids in a SQLite table (WAL), shared by the processes of one machine. Calls
     run on one worker thread that owns the connection."""
@@ -227,7 +253,7 @@ class SqliteStore:
                 await asyncio.get_running_loop().run_in_executor(executor, db.close)
             executor.shutdown(wait=False)
 
-    def _claim(self, group: str, message_id: str, token: str, lease: float) -> tuple[bool, float]:
+    def _claim(self, group: str, message_id: str, token: str, lease: float) -> bool | float:
         assert self._db is not None
         now = time.time()
         self._claims += 1
@@ -235,15 +261,15 @@ class SqliteStore:
             self._db.execute("DELETE FROM il_processed WHERE expires <= ?", (now,))
         cur = self._db.execute(_SQLITE_CLAIM, (group, message_id, now + lease, token, now))
         if cur.rowcount == 1:
-            return True, 0.0
+            return True
         row = self._db.execute(
             "SELECT done, expires FROM il_processed WHERE grp = ? AND id = ?", (group, message_id)
         ).fetchone()
         if row is None:  # expired and deleted in between: try once more
             return self._claim(group, message_id, token, lease)
         if row[0]:
-            return False, 0.0
-        return False, max(row[1] - now, 0.0)
+            return False
+        return max(float(row[1]) - now, 0.0)
 
     def _finish(self, group: str, message_id: str, token: str, done: bool) -> None:
         assert self._db is not None
@@ -259,24 +285,17 @@ class SqliteStore:
                 (group, message_id, token),
             )
 
-    @asynccontextmanager
-    async def guard(
+    def guard(
         self, group: str, message_id: str, *, lease: float | None = None
-    ) -> AsyncIterator[bool]:
+    ) -> AbstractAsyncContextManager[bool]:
         """See ``IdempotencyStore.guard``."""
         token = uuid.uuid4().hex
-        fresh, wait = await self._run(self._claim, group, message_id, token, lease or self._lease)
-        if not fresh:
-            if wait > 0:
-                raise InProgress(message_id, wait)
-            yield False
-            return
-        try:
-            yield True
-        except BaseException:
-            await self._run(self._finish, group, message_id, token, False)
-            raise
-        await self._run(self._finish, group, message_id, token, True)
+        return _claimed(
+            message_id,
+            lambda: self._run(self._claim, group, message_id, token, lease or self._lease),
+            lambda: self._run(self._finish, group, message_id, token, False),
+            lambda: self._run(self._finish, group, message_id, token, True),
+        )
 
 
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
@@ -313,31 +332,32 @@ class RedisStore:
         if client is not None:
             await client.aclose()
 
-    @asynccontextmanager
-    async def guard(
+    def guard(
         self, group: str, message_id: str, *, lease: float | None = None
-    ) -> AsyncIterator[bool]:
+    ) -> AbstractAsyncContextManager[bool]:
         """See ``IdempotencyStore.guard``."""
-        await self.open()
-        r = self._redis
-        lease_ms = int(lease * 1000) if lease else self._lease_ms
         key = f"il:idem:{group}:{message_id}"
         token = f"p:{uuid.uuid4().hex}"
-        if not await r.set(key, token, nx=True, px=lease_ms):
-            value, ttl_ms = await r.get(key), await r.pttl(key)
-            if value == b"done":
-                yield False
-                return
-            if value is not None:
-                raise InProgress(message_id, max(ttl_ms, 0) / 1000)
-            if not await r.set(key, token, nx=True, px=lease_ms):
-                raise InProgress(message_id, 0.1)
-        try:
-            yield True
-        except BaseException:
-            await r.eval(_RELEASE, 1, key, token)
-            raise
-        await r.set(key, b"done", px=self._ttl_ms)
+        lease_ms = int(lease * 1000) if lease else self._lease_ms
+        return _claimed(
+            message_id,
+            lambda: self._claim(key, token, lease_ms),
+            lambda: self._redis.eval(_RELEASE, 1, key, token),
+            lambda: self._redis.set(key, b"done", px=self._ttl_ms),
+        )
+
+    async def _claim(self, key: str, token: str, lease_ms: int) -> bool | float:
+        await self.open()
+        r = self._redis
+        if await r.set(key, token, nx=True, px=lease_ms):
+            return True
+        value, ttl_ms = await r.get(key), await r.pttl(key)
+        if value == b"done":
+            return False
+        if value is not None:
+            return max(int(ttl_ms), 0) / 1000
+        # The claim expired in between: one more try, then let the caller come back.
+        return True if await r.set(key, token, nx=True, px=lease_ms) else 0.1
 
 
 _PG_SCHEMA = """
@@ -377,12 +397,7 @@ class PostgresStore:
         """Create the pool and the table."""
         if self._pool is not None:
             return
-        try:
-            import asyncpg  # type: ignore[import-untyped]
-        except ImportError as exc:
-            raise ImportError(
-                "the PostgreSQL idempotency store needs asyncpg: pip install 'interlink[postgres]'"
-            ) from exc
+        asyncpg = import_asyncpg("the PostgreSQL idempotency store")
         pool = await asyncpg.create_pool(self._url, min_size=1, max_size=self._pool_size)
         async with pool.acquire() as conn:
             await conn.execute(_PG_SCHEMA)

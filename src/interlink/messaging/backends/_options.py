@@ -12,6 +12,7 @@ import asyncio
 import math
 import socket
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from interlink.resilience.retry import Retry
@@ -32,6 +33,8 @@ DLQ_MAX_AGE = 14 * 24 * 3600.0
 DLQ_MAX_COUNT = 100_000
 
 _RECONNECT_MAX = 2.0
+
+N = TypeVar("N", int, float)
 
 # One schedule for every backend's "the server went away" loop: 50 ms doubling to 2 s, with
 # equal jitter so a crowd of consumers does not reconnect in lockstep (nor spin at 0 s).
@@ -128,31 +131,28 @@ class UrlOptions:
     def _take(self, name: str) -> str | None:
         return self._query.pop(name, None)
 
-    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
-        """A finite number >= ``minimum``."""
+    def _at_least(self, name: str, parse: Callable[[str], N], minimum: N, what: str) -> N | None:
+        """The option parsed, finite and >= ``minimum``; None when absent."""
         raw = self._take(name)
         if raw is None:
-            return default
+            return None
         try:
-            value = float(raw)
+            value: N | None = parse(raw)
         except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and value >= minimum):
-            raise ValueError(f"'{name}' must be a number >= {minimum:g}: {raw!r}")
+            value = None
+        if value is None or not (math.isfinite(value) and value >= minimum):
+            raise ValueError(f"'{name}' must be {what} >= {minimum:g}: {raw!r}")
         return value
+
+    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        """A finite number >= ``minimum``."""
+        value = self._at_least(name, float, minimum, "a number")
+        return default if value is None else value
 
     def integer(self, name: str, default: int | None, *, minimum: int = 0) -> int | None:
         """An integer >= ``minimum`` (or the default, which may be None)."""
-        raw = self._take(name)
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise ValueError(f"'{name}' must be an integer >= {minimum}: {raw!r}")
-        return value
+        value = self._at_least(name, int, minimum, "an integer")
+        return default if value is None else value
 
     def choice(self, name: str, default: str, allowed: Iterable[str]) -> str:
         """One of ``allowed``."""
