@@ -1,9 +1,9 @@
 """The shape the server backends share: one connection object, DLQ functions over it.
 
 ``ServerConnection`` is the base of the connection objects that dial a server (NATS,
-RabbitMQ). ``letter_of`` is every backend's dead letter of a delivery, ``stored_letter`` reads
-one back from a DLQ record, and ``replays`` decides what a ``dlq_replay`` publishes again and
-removes.
+RabbitMQ), ``Received`` of every backend's delivery. ``letter_of`` is every backend's dead
+letter of a delivery, ``stored_letter`` reads one back from a DLQ record, and ``replays``
+decides what a ``dlq_replay`` publishes again and removes.
 
 A server backend (Kafka, NATS, RabbitMQ, Redis) keeps everything about its link to the server
 in one connection object (the URL's options, the client, ``connect`` and ``aclose``) and its
@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import ClassVar, Generic, Protocol, Self, TypeVar
@@ -27,6 +27,7 @@ from interlink.messaging.backend import BackendUnavailable, Delivery, redact
 from interlink.messaging.envelope import (
     Binding,
     DeadLetter,
+    Envelope,
     EnvelopeError,
     decode_dead_letter,
     letter_for,
@@ -35,6 +36,7 @@ from interlink.messaging.envelope import (
 
 __all__ = [
     "ConnectionBackend",
+    "Received",
     "Replay",
     "ServerConnection",
     "UrlBackend",
@@ -42,6 +44,19 @@ __all__ = [
     "replays",
     "stored_letter",
 ]
+
+
+class Received:
+    """What a backend's delivery holds of its message (the data of the ``Delivery``
+    protocol): the ``raw`` body and native ``headers`` as received, the ``envelope`` read
+    from them and the ``attempt``. Each backend's delivery class adds how it settles."""
+
+    __slots__ = ("attempt", "envelope", "headers", "raw")
+
+    attempt: int
+    envelope: Envelope
+    headers: Mapping[str, str]
+    raw: bytes
 
 
 def letter_of(  # noqa: PLR0917 - what every backend's dead_letter has at hand

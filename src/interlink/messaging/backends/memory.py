@@ -27,7 +27,7 @@ from typing import ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 from interlink.messaging.backend import ConsumerLag
-from interlink.messaging.backends._base import UrlBackend, letter_of, replays
+from interlink.messaging.backends._base import Received, UrlBackend, letter_of, replays
 from interlink.messaging.backends._options import DLQ_MAX_AGE, DLQ_MAX_COUNT
 from interlink.messaging.backends._wait import sleep_or_wake
 from interlink.messaging.envelope import (
@@ -112,17 +112,13 @@ class _Hub:
 _HUBS: weakref.WeakValueDictionary[str, _Hub] = weakref.WeakValueDictionary()
 
 
-class _Delivery:
+class _Delivery(Received):
     __slots__ = (
         "_backend",
         "_entry",
         "_group",
         "_lease",
         "_topic",
-        "attempt",
-        "envelope",
-        "headers",
-        "raw",
     )
 
     def __init__(self, backend: MemoryBackend, topic: str, group: _Group, entry: _Entry) -> None:

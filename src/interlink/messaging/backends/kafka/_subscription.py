@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from interlink.messaging.backend import Delivery
-from interlink.messaging.backends._base import letter_of
+from interlink.messaging.backends._base import Received, letter_of
 from interlink.messaging.backends.kafka._connection import (
     KAFKA,
     NOT_BEFORE,
@@ -172,7 +172,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             self.subscription.partitions.setdefault(tp, PartitionOffsets())
 
 
-class KafkaDelivery:
+class KafkaDelivery(Received):
     """One record handed to the consumer; settling it marks its offset as committable."""
 
     __slots__ = (
@@ -180,10 +180,6 @@ class KafkaDelivery:
         "_offsets",
         "_sub",
         "_tp",
-        "attempt",
-        "envelope",
-        "headers",
-        "raw",
         "record",
     )
 

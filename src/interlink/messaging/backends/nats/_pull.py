@@ -13,7 +13,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from interlink.messaging.backend import Delivery
-from interlink.messaging.backends._base import letter_of
+from interlink.messaging.backends._base import Received, letter_of
 from interlink.messaging.backends._options import reconnect_delay
 from interlink.messaging.backends._wait import Signal
 from interlink.messaging.backends.nats._jetstream import API, JetStream
@@ -38,7 +38,7 @@ def _delivery_info(reply: str) -> tuple[int, int]:
     return int(tokens[4]), int(tokens[5])
 
 
-class NatsDelivery:
+class NatsDelivery(Received):
     __slots__ = (
         "_backend",
         "_done",
@@ -46,10 +46,6 @@ class NatsDelivery:
         "_reply",
         "_seq",
         "_topic",
-        "attempt",
-        "envelope",
-        "headers",
-        "raw",
     )
 
     def __init__(self, backend: JetStream, topic: str, group: str, msg: Msg) -> None:

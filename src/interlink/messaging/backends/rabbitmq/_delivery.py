@@ -12,7 +12,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from interlink.messaging.backends._base import letter_of
+from interlink.messaging.backends._base import Received, letter_of
 from interlink.messaging.backends.rabbitmq._connection import (
     PERSISTENT,
     RabbitConnection,
@@ -128,7 +128,7 @@ class AckBatcher:
                 del self._lanes[channel]
 
 
-class RabbitDelivery:
+class RabbitDelivery(Received):
     __slots__ = (
         "_acks",
         "_backend",
@@ -136,10 +136,6 @@ class RabbitDelivery:
         "_group",
         "_message",
         "_topic",
-        "attempt",
-        "envelope",
-        "headers",
-        "raw",
     )
 
     def __init__(

@@ -23,7 +23,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from interlink.messaging.backend import Delivery
-from interlink.messaging.backends._base import letter_of
+from interlink.messaging.backends._base import Received, letter_of
 from interlink.messaging.backends._options import reconnect_delay
 from interlink.messaging.backends.redis._calls import LOST, own_connection, shielded
 from interlink.messaging.backends.redis._connection import RedisConnection
@@ -444,17 +444,13 @@ def message_of(
     return payload, headers, read(FIELDS, payload, headers, fallback_id=fallback_id)
 
 
-class RedisDelivery:
+class RedisDelivery(Received):
     __slots__ = (
         "_done",
         "_fields",
         "_id",
         "_source",
         "_sub",
-        "attempt",
-        "envelope",
-        "headers",
-        "raw",
     )
 
     def __init__(

@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from interlink._sqlite_thread import sqlite_path
 from interlink.messaging.backend import BackendUnavailable, ConsumerLag
-from interlink.messaging.backends._base import UrlBackend
+from interlink.messaging.backends._base import Received, UrlBackend
 from interlink.messaging.backends._options import DLQ_MAX_AGE, DLQ_MAX_COUNT
 from interlink.messaging.backends._wait import sleep_or_wake
 from interlink.messaging.backends.sqlite._store import WAL_MAX_BYTES, Row, Store, headers_of
@@ -168,8 +168,8 @@ def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
         future.set_exception(exc)
 
 
-class _Delivery:
-    __slots__ = ("_done", "_sub", "attempt", "envelope", "headers", "raw", "seq")
+class _Delivery(Received):
+    __slots__ = ("_done", "_sub", "seq")
 
     def __init__(self, sub: _Subscription, row: Row) -> None:
         self._sub = sub
