@@ -1,5 +1,6 @@
 """The shape the server backends share: one connection object, DLQ functions over it.
 
+``client_library`` guards the import of a server backend's client library.
 ``ServerConnection`` is the base of the connection objects that dial a server (NATS,
 RabbitMQ), ``Received`` of every backend's delivery. ``letter_of`` is every backend's dead
 letter of a delivery, ``stored_letter`` reads one back from a DLQ record, and ``replays``
@@ -18,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import ClassVar, Generic, Protocol, Self, TypeVar
@@ -40,10 +42,25 @@ __all__ = [
     "Replay",
     "ServerConnection",
     "UrlBackend",
+    "client_library",
     "letter_of",
     "replays",
     "stored_letter",
 ]
+
+
+@contextmanager
+def client_library(scheme: str, package: str, extra: str) -> Iterator[None]:
+    """Around a backend's imports of its client library: an ``ImportError`` (the extra is not
+    installed) becomes one saying which package the ``scheme://`` backend needs and the
+    ``pip install`` line that brings it."""
+    try:
+        yield
+    except ImportError as exc:  # pragma: no cover - exercised by the no-extras install test
+        raise ImportError(
+            f"interlink.messaging's {scheme}:// backend needs {package}: "
+            f"pip install 'interlink[{extra}]'"
+        ) from exc
 
 
 class Received:

@@ -38,18 +38,15 @@ from collections.abc import AsyncIterator, Sequence
 from types import ModuleType
 from typing import ClassVar
 
-try:
+from interlink.messaging.backends._base import ConnectionBackend, client_library
+
+with client_library("kafka", "aiokafka", "kafka"):
     import aiokafka  # noqa: F401 - the client library, checked here for the install hint
-except ImportError as exc:  # pragma: no cover - exercised by the no-extras install test
-    raise ImportError(
-        "interlink.messaging's kafka:// backend needs aiokafka: pip install 'interlink[kafka]'"
-    ) from exc
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from interlink.messaging.backend import ConsumerLag, Delivery
-from interlink.messaging.backends._base import ConnectionBackend
 from interlink.messaging.backends.kafka import _dlq
 from interlink.messaging.backends.kafka._connection import KAFKA, KafkaConnection
 from interlink.messaging.backends.kafka._subscription import consume

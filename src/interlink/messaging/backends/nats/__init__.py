@@ -36,15 +36,12 @@ from collections.abc import AsyncIterator, Sequence
 from types import ModuleType
 from typing import ClassVar
 
-try:
+from interlink.messaging.backends._base import ConnectionBackend, client_library
+
+with client_library("nats", "nats-py", "nats"):
     import nats  # noqa: F401 - the client library, checked here for the install hint
-except ImportError as exc:  # pragma: no cover - exercised by the no-extras install test
-    raise ImportError(
-        "interlink.messaging's nats:// backend needs nats-py: pip install 'interlink[nats]'"
-    ) from exc
 
 from interlink.messaging.backend import ConsumerLag, Delivery
-from interlink.messaging.backends._base import ConnectionBackend
 from interlink.messaging.backends.nats import _dlq
 from interlink.messaging.backends.nats._jetstream import JetStream
 from interlink.messaging.backends.nats._pull import pull

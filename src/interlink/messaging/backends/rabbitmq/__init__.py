@@ -42,17 +42,14 @@ from collections.abc import AsyncIterator, Sequence
 from types import ModuleType
 from typing import Any, ClassVar
 
-try:
+from interlink.messaging.backends._base import ConnectionBackend, client_library
+
+with client_library("amqp", "aio-pika", "rabbitmq"):
     import aiormq
     from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
     from pamqp.commands import Basic
-except ImportError as exc:  # pragma: no cover - exercised by the no-extras install test
-    raise ImportError(
-        "interlink.messaging's amqp:// backend needs aio-pika: pip install 'interlink[rabbitmq]'"
-    ) from exc
 
 from interlink.messaging.backend import ConsumerLag, Delivery, PublishError
-from interlink.messaging.backends._base import ConnectionBackend
 from interlink.messaging.backends._wait import Signal
 from interlink.messaging.backends.rabbitmq import _dlq
 from interlink.messaging.backends.rabbitmq._connection import (

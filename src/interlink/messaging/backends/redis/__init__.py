@@ -51,16 +51,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
-try:
+from interlink.messaging.backends._base import UrlBackend, client_library, replays, stored_letter
+
+with client_library("redis", "redis", "redis"):
     import redis.asyncio as aioredis
     from redis.exceptions import RedisError, ResponseError
-except ImportError as exc:  # pragma: no cover - exercised by the no-extras install test
-    raise ImportError(
-        "interlink.messaging's redis:// backend needs redis: pip install 'interlink[redis]'"
-    ) from exc
 
 from interlink.messaging.backend import ConsumerLag, Delivery, PublishError
-from interlink.messaging.backends._base import UrlBackend, replays, stored_letter
 from interlink.messaging.backends._options import close_at_loop_end, stop_keeper
 from interlink.messaging.backends.redis._calls import own_connection
 from interlink.messaging.backends.redis._connection import RedisConnection
