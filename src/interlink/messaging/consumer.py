@@ -312,6 +312,8 @@ class Consumer:
             if envelope.headers or self._spans.tracer() is not None:
                 with consume_span(self._spans, sub.topic, sub.group, envelope.headers):
                     await self._call(sub, envelope, message, self._lease)
+            elif sub.idempotency is None:  # no span, no guard: the handler and nothing else
+                await sub.handler(message)
             else:  # no trace context to continue and no span to record
                 await self._call(sub, envelope, message, self._lease)
         except InProgress as busy:

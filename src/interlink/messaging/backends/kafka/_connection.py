@@ -31,6 +31,7 @@ KAFKA = Binding("ce_", "content-type")
 NOT_BEFORE = "ce_notbefore"
 RETRY_FOR = "ce_retryfor"
 
+_decode = bytes.decode  # one lookup, not one per header
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
@@ -43,8 +44,8 @@ def text_headers(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, str]:
     """A record's headers as text: undecodable bytes replaced, a null value empty, the last of
     a repeated name kept (a foreign producer's headers never crash the reader)."""
     try:
-        return {name: value.decode() for name, value in headers}  # type: ignore[union-attr]
-    except (AttributeError, UnicodeDecodeError):  # a null value, bytes that are not UTF-8
+        return {name: _decode(value) for name, value in headers}  # type: ignore[arg-type]
+    except (TypeError, UnicodeDecodeError):  # a null value, bytes that are not UTF-8
         return {
             name: value.decode("utf-8", "replace") if value is not None else ""
             for name, value in headers
@@ -196,20 +197,21 @@ class KafkaConnection:
         self, topic: str, data: bytes, key: str | None, headers: Mapping[str, str]
     ) -> None:
         """Send one record and wait for the broker's acknowledgement (``acks=all``)."""
-        await self.ensure_topic(topic)
+        if topic not in self._known:
+            await self.ensure_topic(topic)
         producer = self._producer
         if producer is None:
             raise PublishError(topic, "not connected")
         try:
-            await asyncio.wait_for(
-                producer.send_and_wait(
+            # a timeout scope, not wait_for: no task and no extra loop turn per publish
+            async with asyncio.timeout(self.timeout):
+                sent = await producer.send(
                     topic,
                     data,
                     key=key.encode() if key is not None else None,
                     headers=wire_headers(headers),
-                ),
-                self.timeout,
-            )
+                )
+                await sent
         except (KafkaError, OSError, TimeoutError) as exc:
             raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
 

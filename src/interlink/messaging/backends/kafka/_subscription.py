@@ -14,6 +14,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import operator
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
@@ -33,7 +34,6 @@ from interlink.messaging.backends.kafka._connection import (
     text_headers,
 )
 from interlink.messaging.envelope import (
-    Envelope,
     encode_dead_letter,
     read,
     with_attempt,
@@ -46,6 +46,7 @@ log = logging.getLogger("interlink.messaging.kafka")
 
 _DROP = frozenset({NOT_BEFORE, RETRY_FOR})
 _ID = KAFKA.id
+_OFFSET = operator.attrgetter("offset")
 # How long a closed subscription waits for its handed-out deliveries to be settled before it
 # leaves the group anyway (their messages then come back to the group's next consumer).
 _SETTLE_WAIT = 60.0
@@ -58,30 +59,35 @@ class PartitionOffsets:
     """The offsets of one partition handed out and not yet committed, and which of them are
     settled; ``committable`` is the offset to commit (one past the contiguous settled run)."""
 
-    __slots__ = ("committable", "dirty", "open", "settled")
+    __slots__ = ("committable", "dirty", "open", "revoked", "settled")
 
     def __init__(self) -> None:
         self.open: deque[int] = deque()  # increasing: records arrive in offset order
         self.settled: set[int] = set()
         self.committable: int | None = None
         self.dirty = False
+        self.revoked = False  # the partition went to another consumer: settling changes nothing
 
     def track(self, offset: int) -> None:
         """A record of this partition was fetched."""
         self.open.append(offset)
 
-    def settle(self, offset: int) -> None:
-        """The record at ``offset`` is done (acked, retried as a copy, dead-lettered)."""
+    def settle(self, offset: int) -> bool:
+        """The record at ``offset`` is done (acked, retried as a copy, dead-lettered); True
+        when that gave the partition an offset to commit where it had none waiting."""
         open_, settled = self.open, self.settled
         if not open_ or open_[0] != offset:  # an earlier offset is still being handled
             settled.add(offset)
-            return
+            return False
         last = open_.popleft()  # settled in order: the usual case, no set involved
         while settled and open_ and open_[0] in settled:
             last = open_.popleft()
             settled.discard(last)
         self.committable = last + 1
+        if self.dirty:
+            return False
         self.dirty = True
+        return True
 
 
 class _Subscription:
@@ -95,24 +101,29 @@ class _Subscription:
         self.consumer: Any = None
         self.wake = asyncio.Event()
         self.outstanding = 0  # deliveries handed out and not settled yet
-        self.all_settled = asyncio.Event()
-        self.all_settled.set()
+        self.all_settled: asyncio.Event | None = None  # made when closing, set at outstanding 0
 
-    def handed_out(self) -> None:
-        if not self.outstanding:
-            self.all_settled.clear()
-        self.outstanding += 1
+    def settle(self, offsets: PartitionOffsets, offset: int) -> None:
+        """A record the consumer never got (a retry copy for another group) is done."""
+        if not offsets.revoked and offsets.settle(offset):
+            self.wake.set()
 
-    def settled(self) -> None:
+    def settled(self, offsets: PartitionOffsets, offset: int) -> None:
+        """A delivery handed out was settled."""
+        # a delivery of a partition this consumer no longer owns changes nothing
+        if not offsets.revoked and offsets.settle(offset):
+            self.wake.set()
         self.outstanding -= 1
-        if self.outstanding <= 0:
+        if self.outstanding <= 0 and self.all_settled is not None:
             self.all_settled.set()
 
     async def close(self, committer: asyncio.Task[None]) -> None:
         """After the iterator closed: wait (bounded) for the deliveries still being handled,
         whose settling may publish retry copies, then commit and leave the group."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.all_settled.wait(), _SETTLE_WAIT)
+        if self.outstanding > 0:
+            self.all_settled = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.all_settled.wait(), _SETTLE_WAIT)
         committer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await committer
@@ -122,13 +133,6 @@ class _Subscription:
             await self.consumer.stop()
         except Exception as exc:  # the broker went away: nothing left to leave
             log.warning("kafka: leaving %s/%s failed: %r", self.topic, self.group, exc)
-
-    def settle(self, tp: TopicPartition, offsets: PartitionOffsets, offset: int) -> None:
-        # a delivery of a partition this consumer no longer owns changes nothing
-        if self.partitions.get(tp) is offsets:
-            offsets.settle(offset)
-            if offsets.dirty:
-                self.wake.set()
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
         """Commit every partition's contiguous settled offset that changed."""
@@ -162,9 +166,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         lost = set(revoked)
         await self.subscription.commit(lost)
         for tp in lost:
-            self.subscription.partitions.pop(tp, None)
+            offsets = self.subscription.partitions.pop(tp, None)
+            if offsets is not None:
+                offsets.revoked = True
         # retry copies held for a partition now someone else's come back to its new owner
-        self.delayed[:] = [item for item in self.delayed if item[2] not in lost]
+        self.delayed[:] = [item for item in self.delayed if not item[2]._offsets.revoked]
         heapq.heapify(self.delayed)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
@@ -175,44 +181,33 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 class KafkaDelivery(Received):
     """One record handed to the consumer; settling it marks its offset as committable."""
 
-    __slots__ = (
-        "_done",
-        "_offsets",
-        "_sub",
-        "_tp",
-        "record",
-    )
+    __slots__ = ("_done", "_offsets", "_sub", "record")
 
     def __init__(
         self,
         subscription: _Subscription,
-        tp: TopicPartition,
         offsets: PartitionOffsets,
         record: ConsumerRecord[Any, Any],
         headers: Mapping[str, str],
     ) -> None:
         self._sub = subscription
-        self._tp = tp
         self._offsets = offsets
         self._done = False
         self.record = record
-        self.raw: bytes = record.value or b""
+        self.raw = record.value or b""
         self.headers = headers
         # the broker's coordinates name a message that names no id of its own
-        fallback = "" if headers.get(_ID) else f"{tp.topic}:{tp.partition}:{record.offset}"
-        self.envelope: Envelope = read(KAFKA, self.raw, headers, fallback_id=fallback)
+        fallback = "" if _ID in headers else f"{record.topic}:{record.partition}:{record.offset}"
+        self.envelope = read(KAFKA, self.raw, headers, fallback_id=fallback)
         self.attempt = self.envelope.attempt
-
-    def _settle(self) -> bool:
-        if self._done:
-            return False
-        self._done = True
-        self._sub.settle(self._tp, self._offsets, self.record.offset)
-        self._sub.settled()
-        return True
 
     async def ack(self) -> None:
         self._settle()
+
+    def _settle(self) -> None:
+        if not self._done:
+            self._done = True
+            self._sub.settled(self._offsets, self.record.offset)
 
     async def nack(self, delay: float) -> None:
         """Publish a copy for this group only (attempt + 1, not before now + ``delay``) to the
@@ -224,9 +219,10 @@ class KafkaDelivery(Received):
         )
         headers[NOT_BEFORE] = repr(time.time() + max(0.0, delay))
         headers[RETRY_FOR] = self._sub.group
-        key = self.record.key
+        record = self.record
+        key = record.key
         await self._sub.connection.publish_one(
-            self._tp.topic, self.raw, key.decode("utf-8", "replace") if key else None, headers
+            record.topic, self.raw, key.decode("utf-8", "replace") if key else None, headers
         )
         self._settle()
 
@@ -256,20 +252,21 @@ async def consume(
     """Deliveries of ``topic`` for ``group`` (see the module docstring)."""
     await connection.ensure_topic(topic)
     sub = _Subscription(connection, topic, group)
-    delayed: list[tuple[float, int, TopicPartition, KafkaDelivery]] = []
+    delayed: list[tuple[float, int, KafkaDelivery]] = []
     order = itertools.count()
     consumer = connection.consumer(group=group, max_poll_records=prefetch)
     consumer.subscribe([topic], listener=_Rebalance(sub, delayed))
     sub.consumer = consumer
+    partitions = sub.partitions
     committer = asyncio.create_task(sub.committer(), name=f"interlink: kafka commits {topic}")
     try:
         await consumer.start()
         while True:
             now = time.time()
             while delayed and delayed[0][0] <= now:
-                _, _, tp, ready = heapq.heappop(delayed)
-                if sub.partitions.get(tp) is ready._offsets:
-                    sub.handed_out()
+                ready = heapq.heappop(delayed)[2]
+                if not ready._offsets.revoked:
+                    sub.outstanding += 1
                     yield ready
             wait = min(1.0, delayed[0][0] - now) if delayed else 1.0
             try:
@@ -279,22 +276,24 @@ async def consume(
                 await asyncio.sleep(0.5)
                 continue
             for tp, records in batch.items():
-                offsets = sub.partitions.setdefault(tp, PartitionOffsets())
-                track = offsets.open.append  # records arrive in offset order
+                offsets = partitions.get(tp)
+                if offsets is None:
+                    offsets = partitions[tp] = PartitionOffsets()
+                offsets.open.extend(map(_OFFSET, records))  # records come in offset order
                 for record in records:
-                    track(record.offset)
                     headers = text_headers(record.headers)
                     if RETRY_FOR in headers:  # a retry copy: for one group, maybe not yet
                         if headers[RETRY_FOR] != group:
-                            sub.settle(tp, offsets, record.offset)
+                            sub.settle(offsets, record.offset)
                             continue
                         due = _not_before(headers)
                         if due > time.time():
-                            delivery = KafkaDelivery(sub, tp, offsets, record, headers)
-                            heapq.heappush(delayed, (due, next(order), tp, delivery))
+                            delivery = KafkaDelivery(sub, offsets, record, headers)
+                            heapq.heappush(delayed, (due, next(order), delivery))
                             continue
-                    sub.handed_out()
-                    yield KafkaDelivery(sub, tp, offsets, record, headers)
+                    # counted before it is handed out: settling may happen before we resume
+                    sub.outstanding += 1
+                    yield KafkaDelivery(sub, offsets, record, headers)
     finally:
         # the consumer closes the iterator before its running handlers finish: the group is
         # left once they settled (``KafkaConnection.aclose`` waits for it)
