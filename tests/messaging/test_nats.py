@@ -160,3 +160,28 @@ def test_a_topic_stream_drops_what_every_group_acked_and_keeps_the_backlog() -> 
     assert before == 3
     assert sorted(got) == [b"0", b"1", b"2"]
     assert left == 0
+
+
+def test_a_publish_without_a_puback_times_out_and_leaves_nothing_waiting() -> None:
+    """A message whose PubAck never comes fails with a TimeoutError after ``within`` s, and
+    its reply token is forgotten (a late PubAck finds nothing to resolve)."""
+    from interlink.messaging.backends.nats._publish import PubAcks
+
+    class Silent:
+        """A client that sends nothing anywhere."""
+
+        def new_inbox(self) -> str:
+            return "_INBOX.test"
+
+        async def publish(self, *args: object, **kwargs: object) -> None:
+            return None
+
+    acks = PubAcks(Silent())  # type: ignore[arg-type]
+
+    async def body() -> BaseException | None:
+        return await acks.send_one("subject", b"x", {}, 0.05)
+
+    error = asyncio.run(body())
+    assert isinstance(error, TimeoutError)
+    assert str(error) == "no PubAck"
+    assert acks._futures == {}

@@ -142,3 +142,41 @@ def test_claim_lease_is_the_visibility_timeout() -> None:
     assert RabbitBackend(f"{URL}?claim_lease=2.5").visibility_timeout == 2.5
     with pytest.raises(ValueError, match="claim_lease"):
         RabbitBackend(f"{URL}?claim_lease=0")
+
+
+def test_a_consumer_whose_channel_is_lost_subscribes_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The subscription's channel closes under it (a channel error, a reconnect): the
+    consumer subscribes anew, and what is published afterwards is still delivered."""
+    from interlink.messaging import Broker
+
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+    got: list[bytes] = []
+
+    async def until(count: int) -> None:
+        for _ in range(400):
+            if len(got) >= count:
+                return
+            await asyncio.sleep(0.05)
+
+    async def scenario() -> None:
+        broker = Broker.from_url(URL, grace=1.0)
+
+        @broker.subscriber(topic, group="g")
+        async def handle(message: bytes) -> None:
+            got.append(message)
+
+        async with broker:
+            await broker.publish(topic, b"before")
+            await until(1)
+            channels = list(broker.backend._channels)  # type: ignore[attr-defined]
+            assert len(channels) == 1
+            await (await channels[0].get_underlay_channel()).close()
+            await broker.publish(topic, b"after")
+            await until(2)
+
+    with caplog.at_level(logging.ERROR, logger="interlink.messaging"):
+        asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert got == [b"before", b"after"]
+    assert any("resubscribing" in r.getMessage() for r in caplog.records)

@@ -37,10 +37,13 @@ class Signal:
 
     async def wait(self, within: float | None = None) -> None:
         """Return when woken, or after ``within`` seconds (never, for None)."""
-        self._future = asyncio.get_running_loop().create_future()
+        future = self._future = asyncio.get_running_loop().create_future()
         try:
+            if within is None:  # (a consumer between deliveries: no timeout to arm)
+                await future
+                return
             async with asyncio.timeout(within):
-                await self._future
+                await future
         except TimeoutError:
             pass
         finally:

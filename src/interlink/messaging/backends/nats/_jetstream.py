@@ -284,14 +284,13 @@ class JetStream(ServerConnection):
         server deduplicates by within the stream's duplicate window: the backend's own moves
         (dead-lettering, replay) use it, so one repeated after a lost reply lands once; user
         publishes do not (no backend deduplicates those: the idempotent consumer does)."""
-        stream = await self.ensure_stream(topic)
+        stream = self._streams.get(topic) or await self.ensure_stream(topic)
         if dedupe_id is not None:
             headers = {**headers, MSG_ID: dedupe_id}
         for last in (False, True):
-            failed = await self.require(self._acks).send(topic, [(data, headers)], self.timeout)
-            if not failed:
+            error = await self.require(self._acks).send_one(topic, data, headers, self.timeout)
+            if error is None:
                 return
-            error = failed[0][1]
             if not isinstance(error, nats.js.errors.NoStreamResponseError):
                 raise PublishError(topic, f"{type(error).__name__}: {error} (stream {stream})")
             # The stream vanished (deleted, or a memory-storage server restarted).

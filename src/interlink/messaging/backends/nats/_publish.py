@@ -62,6 +62,29 @@ class PubAcks:
             return
         future.set_result(None)
 
+    async def send_one(
+        self, subject: str, data: bytes, headers: Mapping[str, str], within: float
+    ) -> BaseException | None:
+        """Publish one message and wait up to ``within`` s for its PubAck; the error if it
+        was not confirmed (sending, refusal or timeout, as ``send`` reports them). A serial
+        publish's path: ``send`` with one message, without what only a batch needs (lists,
+        ``asyncio.wait``'s waiter and callbacks, sorting the failures)."""
+        loop = asyncio.get_running_loop()
+        token = str(next(self._tokens))
+        future = self._futures[token] = loop.create_future()
+        try:
+            await self._nc.publish(subject, data, reply=self._prefix + token, headers=headers)  # type: ignore[arg-type]
+            timer = loop.call_later(within, _expire, future)
+            try:
+                await future
+            finally:
+                timer.cancel()
+        except Exception as exc:  # not sent, refused (set by _reply), or no PubAck in time
+            return exc
+        finally:
+            self._futures.pop(token, None)  # (the reply took it already, unless it never came)
+        return None
+
     async def send(
         self, subject: str, items: Sequence[tuple[bytes, Mapping[str, str]]], within: float
     ) -> list[tuple[int, BaseException]]:
@@ -99,3 +122,8 @@ class PubAcks:
                 failed.append((index, problem))
         failed.sort(key=lambda pair: pair[0])
         return failed
+
+
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError("no PubAck"))

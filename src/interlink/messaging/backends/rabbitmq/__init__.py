@@ -46,7 +46,8 @@ from interlink.messaging.backends._base import ConnectionBackend, client_library
 
 with client_library("amqp", "aio-pika", "rabbitmq"):
     import aiormq
-    from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+    from aio_pika.abc import AbstractChannel
+    from aiormq.abc import DeliveredMessage
     from pamqp.commands import Basic
 
 from interlink.messaging.backend import ConsumerLag, Delivery, PublishError
@@ -58,7 +59,6 @@ from interlink.messaging.backends.rabbitmq._connection import (
     PUBLISH_ERRORS,
     RabbitConnection,
     delay_step,
-    message_of,
 )
 from interlink.messaging.backends.rabbitmq._delivery import AckBatcher, RabbitDelivery
 from interlink.messaging.envelope import AMQP, Binding, OutgoingMessage
@@ -123,31 +123,38 @@ class RabbitBackend(ConnectionBackend[RabbitConnection]):
 
     async def publish(self, topic: str, message: OutgoingMessage) -> None:
         """Publish persistent, wait for the publisher confirm."""
-        conn = await self._declared(topic)
-        amqp = message_of(message.data, message.headers, message.message_id)
-        await conn.confirm(conn.exchange, amqp, topic, topic)
+        conn, channel = await self._publishing(topic)
+        try:
+            await channel.basic_publish(
+                message.data,
+                exchange=conn.exchange.name,
+                routing_key=topic,
+                properties=_properties(message),
+                mandatory=True,
+                timeout=conn.timeout,
+            )
+        except PUBLISH_ERRORS as exc:
+            raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
 
-    async def _declared(self, topic: str) -> RabbitConnection:
+    async def _publishing(self, topic: str) -> tuple[RabbitConnection, aiormq.abc.AbstractChannel]:
+        """The connection, with ``topic`` declared, and its publishing channel's underlying
+        aiormq channel: what ``Exchange.publish`` does per message, done here so that a
+        message costs a ``Basic.Properties``, not an ``aio_pika.Message`` and its conversion
+        back (a few us of attribute checks each)."""
         conn = self.connection
         try:
             await conn.ensure_topic(topic)
-        except PUBLISH_ERRORS as exc:
-            raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
-        return conn
-
-    async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:
-        """Publish all with their confirms in flight together, then await them."""
-        conn = await self._declared(topic)
-        exchange = conn.exchange
-        # What Exchange.publish does per message, done once for the batch; each message then
-        # costs a Basic.Properties, not an aio_pika.Message (a few us of attribute checks).
-        try:
             if conn.channel.is_closed:
                 raise aiormq.exceptions.ChannelInvalidStateError("channel closed")
             channel = await conn.channel.get_underlay_channel()
         except PUBLISH_ERRORS as exc:
             raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
-        publish, name, timeout = channel.basic_publish, exchange.name, conn.timeout
+        return conn, channel
+
+    async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:
+        """Publish all with their confirms in flight together, then await them."""
+        conn, channel = await self._publishing(topic)
+        publish, name, timeout = channel.basic_publish, conn.exchange.name, conn.timeout
         results = await asyncio.gather(
             *(
                 publish(
@@ -180,37 +187,61 @@ class RabbitBackend(ConnectionBackend[RabbitConnection]):
         channel = await conn.connection.channel()
         self._channels.append(channel)  # open until aclose: running handlers ack through it
         await channel.set_qos(prefetch_count=prefetch)
-        # Declared (not just looked up) on this channel, so that the robust connection
-        # restores the consumer after a reconnect.
         queue = await channel.declare_queue(
             conn.queue_name(topic, group), durable=True, arguments=conn.arguments()
         )
-        buffer: deque[AbstractIncomingMessage] = deque()
+        buffer: deque[DeliveredMessage] = deque()
         signal = Signal()
         acks = AckBatcher()
         self._batchers.append(acks)
+        cancelled: list[object] = []
 
-        async def arrived(message: AbstractIncomingMessage) -> None:
+        async def arrived(message: DeliveredMessage) -> None:
             acks.delivered(message)
             buffer.append(message)
             signal.wake()
 
-        tag = await queue.consume(arrived)
+        def lost(frame: object) -> None:
+            cancelled.append(frame)
+            signal.wake()
+
+        # Consumed on the channel aio-pika wraps, not through Queue.consume, which would
+        # build an IncomingMessage per delivery and run the callback in a task of its own
+        # (a third of the client's work per message). The price: aio-pika does not restore
+        # this consumer after a reconnect, so a lost channel (or a consumer the broker
+        # cancelled) ends the iteration with an error and the consumer subscribes anew.
+        underlay = await channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(lost)
+        underlay.closing.add_done_callback(lost)
+        tag = (await underlay.basic_consume(queue.name, arrived)).consumer_tag or ""
+        gone = False
         try:
             while True:
                 while not buffer:
+                    if cancelled or underlay.is_closed:
+                        gone = True
+                        raise ConnectionError(
+                            f"rabbitmq: the consumer of {queue.name} was closed or cancelled"
+                        )
                     await signal.wait()
                 message = buffer.popleft()
                 if message.channel.is_closed:
                     continue  # from before a reconnect: the broker has requeued it already
                 yield RabbitDelivery(conn, acks, topic, group, message)
         finally:
-            with contextlib.suppress(Exception):
-                await queue.cancel(tag)  # deliveries sent before the cancel-ok still arrive
+            underlay.on_consumer_cancel_callbacks.discard(lost)
+            if gone:  # its deliveries went back with the channel: nothing left to ack on it
+                self._channels.remove(channel)
+                with contextlib.suppress(Exception):
+                    await channel.close()
+            else:
+                with contextlib.suppress(Exception):
+                    # deliveries sent before the cancel-ok still arrive
+                    await underlay.basic_cancel(tag)
             for message in buffer:
                 acks.settled(message)
                 with contextlib.suppress(Exception):
-                    await message.nack(requeue=True)
+                    await message.channel.basic_nack(message.delivery_tag or 0, requeue=True)
             await acks.flush(force=False)
 
     async def lag(self, topic: str, group: str) -> ConsumerLag:

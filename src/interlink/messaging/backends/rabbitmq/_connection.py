@@ -19,9 +19,9 @@ import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
-    AbstractIncomingMessage,
     AbstractRobustConnection,
 )
+from pamqp.commands import Basic
 
 from interlink.messaging.backend import BackendUnavailable, PublishError, redact
 from interlink.messaging.backends._base import ServerConnection
@@ -71,20 +71,20 @@ def message_of(data: bytes, headers: Mapping[str, str], message_id: str) -> aio_
     )
 
 
-def headers_of(message: AbstractIncomingMessage) -> dict[str, str]:
+def headers_of(properties: Basic.Properties) -> dict[str, str]:
     """A received message's application properties as text, its content type included (what
     ``message_of`` takes back). Values of other AMQP types (numbers, bytes, tables) from
     foreign producers become their text."""
     out: dict[str, str] = {}
-    for name, value in (message.headers or {}).items():
+    for name, value in (properties.headers or {}).items():
         if type(value) is str:
             out[name] = value
         elif isinstance(value, bytes):
             out[name] = value.decode("utf-8", "replace")
         else:
             out[name] = str(value)
-    if message.content_type:
-        out[CONTENT_TYPE] = message.content_type
+    if properties.content_type:
+        out[CONTENT_TYPE] = properties.content_type
     return out
 
 
