@@ -477,6 +477,26 @@ class BackendContract:
             assert [letter.id for letter in await broker.dlq_list(topic, 10)] == ids[1:]
 
     @run_async
+    async def test_dlq_list_gives_at_most_limit_letters(self) -> None:
+        """``dlq_list`` stops at ``limit`` (none for 0) and leaves every letter in the DLQ."""
+        topic = self.name()
+        broker = self.broker()
+
+        @broker.subscriber(topic, group=self.name("g"), retry=QUICK, max_deliveries=1)
+        async def handle(message: Order) -> None:
+            raise RuntimeError("always")
+
+        async with broker:
+            ids = [await broker.publish(topic, Order(order_id=i)) for i in range(3)]
+            await self.settle(broker, topic, 3)
+            await broker.stop()
+            assert await broker.dlq_list(topic, 0) == []
+            letters = await broker.dlq_list(topic, 2)
+            assert len(letters) == 2
+            assert {letter.id for letter in letters} <= set(ids)
+            assert await broker.dlq_count(topic) == 3
+
+    @run_async
     async def test_replay_selects_by_id_and_purge_empties(self) -> None:
         """Replay of chosen ids leaves the other dead letters; purge removes them."""
         topic = self.name()

@@ -36,13 +36,16 @@ async def _messages(queue: Any) -> AsyncIterator[AbstractIncomingMessage]:
 async def _letters(
     queue: Any, topic: str, limit: int | None
 ) -> list[tuple[AbstractIncomingMessage, DeadLetter]]:
+    """Up to ``limit`` dead letters (all when None), each with the message that holds it."""
     found: list[tuple[AbstractIncomingMessage, DeadLetter]] = []
-    async for message in _messages(queue):
+    messages = _messages(queue)
+    while limit is None or len(found) < limit:
+        message = await anext(messages, None)
+        if message is None:
+            break
         letter = stored_letter(message.body, log, f"rabbitmq: {topic}.dlq")
         if letter is not None:
             found.append((message, letter))
-            if limit is not None and len(found) >= limit:
-                break
     return found
 
 
@@ -52,7 +55,7 @@ async def dlq_list(backend: RabbitConnection, topic: str, limit: int) -> list[De
     if channel is None:
         return []
     try:
-        return [letter for _, letter in await _letters(queue, topic, limit)] if limit > 0 else []
+        return [letter for _, letter in await _letters(queue, topic, limit)]
     finally:
         await channel.close()
 
