@@ -14,7 +14,8 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel
@@ -84,6 +85,23 @@ class BackendContract:
     def name(prefix: str = "t") -> str:
         """A topic or group name no other test uses."""
         return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+    @asynccontextmanager
+    async def dead_letters(self, count: int) -> AsyncIterator[tuple[Broker, str, list[str]]]:
+        """A broker whose subscriber fails every message, after ``count`` messages went to
+        the DLQ and its consumers stopped: (broker, topic, message ids)."""
+        topic = self.name()
+        broker = self.broker()
+
+        @broker.subscriber(topic, group=self.name("g"), retry=QUICK, max_deliveries=1)
+        async def handle(message: Order) -> None:
+            raise RuntimeError("always")
+
+        async with broker:
+            ids = await broker.publish_many(topic, [Order(order_id=i) for i in range(count)])
+            await self.settle(broker, topic, count)
+            await broker.stop()
+            yield broker, topic, ids
 
     @staticmethod
     async def settle(broker: Broker, topic: str, expected: int, within: float = 5.0) -> None:
@@ -479,17 +497,7 @@ class BackendContract:
     @run_async
     async def test_dlq_list_gives_at_most_limit_letters(self) -> None:
         """``dlq_list`` stops at ``limit`` (none for 0) and leaves every letter in the DLQ."""
-        topic = self.name()
-        broker = self.broker()
-
-        @broker.subscriber(topic, group=self.name("g"), retry=QUICK, max_deliveries=1)
-        async def handle(message: Order) -> None:
-            raise RuntimeError("always")
-
-        async with broker:
-            ids = [await broker.publish(topic, Order(order_id=i)) for i in range(3)]
-            await self.settle(broker, topic, 3)
-            await broker.stop()
+        async with self.dead_letters(3) as (broker, topic, ids):
             assert await broker.dlq_list(topic, 0) == []
             letters = await broker.dlq_list(topic, 2)
             assert len(letters) == 2
@@ -499,17 +507,7 @@ class BackendContract:
     @run_async
     async def test_replay_selects_by_id_and_purge_empties(self) -> None:
         """Replay of chosen ids leaves the other dead letters; purge removes them."""
-        topic = self.name()
-        broker = self.broker()
-
-        @broker.subscriber(topic, group=self.name("g"), retry=QUICK, max_deliveries=1)
-        async def handle(message: Order) -> None:
-            raise RuntimeError("always")
-
-        async with broker:
-            ids = await broker.publish_many(topic, [Order(order_id=i) for i in range(3)])
-            await self.settle(broker, topic, 3)
-            await broker.stop()
+        async with self.dead_letters(3) as (broker, topic, ids):
             assert await broker.dlq_replay(topic, [ids[1]]) == 1
             left = {letter.id for letter in await broker.dlq_list(topic, 10)}
             assert left == {ids[0], ids[2]}
