@@ -109,6 +109,7 @@ class Identity:
     subject: str
     scopes: frozenset[str]
     claims: Mapping[str, Any]
+    _lines: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def headers(self, prefix: str) -> list[tuple[str, str]]:
         """The headers that carry this identity upstream."""
@@ -117,6 +118,16 @@ class Identity:
             (prefix + "subject", self.subject),
             (prefix + "scopes", " ".join(sorted(self.scopes))),
         ]
+
+    def header_lines(self, prefix: str) -> str:
+        """``headers`` as ``name: value\\r\\n`` lines, rendered once per prefix: a cached
+        token's identity serves every request that presents it."""
+        lines = self._lines.get(prefix)
+        if lines is None:
+            lines = self._lines[prefix] = "".join(
+                f"{name}: {value}\r\n" for name, value in self.headers(prefix)
+            )
+        return lines
 
 
 class _Jwks:

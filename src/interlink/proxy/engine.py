@@ -44,7 +44,7 @@ from interlink.errors import (
     DeadlineExceeded,
     RateLimited,
 )
-from interlink.proxy.auth import Authenticator, Requirement
+from interlink.proxy.auth import Authenticator, Identity, Requirement
 from interlink.proxy.errors import ProxyError
 from interlink.proxy.http1 import Body, ClientGone, Limits, Request, ServerConnection
 from interlink.proxy.limits import Limiter, LimitRule
@@ -82,10 +82,14 @@ _NOT_FORWARDED = HOP_BY_HOP | {
     "x-forwarded-for",  # extended with the client's address, see _upstream_head
     "expect",  # answered by the proxy itself, see _forward
 }
+#: what is not forwarded when the upstream gets its own ``host`` (no ``preserve_host``)
+_NOT_FORWARDED_NOR_HOST = _NOT_FORWARDED | {"host"}
 #: the response headers the proxy drops: hop-by-hop, and the ones it sets itself
 _HOP_BY_HOP_BYTES = frozenset(
     name.encode() for name in (*HOP_BY_HOP, CORRELATION_HEADER, "traceparent")
 )
+#: ``Connection`` values that name no other header (the usual ones)
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _RETRY_STATUSES = frozenset({502, 503, 504})
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
@@ -219,6 +223,7 @@ class _Exchange:
         "conn",
         "due",
         "echo",
+        "identity",
         "match",
         "request",
         "request_id",
@@ -226,7 +231,6 @@ class _Exchange:
         "streamed",
         "table",
         "traceparent",
-        "upstream_headers",
     )
 
     def __init__(self, request: Request, conn: ServerConnection, table: RouteTable) -> None:
@@ -238,8 +242,8 @@ class _Exchange:
         self.request_id = incoming if incoming is not None and _valid_id(incoming) else fresh
         #: headers for the client's response: correlation id, trace, CORS, rate limits
         self.echo = [(CORRELATION_HEADER, self.request_id), ("traceparent", self.traceparent)]
-        #: headers added for the upstream: the identity
-        self.upstream_headers: list[tuple[str, str]] = []
+        #: the authenticated caller, told to the upstream in headers
+        self.identity: Identity | None = None
         self.match: Match[RouteSpec] | None = None
         self.route: RouteSpec | None = None
         self.streamed = False
@@ -391,8 +395,7 @@ class Proxy:
         ex = _Exchange(request, conn, table)
         ex.match = match
         ex.route = route
-        if identity is not None:
-            ex.upstream_headers += identity.headers(table.identity_prefix)
+        ex.identity = identity
         if limiter is not None:
             try:
                 ex.echo += limiter.check_now(
@@ -475,7 +478,7 @@ class Proxy:
                 request.header(authenticator.api_key_header),
             )
             consumer = identity.subject
-            ex.upstream_headers += identity.headers(table.identity_prefix)
+            ex.identity = identity
         if route.limits and table.limiter is not None:
             try:
                 ex.echo += await table.limiter.check(
@@ -502,7 +505,9 @@ class Proxy:
         if route.translator is not None:
             assert ex.match is not None
             with deadline(limit):
-                metadata = [*ex.echo[:2], *ex.upstream_headers]
+                metadata = ex.echo[:2]
+                if ex.identity is not None:
+                    metadata += ex.identity.headers(ex.table.identity_prefix)
                 status, headers, body = await route.translator(request, ex.match, metadata)
             ex.conn.start(status, [*headers, *ex.echo, ("content-length", str(len(body)))])
             ex.conn.write(body)
@@ -597,37 +602,37 @@ class Proxy:
 
     def _upstream_head(self, ex: _Exchange, host: str) -> list[str]:
         """The request line and headers for the upstream (without framing headers)."""
-        request, route, table, match = ex.request, ex.route, ex.table, ex.match
+        request, route, match = ex.request, ex.route, ex.match
         assert route is not None
         assert match is not None
-        dropped = _NOT_FORWARDED
-        connection = request.header("connection")
+        header = request.header
+        preserve_host = route.preserve_host
+        dropped = _NOT_FORWARDED if preserve_host else _NOT_FORWARDED_NOR_HOST
+        connection = header("connection")
         if connection is not None:
             dropped = dropped | {t.strip().lower() for t in connection.split(",")}
-        prefix = table.identity_prefix
-        preserve_host = route.preserve_host
-        forwarded_for = request.client
+        prefix = ex.table.identity_prefix
         lines = [f"{request.method} {match.upstream_path} HTTP/1.1\r\n"]
         lines += [
             f"{name}: {value}\r\n"
             for name, value in request.headers
-            if name not in dropped
-            and not name.startswith(prefix)
-            and (preserve_host or name != "host")
+            if name not in dropped and not name.startswith(prefix)
         ]
-        original_host = request.header("host")
+        original_host = header("host")
         if not preserve_host:
             lines.append(f"host: {host}\r\n")
         if original_host:
             lines.append(f"x-forwarded-host: {original_host}\r\n")
-        earlier = request.header("x-forwarded-for")
+        forwarded_for = request.client
+        earlier = header("x-forwarded-for")
         if earlier is not None:
             forwarded_for = f"{earlier}, {forwarded_for}"
         lines.append(
             f"x-forwarded-for: {forwarded_for}\r\nx-forwarded-proto: http\r\n"
             f"{CORRELATION_HEADER}: {ex.request_id}\r\ntraceparent: {ex.traceparent}\r\n"
         )
-        lines += [f"{name}: {value}\r\n" for name, value in ex.upstream_headers]
+        if ex.identity is not None:
+            lines.append(ex.identity.header_lines(prefix))
         if request.upgrade:
             lines.append(f"connection: upgrade\r\nupgrade: {request.header('upgrade')}\r\n")
         if ex.due is not None:
@@ -770,11 +775,14 @@ class _Answer:
         conn = self.ex.conn
         block, sized = _response_head(self.ex, head)
         conn.start_encoded(head.status, block, sized=sized)
-        conn.set_producer(self.conn_up.transport)
         self.conn_up.stream_to(self.sink)  # the head is held back to go out with the body
 
     def waiting(self) -> None:
-        self.ex.conn.flush()  # the rest of the body takes a while: the head goes now
+        conn = self.ex.conn
+        conn.flush()  # the rest of the body takes a while: the head goes now
+        # back-pressure only matters for a body that spans reads: a whole answer was written
+        # (and the client's writes paused or not) before this is called
+        conn.set_producer(self.conn_up.transport)
 
     def sink(self, data: bytes) -> None:
         conn = self.ex.conn
@@ -782,7 +790,6 @@ class _Answer:
             conn.write(data)
             return
         conn.end()
-        conn.set_producer(None)
         self.proxy.pool.release(self.conn_up)
         self._finish()
 
@@ -829,7 +836,8 @@ def _response_head(ex: _Exchange, head: ResponseHead) -> tuple[bytes, bool]:
         if name == b"content-length":
             sized = True
         lines.append(b"%b: %b\r\n" % (name, value))
-    if listed is not None:  # names that ``Connection`` lists are hop-by-hop too
+    if listed is not None and listed.lower() not in _PLAIN_CONNECTION:
+        # names that ``Connection`` lists are hop-by-hop too
         named = {t.strip().lower() for t in listed.split(b",")} - dropped
         if named:
             kept = [(n, v) for n, v in head.headers if n not in dropped and n not in named]

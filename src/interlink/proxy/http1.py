@@ -267,6 +267,10 @@ class ServerConnection(asyncio.Protocol):
         self._receiving: Request | None = None
         self._upgrade_rest = b""
         self._held: bytes | None = None
+        #: the body of every request without a length or an encoding: it has none, it is
+        #: complete from the start, and one per connection spares a ``Body`` per request
+        self._no_body = Body(self)
+        self._no_body.complete = True
         #: response state
         self._chunked = False
         self._started = False
@@ -338,16 +342,16 @@ class ServerConnection(asyncio.Protocol):
 
     # -------------------------------------------------------------- parser callbacks
 
-    def on_message_begin(self) -> None:
-        self._in_head = True
-        self._url.clear()
-        self._headers = []
-        self._framed = False
-        self._head_bytes = 0
+    # No ``on_message_begin``: httptools calls only the callbacks a protocol has, and one call
+    # less per request is measurable. The URL is the first part of every head, so ``on_url``
+    # marks the head as begun; ``on_headers_complete`` resets the state for the next one.
 
     def on_url(self, url: bytes) -> None:
+        self._in_head = True
         self._url += url
-        self._count(len(url))
+        self._head_bytes += len(url)
+        if self._head_bytes > self._limits.max_header_bytes:
+            self._count(0)  # raises
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4
@@ -383,12 +387,16 @@ class ServerConnection(asyncio.Protocol):
             parser.get_method().decode("ascii", "replace"),
             self._url.decode("latin-1"),
             headers,
-            Body(self),
+            Body(self) if self._framed else self._no_body,
             version=parser.get_http_version(),
             client=self.client,
             keep_alive=parser.should_keep_alive(),
             upgrade=parser.should_upgrade(),
         )
+        self._url.clear()
+        self._headers = []
+        self._framed = False
+        self._head_bytes = 0
         if self._current is None:
             self._cancel_timer()
             self._start(request)
@@ -476,6 +484,7 @@ class ServerConnection(asyncio.Protocol):
             # the stream without reading it, so the connection ends here
             self._close_after = True
         self._current = None
+        self._producer = None  # the response is whole: nothing left to hold back
         if self._close_after or request.upgrade:
             if self._tunnel is None and self.transport is not None:
                 self.transport.close()

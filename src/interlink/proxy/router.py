@@ -27,6 +27,7 @@ T = TypeVar("T")
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _REFUSED_ESCAPES = frozenset({"2f", "5c", "00"})  # '/', '\\', NUL
+_CACHE_SIZE = 4096
 
 
 def normalise_path(raw: str) -> str:
@@ -109,7 +110,8 @@ class Route(Generic[T]):
 class Match(NamedTuple, Generic[T]):
     """A matched route, its path parameters and the path to send upstream (query included).
 
-    A named tuple: one is made per request, and a tuple is the cheapest immutable record."""
+    A named tuple, the cheapest immutable record; the router hands the same match to repeated
+    requests, so ``params`` is shared: read it, never change it."""
 
     route: Route[T]
     params: dict[str, str]
@@ -183,7 +185,7 @@ def _first_segment(path: str) -> str | None:
 class Router(Generic[T]):
     """An immutable routing table; build a new one to change it (reloads swap whole tables)."""
 
-    __slots__ = ("_by_segment", "_wild", "routes")
+    __slots__ = ("_by_segment", "_cache", "_wild", "routes")
 
     def __init__(self, routes: Iterable[Route[T]]) -> None:
         self.routes: tuple[Route[T], ...] = tuple(routes)
@@ -204,6 +206,12 @@ class Router(Generic[T]):
         self._by_segment: dict[str, tuple[_Compiled[T], ...]] = {
             s: tuple(sorted(cs + wild, key=lambda c: c.index)) for s, cs in by_segment.items()
         }
+        #: matches already made, by (method, host, target): clients repeat their requests, and
+        #: a hit costs one look-up instead of normalising and trying routes. Only when no route
+        #: matches on headers (else the headers would be part of the answer).
+        self._cache: dict[tuple[str, str, str], Match[T]] | None = (
+            None if any(r.headers for r in self.routes) else {}
+        )
 
     def match(
         self, method: str, host: str, target: str, headers: Sequence[tuple[str, str]]
@@ -214,6 +222,21 @@ class Router(Generic[T]):
         Raises ``ProxyError``: ``invalid_path`` (400), ``no_route`` (404) or
         ``method_not_allowed`` (405, with ``Allow``).
         """
+        cache = self._cache
+        if cache is None:
+            return self._match(method, host, target, headers)
+        key = (method, host, target)
+        found = cache.get(key)
+        if found is None:
+            found = self._match(method, host, target, headers)
+            if len(cache) >= _CACHE_SIZE:
+                cache.clear()  # many distinct targets (ids, queries): start again
+            cache[key] = found
+        return found
+
+    def _match(
+        self, method: str, host: str, target: str, headers: Sequence[tuple[str, str]]
+    ) -> Match[T]:
         raw, sep, query = target.partition("?")
         path = normalise_path(raw)
         host = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else host.lower()
