@@ -843,7 +843,11 @@ def _response_head(ex: _Exchange, head: ResponseHead) -> tuple[bytes, bool]:
             kept = [(n, v) for n, v in head.headers if n not in dropped and n not in named]
             lines = [b"%b: %b\r\n" % (n, v) for n, v in kept]
             sized = any(n == b"content-length" for n, _ in kept)
-    lines.append("".join([f"{name}: {value}\r\n" for name, value in ex.echo]).encode("latin-1"))
+    echo = ex.echo  # the correlation id and trace first, as they were drawn
+    echoed = f"{CORRELATION_HEADER}: {ex.request_id}\r\ntraceparent: {ex.traceparent}\r\n"
+    if len(echo) > 2:
+        echoed += "".join([f"{name}: {value}\r\n" for name, value in echo[2:]])
+    lines.append(echoed.encode("latin-1"))
     return b"".join(lines), sized
 
 

@@ -476,7 +476,8 @@ class ServerConnection(asyncio.Protocol):
     def finish(self) -> None:
         """The current request's response is complete: go on with the next request."""
         request = self._current
-        self.flush()
+        if self._held is not None:
+            self.flush()
         if self._closed or request is None:
             return
         if not request.body.complete:
@@ -489,11 +490,11 @@ class ServerConnection(asyncio.Protocol):
             if self._tunnel is None and self.transport is not None:
                 self.transport.close()
             return
-        if self._queue:
+        if self._read_paused:
             self._resume_reading()
+        if self._queue:
             self._start(self._queue.popleft())
         else:
-            self._resume_reading()
             self._arm(self._limits.keepalive_timeout, self._on_idle)
 
     # -------------------------------------------------------------- response writing
@@ -525,7 +526,8 @@ class ServerConnection(asyncio.Protocol):
         if self._close_after and status != 101:
             tail = tail[:-2] + b"connection: close\r\n\r\n"
         # held back until the first body bytes (or ``flush``): one write, one syscall
-        self._held = b"HTTP/1.1 %d %s\r\n%b%b" % (status, _reason_phrase(status), block, tail)
+        phrase = _PHRASES.get(status) or _reason_phrase(status)
+        self._held = b"HTTP/1.1 %d %s\r\n%b%b" % (status, phrase, block, tail)
 
     def flush(self) -> None:
         """Send a response head that ``start`` is still holding back."""
@@ -549,7 +551,7 @@ class ServerConnection(asyncio.Protocol):
         if self._chunked:
             self._chunked = False
             self._write(b"0\r\n\r\n")
-        else:
+        elif self._held is not None:  # no body at all: the head goes alone
             self.flush()
 
     async def drain(self) -> None:

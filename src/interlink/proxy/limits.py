@@ -211,11 +211,8 @@ class Limiter:
     def __init__(self, buckets: Buckets) -> None:
         self.buckets = buckets
         self.rejected: dict[str, int] = {}
-
-    @property
-    def decides_now(self) -> bool:
-        """Whether ``check_now`` can decide (buckets in memory never wait)."""
-        return isinstance(self.buckets, MemoryBuckets)
+        #: whether ``check_now`` can decide (buckets in memory never wait)
+        self.decides_now = isinstance(buckets, MemoryBuckets)
 
     async def check(
         self, rules: tuple[LimitRule, ...], route: str, consumer: str | None, client: str

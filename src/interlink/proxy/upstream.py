@@ -495,7 +495,8 @@ class UpstreamPool:
             conn.idle_since = self._clock()
             conn._sink = None
             slot.idle.append(conn)
-            self._wake(slot)
+            if slot.waiters:
+                self._wake(slot)
         else:
             conn.abort()
 
