@@ -16,6 +16,8 @@ from support import until
 
 from interlink import Retry
 from interlink.messaging import Broker, current_message
+from interlink.messaging.consumer import Consumer, Subscription
+from interlink.messaging.envelope import Envelope
 
 from .contract import QUICK
 
@@ -214,3 +216,80 @@ def test_a_forked_child_draws_its_own_ids() -> None:
     parents = {new_id() for _ in range(64)}
     assert re.fullmatch(r"[0-9a-f]{32}", child)
     assert child not in parents
+
+
+class _Taken:
+    """A delivery that records its ack."""
+
+    def __init__(self, n: int, acked: list[int]) -> None:
+        self.envelope = Envelope(id=f"m{n}", type="bytes", payload=str(n).encode())
+        self.raw, self.headers, self.attempt = self.envelope.payload, {}, 1
+        self._n, self._acked = n, acked
+
+    async def ack(self) -> None:
+        self._acked.append(self._n)
+
+    async def nack(self, delay: float) -> None:
+        raise AssertionError("not retried")
+
+    async def dead_letter(self, reason: str, error_type: str | None) -> None:
+        raise AssertionError("not dead-lettered")
+
+
+class _Fetched:
+    """A subscription holding one fetched batch: ``ready()`` hands it out without waiting,
+    ``__anext__`` (counted) is the fetch."""
+
+    def __init__(self, batch: list[_Taken]) -> None:
+        self.batch, self.fetches = batch, 0
+
+    def __aiter__(self) -> _Fetched:
+        return self
+
+    def ready(self) -> _Taken | None:
+        return self.batch.pop(0) if self.batch else None
+
+    async def __anext__(self) -> _Taken:
+        self.fetches += 1
+        if self.batch:
+            return self.batch.pop(0)
+        await asyncio.Event().wait()  # nothing more: the consumer cancels this at stop
+        raise StopAsyncIteration
+
+
+def test_a_fetched_batch_is_taken_through_ready_without_a_fetch_each() -> None:
+    """A subscription with ``ready()`` is asked for the next delivery first; only when it
+    holds none does the consumer await the next fetch."""
+    acked: list[int] = []
+    fetched = _Fetched([_Taken(n, acked) for n in range(50)])
+    seen: list[bytes] = []
+
+    class _Backend:
+        def subscribe(self, topic: str, group: str, *, prefetch: int) -> _Fetched:
+            return fetched
+
+    async def handle(message: bytes) -> None:
+        seen.append(message)
+
+    subscription = Subscription(
+        topic="t",
+        group="g",
+        handler=handle,
+        decode=lambda envelope: envelope.payload,
+        message_type=bytes,
+        retry=Retry(),
+        max_deliveries=3,
+        concurrency=4,
+        prefetch=50,
+        idempotency=None,
+    )
+
+    async def body() -> None:
+        consumer = Consumer(_Backend(), subscription)  # type: ignore[arg-type]
+        await consumer.start()
+        await until(lambda: len(acked) == 50)
+        await consumer.stop(1.0)
+
+    run(body())
+    assert seen == [str(n).encode() for n in range(50)]
+    assert fetched.fetches <= 2  # the first delivery, then the wait for more

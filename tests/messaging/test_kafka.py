@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 from hypothesis import given
 from hypothesis import strategies as st
 from support import until
@@ -26,7 +27,8 @@ from typer.testing import CliRunner
 
 from interlink.cli.main import app
 from interlink.messaging import Broker, current_message
-from interlink.messaging.backends.kafka._subscription import PartitionOffsets
+from interlink.messaging.backends.kafka._connection import KafkaConnection
+from interlink.messaging.backends.kafka._subscription import Consume, PartitionOffsets
 
 ROOT = Path(__file__).resolve().parents[2]
 ENSURE_KAFKA = ROOT / "scripts" / "ensure-kafka.sh"
@@ -373,3 +375,110 @@ def test_lag_counts_the_records_past_the_groups_commit(kafka_url: str) -> None:
     assert held == 5
     assert nobody == 0
     assert after == 0
+
+
+class _FakeKafkaConsumer:
+    """Stands in for aiokafka's consumer: hands out prepared batches, records commits."""
+
+    def __init__(self, batches: list[dict[TopicPartition, list[ConsumerRecord[Any, Any]]]]):
+        self.batches = batches
+        self.fetches = 0
+        self.commits: list[dict[TopicPartition, int]] = []
+        self.listener: Any = None
+
+    def subscribe(self, topics: list[str], listener: Any) -> None:
+        self.listener = listener
+
+    async def start(self) -> None:
+        await self.listener.on_partitions_assigned({tp for b in self.batches for tp in b})
+
+    async def getmany(self, timeout_ms: int = 0) -> dict[TopicPartition, Any]:
+        self.fetches += 1
+        if self.batches:
+            return self.batches.pop(0)
+        await asyncio.sleep(timeout_ms / 1000)
+        return {}
+
+    async def commit(self, positions: dict[TopicPartition, int]) -> None:
+        self.commits.append(dict(positions))
+
+    async def stop(self) -> None:
+        pass
+
+
+def _records(tp: TopicPartition, offsets: range) -> list[ConsumerRecord[Any, Any]]:
+    headers = (("ce_specversion", b"1.0"), ("ce_type", b"bytes"))
+    return [
+        ConsumerRecord(tp.topic, tp.partition, o, 0, 0, None, b"x", None, -1, 1, headers)
+        for o in offsets
+    ]
+
+
+def _offline(fake: _FakeKafkaConsumer) -> KafkaConnection:
+    """A connection whose consumer is ``fake`` and whose topics exist (no broker)."""
+    connection = KafkaConnection("kafka://127.0.0.1:1")
+    connection._known.add("t")  # no admin request for the fake's topic
+    connection.consumer = lambda *topics, group, **extra: fake  # type: ignore[method-assign]
+    return connection
+
+
+def test_a_fetched_batch_is_handed_out_without_waiting_and_committed_up_to_the_first_open() -> None:
+    """One fetch, then ``ready()`` hands out the batch in offset order; the commit stops at
+    the lowest offset not settled yet, and moves once it is."""
+    p0 = TopicPartition("t", 0)
+    fake = _FakeKafkaConsumer([{p0: _records(p0, range(10, 14))}])
+
+    async def body() -> None:
+        connection = _offline(fake)
+        stream = Consume(connection, "t", "g", 16)
+        first = await anext(stream)
+        rest = [stream.ready() for _ in range(3)]
+        assert stream.ready() is None
+        assert fake.fetches == 1
+        got = [first, *rest]
+        assert [d.record.offset for d in got if d is not None] == [10, 11, 12, 13]
+        for delivery in (got[0], got[2], got[3]):
+            assert delivery is not None
+            await delivery.ack()
+        await asyncio.sleep(0.1)  # the committer's interval
+        assert fake.commits[-1] == {p0: 11}
+        assert got[1] is not None
+        await got[1].ack()
+        await asyncio.sleep(0.1)
+        assert fake.commits[-1] == {p0: 14}
+        await stream.aclose()
+        await connection.aclose()
+
+    _run(body())
+
+
+def test_a_revoked_partition_hands_out_no_more_and_commits_what_was_done() -> None:
+    """On revocation the settled prefix is committed, the rest of the partition's fetched
+    records is never handed out, and a late ack of it commits nothing."""
+    p0, p1 = TopicPartition("t", 0), TopicPartition("t", 1)
+    fake = _FakeKafkaConsumer([{p0: _records(p0, range(3)), p1: _records(p1, range(3))}])
+
+    async def body() -> None:
+        connection = _offline(fake)
+        stream = Consume(connection, "t", "g", 16)
+        first = await anext(stream)
+        revoked = first.record.partition
+        await first.ack()
+        late = stream.ready()
+        assert late is not None
+        assert late.record.partition == revoked
+        await fake.listener.on_partitions_revoked({TopicPartition("t", revoked)})
+        assert fake.commits[-1] == {TopicPartition("t", revoked): 1}
+        others = [stream.ready() for _ in range(4)]
+        partitions = {d.record.partition for d in others if d is not None}
+        assert partitions == {1 - revoked}
+        await late.ack()
+        for delivery in others:
+            if delivery is not None:
+                await delivery.ack()
+        await asyncio.sleep(0.1)
+        assert all(TopicPartition("t", revoked) not in c for c in fake.commits[1:])
+        await stream.aclose()
+        await connection.aclose()
+
+    _run(body())

@@ -28,6 +28,9 @@ checks them):
 - Stopping: the consumer cancels a pending ``__anext__`` of the iterator and then calls its
   ``aclose()`` (an async generator has both); deliveries the backend fetched but did not hand
   out must go back to the queue (released at once where possible, else by the lease timeout).
+- Batches: a ``subscribe`` iterator may also have ``ready()``, the next delivery it already
+  fetched or None, without waiting; the consumer takes from it before awaiting ``__anext__``,
+  so a fetched batch costs one suspension, not one per message (Kafka's does).
 """
 
 from __future__ import annotations

@@ -110,6 +110,8 @@ class Consumer:
         self._idle: deque[asyncio.Future[None]] = deque()  # runners waiting for work
         self._fetching: asyncio.Task[Any] | None = None  # the runner inside anext(), if any
         self._iterator: AsyncIterator[Delivery] | None = None
+        # the iterator's ``ready()``, if it has one: a delivery it already holds, no waiting
+        self._ready: Callable[[], Delivery | None] | None = None
         self._backoff = 0.05
         # An idempotency claim of a consumer that died lasts as long as its delivery's lease.
         visibility = getattr(backend, "visibility_timeout", None)
@@ -141,7 +143,7 @@ class Consumer:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait({fetching})
         self._wake_all()
-        iterator, self._iterator = self._iterator, None
+        iterator, self._iterator, self._ready = self._iterator, None, None
         closer = getattr(iterator, "aclose", None)
         if closer is not None:
             with contextlib.suppress(Exception):
@@ -233,9 +235,14 @@ class Consumer:
                 self._idle.append(waiter)
                 await waiter
                 continue
-            delivery = await self._fetch(me)
-            if delivery is None:
-                break
+            ready = self._ready
+            delivery = ready() if ready is not None else None
+            if delivery is not None:  # what the last fetch brought: no suspension
+                self._held += 1
+            else:
+                delivery = await self._fetch(me)
+                if delivery is None:
+                    break
             key = delivery.envelope.key
             if key is not None:
                 lane = self._lanes.get(key)
@@ -256,13 +263,14 @@ class Consumer:
                         self._iterator = self._backend.subscribe(
                             sub.topic, sub.group, prefetch=sub.prefetch
                         )
+                        self._ready = getattr(self._iterator, "ready", None)
                     delivery = await anext(self._iterator)
                 except StopAsyncIteration:
                     self._ended = True
                     self._wake_all()
                     return None
                 except Exception:
-                    self._iterator = None
+                    self._iterator = self._ready = None
                     log.exception(
                         "consumer of %s/%s lost its subscription; resubscribing in %.2fs",
                         sub.topic,

@@ -49,7 +49,7 @@ from aiokafka.errors import KafkaError
 from interlink.messaging.backend import ConsumerLag, Delivery
 from interlink.messaging.backends.kafka import _dlq
 from interlink.messaging.backends.kafka._connection import KAFKA, KafkaConnection
-from interlink.messaging.backends.kafka._subscription import consume
+from interlink.messaging.backends.kafka._subscription import Consume
 from interlink.messaging.envelope import Binding, OutgoingMessage
 
 __all__ = ["KAFKA", "KafkaBackend"]
@@ -135,4 +135,4 @@ class KafkaBackend(ConnectionBackend[KafkaConnection]):
     def subscribe(self, topic: str, group: str, *, prefetch: int) -> AsyncIterator[Delivery]:
         """Consume as a member of the consumer group ``group``, up to ``prefetch`` records
         per fetch."""
-        return consume(self.connection, topic, group, max(1, prefetch))
+        return Consume(self.connection, topic, group, max(1, prefetch))

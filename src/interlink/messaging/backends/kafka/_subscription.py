@@ -17,14 +17,13 @@ import logging
 import operator
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
-from interlink.messaging.backend import Delivery
 from interlink.messaging.backends._base import Received, letter_of
 from interlink.messaging.backends.kafka._connection import (
     KAFKA,
@@ -40,7 +39,7 @@ from interlink.messaging.envelope import (
     with_id,
 )
 
-__all__ = ["KafkaDelivery", "PartitionOffsets", "consume"]
+__all__ = ["Consume", "KafkaDelivery", "PartitionOffsets"]
 
 log = logging.getLogger("interlink.messaging.kafka")
 
@@ -246,55 +245,121 @@ def _not_before(headers: Mapping[str, str]) -> float:
         return 0.0
 
 
-async def consume(
-    connection: KafkaConnection, topic: str, group: str, prefetch: int
-) -> AsyncIterator[Delivery]:
-    """Deliveries of ``topic`` for ``group`` (see the module docstring)."""
-    await connection.ensure_topic(topic)
-    sub = _Subscription(connection, topic, group)
-    delayed: list[tuple[float, int, KafkaDelivery]] = []
-    order = itertools.count()
-    consumer = connection.consumer(group=group, max_poll_records=prefetch)
-    consumer.subscribe([topic], listener=_Rebalance(sub, delayed))
-    sub.consumer = consumer
-    partitions = sub.partitions
-    committer = asyncio.create_task(sub.committer(), name=f"interlink: kafka commits {topic}")
-    try:
-        await consumer.start()
+class Consume:
+    """The deliveries of ``topic`` for ``group`` (see the module docstring): an async
+    iterator that fetches a batch (up to ``prefetch`` records) when it has none left, and
+    whose ``ready()`` hands out the fetched records without waiting, so the consumer takes a
+    batch one record after another without a suspension each."""
+
+    def __init__(self, connection: KafkaConnection, topic: str, group: str, prefetch: int):
+        self._connection = connection
+        self._topic = topic
+        self._group = group
+        self._prefetch = prefetch
+        self._sub: _Subscription | None = None
+        self._consumer: Any = None
+        self._committer: asyncio.Task[None] | None = None
+        self._delayed: list[tuple[float, int, KafkaDelivery]] = []
+        self._order = itertools.count()
+        # the fetched batch: one (partition, records) per partition, and the one being read
+        self._batches: list[tuple[PartitionOffsets, list[ConsumerRecord[Any, Any]]]] = []
+        self._offsets = PartitionOffsets()
+        self._records: Iterator[ConsumerRecord[Any, Any]] = iter(())
+        self._closed = False
+
+    def __aiter__(self) -> Consume:
+        return self
+
+    def ready(self) -> KafkaDelivery | None:
+        """The next delivery of the fetched batch, or None when it is used up."""
+        sub, group = self._sub, self._group
+        if sub is None:  # not started: nothing fetched yet
+            return None
+        offsets = self._offsets
         while True:
+            record = next(self._records, None)
+            if record is None or offsets.revoked:  # a revoked partition's rest is not ours
+                if not self._batches:
+                    return None
+                offsets, records = self._batches.pop()
+                self._offsets, self._records = offsets, iter(records)
+                continue
+            headers = text_headers(record.headers)
+            if RETRY_FOR in headers:  # a retry copy: for one group, maybe not yet
+                if headers[RETRY_FOR] != group:
+                    sub.settle(offsets, record.offset)
+                    continue
+                due = _not_before(headers)
+                if due > time.time():
+                    delivery = KafkaDelivery(sub, offsets, record, headers)
+                    heapq.heappush(self._delayed, (due, next(self._order), delivery))
+                    continue
+            # counted before it is handed out: it may be settled before the next call
+            sub.outstanding += 1
+            return KafkaDelivery(sub, offsets, record, headers)
+
+    async def __anext__(self) -> KafkaDelivery:
+        if self._closed:
+            raise StopAsyncIteration
+        try:
+            return await self._next()
+        except BaseException:  # a failed fetch, or the consumer stopping it: leave the group
+            self._close()
+            raise
+
+    async def _next(self) -> KafkaDelivery:
+        sub = self._sub or await self._start()
+        consumer, delayed = self._consumer, self._delayed
+        while True:
+            delivery = self.ready()
+            if delivery is not None:
+                return delivery
             now = time.time()
             while delayed and delayed[0][0] <= now:
-                ready = heapq.heappop(delayed)[2]
-                if not ready._offsets.revoked:
+                due = heapq.heappop(delayed)[2]
+                if not due._offsets.revoked:
                     sub.outstanding += 1
-                    yield ready
+                    return due
             wait = min(1.0, delayed[0][0] - now) if delayed else 1.0
             try:
                 batch = await consumer.getmany(timeout_ms=max(1, int(wait * 1000)))
             except KafkaError as exc:
-                log.warning("kafka: fetch on %s/%s failed: %r", topic, group, exc)
+                log.warning("kafka: fetch on %s/%s failed: %r", self._topic, self._group, exc)
                 await asyncio.sleep(0.5)
                 continue
+            partitions = sub.partitions
             for tp, records in batch.items():
                 offsets = partitions.get(tp)
                 if offsets is None:
                     offsets = partitions[tp] = PartitionOffsets()
                 offsets.open.extend(map(_OFFSET, records))  # records come in offset order
-                for record in records:
-                    headers = text_headers(record.headers)
-                    if RETRY_FOR in headers:  # a retry copy: for one group, maybe not yet
-                        if headers[RETRY_FOR] != group:
-                            sub.settle(offsets, record.offset)
-                            continue
-                        due = _not_before(headers)
-                        if due > time.time():
-                            delivery = KafkaDelivery(sub, offsets, record, headers)
-                            heapq.heappush(delayed, (due, next(order), delivery))
-                            continue
-                    # counted before it is handed out: settling may happen before we resume
-                    sub.outstanding += 1
-                    yield KafkaDelivery(sub, offsets, record, headers)
-    finally:
-        # the consumer closes the iterator before its running handlers finish: the group is
-        # left once they settled (``KafkaConnection.aclose`` waits for it)
-        connection.closing(sub.close(committer))
+                self._batches.append((offsets, records))
+
+    async def _start(self) -> _Subscription:
+        connection, topic = self._connection, self._topic
+        await connection.ensure_topic(topic)
+        sub = _Subscription(connection, topic, self._group)
+        consumer = connection.consumer(group=self._group, max_poll_records=self._prefetch)
+        consumer.subscribe([topic], listener=_Rebalance(sub, self._delayed))
+        sub.consumer = self._consumer = consumer
+        self._committer = asyncio.create_task(
+            sub.committer(), name=f"interlink: kafka commits {topic}"
+        )
+        self._sub = sub
+        await consumer.start()
+        return sub
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._batches.clear()  # never handed out: not committed, the group's next owner gets them
+        self._records = iter(())
+        if self._sub is not None and self._committer is not None:
+            # the consumer closes the iterator before its running handlers finish: the group
+            # is left once they settled (``KafkaConnection.aclose`` waits for it)
+            self._connection.closing(self._sub.close(self._committer))
+
+    async def aclose(self) -> None:
+        """Stop fetching; leave the group once the deliveries handed out are settled."""
+        self._close()
