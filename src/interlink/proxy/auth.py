@@ -256,8 +256,16 @@ class Authenticator:
         if "jwt" in requirement.methods and authorization is not None:
             scheme, _, token = authorization.partition(" ")
             if scheme.lower() == "bearer" and token.strip():
-                identity = self._cached(token.strip())
-                if identity is None:
+                # the cache of verified tokens, while the token is still valid
+                cached = self._cache.get(token.strip())
+                if cached is None:
+                    return None
+                identity, expires = cached
+                now = self._clock()
+                if now > expires + self.leeway:
+                    return None
+                nbf = identity.claims.get("nbf")
+                if isinstance(nbf, int | float) and nbf - self.leeway > now:
                     return None
         if identity is None and "api_key" in requirement.methods and api_key is not None:
             found = self._api_keys.get(hash_api_key(api_key))
@@ -269,20 +277,6 @@ class Authenticator:
         for name, value in requirement.claims.items():
             if identity.claims.get(name) != value:
                 return None
-        return identity
-
-    def _cached(self, token: str) -> Identity | None:
-        """A verified token's identity from the cache while it is still valid, else None."""
-        cached = self._cache.get(token)
-        if cached is None:
-            return None
-        identity, expires = cached
-        now = self._clock()
-        if now > expires + self.leeway:
-            return None
-        nbf = identity.claims.get("nbf")
-        if isinstance(nbf, int | float) and nbf - self.leeway > now:
-            return None
         return identity
 
     def verify_api_key(self, key: str) -> Identity:

@@ -613,11 +613,9 @@ class Proxy:
             dropped = dropped | {t.strip().lower() for t in connection.split(",")}
         prefix = ex.table.identity_prefix
         lines = [f"{request.method} {match.upstream_path} HTTP/1.1\r\n"]
-        lines += [
-            f"{name}: {value}\r\n"
-            for name, value in request.headers
-            if name not in dropped and not name.startswith(prefix)
-        ]
+        for name, value in request.headers:  # a loop: a comprehension is a call (Python 3.11)
+            if name not in dropped and not name.startswith(prefix):
+                lines.append(f"{name}: {value}\r\n")
         original_host = header("host")
         if not preserve_host:
             lines.append(f"host: {host}\r\n")
@@ -845,8 +843,8 @@ def _response_head(ex: _Exchange, head: ResponseHead) -> tuple[bytes, bool]:
             sized = any(n == b"content-length" for n, _ in kept)
     echo = ex.echo  # the correlation id and trace first, as they were drawn
     echoed = f"{CORRELATION_HEADER}: {ex.request_id}\r\ntraceparent: {ex.traceparent}\r\n"
-    if len(echo) > 2:
-        echoed += "".join([f"{name}: {value}\r\n" for name, value in echo[2:]])
+    for name, value in echo[2:]:
+        echoed += f"{name}: {value}\r\n"
     lines.append(echoed.encode("latin-1"))
     return b"".join(lines), sized
 

@@ -398,7 +398,7 @@ class ServerConnection(asyncio.Protocol):
         self._framed = False
         self._head_bytes = 0
         if self._current is None:
-            self._cancel_timer()
+            self._on_due = None  # the head is whole: its timer is off
             self._start(request)
         else:
             self._queue.append(request)
@@ -421,9 +421,11 @@ class ServerConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         receiving = self._receiving
         assert receiving is not None
-        receiving.body._finish()
+        body = receiving.body
+        if not body.complete:  # (a request without a body has one complete from the start)
+            body._finish()
         if receiving is self._current:
-            self._cancel_timer()
+            self._on_due = None  # the body is whole: its timer is off
 
     # -------------------------------------------------------------- request lifecycle
 
