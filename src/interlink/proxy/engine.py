@@ -841,10 +841,10 @@ def _response_head(ex: _Exchange, head: ResponseHead) -> tuple[bytes, bool]:
             kept = [(n, v) for n, v in head.headers if n not in dropped and n not in named]
             lines = [b"%b: %b\r\n" % (n, v) for n, v in kept]
             sized = any(n == b"content-length" for n, _ in kept)
-    echo = ex.echo  # the correlation id and trace first, as they were drawn
+    # the correlation id and trace first (``echo``'s first two), then the rest of ``echo``
     echoed = f"{CORRELATION_HEADER}: {ex.request_id}\r\ntraceparent: {ex.traceparent}\r\n"
-    for name, value in echo[2:]:
-        echoed += f"{name}: {value}\r\n"
+    for key, text in ex.echo[2:]:
+        echoed += f"{key}: {text}\r\n"
     lines.append(echoed.encode("latin-1"))
     return b"".join(lines), sized
 
