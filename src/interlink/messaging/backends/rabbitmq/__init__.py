@@ -24,7 +24,8 @@ flight and awaits them together. Consuming uses manual acks with ``prefetch`` as
 QoS; acks are not confirmed by the broker (as in AMQP itself), so a crash right after an ack
 may redeliver. A retry publishes the copy (confirmed) and then acks the original, so a crash
 in between delivers twice, never loses. The connection is robust: channels, queues and
-consumers are restored after a broker restart.
+bindings are restored after a broker restart, and a consumer whose channel was lost (or whom
+the broker cancelled) subscribes again on a new channel.
 
 URL options: ``queue_type`` (quorum|classic), ``exchange`` (``interlink``), ``timeout`` (s,
 10: a publish's confirmation), ``connect_timeout`` (s, 5), ``reconnect_interval`` (s, 1),
