@@ -80,7 +80,9 @@ class FastStream:
 
     async def _send(self, broker: Any, name: str, message: Any) -> Any:
         if self.kind == "nats":
-            return await broker.publish(message, name, stream=name)
+            # 5 s for the PubAck, as nats-py's JetStream and interlink wait (FastStream's own
+            # default of 0.5 s fails a window of 500 on a loaded machine and ends the run)
+            return await broker.publish(message, name, stream=name, timeout=5.0)
         if self.kind == "rabbitmq":
             return await broker.publish(message, queue=name)
         return await broker.publish(message, stream=name)

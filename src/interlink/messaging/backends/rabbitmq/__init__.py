@@ -232,7 +232,8 @@ class RabbitBackend(ConnectionBackend[RabbitConnection]):
         finally:
             underlay.on_consumer_cancel_callbacks.discard(lost)
             if gone:  # its deliveries went back with the channel: nothing left to ack on it
-                self._channels.remove(channel)
+                if channel in self._channels:  # (not if the backend is closing meanwhile)
+                    self._channels.remove(channel)
                 with contextlib.suppress(Exception):
                     await channel.close()
             else:
