@@ -31,6 +31,7 @@ from interlink.grpc import (
     should_fall_back,
 )
 from interlink.grpc.client import AioUnaryInterceptor
+from interlink.resilience.budget import RetryBudget
 from interlink.testing import FakeClock
 
 S = grpc.StatusCode
@@ -125,6 +126,28 @@ def test_awaiting_twice_books_one_success(make_channel: Any) -> None:
         return breaker.metrics.successes_total
 
     assert run(Faulty.of(), svc, make_channel, body) == 1
+
+
+@pytest.mark.parametrize("own_clock", [False, True])
+def test_the_budget_deposit_is_dated_at_the_first_attempt(
+    make_channel: Any, own_clock: bool
+) -> None:
+    """An answered call's deposit in the retry budget is dated when its first attempt started
+    (on the service's clock); a budget on a clock of its own reads it when the answer comes."""
+    clock = FakeClock()
+    budget_clock = FakeClock() if own_clock else clock
+    budget = RetryBudget(ratio=1.0, min_per_second=0, ttl=10.0, clock=budget_clock)
+    svc = service("menu", budget=budget, clock=clock)
+
+    async def body(stub: Any) -> Any:
+        call = stub.GetMenu(menu_request())
+        await asyncio.sleep(0.05)  # the attempt is on its way
+        budget_clock.advance(9.5)
+        await call
+        budget_clock.advance(0.6)  # 10.1 s after the start: a deposit dated then has expired
+        return budget.snapshot().deposits
+
+    assert run(Faulty.of(Delay(0.2)), svc, make_channel, body) == (1 if own_clock else 0)
 
 
 def test_a_caller_error_keeps_its_status_on_the_call(make_channel: Any) -> None:

@@ -332,6 +332,23 @@ def test_try_acquire_never_raises(breaker: CircuitBreaker) -> None:
     assert breaker.try_acquire() == 0
 
 
+def test_closed_permit_only_on_the_closed_fast_path(clock: FakeClock) -> None:
+    """A permit while CLOSED; 0, with nothing counted or moved, when open or timing calls."""
+    breaker = CircuitBreaker("menu", clock=clock)
+    permit = breaker.closed_permit()
+    assert permit
+    breaker.on_success(permit)
+    run(breaker, "f" * 9)
+    assert breaker.closed_permit() == 0
+    clock.advance(60)
+    assert breaker.closed_permit() == 0  # the cooldown is over: acquire() moves it on
+    assert breaker.metrics.rejected_total == 0
+    assert breaker.state is State.HALF_OPEN
+    timed = CircuitBreaker("menu", slow_call_duration=1.0, clock=clock)
+    assert timed.closed_permit() == 0
+    assert timed.try_acquire()
+
+
 def test_stale_permit_is_not_a_trial(breaker: CircuitBreaker, clock: FakeClock) -> None:
     """A call admitted while closed that fails during HALF_OPEN does not reopen it."""
     early = breaker.acquire()

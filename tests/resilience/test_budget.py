@@ -132,6 +132,23 @@ def test_deposit_after_a_pause_counts_in_the_new_window() -> None:
     assert budget.balance == 1.0
 
 
+def test_deposit_takes_the_callers_reading() -> None:
+    """``deposit(now)`` books at ``now``, a reading of ``clock`` taken earlier: a reading in a
+    bucket already past still counts, in the current one."""
+    clock = FakeClock()
+    budget = RetryBudget(ratio=1.0, min_per_second=0, ttl=10, clock=clock)
+    assert budget.clock is clock
+    start = clock()
+    clock.advance(35.5)
+    budget.deposit(clock())
+    budget.deposit(start)
+    assert budget.snapshot().deposits == 2
+    clock.advance(9.0)
+    assert budget.balance == 2.0
+    clock.advance(1.0)
+    assert budget.balance == 0.0
+
+
 def test_describe_and_repr_name_the_settings() -> None:
     """describe() and repr() carry the settings a pipeline reports."""
     budget = RetryBudget(0.1, 5, 2.0, name="orders", clock=FakeClock())

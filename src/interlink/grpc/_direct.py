@@ -59,7 +59,7 @@ class _Unary(Multicallable):
         )
         if job is None:  # through the pipeline, in a task, as the interceptor would
             d = _new_tuple(_Details, (self._method, *call))
-            pending = _Call(None, None)
+            pending = started(None, None)
             pending._outcome = asyncio.ensure_future(self._through_pipeline(pending, d, request))
             return pending
         # grpc's multicallable, called as send() would with job[3:8], without the slice

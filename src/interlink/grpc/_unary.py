@@ -33,7 +33,7 @@ import grpc
 import grpc.aio
 
 from interlink.context import CORRELATION
-from interlink.resilience.breaker import CircuitBreaker, State
+from interlink.resilience.breaker import CircuitBreaker
 from interlink.resilience.fallback import Fallback
 from interlink.resilience.retry import Retry
 
@@ -46,7 +46,6 @@ from .status import StatusError, classify
 __all__ = ["AioUnaryInterceptor"]
 
 _AioRpcError = grpc.aio.AioRpcError
-_CLOSED = State.CLOSED
 _Details = grpc.aio.ClientCallDetails
 #: ``tuple.__new__``, typed loosely: builds grpc's namedtuple ClientCallDetails without the
 #: Python-level ``__new__`` of namedtuple
@@ -105,7 +104,12 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
         #: whether calls may take the fast path (see the module docstring)
         self._fast_ok = fast
         self._breaker = breaker
-        self._deposit = None if budget is None else budget.deposit
+        #: books a call's first attempt in the retry budget, given the call's start reading
+        #: of the service's clock (a budget on another clock reads its own)
+        self._deposit: Callable[[float], None] | None = None
+        if budget is not None:
+            deposit = budget.deposit
+            self._deposit = deposit if budget.clock is service.clock else lambda _: deposit()
         self._remember = None if fallback is None else fallback.remember
         # the service's (frozen) figures, read once here rather than on every call
         self._timeout = service.timeout
@@ -119,16 +123,18 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
         request: Any,
     ) -> Any:
         """Propagate, then call through the pipeline; see the module docstring."""
-        d = client_call_details
+        d: Any = client_call_details  # a namedtuple at run time, whatever its stubs say
+        method, timeout, metadata, credentials, wait_for_ready = d
         job = self._fast_job(
-            continuation, d.method, d.timeout, d.metadata, d.credentials, d.wait_for_ready, request
+            continuation, method, timeout, metadata, credentials, wait_for_ready, request
         )
         if job is None:
             return await self._through_pipeline(continuation, d, request)
+        details = (method, job[4], job[5], credentials, wait_for_ready)
         try:
-            call = await continuation(_new_tuple(_Details, job[3:8]), request)
+            call = await continuation(_new_tuple(_Details, details), request)
         except Exception as exc:  # not even started: the pipeline decides
-            return await _Call(None, job).recover(exc)
+            return await started(None, job).recover(exc)
         return started(call, job)
 
     def _fast_job(  # noqa: PLR0917 - once per call, in the caller's own arguments
@@ -155,9 +161,9 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
             # only a CLOSED breaker (not timing calls: checked in __init__): a failure replays
             # through the pipeline, which takes a permit of its own, so this one has nothing
             # to hand back then
-            if breaker.state is not _CLOSED:
+            permit = breaker.closed_permit()
+            if not permit:
                 return None
-            permit = breaker.acquire()
         # the call's deadline: the sooner of the caller's timeout= and the service's
         # (Service.call_timeout(), inlined); the attempt's, the soonest of that, the deadline
         # in force and the per-attempt timeout
@@ -263,10 +269,10 @@ async def _run(svc: Service, attempt: Callable[[], Any], seconds: float | None, 
         return await svc.pipeline.acall(attempt)
 
 
-def started(call: Any, job: _Job) -> _Call:
-    """``_Call(call, job)`` for a first attempt just started, without the cost of calling a
-    class, whose ``__init__`` runs in a frame of its own (a hot path: once per call)."""
-    c: _Call = _object_new(_Call)
+def started(call: Any, job: _Job | None) -> _Call:
+    """A ``_Call`` for ``call``, grpc's call for a first attempt just started (None: not
+    started, or run by a task), and ``job`` (None: nothing to settle here)."""
+    c = _Call()  # no __init__ of its own: made by the interpreter without a frame (per call)
     c._call = call
     c._job = job
     c._awaited = c._settled_here = False
@@ -274,25 +280,22 @@ def started(call: Any, job: _Job) -> _Call:
     return c
 
 
-_object_new: Callable[..., Any] = object.__new__
-
-
 class _Call(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
     """A unary call on the fast path: grpc's call for the attempt in flight (see the module
-    docstring). Awaiting it, or asking for its status, settles the outcome once."""
+    docstring). Awaiting it, or asking for its status, settles the outcome once. Made by
+    ``started``."""
 
     __slots__ = ("_awaited", "_call", "_callbacks", "_job", "_outcome", "_settled_here")
 
-    def __init__(self, call: Any, job: _Job | None) -> None:
-        self._call = call
-        self._job: _Job | None = job
-        #: someone awaits the first attempt, and will settle the call
-        self._awaited = False
-        #: settled by the first attempt (answered or cancelled), the pipeline not involved
-        self._settled_here = False
-        #: after a failure, the outcome of the pipeline's run (shared by every awaiter)
-        self._outcome: asyncio.Future[Any] | None = None
-        self._callbacks: list[Callable[[Any], object]] | None = None
+    _call: Any
+    _job: _Job | None
+    #: someone awaits the first attempt, and will settle the call
+    _awaited: bool
+    #: settled by the first attempt (answered or cancelled), the pipeline not involved
+    _settled_here: bool
+    #: after a failure, the outcome of the pipeline's run (shared by every awaiter)
+    _outcome: asyncio.Future[Any] | None
+    _callbacks: list[Callable[[Any], object]] | None
 
     def __await__(self) -> Generator[Any, None, Any]:
         if self._outcome is None:
@@ -320,7 +323,7 @@ class _Call(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
                     self._settled_here = True
                     owner = job[0]
                     if owner._deposit is not None:
-                        owner._deposit()
+                        owner._deposit(job[10])  # dated at the first attempt's start
                     breaker = owner._breaker
                     if breaker is not None:
                         breaker.on_success(job[1])

@@ -407,6 +407,14 @@ class CircuitBreaker:
             return g
         return self._admit(g)
 
+    def closed_permit(self) -> int:
+        """The permit of a call on the closed fast path (CLOSED, not timing calls), or 0,
+        counting nothing, in any other state: for a transport that settles such calls itself
+        and hands every other call to ``acquire`` (the one place that admits, rejects and
+        moves OPEN to HALF_OPEN)."""
+        g = self._g
+        return 0 if g & _FAST_MASK else g
+
     def acquire(self) -> int:
         """Like ``try_acquire`` but raises ``CircuitOpenError`` instead of returning 0."""
         g = self._g

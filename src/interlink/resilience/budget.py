@@ -128,9 +128,16 @@ class RetryBudget:
         """Seconds a deposit or a withdrawal counts for."""
         return self._ttl
 
-    def deposit(self) -> None:
-        """Record one first attempt. Lock-free; call it once per call, before the first try."""
-        if self._clock() >= self._edge:
+    @property
+    def clock(self) -> Clock:
+        """The clock the window is read on (``deposit(now)`` takes a reading of it)."""
+        return self._clock
+
+    def deposit(self, now: float | None = None) -> None:
+        """Record one first attempt. Lock-free; call it once per call, before the first try
+        (``now``: a reading of ``clock`` the caller took at the first attempt, which saves
+        reading it again)."""
+        if (self._clock() if now is None else now) >= self._edge:
             self._rotate()
         self._tick()
 
