@@ -150,6 +150,26 @@ def test_the_budget_deposit_is_dated_at_the_first_attempt(
     assert run(Faulty.of(Delay(0.2)), svc, make_channel, body) == (1 if own_clock else 0)
 
 
+def test_in_a_request_the_id_joins_the_callers_own_metadata(make_channel: Any) -> None:
+    """In a request, x-request-id rides alone on a call without metadata, beside the caller's
+    own pairs on one with, and the caller's explicit x-request-id wins."""
+    servicer = Faulty.of()
+
+    async def body(stub: Any) -> Any:
+        with use_correlation_id("req-7"):
+            await stub.GetMenu(menu_request())
+            await stub.GetMenu(menu_request(), metadata=(("x-tenant", "t1"),))
+            await stub.GetMenu(menu_request(), metadata=(("x-request-id", "mine"),))
+
+    run(servicer, service("menu"), make_channel, body)
+    sent = [{k: v for k, v in h.metadata.items() if k.startswith("x-")} for h in servicer.hits]
+    assert sent == [
+        {"x-request-id": "req-7"},
+        {"x-request-id": "req-7", "x-tenant": "t1"},
+        {"x-request-id": "mine"},
+    ]
+
+
 def test_a_caller_error_keeps_its_status_on_the_call(make_channel: Any) -> None:
     """NOT_FOUND: one attempt, grpc's error raised, and the call's code() says NOT_FOUND."""
     servicer = Faulty.of(Fail(S.NOT_FOUND))

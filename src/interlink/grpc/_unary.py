@@ -32,8 +32,9 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from interlink.context import CORRELATION
+from interlink.context import CORRELATION, CORRELATION_HEADER
 from interlink.resilience.breaker import CircuitBreaker
+from interlink.resilience.deadline import remaining
 from interlink.resilience.fallback import Fallback
 from interlink.resilience.retry import Retry
 
@@ -165,15 +166,26 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
             if not permit:
                 return None
         # the call's deadline: the sooner of the caller's timeout= and the service's
-        # (Service.call_timeout(), inlined); the attempt's, the soonest of that, the deadline
-        # in force and the per-attempt timeout
+        # (Service.call_timeout()); the attempt's, the soonest of that, the deadline in force
+        # and the per-attempt timeout, which ``bound`` the attempt (attempt_timeout()); both
+        # inlined
         limit = self._timeout
         if timeout is not None and (limit is None or timeout < limit):
             limit = timeout
-        timeout, bound = attempt_timeout(self._per_attempt, limit)
-        # outgoing(), its common answer (no correlation id, no trace context) read without a call
-        if CORRELATION.get() is not None or _metadata.current_context():
+        timeout = remaining()
+        if limit is not None and (timeout is None or limit < timeout):
+            timeout = limit
+        per_attempt = self._per_attempt
+        bound = per_attempt is not None and (timeout is None or per_attempt < timeout)
+        if bound:
+            timeout = per_attempt
+        # outgoing(), its common answers read without a call: nothing to add (no trace context,
+        # no correlation id), or in a request, only the id for a call without metadata
+        cid = CORRELATION.get()
+        if _metadata.current_context():
             metadata = outgoing(metadata)
+        elif cid is not None:
+            metadata = ((CORRELATION_HEADER, cid),) if not metadata else outgoing(metadata)
         return (
             self,
             permit,
