@@ -104,6 +104,7 @@ class Consumer:
         self._spans = spans if spans is not None else Spans(name="interlink.messaging")
         self._sub = subscription
         self._limit = subscription.concurrency
+        self._budgeted = subscription.retry.budget is not None  # begin() deposits in it
         self._held = 0  # deliveries fetched and not yet settled (queued in lanes included)
         self._lanes: dict[str, deque[Delivery]] = {}
         self._runners: set[asyncio.Task[None]] = set()
@@ -297,7 +298,13 @@ class Consumer:
             # Past the grace period: the message goes back for another consumer.
             await self._settle(delivery, _GO_BACK)
             raise
-        await self._settle(delivery, decision)
+        if decision is not ACK:
+            await self._settle(delivery, decision)
+            return
+        try:  # the usual outcome, without _settle's dispatch
+            await delivery.ack()
+        except Exception:
+            self._not_settled(delivery, decision)
 
     async def _handle(self, delivery: Delivery) -> Decision:
         sub = self._sub
@@ -311,7 +318,7 @@ class Consumer:
         if not envelope.type:  # a bare payload: it is what the subscriber's model says
             envelope = replace(envelope, type=_type_name(sub.message_type))
         attempt = delivery.attempt
-        if attempt <= 1:
+        if attempt <= 1 and self._budgeted:
             sub.retry.begin()
         # This coroutine runs in a context of its own: set, never reset.
         _CURRENT.set((sub.topic, sub.group, envelope, attempt))
@@ -373,10 +380,13 @@ class Consumer:
                 )
                 await delivery.dead_letter(decision.reason, decision.error_type)
         except Exception:
-            # The backend takes the message back when its lease ends: delivered again, not lost.
-            log.exception(
-                "could not %s %s on %s", decision.action, delivery.envelope.id, self._sub.topic
-            )
+            self._not_settled(delivery, decision)
+
+    def _not_settled(self, delivery: Delivery, decision: Decision) -> None:
+        # The backend takes the message back when its lease ends: delivered again, not lost.
+        log.exception(
+            "could not %s %s on %s", decision.action, delivery.envelope.id, self._sub.topic
+        )
 
 
 def _type_name(message_type: Any) -> str:
