@@ -46,6 +46,9 @@ path when a downstream is down, and formatting a string nobody reads is wasted w
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 __all__ = [
     "BudgetExhausted",
     "BulkheadFull",
@@ -67,6 +70,21 @@ class InterlinkError(Exception):
 
 class RejectedError(InterlinkError):
     """A policy refused the call before it ran; nothing reached the downstream."""
+
+
+class _Fields(InterlinkError):
+    """An error made of named fields: a subclass is a ``dataclass(eq=False, repr=False)`` of
+    them (its typed constructor), they are also its ``args`` in order (what ``repr`` and
+    ``pickle`` use), and its message is ``_template`` formatted with them, built only when shown.
+    Identity equality and the built-in ``repr`` stay: an error is an event, not a value."""
+
+    _template: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        self.args = tuple(vars(self).values())
+
+    def __str__(self) -> str:
+        return self._template.format_map(vars(self))
 
 
 class CircuitOpenError(RejectedError):
@@ -102,14 +120,13 @@ class CircuitOpenError(RejectedError):
         )
 
 
-class BulkheadFull(RejectedError):
+@dataclass(eq=False, repr=False)
+class BulkheadFull(RejectedError, _Fields):
     """All ``max_concurrent`` slots are busy and the queue of ``max_queue`` is full or timed out."""
 
-    def __init__(self, name: str, max_concurrent: int, max_queue: int) -> None:
-        super().__init__(name, max_concurrent, max_queue)
-        self.name = name
-        self.max_concurrent = max_concurrent
-        self.max_queue = max_queue
+    name: str
+    max_concurrent: int
+    max_queue: int
 
     def __str__(self) -> str:
         return (
@@ -119,40 +136,36 @@ class BulkheadFull(RejectedError):
         )
 
 
-class RateLimited(RejectedError):
+@dataclass(eq=False, repr=False)
+class RateLimited(RejectedError, _Fields):
     """No token was available; one is expected after ``retry_after`` seconds."""
 
-    def __init__(self, name: str, rate: float, burst: int, retry_after: float) -> None:
-        super().__init__(name, rate, burst, retry_after)
-        self.name = name
-        self.rate = rate
-        self.burst = burst
-        self.retry_after = retry_after
+    _template = (
+        "rate limiter '{name}' is out of tokens ({rate:g}/s, burst {burst}): "
+        "next token in {retry_after:.3f}s"
+    )
 
-    def __str__(self) -> str:
-        return (
-            f"rate limiter '{self.name}' is out of tokens ({self.rate:g}/s, burst {self.burst}): "
-            f"next token in {self.retry_after:.3f}s"
-        )
+    name: str
+    rate: float
+    burst: int
+    retry_after: float
 
 
-class BudgetExhausted(RejectedError):
+@dataclass(eq=False, repr=False)
+class BudgetExhausted(RejectedError, _Fields):
     """The shared retry budget had no token left for another attempt.
 
     Raised ``from`` the error of the last attempt, which stays reachable as ``__cause__``.
     """
 
-    def __init__(self, name: str, ratio: float, min_per_second: float) -> None:
-        super().__init__(name, ratio, min_per_second)
-        self.name = name
-        self.ratio = ratio
-        self.min_per_second = min_per_second
+    _template = (
+        "retry budget '{name}' is exhausted (ratio {ratio:g}, floor {min_per_second:g}/s): "
+        "not retrying"
+    )
 
-    def __str__(self) -> str:
-        return (
-            f"retry budget '{self.name}' is exhausted (ratio {self.ratio:g}, "
-            f"floor {self.min_per_second:g}/s): not retrying"
-        )
+    name: str
+    ratio: float
+    min_per_second: float
 
 
 class DeadlineExceeded(InterlinkError, TimeoutError):
@@ -169,7 +182,8 @@ class DeadlineExceeded(InterlinkError, TimeoutError):
         return f"deadline exceeded: {self.what} (budget {self.budget:.3f}s)"
 
 
-class NoInstancesError(InterlinkError):
+@dataclass(eq=False, repr=False)
+class NoInstancesError(_Fields):
     """The resolver has no instance of ``service`` to offer; ``reason`` says why.
 
     ``reason`` is ``"unresolved"`` (the service was never fetched: call ``await
@@ -181,10 +195,8 @@ class NoInstancesError(InterlinkError):
     downstream.
     """
 
-    def __init__(self, service: str, reason: str = "empty") -> None:
-        super().__init__(service, reason)
-        self.service = service
-        self.reason = reason
+    service: str
+    reason: str = "empty"
 
     def __str__(self) -> str:
         if self.reason == "unresolved":
@@ -207,7 +219,8 @@ class InvalidURLError(InterlinkError, ValueError):
     not at first use."""
 
 
-class TransportError(InterlinkError):
+@dataclass(eq=False, repr=False)
+class TransportError(_Fields):
     """A call to ``target`` failed below the protocol: ``kind`` is ``"connect"`` (no connection
     could be made: refused, unreachable; the request was not sent) or ``"transport"`` (the
     connection broke or the answer was malformed; the request may have been processed).
@@ -215,11 +228,9 @@ class TransportError(InterlinkError):
     Raised ``from`` the engine's own error (aiohttp, httpx), which stays the ``__cause__``.
     """
 
-    def __init__(self, target: str, kind: str = "transport", detail: str = "") -> None:
-        super().__init__(target, kind, detail)
-        self.target = target
-        self.kind = kind
-        self.detail = detail
+    target: str
+    kind: str = "transport"
+    detail: str = ""
 
     def __str__(self) -> str:
         what = "could not connect to" if self.kind == "connect" else "transport error calling"

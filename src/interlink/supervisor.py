@@ -41,7 +41,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -582,14 +582,9 @@ class Monolith:
         self._output = output or (lambda line: print(line, flush=True))
         self._children: Supervisor | None = None
         if outside:
-            sub = SystemSpec(
-                name=system.name,
-                root=system.root,
-                state_dir=system.state_dir,
-                env=system.env,
-                services=outside,
-                source=system.source,
-            )
+            # the children are this system less its in-process services; the entry is the
+            # monolith's to report (it may run inside), so theirs names none
+            sub = replace(system, services=outside, entry_service=None)
             self._children = Supervisor(sub, env=self._env, output=output)
         self._helper = Supervisor(system, env=self._env, output=output)
         self._saved_environ: dict[str, str] | None = None
