@@ -16,6 +16,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from interlink.cli._options import REGISTRY
+
 __all__ = ["dashboard"]
 
 
@@ -54,12 +56,7 @@ def dashboard(  # noqa: PLR0917 - typer maps each option to a parameter
             help="Broker URL whose queues to show (repeatable).",
         ),
     ] = None,
-    registry: Annotated[
-        str | None,
-        typer.Option(
-            "--registry", envvar="INTERLINK_REGISTRY", help="Service registry URL, for instances."
-        ),
-    ] = None,
+    registry: Annotated[str | None, REGISTRY] = None,
     metrics: Annotated[
         list[str] | None,
         typer.Option(

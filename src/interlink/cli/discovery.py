@@ -10,24 +10,14 @@ from rich.console import Console
 from rich.table import Table
 
 from interlink.cli._console import fail
+from interlink.cli._options import REGISTRY, group
 
 if TYPE_CHECKING:
     from interlink.discovery import ServiceInstance
 
-app = typer.Typer(
-    help="Service discovery: list and watch the instances a registry knows.",
-    no_args_is_help=True,
-)
+app = group("Service discovery: list and watch the instances a registry knows.")
 
-RegistryOption = Annotated[
-    str,
-    typer.Option(
-        "--registry",
-        "-r",
-        envvar="INTERLINK_REGISTRY",
-        help="Registry URL: sqlite:///path, redis://, nats://, etcd://, dns://, static:?svc=h:p.",
-    ),
-]
+RegistryOption = Annotated[str, REGISTRY]
 
 
 def _table(title: str, instances: list[ServiceInstance]) -> Table:

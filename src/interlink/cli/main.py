@@ -15,7 +15,7 @@ import inspect
 import logging
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -67,6 +67,14 @@ def _stderr() -> Console:
     return Console(stderr=True, highlight=False)
 
 
+def _logging_option(what: str, help: str) -> Any:
+    """``--log-WHAT``, also read from ``INTERLINK_LOG_WHAT`` (how a supervisor hands it to every
+    service it starts); any case, as people type level names either way."""
+    return typer.Option(
+        f"--log-{what}", envvar=f"INTERLINK_LOG_{what.upper()}", case_sensitive=False, help=help
+    )
+
+
 def _show_version(value: bool) -> None:
     if value:
         _stdout().print(f"interlink {__version__}", markup=False)
@@ -87,21 +95,13 @@ def _root(
     ] = False,
     log_format: Annotated[
         LogFormat,
-        typer.Option(
-            "--log-format",
-            envvar="INTERLINK_LOG_FORMAT",
-            case_sensitive=False,
-            help="Log records as readable text or as JSON lines (ts, level, logger, msg, extras).",
+        _logging_option(
+            "format",
+            "Log records as readable text or as JSON lines (ts, level, logger, msg, extras).",
         ),
     ] = LogFormat.TEXT,
     log_level: Annotated[
-        LogLevel,
-        typer.Option(
-            "--log-level",
-            envvar="INTERLINK_LOG_LEVEL",
-            case_sensitive=False,
-            help="Write log records of this level and above to stderr.",
-        ),
+        LogLevel, _logging_option("level", "Write log records of this level and above to stderr.")
     ] = LogLevel.WARNING,
 ) -> None:
     """Resilient service-to-service calls: circuit breakers, retries, deadlines, and more."""

@@ -18,6 +18,7 @@ import typer
 from rich.table import Table
 
 from interlink.cli._console import fail, run_or_fail, stdout
+from interlink.cli._options import group
 
 if TYPE_CHECKING:
     from interlink.messaging import Broker, DeadLetter
@@ -26,9 +27,7 @@ __all__ = ["asyncapi", "dlq_app", "topics"]
 
 T = TypeVar("T")
 
-dlq_app = typer.Typer(
-    help="Inspect, replay and purge a topic's dead-letter queue.", no_args_is_help=True
-)
+dlq_app = group("Inspect, replay and purge a topic's dead-letter queue.")
 
 BrokerUrl = Annotated[
     str,

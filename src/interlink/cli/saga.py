@@ -17,6 +17,7 @@ import typer
 from rich.table import Table
 
 from interlink.cli._console import fail, run_or_fail, stdout
+from interlink.cli._options import group
 
 if TYPE_CHECKING:
     from interlink.saga import SagaState, SagaStore
@@ -26,10 +27,7 @@ __all__ = ["app"]
 
 T = TypeVar("T")
 
-app = typer.Typer(
-    help="Inspect durable sagas, and resume the ones parked in NEEDS_ATTENTION.",
-    no_args_is_help=True,
-)
+app = group("Inspect durable sagas, and resume the ones parked in NEEDS_ATTENTION.")
 
 StoreUrl = Annotated[
     str,

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from interlink.cli._console import fail
+from interlink.cli._options import group
 
 DEFAULT_SYSTEM = "examples/food_delivery/system.yaml"
 
@@ -36,10 +37,7 @@ StateOption = Annotated[
     ),
 ]
 
-chaos_app = typer.Typer(
-    help="Break a running system: kill, stop, start a service; flip switches.",
-    no_args_is_help=True,
-)
+chaos_app = group("Break a running system: kill, stop, start a service; flip switches.")
 
 
 def _load(system: Path, state_dir: Path | None) -> Any:
