@@ -99,18 +99,20 @@ def test_redis_bucket_is_exact_and_atomic() -> None:
 
 async def slow_scripts(target_port: int, delay: float) -> tuple[asyncio.Server, int]:
     """A loopback relay to the Redis on ``target_port`` that forwards every request at once
-    and holds each reply to a script call (``EVAL``/``EVALSHA``) for ``delay`` seconds: a
-    store that does the work but answers late. Other replies (the connection's handshake)
-    pass at once, so a client that reconnects and sends the script again can."""
+    and holds the reply to a script call (``EVAL``/``EVALSHA``) for ``delay`` seconds: a
+    store that does the work but answers late. Replies before the first script call (the
+    connection's handshake, which the client awaits before sending anything else) pass at
+    once, so a client that reconnects and sends the script again can. Replies are held by
+    count of script calls sent, not per read: the kernel may join or split replies."""
 
     async def relay(client: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         reader, upstream = await asyncio.open_connection("127.0.0.1", target_port)
-        scripts: list[bool] = []  # per request sent, whether it called a script
+        calls = {"sent": 0, "held": 0}  # script calls forwarded / whose reply was held
 
         async def requests() -> None:
             with contextlib.suppress(OSError):
                 while data := await client.read(65536):
-                    scripts.append(b"EVAL" in data)
+                    calls["sent"] += data.count(b"EVAL")
                     upstream.write(data)
                     await upstream.drain()
             upstream.close()
@@ -118,7 +120,8 @@ async def slow_scripts(target_port: int, delay: float) -> tuple[asyncio.Server, 
         async def replies() -> None:
             with contextlib.suppress(OSError):
                 while data := await reader.read(65536):
-                    if scripts and scripts.pop(0):
+                    if calls["sent"] > calls["held"]:
+                        calls["held"] = calls["sent"]
                         await asyncio.sleep(delay)
                     writer.write(data)
                     await writer.drain()
