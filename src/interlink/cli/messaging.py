@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 
 from interlink.cli._console import fail, run_or_fail, stdout
-from interlink.cli._options import group
+from interlink.cli._options import BROKER, group
 
 if TYPE_CHECKING:
     from interlink.messaging import Broker, DeadLetter
@@ -29,15 +29,7 @@ T = TypeVar("T")
 
 dlq_app = group("Inspect, replay and purge a topic's dead-letter queue.")
 
-BrokerUrl = Annotated[
-    str,
-    typer.Option(
-        "--broker",
-        "-b",
-        envvar="INTERLINK_BROKER",
-        help="Broker URL: memory://, sqlite:///path, nats://, amqp://, redis://.",
-    ),
-]
+BrokerUrl = Annotated[str, BROKER]
 Topic = Annotated[str, typer.Argument(help="The topic (not the .dlq name).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 

@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 
 from interlink.cli._console import fail, run_or_fail, stdout
-from interlink.cli._options import group
+from interlink.cli._options import SAGA_STORE, group
 
 if TYPE_CHECKING:
     from interlink.saga import SagaState, SagaStore
@@ -29,15 +29,7 @@ T = TypeVar("T")
 
 app = group("Inspect durable sagas, and resume the ones parked in NEEDS_ATTENTION.")
 
-StoreUrl = Annotated[
-    str,
-    typer.Option(
-        "--store",
-        "-s",
-        envvar="INTERLINK_SAGA_STORE",
-        help="Saga store URL: sqlite:///path.db or postgresql://user@host/db.",
-    ),
-]
+StoreUrl = Annotated[str, SAGA_STORE]
 TableName = Annotated[
     str, typer.Option("--table", help="The store's table (as given to the orchestrator).")
 ]
