@@ -64,52 +64,28 @@ def _retriable(error: BaseException) -> bool:
 
 
 def _policies(route: RouteConfig) -> tuple[Policies | None, CircuitBreaker | None]:
+    # The file's keys are the policies' own keywords (see interlink.gateway.config), so each
+    # section is handed over whole: a setting added to a policy and its section needs no line here.
     policies: list[object] = []
     breaker = None
     if route.retry is not None:
         retry = route.retry
-        budget = (
-            RetryBudget(
-                retry.budget.ratio,
-                retry.budget.min_per_second,
-                retry.budget.ttl,
-                name=f"{route.name}.budget",
-            )
-            if retry.budget is not None
-            else None
-        )
+        budget = None
+        if retry.budget is not None:
+            budget = RetryBudget(**retry.budget.model_dump(), name=f"{route.name}.budget")
         policies.append(
             Retry(
-                retry.retries,
-                backoff=retry.backoff,
-                max_backoff=retry.max_backoff,
-                multiplier=retry.multiplier,
-                jitter=retry.jitter,
+                **retry.model_dump(exclude={"budget"}),
                 retry_on=_retriable,
                 budget=budget,
                 name=f"{route.name}.retry",
             )
         )
     if route.breaker is not None:
-        b = route.breaker
-        breaker = CircuitBreaker(
-            route.name,
-            failure_rate_threshold=b.failure_rate_threshold,
-            minimum_calls=b.minimum_calls,
-            window=b.window,
-            cooldown=b.cooldown,
-            half_open_calls=b.half_open_calls,
-        )
+        breaker = CircuitBreaker(route.name, **route.breaker.model_dump())
         policies.append(breaker)
     if route.bulkhead is not None:
-        policies.append(
-            Bulkhead(
-                route.bulkhead.max_concurrent,
-                route.bulkhead.max_queue,
-                route.bulkhead.queue_timeout,
-                name=f"{route.name}.bulkhead",
-            )
-        )
+        policies.append(Bulkhead(**route.bulkhead.model_dump(), name=f"{route.name}.bulkhead"))
     if not policies:
         return None, None
     return Policies(*policies, name=route.name), breaker
