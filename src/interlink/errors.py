@@ -67,9 +67,13 @@ __all__ = [
 class InterlinkError(Exception):
     """Base class of every error interlink raises on purpose."""
 
+    __slots__ = ()
+
 
 class RejectedError(InterlinkError):
     """A policy refused the call before it ran; nothing reached the downstream."""
+
+    __slots__ = ()
 
 
 class _Fields(InterlinkError):
@@ -94,6 +98,8 @@ class CircuitOpenError(RejectedError):
     downstream is down this is raised on every call, and a Python-level constructor would
     double the cost of a rejection. The fields are read from ``args``.
     """
+
+    __slots__ = ()
 
     @property
     def name(self) -> str:

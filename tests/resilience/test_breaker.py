@@ -349,6 +349,83 @@ def test_closed_permit_only_on_the_closed_fast_path(clock: FakeClock) -> None:
     assert timed.try_acquire()
 
 
+def test_admit_hands_back_the_wait_when_open(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    """admit() returns a permit, then, while OPEN, the seconds left (counted as a rejection)."""
+    permit = breaker.admit()
+    assert isinstance(permit, int)
+    assert permit
+    breaker.on_success(permit)
+    run(breaker, "f" * 9)
+    clock.advance(15)
+    left = breaker.admit()
+    assert isinstance(left, float)
+    assert left == pytest.approx(45.0)
+    assert breaker.metrics.rejected_total == 1
+    breaker.force_open()
+    with pytest.raises(CircuitOpenError) as info:
+        breaker.admit()
+    assert (info.value.state, info.value.remaining) == ("forced_open", None)
+    assert breaker.try_acquire() == 0
+    assert breaker.metrics.rejected_total == 3
+
+
+def test_rejection_error_says_open_with_the_wait(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    """Every front door's rejection names state and seconds left, as acquire()'s does."""
+    run(breaker, "f" * 10)
+    clock.advance(20)
+
+    @breaker
+    def decorated() -> str:
+        return "ok"
+
+    async def rejections() -> list[CircuitOpenError]:
+        @breaker
+        async def adecorated() -> str:
+            return "ok"
+
+        errors = []
+        for attempt in (breaker.acall(asyncio.sleep, 0), adecorated()):
+            with pytest.raises(CircuitOpenError) as info:
+                await attempt
+            errors.append(info.value)
+        return errors
+
+    errors = asyncio.run(rejections())
+    for door in (breaker.acquire, decorated, lambda: breaker.call(ok)):
+        with pytest.raises(CircuitOpenError) as info:
+            door()
+        errors.append(info.value)
+    assert [(e.name, e.state, e.remaining) for e in errors] == [("menu", "open", 40.0)] * 5
+    assert breaker.metrics.rejected_total == 5
+
+
+def test_listener_added_while_open_sees_each_rejection(
+    breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    """Rejections are reported from the moment a listener is added, and counted throughout."""
+    run(breaker, "f" * 10)
+    with pytest.raises(CircuitOpenError):
+        breaker.call(ok)  # nobody listens yet
+    seen: list[PolicyEvent] = []
+    breaker.add_listener(seen.append)
+    clock.advance(10)
+    for _ in range(2):
+        with pytest.raises(CircuitOpenError) as info:
+            breaker.call(ok)
+        assert info.value.remaining == pytest.approx(50.0)
+    assert [(e.state, e.remaining) for e in seen if isinstance(e, CallRejected)] == [
+        ("open", pytest.approx(50.0))
+    ] * 2
+    breaker.remove_listener(seen.append)
+    with pytest.raises(CircuitOpenError):
+        breaker.call(ok)
+    assert len(seen) == 2
+    assert breaker.metrics.rejected_total == 4
+    clock.advance(50)
+    assert breaker.call(ok) == "ok"  # the cooldown still ends on time
+    assert breaker.state is State.CLOSED
+
+
 def test_stale_permit_is_not_a_trial(breaker: CircuitBreaker, clock: FakeClock) -> None:
     """A call admitted while closed that fails during HALF_OPEN does not reopen it."""
     early = breaker.acquire()

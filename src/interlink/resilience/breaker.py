@@ -12,7 +12,8 @@ The module reads top to bottom: the settings (``BreakerOptions``) and the metric
 then ``CircuitBreaker``: its permit protocol, the transitions, and the front doors.
 
 **One permit protocol.** ``acquire()`` (or ``try_acquire()``, which returns 0 instead of
-raising) admits a call and returns a permit; exactly one of ``on_success``, ``on_failure``,
+raising, or ``admit()``, which returns an OPEN breaker's remaining wait for the caller to raise)
+admits a call and returns a permit; exactly one of ``on_success``, ``on_failure``,
 ``on_error`` or ``release`` hands it back. These methods are the only code that reads or
 writes the breaker's state and counters: ``call``, ``acall``, the decorator, ``Pipeline`` and
 the transports all go through them. A permit is the state word at admission, so an outcome
@@ -22,7 +23,11 @@ HALF_OPEN) is recognised and cannot be mistaken for a trial.
 **The state word.** ``_g`` packs the state (bits 0-2), a "guarded" flag (bit 3: this breaker
 needs the clock on every call: slow-call timing, a count window or ``clock_every=1``) and a
 generation (bits 4+) that changes on every transition. ``_g & _FAST_MASK == 0`` is the closed
-fast path: CLOSED and not guarded.
+fast path: CLOSED and not guarded. Each transition also sets the two words admission reads
+first: ``_pass`` (the state word while CLOSED or DISABLED, which admit every call, else 0) and
+``_shut_until`` (the end of the cooldown while OPEN with no listener, else minus infinity), so
+both hot paths, a call let through and a call rejected while the downstream is down, cost one
+attribute test (and, for the rejection, one clock reading and a comparison).
 
 **The closed fast path takes no lock and reads no clock.** A success bumps ``itertools.count``,
 whose ``next()`` is one C call; successes are booked into the window each time the clock is
@@ -30,11 +35,13 @@ read: on every failure, and every ``clock_every``-th success while calls are fre
 success when they are not). Successes between two readings are booked at the earlier reading,
 so a success may be dated up to ``clock_every - 1`` calls early; failures are always dated
 exactly. Every transition, every failure and every booking runs under ``_lock``, so the state
-machine is correct without relying on the GIL. The one lock-free step is the success count:
-``next()`` on ``itertools.count`` is one C call, atomic with the GIL; on a free-threaded build
-where it is not, a race can under-count successes (never over-count), and no transition
-depends on the exact figure. ``tests/resilience/test_breaker.py`` hammers one breaker from
-several threads and checks the totals.
+machine is correct without relying on the GIL. The two lock-free steps are the counts of
+successes and of rejections: ``next()`` on ``itertools.count`` is one C call, and
+``self._rejected += 1.0`` loads, adds and stores with no point in between where CPython's
+interpreter lets another thread run; on a free-threaded build, where neither is atomic, a race
+can under-count (never over-count), and no transition depends on the exact figures.
+``tests/resilience/test_breaker.py`` hammers one breaker from several threads and checks the
+totals.
 """
 
 from __future__ import annotations
@@ -87,6 +94,7 @@ _STATE_BITS = 0b111
 _GUARDED = 0b1000
 _FAST_MASK = _STATE_BITS | _GUARDED
 _GEN = 0b10000
+_NEVER = float("-inf")  # no clock reading is earlier: the short rejection path is off
 _STATES = (State.CLOSED, State.OPEN, State.HALF_OPEN, State.FORCED_OPEN, State.DISABLED)
 
 
@@ -188,7 +196,6 @@ class _Live:
         "guarded_successes",
         "last_tick",
         "readings",
-        "rejected_readings",
         "trials_ok",
         "win",
     )
@@ -197,7 +204,6 @@ class _Live:
         self.win: TimeWindow | CountWindow | None = None
         self.booked = 0  # closed-path successes already booked into the window
         self.readings = 0  # values the lock-holder took from the success counter to read it
-        self.rejected_readings = 0  # the same for the rejection counter
         self.guarded_successes = 0
         self.failures_total = 0
         self.last_tick = 0.0
@@ -224,7 +230,9 @@ class CircuitBreaker:
         "_mask",
         "_open_until",
         "_opts",
+        "_pass",
         "_rejected",
+        "_shut_until",
         "_succ_counter",
         "name",
     )
@@ -277,12 +285,14 @@ class CircuitBreaker:
         self._events: Emitter | tuple[()] = Emitter(listeners) if listeners else ()
         self._lock = threading.Lock()
         self._succ_counter = itertools.count()
-        # made on the first transition to a rejecting state: an idle breaker never needs it
-        self._rejected: itertools.count[int] | None = None
+        # a float, not an int: the interpreter adds floats in place of a freed one, an int
+        # it allocates, and this runs on every rejection (exact up to 2**53 of them)
+        self._rejected = 0.0
         self._mask = 0
         self._open_until = 0.0
+        self._shut_until = _NEVER
         self._live: _Live | None = None
-        self._g = _GEN | (_GUARDED if opts.guarded else 0) | _CLOSED
+        self._g = self._pass = _GEN | (_GUARDED if opts.guarded else 0) | _CLOSED
 
     @classmethod
     def from_options(
@@ -338,10 +348,7 @@ class CircuitBreaker:
             slow = win.slow if win else 0
             failures_total = st.failures_total
             successes_total = self._read_successes() + st.guarded_successes
-            rejected_total = 0
-            if self._rejected is not None:  # a read takes a value: remember it took one
-                rejected_total = next(self._rejected) - st.rejected_readings
-                st.rejected_readings += 1
+            rejected_total = int(self._rejected)
         return BreakerMetrics(
             state=self.state,
             calls=calls,
@@ -371,15 +378,19 @@ class CircuitBreaker:
 
     def add_listener(self, listener: Listener) -> None:
         """Receive StateChanged and CallRejected events."""
-        events = self._events
-        if not isinstance(events, Emitter):
-            events = self._events = Emitter()
-        events.add(listener)
+        with self._lock:
+            events = self._events
+            if not isinstance(events, Emitter):
+                events = self._events = Emitter()
+            events.add(listener)
+            self._shut_until = _NEVER  # each rejection is reported now: off the short path
 
     def remove_listener(self, listener: Listener) -> None:
         """Stop receiving events."""
-        if isinstance(self._events, Emitter):
-            self._events.remove(listener)
+        with self._lock:
+            if isinstance(self._events, Emitter):
+                self._events.remove(listener)
+            self._shut_until = self._shut_until_for(self._g & _STATE_BITS)
 
     def force_open(self) -> None:
         """Reject every call until ``reset()`` (an operator's kill switch)."""
@@ -402,10 +413,11 @@ class CircuitBreaker:
         Pass a permit to exactly one of ``on_success``, ``on_error``, ``on_failure`` or
         ``release``.
         """
-        g = self._g
-        if not g & _FAST_MASK:  # the closed fast path: the permit is the state word
-            return g
-        return self._admit(g)
+        try:
+            permit = self.admit()
+        except CircuitOpenError:
+            return 0
+        return 0 if isinstance(permit, float) else permit
 
     def closed_permit(self) -> int:
         """The permit of a call on the closed fast path (CLOSED, not timing calls), or 0,
@@ -417,25 +429,33 @@ class CircuitBreaker:
 
     def acquire(self) -> int:
         """Like ``try_acquire`` but raises ``CircuitOpenError`` instead of returning 0."""
-        g = self._g
-        if not g & _FAST_MASK:
+        if g := self._pass:
             return g
-        if g & _STATE_BITS == _OPEN and (now := self._clock()) < self._open_until:
-            # The other hot path (every call of a service while its downstream is down),
-            # rejected right here: on CPython each further call costs about as much as the
-            # rest of the rejection.
-            next(self._rejected)  # type: ignore[arg-type]
-            left = self._open_until - now
-            if self._events:
-                self._reject_event(now, "open", left)
-            raise CircuitOpenError(self.name, left, "open")
-        permit = self._admit(g)
-        if permit:
-            return permit
-        code = self._g & _STATE_BITS
-        if code == _OPEN:  # re-opened by a failed trial while we looked
-            raise CircuitOpenError(self.name, max(self._open_until - self._clock(), 0.0), "open")
-        raise CircuitOpenError(self.name, None, _STATES[code].value)
+        permit = self.admit()
+        if isinstance(permit, float):
+            raise CircuitOpenError(self.name, permit)
+        return permit
+
+    def admit(self) -> int | float:
+        """``acquire`` for a front door that raises the rejection itself: a permit (an int) when
+        the call may go ahead; when the breaker is OPEN, the call is rejected (counted and
+        reported) and the seconds until it lets a trial through come back as a float, for the
+        caller to ``raise CircuitOpenError(breaker.name, seconds)``. Other rejections (FORCED_OPEN,
+        HALF_OPEN with its trials taken) raise ``CircuitOpenError`` here.
+
+        Why the float: while a downstream is down this runs on every call, and an exception
+        raised here would cost each rejection about 7 % more CPU than one the caller raises
+        (its traceback records this frame too, which then outlives the call).
+        """
+        if g := self._pass:  # CLOSED or DISABLED: the permit is the state word
+            return g
+        clock = self._clock  # read as an attribute: self._clock() would look it up as a method
+        now = clock()
+        until = self._shut_until
+        if now < until:  # OPEN inside its cooldown, and nobody listens: nothing to report
+            self._rejected += 1.0
+            return until - now
+        return self._admit_or_raise(now)
 
     def on_success(self, permit: int, duration: float | None = None) -> None:
         """The call admitted with ``permit`` succeeded, taking ``duration`` seconds if known."""
@@ -487,7 +507,9 @@ class CircuitBreaker:
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` through the breaker."""
-        permit = self.acquire()
+        permit = self.admit()
+        if isinstance(permit, float):
+            raise CircuitOpenError(self.name, permit)
         if self._opts.slow_call_duration is not None:
             return self._call_timed(permit, fn, args, kwargs)
         try:
@@ -500,7 +522,9 @@ class CircuitBreaker:
 
     async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Await ``fn(*args, **kwargs)`` through the breaker."""
-        permit = self.acquire()
+        permit = self.admit()
+        if isinstance(permit, float):
+            raise CircuitOpenError(self.name, permit)
         if self._opts.slow_call_duration is not None:
             return await self._acall_timed(permit, fn, args, kwargs)
         try:
@@ -518,7 +542,7 @@ class CircuitBreaker:
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
         """Decorate a ``def`` or an ``async def``: every call goes through ``call``/``acall``'s
         steps (the wrapper is written out here only to save a call frame per call)."""
-        acquire = self.acquire
+        acquire, admit = self.acquire, self.admit
         on_success, on_error = self.on_success, self.on_error
         if self._opts.slow_call_duration is not None:
             if inspect.iscoroutinefunction(fn):
@@ -541,7 +565,9 @@ class CircuitBreaker:
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                permit = acquire()
+                permit = admit()
+                if isinstance(permit, float):
+                    raise CircuitOpenError(self.name, permit)
                 try:
                     result = await afn(*args, **kwargs)
                 except BaseException as exc:
@@ -554,7 +580,9 @@ class CircuitBreaker:
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            permit = acquire()
+            permit = admit()
+            if isinstance(permit, float):
+                raise CircuitOpenError(self.name, permit)
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
@@ -614,12 +642,22 @@ class CircuitBreaker:
         limit = self._opts.slow_call_duration
         return limit is not None and duration is not None and duration >= limit
 
-    def _admit(self, g: int) -> int:
-        """``try_acquire`` off the closed fast path: a permit, or 0 (counted and reported)."""
+    def _admit_or_raise(self, now: float) -> int | float:
+        """``admit`` off its short paths, in a method of its own so that ``admit`` keeps few
+        locals (the interpreter sets up and clears each one on every call)."""
+        permit = self._admit(self._g, now)
+        if permit:
+            return permit
+        code = self._g & _STATE_BITS
+        if code == _OPEN:  # rejected and reported by _admit, or re-opened by a failed trial
+            return max(self._open_until - now, 0.0)
+        raise CircuitOpenError(self.name, None, _STATES[code].value)
+
+    def _admit(self, g: int, now: float) -> int:
+        """``admit`` off its short paths: a permit, or 0 (counted and reported)."""
         code = g & _STATE_BITS
-        if code in (_CLOSED, _DISABLED):  # CLOSED but guarded, or DISABLED
+        if code in (_CLOSED, _DISABLED):  # the state changed while admit looked
             return g
-        now = self._clock()
         if code == _OPEN:
             if now < self._open_until:
                 return self._reject(now, "open", self._open_until - now)
@@ -639,15 +677,12 @@ class CircuitBreaker:
         return self._reject(now, _STATES[code].value, None)
 
     def _reject(self, now: float, state: str, left: float | None) -> int:
-        next(self._rejected)  # type: ignore[arg-type]
+        self._rejected += 1.0
         if self._events:
-            self._reject_event(now, state, left)
+            self._emit(
+                CallRejected(kind="breaker", name=self.name, at=now, state=state, remaining=left)
+            )
         return 0
-
-    def _reject_event(self, now: float, state: str, left: float | None) -> None:
-        self._emit(
-            CallRejected(kind="breaker", name=self.name, at=now, state=state, remaining=left)
-        )
 
     def _new_window(self) -> TimeWindow | CountWindow:
         if self._opts.window_type == "count":
@@ -756,13 +791,15 @@ class CircuitBreaker:
         if event is not None and self._events:
             self._emit(event)
 
+    def _shut_until_for(self, code: int) -> float:
+        """``admit``'s short rejection path: the end of the cooldown while OPEN with no listener
+        (a rejection is then one clock read and a comparison), else never."""
+        return self._open_until if code == _OPEN and not self._events else _NEVER
+
     def _transition(self, code: int, now: float) -> StateChanged | None:
         """Move to ``code``; under the lock. Returns the event to emit once the lock is free."""
         old = self._g
-        flags = old & _GUARDED
-        self._g = ((old // _GEN) + 1) * _GEN | flags | code
-        if code in (_OPEN, _HALF_OPEN, _FORCED_OPEN) and self._rejected is None:
-            self._rejected = itertools.count()
+        new = ((old // _GEN) + 1) * _GEN | (old & _GUARDED) | code
         if code == _OPEN:
             self._open_until = now + self._opts.cooldown
         elif code == _HALF_OPEN:
@@ -774,6 +811,11 @@ class CircuitBreaker:
             self._st.booked = self._read_successes()
             self._mask = 0
             self._st.last_tick = now
+        # the short paths' words before the state word: a reader never pairs the new state
+        # with an old cooldown
+        self._shut_until = self._shut_until_for(code)
+        self._pass = new if code in (_CLOSED, _DISABLED) else 0
+        self._g = new
         if not self._events:
             return None
         return StateChanged(
