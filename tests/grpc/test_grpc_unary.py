@@ -152,7 +152,7 @@ def test_the_budget_deposit_is_dated_at_the_first_attempt(
 
 def test_in_a_request_the_id_joins_the_callers_own_metadata(make_channel: Any) -> None:
     """In a request, x-request-id rides alone on a call without metadata, beside the caller's
-    own pairs on one with, and the caller's explicit x-request-id wins."""
+    own pairs on one with, and the caller's explicit x-request-id wins; each request its own."""
     servicer = Faulty.of()
 
     async def body(stub: Any) -> Any:
@@ -160,6 +160,10 @@ def test_in_a_request_the_id_joins_the_callers_own_metadata(make_channel: Any) -
             await stub.GetMenu(menu_request())
             await stub.GetMenu(menu_request(), metadata=(("x-tenant", "t1"),))
             await stub.GetMenu(menu_request(), metadata=(("x-request-id", "mine"),))
+            await stub.GetMenu(menu_request())
+        with use_correlation_id("req-8"):  # another request: its own id
+            await stub.GetMenu(menu_request())
+        await stub.GetMenu(menu_request())  # outside any request: none
 
     run(servicer, service("menu"), make_channel, body)
     sent = [{k: v for k, v in h.metadata.items() if k.startswith("x-")} for h in servicer.hits]
@@ -167,6 +171,9 @@ def test_in_a_request_the_id_joins_the_callers_own_metadata(make_channel: Any) -
         {"x-request-id": "req-7"},
         {"x-request-id": "req-7", "x-tenant": "t1"},
         {"x-request-id": "mine"},
+        {"x-request-id": "req-7"},
+        {"x-request-id": "req-8"},
+        {},
     ]
 
 

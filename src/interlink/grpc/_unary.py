@@ -81,6 +81,7 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
         "_clock",
         "_deposit",
         "_fast_ok",
+        "_id_pairs",
         "_per_attempt",
         "_remember",
         "_timeout",
@@ -116,6 +117,9 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
         self._timeout = service.timeout
         self._per_attempt = service.attempt_timeout
         self._clock = service.clock
+        #: the metadata of a call in a request (its x-request-id only), kept for the next call
+        #: in the same request
+        self._id_pairs: tuple[tuple[str, str]] = ((CORRELATION_HEADER, ""),)
 
     async def intercept_unary_unary(
         self,
@@ -185,7 +189,12 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
         if _metadata.current_context():
             metadata = outgoing(metadata)
         elif cid is not None:
-            metadata = ((CORRELATION_HEADER, cid),) if not metadata else outgoing(metadata)
+            if metadata:
+                metadata = outgoing(metadata)
+            else:  # the last call's pairs, made again only in another request
+                metadata = self._id_pairs
+                if metadata[0][1] is not cid:
+                    metadata = self._id_pairs = ((CORRELATION_HEADER, cid),)
         return (
             self,
             permit,
@@ -288,7 +297,7 @@ def started(call: Any, job: _Job | None) -> _Call:
     c._call = call
     c._job = job
     c._awaited = c._settled_here = False
-    c._outcome = c._callbacks = None
+    c._outcome = c._callback = c._callbacks = None
     return c
 
 
@@ -297,7 +306,15 @@ class _Call(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
     docstring). Awaiting it, or asking for its status, settles the outcome once. Made by
     ``started``."""
 
-    __slots__ = ("_awaited", "_call", "_callbacks", "_job", "_outcome", "_settled_here")
+    __slots__ = (
+        "_awaited",
+        "_call",
+        "_callback",
+        "_callbacks",
+        "_job",
+        "_outcome",
+        "_settled_here",
+    )
 
     _call: Any
     _job: _Job | None
@@ -307,6 +324,8 @@ class _Call(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
     _settled_here: bool
     #: after a failure, the outcome of the pipeline's run (shared by every awaiter)
     _outcome: asyncio.Future[Any] | None
+    #: the done callbacks: the first (grpc's channel always gives one), then any others
+    _callback: Callable[[Any], object] | None
     _callbacks: list[Callable[[Any], object]] | None
 
     def __await__(self) -> Generator[Any, None, Any]:
@@ -341,11 +360,8 @@ class _Call(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
                         breaker.on_success(job[1])
                     if owner._remember is not None:
                         owner._remember(response)
-                    callbacks = self._callbacks
-                    if callbacks is not None:  # grpc's channel always gives one
-                        self._callbacks = None
-                        for callback in callbacks:
-                            callback(self)
+                    if self._callback is not None:  # grpc's channel always gives one
+                        self._fire()
                 return response
         return (yield from self._outcome)
 
@@ -374,8 +390,11 @@ class _Call(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
         return response
 
     def _fire(self) -> None:
-        callbacks, self._callbacks = self._callbacks, None
-        if callbacks:
+        callback, callbacks = self._callback, self._callbacks
+        self._callback = self._callbacks = None
+        if callback is not None:
+            callback(self)
+        if callbacks is not None:
             for callback in callbacks:
                 callback(self)
 
@@ -399,7 +418,10 @@ class _Call(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
         return self._call
 
     def cancel(self) -> bool:
-        """Cancel the attempt in flight."""
+        """Cancel the attempt in flight (none once the first attempt settled the call: grpc.aio
+        cancels every intercepted call when it is dropped, so this runs once per call)."""
+        if self._settled_here:
+            return False
         call = self._call
         return call is not None and bool(call.cancel())
 
@@ -418,9 +440,11 @@ class _Call(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
             callback(self)
         elif self._call is None and self._outcome is not None:  # run by a task: see _direct
             self._outcome.add_done_callback(lambda _: callback(self))
+        elif self._callback is None:
+            self._callback = callback
+            self._call.add_done_callback(self._attempt_done)
         elif self._callbacks is None:
             self._callbacks = [callback]
-            self._call.add_done_callback(self._attempt_done)
         else:
             self._callbacks.append(callback)
 
