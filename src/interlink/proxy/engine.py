@@ -392,7 +392,7 @@ class Proxy:
             if identity is None:  # to verify, or to refuse: the general way
                 return False
         started = self._clock()
-        ex = _Exchange(request, conn, table)
+        ex = _Answer(request, conn, table)
         ex.match = match
         ex.route = route
         ex.identity = identity
@@ -417,10 +417,12 @@ class Proxy:
         timeout = route.timeout
         if timeout is not None:
             ex.due = started + timeout
-        answer = _Answer(self, ex, conn_up, started)
+        ex.proxy = self
+        ex.conn_up = conn_up
+        ex.started = started
         lines = self._upstream_head(ex, target.address)
         lines.append("\r\n")
-        conn_up.send("".join(lines).encode("latin-1"), timeout=timeout, listener=answer)
+        conn_up.send("".join(lines).encode("latin-1"), timeout=timeout, listener=ex)
         return True
 
     def _start_span(self, tracer: Any, ex: _Exchange) -> Any:
@@ -755,35 +757,38 @@ class Proxy:
             conn.close()
 
 
-class _Answer:
+class _Answer(_Exchange):
     """A request answered from callbacks (``Proxy.answer_now``): told the upstream's head, its
-    body, and its end or failure by the upstream connection."""
+    body, and its end or failure by the upstream connection. The exchange itself (one object
+    per request, not two); ``proxy``, ``conn_up`` and ``started`` are set once it is sent."""
 
-    __slots__ = ("conn_up", "ex", "proxy", "started")
+    __slots__ = ("conn_up", "proxy", "started")
 
-    def __init__(
-        self, proxy: Proxy, ex: _Exchange, conn_up: UpstreamConnection, started: float
-    ) -> None:
-        self.proxy = proxy
-        self.ex = ex
-        self.conn_up = conn_up
-        self.started = started
+    proxy: Proxy
+    conn_up: UpstreamConnection
+    started: float
 
     def head(self, head: ResponseHead) -> None:
-        conn = self.ex.conn
-        block, sized = _response_head(self.ex, head)
+        conn = self.conn
+        block, sized = _response_head(self, head)
         conn.start_encoded(head.status, block, sized=sized)
         self.conn_up.stream_to(self.sink)  # the head is held back to go out with the body
 
+    def whole(self, head: ResponseHead, body: list[bytes]) -> None:
+        block, sized = _response_head(self, head)
+        self.conn.send_whole(head.status, block, sized, body)
+        self.proxy.pool.release(self.conn_up)
+        self._finish()
+
     def waiting(self) -> None:
-        conn = self.ex.conn
+        conn = self.conn
         conn.flush()  # the rest of the body takes a while: the head goes now
         # back-pressure only matters for a body that spans reads: a whole answer was written
         # (and the client's writes paused or not) before this is called
         conn.set_producer(self.conn_up.transport)
 
     def sink(self, data: bytes) -> None:
-        conn = self.ex.conn
+        conn = self.conn
         if data:
             conn.write(data)
             return
@@ -792,8 +797,8 @@ class _Answer:
         self._finish()
 
     def failed(self, failure: UpstreamFailure) -> None:
-        proxy, ex = self.proxy, self.ex
-        conn = ex.conn
+        proxy, ex = self.proxy, self
+        conn = self.conn
         conn.set_producer(None)
         self.conn_up.abort()
         if conn.started:  # mid-body: the client must see a broken response, not a short one
@@ -810,11 +815,11 @@ class _Answer:
         self._finish()
 
     def _finish(self) -> None:
-        proxy, ex = self.proxy, self.ex
+        proxy = self.proxy
         proxy.in_flight -= 1
-        route = ex.route
+        route = self.route
         assert route is not None
-        conn = ex.conn
+        conn = self.conn
         proxy.metrics.observe(route.name, conn.status or 499, proxy._clock() - self.started)
         conn.finish()
 

@@ -42,6 +42,7 @@ from interlink.resilience._validate import positive_fields
 __all__ = ["Body", "ClientGone", "Limits", "Request", "ServerConnection"]
 
 _HIGH_WATER = 256 * 1024
+_NEVER = float("inf")
 log = logging.getLogger("interlink.proxy")
 
 
@@ -256,6 +257,8 @@ class ServerConnection(asyncio.Protocol):
         self._queue: deque[Request] = deque()
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        #: when the loop's timer fires (``_NEVER`` without one)
+        self._timer_at = _NEVER
         self._due = 0.0
         self._on_due: Callable[[], None] | None = None
         self._read_paused = False
@@ -291,6 +294,7 @@ class ServerConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+            self._timer_at = _NEVER
         if self._current is not None:
             self._current.body._fail(ClientGone("the client closed the connection"))
         drain = self._drain
@@ -307,7 +311,11 @@ class ServerConnection(asyncio.Protocol):
             self._tunnel(data)
             return
         if not self._in_head and self._current is None and not self._queue:
-            self._arm(self._limits.head_timeout, self._on_slow_head)
+            due = self._loop.time() + self._limits.head_timeout  # ``_arm``, inline
+            self._due = due
+            self._on_due = self._on_slow_head
+            if self._timer_at > due:
+                self._schedule(due)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -497,7 +505,11 @@ class ServerConnection(asyncio.Protocol):
         if self._queue:
             self._start(self._queue.popleft())
         else:
-            self._arm(self._limits.keepalive_timeout, self._on_idle)
+            due = self._loop.time() + self._limits.keepalive_timeout  # ``_arm``, inline
+            self._due = due
+            self._on_due = self._on_idle
+            if self._timer_at > due:
+                self._schedule(due)
 
     # -------------------------------------------------------------- response writing
 
@@ -530,6 +542,22 @@ class ServerConnection(asyncio.Protocol):
         # held back until the first body bytes (or ``flush``): one write, one syscall
         phrase = _PHRASES.get(status) or _reason_phrase(status)
         self._held = b"HTTP/1.1 %d %s\r\n%b%b" % (status, phrase, block, tail)
+
+    def send_whole(self, status: int, block: bytes, sized: bool, body: list[bytes]) -> None:
+        """``start_encoded``, ``write`` of each of ``body``'s chunks and ``end`` in one call and
+        one write (a whole small answer)."""
+        self.start_encoded(status, block, sized=sized)
+        out = self._held
+        assert out is not None
+        self._held = None
+        data = body[0] if len(body) == 1 else b"".join(body)
+        if self._chunked:
+            self._chunked = False
+            out += b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data) if data else b"0\r\n\r\n"
+        else:
+            out += data
+        if not self._closed and self.transport is not None:
+            self.transport.write(out)
 
     def flush(self) -> None:
         """Send a response head that ``start`` is still holding back."""
@@ -654,25 +682,31 @@ class ServerConnection(asyncio.Protocol):
     # re-schedules itself. Re-arming on every request costs two attribute writes.
 
     def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
+        # (inlined where it runs per request: data_received, finish)
         due = self._loop.time() + seconds
         self._due = due
         self._on_due = callback
+        if self._timer_at > due:
+            self._schedule(due)
+
+    def _schedule(self, due: float) -> None:
         timer = self._timer
-        if timer is None or timer.when() > due:
-            if timer is not None:
-                timer.cancel()
-            self._timer = self._loop.call_at(due, self._fire)
+        if timer is not None:
+            timer.cancel()
+        self._timer = self._loop.call_at(due, self._fire)
+        self._timer_at = due
 
     def _cancel_timer(self) -> None:
         self._on_due = None
 
     def _fire(self) -> None:
         self._timer = None
+        self._timer_at = _NEVER
         callback = self._on_due
         if callback is None or self._closed:
             return
         if self._loop.time() < self._due:
-            self._timer = self._loop.call_at(self._due, self._fire)
+            self._schedule(self._due)
             return
         self._on_due = None
         callback()

@@ -94,6 +94,10 @@ class Listener(Protocol):
     def failed(self, failure: UpstreamFailure) -> None:
         """The exchange failed; the connection is no longer usable."""
 
+    def whole(self, head: ResponseHead, body: list[bytes]) -> None:
+        """The whole answer arrived in one read: its head and its body's chunks, told at once
+        instead of ``head``, the body chunk by chunk, and its end (the usual small answer)."""
+
 
 class UpstreamConnection(asyncio.Protocol):
     """One connection to an upstream: write a request, read the response head, stream the
@@ -130,6 +134,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._timer_at = 0.0
         self._due: float | None = None
         self._listener: Listener | None = None
+        #: a listener's response head, held until the read that brought it is parsed: when
+        #: the whole answer came with it, the listener hears of it once (``Listener.whole``)
+        self._held_head: ResponseHead | None = None
 
     # ---------------------------------------------------------------- transport events
 
@@ -205,7 +212,18 @@ class UpstreamConnection(asyncio.Protocol):
             )
             return
         listener = self._listener
-        if listener is not None and self._sink is not None:
+        if listener is None:
+            return
+        head = self._held_head
+        if head is not None:
+            self._held_head = None
+            if self._complete:  # the whole answer in one read: one call tells all of it
+                self._listener = None
+                pending, self._pending = self._pending, []
+                listener.whole(head, pending)
+                return
+            listener.head(head)
+        if self._sink is not None:
             listener.waiting()  # a head (and maybe some body) arrived, the rest will follow
 
     # ---------------------------------------------------------------- parser callbacks
@@ -246,12 +264,13 @@ class UpstreamConnection(asyncio.Protocol):
         head = ResponseHead(status, self._headers, self._keep_alive, status == 101)
         self._headers = []
         if self._listener is not None:
-            self._listener.head(head)
+            self._held_head = head  # told when the read is parsed (see data_received)
         elif self._head is not None and not self._head.done():
             self._head.set_result(head)
         if self._head_only:
             self._complete = True
-            self._finish()
+            if self._held_head is None:
+                self._finish()
 
     def on_body(self, data: bytes) -> None:
         sink = self._sink
@@ -267,7 +286,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self._head_only:
             return
         self._complete = True
-        self._finish()
+        if self._held_head is None:  # (else the listener hears of it once, with the head)
+            self._finish()
 
     def _finish(self) -> None:
         self._listener = None  # the exchange is complete: nothing more to tell
@@ -281,6 +301,14 @@ class UpstreamConnection(asyncio.Protocol):
         listener = self._listener
         if listener is not None:
             self._listener = None
+            head = self._held_head
+            if head is not None:  # the head came before the failure: it is told first
+                self._held_head = None
+                if self._complete:  # and the whole answer: the failure is the next one's
+                    pending, self._pending = self._pending, []
+                    listener.whole(head, pending)
+                    return
+                listener.head(head)
             listener.failed(failure)
 
     def _fail(self, failure: UpstreamFailure) -> None:
@@ -335,6 +363,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._complete = False
         self._sink = None
         self._pending = []
+        self._held_head = None
         self._head_only = head_only
         assert self.transport is not None
         self.transport.write(data)
