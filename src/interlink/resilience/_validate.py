@@ -1,4 +1,5 @@
-"""Argument checks shared by every policy's constructor.
+"""Argument checks shared by every policy's constructor, and the one form of their
+``describe()``.
 
 Each check raises ``ValueError`` naming the parameter, the rule and the value, e.g.
 ``'failure_rate_threshold' must be in (0, 1]: 1.5``; tests compare the text. ``True`` and
@@ -12,7 +13,15 @@ import dataclasses
 import math
 from typing import Any
 
-__all__ = ["at_least", "fraction", "non_negative", "positive", "positive_fields", "positive_int"]
+__all__ = [
+    "at_least",
+    "described",
+    "fraction",
+    "non_negative",
+    "positive",
+    "positive_fields",
+    "positive_int",
+]
 
 
 def _number(value: object) -> bool:
@@ -58,3 +67,15 @@ def positive_fields(options: Any) -> None:
     for field in dataclasses.fields(options):
         check = positive_int if field.type in ("int", int) else positive
         check(field.name, getattr(options, field.name))
+
+
+def described(
+    policy: str, name: str, source: object, settings: tuple[str, ...]
+) -> dict[str, object]:
+    """A policy's ``describe()``: ``{"policy": policy, "name": name}``, then each setting
+    read from the attribute of that name on ``source`` (the policy or its options), keyed
+    without a leading ``_``, so that every policy describes itself in the same form."""
+    description: dict[str, object] = {"policy": policy, "name": name}
+    for attribute in settings:
+        description[attribute.lstrip("_")] = getattr(source, attribute)
+    return description

@@ -185,6 +185,18 @@ class BreakerOptions:
 
 DEFAULT_OPTIONS = BreakerOptions()
 
+#: the options ``describe()`` lists
+_DESCRIBED = (
+    "failure_rate_threshold",
+    "window",
+    "window_type",
+    "minimum_calls",
+    "cooldown",
+    "half_open_calls",
+    "slow_call_duration",
+    "slow_call_rate_threshold",
+)
+
 
 class _Live:
     """A breaker's bookkeeping, made on first use (under the breaker's lock)."""
@@ -363,18 +375,7 @@ class CircuitBreaker:
 
     def describe(self) -> dict[str, object]:
         """The settings, for ``Pipeline.describe()`` and logs."""
-        return {
-            "policy": "breaker",
-            "name": self.name,
-            "failure_rate_threshold": self._opts.failure_rate_threshold,
-            "window": self._opts.window,
-            "window_type": self._opts.window_type,
-            "minimum_calls": self._opts.minimum_calls,
-            "cooldown": self._opts.cooldown,
-            "half_open_calls": self._opts.half_open_calls,
-            "slow_call_duration": self._opts.slow_call_duration,
-            "slow_call_rate_threshold": self._opts.slow_call_rate_threshold,
-        }
+        return v.described("breaker", self.name, self._opts, _DESCRIBED)
 
     def add_listener(self, listener: Listener) -> None:
         """Receive StateChanged and CallRejected events."""

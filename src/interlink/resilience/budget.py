@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from interlink.clock import Clock
-from interlink.resilience._validate import non_negative, positive
+from interlink.resilience._validate import described, non_negative, positive
 
 __all__ = ["BudgetSnapshot", "RetryBudget"]
 
@@ -175,13 +175,7 @@ class RetryBudget:
 
     def describe(self) -> dict[str, object]:
         """The settings, for ``Pipeline.describe()`` and logs."""
-        return {
-            "policy": "retry_budget",
-            "name": self._name,
-            "ratio": self._ratio,
-            "min_per_second": self._min_per_second,
-            "ttl": self._ttl,
-        }
+        return described("retry_budget", self._name, self, ("ratio", "min_per_second", "ttl"))
 
     def __repr__(self) -> str:
         return (

@@ -30,9 +30,9 @@ from typing import Any, ParamSpec, TypeVar
 from interlink.clock import Clock
 from interlink.errors import BulkheadFull
 from interlink.resilience._decorate import through
-from interlink.resilience._validate import at_least, non_negative, positive_int
+from interlink.resilience._validate import at_least, described, non_negative, positive_int
 from interlink.resilience.deadline import remaining
-from interlink.resilience.events import BulkheadRejected, Emitter, Listener
+from interlink.resilience.events import BulkheadRejected, Listener, Observed
 
 __all__ = ["Bulkhead"]
 
@@ -93,7 +93,7 @@ _Waiter = _ThreadWaiter | _TaskWaiter
 W = TypeVar("W", _ThreadWaiter, _TaskWaiter)
 
 
-class Bulkhead:
+class Bulkhead(Observed):
     """At most ``max_concurrent`` calls at once; up to ``max_queue`` more wait for a slot.
 
     Use ``call``/``acall``, ``@bulkhead`` on a def or async def, ``with``/``async with``, or the
@@ -104,7 +104,6 @@ class Bulkhead:
 
     __slots__ = (
         "_clock",
-        "_events",
         "_free",
         "_lock",
         "_waiters",
@@ -137,7 +136,7 @@ class Bulkhead:
         self.queue_timeout = queue_timeout
         self.name = name
         self._clock = clock
-        self._events = Emitter(listeners)
+        super().__init__(listeners)
         # a free slot is an item in _free: taking and giving one back are single deque calls
         self._free: deque[None] = deque([None] * max_concurrent)
         self._waiters: deque[_Waiter] = deque()
@@ -162,27 +161,15 @@ class Bulkhead:
 
     def describe(self) -> dict[str, object]:
         """The configuration, for tests and the pipeline's ``describe()``."""
-        return {
-            "policy": "bulkhead",
-            "name": self.name,
-            "max_concurrent": self.max_concurrent,
-            "max_queue": self.max_queue,
-            "queue_timeout": self.queue_timeout,
-        }
+        return described(
+            "bulkhead", self.name, self, ("max_concurrent", "max_queue", "queue_timeout")
+        )
 
     def __repr__(self) -> str:
         return (
             f"Bulkhead({self.name!r}, running={self.running}/{self.max_concurrent}, "
             f"queued={self.queued}/{self.max_queue})"
         )
-
-    def add_listener(self, listener: Listener) -> None:
-        """Receive this policy's events (``BulkheadRejected``) from now on."""
-        self._events.add(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        """Stop receiving events; a listener that was never added is ignored."""
-        self._events.remove(listener)
 
     # -- primitives --------------------------------------------------------------------------
 

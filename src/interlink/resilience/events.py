@@ -8,6 +8,7 @@ built when a listener is registered, so an unobserved policy pays nothing for th
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, dataclass_transform
 
@@ -153,3 +154,21 @@ class Emitter(list[Listener]):
                 listener(event)
             except Exception:
                 _log.exception("listener %r failed on %s", listener, type(event).__name__)
+
+
+class Observed:
+    """The listener side every policy shares: its ``Emitter`` (``_events``) and the two
+    methods that change it, written once so that every policy is observed the same way."""
+
+    __slots__ = ("_events",)
+
+    def __init__(self, listeners: Iterable[Listener] = ()) -> None:
+        self._events = Emitter(listeners)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Receive this policy's events (named in its docstring) from now on."""
+        self._events.add(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop receiving events; a listener that was never added is ignored."""
+        self._events.remove(listener)

@@ -26,7 +26,7 @@ from typing import Any, Final, ParamSpec, TypeVar, cast
 from interlink.clock import Clock
 from interlink.resilience._decorate import through
 from interlink.resilience._validate import positive
-from interlink.resilience.events import Emitter, FallbackUsed, Listener
+from interlink.resilience.events import FallbackUsed, Listener, Observed
 
 __all__ = ["Fallback"]
 
@@ -57,7 +57,7 @@ def _error_types(on: object) -> tuple[type[Exception], ...] | None:
     raise ValueError(f"'on' must be an Exception subclass, a tuple of them, or a predicate: {on!r}")
 
 
-class Fallback:
+class Fallback(Observed):
     """Turn the failure of a call into an answer from the cache, a handler or a fixed value.
 
     Use ``call``/``acall``, ``@fallback`` on a def or async def, or the primitives the pipeline
@@ -69,7 +69,6 @@ class Fallback:
         "_async_handler",
         "_cache",
         "_clock",
-        "_events",
         "_last",
         "_predicate",
         "_types",
@@ -117,7 +116,7 @@ class Fallback:
         self.max_age = max_age
         self.name = name
         self._clock = clock
-        self._events = Emitter(listeners)
+        super().__init__(listeners)
         # (result, clock reading) in one tuple, so a reader never pairs a value with the wrong
         # age; replacing it is one atomic store.
         self._last: tuple[object, float] | None = None
@@ -147,14 +146,6 @@ class Fallback:
 
     def __repr__(self) -> str:
         return f"Fallback({self.name!r}, sources={self.describe()['sources']})"
-
-    def add_listener(self, listener: Listener) -> None:
-        """Receive this policy's events (``FallbackUsed``) from now on."""
-        self._events.add(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        """Stop receiving events; a listener that was never added is ignored."""
-        self._events.remove(listener)
 
     # -- primitives --------------------------------------------------------------------------
 

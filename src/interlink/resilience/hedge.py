@@ -43,9 +43,9 @@ from typing import Any, Generic, NoReturn, ParamSpec, Protocol, TypeVar
 
 from interlink.clock import AsyncSleep, Clock, async_sleep_of
 from interlink.resilience._latency import LatencyTracker
-from interlink.resilience._validate import fraction, non_negative, positive_int
+from interlink.resilience._validate import described, fraction, non_negative, positive_int
 from interlink.resilience.deadline import remaining
-from interlink.resilience.events import Emitter, HedgeLaunched, Listener
+from interlink.resilience.events import Emitter, HedgeLaunched, Listener, Observed
 
 __all__ = [
     "DEFAULT_DELAY",
@@ -70,6 +70,9 @@ DEFAULT_MIN_DELAY = 0.001
 LATENCY_WINDOW = 512  # successful latencies the adaptive delay is computed from
 MIN_SAMPLES = 20  # below this many, the adaptive delay falls back to ``delay``
 REFRESH_EVERY = 16  # recompute the percentile at most once per this many records
+
+#: the options ``describe()`` lists (then the budget's name)
+_DESCRIBED = ("delay", "max_hedges", "adaptive", "percentile", "min_delay")
 
 _SYNC_ONLY = (
     "hedging needs async code: a hedge runs attempts side by side and cancels the losers, "
@@ -112,7 +115,7 @@ def _is_async(fn: object) -> bool:
     )
 
 
-class Hedge:
+class Hedge(Observed):
     """Start extra attempts when the first is slow; the first success wins, the rest are cancelled.
 
     ``await hedge.acall(fn, *args, **kwargs)`` or ``@hedge`` on an ``async def``. ``clock`` and
@@ -125,7 +128,6 @@ class Hedge:
         "_budget",
         "_clock",
         "_delay",
-        "_events",
         "_latency",
         "_max_hedges",
         "_min_delay",
@@ -163,7 +165,7 @@ class Hedge:
         self._asleep = async_sleep_of(clock, asleep)
         # With the real sleep, a loop timer (call_later) is cheaper than a sleeping task.
         self._real_timer = self._asleep is asyncio.sleep
-        self._events = Emitter(listeners)
+        super().__init__(listeners)
         self._latency = (
             LatencyTracker(
                 LATENCY_WINDOW,
@@ -190,14 +192,6 @@ class Hedge:
         """The recent successful latencies behind an adaptive delay (None when not adaptive)."""
         return self._latency
 
-    def add_listener(self, listener: Listener) -> None:
-        """Receive this policy's events (``HedgeLaunched``) from now on."""
-        self._events.add(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        """Stop receiving events; a listener that was never added is ignored."""
-        self._events.remove(listener)
-
     def current_delay(self) -> float:
         """Seconds the next call waits before its first hedge.
 
@@ -215,16 +209,11 @@ class Hedge:
         """The settings, for tests and pipeline descriptions."""
         o = self.options
         budget = self._budget
-        return {
-            "policy": "hedge",
-            "name": o.name,
-            "delay": o.delay,
-            "max_hedges": o.max_hedges,
-            "adaptive": o.adaptive,
-            "percentile": o.percentile,
-            "min_delay": o.min_delay,
-            "budget": None if budget is None else getattr(budget, "name", type(budget).__name__),
-        }
+        description = described("hedge", o.name, o, _DESCRIBED)
+        description["budget"] = (
+            None if budget is None else getattr(budget, "name", type(budget).__name__)
+        )
+        return description
 
     def call(self, fn: Callable[..., object], /, *args: object, **kwargs: object) -> NoReturn:
         """Always raises ``TypeError``: hedging needs async code (see the message)."""

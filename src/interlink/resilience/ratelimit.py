@@ -23,9 +23,9 @@ from typing import Any, ParamSpec, TypeVar
 from interlink.clock import AsyncSleep, Clock, Sleep, async_sleep_of, sleep_of
 from interlink.errors import RateLimited
 from interlink.resilience._decorate import through
-from interlink.resilience._validate import non_negative, positive, positive_int
+from interlink.resilience._validate import described, non_negative, positive, positive_int
 from interlink.resilience.deadline import remaining
-from interlink.resilience.events import Emitter, Listener, RateLimitRejected
+from interlink.resilience.events import Listener, Observed, RateLimitRejected
 
 __all__ = ["RateLimiter"]
 
@@ -34,7 +34,7 @@ R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class RateLimiter:
+class RateLimiter(Observed):
     """A token bucket: ``rate`` tokens per second, holding at most ``burst`` (default
     ``max(1, ceil(rate))``, i.e. about one second's worth).
 
@@ -49,7 +49,6 @@ class RateLimiter:
         "_asleep",
         "_cap",
         "_clock",
-        "_events",
         "_last",
         "_lock",
         "_sleep",
@@ -79,7 +78,7 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep_of(clock, sleep)
         self._asleep = async_sleep_of(clock, asleep)
-        self._events = Emitter(listeners)
+        super().__init__(listeners)
         self._lock = threading.Lock()
         self._cap = float(self.burst)
         self._tokens = self._cap  # may go negative: tokens reserved by waiters
@@ -101,24 +100,10 @@ class RateLimiter:
 
     def describe(self) -> dict[str, object]:
         """The configuration, for tests and the pipeline's ``describe()``."""
-        return {
-            "policy": "rate_limiter",
-            "name": self.name,
-            "rate": self.rate,
-            "burst": self.burst,
-            "timeout": self.timeout,
-        }
+        return described("rate_limiter", self.name, self, ("rate", "burst", "timeout"))
 
     def __repr__(self) -> str:
         return f"RateLimiter({self.name!r}, rate={self.rate:g}/s, burst={self.burst})"
-
-    def add_listener(self, listener: Listener) -> None:
-        """Receive this policy's events (``RateLimitRejected``) from now on."""
-        self._events.add(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        """Stop receiving events; a listener that was never added is ignored."""
-        self._events.remove(listener)
 
     # -- primitives --------------------------------------------------------------------------
 

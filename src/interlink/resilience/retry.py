@@ -33,10 +33,10 @@ from typing import Any, ParamSpec, TypeVar, cast
 from interlink.clock import AsyncSleep, Clock, Sleep, async_sleep_of, sleep_of
 from interlink.errors import BudgetExhausted, CircuitOpenError, InterlinkError
 from interlink.resilience._jitter import JITTERS, schedule_of
-from interlink.resilience._validate import at_least, non_negative
+from interlink.resilience._validate import at_least, described, non_negative
 from interlink.resilience.budget import RetryBudget
 from interlink.resilience.deadline import remaining
-from interlink.resilience.events import Emitter, Listener, RetryGaveUp, RetryScheduled
+from interlink.resilience.events import Emitter, Listener, Observed, RetryGaveUp, RetryScheduled
 
 __all__ = ["Retry", "RetryOn"]
 
@@ -48,6 +48,9 @@ RetryOn = tuple[type[BaseException], ...] | type[BaseException] | Callable[[Base
 
 
 _Predicate = Callable[[BaseException], bool]
+
+#: the settings ``describe()`` lists (then the budget's own description)
+_DESCRIBED = ("retries", "_backoff", "_multiplier", "_max_backoff", "_jitter")
 
 
 def _retry_on_of(
@@ -76,7 +79,7 @@ def _retry_on_of(
     )
 
 
-class Retry:
+class Retry(Observed):
     """Retry a failed call up to ``retries`` more times with exponential backoff.
 
     ``Retry(3)`` makes up to 4 calls: the first and 3 retries (Polly's ``MaxRetryAttempts``;
@@ -94,7 +97,6 @@ class Retry:
         "_backoff",
         "_budget",
         "_clock",
-        "_events",
         "_jitter",
         "_max_backoff",
         "_multiplier",
@@ -149,7 +151,7 @@ class Retry:
         self._sleep = sleep_of(clock, sleep)
         self._asleep = async_sleep_of(clock, asleep)
         self._rng = rng if rng is not None else Random()
-        self._events = Emitter(listeners)
+        super().__init__(listeners)
 
     @property
     def name(self) -> str:
@@ -180,14 +182,6 @@ class Retry:
     def asleep(self) -> AsyncSleep:
         """The awaitable sleep this policy waits with (for drivers that inline the loop)."""
         return self._asleep
-
-    def add_listener(self, listener: Listener) -> None:
-        """Receive this policy's events (``RetryScheduled``, ``RetryGaveUp``) from now on."""
-        self._events.add(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        """Stop receiving events; a listener that was never added is ignored."""
-        self._events.remove(listener)
 
     # -- the decision ---------------------------------------------------------------------
 
@@ -351,16 +345,9 @@ class Retry:
 
     def describe(self) -> dict[str, object]:
         """The settings, for ``Pipeline.describe()`` and logs."""
-        return {
-            "policy": "retry",
-            "name": self._name,
-            "retries": self._retries,
-            "backoff": self._backoff,
-            "multiplier": self._multiplier,
-            "max_backoff": self._max_backoff,
-            "jitter": self._jitter,
-            "budget": None if self._budget is None else self._budget.describe(),
-        }
+        description = described("retry", self._name, self, _DESCRIBED)
+        description["budget"] = None if self._budget is None else self._budget.describe()
+        return description
 
     def __repr__(self) -> str:
         return (

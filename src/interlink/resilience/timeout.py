@@ -34,6 +34,7 @@ from interlink.errors import DeadlineExceeded
 from interlink.resilience import _validate as v
 from interlink.resilience import _watchdog
 from interlink.resilience._decorate import through
+from interlink.resilience._validate import described
 from interlink.resilience._watchdog import (
     Watchdog,
     enter_task_deadline,
@@ -54,7 +55,7 @@ from interlink.resilience.deadline import (
     remaining,
     shrink_to,
 )
-from interlink.resilience.events import Emitter, Listener, TimeoutExpired
+from interlink.resilience.events import Listener, Observed, TimeoutExpired
 
 __all__ = ["Timeout"]
 
@@ -73,12 +74,11 @@ def _plain(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) 
     return fn(*args, **kwargs)
 
 
-class Timeout:
+class Timeout(Observed):
     """Give a call ``seconds`` at most (less if the caller's deadline is sooner)."""
 
     __slots__ = (
         "_clock",
-        "_events",
         "_executor",
         "_lock",
         "_seconds",
@@ -105,15 +105,7 @@ class Timeout:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._watchdogs: dict[int, Watchdog] = {}
-        self._events = Emitter(listeners)
-
-    def add_listener(self, listener: Listener) -> None:
-        """Receive a ``TimeoutExpired`` for every call this timeout ends."""
-        self._events.add(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        """Stop receiving events; a listener that was never added is ignored."""
-        self._events.remove(listener)
+        super().__init__(listeners)
 
     def expired_error(self, *, started: bool) -> DeadlineExceeded:
         """The error for a call this timeout ended, after telling the listeners."""
@@ -142,12 +134,7 @@ class Timeout:
 
     def describe(self) -> dict[str, object]:
         """The settings, for ``Pipeline.describe()``."""
-        return {
-            "policy": "timeout",
-            "name": self.name,
-            "seconds": self._seconds,
-            "strategy": self._strategy,
-        }
+        return described("timeout", self.name, self, ("seconds", "strategy"))
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` under the deadline; see the module docstring for what "enforce" means."""
