@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -492,35 +492,27 @@ def dumps(value: object) -> str:
     return _encode(value)
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {
+    record: tuple(f.name for f in fields(record)) for record in (SpanRecord, TraceSummary)
+}
+
+
+def _named(row: Sequence[Any], record: type) -> dict[str, Any]:
+    """A row's values by field name: ``_SPAN_COLUMNS`` and ``_LIST_COLUMNS`` select the
+    columns in the order of ``record``'s fields, so the names are written once, there."""
+    return dict(zip(_FIELDS[record], row, strict=True))
+
+
 def _span(row: Sequence[Any]) -> SpanRecord:
-    return SpanRecord(
-        trace_id=row[0],
-        span_id=row[1],
-        parent_id=row[2],
-        name=row[3],
-        service=row[4],
-        kind=row[5],
-        start_ns=row[6],
-        end_ns=row[7],
-        status=row[8],
-        status_message=row[9],
-        correlation_id=row[10],
-        attributes=json.loads(row[11]),
-        events=json.loads(row[12]),
-        links=json.loads(row[13]),
-    )
+    values = _named(row, SpanRecord)
+    for column in ("attributes", "events", "links"):  # JSON text
+        values[column] = json.loads(values[column])
+    return SpanRecord(**values)
 
 
 def _summary(row: Sequence[Any]) -> TraceSummary:
-    return TraceSummary(
-        trace_id=row[0],
-        start_ns=row[1],
-        end_ns=row[2],
-        duration_ns=row[3],
-        spans=row[4],
-        errors=row[5] or 0,
-        root_name=row[6],
-        root_service=row[7],
-        services=tuple(sorted(str(row[8]).split(","))) if row[8] else (),
-        correlation_id=row[9],
-    )
+    values = _named(row, TraceSummary)
+    values["errors"] = values["errors"] or 0
+    services = values["services"]  # GROUP_CONCAT's text, or NULL
+    values["services"] = tuple(sorted(str(services).split(","))) if services else ()
+    return TraceSummary(**values)
