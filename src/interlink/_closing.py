@@ -1,14 +1,15 @@
 """``with`` and ``async with`` for objects that close: ``__enter__``/``__aenter__`` return the
 object, ``__exit__``/``__aexit__`` call its ``close()``/``aclose()`` (what
-``contextlib.AbstractContextManager`` leaves to each class); for objects that run between
-``start()`` and ``stop()``, ``async with`` calls the two."""
+``contextlib.AbstractContextManager`` leaves to each class); for objects that connect in
+``open()`` and close in ``aclose()``, or run between ``start()`` and ``stop()``, ``async with``
+calls the two."""
 
 from __future__ import annotations
 
 from types import TracebackType
 from typing import Self
 
-__all__ = ["AsyncClosing", "AsyncStarting", "Closing"]
+__all__ = ["AsyncClosing", "AsyncOpening", "AsyncStarting", "Closing"]
 
 
 class Closing:
@@ -49,6 +50,20 @@ class AsyncClosing:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+class AsyncOpening(AsyncClosing):
+    """``async with obj:`` awaits ``obj.open()`` on the way in and ``obj.aclose()`` on the way
+    out (a store, an orchestrator, a relay: objects that connect before they work)."""
+
+    __slots__ = ()
+
+    async def open(self) -> None:
+        raise NotImplementedError  # pragma: no cover - every subclass defines it
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
 
 
 class AsyncStarting:

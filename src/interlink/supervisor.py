@@ -45,6 +45,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from interlink._closing import AsyncStarting
 from interlink.errors import InterlinkError
 
 __all__ = [
@@ -269,7 +270,7 @@ class _Child:
         self.watcher: asyncio.Task[None] | None = None
 
 
-class Supervisor:
+class Supervisor(AsyncStarting):
     """Runs every service of ``system`` as a child process; restarts one that crashes; takes
     commands (``kill``, ``stop``, ``start``, ``restart``, ``status``) in-process or over a
     loopback socket whose port is written to ``<state_dir>/supervisor.json``.
@@ -367,13 +368,6 @@ class Supervisor:
                 child.watcher.cancel()
         with contextlib.suppress(FileNotFoundError):
             (self.system.state_dir / "supervisor.json").unlink()
-
-    async def __aenter__(self) -> Supervisor:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # -- commands -------------------------------------------------------------------------------
 
@@ -545,7 +539,7 @@ class Supervisor:
         )
 
 
-class Monolith:
+class Monolith(AsyncStarting):
     """Every service of ``system`` in this process, from the same code: each service module's
     ``main()`` runs as a task, with the variables of ``monolith.env`` in the system file
     (memory broker and registry, in-process gRPC) on top of the system's.
@@ -715,13 +709,6 @@ class Monolith:
             os.environ.clear()
             os.environ.update(self._saved_environ)
             self._saved_environ = None
-
-    async def __aenter__(self) -> Monolith:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
 
 def control(state_dir: str | Path, *words: str, timeout: float = 15.0) -> dict[str, Any]:

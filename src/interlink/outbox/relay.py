@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from interlink._closing import AsyncOpening
 from interlink.clock import Clock
 from interlink.outbox.sink import Sink
 from interlink.outbox.stores import (
@@ -58,7 +59,7 @@ class RelayStats:
     last_batch_at: float | None = None
 
 
-class OutboxRelay:
+class OutboxRelay(AsyncOpening):
     """Publishes the outbox table at ``store`` (a URL or a ``OutboxStore``) through
     ``publisher`` (an ``interlink.messaging.Broker``, or a ``RelayTarget``).
 
@@ -127,13 +128,6 @@ class OutboxRelay:
         if self._opened:
             self._opened = False
             await self._store.close()
-
-    async def __aenter__(self) -> OutboxRelay:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def lag(self) -> float:
         """Seconds the oldest unpublished row has waited (0.0 when none): the relay's lag."""

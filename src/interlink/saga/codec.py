@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args, get_type_hints
 
 from interlink.saga.errors import CorruptSagaState
 from interlink.saga.state import SagaState, SagaStatus, StepState, StepStatus
@@ -110,21 +110,22 @@ def _number(doc: dict[str, Any], name: str, *, optional: bool = False) -> Any:
     return float(value)
 
 
-# The type every stored step field must have (``result`` is whatever the step returned).
-_STEP_TYPES: dict[str, tuple[type, bool]] = {  # name -> (type, None allowed)
-    "name": (str, False),
-    "status": (str, False),
-    "attempts": (int, False),
-    "compensations": (int, False),
-    "failures": (int, False),
-    "interruptions": (int, False),
-    "in_flight": (bool, False),
-    "next_at": (float, True),
-    "last_delay": (float, False),
-    "error": (str, True),
-    "started_at": (float, True),
-    "finished_at": (float, True),
-    "compensated_at": (float, True),
+def _stored_type(hint: Any) -> tuple[type, bool] | None:
+    """(type, None allowed) a stored step field must have, from its annotation on
+    ``StepState``: a status is stored as its text; ``Any`` (the result) is not checked."""
+    args = get_args(hint)
+    optional = type(None) in args
+    kind = next(a for a in args if a is not type(None)) if optional else hint
+    if kind is Any:
+        return None
+    return (str if issubclass(kind, str) else kind), optional
+
+
+# The type every stored step field must have, read once from ``StepState``'s annotations.
+_STEP_TYPES: dict[str, tuple[type, bool]] = {
+    name: stored
+    for name, hint in get_type_hints(StepState).items()
+    if (stored := _stored_type(hint)) is not None
 }
 
 

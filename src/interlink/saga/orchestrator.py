@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from interlink._closing import AsyncOpening
 from interlink.clock import Clock
 from interlink.messaging.envelope import Envelope
 from interlink.outbox.sink import Sink
@@ -79,7 +80,7 @@ def default_owner(definitions: Mapping[str, SagaDefinition]) -> str:
     return f"{service}@{socket.gethostname()}".replace("#", "_")
 
 
-class Orchestrator:
+class Orchestrator(AsyncOpening):
     """Drives the sagas of ``definitions`` kept in ``store``.
 
     ``async with Orchestrator(store, [place_order]) as orch: await orch.start("place_order",
@@ -168,13 +169,6 @@ class Orchestrator:
         return len(self._tasks)
 
     # -- lifecycle ----------------------------------------------------------------------------
-
-    async def __aenter__(self) -> Orchestrator:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def open(self) -> None:
         """Open the store, take back this owner's sagas and start claiming; idempotent."""
