@@ -73,6 +73,7 @@ from interlink.http.propagation import (
 )
 from interlink.resilience.deadline import deadline, expired
 from interlink.resilience.events import Listener
+from interlink.resilience.pipeline import Pipeline
 from interlink.tracing.propagation import api
 from interlink.tracing.spans import Spans, context_of, fail
 
@@ -322,7 +323,10 @@ class _Verbs(Generic[R]):
         json: Any,
         timeout: float | None,
         fallback: Any,
+        downstream: Downstream | None = None,
     ) -> R:
+        """A whole call; ``downstream`` is given by a service client to its client, whose
+        ``url`` is then a path of that service."""
         raise NotImplementedError  # pragma: no cover - every client defines it
 
     def request(
@@ -417,35 +421,6 @@ class BaseClient(_Verbs[R]):
         """The services called or configured so far (their live policies)."""
         return list(self._downstreams)
 
-    def _send(  # noqa: PLR0917 - internal, positional for speed
-        self,
-        method: str,
-        url: str,
-        params: Params | None,
-        headers: Mapping[str, str] | None,
-        content: bytes | str | None,
-        json: Any,
-        timeout: float | None,
-        fallback: Any,
-    ) -> R:
-        return self._call(None, method, url, params, headers, content, json, timeout, fallback)
-
-    def _call(  # noqa: PLR0917 - internal, positional for speed
-        self,
-        downstream: Downstream | None,
-        method: str,
-        url: str,
-        params: Params | None,
-        headers: Mapping[str, str] | None,
-        content: bytes | str | None,
-        json: Any,
-        timeout: float | None,
-        fallback: Any,
-    ) -> R:
-        """A whole call; ``downstream`` is given by a service client, whose ``url`` is then
-        a path of that service."""
-        raise NotImplementedError  # pragma: no cover - every client defines it
-
     def _prepare(  # noqa: PLR0917 - internal, positional for speed
         self,
         downstream: Downstream | None,
@@ -455,9 +430,10 @@ class BaseClient(_Verbs[R]):
         headers: Mapping[str, str] | None,
         content: bytes | str | None,
         json: Any,
-    ) -> tuple[Downstream, Call]:
-        """The call's service and request; ``downstream`` is given by a service client, whose
-        ``url`` is then a path of that service."""
+    ) -> tuple[Downstream, Call, Pipeline]:
+        """The call's service, request and pipeline (a request that may not be sent twice
+        goes through the one that never resends); ``downstream`` is given by a service
+        client, whose ``url`` is then a path of that service."""
         if downstream is None:
             name, origin, path = split_target(url, self.base_url)
             downstream = self._downstreams.get(name)
@@ -466,7 +442,16 @@ class BaseClient(_Verbs[R]):
         call = prepare(
             method, downstream.name, origin, path, self._headers, params, headers, content, json
         )
-        return downstream, call
+        return downstream, call, downstream.pipeline if call.resend else downstream.unsafe_pipeline
+
+    def _recover(
+        self, downstream: Downstream, call: Call, failure: Exception, fallback: Any
+    ) -> Any:
+        """What a failed call answers: the fallback's answer (an awaitable from an async
+        fallback), else what ``_given_up`` answers or raises."""
+        if fallback is not None:
+            return _fallback_answer(fallback, public_error(failure))
+        return self._given_up(downstream, call, failure)
 
     def _no_resolver(self, service: str) -> ValueError:
         return ValueError(
@@ -537,12 +522,13 @@ class ServiceClientBase(_Verbs[R]):
         json: Any,
         timeout: float | None,
         fallback: Any,
+        downstream: Downstream | None = None,
     ) -> R:
         # a path of this service, as ``service://name`` + url would give it; a full URL is the
         # client's to parse
         downstream = None if "://" in url else self.downstream
-        return self._client._call(
-            downstream, method, url, params, headers, content, json, timeout, fallback
+        return self._client._send(
+            method, url, params, headers, content, json, timeout, fallback, downstream
         )
 
 
@@ -655,9 +641,8 @@ class AsyncClient(BaseClient[Coroutine[Any, Any, Response]], AsyncClosing):
         asking again (without different settings) returns a client on the same policies."""
         return AsyncServiceClient(self, self._downstreams.configure(name, policies, url))
 
-    async def _call(  # noqa: PLR0917 - internal, positional for speed
+    async def _send(  # noqa: PLR0917 - internal, positional for speed
         self,
-        downstream: Downstream | None,
         method: str,
         url: str,
         params: Params | None,
@@ -666,11 +651,13 @@ class AsyncClient(BaseClient[Coroutine[Any, Any, Response]], AsyncClosing):
         json: Any,
         timeout: float | None,  # noqa: ASYNC109 - shrinks the deadline, see request()
         fallback: Any,
+        downstream: Downstream | None = None,
     ) -> Response:
-        """A whole call. Parsing happens here, not in ``_send``, so that a bad target is raised
+        """A whole call. Parsing happens in the coroutine, so that a bad target is raised
         where the call is awaited, as from any coroutine."""
-        downstream, call = self._prepare(downstream, method, url, params, headers, content, json)
-        pipeline = downstream.pipeline if call.resend else downstream.unsafe_pipeline
+        downstream, call, pipeline = self._prepare(
+            downstream, method, url, params, headers, content, json
+        )
         try:
             if timeout is None:
                 response: Response = await pipeline.acall(self._attempt, downstream, call)
@@ -683,12 +670,10 @@ class AsyncClient(BaseClient[Coroutine[Any, Any, Response]], AsyncClosing):
             if downstream._stale is not None:
                 self._remember(downstream, call, response)
             return response
-        if fallback is not None:
-            answer = _fallback_answer(fallback, public_error(failure))
-            if inspect.isawaitable(answer):
-                answer = await answer
-            return answer  # type: ignore[no-any-return]
-        return self._given_up(downstream, call, failure)
+        answer = self._recover(downstream, call, failure, fallback)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        return answer  # type: ignore[no-any-return]
 
     async def _attempt(self, downstream: Downstream, call: Call) -> Response:  # noqa: PLR0915 - flat hot path
         """One attempt: pick, send, read, classify. Raises ``AttemptFailed`` on a failure."""
@@ -1032,9 +1017,8 @@ class Client(BaseClient[Response], Closing):
         """The client for service ``name``; see ``AsyncClient.service``."""
         return ServiceClient(self, self._downstreams.configure(name, policies, url))
 
-    def _call(  # noqa: PLR0917 - internal, positional like AsyncClient's
+    def _send(  # noqa: PLR0917 - internal, positional like AsyncClient's
         self,
-        downstream: Downstream | None,
         method: str,
         url: str,
         params: Params | None,
@@ -1043,10 +1027,12 @@ class Client(BaseClient[Response], Closing):
         json: Any,
         timeout: float | None,
         fallback: Any,
+        downstream: Downstream | None = None,
     ) -> Response:
-        """A whole call; see ``AsyncClient._call``."""
-        downstream, call = self._prepare(downstream, method, url, params, headers, content, json)
-        pipeline = downstream.pipeline if call.resend else downstream.unsafe_pipeline
+        """A whole call; see ``_Verbs._send``."""
+        downstream, call, pipeline = self._prepare(
+            downstream, method, url, params, headers, content, json
+        )
         try:
             if timeout is None:
                 response: Response = pipeline.call(self._attempt, downstream, call)
@@ -1059,9 +1045,7 @@ class Client(BaseClient[Response], Closing):
             if downstream._stale is not None:
                 self._remember(downstream, call, response)
             return response
-        if fallback is not None:
-            return _fallback_answer(fallback, public_error(failure))  # type: ignore[no-any-return]
-        return self._given_up(downstream, call, failure)
+        return self._recover(downstream, call, failure, fallback)  # type: ignore[no-any-return]
 
     def _attempt(self, downstream: Downstream, call: Call) -> Response:
         """One attempt: pick, send, read, classify. Raises ``AttemptFailed`` on a failure."""
