@@ -42,7 +42,8 @@ class RateLimiter(Observed):
     seconds (``None``: as long as it takes) and raise ``RateLimited`` otherwise. ``call``,
     ``acall`` and ``@limiter`` take one token with the ``timeout`` given here (default 0: refuse
     rather than wait). Thread- and task-safe; sleeping uses ``sleep``/``asleep``, else the
-    clock's own, else ``time.sleep``/``asyncio.sleep``.
+    clock's own, else ``time.sleep``/``asyncio.sleep``. Listeners get ``RateLimitRejected``
+    for every refusal.
     """
 
     __slots__ = (

@@ -89,7 +89,8 @@ class Retry(Observed):
     clients best), ``"equal"`` (d/2 + uniform [0, d/2]), ``"decorrelated"`` (AWS:
     min(max_backoff, uniform(backoff, 3 * previous delay))) or ``"none"``.
     The object is immutable and holds no per-call state, so one instance serves every thread and
-    task; pass a shared ``budget`` to bound retries across all of them.
+    task; pass a shared ``budget`` to bound retries across all of them. Listeners get a
+    ``RetryScheduled`` before each retry and a ``RetryGaveUp`` when the call fails for good.
     """
 
     __slots__ = (

@@ -75,7 +75,8 @@ def _plain(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) 
 
 
 class Timeout(Observed):
-    """Give a call ``seconds`` at most (less if the caller's deadline is sooner)."""
+    """Give a call ``seconds`` at most (less if the caller's deadline is sooner); listeners
+    get a ``TimeoutExpired`` for every call this timeout ends."""
 
     __slots__ = (
         "_clock",
