@@ -5,11 +5,13 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast, overload
 
-__all__ = ["through"]
+__all__ = ["Decorating", "through"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def through(
@@ -32,3 +34,25 @@ def through(
         return call(fn, *args, **kwargs)
 
     return cast(F, wrapper)
+
+
+class Decorating:
+    """``@policy`` on a ``def`` or an ``async def``, typed: the result keeps ``fn``'s signature
+    and each call goes through the policy's ``call``/``acall``."""
+
+    __slots__ = ()
+
+    call: Callable[..., Any]
+    acall: Callable[..., Awaitable[Any]]
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        """Decorate a ``def`` or an ``async def``: each call goes through ``call``/``acall``."""
+        self._check_decorated(fn)
+        return through(fn, self.call, self.acall)
+
+    def _check_decorated(self, fn: Callable[..., Any]) -> None:
+        """Raise for a function this policy cannot run; any will do unless a policy says."""

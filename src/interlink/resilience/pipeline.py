@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar
 
-from interlink.resilience._decorate import through
+from interlink.resilience._decorate import Decorating
 from interlink.resilience.breaker import CircuitBreaker
 from interlink.resilience.bulkhead import Bulkhead
 from interlink.resilience.fallback import Fallback
@@ -54,7 +54,7 @@ _KINDS: tuple[tuple[str, type], ...] = (
 )
 
 
-class Pipeline:
+class Pipeline(Decorating):
     """Run a call through any subset of the policies, always in the order of ``ORDER``.
 
     Pass policies positionally in any order (``Pipeline(breaker, retry, fallback)``) or by
@@ -287,15 +287,10 @@ class Pipeline:
 
     # ------------------------------------------------------------------ decorator
 
-    @overload
-    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
-    @overload
-    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
-    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate a ``def`` or an ``async def``: each call goes through ``call``/``acall``."""
+    def _check_decorated(self, fn: Callable[..., Any]) -> None:
+        """A pipeline with a hedge runs only coroutine functions."""
         if self._hedge is not None and not inspect.iscoroutinefunction(fn):
             raise TypeError(f"pipeline '{self.name}' has a hedge: it can only wrap an async def")
-        return through(fn, self.call, self.acall)
 
     def __repr__(self) -> str:
         kinds = ", ".join(k for k in ORDER if getattr(self, f"_{k}") is not None)

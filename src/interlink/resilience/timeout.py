@@ -27,13 +27,13 @@ import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Literal, ParamSpec, TypeVar, overload
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from interlink.clock import Clock
 from interlink.errors import DeadlineExceeded
 from interlink.resilience import _validate as v
 from interlink.resilience import _watchdog
-from interlink.resilience._decorate import through
+from interlink.resilience._decorate import Decorating
 from interlink.resilience._validate import described
 from interlink.resilience._watchdog import (
     Watchdog,
@@ -74,7 +74,7 @@ def _plain(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) 
     return fn(*args, **kwargs)
 
 
-class Timeout(Observed):
+class Timeout(Observed, Decorating):
     """Give a call ``seconds`` at most (less if the caller's deadline is sooner); listeners
     get a ``TimeoutExpired`` for every call this timeout ends."""
 
@@ -273,14 +273,6 @@ class Timeout(Observed):
             return result
         finally:
             _CURRENT.reset(token)
-
-    @overload
-    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
-    @overload
-    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
-    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate a ``def`` or an ``async def``."""
-        return through(fn, self.call, self.acall)
 
     def _in_thread(
         self, body: Body[T], fn: Callable[..., Any], args: Any, kwargs: dict[str, Any]
