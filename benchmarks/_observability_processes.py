@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 
 def traced(name: str, mode: str, directory: str) -> object | None:
@@ -66,7 +67,10 @@ async def http_service(name: str, directory: str, downstream: str | None) -> Non
     await task
 
 
-async def messaging(count: int, concurrency: int) -> dict[str, float]:
+async def messaging(count: int, concurrency: int, flush: Any = None) -> dict[str, float]:
+    """Publish and consume ``count`` messages; ``flush`` (the provider's ``force_flush``) is
+    called before and after the measured burst, so that its CPU column holds the export of
+    exactly that burst's spans (not the warm-up's, and not minus the last batch)."""
     from interlink.messaging import Broker
 
     topic = f"bench.trace.{uuid.uuid4().hex[:8]}"
@@ -98,10 +102,14 @@ async def messaging(count: int, concurrency: int) -> dict[str, float]:
 
     async with broker:
         await burst(min(300, count))  # warm-up, as for HTTP: connections, caches, imports
+        if flush is not None:
+            flush()
         started = time.process_time() + _children_cpu()
         await burst(count)
+        ordered = sorted(latencies)
+        if flush is not None:
+            flush()
         cpu = time.process_time() + _children_cpu() - started
-    ordered = sorted(latencies)
     return {
         "p50_ms": statistics.median(ordered) * 1000,
         "p99_ms": ordered[int(len(ordered) * 0.99) - 1] * 1000,
@@ -134,7 +142,8 @@ def main(argv: list[str]) -> None:
     elif kind == "messaging":
         mode, directory, count, concurrency = argv[1], argv[2], int(argv[3]), int(argv[4])
         provider = traced("bench", mode, directory)
-        result = asyncio.run(messaging(count, concurrency))
+        flush = None if provider is None else provider.force_flush  # type: ignore[attr-defined]
+        result = asyncio.run(messaging(count, concurrency, flush))
         if provider is not None:
             provider.shutdown()  # type: ignore[attr-defined]
         print(json.dumps(result))

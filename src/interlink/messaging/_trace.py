@@ -9,49 +9,73 @@ or with nothing to propagate, both cost a cached lookup.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, MutableMapping
-from contextlib import contextmanager
+import functools
+from collections.abc import Mapping, MutableMapping
+from contextlib import AbstractContextManager, nullcontext
+from types import MappingProxyType
+from typing import Any
 
-from interlink.tracing.propagation import api, extract, inject
-from interlink.tracing.spans import Spans, context_of, ending, with_correlation
+from interlink.tracing.propagation import api, extract, inject, inject_span
+from interlink.tracing.spans import Spans, fail, with_correlation
 
 __all__ = ["consume_span", "publish_span"]
 
 
-def _attributes(topic: str, operation: str) -> dict[str, str]:
-    return {
+@functools.lru_cache(maxsize=1024)
+def _attributes(topic: str, operation: str, group: str | None = None) -> Mapping[str, str]:
+    # built once per topic (and group), read-only: every span copies what it keeps
+    attributes = {
         "messaging.destination.name": topic,
         "messaging.operation.type": operation,
         "messaging.system": "interlink",
     }
+    if group is not None:
+        attributes["messaging.consumer.group.name"] = group
+    return MappingProxyType(attributes)
 
 
-@contextmanager
-def publish_span(spans: Spans, topic: str, headers: MutableMapping[str, str]) -> Iterator[None]:
+def publish_span(
+    spans: Spans, topic: str, headers: MutableMapping[str, str]
+) -> AbstractContextManager[None]:
     """Inject the trace context into ``headers`` for the block (a PRODUCER span if recording)."""
     tracer = spans.tracer()
     otel = api()
     if tracer is None or otel is None:
         inject(headers)
-        yield
-        return
+        return nullcontext()
     span = tracer.start_span(
         f"{topic} publish",
         kind=otel.trace.SpanKind.PRODUCER,
         attributes=with_correlation(_attributes(topic, "send")),
     )
-    inject(headers, context_of(span))
-    with ending(span):
-        yield
+    inject_span(headers, span)
+    return _Producing(span)
 
 
-@contextmanager
+class _Producing:
+    """Ends the PRODUCER span when the block does, failed if the block raised."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: Any) -> None:
+        self._span = span
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is not None:
+            fail(self._span, exc)
+        self._span.end()
+
+
 def consume_span(
     spans: Spans, topic: str, group: str, headers: Mapping[str, str]
-) -> Iterator[None]:
+) -> AbstractContextManager[object]:
     """Run the block in the publisher's trace (in a CONSUMER span if recording)."""
-    attributes = _attributes(topic, "process") | {"messaging.consumer.group.name": group}
-    with spans.current(
-        f"{topic} process", kind="consumer", parent=extract(headers), attributes=attributes
-    ):
-        yield
+    return spans.current(
+        f"{topic} process",
+        kind="consumer",
+        parent=extract(headers),
+        attributes=_attributes(topic, "process", group),
+    )

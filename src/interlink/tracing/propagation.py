@@ -7,6 +7,12 @@ case free: the API is imported once (``functools.cache``), and an empty current 
 no baggage: the API's state whenever nothing was extracted or started) is skipped before the
 propagator is asked.
 
+With the API's default propagators (W3C trace context and baggage, ``OTEL_PROPAGATORS`` unset),
+the two commonest cases skip the propagator chain: ``extract`` of a lone ``traceparent`` (no
+``tracestate``, no ``baggage``) parses it here by the same rules, and ``inject_span`` of a span
+with no baggage in the current context formats it here. Any other propagator, or any header or
+baggage beyond that, goes through the API's propagators as before.
+
 A malformed incoming ``traceparent``/``tracestate``/``baggage`` is the caller's garbage, and the
 API's propagators log it at WARNING, the whole header in each line (a 10 KB baggage is a 10 KB
 line), on every request. Once the API is loaded, their loggers pass each message at most once
@@ -19,13 +25,22 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TRACE_HEADERS", "BoundedWarnings", "api", "extract", "inject", "use_context"]
+__all__ = [
+    "TRACE_HEADERS",
+    "BoundedWarnings",
+    "api",
+    "extract",
+    "inject",
+    "inject_span",
+    "use_context",
+]
 
 #: The headers (lower case) the default OpenTelemetry propagators read and write.
 TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
@@ -38,6 +53,14 @@ PROPAGATOR_LOGGERS = (
 WARNING_INTERVAL = 10.0
 #: Characters of an incoming header shown in a propagator warning.
 WARNING_WIDTH = 64
+
+# W3C trace context's traceparent, as the API's TraceContextTextMapPropagator reads it
+_TRACEPARENT = re.compile(
+    r"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)$"
+)
+_TRACEPARENT_MAX = 512  # longer is left to the API's propagator (it warns)
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
 
 
 class BoundedWarnings(logging.Filter):
@@ -90,16 +113,21 @@ class _Api:
     inject: Any
     extract: Any
     trace: Any
+    textmap: Any
+    baggage: Any
+    context_type: Any
     #: the API keeps the configured provider in ``trace._TRACER_PROVIDER`` (None until an SDK is
     #: set); reading it skips ``get_tracer_provider()``'s environment look-up on every call
     direct: bool
+    composite: Any
 
 
 @functools.cache
 def api() -> _Api | None:
     """The OpenTelemetry API entry points, or None when ``opentelemetry-api`` is missing."""
     try:
-        from opentelemetry import context, propagate, trace
+        from opentelemetry import baggage, context, propagate, trace
+        from opentelemetry.propagators.composite import CompositePropagator
     except ImportError:
         return None
     direct = hasattr(trace, "_TRACER_PROVIDER") and "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ
@@ -114,8 +142,31 @@ def api() -> _Api | None:
         inject=propagate.inject,
         extract=propagate.extract,
         trace=trace,
+        textmap=propagate.get_global_textmap,
+        baggage=baggage.get_all,
+        context_type=context.Context,
         direct=direct,
+        composite=CompositePropagator,
     )
+
+
+_W3C_FIELDS = frozenset(TRACE_HEADERS)
+# (the global propagator last seen, whether it is the default W3C pair), replaced as one tuple
+_seen_textmap: tuple[object, bool] = (None, False)
+
+
+def _w3c(otel: _Api) -> bool:
+    """True when the global propagator is the API's default: trace context plus baggage (a
+    composite writing exactly ``TRACE_HEADERS``), so that the shortcuts below read and write
+    the headers it would."""
+    global _seen_textmap
+    textmap = otel.textmap()
+    seen = _seen_textmap
+    if seen[0] is textmap:
+        return seen[1]
+    default = isinstance(textmap, otel.composite) and set(textmap.fields) == _W3C_FIELDS
+    _seen_textmap = (textmap, default)
+    return default
 
 
 def inject(carrier: MutableMapping[str, str], context: object | None = None) -> None:
@@ -131,6 +182,26 @@ def inject(carrier: MutableMapping[str, str], context: object | None = None) -> 
         otel.inject(carrier, context=ctx)
 
 
+def inject_span(carrier: MutableMapping[str, str], span: Any) -> None:
+    """``inject`` of the current context with ``span`` as its active span (a PRODUCER or
+    CLIENT span that is not made current)."""
+    otel = api()
+    if otel is None:
+        return
+    if _w3c(otel):
+        current = otel.get_current()
+        if not current or not otel.baggage(current):
+            ctx = span.get_span_context()
+            if ctx != otel.trace.INVALID_SPAN_CONTEXT:
+                carrier["traceparent"] = (
+                    f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+                )
+                if ctx.trace_state:
+                    carrier["tracestate"] = ctx.trace_state.to_header()
+            return
+    otel.inject(carrier, context=otel.trace.set_span_in_context(span))
+
+
 def extract(carrier: Mapping[str, str]) -> object | None:
     """The context carried by ``carrier`` (lower-case keys), or None when it carries none.
 
@@ -142,8 +213,31 @@ def extract(carrier: Mapping[str, str]) -> object | None:
     otel = api()
     if otel is None:
         return None
+    if "tracestate" not in carrier and "baggage" not in carrier and _w3c(otel):
+        parent = carrier["traceparent"]
+        if isinstance(parent, str) and len(parent) <= _TRACEPARENT_MAX:
+            return _parent(otel, parent)
     ctx: object = otel.extract(carrier)
     return ctx or None
+
+
+def _parent(otel: _Api, traceparent: str) -> object | None:
+    """The context of a lone ``traceparent``, read by the W3C rules the API's propagator
+    follows (version ``ff``, zero ids and extra fields on version 00 are rejected)."""
+    match = _TRACEPARENT.match(traceparent)
+    if match is None:
+        return None
+    version, trace_id, span_id, flags, rest = match.groups()
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN or version == "ff":
+        return None
+    if version == "00" and rest:
+        return None
+    trace = otel.trace
+    remote = trace.SpanContext(
+        int(trace_id, 16), int(span_id, 16), True, trace.TraceFlags(int(flags, 16))
+    )
+    context: object = trace.set_span_in_context(trace.NonRecordingSpan(remote), otel.context_type())
+    return context
 
 
 @contextmanager

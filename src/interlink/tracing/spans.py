@@ -63,7 +63,6 @@ class Spans:
         """True when spans are being recorded."""
         return self.tracer() is not None
 
-    @contextmanager
     def current(
         self,
         name: str,
@@ -71,7 +70,7 @@ class Spans:
         kind: str = "internal",
         parent: object | None = None,
         attributes: _Attrs | None = None,
-    ) -> Iterator[Any | None]:
+    ) -> AbstractContextManager[Any | None]:
         """A span of ``kind`` (``server``, ``consumer``, ``internal``...) for the block, child of
         ``parent`` (from ``extract``), made current.
 
@@ -80,22 +79,8 @@ class Spans:
         """
         tracer = self.tracer()
         if tracer is None:
-            with use_context(parent):
-                yield None
-            return
-        otel = _api()
-        span = tracer.start_span(
-            name,
-            context=parent,
-            kind=otel.trace.SpanKind[kind.upper()],
-            attributes=with_correlation(attributes),
-        )
-        token = otel.attach(otel.trace.set_span_in_context(span, parent))
-        try:
-            with ending(span):
-                yield span
-        finally:
-            otel.detach(token)
+            return use_context(parent)
+        return Scope(tracer, name, kind, parent, attributes)
 
     def server(
         self, name: str, *, parent: object | None = None, attributes: _Attrs | None = None
@@ -125,6 +110,46 @@ class Spans:
             return
         with ending(span):
             yield span
+
+
+class Scope:
+    """``Spans.current`` when recording: the span started, made current, failed by an exception
+    leaving the block, ended, and the context restored. One object, not nested generator
+    context managers: every served request and consumed message takes this path."""
+
+    __slots__ = ("_attributes", "_kind", "_name", "_parent", "_span", "_token", "_tracer")
+
+    def __init__(
+        self, tracer: Any, name: str, kind: str, parent: object | None, attributes: _Attrs | None
+    ) -> None:
+        self._tracer = tracer
+        self._name = name
+        self._kind = kind
+        self._parent = parent
+        self._attributes = attributes
+        self._span: Any = None
+        self._token: object = None
+
+    def __enter__(self) -> Any:
+        otel = _api()
+        parent = self._parent
+        span = self._span = self._tracer.start_span(
+            self._name,
+            context=parent,
+            kind=otel.trace.SpanKind[self._kind.upper()],
+            attributes=with_correlation(self._attributes),
+        )
+        self._token = otel.attach(otel.trace.set_span_in_context(span, parent))
+        return span
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        span = self._span
+        try:
+            if exc is not None:
+                fail(span, exc)
+            span.end()
+        finally:
+            _api().detach(self._token)
 
 
 @contextmanager
