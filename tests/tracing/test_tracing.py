@@ -165,3 +165,86 @@ def test_without_the_api_everything_is_a_no_op(monkeypatch: pytest.MonkeyPatch) 
         monkeypatch.undo()
         prop.api.cache_clear()
     assert prop.api() is not None
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        TRACEPARENT,
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        f" {TRACEPARENT}\t",
+        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future",
+        f"{TRACEPARENT}-extra",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        "garbage",
+    ],
+)
+def test_a_lone_traceparent_reads_as_the_apis_propagator_reads_it(traceparent: str) -> None:
+    """The shortcut for a lone traceparent accepts and rejects what the API's propagator does."""
+    from opentelemetry import propagate
+
+    expected = propagate.extract({"traceparent": traceparent})
+    got = extract({"traceparent": traceparent})
+    want = trace.get_current_span(expected).get_span_context() if expected else None
+    have = trace.get_current_span(got).get_span_context() if got is not None else None  # type: ignore[arg-type]
+    assert have == want
+
+
+def test_inject_span_writes_what_the_apis_propagator_writes(
+    sdk: tuple[TracerProvider, InMemorySpanExporter], empty_context: None
+) -> None:
+    """A span's traceparent and tracestate, formatted without the propagator chain, are the
+    API's; with baggage current the propagator writes it too."""
+    from opentelemetry import propagate
+    from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+
+    provider, _ = sdk
+    parent = SpanContext(7, 9, True, TraceFlags(1), TraceState([("vendor", "x")]))
+    span = provider.get_tracer("t").start_span(
+        "s", context=trace.set_span_in_context(trace.NonRecordingSpan(parent))
+    )
+    for current in (context.Context(), baggage.set_baggage("k", "v")):
+        token = context.attach(current)
+        try:
+            carrier: dict[str, str] = {}
+            prop.inject_span(carrier, span)
+            expected: dict[str, str] = {}
+            propagate.inject(expected, context=trace.set_span_in_context(span))
+        finally:
+            context.detach(token)
+        assert carrier == expected
+        assert carrier["tracestate"] == "vendor=x"
+    assert "baggage" in carrier
+    span.end()
+
+
+def test_another_propagator_is_always_asked(empty_context: None) -> None:
+    """With a propagator other than the default pair, extract and inject go through it."""
+    from opentelemetry import propagate
+    from opentelemetry.propagators.textmap import TextMapPropagator
+
+    class Custom(TextMapPropagator):
+        def extract(self, carrier, context=None, getter=None):  # type: ignore[no-untyped-def, override]
+            return baggage.set_baggage("seen", "yes")
+
+        def inject(self, carrier, context=None, setter=None):  # type: ignore[no-untyped-def, override]
+            carrier["custom"] = "1"
+
+        @property
+        def fields(self) -> set[str]:
+            return {"custom"}
+
+    default = propagate.get_global_textmap()
+    propagate.set_global_textmap(Custom())
+    try:
+        got = extract({"traceparent": TRACEPARENT})
+        carrier: dict[str, str] = {}
+        prop.inject_span(carrier, trace.NonRecordingSpan(trace.SpanContext(7, 9, False)))
+    finally:
+        propagate.set_global_textmap(default)
+    assert baggage.get_baggage("seen", got) == "yes"  # type: ignore[arg-type]
+    assert carrier == {"custom": "1"}
+    assert extract({"traceparent": TRACEPARENT}) is not None  # the default pair again
