@@ -77,6 +77,12 @@ class Decision(NamedTuple):
         return out
 
 
+def _allowed(remaining: int) -> Decision:
+    """``Decision(True, remaining, 0.0)`` made by the tuple type itself: a named tuple's own
+    constructor is Python code, and one decision is made per request."""
+    return tuple.__new__(Decision, (True, remaining, 0.0))
+
+
 class Buckets(Protocol):
     """Where token buckets live."""
 
@@ -109,7 +115,7 @@ class MemoryBuckets:
             bucket[1] = now
         if bucket[0] >= 1.0:
             bucket[0] -= 1.0
-            return Decision(True, int(bucket[0]), 0.0)
+            return _allowed(int(bucket[0]))
         return Decision(False, 0, (1.0 - bucket[0]) / rule.rate)
 
     async def take(self, key: str, rule: LimitRule) -> Decision:
@@ -234,7 +240,10 @@ class Limiter:
         tightest: tuple[LimitRule, Decision] | None = None
         for rule in rules:
             decision = buckets.take_now(_key(rule, route, consumer, client), rule)
-            tightest = self._judge(rule, decision, route, tightest)
+            if tightest is None and decision.allowed:  # ``_judge``'s answer, without a call
+                tightest = (rule, decision)
+            else:
+                tightest = self._judge(rule, decision, route, tightest)
         return [] if tightest is None else tightest[1].headers(tightest[0])
 
     def _judge(

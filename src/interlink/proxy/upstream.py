@@ -231,14 +231,13 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))  # bytes: relayed without decoding
 
-    def _arm(self, timeout: float) -> None:
-        due = self._due = self._loop.time() + timeout
+    def _schedule(self, due: float) -> None:
+        """Make the loop's timer fire at ``due`` (it would fire too late, or there is none)."""
         timer = self._timer
-        if timer is None or self._timer_at > due:
-            if timer is not None:
-                timer.cancel()
-            self._timer = self._loop.call_at(due, self._on_timer)
-            self._timer_at = due
+        if timer is not None:
+            timer.cancel()
+        self._timer = self._loop.call_at(due, self._on_timer)
+        self._timer_at = due
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -246,8 +245,7 @@ class UpstreamConnection(asyncio.Protocol):
         if due is None:
             return
         if self._loop.time() < due:  # fired for an earlier exchange: wait for this one's
-            self._timer = self._loop.call_at(due, self._on_timer)
-            self._timer_at = due
+            self._schedule(due)
             return
         self._due = None
         self._fail(UpstreamFailure("upstream_timeout", "the upstream did not answer in time"))
@@ -351,8 +349,10 @@ class UpstreamConnection(asyncio.Protocol):
 
         With a ``listener`` the outcome is told to it from the connection's callbacks instead
         of through ``response()`` and the future of ``stream_to`` (no task needs to wait)."""
-        if timeout is not None:
-            self._arm(timeout)
+        if timeout is not None:  # the timer re-scheduled only when it would fire too late
+            due = self._due = self._loop.time() + timeout
+            if self._timer is None or self._timer_at > due:
+                self._schedule(due)
         self._listener = listener
         if listener is None:
             self._head = self._loop.create_future()
@@ -362,7 +362,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._received_any = False
         self._complete = False
         self._sink = None
-        self._pending = []
+        if self._pending:
+            self._pending = []
         self._held_head = None
         self._head_only = head_only
         assert self.transport is not None
