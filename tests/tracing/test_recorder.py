@@ -172,3 +172,20 @@ def test_the_export_thread_writes_without_a_flush(tmp_path: Path) -> None:
         time.sleep(0.1)
     assert store.count() == 3
     provider.shutdown()
+
+
+def test_equal_but_differently_typed_attributes_keep_their_types(tmp_path: Path) -> None:
+    """Spans of one batch sharing attribute values by equality (1, 1.0, True, "1") each keep
+    their own JSON: the writer reuses the text only for the very same str and int values."""
+    provider, url = _provider(tmp_path)
+    tracer = provider.get_tracer("t")
+    values: list[object] = [1, 1.0, True, "1", 1]
+    for i, value in enumerate(values):
+        tracer.start_span(f"s{i}", attributes={"v": value}).end()  # type: ignore[dict-item]
+    provider.force_flush()
+    store = TraceStore.from_url(url)
+    got = {s.name: s.attributes["v"] for t in store.traces() for s in store.trace(t.trace_id)}
+    assert [(got[f"s{i}"], type(got[f"s{i}"])) for i in range(5)] == [
+        (1, int), (1.0, float), (True, bool), ("1", str), (1, int)
+    ]  # fmt: skip
+    provider.shutdown()

@@ -539,6 +539,8 @@ def _record(span: RecordedSpan) -> Record:
     parent = span.parent
     status = span.status
     start = span.start_time
+    events = span.events
+    links = span.links
     return (
         ctx.trace_id,
         ctx.span_id,
@@ -550,13 +552,14 @@ def _record(span: RecordedSpan) -> Record:
         _STATUSES[status.status_code],
         status.description,
         span.attributes,
-        tuple((e.name, e.timestamp, dict(e.attributes or {})) for e in span.events),
-        tuple((k.context.trace_id, k.context.span_id) for k in span.links),
+        tuple([(e.name, e.timestamp, dict(e.attributes or {})) for e in events]) if events else (),
+        tuple([(k.context.trace_id, k.context.span_id) for k in links]) if links else (),
     )
 
 
-def _row(record: Record, service: str) -> SpanRow:
-    """The stored row of a record."""
+def _row(record: Record, service: str, encoded: dict[Any, str] | None = None) -> SpanRow:
+    """The stored row of a record; ``encoded`` remembers the JSON of attribute sets already seen
+    in the batch (a topic's or a route's spans repeat the same few)."""
     tid, sid, parent, name, kind, start, end, status, message, attributes, events, links = record
     return (
         f"{tid:032x}",
@@ -570,7 +573,7 @@ def _row(record: Record, service: str) -> SpanRow:
         status,
         message,
         _str_or_none(attributes.get(CORRELATION_ATTRIBUTE)) if attributes else None,
-        dumps(attributes) if attributes else "{}",
+        _attributes_json(attributes, encoded) if attributes else "{}",
         dumps(
             [{"name": n, "at_ns": at, "attributes": a} for n, at, a in events]
         ) if events else "[]",
@@ -578,6 +581,19 @@ def _row(record: Record, service: str) -> SpanRow:
             [{"trace_id": f"{t:032x}", "span_id": f"{s:016x}"} for t, s in links]
         ) if links else "[]",
     )  # fmt: skip
+
+
+def _attributes_json(attributes: dict[str, Any], encoded: dict[Any, str] | None) -> str:
+    # only str and int values make a key: 1 == 1.0 == True would share one JSON text
+    if encoded is None or any(
+        type(v) is not str and type(v) is not int for v in attributes.values()
+    ):
+        return dumps(attributes)
+    key = tuple(attributes.items())
+    known = encoded.get(key)
+    if known is None:
+        known = encoded[key] = dumps(attributes)
+    return known
 
 
 def _write_records(
@@ -593,7 +609,8 @@ def _write_records(
     """Store ``records`` in one transaction, and apply retention every ``every`` writes;
     False when the write failed (logged: a locked or full disk must not stop the writer)."""
     try:
-        store.add_rows([_row(r, service) for r in records])
+        encoded: dict[Any, str] = {}
+        store.add_rows([_row(r, service, encoded) for r in records])
     except Exception:
         _log.exception("trace store write failed")
         return False
