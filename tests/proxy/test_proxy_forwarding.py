@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import re
 import socket
@@ -441,3 +442,76 @@ def test_a_handler_defect_is_a_json_500(loop_thread: LoopThread) -> None:
     assert (first.status_code, first.json()["reason"]) == (500, "internal_error")
     assert "a bug" not in first.text
     assert second.status_code == 500
+
+
+class SecondAnswer:
+    """Answers a connection's first request with ``ok`` (kept alive) and its second with
+    ``second``, sent in one write: what the proxy's pooled, answered-from-callbacks requests
+    (the second on a connection) then read in one go."""
+
+    def __init__(self, second: bytes) -> None:
+        self.second = second
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        accept_forever(self.listener, self._serve)
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            for answer in (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", self.second):
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                conn.sendall(answer)
+            time.sleep(0.5)
+
+
+def _through_proxy(
+    loop_thread: LoopThread, second: bytes, requests: int
+) -> list[tuple[int, bytes] | str]:
+    """Send ``requests`` GETs on one client connection through a proxy to ``SecondAnswer``:
+    each one's status and body, or the name of the error that reading it raised."""
+    upstream = SecondAnswer(second)
+    routes = table([route("r", "/", f"http://127.0.0.1:{upstream.port}")])
+    proxy, server, port = loop_thread.run(start_proxy(routes))
+    client = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    out: list[tuple[int, bytes] | str] = []
+    try:
+        for _ in range(requests):
+            client.request("GET", "/")
+            response = client.getresponse()
+            try:
+                out.append((response.status, response.read()))
+            except (http.client.HTTPException, ValueError, ConnectionError) as error:
+                out.append(f"{response.status} {type(error).__name__}")
+                break
+    finally:
+        client.close()
+        loop_thread.close_server(server)
+        proxy.pool.close()
+        upstream.listener.close()
+    return out
+
+
+def test_an_answer_broken_in_the_read_that_brought_its_head_is_cut_off(
+    loop_thread: LoopThread,
+) -> None:
+    # the head and a chunk, then a chunk size that is not one, all in one read: the client
+    # gets the head and the chunk, then a dropped connection (never a 502 after a 200)
+    second = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n"
+    out = _through_proxy(loop_thread, second, 2)
+    assert out[0] == (200, b"ok")
+    assert isinstance(out[1], str)
+    assert out[1].startswith("200 ")
+
+
+def test_an_answer_whole_in_one_read_is_relayed_though_garbage_follows_it(
+    loop_thread: LoopThread,
+) -> None:
+    # a whole answer, then bytes that are no answer, in one read: the answer is relayed,
+    # the upstream connection dropped, and the next request goes on a fresh one
+    second = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello\x00\x01garbage\r\n\r\n"
+    out = _through_proxy(loop_thread, second, 3)
+    assert out == [(200, b"ok"), (200, b"hello"), (200, b"ok")]
