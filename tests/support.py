@@ -86,6 +86,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def read_head(conn: socket.socket) -> bool:
+    """Read one request's head on a raw server socket (the tests using it send no bodies);
+    False when the peer closed first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return False
+        data += chunk
+    return True
+
+
 def wait_port(port: int, timeout: float = 10.0) -> None:
     """Block until something accepts TCP connections on ``127.0.0.1:port``."""
     deadline = time.monotonic() + timeout

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from support import read_head
 from test_http_middleware import Recorder, call, status_of
 
 from interlink import deadline
@@ -64,12 +65,7 @@ class RawServer:
 
 def read_request(conn: socket.socket) -> None:
     """Read one request's head (these tests send no bodies)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return
-        data += chunk
+    read_head(conn)
 
 
 def close_without_answer(conn: socket.socket) -> None:

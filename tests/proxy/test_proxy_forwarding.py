@@ -22,6 +22,7 @@ from proxy_support import (
     status_and_json,
     table,
 )
+from support import read_head
 
 from interlink.proxy import Limits, Policies, Proxy, RouteTable
 from interlink.resilience import CircuitBreaker
@@ -458,12 +459,8 @@ class SecondAnswer:
     def _serve(self, conn: socket.socket) -> None:
         with conn:
             for answer in (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", self.second):
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
+                if not read_head(conn):
+                    return
                 conn.sendall(answer)
             time.sleep(0.5)
 

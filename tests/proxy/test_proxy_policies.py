@@ -14,6 +14,7 @@ import aiohttp
 import httpx
 import pytest
 from proxy_support import LoopThread, accept_forever, route, start_proxy, table
+from support import read_head
 
 from interlink.discovery import Registry, Resolver, ServiceInstance
 from interlink.proxy import (
@@ -50,12 +51,8 @@ class OneShotServer:
     def _serve(self, conn: socket.socket) -> None:
         self.connections += 1
         with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
+            if not read_head(conn):
+                return
             conn.sendall(
                 b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok"
             )
