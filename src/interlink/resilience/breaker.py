@@ -418,7 +418,7 @@ class CircuitBreaker:
             permit = self.admit()
         except CircuitOpenError:
             return 0
-        return 0 if isinstance(permit, float) else permit
+        return permit if type(permit) is int else 0
 
     def closed_permit(self) -> int:
         """The permit of a call on the closed fast path (CLOSED, not timing calls), or 0,
@@ -433,7 +433,7 @@ class CircuitBreaker:
         if g := self._pass:
             return g
         permit = self.admit()
-        if isinstance(permit, float):
+        if type(permit) is not int:
             raise CircuitOpenError(self.name, permit)
         return permit
 
@@ -509,7 +509,7 @@ class CircuitBreaker:
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` through the breaker."""
         permit = self.admit()
-        if isinstance(permit, float):
+        if type(permit) is not int:
             raise CircuitOpenError(self.name, permit)
         if self._opts.slow_call_duration is not None:
             return self._call_timed(permit, fn, args, kwargs)
@@ -524,7 +524,7 @@ class CircuitBreaker:
     async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Await ``fn(*args, **kwargs)`` through the breaker."""
         permit = self.admit()
-        if isinstance(permit, float):
+        if type(permit) is not int:
             raise CircuitOpenError(self.name, permit)
         if self._opts.slow_call_duration is not None:
             return await self._acall_timed(permit, fn, args, kwargs)
@@ -567,7 +567,7 @@ class CircuitBreaker:
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 permit = admit()
-                if isinstance(permit, float):
+                if type(permit) is not int:
                     raise CircuitOpenError(self.name, permit)
                 try:
                     result = await afn(*args, **kwargs)
@@ -582,7 +582,7 @@ class CircuitBreaker:
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
             permit = admit()
-            if isinstance(permit, float):
+            if type(permit) is not int:
                 raise CircuitOpenError(self.name, permit)
             try:
                 result = fn(*args, **kwargs)
