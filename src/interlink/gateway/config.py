@@ -277,6 +277,7 @@ class GatewayConfig(_Model):
     auth: AuthConfig | None = None
     cors: CorsConfig = CorsConfig()
     tracing: TracingConfig | None = None
+    gc_freeze: bool = True
     routes: list[RouteConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
