@@ -46,8 +46,10 @@ class _Unary(Multicallable):
 
         self._continuation = continuation
 
-    def _invoke(self, request: Any, *call: Any) -> _Call:
-        timeout, metadata, credentials, wait_for_ready = call
+    def _invoke(
+        self, request: Any, timeout: Any, metadata: Any, credentials: Any, wait_for_ready: Any
+    ) -> _Call:
+        # named arguments rather than a ``*call`` tuple unpacked again (once per call)
         job = self._unary._fast_job(
             self._continuation,
             self._method,
@@ -58,7 +60,7 @@ class _Unary(Multicallable):
             request,
         )
         if job is None:  # through the pipeline, in a task, as the interceptor would
-            d = _new_tuple(_Details, (self._method, *call))
+            d = _new_tuple(_Details, (self._method, timeout, metadata, credentials, wait_for_ready))
             pending = started(None, None)
             pending._outcome = asyncio.ensure_future(self._through_pipeline(pending, d, request))
             return pending
