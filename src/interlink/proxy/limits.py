@@ -20,7 +20,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
 from interlink.proxy.errors import ProxyError
@@ -40,8 +40,11 @@ class LimitRule:
     burst: int
     per: Per = "consumer"
     on_store_down: StoreDown = "local"
+    #: ``("ratelimit-limit", str(burst))``, made once: every allowed request answers it
+    limit_header: tuple[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "limit_header", ("ratelimit-limit", str(self.burst)))
         if not (isinstance(self.rate, int | float) and self.rate > 0 and math.isfinite(self.rate)):
             raise ValueError(
                 f"'rate' must be a positive number of requests per second: {self.rate!r}"
@@ -66,6 +69,13 @@ class Decision(NamedTuple):
 
     def headers(self, rule: LimitRule) -> list[tuple[str, str]]:
         """``RateLimit-Limit``/``-Remaining``/``-Reset`` (and ``Retry-After`` on a refusal)."""
+        if self.allowed:  # the usual answer: two of the three pairs are the rule's constants
+            remaining = self.remaining
+            return [
+                rule.limit_header,
+                ("ratelimit-remaining", str(remaining) if remaining > 0 else "0"),
+                _RESET_NOW,
+            ]
         reset = math.ceil(self.retry_after) if not self.allowed else 0
         out = [
             ("ratelimit-limit", str(rule.burst)),
@@ -75,6 +85,9 @@ class Decision(NamedTuple):
         if not self.allowed:
             out.append(("retry-after", str(max(1, reset))))
         return out
+
+
+_RESET_NOW = ("ratelimit-reset", "0")
 
 
 def _allowed(remaining: int) -> Decision:
