@@ -23,7 +23,7 @@ import grpc.aio
 
 from ._channel import ChannelLike, Kind, Multicallable, send
 from ._metadata import attempt_timeout, outgoing
-from ._unary import AioUnaryInterceptor, _Call, _new_tuple, started
+from ._unary import AioUnaryInterceptor, _Call, _new_tuple, pending
 from .policy import Service
 
 __all__ = ["DirectChannel", "direct_channel"]
@@ -50,7 +50,7 @@ class _Unary(Multicallable):
         self, request: Any, timeout: Any, metadata: Any, credentials: Any, wait_for_ready: Any
     ) -> _Call:
         # named arguments rather than a ``*call`` tuple unpacked again (once per call)
-        job = self._unary._fast_job(
+        c = self._unary._fast_job(
             self._continuation,
             self._method,
             timeout,
@@ -59,20 +59,20 @@ class _Unary(Multicallable):
             wait_for_ready,
             request,
         )
-        if job is None:  # through the pipeline, in a task, as the interceptor would
+        if c is None:  # through the pipeline, in a task, as the interceptor would
             d = _new_tuple(_Details, (self._method, timeout, metadata, credentials, wait_for_ready))
-            pending = started(None, None)
-            pending._outcome = asyncio.ensure_future(self._through_pipeline(pending, d, request))
-            return pending
-        # grpc's multicallable, called as send() would with job[3:8], without the slice
-        attempt = self._multicallable(
+            c = pending()
+            c._outcome = asyncio.ensure_future(self._through_pipeline(c, d, request))
+            return c
+        # grpc's multicallable, called as send() would
+        c._call = self._multicallable(
             request,
-            timeout=job[4],
-            metadata=job[5],
+            timeout=c._timeout,
+            metadata=c._metadata,
             credentials=credentials,
             wait_for_ready=wait_for_ready,
         )
-        return started(attempt, job)
+        return c
 
     async def _through_pipeline(
         self, call: _Call, d: grpc.aio.ClientCallDetails, request: Any

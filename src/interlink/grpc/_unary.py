@@ -53,24 +53,6 @@ _Details = grpc.aio.ClientCallDetails
 _new_tuple: Callable[..., Any] = tuple.__new__
 
 _Continuation = Callable[[grpc.aio.ClientCallDetails, Any], Any]
-# what settling a fast call needs: the interceptor and the breaker's permit; to go on after a
-# failed first attempt: the continuation, the first attempt's method, gRPC timeout, metadata,
-# credentials and wait_for_ready (``job[3:8]``: its ClientCallDetails), the request, whether the
-# per-attempt timeout bound the first attempt, the clock reading at its start, the call's timeout
-_Job = tuple[
-    "AioUnaryInterceptor",
-    int,
-    _Continuation,
-    Any,
-    float | None,
-    Any,
-    Any,
-    bool | None,
-    Any,
-    bool,
-    float,
-    float | None,
-]
 
 
 class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
@@ -130,17 +112,17 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
         """Propagate, then call through the pipeline; see the module docstring."""
         d: Any = client_call_details  # a namedtuple at run time, whatever its stubs say
         method, timeout, metadata, credentials, wait_for_ready = d
-        job = self._fast_job(
+        c = self._fast_job(
             continuation, method, timeout, metadata, credentials, wait_for_ready, request
         )
-        if job is None:
+        if c is None:
             return await self._through_pipeline(continuation, d, request)
-        details = (method, job[4], job[5], credentials, wait_for_ready)
+        details = (method, c._timeout, c._metadata, credentials, wait_for_ready)
         try:
-            call = await continuation(_new_tuple(_Details, details), request)
+            c._call = await continuation(_new_tuple(_Details, details), request)
         except Exception as exc:  # not even started: the pipeline decides
-            return await started(None, job).recover(exc)
-        return started(call, job)
+            return await c.recover(exc)
+        return c
 
     def _fast_job(  # noqa: PLR0917 - once per call, in the caller's own arguments
         self,
@@ -151,9 +133,12 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
         credentials: Any,
         wait_for_ready: bool | None,
         request: Any,
-    ) -> _Job | None:
-        """What a call on the fast path needs (``job[4]``, ``job[5]``: the first attempt's gRPC
-        timeout and metadata), or None when the call must run through the pipeline."""
+    ) -> _Call | None:
+        """The ``_Call`` of a call on the fast path, its first attempt not started yet
+        (``_timeout``, ``_metadata``: the attempt's gRPC timeout and metadata), or None when the
+        call must run through the pipeline. What settling the call needs and what going on
+        after a failed first attempt needs are kept on it rather than in an object of their
+        own: one object less per call."""
         if not self._fast_ok:
             return None
         # Spans.tracer(), its common answer (no SDK) read without a call
@@ -195,20 +180,22 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
                 metadata = self._id_pairs
                 if metadata[0][1] is not cid:
                     metadata = self._id_pairs = ((CORRELATION_HEADER, cid),)
-        return (
-            self,
-            permit,
-            continuation,
-            method,
-            timeout,
-            metadata,
-            credentials,
-            wait_for_ready,
-            request,
-            bound,
-            self._clock(),
-            limit,
-        )
+        c = _Call()  # no __init__ of its own: made by the interpreter without a frame
+        c._owner = self
+        c._permit = permit
+        c._continuation = continuation
+        c._method = method
+        c._timeout = timeout
+        c._metadata = metadata
+        c._credentials = credentials
+        c._wait_for_ready = wait_for_ready
+        c._request = request
+        c._bound = bound
+        c._start = self._clock()
+        c._limit = limit
+        c._awaited = c._settled_here = False
+        c._call = c._outcome = c._callback = c._callbacks = None
+        return c
 
     async def _through_pipeline(
         self,
@@ -241,11 +228,12 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
 
         return await _run(svc, attempt, limit, span)
 
-    async def _replay(self, c: _Call, job: _Job, first: BaseException) -> Any:
+    async def _replay(self, c: _Call, first: BaseException) -> Any:
         """The rest of a call whose first attempt failed with ``first``: the pipeline, its first
         attempt replaying ``first``, under what is left of the call's deadline."""
-        continuation, method, _, metadata, credentials, wait_for_ready, request = job[2:9]
-        bound, start, limit = job[9:]
+        continuation, method, metadata = c._continuation, c._method, c._metadata
+        credentials, wait_for_ready, request = c._credentials, c._wait_for_ready, c._request
+        bound, start, limit = c._bound, c._start, c._limit
         idempotent = self._method(method)[0]
         if isinstance(first, _AioRpcError):
             first = _status_error(first, idempotent, bound)
@@ -290,12 +278,10 @@ async def _run(svc: Service, attempt: Callable[[], Any], seconds: float | None, 
         return await svc.pipeline.acall(attempt)
 
 
-def started(call: Any, job: _Job | None) -> _Call:
-    """A ``_Call`` for ``call``, grpc's call for a first attempt just started (None: not
-    started, or run by a task), and ``job`` (None: nothing to settle here)."""
-    c = _Call()  # no __init__ of its own: made by the interpreter without a frame (per call)
-    c._call = call
-    c._job = job
+def pending() -> _Call:
+    """A ``_Call`` with nothing to settle here: its outcome (``_outcome``) is run by a task."""
+    c = _Call()
+    c._call = c._owner = None
     c._awaited = c._settled_here = False
     c._outcome = c._callback = c._callbacks = None
     return c
@@ -304,20 +290,47 @@ def started(call: Any, job: _Job | None) -> _Call:
 class _Call(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
     """A unary call on the fast path: grpc's call for the attempt in flight (see the module
     docstring). Awaiting it, or asking for its status, settles the outcome once. Made by
-    ``started``."""
+    ``AioUnaryInterceptor._fast_job`` (or ``pending``)."""
 
     __slots__ = (
         "_awaited",
+        "_bound",
         "_call",
         "_callback",
         "_callbacks",
-        "_job",
+        "_continuation",
+        "_credentials",
+        "_limit",
+        "_metadata",
+        "_method",
         "_outcome",
+        "_owner",
+        "_permit",
+        "_request",
         "_settled_here",
+        "_start",
+        "_timeout",
+        "_wait_for_ready",
     )
 
     _call: Any
-    _job: _Job | None
+    #: the interceptor that settles the call (None: nothing to settle here, or settled)
+    _owner: AioUnaryInterceptor | None
+    #: the breaker's permit
+    _permit: int
+    # to go on after a failed first attempt: the continuation, the first attempt's method, gRPC
+    # timeout, metadata, credentials and wait_for_ready, the request, whether the per-attempt
+    # timeout bound the first attempt, the clock reading at its start, the call's timeout
+    _continuation: _Continuation
+    _method: Any
+    _timeout: float | None
+    _metadata: Any
+    _credentials: Any
+    _wait_for_ready: bool | None
+    _request: Any
+    _bound: bool
+    _start: float
+    _limit: float | None
     #: someone awaits the first attempt, and will settle the call
     _awaited: bool
     #: settled by the first attempt (answered or cancelled), the pipeline not involved
@@ -334,30 +347,29 @@ class _Call(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
             try:
                 response = yield from self._call.__await__()
             except Exception as exc:  # grpc's error for a status, or what else the call raised
-                if self._job is not None:  # the first to see the failure hands it over
+                if self._owner is not None:  # the first to see the failure hands it over
                     return (yield from self.recover(exc).__await__())
                 if self._outcome is None:  # settled here already (cancelled): as it ended
                     raise
             except BaseException:  # cancelled: settled, with nothing to book
                 if not self._settled_here:
                     self._settled_here = True
-                    job = self._job
-                    if job is not None and job[0]._breaker is not None:
-                        job[0]._breaker.release(job[1])  # cancelled: nothing to record
-                    self._job = None
+                    owner = self._owner
+                    if owner is not None and owner._breaker is not None:
+                        owner._breaker.release(self._permit)  # cancelled: nothing to record
+                    self._owner = None
                     self._fire()
                 raise
             else:
-                job = self._job
-                if job is not None:  # the first to see the answer books it
-                    self._job = None  # it holds grpc's call in a cycle with this one
+                owner = self._owner
+                if owner is not None:  # the first to see the answer books it
+                    self._owner = None
                     self._settled_here = True
-                    owner = job[0]
                     if owner._deposit is not None:
-                        owner._deposit(job[10])  # dated at the first attempt's start
+                        owner._deposit(self._start)  # dated at the first attempt's start
                     breaker = owner._breaker
                     if breaker is not None:
-                        breaker.on_success(job[1])
+                        breaker.on_success(self._permit)
                     if owner._remember is not None:
                         owner._remember(response)
                     if self._callback is not None:  # grpc's channel always gives one
@@ -367,15 +379,15 @@ class _Call(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
 
     async def recover(self, first: BaseException) -> Any:
         """Run the pipeline after the first attempt failed with ``first`` (once)."""
-        job = self._job
-        assert job is not None  # only a failed, unsettled call gets here
-        self._job = None
-        breaker = job[0]._breaker
+        owner = self._owner
+        assert owner is not None  # only a failed, unsettled call gets here
+        self._owner = None
+        breaker = owner._breaker
         if breaker is not None:  # the replay's first attempt takes a permit of its own
-            breaker.release(job[1])
+            breaker.release(self._permit)
         outcome = self._outcome = asyncio.get_running_loop().create_future()
         try:
-            response = await job[0]._replay(self, job, first)
+            response = await owner._replay(self, first)
         except Exception as exc:
             outcome.set_exception(exc)
             outcome.exception()  # retrieved: an awaiter raises it, nobody need log it
