@@ -238,7 +238,10 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
     async def _replay(self, c: _Call, first: BaseException) -> Any:
         """The rest of a call whose first attempt failed with ``first``: the pipeline, its first
         attempt replaying ``first``, under what is left of the call's deadline."""
-        continuation, method, metadata = c._continuation, c._method, c._metadata
+        continuation = c._continuation
+        assert continuation is not None  # cleared only once the call is settled
+        c._continuation = None  # see _Call.__await__
+        method, metadata = c._method, c._metadata
         credentials, wait_for_ready, request = c._credentials, c._wait_for_ready, c._request
         bound, start, limit = c._bound, c._start, c._limit
         idempotent = self._method(method)[0]
@@ -328,7 +331,7 @@ class _Call(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
     # to go on after a failed first attempt: the continuation, the first attempt's method, gRPC
     # timeout, metadata, credentials and wait_for_ready, the request, whether the per-attempt
     # timeout bound the first attempt, the clock reading at its start, the call's timeout
-    _continuation: _Continuation
+    _continuation: _Continuation | None
     _method: Any
     _timeout: float | None
     _metadata: Any
@@ -364,13 +367,15 @@ class _Call(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
                     owner = self._owner
                     if owner is not None and owner._breaker is not None:
                         owner._breaker.release(self._permit)  # cancelled: nothing to record
-                    self._owner = None
+                    self._owner = self._continuation = None
                     self._fire()
                 raise
             else:
                 owner = self._owner
                 if owner is not None:  # the first to see the answer books it
-                    self._owner = None
+                    # the continuation (grpc's, with the interceptors) may hold grpc's call,
+                    # which holds this one: a cycle that would wait for the collector
+                    self._owner = self._continuation = None
                     self._settled_here = True
                     # deposit(), dated at the first attempt's start; within the budget's
                     # current bucket (its common case), without its call
