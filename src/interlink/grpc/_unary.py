@@ -34,7 +34,7 @@ import grpc.aio
 
 from interlink.context import CORRELATION, CORRELATION_HEADER
 from interlink.resilience.breaker import _FAST_MASK, CircuitBreaker
-from interlink.resilience.deadline import _CURRENT, remaining
+from interlink.resilience.deadline import remaining
 from interlink.resilience.fallback import Fallback
 from interlink.resilience.retry import Retry
 
@@ -60,7 +60,6 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
 
     __slots__ = (
         "_breaker",
-        "_budget",
         "_clock",
         "_deposit",
         "_fast_ok",
@@ -92,11 +91,7 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
         #: books a call's first attempt in the retry budget, given the call's start reading
         #: of the service's clock (a budget on another clock reads its own)
         self._deposit: Callable[[float], None] | None = None
-        #: the retry budget when it runs on the service's clock (its deposit read in place)
-        self._budget = None
         if budget is not None:
-            if budget.clock is service.clock:
-                self._budget = budget
             deposit = budget.deposit
             self._deposit = deposit if budget.clock is service.clock else lambda _: deposit()
         self._remember = None if fallback is None else fallback.remember
@@ -167,8 +162,7 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
         limit = self._timeout
         if timeout is not None and (limit is None or timeout < limit):
             limit = timeout
-        # remaining(), its common answer (no deadline in force) read without its call
-        timeout = None if _CURRENT.get() is None else remaining()
+        timeout = remaining()
         if limit is not None and (timeout is None or limit < timeout):
             timeout = limit
         per_attempt = self._per_attempt
@@ -377,13 +371,8 @@ class _Call(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
                     # which holds this one: a cycle that would wait for the collector
                     self._owner = self._continuation = None
                     self._settled_here = True
-                    # deposit(), dated at the first attempt's start; within the budget's
-                    # current bucket (its common case), without its call
-                    budget = owner._budget
-                    if budget is not None and self._start < budget._edge:
-                        budget._tick()
-                    elif owner._deposit is not None:
-                        owner._deposit(self._start)
+                    if owner._deposit is not None:
+                        owner._deposit(self._start)  # dated at the first attempt's start
                     breaker = owner._breaker
                     # on_success() of a closed-path permit (no state bits: see _fast_job),
                     # without its call: the success is booked every so many
