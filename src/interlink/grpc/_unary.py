@@ -33,7 +33,7 @@ import grpc
 import grpc.aio
 
 from interlink.context import CORRELATION, CORRELATION_HEADER
-from interlink.resilience.breaker import _FAST_MASK, CircuitBreaker
+from interlink.resilience.breaker import CircuitBreaker
 from interlink.resilience.deadline import remaining
 from interlink.resilience.fallback import Fallback
 from interlink.resilience.retry import Retry
@@ -151,9 +151,8 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
             # only a CLOSED breaker (not timing calls: checked in __init__): a failure replays
             # through the pipeline, which takes a permit of its own, so this one has nothing
             # to hand back then
-            # closed_permit(), read without its call (once per call)
-            permit = breaker._g
-            if permit & _FAST_MASK:
+            permit = breaker.closed_permit()
+            if not permit:
                 return None
         # the call's deadline: the sooner of the caller's timeout= and the service's
         # (Service.call_timeout()); the attempt's, the soonest of that, the deadline in force
@@ -374,10 +373,8 @@ class _Call(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
                     if owner._deposit is not None:
                         owner._deposit(self._start)  # dated at the first attempt's start
                     breaker = owner._breaker
-                    # on_success() of a closed-path permit (no state bits: see _fast_job),
-                    # without its call: the success is booked every so many
-                    if breaker is not None and not next(breaker._succ_counter) & breaker._mask:
-                        breaker._tick_success()
+                    if breaker is not None:
+                        breaker.on_success(self._permit)
                     if owner._remember is not None:
                         owner._remember(response)
                     if self._callback is not None:  # grpc's channel always gives one
