@@ -34,7 +34,6 @@ import grpc.aio
 
 from interlink.context import CORRELATION, CORRELATION_HEADER
 from interlink.resilience.breaker import CircuitBreaker
-from interlink.resilience.deadline import remaining
 from interlink.resilience.fallback import Fallback
 from interlink.resilience.retry import Retry
 
@@ -155,19 +154,12 @@ class AioUnaryInterceptor(Base, grpc.aio.UnaryUnaryClientInterceptor):
             if not permit:
                 return None
         # the call's deadline: the sooner of the caller's timeout= and the service's
-        # (Service.call_timeout()); the attempt's, the soonest of that, the deadline in force
-        # and the per-attempt timeout, which ``bound`` the attempt (attempt_timeout()); both
-        # inlined
+        # (Service.call_timeout(), inlined); the attempt's, the soonest of that, the deadline
+        # in force and the per-attempt timeout
         limit = self._timeout
         if timeout is not None and (limit is None or timeout < limit):
             limit = timeout
-        timeout = remaining()
-        if limit is not None and (timeout is None or limit < timeout):
-            timeout = limit
-        per_attempt = self._per_attempt
-        bound = per_attempt is not None and (timeout is None or per_attempt < timeout)
-        if bound:
-            timeout = per_attempt
+        timeout, bound = attempt_timeout(self._per_attempt, limit)
         # outgoing(), its common answers read without a call: nothing to add (no trace context,
         # no correlation id), or in a request, only the id for a call without metadata
         cid = CORRELATION.get()
