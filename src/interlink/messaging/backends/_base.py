@@ -159,10 +159,10 @@ class ServerConnection:
         self._lock = asyncio.Lock()
 
     def _open(self) -> bool:
-        raise NotImplementedError
+        raise NotImplementedError  # pragma: no cover - every subclass defines it
 
     async def _dial(self) -> None:
-        raise NotImplementedError
+        raise NotImplementedError  # pragma: no cover - every subclass defines it
 
     async def connect(self) -> None:
         """Connect (once)."""
@@ -214,7 +214,7 @@ class ConnectionBackend(UrlBackend, Generic[C]):
         self.connection: C = self._open(url)
 
     def _open(self, url: str) -> C:
-        raise NotImplementedError
+        raise NotImplementedError  # pragma: no cover - every subclass defines it
 
     async def connect(self) -> None:
         """Connect (once)."""
