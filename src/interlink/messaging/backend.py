@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol, cast
 from urllib.parse import urlsplit
 
-from interlink.errors import InterlinkError
+from interlink.errors import InterlinkError, _Fields
 from interlink.messaging.envelope import Binding, DeadLetter, Envelope, OutgoingMessage
 
 __all__ = [
@@ -58,30 +58,24 @@ class MessagingError(InterlinkError):
     """Base class of the errors raised by brokers, consumers and idempotency stores."""
 
 
-class PublishError(MessagingError):
+@dataclass(eq=False, repr=False)
+class PublishError(MessagingError, _Fields):
     """The broker did not confirm a message on ``topic`` (refused, nacked or timed out):
     it may or may not have been stored, so publishing again (same id) is the safe reaction."""
 
-    def __init__(self, topic: str, reason: str) -> None:
-        super().__init__(topic, reason)
-        self.topic = topic
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"publish to '{self.topic}' was not confirmed: {self.reason}"
+    _template = "publish to '{topic}' was not confirmed: {reason}"
+    topic: str
+    reason: str
 
 
-class BackendUnavailable(MessagingError):
+@dataclass(eq=False, repr=False)
+class BackendUnavailable(MessagingError, _Fields):
     """The backend at ``url`` (credentials removed) cannot be used: unreachable, not
     installed, or an unknown scheme."""
 
-    def __init__(self, url: str, reason: str) -> None:
-        super().__init__(url, reason)
-        self.url = url
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"messaging backend {self.url!r} is unavailable: {self.reason}"
+    _template = "messaging backend {url!r} is unavailable: {reason}"
+    url: str
+    reason: str
 
 
 class Delivery(Protocol):

@@ -31,11 +31,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
 
 from interlink._asyncpg import import_asyncpg
 from interlink._sqlite_thread import sqlite_path
+from interlink.errors import _Fields
 from interlink.messaging.backend import MessagingError
 from interlink.resilience._validate import positive
 
@@ -66,16 +68,13 @@ def current_transaction() -> Any:
     return _TRANSACTION.get()
 
 
-class InProgress(MessagingError):
+@dataclass(eq=False, repr=False)
+class InProgress(MessagingError, _Fields):
     """Another consumer holds the claim on ``message_id``; try again in ``retry_after`` s."""
 
-    def __init__(self, message_id: str, retry_after: float) -> None:
-        super().__init__(message_id, retry_after)
-        self.message_id = message_id
-        self.retry_after = retry_after
-
-    def __str__(self) -> str:
-        return f"message {self.message_id!r} is being processed by another consumer"
+    _template = "message {message_id!r} is being processed by another consumer"
+    message_id: str
+    retry_after: float
 
 
 class IdempotencyStore(Protocol):

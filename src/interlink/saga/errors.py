@@ -13,9 +13,9 @@ InterlinkError
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
 
-from interlink.errors import InterlinkError
+from interlink.errors import InterlinkError, _Fields
 
 __all__ = [
     "CorruptSagaState",
@@ -31,49 +31,38 @@ __all__ = [
 class SagaError(InterlinkError):
     """Base class of the errors the saga machinery raises on purpose."""
 
-    #: What ``str()`` says, filled in from the error's attributes; without one, the arguments.
-    _template: ClassVar[str] = ""
 
-    def __str__(self) -> str:
-        return self._template.format_map(vars(self)) if self._template else super().__str__()
-
-
-class SagaNotFound(SagaError, LookupError):
+@dataclass(eq=False, repr=False)
+class SagaNotFound(SagaError, _Fields, LookupError):
     """No saga with this id in the store."""
 
     _template = "no saga with id {saga_id!r} in this store"
-
-    def __init__(self, saga_id: str) -> None:
-        super().__init__(saga_id)
-        self.saga_id = saga_id
+    saga_id: str
 
 
-class CorruptSagaState(SagaError, ValueError):
+@dataclass(eq=False, repr=False)
+class CorruptSagaState(SagaError, _Fields, ValueError):
     """A stored saga state cannot be read back (bad JSON, missing field, unknown status)."""
 
     _template = "stored state of saga {saga_id!r} is corrupt: {problem}"
-
-    def __init__(self, saga_id: str, problem: str) -> None:
-        super().__init__(saga_id, problem)
-        self.saga_id, self.problem = saga_id, problem
+    saga_id: str
+    problem: str
 
 
-class OwnershipLost(SagaError):
+@dataclass(eq=False, repr=False)
+class OwnershipLost(SagaError, _Fields):
     """This orchestrator no longer owns the saga (its lease expired and another took it)."""
 
     _template = "saga {saga_id!r} is no longer owned by this orchestrator"
-
-    def __init__(self, saga_id: str) -> None:
-        super().__init__(saga_id)
-        self.saga_id = saga_id
+    saga_id: str
 
 
-class _StepError(SagaError):
+@dataclass(eq=False, repr=False)
+class _StepError(SagaError, _Fields):
     """What a step's remote side answered instead of a result: the step and its words."""
 
-    def __init__(self, step: str, error: str) -> None:
-        super().__init__(step, error)
-        self.step, self.error = step, error
+    step: str
+    error: str
 
 
 class StepFailed(_StepError):
@@ -91,11 +80,10 @@ class StepUnavailable(_StepError, ConnectionError):
     _template = "step {step!r} is unavailable for now: {error}"
 
 
-class InvalidReply(SagaError, ValueError):
+@dataclass(eq=False, repr=False)
+class InvalidReply(SagaError, _Fields, ValueError):
     """A reply that cannot be understood or does not validate: the saga is parked."""
 
     _template = "reply to step {step!r} is invalid: {problem}"
-
-    def __init__(self, step: str, problem: str) -> None:
-        super().__init__(step, problem)
-        self.step, self.problem = step, problem
+    step: str
+    problem: str
