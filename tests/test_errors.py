@@ -4,13 +4,16 @@ drawn in ``interlink.errors``' docstring, under its real parent."""
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import importlib
+import pickle
 import pkgutil
 import re
+import typing
 
 import interlink
 from interlink import errors
-from interlink.errors import InterlinkError
+from interlink.errors import InterlinkError, _Fields
 
 # One drawn row: tree prefix, a (possibly dotted) class name, then its description.
 ROW = re.compile(r"^(?P<prefix>[ │├└─]*?)(?:[├└]── )(?P<name>[A-Za-z_][\w.]*)")
@@ -153,3 +156,22 @@ def test_drawn_builtin_bases_are_true_and_complete() -> None:
         ):
             problems.append(f"{name} is also {sorted(missing)}: draw it in brackets")
     assert not problems, "\n".join(sorted(problems))
+
+
+def test_errors_of_named_fields_keep_them_as_args() -> None:
+    """An error of named fields builds by position or keyword alike, keeps its fields as
+    ``args`` and pickles back to the same message."""
+    made: list[typing.Any] = [
+        cls for cls in PUBLIC if issubclass(cls, _Fields) and dataclasses.is_dataclass(cls)
+    ]
+    assert len(made) >= 8, made
+    for cls in made:
+        hints = typing.get_type_hints(cls)
+        values: dict[str, object] = {}
+        for field in dataclasses.fields(cls):
+            kinds = {hints[field.name], *typing.get_args(hints[field.name])}
+            values[field.name] = 1.5 if float in kinds else 2 if int in kinds else field.name
+        by_keyword, by_position = cls(**values), cls(*values.values())
+        assert by_keyword.args == by_position.args == tuple(values.values()), cls
+        assert str(by_keyword) == str(by_position) == str(pickle.loads(pickle.dumps(by_keyword)))
+        assert all(getattr(by_keyword, name) == value for name, value in values.items()), cls
