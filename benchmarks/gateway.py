@@ -15,7 +15,9 @@ the saturated runs are repeated (``--rounds``, 3) and the medians reported:
   what a user runs on this host (CPU summed over the workers; shown, not judged).
 
 Saturation: requests/s with no pause. Latency: wrk at a fixed rate of half the gateway's
-saturation (each connection pauses between requests), p50/p99 minus the direct ones. Proxy CPU:
+saturation, p50/p99 minus the direct ones. The rate is a schedule: the n-th request leaves at
+``n / rate`` seconds (each connection, once answered, waits for the next free slot), so the
+requests arrive evenly spread, the same for every contender (see ``_PACED``). Proxy CPU:
 user + system time of the proxy process (from ``/proc``) over the requests served. Reload: the
 gateway serving a 5,000-route file under full load gets SIGHUP twice (a changed 5,000-route file
 each time); failed = non-2xx answers + socket errors, and the reload counter must have moved.
@@ -214,13 +216,44 @@ def _ms(text: str) -> float:
     return float(found.group(1)) * _UNITS[found.group(2)]
 
 
-def _wrk(wrk: str, port: int, seconds: float, token: str, delay_ms: float = 0.0) -> Wrk:
+#: wrk's pacing at a fixed rate (``-- RATE``; 0: no pause). A fixed pause after each answer
+#: would not make a rate: wrk's timers have whole-millisecond resolution, so connections answered
+#: within the same millisecond wake together, and 32 connections started together stay in
+#: lockstep; the proxy then gets all 32 requests at once every pause (the saturated run's
+#: concurrency) and the p99 is the time to drain such a burst, about 32x its CPU per request.
+#: Here the requests take the slots of one schedule, ``1 / rate`` apart, each sent at the
+#: millisecond tick of its slot: at rate R about R/1000 requests leave together each
+#: millisecond, the finest spreading wrk's timers allow. A slot that passed while every
+#: connection was busy is skipped, not caught up in a burst.
+_PACED = """
+local ffi = require("ffi")
+ffi.cdef [[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int clock, bench_timespec *now);
+]]
+local now = ffi.new("bench_timespec")
+local function wall_ms()  -- the clock wrk's timers count in
+  ffi.C.clock_gettime(0, now)
+  return tonumber(now.tv_sec) * 1000 + tonumber(now.tv_nsec) / 1e6
+end
+local gap, slot = 0, 0
+function init(args)
+  local rate = tonumber(args[1]) or 0
+  gap = rate > 0 and 1000 / rate or 0
+end
+function delay()
+  if gap == 0 then return 0 end
+  local t = wall_ms()
+  slot = math.max(slot + gap, t)
+  return math.floor(slot) - math.floor(t)
+end
+"""
+
+
+def _wrk(wrk: str, port: int, seconds: float, token: str, rate: float = 0.0) -> Wrk:
+    """One wrk run: saturated, or at ``rate`` requests/s (``_PACED``)."""
     script = Path(tempfile.gettempdir()) / "interlink-gateway-bench.lua"
-    script.write_text(
-        "local pause = 0\n"
-        "function init(args) pause = tonumber(args[1]) or 0 end\n"
-        "function delay() return pause end\n"
-    )
+    script.write_text(_PACED)
     command = [
         wrk,
         "-t1",
@@ -233,7 +266,7 @@ def _wrk(wrk: str, port: int, seconds: float, token: str, delay_ms: float = 0.0)
         str(script),
         f"http://127.0.0.1:{port}/",
         "--",
-        f"{delay_ms:g}",
+        f"{rate:g}",
     ]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
@@ -368,11 +401,9 @@ def main() -> int:
                     rounds[name].append(_saturate(wrk, port, seconds, token, pid))
             rates = {name: [w.rate for w, _ in runs] for name, runs in rounds.items()}
             cpus = {name: [cpu for _, cpu in runs] for name, runs in rounds.items()}
-            direct_p50 = statistics.median(w.p50_ms for w, _ in rounds["direct"])
             half = statistics.median(rates["interlink"]) / 2
-            delay_ms = max(0.0, CONNECTIONS * 1000 / half - direct_p50)
             paced = {
-                name: _wrk(wrk, port, seconds, token, delay_ms)
+                name: _wrk(wrk, port, seconds, token, half)
                 for name, port in (
                     ("direct", upstream_port),
                     ("nginx", nginx_port),
