@@ -50,7 +50,13 @@ from interlink.proxy.http1 import Body, ClientGone, Limits, Request, ServerConne
 from interlink.proxy.limits import Limiter, LimitRule
 from interlink.proxy.metrics import ProxyMetrics
 from interlink.proxy.router import Match, Router
-from interlink.proxy.upstream import ResponseHead, UpstreamConnection, UpstreamFailure, UpstreamPool
+from interlink.proxy.upstream import (
+    HEADER_LINE,
+    ResponseHead,
+    UpstreamConnection,
+    UpstreamFailure,
+    UpstreamPool,
+)
 from interlink.proxy.upstreams import FixedUpstream, Upstream
 from interlink.resilience import Pipeline, deadline
 from interlink.tracing.propagation import TRACE_HEADERS, extract, inject
@@ -90,6 +96,12 @@ _HOP_BY_HOP_BYTES = frozenset(
 )
 #: ``Connection`` values that name no other header (the usual ones)
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
+#: a response header line the proxy drops (``_HOP_BY_HOP_BYTES``), found in ``b"\n"`` + the
+#: lower-cased header lines: from the LF before it to its CR (no ``re.IGNORECASE``: it makes
+#: every position a candidate)
+_DROPPED_LINE = re.compile(
+    rb"\n(?:%b):[^\r]*\r" % b"|".join(re.escape(n) for n in sorted(_HOP_BY_HOP_BYTES))
+)
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _RETRY_STATUSES = frozenset({502, 503, 504})
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
@@ -829,31 +841,64 @@ class _Answer(_Exchange):
 def _response_head(ex: _Exchange, head: ResponseHead) -> tuple[bytes, bool]:
     """The upstream's response header lines for the client (hop-by-hop ones dropped, the
     echoed ones added), and whether they hold a ``content-length``."""
-    dropped = _HOP_BY_HOP_BYTES
-    sized = False
-    lines: list[bytes] = []
-    listed: bytes | None = None
-    for name, value in head.headers:
-        if name in dropped:
-            if name == b"connection":
-                listed = value
-            continue
-        if name == b"content-length":
-            sized = True
-        lines += (name, b": ", value, b"\r\n")  # joined once, at the end
-    if listed is not None and listed.lower() not in _PLAIN_CONNECTION:
-        # names that ``Connection`` lists are hop-by-hop too
-        named = {t.strip().lower() for t in listed.split(b",")} - dropped
-        if named:
-            kept = [(n, v) for n, v in head.headers if n not in dropped and n not in named]
-            lines = [b"%b: %b\r\n" % (n, v) for n, v in kept]
-            sized = any(n == b"content-length" for n, _ in kept)
+    block = head.block
+    relayed = _RELAYED.get(block)
+    if relayed is None:
+        relayed = _relayed(block)
+        if len(_RELAYED) >= _RELAYED_SIZE:
+            _RELAYED.clear()
+        _RELAYED[block] = relayed
+    kept, sized = relayed
     # the correlation id and trace first (``echo``'s first two), then the rest of ``echo``
     echoed = f"{CORRELATION_HEADER}: {ex.request_id}\r\ntraceparent: {ex.traceparent}\r\n"
     for key, text in ex.echo[2:]:
         echoed += f"{key}: {text}\r\n"
-    lines.append(echoed.encode("latin-1"))
-    return b"".join(lines), sized
+    return kept + echoed.encode("latin-1"), sized
+
+
+#: ``_relayed`` of the header blocks seen lately: an upstream repeats its headers (all but
+#: ``Date`` are usually the same, and that one changes once a second), and a hit costs a
+#: dictionary look-up instead of searching the lines
+_RELAYED: dict[bytes, tuple[bytes, bool]] = {}
+_RELAYED_SIZE = 256
+
+
+def _relayed(block: bytes) -> tuple[bytes, bool]:
+    """``block`` without the lines the proxy drops, and whether it has a ``content-length``."""
+    lowered = b"\n" + block.lower()  # searched in C: no pair per header
+    pieces: list[bytes] = []
+    at = 0
+    for found in _DROPPED_LINE.finditer(lowered):
+        start, end = found.span()  # the line is block[start:end], see _DROPPED_LINE
+        pieces.append(block[at:start])
+        at = end
+    if not pieces:
+        return block, b"\ncontent-length:" in lowered
+    connection = lowered.find(b"\nconnection:")
+    if connection >= 0 and (
+        lowered[connection + 12 : lowered.find(b"\r", connection)].strip() not in _PLAIN_CONNECTION
+        or lowered.count(b"\nconnection:") > 1
+    ):
+        kept = _listed_dropped(block)  # names that ``Connection`` lists are hop-by-hop too
+        return kept, b"\ncontent-length:" in b"\n" + kept.lower()
+    pieces.append(block[at:])
+    return b"".join(pieces), b"\ncontent-length:" in lowered
+
+
+def _listed_dropped(block: bytes) -> bytes:
+    """The header lines without the hop-by-hop ones and those that ``Connection`` names."""
+    headers = [(name.lower(), value) for name, value in HEADER_LINE.findall(block)]
+    named = {
+        token.strip().lower()
+        for name, value in headers
+        if name == b"connection"
+        for token in value.split(b",")
+    }
+    return b"".join(
+        b"%b: %b\r\n" % (name, value)
+        for name, value in headers
+        if name not in _HOP_BY_HOP_BYTES and name not in named
+    )
 
 
 def _span_kind_server() -> Any:

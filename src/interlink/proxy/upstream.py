@@ -15,6 +15,7 @@ nothing of it was sent yet, or the method is idempotent and the body can be repl
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from interlink.proxy.errors import ProxyError
 from interlink.resilience._validate import positive_fields
 
 __all__ = [
+    "HEADER_LINE",
     "Listener",
     "PoolLimits",
     "ResponseHead",
@@ -69,15 +71,26 @@ class UpstreamFailure(Exception):
         return ProxyError(self.reason, self.message)
 
 
+#: one header line of a head that llhttp accepted (no folding, no bare LF, no space before
+#: the colon): the name, and the value without the whitespace around it
+HEADER_LINE = re.compile(rb"([^:\r\n]+):[ \t]*([^\r\n]*?)[ \t]*\r\n")
+
+
 @dataclass(slots=True)
 class ResponseHead:
     """Status and headers of an upstream response; the body follows through the sink."""
 
     status: int
-    #: (lower-case name, value) as received
-    headers: list[tuple[bytes, bytes]]
+    #: the header lines as received (``Name: value\r\n`` each): kept whole, not split into a
+    #: pair per header, since most answers are relayed with a few lines left out
+    block: bytes
     keep_alive: bool
     upgrade: bool
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """(lower-case name, value) pairs, in the order received."""
+        return [(name.lower(), value) for name, value in HEADER_LINE.findall(self.block)]
 
 
 class Listener(Protocol):
@@ -114,7 +127,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self._head: asyncio.Future[ResponseHead] | None = None
         self._done: asyncio.Future[None] | None = None
-        self._headers: list[tuple[bytes, bytes]] = []
+        #: what arrived since the request was sent, until the response head is whole (the
+        #: head is cut from it, see ``on_headers_complete``); None once the head is parsed
+        self._head_data: bytes | None = None
+        #: where the head being parsed starts in ``_head_data`` (after interim responses)
+        self._head_start = 0
         self._received_any = False
         self._complete = False
         self._sink: Callable[[bytes], None] | None = None
@@ -201,6 +218,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._raw(data)
             return
         self._received_any = True
+        if self._head_data is not None:
+            self._head_data += data
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -228,9 +247,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ---------------------------------------------------------------- parser callbacks
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))  # bytes: relayed without decoding
-
     def _schedule(self, due: float) -> None:
         """Make the loop's timer fire at ``due`` (it would fire too late, or there is none)."""
         timer = self._timer
@@ -250,17 +266,25 @@ class UpstreamConnection(asyncio.Protocol):
         self._due = None
         self._fail(UpstreamFailure("upstream_timeout", "the upstream did not answer in time"))
 
+    # No ``on_header``: one Python call per header is the dearest part of parsing a head. The
+    # parser validates the head; its lines are then cut whole from the bytes received, where
+    # llhttp (strict: CRLF line ends only) has just found its end.
+
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
+        data = self._head_data or b""
+        start = self._head_start
+        end = data.find(b"\r\n\r\n", start) + 2  # after the last header line
         if 100 <= status < 200 and status != 101:
-            self._headers = []  # an interim response (100 Continue): wait for the real one
+            self._head_start = end + 2  # an interim response (100 Continue): wait for the real one
             self._interim = True
             return
+        block = data[data.find(b"\r\n", start) + 2 : end]
+        self._head_data = None
         self._keep_alive = parser.should_keep_alive()
         self._due = None  # the head is here: no timeout any more
-        head = ResponseHead(status, self._headers, self._keep_alive, status == 101)
-        self._headers = []
+        head = ResponseHead(status, block, self._keep_alive, status == 101)
         if self._listener is not None:
             self._held_head = head  # told when the read is parsed (see data_received)
         elif self._head is not None and not self._head.done():
@@ -360,6 +384,8 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self._head = self._done = None
         self._received_any = False
+        self._head_data = b""
+        self._head_start = 0
         self._complete = False
         self._sink = None
         if self._pending:
