@@ -512,3 +512,30 @@ def test_an_answer_whole_in_one_read_is_relayed_though_garbage_follows_it(
     second = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello\x00\x01garbage\r\n\r\n"
     out = _through_proxy(loop_thread, second, 3)
     assert out == [(200, b"ok"), (200, b"hello"), (200, b"ok")]
+
+
+def test_repeated_heads_on_one_connection_are_each_forwarded_as_sent(
+    gateway: tuple[Proxy, str],
+) -> None:
+    """Requests with the same headers on one connection (their upstream heads are reused)
+    each reach the upstream with their own method, path, ids and headers."""
+    _, base = gateway
+    seen: list[str] = []
+    with httpx.Client(base_url=base, timeout=10) as client:
+        for method, path, extra in [
+            ("GET", "/api/a", {}),
+            ("GET", "/api/a", {}),
+            ("GET", "/api/b?q=1", {}),
+            ("DELETE", "/api/b", {}),
+            ("GET", "/api/a", {"x-extra": "1"}),
+            ("GET", "/api/a", {}),
+        ]:
+            response = client.request(method, path, headers={"x-same": "s", **extra})
+            assert response.status_code == 200
+            echoed = response.json()
+            assert (echoed["method"], echoed["path"]) == (method, path.replace("/api", "", 1))
+            assert echoed["headers"]["x-same"] == "s"
+            assert echoed["headers"].get("x-extra") == extra.get("x-extra")
+            assert echoed["headers"]["x-request-id"] == response.headers["x-request-id"]
+            seen.append(echoed["headers"]["x-request-id"])
+    assert len(set(seen)) == len(seen)

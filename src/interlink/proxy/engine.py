@@ -432,9 +432,7 @@ class Proxy:
         ex.proxy = self
         ex.conn_up = conn_up
         ex.started = started
-        lines = self._upstream_head(ex, target.address)
-        lines.append("\r\n")
-        conn_up.send("".join(lines).encode("latin-1"), timeout=timeout, listener=ex)
+        conn_up.send(self._upstream_head(ex, target.address, "\r\n"), timeout=timeout, listener=ex)
         return True
 
     def _start_span(self, tracer: Any, ex: _Exchange) -> Any:
@@ -614,8 +612,32 @@ class Proxy:
         finally:
             target.done(ok)
 
-    def _upstream_head(self, ex: _Exchange, host: str) -> list[str]:
-        """The request line and headers for the upstream (without framing headers)."""
+    def _upstream_head(self, ex: _Exchange, host: str, end: str) -> bytes:
+        """The request head for the upstream, its framing headers and blank line in ``end``.
+
+        The lines that depend only on the request's method, headers, route, identity and
+        upstream are kept per connection (``ServerConnection.memo``) and reused for a
+        request like the last one: clients repeat their requests."""
+        request = ex.request
+        key = (request.headers, ex.match, ex.identity, host, request.method, ex.table)
+        memo = ex.conn.memo
+        if memo is not None and memo[0] == key:
+            fixed: bytes = memo[1]
+        else:
+            fixed = self._fixed_lines(ex, host).encode("latin-1")
+            ex.conn.memo = (key, fixed)
+        tail = f"{CORRELATION_HEADER}: {ex.request_id}\r\ntraceparent: {ex.traceparent}\r\n"
+        if request.upgrade:
+            tail += f"connection: upgrade\r\nupgrade: {request.header('upgrade')}\r\n"
+        if ex.due is not None:
+            left = ex.due - self._clock()
+            tail += f"{DEADLINE_HEADER}: {max(1, int(left * 1000))}\r\n"
+        return fixed + (tail + end).encode("latin-1")
+
+    @staticmethod
+    def _fixed_lines(ex: _Exchange, host: str) -> str:
+        """The request line and the headers for the upstream that are the same for a
+        request like this one (the request's own, forwarding and identity headers)."""
         request, route, match = ex.request, ex.route, ex.match
         assert route is not None
         assert match is not None
@@ -627,8 +649,6 @@ class Proxy:
             dropped = dropped | {t.strip().lower() for t in connection.split(",")}
         prefix = ex.table.identity_prefix
         lines = [f"{request.method} {match.upstream_path} HTTP/1.1\r\n"]
-        # a loop: a comprehension is a call (Python 3.11); the parts are joined once, at the
-        # end, rather than into a line each (a bearer token is long: one copy less)
         for name, value in request.headers:
             if name not in dropped and not name.startswith(prefix):
                 lines += (name, ": ", value, "\r\n")
@@ -641,48 +661,38 @@ class Proxy:
         earlier = header("x-forwarded-for")
         if earlier is not None:
             forwarded_for = f"{earlier}, {forwarded_for}"
-        lines.append(
-            f"x-forwarded-for: {forwarded_for}\r\nx-forwarded-proto: http\r\n"
-            f"{CORRELATION_HEADER}: {ex.request_id}\r\ntraceparent: {ex.traceparent}\r\n"
-        )
+        lines.append(f"x-forwarded-for: {forwarded_for}\r\nx-forwarded-proto: http\r\n")
         if ex.identity is not None:
             lines.append(ex.identity.header_lines(prefix))
-        if request.upgrade:
-            lines.append(f"connection: upgrade\r\nupgrade: {request.header('upgrade')}\r\n")
-        if ex.due is not None:
-            left = ex.due - self._clock()
-            lines.append(f"{DEADLINE_HEADER}: {max(1, int(left * 1000))}\r\n")
-        return lines
+        return "".join(lines)
 
     async def _exchange(
         self, ex: _Exchange, conn_up: UpstreamConnection, host: str
     ) -> ResponseHead:
         """Send the request on ``conn_up`` and wait for the response head."""
         request = ex.request
-        lines = self._upstream_head(ex, host)
         head_only = request.method == "HEAD"
         body = request.body
         timeout = None if ex.due is None else ex.due - self._clock()
         if timeout is not None and timeout <= 0:
             raise UpstreamFailure("upstream_timeout", "the upstream did not answer in time")
         if not request.has_body:
-            lines.append("\r\n")
-            conn_up.send("".join(lines).encode("latin-1"), head_only=head_only, timeout=timeout)
+            conn_up.send(
+                self._upstream_head(ex, host, "\r\n"), head_only=head_only, timeout=timeout
+            )
             return await conn_up.response()
         if body.replayable and not ex.streamed:
             data = body.kept()
-            lines.append(f"content-length: {len(data)}\r\n\r\n")
-            conn_up.send(
-                "".join(lines).encode("latin-1") + data, head_only=head_only, timeout=timeout
-            )
+            lines = self._upstream_head(ex, host, f"content-length: {len(data)}\r\n\r\n")
+            conn_up.send(lines + data, head_only=head_only, timeout=timeout)
             return await conn_up.response()
         # a body still arriving (or too big to keep): send the head, pump the body meanwhile
         length = request.header("content-length")
         chunked = not length
-        lines.append(
+        framing = (
             "transfer-encoding: chunked\r\n\r\n" if chunked else f"content-length: {length}\r\n\r\n"
         )
-        conn_up.send("".join(lines).encode("latin-1"), head_only=head_only, timeout=timeout)
+        conn_up.send(self._upstream_head(ex, host, framing), head_only=head_only, timeout=timeout)
         ex.streamed = True
         pumping = asyncio.ensure_future(_pump(body, conn_up, chunked))
         head_waiter = asyncio.ensure_future(conn_up.response())

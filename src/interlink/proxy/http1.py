@@ -211,6 +211,25 @@ class Request:
         #: whether the request announced a body (a length or chunked encoding)
         self.has_body = "transfer-encoding" in first or first.get("content-length", "0") != "0"
 
+    def again(
+        self, method: str, target: str, body: Body, *, version: str, keep_alive: bool, upgrade: bool
+    ) -> Request:
+        """The next request on the connection, with the same headers as this one (clients
+        repeat theirs): it shares this one's headers and their look-up instead of building
+        them again; the same strings also keep their hashes for the look-ups that follow."""
+        request = Request.__new__(Request)
+        request.method = method
+        request.target = target
+        request.version = version
+        request.headers = self.headers
+        request.body = body
+        request.client = self.client
+        request.keep_alive = keep_alive
+        request.upgrade = upgrade
+        request.header = self.header
+        request.has_body = self.has_body
+        return request
+
 
 Handler = Callable[[Request, "ServerConnection"], Coroutine[Any, Any, None]]
 #: takes a request without a task, or returns False for ``Handler`` to answer it
@@ -254,6 +273,11 @@ class ServerConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._in_head = False
         self._current: Request | None = None
+        #: the last request without a body or an upgrade (its headers may come again)
+        self._last: Request | None = None
+        #: whatever the handler keeps per connection (the engine: the upstream head it built
+        #: last, for a request like the last one)
+        self.memo: Any = None
         self._queue: deque[Request] = deque()
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -391,16 +415,28 @@ class ServerConnection(asyncio.Protocol):
                         "body_too_large", f"the body exceeds {self._limits.max_body_bytes} bytes"
                     )
         parser = self._parser
-        request = Request(
-            parser.get_method().decode("ascii", "replace"),
-            self._url.decode("latin-1"),
-            headers,
-            Body(self) if self._framed else self._no_body,
-            version=parser.get_http_version(),
-            client=self.client,
-            keep_alive=parser.should_keep_alive(),
-            upgrade=parser.should_upgrade(),
-        )
+        last = self._last
+        if last is not None and headers == last.headers:  # (no body nor upgrade: see below)
+            request = last.again(
+                parser.get_method().decode("ascii", "replace"),
+                self._url.decode("latin-1"),
+                self._no_body,
+                version=parser.get_http_version(),
+                keep_alive=parser.should_keep_alive(),
+                upgrade=parser.should_upgrade(),  # (CONNECT is one, whatever the headers)
+            )
+        else:
+            request = Request(
+                parser.get_method().decode("ascii", "replace"),
+                self._url.decode("latin-1"),
+                headers,
+                Body(self) if self._framed else self._no_body,
+                version=parser.get_http_version(),
+                client=self.client,
+                keep_alive=parser.should_keep_alive(),
+                upgrade=parser.should_upgrade(),
+            )
+            self._last = None if self._framed or request.upgrade else request
         self._url.clear()
         self._headers = []
         self._framed = False
