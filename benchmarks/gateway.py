@@ -180,17 +180,15 @@ routes:
     return path
 
 
+def _gateway_command(config: Path, workers: int = 1) -> list[str]:
+    """How the gateway is started, with its configuration file and number of workers."""
+    command = [sys.executable, "-m", "interlink.gateway", "--config", str(config)]
+    return [*command, "--workers", str(workers)]
+
+
 def _gateway(config: Path, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "interlink.gateway",
-            "--config",
-            str(config),
-            "--workers",
-            str(workers),
-        ],
+        _gateway_command(config, workers),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
