@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import operator
 import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -143,6 +144,10 @@ def _declaring_locals() -> dict[str, Any]:
         del frame  # no reference cycle through the frame
 
 
+# the body as it came: read in C, once per message
+_PAYLOAD: Callable[[Envelope], bytes] = operator.attrgetter("payload")
+
+
 def decoder_for(handler: Callable[..., Any]) -> tuple[Callable[[Envelope], Any], Any]:
     """How to turn an envelope into the handler's argument, from its first parameter's
     annotation: a pydantic model, ``bytes`` (or none), ``str``, ``Envelope``, or any type
@@ -152,7 +157,7 @@ def decoder_for(handler: Callable[..., Any]) -> tuple[Callable[[Envelope], Any],
         raise ValueError(f"'handler' must take the message as its first argument: {handler!r}")
     ann = _resolved(handler, params[0])
     if ann in (inspect.Parameter.empty, bytes, Any):
-        return (lambda env: env.payload), bytes
+        return _PAYLOAD, bytes
     if ann is Envelope:
         return (lambda env: env), Envelope
     if ann is str:

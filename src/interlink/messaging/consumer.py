@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar, copy_context
@@ -191,7 +192,7 @@ class Consumer:
 
     async def _run(self) -> None:
         me = asyncio.current_task()
-        clock = asyncio.get_running_loop().time
+        clock = time.monotonic  # a turn's length, read once per message: no loop method call
         turn_ends = clock() + _TURN
         while True:
             delivery = await self._take(me)
@@ -212,7 +213,8 @@ class Consumer:
                         delivery.envelope.id,
                     )
                 self._held -= 1
-                delivery = self._next_in_lane(delivery)
+                # a message without a key has no lane to follow it
+                delivery = None if delivery.envelope.key is None else self._next_in_lane(delivery)
             if clock() >= turn_ends:  # handlers that never wait would starve the loop
                 await asyncio.sleep(0)
                 turn_ends = clock() + _TURN

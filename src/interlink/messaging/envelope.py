@@ -471,6 +471,8 @@ def _binary(  # noqa: PLR0917
             if user is _EMPTY:
                 user = {}
             user[name] = headers[name]  # type: ignore[index]
+    counted = get(binding.attempt)  # absent on a first delivery: nothing to parse
+    attempt = 1 if counted is None else _attempt_of(counted)
     parent = get(binding.traceparent)
     if parent is not None:
         user = dict(user)
@@ -484,7 +486,7 @@ def _binary(  # noqa: PLR0917
         payload,
         get(binding.key),
         time,
-        _attempt_of(get(binding.attempt)),
+        attempt,
         get(binding.cid),
         user,
         get(binding.source, ""),
