@@ -206,3 +206,49 @@ def test_edges_say_who_called_whom_and_how(store: TraceStore) -> None:
     edges = {(e.source, e.target, e.kind): e.calls for e in store.edges(since=0)}
     assert edges == {("gateway", "order", "sync"): 2, ("order", "payment", "async"): 2}
     assert store.edges(since=2e9) == []
+
+
+def test_a_file_of_an_earlier_layout_starts_afresh(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file written by an earlier layout is laid out anew, with a warning: telemetry is not
+    worth a migration, but it must not stop the store from opening."""
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE spans (trace_id TEXT NOT NULL, span_id TEXT NOT NULL, name TEXT);"
+        "INSERT INTO spans VALUES ('00000000000000000000000000000001', '0000000000000001', 'x');"
+        "CREATE TABLE traces (trace_id TEXT PRIMARY KEY, start_ns INTEGER);"
+    )
+    old.close()
+    with caplog.at_level("WARNING", logger="interlink.tracing"):
+        store = TraceStore.from_url(f"sqlite:///{path}")
+    assert "earlier layout" in caplog.text
+    assert store.count() == 0
+    store.add([span(2, 1, None)])
+    assert [s.span_id for s in store.trace(f"{2:032x}")] == [f"{1:016x}"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="interlink.tracing"):
+        again = TraceStore.from_url(f"sqlite:///{path}")
+    assert caplog.text == ""  # laid out once: the next opening keeps the traces
+    assert again.count() == 1
+
+
+def test_records_are_stored_as_the_recorder_hands_them(store: TraceStore) -> None:
+    """The recorder's plain values come back as the same spans: ids in hex, the correlation id
+    from the attributes, events and links as mappings."""
+    start = 1_700_000_000 * SECOND
+    link = (0xAB, 0xCD)
+    records = [
+        (5, 1, None, "GET /a", "server", start, start + 9, "ok", None,
+         {"interlink.correlation_id": "c5", "n": 1}, (("e", start + 1, {"x": "y"}),), ()),
+        (5, 2, 1, "GET", "client", start + 1, start + 5, "error", "boom", {}, (), (link,)),
+    ]  # fmt: skip
+    assert store.add_records(records, "edge") == 2
+    root, child = store.trace(f"{5:032x}")
+    assert (root.span_id, root.parent_id, root.correlation_id) == (f"{1:016x}", None, "c5")
+    assert root.events == [{"name": "e", "at_ns": start + 1, "attributes": {"x": "y"}}]
+    assert (child.parent_id, child.status, child.status_message) == (f"{1:016x}", "error", "boom")
+    assert child.links == [{"trace_id": f"{0xAB:032x}", "span_id": f"{0xCD:016x}"}]
+    (row,) = store.traces()
+    assert (row.spans, row.errors, row.root_name, row.correlation_id) == (2, 1, "GET /a", "c5")

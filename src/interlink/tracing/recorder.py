@@ -55,8 +55,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util import types
 
-from interlink.tracing.spans import CORRELATION_ATTRIBUTE
-from interlink.tracing.store import SpanRow, TraceStore, dumps
+from interlink.tracing.store import Record, TraceStore
 
 __all__ = [
     "DROP",
@@ -524,15 +523,6 @@ class StoreTracerProvider(trace.TracerProvider):
             processor.shutdown()
 
 
-#: A finished span as plain values (what crosses the pipe to the writer, ``marshal``-able):
-#: trace id, span id, parent span id, name, kind, start, end, status, status message,
-#: attributes, events as (name, ns, attributes), links as (trace id, span id).
-Record = tuple[
-    int, int, "int | None", str, str, int, int, str, "str | None", dict[str, Any],
-    tuple[tuple[str, int, dict[str, Any]], ...], tuple[tuple[int, int], ...],
-]  # fmt: skip
-
-
 def _record(span: RecordedSpan) -> Record:
     """The plain values of a span (on the export thread, never on a request's path)."""
     ctx = span.context
@@ -557,45 +547,6 @@ def _record(span: RecordedSpan) -> Record:
     )
 
 
-def _row(record: Record, service: str, encoded: dict[Any, str] | None = None) -> SpanRow:
-    """The stored row of a record; ``encoded`` remembers the JSON of attribute sets already seen
-    in the batch (a topic's or a route's spans repeat the same few)."""
-    tid, sid, parent, name, kind, start, end, status, message, attributes, events, links = record
-    return (
-        f"{tid:032x}",
-        f"{sid:016x}",
-        None if parent is None else f"{parent:016x}",
-        name,
-        service,
-        kind,
-        start,
-        end,
-        status,
-        message,
-        _str_or_none(attributes.get(CORRELATION_ATTRIBUTE)) if attributes else None,
-        _attributes_json(attributes, encoded) if attributes else "{}",
-        dumps(
-            [{"name": n, "at_ns": at, "attributes": a} for n, at, a in events]
-        ) if events else "[]",
-        dumps(
-            [{"trace_id": f"{t:032x}", "span_id": f"{s:016x}"} for t, s in links]
-        ) if links else "[]",
-    )  # fmt: skip
-
-
-def _attributes_json(attributes: dict[str, Any], encoded: dict[Any, str] | None) -> str:
-    # only str and int values make a key: 1 == 1.0 == True would share one JSON text
-    if encoded is None or any(
-        type(v) is not str and type(v) is not int for v in attributes.values()
-    ):
-        return dumps(attributes)
-    key = tuple(attributes.items())
-    known = encoded.get(key)
-    if known is None:
-        known = encoded[key] = dumps(attributes)
-    return known
-
-
 def _write_records(
     store: TraceStore,
     records: Sequence[Record],
@@ -609,8 +560,7 @@ def _write_records(
     """Store ``records`` in one transaction, and apply retention every ``every`` writes;
     False when the write failed (logged: a locked or full disk must not stop the writer)."""
     try:
-        encoded: dict[Any, str] = {}
-        store.add_rows([_row(r, service, encoded) for r in records])
+        store.add_records(records, service)
     except Exception:
         _log.exception("trace store write failed")
         return False
@@ -739,10 +689,6 @@ def _serve(settings: dict[str, Any]) -> None:
             answers.flush()
         except BrokenPipeError:  # the service is gone (killed): what it sent is stored
             os._exit(0)  # no flush of the dead pipe at exit
-
-
-def _str_or_none(value: object) -> str | None:
-    return None if value is None else str(value)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 from interlink.context import CORRELATION
 from interlink.resilience.events import PolicyEvent
 from interlink.tracing.spans import CORRELATION_ATTRIBUTE
-from interlink.tracing.store import SpanRow, TraceStore, dumps
+from interlink.tracing.store import Record, TraceStore
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
     from interlink.tracing.recorder import StoreTracerProvider
 
-__all__ = ["EXCLUDED_PATHS", "SpanEvents", "StoreExporter", "setup", "to_row"]
+__all__ = ["EXCLUDED_PATHS", "SpanEvents", "StoreExporter", "setup", "to_record"]
 
 #: Request paths that start no trace by default: probes and metrics scrapes.
 EXCLUDED_PATHS = ("/healthz", "/readyz", "/livez", "/metrics")
@@ -349,7 +349,13 @@ class StoreExporter:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
         try:
-            self.store.add_rows([to_row(s) for s in spans])
+            by_service: dict[str, list[Record]] = {}
+            for s in spans:
+                resource = s.resource.attributes if s.resource is not None else {}
+                service = str(resource.get("service.name", "unknown"))
+                by_service.setdefault(service, []).append(to_record(s))
+            for service, records in by_service.items():
+                self.store.add_records(records, service)
         except Exception:  # a locked or full disk must not kill the export thread
             import logging
 
@@ -374,43 +380,27 @@ _KINDS = {0: "internal", 1: "server", 2: "client", 3: "producer", 4: "consumer"}
 _STATUSES = {0: "unset", 1: "ok", 2: "error"}
 
 
-def to_row(span: ReadableSpan) -> SpanRow:
-    """The stored row of an SDK span, built directly: this runs for every span exported."""
+def to_record(span: ReadableSpan) -> Record:
+    """The plain values of an SDK span, as the store takes them (its service aside)."""
     ctx = span.context
     assert ctx is not None  # an ended SDK span always has its context
     parent = span.parent
-    attributes = span.attributes
     status = span.status
-    resource = span.resource.attributes if span.resource is not None else {}
-    events = span.events
-    links = span.links
     start = span.start_time or 0
     return (
-        f"{ctx.trace_id:032x}",
-        f"{ctx.span_id:016x}",
-        None if parent is None else f"{parent.span_id:016x}",
+        ctx.trace_id,
+        ctx.span_id,
+        None if parent is None else parent.span_id,
         span.name,
-        str(resource.get("service.name", "unknown")),
         _KINDS.get(span.kind.value, "internal"),
         start,
         span.end_time or start,
         _STATUSES.get(status.status_code.value, "unset"),
         status.description,
-        _str_or_none(attributes.get(CORRELATION_ATTRIBUTE)) if attributes else None,
-        dumps(dict(attributes)) if attributes else "{}",
-        dumps(
-            [{"name": e.name, "at_ns": e.timestamp, "attributes": dict(e.attributes or {})}
-             for e in events]
-        ) if events else "[]",
-        dumps(
-            [{"trace_id": f"{k.context.trace_id:032x}", "span_id": f"{k.context.span_id:016x}"}
-             for k in links]
-        ) if links else "[]",
-    )  # fmt: skip
-
-
-def _str_or_none(value: object) -> str | None:
-    return None if value is None else str(value)
+        dict(span.attributes) if span.attributes else {},
+        tuple((e.name, e.timestamp, dict(e.attributes or {})) for e in span.events),
+        tuple((k.context.trace_id, k.context.span_id) for k in span.links),
+    )
 
 
 class SpanEvents:

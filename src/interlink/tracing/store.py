@@ -3,16 +3,22 @@
 No collector is needed to see a trace: ``setup(service, exporter="sqlite:///traces.db")`` makes
 every process of a system write its spans into the same file, and the dashboard and the CLI read
 it. Writers are the export threads of several processes, so the file runs in WAL mode with a busy
-timeout, and every export is one short transaction.
+timeout, and every export is one short transaction. The file is telemetry: it is written with
+``synchronous=NORMAL`` (a power cut may lose the last exports, never the file), and a file
+written by an earlier layout is started afresh (with a warning in the log), not migrated.
 
-Two tables answer the questions:
+Three tables answer the questions:
 
-- ``spans`` holds every span, indexed by trace id (a waterfall reads one trace's spans).
+- ``spans`` holds, per trace and per export, the spans of that trace the export wrote, as one
+  compact JSON array (a waterfall reads one trace's few rows by the index on the trace id). A
+  row per span, each with its own index entry and a dozen columns to bind, cost the writer
+  more than all the rest of its work.
 - ``traces`` holds one summary row per trace (first start, last end, span and error counts, the
-  root's name and service, the correlation id), merged with each batch's figures for the traces
+  root's name and service, the correlation id), merged with each export's figures for the traces
   it touched. Lists ("the slowest", "errors of the order service in the last hour", "the trace of
   request X") read only this table and ``trace_services`` through indexes, so they stay fast with
   100,000 traces stored: the cost of a page does not grow with the number of traces.
+- ``trace_services`` holds the services each trace passed through, with the time each joined.
 
 Retention is by age and by count of traces (``prune``); the exporter prunes every few hundred
 batches, so a long-running system keeps a bounded file.
@@ -21,6 +27,7 @@ batches, so a long-running system keeps a bounded file.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -32,56 +39,49 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from interlink._sqlite_thread import sqlite_path
+from interlink.tracing.spans import CORRELATION_ATTRIBUTE
 
-__all__ = ["Edge", "SpanRecord", "SpanRow", "TraceStore", "TraceSummary", "dumps"]
+__all__ = ["Edge", "Record", "SpanRecord", "TraceStore", "TraceSummary", "dumps"]
 
-# Spans are appended in time order into a rowid table and found by this index: a third of the
-# write cost of a table clustered on (trace_id, span_id), whose random keys split pages. Files
-# written by earlier versions keep their clustered table (the index would only duplicate it).
-_SPANS_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS spans_by_trace ON spans (trace_id, span_id)"
+_log = logging.getLogger("interlink.tracing")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS spans (
-    trace_id TEXT NOT NULL,
-    span_id TEXT NOT NULL,
-    parent_id TEXT,
-    name TEXT NOT NULL,
-    service TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    start_ns INTEGER NOT NULL,
-    end_ns INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    status_message TEXT,
-    correlation_id TEXT,
-    attributes TEXT NOT NULL,
-    events TEXT NOT NULL,
-    links TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS traces (
-    trace_id TEXT PRIMARY KEY,
-    start_ns INTEGER NOT NULL,
-    end_ns INTEGER NOT NULL,
-    duration_ns INTEGER NOT NULL,
-    spans INTEGER NOT NULL,
-    errors INTEGER NOT NULL,
-    root_name TEXT NOT NULL,
-    root_service TEXT NOT NULL,
-    rooted INTEGER NOT NULL,
-    correlation_id TEXT
-);
-CREATE INDEX IF NOT EXISTS traces_by_start ON traces (start_ns);
-CREATE INDEX IF NOT EXISTS traces_by_duration ON traces (duration_ns);
-CREATE INDEX IF NOT EXISTS traces_failed_by_start ON traces (start_ns) WHERE errors > 0;
-CREATE INDEX IF NOT EXISTS traces_by_correlation ON traces (correlation_id);
-CREATE TABLE IF NOT EXISTS trace_services (
-    service TEXT NOT NULL,
-    start_ns INTEGER NOT NULL,
-    trace_id TEXT NOT NULL,
-    PRIMARY KEY (service, trace_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS trace_services_by_start ON trace_services (service, start_ns);
-CREATE INDEX IF NOT EXISTS trace_services_by_trace ON trace_services (trace_id);
-"""
+#: The layout this code writes, kept in the file's ``user_version``; a file with another one is
+#: started afresh (it holds telemetry, not data worth a migration).
+LAYOUT: int = 2
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS spans (
+        trace_id TEXT NOT NULL,
+        service TEXT NOT NULL,
+        spans TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS spans_by_trace ON spans (trace_id)",
+    """CREATE TABLE IF NOT EXISTS traces (
+        trace_id TEXT PRIMARY KEY,
+        start_ns INTEGER NOT NULL,
+        end_ns INTEGER NOT NULL,
+        duration_ns INTEGER NOT NULL,
+        spans INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        root_name TEXT NOT NULL,
+        root_service TEXT NOT NULL,
+        rooted INTEGER NOT NULL,
+        correlation_id TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS traces_by_start ON traces (start_ns)",
+    "CREATE INDEX IF NOT EXISTS traces_by_duration ON traces (duration_ns)",
+    "CREATE INDEX IF NOT EXISTS traces_failed_by_start ON traces (start_ns) WHERE errors > 0",
+    "CREATE INDEX IF NOT EXISTS traces_by_correlation ON traces (correlation_id) "
+    "WHERE correlation_id IS NOT NULL",
+    """CREATE TABLE IF NOT EXISTS trace_services (
+        trace_id TEXT NOT NULL,
+        service TEXT NOT NULL,
+        start_ns INTEGER NOT NULL,
+        PRIMARY KEY (trace_id, service)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS trace_services_by_start ON trace_services (service, start_ns)",
+)
+_TABLES = ("spans", "traces", "trace_services")
 
 # A batch's figures for one trace merge into its row: extremes widen, counts add up, and the root
 # is the parentless span (or, until it arrives, the earliest span seen).
@@ -105,20 +105,17 @@ ON CONFLICT (trace_id) DO UPDATE SET
     correlation_id = COALESCE(correlation_id, excluded.correlation_id)
 """
 _MERGE_SERVICE = """
-INSERT INTO trace_services (service, start_ns, trace_id) VALUES (?, ?, ?)
-ON CONFLICT (service, trace_id) DO UPDATE SET start_ns = MIN(start_ns, excluded.start_ns)
+INSERT INTO trace_services (trace_id, service, start_ns) VALUES (?, ?, ?)
+ON CONFLICT (trace_id, service) DO UPDATE SET start_ns = MIN(start_ns, excluded.start_ns)
 """
 
-#: A span's row: what ``add_rows`` takes (``to_row`` in ``interlink.tracing.setup`` makes them
-#: straight from SDK spans, without a ``SpanRecord`` in between).
-SpanRow = tuple[
-    str, str, str | None, str, str, str, int, int, str, str | None, str | None, str, str, str
-]
-
-_SPAN_COLUMNS = (
-    "trace_id, span_id, parent_id, name, service, kind, start_ns, end_ns, status, "
-    "status_message, correlation_id, attributes, events, links"
-)
+#: A finished span as plain values (what the recorder hands the store, ``marshal``-able):
+#: trace id, span id, parent span id, name, kind, start, end, status, status message,
+#: attributes, events as (name, ns, attributes), links as (trace id, span id).
+Record = tuple[
+    int, int, "int | None", str, str, int, int, str, "str | None", dict[str, Any],
+    tuple[tuple[str, int, dict[str, Any]], ...], tuple[tuple[int, int], ...],
+]  # fmt: skip
 
 _LIST_COLUMNS = (
     "t.trace_id, t.start_ns, t.end_ns, t.duration_ns, t.spans, t.errors, t.root_name, "
@@ -234,11 +231,38 @@ class TraceStore:
         if self.path != ":memory:":
             conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_SCHEMA)  # every statement is IF NOT EXISTS: safe in every process
-        (ddl,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'spans'").fetchone()
-        if "WITHOUT ROWID" not in ddl:
-            conn.execute(_SPANS_INDEX)
+        if conn.execute("PRAGMA user_version").fetchone()[0] != LAYOUT:
+            self._lay_out(conn)
         return conn
+
+    def _lay_out(self, conn: sqlite3.Connection) -> None:
+        # under the write lock: the processes of a system open the file at the same time, and
+        # only the first lays it out
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (layout,) = conn.execute("PRAGMA user_version").fetchone()
+            if layout != LAYOUT:
+                found = conn.execute(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN "
+                    "('spans', 'traces', 'trace_services')"
+                ).fetchone()[0]
+                if found:
+                    _log.warning(
+                        "trace store %s was written by an earlier layout (%d); its traces are "
+                        "dropped and the file starts afresh in layout %d",
+                        self.path,
+                        layout,
+                        LAYOUT,
+                    )
+                    for table in _TABLES:
+                        conn.execute(f"DROP TABLE IF EXISTS {table}")
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {LAYOUT}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     def reopen(self) -> None:
         """A fresh connection: a forked child must not share its parent's SQLite handle."""
@@ -267,69 +291,73 @@ class TraceStore:
 
     def add(self, spans: Iterable[SpanRecord]) -> int:
         """Store ``spans`` and merge them into their traces' summaries; returns how many."""
-        return self.add_rows(
-            [
+        by_service: dict[str, list[Record]] = {}
+        for s in spans:
+            attributes = s.attributes
+            if s.correlation_id is not None and CORRELATION_ATTRIBUTE not in attributes:
+                attributes = {**attributes, CORRELATION_ATTRIBUTE: s.correlation_id}
+            by_service.setdefault(s.service, []).append(
                 (
-                    s.trace_id,
-                    s.span_id,
-                    s.parent_id,
+                    int(s.trace_id, 16),
+                    int(s.span_id, 16),
+                    None if s.parent_id is None else int(s.parent_id, 16),
                     s.name,
-                    s.service,
                     s.kind,
                     s.start_ns,
                     s.end_ns,
                     s.status,
                     s.status_message,
-                    s.correlation_id,
-                    dumps(s.attributes),
-                    dumps(s.events),
-                    dumps(s.links),
+                    attributes,
+                    tuple((e["name"], e["at_ns"], e.get("attributes") or {}) for e in s.events),
+                    tuple((int(k["trace_id"], 16), int(k["span_id"], 16)) for k in s.links),
                 )
-                for s in spans
-            ]
-        )
+            )
+        return sum(self.add_records(records, service) for service, records in by_service.items())
 
-    def add_rows(self, rows: Sequence[SpanRow]) -> int:
-        """``add`` for spans already in row form (the exporter's path: no objects between the
-        SDK's span and the row). A span stored twice (an exporter's retry) counts once more in
-        its trace's span count; nothing else changes."""
-        if not rows:
+    def add_records(self, records: Sequence[Record], service: str) -> int:
+        """``add`` for the spans of one service as the recorder hands them over (no object, id
+        text or column per span: a trace's spans are grouped and their values encoded as they
+        are, once). The correlation id of a span is its ``interlink.correlation_id`` attribute.
+        A span stored twice (an exporter's retry) is read back twice."""
+        if not records:
             return 0
-        # per trace: start, end, spans, errors, root name, root service, rooted, correlation id
-        traces: dict[str, list[Any]] = {}
-        services: dict[tuple[str, str], int] = {}
-        for r in rows:
-            tid, parent, start, end = r[0], r[2], r[6], r[7]
-            rooted = 1 if parent is None else 0
-            t = traces.get(tid)
-            if t is None:
-                traces[tid] = [start, end, 1, r[8] == "error", r[3], r[4], rooted, r[10]]
+        groups: dict[int, list[Record]] = {}
+        for r in records:
+            group = groups.get(r[0])
+            if group is None:
+                groups[r[0]] = [r]
             else:
-                if rooted > t[6] or (rooted == t[6] and start < t[0]):
-                    t[4], t[5], t[6] = r[3], r[4], rooted
-                t[0] = min(t[0], start)
-                t[1] = max(t[1], end)
-                t[2] += 1
-                t[3] += r[8] == "error"
-                t[7] = t[7] or r[10]
-            key = (r[4], tid)
-            if start < services.get(key, start + 1):
-                services[key] = start
-        merges = [
-            (tid, t[0], t[1], t[1] - t[0], t[2], int(t[3]), t[4], t[5], t[6], t[7])
-            for tid, t in traces.items()
-        ]
+                group.append(r)
+        corr = CORRELATION_ATTRIBUTE
+        blocks = []
+        merges = []
+        services = []
+        for tid, spans in groups.items():
+            trace_id = f"{tid:032x}"
+            first = root = spans[0]
+            start, end, errors = first[5], first[6], int(first[7] == "error")
+            cid = first[9].get(corr) if first[9] else None
+            for r in spans[1:] if len(spans) > 1 else ():
+                start = min(start, r[5])
+                end = max(end, r[6])
+                errors += r[7] == "error"
+                if (r[2] is None, -r[5]) > (root[2] is None, -root[5]):
+                    root = r
+                if cid is None and r[9]:
+                    cid = r[9].get(corr)
+            blocks.append((trace_id, service, _encode(spans)))
+            merges.append(
+                (
+                    trace_id, start, end, end - start, len(spans), errors, root[3],
+                    service, int(root[2] is None), None if cid is None else str(cid),
+                )
+            )  # fmt: skip
+            services.append((trace_id, service, start))
         with self._lock, self._write() as c:
-            c.executemany(
-                f"INSERT OR REPLACE INTO spans ({_SPAN_COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            c.executemany("INSERT INTO spans (trace_id, service, spans) VALUES (?, ?, ?)", blocks)
             c.executemany(_MERGE, merges)
-            c.executemany(
-                _MERGE_SERVICE, [(svc, start, tid) for (svc, tid), start in services.items()]
-            )
-        return len(rows)
+            c.executemany(_MERGE_SERVICE, services)
+        return len(records)
 
     def prune(
         self,
@@ -373,12 +401,14 @@ class TraceStore:
 
     def trace(self, trace_id: str) -> list[SpanRecord]:
         """Every stored span of one trace, in start order (a waterfall's rows)."""
+        trace_id = trace_id.lower()
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT {_SPAN_COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_ns",
-                (trace_id.lower(),),
+                "SELECT service, spans FROM spans WHERE trace_id = ?", (trace_id,)
             ).fetchall()
-        return [_span(r) for r in rows]
+        found = [_span(service, r) for service, text in rows for r in json.loads(text)]
+        found.sort(key=lambda s: s.start_ns)
+        return found
 
     def summary(self, trace_id: str) -> TraceSummary | None:
         """The summary row of one trace, or None when it is not stored."""
@@ -450,21 +480,42 @@ class TraceStore:
         start = int(((time.time() - 300) if since is None else since) * 1e9)
         with self._lock:
             rows = self._conn.execute(
-                "SELECT p.service, c.service, c.kind = 'consumer', COUNT(*), "
-                "SUM(c.status = 'error') FROM "
+                "SELECT s.trace_id, s.service, s.spans FROM "
                 "(SELECT trace_id FROM traces WHERE start_ns >= ? "
                 " ORDER BY start_ns DESC LIMIT ?) t "
-                "JOIN spans c ON c.trace_id = t.trace_id "
-                "JOIN spans p ON p.trace_id = c.trace_id AND p.span_id = c.parent_id "
-                "WHERE p.service != c.service "
-                "GROUP BY 1, 2, 3 ORDER BY 1, 2",
+                "JOIN spans s ON s.trace_id = t.trace_id ORDER BY s.trace_id",
                 (start, sample),
             ).fetchall()
+        found: dict[tuple[str, str, bool], list[int]] = {}
+        i = 0
+        while i < len(rows):
+            # one trace's rows: which service owns each span, then each cross-service parent
+            j = i
+            owner: dict[int, str] = {}
+            children: list[tuple[str, Any, bool, bool]] = []
+            while j < len(rows) and rows[j][0] == rows[i][0]:
+                service = rows[j][1]
+                for r in json.loads(rows[j][2]):
+                    owner[r[1]] = service
+                    if r[2] is not None:
+                        children.append((service, r[2], r[4] == "consumer", r[7] == "error"))
+                j += 1
+            for service, parent, consumer, failed in children:
+                source = owner.get(parent)
+                if source is not None and source != service:
+                    tally = found.setdefault((source, service, consumer), [0, 0])
+                    tally[0] += 1
+                    tally[1] += failed
+            i = j
         return [
             Edge(
-                source=r[0], target=r[1], kind="async" if r[2] else "sync", calls=r[3], errors=r[4]
+                source=source,
+                target=target,
+                kind="async" if consumer else "sync",
+                calls=calls,
+                errors=errors,
             )
-            for r in rows
+            for (source, target, consumer), (calls, errors) in sorted(found.items())
         ]
 
     def count(self) -> int:
@@ -482,7 +533,7 @@ class TraceStore:
         return [str(r[0]) for r in rows]
 
 
-_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+_encode = json.JSONEncoder(separators=(",", ":"), default=str, check_circular=False).encode
 
 
 def dumps(value: object) -> str:
@@ -492,26 +543,32 @@ def dumps(value: object) -> str:
     return _encode(value)
 
 
-_FIELDS: dict[type, tuple[str, ...]] = {
-    record: tuple(f.name for f in fields(record)) for record in (SpanRecord, TraceSummary)
-}
+_SUMMARY_FIELDS = tuple(f.name for f in fields(TraceSummary))
 
 
-def _named(row: Sequence[Any], record: type) -> dict[str, Any]:
-    """A row's values by field name: ``_SPAN_COLUMNS`` and ``_LIST_COLUMNS`` select the
-    columns in the order of ``record``'s fields, so the names are written once, there."""
-    return dict(zip(_FIELDS[record], row, strict=True))
-
-
-def _span(row: Sequence[Any]) -> SpanRecord:
-    values = _named(row, SpanRecord)
-    for column in ("attributes", "events", "links"):  # JSON text
-        values[column] = json.loads(values[column])
-    return SpanRecord(**values)
+def _span(service: str, stored: list[Any]) -> SpanRecord:
+    tid, sid, parent, name, kind, start, end, status, message, attributes, events, links = stored
+    cid = attributes.get(CORRELATION_ATTRIBUTE) if attributes else None
+    return SpanRecord(
+        trace_id=f"{tid:032x}",
+        span_id=f"{sid:016x}",
+        parent_id=None if parent is None else f"{parent:016x}",
+        name=name,
+        service=service,
+        kind=kind,
+        start_ns=start,
+        end_ns=end,
+        status=status,
+        status_message=message,
+        correlation_id=None if cid is None else str(cid),
+        attributes=attributes or {},
+        events=[{"name": n, "at_ns": at, "attributes": a or {}} for n, at, a in events],
+        links=[{"trace_id": f"{t:032x}", "span_id": f"{k:016x}"} for t, k in links],
+    )
 
 
 def _summary(row: Sequence[Any]) -> TraceSummary:
-    values = _named(row, TraceSummary)
+    values = dict(zip(_SUMMARY_FIELDS, row, strict=True))  # ``_LIST_COLUMNS``' order
     values["errors"] = values["errors"] or 0
     services = values["services"]  # GROUP_CONCAT's text, or NULL
     values["services"] = tuple(sorted(str(services).split(","))) if services else ()
