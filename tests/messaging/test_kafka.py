@@ -141,6 +141,16 @@ def test_raw_aiokafka_publishers_reach_interlink(kafka_url: str) -> None:
     assert structured == (3, "st-3", "com.example.order")
 
 
+def _raw_reader(url: str, topic: str) -> AIOKafkaConsumer:
+    """A raw aiokafka consumer of ``topic`` from its beginning, in a group of its own."""
+    return AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=_bootstrap(url),
+        group_id=_name("raw"),
+        auto_offset_reset="earliest",
+    )
+
+
 def test_raw_aiokafka_consumer_reads_interlink_messages(kafka_url: str) -> None:
     """What interlink publishes is the model's JSON with ``ce_`` record headers and the key
     as the record key."""
@@ -148,12 +158,7 @@ def test_raw_aiokafka_consumer_reads_interlink_messages(kafka_url: str) -> None:
 
     async def body() -> tuple[Any, str]:
         broker = Broker.from_url(kafka_url)
-        consumer = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=_bootstrap(kafka_url),
-            group_id=_name("raw"),
-            auto_offset_reset="earliest",
-        )
+        consumer = _raw_reader(kafka_url, topic)
         try:
             mid = await broker.publish(topic, Order(order_id=7), key="k7")
             await consumer.start()
@@ -173,6 +178,70 @@ def test_raw_aiokafka_consumer_reads_interlink_messages(kafka_url: str) -> None:
     assert headers["ce_partitionkey"] == "k7"
     assert headers["content-type"] == "application/json"
     assert headers["ce_time"].endswith("Z")
+
+
+def test_a_batch_places_each_key_where_a_single_publish_does_and_keeps_its_order(
+    kafka_url: str,
+) -> None:
+    """``publish_many`` puts a key's records on the partition ``publish`` puts that key on
+    (the producer's partitioner), in the order given, with their headers; records without a
+    key all arrive; a raw consumer reads every one."""
+    topic = _name()
+    keys = [f"k{i}" for i in range(12)]
+    # 40 records per key of 1 KiB: more than one record batch per partition
+    batch = [(key, n) for n in range(40) for key in keys]
+    loose = [Order(order_id=1000 + n) for n in range(30)]
+
+    async def body() -> tuple[list[Any], list[str], list[str]]:
+        broker = Broker.from_url(kafka_url)
+        consumer = _raw_reader(kafka_url, topic)
+        try:
+            singles = [await broker.publish(topic, b"single", key=key) for key in keys]
+            ids = await broker.publish_many(
+                topic,
+                [Order(order_id=n, item=f"{key}:" + "x" * 1024) for key, n in batch],
+                key=lambda order: order.item.split(":", 1)[0],
+            )
+            ids += await broker.publish_many(topic, loose)
+            await consumer.start()
+            records: list[Any] = []
+            while len(records) < len(keys) + len(batch) + len(loose):
+                got = await consumer.getmany(timeout_ms=1000)
+                for part in got.values():
+                    records += part
+            return records, singles, ids
+        finally:
+            await consumer.stop()
+            await broker.stop()
+
+    records, singles, ids = _run(body())
+    partition_of = {r.key.decode(): r.partition for r in records if r.value == b"single"}
+    assert sorted(partition_of) == sorted(keys)
+    assert len(set(partition_of.values())) > 1  # the keys spread over the partitions
+    per_key: dict[str, list[int]] = {}
+    unkeyed: list[int] = []
+    for record in records:
+        if record.value == b"single":
+            continue
+        headers = {name: value.decode() for name, value in record.headers}
+        body = json.loads(record.value)
+        assert headers["ce_type"] == "Order"
+        assert headers["ce_specversion"] == "1.0"
+        assert headers["content-type"] == "application/json"
+        if record.key is None:
+            assert "ce_partitionkey" not in headers
+            unkeyed.append(body["order_id"])
+            continue
+        key = record.key.decode()
+        assert headers["ce_partitionkey"] == key
+        assert record.partition == partition_of[key]
+        per_key.setdefault(key, []).append(body["order_id"])
+    assert per_key == {key: list(range(40)) for key in keys}
+    assert sorted(unkeyed) == [order.order_id for order in loose]
+    ids_of: dict[bool, set[str]] = {True: set(), False: set()}
+    for record in records:
+        ids_of[record.value == b"single"].add(dict(record.headers)["ce_id"].decode())
+    assert ids_of == {True: set(singles), False: set(ids)}
 
 
 def test_dlq_cli_lists_replays_and_purges_on_kafka(kafka_url: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import re
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner
 
 from interlink.messaging.backend import BackendUnavailable, PublishError, redact
 from interlink.messaging.backends._options import (
@@ -32,6 +34,8 @@ NOT_BEFORE = "ce_notbefore"
 RETRY_FOR = "ce_retryfor"
 
 _decode = bytes.decode  # one lookup, not one per header
+# what the producer places a keyed record with (it is made with no other partitioner)
+_PARTITIONER = DefaultPartitioner()
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
@@ -216,32 +220,79 @@ class KafkaConnection:
             raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
 
     async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:
-        """Hand every record to the producer (it batches them per partition), then wait for
-        all the acknowledgements."""
+        """Fill one record batch per partition (aiokafka's ``create_batch``), hand each full
+        one to the producer (``send_batch``), then wait for every batch's acknowledgement.
+
+        A keyed record goes to the partition the producer's own partitioner gives its key
+        (as ``publish_one``'s do); the records without a key go round the partitions, from
+        one drawn at random. Per partition the batches leave in order, so the records of a
+        key keep theirs.
+        """
         await self.ensure_topic(topic)
         producer = self._producer
         if producer is None:
             raise PublishError(topic, "not connected")
-        send = producer.send
-        futures: list[asyncio.Future[Any]] = []
+        if not items:
+            return
+        sent: list[tuple[asyncio.Future[Any], int]] = []
         try:
-            for item in items:
-                key = item.key
-                futures.append(
-                    await send(
-                        topic,
-                        item.data,
-                        key=key.encode() if key is not None else None,
-                        headers=[(n, v.encode()) for n, v in item.headers.items()],
-                    )
-                )
-            done, pending = await asyncio.wait(futures, timeout=self.timeout)
+            async with asyncio.timeout(self.timeout):
+                everyone = list(await producer.partitions_for(topic))
+                await self._fill(producer, topic, items, everyone, sent)
+                await asyncio.wait([future for future, _ in sent])
         except (KafkaError, OSError) as exc:
             raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
-        failed = len(pending) + sum(1 for f in done if f.exception() is not None)
-        for future in pending:
-            future.cancel()
+        except TimeoutError:
+            pass  # counted below: the batches not confirmed in time
+        failed = len(items) - sum(count for _, count in sent)  # not handed over in time
+        first: BaseException | None = None
+        for future, count in sent:
+            if not future.done():
+                future.cancel()
+                failed += count
+            elif (error := future.exception()) is not None:
+                failed += count
+                first = first or error
         if failed:
-            first = next((f.exception() for f in done if f.exception() is not None), None)
             why = f"{type(first).__name__}: {first}" if first is not None else "timed out"
             raise PublishError(topic, f"{failed} of {len(items)} not confirmed ({why})")
+
+    @staticmethod
+    async def _fill(
+        producer: AIOKafkaProducer,
+        topic: str,
+        items: Sequence[OutgoingMessage],
+        everyone: list[int],
+        sent: list[tuple[asyncio.Future[Any], int]],
+    ) -> None:
+        open_: dict[int, Any] = {}  # partition -> the batch being filled
+        of_key: dict[str, int] = {}  # key -> partition, the partitioner asked once a key
+        count = len(everyone)
+        turn = random.randrange(count)  # the records without a key take turns
+        send_batch, create_batch = producer.send_batch, producer.create_batch
+        for item in items:
+            key = item.key
+            if key is None:
+                turn += 1
+                partition, key_bytes = everyone[turn % count], None
+            else:
+                key_bytes = key.encode()
+                partition = of_key.get(key, -1)
+                if partition < 0:
+                    partition = of_key[key] = _PARTITIONER(key_bytes, everyone, everyone)
+            headers = wire_headers(item.headers)
+            batch = open_.get(partition)
+            if batch is None:
+                batch = open_[partition] = create_batch()
+            if (
+                batch.append(timestamp=None, key=key_bytes, value=item.data, headers=headers)
+                is None
+            ):
+                # full: it leaves, a new one takes the record (a first record always fits)
+                sent.append(
+                    (await send_batch(batch, topic, partition=partition), batch.record_count())
+                )
+                batch = open_[partition] = create_batch()
+                batch.append(timestamp=None, key=key_bytes, value=item.data, headers=headers)
+        for partition, batch in open_.items():
+            sent.append((await send_batch(batch, topic, partition=partition), batch.record_count()))
