@@ -3,6 +3,7 @@ confusion, missing scopes, forged identity headers, API keys, JWKS."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -262,3 +263,32 @@ def test_verified_tokens_are_cached_until_expiry(base: str) -> None:
     token = jwt.encode(_claims(), SECRET, algorithm="HS256")
     assert _call(base, token=token).status_code == 200
     assert _call(base, token=token).status_code == 200
+
+
+def test_a_repeated_header_is_answered_from_the_cache_until_the_token_expires() -> None:
+    """The same Authorization header again is taken at once from the cache of verified
+    tokens; once the token has expired (leeway included) it is not, and is refused."""
+    from interlink.proxy import Authenticator, JwtKey, Requirement
+    from interlink.proxy.errors import ProxyError
+    from interlink.testing import FakeClock
+
+    clock = FakeClock(time.time())
+    auth = Authenticator(
+        keys=[JwtKey(algorithm="HS256", secret=SECRET)],
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        leeway=5,
+        clock=clock,
+    )
+    claims = _claims()
+    header = "Bearer " + jwt.encode(claims, SECRET, algorithm="HS256")
+    need = Requirement(methods=("jwt",))
+    assert auth.authenticate_now(need, header, None) is None  # not verified yet
+    identity = asyncio.run(auth.authenticate(need, header, None))
+    for _ in range(2):
+        assert auth.authenticate_now(need, header, None) == identity
+    clock.advance(claims["exp"] - clock() + 6)
+    assert auth.authenticate_now(need, header, None) is None
+    with pytest.raises(ProxyError) as refused:
+        asyncio.run(auth.authenticate(need, header, None))
+    assert refused.value.reason == "auth_expired"

@@ -221,6 +221,8 @@ class Authenticator:
         self.api_key_header = api_key_header.lower()
         self.identity_prefix = identity_prefix.lower()
         self._cache: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
+        #: entries of ``_cache`` by the whole ``Authorization`` header that presented them
+        self._by_header: dict[str, tuple[Identity, float]] = {}
         self._cache_size = cache_size
         self._clock = clock
 
@@ -253,13 +255,20 @@ class Authenticator:
         verified tokens, or an API key) and the route's scopes and claims are there; None
         for everything else, which ``authenticate`` then decides (verifies, or refuses)."""
         identity: Identity | None = None
-        if "jwt" in requirement.methods and authorization is not None:
-            scheme, _, token = authorization.partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                # the cache of verified tokens, while the token is still valid
-                cached = self._cache.get(token.strip())
-                if cached is None:
-                    return None
+        if authorization is not None and "jwt" in requirement.methods:
+            # the cache of verified tokens, while the token is still valid: found by the
+            # whole header first (a client repeats it, and the same string keeps its hash)
+            cached = self._by_header.get(authorization)
+            if cached is None:
+                scheme, _, token = authorization.partition(" ")
+                if scheme.lower() == "bearer" and token.strip():
+                    cached = self._cache.get(token.strip())
+                    if cached is None:
+                        return None
+                    if len(self._by_header) >= self._cache_size:
+                        self._by_header.clear()
+                    self._by_header[authorization] = cached
+            if cached is not None:
                 identity, expires = cached
                 now = self._clock()
                 if now > expires + self.leeway:
