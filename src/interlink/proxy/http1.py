@@ -239,6 +239,11 @@ AnswerNow = Callable[[Request, "ServerConnection"], bool]
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
 
 
+def _decoded(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """(lower-case name, value) pairs of the parser's (name, value) bytes."""
+    return [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw]
+
+
 def _framing_error(headers: list[tuple[str, str]]) -> ProxyError | None:
     lengths = [v for k, v in headers if k == "content-length"]
     encodings = [v for k, v in headers if k == "transfer-encoding"]
@@ -266,10 +271,11 @@ class ServerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client = ""
         self._url = bytearray()
-        self._headers: list[tuple[str, str]] = []
+        #: the head's headers as the parser gives them (decoded once the head is whole, and
+        #: not at all when they repeat the last request's, ``_last_raw``)
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._last_raw: list[tuple[bytes, bytes]] = []
         self._header_name = b""
-        #: whether the head being parsed has a Content-Length or Transfer-Encoding
-        self._framed = False
         self._head_bytes = 0
         self._in_head = False
         self._current: Request | None = None
@@ -389,10 +395,7 @@ class ServerConnection(asyncio.Protocol):
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self._limits.max_header_bytes:
             self._count(0)  # raises
-        key = name.decode("latin-1").lower()
-        if key in _FRAMING:
-            self._framed = True
-        self._headers.append((key, value.decode("latin-1")))
+        self._raw_headers.append((name, value))
 
     def _count(self, size: int) -> None:
         self._head_bytes += size
@@ -404,19 +407,10 @@ class ServerConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        headers = self._headers
-        if self._framed:  # a length or an encoding: checked for ambiguity and size
-            error = _framing_error(headers)
-            if error is not None:
-                raise error
-            for key, value in headers:
-                if key == "content-length" and int(value) > self._limits.max_body_bytes:
-                    raise ProxyError(
-                        "body_too_large", f"the body exceeds {self._limits.max_body_bytes} bytes"
-                    )
+        raw = self._raw_headers
         parser = self._parser
         last = self._last
-        if last is not None and headers == last.headers:  # (no body nor upgrade: see below)
+        if last is not None and raw == self._last_raw:  # (no body nor upgrade: see below)
             request = last.again(
                 parser.get_method().decode("ascii", "replace"),
                 self._url.decode("latin-1"),
@@ -426,20 +420,37 @@ class ServerConnection(asyncio.Protocol):
                 upgrade=parser.should_upgrade(),  # (CONNECT is one, whatever the headers)
             )
         else:
+            headers = _decoded(raw)
+            framed = False
+            for key, _ in headers:
+                if key in _FRAMING:
+                    framed = True
+            if framed:  # a length or an encoding: checked for ambiguity and size
+                error = _framing_error(headers)
+                if error is not None:
+                    raise error
+                for key, value in headers:
+                    if key == "content-length" and int(value) > self._limits.max_body_bytes:
+                        raise ProxyError(
+                            "body_too_large",
+                            f"the body exceeds {self._limits.max_body_bytes} bytes",
+                        )
             request = Request(
                 parser.get_method().decode("ascii", "replace"),
                 self._url.decode("latin-1"),
                 headers,
-                Body(self) if self._framed else self._no_body,
+                Body(self) if framed else self._no_body,
                 version=parser.get_http_version(),
                 client=self.client,
                 keep_alive=parser.should_keep_alive(),
                 upgrade=parser.should_upgrade(),
             )
-            self._last = None if self._framed or request.upgrade else request
+            if framed or request.upgrade:
+                self._last = None
+            else:
+                self._last, self._last_raw = request, raw
         self._url.clear()
-        self._headers = []
-        self._framed = False
+        self._raw_headers = []
         self._head_bytes = 0
         if self._current is None:
             self._on_due = None  # the head is whole: its timer is off
@@ -708,7 +719,7 @@ class ServerConnection(asyncio.Protocol):
             self._current = Request(
                 "GET", "/", [], Body(self), client=self.client, keep_alive=False
             )
-            self.respond_error(error, _request_id(self._headers))
+            self.respond_error(error, _request_id(_decoded(self._raw_headers)))
             self._current = None
         if self.transport is not None:
             self.transport.close()
