@@ -90,12 +90,6 @@ class Decision(NamedTuple):
 _RESET_NOW = ("ratelimit-reset", "0")
 
 
-def _allowed(remaining: int) -> Decision:
-    """``Decision(True, remaining, 0.0)`` made by the tuple type itself: a named tuple's own
-    constructor is Python code, and one decision is made per request."""
-    return tuple.__new__(Decision, (True, remaining, 0.0))
-
-
 class Buckets(Protocol):
     """Where token buckets live."""
 
@@ -115,21 +109,27 @@ class MemoryBuckets:
     def take_now(self, key: str, rule: LimitRule) -> Decision:
         """``take`` without awaiting: memory never waits."""
         now = self._clock()
-        bucket = self._buckets.get(key)
+        buckets = self._buckets
+        bucket = buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = [float(rule.burst), now]
-            if len(self._buckets) > self._max_keys:
-                self._buckets.popitem(last=False)
+            bucket = buckets[key] = [float(rule.burst), now]
+            if len(buckets) > self._max_keys:
+                buckets.popitem(last=False)
         else:
-            self._buckets.move_to_end(key)
+            buckets.move_to_end(key)
             elapsed = now - bucket[1]
             if elapsed > 0:
-                bucket[0] = min(float(rule.burst), bucket[0] + elapsed * rule.rate)
+                tokens = bucket[0] + elapsed * rule.rate
+                bucket[0] = tokens if tokens < rule.burst else float(rule.burst)
             bucket[1] = now
-        if bucket[0] >= 1.0:
-            bucket[0] -= 1.0
-            return _allowed(int(bucket[0]))
-        return Decision(False, 0, (1.0 - bucket[0]) / rule.rate)
+        tokens = bucket[0]
+        if tokens >= 1.0:
+            tokens -= 1.0
+            bucket[0] = tokens
+            # ``Decision(True, ...)`` made by the tuple type itself: a named tuple's own
+            # constructor is Python code, and one decision is made per request
+            return tuple.__new__(Decision, (True, int(tokens), 0.0))
+        return Decision(False, 0, (1.0 - tokens) / rule.rate)
 
     async def take(self, key: str, rule: LimitRule) -> Decision:
         """Take one token from ``key``'s bucket."""
@@ -250,6 +250,12 @@ class Limiter:
         """``check`` without awaiting, for in-memory buckets (``decides_now``)."""
         buckets = self.buckets
         assert isinstance(buckets, MemoryBuckets)
+        if len(rules) == 1:  # the usual: one rule, its decision is the answer
+            rule = rules[0]
+            decision = buckets.take_now(_key(rule, route, consumer, client), rule)
+            if decision.allowed:
+                return decision.headers(rule)
+            raise self._refused(rule, decision, route)
         tightest: tuple[LimitRule, Decision] | None = None
         for rule in rules:
             decision = buckets.take_now(_key(rule, route, consumer, client), rule)

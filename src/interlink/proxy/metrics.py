@@ -8,7 +8,7 @@ scrape time from the route's breaker).
 
 from __future__ import annotations
 
-import bisect
+from bisect import bisect_left as _bucket
 from collections.abc import Callable, Iterable
 
 __all__ = ["BUCKETS", "ProxyMetrics"]
@@ -27,7 +27,9 @@ class ProxyMetrics:
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, int], int] = {}
-        self.latency: dict[str, list[float]] = {}  # per route: bucket counts, then sum, count
+        #: per route: the count of each bucket (and of the one above them all), then the sum
+        #: of the seconds; the count of requests is their total, added up when scraped
+        self.latency: dict[str, list[float]] = {}
         self.upstream_errors: dict[tuple[str, str], int] = {}
         self.rate_limited: dict[str, int] = {}
         self.reloads = 0
@@ -36,13 +38,13 @@ class ProxyMetrics:
     def observe(self, route: str, status: int, seconds: float) -> None:
         """Count one answered request."""
         key = (route, status)
-        self.requests[key] = self.requests.get(key, 0) + 1
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
         row = self.latency.get(route)
         if row is None:
             row = self.latency[route] = [0.0] * (len(BUCKETS) + 2)
-        row[bisect.bisect_left(BUCKETS, seconds)] += 1
-        row[-2] += seconds
-        row[-1] += 1
+        row[_bucket(BUCKETS, seconds)] += 1
+        row[-1] += seconds
 
     def upstream_error(self, route: str, reason: str) -> None:
         """Count one failed upstream attempt."""
@@ -86,8 +88,8 @@ class ProxyMetrics:
             out.append(
                 f'interlink_proxy_request_seconds_bucket{{route="{name}",le="+Inf"}} {running:g}'
             )
-            out.append(f'interlink_proxy_request_seconds_sum{{route="{name}"}} {row[-2]:.6f}')
-            out.append(f'interlink_proxy_request_seconds_count{{route="{name}"}} {row[-1]:g}')
+            out.append(f'interlink_proxy_request_seconds_sum{{route="{name}"}} {row[-1]:.6f}')
+            out.append(f'interlink_proxy_request_seconds_count{{route="{name}"}} {running:g}')
         _family(
             out,
             "interlink_proxy_upstream_errors_total",
