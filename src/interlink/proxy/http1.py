@@ -587,8 +587,8 @@ class ServerConnection(asyncio.Protocol):
         if self._close_after and status != 101:
             tail = tail[:-2] + b"connection: close\r\n\r\n"
         # held back until the first body bytes (or ``flush``): one write, one syscall
-        phrase = _PHRASES.get(status) or _reason_phrase(status)
-        self._held = b"HTTP/1.1 %d %s\r\n%b%b" % (status, phrase, block, tail)
+        line = _STATUS_LINES.get(status) or _status_line(status)
+        self._held = line + block + tail
 
     def send_whole(self, status: int, block: bytes, sized: bool, body: list[bytes]) -> None:
         """``start_encoded``, ``write`` of each of ``body``'s chunks and ``end`` in one call and
@@ -783,20 +783,21 @@ class ServerConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
 
-_PHRASES: dict[int, bytes] = {}
+#: ``HTTP/1.1 <status> <phrase>\r\n`` by status, made once each
+_STATUS_LINES: dict[int, bytes] = {}
 
 
-def _reason_phrase(status: int) -> bytes:
-    phrase = _PHRASES.get(status)
-    if phrase is None:
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
         text = status_text(status)
         if not text:
             try:
                 text = HTTPStatus(status).phrase
             except ValueError:
                 text = "Status"
-        phrase = _PHRASES[status] = text.encode()
-    return phrase
+        line = _STATUS_LINES[status] = b"HTTP/1.1 %d %s\r\n" % (status, text.encode())
+    return line
 
 
 def _request_id(headers: list[tuple[str, str]]) -> str:
