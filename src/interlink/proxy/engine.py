@@ -219,7 +219,7 @@ def _ids(incoming: str | None) -> tuple[str, str]:
     call for the randomness of both: it is per request."""
     # 128 + 128 + 64 bits: correlation id, trace id, span id. They need to be unique, not
     # secret: no syscall
-    random = f"{getrandbits(320):080x}"
+    random = getrandbits(320).to_bytes(40, "big").hex()
     span = random[64:]
     if incoming is not None:
         found = _TRACEPARENT.match(incoming.strip())
