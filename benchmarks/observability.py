@@ -147,9 +147,10 @@ def paired(measure: object, rounds: int, count: int) -> dict[str, tuple[float, f
     }
 
 
-def dashboard_paint(traces: int) -> float | None:
-    """Milliseconds from navigation start to the first row of the trace list, or None when no
-    Chromium is installed."""
+def dashboard_paint(traces: int) -> tuple[float, float] | None:
+    """Milliseconds from navigation start to the first frame that draws a row of the trace list,
+    and to the driver finding a row once the page has loaded (that figure adds the page's load
+    event and two round trips to the driver); None when no Chromium is installed."""
     chromium = shutil.which("chromium")
     if chromium is None:
         return None
@@ -206,17 +207,33 @@ def dashboard_paint(traces: int) -> float | None:
                           "--disable-component-update", "--disable-sync", "--no-first-run"],
                 )  # fmt: skip
                 paints = []
+                found = []
                 for _ in range(3):
                     page = browser.new_page()
+                    page.add_init_script(_PAINT_PROBE)
                     page.goto(f"http://127.0.0.1:{port}/")
                     page.wait_for_selector("#traces tbody tr")
-                    paints.append(float(page.evaluate("performance.now()")))
+                    found.append(float(page.evaluate("performance.now()")))
+                    page.wait_for_function("window.rowsPainted !== undefined")
+                    paints.append(float(page.evaluate("window.rowsPainted")))
                     page.close()
                 browser.close()
         finally:
             server.should_exit = True
             thread.join(10)
-    return statistics.median(paints)
+    return statistics.median(paints), statistics.median(found)
+
+
+# In the page from its start: the time of the first frame drawn once the trace list has a row
+# (a requestAnimationFrame callback runs as that frame begins), whether the rows came with the
+# page or from its script.
+_PAINT_PROBE = """
+new MutationObserver((_, observer) => {
+  if (!document.querySelector("#traces tbody tr")) return;
+  observer.disconnect();
+  requestAnimationFrame(() => { window.rowsPainted = performance.now(); });
+}).observe(document, { childList: true, subtree: true });
+"""
 
 
 def main() -> int:
@@ -260,8 +277,9 @@ def main() -> int:
     paint_line = (
         "Dashboard trace list, first paint: no Chromium on this machine, not measured."
         if paint is None
-        else f"Dashboard trace list, first paint with {traces:,} traces stored: {paint:.0f} ms "
-        f"(median of 3 page loads in headless Chromium; figure for ≤ {TARGET_PAINT_MS:.0f} ms)."
+        else f"Dashboard trace list, first paint with {traces:,} traces stored: {paint[0]:.0f} ms "
+        f"(median of 3 page loads in headless Chromium; figure for ≤ {TARGET_PAINT_MS:.0f} ms); "
+        f"the page loaded and a row found by the driver: {paint[1]:.0f} ms."
     )
     text = _report.results_text(
         f"{rounds} off/on/SDK round(s), {requests} requests and {messages} messages per round",

@@ -185,16 +185,20 @@ async function loadTraces() {
   if (form.get("errors")) q.set("errors", "1");
   let data;
   try { data = await getJSON(`/api/traces?${q}`); } catch { $("#traces-panel").hidden = true; return; }
-  $("#traces tbody").replaceChildren(...data.traces.map((t) => el("tr", {
-    class: "clickable", "data-trace": t.trace_id, onclick: () => showTrace(t.trace_id),
-  },
-  el("td", {}, fromNs(t.start_ns)), el("td", {}, `${t.root_service}: ${t.root_name}`),
+  $("#trace-rows").replaceChildren(...data.traces.map(traceRow));
+  pager(data.traces.length);
+}
+
+// one row of the list (the server draws the first page's rows the same way, with the page)
+const traceRow = (t) => el("tr", { class: "clickable", "data-trace": t.trace_id },
+  el("td", { "data-ns": t.start_ns }, fromNs(t.start_ns)), el("td", {}, `${t.root_service}: ${t.root_name}`),
   el("td", {}, t.services.join(", ")), el("td", {}, ms(t.duration_ns)), el("td", {}, t.spans),
-  el("td", { class: t.errors ? "err" : "" }, t.errors || ""), el("td", {}, el("code", {}, t.correlation_id || "")))));
-  $("#traces-page").textContent = data.traces.length
-    ? `${traceOffset + 1}–${traceOffset + data.traces.length}` : "no traces match";
+  el("td", { class: t.errors ? "err" : "" }, t.errors || ""), el("td", {}, el("code", {}, t.correlation_id || "")));
+
+function pager(count) {
+  $("#traces-page").textContent = count ? `${traceOffset + 1}–${traceOffset + count}` : "no traces match";
   $("#traces-prev").disabled = traceOffset === 0;
-  $("#traces-next").disabled = data.traces.length < PAGE;
+  $("#traces-next").disabled = count < PAGE;
 }
 
 const palette = ["#3b6fd8", "#8a5cd0", "#2f9e5b", "#d99a1e", "#1d9bb0", "#c2549b", "#7a8a2e"];
@@ -340,13 +344,23 @@ async function dlqAction(action) {
 $("#trace-filters").addEventListener("submit", (e) => { e.preventDefault(); traceOffset = 0; loadTraces(); });
 $("#traces-prev").addEventListener("click", () => { traceOffset = Math.max(0, traceOffset - PAGE); loadTraces(); });
 $("#traces-next").addEventListener("click", () => { traceOffset += PAGE; loadTraces(); });
+$("#trace-rows").addEventListener("click", (e) => {
+  const row = e.target.closest("tr[data-trace]");
+  if (row) showTrace(row.dataset.trace);
+});
 for (const b of document.querySelectorAll("#saga-tabs button")) {
   b.addEventListener("click", () => { sagaStatus = b.dataset.status; loadSagas(); });
 }
 $("#dlq-replay").addEventListener("click", () => dlqAction("replay"));
 $("#dlq-purge").addEventListener("click", () => dlqAction("purge"));
 
-// the first page of traces first: the overview stream and the other lists follow it
-loadTraces().finally(() => { connect(); loadSagas(); loadQueues(); });
+// the first page of traces first (it usually came with the page, its start times in UTC: they
+// are shown in the browser's time zone here): the overview stream and the other lists follow it
+const served = $("#trace-rows").dataset.first;
+if (served !== undefined) {
+  for (const td of document.querySelectorAll("#trace-rows td[data-ns]")) td.textContent = fromNs(Number(td.dataset.ns));
+  pager(Number(served));
+}
+(served !== undefined ? Promise.resolve() : loadTraces()).finally(() => { connect(); loadSagas(); loadQueues(); });
 // the lists refresh themselves while they show the newest page: older pages hold still
 setInterval(() => { loadSagas(); loadQueues(); if (traceOffset === 0) loadTraces(); }, 5000);
