@@ -306,14 +306,14 @@ class Authenticator:
             identity, expires = cached
             if now <= expires + self.leeway:
                 nbf = identity.claims.get("nbf")
-                if not isinstance(nbf, int | float) or nbf - self.leeway <= now:
+                if not isinstance(nbf, _NUMBER) or nbf - self.leeway <= now:
                     return identity
             else:
                 del self._cache[token]
                 raise ProxyError("auth_expired", "the token has expired", headers=_CHALLENGE)
         identity = await self._verify(token)
         exp = identity.claims.get("exp")
-        if isinstance(exp, int | float):
+        if isinstance(exp, _NUMBER):
             self._cache[token] = (identity, float(exp))
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
