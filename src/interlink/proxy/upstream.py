@@ -474,13 +474,13 @@ class UpstreamPool:
         Raises ``UpstreamFailure`` (``upstream_connect_refused``, ``upstream_timeout``) or
         ``ProxyError('upstream_pool_full')``.
         """
+        conn = self.take_idle(host, port)
+        if conn is not None:
+            return conn
         key = (host, port)
         slot = self._slots.get(key)
         if slot is None:
             slot = self._slots[key] = _Slot()
-        conn = self._idle(slot)
-        if conn is not None:
-            return conn
         if slot.count >= self.limits.max_connections:
             waiter = asyncio.get_running_loop().create_future()
             slot.waiters.append(waiter)
@@ -505,12 +505,9 @@ class UpstreamPool:
     def take_idle(self, host: str, port: int) -> UpstreamConnection | None:
         """An idle kept-alive connection to ``host:port`` at once, or None (then ``acquire``)."""
         slot = self._slots.get((host, port))
-        return None if slot is None else self._idle(slot)
-
-    def _idle(self, slot: _Slot) -> UpstreamConnection | None:
-        idle = slot.idle
-        if not idle:
+        if slot is None or not slot.idle:
             return None
+        idle = slot.idle
         now = self._clock()
         while idle:
             conn = idle.pop()
@@ -547,7 +544,14 @@ class UpstreamPool:
         if slot is None:
             conn.abort()
             return
-        if conn.reusable and len(slot.idle) < self.limits.max_idle:
+        # ``conn.reusable``, read without a call
+        if (
+            conn._complete
+            and not conn.closed
+            and conn._keep_alive
+            and not conn._head_only
+            and len(slot.idle) < self.limits.max_idle
+        ):
             conn.idle_since = self._clock()
             conn._sink = None
             slot.idle.append(conn)
