@@ -1,5 +1,5 @@
-"""Argument checks shared by every policy's constructor, and the one form of their
-``describe()``.
+"""Argument checks shared by every policy's constructor, the one form of their
+``describe()``, and the read-only view of what they checked (``ReadOnly``).
 
 Each check raises ``ValueError`` naming the parameter, the rule and the value, e.g.
 ``'failure_rate_threshold' must be in (0, 1]: 1.5``; tests compare the text. ``True`` and
@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+import operator
+from typing import TYPE_CHECKING, Any, Generic, Never, Self, TypeVar, overload
 
 __all__ = [
+    "ReadOnly",
     "at_least",
     "described",
     "fraction",
@@ -22,6 +24,8 @@ __all__ = [
     "positive_fields",
     "positive_int",
 ]
+
+T = TypeVar("T")
 
 
 def _number(value: object) -> bool:
@@ -79,3 +83,22 @@ def described(
     for attribute in settings:
         description[attribute.lstrip("_")] = getattr(source, attribute)
     return description
+
+
+class ReadOnly(property, Generic[T]):
+    """A read-only attribute showing the private one a policy set in ``__init__``:
+    ``ratio: ReadOnly[float] = ReadOnly("_ratio", "Retries allowed per first attempt.")``, in
+    place of a ``@property`` that returns it (the getter is an ``operator.attrgetter``, so
+    ``"options.name"`` reads a field of a field)."""
+
+    def __init__(self, attribute: str, doc: str) -> None:
+        super().__init__(operator.attrgetter(attribute), doc=doc)
+
+    if TYPE_CHECKING:  # what the type checker sees: reads give a T, writes are refused
+
+        @overload
+        def __get__(self, instance: None, owner: type | None = None, /) -> Self: ...
+        @overload
+        def __get__(self, instance: object, owner: type | None = None, /) -> T: ...
+        def __get__(self, instance: object, owner: type | None = None, /) -> Any: ...
+        def __set__(self, instance: object, value: Never, /) -> None: ...

@@ -320,15 +320,10 @@ class CircuitBreaker:
         breaker._setup(name, options, clock, listeners)
         return breaker
 
-    @property
-    def options(self) -> BreakerOptions:
-        """The settings, as one frozen object."""
-        return self._opts
-
-    @property
-    def clock(self) -> Clock:
-        """The clock that times calls (drivers measure ``duration`` with it)."""
-        return self._clock
+    options: v.ReadOnly[BreakerOptions] = v.ReadOnly("_opts", "The settings, as one frozen object.")
+    clock: v.ReadOnly[Clock] = v.ReadOnly(
+        "_clock", "The clock that times calls (drivers measure ``duration`` with it)."
+    )
 
     @property
     def times_calls(self) -> bool:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from interlink.clock import Clock
-from interlink.resilience._validate import described, non_negative, positive
+from interlink.resilience._validate import ReadOnly, described, non_negative, positive
 
 __all__ = ["BudgetSnapshot", "RetryBudget"]
 
@@ -108,30 +108,15 @@ class RetryBudget:
         # Reading a count is ``next()``, which adds one: ``_reads`` undoes those reads.
         self._reads = 0
 
-    @property
-    def name(self) -> str:
-        """The name used in errors and events."""
-        return self._name
-
-    @property
-    def ratio(self) -> float:
-        """Retries allowed per first attempt in the window."""
-        return self._ratio
-
-    @property
-    def min_per_second(self) -> float:
-        """The floor: retries per second allowed even without traffic."""
-        return self._min_per_second
-
-    @property
-    def ttl(self) -> float:
-        """Seconds a deposit or a withdrawal counts for."""
-        return self._ttl
-
-    @property
-    def clock(self) -> Clock:
-        """The clock the window is read on (``deposit(now)`` takes a reading of it)."""
-        return self._clock
+    name: ReadOnly[str] = ReadOnly("_name", "The name used in errors and events.")
+    ratio: ReadOnly[float] = ReadOnly("_ratio", "Retries allowed per first attempt in the window.")
+    min_per_second: ReadOnly[float] = ReadOnly(
+        "_min_per_second", "The floor: retries per second allowed even without traffic."
+    )
+    ttl: ReadOnly[float] = ReadOnly("_ttl", "Seconds a deposit or a withdrawal counts for.")
+    clock: ReadOnly[Clock] = ReadOnly(
+        "_clock", "The clock the window is read on (``deposit(now)`` takes a reading of it)."
+    )
 
     def deposit(self, now: float | None = None) -> None:
         """Record one first attempt. Lock-free; call it once per call, before the first try

@@ -113,6 +113,8 @@ class Bulkhead(Observed):
         "queue_timeout",
     )
 
+    _kind = "bulkhead"
+
     def __init__(
         self,
         max_concurrent: int,
@@ -162,7 +164,7 @@ class Bulkhead(Observed):
     def describe(self) -> dict[str, object]:
         """The configuration, for tests and the pipeline's ``describe()``."""
         return described(
-            "bulkhead", self.name, self, ("max_concurrent", "max_queue", "queue_timeout")
+            self._kind, self.name, self, ("max_concurrent", "max_queue", "queue_timeout")
         )
 
     def __repr__(self) -> str:
@@ -357,13 +359,6 @@ class Bulkhead(Observed):
 
     def _rejected(self) -> BulkheadFull:
         if self._events:
-            self._events.emit(
-                BulkheadRejected(
-                    kind="bulkhead",
-                    name=self.name,
-                    at=self._clock(),
-                    running=self.running,
-                    queued=self.queued,
-                )
-            )
+            at = self._clock()
+            self._emit(BulkheadRejected, self.name, at, running=self.running, queued=self.queued)
         return BulkheadFull(self.name, self.max_concurrent, self.max_queue)

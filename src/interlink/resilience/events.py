@@ -8,9 +8,9 @@ built when a listener is registered, so an unobserved policy pays nothing for th
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar, dataclass_transform
+from typing import Any, ClassVar, Protocol, TypeVar, dataclass_transform
 
 __all__ = [
     "BulkheadRejected",
@@ -157,10 +157,14 @@ class Emitter(list[Listener]):
 
 
 class Observed:
-    """The listener side every policy shares: its ``Emitter`` (``_events``) and the two
-    methods that change it, written once so that every policy is observed the same way."""
+    """The listener side every policy shares: its ``Emitter`` (``_events``), the two
+    methods that change it and the one way its events are built, written once so that every
+    policy is observed the same way."""
 
     __slots__ = ("_events",)
+
+    #: The policy's ``kind`` in its events and its ``describe()`` (``"retry"``...).
+    _kind: ClassVar[str]
 
     def __init__(self, listeners: Iterable[Listener] = ()) -> None:
         self._events = Emitter(listeners)
@@ -172,3 +176,8 @@ class Observed:
     def remove_listener(self, listener: Listener) -> None:
         """Stop receiving events; a listener that was never added is ignored."""
         self._events.remove(listener)
+
+    def _emit(self, event: Callable[..., PolicyEvent], name: str, at: float, **fields: Any) -> None:
+        """Tell the listeners ``event`` of this policy named ``name``, at clock reading ``at``.
+        Called only when ``self._events`` is not empty: an unobserved policy builds nothing."""
+        self._events.emit(event(kind=self._kind, name=name, at=at, **fields))

@@ -78,6 +78,8 @@ class Fallback(Observed):
         "value",
     )
 
+    _kind = "fallback"
+
     def __init__(
         self,
         value: object = _MISSING,
@@ -254,12 +256,5 @@ class Fallback(Observed):
 
     def _used(self, source: str, error: BaseException) -> None:
         if self._events:
-            self._events.emit(
-                FallbackUsed(
-                    kind="fallback",
-                    name=self.name,
-                    at=self._clock(),
-                    source=source,
-                    error=type(error).__name__,
-                )
-            )
+            at = self._clock()
+            self._emit(FallbackUsed, self.name, at, source=source, error=type(error).__name__)

@@ -43,7 +43,7 @@ from typing import Any, Generic, NoReturn, ParamSpec, Protocol, TypeVar
 
 from interlink.clock import AsyncSleep, Clock, async_sleep_of
 from interlink.resilience._latency import LatencyTracker
-from interlink.resilience._validate import described, fraction, non_negative, positive_int
+from interlink.resilience._validate import ReadOnly, described, fraction, non_negative, positive_int
 from interlink.resilience.deadline import remaining
 from interlink.resilience.events import Emitter, HedgeLaunched, Listener, Observed
 
@@ -135,6 +135,8 @@ class Hedge(Observed):
         "options",
     )
 
+    _kind = "hedge"
+
     def __init__(
         self,
         delay: float = DEFAULT_DELAY,
@@ -177,20 +179,14 @@ class Hedge(Observed):
             else None
         )
 
-    @property
-    def name(self) -> str:
-        """The name events and ``describe()`` report."""
-        return self.options.name
-
-    @property
-    def events(self) -> Emitter:
-        """The listeners; ``hedge.events.add(listener)`` subscribes after construction."""
-        return self._events
-
-    @property
-    def latencies(self) -> LatencyTracker | None:
-        """The recent successful latencies behind an adaptive delay (None when not adaptive)."""
-        return self._latency
+    name: ReadOnly[str] = ReadOnly("options.name", "The name events and ``describe()`` report.")
+    events: ReadOnly[Emitter] = ReadOnly(
+        "_events", "The listeners; ``hedge.events.add(listener)`` subscribes after construction."
+    )
+    latencies: ReadOnly[LatencyTracker | None] = ReadOnly(
+        "_latency",
+        "The recent successful latencies behind an adaptive delay (None when not adaptive).",
+    )
 
     def current_delay(self) -> float:
         """Seconds the next call waits before its first hedge.
@@ -209,7 +205,7 @@ class Hedge(Observed):
         """The settings, for tests and pipeline descriptions."""
         o = self.options
         budget = self._budget
-        description = described("hedge", o.name, o, _DESCRIBED)
+        description = described(self._kind, o.name, o, _DESCRIBED)
         description["budget"] = (
             None if budget is None else getattr(budget, "name", type(budget).__name__)
         )
@@ -394,15 +390,9 @@ class _Race(Generic[T]):
             launched += 1
             self._start_attempt()
             if hedge._events:
-                hedge._events.emit(
-                    HedgeLaunched(
-                        kind="hedge",
-                        name=hedge.options.name,
-                        at=hedge._clock(),
-                        hedge=hedge._max_hedges - self.hedges_left,
-                        delay=self.delay if fired else 0.0,
-                    )
-                )
+                number = hedge._max_hedges - self.hedges_left
+                delay = self.delay if fired else 0.0
+                hedge._emit(HedgeLaunched, hedge.name, hedge._clock(), hedge=number, delay=delay)
         if launched or not self.hedges_left:
             self._stop_timer()
         if self.timer is None and self.hedges_left and self.attempts:

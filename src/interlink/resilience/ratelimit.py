@@ -60,6 +60,8 @@ class RateLimiter(Observed):
         "timeout",
     )
 
+    _kind = "rate_limiter"
+
     def __init__(
         self,
         rate: float,
@@ -101,7 +103,7 @@ class RateLimiter(Observed):
 
     def describe(self) -> dict[str, object]:
         """The configuration, for tests and the pipeline's ``describe()``."""
-        return described("rate_limiter", self.name, self, ("rate", "burst", "timeout"))
+        return described(self._kind, self.name, self, ("rate", "burst", "timeout"))
 
     def __repr__(self) -> str:
         return f"RateLimiter({self.name!r}, rate={self.rate:g}/s, burst={self.burst})"
@@ -207,9 +209,7 @@ class RateLimiter(Observed):
         finally:
             lock.release()
         if self._events:
-            self._events.emit(
-                RateLimitRejected(kind="rate_limiter", name=self.name, at=now, retry_after=wait)
-            )
+            self._emit(RateLimitRejected, self.name, now, retry_after=wait)
         raise RateLimited(self.name, self.rate, self.burst, wait)
 
     def _wait(self, wait: float, tokens: int) -> None:

@@ -33,7 +33,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 from interlink.clock import AsyncSleep, Clock, Sleep, async_sleep_of, sleep_of
 from interlink.errors import BudgetExhausted, CircuitOpenError, InterlinkError
 from interlink.resilience._jitter import JITTERS, schedule_of
-from interlink.resilience._validate import at_least, described, non_negative
+from interlink.resilience._validate import ReadOnly, at_least, described, non_negative
 from interlink.resilience.budget import RetryBudget
 from interlink.resilience.deadline import remaining
 from interlink.resilience.events import Emitter, Listener, Observed, RetryGaveUp, RetryScheduled
@@ -111,6 +111,8 @@ class Retry(Observed):
         "_types",
     )
 
+    _kind = "retry"
+
     def __init__(
         self,
         retries: int = 3,
@@ -154,35 +156,20 @@ class Retry(Observed):
         self._rng = rng if rng is not None else Random()
         super().__init__(listeners)
 
-    @property
-    def name(self) -> str:
-        """The name used in events."""
-        return self._name
-
-    @property
-    def retries(self) -> int:
-        """Retries after the first call (0: never retry)."""
-        return self._retries
-
-    @property
-    def budget(self) -> RetryBudget | None:
-        """The shared budget retries draw from, if any."""
-        return self._budget
-
-    @property
-    def events(self) -> Emitter:
-        """Listeners receiving ``RetryScheduled`` and ``RetryGaveUp``."""
-        return self._events
-
-    @property
-    def sleep(self) -> Sleep:
-        """The blocking sleep this policy waits with (for drivers that inline the loop)."""
-        return self._sleep
-
-    @property
-    def asleep(self) -> AsyncSleep:
-        """The awaitable sleep this policy waits with (for drivers that inline the loop)."""
-        return self._asleep
+    name: ReadOnly[str] = ReadOnly("_name", "The name used in events.")
+    retries: ReadOnly[int] = ReadOnly("_retries", "Retries after the first call (0: never retry).")
+    budget: ReadOnly[RetryBudget | None] = ReadOnly(
+        "_budget", "The shared budget retries draw from, if any."
+    )
+    events: ReadOnly[Emitter] = ReadOnly(
+        "_events", "Listeners receiving ``RetryScheduled`` and ``RetryGaveUp``."
+    )
+    sleep: ReadOnly[Sleep] = ReadOnly(
+        "_sleep", "The blocking sleep this policy waits with (for drivers that inline the loop)."
+    )
+    asleep: ReadOnly[AsyncSleep] = ReadOnly(
+        "_asleep", "The awaitable sleep this policy waits with (for drivers that inline the loop)."
+    )
 
     # -- the decision ---------------------------------------------------------------------
 
@@ -218,15 +205,10 @@ class Retry(Observed):
             self._gave_up(attempt, "budget", exc)
             raise BudgetExhausted(budget.name, budget.ratio, budget.min_per_second) from exc
         if self._events:
-            self._events.emit(
-                RetryScheduled(
-                    kind="retry",
-                    name=self._name,
-                    at=self._clock(),
-                    attempt=attempt + 1,
-                    delay=delay,
-                    error=type(exc).__name__,
-                )
+            at = self._clock()
+            error = type(exc).__name__
+            self._emit(
+                RetryScheduled, self._name, at, attempt=attempt + 1, delay=delay, error=error
             )
         return delay
 
@@ -241,15 +223,10 @@ class Retry(Observed):
 
     def _gave_up(self, attempt: int, reason: str, exc: BaseException) -> None:
         if self._events:
-            self._events.emit(
-                RetryGaveUp(
-                    kind="retry",
-                    name=self._name,
-                    at=self._clock(),
-                    attempts=attempt + 1,
-                    reason=reason,
-                    error=type(exc).__name__,
-                )
+            at = self._clock()
+            error = type(exc).__name__
+            self._emit(
+                RetryGaveUp, self._name, at, attempts=attempt + 1, reason=reason, error=error
             )
 
     # -- the drivers ----------------------------------------------------------------------
@@ -346,7 +323,7 @@ class Retry(Observed):
 
     def describe(self) -> dict[str, object]:
         """The settings, for ``Pipeline.describe()`` and logs."""
-        description = described("retry", self._name, self, _DESCRIBED)
+        description = described(self._kind, self._name, self, _DESCRIBED)
         description["budget"] = None if self._budget is None else self._budget.describe()
         return description
 

@@ -34,7 +34,7 @@ from interlink.errors import DeadlineExceeded
 from interlink.resilience import _validate as v
 from interlink.resilience import _watchdog
 from interlink.resilience._decorate import Decorating
-from interlink.resilience._validate import described
+from interlink.resilience._validate import ReadOnly, described
 from interlink.resilience._watchdog import (
     Watchdog,
     enter_task_deadline,
@@ -88,6 +88,8 @@ class Timeout(Observed, Decorating):
         "name",
     )
 
+    _kind = "timeout"
+
     def __init__(
         self,
         seconds: float,
@@ -111,31 +113,19 @@ class Timeout(Observed, Decorating):
     def expired_error(self, *, started: bool) -> DeadlineExceeded:
         """The error for a call this timeout ended, after telling the listeners."""
         if self._events:
-            self._events.emit(
-                TimeoutExpired(
-                    kind="timeout",
-                    name=self.name,
-                    at=self._clock(),
-                    seconds=self._seconds,
-                    started=started,
-                )
-            )
+            at = self._clock()
+            self._emit(TimeoutExpired, self.name, at, seconds=self._seconds, started=started)
         what = "ran out of time" if started else "had no time left to start"
         return DeadlineExceeded(f"'{self.name}' {what}", self._seconds)
 
-    @property
-    def seconds(self) -> float:
-        """The configured budget."""
-        return self._seconds
-
-    @property
-    def strategy(self) -> str:
-        """How the sync front door enforces it: ``cooperative`` or ``thread``."""
-        return self._strategy
+    seconds: ReadOnly[float] = ReadOnly("_seconds", "The configured budget.")
+    strategy: ReadOnly[str] = ReadOnly(
+        "_strategy", "How the sync front door enforces it: ``cooperative`` or ``thread``."
+    )
 
     def describe(self) -> dict[str, object]:
         """The settings, for ``Pipeline.describe()``."""
-        return described("timeout", self.name, self, ("seconds", "strategy"))
+        return described(self._kind, self.name, self, ("seconds", "strategy"))
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` under the deadline; see the module docstring for what "enforce" means."""
