@@ -243,7 +243,7 @@ class Hedge(Observed):
         budget = self._budget
         if budget is not None:
             budget.deposit()
-        race = _Race(self, fn, args, kwargs)
+        race = _Race(self, functools.partial(fn, *args, **kwargs))
         try:
             while True:
                 await race.wait()
@@ -266,31 +266,22 @@ class _Race(Generic[T]):
     """One hedged call in flight: its attempts, its hedge timer and the hedges left to start."""
 
     __slots__ = (
-        "args",
+        "attempt",
         "attempts",
         "delay",
         "error",
-        "fn",
         "handle",
         "hedge",
         "hedges_left",
-        "kwargs",
         "loop",
         "timer",
         "wake",
     )
 
-    def __init__(
-        self,
-        hedge: Hedge,
-        fn: Callable[..., Awaitable[T]],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
+    def __init__(self, hedge: Hedge, attempt: Callable[[], Awaitable[T]]) -> None:
         self.hedge = hedge
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
+        self.attempt = attempt
+        """One attempt of the call (``fn`` with its arguments), started once per attempt."""
         self.loop = asyncio.get_running_loop()
         self.delay = hedge.current_delay()
         self.hedges_left = hedge._max_hedges
@@ -305,7 +296,7 @@ class _Race(Generic[T]):
         self._start_timer()
 
     def _start_attempt(self) -> None:
-        task = asyncio.ensure_future(self.fn(*self.args, **self.kwargs))
+        task = asyncio.ensure_future(self.attempt())
         self.attempts[task] = 0.0 if self.hedge._latency is None else self.hedge._clock()
         task.add_done_callback(self._on_done)
 
