@@ -539,3 +539,37 @@ def test_repeated_heads_on_one_connection_are_each_forwarded_as_sent(
             assert echoed["headers"]["x-request-id"] == response.headers["x-request-id"]
             seen.append(echoed["headers"]["x-request-id"])
     assert len(set(seen)) == len(seen)
+
+
+def test_pipelined_repeated_requests_are_answered_in_order(gateway: tuple[Proxy, str]) -> None:
+    """Pipelined requests with the same headers, then one with another header, in one write:
+    each is answered in order, with its own path, id and headers upstream."""
+    _, base = gateway
+    port = int(base.rsplit(":", 1)[1])
+    heads = [
+        b"GET /api/one HTTP/1.1\r\nHost: h\r\nX-Same: s\r\n\r\n",
+        b"GET /api/two HTTP/1.1\r\nHost: h\r\nX-Same: s\r\n\r\n",
+        b"GET /api/three HTTP/1.1\r\nHost: h\r\nX-Same: t\r\n\r\n",
+    ]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"".join(heads))
+        data = b""
+        answers = []
+        while len(answers) < len(heads):
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+            while b"\r\n\r\n" in data:
+                head, rest = data.split(b"\r\n\r\n", 1)
+                size = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+                if len(rest) < size:
+                    break
+                answers.append((head, json.loads(rest[:size])))
+                data = rest[size:]
+    assert [echoed["path"] for _, echoed in answers] == ["/one", "/two", "/three"]
+    assert [echoed["headers"]["x-same"] for _, echoed in answers] == ["s", "s", "t"]
+    ids = [echoed["headers"]["x-request-id"] for _, echoed in answers]
+    assert len(set(ids)) == 3
+    for (head, _), request_id in zip(answers, ids, strict=True):
+        assert head.startswith(b"HTTP/1.1 200")
+        assert f"x-request-id: {request_id}".encode() in head.lower()
