@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from interlink import Retry, RetryBudget
 from interlink.errors import BudgetExhausted, InterlinkError
+from interlink.messaging._codec import batch_of
 from interlink.messaging.envelope import (
     ACK,
     AMQP,
@@ -23,6 +24,7 @@ from interlink.messaging.envelope import (
     DeadLetter,
     Decision,
     EnvelopeError,
+    OutgoingMessage,
     check_headers,
     decide_failure,
     decide_poison,
@@ -122,6 +124,37 @@ def test_trace_context_travels_as_the_distributed_tracing_extension() -> None:
     assert headers["ce-tracestate"] == "x=1"
     assert headers["baggage"] == "k=v"
     assert dict(read(NATS, b"", headers, fallback_id="").headers) == user
+
+
+def test_a_batchs_messages_share_all_headers_but_the_id_per_type_and_key() -> None:
+    """``batch_of`` gives each message its full headers and, as ``shared``, the same mapping
+    for every message of one type and key: those headers without the id."""
+    user = {"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01", "x-user": "u"}
+    items = batch_of(
+        [b"1", b"2", "three", b"4"],
+        lambda m: "k" if m == b"4" else None,
+        binding=FIELDS,
+        time=1.0,
+        source="svc",
+        correlation_id="c1",
+        headers=user,
+    )
+    assert len({item.message_id for item in items}) == 4
+    for item in items:
+        assert item.headers[FIELDS.id] == item.message_id
+        assert item.shared == {n: v for n, v in item.headers.items() if n != FIELDS.id}
+        assert item.shared is not None
+        assert item.shared[FIELDS.traceparent] == user["traceparent"]
+    first, second, text, keyed = items
+    assert first.shared is second.shared  # one object per type and key
+    assert text.shared is not first.shared
+    assert text.shared is not None
+    assert text.shared[FIELDS.type] == "str"
+    assert keyed.shared is not first.shared
+    assert keyed.shared is not None
+    assert keyed.shared[FIELDS.key] == "k"
+    alone = OutgoingMessage(b"x", None, {FIELDS.id: "m"}, "m")
+    assert alone.shared is None
 
 
 def test_a_bare_payload_takes_the_brokers_id_and_no_type() -> None:

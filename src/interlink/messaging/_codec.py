@@ -62,10 +62,11 @@ def batch_of(
 ) -> list[OutgoingMessage]:
     """The messages of a batch, with fresh ids. They share their headers but for the id (and
     the type and key, where they differ): one set of headers per type and key, copied with
-    its id for each message."""
+    its id for each message, and given as each message's ``shared`` headers without it."""
     keyof, fixed = (key, None) if callable(key) else (None, key)
     text = new_id_text(len(messages))
-    shared: dict[tuple[str, str | None], dict[str, str]] = {}
+    # (type, key) -> the headers with an empty id, and without it (the ``shared`` ones)
+    shared: dict[tuple[str, str | None], tuple[dict[str, str], dict[str, str]]] = {}
     id_name = binding.id
     items = []
     at = 0
@@ -75,9 +76,9 @@ def batch_of(
         else:
             payload, type_name = payload_of(message)
         k = keyof(message) if keyof is not None else fixed
-        base = shared.get((type_name, k))
-        if base is None:
-            base = shared[type_name, k] = headers_for(
+        group = shared.get((type_name, k))
+        if group is None:
+            base = headers_for(
                 binding,
                 message_id="",
                 type=type_name,
@@ -87,11 +88,13 @@ def batch_of(
                 correlation_id=correlation_id,
                 headers=headers,
             )
+            common = {name: value for name, value in base.items() if name != id_name}
+            group = shared[type_name, k] = (base, common)
         end = at + ID_LENGTH
         mid = text[at:end]
-        native = base.copy()
+        native = group[0].copy()
         native[id_name] = mid
-        items.append(OutgoingMessage(payload, k, native, mid))
+        items.append(OutgoingMessage(payload, k, native, mid, group[1]))
         at = end
     return items
 

@@ -132,15 +132,26 @@ _S_CTYPE = Envelope.__dict__["content_type"].__set__
 @dataclass(frozen=True, slots=True, init=False)
 class OutgoingMessage:
     """One message as a backend publishes it: the payload (``data``), the key for ordering or
-    partitioning, the complete native headers (``headers_for``) and the id."""
+    partitioning, the complete native headers (``headers_for``) and the id.
+
+    ``shared`` is, in a batch, what its headers have in common with others of the batch:
+    all of them but the id, one mapping object for every message of the same type and key
+    (a backend can encode it once per object); None when the message was published alone.
+    """
 
     data: bytes
     key: str | None
     headers: Mapping[str, str]
     message_id: str
+    shared: Mapping[str, str] | None
 
     def __init__(
-        self, data: bytes, key: str | None, headers: Mapping[str, str], message_id: str
+        self,
+        data: bytes,
+        key: str | None,
+        headers: Mapping[str, str],
+        message_id: str,
+        shared: Mapping[str, str] | None = None,
     ) -> None:
         # what the generated __init__ does, through the slots' setters: one per message of a
         # batch, on the publisher's hot path
@@ -148,10 +159,12 @@ class OutgoingMessage:
         _O_KEY(self, key)
         _O_HEADERS(self, headers)
         _O_ID(self, message_id)
+        _O_SHARED(self, shared)
 
 
-_O_DATA, _O_KEY, _O_HEADERS, _O_ID = (
-    OutgoingMessage.__dict__[name].__set__ for name in ("data", "key", "headers", "message_id")
+_O_DATA, _O_KEY, _O_HEADERS, _O_ID, _O_SHARED = (
+    OutgoingMessage.__dict__[name].__set__
+    for name in ("data", "key", "headers", "message_id", "shared")
 )
 
 

@@ -269,6 +269,10 @@ class KafkaConnection:
         of_key: dict[str, int] = {}  # key -> partition, the partitioner asked once a key
         count = len(everyone)
         turn = random.randrange(count)  # the records without a key take turns
+        # id(shared headers) -> them as bytes: encoded once per type and key, not per record
+        # (the items hold the mappings, so no id is reused while this runs)
+        encoded: dict[int, list[tuple[str, bytes]]] = {}
+        id_name = KAFKA.id
         send_batch, create_batch = producer.send_batch, producer.create_batch
         for item in items:
             key = item.key
@@ -280,7 +284,14 @@ class KafkaConnection:
                 partition = of_key.get(key, -1)
                 if partition < 0:
                     partition = of_key[key] = _PARTITIONER(key_bytes, everyone, everyone)
-            headers = wire_headers(item.headers)
+            shared = item.shared
+            if shared is None:
+                headers = wire_headers(item.headers)
+            else:
+                common = encoded.get(id(shared))
+                if common is None:
+                    common = encoded[id(shared)] = wire_headers(shared)
+                headers = [*common, (id_name, item.message_id.encode())]
             batch = open_.get(partition)
             if batch is None:
                 batch = open_[partition] = create_batch()
