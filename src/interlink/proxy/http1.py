@@ -270,7 +270,9 @@ class ServerConnection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.client = ""
-        self._url = bytearray()
+        #: the target as it arrives: bytes, since almost always one piece (``b"" + piece`` is the
+        #: piece itself, no copy); a trickled one is bounded by ``max_header_bytes``
+        self._url = b""
         #: the head's headers as the parser gives them (decoded once the head is whole, and
         #: not at all when they repeat the last request's, ``_last_raw``)
         self._raw_headers: list[tuple[bytes, bytes]] = []
@@ -449,7 +451,7 @@ class ServerConnection(asyncio.Protocol):
                 self._last = None
             else:
                 self._last, self._last_raw = request, raw
-        self._url.clear()
+        self._url = b""
         self._raw_headers = []
         self._head_bytes = 0
         if self._current is None:
