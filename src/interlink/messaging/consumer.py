@@ -195,9 +195,12 @@ class Consumer:
         clock = time.monotonic  # a turn's length, read once per message: no loop method call
         turn_ends = clock() + _TURN
         while True:
-            delivery = await self._take(me)
+            # what the last fetch brought, taken without a coroutine; else wait for more
+            delivery = self._take_ready()
             if delivery is None:
-                return
+                delivery = await self._take(me)
+                if delivery is None:
+                    return
             while delivery is not None:  # the delivery, then what its key's lane queued
                 try:
                     await drive(self._process(delivery), copy_context(), self._waiting)
@@ -230,6 +233,37 @@ class Consumer:
             del self._lanes[key]
         return None
 
+    def _take_ready(self) -> Delivery | None:
+        """A delivery the iterator already holds, if this runner may take one now (nobody
+        fetching, room under ``concurrency``); deliveries whose key is busy go to its lane."""
+        ready = self._ready
+        while not (
+            ready is None
+            or self._stopping
+            or self._ended
+            or self._fetching is not None
+            or self._held >= self._limit
+        ):
+            delivery = ready()
+            if delivery is None:
+                return None
+            self._held += 1
+            if delivery.envelope.key is None or self._free(delivery):
+                return delivery
+        return None
+
+    def _free(self, delivery: Delivery) -> bool:
+        """Whether ``delivery`` may run now; if its key is busy it waits its turn in the
+        key's lane (False)."""
+        key = delivery.envelope.key
+        if key is not None:
+            lane = self._lanes.get(key)
+            if lane is not None:
+                lane.append(delivery)
+                return False
+            self._lanes[key] = deque()
+        return True
+
     async def _take(self, me: asyncio.Task[Any] | None) -> Delivery | None:
         """The next delivery for this runner to handle; None when the consumer stops."""
         while not (self._stopping or self._ended):
@@ -238,22 +272,16 @@ class Consumer:
                 self._idle.append(waiter)
                 await waiter
                 continue
-            ready = self._ready
-            delivery = ready() if ready is not None else None
-            if delivery is not None:  # what the last fetch brought: no suspension
-                self._held += 1
-            else:
-                delivery = await self._fetch(me)
-                if delivery is None:
-                    break
-            key = delivery.envelope.key
-            if key is not None:
-                lane = self._lanes.get(key)
-                if lane is not None:  # its key is busy: it waits its turn there
-                    lane.append(delivery)
-                    continue
-                self._lanes[key] = deque()
-            return delivery
+            delivery = self._take_ready()
+            if delivery is not None:
+                return delivery
+            if self._fetching is not None or self._held >= self._limit:
+                continue  # lanes took what was ready and filled the room: wait at the top
+            delivery = await self._fetch(me)
+            if delivery is None:
+                break
+            if self._free(delivery):
+                return delivery
         return None
 
     async def _fetch(self, me: asyncio.Task[Any] | None) -> Delivery | None:
