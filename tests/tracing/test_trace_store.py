@@ -257,3 +257,19 @@ def test_records_are_stored_as_the_recorder_hands_them(store: TraceStore) -> Non
     assert child.links == [{"trace_id": f"{0xAB:032x}", "span_id": f"{0xCD:016x}"}]
     (row,) = store.traces()
     assert (row.spans, row.errors, row.root_name, row.correlation_id) == (2, 1, "GET /a", "c5")
+
+
+def test_edges_see_spans_that_arrive_later(store: TraceStore) -> None:
+    """A trace's calls are remembered between two asks, and read again once it has new rows:
+    a span written by another service later shows as its call."""
+    store.add([span(1, 1, None, service="gateway", start=1e6), span(2, 1, None, service="a")])
+    store.add([span(1, 2, 1, service="order", start=1e6)])
+    assert {(e.source, e.target): e.calls for e in store.edges(since=0)} == {
+        ("gateway", "order"): 1
+    }
+    store.add([span(1, 3, 2, service="payment", start=1e6), span(2, 2, 1, service="b")])
+    assert {(e.source, e.target): e.calls for e in store.edges(since=0)} == {
+        ("a", "b"): 1,
+        ("gateway", "order"): 1,
+        ("order", "payment"): 1,
+    }

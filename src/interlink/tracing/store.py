@@ -206,6 +206,8 @@ class TraceStore:
         self.busy_timeout = busy_timeout
         self._lock = threading.Lock()
         self._conn = self._connect()
+        # per trace listed by ``edges``: its rows' ids, and the calls they hold
+        self._calls_seen: dict[str, tuple[set[int], list[tuple[str, str, bool, bool]]]] = {}
 
     @classmethod
     def from_url(cls, url: str) -> TraceStore:
@@ -487,34 +489,39 @@ class TraceStore:
         """
         start = int(((time.time() - 300) if since is None else since) * 1e9)
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT s.trace_id, s.service, s.spans FROM "
+            stored = self._conn.execute(
+                "SELECT s.trace_id, s.rowid FROM "
                 "(SELECT trace_id FROM traces WHERE start_ns >= ? "
                 " ORDER BY start_ns DESC LIMIT ?) t "
-                "JOIN spans s ON s.trace_id = t.trace_id ORDER BY s.trace_id",
+                "JOIN spans s ON s.trace_id = t.trace_id",
                 (start, sample),
             ).fetchall()
+            # a trace's calls are read again only when it has rows that were not there the last
+            # time: a dashboard asking every second reads only the traces new since
+            rows_of: dict[str, set[int]] = {}
+            for trace_id, rowid in stored:
+                rows_of.setdefault(trace_id, set()).add(rowid)
+            seen = self._calls_seen
+            kept = {t: seen[t] for t, ids in rows_of.items() if t in seen and seen[t][0] == ids}
+            stale = [t for t in rows_of if t not in kept]
+            for first in range(0, len(stale), 500):
+                chunk = stale[first : first + 500]
+                fresh: dict[str, list[tuple[int, str, str]]] = {}
+                for trace_id, rowid, service, text in self._conn.execute(
+                    "SELECT trace_id, rowid, service, spans FROM spans "
+                    f"WHERE trace_id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ):
+                    fresh.setdefault(trace_id, []).append((rowid, service, text))
+                for trace_id, parts in fresh.items():
+                    kept[trace_id] = ({p[0] for p in parts}, _calls(parts))
+            self._calls_seen = kept
         found: dict[tuple[str, str, bool], list[int]] = {}
-        i = 0
-        while i < len(rows):
-            # one trace's rows: which service owns each span, then each cross-service parent
-            j = i
-            owner: dict[int, str] = {}
-            children: list[tuple[str, Any, bool, bool]] = []
-            while j < len(rows) and rows[j][0] == rows[i][0]:
-                service = rows[j][1]
-                for r in json.loads(rows[j][2]):
-                    owner[r[1]] = service
-                    if r[2] is not None:
-                        children.append((service, r[2], r[4] == "consumer", r[7] == "error"))
-                j += 1
-            for service, parent, consumer, failed in children:
-                source = owner.get(parent)
-                if source is not None and source != service:
-                    tally = found.setdefault((source, service, consumer), [0, 0])
-                    tally[0] += 1
-                    tally[1] += failed
-            i = j
+        for _, calls in kept.values():
+            for source, target, consumer, failed in calls:
+                tally = found.setdefault((source, target, consumer), [0, 0])
+                tally[0] += 1
+                tally[1] += failed
         return [
             Edge(
                 source=source,
@@ -550,6 +557,24 @@ def dumps(value: object) -> str:
 
 
 _SUMMARY_FIELDS = tuple(f.name for f in fields(TraceSummary))
+
+
+def _calls(parts: list[tuple[int, str, str]]) -> list[tuple[str, str, bool, bool]]:
+    """The cross-service calls in one trace's rows (rowid, service, spans): source, target,
+    whether by message (a consumer span), whether it failed."""
+    owner: dict[int, str] = {}
+    children: list[tuple[str, int, bool, bool]] = []
+    for _, service, text in parts:
+        for r in json.loads(text):
+            owner[r[1]] = service
+            if r[2] is not None:
+                children.append((service, r[2], r[4] == "consumer", r[7] == "error"))
+    calls = []
+    for service, parent, consumer, failed in children:
+        source = owner.get(parent)
+        if source is not None and source != service:
+            calls.append((source, service, consumer, failed))
+    return calls
 
 
 def _span(service: str, stored: list[Any]) -> SpanRecord:
