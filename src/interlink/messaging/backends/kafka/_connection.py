@@ -65,6 +65,54 @@ def check_topic(topic: str) -> None:
         )
 
 
+class _Deadlines:
+    """The ``timeout`` of the publishes in progress, kept by one timer for all of them: it
+    fires at the oldest's deadline, cancels the tasks whose deadline passed and re-arms for
+    the next. (A timeout scope per publish would arm and disarm a timer each time, and leave
+    the cancelled one in the event loop's heap.)"""
+
+    __slots__ = ("expired", "timeout", "timer", "waiting")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.waiting: dict[asyncio.Task[Any], float] = {}  # in deadline order
+        self.expired: set[asyncio.Task[Any]] = set()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, task: asyncio.Task[Any]) -> None:
+        """Start ``task``'s deadline (``forget`` ends it)."""
+        loop = task.get_loop()
+        deadline = loop.time() + self.timeout
+        self.waiting[task] = deadline
+        if self.timer is None:
+            self.timer = loop.call_at(deadline, self._fire, loop)
+
+    def forget(self, task: asyncio.Task[Any]) -> bool:
+        """End ``task``'s deadline; True if it had passed (the task was cancelled for it)."""
+        self.waiting.pop(task, None)
+        if task in self.expired:
+            self.expired.discard(task)
+            return True
+        return False
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.timer = None
+        now = loop.time()
+        for task, deadline in list(self.waiting.items()):
+            if deadline > now:
+                self.timer = loop.call_at(deadline, self._fire, loop)
+                return
+            del self.waiting[task]
+            self.expired.add(task)
+            task.cancel()
+
+    def close(self) -> None:
+        """Disarm the timer (the connection is closing)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
 class KafkaConnection:
     """The options of one ``kafka://`` URL, its producer and its admin client."""
 
@@ -88,6 +136,7 @@ class KafkaConnection:
         self._known: set[str] = set()
         self._lock = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
+        self._deadlines = _Deadlines(self.timeout)
 
     def closing(self, close: Coroutine[Any, Any, None]) -> None:
         """Run a subscription's ``close`` in the background; ``aclose`` waits for it."""
@@ -144,6 +193,7 @@ class KafkaConnection:
             await asyncio.wait(set(self._closing))
         producer, admin = self._producer, self._admin
         self._producer = self._admin = None
+        self._deadlines.close()
         self._known.clear()
         if producer is not None:
             with contextlib.suppress(Exception):
@@ -206,18 +256,31 @@ class KafkaConnection:
         producer = self._producer
         if producer is None:
             raise PublishError(topic, "not connected")
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - a coroutine awaited outside a task
+            raise PublishError(topic, "publish needs a running task")
+        cancelling = task.cancelling()
+        deadlines = self._deadlines
+        deadlines.add(task)
         try:
-            # a timeout scope, not wait_for: no task and no extra loop turn per publish
-            async with asyncio.timeout(self.timeout):
-                sent = await producer.send(
-                    topic,
-                    data,
-                    key=key.encode() if key is not None else None,
-                    headers=wire_headers(headers),
-                )
-                await sent
-        except (KafkaError, OSError, TimeoutError) as exc:
+            sent = await producer.send(
+                topic,
+                data,
+                key=key.encode() if key is not None else None,
+                headers=wire_headers(headers),
+            )
+            await sent
+        except (KafkaError, OSError) as exc:
             raise PublishError(topic, f"{type(exc).__name__}: {exc}") from exc
+        except asyncio.CancelledError as exc:
+            # cancelled for its deadline, and by nobody else meanwhile: a timeout
+            if deadlines.forget(task) and task.uncancel() <= cancelling:
+                raise PublishError(
+                    topic, f"TimeoutError: not acknowledged within {self.timeout}s"
+                ) from exc
+            raise
+        finally:
+            deadlines.forget(task)
 
     async def publish_batch(self, topic: str, items: Sequence[OutgoingMessage]) -> None:
         """Fill one record batch per partition (aiokafka's ``create_batch``), hand each full
