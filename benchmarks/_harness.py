@@ -406,3 +406,20 @@ def replace_block(key: str, text: str, path: Path = DOCS) -> None:
         raise SystemExit(f"{path}: no {start} ... {end} block to replace")
     doc = pattern.sub(lambda _: f"{start}\n{text.strip()}\n{end}", doc)
     path.write_text(doc, encoding="utf-8")
+
+
+def callgrind_instructions(argv: Sequence[str]) -> int:
+    """Instructions the command ``argv`` (a Python process) executes, counted by valgrind's
+    callgrind (its child processes not included)."""
+    import subprocess
+
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if found is None:
+        raise RuntimeError(f"no instruction count from valgrind:\n{done.stderr[-2000:]}")
+    return int(found.group(1))

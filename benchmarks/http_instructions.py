@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
-import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _client_load as load  # noqa: E402
+import _harness as h  # noqa: E402
 
 TARGET = 1.05
 CONCURRENCY = 32
@@ -64,26 +63,9 @@ async def _drive(kind: str, requests: int, base: str) -> None:
 
 
 def _instructions(kind: str, requests: int, base: str) -> int:
-    done = subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
-            sys.executable,
-            __file__,
-            "--drive",
-            kind,
-            str(requests),
-            base,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+    return h.callgrind_instructions(
+        [sys.executable, __file__, "--drive", kind, str(requests), base]
     )
-    found = re.search(r"Collected : (\d+)", done.stderr)
-    if found is None:
-        raise RuntimeError(f"no instruction count from valgrind:\n{done.stderr[-2000:]}")
-    return int(found.group(1))
 
 
 def main(argv: list[str] | None = None) -> int:

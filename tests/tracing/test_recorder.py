@@ -11,6 +11,7 @@ from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
 from prometheus_client import CollectorRegistry
 
 from interlink.tracing import TraceStore, extract, inject, setup
+from interlink.tracing.propagation import inject_span
 from interlink.tracing.recorder import DROP, EXPORT, RECORD, StoreTracerProvider, decide
 
 
@@ -188,4 +189,63 @@ def test_equal_but_differently_typed_attributes_keep_their_types(tmp_path: Path)
     assert [(got[f"s{i}"], type(got[f"s{i}"])) for i in range(5)] == [
         (1, int), (1.0, float), (True, bool), ("1", str), (1, int)
     ]  # fmt: skip
+    provider.shutdown()
+
+
+def test_the_context_is_reached_by_the_variable_the_api_uses() -> None:
+    """The current context's variable and the current span's key are found through the
+    public API, so a span is made current by the variable's own C calls."""
+    from opentelemetry import context
+
+    from interlink.tracing.propagation import context_access
+
+    get, attach, detach, key = context_access(context, trace)
+    assert key is not None
+    assert get() is context.get_current()
+    probe = trace.NonRecordingSpan(SpanContext(5, 6, False))
+    token = attach(context.Context({key: probe}))
+    assert trace.get_current_span() is probe
+    detach(token)
+    assert trace.get_current_span() is not probe
+
+
+@pytest.mark.parametrize("portable", [False, True], ids=["context-variable", "api-functions"])
+def test_spans_nest_and_restore_the_context_either_way(tmp_path: Path, portable: bool) -> None:
+    """Whether the tracer reaches the context through its variable or through the API's
+    functions (the fallback), interlink's spans and the API's nest under each other, a client
+    span is a child of the current one, and the context is restored after each block."""
+    from opentelemetry import context
+
+    from interlink.context import use_correlation_id
+    from interlink.tracing import Spans
+    from interlink.tracing.propagation import context_access
+    from interlink.tracing.recorder import _Tracer
+
+    provider, url = _provider(tmp_path)
+    if portable:
+        access = (context.get_current, context.attach, context.detach, None)
+        provider._tracer = _Tracer(provider, access)
+    else:
+        provider._tracer = _Tracer(provider, context_access(context, trace))
+    spans = Spans(provider)
+    before = context.get_current()
+    with use_correlation_id("c-1"), spans.server("GET /a", attributes={"url.path": "/a"}) as a:
+        assert trace.get_current_span() is a
+        with provider.get_tracer("t").start_as_current_span("work") as work:
+            assert trace.get_current_span() is work
+            client = spans.start_client("GET", {"url.full": "http://b/"})
+            carrier: dict[str, str] = {}
+            inject_span(carrier, client)
+            client.end()
+        assert trace.get_current_span() is a
+    assert context.get_current() is before
+    provider.force_flush()
+    store = TraceStore.from_url(url)
+    (summary,) = store.traces()
+    by_name = {s.name: s for s in store.trace(summary.trace_id)}
+    assert by_name["work"].parent_id == by_name["GET /a"].span_id
+    assert by_name["GET"].parent_id == by_name["work"].span_id
+    assert carrier["traceparent"] == f"00-{summary.trace_id}-{by_name['GET'].span_id}-01"
+    assert by_name["GET /a"].correlation_id == "c-1"
+    assert by_name["GET"].attributes == {"url.full": "http://b/", "interlink.correlation_id": "c-1"}
     provider.shutdown()

@@ -74,7 +74,7 @@ from interlink.http.propagation import (
 from interlink.resilience.deadline import deadline, expired
 from interlink.resilience.events import Listener
 from interlink.resilience.pipeline import Pipeline
-from interlink.tracing.propagation import api
+from interlink.tracing.propagation import api, inject_span
 from interlink.tracing.spans import Spans, context_of, fail
 
 try:
@@ -705,9 +705,10 @@ class AsyncClient(BaseClient[Coroutine[Any, Any, Response]], AsyncClosing):
                 span = self._spans.start_client(
                     call.method, {"http.request.method": call.method, "url.full": url}
                 )
-            otel = self._otel
-            if otel is not None:  # tracing.inject(), inlined: usually an empty context
-                trace_context = otel.get_current() if span is None else context_of(span)
+            if span is not None:
+                inject_span(headers, span)
+            elif (otel := self._otel) is not None:  # tracing.inject(), inlined: usually empty
+                trace_context = otel.get_current()
                 if trace_context:
                     otel.inject(headers, context=trace_context)
             session = self._session or self._open()

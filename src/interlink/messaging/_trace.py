@@ -15,8 +15,8 @@ from contextlib import AbstractContextManager, nullcontext
 from types import MappingProxyType
 from typing import Any
 
-from interlink.tracing.propagation import api, extract, inject, inject_span
-from interlink.tracing.spans import Spans, fail, with_correlation
+from interlink.tracing.propagation import extract, inject, inject_span
+from interlink.tracing.spans import Spans, fail, start_child
 
 __all__ = ["consume_span", "publish_span"]
 
@@ -39,15 +39,10 @@ def publish_span(
 ) -> AbstractContextManager[None]:
     """Inject the trace context into ``headers`` for the block (a PRODUCER span if recording)."""
     tracer = spans.tracer()
-    otel = api()
-    if tracer is None or otel is None:
+    if tracer is None:
         inject(headers)
         return nullcontext()
-    span = tracer.start_span(
-        f"{topic} publish",
-        kind=otel.trace.SpanKind.PRODUCER,
-        attributes=with_correlation(_attributes(topic, "send")),
-    )
+    span = start_child(tracer, f"{topic} publish", "producer", _attributes(topic, "send"))
     inject_span(headers, span)
     return _Producing(span)
 

@@ -22,6 +22,7 @@ of the lines dropped since (``BoundedWarnings``).
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import os
@@ -61,6 +62,7 @@ _TRACEPARENT = re.compile(
 _TRACEPARENT_MAX = 512  # longer is left to the API's propagator (it warns)
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
+_new_tuple = tuple.__new__
 
 
 class BoundedWarnings(logging.Filter):
@@ -120,6 +122,15 @@ class _Api:
     #: set); reading it skips ``get_tracer_provider()``'s environment look-up on every call
     direct: bool
     composite: Any
+    #: ``(get, attach, detach, key)``: how a tracer reads and sets the current context, and the
+    #: key of the current span in it (``context_access``)
+    access: tuple[Any, Any, Any, str | None]
+    #: a ``SpanContext`` is the plain tuple ``(trace id, span id, remote, flags, state,
+    #: valid)``, so it can be read by unpacking and built by ``tuple.__new__`` (checked at load)
+    tuple_context: bool
+    #: the commonest ``traceparent`` flags as the API's ``TraceFlags``, and an empty state
+    flags: dict[str, Any]
+    empty_state: Any
 
 
 @functools.cache
@@ -147,6 +158,61 @@ def api() -> _Api | None:
         context_type=context.Context,
         direct=direct,
         composite=CompositePropagator,
+        access=context_access(context, trace),
+        tuple_context=_tuple_context(trace),
+        flags={"00": trace.TraceFlags(0), "01": trace.TraceFlags(1)},
+        empty_state=trace.TraceState(),
+    )
+
+
+def context_access(context: Any, trace: Any) -> tuple[Any, Any, Any, str | None]:
+    """How a tracer reads and sets the OpenTelemetry context: ``(get, attach, detach, key)``.
+
+    The API keeps the current context in a ``ContextVar`` and the current span under a key of
+    it, neither of them public. Both are found here by watching the public API (``attach`` a
+    context, see which variable holds it; ``set_span_in_context``, see which key holds the span)
+    and checked to behave as the API does; then a span is made current by the variable's own
+    ``set``/``reset`` (C calls) instead of two layers of Python functions each. When either is
+    not found (another runtime context configured), the API's functions are used (and None
+    for the key: ask ``trace.get_current_span``).
+    """
+    portable = (context.get_current, context.attach, context.detach, None)
+    probe = trace.NonRecordingSpan(trace.SpanContext(1, 1, False))
+    keys = list(trace.set_span_in_context(probe, context.Context()))
+    if len(keys) != 1 or trace.get_current_span(context.Context({keys[0]: probe})) is not probe:
+        return portable
+    key: str = keys[0]
+
+    def find() -> contextvars.ContextVar[Any] | None:
+        held = context.Context()
+        context.attach(held)  # in a copy of the caller's context: nothing to undo
+        for var, value in contextvars.copy_context().items():
+            if value is held and isinstance(var, contextvars.ContextVar):
+                other = context.Context({key: probe})
+                token = var.set(other)
+                seen = context.get_current() is other and trace.get_current_span() is probe
+                var.reset(token)
+                if seen and context.get_current() is held:
+                    return var
+        return None
+
+    var = contextvars.copy_context().run(find)
+    if var is None:
+        return (*portable[:3], key)
+    return var.get, var.set, var.reset, key
+
+
+def _tuple_context(trace: Any) -> bool:
+    flags, state = trace.TraceFlags(1), trace.TraceState()
+    probe = trace.SpanContext(3, 4, True, flags, state)
+    fields = (3, 4, True, flags, state, True)
+    return tuple(probe) == fields and fields == (
+        probe.trace_id,
+        probe.span_id,
+        probe.is_remote,
+        probe.trace_flags,
+        probe.trace_state,
+        probe.is_valid,
     )
 
 
@@ -191,6 +257,10 @@ def inject_span(carrier: MutableMapping[str, str], span: Any) -> None:
     if _w3c(otel):
         current = otel.get_current()
         if not current or not otel.baggage(current):
+            write = getattr(span, "write_w3c", None)  # a RecordedSpan writes its own
+            if write is not None:
+                write(carrier)
+                return
             ctx = span.get_span_context()
             if ctx != otel.trace.INVALID_SPAN_CONTEXT:
                 carrier["traceparent"] = (
@@ -233,10 +303,21 @@ def _parent(otel: _Api, traceparent: str) -> object | None:
     if version == "00" and rest:
         return None
     trace = otel.trace
-    remote = trace.SpanContext(
-        int(trace_id, 16), int(span_id, 16), True, trace.TraceFlags(int(flags, 16))
+    remote_id, span = int(trace_id, 16), int(span_id, 16)
+    flag = otel.flags.get(flags)
+    if flag is None:
+        flag = trace.TraceFlags(int(flags, 16))
+    remote = (
+        _new_tuple(trace.SpanContext, (remote_id, span, True, flag, otel.empty_state, True))
+        if otel.tuple_context
+        else trace.SpanContext(remote_id, span, True, flag)
     )
-    context: object = trace.set_span_in_context(trace.NonRecordingSpan(remote), otel.context_type())
+    key = otel.access[3]
+    context: object = (
+        trace.set_span_in_context(trace.NonRecordingSpan(remote), otel.context_type())
+        if key is None
+        else otel.context_type({key: trace.NonRecordingSpan(remote)})
+    )
     return context
 
 

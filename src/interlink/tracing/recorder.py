@@ -37,7 +37,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, NamedTuple
 
@@ -55,6 +55,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util import types
 
+from interlink.tracing.propagation import api
 from interlink.tracing.store import Record, TraceStore
 
 __all__ = [
@@ -95,8 +96,23 @@ _KINDS = {
     SpanKind.PRODUCER: "producer",
     SpanKind.CONSUMER: "consumer",
 }
+#: ``Spans``' kind names (``"server"``...) to the API's kinds
+_KIND_OF = {name: kind for kind, name in _KINDS.items()}
 _STATUSES = {StatusCode.UNSET: "unset", StatusCode.OK: "ok", StatusCode.ERROR: "error"}
 _log = logging.getLogger("interlink.tracing")
+_OTEL = api()
+if _OTEL is None:  # pragma: no cover - this module imported the API above
+    raise ImportError("opentelemetry-api is not installed")
+#: how the tracer reads and sets the current context (``propagation.context_access``)
+_ACCESS = _OTEL.access
+#: SpanContext is a plain tuple of its fields (``propagation.context_access``)
+_TUPLE_CONTEXT = _OTEL.tuple_context
+_new_tuple = tuple.__new__
+
+
+_ERROR = StatusCode.ERROR
+_time_ns = time.time_ns
+_getrandbits = random.getrandbits
 
 
 def decide(
@@ -260,12 +276,36 @@ class RecordedSpan(trace.Span):
         """End the span and queue it for export (at most once)."""
         if self.end_time is not None:
             return
-        self.end_time = time.time_ns() if end_time is None else end_time
+        self.end_time = _time_ns() if end_time is None else end_time
         provider = self._provider
-        for processor in provider.processors:
-            processor.on_end(self)
-        if self._export or self.status.status_code is StatusCode.ERROR:
-            provider.enqueue(self)
+        if provider.processors:
+            for processor in provider.processors:
+                processor.on_end(self)
+        if self._export or (self.status is not _UNSET and self.status.status_code is _ERROR):
+            queue = provider._queue  # provider.enqueue(self), inlined: once per span
+            if len(queue) >= MAX_QUEUE:
+                provider.dropped += 1
+                return
+            queue.append(self)
+            if provider._thread is None or len(queue) == EXPORT_BATCH:
+                provider.wake()
+
+    def write_w3c(self, carrier: MutableMapping[str, str]) -> None:
+        """Write this span's W3C ``traceparent`` (and ``tracestate``) into ``carrier``, what the
+        default propagator writes for it with no baggage (``inject_span``'s shortcut)."""
+        ctx = self.context
+        if _TUPLE_CONTEXT:
+            trace_id, span_id, _, flags, state, _ = ctx
+        else:
+            trace_id, span_id, flags, state = (
+                ctx.trace_id,
+                ctx.span_id,
+                ctx.trace_flags,
+                ctx.trace_state,
+            )
+        carrier["traceparent"] = "00-%032x-%016x-%02x" % (trace_id, span_id, flags)  # noqa: UP031 - the cheapest
+        if state is not _EMPTY_STATE and state:
+            carrier["tracestate"] = state.to_header()
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
         """End the span; an exception leaving the block marks it failed first."""
@@ -279,10 +319,20 @@ class RecordedSpan(trace.Span):
 
 
 class _Tracer(trace.Tracer):
-    __slots__ = ("_provider",)
+    """The provider's tracer: the API's ``start_span``, and the two calls ``Spans`` makes for
+    interlink's own spans (``open_current``, ``start_child``), which take an attribute dict
+    the caller gives up and skip the API's argument handling."""
 
-    def __init__(self, provider: StoreTracerProvider) -> None:
+    __slots__ = ("_get", "_key", "_provider", "attach", "detach")
+
+    #: ``Spans`` calls ``open_current`` and ``start_child`` on a tracer saying so
+    fast_spans: Final = True
+
+    def __init__(
+        self, provider: StoreTracerProvider, access: tuple[Any, Any, Any, str | None] | None = None
+    ) -> None:
         self._provider = provider
+        self._get, self.attach, self.detach, self._key = access or _ACCESS
 
     def start_span(  # noqa: PLR0917 - the API's signature
         self,
@@ -295,40 +345,113 @@ class _Tracer(trace.Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
     ) -> trace.Span:
-        p = self._provider
-        parent: SpanContext | None = trace.get_current_span(context).get_span_context()
-        if parent is not None and parent.is_valid:
-            trace_id = parent.trace_id
-            state = parent.trace_state
-        else:
-            parent = None
-            trace_id = random.getrandbits(128) or 1
-            state = _EMPTY_STATE
-        verdict = decide(
-            parent,
-            trace_id,
-            attributes,
-            ratio_bound=p.ratio_bound,
-            keep_errors=p.keep_errors,
-            exclude_paths=p.exclude_paths,
+        key = self._key
+        parent = (
+            trace.get_current_span(context)
+            if key is None
+            else (self._get() if context is None else context).get(key)
         )
-        span_id = random.getrandbits(64) or 1
+        return self._begin(
+            name,
+            kind,
+            parent,
+            dict(attributes) if attributes else {},
+            tuple(links) if links else (),
+            start_time,
+            context,
+        )
+
+    def open_current(
+        self, name: str, kind: str, context: Any, attributes: dict[str, Any]
+    ) -> tuple[trace.Span, object]:
+        """Start a span of ``kind`` (``"server"``, ``"consumer"``...) under ``context`` (None:
+        the current one) with ``attributes`` (kept, not copied), and make it current: the span
+        and the token that ``detach`` takes."""
+        key = self._key
+        if key is None:
+            span = self._begin(
+                name, _KIND_OF[kind], trace.get_current_span(context), attributes, (), None, context
+            )
+            return span, self.attach(trace.set_span_in_context(span, context))
+        base = self._get() if context is None else context
+        span = self._begin(name, _KIND_OF[kind], base.get(key), attributes, (), None, context)
+        return span, self.attach(context_api.Context({**base, key: span}))
+
+    def start_child(self, name: str, kind: str, attributes: dict[str, Any]) -> trace.Span:
+        """Start a span of ``kind`` under the current context with ``attributes`` (kept, not
+        copied), not made current (a CLIENT or PRODUCER span)."""
+        key = self._key
+        parent = trace.get_current_span() if key is None else self._get().get(key)
+        return self._begin(name, _KIND_OF[kind], parent, attributes, (), None, None)
+
+    def _begin(  # noqa: PLR0917 - private, positional for speed
+        self,
+        name: str,
+        kind: SpanKind,
+        parent: object,
+        attributes: dict[str, Any],
+        links: Sequence[Link],
+        start_time: int | None,
+        context: context_api.Context | None,
+    ) -> trace.Span:
+        p = self._provider
+        kind_of = type(parent)
+        if kind_of is RecordedSpan:
+            ctx: SpanContext | None = parent.context  # type: ignore[attr-defined]
+        elif kind_of is NonRecordingSpan or isinstance(parent, trace.Span):
+            ctx = parent.get_span_context()  # type: ignore[attr-defined]
+        else:
+            ctx = None
+        if ctx is not None:
+            if _TUPLE_CONTEXT:  # the fields at once, in C, instead of five properties
+                trace_id, _, _, parent_flags, state, valid = ctx
+            else:
+                trace_id, parent_flags = ctx.trace_id, ctx.trace_flags
+                state, valid = ctx.trace_state, ctx.is_valid
+            if not valid:
+                ctx = None
+        if ctx is not None:
+            span_id = _getrandbits(64) or 1
+            sampled = parent_flags & 1
+        else:
+            bits = _getrandbits(192)  # a new trace: both ids from one call
+            trace_id = bits >> 64 or 1
+            span_id = bits & _RATIO_MASK or 1
+            state = _EMPTY_STATE
+            # decide()'s verdict for a new trace when every trace is sampled, inlined
+            sampled = p.sample_all and not (
+                p.exclude_paths and attributes.get("url.path") in p.exclude_paths
+            )
+        if sampled:
+            verdict = EXPORT
+        else:
+            verdict = decide(
+                ctx,
+                trace_id,
+                attributes,
+                ratio_bound=p.ratio_bound,
+                keep_errors=p.keep_errors,
+                exclude_paths=p.exclude_paths,
+            )
         if verdict == DROP or p.closed:
             return NonRecordingSpan(SpanContext(trace_id, span_id, False, _NOT_SAMPLED, state))
         flags = _SAMPLED if verdict == EXPORT else _NOT_SAMPLED
         span = RecordedSpan(
             p,
             name,
-            SpanContext(trace_id, span_id, False, flags, state),
-            parent,
+            _new_tuple(SpanContext, (trace_id, span_id, False, flags, state, True))
+            if _TUPLE_CONTEXT
+            else SpanContext(trace_id, span_id, False, flags, state),
+            ctx,
             kind,
-            dict(attributes) if attributes else {},
-            tuple(links) if links else (),
-            time.time_ns() if start_time is None else start_time,
+            attributes,
+            links,
+            _time_ns() if start_time is None else start_time,
             verdict == EXPORT,
         )
-        for processor in p.processors:
-            processor.on_start(span, parent_context=context)
+        if p.processors:
+            for processor in p.processors:
+                processor.on_start(span, parent_context=context)
         return span
 
     # the API types it with a private "agnostic" context manager class
@@ -383,6 +506,8 @@ class StoreTracerProvider(trace.TracerProvider):
         self.resource = resource
         self.service = str(resource.attributes.get("service.name", "unknown"))
         self.ratio_bound = round(sample_ratio * (1 << 64))
+        #: every new trace is sampled (a ratio of 1): no id needs comparing with the bound
+        self.sample_all = self.ratio_bound > _RATIO_MASK
         self.keep_errors = keep_errors
         self.exclude_paths = exclude_paths
         self.processors: tuple[Any, ...] = ()
@@ -444,9 +569,14 @@ class StoreTracerProvider(trace.TracerProvider):
             self.dropped += 1
             return
         queue.append(span)
+        if self._thread is None or len(queue) == EXPORT_BATCH:
+            self.wake()
+
+    def wake(self) -> None:
+        """Start the export thread, or have it export now (a batch is full)."""
         if self._thread is None:
             self._start()
-        elif len(queue) == EXPORT_BATCH:
+        else:
             self._wake.set()
 
     def _start(self) -> None:
