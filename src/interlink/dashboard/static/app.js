@@ -355,12 +355,16 @@ $("#dlq-replay").addEventListener("click", () => dlqAction("replay"));
 $("#dlq-purge").addEventListener("click", () => dlqAction("purge"));
 
 // the first page of traces first (it usually came with the page, its start times in UTC: they
-// are shown in the browser's time zone here): the overview stream and the other lists follow it
+// are shown in the browser's time zone here): the overview stream and the other lists follow it,
+// once the page has painted it and is idle (within half a second)
 const served = $("#trace-rows").dataset.first;
 if (served !== undefined) {
   for (const td of document.querySelectorAll("#trace-rows td[data-ns]")) td.textContent = fromNs(Number(td.dataset.ns));
   pager(Number(served));
 }
-(served !== undefined ? Promise.resolve() : loadTraces()).finally(() => { connect(); loadSagas(); loadQueues(); });
+const rest = () => { connect(); loadSagas(); loadQueues(); };
+if (served === undefined) loadTraces().finally(rest);
+else if (window.requestIdleCallback) requestIdleCallback(rest, { timeout: 500 });
+else setTimeout(rest, 0);
 // the lists refresh themselves while they show the newest page: older pages hold still
 setInterval(() => { loadSagas(); loadQueues(); if (traceOffset === 0) loadTraces(); }, 5000);
