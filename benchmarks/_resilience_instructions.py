@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-import subprocess
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import _harness as h
 
 #: (row, interlink contender, peer contender, bare contender, target ratio)
 ROWS = [
@@ -126,25 +126,7 @@ def child(name: str, n: int) -> None:
 
 
 def _instructions(name: str, n: int) -> int:
-    out = subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
-            sys.executable,
-            __file__,
-            "--child",
-            name,
-            str(n),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    found = re.search(r"Collected : (\d+)", out.stderr)
-    if found is None:
-        raise RuntimeError(f"no instruction count from valgrind for {name!r}:\n{out.stderr}")
-    return int(found.group(1))
+    return h.callgrind_instructions([sys.executable, __file__, "--child", name, str(n)])
 
 
 def per_call(name: str) -> float:

@@ -278,7 +278,8 @@ def extract(carrier: Mapping[str, str]) -> object | None:
     Returns an OpenTelemetry ``Context`` holding the remote span and baggage; pass it to
     ``use_context`` or as the parent of a span.
     """
-    if not any(name in carrier for name in TRACE_HEADERS):
+    # TRACE_HEADERS, spelt out: a generator over them costs more than the three look-ups
+    if "traceparent" not in carrier and "tracestate" not in carrier and "baggage" not in carrier:
         return None
     otel = api()
     if otel is None:

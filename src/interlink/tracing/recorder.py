@@ -103,16 +103,11 @@ _log = logging.getLogger("interlink.tracing")
 _OTEL = api()
 if _OTEL is None:  # pragma: no cover - this module imported the API above
     raise ImportError("opentelemetry-api is not installed")
-#: how the tracer reads and sets the current context (``propagation.context_access``)
-_ACCESS = _OTEL.access
-#: SpanContext is a plain tuple of its fields (``propagation.context_access``)
-_TUPLE_CONTEXT = _OTEL.tuple_context
-_new_tuple = tuple.__new__
-
-
+# how the tracer reads and sets the current context, and whether a SpanContext is a plain
+# tuple of its fields (``propagation.context_access``, ``_Api.tuple_context``)
+_ACCESS, _TUPLE_CONTEXT = _OTEL.access, _OTEL.tuple_context
+_new_tuple, _time_ns, _getrandbits = tuple.__new__, time.time_ns, random.getrandbits
 _ERROR = StatusCode.ERROR
-_time_ns = time.time_ns
-_getrandbits = random.getrandbits
 
 
 def decide(
@@ -194,7 +189,7 @@ class RecordedSpan(trace.Span):
         self.kind = kind
         self.attributes = attributes
         self.links = links
-        self.events: list[SpanEvent] = []
+        self.events: Sequence[SpanEvent] = ()  # a list from the first event on
         self.status = _UNSET
         self.start_time = start_time
         self.end_time: int | None = None
@@ -227,7 +222,11 @@ class RecordedSpan(trace.Span):
     ) -> None:
         """Add an event, stamped now unless ``timestamp`` (ns since the epoch) is given."""
         if self.end_time is None:
-            self.events.append(
+            events = self.events
+            if not isinstance(events, list):
+                fresh: list[SpanEvent] = []
+                events = self.events = fresh
+            events.append(
                 SpanEvent(name, time.time_ns() if timestamp is None else timestamp, attributes)
             )
 
@@ -398,6 +397,8 @@ class _Tracer(trace.Tracer):
         kind_of = type(parent)
         if kind_of is RecordedSpan:
             ctx: SpanContext | None = parent.context  # type: ignore[attr-defined]
+        elif parent is None:
+            ctx = None
         elif kind_of is NonRecordingSpan or isinstance(parent, trace.Span):
             ctx = parent.get_span_context()  # type: ignore[attr-defined]
         else:
