@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, MutableMapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from types import MappingProxyType
 from typing import Any
 
-from interlink.tracing.propagation import extract, inject, inject_span
+from interlink.tracing.propagation import extract, inject_span
 from interlink.tracing.spans import Spans, fail, start_child
 
 __all__ = ["consume_span", "publish_span"]
@@ -34,14 +34,9 @@ def _attributes(topic: str, operation: str, group: str | None = None) -> Mapping
     return MappingProxyType(attributes)
 
 
-def publish_span(
-    spans: Spans, topic: str, headers: MutableMapping[str, str]
-) -> AbstractContextManager[None]:
-    """Inject the trace context into ``headers`` for the block (a PRODUCER span if recording)."""
-    tracer = spans.tracer()
-    if tracer is None:
-        inject(headers)
-        return nullcontext()
+def publish_span(tracer: Any, topic: str, headers: MutableMapping[str, str]) -> _Producing:
+    """A PRODUCER span for the block, with ``tracer`` (``Spans.tracer()``, not None), its
+    context injected into ``headers``."""
     span = start_child(tracer, f"{topic} publish", "producer", _attributes(topic, "send"))
     inject_span(headers, span)
     return _Producing(span)

@@ -249,11 +249,12 @@ class Broker:
             check_headers(headers)
             hdrs.update(headers)
         mid = message_id or new_id()
-        if self._spans.tracer() is None:  # no SDK: no span, only the context to carry on
+        tracer = self._spans.tracer()
+        if tracer is None:  # no SDK: no span, only the context to carry on
             inject(hdrs)
             await backend.publish(topic, self._prepare(message, key, hdrs, mid))
             return mid
-        with _trace.publish_span(self._spans, topic, hdrs):
+        with _trace.publish_span(tracer, topic, hdrs):
             await backend.publish(topic, self._prepare(message, key, hdrs, mid))
         return mid
 
@@ -291,10 +292,11 @@ class Broker:
         if headers:
             check_headers(headers)
             hdrs.update(headers)
-        if self._spans.tracer() is None:
+        tracer = self._spans.tracer()
+        if tracer is None:
             inject(hdrs)
             return await self._publish_many(backend, topic, messages, key, hdrs)
-        with _trace.publish_span(self._spans, topic, hdrs):
+        with _trace.publish_span(tracer, topic, hdrs):
             return await self._publish_many(backend, topic, messages, key, hdrs)
 
     async def _publish_many(

@@ -117,7 +117,16 @@ class Scope:
     leaving the block, ended, and the context restored. One object, not nested generator
     context managers: every served request and consumed message takes this path."""
 
-    __slots__ = ("_attributes", "_kind", "_name", "_parent", "_span", "_token", "_tracer")
+    __slots__ = (
+        "_attributes",
+        "_detach",
+        "_kind",
+        "_name",
+        "_parent",
+        "_span",
+        "_token",
+        "_tracer",
+    )
 
     def __init__(
         self, tracer: Any, name: str, kind: str, parent: object | None, attributes: _Attrs | None
@@ -129,6 +138,7 @@ class Scope:
         self._attributes = attributes
         self._span: Any = None
         self._token: object = None
+        self._detach: Any = None
 
     def __enter__(self) -> Any:
         tracer = self._tracer
@@ -140,6 +150,7 @@ class Scope:
                 owned[CORRELATION_ATTRIBUTE] = cid
             span, self._token = tracer.open_current(self._name, self._kind, self._parent, owned)
             self._span = span
+            self._detach = tracer.detach
             return span
         otel = _api()
         parent = self._parent
@@ -150,6 +161,7 @@ class Scope:
             attributes=with_correlation(self._attributes),
         )
         self._token = otel.attach(otel.trace.set_span_in_context(span, parent))
+        self._detach = otel.detach
         return span
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
@@ -159,14 +171,10 @@ class Scope:
                 fail(span, exc)
             span.end()
         finally:
-            tracer = self._tracer
-            if getattr(tracer, "fast_spans", False):
-                try:
-                    tracer.detach(self._token)
-                except Exception:  # as the API's detach: a token of another context is logged
-                    _log.exception("Failed to detach context")
-            else:
-                _api().detach(self._token)
+            try:
+                self._detach(self._token)
+            except Exception:  # as the API's detach: a token of another context is logged
+                _log.exception("Failed to detach context")
 
 
 def start_child(tracer: Any, name: str, kind: str, attributes: _Attrs | None) -> Any:
