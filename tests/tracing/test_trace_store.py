@@ -73,6 +73,39 @@ def test_the_summary_names_the_root_and_counts_errors(store: TraceStore) -> None
     assert row.duration_ms == pytest.approx(300)
 
 
+def test_exports_of_one_trace_add_up(store: TraceStore) -> None:
+    """Several exports of one trace make one list row: counts and services summed from every
+    export, extremes widened, the root taken when it arrives; an export inside what is known
+    changes nothing but the counts."""
+    store.add([span(3, 3, 2, service="menu", start=0.2, ms=10)])
+    store.add([span(3, 2, 1, service="order", start=0.1, ms=50, status="error")])
+    store.add([span(3, 1, None, service="gateway", start=0.0, ms=300, name="GET /", cid="c3")])
+    store.add([span(3, 4, 2, service="menu", start=0.15, ms=5)])
+    (row,) = store.traces()
+    assert (row.root_name, row.root_service, row.correlation_id) == ("GET /", "gateway", "c3")
+    assert (row.spans, row.errors, row.services) == (4, 1, ("gateway", "menu", "order"))
+    assert row.duration_ms == pytest.approx(300)
+    assert store.summary(row.trace_id) == row
+    assert [r.trace_id for r in store.traces(errors=True)] == [row.trace_id]
+    # the service had two exports of the trace: it is listed once, in every order
+    for order in ("recent", "slowest"):
+        assert [r.trace_id for r in store.traces(service="menu", order=order)] == [row.trace_id]
+
+
+def test_a_service_page_counts_each_trace_once(store: TraceStore) -> None:
+    """A page of one service's traces holds distinct traces, newest first, and the next page
+    goes on where it stopped, however many exports of a trace the service made."""
+    for t in range(1, 8):
+        store.add([span(t, 1, None, service="menu", start=t)])
+        store.add([span(t, 2, 1, service="menu", start=t + 0.5)])
+    pages = [store.traces(service="menu", limit=3, offset=o) for o in (0, 3, 6)]
+    assert [[int(r.trace_id, 16) for r in p] for p in pages] == [[7, 6, 5], [4, 3, 2], [1]]
+    assert store.traces(service="menu", limit=3, offset=7) == []
+    # a time range picks the traces with a span of the service started in it
+    later = store.traces(service="menu", since=1_700_000_004.2)
+    assert [int(r.trace_id, 16) for r in later] == [7, 6, 5, 4]
+
+
 def test_filters_and_orders(store: TraceStore) -> None:
     """By service (any span of it), correlation id, errors, time range; newest or slowest."""
     for t in range(1, 11):
@@ -104,25 +137,31 @@ def test_list_queries_use_indexes(store: TraceStore) -> None:
         "SELECT * FROM traces ORDER BY start_ns DESC LIMIT 50",
         "SELECT * FROM traces ORDER BY duration_ns DESC LIMIT 50",
         "SELECT * FROM traces WHERE correlation_id = 'x'",
-        "SELECT * FROM traces WHERE errors > 0 ORDER BY start_ns DESC LIMIT 50",
-        "SELECT t.* FROM trace_services ts JOIN traces t ON t.trace_id = ts.trace_id "
-        "WHERE ts.service = 'x' ORDER BY ts.start_ns DESC LIMIT 50",
+        "SELECT * FROM traces WHERE failed > 0 ORDER BY start_ns DESC LIMIT 50",
+        "SELECT t.* FROM spans s JOIN traces t ON t.trace_id = s.trace_id "
+        "WHERE s.service = 'x' ORDER BY s.start_ns DESC LIMIT 50",
+        "SELECT trace_id, service, count, errors FROM spans WHERE trace_id IN ('x', 'y')",
+        "SELECT * FROM traces t WHERE EXISTS (SELECT 1 FROM spans s WHERE "
+        "s.trace_id = t.trace_id AND +s.service = 'x') ORDER BY t.duration_ns DESC LIMIT 50",
         _SERVICES,
     ]
     for sql in queries:
         plan = [str(r[-1]) for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
         for step in plan:
-            assert step not in ("SCAN traces", "SCAN spans", "SCAN trace_services"), (sql, plan)
+            assert step not in ("SCAN traces", "SCAN spans", "SCAN s", "SCAN t"), (sql, plan)
             assert "TEMP B-TREE" not in step, (sql, plan)
     # the service list steps from service to service in the index, not through every entry
     plan = [str(r[-1]) for r in conn.execute(f"EXPLAIN QUERY PLAN {_SERVICES}")]
-    assert not [step for step in plan if step.startswith("SCAN trace_services")], plan
+    assert not [step for step in plan if step.startswith("SCAN spans")], plan
     # one trace's spans are found by key (sorting a trace's few rows after that is cheap)
     plan = [
         str(r[-1])
         for r in conn.execute("EXPLAIN QUERY PLAN SELECT * FROM spans WHERE trace_id = 'x'")
     ]
     assert plan == ["SEARCH spans USING INDEX spans_by_trace (trace_id=?)"]
+    # the slowest of one service: each candidate's rows by key, not the service's every row
+    plan = [str(r[-1]) for r in conn.execute(f"EXPLAIN QUERY PLAN {queries[-2]}")]
+    assert "SEARCH s USING INDEX spans_by_trace (trace_id=?)" in plan, plan
 
 
 def test_many_traces_stay_quick_to_list(store: TraceStore) -> None:
@@ -224,12 +263,16 @@ def test_a_file_of_an_earlier_layout_starts_afresh(
         "CREATE TABLE spans (trace_id TEXT NOT NULL, span_id TEXT NOT NULL, name TEXT);"
         "INSERT INTO spans VALUES ('00000000000000000000000000000001', '0000000000000001', 'x');"
         "CREATE TABLE traces (trace_id TEXT PRIMARY KEY, start_ns INTEGER);"
+        "CREATE TABLE trace_services (trace_id TEXT, service TEXT);"
+        "PRAGMA user_version = 2;"
     )
     old.close()
     with caplog.at_level("WARNING", logger="interlink.tracing"):
         store = TraceStore.from_url(f"sqlite:///{path}")
     assert "earlier layout" in caplog.text
     assert store.count() == 0
+    tables = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
+    assert "trace_services" not in tables  # layout 2's table went with its traces
     store.add([span(2, 1, None)])
     assert [s.span_id for s in store.trace(f"{2:032x}")] == [f"{1:016x}"]
     caplog.clear()

@@ -7,18 +7,21 @@ timeout, and every export is one short transaction. The file is telemetry: it is
 ``synchronous=NORMAL`` (a power cut may lose the last exports, never the file), and a file
 written by an earlier layout is started afresh (with a warning in the log), not migrated.
 
-Three tables answer the questions:
+Two tables answer the questions:
 
 - ``spans`` holds, per trace and per export, the spans of that trace the export wrote, as one
-  compact JSON array (a waterfall reads one trace's few rows by the index on the trace id). A
-  row per span, each with its own index entry and a dozen columns to bind, cost the writer
-  more than all the rest of its work.
-- ``traces`` holds one summary row per trace (first start, last end, span and error counts, the
-  root's name and service, the correlation id), merged with each export's figures for the traces
-  it touched. Lists ("the slowest", "errors of the order service in the last hour", "the trace of
-  request X") read only this table and ``trace_services`` through indexes, so they stay fast with
-  100,000 traces stored: the cost of a page does not grow with the number of traces.
-- ``trace_services`` holds the services each trace passed through, with the time each joined.
+  compact JSON array, with the export's service, its first start and its span and error counts
+  (a waterfall reads one trace's few rows by the index on the trace id; a service's traces are
+  found by the index on service and start). A row per span, each with its own index entry and a
+  dozen columns to bind, cost the writer more than all the rest of its work.
+- ``traces`` holds one summary row per trace: first start, last end, whether any span failed,
+  the root's name and service, the correlation id. An export's figures widen it only when they
+  change it (an export inside the trace's known extent, the usual case, leaves it untouched: an
+  update of indexed columns costs even when nothing changes); the span and error counts and the
+  services are summed from the ``spans`` rows of the listed page when it is read. Lists ("the
+  slowest", "errors of the order service in the last hour", "the trace of request X") go
+  through indexes, so they stay fast with 100,000 traces stored: the cost of a page does not
+  grow with the number of traces.
 
 Retention is by age and by count of traces (``prune``); the exporter prunes every few hundred
 batches, so a long-running system keeps a bounded file.
@@ -33,7 +36,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -47,22 +50,25 @@ _log = logging.getLogger("interlink.tracing")
 
 #: The layout this code writes, kept in the file's ``user_version``; a file with another one is
 #: started afresh (it holds telemetry, not data worth a migration).
-LAYOUT: int = 2
+LAYOUT: int = 3
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS spans (
         trace_id TEXT NOT NULL,
         service TEXT NOT NULL,
+        start_ns INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
         spans TEXT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS spans_by_trace ON spans (trace_id)",
+    "CREATE INDEX IF NOT EXISTS spans_by_service ON spans (service, start_ns)",
     """CREATE TABLE IF NOT EXISTS traces (
         trace_id TEXT PRIMARY KEY,
         start_ns INTEGER NOT NULL,
         end_ns INTEGER NOT NULL,
         duration_ns INTEGER NOT NULL,
-        spans INTEGER NOT NULL,
-        errors INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
         root_name TEXT NOT NULL,
         root_service TEXT NOT NULL,
         rooted INTEGER NOT NULL,
@@ -70,25 +76,21 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS traces_by_start ON traces (start_ns)",
     "CREATE INDEX IF NOT EXISTS traces_by_duration ON traces (duration_ns)",
-    "CREATE INDEX IF NOT EXISTS traces_failed_by_start ON traces (start_ns) WHERE errors > 0",
+    "CREATE INDEX IF NOT EXISTS traces_failed_by_start ON traces (start_ns) WHERE failed > 0",
     "CREATE INDEX IF NOT EXISTS traces_by_correlation ON traces (correlation_id) "
     "WHERE correlation_id IS NOT NULL",
-    """CREATE TABLE IF NOT EXISTS trace_services (
-        trace_id TEXT NOT NULL,
-        service TEXT NOT NULL,
-        start_ns INTEGER NOT NULL,
-        PRIMARY KEY (trace_id, service)
-    ) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS trace_services_by_start ON trace_services (service, start_ns)",
 )
+# the tables of every layout so far (layout 2 had ``trace_services``), dropped when the file
+# is started afresh
 _TABLES = ("spans", "traces", "trace_services")
 
-# A batch's figures for one trace merge into its row: extremes widen, counts add up, and the root
-# is the parentless span (or, until it arrives, the earliest span seen).
+# A batch's figures for one trace merge into its row: extremes widen, a failure sticks, and the
+# root is the parentless span (or, until it arrives, the earliest span seen). Only a batch that
+# changes something updates the row: most fall inside what is known already.
 _MERGE = """
-INSERT INTO traces (trace_id, start_ns, end_ns, duration_ns, spans, errors, root_name,
+INSERT INTO traces (trace_id, start_ns, end_ns, duration_ns, failed, root_name,
                     root_service, rooted, correlation_id)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (trace_id) DO UPDATE SET
     root_name = CASE WHEN excluded.rooted > rooted
         OR (excluded.rooted = rooted AND excluded.start_ns < start_ns)
@@ -100,19 +102,16 @@ ON CONFLICT (trace_id) DO UPDATE SET
     start_ns = MIN(start_ns, excluded.start_ns),
     end_ns = MAX(end_ns, excluded.end_ns),
     duration_ns = MAX(end_ns, excluded.end_ns) - MIN(start_ns, excluded.start_ns),
-    spans = spans + excluded.spans,
-    errors = errors + excluded.errors,
+    failed = MAX(failed, excluded.failed),
     correlation_id = COALESCE(correlation_id, excluded.correlation_id)
-"""
-_MERGE_SERVICE = """
-INSERT INTO trace_services (trace_id, service, start_ns) VALUES (?, ?, ?)
-ON CONFLICT (trace_id, service) DO UPDATE SET start_ns = MIN(start_ns, excluded.start_ns)
+WHERE excluded.start_ns < start_ns OR excluded.end_ns > end_ns OR excluded.rooted > rooted
+    OR excluded.failed > failed OR (correlation_id IS NULL AND excluded.correlation_id IS NOT NULL)
 """
 
 # every service, one index step each: not a walk over every trace's entry
 _SERVICES = (
-    "WITH RECURSIVE found (service) AS (SELECT MIN(service) FROM trace_services "
-    "UNION ALL SELECT (SELECT MIN(service) FROM trace_services WHERE service > found.service) "
+    "WITH RECURSIVE found (service) AS (SELECT MIN(service) FROM spans "
+    "UNION ALL SELECT (SELECT MIN(service) FROM spans WHERE service > found.service) "
     "FROM found WHERE found.service IS NOT NULL) "
     "SELECT service FROM found WHERE service IS NOT NULL"
 )
@@ -126,9 +125,7 @@ Record = tuple[
 ]  # fmt: skip
 
 _LIST_COLUMNS = (
-    "t.trace_id, t.start_ns, t.end_ns, t.duration_ns, t.spans, t.errors, t.root_name, "
-    "t.root_service, (SELECT GROUP_CONCAT(service) FROM trace_services s "
-    "WHERE s.trace_id = t.trace_id), t.correlation_id"
+    "t.trace_id, t.start_ns, t.end_ns, t.duration_ns, t.root_name, t.root_service, t.correlation_id"
 )
 
 Order = Literal["recent", "slowest"]
@@ -341,7 +338,6 @@ class TraceStore:
         corr = CORRELATION_ATTRIBUTE
         blocks = []
         merges = []
-        services = []
         for tid, spans in groups.items():
             trace_id = f"{tid:032x}"
             first = root = spans[0]
@@ -355,18 +351,20 @@ class TraceStore:
                     root = r
                 if cid is None and r[9]:
                     cid = r[9].get(corr)
-            blocks.append((trace_id, service, _encode(spans)))
+            blocks.append((trace_id, service, start, len(spans), errors, _encode(spans)))
             merges.append(
                 (
-                    trace_id, start, end, end - start, len(spans), errors, root[3],
+                    trace_id, start, end, end - start, int(errors > 0), root[3],
                     service, int(root[2] is None), None if cid is None else str(cid),
                 )
             )  # fmt: skip
-            services.append((trace_id, service, start))
         with self._lock, self._write() as c:
-            c.executemany("INSERT INTO spans (trace_id, service, spans) VALUES (?, ?, ?)", blocks)
+            c.executemany(
+                "INSERT INTO spans (trace_id, service, start_ns, count, errors, spans) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                blocks,
+            )
             c.executemany(_MERGE, merges)
-            c.executemany(_MERGE_SERVICE, services)
         return len(records)
 
     def prune(
@@ -404,7 +402,6 @@ class TraceStore:
             with self._write() as c:
                 c.executemany("DELETE FROM spans WHERE trace_id = ?", doomed)
                 c.executemany("DELETE FROM traces WHERE trace_id = ?", doomed)
-                c.executemany("DELETE FROM trace_services WHERE trace_id = ?", doomed)
         return len(victims)
 
     # -- reading -------------------------------------------------------------------------------
@@ -423,10 +420,13 @@ class TraceStore:
     def summary(self, trace_id: str) -> TraceSummary | None:
         """The summary row of one trace, or None when it is not stored."""
         with self._lock:
-            row = self._conn.execute(
-                f"SELECT {_LIST_COLUMNS} FROM traces t WHERE trace_id = ?", (trace_id.lower(),)
-            ).fetchone()
-        return None if row is None else _summary(row)
+            found = self._summaries(
+                self._conn.execute(
+                    f"SELECT {_LIST_COLUMNS} FROM traces t WHERE trace_id = ?",
+                    (trace_id.lower(),),
+                ).fetchall()
+            )
+        return found[0] if found else None
 
     def traces(
         self,
@@ -443,7 +443,9 @@ class TraceStore:
         """Trace summaries matching every filter given, newest (or slowest) first.
 
         ``service`` matches a trace that any span of that service is part of; ``since`` and
-        ``until`` are seconds since the epoch, compared with the trace's start.
+        ``until`` are seconds since the epoch, compared with the trace's start (with a
+        ``service``: with the start of that service's spans, and the newest first are those the
+        service wrote last).
         """
         if order not in ("recent", "slowest"):
             raise ValueError(f"'order' must be 'recent' or 'slowest': {order!r}")
@@ -451,32 +453,81 @@ class TraceStore:
             raise ValueError(f"'limit' must be >= 1 and 'offset' >= 0: {limit!r}, {offset!r}")
         where: list[str] = []
         args: list[object] = []
-        source = "traces t"
-        if service is not None:
-            source = "trace_services ts JOIN traces t ON t.trace_id = ts.trace_id"
-            where.append("ts.service = ?")
-            args.append(service)
         if correlation_id is not None:
             where.append("t.correlation_id = ?")
             args.append(correlation_id)
         if errors:
-            where.append("t.errors > 0")
-        start_col = "ts.start_ns" if service is not None else "t.start_ns"
-        if since is not None:
-            where.append(f"{start_col} >= ?")
-            args.append(int(since * 1e9))
-        if until is not None:
-            where.append(f"{start_col} < ?")
-            args.append(int(until * 1e9))
-        sql = f"SELECT {_LIST_COLUMNS} FROM {source}"
+            where.append("t.failed > 0")
+        # with a service, the times are those of the service's spans: when it took part
+        start_col = "s.start_ns" if service is not None else "t.start_ns"
+        # ``+`` keeps SQLite from walking the service's every row for each trace tried: the
+        # trace's own few rows are found by its id
+        spans_where = ["s.trace_id = t.trace_id", "+s.service = ?"]
+        spans_args: list[object] = [service]
+        for bound, op in ((since, ">="), (until, "<")):
+            if bound is not None:
+                (spans_where if service is not None else where).append(f"{start_col} {op} ?")
+                (spans_args if service is not None else args).append(int(bound * 1e9))
+        by_part = service is not None and order == "recent"
+        if by_part:
+            # a service's rows newest first, through its index; a trace with several rows of
+            # the service is listed at its newest, once
+            sql = f"SELECT {_LIST_COLUMNS} FROM spans s JOIN traces t ON t.trace_id = s.trace_id"
+            where = ["s.service = ?", *spans_where[2:], *where]
+            args = spans_args + args
+        else:
+            sql = f"SELECT {_LIST_COLUMNS} FROM traces t"
+            if service is not None:
+                where.append(f"EXISTS (SELECT 1 FROM spans s WHERE {' AND '.join(spans_where)})")
+                args += spans_args
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY " + (f"{start_col} DESC" if order == "recent" else "t.duration_ns DESC")
-        sql += " LIMIT ? OFFSET ?"
-        args += [limit, offset]
         with self._lock:
-            rows = self._conn.execute(sql, args).fetchall()
-        return [_summary(r) for r in rows]
+            if by_part:
+                rows = _distinct(self._conn.execute(sql, args), offset + limit)[offset:]
+            else:
+                rows = self._conn.execute(
+                    sql + " LIMIT ? OFFSET ?", [*args, limit, offset]
+                ).fetchall()
+            return self._summaries(rows)
+
+    def _summaries(self, rows: Sequence[Sequence[Any]]) -> list[TraceSummary]:
+        """Summaries for ``_LIST_COLUMNS`` rows: their span and error counts and services summed
+        from their traces' ``spans`` rows (a page's few dozen, by the index on the trace id)."""
+        if not rows:
+            return []
+        tally: dict[str, tuple[list[int], set[str]]] = {r[0]: ([0, 0], set()) for r in rows}
+        ids = list(tally)
+        for first in range(0, len(ids), 500):
+            chunk = ids[first : first + 500]
+            for trace_id, service, count, errors in self._conn.execute(
+                "SELECT trace_id, service, count, errors FROM spans "
+                f"WHERE trace_id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ):
+                counts, services = tally[trace_id]
+                counts[0] += count
+                counts[1] += errors
+                services.add(service)
+        found = []
+        for trace_id, start, end, duration, root_name, root_service, cid in rows:
+            (spans, errors), services = tally[trace_id]
+            found.append(
+                TraceSummary(
+                    trace_id=trace_id,
+                    start_ns=start,
+                    end_ns=end,
+                    duration_ns=duration,
+                    spans=spans,
+                    errors=errors,
+                    root_name=root_name,
+                    root_service=root_service,
+                    services=tuple(sorted(services)),
+                    correlation_id=cid,
+                )
+            )
+        return found
 
     def edges(self, *, since: float | None = None, sample: int = 2000) -> list[Edge]:
         """Who called whom in the newest ``sample`` traces started since ``since`` (seconds since
@@ -556,9 +607,6 @@ def dumps(value: object) -> str:
     return _encode(value)
 
 
-_SUMMARY_FIELDS = tuple(f.name for f in fields(TraceSummary))
-
-
 def _calls(parts: list[tuple[int, str, str]]) -> list[tuple[str, str, bool, bool]]:
     """The cross-service calls in one trace's rows (rowid, service, spans): source, target,
     whether by message (a consumer span), whether it failed."""
@@ -598,9 +646,14 @@ def _span(service: str, stored: list[Any]) -> SpanRecord:
     )
 
 
-def _summary(row: Sequence[Any]) -> TraceSummary:
-    values = dict(zip(_SUMMARY_FIELDS, row, strict=True))  # ``_LIST_COLUMNS``' order
-    values["errors"] = values["errors"] or 0
-    services = values["services"]  # GROUP_CONCAT's text, or NULL
-    values["services"] = tuple(sorted(str(services).split(","))) if services else ()
-    return TraceSummary(**values)
+def _distinct(rows: Iterable[Sequence[Any]], wanted: int) -> list[Sequence[Any]]:
+    """The first ``wanted`` rows of distinct traces (the first column), in the order read."""
+    seen: set[str] = set()
+    found: list[Sequence[Any]] = []
+    for row in rows:
+        if row[0] not in seen:
+            seen.add(row[0])
+            found.append(row)
+            if len(found) == wanted:
+                break
+    return found
