@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import inspect
 import json as _json
@@ -134,43 +135,21 @@ def split_target(url: str, base_url: str | None) -> tuple[str, str | None, str]:
     raise ValueError(f"'url' scheme must be http, https or service: {url!r}")
 
 
+@dataclasses.dataclass(slots=True, eq=False)
 class Call:
     """One request as the attempts see it; prepared once, whatever the number of attempts."""
 
-    __slots__ = (
-        "body",
-        "correlation",
-        "failed",
-        "headers",
-        "method",
-        "origin",
-        "path",
-        "resend",
-        "service",
-    )
-
+    method: str
+    service: str
+    origin: str | None
+    path: str
+    headers: dict[str, str] | None
+    body: bytes | None
+    resend: bool
+    """Whether an attempt may be sent again (``may_resend``)."""
     correlation: str | None
-    failed: list[Address] | None
+    failed: list[Address] | None = None
     """The instances that failed an attempt of this call: a retry's pick avoids them."""
-
-    def __init__(  # noqa: PLR0917 - internal, built in one place
-        self,
-        method: str,
-        service: str,
-        origin: str | None,
-        path: str,
-        headers: dict[str, str] | None,
-        body: bytes | None,
-    ) -> None:
-        self.method = method
-        self.service = service
-        self.origin = origin
-        self.path = path
-        self.headers = headers
-        self.body = body
-        self.resend = may_resend(method, headers)
-        self.correlation = correlation_id()
-        self.failed = None
 
 
 def prepare(  # noqa: PLR0917 - internal, called by the clients only
@@ -190,7 +169,8 @@ def prepare(  # noqa: PLR0917 - internal, called by the clients only
         path, hash_, fragment = path.partition("#")  # the query goes before a fragment
         path += ("&" if "?" in path else "?") + urlencode(params, doseq=True) + hash_ + fragment
     if not (default_headers or headers) and json is None and content is None:
-        return Call(method, service, origin, path, None, None)  # the common GET
+        resend = may_resend(method, None)
+        return Call(method, service, origin, path, None, None, resend, correlation_id())
     merged: dict[str, str] = {}
     if default_headers:
         merged.update((k.lower(), v) for k, v in default_headers.items())
@@ -206,7 +186,10 @@ def prepare(  # noqa: PLR0917 - internal, called by the clients only
         body = content.encode()
     else:
         body = content
-    return Call(method, service, origin, path, merged or None, body)
+    sent = merged or None
+    return Call(
+        method, service, origin, path, sent, body, may_resend(method, sent), correlation_id()
+    )
 
 
 def origin_of(instance: Address) -> str:
