@@ -38,7 +38,7 @@ import _harness as h
 
 SCENARIOS = ("span", "server", "client", "message", "request")
 #: Iterations of the two runs per scenario (requests are slower: fewer).
-COUNTS = {"request": (100, 500)}
+COUNTS = {"request": (200, 1000)}
 DEFAULT_COUNTS = (1000, 5000)
 
 
