@@ -10,13 +10,14 @@ see it; at the edge the caller gets the last answer (a 503 after exhausted retri
 like Polly's last outcome), a fallback or stale answer when configured, or a public error.
 
 The shape is httpx's ``BaseClient``: ``BaseClient`` holds what does not depend on the engine
-(configuration, the per-service policies, request preparation, classification of an answer,
-the give-up path, the arguments); ``AsyncClient`` and ``Client`` hold only their engine's
-call, attempt and lifecycle, and ``ServiceClientBase`` the service clients' path handling. The
-verbs (``get``, ``post``...) and their signature are written once (``_Verbs``, ``_verb``),
-generic in what a call returns: a coroutine for the async clients (a verb is a plain function
-returning the call's coroutine, so it costs no coroutine frame of its own), a ``Response`` for
-the blocking ones.
+(configuration, the per-service policies and their service clients, request preparation,
+classification of an answer, the give-up path, the arguments); ``AsyncClient`` and ``Client``
+hold only their engine's call, attempt and lifecycle, and ``ServiceClientBase`` the service
+clients' path handling. The signature of ``request`` and of the verbs (``get``, ``post``...)
+is written once, in ``_Verbs.request``: a verb is ``request`` with its method given
+(``_Verb``), generic in what a call returns: a coroutine for the async clients (no coroutine
+frame of its own: ``request`` is a plain function returning the call's coroutine), a
+``Response`` for the blocking ones.
 
 One interlink attempt is exactly one request on the wire. aiohttp resends an idempotent
 request once by itself when a connection drops before the answer (RFC 9112's advice for
@@ -49,7 +50,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast, overload
 from urllib.parse import urlencode
 
 from interlink._closing import AsyncClosing, Closing
@@ -100,6 +101,8 @@ __all__ = [
 
 DEFAULT_MAX_CONNECTIONS = 100
 DEFAULT_KEEPALIVE = 15.0
+
+_NO_DEADLINE = contextlib.nullcontext()
 
 # ------------------------------------------------------------------- instances and requests
 
@@ -247,67 +250,45 @@ def cache_key(call: Call) -> str | None:
 
 # -------------------------------------------------------------------------------- the verbs
 
+P = ParamSpec("P")
 R = TypeVar("R")
+S = TypeVar("S", bound="ServiceClientBase[Any]")
 R_co = TypeVar("R_co", covariant=True)
 
-
-class _Verb(Protocol[R_co]):
-    """The signature of every verb (``client.get(url, ...)``...), written once."""
-
-    def __call__(
-        self,
-        url: str,
-        *,
-        params: Params | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | str | None = None,
-        json: Any = None,
-        timeout: float | None = None,
-        fallback: Any = None,
-    ) -> R_co: ...
+#: What a caller passed besides the method and the URL, as ``request`` hands it on:
+#: ``(params, headers, content, json, timeout, fallback)``.
+Given = tuple[Params | None, Mapping[str, str] | None, bytes | str | None, Any, float | None, Any]
 
 
-def _verb(method: str, doc: str) -> Any:
-    """The verb ``method`` as a plain method: ``request(method, ...)`` without upper-casing."""
+class _Verb(Generic[P, R_co]):
+    """A verb (``client.get(url, ...)``...): ``request`` with its method given, so that the
+    verbs' signature is ``request``'s, written once. Read from a client, it is
+    ``functools.partial(client.request, method)``: a C-level call, no frame of its own."""
 
-    def verb(
-        self: _Verbs[Any],
-        url: str,
-        *,
-        params: Params | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | str | None = None,
-        json: Any = None,
-        timeout: float | None = None,
-        fallback: Any = None,
-    ) -> Any:
-        return self._send(method, url, params, headers, content, json, timeout, fallback)
+    def __init__(
+        self, method: str, request: Callable[Concatenate[Any, str, P], R_co], doc: str
+    ) -> None:
+        self._method = method
+        self.__doc__ = doc
 
-    verb.__name__ = method.lower()
-    verb.__qualname__ = f"_Verbs.{verb.__name__}"
-    verb.__doc__ = doc
-    return verb
+    @overload
+    def __get__(self, client: None, owner: type[Any]) -> _Verb[P, R_co]: ...
+    @overload
+    def __get__(self, client: object, owner: type[Any] | None = None) -> Callable[P, R_co]: ...
+    def __get__(self, client: Any, owner: type[Any] | None = None) -> Any:
+        if client is None:
+            return self
+        return functools.partial(client.request, self._method)
 
 
 class _Verbs(Generic[R]):
-    """``request`` and get/head/options/put/delete/post/patch: each hands its options,
-    positionally, to ``_send``, whose result (``R``) it returns; a verb is a plain function,
-    so it costs no frame or dict of keyword arguments of its own per request."""
+    """``request`` and get/head/options/put/delete/post/patch (``request`` with the method
+    given): each hands what it was given, as one ``Given`` tuple, to ``_send``, whose result
+    (``R``) it returns."""
 
     __slots__ = ()
 
-    def _send(  # noqa: PLR0917 - positional: no dict of keyword arguments per request
-        self,
-        method: str,
-        url: str,
-        params: Params | None,
-        headers: Mapping[str, str] | None,
-        content: bytes | str | None,
-        json: Any,
-        timeout: float | None,
-        fallback: Any,
-        downstream: Downstream | None = None,
-    ) -> R:
+    def _send(self, method: str, url: str, given: Given, downstream: Downstream | None) -> R:
         """A whole call; ``downstream`` is given by a service client to its client, whose
         ``url`` is then a path of that service."""
         raise NotImplementedError  # pragma: no cover - every client defines it
@@ -331,29 +312,32 @@ class _Verbs(Generic[R]):
         the async clients), answering when the call fails (a failure answer, an error or a
         rejection).
         """
-        return self._send(method.upper(), url, params, headers, content, json, timeout, fallback)
+        given = (params, headers, content, json, timeout, fallback)
+        return self._send(method.upper(), url, given, None)
 
-    get: _Verb[R] = _verb("GET", "GET ``url`` (idempotent: retried on failure).")
-    head: _Verb[R] = _verb("HEAD", "HEAD ``url`` (idempotent).")
-    options: _Verb[R] = _verb("OPTIONS", "OPTIONS ``url`` (idempotent).")
-    put: _Verb[R] = _verb("PUT", "PUT ``url`` (idempotent).")
-    delete: _Verb[R] = _verb("DELETE", "DELETE ``url`` (idempotent).")
-    post: _Verb[R] = _verb("POST", "POST ``url``: retried only with an ``Idempotency-Key`` header.")
-    patch: _Verb[R] = _verb(
-        "PATCH", "PATCH ``url``: retried only with an ``Idempotency-Key`` header."
+    get = _Verb("GET", request, "GET ``url`` (idempotent: retried on failure).")
+    head = _Verb("HEAD", request, "HEAD ``url`` (idempotent).")
+    options = _Verb("OPTIONS", request, "OPTIONS ``url`` (idempotent).")
+    put = _Verb("PUT", request, "PUT ``url`` (idempotent).")
+    delete = _Verb("DELETE", request, "DELETE ``url`` (idempotent).")
+    post = _Verb("POST", request, "POST ``url``: retried only with an ``Idempotency-Key`` header.")
+    patch = _Verb(
+        "PATCH", request, "PATCH ``url``: retried only with an ``Idempotency-Key`` header."
     )
 
 
 # ---------------------------------------------------------------------------- the shared base
 
 
-class BaseClient(_Verbs[R]):
+class BaseClient(_Verbs[R], Generic[R, S]):
     """What both clients share: their arguments (documented on ``AsyncClient``),
     configuration, the per-service policies, request preparation, the classification of an
     answer and the give-up path. Not used directly."""
 
     #: whether the client runs attempts side by side (``hedge_delay``)
     _hedges: bool = True
+    #: the class of the clients ``service()`` returns
+    _service_client: type[S]
 
     def __init__(
         self,
@@ -404,15 +388,20 @@ class BaseClient(_Verbs[R]):
         """The services called or configured so far (their live policies)."""
         return list(self._downstreams)
 
-    def _prepare(  # noqa: PLR0917 - internal, positional for speed
+    def service(
         self,
-        downstream: Downstream | None,
-        method: str,
-        url: str,
-        params: Params | None,
-        headers: Mapping[str, str] | None,
-        content: bytes | str | None,
-        json: Any,
+        name: str,
+        *,
+        policies: ServicePolicies | None = None,
+        url: str | None = None,
+    ) -> S:
+        """The client for service ``name`` (``service://name/...``), with its own policies and
+        optionally a fixed ``url`` instead of the resolver. Configure each service once;
+        asking again (without different settings) returns a client on the same policies."""
+        return self._service_client(self, self._downstreams.configure(name, policies, url))
+
+    def _prepare(
+        self, downstream: Downstream | None, method: str, url: str, given: Given
     ) -> tuple[Downstream, Call, Pipeline]:
         """The call's service, request and pipeline (a request that may not be sent twice
         goes through the one that never resends); ``downstream`` is given by a service
@@ -422,10 +411,24 @@ class BaseClient(_Verbs[R]):
             downstream = self._downstreams.get(name)
         else:  # a path of the service: what splitting "service://name" + url would give
             origin, path = None, url if url.startswith("/") else "/" + url
+        params, headers, content, json = given[:4]
         call = prepare(
             method, downstream.name, origin, path, self._headers, params, headers, content, json
         )
         return downstream, call, downstream.pipeline if call.resend else downstream.unsafe_pipeline
+
+    def _within(self, timeout: float | None) -> contextlib.AbstractContextManager[Any]:
+        """What a call runs in: the caller's ``timeout`` as a deadline, else nothing."""
+        return _NO_DEADLINE if timeout is None else deadline(timeout, clock=self._clock)
+
+    @staticmethod
+    def _answered(downstream: Downstream, call: Call, response: Response) -> Response:
+        """A call's answer, remembered first when the service serves stale answers."""
+        if downstream._stale is not None and response.status < 300:
+            key = cache_key(call)
+            if key is not None:
+                downstream.remember(key, response)
+        return response
 
     def _recover(
         self, downstream: Downstream, call: Call, failure: Exception, fallback: Any
@@ -443,18 +446,30 @@ class BaseClient(_Verbs[R]):
         )
 
     @staticmethod
-    def _failed(
-        downstream: Downstream, call: Call, url: str, response: Response, retry_after: str | None
-    ) -> AttemptFailed:
-        """The ``AttemptFailed`` of a failure answer (5xx, 408, 429)."""
-        return status_failure(
-            response.status,
-            retry_after,
-            target=url,
-            response=response,
-            resend=call.resend,
-            max_retry_after=downstream.policies.max_retry_after,
-        )
+    def _answer(  # noqa: PLR0917 - internal, positional for speed
+        downstream: Downstream,
+        call: Call,
+        url: str,
+        span: Any,
+        status: int,
+        headers: Mapping[str, str],
+        content: bytes,
+    ) -> Response:
+        """An attempt's answer, noted on its span; a failure answer (5xx, 408, 429) is raised
+        as its ``AttemptFailed``."""
+        response = Response(status, headers, content, url=url, method=call.method)
+        if span is not None:
+            span.set_attribute("http.response.status_code", status)
+        if status >= 500 or status in {429, 408}:  # is_failure_status, inlined
+            raise status_failure(
+                status,
+                headers.get("retry-after"),
+                target=url,
+                response=response,
+                resend=call.resend,
+                max_retry_after=downstream.policies.max_retry_after,
+            )
+        return response
 
     @staticmethod
     def _given_up(downstream: Downstream, call: Call, exc: Exception) -> Response:
@@ -473,20 +488,13 @@ class BaseClient(_Verbs[R]):
             error.__suppress_context__ = True
         raise error
 
-    @staticmethod
-    def _remember(downstream: Downstream, call: Call, response: Response) -> None:
-        if response.status < 300:
-            key = cache_key(call)
-            if key is not None:
-                downstream.remember(key, response)
-
 
 class ServiceClientBase(_Verbs[R]):
     """What both service clients share: the verbs, for paths of one service."""
 
     __slots__ = ("_client", "downstream")
 
-    def __init__(self, client: BaseClient[R], downstream: Downstream) -> None:
+    def __init__(self, client: BaseClient[R, Any], downstream: Downstream) -> None:
         self._client = client
         self.downstream = downstream
 
@@ -495,24 +503,11 @@ class ServiceClientBase(_Verbs[R]):
         """The service's name."""
         return self.downstream.name
 
-    def _send(  # noqa: PLR0917 - internal, positional for speed
-        self,
-        method: str,
-        url: str,
-        params: Params | None,
-        headers: Mapping[str, str] | None,
-        content: bytes | str | None,
-        json: Any,
-        timeout: float | None,
-        fallback: Any,
-        downstream: Downstream | None = None,
-    ) -> R:
+    def _send(self, method: str, url: str, given: Given, downstream: Downstream | None) -> R:
         # a path of this service, as ``service://name`` + url would give it; a full URL is the
         # client's to parse
         downstream = None if "://" in url else self.downstream
-        return self._client._send(
-            method, url, params, headers, content, json, timeout, fallback, downstream
-        )
+        return self._client._send(method, url, given, downstream)
 
 
 def _attempt_over(call: Call, span: Any, picked: Picked | None, exc: BaseException | None) -> None:
@@ -529,6 +524,14 @@ def _attempt_over(call: Call, span: Any, picked: Picked | None, exc: BaseExcepti
             if call.failed is None:
                 call.failed = []
             call.failed.append(picked.instance)
+
+
+def _attempt_answered(call: Call, span: Any, picked: Picked | None, response: Response) -> Response:
+    """An attempt answered ``response``: ``_attempt_over`` when there is a span or an instance
+    to tell."""
+    if span is not None or picked is not None:
+        _attempt_over(call, span, picked, None)
+    return response
 
 
 def _fallback_answer(fallback: Any, error: Exception) -> Any:
@@ -591,7 +594,16 @@ def _deadline_cancelled() -> bool:
     return task is not None and task.cancelling() == 1
 
 
-class AsyncClient(BaseClient[Coroutine[Any, Any, Response]], AsyncClosing):
+class AsyncServiceClient(ServiceClientBase[Coroutine[Any, Any, Response]]):
+    """Requests to one service: paths are relative to ``service://name``.
+
+    ``downstream`` holds the live policies (``.breaker``, ``.budget``, ``.pipeline``...).
+    """
+
+    __slots__ = ()
+
+
+class AsyncClient(BaseClient[Coroutine[Any, Any, Response], AsyncServiceClient], AsyncClosing):
     """Call HTTP services with per-service policies and context propagation.
 
     ``base_url`` joins relative URLs (``"service://menu"`` or ``"http://host:port"``).
@@ -612,48 +624,22 @@ class AsyncClient(BaseClient[Coroutine[Any, Any, Response]], AsyncClosing):
         self._targets: dict[tuple[str, str], tuple[str, URL | str]] = {}
         self._otel = api()
 
-    def service(
-        self,
-        name: str,
-        *,
-        policies: ServicePolicies | None = None,
-        url: str | None = None,
-    ) -> AsyncServiceClient:
-        """The client for service ``name`` (``service://name/...``), with its own policies and
-        optionally a fixed ``url`` instead of the resolver. Configure each service once;
-        asking again (without different settings) returns a client on the same policies."""
-        return AsyncServiceClient(self, self._downstreams.configure(name, policies, url))
+    _service_client = AsyncServiceClient
 
-    async def _send(  # noqa: PLR0917 - internal, positional for speed
-        self,
-        method: str,
-        url: str,
-        params: Params | None,
-        headers: Mapping[str, str] | None,
-        content: bytes | str | None,
-        json: Any,
-        timeout: float | None,  # noqa: ASYNC109 - shrinks the deadline, see request()
-        fallback: Any,
-        downstream: Downstream | None = None,
+    async def _send(
+        self, method: str, url: str, given: Given, downstream: Downstream | None
     ) -> Response:
         """A whole call. Parsing happens in the coroutine, so that a bad target is raised
         where the call is awaited, as from any coroutine."""
-        downstream, call, pipeline = self._prepare(
-            downstream, method, url, params, headers, content, json
-        )
+        downstream, call, pipeline = self._prepare(downstream, method, url, given)
         try:
-            if timeout is None:
+            with self._within(given[4]):
                 response: Response = await pipeline.acall(self._attempt, downstream, call)
-            else:
-                with deadline(timeout, clock=self._clock):
-                    response = await pipeline.acall(self._attempt, downstream, call)
         except Exception as exc:
             failure = exc
         else:
-            if downstream._stale is not None:
-                self._remember(downstream, call, response)
-            return response
-        answer = self._recover(downstream, call, failure, fallback)
+            return self._answered(downstream, call, response)
+        answer = self._recover(downstream, call, failure, given[5])
         if inspect.isawaitable(answer):
             answer = await answer
         return answer  # type: ignore[no-any-return]
@@ -741,17 +727,11 @@ class AsyncClient(BaseClient[Coroutine[Any, Any, Response]], AsyncClosing):
                 if not timer and _deadline_cancelled():
                     raise AttemptFailed("timeout", url, retryable=call.resend) from exc
                 raise
-            response = Response(raw.status, raw.headers, content, url=url, method=call.method)
-            if span is not None:
-                span.set_attribute("http.response.status_code", raw.status)
-            if raw.status >= 500 or raw.status in {429, 408}:  # is_failure_status, inlined
-                raise self._failed(downstream, call, url, response, raw.headers.get("Retry-After"))
+            response = self._answer(downstream, call, url, span, raw.status, raw.headers, content)
         except BaseException as exc:
             _attempt_over(call, span, picked, exc)
             raise
-        if span is not None or picked is not None:
-            _attempt_over(call, span, picked, None)
-        return response
+        return _attempt_answered(call, span, picked, response)
 
     def _target_of(self, origin: str, path: str) -> tuple[str, URL | str]:
         """The URL of ``origin`` + ``path``, as text and parsed once: aiohttp would parse
@@ -809,15 +789,6 @@ class AsyncClient(BaseClient[Coroutine[Any, Any, Response]], AsyncClosing):
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-
-
-class AsyncServiceClient(ServiceClientBase[Coroutine[Any, Any, Response]]):
-    """Requests to one service: paths are relative to ``service://name``.
-
-    ``downstream`` holds the live policies (``.breaker``, ``.budget``, ``.pipeline``...).
-    """
-
-    __slots__ = ()
 
 
 # ----------------------------------------------------------------------------------- Client
@@ -969,7 +940,13 @@ class _BoundedTransport(httpx.BaseTransport):
             self._pool.close()
 
 
-class Client(BaseClient[Response], Closing):
+class ServiceClient(ServiceClientBase[Response]):
+    """Blocking requests to one service: paths are relative to ``service://name``."""
+
+    __slots__ = ()
+
+
+class Client(BaseClient[Response, ServiceClient], Closing):
     """Blocking HTTP calls with per-service policies; the arguments are ``AsyncClient``'s.
 
     Thread-safe: one client (one pool, one breaker and budget per service) serves every thread.
@@ -978,6 +955,7 @@ class Client(BaseClient[Response], Closing):
     """
 
     _hedges = False
+    _service_client = ServiceClient
 
     def _start(self) -> None:
         limits = httpx.Limits(
@@ -991,45 +969,17 @@ class Client(BaseClient[Response], Closing):
             timeout=None,
         )
 
-    def service(
-        self,
-        name: str,
-        *,
-        policies: ServicePolicies | None = None,
-        url: str | None = None,
-    ) -> ServiceClient:
-        """The client for service ``name``; see ``AsyncClient.service``."""
-        return ServiceClient(self, self._downstreams.configure(name, policies, url))
-
-    def _send(  # noqa: PLR0917 - internal, positional like AsyncClient's
-        self,
-        method: str,
-        url: str,
-        params: Params | None,
-        headers: Mapping[str, str] | None,
-        content: bytes | str | None,
-        json: Any,
-        timeout: float | None,
-        fallback: Any,
-        downstream: Downstream | None = None,
-    ) -> Response:
+    def _send(self, method: str, url: str, given: Given, downstream: Downstream | None) -> Response:
         """A whole call; see ``_Verbs._send``."""
-        downstream, call, pipeline = self._prepare(
-            downstream, method, url, params, headers, content, json
-        )
+        downstream, call, pipeline = self._prepare(downstream, method, url, given)
         try:
-            if timeout is None:
+            with self._within(given[4]):
                 response: Response = pipeline.call(self._attempt, downstream, call)
-            else:
-                with deadline(timeout, clock=self._clock):
-                    response = pipeline.call(self._attempt, downstream, call)
         except Exception as exc:
             failure = exc
         else:
-            if downstream._stale is not None:
-                self._remember(downstream, call, response)
-            return response
-        return self._recover(downstream, call, failure, fallback)  # type: ignore[no-any-return]
+            return self._answered(downstream, call, response)
+        return self._recover(downstream, call, failure, given[5])  # type: ignore[no-any-return]
 
     def _attempt(self, downstream: Downstream, call: Call) -> Response:
         """One attempt: pick, send, read, classify. Raises ``AttemptFailed`` on a failure."""
@@ -1056,18 +1006,12 @@ class Client(BaseClient[Response], Closing):
             headers = outgoing_headers(
                 call.headers, call.correlation, ms, None if span is None else context_of(span)
             )
-            status, raw_headers, content = self._exchange(call, url, headers, ms)
-            response = Response(status, raw_headers, content, url=url, method=call.method)
-            if span is not None:
-                span.set_attribute("http.response.status_code", status)
-            if status >= 500 or status in {429, 408}:  # is_failure_status, inlined
-                raise self._failed(downstream, call, url, response, raw_headers.get("retry-after"))
+            raw = self._exchange(call, url, headers, ms)
+            response = self._answer(downstream, call, url, span, *raw)
         except BaseException as exc:
             _attempt_over(call, span, picked, exc)
             raise
-        if span is not None or picked is not None:
-            _attempt_over(call, span, picked, None)
-        return response
+        return _attempt_answered(call, span, picked, response)
 
     def _exchange(
         self, call: Call, url: str, headers: dict[str, str], ms: int | None
@@ -1101,9 +1045,3 @@ class Client(BaseClient[Response], Closing):
     def close(self) -> None:
         """Close the connection pool."""
         self._http.close()
-
-
-class ServiceClient(ServiceClientBase[Response]):
-    """Blocking requests to one service: paths are relative to ``service://name``."""
-
-    __slots__ = ()
