@@ -102,8 +102,6 @@ __all__ = [
 DEFAULT_MAX_CONNECTIONS = 100
 DEFAULT_KEEPALIVE = 15.0
 
-_NO_DEADLINE = contextlib.nullcontext()
-
 # ------------------------------------------------------------------- instances and requests
 
 
@@ -417,10 +415,6 @@ class BaseClient(_Verbs[R], Generic[R, S]):
         )
         return downstream, call, downstream.pipeline if call.resend else downstream.unsafe_pipeline
 
-    def _within(self, timeout: float | None) -> contextlib.AbstractContextManager[Any]:
-        """What a call runs in: the caller's ``timeout`` as a deadline, else nothing."""
-        return _NO_DEADLINE if timeout is None else deadline(timeout, clock=self._clock)
-
     @staticmethod
     def _answered(downstream: Downstream, call: Call, response: Response) -> Response:
         """A call's answer, remembered first when the service serves stale answers."""
@@ -632,9 +626,13 @@ class AsyncClient(BaseClient[Coroutine[Any, Any, Response], AsyncServiceClient],
         """A whole call. Parsing happens in the coroutine, so that a bad target is raised
         where the call is awaited, as from any coroutine."""
         downstream, call, pipeline = self._prepare(downstream, method, url, given)
+        timeout = given[4]
         try:
-            with self._within(given[4]):
+            if timeout is None:
                 response: Response = await pipeline.acall(self._attempt, downstream, call)
+            else:
+                with deadline(timeout, clock=self._clock):
+                    response = await pipeline.acall(self._attempt, downstream, call)
         except Exception as exc:
             failure = exc
         else:
@@ -972,9 +970,13 @@ class Client(BaseClient[Response, ServiceClient], Closing):
     def _send(self, method: str, url: str, given: Given, downstream: Downstream | None) -> Response:
         """A whole call; see ``_Verbs._send``."""
         downstream, call, pipeline = self._prepare(downstream, method, url, given)
+        timeout = given[4]
         try:
-            with self._within(given[4]):
+            if timeout is None:
                 response: Response = pipeline.call(self._attempt, downstream, call)
+            else:
+                with deadline(timeout, clock=self._clock):
+                    response = pipeline.call(self._attempt, downstream, call)
         except Exception as exc:
             failure = exc
         else:
