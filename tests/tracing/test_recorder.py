@@ -249,3 +249,77 @@ def test_spans_nest_and_restore_the_context_either_way(tmp_path: Path, portable:
     assert by_name["GET /a"].correlation_id == "c-1"
     assert by_name["GET"].attributes == {"url.full": "http://b/", "interlink.correlation_id": "c-1"}
     provider.shutdown()
+
+
+def test_span_contexts_of_another_layout_are_built_and_read_through_the_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When ``SpanContext`` is not the plain tuple of its fields (not promised by the API),
+    the recorder and the propagation build and read it through its constructor and
+    properties: an incoming ``traceparent`` is still joined, children still nest under it,
+    and what is injected names the right span."""
+    import dataclasses
+    import types
+
+    from interlink.tracing import Spans, propagation, recorder
+    from interlink.tracing.propagation import _tuple_context, inject_span
+
+    class Attributes:
+        def __init__(self, *fields: object) -> None:
+            self.fields = fields
+
+    shaped = types.SimpleNamespace(
+        TraceFlags=trace.TraceFlags, TraceState=trace.TraceState, SpanContext=Attributes
+    )
+    assert _tuple_context(shaped) is False  # not a tuple at all: no error, the API's way
+    assert _tuple_context(trace) is True  # today's API: the shortcut is used
+    otel = propagation.api()
+    assert otel is not None
+    portable = dataclasses.replace(otel, tuple_context=False)
+    monkeypatch.setattr(propagation, "api", lambda: portable)
+    monkeypatch.setattr(recorder, "_TUPLE_CONTEXT", False)
+    provider, url = _provider(tmp_path)
+    spans = Spans(provider)
+    caller = f"00-{'ab' * 16}-{'cd' * 8}-01"
+    incoming = extract({"traceparent": caller})
+    assert incoming is not None
+    with spans.server("GET /a", parent=incoming, attributes={"url.path": "/a"}) as server:
+        client = spans.start_client("GET", {"url.full": "http://b/"})
+        carrier: dict[str, str] = {}
+        inject_span(carrier, client)
+        client.end()
+    assert server.get_span_context().trace_id == int("ab" * 16, 16)
+    provider.force_flush()
+    store = TraceStore.from_url(url)
+    by_name = {s.name: s for s in store.trace("ab" * 16)}
+    assert by_name["GET /a"].parent_id == "cd" * 8
+    assert by_name["GET"].parent_id == by_name["GET /a"].span_id
+    assert carrier["traceparent"] == f"00-{'ab' * 16}-{by_name['GET'].span_id}-01"
+    provider.shutdown()
+
+
+def test_the_writer_process_ends_quietly_on_a_batch_cut_short(tmp_path: Path) -> None:
+    """A service killed while sending a batch leaves the writer a cut-short batch and a
+    closed pipe: the writer stores nothing of it and exits cleanly, no traceback."""
+    import json
+    import subprocess
+    import sys
+
+    settings = {
+        "path": str(tmp_path / "t.db"),
+        "busy_timeout": 5.0,
+        "service": "svc",
+        "every": 100,
+        "max_age": None,
+        "max_traces": None,
+    }
+    writer = subprocess.run(
+        [sys.executable, "-m", "interlink.tracing.recorder", json.dumps(settings)],
+        input=(1000).to_bytes(4, "big") + b"\x00" * 10,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert writer.returncode == 0
+    assert writer.stderr == b""
+    assert TraceStore.from_url(f"sqlite:///{tmp_path}/t.db").traces() == []

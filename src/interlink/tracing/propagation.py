@@ -203,10 +203,14 @@ def context_access(context: Any, trace: Any) -> tuple[Any, Any, Any, str | None]
 
 
 def _tuple_context(trace: Any) -> bool:
+    """Whether the API's ``SpanContext`` is the plain tuple of its six fields, in order (not
+    promised by the API: any other shape, including one that is no tuple, answers False)."""
     flags, state = trace.TraceFlags(1), trace.TraceState()
     probe = trace.SpanContext(3, 4, True, flags, state)
     fields = (3, 4, True, flags, state, True)
-    return tuple(probe) == fields and fields == (
+    if not isinstance(probe, tuple) or tuple(probe) != fields:
+        return False
+    return fields == (
         probe.trace_id,
         probe.span_id,
         probe.is_remote,

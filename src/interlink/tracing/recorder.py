@@ -804,7 +804,11 @@ def _serve(settings: dict[str, Any]) -> None:
         head = source.read(4)
         if len(head) < 4:
             return
-        records = marshal.loads(source.read(int.from_bytes(head, "big")))
+        size = int.from_bytes(head, "big")
+        batch = source.read(size)
+        if len(batch) < size:  # the service died while sending it: nothing whole to store
+            return
+        records = marshal.loads(batch)
         ok = _write_records(
             store,
             records,
