@@ -208,7 +208,7 @@ def _tuple_context(trace: Any) -> bool:
     flags, state = trace.TraceFlags(1), trace.TraceState()
     probe = trace.SpanContext(3, 4, True, flags, state)
     fields = (3, 4, True, flags, state, True)
-    if not isinstance(probe, tuple) or tuple(probe) != fields:
+    if not issubclass(trace.SpanContext, tuple) or tuple(probe) != fields:
         return False
     return fields == (
         probe.trace_id,
