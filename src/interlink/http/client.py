@@ -50,7 +50,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast, overload
+from typing import Any, Generic, Protocol, TypeVar, cast
 from urllib.parse import urlencode
 
 from interlink._closing import AsyncClosing, Closing
@@ -248,7 +248,6 @@ def cache_key(call: Call) -> str | None:
 
 # -------------------------------------------------------------------------------- the verbs
 
-P = ParamSpec("P")
 R = TypeVar("R")
 S = TypeVar("S", bound="ServiceClientBase[Any]")
 R_co = TypeVar("R_co", covariant=True)
@@ -258,25 +257,42 @@ R_co = TypeVar("R_co", covariant=True)
 Given = tuple[Params | None, Mapping[str, str] | None, bytes | str | None, Any, float | None, Any]
 
 
-class _Verb(Generic[P, R_co]):
-    """A verb (``client.get(url, ...)``...): ``request`` with its method given, so that the
-    verbs' signature is ``request``'s, written once. Read from a client, it is
-    ``functools.partial(client.request, method)``: a C-level call, no frame of its own."""
+class _Verb(Protocol[R_co]):
+    """The signature of every verb (``client.get(url, ...)``...), written once."""
 
-    def __init__(
-        self, method: str, request: Callable[Concatenate[Any, str, P], R_co], doc: str
-    ) -> None:
-        self._method = method
-        self.__doc__ = doc
+    def __call__(
+        self,
+        url: str,
+        *,
+        params: Params | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+        fallback: Any = None,
+    ) -> R_co: ...
 
-    @overload
-    def __get__(self, client: None, owner: type[Any]) -> _Verb[P, R_co]: ...
-    @overload
-    def __get__(self, client: object, owner: type[Any] | None = None) -> Callable[P, R_co]: ...
-    def __get__(self, client: Any, owner: type[Any] | None = None) -> Any:
-        if client is None:
-            return self
-        return functools.partial(client.request, self._method)
+
+def _verb(method: str, doc: str) -> Any:
+    """The verb ``method`` as a plain method: ``request(method, ...)`` without upper-casing."""
+
+    def verb(
+        self: _Verbs[Any],
+        url: str,
+        *,
+        params: Params | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+        fallback: Any = None,
+    ) -> Any:
+        return self._send(method, url, (params, headers, content, json, timeout, fallback), None)
+
+    verb.__name__ = method.lower()
+    verb.__qualname__ = f"_Verbs.{verb.__name__}"
+    verb.__doc__ = doc
+    return verb
 
 
 class _Verbs(Generic[R]):
@@ -313,14 +329,14 @@ class _Verbs(Generic[R]):
         given = (params, headers, content, json, timeout, fallback)
         return self._send(method.upper(), url, given, None)
 
-    get = _Verb("GET", request, "GET ``url`` (idempotent: retried on failure).")
-    head = _Verb("HEAD", request, "HEAD ``url`` (idempotent).")
-    options = _Verb("OPTIONS", request, "OPTIONS ``url`` (idempotent).")
-    put = _Verb("PUT", request, "PUT ``url`` (idempotent).")
-    delete = _Verb("DELETE", request, "DELETE ``url`` (idempotent).")
-    post = _Verb("POST", request, "POST ``url``: retried only with an ``Idempotency-Key`` header.")
-    patch = _Verb(
-        "PATCH", request, "PATCH ``url``: retried only with an ``Idempotency-Key`` header."
+    get: _Verb[R] = _verb("GET", "GET ``url`` (idempotent: retried on failure).")
+    head: _Verb[R] = _verb("HEAD", "HEAD ``url`` (idempotent).")
+    options: _Verb[R] = _verb("OPTIONS", "OPTIONS ``url`` (idempotent).")
+    put: _Verb[R] = _verb("PUT", "PUT ``url`` (idempotent).")
+    delete: _Verb[R] = _verb("DELETE", "DELETE ``url`` (idempotent).")
+    post: _Verb[R] = _verb("POST", "POST ``url``: retried only with an ``Idempotency-Key`` header.")
+    patch: _Verb[R] = _verb(
+        "PATCH", "PATCH ``url``: retried only with an ``Idempotency-Key`` header."
     )
 
 
