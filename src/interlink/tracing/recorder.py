@@ -281,13 +281,7 @@ class RecordedSpan(trace.Span):
             for processor in provider.processors:
                 processor.on_end(self)
         if self._export or (self.status is not _UNSET and self.status.status_code is _ERROR):
-            queue = provider._queue  # provider.enqueue(self), inlined: once per span
-            if len(queue) >= MAX_QUEUE:
-                provider.dropped += 1
-                return
-            queue.append(self)
-            if provider._thread is None or len(queue) == EXPORT_BATCH:
-                provider.wake()
+            provider.enqueue(self)
 
     def write_w3c(self, carrier: MutableMapping[str, str]) -> None:
         """Write this span's W3C ``traceparent`` (and ``tracestate``) into ``carrier``, what the
