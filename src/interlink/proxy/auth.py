@@ -276,7 +276,7 @@ class Authenticator:
                 if now > expires + self.leeway:
                     return None
                 nbf = identity.claims.get("nbf")
-                if nbf is not None and isinstance(nbf, _NUMBER) and nbf - self.leeway > now:
+                if isinstance(nbf, _NUMBER) and nbf - self.leeway > now:
                     return None
         if identity is None and "api_key" in requirement.methods and api_key is not None:
             found = self._api_keys.get(hash_api_key(api_key))
@@ -285,10 +285,9 @@ class Authenticator:
             identity = Identity("api_key", found.consumer, found.scopes, {})
         if identity is None or not requirement.scopes <= identity.scopes:
             return None
-        if requirement.claims:
-            for name, value in requirement.claims.items():
-                if identity.claims.get(name) != value:
-                    return None
+        for name, value in requirement.claims.items():
+            if identity.claims.get(name) != value:
+                return None
         return identity
 
     def verify_api_key(self, key: str) -> Identity:

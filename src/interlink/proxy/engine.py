@@ -51,11 +51,11 @@ from interlink.proxy.limits import Limiter, LimitRule
 from interlink.proxy.metrics import ProxyMetrics
 from interlink.proxy.router import Match, Router
 from interlink.proxy.upstream import (
-    HEADER_LINE,
     ResponseHead,
     UpstreamConnection,
     UpstreamFailure,
     UpstreamPool,
+    header_pairs,
 )
 from interlink.proxy.upstreams import FixedUpstream, Upstream
 from interlink.resilience import Pipeline, deadline
@@ -897,7 +897,7 @@ def _relayed(block: bytes) -> tuple[bytes, bool]:
 
 def _listed_dropped(block: bytes) -> bytes:
     """The header lines without the hop-by-hop ones and those that ``Connection`` names."""
-    headers = [(name.lower(), value) for name, value in HEADER_LINE.findall(block)]
+    headers = header_pairs(block)
     named = {
         token.strip().lower()
         for name, value in headers

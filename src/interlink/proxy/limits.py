@@ -76,15 +76,13 @@ class Decision(NamedTuple):
                 ("ratelimit-remaining", str(remaining) if remaining > 0 else "0"),
                 _RESET_NOW,
             ]
-        reset = math.ceil(self.retry_after) if not self.allowed else 0
-        out = [
-            ("ratelimit-limit", str(rule.burst)),
+        reset = math.ceil(self.retry_after)
+        return [
+            rule.limit_header,
             ("ratelimit-remaining", str(max(0, self.remaining))),
             ("ratelimit-reset", str(reset)),
+            ("retry-after", str(max(1, reset))),
         ]
-        if not self.allowed:
-            out.append(("retry-after", str(max(1, reset))))
-        return out
 
 
 _RESET_NOW = ("ratelimit-reset", "0")
@@ -250,12 +248,6 @@ class Limiter:
         """``check`` without awaiting, for in-memory buckets (``decides_now``)."""
         buckets = self.buckets
         assert isinstance(buckets, MemoryBuckets)
-        if len(rules) == 1:  # the usual: one rule, its decision is the answer
-            rule = rules[0]
-            decision = buckets.take_now(_key(rule, route, consumer, client), rule)
-            if decision.allowed:
-                return decision.headers(rule)
-            raise self._refused(rule, decision, route)
         tightest: tuple[LimitRule, Decision] | None = None
         for rule in rules:
             decision = buckets.take_now(_key(rule, route, consumer, client), rule)

@@ -28,13 +28,13 @@ from interlink.proxy.errors import ProxyError
 from interlink.resilience._validate import positive_fields
 
 __all__ = [
-    "HEADER_LINE",
     "Listener",
     "PoolLimits",
     "ResponseHead",
     "UpstreamConnection",
     "UpstreamFailure",
     "UpstreamPool",
+    "header_pairs",
 ]
 
 
@@ -76,6 +76,11 @@ class UpstreamFailure(Exception):
 HEADER_LINE = re.compile(rb"([^:\r\n]+):[ \t]*([^\r\n]*?)[ \t]*\r\n")
 
 
+def header_pairs(block: bytes) -> list[tuple[bytes, bytes]]:
+    """(lower-case name, value) pairs of a head's header lines, in the order received."""
+    return [(name.lower(), value) for name, value in HEADER_LINE.findall(block)]
+
+
 @dataclass(slots=True)
 class ResponseHead:
     """Status and headers of an upstream response; the body follows through the sink."""
@@ -90,7 +95,7 @@ class ResponseHead:
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:
         """(lower-case name, value) pairs, in the order received."""
-        return [(name.lower(), value) for name, value in HEADER_LINE.findall(self.block)]
+        return header_pairs(self.block)
 
 
 class Listener(Protocol):
@@ -544,14 +549,7 @@ class UpstreamPool:
         if slot is None:
             conn.abort()
             return
-        # ``conn.reusable``, read without a call
-        if (
-            conn._complete
-            and not conn.closed
-            and conn._keep_alive
-            and not conn._head_only
-            and len(slot.idle) < self.limits.max_idle
-        ):
+        if conn.reusable and len(slot.idle) < self.limits.max_idle:
             conn.idle_since = self._clock()
             conn._sink = None
             slot.idle.append(conn)
