@@ -216,8 +216,7 @@ class Consumer:
                         delivery.envelope.id,
                     )
                 self._held -= 1
-                # a message without a key has no lane to follow it
-                delivery = None if delivery.envelope.key is None else self._next_in_lane(delivery)
+                delivery = self._next_in_lane(delivery)
             if clock() >= turn_ends:  # handlers that never wait would starve the loop
                 await asyncio.sleep(0)
                 turn_ends = clock() + _TURN
@@ -248,7 +247,7 @@ class Consumer:
             if delivery is None:
                 return None
             self._held += 1
-            if delivery.envelope.key is None or self._free(delivery):
+            if self._free(delivery):
                 return delivery
         return None
 

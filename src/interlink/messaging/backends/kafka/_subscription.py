@@ -44,7 +44,6 @@ __all__ = ["Consume", "KafkaDelivery", "PartitionOffsets"]
 log = logging.getLogger("interlink.messaging.kafka")
 
 _DROP = frozenset({NOT_BEFORE, RETRY_FOR})
-_decode = bytes.decode
 _ID = KAFKA.id
 _OFFSET = operator.attrgetter("offset")
 # How long a closed subscription waits for its handed-out deliveries to be settled before it
@@ -202,9 +201,7 @@ class KafkaDelivery(Received):
         self.attempt = self.envelope.attempt
 
     async def ack(self) -> None:
-        if not self._done:  # what _settle does, without the call: once per message
-            self._done = True
-            self._sub.settled(self._offsets, self.record.offset)
+        self._settle()
 
     def _settle(self) -> None:
         if not self._done:
@@ -287,10 +284,7 @@ class Consume:
                 offsets, records = self._batches.pop()
                 self._offsets, self._records = offsets, iter(records)
                 continue
-            try:  # text_headers' usual case inlined: one call less per record
-                headers = {name: _decode(value) for name, value in record.headers}
-            except (TypeError, UnicodeDecodeError):  # a null value, bytes that are not UTF-8
-                headers = text_headers(record.headers)
+            headers = text_headers(record.headers)
             if RETRY_FOR in headers:  # a retry copy: for one group, maybe not yet
                 if headers[RETRY_FOR] != group:
                     sub.settle(offsets, record.offset)
