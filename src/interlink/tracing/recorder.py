@@ -398,36 +398,27 @@ class _Tracer(trace.Tracer):
         else:
             ctx = None
         if ctx is not None:
-            if _TUPLE_CONTEXT:  # the fields at once, in C, instead of five properties
-                trace_id, _, _, parent_flags, state, valid = ctx
+            if _TUPLE_CONTEXT:  # the fields at once, in C, instead of four properties
+                trace_id, _, _, _, state, valid = ctx
             else:
-                trace_id, parent_flags = ctx.trace_id, ctx.trace_flags
-                state, valid = ctx.trace_state, ctx.is_valid
+                trace_id, state, valid = ctx.trace_id, ctx.trace_state, ctx.is_valid
             if not valid:
                 ctx = None
         if ctx is not None:
             span_id = _getrandbits(64) or 1
-            sampled = parent_flags & 1
         else:
             bits = _getrandbits(192)  # a new trace: both ids from one call
             trace_id = bits >> 64 or 1
             span_id = bits & _RATIO_MASK or 1
             state = _EMPTY_STATE
-            # decide()'s verdict for a new trace when every trace is sampled, inlined
-            sampled = p.sample_all and not (
-                p.exclude_paths and attributes.get("url.path") in p.exclude_paths
-            )
-        if sampled:
-            verdict = EXPORT
-        else:
-            verdict = decide(
-                ctx,
-                trace_id,
-                attributes,
-                ratio_bound=p.ratio_bound,
-                keep_errors=p.keep_errors,
-                exclude_paths=p.exclude_paths,
-            )
+        verdict = decide(
+            ctx,
+            trace_id,
+            attributes,
+            ratio_bound=p.ratio_bound,
+            keep_errors=p.keep_errors,
+            exclude_paths=p.exclude_paths,
+        )
         if verdict == DROP or p.closed:
             return NonRecordingSpan(SpanContext(trace_id, span_id, False, _NOT_SAMPLED, state))
         flags = _SAMPLED if verdict == EXPORT else _NOT_SAMPLED
@@ -501,8 +492,6 @@ class StoreTracerProvider(trace.TracerProvider):
         self.resource = resource
         self.service = str(resource.attributes.get("service.name", "unknown"))
         self.ratio_bound = round(sample_ratio * (1 << 64))
-        #: every new trace is sampled (a ratio of 1): no id needs comparing with the bound
-        self.sample_all = self.ratio_bound > _RATIO_MASK
         self.keep_errors = keep_errors
         self.exclude_paths = exclude_paths
         self.processors: tuple[Any, ...] = ()

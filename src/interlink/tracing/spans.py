@@ -143,11 +143,7 @@ class Scope:
     def __enter__(self) -> Any:
         tracer = self._tracer
         if getattr(tracer, "fast_spans", False):  # interlink's own provider
-            attributes = self._attributes
-            owned = dict(attributes) if attributes else {}
-            cid = CORRELATION.get()
-            if cid is not None:
-                owned[CORRELATION_ATTRIBUTE] = cid
+            owned = _owned(self._attributes)
             span, self._token = tracer.open_current(self._name, self._kind, self._parent, owned)
             self._span = span
             self._detach = tracer.detach
@@ -180,12 +176,8 @@ class Scope:
 def start_child(tracer: Any, name: str, kind: str, attributes: _Attrs | None) -> Any:
     """Start a span of ``kind`` (``"client"``, ``"producer"``) under the current context, with
     ``attributes`` and the correlation id, not made current."""
-    if getattr(tracer, "fast_spans", False):  # interlink's own provider: it keeps the dict
-        owned = dict(attributes) if attributes else {}
-        cid = CORRELATION.get()
-        if cid is not None:
-            owned[CORRELATION_ATTRIBUTE] = cid
-        return tracer.start_child(name, kind, owned)
+    if getattr(tracer, "fast_spans", False):  # interlink's own provider
+        return tracer.start_child(name, kind, _owned(attributes))
     otel = _api()
     return tracer.start_span(
         name, kind=otel.trace.SpanKind[kind.upper()], attributes=with_correlation(attributes)
@@ -202,6 +194,16 @@ def ending(span: Any) -> Iterator[Any]:
         raise
     finally:
         span.end()
+
+
+def _owned(attributes: _Attrs | None) -> dict[str, Any]:
+    """A fresh dict of ``attributes`` and the current correlation id, for a tracer that keeps
+    the dict it is given as the span's own (interlink's provider)."""
+    owned = dict(attributes) if attributes else {}
+    cid = CORRELATION.get()
+    if cid is not None:
+        owned[CORRELATION_ATTRIBUTE] = cid
+    return owned
 
 
 def with_correlation(attributes: _Attrs | None) -> _Attrs | None:
