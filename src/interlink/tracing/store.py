@@ -251,7 +251,8 @@ class TraceStore:
             if layout != LAYOUT:
                 found = conn.execute(
                     "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN "
-                    "('spans', 'traces', 'trace_services')"
+                    f"({', '.join('?' * len(_TABLES))})",
+                    _TABLES,
                 ).fetchone()[0]
                 if found:
                     _log.warning(
@@ -492,24 +493,29 @@ class TraceStore:
                 ).fetchall()
             return self._summaries(rows)
 
+    def _rows_of(self, columns: str, trace_ids: Sequence[str]) -> Iterator[Any]:
+        """``columns`` of the ``spans`` rows of ``trace_ids``, by the index on the trace id, in
+        chunks of 500 ids (SQLite bounds the parameters of one statement)."""
+        for first in range(0, len(trace_ids), 500):
+            chunk = trace_ids[first : first + 500]
+            yield from self._conn.execute(
+                f"SELECT {columns} FROM spans WHERE trace_id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+
     def _summaries(self, rows: Sequence[Sequence[Any]]) -> list[TraceSummary]:
         """Summaries for ``_LIST_COLUMNS`` rows: their span and error counts and services summed
         from their traces' ``spans`` rows (a page's few dozen, by the index on the trace id)."""
         if not rows:
             return []
         tally: dict[str, tuple[list[int], set[str]]] = {r[0]: ([0, 0], set()) for r in rows}
-        ids = list(tally)
-        for first in range(0, len(ids), 500):
-            chunk = ids[first : first + 500]
-            for trace_id, service, count, errors in self._conn.execute(
-                "SELECT trace_id, service, count, errors FROM spans "
-                f"WHERE trace_id IN ({','.join('?' * len(chunk))})",
-                chunk,
-            ):
-                counts, services = tally[trace_id]
-                counts[0] += count
-                counts[1] += errors
-                services.add(service)
+        for trace_id, service, count, errors in self._rows_of(
+            "trace_id, service, count, errors", list(tally)
+        ):
+            counts, services = tally[trace_id]
+            counts[0] += count
+            counts[1] += errors
+            services.add(service)
         found = []
         for trace_id, start, end, duration, root_name, root_service, cid in rows:
             (spans, errors), services = tally[trace_id]
@@ -555,17 +561,13 @@ class TraceStore:
             seen = self._calls_seen
             kept = {t: seen[t] for t, ids in rows_of.items() if t in seen and seen[t][0] == ids}
             stale = [t for t in rows_of if t not in kept]
-            for first in range(0, len(stale), 500):
-                chunk = stale[first : first + 500]
-                fresh: dict[str, list[tuple[int, str, str]]] = {}
-                for trace_id, rowid, service, text in self._conn.execute(
-                    "SELECT trace_id, rowid, service, spans FROM spans "
-                    f"WHERE trace_id IN ({','.join('?' * len(chunk))})",
-                    chunk,
-                ):
-                    fresh.setdefault(trace_id, []).append((rowid, service, text))
-                for trace_id, parts in fresh.items():
-                    kept[trace_id] = ({p[0] for p in parts}, _calls(parts))
+            fresh: dict[str, list[tuple[int, str, str]]] = {}
+            for trace_id, rowid, service, text in self._rows_of(
+                "trace_id, rowid, service, spans", stale
+            ):
+                fresh.setdefault(trace_id, []).append((rowid, service, text))
+            for trace_id, parts in fresh.items():
+                kept[trace_id] = ({p[0] for p in parts}, _calls(parts))
             self._calls_seen = kept
         found: dict[tuple[str, str, bool], list[int]] = {}
         for _, calls in kept.values():
