@@ -13,11 +13,11 @@ The shape is httpx's ``BaseClient``: ``BaseClient`` holds what does not depend o
 (configuration, the per-service policies and their service clients, request preparation,
 classification of an answer, the give-up path, the arguments); ``AsyncClient`` and ``Client``
 hold only their engine's call, attempt and lifecycle, and ``ServiceClientBase`` the service
-clients' path handling. The signature of ``request`` and of the verbs (``get``, ``post``...)
-is written once, in ``_Verbs.request``: a verb is ``request`` with its method given
-(``_Verb``), generic in what a call returns: a coroutine for the async clients (no coroutine
-frame of its own: ``request`` is a plain function returning the call's coroutine), a
-``Response`` for the blocking ones.
+clients' path handling. The verbs (``get``, ``post``...) are made once each by ``_verb``, one
+signature for all of them, generic in what a call returns: a coroutine for the async clients
+(a verb is a plain function returning the call's coroutine, so it costs no coroutine frame of
+its own), a ``Response`` for the blocking ones. Both clients hand a call's options to one
+``_send`` as one tuple (``Given``).
 
 One interlink attempt is exactly one request on the wire. aiohttp resends an idempotent
 request once by itself when a connection drops before the answer (RFC 9112's advice for
