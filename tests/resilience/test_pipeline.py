@@ -242,6 +242,30 @@ def test_async_retry_breaker_fallback(clock: FakeClock) -> None:
         asyncio.run(Pipeline(breaker=breaker).acall(flaky.acall))
 
 
+@pytest.mark.parametrize(
+    "policies",
+    [
+        (),
+        (Timeout(5.0),),
+        (Fallback(value="cached"), Timeout(5.0), Retry(1)),
+        (Hedge(0.01), Retry(1)),
+    ],
+    ids=["none", "timeout", "fallback", "hedge"],
+)
+def test_acall_hands_back_a_coroutine(policies: tuple[object, ...]) -> None:
+    """acall returns a coroutine whatever the outermost policy, ready for create_task."""
+
+    async def answer(x: int) -> int:
+        return x + 1
+
+    async def main() -> int:
+        pending = Pipeline(*policies).acall(answer, 1)
+        assert asyncio.iscoroutine(pending)
+        return await asyncio.create_task(pending)
+
+    assert asyncio.run(main()) == 2
+
+
 def test_async_timeout_cancels_a_hung_call() -> None:
     """A call that hangs past the timeout is cancelled and DeadlineExceeded raised."""
     cancelled = False

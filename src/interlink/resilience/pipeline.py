@@ -25,7 +25,7 @@ through its public protocol (``acquire``/``on_success``/``on_error``, ``begin``/
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 from interlink.resilience._decorate import Decorating
@@ -62,6 +62,7 @@ class Pipeline(Decorating):
     """
 
     __slots__ = (
+        "_abody",
         "_begin",
         "_breaker",
         "_bulkhead",
@@ -122,6 +123,10 @@ class Pipeline(Decorating):
             None if self._retry is None or self._retry.budget is None else self._retry.begin
         )
         self.name = name
+        #: the async attempts, bound once: ``acall`` then makes no method object per call
+        self._abody: Callable[..., Coroutine[Any, Any, Any]] = (
+            self._aonce if self._hedge is None else self._ahedged
+        )
 
     # ------------------------------------------------------------------ inspection
 
@@ -202,22 +207,35 @@ class Pipeline(Decorating):
 
     # ------------------------------------------------------------------ async
 
-    async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """Await ``fn(*args, **kwargs)`` through every policy of the pipeline."""
+    def acall(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, T]:
+        """Await ``fn(*args, **kwargs)`` through every policy of the pipeline.
+
+        A plain method returning the coroutine of the outermost policy present (the fallback's,
+        the timeout's or the attempts'), so the pipeline adds no coroutine frame of its own to
+        each call."""
+        if self._fallback is not None:
+            return self._arecovered(fn, args, kwargs)
+        if self._timeout is not None:
+            return self._timeout.arun(self._abody, fn, args, kwargs)
+        return self._abody(fn, args, kwargs)
+
+    async def _arecovered(self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
+        """The fallback around the timeout and the attempts."""
         fallback = self._fallback
         timeout = self._timeout
-        body = self._aonce if self._hedge is None else self._ahedged
+        body = self._abody
+        assert fallback is not None  # only chosen when there is one
+        result: T
         try:
             if timeout is None:
                 result = await body(fn, args, kwargs)
             else:
                 result = await timeout.arun(body, fn, args, kwargs)
         except BaseException as exc:
-            if fallback is None:
-                raise
             return await fallback.arecover(exc)  # type: ignore[no-any-return]
-        if fallback is not None:
-            fallback.remember(result)
+        fallback.remember(result)
         return result
 
     async def _ahedged(self, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
