@@ -62,6 +62,7 @@ ADAPTERS = (
 # Assembly only. Apps may import anything; nothing else may import an app. (A dashboard or
 # supervisor belongs here once it exists.)
 APPS = (
+    "interlink._url_options",  # the URL options of the CLI's and the dashboard's commands
     "interlink.cli",
     "interlink.dashboard",
     "interlink.demo",
@@ -69,6 +70,9 @@ APPS = (
     "interlink.proxy",
     "interlink.supervisor",
 )
+
+# The top of the apps: it registers the other apps' commands, so none of them imports it.
+CLI = "interlink.cli"
 
 # `import interlink` must load none of these: the CLI's dependencies and every optional extra.
 NOT_ON_IMPORT = (
@@ -218,6 +222,21 @@ def app_violations(modules: Mapping[str, Module]) -> list[str]:
     ]
 
 
+def cli_violations(modules: Mapping[str, Module]) -> list[str]:
+    """Modules outside the CLI importing it: the CLI assembles the apps, none of them uses it."""
+    return [
+        _where(module, imp)
+        for module in modules.values()
+        if not _inside(module.name, CLI)
+        for imp in imports_of(module, modules)
+        if _inside(imp.target, CLI)
+    ]
+
+
+def _inside(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
 def modules_loaded_by(statement: str, *, path: Path = SRC) -> set[str]:
     """Top-level names of the modules ``statement`` loads in a fresh interpreter.
 
@@ -281,6 +300,12 @@ def test_nothing_below_the_apps_imports_an_app() -> None:
     """Library code never reaches up into the CLI, the demo or the proxy apps."""
     violations = app_violations(MODULES)
     assert not violations, "library modules import an app:\n" + "\n".join(violations)
+
+
+def test_no_other_app_imports_the_cli() -> None:
+    """The CLI sits on top of the apps (``python -m interlink.dashboard`` included)."""
+    violations = cli_violations(MODULES)
+    assert not violations, "modules import the CLI:\n" + "\n".join(violations)
 
 
 def test_import_interlink_loads_no_cli_or_extra() -> None:
@@ -406,6 +431,21 @@ def test_checker_lets_apps_import_apps() -> None:
         interlink__cli__dlq="from interlink.messaging.broker import from_url\n",
     )
     assert app_violations(modules) == []
+
+
+def test_checker_flags_an_app_importing_the_cli() -> None:
+    """Another app reaching the CLI is reported, however it imports; the CLI's own modules
+    importing each other and the apps are not."""
+    modules = _tree(
+        interlink__dashboard____main__="from interlink.cli.dashboard import dashboard\n",
+        interlink__demo__run="from ..cli import _logging\n",
+        interlink__cli__main="import interlink.cli.saga\nimport interlink.dashboard.command\n",
+        interlink__cli__saga="",
+    )
+    assert sorted(v.rpartition(" imports ")[2] for v in cli_violations(modules)) == [
+        "interlink.cli",
+        "interlink.cli.dashboard",
+    ]
 
 
 def test_checker_resolves_relative_imports_in_packages() -> None:

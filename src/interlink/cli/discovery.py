@@ -9,8 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from interlink._url_options import REGISTRY
 from interlink.cli._console import fail
-from interlink.cli._options import REGISTRY, group
+from interlink.cli._options import group
 
 if TYPE_CHECKING:
     from interlink.discovery import ServiceInstance

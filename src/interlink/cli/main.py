@@ -196,7 +196,7 @@ app.command("asyncapi")(_messaging.asyncapi)
 app.add_typer(importlib.import_module("interlink.cli.discovery").app, name="discovery")
 app.add_typer(importlib.import_module("interlink.cli.saga").app, name="saga")
 app.command("gateway")(importlib.import_module("interlink.cli.gateway").gateway)
-app.command("dashboard")(importlib.import_module("interlink.cli.dashboard").dashboard)
+app.command("dashboard")(importlib.import_module("interlink.dashboard.command").dashboard)
 app.command("up")(_system.up)
 app.add_typer(_system.chaos_app, name="chaos")
 

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
+from interlink._url_options import BROKER
 from interlink.cli._console import fail, run_or_fail, stdout
-from interlink.cli._options import BROKER, group
+from interlink.cli._options import group
 
 if TYPE_CHECKING:
     from interlink.messaging import Broker, DeadLetter

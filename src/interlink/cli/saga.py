@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import typer
 from rich.table import Table
 
+from interlink._url_options import SAGA_STORE
 from interlink.cli._console import fail, run_or_fail, stdout
-from interlink.cli._options import SAGA_STORE, group
+from interlink.cli._options import group
 
 if TYPE_CHECKING:
     from interlink.saga import SagaState, SagaStore

@@ -2,6 +2,6 @@
 
 import typer
 
-from interlink.cli.dashboard import dashboard
+from interlink.dashboard.command import dashboard
 
 typer.run(dashboard)

@@ -1,11 +1,13 @@
-"""``interlink dashboard`` (also ``python -m interlink.dashboard``): serve the live dashboard.
+"""``interlink dashboard`` and ``python -m interlink.dashboard``: serve the live dashboard.
 
 Every source can come from the environment a system's services already share
 (``INTERLINK_TRACES``, ``INTERLINK_SAGA_STORE``, ``INTERLINK_BROKER``, ``INTERLINK_REGISTRY``),
 so a supervisor can run the dashboard as one more process of the system.
 
-The server and its sources are imported inside the command, so ``interlink --help`` needs none
-of Starlette, uvicorn or the stores.
+The command lives with the dashboard and the CLI registers it, so the dashboard never reaches
+up into the CLI. The server and its sources are imported inside the command (and the package
+loads its app only when asked for it), so ``interlink --help`` needs none of Starlette, uvicorn
+or the stores.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from interlink.cli._options import REGISTRY
+from interlink._url_options import REGISTRY
 
 __all__ = ["dashboard"]
 
