@@ -137,6 +137,33 @@ def test_incoming_correlation_and_trace_are_continued(gateway: tuple[Proxy, str]
     assert sent != parent
 
 
+@pytest.mark.parametrize(
+    ("incoming", "continued"),
+    [
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00", True),
+        ("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future", True),
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra", False),
+        ("ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", False),
+        ("00-00000000000000000000000000000000-b7ad6b7169203331-01", False),
+    ],
+)
+def test_incoming_trace_is_read_by_the_w3c_rules(
+    gateway: tuple[Proxy, str], incoming: str, continued: bool
+) -> None:
+    """The gateway reads a traceparent as tracing's extract does: a later version continues
+    (sent on as version 00, its flags kept), a malformed one starts a new trace."""
+    _, base = gateway
+    response = _get(base, "/api/x", headers={"traceparent": incoming})
+    sent = response.json()["headers"]["traceparent"]
+    assert sent == response.headers["traceparent"]
+    if continued:
+        flags = incoming[53:55]
+        assert re.fullmatch(rf"00-0af7651916cd43dd8448eb211c80319c-[0-9a-f]{{16}}-{flags}", sent)
+    else:
+        assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", sent)
+        assert "0af7651916cd43dd8448eb211c80319c" not in sent
+
+
 def test_hop_by_hop_headers_are_stripped(gateway: tuple[Proxy, str]) -> None:
     """Connection, Keep-Alive, TE and names listed in Connection do not cross the proxy."""
     _, base = gateway

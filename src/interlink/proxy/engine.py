@@ -59,7 +59,7 @@ from interlink.proxy.upstream import (
 )
 from interlink.proxy.upstreams import FixedUpstream, Upstream
 from interlink.resilience import Pipeline, deadline
-from interlink.tracing.propagation import TRACE_HEADERS, extract, inject
+from interlink.tracing.propagation import TRACE_HEADERS, TRACEPARENT, extract, inject
 from interlink.tracing.spans import CORRELATION_ATTRIBUTE, Spans, context_of, fail
 
 __all__ = ["HOP_BY_HOP", "Cors", "Policies", "Proxy", "RouteSpec", "RouteTable"]
@@ -104,7 +104,6 @@ _DROPPED_LINE = re.compile(
 )
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _RETRY_STATUSES = frozenset({502, 503, 504})
-_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 #: Answers a matched request itself instead of proxying it (REST -> gRPC):
 #: ``(request, match, metadata) -> (status, headers, body)``; ``metadata`` starts with the
@@ -221,10 +220,9 @@ def _ids(incoming: str | None) -> tuple[str, str]:
     # secret: no syscall
     random = getrandbits(320).to_bytes(40, "big").hex()
     span = random[64:]
-    if incoming is not None:
-        found = _TRACEPARENT.match(incoming.strip())
-        if found and found.group(1) != "0" * 32 and found.group(2) != "0" * 16:
-            return random[:32], f"00-{found.group(1)}-{span}-{found.group(3)}"
+    found = None if incoming is None else TRACEPARENT.match(incoming)
+    if found is not None:
+        return random[:32], f"00-{found['trace_id']}-{span}-{found['flags']}"
     return random[:32], f"00-{random[32:64]}-{span}-01"
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "TRACEPARENT",
     "TRACE_HEADERS",
     "BoundedWarnings",
     "api",
@@ -55,13 +56,16 @@ WARNING_INTERVAL = 10.0
 #: Characters of an incoming header shown in a propagator warning.
 WARNING_WIDTH = 64
 
-# W3C trace context's traceparent, as the API's TraceContextTextMapPropagator reads it
-_TRACEPARENT = re.compile(
-    r"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)$"
+#: A valid W3C ``traceparent``, by the rules the API's ``TraceContextTextMapPropagator``
+#: follows: version ``ff`` and zero ids are refused, extra fields too on version 00 (a later
+#: version may add some). Its groups ``trace_id``, ``span_id`` and ``flags`` (the 2nd to 4th;
+#: the 1st only marks version 00) are lower-case hex. ``extract`` and the gateway read with it.
+TRACEPARENT = re.compile(
+    r"^[ \t]*(?:(00)|(?!00|ff)[0-9a-f]{2})"
+    r"-(?!0{32})(?P<trace_id>[0-9a-f]{32})-(?!0{16})(?P<span_id>[0-9a-f]{16})"
+    r"-(?P<flags>[0-9a-f]{2})(?(1)[ \t]*|(?:-.*|[ \t]*))$"
 )
 _TRACEPARENT_MAX = 512  # longer is left to the API's propagator (it warns)
-_ZERO_TRACE = "0" * 32
-_ZERO_SPAN = "0" * 16
 _new_tuple = tuple.__new__
 
 
@@ -297,15 +301,11 @@ def extract(carrier: Mapping[str, str]) -> object | None:
 
 def _parent(otel: _Api, traceparent: str) -> object | None:
     """The context of a lone ``traceparent``, read by the W3C rules the API's propagator
-    follows (version ``ff``, zero ids and extra fields on version 00 are rejected)."""
-    match = _TRACEPARENT.match(traceparent)
+    follows (``TRACEPARENT``)."""
+    match = TRACEPARENT.match(traceparent)
     if match is None:
         return None
-    version, trace_id, span_id, flags, rest = match.groups()
-    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN or version == "ff":
-        return None
-    if version == "00" and rest:
-        return None
+    _, trace_id, span_id, flags = match.groups()
     trace = otel.trace
     remote_id, span = int(trace_id, 16), int(span_id, 16)
     flag = otel.flags.get(flags)
