@@ -4,12 +4,14 @@
 OpenTelemetry API's ``TracerProvider``, ``Tracer`` and ``Span`` (so every instrumentation
 written against the API, interlink's own included, records through it unchanged) without the
 SDK's per-span machinery: no sampler objects, no attribute-limit wrappers, no locks, no span
-processors unless one is added. A span is a slotted object; ending it appends it to a queue.
+processors unless one is added. A span is a slotted object; ending it appends its record (a
+tuple of plain values: ids, names, times, status, attributes) to a queue.
 
 The queue is drained by one background thread every ``EXPORT_DELAY`` seconds (sooner once
-``EXPORT_BATCH`` spans wait), which turns the spans into rows and writes them in one SQLite
-transaction: the request's path never formats a row or waits on the database, and the rows of
-one batch share one transaction.
+``EXPORT_BATCH`` spans wait), which hands a batch of records to the writer process in one
+``marshal.dumps``; the writer turns them into rows and writes them in one SQLite transaction:
+the request's path never formats a row or waits on the database, the export thread does no
+per-span work in Python, and the rows of one batch share one transaction.
 
 Sampling is decided in ``decide`` (pure): a caller's decision is followed; a new trace is kept
 with probability ``sample_ratio`` (by its trace id, as the SDK's ``TraceIdRatioBased`` does,
@@ -39,6 +41,7 @@ import traceback
 from collections import deque
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
+from itertools import repeat, starmap
 from typing import Any, Final, NamedTuple
 
 from opentelemetry import context as context_api
@@ -156,12 +159,12 @@ class RecordedSpan(trace.Span):
 
     __slots__ = (
         "_export",
+        "_kind",
         "_provider",
         "attributes",
         "context",
         "end_time",
         "events",
-        "kind",
         "links",
         "name",
         "parent",
@@ -175,7 +178,7 @@ class RecordedSpan(trace.Span):
         name: str,
         context: SpanContext,
         parent: SpanContext | None,
-        kind: SpanKind,
+        kind: str,
         attributes: dict[str, Any],
         links: Sequence[Link],
         start_time: int,
@@ -186,13 +189,18 @@ class RecordedSpan(trace.Span):
         self.name = name
         self.context = context
         self.parent = parent
-        self.kind = kind
+        self._kind = kind  # the store's name of it ("server"...), what the record carries
         self.attributes = attributes
         self.links = links
         self.events: Sequence[SpanEvent] = ()  # a list from the first event on
         self.status = _UNSET
         self.start_time = start_time
         self.end_time: int | None = None
+
+    @property
+    def kind(self) -> SpanKind:
+        """The span's kind (``SpanKind.SERVER``...)."""
+        return _KIND_OF[self._kind]
 
     @property
     def resource(self) -> Any:
@@ -272,7 +280,7 @@ class RecordedSpan(trace.Span):
         self.add_event("exception", recorded, timestamp)
 
     def end(self, end_time: int | None = None) -> None:
-        """End the span and queue it for export (at most once)."""
+        """End the span and queue its record for export (at most once)."""
         if self.end_time is not None:
             return
         self.end_time = _time_ns() if end_time is None else end_time
@@ -281,7 +289,7 @@ class RecordedSpan(trace.Span):
             for processor in provider.processors:
                 processor.on_end(self)
         if self._export or (self.status is not _UNSET and self.status.status_code is _ERROR):
-            provider.enqueue(self)
+            provider.enqueue(_record(self))
 
     def write_w3c(self, carrier: MutableMapping[str, str]) -> None:
         """Write this span's W3C ``traceparent`` (and ``tracestate``) into ``carrier``, what the
@@ -346,7 +354,7 @@ class _Tracer(trace.Tracer):
         )
         return self._begin(
             name,
-            kind,
+            _KINDS.get(kind, "internal"),
             parent,
             dict(attributes) if attributes else {},
             tuple(links) if links else (),
@@ -360,27 +368,31 @@ class _Tracer(trace.Tracer):
         """Start a span of ``kind`` (``"server"``, ``"consumer"``...) under ``context`` (None:
         the current one) with ``attributes`` (kept, not copied), and make it current: the span
         and the token that ``detach`` takes."""
+        if kind not in _KIND_OF:
+            raise KeyError(kind)
         key = self._key
         if key is None:
             span = self._begin(
-                name, _KIND_OF[kind], trace.get_current_span(context), attributes, (), None, context
+                name, kind, trace.get_current_span(context), attributes, (), None, context
             )
             return span, self.attach(trace.set_span_in_context(span, context))
         base = self._get() if context is None else context
-        span = self._begin(name, _KIND_OF[kind], base.get(key), attributes, (), None, context)
+        span = self._begin(name, kind, base.get(key), attributes, (), None, context)
         return span, self.attach(context_api.Context({**base, key: span}))
 
     def start_child(self, name: str, kind: str, attributes: dict[str, Any]) -> trace.Span:
         """Start a span of ``kind`` under the current context with ``attributes`` (kept, not
         copied), not made current (a CLIENT or PRODUCER span)."""
+        if kind not in _KIND_OF:
+            raise KeyError(kind)
         key = self._key
         parent = trace.get_current_span() if key is None else self._get().get(key)
-        return self._begin(name, _KIND_OF[kind], parent, attributes, (), None, None)
+        return self._begin(name, kind, parent, attributes, (), None, None)
 
     def _begin(  # noqa: PLR0917 - private, positional for speed
         self,
         name: str,
-        kind: SpanKind,
+        kind: str,
         parent: object,
         attributes: dict[str, Any],
         links: Sequence[Link],
@@ -512,7 +524,7 @@ class StoreTracerProvider(trace.TracerProvider):
             atexit.register(self.shutdown)
 
     def _fresh(self) -> None:
-        self._queue: deque[RecordedSpan] = deque()
+        self._queue: deque[Record] = deque()
         self._write_lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -546,13 +558,13 @@ class StoreTracerProvider(trace.TracerProvider):
         ``SpanProcessor``, such as ``interlink.metrics.span_metrics()``)."""
         self.processors = (*self.processors, processor)
 
-    def enqueue(self, span: RecordedSpan) -> None:
-        """Queue an ended span for the export thread."""
+    def enqueue(self, record: Record) -> None:
+        """Queue an ended span's record for the export thread."""
         queue = self._queue
         if len(queue) >= MAX_QUEUE:
             self.dropped += 1
             return
-        queue.append(span)
+        queue.append(record)
         if self._thread is None or len(queue) == EXPORT_BATCH:
             self.wake()
 
@@ -584,12 +596,12 @@ class StoreTracerProvider(trace.TracerProvider):
         with self._write_lock:
             queue = self._queue
             while queue:
-                batch = [queue.popleft() for _ in range(min(len(queue), EXPORT_BATCH))]
+                # popped in C: the records are plain tuples already, nothing to convert
+                batch = list(starmap(queue.popleft, repeat((), min(len(queue), EXPORT_BATCH))))
                 ok = self._write(batch) and ok
         return ok
 
-    def _write(self, spans: list[RecordedSpan]) -> bool:
-        records = [_record(s) for s in spans]
+    def _write(self, records: list[Record]) -> bool:
         if self._use_writer:
             writer = self._writer
             if writer is None:
@@ -638,23 +650,26 @@ class StoreTracerProvider(trace.TracerProvider):
 
 
 def _record(span: RecordedSpan) -> Record:
-    """The plain values of a span (on the export thread, never on a request's path)."""
-    ctx = span.context
-    parent = span.parent
-    status = span.status
-    start = span.start_time
-    events = span.events
-    links = span.links
+    """The plain values of an ended span, what the writer stores: built as the span ends, so
+    that the export thread hands a batch over in one ``marshal.dumps`` of plain tuples."""
+    ctx, parent, status = span.context, span.parent, span.status
+    if _TUPLE_CONTEXT:  # the ids by unpacking, in C, instead of a property call each
+        trace_id, span_id, _, _, _, _ = ctx
+        parent_id = None if parent is None else parent[1]
+    else:
+        trace_id, span_id = ctx.trace_id, ctx.span_id
+        parent_id = None if parent is None else parent.span_id
+    start, events, links = span.start_time, span.events, span.links
     return (
-        ctx.trace_id,
-        ctx.span_id,
-        None if parent is None else parent.span_id,
+        trace_id,
+        span_id,
+        parent_id,
         span.name,
-        _KINDS.get(span.kind, "internal"),
+        span._kind,
         start,
         span.end_time or start,
-        _STATUSES[status.status_code],
-        status.description,
+        "unset" if status is _UNSET else _STATUSES[status.status_code],
+        None if status is _UNSET else status.description,
         span.attributes,
         tuple([(e.name, e.timestamp, dict(e.attributes or {})) for e in events]) if events else (),
         tuple([(k.context.trace_id, k.context.span_id) for k in links]) if links else (),
