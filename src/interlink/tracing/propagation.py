@@ -263,7 +263,7 @@ def inject_span(carrier: MutableMapping[str, str], span: Any) -> None:
     if otel is None:
         return
     if _w3c(otel):
-        current = otel.get_current()
+        current = otel.access[0]()  # the current context, read as the tracer reads it
         if not current or not otel.baggage(current):
             write = getattr(span, "write_w3c", None)  # a RecordedSpan writes its own
             if write is not None:

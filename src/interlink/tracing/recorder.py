@@ -113,6 +113,13 @@ _new_tuple, _time_ns, _getrandbits = tuple.__new__, time.time_ns, random.getrand
 _ERROR = StatusCode.ERROR
 
 
+def _span_context(trace_id: int, span_id: int, flags: TraceFlags, state: TraceState) -> SpanContext:
+    """A local span's context, built as the plain tuple it is when the API's layout allows."""
+    if _TUPLE_CONTEXT:
+        return _new_tuple(SpanContext, (trace_id, span_id, False, flags, state, True))
+    return SpanContext(trace_id, span_id, False, flags, state)
+
+
 def decide(
     parent: SpanContext | None,
     trace_id: int,
@@ -158,11 +165,15 @@ class RecordedSpan(trace.Span):
     """
 
     __slots__ = (
+        "_context",
         "_export",
         "_kind",
+        "_parent_id",
         "_provider",
+        "_span_id",
+        "_state",
+        "_trace_id",
         "attributes",
-        "context",
         "end_time",
         "events",
         "links",
@@ -176,8 +187,11 @@ class RecordedSpan(trace.Span):
         self,
         provider: StoreTracerProvider,
         name: str,
-        context: SpanContext,
+        trace_id: int,
+        span_id: int,
+        state: TraceState,
         parent: SpanContext | None,
+        parent_id: int | None,
         kind: str,
         attributes: dict[str, Any],
         links: Sequence[Link],
@@ -185,10 +199,16 @@ class RecordedSpan(trace.Span):
         export: bool,
     ) -> None:
         self._provider = provider
-        self._export = export
+        self._export = export  # sampled: exported, and its trace flags say so
         self.name = name
-        self.context = context
+        # the ids as plain ints: the record, the traceparent and child spans read them without
+        # the SpanContext, which is built only when asked for (most spans never are)
+        self._trace_id = trace_id
+        self._span_id = span_id
+        self._state = state
+        self._context: SpanContext | None = None
         self.parent = parent
+        self._parent_id = parent_id
         self._kind = kind  # the store's name of it ("server"...), what the record carries
         self.attributes = attributes
         self.links = links
@@ -196,6 +216,15 @@ class RecordedSpan(trace.Span):
         self.status = _UNSET
         self.start_time = start_time
         self.end_time: int | None = None
+
+    @property
+    def context(self) -> SpanContext:
+        """This span's trace id, span id, flags and state."""
+        ctx = self._context
+        if ctx is None:
+            flags = _SAMPLED if self._export else _NOT_SAMPLED
+            ctx = self._context = _span_context(self._trace_id, self._span_id, flags, self._state)
+        return ctx
 
     @property
     def kind(self) -> SpanKind:
@@ -288,23 +317,46 @@ class RecordedSpan(trace.Span):
         if provider.processors:
             for processor in provider.processors:
                 processor.on_end(self)
-        if self._export or (self.status is not _UNSET and self.status.status_code is _ERROR):
-            provider.enqueue(_record(self))
+        status = self.status
+        if status is _UNSET:
+            if not self._export:
+                return
+            code, description = "unset", None
+        elif self._export or status.status_code is _ERROR:
+            code, description = _STATUSES[status.status_code], status.description
+        else:
+            return
+        # the record the writer stores, built here as plain values so that the export thread
+        # hands a batch over in one marshal.dumps, with no per-span work of its own
+        start, events, links = self.start_time, self.events, self.links
+        provider.enqueue(
+            (
+                self._trace_id,
+                self._span_id,
+                self._parent_id,
+                self.name,
+                self._kind,
+                start,
+                self.end_time or start,
+                code,
+                description,
+                self.attributes,
+                tuple([(e.name, e.timestamp, dict(e.attributes or {})) for e in events])
+                if events
+                else (),
+                tuple([(k.context.trace_id, k.context.span_id) for k in links]) if links else (),
+            )
+        )
 
     def write_w3c(self, carrier: MutableMapping[str, str]) -> None:
         """Write this span's W3C ``traceparent`` (and ``tracestate``) into ``carrier``, what the
         default propagator writes for it with no baggage (``inject_span``'s shortcut)."""
-        ctx = self.context
-        if _TUPLE_CONTEXT:
-            trace_id, span_id, _, flags, state, _ = ctx
-        else:
-            trace_id, span_id, flags, state = (
-                ctx.trace_id,
-                ctx.span_id,
-                ctx.trace_flags,
-                ctx.trace_state,
-            )
-        carrier["traceparent"] = "00-%032x-%016x-%02x" % (trace_id, span_id, flags)  # noqa: UP031 - the cheapest
+        carrier["traceparent"] = "00-%032x-%016x-%s" % (  # noqa: UP031 - the cheapest
+            self._trace_id,
+            self._span_id,
+            "01" if self._export else "00",
+        )
+        state = self._state
         if state is not _EMPTY_STATE and state:
             carrier["tracestate"] = state.to_header()
 
@@ -316,7 +368,7 @@ class RecordedSpan(trace.Span):
         self.end()
 
     def __repr__(self) -> str:
-        return f"RecordedSpan({self.name!r}, trace_id={self.context.trace_id:032x})"
+        return f"RecordedSpan({self.name!r}, trace_id={self._trace_id:032x})"
 
 
 class _Tracer(trace.Tracer):
@@ -409,16 +461,19 @@ class _Tracer(trace.Tracer):
             ctx = parent.get_span_context()  # type: ignore[attr-defined]
         else:
             ctx = None
+        parent_id: int | None
         if ctx is not None:
             if _TUPLE_CONTEXT:  # the fields at once, in C, instead of four properties
-                trace_id, _, _, _, state, valid = ctx
+                trace_id, parent_id, _, _, state, valid = ctx
             else:
-                trace_id, state, valid = ctx.trace_id, ctx.trace_state, ctx.is_valid
+                trace_id, parent_id = ctx.trace_id, ctx.span_id
+                state, valid = ctx.trace_state, ctx.is_valid
             if not valid:
                 ctx = None
         if ctx is not None:
             span_id = _getrandbits(64) or 1
         else:
+            parent_id = None
             bits = _getrandbits(192)  # a new trace: both ids from one call
             trace_id = bits >> 64 or 1
             span_id = bits & _RATIO_MASK or 1
@@ -432,15 +487,15 @@ class _Tracer(trace.Tracer):
             exclude_paths=p.exclude_paths,
         )
         if verdict == DROP or p.closed:
-            return NonRecordingSpan(SpanContext(trace_id, span_id, False, _NOT_SAMPLED, state))
-        flags = _SAMPLED if verdict == EXPORT else _NOT_SAMPLED
+            return NonRecordingSpan(_span_context(trace_id, span_id, _NOT_SAMPLED, state))
         span = RecordedSpan(
             p,
             name,
-            _new_tuple(SpanContext, (trace_id, span_id, False, flags, state, True))
-            if _TUPLE_CONTEXT
-            else SpanContext(trace_id, span_id, False, flags, state),
+            trace_id,
+            span_id,
+            state,
             ctx,
+            parent_id,
             kind,
             attributes,
             links,
@@ -647,33 +702,6 @@ class StoreTracerProvider(trace.TracerProvider):
             self._writer.close()
         for processor in self.processors:
             processor.shutdown()
-
-
-def _record(span: RecordedSpan) -> Record:
-    """The plain values of an ended span, what the writer stores: built as the span ends, so
-    that the export thread hands a batch over in one ``marshal.dumps`` of plain tuples."""
-    ctx, parent, status = span.context, span.parent, span.status
-    if _TUPLE_CONTEXT:  # the ids by unpacking, in C, instead of a property call each
-        trace_id, span_id, _, _, _, _ = ctx
-        parent_id = None if parent is None else parent[1]
-    else:
-        trace_id, span_id = ctx.trace_id, ctx.span_id
-        parent_id = None if parent is None else parent.span_id
-    start, events, links = span.start_time, span.events, span.links
-    return (
-        trace_id,
-        span_id,
-        parent_id,
-        span.name,
-        span._kind,
-        start,
-        span.end_time or start,
-        "unset" if status is _UNSET else _STATUSES[status.status_code],
-        None if status is _UNSET else status.description,
-        span.attributes,
-        tuple([(e.name, e.timestamp, dict(e.attributes or {})) for e in events]) if events else (),
-        tuple([(k.context.trace_id, k.context.span_id) for k in links]) if links else (),
-    )
 
 
 def _write_records(
