@@ -31,6 +31,8 @@ The interceptors unwrap the ``StatusError`` at the edge, so callers still see gr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import grpc
 
 from interlink.errors import (
@@ -40,6 +42,7 @@ from interlink.errors import (
     NoInstancesError,
     RateLimited,
     RejectedError,
+    _Fields,
 )
 
 __all__ = [
@@ -83,7 +86,8 @@ BREAKER_FAILURE_CODES = frozenset(
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
-class StatusError(InterlinkError):
+@dataclass(eq=False, repr=False)
+class StatusError(_Fields):
     """A call ended with a non-OK status; raised inside the pipeline so its policies see it.
 
     ``error`` is grpc's own exception (``grpc.aio.AioRpcError`` or a sync ``grpc.RpcError``),
@@ -92,21 +96,10 @@ class StatusError(InterlinkError):
     of its backoff.
     """
 
-    __slots__ = ("code", "error", "retry_after", "retryable")
-
-    def __init__(
-        self,
-        error: BaseException,
-        code: grpc.StatusCode,
-        *,
-        retryable: bool,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(code)
-        self.error = error
-        self.code = code
-        self.retryable = retryable
-        self.retry_after = retry_after
+    error: BaseException
+    code: grpc.StatusCode
+    retryable: bool
+    retry_after: float | None = None
 
     def __str__(self) -> str:
         return f"gRPC status {self.code.name}{' (retryable)' if self.retryable else ''}"
@@ -114,8 +107,6 @@ class StatusError(InterlinkError):
 
 class DownstreamStatusError(StatusError):
     """A status that counts against the downstream's circuit breaker (``BREAKER_FAILURE_CODES``)."""
-
-    __slots__ = ()
 
 
 #: ``CircuitBreaker(record_exceptions=BREAKER_FAILURES)``: record exactly the table's failures.
