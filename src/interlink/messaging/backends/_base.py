@@ -76,6 +76,20 @@ class Received:
     raw: bytes
 
 
+B = TypeVar("B")
+
+
+@dataclass(frozen=True, slots=True)
+class Source(Generic[B]):
+    """What every delivery of one subscription shares: the ``backend`` connection it settles
+    through, the ``topic`` and the ``group``. Made once per subscription; a delivery holds it
+    instead of a copy of each (as the SQLite and Redis deliveries hold their subscription)."""
+
+    backend: B
+    topic: str
+    group: str
+
+
 def letter_of(  # noqa: PLR0917 - what every backend's dead_letter has at hand
     delivery: Delivery,
     topic: str,

@@ -17,7 +17,7 @@ from typing import Any
 import aio_pika
 from aiormq.abc import DeliveredMessage
 
-from interlink.messaging.backends._base import Received, letter_of
+from interlink.messaging.backends._base import Received, Source, letter_of
 from interlink.messaging.backends.rabbitmq._connection import (
     PERSISTENT,
     RabbitConnection,
@@ -134,27 +134,13 @@ class AckBatcher:
 
 
 class RabbitDelivery(Received):
-    __slots__ = (
-        "_acks",
-        "_backend",
-        "_done",
-        "_group",
-        "_message",
-        "_topic",
-    )
+    __slots__ = ("_acks", "_done", "_message", "_source")
 
     def __init__(
-        self,
-        backend: RabbitConnection,
-        acks: AckBatcher,
-        topic: str,
-        group: str,
-        message: DeliveredMessage,
+        self, source: Source[RabbitConnection], acks: AckBatcher, message: DeliveredMessage
     ) -> None:
-        self._backend = backend
+        self._source = source
         self._acks = acks
-        self._topic = topic
-        self._group = group
         self._message = message
         self._done = False
         properties = message.header.properties
@@ -188,27 +174,28 @@ class RabbitDelivery(Received):
             # the queue counts the redelivery
             await message.channel.basic_nack(message.delivery_tag or 0, requeue=True)
             return
-        backend = self._backend
+        source = self._source
+        backend = source.backend
         exchange = await backend.delay_exchange(delay)
         copy = message_of(
             self.raw,
             with_attempt(AMQP, self.headers, self.attempt + 1),
             message.header.properties.message_id or self.envelope.id,
         )
-        await backend.confirm(
-            exchange, copy, backend.queue_name(self._topic, self._group), self._topic
-        )
+        queue = backend.queue_name(source.topic, source.group)
+        await backend.confirm(exchange, copy, queue, source.topic)
         self._acks.ack(message)
 
     async def dead_letter(self, reason: str, error_type: str | None) -> None:
         if self._done:
             return
         self._done = True
-        letter = letter_of(self, self._topic, self._group, reason, error_type, AMQP)
-        backend = self._backend
-        dlq = await backend.ensure_dlq(self._topic)
+        source = self._source
+        letter = letter_of(self, source.topic, source.group, reason, error_type, AMQP)
+        backend = source.backend
+        dlq = await backend.ensure_dlq(source.topic)
         record = aio_pika.Message(
             encode_dead_letter(letter), delivery_mode=PERSISTENT, message_id=letter.id
         )
-        await backend.confirm(backend.default_exchange, record, dlq, self._topic)
+        await backend.confirm(backend.default_exchange, record, dlq, source.topic)
         self._acks.ack(self._message)
