@@ -163,10 +163,10 @@ class Pipeline(Decorating):
     def _once(self, fn: Callable[..., T], args: Any, kwargs: Any, first: bool = True) -> T:
         """One attempt through breaker, rate limiter and bulkhead. The ``first`` attempt of a
         call goes on, when it fails, into the retry's loop, which calls this for each retry."""
-        retry = self._retry if first else None
-        if retry is not None and self._begin is not None:
+        if first and self._begin is not None:
             self._begin()
         breaker = self._breaker
+        bulkhead = self._bulkhead
         try:
             permit = 0
             start = 0.0
@@ -174,18 +174,16 @@ class Pipeline(Decorating):
                 permit = breaker.acquire()
                 if self._timed:
                     start = breaker.clock()
-            limiter = self._rate_limiter
-            bulkhead = self._bulkhead
-            if limiter is not None or bulkhead is not None:
-                try:
-                    if limiter is not None:
-                        limiter.acquire(limiter.timeout)
-                    if bulkhead is not None:
-                        bulkhead.enter()
-                except BaseException:
-                    if breaker is not None:
-                        breaker.release(permit)
-                    raise
+            try:
+                limiter = self._rate_limiter
+                if limiter is not None:
+                    limiter.acquire(limiter.timeout)
+                if bulkhead is not None:
+                    bulkhead.enter()
+            except BaseException:
+                if breaker is not None:
+                    breaker.release(permit)
+                raise
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
@@ -199,7 +197,8 @@ class Pipeline(Decorating):
                 breaker.on_success(permit, breaker.clock() - start if self._timed else None)
             return result
         except Exception as exc:
-            if retry is None:
+            retry = self._retry
+            if retry is None or not first:
                 raise
             error = exc
         again: T = retry.retry_from(error, self._once, (fn, args, kwargs, False), {})
@@ -261,10 +260,10 @@ class Pipeline(Decorating):
     ) -> T:
         """``_once`` for a coroutine function: waits for the rate limiter and the bulkhead
         without blocking the loop."""
-        retry = self._retry if first else None
-        if retry is not None and self._begin is not None:
+        if first and self._begin is not None:
             self._begin()
         breaker = self._breaker
+        bulkhead = self._bulkhead
         try:
             permit = 0
             start = 0.0
@@ -272,18 +271,16 @@ class Pipeline(Decorating):
                 permit = breaker.acquire()
                 if self._timed:
                     start = breaker.clock()
-            limiter = self._rate_limiter
-            bulkhead = self._bulkhead
-            if limiter is not None or bulkhead is not None:
-                try:
-                    if limiter is not None and not limiter.try_acquire():
-                        await limiter.aacquire(limiter.timeout)
-                    if bulkhead is not None and not bulkhead.try_enter():
-                        await bulkhead.aenter()
-                except BaseException:
-                    if breaker is not None:
-                        breaker.release(permit)
-                    raise
+            try:
+                limiter = self._rate_limiter
+                if limiter is not None and not limiter.try_acquire():
+                    await limiter.aacquire(limiter.timeout)
+                if bulkhead is not None and not bulkhead.try_enter():
+                    await bulkhead.aenter()
+            except BaseException:
+                if breaker is not None:
+                    breaker.release(permit)
+                raise
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
@@ -297,7 +294,8 @@ class Pipeline(Decorating):
                 breaker.on_success(permit, breaker.clock() - start if self._timed else None)
             return result
         except Exception as exc:
-            if retry is None:
+            retry = self._retry
+            if retry is None or not first:
                 raise
             error = exc
         again: T = await retry.aretry_from(error, self._aonce, (fn, args, kwargs, False), {})
