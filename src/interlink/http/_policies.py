@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import threading
 import time
 import tomllib
@@ -52,11 +51,10 @@ from interlink.resilience import (
     Timeout,
 )
 from interlink.resilience import _validate as v
+from interlink.resilience._jitter import checked
 from interlink.resilience.events import Listener
 
 __all__ = ["Downstream", "Downstreams", "ServiceConfig", "ServicePolicies", "load_config"]
-
-JITTERS = ("full", "equal", "decorrelated", "none")
 
 
 def _optional_positive(name: str, value: float | None) -> None:
@@ -114,17 +112,7 @@ class ServicePolicies:
         _optional_positive("timeout", self.timeout)
         _optional_positive("attempt_timeout", self.attempt_timeout)
         v.at_least("retries", self.retries, 0)
-        v.non_negative("backoff", self.backoff)
-        if not (self.multiplier >= 1 and math.isfinite(self.multiplier)):
-            raise ValueError(f"'multiplier' must be a finite number >= 1: {self.multiplier!r}")
-        v.non_negative("max_backoff", self.max_backoff)
-        if self.max_backoff < self.backoff:
-            raise ValueError(
-                f"'max_backoff' must be >= backoff ({self.backoff!r}): {self.max_backoff!r}"
-            )
-        if self.jitter not in JITTERS:
-            allowed = ", ".join(repr(j) for j in JITTERS)
-            raise ValueError(f"'jitter' must be one of {allowed}: {self.jitter!r}")
+        checked(self.backoff, self.multiplier, self.max_backoff, self.jitter)
         v.non_negative("max_retry_after", self.max_retry_after)
         if self.budget_ratio is not None:
             v.non_negative("budget_ratio", self.budget_ratio)

@@ -5,15 +5,38 @@ One function per jitter kind, picked once at construction so a retry never compa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from random import Random
 
-__all__ = ["JITTERS", "Schedule", "exponential", "schedule_of"]
+from interlink.resilience._validate import non_negative
+
+__all__ = ["JITTERS", "Schedule", "checked", "exponential", "schedule_of"]
 
 # (attempt, prev_delay, rng) -> seconds
 Schedule = Callable[[int, float, Random], float]
 
 JITTERS = ("none", "full", "equal", "decorrelated")
+
+
+def checked(
+    backoff: float, multiplier: float, max_backoff: float, jitter: str
+) -> tuple[float, float, float]:
+    """``backoff``, ``multiplier`` and ``max_backoff`` as floats, once they and ``jitter`` pass
+    the rules of a schedule: for every option that describes one (``Retry``'s, and the HTTP
+    clients' ``ServicePolicies``, which fail when loaded rather than at the first call)."""
+    backoff = non_negative("backoff", backoff)
+    if not isinstance(multiplier, int | float) or not (
+        multiplier >= 1 and math.isfinite(multiplier)
+    ):
+        raise ValueError(f"'multiplier' must be a finite number >= 1: {multiplier!r}")
+    max_backoff = non_negative("max_backoff", max_backoff)
+    if max_backoff < backoff:
+        raise ValueError(f"'max_backoff' must be >= backoff ({backoff!r}): {max_backoff!r}")
+    if jitter not in JITTERS:
+        allowed = ", ".join(repr(j) for j in JITTERS)
+        raise ValueError(f"'jitter' must be one of {allowed}: {jitter!r}")
+    return backoff, float(multiplier), max_backoff
 
 
 def exponential(backoff: float, multiplier: float, max_backoff: float, attempt: int) -> float:

@@ -32,8 +32,8 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from interlink.clock import AsyncSleep, Clock, Sleep, async_sleep_of, sleep_of
 from interlink.errors import BudgetExhausted, CircuitOpenError, InterlinkError
-from interlink.resilience._jitter import JITTERS, schedule_of
-from interlink.resilience._validate import ReadOnly, at_least, described, non_negative
+from interlink.resilience._jitter import checked, schedule_of
+from interlink.resilience._validate import ReadOnly, at_least, described
 from interlink.resilience.budget import RetryBudget
 from interlink.resilience.deadline import remaining
 from interlink.resilience.events import Emitter, Listener, Observed, RetryGaveUp, RetryScheduled
@@ -131,20 +131,9 @@ class Retry(Observed):
         listeners: Iterable[Listener] = (),
     ) -> None:
         self._retries = at_least("retries", retries, 0)
-        self._backoff = non_negative("backoff", backoff)
-        if not isinstance(multiplier, int | float) or not (
-            multiplier >= 1 and math.isfinite(multiplier)
-        ):
-            raise ValueError(f"'multiplier' must be a finite number >= 1: {multiplier!r}")
-        self._multiplier = float(multiplier)
-        self._max_backoff = non_negative("max_backoff", max_backoff)
-        if self._max_backoff < self._backoff:
-            raise ValueError(
-                f"'max_backoff' must be >= backoff ({self._backoff!r}): {max_backoff!r}"
-            )
-        if jitter not in JITTERS:
-            allowed = ", ".join(repr(j) for j in JITTERS)
-            raise ValueError(f"'jitter' must be one of {allowed}: {jitter!r}")
+        self._backoff, self._multiplier, self._max_backoff = checked(
+            backoff, multiplier, max_backoff, jitter
+        )
         self._jitter = jitter
         self._schedule = schedule_of(jitter, self._backoff, self._multiplier, self._max_backoff)
         self._types, self._retry_open, self._predicate = _retry_on_of(retry_on)
