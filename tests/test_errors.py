@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import enum
 import importlib
 import pickle
 import pkgutil
@@ -158,6 +159,18 @@ def test_drawn_builtin_bases_are_true_and_complete() -> None:
     assert not problems, "\n".join(sorted(problems))
 
 
+def _sample(name: str, hint: object) -> object:
+    """A value of the type ``hint`` for a field called ``name``: a number, an enum's first
+    member, or else the name itself."""
+    kinds = {hint, *typing.get_args(hint)}
+    enums = [k for k in kinds if isinstance(k, type) and issubclass(k, enum.Enum)]
+    if float in kinds:
+        return 1.5
+    if int in kinds:
+        return 2
+    return next(iter(enums[0])) if enums else name
+
+
 def test_errors_of_named_fields_keep_them_as_args() -> None:
     """An error of named fields builds by position or keyword alike, keeps its fields as
     ``args`` and pickles back to the same message."""
@@ -169,8 +182,7 @@ def test_errors_of_named_fields_keep_them_as_args() -> None:
         hints = typing.get_type_hints(cls)
         values: dict[str, object] = {}
         for field in dataclasses.fields(cls):
-            kinds = {hints[field.name], *typing.get_args(hints[field.name])}
-            values[field.name] = 1.5 if float in kinds else 2 if int in kinds else field.name
+            values[field.name] = _sample(field.name, hints[field.name])
         by_keyword, by_position = cls(**values), cls(*values.values())
         assert by_keyword.args == by_position.args == tuple(values.values()), cls
         assert str(by_keyword) == str(by_position) == str(pickle.loads(pickle.dumps(by_keyword)))
