@@ -78,13 +78,3 @@ def test_sources_from_the_environment(tmp_path: Path) -> None:
         proc.wait(20)
         if proc.stdout is not None:
             proc.stdout.close()
-
-
-def test_the_command_line_loads_no_server() -> None:
-    """The CLI registers the dashboard's command without loading its app or server."""
-    code = (
-        "import sys, interlink.cli.main\n"
-        "print(sorted(m for m in ('starlette', 'httpx', 'uvicorn') if m in sys.modules))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
