@@ -80,10 +80,11 @@ B = TypeVar("B")
 
 
 @dataclass(frozen=True, slots=True)
-class Source(Generic[B]):
-    """What every delivery of one subscription shares: the ``backend`` connection it settles
+class Subscribed(Generic[B]):
+    """A subscription as its deliveries see it: the ``backend`` connection they settle
     through, the ``topic`` and the ``group``. Made once per subscription; a delivery holds it
-    instead of a copy of each (as the SQLite and Redis deliveries hold their subscription)."""
+    (as ``_sub``, like the SQLite, Redis and Kafka deliveries their subscription) instead of a
+    copy of each."""
 
     backend: B
     topic: str

@@ -13,7 +13,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from interlink.messaging.backend import Delivery
-from interlink.messaging.backends._base import Received, Source, letter_of
+from interlink.messaging.backends._base import Received, Subscribed, letter_of
 from interlink.messaging.backends._options import reconnect_delay
 from interlink.messaging.backends._wait import Signal
 from interlink.messaging.backends.nats._jetstream import API, JetStream
@@ -39,23 +39,23 @@ def _delivery_info(reply: str) -> tuple[int, int]:
 
 
 class NatsDelivery(Received):
-    __slots__ = ("_done", "_reply", "_seq", "_source")
+    __slots__ = ("_done", "_reply", "_seq", "_sub")
 
-    def __init__(self, source: Source[JetStream], msg: Msg) -> None:
-        self._source = source
+    def __init__(self, sub: Subscribed[JetStream], msg: Msg) -> None:
+        self._sub = sub
         self._reply = msg.reply
         self._done = False
         self.attempt, self._seq = _delivery_info(msg.reply)
         self.raw = msg.data
         headers = self.headers = msg.headers or _NONE
         native = headers.get(MSG_ID) if headers else None
-        fallback = native or f"{source.topic}:{self._seq}"
+        fallback = native or f"{sub.topic}:{self._seq}"
         self.envelope = read(NATS, msg.data, headers, fallback_id=fallback)
 
     async def _send(self, payload: bytes) -> None:
         if not self._done:
             self._done = True
-            await self._source.backend.client().publish(self._reply, payload)
+            await self._sub.backend.client().publish(self._reply, payload)
 
     async def ack(self) -> None:
         await self._send(_ACK)
@@ -69,11 +69,11 @@ class NatsDelivery(Received):
     async def dead_letter(self, reason: str, error_type: str | None) -> None:
         if self._done:
             return
-        topic, group = self._source.topic, self._source.group
+        topic, group = self._sub.topic, self._sub.group
         letter = letter_of(self, topic, group, reason, error_type, NATS, frozenset({MSG_ID}))
         # The id makes a dead-lettering repeated after a lost ack land in the DLQ once.
         dedup = f"dlq:{topic}:{self._seq}:{group}"
-        await self._source.backend.publish_one(
+        await self._sub.backend.publish_one(
             f"{topic}.dlq", encode_dead_letter(letter), _NONE, dedup
         )
         await self._send(_ACK)
@@ -84,7 +84,7 @@ async def pull(
 ) -> AsyncIterator[Delivery]:
     """Deliveries for ``group``: a credit window of pull requests on one inbox."""
     await backend.ensure_group(topic, group)
-    source = Source(backend, topic, group)
+    subscribed = Subscribed(backend, topic, group)
     nc = backend.client()
     stream = backend.stream_of(topic)
     subject = f"{API}.CONSUMER.MSG.NEXT.{stream}.{group}"
@@ -131,7 +131,7 @@ async def pull(
             failures = 0
             if outstanding:
                 outstanding -= 1
-            yield NatsDelivery(source, msg)
+            yield NatsDelivery(subscribed, msg)
     finally:
         backend.signals.discard(signal)
         await _release(backend, sub, buffer, stream, group)

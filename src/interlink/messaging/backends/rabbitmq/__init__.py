@@ -43,7 +43,7 @@ from collections.abc import AsyncIterator, Sequence
 from types import ModuleType
 from typing import Any, ClassVar
 
-from interlink.messaging.backends._base import ConnectionBackend, Source, client_library
+from interlink.messaging.backends._base import ConnectionBackend, Subscribed, client_library
 
 with client_library("amqp", "aio-pika", "rabbitmq"):
     import aiormq
@@ -215,7 +215,7 @@ class RabbitBackend(ConnectionBackend[RabbitConnection]):
         underlay.on_consumer_cancel_callbacks.add(lost)
         underlay.closing.add_done_callback(lost)
         tag = (await underlay.basic_consume(queue.name, arrived)).consumer_tag or ""
-        source = Source(conn, topic, group)
+        sub = Subscribed(conn, topic, group)
         gone = False
         try:
             while True:
@@ -229,7 +229,7 @@ class RabbitBackend(ConnectionBackend[RabbitConnection]):
                 message = buffer.popleft()
                 if message.channel.is_closed:
                     continue  # from before a reconnect: the broker has requeued it already
-                yield RabbitDelivery(source, acks, message)
+                yield RabbitDelivery(sub, acks, message)
         finally:
             underlay.on_consumer_cancel_callbacks.discard(lost)
             if gone:  # its deliveries went back with the channel: nothing left to ack on it

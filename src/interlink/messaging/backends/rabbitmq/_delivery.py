@@ -17,7 +17,7 @@ from typing import Any
 import aio_pika
 from aiormq.abc import DeliveredMessage
 
-from interlink.messaging.backends._base import Received, Source, letter_of
+from interlink.messaging.backends._base import Received, Subscribed, letter_of
 from interlink.messaging.backends.rabbitmq._connection import (
     PERSISTENT,
     RabbitConnection,
@@ -134,12 +134,12 @@ class AckBatcher:
 
 
 class RabbitDelivery(Received):
-    __slots__ = ("_acks", "_done", "_message", "_source")
+    __slots__ = ("_acks", "_done", "_message", "_sub")
 
     def __init__(
-        self, source: Source[RabbitConnection], acks: AckBatcher, message: DeliveredMessage
+        self, sub: Subscribed[RabbitConnection], acks: AckBatcher, message: DeliveredMessage
     ) -> None:
-        self._source = source
+        self._sub = sub
         self._acks = acks
         self._message = message
         self._done = False
@@ -174,28 +174,28 @@ class RabbitDelivery(Received):
             # the queue counts the redelivery
             await message.channel.basic_nack(message.delivery_tag or 0, requeue=True)
             return
-        source = self._source
-        backend = source.backend
+        sub = self._sub
+        backend = sub.backend
         exchange = await backend.delay_exchange(delay)
         copy = message_of(
             self.raw,
             with_attempt(AMQP, self.headers, self.attempt + 1),
             message.header.properties.message_id or self.envelope.id,
         )
-        queue = backend.queue_name(source.topic, source.group)
-        await backend.confirm(exchange, copy, queue, source.topic)
+        queue = backend.queue_name(sub.topic, sub.group)
+        await backend.confirm(exchange, copy, queue, sub.topic)
         self._acks.ack(message)
 
     async def dead_letter(self, reason: str, error_type: str | None) -> None:
         if self._done:
             return
         self._done = True
-        source = self._source
-        letter = letter_of(self, source.topic, source.group, reason, error_type, AMQP)
-        backend = source.backend
-        dlq = await backend.ensure_dlq(source.topic)
+        sub = self._sub
+        letter = letter_of(self, sub.topic, sub.group, reason, error_type, AMQP)
+        backend = sub.backend
+        dlq = await backend.ensure_dlq(sub.topic)
         record = aio_pika.Message(
             encode_dead_letter(letter), delivery_mode=PERSISTENT, message_id=letter.id
         )
-        await backend.confirm(backend.default_exchange, record, dlq, source.topic)
+        await backend.confirm(backend.default_exchange, record, dlq, sub.topic)
         self._acks.ack(self._message)
