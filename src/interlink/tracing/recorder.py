@@ -312,7 +312,7 @@ class RecordedSpan(trace.Span):
         """End the span and queue its record for export (at most once)."""
         if self.end_time is not None:
             return
-        self.end_time = _time_ns() if end_time is None else end_time
+        ended = self.end_time = _time_ns() if end_time is None else end_time
         provider = self._provider
         if provider.processors:
             for processor in provider.processors:
@@ -337,7 +337,7 @@ class RecordedSpan(trace.Span):
                 self.name,
                 self._kind,
                 start,
-                self.end_time or start,
+                ended or start,
                 code,
                 description,
                 self.attributes,

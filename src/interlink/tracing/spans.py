@@ -128,6 +128,10 @@ class Scope:
         "_tracer",
     )
 
+    _span: Any
+    _token: object
+    _detach: Any
+
     def __init__(
         self, tracer: Any, name: str, kind: str, parent: object | None, attributes: _Attrs | None
     ) -> None:
@@ -136,9 +140,7 @@ class Scope:
         self._kind = kind
         self._parent = parent
         self._attributes = attributes
-        self._span: Any = None
-        self._token: object = None
-        self._detach: Any = None
+        # _span, _token and _detach are set by __enter__, which __exit__ always follows
 
     def __enter__(self) -> Any:
         tracer = self._tracer
