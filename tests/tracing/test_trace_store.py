@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import sqlite3
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from interlink.tracing import SpanRecord, TraceStore
-from interlink.tracing.store import _SERVICES
+from interlink.tracing.store import _SERVICES, _made_once, _public_chunks
 
 SECOND = 1_000_000_000
 
@@ -300,6 +301,49 @@ def test_records_are_stored_as_the_recorder_hands_them(store: TraceStore) -> Non
     assert child.links == [{"trace_id": f"{0xAB:032x}", "span_id": f"{0xCD:016x}"}]
     (row,) = store.traces()
     assert (row.spans, row.errors, row.root_name, row.correlation_id) == (2, 1, "GET /a", "c5")
+
+
+def test_attribute_values_read_back_as_json_has_them(store: TraceStore) -> None:
+    """Sequences come back as lists and values of other types (bytes, an object) as their
+    text: the dashboard serves them as JSON."""
+
+    class Odd:
+        def __str__(self) -> str:
+            return "odd"
+
+    attributes = {"n": 1, "f": 0.5, "b": True, "s": "x", "seq": (1, "a"), "raw": b"hi"}
+    start = 1_700_000_000 * SECOND
+    records = [
+        (6, 1, None, "plain", "server", start, start + 9, "ok", None, dict(attributes),
+         (("e", start, {"seq": ("p", Odd())}),), ()),
+        (6, 2, 1, "odd", "internal", start + 1, start + 5, "ok", None,
+         {**attributes, "odd": Odd()}, (), ()),
+    ]  # fmt: skip
+    store.add_records(records, "edge")
+    first, second = store.trace(f"{6:032x}")
+    read = {"n": 1, "f": 0.5, "b": True, "s": "x", "seq": [1, "a"], "raw": "b'hi'"}
+    assert first.attributes == read
+    assert first.events[0]["attributes"] == {"seq": ["p", "odd"]}
+    assert second.attributes == {**read, "odd": "odd"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [(2**127 + 1, 2, None, "naïve \"q\" \\ \u2028", "server", 1, 2, "ok", None,
+          {"n": -1, "f": 1e-7, "b": False, "seq": (1.5, "x"), "raw": b"\xff", "z": None},
+          (("e", 3, {"k": "v"}),), ((4, 5),))],
+        [], {}, "text", 2**70, float("nan"), {"nested": [{"a": (1, [2, {"b": set()}])}]},
+    ],
+)  # fmt: skip
+def test_the_encoder_made_once_writes_what_the_public_encoder_writes(value: object) -> None:
+    """The stored JSON is the same through the C encoder built once as through its public
+    fallback, ``JSONEncoder.encode``, for every kind of value a record may hold."""
+    expected = json.dumps(value, separators=(",", ":"), default=str)
+    assert "".join(_public_chunks(value, 0)) == expected
+    made = _made_once()
+    if made is not None:
+        assert "".join(made(value, 0)) == expected
 
 
 def test_edges_see_spans_that_arrive_later(store: TraceStore) -> None:
