@@ -25,8 +25,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import _report
+
+if TYPE_CHECKING:
+    from interlink.tracing import TraceStore
 
 HERE = Path(__file__).resolve().parent
 PROCESSES = str(HERE / "_observability_processes.py")
@@ -147,6 +151,43 @@ def paired(measure: object, rounds: int, count: int) -> dict[str, tuple[float, f
     }
 
 
+def stored_traces(store: TraceStore, traces: int) -> list[str]:
+    """Store ``traces`` traces of three spans (a gateway's server and client spans, the order
+    service's server span), one a millisecond up to now, one in 97 failed; their ids."""
+    from interlink.tracing import SpanRecord
+
+    now = int(time.time() * 1e9)
+    ids = []
+    batch: list[SpanRecord] = []
+    for t in range(traces):
+        start = now - (traces - t) * 1_000_000
+        tid = f"{t + 1:032x}"
+        ids.append(tid)
+        for s, (service, kind, parent) in enumerate(
+            [("gateway", "server", None), ("gateway", "client", 1), ("order", "server", 2)],
+            1,
+        ):
+            batch.append(
+                SpanRecord(
+                    trace_id=tid,
+                    span_id=f"{s:016x}",
+                    parent_id=None if parent is None else f"{parent:016x}",
+                    name="GET /orders/{id}",
+                    service=service,
+                    kind=kind,
+                    start_ns=start + s * 1000,
+                    end_ns=start + 5_000_000 - s * 1000,
+                    status="error" if t % 97 == 0 else "ok",
+                    correlation_id=f"c{t}",
+                )
+            )
+        if len(batch) >= 15_000:
+            store.add(batch)
+            batch = []
+    store.add(batch)
+    return ids
+
+
 def dashboard_paint(traces: int) -> tuple[float, float] | None:
     """Milliseconds from navigation start to the first frame that draws a row of the trace list,
     and to the driver finding a row once the page has loaded (that figure adds the page's load
@@ -158,37 +199,11 @@ def dashboard_paint(traces: int) -> tuple[float, float] | None:
     from playwright.sync_api import sync_playwright
 
     from interlink.dashboard import DashboardSources, create_app
-    from interlink.tracing import SpanRecord, TraceStore
+    from interlink.tracing import TraceStore
 
     with tempfile.TemporaryDirectory() as d:
         store = TraceStore.from_url(f"sqlite:///{d}/traces.db")
-        now = int(time.time() * 1e9)
-        batch: list[SpanRecord] = []
-        for t in range(traces):
-            start = now - (traces - t) * 1_000_000
-            tid = f"{t + 1:032x}"
-            for s, (service, kind, parent) in enumerate(
-                [("gateway", "server", None), ("gateway", "client", 1), ("order", "server", 2)],
-                1,
-            ):
-                batch.append(
-                    SpanRecord(
-                        trace_id=tid,
-                        span_id=f"{s:016x}",
-                        parent_id=None if parent is None else f"{parent:016x}",
-                        name="GET /orders/{id}",
-                        service=service,
-                        kind=kind,
-                        start_ns=start + s * 1000,
-                        end_ns=start + 5_000_000 - s * 1000,
-                        status="error" if t % 97 == 0 else "ok",
-                        correlation_id=f"c{t}",
-                    )
-                )
-            if len(batch) >= 15_000:
-                store.add(batch)
-                batch = []
-        store.add(batch)
+        stored_traces(store, traces)
         store.close()
         app = create_app(DashboardSources(traces=f"sqlite:///{d}/traces.db"), token="bench")
         server = uvicorn.Server(
