@@ -66,7 +66,7 @@ from interlink.errors import (
 )
 from interlink.http._policies import Downstream, Downstreams, ServicePolicies, load_config
 from interlink.http._response import Response
-from interlink.http.classify import AttemptFailed, may_resend, status_failure
+from interlink.http.classify import AttemptFailed, is_failure_status, may_resend, status_failure
 from interlink.http.propagation import (
     CORRELATION_HEADER,
     DEADLINE_HEADER,
@@ -76,7 +76,7 @@ from interlink.http.propagation import (
 from interlink.resilience.deadline import deadline, expired
 from interlink.resilience.events import Listener
 from interlink.resilience.pipeline import Pipeline
-from interlink.tracing.propagation import api, inject_span
+from interlink.tracing.propagation import inject, inject_span
 from interlink.tracing.spans import Spans, context_of, fail
 
 try:
@@ -434,7 +434,7 @@ class BaseClient(_Verbs[R], Generic[R, S]):
     @staticmethod
     def _answered(downstream: Downstream, call: Call, response: Response) -> Response:
         """A call's answer, remembered first when the service serves stale answers."""
-        if downstream._stale is not None and response.status < 300:
+        if downstream.policies.stale_if_error is not None and response.status < 300:
             key = cache_key(call)
             if key is not None:
                 downstream.remember(key, response)
@@ -470,7 +470,7 @@ class BaseClient(_Verbs[R], Generic[R, S]):
         response = Response(status, headers, content, url=url, method=call.method)
         if span is not None:
             span.set_attribute("http.response.status_code", status)
-        if status >= 500 or status in {429, 408}:  # is_failure_status, inlined
+        if is_failure_status(status):
             raise status_failure(
                 status,
                 headers.get("retry-after"),
@@ -632,7 +632,6 @@ class AsyncClient(BaseClient[Coroutine[Any, Any, Response], AsyncServiceClient],
         self._timeouts: dict[int, aiohttp.ClientTimeout] = {}
         # (origin, path) -> (URL text, URL parsed once); services call the same few URLs
         self._targets: dict[tuple[str, str], tuple[str, URL | str]] = {}
-        self._otel = api()
 
     _service_client = AsyncServiceClient
 
@@ -690,10 +689,8 @@ class AsyncClient(BaseClient[Coroutine[Any, Any, Response], AsyncServiceClient],
                 )
             if span is not None:
                 inject_span(headers, span)
-            elif (otel := self._otel) is not None:  # tracing.inject(), inlined: usually empty
-                trace_context = otel.get_current()
-                if trace_context:
-                    otel.inject(headers, context=trace_context)
+            else:
+                inject(headers)
             session = self._session or self._open()
             # Arm aiohttp's own timer only when nothing else ends the attempt in time: the
             # service's Timeout policy already cancels the call at the deadline (with a timer
